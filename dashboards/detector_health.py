@@ -1,0 +1,206 @@
+"""The detector-health board: throughput, latency, lag, errors, group, process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grafana_panels import (
+    PROC,
+    RI,
+    I,
+    dashboard,
+    datasource_variable,
+    label_variable,
+    row,
+    stat,
+    sum_rate,
+    table,
+    target,
+    timeseries,
+)
+
+
+def detector_health() -> dict[str, Any]:
+    stage_q = "canwatch_stage_duration_seconds_bucket"
+    quantiles = [
+        target(
+            f"histogram_quantile({q}, sum by (stage, le) (rate({stage_q}{{{I}}}[{RI}])))",
+            f"{{{{stage}}}} p{round(q * 100)}",
+            ref=ref,
+        )
+        for q, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
+    ]
+    panels = [
+        row("Status"),
+        stat("Scrape targets up", f'sum(up{{job="canwatch", {I}}})', "short"),
+        stat("Main loops up", f"sum(canwatch_up{{{I}}})", "short"),
+        stat("Instances ready", f"sum(canwatch_ready{{{I}}})", "short"),
+        stat("Partitions assigned", f"sum(canwatch_partitions_assigned{{{I}}})", "short"),
+        stat("Records/s", sum_rate("canwatch_records_consumed_total", I, ""), "short"),
+        stat("Dead letters/s", sum_rate("canwatch_dead_letters_total", I, ""), "short", red_at=0.1),
+        row("Throughput"),
+        timeseries(
+            "Records consumed per second",
+            [target(sum_rate("canwatch_records_consumed_total", I, "instance"), "{{instance}}")],
+            "short",
+            axis_label="records/s",
+            w=8,
+        ),
+        timeseries(
+            "Frames consumed per second",
+            [target(sum_rate("canwatch_frames_consumed_total", I, "instance"), "{{instance}}")],
+            "short",
+            axis_label="frames/s",
+            w=8,
+        ),
+        timeseries(
+            "Bytes consumed per second",
+            [target(sum_rate("canwatch_bytes_consumed_total", I, "instance"), "{{instance}}")],
+            "Bps",
+            w=8,
+        ),
+        row("Latency"),
+        timeseries("Stage latency percentiles", quantiles, "s"),
+        timeseries(
+            "Busy time per stage",
+            [
+                target(
+                    f"sum by (stage) (rate(canwatch_stage_duration_seconds_sum{{{I}}}[{RI}]))",
+                    "{{stage}}",
+                )
+            ],
+            "percentunit",
+            stack=True,
+            description="Seconds spent per second of wall clock, per stage (1 = one core busy).",
+        ),
+        row("Lag"),
+        timeseries(
+            "Event-time lag",
+            [
+                target(
+                    f"max by (instance, partition) (canwatch_event_time_lag_seconds{{{I}}})",
+                    "{{instance}} p{{partition}}",
+                )
+            ],
+            "s",
+            description="Wall clock minus the newest event time processed, per partition.",
+        ),
+        timeseries(
+            "Consumer lag",
+            [
+                target(
+                    f"sum by (instance, partition) (canwatch_consumer_lag_records{{{I}}})",
+                    "{{instance}} p{{partition}}",
+                )
+            ],
+            "short",
+            axis_label="records",
+        ),
+        row("Errors"),
+        timeseries(
+            "Dead letters by reason",
+            [target(sum_rate("canwatch_dead_letters_total", I, "reason"), "{{reason}}")],
+            "short",
+            stack=True,
+            axis_label="records/s",
+        ),
+        timeseries(
+            "Late frames by brand",
+            [target(sum_rate("canwatch_late_frames_total", I, "brand"), "{{brand}}")],
+            "short",
+            axis_label="frames/s",
+            description="Frames older than an already closed window; dropped.",
+        ),
+        row("Consumer group and models"),
+        timeseries(
+            "Rebalances",
+            [
+                target(
+                    f"sum by (instance) (increase(canwatch_rebalances_total{{{I}}}[{RI}]))",
+                    "{{instance}}",
+                )
+            ],
+            "short",
+            bars=True,
+            w=8,
+        ),
+        timeseries(
+            "Partitions assigned per instance",
+            [target(f"sum by (instance) (canwatch_partitions_assigned{{{I}}})", "{{instance}}")],
+            "short",
+            w=8,
+        ),
+        timeseries(
+            "Model reloads",
+            [
+                target(
+                    f"sum by (brand) (increase(canwatch_model_reloads_total{{{I}}}[{RI}]))",
+                    "{{brand}}",
+                ),
+                target(
+                    f"sum by (reason) (increase(canwatch_model_reload_failures_total{{{I}}}[{RI}]))",
+                    "failed: {{reason}}",
+                    ref="B",
+                ),
+            ],
+            "short",
+            bars=True,
+            w=8,
+        ),
+        row("Process"),
+        timeseries(
+            "CPU",
+            [target(f"rate(process_cpu_seconds_total{{{PROC}}}[{RI}])", "{{instance}}")],
+            "percentunit",
+            w=8,
+            description="CPU seconds per second (1 = one core).",
+        ),
+        timeseries(
+            "Resident memory",
+            [target(f"process_resident_memory_bytes{{{PROC}}}", "{{instance}}")],
+            "bytes",
+            w=8,
+        ),
+        table(
+            "Instances",
+            [
+                target(
+                    f"max by (instance, version) (canwatch_build_info{{{I}}})",
+                    fmt="table",
+                    instant=True,
+                ),
+                target(
+                    f"max by (instance) (time() - process_start_time_seconds{{{PROC}}})",
+                    fmt="table",
+                    instant=True,
+                    ref="B",
+                ),
+                target(
+                    f"max by (instance) (process_open_fds{{{PROC}}})",
+                    fmt="table",
+                    instant=True,
+                    ref="C",
+                ),
+            ],
+            rename={
+                "instance": "Instance",
+                "version": "Version",
+                "Value #B": "Uptime",
+                "Value #C": "Open fds",
+            },
+            hide=("Value #A",),
+            keep_instance=True,
+            units={"Uptime": "s"},
+            sort_by="Instance",
+            desc=False,
+            w=8,
+        ),
+    ]
+    return dashboard(
+        "canwatch-detector-health",
+        "canwatch / detector health",
+        "Throughput, latency, lag, dead letters, rebalances, model reloads and process "
+        "resources of the detector instances.",
+        [datasource_variable(), label_variable("instance", "Instance", "canwatch_up")],
+        panels,
+    )

@@ -1,0 +1,347 @@
+"""What normal looks like, learned per CAN id of one platform from benign frames.
+
+A ``Baseline`` is a dict-like bundle of plain numpy arrays (so it serialises
+with skops without executing code) indexed by the id's slot in ``ids``. The
+features are expressed relative to it: rates relative to the learned rate,
+payloads against learned ranges, counters and checksums against the learned
+behaviour. Learning runs at training time only; per-frame work is vectorized,
+per-id work is a small loop over ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from detector.schema import FRAME_DTYPE
+
+#: Byte pairs (i, j), i < j, for learned inter-byte relations.
+PAIRS = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)], dtype=np.int8)
+#: A byte-pair difference range narrower than this is a learned coupling.
+TIGHT_PAIR_WIDTH = 48
+#: Ids with at most this many distinct payloads get a payload dictionary ...
+MAX_DICT_PAYLOADS = 64
+#: ... if each distinct payload was seen this many times on average.
+DICT_MIN_REPEATS = 50
+#: Payload ranges are only learned for ids with at least this many training
+#: frames; rarer ids would flag every unseen value.
+MIN_PAYLOAD_FRAMES = 30
+#: Learned byte ranges are widened by 1/RANGE_MARGIN_DIV of their width each
+#: side: a slowly drifting signal should not look like a forged one.
+RANGE_MARGIN_DIV = 8
+#: Checksum candidates (code -> name); the learned one must hold on >= 99.5 % of frames.
+CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850"}
+#: Counter candidates: (mask, shift) of a field inside one byte.
+COUNTER_FIELDS = ((0xFF, 0), (0x0F, 0), (0xF0, 4), (0x03, 0), (0x0C, 2), (0x30, 4), (0xC0, 6))
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    ids: np.ndarray  # (k,) u4 sorted
+    period: np.ndarray  # (k,) f8 median inter-arrival, s (nan if too few frames)
+    dt_p01: np.ndarray  # (k,) f8 1st percentile of inter-arrival / period
+    mean_count: np.ndarray  # (k,) f8 frames per window when the vehicle is active
+    std_count: np.ndarray  # (k,) f8
+    presence: np.ndarray  # (k,) f8 fraction of active windows holding the id
+    expected: np.ndarray  # (k,) bool: absence of this id is anomalous
+    dlc_mask: np.ndarray  # (k,) u2 bit d set = dlc d seen
+    byte_min: np.ndarray  # (k, 8) u1
+    byte_max: np.ndarray  # (k, 8) u1
+    change_rate: np.ndarray  # (k, 8) f8 fraction of consecutive frames where the byte changed
+    cond_change: np.ndarray  # (k, 8) f8 P(byte changed | another byte of the frame changed)
+    ham_mean: np.ndarray  # (k,) f8 Hamming distance between consecutive payloads
+    ham_std: np.ndarray  # (k,) f8
+    delta_min: np.ndarray  # (k, 8) i2 smallest byte change between consecutive frames
+    delta_max: np.ndarray  # (k, 8) i2
+    pair_min: np.ndarray  # (k, 28) i2 byte_i - byte_j range
+    pair_max: np.ndarray  # (k, 28) i2
+    pair_tight: np.ndarray  # (k, 28) bool
+    counter_byte: np.ndarray  # (k,) i1 byte of the counter field, -1 = none
+    counter_mask: np.ndarray  # (k,) u1
+    counter_shift: np.ndarray  # (k,) u1
+    counter_step: np.ndarray  # (k,) u1
+    checksum_kind: np.ndarray  # (k,) u1 0 = none, else a CHECKSUMS code
+    checksum_byte: np.ndarray  # (k,) i1
+    payload_hashes: np.ndarray  # (m,) u8 sorted hashes of (id slot, payload) for dictionary ids
+    has_dict: np.ndarray  # (k,) bool
+    bus_mean_frames: float
+    bus_std_frames: float
+    bus_mean_ids: float
+    window_s: float
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Baseline:
+        out = {}
+        for f in fields(cls):
+            v = d[f.name]
+            out[f.name] = float(v) if f.type == "float" else np.asarray(v)
+        return cls(**out)
+
+    def slots(self, can_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of each id in ``ids`` and whether the id is known."""
+        pos = np.searchsorted(self.ids, can_id)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        known = (self.ids[pos] == can_id) if len(self.ids) else np.zeros(len(can_id), bool)
+        return pos, known
+
+
+def payload_u64(data: np.ndarray) -> np.ndarray:
+    """The 8 data bytes of each frame as one little-endian uint64."""
+    return np.ascontiguousarray(data, dtype=np.uint8).view("<u8").reshape(-1)
+
+
+def payload_hash(slot: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return payload ^ ((slot.astype(np.uint64) + np.uint64(1)) * _HASH_MUL)
+
+
+_CRC8_TABLE = None
+
+
+def _crc8_table() -> np.ndarray:
+    global _CRC8_TABLE
+    if _CRC8_TABLE is None:
+        table = np.zeros(256, np.uint8)
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = ((c << 1) ^ 0x1D) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+            table[i] = c
+        _CRC8_TABLE = table
+    return _CRC8_TABLE
+
+
+def checksum_values(
+    kind: int, data: np.ndarray, dlc: np.ndarray, can_id: np.ndarray, pos: np.ndarray
+) -> np.ndarray:
+    """Checksum ``kind`` over every byte but ``pos`` of each frame (bytes < dlc)."""
+    n = len(data)
+    cols = np.arange(8)
+    use = (cols[None, :] < dlc[:, None]) & (cols[None, :] != pos[:, None])
+    d = np.where(use, data, 0).astype(np.uint32)
+    if kind in (1, 3, 4):
+        s = d.sum(axis=1)
+        if kind == 3:
+            s = s + (can_id & 0xFF) + ((can_id >> 8) & 0xFF)
+        s = s & 0xFF
+        return (~s & 0xFF) if kind == 4 else s
+    if kind == 2:
+        return np.bitwise_xor.reduce(d, axis=1) & 0xFF
+    if kind == 5:
+        table = _crc8_table()
+        crc = np.full(n, 0xFF, np.uint32)
+        for b in range(8):
+            nxt = table[(crc ^ d[:, b]) & 0xFF].astype(np.uint32)
+            crc = np.where(use[:, b], nxt, crc)
+        return crc ^ 0xFF
+    raise ValueError(f"unknown checksum kind {kind}")
+
+
+def _learn_counter(data: np.ndarray) -> tuple[int, int, int, int]:
+    """(byte, mask, shift, step) of a field that steps by a constant, or byte -1."""
+    if len(data) < 20:
+        return -1, 0, 0, 0
+    best = (-1, 0, 0, 0)
+    best_bits = 0
+    for b in range(8):
+        col = data[:, b].astype(np.int32)
+        for mask, shift in COUNTER_FIELDS:
+            field = (col & mask) >> shift
+            modulus = (mask >> shift) + 1
+            if len(np.unique(field)) < min(modulus, 4):
+                continue
+            step = np.diff(field) % modulus
+            vals, counts = np.unique(step, return_counts=True)
+            top = int(vals[np.argmax(counts)])
+            if top == 0 or counts.max() < 0.97 * len(step):
+                continue
+            bits = bin(mask).count("1")
+            if bits > best_bits:
+                best, best_bits = (b, mask, shift, top), bits
+    return best
+
+
+def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int, int]:
+    if len(data) < 20 or dlc.min() < 2:
+        return 0, -1
+    ids = np.full(len(data), can_id, np.uint32)
+    for pos_kind in ("last", "first"):
+        pos = dlc.astype(np.int64) - 1 if pos_kind == "last" else np.zeros(len(data), np.int64)
+        actual = data[np.arange(len(data)), pos]
+        if len(np.unique(actual)) < 8:
+            continue
+        for kind in CHECKSUMS:
+            ok = checksum_values(kind, data, dlc, ids, pos) == actual
+            if ok.mean() >= 0.995:
+                return kind, (-2 if pos_kind == "last" else 0)  # -2 = byte dlc-1
+    return 0, -1
+
+
+def stream_order(frames: np.ndarray, stream: np.ndarray) -> np.ndarray:
+    """Stable order grouping each stream's frames in time order."""
+    order = np.lexsort((frames["ts"], stream))
+    return order
+
+
+def learn_baseline(
+    frames: np.ndarray,
+    vehicle: np.ndarray,
+    window_s: float,
+) -> Baseline:
+    """Learn a platform's baseline from benign ``frames`` of one or more vehicles.
+
+    ``vehicle`` is an int array (same length) telling the frames' vehicles apart;
+    consecutive-frame statistics never cross vehicles.
+    """
+    if frames.dtype != FRAME_DTYPE:
+        raise TypeError("frames must be a FRAME_DTYPE array")
+    if len(frames) < 2:
+        raise ValueError(f"need at least 2 benign frames to learn a baseline, got {len(frames)}")
+    ids, id_slot = np.unique(frames["can_id"], return_inverse=True)
+    k = len(ids)
+    vehicle = np.asarray(vehicle, dtype=np.int64)
+    stream = vehicle * k + id_slot
+    order = stream_order(frames, stream)
+    f = frames[order]
+    s = stream[order]
+    slot = id_slot[order]
+    same = np.r_[False, s[1:] == s[:-1]]
+    data = f["data"]
+    dt = np.diff(f["ts"], prepend=np.nan)
+    dt[~same] = np.nan
+    prev = np.roll(data, 1, axis=0)
+    delta = data.astype(np.int16) - prev.astype(np.int16)
+    changed = data != prev
+    ham = np.unpackbits((data ^ prev)[:, :, None], axis=2).sum(axis=(1, 2)).astype(np.float64)
+
+    # window occupancy: counts per (vehicle, window, id)
+    win = np.floor(f["ts"] / window_s).astype(np.int64)
+    vw_key = vehicle[order] * (1 << 40) + win
+    vw_unique, vw_inv = np.unique(vw_key, return_inverse=True)
+    n_vw = len(vw_unique)
+    counts = np.zeros((n_vw, k), np.int32)
+    np.add.at(counts, (vw_inv, slot), 1)
+    # the first and last window of each vehicle are partial: leave them out
+    veh_of_vw = vw_unique >> 40
+    edge = (
+        np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
+    )
+    full = counts[~edge] if (~edge).sum() >= 3 else counts
+    per_bus = full.sum(axis=1)
+
+    period = np.full(k, np.nan)
+    dt_p01 = np.ones(k)
+    ham_mean = np.zeros(k)
+    ham_std = np.zeros(k)
+    change_rate = np.zeros((k, 8))
+    cond_change = np.zeros((k, 8))
+    byte_min = np.zeros((k, 8), np.uint8)
+    byte_max = np.zeros((k, 8), np.uint8)
+    delta_min = np.zeros((k, 8), np.int16)
+    delta_max = np.zeros((k, 8), np.int16)
+    pair_min = np.zeros((k, len(PAIRS)), np.int16)
+    pair_max = np.zeros((k, len(PAIRS)), np.int16)
+    pair_tight = np.zeros((k, len(PAIRS)), bool)
+    dlc_mask = np.zeros(k, np.uint16)
+    counter = np.full((k, 4), 0, np.int64)
+    counter[:, 0] = -1
+    checksum_kind = np.zeros(k, np.uint8)
+    checksum_byte = np.full(k, -1, np.int8)
+    has_dict = np.zeros(k, bool)
+    hashes: list[np.ndarray] = []
+
+    bounds = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
+    # frames are grouped by stream (vehicle-major); regroup by id for per-id stats
+    by_id = np.argsort(slot, kind="stable")
+    slot_sorted = slot[by_id]
+    starts = np.searchsorted(slot_sorted, np.arange(k))
+    ends = np.searchsorted(slot_sorted, np.arange(k), side="right")
+    del bounds
+    for j in range(k):
+        rows = by_id[starts[j] : ends[j]]
+        d = data[rows]
+        dl = f["dlc"][rows]
+        cons = same[rows]
+        dtj = dt[rows][cons]
+        if len(dtj) >= 3:
+            period[j] = float(np.median(dtj))
+            if period[j] > 0:
+                dt_p01[j] = float(np.percentile(dtj, 1) / period[j])
+        lo, hi = d.min(axis=0).astype(np.int16), d.max(axis=0).astype(np.int16)
+        margin = (hi - lo) // RANGE_MARGIN_DIV
+        byte_min[j] = np.clip(lo - margin, 0, 255)
+        byte_max[j] = np.clip(hi + margin, 0, 255)
+        dlc_mask[j] = np.bitwise_or.reduce(np.left_shift(1, dl.astype(np.uint16)))
+        if cons.any():
+            cj = changed[rows][cons]
+            change_rate[j] = cj.mean(axis=0)
+            other = (cj.sum(axis=1)[:, None] - cj) > 0
+            cond_change[j] = (cj & other).sum(axis=0) / np.maximum(other.sum(axis=0), 1)
+            hj = ham[rows][cons]
+            ham_mean[j], ham_std[j] = hj.mean(), hj.std()
+            dj = delta[rows][cons]
+            delta_min[j], delta_max[j] = dj.min(axis=0), dj.max(axis=0)
+        pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
+        pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
+        pair_tight[j] = ((pmax - pmin) <= TIGHT_PAIR_WIDTH) & (len(d) >= MIN_PAYLOAD_FRAMES)
+        margin = (pmax - pmin) // 4 + 2
+        pair_min[j], pair_max[j] = pmin - margin, pmax + margin
+        if len(d) < MIN_PAYLOAD_FRAMES:
+            byte_min[j], byte_max[j] = 0, 255
+            delta_min[j], delta_max[j] = -255, 255
+        # a counter/checksum must be learned on one vehicle's consecutive frames
+        first_stream = s[rows] == s[rows][0]
+        counter[j] = _learn_counter(d[first_stream])
+        checksum_kind[j], checksum_byte[j] = _learn_checksum(
+            d[first_stream], dl[first_stream], int(ids[j])
+        )
+        distinct = np.unique(payload_u64(d))
+        # only a stable enumeration: every payload seen many times over
+        if len(distinct) <= MAX_DICT_PAYLOADS and len(d) >= DICT_MIN_REPEATS * len(distinct):
+            has_dict[j] = True
+            hashes.append(payload_hash(np.full(len(distinct), j), distinct))
+
+    presence = (full > 0).mean(axis=0)
+    active_counts = np.where(full > 0, full, 0)
+    mean_count = full.mean(axis=0)
+    std_count = full.std(axis=0)
+    del active_counts
+    expected = (presence >= 0.99) & (mean_count >= 2)
+    return Baseline(
+        ids=ids.astype(np.uint32),
+        period=period,
+        dt_p01=dt_p01,
+        mean_count=mean_count,
+        std_count=std_count,
+        presence=presence,
+        expected=expected,
+        dlc_mask=dlc_mask,
+        byte_min=byte_min,
+        byte_max=byte_max,
+        change_rate=change_rate,
+        cond_change=cond_change,
+        ham_mean=ham_mean,
+        ham_std=ham_std,
+        delta_min=delta_min,
+        delta_max=delta_max,
+        pair_min=pair_min,
+        pair_max=pair_max,
+        pair_tight=pair_tight,
+        counter_byte=counter[:, 0].astype(np.int8),
+        counter_mask=counter[:, 1].astype(np.uint8),
+        counter_shift=counter[:, 2].astype(np.uint8),
+        counter_step=counter[:, 3].astype(np.uint8),
+        checksum_kind=checksum_kind,
+        checksum_byte=checksum_byte,
+        payload_hashes=np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64),
+        has_dict=has_dict,
+        bus_mean_frames=float(per_bus.mean()),
+        bus_std_frames=float(per_bus.std()),
+        bus_mean_ids=float((full > 0).sum(axis=1).mean()),
+        window_s=float(window_s),
+    )

@@ -1,0 +1,147 @@
+"""``canwatch simulate``: write a simulated multi-brand fleet, optionally attacked, to log files.
+
+One file per vehicle (``DIR/<vehicle>.<ext>``) in any writable log format, plus
+``DIR/fleet.json``: the vehicles (vehicle, brand, platform, file, frames) and the
+ground truth of every injected attack (kind, vehicle, start_ts, end_ts, can_id).
+Each ``--attack`` goes to one vehicle, round-robin: attack i -> vehicle
+i mod N (in vehicle order), injected with seed ``--seed + i``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from detector.errors import ConfigError
+
+FORMATS = ("log", "asc", "blf", "trc", "csv", "road", "hcrl")
+EXTENSIONS = {
+    "log": "log",
+    "asc": "asc",
+    "blf": "blf",
+    "trc": "trc",
+    "csv": "csv",
+    "road": "csv",
+    "hcrl": "csv",
+}
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="write simulated multi-brand fleet traffic (with attacks) to log files",
+        description=(
+            "Simulate a fleet of vehicles from the opendbc Stellantis DBC profiles and write one "
+            "log file per vehicle plus fleet.json (vehicles and injected attack spans). "
+            "Attacks go to vehicles round-robin: the i-th --attack hits vehicle i mod N."
+        ),
+    )
+    p.add_argument(
+        "--brands",
+        default=None,
+        help="comma-separated brand slugs (default: all brands in configs/brands.toml)",
+    )
+    p.add_argument(
+        "--vehicles",
+        type=int,
+        default=None,
+        help="vehicles in total, brands assigned round-robin (default: one per brand)",
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    p.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    p.add_argument("--format", choices=FORMATS, default="log", help="log format (default log)")
+    p.add_argument(
+        "--attack",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="e.g. 'dos:start=3,duration=4,rate=3000' or 'masquerade:start=10,duration=5,id=0x1E4'"
+        " (repeatable; kinds: dos fuzzing spoofing masquerade suspension replay)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--start-ts", type=float, default=1.7e9, help="first timestamp, epoch s (default 1.7e9)"
+    )
+    # Output sinks beyond files (e.g. --to-kafka) are added here and handled in _emit().
+    p.set_defaults(func=run)
+
+
+def _brands(arg: str | None) -> list[str]:
+    from detector.brands import load_fleet, validate_slug
+
+    fleet = load_fleet()
+    if arg is None:
+        return sorted(fleet.brands)
+    brands = [validate_slug(b.strip()) for b in arg.split(",") if b.strip()]
+    if not brands:
+        raise ConfigError("--brands: give at least one brand slug")
+    unknown = [b for b in brands if b not in fleet.brands]
+    if unknown:
+        raise ConfigError(
+            f"--brands: unknown {', '.join(unknown)} (known: {', '.join(sorted(fleet.brands))})"
+        )
+    return brands
+
+
+def build_fleet(args: argparse.Namespace) -> tuple[list, list]:
+    """Simulated vehicles with the attacks injected, and the attack spans."""
+    from dataclasses import replace
+
+    from replay.attacks import AttackSpec, inject
+    from replay.simulator import SimVehicle, simulate_fleet
+
+    specs = [AttackSpec.parse(s) for s in args.attack]  # validate before simulating
+    brands = _brands(args.brands)
+    n = args.vehicles if args.vehicles is not None else len(brands)
+    if n < 1:
+        raise ConfigError(f"--vehicles must be >= 1, got {n}")
+    if not args.duration > 0:
+        raise ConfigError(f"--duration must be > 0 s, got {args.duration}")
+    vehicles = simulate_fleet(brands, n, args.duration, seed=args.seed, start_ts=args.start_ts)
+    spans = []
+    for i, spec in enumerate(specs):
+        v = vehicles[i % n]
+        frames, span = inject(v.frames, spec, seed=args.seed + i)
+        vehicles[i % n] = SimVehicle(v.vehicle, v.brand, v.platform, frames)
+        spans.append(replace(span, vehicle=v.vehicle))
+    return vehicles, spans
+
+
+def _emit(args: argparse.Namespace, vehicles: list, spans: list) -> dict:
+    from replay.writers import write_frames
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for v in vehicles:
+        name = f"{v.vehicle}.{EXTENSIONS[args.format]}"
+        write_frames(args.out / name, v.frames, args.format)
+        entries.append(
+            {
+                "vehicle": v.vehicle,
+                "brand": v.brand,
+                "platform": v.platform,
+                "file": name,
+                "frames": int(len(v.frames)),
+            }
+        )
+    manifest = {
+        "format": args.format,
+        "seed": args.seed,
+        "duration_s": args.duration,
+        "vehicles": entries,
+        "attacks": [s.to_dict() for s in spans],
+    }
+    (args.out / "fleet.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def run(args: argparse.Namespace) -> int:
+    vehicles, spans = build_fleet(args)
+    manifest = _emit(args, vehicles, spans)
+    total = sum(v["frames"] for v in manifest["vehicles"])
+    print(
+        f"wrote {len(vehicles)} vehicles, {total} frames, {len(spans)} attacks "
+        f"to {args.out} ({args.format})"
+    )
+    return 0

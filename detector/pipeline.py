@@ -1,0 +1,185 @@
+"""decode → window features → per-platform model: the path shared by the service,
+``canwatch evaluate`` and the demo.
+
+``Scorer.push`` takes decoded per-vehicle batches, routes each vehicle to its
+brand's platform, and returns scored feature rows for every window the batch
+closed. ``window_results`` reduces rows to one result per (vehicle, window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.brands import Fleet
+from detector.features import FEATURE_NAMES, Rows
+from detector.model import PlatformModel, raw_scores
+from detector.windowing import WindowState
+
+
+@dataclass
+class ScoredRows:
+    """Scored rows of one platform; ``vehicle`` indexes ``names``/``brands``."""
+
+    platform: str
+    model_version: int
+    rows: Rows
+    scores: np.ndarray  # (r,) normalised, 1.0 = threshold
+    excess: np.ndarray  # (r, F) envelope excess, for evidence
+    names: list[str]
+    brands: list[str]
+    baseline_period: np.ndarray  # (r,) learned period of the row's id (nan if unknown)
+
+
+@dataclass
+class WindowResult:
+    """One (vehicle, window) with its highest-scoring rows."""
+
+    vehicle: str
+    brand: str
+    platform: str
+    model_version: int
+    window_start: float
+    window_s: float
+    score: float
+    rows: np.ndarray  # indices into the ScoredRows, best first
+
+
+class _PlatformState:
+    def __init__(self, window_s: float, lateness_s: float) -> None:
+        self.window = WindowState(window_s, lateness_s)
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self.brands: list[str] = []
+
+    def vehicle_index(self, vehicle: str, brand: str) -> int:
+        i = self.index.get(vehicle)
+        if i is None:
+            i = self.index[vehicle] = len(self.names)
+            self.names.append(vehicle)
+            self.brands.append(brand)
+        return i
+
+
+class Scorer:
+    """Streaming scorer over any number of platforms; one instance per consumer."""
+
+    def __init__(
+        self,
+        models: dict[str, PlatformModel],
+        fleet: Fleet,
+        window_s: float,
+        lateness_s: float = 0.0,
+    ) -> None:
+        self.models = dict(models)
+        self.fleet = fleet
+        self.window_s = window_s
+        self.lateness_s = lateness_s
+        self.state: dict[str, _PlatformState] = {}
+
+    def platform_for(self, brand: str) -> str | None:
+        platform = self.fleet.platform_of(brand)
+        return platform if platform in self.models else None
+
+    def set_model(self, model: PlatformModel) -> None:
+        """Swap a platform's model; windows keep their state."""
+        self.models[model.platform] = model
+
+    def push(self, batches: list[tuple[str, str, np.ndarray]]) -> list[ScoredRows]:
+        """Score ``(vehicle, brand, frames)`` batches; brands without a model raise KeyError."""
+        by_platform: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for vehicle, brand, frames in batches:
+            platform = self.platform_for(brand)
+            if platform is None:
+                raise KeyError(f"no model for brand {brand!r}")
+            st = self._state(platform)
+            by_platform.setdefault(platform, []).append((st.vehicle_index(vehicle, brand), frames))
+        out = []
+        for platform, items in by_platform.items():
+            frames = np.concatenate([f for _, f in items])
+            vehicle = np.repeat([i for i, _ in items], [len(f) for _, f in items])
+            out.append(self._score(platform, frames, vehicle))
+        return out
+
+    def flush(self) -> int:
+        """End of stream: drop open (partial) windows; returns frames dropped."""
+        return sum(st.window.flush() for st in self.state.values())
+
+    def forget(self, vehicles: set[str]) -> None:
+        """Drop the state of vehicles whose partition was revoked."""
+        for st in self.state.values():
+            idx = [st.index[v] for v in vehicles if v in st.index]
+            if idx:
+                st.window.forget_vehicles(np.array(idx))
+
+    @property
+    def late_frames(self) -> int:
+        return sum(st.window.late_frames for st in self.state.values())
+
+    def _state(self, platform: str) -> _PlatformState:
+        st = self.state.get(platform)
+        if st is None:
+            st = self.state[platform] = _PlatformState(self.window_s, self.lateness_s)
+        return st
+
+    def _score(self, platform: str, frames: np.ndarray, vehicle: np.ndarray) -> ScoredRows:
+        model = self.models[platform]
+        st = self.state[platform]
+        rows = st.window.push(frames, vehicle, model.baseline)
+        excess = model.excess(rows.X, rows.can_id)
+        scores = raw_scores(model.forest, rows.X, excess) / model.threshold
+        slot, known = model.baseline.slots(rows.can_id)
+        period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
+        return ScoredRows(
+            platform, model.version, rows, scores, excess, st.names, st.brands, period
+        )
+
+
+def window_results(scored: ScoredRows, window_s: float, top: int = 10) -> list[WindowResult]:
+    """One result per (vehicle, window), rows ranked by score."""
+    rows = scored.rows
+    if len(rows) == 0:
+        return []
+    order = np.lexsort((-scored.scores, rows.window, rows.vehicle))
+    v, w = rows.vehicle[order], rows.window[order]
+    starts = np.flatnonzero(np.r_[True, (v[1:] != v[:-1]) | (w[1:] != w[:-1])])
+    ends = np.r_[starts[1:], len(order)]
+    out = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        i = int(order[s])
+        out.append(
+            WindowResult(
+                vehicle=scored.names[int(rows.vehicle[i])],
+                brand=scored.brands[int(rows.vehicle[i])],
+                platform=scored.platform,
+                model_version=scored.model_version,
+                window_start=float(rows.window[i]) * window_s,
+                window_s=window_s,
+                score=float(scored.scores[i]),
+                rows=order[s : min(e, s + top)],
+            )
+        )
+    return out
+
+
+def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorized (vehicle, window, max score) per window, for metrics and reports."""
+    rows = scored.rows
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    key = np.stack([rows.vehicle, rows.window], axis=1)
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    best = np.full(len(uniq), -np.inf)
+    np.maximum.at(best, inv.reshape(-1), scored.scores)
+    return uniq[:, 0], uniq[:, 1], best
+
+
+__all__ = [
+    "FEATURE_NAMES",
+    "Scorer",
+    "ScoredRows",
+    "WindowResult",
+    "window_results",
+    "window_scores",
+]

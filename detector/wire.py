@@ -1,0 +1,393 @@
+"""The telemetry wire format (topic ``can.telemetry``); docs/wire-format.md is the spec.
+
+One Kafka record = one batch of frames from one vehicle. Key = pseudonymous
+vehicle id (UTF-8). Headers: ``brand``, ``content-type``, ``schema`` ("1").
+
+Binary (``application/vnd.canwatch.frames``): a 16-byte little-endian header
+``magic "CWF1" | u16 version=1 | u16 header_len=16 | u32 frame_count |
+u16 record_size=24 | u16 reserved=0`` followed by ``frame_count`` 24-byte records
+laid out exactly as ``detector.schema.FRAME_DTYPE`` (bytes 14-15 zero on the wire).
+
+JSON (``application/json``): ``{"vehicle", "brand", "bus", "frames": [[ts, can_id,
+dlc, "hex"(, flags)], ...]}``.
+
+``decode_record`` turns a record into a ``DecodedBatch`` or raises
+``DecodeError(reason, detail)`` with ``reason`` one of ``REASONS`` (a bounded
+metric label). Decoded frames are sorted by ``ts`` and data bytes beyond
+``dlc`` are zeroed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detector.brands import validate_slug
+from detector.errors import ConfigError, DecodeError
+from detector.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, FRAME_DTYPE, ID_MASK_STANDARD
+
+CONTENT_TYPE_BINARY = "application/vnd.canwatch.frames"
+CONTENT_TYPE_JSON = "application/json"
+CONTENT_TYPES = (CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON)
+SCHEMA_VERSION = 1
+
+MAGIC = b"CWF1"
+HEADER = struct.Struct("<4sHHIHH")
+HEADER_LEN = HEADER.size
+RECORD_SIZE = FRAME_DTYPE.itemsize
+assert HEADER_LEN == 16 and RECORD_SIZE == 24
+
+#: Limits. A record above them goes to the DLQ as ``too_large``; producers
+#: split longer batches into several records.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+MAX_FRAMES = 100_000
+MAX_KEY_BYTES = 128
+MAX_HEADER_VALUE_BYTES = 128
+MAX_BUS_CHARS = 32
+KNOWN_FLAGS = FLAG_RTR | FLAG_ERROR
+
+# Dead-letter reasons: the complete, bounded set of DecodeError.reason values.
+MISSING_KEY = "missing_key"  # record key absent
+BAD_KEY = "bad_key"  # key empty, > 128 bytes, not UTF-8, or has control characters
+MISSING_HEADER = "missing_header"  # brand, content-type or schema header absent
+BAD_HEADER = "bad_header"  # header repeated, null, not ASCII, too long, brand not a slug
+UNKNOWN_CONTENT_TYPE = "unknown_content_type"
+UNKNOWN_SCHEMA = "unknown_schema"  # schema header or binary version is not 1
+UNKNOWN_BRAND = "unknown_brand"  # brand slug not in the fleet map
+TOO_LARGE = "too_large"  # value > MAX_RECORD_BYTES or > MAX_FRAMES frames
+TRUNCATED = "truncated"  # fewer bytes than the binary header announces
+BAD_MAGIC = "bad_magic"  # binary value does not start with b"CWF1"
+BAD_LENGTH = "bad_length"  # header_len/record_size wrong, reserved != 0, trailing bytes
+BAD_JSON = "bad_json"  # not UTF-8 JSON, too deeply nested, NaN/Infinity literals
+BAD_SHAPE = "bad_shape"  # JSON not the documented object/array shape or types
+MISMATCH = "mismatch"  # JSON vehicle/brand differ from the record key/brand header
+EMPTY = "empty"  # zero frames
+BAD_DLC = "bad_dlc"  # dlc > 8
+BAD_ID = "bad_id"  # > 29 bits with the extended flag, > 11 bits without
+BAD_FLAGS = "bad_flags"  # unknown flag bits, or wire bytes 14-15 not zero
+BAD_TIMESTAMP = "bad_timestamp"  # NaN/inf, below min_ts, beyond now + max_future_s
+
+REASONS: tuple[str, ...] = (
+    MISSING_KEY,
+    BAD_KEY,
+    MISSING_HEADER,
+    BAD_HEADER,
+    UNKNOWN_CONTENT_TYPE,
+    UNKNOWN_SCHEMA,
+    UNKNOWN_BRAND,
+    TOO_LARGE,
+    TRUNCATED,
+    BAD_MAGIC,
+    BAD_LENGTH,
+    BAD_JSON,
+    BAD_SHAPE,
+    MISMATCH,
+    EMPTY,
+    BAD_DLC,
+    BAD_ID,
+    BAD_FLAGS,
+    BAD_TIMESTAMP,
+)
+
+_HEX = re.compile(r"[0-9a-fA-F]{0,16}")
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    vehicle: str
+    brand: str
+    frames: np.ndarray  # FRAME_DTYPE, sorted by ts, label 0, writable copy
+
+
+# -- encoding -------------------------------------------------------------------
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != FRAME_DTYPE or frames.ndim != 1:
+        raise TypeError(
+            f"frames must be a 1-d FRAME_DTYPE array, got {frames.dtype} {frames.shape}"
+        )
+    if len(frames) > MAX_FRAMES:
+        raise ValueError(f"at most {MAX_FRAMES} frames per record, got {len(frames)}; split it")
+    return frames
+
+
+def encode_binary(frames: np.ndarray) -> bytes:
+    """The binary value for ``frames``; labels (ground truth) never leave the process."""
+    frames = _check_frames(frames)
+    body = np.ascontiguousarray(frames).copy()
+    body["label"] = 0
+    body["reserved"] = 0
+    header = HEADER.pack(MAGIC, SCHEMA_VERSION, HEADER_LEN, len(body), RECORD_SIZE, 0)
+    return header + body.tobytes()
+
+
+def encode_json(vehicle: str, brand: str, frames: np.ndarray, bus: str = "can0") -> bytes:
+    """The JSON value; data is hex of the first ``dlc`` bytes, flags added when non-zero."""
+    frames = _check_frames(frames)
+    validate_slug(brand)
+    ts = frames["ts"].tolist()
+    ids = frames["can_id"].tolist()
+    dlcs = frames["dlc"].tolist()
+    flags = frames["flags"].tolist()
+    raw = np.ascontiguousarray(frames["data"]).tobytes().hex()
+    hexes = [raw[k : k + 16] for k in range(0, len(raw), 16)]
+    rows: list[list[Any]] = []
+    for t, i, d, f, h in zip(ts, ids, dlcs, flags, hexes, strict=True):
+        row: list[Any] = [t, i, d, h[: 2 * min(d, 8)]]
+        if f:
+            row.append(f)
+        rows.append(row)
+    doc = {"vehicle": vehicle, "brand": brand, "bus": bus, "frames": rows}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def headers_for(brand: str, content_type: str) -> list[tuple[str, bytes]]:
+    """The three record headers, as kafka-python wants them."""
+    validate_slug(brand)
+    if content_type not in CONTENT_TYPES:
+        raise ValueError(f"content_type must be one of {CONTENT_TYPES}, got {content_type!r}")
+    return [
+        ("brand", brand.encode("ascii")),
+        ("content-type", content_type.encode("ascii")),
+        ("schema", str(SCHEMA_VERSION).encode("ascii")),
+    ]
+
+
+def encode_record(
+    vehicle: str, brand: str, frames: np.ndarray, encoding: str = "binary", bus: str = "can0"
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for one batch; ``encoding`` is "binary" or "json"."""
+    if encoding == "binary":
+        value, ctype = encode_binary(frames), CONTENT_TYPE_BINARY
+    elif encoding == "json":
+        value, ctype = encode_json(vehicle, brand, frames, bus), CONTENT_TYPE_JSON
+    else:
+        raise ValueError(f"encoding must be 'binary' or 'json', got {encoding!r}")
+    key = vehicle.encode("utf-8")
+    if not 0 < len(key) <= MAX_KEY_BYTES:
+        raise ValueError(f"vehicle id must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {vehicle!r}")
+    return key, value, headers_for(brand, ctype)
+
+
+# -- decoding -------------------------------------------------------------------
+
+
+def _vehicle(key: Any) -> str:
+    if key is None:
+        raise DecodeError(MISSING_KEY, "record has no key (vehicle id)")
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise DecodeError(BAD_KEY, f"key is {type(key).__name__}, not bytes")
+    key = bytes(key)
+    if not 0 < len(key) <= MAX_KEY_BYTES:
+        raise DecodeError(BAD_KEY, f"key must be 1..{MAX_KEY_BYTES} bytes, got {len(key)}")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(BAD_KEY, "key is not valid UTF-8") from None
+    if not text.isprintable() or text.strip() != text:
+        raise DecodeError(BAD_KEY, "key has control characters or surrounding whitespace")
+    return text
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """The three headers we read, as text. Other headers are ignored."""
+    wanted = ("brand", "content-type", "schema")
+    found: dict[str, str] = {}
+    try:
+        for name, raw in headers or ():
+            if name not in wanted:
+                continue
+            if name in found:
+                raise DecodeError(BAD_HEADER, f"header {name!r} repeated")
+            if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_HEADER_VALUE_BYTES:
+                raise DecodeError(BAD_HEADER, f"header {name!r} is null, not bytes or too long")
+            found[name] = bytes(raw).decode("ascii").strip()
+    except DecodeError:
+        raise
+    except (TypeError, ValueError) as exc:  # not (name, value) pairs, non-ASCII
+        raise DecodeError(BAD_HEADER, f"unreadable headers: {type(exc).__name__}") from None
+    for name in wanted:
+        if name not in found:
+            raise DecodeError(MISSING_HEADER, f"header {name!r} missing")
+    return found
+
+
+def _brand(text: str, known_brands: set[str] | frozenset[str] | None) -> str:
+    try:
+        validate_slug(text)
+    except ConfigError:
+        raise DecodeError(BAD_HEADER, f"brand {text[:40]!r} is not a lower-case slug") from None
+    if known_brands is not None and text not in known_brands:
+        raise DecodeError(UNKNOWN_BRAND, f"brand {text!r} not in the fleet map")
+    return text
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def validate_frames(
+    frames: np.ndarray, *, now: float, max_future_s: float, min_ts: float
+) -> np.ndarray:
+    """Vectorized checks shared by both encodings; returns frames sorted by ts.
+
+    ``frames`` must be writable and owned by the caller (it is normalized in place).
+    """
+    n = len(frames)
+    if n == 0:
+        raise DecodeError(EMPTY, "record holds no frames")
+    dlc = frames["dlc"]
+    bad = dlc > 8
+    if bad.any():
+        i = _first(bad)
+        raise DecodeError(BAD_DLC, f"frame {i}: dlc {int(dlc[i])} > 8 ({int(bad.sum())} of {n})")
+    ids = frames["can_id"]
+    ext = (ids & EXTENDED_FLAG) != 0
+    bad = np.where(ext, (ids & np.uint32(0x6000_0000)) != 0, ids > ID_MASK_STANDARD)
+    if bad.any():
+        i = _first(bad)
+        raise DecodeError(BAD_ID, f"frame {i}: can_id 0x{int(ids[i]):08X} out of range")
+    bad = ((frames["flags"] & ~np.uint8(KNOWN_FLAGS)) != 0) | (frames["label"] != 0)
+    bad |= frames["reserved"] != 0
+    if bad.any():
+        raise DecodeError(BAD_FLAGS, f"frame {_first(bad)}: unknown flag bits or bytes 14-15 not 0")
+    ts = frames["ts"]
+    bad = ~np.isfinite(ts) | (ts < min_ts) | (ts > now + max_future_s)
+    if bad.any():
+        i = _first(bad)
+        raise DecodeError(
+            BAD_TIMESTAMP,
+            f"frame {i}: ts {float(ts[i])!r} outside [{min_ts:g}, now+{max_future_s:g}s]",
+        )
+    # Normalize: bytes past dlc carry no meaning; zero them so payload features
+    # never see producer garbage.
+    frames["data"][np.arange(8) >= dlc[:, None].astype(np.int64)] = 0
+    if n > 1 and (np.diff(ts) < 0).any():
+        frames = frames[np.argsort(ts, kind="stable")]
+    return frames
+
+
+def _decode_binary(value: bytes) -> np.ndarray:
+    if len(value) < HEADER_LEN:
+        raise DecodeError(TRUNCATED, f"{len(value)} bytes, shorter than the 16-byte header")
+    magic, version, header_len, count, record_size, reserved = HEADER.unpack_from(value, 0)
+    if magic != MAGIC:
+        raise DecodeError(BAD_MAGIC, f"magic {magic!r}, expected {MAGIC!r}")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(UNKNOWN_SCHEMA, f"binary version {version}, expected {SCHEMA_VERSION}")
+    if header_len != HEADER_LEN or record_size != RECORD_SIZE or reserved != 0:
+        raise DecodeError(
+            BAD_LENGTH,
+            f"header_len {header_len}, record_size {record_size}, reserved {reserved}; "
+            f"expected {HEADER_LEN}, {RECORD_SIZE}, 0",
+        )
+    if count > MAX_FRAMES:
+        raise DecodeError(TOO_LARGE, f"{count} frames > {MAX_FRAMES}")
+    expected = HEADER_LEN + count * RECORD_SIZE
+    if len(value) < expected:
+        raise DecodeError(TRUNCATED, f"{len(value)} bytes, header announces {expected}")
+    if len(value) > expected:
+        raise DecodeError(BAD_LENGTH, f"{len(value) - expected} bytes after the last frame")
+    # One frombuffer, then a copy the pipeline owns (the Kafka buffer is read-only).
+    return np.frombuffer(value, dtype=FRAME_DTYPE, count=count, offset=HEADER_LEN).copy()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON literal {name}")
+
+
+def _json_frames(rows: Any) -> np.ndarray:
+    if not isinstance(rows, list):
+        raise DecodeError(BAD_SHAPE, '"frames" must be an array')
+    if len(rows) > MAX_FRAMES:
+        raise DecodeError(TOO_LARGE, f"{len(rows)} frames > {MAX_FRAMES}")
+    out = np.zeros(len(rows), dtype=FRAME_DTYPE)
+    ts, ids, dlcs, flags = [], [], [], []
+    data = bytearray(8 * len(rows))
+    for k, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) not in (4, 5):
+            raise DecodeError(BAD_SHAPE, f"frame {k}: must be [ts, can_id, dlc, hex(, flags)]")
+        t, i, d, h = row[0], row[1], row[2], row[3]
+        f = row[4] if len(row) == 5 else 0
+        if type(t) not in (int, float) or type(i) is not int or type(d) is not int:
+            raise DecodeError(BAD_SHAPE, f"frame {k}: ts must be a number, can_id/dlc integers")
+        if type(f) is not int or not 0 <= f <= 255:
+            raise DecodeError(BAD_FLAGS, f"frame {k}: flags must be an integer 0..255")
+        if not 0 <= i <= 0xFFFF_FFFF:
+            raise DecodeError(BAD_ID, f"frame {k}: can_id {i} outside 0..2^32-1")
+        if not 0 <= d <= 255:
+            raise DecodeError(BAD_DLC, f"frame {k}: dlc {d} outside 0..8")
+        if not isinstance(h, str) or len(h) % 2 or not _HEX.fullmatch(h):
+            raise DecodeError(BAD_SHAPE, f"frame {k}: data must be 0..16 hex digits, even count")
+        try:
+            ts.append(float(t))
+        except OverflowError:  # an integer beyond float range: absurd, not a crash
+            ts.append(math.inf)
+        ids.append(i)
+        dlcs.append(d)
+        flags.append(f)
+        data[8 * k : 8 * k + len(h) // 2] = bytes.fromhex(h)
+    out["ts"], out["can_id"], out["dlc"], out["flags"] = ts, ids, dlcs, flags
+    out["data"] = np.frombuffer(bytes(data), dtype=np.uint8).reshape(-1, 8)
+    return out
+
+
+def _decode_json(value: bytes, vehicle: str, brand: str) -> np.ndarray:
+    try:
+        doc = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DecodeError(BAD_JSON, f"{type(exc).__name__}: {str(exc)[:80]}") from None
+    if not isinstance(doc, dict) or "frames" not in doc:
+        raise DecodeError(BAD_SHAPE, 'JSON value must be an object with "frames"')
+    for field, expected in (("vehicle", vehicle), ("brand", brand)):
+        if field in doc and doc[field] != expected:
+            raise DecodeError(MISMATCH, f'"{field}" in the body differs from the record\'s')
+    bus = doc.get("bus", "can0")
+    if not isinstance(bus, str) or not 0 < len(bus) <= MAX_BUS_CHARS:
+        raise DecodeError(BAD_SHAPE, f'"bus" must be a string of 1..{MAX_BUS_CHARS} chars')
+    return _json_frames(doc["frames"])
+
+
+def decode_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]] | None,
+    *,
+    known_brands: set[str] | frozenset[str] | None,
+    now: float,
+    max_future_s: float,
+    min_ts: float,
+) -> DecodedBatch:
+    """Decode and validate one telemetry record, or raise ``DecodeError``.
+
+    ``now`` is the wall clock (seconds since epoch) that bounds future
+    timestamps; ``known_brands`` None accepts any well-formed brand slug.
+    """
+    vehicle = _vehicle(key)
+    found = _headers(headers)
+    ctype = found["content-type"].split(";", 1)[0].strip().lower()
+    if ctype not in CONTENT_TYPES:
+        raise DecodeError(UNKNOWN_CONTENT_TYPE, f"content-type {found['content-type'][:60]!r}")
+    if found["schema"] != str(SCHEMA_VERSION):
+        raise DecodeError(UNKNOWN_SCHEMA, f"schema {found['schema'][:20]!r}, expected 1")
+    brand = _brand(found["brand"], known_brands)
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise DecodeError(EMPTY, "record has no value (tombstone)")
+    value = bytes(value)
+    if len(value) > MAX_RECORD_BYTES:
+        raise DecodeError(TOO_LARGE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
+    if ctype == CONTENT_TYPE_BINARY:
+        frames = _decode_binary(value)
+    else:
+        frames = _decode_json(value, vehicle, brand)
+    frames = validate_frames(frames, now=now, max_future_s=max_future_s, min_ts=min_ts)
+    return DecodedBatch(vehicle, brand, frames)

@@ -1,0 +1,258 @@
+"""Attack injection with per-frame ground-truth labels, on any frame array.
+
+``inject(frames, spec)`` works on simulated traffic and on real recordings
+alike: it only needs FRAME_DTYPE frames. The attack window is
+``[t0, t0 + duration)`` with ``t0 = frames.ts[0] + spec.start_s``. Injected or
+modified frames get ``LABEL_CODE[kind]``; suspension removes frames and so
+labels nothing: the returned :class:`AttackSpan` is its ground truth.
+
+Kinds (defaults in brackets):
+
+* ``dos``: a flood of one high-priority id [0x000] at ``rate`` [3,000/s],
+  dlc 8, all-zero payload (the HCRL Car-Hacking DoS pattern).
+* ``fuzzing``: random 11-bit ids and random 8-byte payloads at ``rate`` [1,000/s].
+* ``spoofing`` (fabrication): extra frames at an existing id at ``rate``
+  [4x the id's own rate], each a genuine payload of that id with one byte
+  forged to a constant (see :func:`_forge`).
+* ``masquerade``: the id's real frames inside the window keep their timestamps
+  and dlc; their payloads are forged the same way (every one differs).
+* ``suspension``: the id's frames inside the window are removed.
+* ``replay``: the id's genuine frames from the ``duration`` seconds before t0
+  (fewer if the recording starts later; then repeated) are re-sent verbatim,
+  shifted into the window, in addition to the live traffic.
+
+Default target id (``id`` omitted, all kinds but dos/fuzzing): one of the
+periodic ids with a median period <= 100 ms, chosen with ``seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.errors import ConfigError
+from detector.schema import (
+    ATTACK_KINDS,
+    EXTENDED_FLAG,
+    FRAME_DTYPE,
+    ID_MASK_EXTENDED,
+    LABEL_CODE,
+    format_id,
+)
+
+INJECTABLE = tuple(k for k in ATTACK_KINDS if k != "unknown")
+DEFAULT_RATE_HZ = {"dos": 3000.0, "fuzzing": 1000.0}
+SPOOF_RATE_FACTOR = 4.0
+MAX_TARGET_PERIOD_S = 0.100
+_KEYS = {"start": "start_s", "duration": "duration_s", "id": "can_id", "rate": "rate_hz"}
+
+
+def _parse_id(text: str) -> int:
+    """``0x6E0`` / ``1760``; a trailing ``x`` (``0x18FEF100x``) or a value > 0x7FF is 29-bit."""
+    ext = len(text) > 2 and text[-1] in "xX"
+    value = int(text[:-1] if ext else text, 0)
+    if not 0 <= value <= ID_MASK_EXTENDED:
+        raise ValueError(f"id out of range: {text}")
+    return value | int(EXTENDED_FLAG) if ext or value > 0x7FF else value
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    kind: str
+    start_s: float  # relative to the first frame's ts
+    duration_s: float
+    can_id: int | None = None  # FRAME_DTYPE form (bit 31 = extended)
+    rate_hz: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in INJECTABLE:
+            raise ConfigError(
+                f"attack kind must be one of {', '.join(INJECTABLE)}, got {self.kind!r}"
+            )
+        if not (np.isfinite(self.start_s) and self.start_s >= 0):
+            raise ConfigError(f"attack start must be >= 0 s, got {self.start_s}")
+        if not (np.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ConfigError(f"attack duration must be > 0 s, got {self.duration_s}")
+        if self.rate_hz is not None and not (
+            np.isfinite(self.rate_hz) and 0 < self.rate_hz <= 100_000
+        ):
+            raise ConfigError(f"attack rate must be in (0, 100000] frames/s, got {self.rate_hz}")
+
+    @classmethod
+    def parse(cls, text: str) -> AttackSpec:
+        """``kind:start=S,duration=S[,id=0x6E0|0x18FEF100x][,rate=HZ]``."""
+        kind, _, rest = text.strip().partition(":")
+        kind = kind.strip().lower()
+        if kind not in INJECTABLE:
+            raise ConfigError(
+                f"attack {text!r}: kind must be one of {', '.join(INJECTABLE)}, got {kind!r}"
+            )
+        values: dict[str, float | int] = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = part.partition("=")
+            key = key.strip().lower()
+            if not eq or key not in _KEYS:
+                raise ConfigError(
+                    f"attack {text!r}: bad part {part!r} (expected key=value with key in {', '.join(_KEYS)})"
+                )
+            try:
+                values[_KEYS[key]] = _parse_id(value.strip()) if key == "id" else float(value)
+            except ValueError:
+                raise ConfigError(f"attack {text!r}: bad value in {part!r}") from None
+        for key in ("start", "duration"):
+            if _KEYS[key] not in values:
+                raise ConfigError(f"attack {text!r}: missing {key}=SECONDS")
+        try:
+            return cls(kind, **values)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"attack {text!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AttackSpan:
+    kind: str
+    start_ts: float
+    end_ts: float
+    can_id: int | None
+    vehicle: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "vehicle": self.vehicle,
+            "start_ts": self.start_ts,
+            "end_ts": self.end_ts,
+            "can_id": self.can_id,
+            "can_id_hex": None if self.can_id is None else format_id(self.can_id),
+        }
+
+
+def id_periods(frames: np.ndarray) -> dict[int, float]:
+    """Median inter-arrival time per id (ids with >= 3 frames)."""
+    out = {}
+    for cid in np.unique(frames["can_id"]).tolist():
+        ts = frames["ts"][frames["can_id"] == cid]
+        if len(ts) >= 3:
+            out[int(cid)] = float(np.median(np.diff(np.sort(ts))))
+    return out
+
+
+def default_target(frames: np.ndarray, rng: np.random.Generator) -> int:
+    periods = id_periods(frames[frames["label"] == 0])
+    fast = sorted(cid for cid, p in periods.items() if 0 < p <= MAX_TARGET_PERIOD_S)
+    if not fast:
+        raise ConfigError(
+            f"no periodic id with period <= {MAX_TARGET_PERIOD_S * 1000:.0f} ms to attack"
+        )
+    return int(rng.choice(fast))
+
+
+def _forge(payloads: np.ndarray, dlc: int) -> np.ndarray:
+    """Forged copies of ``payloads`` (n, 8): one signal-like byte set to a wrong constant.
+
+    The byte forged is the one that changes most often while still looking like a
+    physical signal (changes in < 90 % of consecutive frames: counters and
+    checksums change every frame); failing that the first byte. The constant is
+    the byte's median + 0x60; frames that already hold it get bit 6 flipped, so
+    every forged payload differs from the original.
+    """
+    forged = payloads.copy()
+    width = max(int(dlc), 1)
+    if len(payloads) > 1:
+        change = (np.diff(payloads[:, :width].astype(np.int16), axis=0) != 0).mean(axis=0)
+        candidates = np.where(change < 0.9, change, -1.0)
+        byte = int(np.argmax(candidates)) if candidates.max() > 0 else 0
+    else:
+        byte = 0
+    value = (int(np.median(payloads[:, byte])) + 0x60) & 0xFF
+    forged[:, byte] = np.where(payloads[:, byte] == value, value ^ 0x40, value)
+    return forged
+
+
+def _uniform_times(t0: float, t1: float, rate: float) -> np.ndarray:
+    n = max(int(round((t1 - t0) * rate)), 1)
+    return t0 + np.arange(n) / rate
+
+
+def _new_frames(ts: np.ndarray, can_id, data: np.ndarray, dlc, kind: str) -> np.ndarray:
+    out = np.zeros(len(ts), dtype=FRAME_DTYPE)
+    out["ts"], out["can_id"], out["dlc"], out["data"] = ts, can_id, dlc, data
+    out["label"] = LABEL_CODE[kind]
+    return out
+
+
+def _genuine(frames: np.ndarray, can_id: int) -> np.ndarray:
+    return (frames["can_id"] == can_id) & (frames["label"] == 0)
+
+
+def _fabricate(frames, spec, target, t0, t1, rng) -> np.ndarray:
+    """New frames for dos / fuzzing / spoofing / replay (returned, not yet merged)."""
+    kind = spec.kind
+    if kind in ("dos", "fuzzing"):
+        ts = _uniform_times(t0, t1, spec.rate_hz or DEFAULT_RATE_HZ[kind])
+        if kind == "dos":
+            return _new_frames(ts, target, np.zeros((len(ts), 8), np.uint8), 8, kind)
+        ids = rng.integers(0, 0x800, len(ts))
+        return _new_frames(ts, ids, rng.integers(0, 256, (len(ts), 8), dtype=np.uint8), 8, kind)
+    own = frames[_genuine(frames, target)]
+    if kind == "spoofing":
+        period = id_periods(own).get(target, 0.1)
+        ts = _uniform_times(t0, t1, spec.rate_hz or SPOOF_RATE_FACTOR / period)
+        before = own[own["ts"] < t0]
+        template = before[-32:] if len(before) else own[:32]
+        dlc = int(template["dlc"][-1])
+        forged = _forge(template["data"], dlc)[-1]
+        return _new_frames(ts, target, np.tile(forged, (len(ts), 1)), dlc, kind)
+    # replay: the window's length of genuine frames just before t0, repeated if short
+    shift = min(t1 - t0, t0 - float(frames["ts"][0]))
+    source = own[(own["ts"] >= t0 - shift) & (own["ts"] < t0)]
+    if shift <= 0 or len(source) == 0:
+        raise ConfigError(
+            f"replay: no genuine frames of {format_id(target)} before the attack start"
+        )
+    copies = []
+    for k in range(1, int(np.ceil((t1 - t0) / shift)) + 1):
+        c = source.copy()
+        c["ts"] += k * shift
+        copies.append(c[c["ts"] < t1])
+    out = np.concatenate(copies)
+    out["label"] = LABEL_CODE["replay"]
+    return out
+
+
+def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndarray, AttackSpan]:
+    """A new ts-sorted frame array with ``spec`` injected, and the attack's span."""
+    if len(frames) == 0:
+        raise ConfigError("cannot inject an attack into an empty frame array")
+    rng = np.random.default_rng(seed)
+    frames = frames[np.argsort(frames["ts"], kind="stable")]
+    t0 = float(frames["ts"][0]) + spec.start_s
+    t1 = t0 + spec.duration_s
+    if spec.kind == "fuzzing":
+        target = None
+    elif spec.can_id is not None:
+        target = int(spec.can_id)
+    else:
+        target = 0 if spec.kind == "dos" else default_target(frames, rng)
+    span = AttackSpan(spec.kind, t0, t1, target)
+    in_window = (frames["ts"] >= t0) & (frames["ts"] < t1)
+    if spec.kind in ("suspension", "masquerade", "spoofing", "replay") and not np.any(
+        _genuine(frames, target)
+    ):
+        raise ConfigError(f"{spec.kind}: id {format_id(target)} does not occur in the frames")
+    if spec.kind == "suspension":
+        return frames[~(in_window & (frames["can_id"] == target))], span
+    if spec.kind == "masquerade":
+        out = frames.copy()
+        hit = np.flatnonzero(in_window & _genuine(frames, target))
+        if len(hit) == 0:
+            raise ConfigError(
+                f"masquerade: id {format_id(target)} has no frames in the attack window"
+            )
+        out["data"][hit] = _forge(frames["data"][hit], int(frames["dlc"][hit[0]]))
+        out["label"][hit] = LABEL_CODE["masquerade"]
+        return out, span
+    added = _fabricate(frames, spec, target, t0, t1, rng)
+    out = np.concatenate([frames, added])
+    return out[np.argsort(out["ts"], kind="stable")], span

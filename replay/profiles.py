@@ -1,0 +1,395 @@
+"""Per-platform traffic profiles: which ids a vehicle sends, how often, and how.
+
+A profile is built from the platform's opendbc DBC file (configs/brands.toml
+names it). The DBC gives ids, DLCs and signal layouts; what it does not give is
+filled in with documented, deterministic choices:
+
+* **Period**: ``GenMsgCycleTime`` when the DBC has it. None of the five opendbc
+  Stellantis files do, so otherwise :func:`plausible_period` assigns one by
+  id band (lower id = higher priority = faster: <0x200 10 ms, <0x300 20 ms,
+  <0x400 50 ms, <0x500 100 ms, <0x600 200 ms, <0x700 500 ms, else 1 s;
+  29-bit ids 100 ms), capped at 20 ms for chassis/powertrain names (wheel,
+  speed, steer, brake, engine, ...).
+* **Not periodic**: diagnostics (``Req_Diag_*``/``Rep_Diag_*``, EOBD, 0x7DF,
+  0x7E0-0x7EF, fault logs) and zero-length pseudo-messages are dropped.
+* **Padding**: opendbc DBCs are reverse-engineered subsets of a real bus, so a
+  platform with fewer than ``MIN_MESSAGES`` ids is padded with undocumented
+  synthetic ids (``documented=False``) at unused addresses, so every platform
+  carries a realistic 40-80 ids and ~1,000-3,000 frames/s. When the DBC has no
+  vehicle-speed signal the padding starts with a synthetic powertrain set
+  (speed, wheel speeds, engine, steering) so every vehicle has physics.
+* **Roles**: each signal gets a role from its name (counter, checksum, speed,
+  wheel_speed, rpm, gear, steer_angle, ...; see ``_ROLE_PATTERNS``) that tells
+  the simulator how to drive it. Like opendbc, only signals named exactly
+  ``CHECKSUM`` carry a computed checksum; the checksum kind is per platform
+  (``_CHECKSUM_BY_DBC``).
+
+When ``opendbc`` is not importable (or a platform has no DBC), the profile is
+fully synthetic: the powertrain set plus padding (``source="synthetic"``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from detector.schema import EXTENDED_FLAG
+
+log = logging.getLogger(__name__)
+
+MIN_MESSAGES = 40
+MAX_MESSAGES = 80
+
+_ID_BANDS = (
+    (0x200, 0.010),
+    (0x300, 0.020),
+    (0x400, 0.050),
+    (0x500, 0.100),
+    (0x600, 0.200),
+    (0x700, 0.500),
+)
+_FAST_NAME = re.compile(
+    r"WHEEL|SPEED|STEER|EPS|ABS|ESP|BRAKE|ENGINE|GEAR|ACCEL|DYN|TCU|ECU_DATA1|SAS"
+)
+_NOT_PERIODIC = re.compile(r"DIAG|EOBD|FAULTLOG|VECTOR__INDEPENDENT")
+_CHECKSUM_BY_DBC = (("chrysler_", "chrysler"), ("fca_giorgio", "fca_giorgio"), ("psa_", "psa"))
+
+# First match wins; matched against the upper-cased signal name.
+_ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (role, re.compile(rx))
+    for role, rx in (
+        ("counter", r"(COUNTER|CNTR)$|^CPT_PROCESS"),
+        ("wheel_rpm", r"NWHL"),
+        ("wheel_speed", r"WHEEL_?SPEED|VWHL|VALWHL"),
+        ("speed", r"VEHICLE_SPEED|SPEEDOMETER|VITESSE_VEHICULE|_VECU$|VEH_?SPEED"),
+        ("rpm", r"RPM$|TACHOMETER|NENG|INPUTSHAFTSPEED"),
+        ("output_shaft", r"OUTPUTSHAFTSPEED"),
+        ("prndl", r"PRNDL"),
+        ("gear", r"^(ACTUAL|DESIRED)_GEAR$|CURRENTGEAR|STGEAR$|STGEARRAT$"),
+        ("steer_angle", r"STEER(ING)?_?ANGLE|^ANGLE$"),
+        ("steer_rate", r"STEER(ING)?_?(RATE|SPEED)$"),
+        ("distance", r"DISTANCE_ROUES|_SECU$|LTOTDST"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """One signal's bit layout (DBC conventions) and the role that drives it."""
+
+    name: str
+    start: int  # DBC start bit: LSB for little-endian, MSB (sawtooth numbering) for big-endian
+    length: int
+    little_endian: bool
+    signed: bool
+    scale: float
+    offset: float
+    unit: str
+    role: str  # counter | checksum | speed | ... | smooth | constant
+
+    @property
+    def raw_max(self) -> int:
+        return (1 << (self.length - 1)) - 1 if self.signed else (1 << self.length) - 1
+
+    @property
+    def raw_min(self) -> int:
+        return -(1 << (self.length - 1)) if self.signed else 0
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    name: str
+    can_id: int  # bare 11/29-bit id
+    extended: bool
+    dlc: int
+    period_s: float
+    signals: tuple[SignalSpec, ...]
+    checksum: str  # chrysler | fca_giorgio | psa | xor | none
+    documented: bool  # True: from the DBC; False: synthetic padding
+
+    @property
+    def frame_id(self) -> int:
+        """The id as stored in FRAME_DTYPE.can_id (bit 31 = extended)."""
+        return self.can_id | int(EXTENDED_FLAG) if self.extended else self.can_id
+
+    def by_role(self, role: str) -> list[SignalSpec]:
+        return [s for s in self.signals if s.role == role]
+
+
+@dataclass(frozen=True)
+class Profile:
+    platform: str
+    dbc: str | None
+    source: str  # opendbc | synthetic
+    messages: tuple[MessageSpec, ...]
+
+    @property
+    def frames_per_s(self) -> float:
+        return float(sum(1.0 / m.period_s for m in self.messages))
+
+    def message(self, frame_id: int) -> MessageSpec:
+        return next(m for m in self.messages if m.frame_id == frame_id)
+
+
+# ----------------------------------------------------------------- bit packing
+
+
+def _field(sig: SignalSpec) -> tuple[int, str]:
+    """(shift, byte order) of the signal inside the payload read as one 64-bit int."""
+    if sig.little_endian:
+        return sig.start, "<u8"
+    byte, bit = divmod(sig.start, 8)
+    return (7 - byte) * 8 + bit - sig.length + 1, ">u8"
+
+
+def pack_signal(data: np.ndarray, sig: SignalSpec, raw: np.ndarray) -> None:
+    """OR raw values (n,) into ``data`` (n, 8) uint8 in place; the field must be zero."""
+    shift, order = _field(sig)
+    raw = np.asarray(raw, dtype=np.int64).astype(np.uint64) & np.uint64((1 << sig.length) - 1)
+    word = (raw << np.uint64(shift)).astype(order)
+    data |= word.view(np.uint8).reshape(-1, 8)
+
+
+def unpack_signal(data: np.ndarray, sig: SignalSpec) -> np.ndarray:
+    """Raw values (int64) of ``sig`` in ``data`` (n, 8) uint8."""
+    shift, order = _field(sig)
+    word = np.ascontiguousarray(data, dtype=np.uint8).view(order).ravel()
+    raw = ((word >> np.uint64(shift)) & np.uint64((1 << sig.length) - 1)).astype(np.int64)
+    if sig.signed:
+        raw = np.where(raw > sig.raw_max, raw - (1 << sig.length), raw)
+    return raw
+
+
+def signal_mask(sig: SignalSpec) -> np.ndarray:
+    """The (8,) uint8 byte mask the signal occupies."""
+    data = np.zeros((1, 8), dtype=np.uint8)
+    pack_signal(data, sig, np.array([-1]))
+    return data[0]
+
+
+def _fits(sig: SignalSpec, dlc: int) -> bool:
+    shift, _ = _field(sig)
+    if shift < 0 or shift + sig.length > 64:
+        return False
+    return int(np.flatnonzero(signal_mask(sig)).max()) < dlc
+
+
+# ------------------------------------------------------------- DBC -> profile
+
+
+def plausible_period(can_id: int, name: str, extended: bool) -> float:
+    """A cycle time for a message whose DBC has none (see module docstring)."""
+    if extended:
+        return 0.100
+    period = next((p for upper, p in _ID_BANDS if can_id < upper), 1.000)
+    if _FAST_NAME.search(name.upper()):
+        period = min(period, 0.020)
+    return period
+
+
+def signal_role(name: str, length: int, scale: float, unit: str) -> str:
+    upper = name.upper()
+    if upper == "CHECKSUM":
+        return "checksum"
+    for role, rx in _ROLE_PATTERNS:
+        if rx.search(upper) and (length >= 3 or role == "counter"):
+            return role
+    physical = (unit not in ("", "-", "yes/no")) or scale != 1
+    return "smooth" if physical and length >= 6 else "constant"
+
+
+def _is_periodic(can_id: int, name: str, dlc: int) -> bool:
+    if dlc == 0 or _NOT_PERIODIC.search(name.upper()) or name.upper().startswith(("REQ_", "REP_")):
+        return False
+    return not (can_id == 0x7DF or 0x7E0 <= can_id <= 0x7EF)
+
+
+def _dbc_dir() -> Path | None:
+    try:
+        import opendbc
+    except ImportError:
+        return None
+    return Path(opendbc.__file__).resolve().parent / "dbc"
+
+
+def _sanitize_dbc(text: str) -> str:
+    """Fix two opendbc quirks cantools rejects even with strict=False: 29-bit ids
+    written without the extended marker (bit 31) and signal names starting with a digit."""
+    for raw in {int(m) for m in re.findall(r"^BO_ (\d+) ", text, re.M)}:
+        if 0x7FF < raw < 0x8000_0000:
+            text = re.sub(rf"\b{raw}\b", str(raw | 0x8000_0000), text)
+    for name in set(re.findall(r"^\s*SG_ (\d\w*)", text, re.M)):
+        text = re.sub(rf"\b{name}\b", "S" + name, text)
+    return text
+
+
+def load_dbc(path: Path):  # -> cantools Database
+    import cantools
+
+    try:
+        return cantools.database.load_file(str(path), strict=False)
+    except (cantools.database.UnsupportedDatabaseFormatError, cantools.database.Error):
+        text = path.read_text(encoding="latin-1")
+        return cantools.database.load_string(
+            _sanitize_dbc(text), database_format="dbc", strict=False
+        )
+
+
+def _signal_specs(msg, checksum: str) -> tuple[SignalSpec, ...]:
+    specs = [
+        SignalSpec(
+            s.name,
+            s.start,
+            s.length,
+            s.byte_order == "little_endian",
+            bool(s.is_signed),
+            float(s.scale),
+            float(s.offset),
+            str(s.unit or ""),
+            signal_role(s.name, s.length, float(s.scale), str(s.unit or "")),
+        )
+        for s in msg.signals
+        if not s.multiplexer_ids and 0 < s.length <= 64
+    ]
+    if checksum == "none":
+        specs = [s if s.role != "checksum" else _as_constant(s) for s in specs]
+    # Counters and checksums claim their bits first; later overlapping signals are dropped.
+    specs.sort(key=lambda s: (s.role not in ("checksum", "counter"), s.start))
+    taken = np.zeros(8, dtype=np.uint8)
+    kept = []
+    for s in specs:
+        if _fits(s, msg.length) and not (signal_mask(s) & taken).any():
+            taken |= signal_mask(s)
+            kept.append(s)
+    return tuple(kept)
+
+
+def _as_constant(s: SignalSpec) -> SignalSpec:
+    return SignalSpec(
+        s.name, s.start, s.length, s.little_endian, s.signed, s.scale, s.offset, s.unit, "constant"
+    )
+
+
+def _profile_from_dbc(platform: str, dbc_name: str, path: Path) -> Profile:
+    db = load_dbc(path)
+    checksum = next((k for prefix, k in _CHECKSUM_BY_DBC if dbc_name.startswith(prefix)), "none")
+    messages = []
+    for m in db.messages:
+        ext = bool(m.is_extended_frame)
+        can_id = int(m.frame_id)
+        if not _is_periodic(can_id, m.name, m.length):
+            continue
+        period = m.cycle_time / 1000.0 if m.cycle_time else plausible_period(can_id, m.name, ext)
+        period = float(min(max(period, 0.005), 2.0))
+        sigs = _signal_specs(m, checksum)
+        messages.append(
+            MessageSpec(m.name, can_id, ext, int(m.length), period, sigs, checksum, True)
+        )
+    messages.sort(key=lambda m: (m.period_s, m.can_id))
+    messages = messages[:MAX_MESSAGES]
+    return Profile(platform, dbc_name, "opendbc", tuple(_pad(platform, messages, checksum)))
+
+
+# ------------------------------------------------------------------ synthetic
+
+
+def _sig(
+    name: str, start: int, length: int, scale: float = 1.0, unit: str = "", role: str = ""
+) -> SignalSpec:
+    role = role or signal_role(name, length, scale, unit)
+    return SignalSpec(name, start, length, False, False, scale, 0.0, unit, role)
+
+
+def _core_messages(checksum: str) -> list[tuple[str, int, tuple[SignalSpec, ...]]]:
+    """A synthetic powertrain set in Chrysler style (Motorola, counter byte 6, checksum byte 7)."""
+    tail = (
+        _sig("COUNTER", 51, 4),
+        _sig("CHECKSUM", 63, 8, role="checksum" if checksum != "none" else "constant"),
+    )
+    return [
+        ("SYN_VEHICLE_SPEED", 8, (_sig("VEHICLE_SPEED", 7, 16, 0.01, "km/h"),) + tail),
+        (
+            "SYN_WHEEL_SPEEDS",
+            8,
+            tuple(
+                _sig(f"WHEEL_SPEED_{w}", 7 + 16 * i, 12, 0.05, "km/h")
+                for i, w in enumerate(("FL", "FR", "RL"))
+            )
+            + tail,
+        ),
+        (
+            "SYN_ENGINE",
+            8,
+            (_sig("ENGINE_RPM", 7, 16, 0.25, "rpm"), _sig("ACTUAL_GEAR", 19, 4)) + tail,
+        ),
+        (
+            "SYN_STEERING",
+            8,
+            (_sig("STEER_ANGLE", 7, 16, 0.1, "deg"), _sig("STEERING_RATE", 23, 12, 1.0, "deg/s"))
+            + tail,
+        ),
+    ]
+
+
+def _padding_signals(rng: np.random.Generator, checksum: str) -> tuple[int, tuple[SignalSpec, ...]]:
+    dlc = int(rng.choice([8, 8, 8, 6, 5, 4]))
+    sigs = [
+        _sig(f"SIG_{b}", 8 * b + 7, 8, role="constant" if rng.random() < 0.7 else "smooth")
+        for b in range(dlc - 2)
+    ]
+    if rng.random() < 0.6:
+        sigs += [
+            _sig("COUNTER", 8 * (dlc - 2) + 3, 4),
+            _sig("CHECKSUM", 8 * dlc - 1, 8, role="checksum"),
+        ]
+        if checksum == "none":
+            sigs[-1] = _as_constant(sigs[-1])
+    return dlc, tuple(sigs)
+
+
+def _pad(platform: str, messages: list[MessageSpec], checksum: str) -> list[MessageSpec]:
+    """Add undocumented synthetic ids (deterministic per platform) up to MIN_MESSAGES."""
+    rng = np.random.default_rng(zlib.crc32(platform.encode()))
+    # The PSA checksum is a 4-bit field; padding uses an 8-bit byte, so XOR there.
+    pad_checksum = checksum if checksum in ("chrysler", "fca_giorgio") else "xor"
+    used = {m.can_id for m in messages if not m.extended}
+    free = np.array([i for i in range(0x0A0, 0x600) if i not in used])
+    has_speed = any(m.by_role("speed") or m.by_role("wheel_speed") for m in messages)
+    out = list(messages)
+    core = [] if has_speed else _core_messages(pad_checksum)
+    n_new = max(MIN_MESSAGES - len(out), len(core))
+    ids = np.sort(rng.choice(free, size=n_new, replace=False))
+    for k, can_id in enumerate(ids.tolist()):
+        if k < len(core):
+            name, dlc, sigs = core[k]
+            period = 0.010 if can_id < 0x300 else 0.020
+        else:
+            name = f"UNDOC_{can_id:03X}"
+            dlc, sigs = _padding_signals(rng, pad_checksum)
+            period = plausible_period(can_id, name, False)
+        out.append(MessageSpec(name, can_id, False, dlc, period, sigs, pad_checksum, False))
+    return sorted(out, key=lambda m: m.can_id)
+
+
+def synthetic_profile(platform: str) -> Profile:
+    """The fallback profile: a synthetic powertrain set plus padding, no DBC needed."""
+    return Profile(platform, None, "synthetic", tuple(_pad(platform, [], "xor")))
+
+
+@functools.cache
+def load_profile(platform: str) -> Profile:
+    """The traffic profile of ``platform`` (cached); synthetic when opendbc/DBC is missing."""
+    from detector.brands import load_fleet
+
+    dbc_name = load_fleet().platform_dbc.get(platform, "")
+    dbc_dir = _dbc_dir()
+    if not dbc_name or dbc_dir is None or not (dbc_dir / dbc_name).is_file():
+        log.warning("platform %s: no opendbc DBC available, using the synthetic profile", platform)
+        return synthetic_profile(platform)
+    return _profile_from_dbc(platform, dbc_name, dbc_dir / dbc_name)

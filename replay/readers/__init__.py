@@ -1,0 +1,97 @@
+"""CAN log readers: every supported file format -> one FRAME_DTYPE array.
+
+``read_frames(path)`` picks the format by suffix, sniffing the first lines where
+the suffix is ambiguous (``.log``, ``.csv``, ``.txt``, anything else), and
+returns the frames in file order with per-frame ``label`` from the file's labels
+(0 when it has none). Text formats are parsed with whole-array numpy operations
+(see ``_text``); ASC/BLF/TRC go through python-can. Malformed input raises
+``InputError`` as ``file:line: what``.
+
+    format    module     content
+    candump   candump    ``(ts) iface ID#DATA`` [+ CrySyS label columns]
+    asc       pycan      Vector ASCII
+    blf       pycan      Vector binary logging format
+    trc       pycan      PEAK trace
+    csv       pycsv      python-can CSV (alias ``pcan-csv``)
+    hcrl      tabular    HCRL Car-Hacking CSV
+    road      tabular    ROAD ``Time,Id,Byte1..Byte8,Label``
+    crysys    tabular    CrySyS whitespace columns
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from detector.errors import InputError
+from replay.readers import candump, pycan, pycsv, tabular
+from replay.readers._base import LogFormat
+
+_ALL: tuple[LogFormat, ...] = (
+    candump.FORMAT,
+    pycan.ASC,
+    pycan.BLF,
+    pycan.TRC,
+    pycsv.FORMAT,
+    tabular.HCRL,
+    tabular.ROAD,
+    tabular.CRYSYS,
+)
+REGISTRY: dict[str, LogFormat] = {f.name: f for f in _ALL}
+FORMATS: tuple[str, ...] = tuple(REGISTRY)
+ALIASES: dict[str, str] = {"pcan-csv": "csv", "python-can-csv": "csv", "log": "candump"}
+
+#: Suffixes that name exactly one format; all others are sniffed.
+_BY_SUFFIX = {".asc": "asc", ".blf": "blf", ".trc": "trc"}
+#: Sniffing order: most specific signatures first.
+_SNIFF_ORDER = ("blf", "trc", "asc", "csv", "candump", "road", "hcrl", "crysys")
+_HEAD = 4096
+
+
+def canonical_format(name: str) -> str:
+    """Resolve an alias (``pcan-csv``) to its format name; ValueError if unknown."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in REGISTRY:
+        known = ", ".join(FORMATS + tuple(ALIASES))
+        raise ValueError(f"unknown format {name!r} (known: {known})")
+    return key
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format name of ``path``: by suffix when unambiguous, else by content."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(_HEAD)
+    if not head.strip():
+        raise InputError(str(path), None, "empty file")
+    by_suffix = _BY_SUFFIX.get(path.suffix.lower())
+    if by_suffix:
+        return by_suffix
+    for name in _SNIFF_ORDER:
+        if REGISTRY[name].sniff(head):
+            return name
+    tried = ", ".join(_SNIFF_ORDER)
+    raise InputError(str(path), None, f"unrecognised CAN log format (tried: {tried})")
+
+
+def read_frames(path: str | os.PathLike[str], fmt: str | None = None) -> np.ndarray:
+    """All frames of ``path`` as a FRAME_DTYPE array, in file order."""
+    spath = str(path)
+    try:
+        name = canonical_format(fmt) if fmt else detect_format(path)
+    except ValueError as exc:
+        raise InputError(spath, None, str(exc)) from None
+    spec = REGISTRY[name]
+    if not spec.text:
+        if os.path.getsize(spath) == 0:
+            raise InputError(spath, None, "empty file")
+        return spec.read(spath, None)
+    data = Path(path).read_bytes()
+    if not data or data.isspace():  # isspace stops at the first other byte; strip copies
+        raise InputError(spath, None, "empty file")
+    return spec.read(spath, data)
+
+
+__all__ = ["ALIASES", "FORMATS", "REGISTRY", "canonical_format", "detect_format", "read_frames"]

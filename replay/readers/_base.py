@@ -1,0 +1,68 @@
+"""The small interface every log-format module implements, and shared helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.schema import EXTENDED_FLAG, FRAME_DTYPE, LABELS
+
+#: Label words understood in label columns (case-insensitive): the LABELS names
+#: plus the CrySyS/boolean spellings, where "attacked" means "unknown" kind.
+LABEL_WORDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
+LABEL_WORDS.update({"1": LABELS.index("unknown"), "true": LABELS.index("unknown")})
+LABEL_WORDS.update({"0": 0, "false": 0})
+
+
+@dataclass(frozen=True)
+class LogFormat:
+    """One readable format: how to recognise it and how to read it.
+
+    ``sniff(head)`` gets the first bytes of the file; ``read(path, data)`` gets
+    the path and the whole content (``None`` for readers that open the file
+    themselves, e.g. binary BLF).
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    sniff: Callable[[bytes], bool]
+    read: Callable[[str, bytes | None], np.ndarray]
+    text: bool = True
+
+
+def build_frames(
+    ts: np.ndarray,
+    arb_id: np.ndarray,
+    extended: np.ndarray,
+    dlc: np.ndarray,
+    data: np.ndarray,
+    flags: np.ndarray | int = 0,
+    label: np.ndarray | int = 0,
+) -> np.ndarray:
+    """Assemble a FRAME_DTYPE array from already-validated columns."""
+    out = np.zeros(len(ts), dtype=FRAME_DTYPE)
+    out["ts"] = ts
+    out["can_id"] = np.where(extended, arb_id.astype(np.uint32) | EXTENDED_FLAG, arb_id)
+    out["dlc"] = dlc
+    out["flags"] = flags
+    out["label"] = label
+    out["data"] = data
+    return out
+
+
+def head_lines(head: bytes, n: int = 5) -> list[str]:
+    """The first ``n`` non-empty lines of ``head`` (a possibly cut line dropped)."""
+    text = head.decode("latin-1")
+    lines = text.splitlines()
+    if len(head) >= 4096 and lines:
+        lines = lines[:-1]
+    return [ln.strip() for ln in lines if ln.strip()][:n]
+
+
+def mostly(lines: list[str], pattern) -> bool:
+    """At least half of the sniffed lines match: one malformed line should still
+    be reported at its line number rather than as an unknown format."""
+    hits = sum(1 for ln in lines if pattern.match(ln))
+    return hits > 0 and 2 * hits >= len(lines)

@@ -1,0 +1,43 @@
+"""Shared fixtures.
+
+``broker``: one embedded Tansu broker for the whole session (memory storage),
+stopped by PID at the end. Use ``unique_topic`` so tests never share topics.
+Do not stop or restart the shared broker: a test that needs an outage starts
+its own ``detector.broker.EmbeddedBroker``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from detector.broker import BrokerError, EmbeddedBroker, tansu_binary
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    try:
+        tansu_binary()
+    except BrokerError as exc:
+        pytest.skip(f"embedded broker unavailable: {exc}")
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    embedded = EmbeddedBroker(log_path=log)
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.close()
+
+
+@pytest.fixture
+def unique_topic(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """``unique_topic("telemetry")`` -> "telemetry.<test name>.<8 hex>" (a legal topic name)."""
+    test = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name)[:80]
+
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}.{test}.{uuid.uuid4().hex[:8]}"
+
+    return make

@@ -1,0 +1,268 @@
+"""CAN log readers and writers: round trips, malformed input, real captures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import can
+import numpy as np
+import pytest
+
+from detector.errors import InputError
+from detector.schema import EXTENDED_FLAG, FLAG_RTR, FRAME_DTYPE, LABEL_CODE
+from replay.readers import FORMATS, detect_format, read_frames
+from replay.writers import write_frames
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+UNKNOWN = LABEL_CODE["unknown"]
+
+# format -> (suffix, timestamp precision in s, labels kept, remote frames kept)
+WRITABLE = {
+    "candump": (".log", 1e-6, "all", True),
+    "road": (".csv", 1e-6, "all", False),
+    "hcrl": (".csv", 1e-6, "attacked", False),
+    "csv": (".csv", 0.0, "none", True),
+    "asc": (".asc", 1e-6, "none", True),
+    "blf": (".blf", 1e-6, "none", True),
+    "trc": (".trc", 1e-6, "none", False),
+    "crysys": (".txt", 1e-6, "none", False),
+}
+
+
+def random_frames(n: int = 600, seed: int = 7, rtr: bool = True) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    f = np.zeros(n, FRAME_DTYPE)
+    f["ts"] = 1.6e9 + np.cumsum(rng.random(n) * 0.01)
+    ext = rng.random(n) < 0.3
+    f["can_id"] = np.where(
+        ext, rng.integers(0, 2**29, n) | EXTENDED_FLAG, rng.integers(0, 0x800, n)
+    )
+    f["dlc"] = np.arange(n) % 9  # every dlc 0..8
+    data = rng.integers(0, 256, (n, 8)).astype(np.uint8)
+    data[np.arange(8) >= f["dlc"][:, None]] = 0
+    f["data"] = data
+    f["label"] = np.where(rng.random(n) < 0.2, rng.integers(1, 8, n), 0)
+    if rtr:
+        remote = rng.random(n) < 0.05
+        f["flags"][remote] = FLAG_RTR
+        f["data"][remote] = 0
+    return f
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITABLE))
+def test_round_trip(tmp_path, fmt):
+    suffix, precision, labels, rtr_ok = WRITABLE[fmt]
+    frames = random_frames(rtr=rtr_ok)
+    path = tmp_path / f"frames{suffix}"
+    write_frames(path, frames, fmt)
+    assert detect_format(path) == fmt
+    back = read_frames(path)
+    assert len(back) == len(frames)
+    np.testing.assert_array_equal(back["can_id"], frames["can_id"])
+    np.testing.assert_array_equal(back["dlc"], frames["dlc"])
+    np.testing.assert_array_equal(back["data"], frames["data"])
+    np.testing.assert_array_equal(back["flags"], frames["flags"])
+    # half a unit of the last written digit, plus float64 rounding at 1.6e9
+    np.testing.assert_allclose(back["ts"], frames["ts"], rtol=0, atol=precision / 2 + 5e-7)
+    expected = {
+        "all": frames["label"],
+        "attacked": np.where(frames["label"] != 0, UNKNOWN, 0),
+        "none": np.zeros(len(frames)),
+    }[labels]
+    np.testing.assert_array_equal(back["label"], expected)
+
+
+def test_candump_without_labels_has_no_label_column(tmp_path):
+    frames = random_frames(20)
+    frames["label"] = 0
+    write_frames(tmp_path / "a.log", frames)
+    first = (tmp_path / "a.log").read_text().splitlines()[0]
+    assert len(first.split()) == 3
+
+
+def test_candump_matches_python_can(tmp_path):
+    """python-can's own candump output (with R/T direction) reads identically."""
+    frames = random_frames(300)
+    path = tmp_path / "pc.log"
+    with can.CanutilsLogWriter(path) as w:
+        for i in range(len(frames)):
+            f = frames[i]
+            rtr = bool(f["flags"] & FLAG_RTR)
+            w.on_message_received(
+                can.Message(
+                    timestamp=float(f["ts"]),
+                    arbitration_id=int(f["can_id"]) & 0x1FFFFFFF,
+                    is_extended_id=bool(f["can_id"] & EXTENDED_FLAG),
+                    is_remote_frame=rtr,
+                    dlc=int(f["dlc"]),
+                    data=None if rtr else bytes(f["data"][: f["dlc"]]),
+                    is_rx=bool(i % 2),
+                )
+            )
+    ours = read_frames(path)
+    theirs = list(can.LogReader(path))
+    np.testing.assert_array_equal(ours["ts"], [m.timestamp for m in theirs])
+    np.testing.assert_array_equal(ours["can_id"] & 0x1FFFFFFF, [m.arbitration_id for m in theirs])
+    np.testing.assert_array_equal(
+        ours["dlc"][ours["flags"] == 0], frames["dlc"][frames["flags"] == 0]
+    )
+
+
+def test_python_can_csv_odd_timestamps(tmp_path):
+    path = tmp_path / "odd.csv"
+    msgs = [
+        can.Message(timestamp=ts, arbitration_id=0x10, data=b"\x01")
+        for ts in (1e-05, 0.30000000000000004, 1600000000.1234567, 123456789012.25)
+    ]
+    with can.CSVWriter(path) as w:
+        for m in msgs:
+            w.on_message_received(m)
+    np.testing.assert_array_equal(read_frames(path)["ts"], [m.timestamp for m in msgs])
+
+
+def test_hcrl_headerless_shifted_flag(tmp_path):
+    path = tmp_path / "hcrl.csv"
+    path.write_text(
+        "1478198376.389427,0316,8,05,21,68,09,21,21,00,6f,R\n"
+        "1478198376.389636,018f,2,fe,5b,T\n"
+        "1478198376.389800,0260,0,R\n"
+    )
+    assert detect_format(path) == "hcrl"
+    f = read_frames(path)
+    assert f["dlc"].tolist() == [8, 2, 0]
+    assert f["label"].tolist() == [0, UNKNOWN, 0]
+    assert f["data"][1, :3].tolist() == [0xFE, 0x5B, 0]
+    assert f["can_id"].tolist() == [0x316, 0x18F, 0x260]
+
+
+def test_crysys_columns_and_overrides(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text(
+        "1483093132.049669        0380    000    8    30 bb 82 00 9d 53 00 81\n"
+        "1483093132.050104        0180    000    6    64 10 7f ff f4 00\n"
+        "1483093132.050105        18fef100    000    0\n"
+    )
+    assert detect_format(path) == "crysys"
+    f = read_frames(path)
+    assert f["dlc"].tolist() == [8, 6, 0]
+    assert f["data"][1].tolist() == [0x64, 0x10, 0x7F, 0xFF, 0xF4, 0, 0, 0]
+    assert f["can_id"][2] == 0x18FEF100 | EXTENDED_FLAG
+    cd = tmp_path / "c.txt2"
+    cd.write_text("(1.5) can0 123#11\n")
+    assert read_frames(cd, fmt="candump")["can_id"].tolist() == [0x123]
+    write_frames(tmp_path / "x.csv", f, "pcan-csv")
+    assert read_frames(tmp_path / "x.csv", fmt="pcan-csv")["dlc"].tolist() == [8, 6, 0]
+
+
+def test_formats_listed():
+    assert set(FORMATS) >= {"candump", "asc", "blf", "trc", "csv", "hcrl", "road", "crysys"}
+
+
+ROAD_HEAD = "Time,Id,Byte1,Byte2,Byte3,Byte4,Byte5,Byte6,Byte7,Byte8,Label\n"
+ROAD_OK = "1.0,20E,4E,20,03,A0,C6,3F,8F,FF,Benign\n"
+HCRL_HEAD = (
+    "Timestamp,CAN ID,DLC,DATA[0],DATA[1],DATA[2],DATA[3],DATA[4],DATA[5],DATA[6],DATA[7],Flag\n"
+)
+PCSV_HEAD = "timestamp,arbitration_id,extended,remote,error,dlc,data\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("f.log", "(1.0) can0 123#11\n(1.1) can0 123#ZZ\n", "f.log:2: bad hex in data 'ZZ'"),
+        ("f.log", "(1.0) can0 123#11\n\n(1.1) can0 123#112\n", "f.log:3: odd number of hex digits"),
+        ("f.log", "(1.0) can0 123#112233445566778899\n", "f.log:1: dlc 9 > 8"),
+        ("f.log", "(1.0) can0 123#11\n(x.y) can0 1#\n", "f.log:2: bad timestamp '(x.y)'"),
+        ("f.log", "(1.0) can0 123#11\n(1.0) can0 12G#11\n", "f.log:2: bad CAN id '12G'"),
+        ("f.log", "(1.0) can0 123#11\n(1.0) can0\n", "f.log:2: expected at least 3 columns, got 2"),
+        ("f.log", "(1.0) can0 123#11 maybe\n", "f.log:1: unknown label 'maybe'"),
+        ("f.log", "(1.0) can0 123##311\n", "f.log:1: CAN FD frames"),
+        (
+            "f.csv",
+            ROAD_HEAD + ROAD_OK + "2.0,20E,4E,Benign\n",
+            "f.csv:3: expected 11 columns, got 4",
+        ),
+        ("f.csv", ROAD_HEAD + ROAD_OK.replace("A0", "X0"), "f.csv:2: bad hex in data bytes"),
+        ("f.csv", ROAD_HEAD + ROAD_OK.replace(",4E,", ",,"), "f.csv:2: empty byte cell"),
+        (
+            "f.csv",
+            HCRL_HEAD + "1.5,0316,8,1,2,3,4,5,6,7,8,R\n1.6,0316,12,R\n",
+            "f.csv:3: dlc 12 > 8",
+        ),
+        ("f.csv", HCRL_HEAD + "1.5,0316,2,1,2,3,4,R\n", "f.csv:2: expected 6 or 12 columns, got 8"),
+        ("f.csv", HCRL_HEAD + "1.5,0316,1,01,Q\n", "f.csv:2: bad flag 'Q'"),
+        (
+            "f.csv",
+            PCSV_HEAD + "1.0,0x10,0,0,0,1,AQ==\n1.0,0x10,2,0,0,1,AQ==\n",
+            "f.csv:3: extended must be 0 or 1",
+        ),
+        ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1,A!==\n", "f.csv:2: bad base64 data 'A!=='"),
+        ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1\n", "f.csv:2: expected 7 columns, got 6"),
+        ("f.txt", "1.5 0380 000 8 30 bb 82\n", "f.txt:1: expected 12 columns (dlc 8), got 7"),
+    ],
+)
+def test_malformed_lines_name_file_and_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    fmt = "crysys" if name.endswith(".txt") else None
+    with pytest.raises(InputError) as exc:
+        read_frames(path, fmt)
+    assert str(exc.value).startswith(f"{path.parent}/{message}")
+
+
+def test_empty_and_unknown_files(tmp_path):
+    empty = tmp_path / "e.log"
+    empty.write_text("\n  \n")
+    with pytest.raises(InputError, match="e.log: empty file"):
+        read_frames(empty)
+    junk = tmp_path / "j.csv"
+    junk.write_text("hello,world\n")
+    with pytest.raises(InputError, match=r"j.csv: unrecognised CAN log format \(tried: .*candump"):
+        read_frames(junk)
+    with pytest.raises(InputError, match="unknown format 'nope'"):
+        read_frames(junk, fmt="nope")
+
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real captures not found at {DATA}")
+
+
+@pytest.mark.realdata
+@needs_data
+@pytest.mark.parametrize(
+    "rel, fmt, n, labels",
+    [
+        ("road/fuzzing_attack_1.csv", "road", 49_342, {"fuzzing": 592}),
+        ("road/correlated_signal_attack_2.csv", "road", 69_657, {"spoofing": 2_141}),
+        ("road/correlated_signal_attack_2_masquerade.csv", "road", 67_517, {"masquerade": 2_141}),
+        ("crysys/benign-48.csv", "crysys", 34_894, {}),
+        ("crysys/S-1-1-benign.log", "candump", 17_935, {}),
+    ],
+)
+def test_real_captures(rel, fmt, n, labels):
+    path = DATA / rel
+    assert detect_format(path) == fmt
+    f = read_frames(path)
+    assert len(f) == n
+    got = {k: int((f["label"] == LABEL_CODE[k]).sum()) for k in LABEL_CODE if k != "benign"}
+    assert {k: v for k, v in got.items() if v} == labels
+
+
+@pytest.mark.realdata
+@needs_data
+def test_crysys_malicious_labels_mark_the_0x410_attack():
+    f = read_frames(DATA / "crysys" / "S-1-1-malicious-CONST-msg-mod-0x410-0.4-0.6.log")
+    attacked = f[f["label"] != 0]
+    assert len(f) == 17_935 and len(attacked) > 0
+    assert set(attacked["can_id"].tolist()) == {0x410}
+    assert set(attacked["label"].tolist()) == {UNKNOWN}
+    assert 12.09 <= attacked["ts"].min() and attacked["ts"].max() <= 17.992
+
+
+def test_crlf_line_endings(tmp_path):
+    path = tmp_path / "w.csv"
+    path.write_bytes(
+        (ROAD_HEAD + ROAD_OK + ROAD_OK.replace("Benign", "Fuzzing")).replace("\n", "\r\n").encode()
+    )
+    f = read_frames(path)
+    assert f["label"].tolist() == [0, LABEL_CODE["fuzzing"]]
+    assert f["data"][0, 7] == 0xFF
