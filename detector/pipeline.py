@@ -113,6 +113,16 @@ class Scorer:
             if idx:
                 st.window.forget_vehicles(np.array(idx))
 
+    def closed_until(self, vehicle: str, brand: str) -> float:
+        """Event time before which the vehicle's windows are closed (-inf: none yet)."""
+        platform = self.platform_for(brand)
+        st = self.state.get(platform) if platform else None
+        i = st.index.get(vehicle) if st else None
+        if i is None or i >= len(st.window.closed_upto):
+            return float("inf")  # no state kept for it: nothing to re-form
+        upto = int(st.window.closed_upto[i])
+        return upto * self.window_s if upto > np.iinfo(np.int64).min // 8 else float("-inf")
+
     @property
     def late_frames(self) -> int:
         return sum(st.window.late_frames for st in self.state.values())

@@ -1,0 +1,71 @@
+"""canwatch detect: the streaming service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from detector.cli._common import add_config_flag, fleet_from
+from detector.config import load_config
+from detector.metrics import DetectorMetrics
+from detector.service import Detector
+
+log = logging.getLogger("canwatch.detect")
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "detect",
+        help="run the detector service on Kafka",
+        description="Consume fleet telemetry from Kafka in a consumer group, score it with the "
+        "per-platform models, publish incidents and dead letters, serve Prometheus metrics. "
+        "Flags override the config file, which overrides the defaults. SIGTERM/SIGINT: "
+        "finish the batch, flush, commit, exit 0.",
+    )
+    add_config_flag(p)
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers")
+    p.add_argument("--models", metavar="DIR", help="model directory")
+    p.add_argument("--group", metavar="ID", help="consumer group id")
+    p.add_argument(
+        "--metrics", metavar="HOST:PORT", help="metrics address (default 127.0.0.1:9108)"
+    )
+    p.add_argument("--detector-id", help="instance id written into incidents")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(
+        args.config,
+        overrides={
+            "kafka.bootstrap": args.bootstrap,
+            "models.dir": args.models,
+            "kafka.group_id": args.group,
+            "metrics.address": args.metrics,
+        },
+    )
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("canwatch").setLevel(logging.INFO)
+    metrics = DetectorMetrics(instance=args.detector_id or "")
+    server = metrics.serve(cfg.metrics.address)
+    host, port = server.server_address[:2]
+    print(
+        f"canwatch detect: metrics on http://{host}:{port}/metrics, consuming "
+        f"{cfg.kafka.telemetry_topic} from {cfg.kafka.bootstrap}",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("signal %d: finishing the current batch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    detector = Detector(cfg, fleet_from(cfg), metrics, args.detector_id)
+    try:
+        detector.run(stop)
+    finally:
+        server.shutdown()
+    return 0
