@@ -29,7 +29,7 @@ DICT_MIN_REPEATS = 50
 MIN_PAYLOAD_FRAMES = 30
 #: Learned byte ranges are widened by 1/RANGE_MARGIN_DIV of their width each
 #: side: a slowly drifting signal should not look like a forged one.
-RANGE_MARGIN_DIV = 8
+RANGE_MARGIN_DIV = 2
 #: Checksum candidates (code -> name); the learned one must hold on >= 99.5 % of frames.
 CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850"}
 #: Counter candidates: (mask, shift) of a field inside one byte.
@@ -188,15 +188,35 @@ def stream_order(frames: np.ndarray, stream: np.ndarray) -> np.ndarray:
     return order
 
 
+def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """(8,) bool: bytes nearly constant within each vehicle but different between them.
+
+    An odometer's high byte or a VIN-derived value: a fleet-wide range learned
+    from a few vehicles never covers the next one, so no range applies to them.
+    """
+    owners, inv = np.unique(owner, return_inverse=True)
+    if len(owners) < 2:
+        return np.zeros(8, bool)
+    lo = np.full((len(owners), 8), 255, np.int16)
+    hi = np.zeros((len(owners), 8), np.int16)
+    np.minimum.at(lo, inv, d)
+    np.maximum.at(hi, inv, d)
+    within = (hi - lo).mean(axis=0)
+    across = d.max(axis=0).astype(np.int16) - d.min(axis=0)
+    return (across > 0) & (within < 0.25 * across)
+
+
 def learn_baseline(
     frames: np.ndarray,
     vehicle: np.ndarray,
     window_s: float,
+    owner: np.ndarray | None = None,
 ) -> Baseline:
     """Learn a platform's baseline from benign ``frames`` of one or more vehicles.
 
-    ``vehicle`` is an int array (same length) telling the frames' vehicles apart;
-    consecutive-frame statistics never cross vehicles.
+    ``vehicle`` is an int array (same length) of stream segments: consecutive-
+    frame statistics never cross them. ``owner`` tells physical vehicles apart
+    (default: the segments) for values that legitimately differ per vehicle.
     """
     if frames.dtype != FRAME_DTYPE:
         raise TypeError("frames must be a FRAME_DTYPE array")
@@ -205,10 +225,12 @@ def learn_baseline(
     ids, id_slot = np.unique(frames["can_id"], return_inverse=True)
     k = len(ids)
     vehicle = np.asarray(vehicle, dtype=np.int64)
+    owner = vehicle if owner is None else np.asarray(owner, dtype=np.int64)
     stream = vehicle * k + id_slot
     order = stream_order(frames, stream)
     f = frames[order]
     s = stream[order]
+    own = owner[order]
     slot = id_slot[order]
     same = np.r_[False, s[1:] == s[:-1]]
     data = f["data"]
@@ -274,8 +296,9 @@ def learn_baseline(
                 dt_p01[j] = float(np.percentile(dtj, 1) / period[j])
         lo, hi = d.min(axis=0).astype(np.int16), d.max(axis=0).astype(np.int16)
         margin = (hi - lo) // RANGE_MARGIN_DIV
-        byte_min[j] = np.clip(lo - margin, 0, 255)
-        byte_max[j] = np.clip(hi + margin, 0, 255)
+        per_vehicle = vehicle_specific_bytes(d, own[rows])
+        byte_min[j] = np.where(per_vehicle, 0, np.clip(lo - margin, 0, 255))
+        byte_max[j] = np.where(per_vehicle, 255, np.clip(hi + margin, 0, 255))
         dlc_mask[j] = np.bitwise_or.reduce(np.left_shift(1, dl.astype(np.uint16)))
         if cons.any():
             cj = changed[rows][cons]
@@ -288,7 +311,12 @@ def learn_baseline(
             delta_min[j], delta_max[j] = dj.min(axis=0), dj.max(axis=0)
         pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
         pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
-        pair_tight[j] = ((pmax - pmin) <= TIGHT_PAIR_WIDTH) & (len(d) >= MIN_PAYLOAD_FRAMES)
+        pair_tight[j] = (
+            ((pmax - pmin) <= TIGHT_PAIR_WIDTH)
+            & (len(d) >= MIN_PAYLOAD_FRAMES)
+            & ~per_vehicle[PAIRS[:, 0]]
+            & ~per_vehicle[PAIRS[:, 1]]
+        )
         margin = (pmax - pmin) // 4 + 2
         pair_min[j], pair_max[j] = pmin - margin, pmax + margin
         if len(d) < MIN_PAYLOAD_FRAMES:
@@ -302,7 +330,11 @@ def learn_baseline(
         )
         distinct = np.unique(payload_u64(d))
         # only a stable enumeration: every payload seen many times over
-        if len(distinct) <= MAX_DICT_PAYLOADS and len(d) >= DICT_MIN_REPEATS * len(distinct):
+        if (
+            len(distinct) <= MAX_DICT_PAYLOADS
+            and len(d) >= DICT_MIN_REPEATS * len(distinct)
+            and not per_vehicle.any()
+        ):
             has_dict[j] = True
             hashes.append(payload_hash(np.full(len(distinct), j), distinct))
 

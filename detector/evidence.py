@@ -56,13 +56,18 @@ def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
         and X[top, F["rate"]] < 0.5
     ):
         return "suspension"
-    timing_up = X[top, F["rate"]] > 1.0 and (ex[top, F["rate"]] > 0 or ex[top, F["dt_min"]] > 0)
-    if timing_up:
-        return "dos" if X[top, F["rate"]] >= FLOOD_RATIO else "spoofing"
     payload = max(ex[top, F[n]] for n in PAYLOAD)
     seq = ex[top, F["counter_err"]]
     fresh_values = ex[top, F["out_of_range"]] + ex[top, F["novel_payload"]] + ex[top, F["pair_out"]]
-    if seq > 0 and fresh_values == 0:
+    # re-sent genuine frames: counters out of step, yet every value one seen before
+    resent = seq > 0 and fresh_values == 0
+    timing_up = X[top, F["rate"]] > 1.0 and (ex[top, F["rate"]] > 0 or ex[top, F["dt_min"]] > 0)
+    if timing_up:
+        if X[top, F["rate"]] >= FLOOD_RATIO:
+            return "dos"
+        # extra frames either carry forged values (spoofing) or old genuine ones (replay)
+        return "replay" if resent else "spoofing"
+    if resent:
         return "replay"
     if payload > 0 or seq > 0:
         return "masquerade"

@@ -70,20 +70,25 @@ def train_platform(
     """Train on benign frames of ``recordings`` (one vehicle each, attack frames removed)."""
     W = cfg.window_s
     sorted_recs = [r[np.argsort(r["ts"], kind="stable")] for r in recordings if len(r)]
-    recordings = [seg for r in sorted_recs for seg in clean_segments(r, W)]
+    segments = [(i, seg) for i, r in enumerate(sorted_recs) for seg in clean_segments(r, W)]
+    owners = [i for i, _ in segments]  # the recording (vehicle) each clean segment came from
+    recordings = [seg for _, seg in segments]
     if not recordings:
         raise ValueError(
             f"no attack-free stretch of >= 4 windows to train platform {platform!r} on"
         )
     block = block_size(recordings, W, cfg.holdout_fraction)
-    train_frames, train_seg = [], []
+    train_frames, train_seg, train_owner = [], [], []
     for i, r in enumerate(recordings):
         win = np.floor(r["ts"] / W).astype(np.int64)
         keep = ~holdout_mask(win, cfg.holdout_fraction, block)
         train_frames.append(r[keep])
         # one segment per block: consecutive-frame statistics never bridge a held-back gap
         train_seg.append(i * (1 << 32) + win[keep] // block)
-    baseline = learn_baseline(np.concatenate(train_frames), np.concatenate(train_seg), W)
+        train_owner.append(np.full(int(keep.sum()), owners[i], np.int64))
+    baseline = learn_baseline(
+        np.concatenate(train_frames), np.concatenate(train_seg), W, np.concatenate(train_owner)
+    )
     rows = feature_rows(recordings, baseline, W)
     held = holdout_mask(rows.window, cfg.holdout_fraction, block)
     if held.sum() == 0 or (~held).sum() < 10:

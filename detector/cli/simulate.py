@@ -5,6 +5,12 @@ One file per vehicle (``DIR/<vehicle>.<ext>``) in any writable log format, plus
 ground truth of every injected attack (kind, vehicle, start_ts, end_ts, can_id).
 Each ``--attack`` goes to one vehicle, round-robin: attack i -> vehicle
 i mod N (in vehicle order), injected with seed ``--seed + i``.
+
+``--to-kafka`` streams the fleet into the telemetry topic instead of (or, with
+``--out``, as well as) writing files, paced like ``canwatch replay``. Unless
+``--start-ts`` is given, the traffic is then placed in the present the way
+``replay --rebase-time`` does it (no frame ahead of the wall clock when it is
+published), and fleet.json's attack spans carry the same timestamps.
 """
 
 from __future__ import annotations
@@ -13,6 +19,15 @@ import argparse
 import json
 from pathlib import Path
 
+from detector.cli.replay import (
+    add_kafka_flags,
+    add_pacing_flags,
+    kafka_config,
+    rebase_lag,
+    speed_of,
+    stream_to_kafka,
+    summary_line,
+)
 from detector.errors import ConfigError
 
 FORMATS = ("log", "asc", "blf", "trc", "csv", "road", "hcrl")
@@ -49,7 +64,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="vehicles in total, brands assigned round-robin (default: one per brand)",
     )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (created)")
+    p.add_argument("--out", type=Path, help="output directory (created)")
     p.add_argument("--format", choices=FORMATS, default="log", help="log format (default log)")
     p.add_argument(
         "--attack",
@@ -61,9 +76,16 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--start-ts", type=float, default=1.7e9, help="first timestamp, epoch s (default 1.7e9)"
+        "--start-ts",
+        type=float,
+        default=None,
+        help="first timestamp, epoch s (default 1.7e9; with --to-kafka: the present)",
     )
-    # Output sinks beyond files (e.g. --to-kafka) are added here and handled in _emit().
+    p.add_argument(
+        "--to-kafka", action="store_true", help="stream the fleet to the telemetry topic"
+    )
+    add_pacing_flags(p)
+    add_kafka_flags(p)
     p.set_defaults(func=run)
 
 
@@ -137,11 +159,26 @@ def _emit(args: argparse.Namespace, vehicles: list, spans: list) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
+    if args.out is None and not args.to_kafka:
+        raise ConfigError("give --out DIR, --to-kafka, or both")
+    cfg = kafka_config(args) if args.to_kafka else None
+    speed = speed_of(args) if args.to_kafka else None
+    if args.start_ts is None:
+        args.start_ts = time.time() - rebase_lag(args.duration, speed) if args.to_kafka else 1.7e9
     vehicles, spans = build_fleet(args)
-    manifest = _emit(args, vehicles, spans)
-    total = sum(v["frames"] for v in manifest["vehicles"])
-    print(
-        f"wrote {len(vehicles)} vehicles, {total} frames, {len(spans)} attacks "
-        f"to {args.out} ({args.format})"
-    )
+    if args.out is not None:
+        manifest = _emit(args, vehicles, spans)
+        total = sum(v["frames"] for v in manifest["vehicles"])
+        print(
+            f"wrote {len(vehicles)} vehicles, {total} frames, {len(spans)} attacks "
+            f"to {args.out} ({args.format})",
+            flush=True,
+        )
+    if cfg is not None:
+        topic = args.topic or cfg.kafka.telemetry_topic
+        streams = [(v.vehicle, v.brand, v.frames) for v in vehicles]
+        summary = stream_to_kafka(cfg, topic, streams, speed, args.encoding, args.connect_timeout)
+        print(summary_line(summary, topic), flush=True)
     return 0

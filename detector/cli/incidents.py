@@ -1,0 +1,267 @@
+"""``canwatch incidents``: show the incidents on the incident topic.
+
+Without ``--follow`` it reads every record on the topic now and exits; with
+``--follow`` it prints those and then each new one as it arrives, until Ctrl-C.
+No consumer group: partitions are assigned directly and nothing is committed,
+so it never disturbs the detector or a SIEM connector reading the same topic.
+
+Reading "everything now" cannot trust the end offsets alone: Tansu's
+ListOffsets under-reports (see ``detector.kafka_io``). So it reads until every
+partition has reached ``kafka_io.end_offsets`` (which also uses the fetch high
+watermark) *and* no record has arrived for ``IDLE_S``.
+
+Output: one table row per record (cut to the terminal width when stdout is a
+terminal), or with ``--json`` each record's JSON on one line exactly as on the
+topic. Records that are not JSON objects are reported on stderr and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from detector.cli.replay import add_kafka_flags, kafka_config
+from detector.errors import CanwatchError
+
+IDLE_S = 1.0
+READ_TIMEOUT_S = 30.0
+POLL_MS = 200
+
+#: (title, width, right-aligned); the last column takes the rest of the line.
+COLUMNS = (
+    ("TIME (UTC)", 19, False),
+    ("STATUS", 6, False),
+    ("SEVERITY", 8, False),
+    ("ATTACK", 10, False),
+    ("BRAND", 10, False),
+    ("VEHICLE", 26, False),
+    ("WINDOWS", 7, True),
+    ("PEAK", 6, True),
+    ("CAN IDS", 16, False),
+    ("EVIDENCE", 0, False),
+)
+
+
+class IncidentsError(CanwatchError):
+    """The incident topic could not be read."""
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "incidents",
+        help="show incidents from the incident topic (table or JSON lines)",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new incidents")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, as on the topic")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"without --follow: give up reading to the end after S s (default {READ_TIMEOUT_S:g}); "
+        "with --follow: stop after S s (default: until Ctrl-C)",
+    )
+    add_kafka_flags(p, topic_what="incident")
+    p.set_defaults(func=run)
+
+
+# -- formatting (pure) ------------------------------------------------------------
+
+
+def _cell(text: str, width: int, right: bool) -> str:
+    if width <= 0:
+        return text
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return text.rjust(width) if right else text.ljust(width)
+
+
+def _time(value: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
+
+
+def _ids(can_ids: Any, limit: int = 3) -> str:
+    from detector.schema import format_id
+
+    if not isinstance(can_ids, list):
+        return "-"
+    out = []
+    for item in can_ids:
+        cid = item.get("can_id") if isinstance(item, dict) else item
+        try:
+            out.append(format_id(int(cid)))
+        except (TypeError, ValueError):
+            out.append(str(cid))
+    more = f"+{len(out) - limit}" if len(out) > limit else ""
+    return ",".join(out[:limit]) + more or "-"
+
+
+def _evidence(evidence: Any) -> str:
+    if isinstance(evidence, list) and evidence:
+        first = evidence[0]
+        text = first.get("text") if isinstance(first, dict) else first
+        return " ".join(str(text).split())  # one line, whatever the detector wrote
+    return "-"
+
+
+def _score(value: Any) -> str:
+    try:
+        return f"{float(value):.2f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def table_header(width: int | None = None) -> str:
+    line = " ".join(_cell(t, w, r) for t, w, r in COLUMNS).rstrip()
+    return line[:width] if width else line
+
+
+def table_row(inc: dict, width: int | None = None) -> str:
+    """One readable line for an incident record, cut to ``width`` if given."""
+    cells = (
+        _time(inc.get("last_seen")),
+        str(inc.get("status", "-")),
+        str(inc.get("severity", "-")),
+        str(inc.get("suspected_attack", "-")),
+        str(inc.get("brand", "-")),
+        str(inc.get("vehicle", "-")),
+        str(inc.get("windows", "-")),
+        _score(inc.get("peak_score")),
+        _ids(inc.get("can_ids")),
+        _evidence(inc.get("evidence")),
+    )
+    line = " ".join(_cell(c, w, r) for c, (_, w, r) in zip(cells, COLUMNS, strict=True))
+    if width and len(line) > width:
+        line = line[: width - 1] + "…"
+    return line
+
+
+def json_line(value: bytes, inc: dict) -> str:
+    """The record as on the topic; re-serialised compactly only if it spans lines."""
+    text = value.decode("utf-8")
+    return json.dumps(inc, separators=(",", ":")) if "\n" in text or "\r" in text else text
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def _consumer(args: argparse.Namespace):
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    from detector.kafka_io import consumer_config
+
+    cfg = kafka_config(args)
+    kwargs = consumer_config(cfg.kafka)
+    kwargs.update(
+        group_id=None,  # assign(), no group, no commits
+        enable_auto_commit=False,
+        bootstrap_timeout_ms=int(args.connect_timeout * 1000),
+    )
+    try:
+        consumer = KafkaConsumer(**kwargs)
+    except KafkaError as exc:
+        raise IncidentsError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc}") from None
+    return consumer, args.topic or cfg.kafka.incident_topic
+
+
+def _partitions(consumer: Any, topic: str, wait_s: float) -> list:
+    """The topic's partitions; the first metadata answer may not list a new topic yet."""
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if time.monotonic() >= deadline:
+            raise IncidentsError(f"topic {topic!r} does not exist")
+        time.sleep(0.2)
+
+
+def _poll(consumer: Any) -> list:
+    batch = consumer.poll(timeout_ms=POLL_MS)
+    records = [r for recs in batch.values() for r in recs]
+    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+    return records
+
+
+def read_to_end(consumer: Any, tps: list, timeout_s: float) -> Iterator[Any]:
+    """Every record now on ``tps`` (from the beginning), then stop."""
+    from detector.kafka_io import end_offsets
+
+    start = time.monotonic()
+    quiet_since = None  # when the end was reached, or the last record after that
+    while True:
+        records = _poll(consumer)
+        yield from records
+        now = time.monotonic()
+        ends = end_offsets(consumer, tps)
+        at_end = all(consumer.position(tp) >= ends[tp] for tp in tps)
+        if not at_end:
+            quiet_since = None
+        elif quiet_since is None or records:
+            quiet_since = now
+        elif now - quiet_since >= IDLE_S:
+            return
+        if now - start > timeout_s:
+            raise IncidentsError(f"gave up reading the topic after {timeout_s:g} s")
+
+
+def follow(consumer: Any, timeout_s: float | None) -> Iterator[Any]:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
+        yield from _poll(consumer)
+
+
+def run(args: argparse.Namespace) -> int:
+    consumer, topic = _consumer(args)
+    try:
+        tps = _partitions(consumer, topic, wait_s=max(args.connect_timeout, 1.0))
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        if args.follow:
+            records = follow(consumer, args.timeout)
+        else:
+            records = read_to_end(consumer, tps, args.timeout or READ_TIMEOUT_S)
+        _print(records, args.json)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --follow ends
+    except BrokenPipeError:  # `| head`: the reader is gone, not an error
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        consumer.close(autocommit=False)
+    return 0
+
+
+def _print(records: Iterator[Any], as_json: bool) -> None:
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    if not as_json:
+        print(table_header(width), flush=True)
+    for r in records:
+        try:
+            inc = json.loads(r.value)
+            if not isinstance(inc, dict):
+                raise ValueError("not a JSON object")
+        except (TypeError, ValueError) as exc:
+            print(
+                f"canwatch incidents: skipping partition {r.partition} offset {r.offset}: "
+                f"not an incident record ({exc})",
+                file=sys.stderr,
+            )
+            continue
+        print(json_line(r.value, inc) if as_json else table_row(inc, width), flush=True)
