@@ -243,13 +243,15 @@ def learn_baseline(
 
     # window occupancy: counts per (vehicle, window, id)
     win = np.floor(f["ts"] / window_s).astype(np.int64)
-    vw_key = vehicle[order] * (1 << 40) + win
-    vw_unique, vw_inv = np.unique(vw_key, return_inverse=True)
+    vw_unique, vw_inv = np.unique(
+        np.stack([vehicle[order], win], axis=1), axis=0, return_inverse=True
+    )
+    vw_inv = vw_inv.reshape(-1)
     n_vw = len(vw_unique)
     counts = np.zeros((n_vw, k), np.int32)
     np.add.at(counts, (vw_inv, slot), 1)
     # the first and last window of each vehicle are partial: leave them out
-    veh_of_vw = vw_unique >> 40
+    veh_of_vw = vw_unique[:, 0]
     edge = (
         np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
     )

@@ -110,6 +110,7 @@ class IncidentTracker:
         self.cfg = cfg
         self.detector = detector
         self.open: dict[str, _Incident] = {}
+        self.weak: dict[str, list[Observation]] = {}  # consecutive weak windows per vehicle
 
     def observe(self, obs: list[Observation], clock: dict[str, float]) -> list[dict]:
         """Fold in anomalous windows, then close incidents that went quiet.
@@ -131,7 +132,7 @@ class IncidentTracker:
                     o.window_start + o.window_s,
                 )
             self._fold(inc, o)
-            status = "open" if inc.windows == 1 else "update"
+            status = "open" if not inc.emitted else "update"
             state = (severity_of(inc.peak), self._kind(inc), tuple(sorted(inc.can_ids)))
             if status == "open" or state != inc.emitted or _power_of_two(inc.windows):
                 inc.emitted = state
@@ -145,11 +146,13 @@ class IncidentTracker:
     def close_all(self) -> list[dict]:
         events = [self._event(inc, "closed") for inc in self.open.values()]
         self.open.clear()
+        self.weak.clear()
         return events
 
     def forget(self, vehicles: set[str]) -> None:
         for v in vehicles:
             self.open.pop(v, None)
+            self.weak.pop(v, None)
 
     def _fold(self, inc: _Incident, o: Observation) -> None:
         inc.windows += 1

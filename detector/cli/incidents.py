@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from detector.cli.replay import add_kafka_flags, kafka_config
+from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
 from detector.errors import CanwatchError
 
 IDLE_S = 1.0
@@ -151,7 +151,10 @@ def table_row(inc: dict, width: int | None = None) -> str:
 
 def json_line(value: bytes, inc: dict) -> str:
     """The record as on the topic; re-serialised compactly only if it spans lines."""
-    text = value.decode("utf-8")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:  # JSON in UTF-16/32: still print UTF-8 lines
+        text = "\n"
     return json.dumps(inc, separators=(",", ":")) if "\n" in text or "\r" in text else text
 
 
@@ -228,6 +231,11 @@ def follow(consumer: Any, timeout_s: float | None) -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    with quiet_kafka():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     consumer, topic = _consumer(args)
     try:
         tps = _partitions(consumer, topic, wait_s=max(args.connect_timeout, 1.0))

@@ -27,8 +27,11 @@ The helpers below (Kafka flags, pacing flags, ``stream_to_kafka``,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,22 @@ def kafka_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides={"kafka.bootstrap": args.bootstrap})
 
 
+@contextlib.contextmanager
+def quiet_kafka() -> Iterator[None]:
+    """Mute kafka-python's connection-retry log lines unless -v was given: the
+    command reports a failure itself, as one line."""
+    log = logging.getLogger("kafka")
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    before = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
 def rebase_lag(span_s: float, speed: float | None) -> float:
     """How far before "now" a replay of ``span_s`` seconds must start so that no
     frame is ahead of the wall clock when published at ``speed`` (None = max)."""
@@ -119,18 +138,19 @@ def stream_to_kafka(
     from detector.kafka_io import make_producer
     from replay.publisher import publish
 
-    try:
-        producer = make_producer(cfg.kafka, bootstrap_timeout_ms=int(connect_timeout_s * 1000))
-    except KafkaError as exc:
-        raise BrokerError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc}") from None
-    progress = sys.stderr.isatty() if progress is None else progress
-    sink: Any = _Progress(producer, encoding) if progress else producer
-    try:
-        return publish(sink, topic, streams, speed, encoding)
-    finally:
-        if progress:
-            sink.clear()
-        producer.close(timeout=10)
+    with quiet_kafka():
+        try:
+            producer = make_producer(cfg.kafka, bootstrap_timeout_ms=int(connect_timeout_s * 1000))
+        except KafkaError as exc:
+            raise BrokerError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc}") from None
+        progress = sys.stderr.isatty() if progress is None else progress
+        sink: Any = _Progress(producer, encoding) if progress else producer
+        try:
+            return publish(sink, topic, streams, speed, encoding)
+        finally:
+            if progress:
+                sink.clear()
+            producer.close(timeout=10)
 
 
 class _Progress:

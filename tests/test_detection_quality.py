@@ -1,0 +1,175 @@
+"""Detection quality on simulated fleets: every attack family on three platforms.
+
+Each platform's model is trained once (module scope) on benign traffic of a few
+simulated vehicles, laid out the way ``canwatch simulate`` writes a fleet (every
+vehicle starts at the same time). Each attack is then injected into a fresh
+vehicle never seen in training and scored through ``detector.evaluate``, the
+path ``canwatch evaluate`` runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.brands import load_fleet
+from detector.config import DetectionConfig, IncidentConfig
+from detector.evaluate import Evaluation, Span, attack_report, score_frames
+from detector.model import PlatformModel
+from detector.training import train_platform
+from replay.attacks import AttackSpec, inject
+from replay.simulator import simulate_vehicle
+
+PLATFORMS = {"cusw": "jeep", "aee2010": "peugeot", "giorgio": "alfa-romeo"}
+FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
+TRAIN_VEHICLES, TRAIN_S = 4, 60.0
+TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
+START_TS = 1.7e9
+CFG = DetectionConfig()
+W = CFG.window_s
+MIN_AUC = 0.95
+MAX_TTD_WINDOWS = 2
+MAX_BENIGN_FLAGGED = 0.01
+BENIGN_SEEDS = (950, 951, 952)
+
+# Known gaps (see the report of this test module). Each is an xfail, not a skip,
+# so it turns into XPASS as soon as the detector improves.
+_XFAIL_QUALITY: dict[tuple[str, str], str] = {
+    ("aee2010", "masquerade"): "baseline: target 0x3F2's forged byte 6 (SET_ANGLE, a smooth "
+    "signal) is learned as vehicle-specific (range 0..255) and PSA's 4-bit checksum is not "
+    "learnable: window ROC-AUC 0.32, never detected",
+}
+_XFAIL_BENIGN: dict[tuple[str], str] = {
+    ("cusw",): "baseline: 6/114 benign windows of new vehicles flagged (delta_out on 0x4FD)",
+    ("aee2010",): "baseline: 76/114 benign windows of new vehicles flagged (pair_out on 0x348, "
+    "wheel/vehicle speed bytes above the range of the training drives)",
+    ("giorgio",): "baseline: 9/114 benign windows of new vehicles flagged (delta_out on 0x371, "
+    "silence on 0x5A2)",
+}
+_XFAIL_KIND: dict[tuple[str, str], str] = {
+    ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
+    ("aee2010", "replay"): "classified masquerade: replayed 0x348 frames trip its learned "
+    "pair_out coupling, which also fires on benign windows of this platform",
+}
+
+
+def _params(table: dict, keys) -> list:
+    return [
+        pytest.param(*k, marks=pytest.mark.xfail(strict=False, reason=table[k]))
+        if k in table
+        else pytest.param(*k)
+        for k in keys
+    ]
+
+
+_CASES = [(p, f) for p in PLATFORMS for f in FAMILIES]
+_cache: dict[str, PlatformModel] = {}
+_evals: dict[tuple[str, str], tuple[Evaluation, object]] = {}
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, PlatformModel]:
+    """One model per platform, trained lazily and at most once for the module."""
+    return _cache
+
+
+def model_for(models: dict[str, PlatformModel], platform: str) -> PlatformModel:
+    if platform not in models:
+        recordings = [
+            simulate_vehicle(platform, TRAIN_S, START_TS, seed=100 + i)
+            for i in range(TRAIN_VEHICLES)
+        ]
+        models[platform], _ = train_platform(platform, recordings, CFG)
+    return models[platform]
+
+
+def attacked(models, platform: str, family: str) -> tuple[Evaluation, object]:
+    """A fresh vehicle (seed never used in training) with ``family`` injected, evaluated."""
+    key = (platform, family)
+    if key not in _evals:
+        seed = 900 + FAMILIES.index(family)
+        frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
+        spec = AttackSpec.parse(f"{family}:start={ATTACK_START},duration={ATTACK_S}")
+        frames, span = inject(frames, spec, seed=seed)
+        # a suspension removes frames and so labels none: its span is the ground truth
+        spans = [Span(family, span.start_ts, span.end_ts)] if family == "suspension" else []
+        ev = score_frames(
+            frames,
+            PLATFORMS[platform],
+            f"veh-{platform}-{seed}",
+            model_for(models, platform),
+            load_fleet(),
+            W,
+            IncidentConfig(),
+            spans,
+        )
+        _evals[key] = (ev, span)
+    return _evals[key]
+
+
+@pytest.mark.parametrize(("platform", "family"), _params(_XFAIL_QUALITY, _CASES))
+def test_attack_detected(models, platform: str, family: str) -> None:
+    ev, span = attacked(models, platform, family)
+    r = attack_report(ev, family)
+    assert r["attacked_windows"] >= ATTACK_S - 1, r
+    assert r["roc_auc"] is not None and r["roc_auc"] >= MIN_AUC, (
+        f"{platform}/{family} (target {span.can_id}): {r}"
+    )
+    assert r["time_to_detect_s"] is not None, f"{platform}/{family} never detected: {r}"
+    assert r["time_to_detect_s"] <= MAX_TTD_WINDOWS * W, r
+    assert r["incidents_overlapping"] >= 1, r
+
+
+@pytest.mark.parametrize("platform", _params(_XFAIL_BENIGN, [(p,) for p in PLATFORMS]))
+def test_benign_vehicles_rarely_flagged(models, platform: str) -> None:
+    model = model_for(models, platform)
+    flagged, total = 0, 0
+    for seed in BENIGN_SEEDS:
+        frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
+        ev = score_frames(
+            frames,
+            PLATFORMS[platform],
+            f"veh-{seed}",
+            model,
+            load_fleet(),
+            W,
+            IncidentConfig(),
+        )
+        assert not ev.attack.any()
+        flagged += int((ev.score >= 1.0).sum())
+        total += len(ev.score)
+    assert total >= len(BENIGN_SEEDS) * (TEST_S - 3)
+    assert flagged / total <= MAX_BENIGN_FLAGGED, f"{platform}: {flagged}/{total} windows flagged"
+
+
+def suspected(ev: Evaluation, span) -> str | None:
+    """The suspected attack of the strongest incident overlapping the attack."""
+    hits = [
+        i
+        for i in ev.incidents
+        if i["first_seen"] <= span.end_ts and i["last_seen"] >= span.start_ts
+    ]
+    return max(hits, key=lambda i: i["peak_score"])["suspected_attack"] if hits else None
+
+
+@pytest.mark.parametrize(("platform", "family"), _params(_XFAIL_KIND, _CASES))
+def test_suspected_attack(models, platform: str, family: str) -> None:
+    ev, span = attacked(models, platform, family)
+    assert suspected(ev, span) == family
+
+
+def test_training_rates_do_not_depend_on_vehicles_overlapping_in_time() -> None:
+    """Vehicles of a simulated fleet share their time axis; each must count as its own.
+
+    A benign id of a new vehicle must sit near rate 1.0 (its learned frames per
+    window), whether or not the training vehicles' recordings overlap in time.
+    """
+    platform = "giorgio"
+    overlapping = [simulate_vehicle(platform, 30.0, START_TS, seed=100 + i) for i in range(3)]
+    staggered = [
+        simulate_vehicle(platform, 30.0, START_TS + 1000.0 * i, seed=100 + i) for i in range(3)
+    ]
+    a, _ = train_platform(platform, overlapping, CFG)
+    b, _ = train_platform(platform, staggered, CFG)
+    np.testing.assert_allclose(a.baseline.bus_mean_frames, b.baseline.bus_mean_frames, rtol=0.05)
+    np.testing.assert_allclose(a.baseline.mean_count, b.baseline.mean_count, rtol=0.05, atol=0.5)

@@ -1,0 +1,255 @@
+"""Window features on tiny hand-built streams where the answer is obvious, and the
+batch-invariance guarantee of ``WindowState.push`` on a simulated fleet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.baseline import Baseline, learn_baseline
+from detector.features import FEATURE_NAMES, F, Rows
+from detector.schema import make_frames
+from detector.windowing import WindowState
+
+W = 1.0
+FAST, SLOW, NOVEL = 0x100, 0x200, 0x7AB
+FAST_PERIOD, SLOW_PERIOD = 0.010, 0.020
+#: Frames sit half a period off the window grid so no frame straddles a boundary.
+T0 = 1000.0
+
+
+def fast_frames(t_start: float, t_end: float) -> np.ndarray:
+    """0x100 every 10 ms: byte 0 a counter (+1 per frame), byte 1 in 10..20."""
+    k = np.arange(round((t_start - T0) / FAST_PERIOD), round((t_end - T0) / FAST_PERIOD))
+    data = np.zeros((len(k), 8), np.uint8)
+    data[:, 0] = k % 256
+    data[:, 1] = 10 + k % 11
+    return make_frames(T0 + FAST_PERIOD / 2 + k * FAST_PERIOD, np.full(len(k), FAST), data)
+
+
+def slow_frames(t_start: float, t_end: float) -> np.ndarray:
+    """0x200 every 20 ms with one constant payload."""
+    k = np.arange(round((t_start - T0) / SLOW_PERIOD), round((t_end - T0) / SLOW_PERIOD))
+    data = np.tile(np.array([1, 2, 3, 4], np.uint8), (len(k), 1))
+    return make_frames(T0 + SLOW_PERIOD / 4 + k * SLOW_PERIOD, np.full(len(k), SLOW), data)
+
+
+def merge(*parts: np.ndarray) -> np.ndarray:
+    out = np.concatenate(parts)
+    return out[np.argsort(out["ts"], kind="stable")]
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Baseline:
+    train = merge(fast_frames(T0, T0 + 30), slow_frames(T0, T0 + 30))
+    return learn_baseline(train, np.zeros(len(train), np.int64), W)
+
+
+def rows_of(frames: np.ndarray, bl: Baseline) -> Rows:
+    return WindowState(W).push(frames, np.zeros(len(frames), np.int64), bl)
+
+
+def row(rows: Rows, window: int, can_id: int) -> np.ndarray:
+    hit = np.flatnonzero((rows.window == window) & (rows.can_id == can_id))
+    assert len(hit) == 1, f"expected one row for window {window} id {can_id:#x}, got {len(hit)}"
+    return rows.X[hit[0]]
+
+
+def test_baseline_learns_the_obvious(baseline: Baseline) -> None:
+    np.testing.assert_array_equal(baseline.ids, [FAST, SLOW])
+    np.testing.assert_allclose(baseline.period, [FAST_PERIOD, SLOW_PERIOD], rtol=1e-6)
+    np.testing.assert_allclose(baseline.mean_count, [100, 50])
+    assert baseline.expected.tolist() == [True, True]
+    assert baseline.counter_byte[0] == 0 and baseline.counter_step[0] == 1
+    assert baseline.has_dict.tolist() == [False, True]
+
+
+def test_normal_traffic_is_at_its_learned_values(baseline: Baseline) -> None:
+    t = T0 + 100
+    rows = rows_of(merge(fast_frames(t, t + 5), slow_frames(t, t + 5)), baseline)
+    # the first (partial) window is never scored; the last is still open
+    assert sorted(set(rows.window.tolist())) == [1101, 1102, 1103]
+    for w in (1101, 1102, 1103):
+        x = row(rows, w, FAST)
+        np.testing.assert_allclose(
+            x[[F["rate"], F["dt_min"], F["dt_mean"]]], [1.0, 1.0, 1.0], rtol=1e-6
+        )
+        np.testing.assert_allclose(x[F["dt_cv"]], 0.0, atol=1e-6)
+        for name in ("out_of_range", "counter_err", "novel_id", "novel_payload", "novel_dlc"):
+            assert x[F[name]] == 0.0, name
+        np.testing.assert_allclose(x[F["bus_load"]], 1.0, rtol=1e-6)
+        np.testing.assert_allclose(x[F["bus_missing"]], 0.0)
+    np.testing.assert_array_equal(rows.count[rows.can_id == FAST], 100)
+    np.testing.assert_array_equal(rows.count[rows.can_id == SLOW], 50)
+
+
+def test_doubled_frames_double_the_rate_and_halve_the_gaps(baseline: Baseline) -> None:
+    t = T0 + 100
+    fast = fast_frames(t, t + 5)
+    copies = fast.copy()
+    copies["ts"] += FAST_PERIOD / 2
+    rows = rows_of(merge(fast, copies, slow_frames(t, t + 5)), baseline)
+    x = row(rows, 1102, FAST)
+    np.testing.assert_allclose(x[F["rate"]], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(x[F["dt_min"]], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(x[F["dt_mean"]], 0.5, rtol=1e-6)
+    # every copy repeats its original's counter: half of the steps are wrong
+    np.testing.assert_allclose(x[F["counter_err"]], 0.5, atol=0.01)
+    np.testing.assert_allclose(x[F["bus_load"]], 250 / 150, rtol=1e-6)
+
+
+def test_expected_id_gone_silent_yields_absence_rows(baseline: Baseline) -> None:
+    t = T0 + 100
+    # 0x200 stops at 1102.0: windows 1102 and 1103 hold no frame of it
+    rows = rows_of(merge(fast_frames(t, t + 5), slow_frames(t, t + 2)), baseline)
+    for w, silent_s in ((1102, 1.0), (1103, 2.0)):
+        hit = np.flatnonzero((rows.window == w) & (rows.can_id == SLOW))
+        assert len(hit) == 1
+        i = hit[0]
+        assert rows.count[i] == 0
+        x = rows.X[i]
+        # silence measured from the last frame (1101.985) to the window end, in periods
+        np.testing.assert_allclose(x[F["silence"]], (silent_s + 0.015) / SLOW_PERIOD, rtol=1e-6)
+        assert x[F["silence"]] > 1
+        np.testing.assert_allclose(x[F["bus_missing"]], 0.5)
+    assert row(rows, 1101, SLOW)[F["silence"]] < 1
+
+
+def test_novel_id_is_flagged(baseline: Baseline) -> None:
+    t = T0 + 100
+    novel = make_frames(
+        np.arange(1102.1, 1102.6, 0.1), np.full(5, NOVEL), np.zeros((5, 8), np.uint8)
+    )
+    rows = rows_of(merge(fast_frames(t, t + 5), slow_frames(t, t + 5), novel), baseline)
+    x = row(rows, 1102, NOVEL)
+    assert x[F["novel_id"]] == 1.0
+    assert rows.count[(rows.window == 1102) & (rows.can_id == NOVEL)].tolist() == [5]
+    np.testing.assert_allclose(x[F["bus_novel"]], 5 / 155, rtol=1e-6)
+    assert row(rows, 1102, FAST)[F["novel_id"]] == 0.0
+    assert not np.any((rows.can_id == NOVEL) & (rows.window != 1102))
+
+
+def test_byte_outside_learned_range_sets_out_of_range(baseline: Baseline) -> None:
+    t = T0 + 100
+    fast = fast_frames(t, t + 5)
+    in_1102 = np.flatnonzero(np.floor(fast["ts"]) == 1102)
+    fast["data"][in_1102[:25], 1] = 200  # learned 10..20
+    rows = rows_of(merge(fast, slow_frames(t, t + 5)), baseline)
+    np.testing.assert_allclose(row(rows, 1102, FAST)[F["out_of_range"]], 0.25)
+    assert row(rows, 1101, FAST)[F["out_of_range"]] == 0.0
+    assert row(rows, 1103, FAST)[F["out_of_range"]] == 0.0
+
+
+def test_counter_breaks_set_counter_err(baseline: Baseline) -> None:
+    t = T0 + 100
+    fast = fast_frames(t, t + 5)
+    in_1102 = np.flatnonzero(np.floor(fast["ts"]) == 1102)
+    fast["data"][in_1102, 0] = 7  # a frozen counter: every step within the window is 0
+    rows = rows_of(merge(fast, slow_frames(t, t + 5)), baseline)
+    # 100 steps in window 1102; only the first (from 1101's last frame to 7) could be right
+    np.testing.assert_allclose(row(rows, 1102, FAST)[F["counter_err"]], 1.0, atol=0.011)
+    # the first step of 1103 (7 -> genuine counter) is broken too, the rest are fine
+    np.testing.assert_allclose(row(rows, 1103, FAST)[F["counter_err"]], 0.01)
+    assert row(rows, 1101, FAST)[F["counter_err"]] == 0.0
+
+
+def test_novel_payload_and_dlc_on_a_dictionary_id(baseline: Baseline) -> None:
+    t = T0 + 100
+    slow = slow_frames(t, t + 5)
+    in_1102 = np.flatnonzero(np.floor(slow["ts"]) == 1102)
+    slow["data"][in_1102[:10], 3] = 99
+    slow["dlc"][in_1102[:5]] = 8
+    rows = rows_of(merge(fast_frames(t, t + 5), slow), baseline)
+    x = row(rows, 1102, SLOW)
+    np.testing.assert_allclose(x[F["novel_payload"]], 10 / 50)
+    np.testing.assert_allclose(x[F["novel_dlc"]], 5 / 50)
+    assert row(rows, 1103, SLOW)[F["novel_payload"]] == 0.0
+
+
+# --- batch invariance ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet_stream() -> tuple[np.ndarray, np.ndarray, Baseline]:
+    """Two cusw vehicles x 12 s (one spoofed, one masqueraded + suspended), baseline of a third."""
+    from replay.attacks import AttackSpec, inject
+    from replay.simulator import simulate_vehicle
+
+    train = simulate_vehicle("cusw", 20.0, seed=11)
+    bl = learn_baseline(train, np.zeros(len(train), np.int64), W)
+    a, _ = inject(
+        simulate_vehicle("cusw", 12.0, start_ts=1.7e9 + 0.3, seed=12),
+        AttackSpec.parse("spoofing:start=4,duration=3"),
+        seed=1,
+    )
+    b, _ = inject(
+        simulate_vehicle("cusw", 12.0, seed=13),
+        AttackSpec.parse("masquerade:start=3,duration=3"),
+        seed=2,
+    )
+    # a suspension leaves absence rows, whose silence reaches back across batches
+    b, _ = inject(b, AttackSpec.parse("suspension:start=6,duration=4"), seed=3)
+    frames = np.concatenate([a, b])
+    vehicle = np.repeat([0, 1], [len(a), len(b)])
+    order = np.argsort(frames["ts"], kind="stable")
+    return frames[order], vehicle[order], bl
+
+
+def push_in_batches(frames, vehicle, bl, cuts) -> tuple[Rows, WindowState]:
+    state = WindowState(W)
+    parts = []
+    bounds = np.r_[0, np.asarray(cuts, dtype=np.int64), len(frames)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        parts.append(state.push(frames[lo:hi], vehicle[lo:hi], bl))
+    return Rows.concat(parts), state
+
+
+def canonical(rows: Rows) -> Rows:
+    return rows.take(np.lexsort((rows.can_id, rows.window, rows.vehicle)))
+
+
+def assert_same_rows(got: Rows, want: Rows) -> None:
+    got, want = canonical(got), canonical(want)
+    assert len(got) == len(want)
+    for name in ("vehicle", "window", "can_id", "count", "attack"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for j, name in enumerate(FEATURE_NAMES):
+        np.testing.assert_array_equal(got.X[:, j], want.X[:, j], err_msg=name)
+
+
+def per_record_order(frames, vehicle, size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Kafka-like: each record holds ``size`` frames of one vehicle; records by first ts."""
+    chunks = []
+    for v in np.unique(vehicle):
+        idx = np.flatnonzero(vehicle == v)
+        chunks += [idx[i : i + size] for i in range(0, len(idx), size)]
+    chunks.sort(key=lambda c: frames["ts"][c[0]])
+    order = np.concatenate(chunks)
+    return frames[order], vehicle[order], np.cumsum([len(c) for c in chunks])[:-1].tolist()
+
+
+def test_batch_invariance(fleet_stream) -> None:
+    frames, vehicle, bl = fleet_stream
+    whole, state = push_in_batches(frames, vehicle, bl, [])
+    assert state.late_frames == 0
+    assert len(np.unique(whole.window)) >= 10 and set(whole.vehicle.tolist()) == {0, 1}
+    assert (whole.attack > 0).any() and (whole.count == 0).any()
+
+    rng = np.random.default_rng(5)
+    random_cuts = np.sort(rng.choice(np.arange(1, len(frames)), 40, replace=False))
+    got, state = push_in_batches(frames, vehicle, bl, random_cuts)
+    assert state.late_frames == 0
+    assert_same_rows(got, whole)
+
+    # 1..3-frame batches over a stretch crossing a window boundary (and the attack)
+    start = int(np.searchsorted(frames["ts"], 1.7e9 + 4.9))
+    tiny = np.cumsum(rng.integers(1, 4, 600)) + start
+    cuts = np.r_[start, tiny[tiny < len(frames)]]
+    got, state = push_in_batches(frames, vehicle, bl, cuts)
+    assert state.late_frames == 0
+    assert_same_rows(got, whole)
+
+    f2, v2, cuts = per_record_order(frames, vehicle, 500)
+    got, state = push_in_batches(f2, v2, bl, cuts)
+    assert state.late_frames == 0
+    assert_same_rows(got, whole)

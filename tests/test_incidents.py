@@ -1,0 +1,267 @@
+"""Incident tracker on hand-made observations, and the suspected-attack classifier."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from detector.config import IncidentConfig
+from detector.evidence import classify_window
+from detector.features import FEATURE_NAMES, N_FEATURES, F, Rows
+from detector.incidents import (
+    IncidentTracker,
+    Observation,
+    incident_id,
+    observations,
+    severity_of,
+)
+from detector.pipeline import ScoredRows
+
+QUIET = 3
+DESIGN_FIELDS = {
+    "incident_id",
+    "status",
+    "vehicle",
+    "brand",
+    "first_seen",
+    "last_seen",
+    "windows",
+    "peak_score",
+    "severity",
+    "suspected_attack",
+    "can_ids",
+    "evidence",
+    "model_version",
+    "detector",
+}
+ATTACKS = {"dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay", "unknown"}
+
+
+def obs(
+    window: int,
+    score: float,
+    kind: str = "spoofing",
+    vehicle: str = "veh-jeep-0001",
+    can_ids: dict[str, float] | None = None,
+) -> Observation:
+    return Observation(
+        vehicle=vehicle,
+        brand="jeep",
+        window_start=float(window),
+        window_s=1.0,
+        score=score,
+        kind=kind,
+        can_ids=can_ids if can_ids is not None else {"0x1E4": score},
+        evidence=[
+            {
+                "can_id": "0x1E4",
+                "feature": "rate",
+                "observed": 4.0,
+                "excess": 6.0,
+                "text": "0x1E4: 400 frames in the 1 s window (4.0× its learned rate)",
+            }
+        ],
+        model_version=3,
+    )
+
+
+def tracker() -> IncidentTracker:
+    return IncidentTracker(IncidentConfig(quiet_windows=QUIET), detector="det-a")
+
+
+def run_windows(t: IncidentTracker, observed: dict[int, Observation], last: int) -> list[dict]:
+    """Feed windows 0..last one at a time, as a streaming detector would."""
+    events = []
+    for w in range(last + 1):
+        o = observed.get(w)
+        events += t.observe([o] if o else [], {"veh-jeep-0001": w + 1.0})
+    return events
+
+
+def test_consecutive_windows_make_one_incident() -> None:
+    observed = {10: obs(10, 1.5), 11: obs(11, 3.0), 12: obs(12, 6.0), 13: obs(13, 2.0)}
+    events = run_windows(tracker(), observed, 20)
+    statuses = [e["status"] for e in events]
+    assert statuses[0] == "open" and statuses.count("open") == 1
+    assert statuses.count("closed") == 1 and statuses[-1] == "closed"
+    assert "update" in statuses
+    assert len({e["incident_id"] for e in events}) == 1
+    closed = events[-1]
+    assert closed["windows"] == 4
+    assert closed["first_seen"] == 10.0 and closed["last_seen"] == 14.0
+    assert closed["peak_score"] == 6.0 and closed["severity"] == "high"
+    assert closed["suspected_attack"] == "spoofing"
+
+
+def test_close_happens_exactly_after_quiet_windows() -> None:
+    t = tracker()
+    assert [e["status"] for e in t.observe([obs(10, 2.0)], {"veh-jeep-0001": 11.0})] == ["open"]
+    # clock = end of the newest scored window; last_seen = 11.0
+    for now in (12.0, 13.0):
+        assert t.observe([], {"veh-jeep-0001": now}) == []
+    (closed,) = t.observe([], {"veh-jeep-0001": 11.0 + QUIET})
+    assert closed["status"] == "closed" and closed["windows"] == 1
+    assert t.observe([], {"veh-jeep-0001": 20.0}) == []
+
+
+def test_gap_longer_than_quiet_makes_two_incidents() -> None:
+    events = tracker().observe([obs(10, 2.0), obs(11, 2.0), obs(20, 8.0)], {})
+    assert [e["status"] for e in events] == ["open", "update", "closed", "open"]
+    first, second = events[2], events[3]
+    assert first["incident_id"] != second["incident_id"]
+    assert first["windows"] == 2 and second["windows"] == 1
+    assert second["first_seen"] == 20.0
+
+
+def test_gap_shorter_than_quiet_stays_one_incident() -> None:
+    events = tracker().observe([obs(10, 2.0), obs(12, 2.0), obs(14, 2.0)], {})
+    assert len({e["incident_id"] for e in events}) == 1
+    assert all(e["status"] != "closed" for e in events)
+
+
+def test_vehicles_are_tracked_separately() -> None:
+    t = tracker()
+    events = t.observe([obs(10, 2.0, vehicle="a"), obs(10, 2.0, vehicle="b")], {})
+    assert [e["vehicle"] for e in events] == ["a", "b"]
+    assert events[0]["incident_id"] != events[1]["incident_id"]
+    closed = t.observe([], {"a": 11.0 + QUIET})
+    assert [(e["vehicle"], e["status"]) for e in closed] == [("a", "closed")]
+    assert [e["vehicle"] for e in t.close_all()] == ["b"]
+
+
+def test_ids_are_deterministic() -> None:
+    observed = {10: obs(10, 1.5), 11: obs(11, 3.0), 30: obs(30, 12.0, "dos")}
+    first = run_windows(tracker(), observed, 40)
+    second = run_windows(tracker(), observed, 40)
+    assert first == second
+    ids = [e["incident_id"] for e in first]
+    assert len(set(ids)) == 2
+    assert ids[0] == incident_id("veh-jeep-0001", 10.0)
+    assert incident_id("veh-jeep-0001", 10.0) != incident_id("veh-jeep-0002", 10.0)
+
+
+@pytest.mark.parametrize(
+    ("peak", "severity"),
+    [
+        (1.0, "low"),
+        (1.99, "low"),
+        (2.0, "medium"),
+        (4.99, "medium"),
+        (5.0, "high"),
+        (9.99, "high"),
+        (10.0, "critical"),
+        (1e6, "critical"),
+    ],
+)
+def test_severity_mapping(peak: float, severity: str) -> None:
+    assert severity_of(peak) == severity
+
+
+def test_severity_follows_the_peak_and_is_announced() -> None:
+    events = tracker().observe([obs(10, 1.2), obs(11, 2.5), obs(12, 11.0), obs(13, 1.1)], {})
+    assert [e["severity"] for e in events][:3] == ["low", "medium", "critical"]
+    assert events[-1]["severity"] == "critical" and events[-1]["peak_score"] == 11.0
+
+
+def test_suspected_attack_is_the_score_weighted_majority() -> None:
+    events = tracker().observe(
+        [obs(10, 1.1, "masquerade"), obs(11, 1.1, "masquerade"), obs(12, 9.0, "spoofing")], {}
+    )
+    assert events[-1]["suspected_attack"] == "spoofing"
+
+
+def test_events_carry_every_design_field() -> None:
+    t = tracker()
+    events = t.observe(
+        [
+            obs(10, 2.0, can_ids={"0x1E4": 2.0, "0x2EC": 1.3}),
+            obs(11, 4.0, can_ids={"0x1E4": 4.0}),
+        ],
+        {},
+    )
+    events += t.close_all()
+    assert {e["status"] for e in events} == {"open", "update", "closed"}
+    for e in events:
+        assert set(e) >= DESIGN_FIELDS, DESIGN_FIELDS - set(e)
+        assert e["status"] in {"open", "update", "closed"}
+        assert e["severity"] in {"low", "medium", "high", "critical"}
+        assert e["suspected_attack"] in ATTACKS
+        assert e["detector"] == "det-a" and e["model_version"] == 3 and e["brand"] == "jeep"
+        assert all(set(c) == {"can_id", "score"} for c in e["can_ids"])
+        assert all({"feature", "observed", "text"} <= set(ev) for ev in e["evidence"])
+        json.dumps(e)  # goes on a Kafka topic as JSON
+    closed = events[-1]
+    assert [c["can_id"] for c in closed["can_ids"]] == ["0x1E4", "0x2EC"]
+    assert closed["can_ids"][0]["score"] == 4.0
+
+
+def test_can_ids_are_capped() -> None:
+    t = IncidentTracker(IncidentConfig(quiet_windows=QUIET, max_can_ids=2), detector="d")
+    many = {f"0x{i:03X}": float(i) for i in range(1, 6)}
+    (event,) = t.observe([obs(10, 5.0, can_ids=many)], {})
+    assert [c["can_id"] for c in event["can_ids"]] == ["0x005", "0x004"]
+
+
+# --- observations() and the classifier on hand-made scored rows ----------
+
+
+def scored(
+    X: np.ndarray, excess: np.ndarray, scores: list[float], count: list[int], can_id: list[int]
+) -> ScoredRows:
+    n = len(scores)
+    rows = Rows(
+        np.zeros(n, np.int64),
+        np.full(n, 5, np.int64),
+        np.asarray(can_id, np.uint32),
+        np.asarray(count, np.int64),
+        np.zeros(n, np.int8),
+        X,
+    )
+    return ScoredRows(
+        "cusw", 3, rows, np.asarray(scores, float), excess, ["veh"], ["jeep"], np.full(n, 0.01)
+    )
+
+
+def one_row(features: dict[str, tuple[float, float]], count: int = 100) -> ScoredRows:
+    """One row at normal values but for ``features``: name -> (observed, excess)."""
+    X = np.zeros((1, N_FEATURES))
+    X[0, [F["rate"], F["dt_min"], F["dt_mean"]]] = 1.0
+    ex = np.zeros((1, N_FEATURES))
+    for name, (x, e) in features.items():
+        X[0, F[name]], ex[0, F[name]] = x, e
+    return scored(X, ex, [3.0], [count], [0x1E4])
+
+
+@pytest.mark.parametrize(
+    ("features", "count", "kind"),
+    [
+        ({"rate": (2.0, 2.0), "out_of_range": (0.5, 5.0)}, 200, "spoofing"),
+        ({"rate": (2.0, 2.0), "counter_err": (0.5, 5.0)}, 200, "replay"),
+        ({"rate": (30.0, 50.0)}, 3000, "dos"),
+        ({"out_of_range": (1.0, 10.0)}, 100, "masquerade"),
+        ({"counter_err": (0.3, 3.0)}, 100, "replay"),
+        ({"silence": (50.0, 10.0), "rate": (0.0, 2.0)}, 0, "suspension"),
+        ({"novel_id": (1.0, 10.0)}, 5, "fuzzing"),
+    ],
+)
+def test_classify_window(features: dict, count: int, kind: str) -> None:
+    sc = one_row(features, count)
+    assert classify_window(sc, np.array([0])) == kind
+
+
+def test_observations_pick_anomalous_windows_with_their_ids() -> None:
+    X = np.zeros((3, N_FEATURES))
+    X[:, F["rate"]] = [4.0, 1.0, 1.0]
+    ex = np.zeros((3, N_FEATURES))
+    ex[0, F["rate"]] = 6.0
+    sc = scored(X, ex, [5.0, 0.4, 0.2], [400, 100, 50], [0x1E4, 0x2EC, 0x3A0])
+    (o,) = observations(sc, 1.0)
+    assert o.vehicle == "veh" and o.window_start == 5.0 and o.score == 5.0
+    assert o.kind == "spoofing" and o.can_ids == {"0x1E4": 5.0}
+    assert o.evidence and o.evidence[0]["feature"] == "rate"
+    assert "0x1E4" in o.evidence[0]["text"]
+    assert FEATURE_NAMES[F["rate"]] == "rate"
+    sc.scores[:] = 0.5
+    assert observations(sc, 1.0) == []
