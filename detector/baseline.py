@@ -310,7 +310,9 @@ def learn_baseline(
             hj = ham[rows][cons]
             ham_mean[j], ham_std[j] = hj.mean(), hj.std()
             dj = delta[rows][cons]
-            delta_min[j], delta_max[j] = dj.min(axis=0), dj.max(axis=0)
+            dlo, dhi = dj.min(axis=0), dj.max(axis=0)
+            margin = (dhi - dlo) // RANGE_MARGIN_DIV + 1
+            delta_min[j], delta_max[j] = dlo - margin, dhi + margin
         pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
         pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
         pair_tight[j] = (
@@ -319,7 +321,7 @@ def learn_baseline(
             & ~per_vehicle[PAIRS[:, 0]]
             & ~per_vehicle[PAIRS[:, 1]]
         )
-        margin = (pmax - pmin) // 4 + 2
+        margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
         pair_min[j], pair_max[j] = pmin - margin, pmax + margin
         if len(d) < MIN_PAYLOAD_FRAMES:
             byte_min[j], byte_max[j] = 0, 255

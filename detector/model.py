@@ -20,7 +20,9 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from detector.baseline import Baseline
-from detector.features import FEATURE_NAMES, N_FEATURES
+from detector.features import FEATURE_NAMES, N_FEATURES, F
+
+F_RATE = F["rate"]
 
 #: Minimum envelope width per feature, so a feature that was constant in
 #: training still has a scale: excess 1.0 = one floor beyond the learned range.
@@ -46,6 +48,8 @@ ENVELOPE_FLOOR = {
     "bus_missing": 0.1,
     "bus_ids": 0.2,
 }
+#: Features where only values above the learned range are anomalous.
+ONE_SIDED = ("silence", "dt_cv", "hamming_z")
 #: Weight of one unit of envelope excess against the forest's score (~0.3–0.8).
 ENVELOPE_WEIGHT = 0.25
 #: Envelope excess is capped per feature so one runaway value cannot dominate
@@ -105,7 +109,10 @@ def fit_envelope(
     unseen = ~np.isfinite(lo[:, 0])  # ids without training rows fall back to the global range
     lo[unseen], hi[unseen] = lo[k], hi[k]
     floor = np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES])
-    return lo, hi, np.maximum(hi - lo, floor)
+    scale = np.maximum(hi - lo, floor)
+    for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
+        lo[:, F[name]] = np.minimum(lo[:, F[name]], 0.0)
+    return lo, hi, scale
 
 
 def window_max(scores: np.ndarray, vehicle: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -152,6 +159,12 @@ def fit_platform_model(
         random_state=seed,
     ).fit(X_train)
     lo, hi, scale = fit_envelope(X_train, envelope_slot(baseline, id_train), len(baseline.ids))
+    # One frame more or less per window is where a message's phase meets the
+    # window boundary, not an attack: widen each id's rate range by one frame.
+    k = len(baseline.ids)
+    one_frame = 1.0 / np.maximum(baseline.mean_count, 1.0)
+    lo[:k, F_RATE] -= one_frame
+    hi[:k, F_RATE] += one_frame
     model = PlatformModel(platform, baseline, forest, lo, hi, scale, threshold=1.0)
     Xh, ih, vh, wh = holdout
     raw_h = raw_scores(forest, Xh, model.excess(Xh, ih))

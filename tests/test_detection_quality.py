@@ -22,7 +22,7 @@ from replay.simulator import simulate_vehicle
 
 PLATFORMS = {"cusw": "jeep", "aee2010": "peugeot", "giorgio": "alfa-romeo"}
 FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
-TRAIN_VEHICLES, TRAIN_S = 4, 60.0
+TRAIN_VEHICLES, TRAIN_S = 10, 120.0
 TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
 START_TS = 1.7e9
 CFG = DetectionConfig()
@@ -35,21 +35,15 @@ BENIGN_SEEDS = (950, 951, 952)
 # Known gaps (see the report of this test module). Each is an xfail, not a skip,
 # so it turns into XPASS as soon as the detector improves.
 _XFAIL_QUALITY: dict[tuple[str, str], str] = {
-    ("aee2010", "masquerade"): "baseline: target 0x3F2's forged byte 6 (SET_ANGLE, a smooth "
-    "signal) is learned as vehicle-specific (range 0..255) and PSA's 4-bit checksum is not "
-    "learnable: window ROC-AUC 0.32, never detected",
+    ("aee2010", "masquerade"): "the forged byte 6 of 0x3F2 (LANE_KEEP_ASSIST SET_ANGLE) is set "
+    "to a constant, but it spans 0..255 in every training drive and PSA's 4-bit nibble "
+    "checksum is not among the learnable checksums: window ROC-AUC 0.40",
 }
-_XFAIL_BENIGN: dict[tuple[str], str] = {
-    ("cusw",): "baseline: 6/114 benign windows of new vehicles flagged (delta_out on 0x4FD)",
-    ("aee2010",): "baseline: 76/114 benign windows of new vehicles flagged (pair_out on 0x348, "
-    "wheel/vehicle speed bytes above the range of the training drives)",
-    ("giorgio",): "baseline: 9/114 benign windows of new vehicles flagged (delta_out on 0x371, "
-    "silence on 0x5A2)",
-}
+_XFAIL_BENIGN: dict[tuple[str], str] = {}
 _XFAIL_KIND: dict[tuple[str, str], str] = {
     ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
-    ("aee2010", "replay"): "classified masquerade: replayed 0x348 frames trip its learned "
-    "pair_out coupling, which also fires on benign windows of this platform",
+    ("aee2010", "replay"): "classified spoofing: the replayed 0x348 frames raise its rate and "
+    "their counter breaks are not the dominant evidence",
 }
 
 
