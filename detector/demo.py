@@ -176,7 +176,8 @@ def run_demo(
             target=detector.run, args=(stop,), name="detector", daemon=True
         )
         det_thread.start()
-        start_ts = time.time() - opts.duration_s / 2
+        # whole-second start: window phases (and so the run) depend only on the seed
+        start_ts = float(int(time.time() - opts.duration_s / 2))
         streams, spans = build_fleet(fleet, opts, start_ts)
         total = sum(len(f) for _, _, f in streams)
         say(
