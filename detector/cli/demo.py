@@ -10,6 +10,7 @@ from pathlib import Path
 
 from detector.cli._common import add_config_flag, config_from, fleet_from
 from detector.demo import DemoOptions, render_scorecard, run_demo, write_report
+from detector.errors import ConfigError
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +51,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.vehicles < 6:
-        raise SystemExit("canwatch demo: error: --vehicles must be >= 6 (one per attack family)")
+        raise ConfigError(f"--vehicles must be >= 6 (one per attack family), got {args.vehicles}")
     cfg = config_from(args, **{"metrics.address": args.metrics})
     opts = DemoOptions(
         vehicles=args.vehicles, duration_s=args.duration, speed=args.speed, seed=args.seed

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from detector.cli._common import add_config_flag, config_from, fleet_from
+from detector.errors import CanwatchError
 from detector.model_store import save_model
 from detector.training import train_platform
 from replay.readers import read_frames
@@ -35,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     recordings = [read_frames(f, args.format) for f in args.files]
     try:
         model, summary = train_platform(platform, recordings, cfg.detection)
-    except ValueError as exc:
-        raise SystemExit(f"canwatch train: error: {exc}") from None
+    except ValueError as exc:  # too little or no attack-free data
+        raise CanwatchError(str(exc)) from None
     summary["files"] = [Path(f).name for f in args.files]
     brands = fleet.brands_of(platform) or [args.brand]
     manifest = save_model(model, args.out, brands, summary)
