@@ -20,7 +20,13 @@ from detector.training import train_platform
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
-PLATFORMS = {"cusw": "jeep", "aee2010": "peugeot", "giorgio": "alfa-romeo"}
+PLATFORMS = {
+    "cusw": "jeep",
+    "aee2010": "peugeot",
+    "giorgio": "alfa-romeo",
+    "pacifica": "chrysler",
+    "omega": "opel",
+}
 FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
 TRAIN_VEHICLES, TRAIN_S = 10, 120.0
 TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
@@ -44,6 +50,10 @@ _XFAIL_KIND: dict[tuple[str, str], str] = {
     ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
     ("aee2010", "replay"): "classified spoofing: the replayed 0x348 frames raise its rate and "
     "their counter breaks are not the dominant evidence",
+    ("pacifica", "spoofing"): "classified replay: the spoofed id carries a counter, and "
+    "forged frames break it while their payload stays in range",
+    ("pacifica", "replay"): "classified spoofing: counter breaks of the replayed frames are "
+    "not the dominant evidence",
 }
 
 
