@@ -8,6 +8,8 @@ closed. ``window_results`` reduces rows to one result per (vehicle, window).
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +79,8 @@ class Scorer:
         self.window_s = window_s
         self.lateness_s = lateness_s
         self.state: dict[str, _PlatformState] = {}
+        self.seconds = {"features": 0.0, "score": 0.0}  # CPU spent per stage, cumulative
+        self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
 
     def platform_for(self, brand: str) -> str | None:
         platform = self.fleet.platform_of(brand)
@@ -136,9 +140,15 @@ class Scorer:
     def _score(self, platform: str, frames: np.ndarray, vehicle: np.ndarray) -> ScoredRows:
         model = self.models[platform]
         st = self.state[platform]
+        t0 = time.perf_counter()
         rows = st.window.push(frames, vehicle, model.baseline)
+        t1 = time.perf_counter()
+        for v, n in zip(*np.unique(st.window.last_late, return_counts=True), strict=True):
+            self.late_by_brand[st.brands[int(v)]] += int(n)
         excess = model.excess(rows.X, rows.can_id)
         scores = raw_scores(model.forest, rows.X, excess) / model.threshold
+        self.seconds["features"] += t1 - t0
+        self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
         return ScoredRows(

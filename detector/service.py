@@ -39,6 +39,7 @@ from detector.wire import decode_record
 log = logging.getLogger("canwatch.detect")
 NO_MODEL = "no_model"
 LAG_INTERVAL_S = 5.0
+ACTIVE_S = 60.0  # a vehicle counts as active this long after its last record
 
 
 def default_detector_id() -> str:
@@ -60,11 +61,14 @@ class Detector:
         self.pending: dict = defaultdict(list)  # tp -> [(offset, vehicle, brand, newest ts)]
         self.next_offset: dict = {}  # tp -> offset after the last record seen
         self.vehicle_tp: dict[str, object] = {}
+        self.last_seen: dict[str, tuple[str, float]] = {}  # vehicle -> (brand, wall clock)
         self.open_severity: dict[str, tuple[str, str]] = {}
         self.consumer = None
         self.producer = None
         self._last_reload = 0.0
         self._last_lag = 0.0
+        self._last_active = 0.0
+        self._active_brands: set[str] = set()
 
     # -- models ----------------------------------------------------------------
 
@@ -140,9 +144,14 @@ class Detector:
         batches, futures = self._decode(polled)
         t1 = time.perf_counter()
         self.metrics.observe_stage("decode", t1 - t0)
+        before = dict(self.scorer.seconds)
         scored = self.scorer.push(batches) if batches else []
         t2 = time.perf_counter()
-        self.metrics.observe_stage("score", t2 - t1)
+        for stage in ("features", "score"):
+            self.metrics.observe_stage(stage, self.scorer.seconds[stage] - before[stage])
+        for brand, n in self.scorer.late_by_brand.items():
+            self.metrics.brand(brand).late_frames.inc(n)
+        self.scorer.late_by_brand.clear()
         events = self._incidents(scored)
         t3 = time.perf_counter()
         self.metrics.observe_stage("incidents", t3 - t2)
@@ -196,6 +205,7 @@ class Detector:
                 ts_max = float(b.frames["ts"].max())
                 self.pending[tp].append((r.offset, b.vehicle, b.brand, ts_max))
                 self.vehicle_tp[b.vehicle] = tp
+                self.last_seen[b.vehicle] = (b.brand, time.monotonic())
                 newest[tp] = max(newest.get(tp, 0.0), ts_max)
         for tp, ts in newest.items():
             self.metrics.set_partition_lag(tp.partition, max(now - ts, 0.0), None)
@@ -282,11 +292,26 @@ class Detector:
 
     # -- periodic -----------------------------------------------------------------
 
+    def _count_active(self, now: float) -> None:
+        """Vehicles per brand that sent telemetry within ACTIVE_S; forget older ones."""
+        counts: dict[str, int] = dict.fromkeys(self._active_brands, 0)
+        for vehicle, (brand, seen) in list(self.last_seen.items()):
+            if now - seen > ACTIVE_S:
+                del self.last_seen[vehicle]
+            else:
+                counts[brand] = counts.get(brand, 0) + 1
+        for brand, n in counts.items():
+            self.metrics.brand(brand).vehicles_active.set(n)
+        self._active_brands = set(counts)
+
     def _housekeeping(self) -> None:
         now = time.monotonic()
         if now - self._last_reload >= self.cfg.models.reload_interval_s:
             self._last_reload = now
             self.registry.refresh()
+        if now - self._last_active >= LAG_INTERVAL_S:
+            self._last_active = now
+            self._count_active(now)
         if now - self._last_lag >= LAG_INTERVAL_S and self.consumer.assignment():
             self._last_lag = now
             assigned = list(self.consumer.assignment())

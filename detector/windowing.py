@@ -78,6 +78,7 @@ class WindowState:
         self.first_window = np.zeros(0, np.int64)  # per vehicle: partial first window
         self.streams = StreamTable()
         self.late_frames = 0
+        self.last_late = np.zeros(0, np.int64)
 
     def _grow(self, n_vehicles: int) -> None:
         if n_vehicles > len(self.closed_upto):
@@ -91,6 +92,7 @@ class WindowState:
         self._grow(int(vehicle.max()) + 1 if len(vehicle) else 0)
         win = np.floor(frames["ts"] / self.window_s).astype(np.int64)
         late = win < self.closed_upto[vehicle]
+        self.last_late = vehicle[late]  # per-frame vehicle index of the frames dropped as late
         if late.any():
             self.late_frames += int(late.sum())
             frames, vehicle, win = frames[~late], vehicle[~late], win[~late]
