@@ -112,7 +112,9 @@ def fit_envelope(
     lo[unseen], hi[unseen] = lo[k], hi[k]
     floor = np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES])
     scale = np.maximum(hi - lo, floor)
-    for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
+    for (
+        name
+    ) in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
         lo[:, F[name]] = np.minimum(lo[:, F[name]], 0.0)
     return lo, hi, scale
 

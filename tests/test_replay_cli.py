@@ -121,7 +121,7 @@ def test_replay_speed_paces_and_no_rebase_keeps_timestamps(broker, unique_topic,
 def test_replay_errors_are_one_line_exit_2(tmp_path, capsys):
     path, _ = recording(tmp_path, seconds=0.5)
     cases = [
-        (["--brand", "jepp"], "unknown brand 'jepp'"),
+        (["--brand", "Jeep!"], "brand must be a lower-case slug"),
         (["--brand", "jeep", "--attack", "dos:start=1,durration=2"], "durration"),
         (["--brand", "jeep", "--vehicles", "0"], "--vehicles"),
     ]

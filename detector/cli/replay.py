@@ -287,10 +287,9 @@ def check_vehicle_id(vehicle: str) -> str:
 def check_brand(brand: str, cfg: Config) -> str:
     from detector.brands import load_fleet, validate_slug
 
+    # like train/evaluate/detect: a valid slug outside the brand map is its own platform
     fleet = load_fleet(cfg.fleet.brands_file) if cfg.fleet.brands_file else load_fleet()
-    validate_slug(brand)
-    if brand not in fleet.brands:
-        raise ConfigError(f"unknown brand {brand!r} (known: {', '.join(sorted(fleet.brands))})")
+    fleet.platform_of(validate_slug(brand))
     return brand
 
 

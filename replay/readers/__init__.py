@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import InputError
+from detector.schema import EXTENDED_FLAG, ID_MASK_STANDARD
 from replay.readers import candump, pycan, pycsv, tabular
 from replay.readers._base import LogFormat
 
@@ -87,11 +88,24 @@ def read_frames(path: str | os.PathLike[str], fmt: str | None = None) -> np.ndar
     if not spec.text:
         if os.path.getsize(spath) == 0:
             raise InputError(spath, None, "empty file")
-        return spec.read(spath, None)
+        return mark_wide_ids_extended(spec.read(spath, None))
     data = Path(path).read_bytes()
     if not data or data.isspace():  # isspace stops at the first other byte; strip copies
         raise InputError(spath, None, "empty file")
-    return spec.read(spath, data)
+    return mark_wide_ids_extended(spec.read(spath, data))
+
+
+def mark_wide_ids_extended(frames: np.ndarray) -> np.ndarray:
+    """Ids above 0x7FF cannot be 11-bit: flag them extended, as the wire format requires.
+
+    Logs written with three hex digits (ROAD's benign 0xFFF) would otherwise
+    read fine offline but be dead-lettered as ``bad_id`` once replayed into Kafka.
+    """
+    ids = frames["can_id"]
+    wide = ((ids & EXTENDED_FLAG) == 0) & (ids > ID_MASK_STANDARD)
+    if wide.any():
+        frames["can_id"][wide] = ids[wide] | EXTENDED_FLAG
+    return frames
 
 
 __all__ = ["ALIASES", "FORMATS", "REGISTRY", "canonical_format", "detect_format", "read_frames"]
