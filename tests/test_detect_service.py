@@ -202,7 +202,7 @@ def cusw_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def check_incident_shape(ev: dict, detector_id: str) -> None:
+def check_incident_shape(ev: dict, detector_id: str, brand: str = "jeep") -> None:
     assert set(INCIDENT_FIELDS) <= set(ev), sorted(set(INCIDENT_FIELDS) - set(ev))
     for key, typ in INCIDENT_FIELDS.items():
         ok = isinstance(ev[key], typ) or typ is float and isinstance(ev[key], int)
@@ -218,7 +218,7 @@ def check_incident_shape(ev: dict, detector_id: str) -> None:
         "replay",
         "unknown",
     )
-    assert ev["brand"] == "jeep" and ev["detector"] == detector_id
+    assert ev["brand"] == brand and ev["detector"] == detector_id
     assert ev["first_seen"] < ev["last_seen"] and ev["windows"] >= 1 and ev["peak_score"] >= 1.0
     assert ev["can_ids"] and ev["evidence"]
     for c in ev["can_ids"]:
@@ -734,6 +734,27 @@ def test_road_through_kafka_scores_like_evaluate(broker, unique_topic, tmp_path)
     csv_ref = np.array([cli[k] for k in keys])
     np.testing.assert_allclose(kafka, ref, rtol=1e-9, atol=0)
     np.testing.assert_allclose(kafka, csv_ref, rtol=0, atol=5e-7)  # the CSV has 6 decimals
+    # The labelled recordings' attacks appear as incidents on the topic.
+    reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
+    try:
+        events = reader.events()
+    finally:
+        reader.close()
+    for ev in events:
+        check_incident_shape(ev, ev["detector"], brand="road")
+    for stem, fr in frames.items():
+        attack_ts = fr["ts"][fr["label"] != 0]
+        spans: dict[str, list[float]] = {}  # incident -> [first_seen, newest last_seen]
+        for e in events:
+            if e["vehicle"] == stem:
+                span = spans.setdefault(e["incident_id"], [e["first_seen"], e["last_seen"]])
+                span[1] = max(span[1], e["last_seen"])
+        hit = [i for i, (a, b) in spans.items() if a <= attack_ts.max() and b >= attack_ts.min()]
+        assert hit, (
+            f"{stem}: no incident overlapping its attack frames "
+            f"[{attack_ts.min():.3f}, {attack_ts.max():.3f}]: "
+            f"{[(e['vehicle'], e['status'], e['first_seen'], e['last_seen']) for e in events]}"
+        )
     print(
         f"\nROAD via Kafka vs evaluate: {len(keys)} windows in {len(frames)} files, "
         f"max |diff| {np.abs(kafka - ref).max():.3g} (in process), "
