@@ -182,12 +182,6 @@ def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int
     return 0, -1
 
 
-def stream_order(frames: np.ndarray, stream: np.ndarray) -> np.ndarray:
-    """Stable order grouping each stream's frames in time order."""
-    order = np.lexsort((frames["ts"], stream))
-    return order
-
-
 def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """(8,) bool: bytes nearly constant within each vehicle but different between them.
 
@@ -227,7 +221,7 @@ def learn_baseline(
     vehicle = np.asarray(vehicle, dtype=np.int64)
     owner = vehicle if owner is None else np.asarray(owner, dtype=np.int64)
     stream = vehicle * k + id_slot
-    order = stream_order(frames, stream)
+    order = np.lexsort((frames["ts"], stream))  # each stream's frames together, in time order
     f = frames[order]
     s = stream[order]
     own = owner[order]
@@ -279,13 +273,11 @@ def learn_baseline(
     has_dict = np.zeros(k, bool)
     hashes: list[np.ndarray] = []
 
-    bounds = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
     # frames are grouped by stream (vehicle-major); regroup by id for per-id stats
     by_id = np.argsort(slot, kind="stable")
     slot_sorted = slot[by_id]
     starts = np.searchsorted(slot_sorted, np.arange(k))
     ends = np.searchsorted(slot_sorted, np.arange(k), side="right")
-    del bounds
     for j in range(k):
         rows = by_id[starts[j] : ends[j]]
         d = data[rows]
@@ -343,10 +335,8 @@ def learn_baseline(
             hashes.append(payload_hash(np.full(len(distinct), j), distinct))
 
     presence = (full > 0).mean(axis=0)
-    active_counts = np.where(full > 0, full, 0)
     mean_count = full.mean(axis=0)
     std_count = full.std(axis=0)
-    del active_counts
     expected = (presence >= 0.99) & (mean_count >= 2)
     return Baseline(
         ids=ids.astype(np.uint32),

@@ -119,13 +119,16 @@ def fit_envelope(
     return lo, hi, scale
 
 
-def window_max(scores: np.ndarray, vehicle: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Highest score per (vehicle, window) (order of np.unique over the pairs)."""
-    _, inv = np.unique(np.stack([vehicle, window], axis=1), axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    out = np.full(inv.max() + 1 if len(inv) else 0, -np.inf)
-    np.maximum.at(out, inv, scores)
-    return out
+def max_per_window(
+    vehicle: np.ndarray, window: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vehicle, window, highest score) per distinct (vehicle, window), sorted."""
+    if len(scores) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    keys, inv = np.unique(np.stack([vehicle, window], axis=1), axis=0, return_inverse=True)
+    best = np.full(len(keys), -np.inf)
+    np.maximum.at(best, inv.reshape(-1), scores)
+    return keys[:, 0], keys[:, 1], best
 
 
 def calibrate_threshold(window_scores: np.ndarray, target_fpr: float) -> float:
@@ -173,5 +176,5 @@ def fit_platform_model(
     model = PlatformModel(platform, baseline, forest, lo, hi, scale, threshold=1.0)
     Xh, ih, vh, wh = holdout
     raw_h = raw_scores(forest, Xh, model.excess(Xh, ih))
-    model.threshold = calibrate_threshold(window_max(raw_h, vh, wh), target_fpr)
+    model.threshold = calibrate_threshold(max_per_window(vh, wh, raw_h)[2], target_fpr)
     return model

@@ -3,7 +3,7 @@
 
 ``Scorer.push`` takes decoded per-vehicle batches, routes each vehicle to its
 brand's platform, and returns scored feature rows for every window the batch
-closed. ``window_results`` reduces rows to one result per (vehicle, window).
+closed. ``window_scores`` reduces rows to one score per (vehicle, window).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from detector.brands import Fleet
 from detector.features import FEATURE_NAMES, Rows
-from detector.model import PlatformModel, raw_scores
+from detector.model import PlatformModel, max_per_window, raw_scores
 from detector.windowing import WindowState
 
 
@@ -32,20 +32,6 @@ class ScoredRows:
     names: list[str]
     brands: list[str]
     baseline_period: np.ndarray  # (r,) learned period of the row's id (nan if unknown)
-
-
-@dataclass
-class WindowResult:
-    """One (vehicle, window) with its highest-scoring rows."""
-
-    vehicle: str
-    brand: str
-    platform: str
-    model_version: int
-    window_start: float
-    window_s: float
-    score: float
-    rows: np.ndarray  # indices into the ScoredRows, best first
 
 
 class _PlatformState:
@@ -156,50 +142,14 @@ class Scorer:
         )
 
 
-def window_results(scored: ScoredRows, window_s: float, top: int = 10) -> list[WindowResult]:
-    """One result per (vehicle, window), rows ranked by score."""
-    rows = scored.rows
-    if len(rows) == 0:
-        return []
-    order = np.lexsort((-scored.scores, rows.window, rows.vehicle))
-    v, w = rows.vehicle[order], rows.window[order]
-    starts = np.flatnonzero(np.r_[True, (v[1:] != v[:-1]) | (w[1:] != w[:-1])])
-    ends = np.r_[starts[1:], len(order)]
-    out = []
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        i = int(order[s])
-        out.append(
-            WindowResult(
-                vehicle=scored.names[int(rows.vehicle[i])],
-                brand=scored.brands[int(rows.vehicle[i])],
-                platform=scored.platform,
-                model_version=scored.model_version,
-                window_start=float(rows.window[i]) * window_s,
-                window_s=window_s,
-                score=float(scored.scores[i]),
-                rows=order[s : min(e, s + top)],
-            )
-        )
-    return out
-
-
 def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorized (vehicle, window, max score) per window, for metrics and reports."""
-    rows = scored.rows
-    if len(rows) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    key = np.stack([rows.vehicle, rows.window], axis=1)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    best = np.full(len(uniq), -np.inf)
-    np.maximum.at(best, inv.reshape(-1), scored.scores)
-    return uniq[:, 0], uniq[:, 1], best
+    """(vehicle, window, max score) per window, for metrics and reports."""
+    return max_per_window(scored.rows.vehicle, scored.rows.window, scored.scores)
 
 
 __all__ = [
     "FEATURE_NAMES",
     "Scorer",
     "ScoredRows",
-    "WindowResult",
-    "window_results",
     "window_scores",
 ]
