@@ -34,6 +34,7 @@ from detector.metrics import DetectorMetrics
 from detector.model import PlatformModel
 from detector.model_registry import ModelRegistry, failure_reason
 from detector.pipeline import Scorer, window_scores
+from detector.privacy import load_key, pseudonym, scrub
 from detector.wire import decode_record
 
 log = logging.getLogger("canwatch.detect")
@@ -58,6 +59,7 @@ class Detector:
         self.registry = ModelRegistry(cfg.models.dir, self._model_loaded, self._model_refused)
         self.scorer = Scorer({}, fleet, self.window_s)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
+        self.privacy_key = load_key(cfg.privacy)  # validated before anything connects
         self.pending: dict = defaultdict(list)  # tp -> [(offset, vehicle, brand, newest ts)]
         self.next_offset: dict = {}  # tp -> offset after the last record seen
         self.vehicle_tp: dict[str, object] = {}
@@ -193,6 +195,8 @@ class Detector:
                         max_future_s=det.max_future_s,
                         min_ts=det.min_ts,
                     )
+                    if self.privacy_key is not None:
+                        b = type(b)(pseudonym(self.privacy_key, b.vehicle), b.brand, b.frames)
                     if self.scorer.platform_for(b.brand) is None:
                         raise DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
                 except DecodeError as exc:
@@ -213,14 +217,17 @@ class Detector:
 
     def _dead_letter(self, record, exc: DecodeError):
         self.metrics.dead_letter(exc.reason)
+        key, value = record.key, record.value
+        detail = exc.detail[:500].encode("utf-8", "replace")
+        if self.privacy_key is not None:  # the raw id may sit in the key, the body or the detail
+            key, value = scrub(self.privacy_key, record.key, record.value)
+            detail = scrub(self.privacy_key, record.key, detail)[1]
         headers = list(record.headers or []) + [
             ("error", exc.reason.encode()),
-            ("error-detail", exc.detail[:500].encode("utf-8", "replace")),
+            ("error-detail", detail),
             ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
-        return self.producer.send(
-            self.cfg.kafka.dlq_topic, key=record.key, value=record.value, headers=headers
-        )
+        return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
 
     def _incidents(self, scored: list) -> list[dict]:
         events = []

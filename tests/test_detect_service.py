@@ -349,6 +349,7 @@ def test_malformed_records_go_to_the_dlq_and_valid_traffic_is_processed(
         reader.close()
     assert len(dead) == len(bad)
     got = Counter()
+    assert dead, "the malformed record must be dead-lettered"
     for r in dead:
         h = dict(r.headers)
         got[(r.key, r.value, h["error"].decode())] += 1
@@ -780,3 +781,72 @@ def test_replay_accepts_an_external_brand_like_train_and_evaluate(broker, unique
         "--topic",
         topic,
     )
+
+
+# -- 7. pseudonymous vehicle ids ------------------------------------------------------------
+
+
+def test_pseudonymized_ids_never_leave_the_decoder(
+    broker, unique_topic, cusw_models, monkeypatch, caplog
+):
+    from prometheus_client import generate_latest
+
+    from detector.privacy import pseudonym
+
+    raw = "VIN-ZFA31200000123456"
+    secret = "canwatch-test-hmac-key-0123456789"
+    monkeypatch.setenv("CW_TEST_PSEUDO_KEY", secret)
+    cfg = service_config(
+        broker, unique_topic, cusw_models, **{"privacy.pseudonymize_key_env": "CW_TEST_PSEUDO_KEY"}
+    )
+    streams, _ = fleet_streams(2, 20.0, {0: "dos:start=6,duration=3"}, seed=700)
+    streams = [(raw if i == 0 else v, b, f) for i, (v, b, f) in enumerate(streams)]
+    metrics = DetectorMetrics(CollectorRegistry())
+    detector = Detector(cfg, FLEET, metrics, "det-privacy")
+    reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
+    dlq = TopicReader(broker.bootstrap, cfg.kafka.dlq_topic)
+    caplog.set_level("DEBUG", logger="canwatch")
+    caplog.set_level("DEBUG", logger="detector")
+    try:
+        with running(detector):
+            frames = send_all(cfg, streams)
+            producer = make_producer(cfg.kafka)
+            bad = json.dumps({"vehicle": raw, "brand": "jeep", "bus": "can0", "frames": "x"})
+            producer.send(
+                cfg.kafka.telemetry_topic,
+                key=raw.encode(),
+                value=bad.encode(),
+                headers=[
+                    ("brand", b"jeep"),
+                    ("content-type", b"application/json"),
+                    ("schema", b"1"),
+                ],
+            )
+            producer.flush()
+            producer.close()
+
+            def done() -> bool:
+                consumed = sample(metrics, "canwatch_frames_consumed_total", brand="jeep")
+                return consumed == frames and any(e["status"] == "open" for e in reader.events())
+
+            wait_for("frames consumed and an incident opened", done)
+            wait_for("the dead letter on the DLQ topic", lambda: len(dlq.poll()) >= 1)
+        incidents = reader.events()
+        dead = dlq.poll()
+    finally:
+        reader.close()
+        dlq.close()
+    alias = pseudonym(secret.encode(), raw)
+    assert {e["vehicle"] for e in incidents} == {alias}
+    exported = generate_latest(metrics.registry).decode()
+    published = json.dumps(incidents)
+    # canwatch's own log lines (kafka-python's DEBUG wire dumps are the client library's)
+    logs = "\n".join(
+        r.getMessage() for r in caplog.records if r.name.startswith(("canwatch", "detector"))
+    )
+    for where, text in (("incidents", published), ("metrics", exported), ("logs", logs)):
+        assert raw not in text, f"raw vehicle id found in {where}"
+    assert dead, "the malformed record must be dead-lettered"
+    for r in dead:
+        blob = (r.key or b"") + (r.value or b"") + b"".join(v for _, v in r.headers or [])
+        assert raw.encode() not in blob, "raw vehicle id found in the DLQ"
