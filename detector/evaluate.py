@@ -18,7 +18,7 @@ from detector.brands import Fleet
 from detector.config import IncidentConfig
 from detector.incidents import IncidentTracker, observations
 from detector.model import PlatformModel
-from detector.pipeline import Scorer, window_scores
+from detector.pipeline import Scorer, vehicle_clock, window_scores
 from detector.schema import LABEL_CODE, LABELS
 
 WINDOW_COLUMNS = ("file", "vehicle", "window_start", "score", "label", "attack")
@@ -60,11 +60,10 @@ def score_frames(
     events: list[dict] = []
     windows, scores = [], []
     for sc in scored:
-        _, w, s = window_scores(sc)
+        v, w, s = window_scores(sc)
         windows.append(w)
         scores.append(s)
-        clock = {vehicle: float((w.max() + 1) * window_s)} if len(w) else {}
-        events += tracker.observe(observations(sc, window_s), clock)
+        events += tracker.observe(observations(sc, window_s), vehicle_clock(sc, v, w, window_s))
     events += tracker.close_all()
     w = np.concatenate(windows) if windows else np.zeros(0, np.int64)
     s = np.concatenate(scores) if scores else np.zeros(0)

@@ -58,14 +58,18 @@ def observations(
 ) -> list[Observation]:
     """Anomalous windows of ``sc`` (score >= 1.0), in event-time order."""
     rows = sc.rows
-    hot = np.flatnonzero(sc.scores >= IMPLICATED)
-    if len(hot) == 0:
+    if not (sc.scores >= IMPLICATED).any():
         return []
-    hot_keys = np.unique(np.stack([rows.vehicle[hot], rows.window[hot]], axis=1), axis=0)
+    # one sort groups rows by (window, vehicle), best score first in each group
+    order = np.lexsort((-sc.scores, rows.vehicle, rows.window))
+    gv, gw = rows.vehicle[order], rows.window[order]
+    starts = np.flatnonzero(np.r_[True, (gv[1:] != gv[:-1]) | (gw[1:] != gw[:-1])])
+    ends = np.r_[starts[1:], len(order)]
+    hot = sc.scores[order[starts]] >= IMPLICATED
     out = []
-    for v, w in hot_keys[np.argsort(hot_keys[:, 1], kind="stable")]:
-        idx = np.flatnonzero((rows.vehicle == v) & (rows.window == w))
-        idx = idx[np.argsort(-sc.scores[idx])]
+    for s, e in zip(starts[hot].tolist(), ends[hot].tolist(), strict=True):
+        idx = order[s:e]
+        v, w = rows.vehicle[idx[0]], rows.window[idx[0]]
         ids = {}
         for i in idx[:max_ids]:
             if sc.scores[i] >= IMPLICATED or not ids:

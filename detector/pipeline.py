@@ -147,9 +147,21 @@ def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return max_per_window(scored.rows.vehicle, scored.rows.window, scored.scores)
 
 
+def vehicle_clock(
+    scored: ScoredRows, vehicle: np.ndarray, window: np.ndarray, window_s: float
+) -> dict[str, float]:
+    """End of each vehicle's newest scored window (the incident tracker's clock)."""
+    if len(window) == 0:
+        return {}
+    newest = np.full(len(scored.names), np.iinfo(np.int64).min)
+    np.maximum.at(newest, vehicle, window)
+    return {scored.names[i]: float((newest[i] + 1) * window_s) for i in np.unique(vehicle).tolist()}
+
+
 __all__ = [
     "FEATURE_NAMES",
     "Scorer",
     "ScoredRows",
+    "vehicle_clock",
     "window_scores",
 ]

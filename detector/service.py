@@ -33,7 +33,7 @@ from detector.kafka_io import end_offsets, make_consumer, make_producer
 from detector.metrics import DetectorMetrics
 from detector.model import PlatformModel
 from detector.model_registry import ModelRegistry, failure_reason
-from detector.pipeline import Scorer, window_scores
+from detector.pipeline import Scorer, vehicle_clock, window_scores
 from detector.privacy import load_key, pseudonym, scrub
 from detector.wire import decode_record
 
@@ -241,10 +241,7 @@ class Detector:
                     bm.windows.inc(int(sel.sum()))
                     bm.anomalous.inc(int((s[sel] >= 1.0).sum()))
                     bm.observe_scores(s[sel])
-            clock: dict[str, float] = {}
-            for vi, wi in zip(v.tolist(), w.tolist(), strict=True):
-                name = sc.names[vi]
-                clock[name] = max(clock.get(name, 0.0), (wi + 1) * self.window_s)
+            clock = vehicle_clock(sc, v, w, self.window_s)
             events += self.tracker.observe(observations(sc, self.window_s), clock)
         for ev in events:
             bm = self.metrics.brand(ev["brand"])
