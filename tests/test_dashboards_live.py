@@ -37,6 +37,7 @@ from detector.config import DetectionConfig, KafkaConfig
 from detector.kafka_io import make_producer
 from detector.model_store import save_model
 from detector.training import train_platform
+from detector.wire import CONTENT_TYPE_JSON, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import publish
 from replay.simulator import simulate_vehicle
@@ -137,11 +138,7 @@ def send_round(kafka: KafkaConfig, streams: list) -> int:
                 kafka.telemetry_topic,
                 key=f"bad-{uuid.uuid4().hex[:6]}-{i}".encode(),
                 value=b'{"vehicle": "v", "frames": [',
-                headers=[
-                    ("brand", b"jeep"),
-                    ("content-type", b"application/json"),
-                    ("schema", b"1"),
-                ],
+                headers=headers_for("jeep", CONTENT_TYPE_JSON),
             )
         producer.flush()
         return frames

@@ -33,13 +33,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from detector.brands import load_fleet
 from detector.broker import create_topics, free_port
 from detector.config import Config, DetectionConfig, load_config
+from detector.incidents import SEVERITIES
 from detector.kafka_io import make_producer
 from detector.metrics import DetectorMetrics
 from detector.model_store import list_manifests, save_model
 from detector.pipeline import window_scores
+from detector.schema import ATTACK_KINDS
 from detector.service import Detector
 from detector.training import train_platform
-from detector.wire import encode_record
+from detector.wire import CONTENT_TYPE_JSON, encode_record, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import publish
 from replay.simulator import simulate_vehicle
@@ -208,16 +210,8 @@ def check_incident_shape(ev: dict, detector_id: str, brand: str = "jeep") -> Non
         ok = isinstance(ev[key], typ) or typ is float and isinstance(ev[key], int)
         assert ok and not isinstance(ev[key], bool), f"{key}: {ev[key]!r} is not {typ.__name__}"
     assert ev["status"] in ("open", "update", "closed")
-    assert ev["severity"] in ("low", "medium", "high", "critical")
-    assert ev["suspected_attack"] in (
-        "dos",
-        "fuzzing",
-        "spoofing",
-        "masquerade",
-        "suspension",
-        "replay",
-        "unknown",
-    )
+    assert ev["severity"] in SEVERITIES
+    assert ev["suspected_attack"] in ATTACK_KINDS
     assert ev["brand"] == brand and ev["detector"] == detector_id
     assert ev["first_seen"] < ev["last_seen"] and ev["windows"] >= 1 and ev["peak_score"] >= 1.0
     assert ev["can_ids"] and ev["evidence"]
@@ -286,7 +280,7 @@ def _bad_records(frames: np.ndarray) -> list[tuple[bytes | None, bytes, list, st
     """(key, value, headers, expected reason) of 50 records the detector must dead-letter."""
     _, good, headers = encode_record("v", "jeep", frames[:20])
     hdr = dict(headers)
-    json_hdr = [("brand", b"jeep"), ("content-type", b"application/json"), ("schema", b"1")]
+    json_hdr = headers_for("jeep", CONTENT_TYPE_JSON)
     dlc9 = bytearray(good)
     dlc9[16 + 12] = 9  # first record's dlc byte (ts f8, can_id u4, then dlc)
     peugeot = encode_record("v", "peugeot", frames[:20])[2]  # valid brand, aee2010 not trained
@@ -506,11 +500,7 @@ def test_detect_process_serves_consistent_metrics_and_stops_on_sigterm(
                     cfg.kafka.telemetry_topic,
                     key=f"bad-{i}".encode(),
                     value=b"{oops",
-                    headers=[
-                        ("brand", b"jeep"),
-                        ("content-type", b"application/json"),
-                        ("schema", b"1"),
-                    ],
+                    headers=headers_for("jeep", CONTENT_TYPE_JSON),
                 )
             producer.flush()
         finally:
@@ -816,11 +806,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
                 cfg.kafka.telemetry_topic,
                 key=raw.encode(),
                 value=bad.encode(),
-                headers=[
-                    ("brand", b"jeep"),
-                    ("content-type", b"application/json"),
-                    ("schema", b"1"),
-                ],
+                headers=headers_for("jeep", CONTENT_TYPE_JSON),
             )
             producer.flush()
             producer.close()
