@@ -79,7 +79,12 @@ class PlatformModel:
 
     def scores(self, X: np.ndarray, can_id: np.ndarray) -> np.ndarray:
         """Normalised scores: 1.0 = the calibrated threshold."""
-        return raw_scores(self.forest, X, self.excess(X, can_id)) / self.threshold
+        return self.scores_and_excess(X, can_id)[0]
+
+    def scores_and_excess(self, X: np.ndarray, can_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised scores and the envelope excess behind them (for evidence)."""
+        excess = self.excess(X, can_id)
+        return raw_scores(self.forest, X, excess) / self.threshold, excess
 
 
 def envelope_slot(baseline: Baseline, can_id: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from detector.brands import Fleet
 from detector.features import FEATURE_NAMES, Rows
-from detector.model import PlatformModel, max_per_window, raw_scores
+from detector.model import PlatformModel, max_per_window
 from detector.windowing import WindowState
 
 
@@ -131,8 +131,7 @@ class Scorer:
         t1 = time.perf_counter()
         for v, n in zip(*np.unique(st.window.last_late, return_counts=True), strict=True):
             self.late_by_brand[st.brands[int(v)]] += int(n)
-        excess = model.excess(rows.X, rows.can_id)
-        scores = raw_scores(model.forest, rows.X, excess) / model.threshold
+        scores, excess = model.scores_and_excess(rows.X, rows.can_id)
         self.seconds["features"] += t1 - t0
         self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
