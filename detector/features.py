@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.baseline import PAIRS, Baseline, checksum_values, payload_hash, payload_u64
+from detector.baseline import Baseline
+from detector.kernels import group_rows
 
 FEATURE_NAMES: tuple[str, ...] = (
     "rate",  # frames / learned frames per window
@@ -95,159 +96,46 @@ class Rows:
         )
 
 
-def popcount8(x: np.ndarray) -> np.ndarray:
-    """Set bits per row of an (n, 8) uint8 array."""
-    return np.unpackbits(x, axis=1).sum(axis=1, dtype=np.int64)
-
-
-def frame_checks(
-    frames: np.ndarray,
-    prev_ts: np.ndarray,
-    prev_data: np.ndarray,
-    has_prev: np.ndarray,
-    bl: Baseline,
-) -> dict[str, np.ndarray]:
-    """Per-frame comparisons against the previous frame of the stream and the baseline."""
-    data = frames["data"]
-    can_id = frames["can_id"]
-    dlc = frames["dlc"]
-    slot, known = bl.slots(can_id)
-    dt = np.where(has_prev, frames["ts"] - prev_ts, np.nan)
-    xor = data ^ prev_data
-    ham = np.where(has_prev, popcount8(xor), 0)
-    changed = (xor != 0) & has_prev[:, None]
-    out_range = known & ((data < bl.byte_min[slot]) | (data > bl.byte_max[slot])).any(axis=1)
-    delta = data.astype(np.int16) - prev_data.astype(np.int16)
-    delta_out = (
-        known & has_prev & ((delta < bl.delta_min[slot]) | (delta > bl.delta_max[slot])).any(axis=1)
-    )
-    pair_out = np.zeros(len(frames), bool)
-    tight_any = known & bl.pair_tight[slot].any(axis=1)
-    if tight_any.any():
-        idx = np.flatnonzero(tight_any)
-        d = data[idx]
-        s = slot[idx]
-        pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
-        bad = ((pairs < bl.pair_min[s]) | (pairs > bl.pair_max[s])) & bl.pair_tight[s]
-        pair_out[idx] = bad.any(axis=1)
-    counter_err = np.zeros(len(frames), bool)
-    has_counter = known & has_prev & (bl.counter_byte[slot] >= 0)
-    if has_counter.any():
-        idx = np.flatnonzero(has_counter)
-        s = slot[idx]
-        b = bl.counter_byte[s].astype(np.int64)
-        mask = bl.counter_mask[s].astype(np.int64)
-        shift = bl.counter_shift[s].astype(np.int64)
-        cur = (data[idx, b].astype(np.int64) & mask) >> shift
-        prv = (prev_data[idx, b].astype(np.int64) & mask) >> shift
-        counter_err[idx] = ((cur - prv) % ((mask >> shift) + 1)) != bl.counter_step[s]
-    checksum_err = np.zeros(len(frames), bool)
-    kinds = np.where(known, bl.checksum_kind[slot], 0)
-    for kind in np.unique(kinds[kinds > 0]):
-        idx = np.flatnonzero(kinds == kind)
-        pos_code = bl.checksum_byte[slot[idx]].astype(np.int64)
-        pos = np.where(pos_code == -2, dlc[idx].astype(np.int64) - 1, pos_code)
-        pos = np.clip(pos, 0, 7)
-        expect = checksum_values(int(kind), data[idx], dlc[idx], can_id[idx], pos)
-        checksum_err[idx] = expect != data[idx, pos]
-    novel_payload = np.zeros(len(frames), bool)
-    dict_ids = known & bl.has_dict[slot]
-    if dict_ids.any() and len(bl.payload_hashes):
-        idx = np.flatnonzero(dict_ids)
-        h = payload_hash(slot[idx], payload_u64(data[idx]))
-        pos = np.minimum(np.searchsorted(bl.payload_hashes, h), len(bl.payload_hashes) - 1)
-        novel_payload[idx] = bl.payload_hashes[pos] != h
-    novel_dlc = known & ((bl.dlc_mask[slot] >> dlc.astype(np.uint16)) & 1 == 0)
-    return {
-        "slot": slot,
-        "known": known,
-        "dt": dt,
-        "ham": ham,
-        "changed": changed,
-        "other_changed": (changed.sum(axis=1)[:, None] - changed) > 0,
-        "out_of_range": out_range,
-        "delta_out": delta_out,
-        "pair_out": pair_out,
-        "counter_err": counter_err,
-        "checksum_err": checksum_err,
-        "novel_payload": novel_payload,
-        "novel_dlc": novel_dlc,
-    }
-
-
-def _segment_sum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    if len(starts) == 0:
-        return np.zeros((0,) + x.shape[1:], dtype=np.float64)
-    return np.add.reduceat(x.astype(np.float64), starts, axis=0)
-
-
 def present_rows(
     frames: np.ndarray,
+    order: np.ndarray,
+    stream_first: np.ndarray,
+    carried: tuple[np.ndarray, np.ndarray, np.ndarray],
+    starts: np.ndarray,
     vehicle: np.ndarray,
     window: np.ndarray,
-    checks: dict[str, np.ndarray],
     bl: Baseline,
     window_s: float,
 ) -> tuple[Rows, np.ndarray]:
     """Rows for the (vehicle, id, window) groups that hold frames.
 
-    ``frames`` are grouped by stream in time order. Returns the rows and the
-    ts of each group's last frame (for silence of later absences).
+    ``frames[order]`` are grouped by stream in time order; ``stream_first``
+    marks where each stream begins in ``order``, ``carried`` = (found, ts,
+    data) is each stream's previous frame from earlier batches, and ``starts``
+    are the positions where a (stream, window) group begins. ``vehicle`` and
+    ``window`` are per frame. Returns the rows and the ts of each group's last
+    frame (for silence of later absences).
+
+    Per frame, against the previous frame of the stream and the baseline:
+    inter-arrival, Hamming distance, which bytes changed (and whether another
+    byte changed with them), bytes outside their range, byte jumps outside
+    their range, broken byte-pair couplings, counter steps, checksums,
+    payloads outside the dictionary and unseen DLCs; per group, their rates
+    relative to the baseline (FEATURE_NAMES says which column is which). The
+    loop is compiled (``detector.kernels``); tests/reference_features.py keeps
+    the same definitions in plain numpy and tests/test_kernels.py checks that
+    both agree.
     """
-    n = len(frames)
-    if n == 0:
+    if len(order) == 0:
         return Rows.empty(), np.zeros(0)
-    can_id = frames["can_id"]
-    boundary = np.r_[
-        True,
-        (vehicle[1:] != vehicle[:-1]) | (can_id[1:] != can_id[:-1]) | (window[1:] != window[:-1]),
-    ]
-    starts = np.flatnonzero(boundary)
-    ends = np.r_[starts[1:], n]
-    count = ends - starts
-    slot = checks["slot"][starts]
-    known = checks["known"][starts]
-    dt = checks["dt"]
-    has_dt = ~np.isnan(dt)
-    n_dt = _segment_sum(has_dt, starts)
-    dt0 = np.where(has_dt, dt, 0.0)
-    sum_dt = _segment_sum(dt0, starts)
-    sum_dt2 = _segment_sum(dt0 * dt0, starts)
-    min_dt = np.minimum.reduceat(np.where(has_dt, dt, np.inf), starts)
-    period = np.where(known, bl.period[slot], np.nan)
-    period = np.where(np.isfinite(period) & (period > 0), period, window_s)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_dt = sum_dt / n_dt
-        std_dt = np.sqrt(np.maximum(sum_dt2 / n_dt - mean_dt**2, 0.0))
-    X = np.zeros((len(starts), N_FEATURES))
-    mean_count = np.where(known, bl.mean_count[slot], 0.0)
-    X[:, F["rate"]] = np.where(mean_count > 0, count / np.maximum(mean_count, 1e-9), count)
-    X[:, F["dt_min"]] = np.where(np.isfinite(min_dt) & known, min_dt / period, 1.0)
-    X[:, F["dt_mean"]] = np.where((n_dt > 0) & known, mean_dt / period, 1.0)
-    X[:, F["dt_cv"]] = np.where((n_dt > 1) & known, std_dt / period, 0.0)
-    last_ts = frames["ts"][ends - 1]
-    win_end = (window[starts] + 1) * window_s
-    X[:, F["silence"]] = np.where(known, (win_end - last_ts) / period, 0.0)
-    n_pairs = np.maximum(n_dt, 1)
-    ham_mean = _segment_sum(checks["ham"], starts) / n_pairs
-    X[:, F["hamming_z"]] = np.where(
-        known & (n_dt > 0), (ham_mean - bl.ham_mean[slot]) / (bl.ham_std[slot] + 0.5), 0.0
+    head = order[starts]
+    X, attack, last_ts = group_rows(
+        frames, order, stream_first, carried, starts, window[head], bl, window_s, N_FEATURES
     )
-    change = _segment_sum(checks["changed"], starts) / n_pairs[:, None]
-    dev = change - bl.change_rate[slot]
-    other = checks["other_changed"]
-    n_other = _segment_sum(other, starts)
-    cond = _segment_sum(checks["changed"] & other, starts) / np.maximum(n_other, 1)
-    drop = np.where(n_other >= 3, bl.cond_change[slot] - cond, 0.0)
-    X[:, F["change_drop"]] = np.where(known, np.maximum(drop.max(axis=1), 0.0), 0.0)
-    X[:, F["change_rise"]] = np.where(known & (n_dt > 0), np.maximum(dev.max(axis=1), 0.0), 0.0)
-    for name in ("out_of_range", "pair_out", "checksum_err", "novel_payload", "novel_dlc"):
-        X[:, F[name]] = _segment_sum(checks[name], starts) / count
-    for name in ("delta_out", "counter_err"):
-        X[:, F[name]] = _segment_sum(checks[name], starts) / n_pairs
-    X[:, F["novel_id"]] = (~known).astype(np.float64)
-    attack = np.maximum.reduceat(frames["label"], starts).astype(np.int8)
-    rows = Rows(vehicle[starts].astype(np.int64), window[starts], can_id[starts], count, attack, X)
+    count = np.diff(np.r_[starts, len(order)])
+    rows = Rows(
+        vehicle[head].astype(np.int64), window[head], frames["can_id"][head], count, attack, X
+    )
     return rows, last_ts
 
 

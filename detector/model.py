@@ -14,6 +14,7 @@ is the alert threshold, higher = more anomalous, everywhere.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from sklearn.ensemble import IsolationForest
 
 from detector.baseline import Baseline
 from detector.features import FEATURE_NAMES, N_FEATURES, F
+from detector.kernels import CompiledForest
 
 F_RATE = F["rate"]
 
@@ -98,10 +100,21 @@ def envelope_excess(X: np.ndarray, lo: np.ndarray, hi: np.ndarray, scale: np.nda
     return np.minimum(over / scale, EXCESS_CAP)
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(forest: IsolationForest) -> CompiledForest:
+    """The forest's flat-array form, built once per fitted forest object."""
+    cf = _COMPILED.get(forest)
+    if cf is None:
+        cf = _COMPILED[forest] = CompiledForest(forest)
+    return cf
+
+
 def raw_scores(forest: IsolationForest, X: np.ndarray, excess: np.ndarray) -> np.ndarray:
     if len(X) == 0:
         return np.zeros(0)
-    return -forest.score_samples(X) + ENVELOPE_WEIGHT * excess.sum(axis=1)
+    return compiled(forest).raw_scores(X) + ENVELOPE_WEIGHT * excess.sum(axis=1)
 
 
 def fit_envelope(

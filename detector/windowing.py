@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from detector.baseline import Baseline
-from detector.features import Rows, absent_rows, add_bus_features, frame_checks, present_rows
+from detector.features import Rows, absent_rows, add_bus_features, present_rows
+from detector.kernels import stream_order
 from detector.schema import FRAME_DTYPE
 
 _NONE = np.iinfo(np.int64).min // 4
@@ -64,6 +65,29 @@ def stream_key(vehicle: np.ndarray, can_id: np.ndarray) -> np.ndarray:
     return (vehicle.astype(np.uint64) << np.uint64(32)) | can_id.astype(np.uint64)
 
 
+def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ids (the baseline's plus any unseen ones of the batch), and each frame's rank."""
+    slot, known = bl.slots(can_id)
+    if known.all():
+        return bl.ids, slot
+    ids = np.union1d(bl.ids, can_id[~known]).astype(np.uint32)
+    return ids, np.searchsorted(ids, can_id)
+
+
+def stream_sort(key: np.ndarray, n_keys: int, ts: np.ndarray) -> np.ndarray:
+    """Positions grouping frames by ``key``, each group in time order (ties: arrival order).
+
+    Frames usually arrive in time order per stream, so a linear counting sort
+    does; when they do not, or keys are too sparse for counting (a fuzzer's
+    random extended ids), a comparison sort.
+    """
+    if n_keys <= 4 * len(key) + 100_000:
+        order, in_order = stream_order(key, n_keys, ts)
+        if in_order:
+            return order
+    return np.lexsort((ts, key))
+
+
 class WindowState:
     """Carried windowing state for the vehicles of one platform (one partition)."""
 
@@ -101,10 +125,9 @@ class WindowState:
             np.minimum.at(earliest, vehicle, win)
             fresh = (self.first_window == _NONE) & (earliest != np.iinfo(np.int64).max)
             self.first_window[fresh] = earliest[fresh]
+        # arrival order is kept: _rows groups the closed frames by stream itself
         allf = np.concatenate([self.carry, frames])
         allv = np.concatenate([self.carry_vehicle, vehicle])
-        order = np.lexsort((allf["ts"], allv))
-        allf, allv = allf[order], allv[order]
         win = np.floor(allf["ts"] / self.window_s).astype(np.int64)
         # per-vehicle watermark: the newest event time seen for it
         newest = np.full(len(self.closed_upto), -np.inf)
@@ -142,44 +165,45 @@ class WindowState:
     def _rows(self, frames: np.ndarray, vehicle: np.ndarray, win: np.ndarray, bl: Baseline) -> Rows:
         if len(frames) == 0:
             return Rows.empty()
-        ids, id_inv = np.unique(frames["can_id"], return_inverse=True)
-        stream = vehicle * len(ids) + id_inv
-        order = np.argsort(stream, kind="stable")  # frames are time-ordered per vehicle already
-        frames, vehicle, win, stream = frames[order], vehicle[order], win[order], stream[order]
-        keys = stream_key(vehicle, frames["can_id"])
-        first = np.r_[True, stream[1:] != stream[:-1]]
-        found, s_ts, s_data = self.streams.lookup(keys[first])
-        prev_ts = np.r_[np.nan, frames["ts"][:-1]]
-        prev_data = np.roll(frames["data"], 1, axis=0)
-        has_prev = ~first
-        prev_ts[first] = s_ts
-        prev_data[first] = s_data
-        has_prev[first] = found
-        checks = frame_checks(frames, prev_ts, prev_data, has_prev, bl)
-        present, group_last = present_rows(frames, vehicle, win, checks, bl, self.window_s)
-        group_stream = stream[
-            np.flatnonzero(np.r_[True, (stream[1:] != stream[:-1]) | (win[1:] != win[:-1])])
-        ]
+        can_id = frames["can_id"]
+        ids, id_rank = batch_ids(can_id, bl)
+        n_ids = len(ids)
+        in_batch = np.zeros(len(self.closed_upto), bool)
+        in_batch[vehicle] = True
+        vrank = np.cumsum(in_batch) - 1
+        key = vrank[vehicle] * n_ids + id_rank  # stream number, ordered by (vehicle, id)
+        order = stream_sort(key, int(in_batch.sum()) * n_ids, frames["ts"])
+        skey = key[order]
+        swin = win[order]
+        stream_first = np.r_[True, skey[1:] != skey[:-1]]
+        starts = np.flatnonzero(stream_first | np.r_[True, swin[1:] != swin[:-1]])
+        first = order[stream_first]
+        carried = self.streams.lookup(stream_key(vehicle[first], can_id[first]))
+        present, group_last = present_rows(
+            frames, order, stream_first, carried, starts, vehicle, win, bl, self.window_s
+        )
+        group_stream = skey[starts]
         before = self.streams  # state before this batch's frames
 
         def last_seen(qveh: np.ndarray, qid: np.ndarray, qwin: np.ndarray) -> np.ndarray:
-            pos = np.searchsorted(ids, qid)
-            pos = np.minimum(pos, len(ids) - 1)
-            in_batch = ids[pos] == qid
-            qstream = np.where(in_batch, qveh * len(ids) + pos, -1)
+            pos = np.minimum(np.searchsorted(ids, qid), n_ids - 1)
+            known_id = ids[pos] == qid
+            qstream = np.where(known_id, vrank[qveh] * n_ids + pos, -1)
             w0 = int(present.window.min()) - 1
             span = int(present.window.max()) - w0 + 2
             gkey = group_stream * span + (present.window - w0)
             qkey = qstream * span + (qwin - w0)
             j = np.searchsorted(gkey, qkey) - 1
             jc = np.maximum(j, 0)
-            hit = in_batch & (j >= 0) & (group_stream[jc] == qstream)
+            hit = known_id & (j >= 0) & (group_stream[jc] == qstream)
             _, ts_before, _ = before.lookup(stream_key(qveh, qid))
             return np.where(hit, group_last[jc], ts_before)
 
         absent = absent_rows(present, bl, last_seen, self.window_s)
-        last = np.r_[stream[1:] != stream[:-1], True]
-        self.streams.update(keys[last], frames["ts"][last], frames["data"][last])
+        last = order[np.r_[stream_first[1:], True]]
+        self.streams.update(
+            stream_key(vehicle[last], can_id[last]), frames["ts"][last], frames["data"][last]
+        )
         rows = Rows.concat([present, absent])
         add_bus_features(rows, bl)
         scored = rows.window > self.first_window[rows.vehicle]
