@@ -153,17 +153,15 @@ def absent_rows(
     exp_ids = bl.ids[bl.expected]
     if len(present) == 0 or len(exp_ids) == 0:
         return Rows.empty()
-    vw = np.unique(np.stack([present.vehicle, present.window], axis=1), axis=0)
-    veh = np.repeat(vw[:, 0], len(exp_ids))
-    win = np.repeat(vw[:, 1], len(exp_ids))
-    ids = np.tile(exp_ids, len(vw))
-    have = set_membership(
-        (present.vehicle, present.window, present.can_id.astype(np.int64)),
-        (veh, win, ids.astype(np.int64)),
-    )
-    veh, win, ids = veh[~have], win[~have], ids[~have]
-    if len(veh) == 0:
+    vw_veh, vw_win, inv = vw_groups(present.vehicle, present.window)
+    exp_pos = np.minimum(np.searchsorted(exp_ids, present.can_id), len(exp_ids) - 1)
+    is_exp = exp_ids[exp_pos] == present.can_id
+    missing = np.ones((len(vw_veh), len(exp_ids)), bool)
+    missing[inv[is_exp], exp_pos[is_exp]] = False
+    r, c = np.nonzero(missing)  # row-major: by (vehicle, window), then id
+    if len(r) == 0:
         return Rows.empty()
+    veh, win, ids = vw_veh[r], vw_win[r], exp_ids[c]
     slot, _ = bl.slots(ids)
     period = np.where(
         np.isfinite(bl.period[slot]) & (bl.period[slot] > 0), bl.period[slot], window_s
@@ -177,28 +175,22 @@ def absent_rows(
     return Rows(veh, win, ids, np.zeros(len(veh), np.int64), np.zeros(len(veh), np.int8), X)
 
 
-def set_membership(
-    have: tuple[np.ndarray, np.ndarray, np.ndarray],
-    query: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> np.ndarray:
-    """For each query triple, whether it occurs in ``have`` (integer columns)."""
-    cols_h = np.stack(have, axis=1)
-    cols_q = np.stack(query, axis=1)
-    both = np.concatenate([cols_h, cols_q])
-    _, inv = np.unique(both, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    present = np.zeros(inv.max() + 1, bool)
-    present[inv[: len(cols_h)]] = True
-    return present[inv[len(cols_h) :]]
+def vw_groups(vehicle: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (vehicle, window) pairs sorted, and each input's pair index."""
+    if len(vehicle) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    w0 = int(window.min())
+    span = int(window.max()) - w0 + 1
+    uniq, inv = np.unique(vehicle.astype(np.int64) * span + (window - w0), return_inverse=True)
+    return uniq // span, uniq % span + w0, inv.reshape(-1)
 
 
 def add_bus_features(rows: Rows, bl: Baseline) -> None:
     """Fill the vehicle-level columns of ``rows`` in place."""
     if len(rows) == 0:
         return
-    key_rows = np.stack([rows.vehicle, rows.window], axis=1)
-    vw, inv = np.unique(key_rows, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
+    vw, _, inv = vw_groups(rows.vehicle, rows.window)
     present = rows.count > 0
     frames_per = np.bincount(inv, weights=rows.count, minlength=len(vw))
     ids_per = np.bincount(inv, weights=present, minlength=len(vw))

@@ -65,6 +65,31 @@ def _checksum(kind, d, dlc, can_id, pos, crc8):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
+def id_slots(can_id, ids):  # pragma: no cover - compiled
+    """``Baseline.slots``: each id's position in the sorted ``ids`` (clipped) and
+    whether it is there; a table answers standard ids without a search."""
+    n_ids = ids.shape[0]
+    lut = np.full(2048, -1, np.int64)
+    for k in range(n_ids):
+        if ids[k] < 2048:
+            lut[ids[k]] = k
+    slot = np.zeros(can_id.shape[0], np.int64)
+    known = np.zeros(can_id.shape[0], np.bool_)
+    for i in range(can_id.shape[0]):
+        c = can_id[i]
+        k = lut[c] if c < 2048 else -1
+        if k < 0 and n_ids > 0:
+            k = min(np.searchsorted(ids, c), n_ids - 1)
+        elif k >= 0:
+            known[i] = True
+        if k >= 0:
+            slot[i] = k
+            if not known[i]:
+                known[i] = ids[k] == c
+    return slot, known
+
+
+@njit(cache=True, nogil=True)
 def stream_order(key, n_keys, ts):  # pragma: no cover - compiled
     """Counting sort of frames by stream ``key`` (stable), and whether each
     stream's frames were already in time order (else the caller sorts by ts)."""
@@ -102,8 +127,10 @@ def _group_rows(  # pragma: no cover - compiled
     chg = np.zeros(8)
     n_other = np.zeros(8)
     cond_num = np.zeros(8)
-    changed = np.zeros(8, np.bool_)
+    changed = np.zeros(8, np.int64)
     prev = np.zeros(8, np.uint8)
+    cur = np.zeros(8, np.uint8)
+    tight = np.zeros(n_pairs_all, np.int64)
     stream = -1
     for g in range(starts.shape[0]):
         s0 = starts[g]
@@ -120,11 +147,6 @@ def _group_rows(  # pragma: no cover - compiled
         per = period[s]
         if not (np.isfinite(per) and per > 0):
             per = window_s
-        tight_any = False
-        for p in range(n_pairs_all):
-            if pair_tight[s, p]:
-                tight_any = True
-                break
         cb = counter_byte[s]
         cmask = counter_mask[s]
         cshift = counter_shift[s]
@@ -148,6 +170,11 @@ def _group_rows(  # pragma: no cover - compiled
             chg[b] = 0.0
             n_other[b] = 0.0
             cond_num[b] = 0.0
+        n_tight = 0
+        for p in range(n_pairs_all):
+            if pair_tight[s, p]:
+                tight[n_tight] = p
+                n_tight += 1
         for i in range(s0, e0):
             j = order[i]
             if stream_first[i]:
@@ -164,7 +191,12 @@ def _group_rows(  # pragma: no cover - compiled
                     prev[b] = data[jp, b]
             if not k:
                 continue
-            cnt = 0
+            for b in range(8):
+                cur[b] = data[j, b]
+            out = False
+            for b in range(8):
+                out |= (cur[b] < byte_min[s, b]) | (cur[b] > byte_max[s, b])
+            n_out += out
             if hp:
                 dt = ts[j] - pts
                 n_dt += 1
@@ -173,56 +205,47 @@ def _group_rows(  # pragma: no cover - compiled
                 if dt < min_dt:
                     min_dt = dt
                 ham = 0
+                cnt = 0
+                jump = False
                 for b in range(8):
-                    x = data[j, b] ^ prev[b]
+                    x = cur[b] ^ prev[b]
                     ham += popcount[x]
-                    changed[b] = x != 0
-                    if x != 0:
-                        cnt += 1
+                    c = 1 if x != 0 else 0
+                    changed[b] = c
+                    cnt += c
+                    dv = np.int16(cur[b]) - np.int16(prev[b])
+                    jump |= (dv < delta_min[s, b]) | (dv > delta_max[s, b])
                 ham_sum += ham
-            else:
-                for b in range(8):
-                    changed[b] = False
-            for b in range(8):
-                c = 1 if changed[b] else 0
-                chg[b] += c
-                if cnt - c > 0:
-                    n_other[b] += 1.0
-                    cond_num[b] += c
-            for b in range(8):
-                v = data[j, b]
-                if v < byte_min[s, b] or v > byte_max[s, b]:
-                    n_out += 1
+                n_delta += jump
+                if cnt > 0:
+                    for b in range(8):
+                        c = changed[b]
+                        chg[b] += c
+                        if cnt - c > 0:
+                            n_other[b] += 1.0
+                            cond_num[b] += c
+                if cb >= 0:
+                    cc = (np.int64(cur[cb]) & cmask) >> cshift
+                    cp = (np.int64(prev[cb]) & cmask) >> cshift
+                    if (cc - cp) % cmod != counter_step[s]:
+                        n_counter += 1
+            for q in range(n_tight):
+                p = tight[q]
+                dv = np.int16(cur[pairs[p, 0]]) - np.int16(cur[pairs[p, 1]])
+                if dv < pair_min[s, p] or dv > pair_max[s, p]:
+                    n_pair += 1
                     break
-            if hp:
-                for b in range(8):
-                    dv = np.int16(data[j, b]) - np.int16(prev[b])
-                    if dv < delta_min[s, b] or dv > delta_max[s, b]:
-                        n_delta += 1
-                        break
-            if tight_any:
-                for p in range(n_pairs_all):
-                    if pair_tight[s, p]:
-                        dv = np.int16(data[j, pairs[p, 0]]) - np.int16(data[j, pairs[p, 1]])
-                        if dv < pair_min[s, p] or dv > pair_max[s, p]:
-                            n_pair += 1
-                            break
-            if hp and cb >= 0:
-                cur = (np.int64(data[j, cb]) & cmask) >> cshift
-                prv = (np.int64(prev[cb]) & cmask) >> cshift
-                if (cur - prv) % cmod != counter_step[s]:
-                    n_counter += 1
             if ck > 0:
                 pos = np.int64(checksum_byte[s])
                 if pos == -2:
                     pos = np.int64(dlc[j]) - 1
                 pos = min(max(pos, 0), 7)
-                if _checksum(ck, data[j], np.int64(dlc[j]), np.int64(can_id[j]), pos, crc8) != data[j, pos]:
+                if _checksum(ck, cur, np.int64(dlc[j]), np.int64(can_id[j]), pos, crc8) != cur[pos]:
                     n_checksum += 1
             if dict_on:
                 h = np.uint64(0)
                 for b in range(8):
-                    h |= np.uint64(data[j, b]) << np.uint64(8 * b)
+                    h |= np.uint64(cur[b]) << np.uint64(8 * b)
                 h ^= slot_hash
                 m = np.searchsorted(payload_hashes, h)
                 if m >= n_hash:
@@ -312,21 +335,21 @@ def group_rows(
 
 
 @njit(cache=True, nogil=True)
-def _forest_depths(X, left, right, feature, threshold, nan_left, value, roots, out):  # pragma: no cover
-    # tree-major: one tree's nodes stay in cache while every row walks it;
-    # per row the trees are still added in sklearn's order
+def _forest_depths(X, right, feature, threshold, nan_left, value, roots, out):  # pragma: no cover
+    # Tree-major, so one tree's nodes stay in cache while every row walks it
+    # (per row the trees are still added in sklearn's order). A left child is
+    # always node + 1 (sklearn builds depth first), so the step is a select,
+    # not a branch: the branch would be mispredicted half the time.
     for t in range(roots.shape[0]):
         root = roots[t]
         for r in range(X.shape[0]):
             node = root
-            while left[node] >= 0:
-                x = X[r, feature[node]]
-                if np.isnan(x):
-                    node = left[node] if nan_left[node] else right[node]
-                elif x <= threshold[node]:
-                    node = left[node]
-                else:
-                    node = right[node]
+            f = feature[node]
+            while f >= 0:
+                x = X[r, f]
+                go_left = (x <= threshold[node]) | (np.isnan(x) & nan_left[node])
+                node = node + 1 if go_left else right[node]
+                f = feature[node]
             out[r] += value[node]
 
 
@@ -336,7 +359,7 @@ class CompiledForest:
     def __init__(self, forest) -> None:
         from sklearn.ensemble._iforest import _average_path_length
 
-        lefts, rights, feats, thresholds, nan_lefts, values, roots = [], [], [], [], [], [], []
+        rights, feats, thresholds, nan_lefts, values, roots = [], [], [], [], [], []
         offset = 0
         n_features = forest.n_features_in_
         subsample = forest._max_features != n_features
@@ -344,12 +367,13 @@ class CompiledForest:
             tr = tree.tree_
             nodes = tr.__getstate__()["nodes"]
             leaf = tr.children_left < 0
-            lefts.append(np.where(leaf, -1, tr.children_left + offset))
+            if not (leaf | (tr.children_left == np.arange(tr.node_count) + 1)).all():
+                raise ValueError("isolation tree not laid out depth first (left child = node + 1)")
             rights.append(np.where(leaf, -1, tr.children_right + offset))
             f = np.maximum(tr.feature, 0)
             if subsample:  # the tree saw only its own columns, in its own order
                 f = np.asarray(forest.estimators_features_[t])[f]
-            feats.append(f)
+            feats.append(np.where(leaf, -1, f))
             thresholds.append(tr.threshold)
             if "missing_go_to_left" in nodes.dtype.names:
                 nan_lefts.append(nodes["missing_go_to_left"].astype(bool))
@@ -359,7 +383,6 @@ class CompiledForest:
             values.append(forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0)
             roots.append(offset)
             offset += tr.node_count
-        self.left = np.concatenate(lefts).astype(np.int32)
         self.right = np.concatenate(rights).astype(np.int32)
         self.feature = np.concatenate(feats).astype(np.int32)
         self.threshold = np.concatenate(thresholds).astype(np.float64)
@@ -375,7 +398,7 @@ class CompiledForest:
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         depths = np.zeros(len(X32))
         _forest_depths(
-            X32, self.left, self.right, self.feature, self.threshold, self.nan_left,
+            X32, self.right, self.feature, self.threshold, self.nan_left,
             self.value, self.roots, depths,
         )  # fmt: skip
         if self.denominator == 0:

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from detector.baseline import Baseline
-from detector.features import FEATURE_NAMES, N_FEATURES, F
+from detector.features import FEATURE_NAMES, N_FEATURES, F, vw_groups
 from detector.kernels import CompiledForest
 
 F_RATE = F["rate"]
@@ -143,10 +143,10 @@ def max_per_window(
     """(vehicle, window, highest score) per distinct (vehicle, window), sorted."""
     if len(scores) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    keys, inv = np.unique(np.stack([vehicle, window], axis=1), axis=0, return_inverse=True)
-    best = np.full(len(keys), -np.inf)
-    np.maximum.at(best, inv.reshape(-1), scores)
-    return keys[:, 0], keys[:, 1], best
+    veh, win, inv = vw_groups(vehicle, window)
+    best = np.full(len(veh), -np.inf)
+    np.maximum.at(best, inv, scores)
+    return veh, win, best
 
 
 def calibrate_threshold(window_scores: np.ndarray, target_fpr: float) -> float:

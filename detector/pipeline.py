@@ -17,6 +17,7 @@ import numpy as np
 from detector.brands import Fleet
 from detector.features import FEATURE_NAMES, Rows
 from detector.model import PlatformModel, max_per_window
+from detector.schema import concat_frames
 from detector.windowing import WindowState
 
 
@@ -87,7 +88,7 @@ class Scorer:
             by_platform.setdefault(platform, []).append((st.vehicle_index(vehicle, brand), frames))
         out = []
         for platform, items in by_platform.items():
-            frames = np.concatenate([f for _, f in items])
+            frames = concat_frames([f for _, f in items])
             vehicle = np.repeat([i for i, _ in items], [len(f) for _, f in items])
             out.append(self._score(platform, frames, vehicle))
         return out

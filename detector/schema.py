@@ -53,6 +53,22 @@ def empty_frames(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=FRAME_DTYPE)
 
 
+_RAW = np.dtype((np.void, FRAME_DTYPE.itemsize))
+
+
+def concat_frames(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` of frame arrays, without numpy's per-field promotion of
+    structured dtypes (3x faster for the hundreds of records of one poll)."""
+    if not parts:
+        return empty_frames()
+    return np.concatenate([p.view(_RAW) for p in parts]).view(FRAME_DTYPE)
+
+
+def take_frames(frames: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``frames[index]`` (positions or a mask) as one opaque 24-byte copy per frame."""
+    return frames.view(_RAW)[index].view(FRAME_DTYPE)
+
+
 def make_frames(
     ts: np.ndarray,
     can_id: np.ndarray,

@@ -19,8 +19,8 @@ import numpy as np
 
 from detector.baseline import Baseline
 from detector.features import Rows, absent_rows, add_bus_features, present_rows
-from detector.kernels import stream_order
-from detector.schema import FRAME_DTYPE
+from detector.kernels import id_slots, stream_order
+from detector.schema import FRAME_DTYPE, concat_frames, take_frames
 
 _NONE = np.iinfo(np.int64).min // 4
 
@@ -67,7 +67,7 @@ def stream_key(vehicle: np.ndarray, can_id: np.ndarray) -> np.ndarray:
 
 def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
     """Sorted ids (the baseline's plus any unseen ones of the batch), and each frame's rank."""
-    slot, known = bl.slots(can_id)
+    slot, known = id_slots(can_id, bl.ids)
     if known.all():
         return bl.ids, slot
     ids = np.union1d(bl.ids, can_id[~known]).astype(np.uint32)
@@ -119,14 +119,14 @@ class WindowState:
         self.last_late = vehicle[late]  # per-frame vehicle index of the frames dropped as late
         if late.any():
             self.late_frames += int(late.sum())
-            frames, vehicle, win = frames[~late], vehicle[~late], win[~late]
+            frames, vehicle, win = take_frames(frames, ~late), vehicle[~late], win[~late]
         if len(vehicle):
             earliest = np.full(len(self.first_window), np.iinfo(np.int64).max)
             np.minimum.at(earliest, vehicle, win)
             fresh = (self.first_window == _NONE) & (earliest != np.iinfo(np.int64).max)
             self.first_window[fresh] = earliest[fresh]
         # arrival order is kept: _rows groups the closed frames by stream itself
-        allf = np.concatenate([self.carry, frames])
+        allf = concat_frames([self.carry, frames])
         allv = np.concatenate([self.carry_vehicle, vehicle])
         win = np.floor(allf["ts"] / self.window_s).astype(np.int64)
         # per-vehicle watermark: the newest event time seen for it
@@ -135,10 +135,12 @@ class WindowState:
         cut = np.floor((newest - self.lateness_s) / self.window_s)
         cut = np.where(np.isfinite(cut), cut, _NONE).astype(np.int64)
         closed = win < cut[allv]
-        self.carry, self.carry_vehicle = allf[~closed], allv[~closed]
-        seen = np.unique(allv[closed])
+        self.carry, self.carry_vehicle = take_frames(allf, ~closed), allv[~closed]
+        cv = allv[closed]
+        seen = np.zeros(len(self.closed_upto), bool)
+        seen[cv] = True
         self.closed_upto[seen] = np.maximum(self.closed_upto[seen], cut[seen])
-        return self._rows(allf[closed], allv[closed], win[closed], bl)
+        return self._rows(take_frames(allf, closed), cv, win[closed], bl)
 
     def flush(self) -> int:
         """End of stream: drop the still-open windows (partial, never scored).
