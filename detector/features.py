@@ -6,10 +6,11 @@ absences). Every value is relative to the platform's learned ``Baseline`` so one
 model serves all ids. The vehicle-level (bus) features are repeated on each of
 the vehicle's rows for that window.
 
-Inputs are the frames of *closed* windows, grouped by stream and in time order,
-plus, for the first frame of each stream, the stream's previous frame (carried
-across batches by ``detector.windowing``) — so features never depend on how a
-stream was cut into batches.
+The per-id columns (rate .. novel_id) come from running sums that
+``detector.kernels`` folds frame by frame as they arrive (``detector.windowing``
+keeps them per stream); tests/reference_features.py defines the same columns
+in plain numpy over a whole window. This module adds the rows of expected ids
+that are absent and the vehicle-level columns once a window has closed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.baseline import Baseline
-from detector.kernels import group_rows
 
 FEATURE_NAMES: tuple[str, ...] = (
     "rate",  # frames / learned frames per window
@@ -94,49 +94,6 @@ class Rows:
             ),
             np.concatenate([p.X for p in parts]),
         )
-
-
-def present_rows(
-    frames: np.ndarray,
-    order: np.ndarray,
-    stream_first: np.ndarray,
-    carried: tuple[np.ndarray, np.ndarray, np.ndarray],
-    starts: np.ndarray,
-    vehicle: np.ndarray,
-    window: np.ndarray,
-    bl: Baseline,
-    window_s: float,
-) -> tuple[Rows, np.ndarray]:
-    """Rows for the (vehicle, id, window) groups that hold frames.
-
-    ``frames[order]`` are grouped by stream in time order; ``stream_first``
-    marks where each stream begins in ``order``, ``carried`` = (found, ts,
-    data) is each stream's previous frame from earlier batches, and ``starts``
-    are the positions where a (stream, window) group begins. ``vehicle`` and
-    ``window`` are per frame. Returns the rows and the ts of each group's last
-    frame (for silence of later absences).
-
-    Per frame, against the previous frame of the stream and the baseline:
-    inter-arrival, Hamming distance, which bytes changed (and whether another
-    byte changed with them), bytes outside their range, byte jumps outside
-    their range, broken byte-pair couplings, counter steps, checksums,
-    payloads outside the dictionary and unseen DLCs; per group, their rates
-    relative to the baseline (FEATURE_NAMES says which column is which). The
-    loop is compiled (``detector.kernels``); tests/reference_features.py keeps
-    the same definitions in plain numpy and tests/test_kernels.py checks that
-    both agree.
-    """
-    if len(order) == 0:
-        return Rows.empty(), np.zeros(0)
-    head = order[starts]
-    X, attack, last_ts = group_rows(
-        frames, order, stream_first, carried, starts, window[head], bl, window_s, N_FEATURES
-    )
-    count = np.diff(np.r_[starts, len(order)])
-    rows = Rows(
-        vehicle[head].astype(np.int64), window[head], frames["can_id"][head], count, attack, X
-    )
-    return rows, last_ts
 
 
 def absent_rows(

@@ -111,42 +111,109 @@ def stream_order(key, n_keys, ts):  # pragma: no cover - compiled
     return order, in_order
 
 
+#: Accumulator columns of an open (vehicle, id, window) group.
+#: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
+#: frames where another byte changed, changes together with another byte; then
+#: frames failing each check; the most severe label.
+A_COUNT, A_NDT, A_HAM = 0, 1, 2
+A_CHG, A_OTHER, A_COND = 3, 11, 19
+A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
+N_ACC_I = 35
+#: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
+F_SUM, F_SUM2, F_MIN, F_LAST = 0, 1, 2, 3
+N_ACC_F = 4
+NO_WINDOW = np.iinfo(np.int64).min
+
+
 @njit(cache=True, nogil=True)
-def _group_rows(  # pragma: no cover - compiled
-    order, stream_first, ts, can_id, dlc, data, label,
-    carried, carried_ts, carried_data,
-    starts, ends, slot, known, window, window_s,
-    period, mean_count, ham_mean, ham_std, change_rate, cond_change,
+def _emit(
+    r, s, k, window_s, st_open, acc_i, acc_f, period, mean_count, ham_mean, ham_std,
+    change_rate, cond_change, n, out_row, out_window, out_X, out_attack, out_last, out_count,
+):  # pragma: no cover - compiled
+    """Close row ``r``'s open group into output ``n``: its feature columns up to
+    the bus features, then reset the accumulators."""
+    a = acc_i[r]
+    count = a[A_COUNT]
+    out_row[n] = r
+    out_window[n] = st_open[r]
+    out_attack[n] = a[A_LABEL]
+    out_last[n] = acc_f[r, F_LAST]
+    out_count[n] = count
+    X = out_X[n]
+    if not k:  # an id the baseline never saw: only its count and novelty
+        X[0] = count
+        X[1] = 1.0
+        X[2] = 1.0
+        X[15] = 1.0
+    else:
+        per = period[s]
+        if not (np.isfinite(per) and per > 0):
+            per = window_s
+        n_dt = a[A_NDT]
+        pairs_n = max(n_dt, 1)
+        mc = mean_count[s]
+        X[0] = count / max(mc, 1e-9) if mc > 0 else count
+        min_dt = acc_f[r, F_MIN]
+        X[1] = min_dt / per if np.isfinite(min_dt) else 1.0
+        mean_dt = acc_f[r, F_SUM] / n_dt if n_dt > 0 else 0.0
+        X[2] = mean_dt / per if n_dt > 0 else 1.0
+        if n_dt > 1:
+            X[3] = np.sqrt(max(acc_f[r, F_SUM2] / n_dt - mean_dt**2, 0.0)) / per
+        X[4] = ((st_open[r] + 1) * window_s - acc_f[r, F_LAST]) / per
+        if n_dt > 0:
+            X[5] = (a[A_HAM] / pairs_n - ham_mean[s]) / (ham_std[s] + 0.5)
+        drop = 0.0
+        rise = 0.0
+        for b in range(8):
+            n_other = a[A_OTHER + b]
+            if n_other >= 3:
+                d = cond_change[s, b] - a[A_COND + b] / max(n_other, 1.0)
+                if d > drop:
+                    drop = d
+            q = a[A_CHG + b] / pairs_n - change_rate[s, b]
+            if q > rise:
+                rise = q
+        X[6] = drop
+        X[7] = rise if n_dt > 0 else 0.0
+        X[8] = a[A_OUT] / count
+        X[9] = a[A_DELTA] / pairs_n
+        X[10] = a[A_PAIR] / count
+        X[11] = a[A_COUNTER] / pairs_n
+        X[12] = a[A_CHECKSUM] / count
+        X[13] = a[A_NOVEL] / count
+        X[14] = a[A_DLC] / count
+    for c in range(acc_i.shape[1]):
+        acc_i[r, c] = 0
+    acc_f[r, F_SUM] = 0.0
+    acc_f[r, F_SUM2] = 0.0
+    acc_f[r, F_MIN] = np.inf
+    acc_f[r, F_LAST] = np.nan
+    st_open[r] = NO_WINDOW
+
+
+@njit(cache=True, nogil=True)
+def _fold(  # pragma: no cover - compiled
+    order, seg_start, seg_row, seg_slot, seg_known,
+    ts, can_id, dlc, data, label, win,
+    st_last_ts, st_last_data, st_open, acc_i, acc_f,
+    window_s, period, mean_count, ham_mean, ham_std, change_rate, cond_change,
     byte_min, byte_max, delta_min, delta_max, pairs, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
-    popcount, crc8, hash_mul, X, attack, last_ts,
+    popcount, crc8, hash_mul,
+    late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     n_pairs_all = pairs.shape[0]
     n_hash = payload_hashes.shape[0]
-    chg = np.zeros(8)
-    n_other = np.zeros(8)
-    cond_num = np.zeros(8)
     changed = np.zeros(8, np.int64)
     prev = np.zeros(8, np.uint8)
     cur = np.zeros(8, np.uint8)
     tight = np.zeros(n_pairs_all, np.int64)
-    stream = -1
-    for g in range(starts.shape[0]):
-        s0 = starts[g]
-        e0 = ends[g]
-        count = e0 - s0
-        lab = label[order[s0]]
-        for i in range(s0 + 1, e0):
-            if label[order[i]] > lab:
-                lab = label[order[i]]
-        attack[g] = lab
-        last_ts[g] = ts[order[e0 - 1]]
-        k = known[g]
-        s = slot[g]
-        per = period[s]
-        if not (np.isfinite(per) and per > 0):
-            per = window_s
+    n_emit = 0
+    for g in range(seg_start.shape[0] - 1):
+        r = seg_row[g]
+        s = seg_slot[g]
+        k = seg_known[g]
         cb = counter_byte[s]
         cmask = counter_mask[s]
         cshift = counter_shift[s]
@@ -154,56 +221,55 @@ def _group_rows(  # pragma: no cover - compiled
         ck = checksum_kind[s]
         dict_on = has_dict[s] and n_hash > 0
         slot_hash = np.uint64(s + 1) * hash_mul
-        n_dt = 0
-        sum_dt = 0.0
-        sum_dt2 = 0.0
-        min_dt = np.inf
-        ham_sum = 0.0
-        n_out = 0
-        n_delta = 0
-        n_pair = 0
-        n_counter = 0
-        n_checksum = 0
-        n_novel = 0
-        n_dlc = 0
-        for b in range(8):
-            chg[b] = 0.0
-            n_other[b] = 0.0
-            cond_num[b] = 0.0
         n_tight = 0
         for p in range(n_pairs_all):
             if pair_tight[s, p]:
                 tight[n_tight] = p
                 n_tight += 1
-        for i in range(s0, e0):
+        for i in range(seg_start[g], seg_start[g + 1]):
             j = order[i]
-            if stream_first[i]:
-                stream += 1
-                hp = carried[stream]
-                pts = carried_ts[stream]
-                for b in range(8):
-                    prev[b] = carried_data[stream, b]
-            else:
-                hp = True
-                jp = order[i - 1]
-                pts = ts[jp]
-                for b in range(8):
-                    prev[b] = data[jp, b]
-            if not k:
-                continue
+            w = win[j]
+            if w != st_open[r]:
+                if st_open[r] != NO_WINDOW and w < st_open[r]:
+                    late[j] = True  # older than its stream's open window
+                    continue
+                if st_open[r] != NO_WINDOW:  # a newer window: the open one is closed
+                    _emit(
+                        r, s, k, window_s, st_open, acc_i, acc_f, period, mean_count,
+                        ham_mean, ham_std, change_rate, cond_change, n_emit, out_row,
+                        out_window, out_X, out_attack, out_last, out_count,
+                    )  # fmt: skip
+                    n_emit += 1
+                st_open[r] = w
+            t = ts[j]
+            a = acc_i[r]
+            a[A_COUNT] += 1
+            if a[A_COUNT] == 1 or label[j] > a[A_LABEL]:
+                a[A_LABEL] = label[j]
+            last = st_last_ts[r]
+            hp = not np.isnan(last) and t >= last
             for b in range(8):
                 cur[b] = data[j, b]
+                prev[b] = st_last_data[r, b]
+            if np.isnan(last) or t >= last:  # an out-of-order frame does not become the predecessor
+                st_last_ts[r] = t
+                for b in range(8):
+                    st_last_data[r, b] = cur[b]
+            if np.isnan(acc_f[r, F_LAST]) or t > acc_f[r, F_LAST]:
+                acc_f[r, F_LAST] = t
+            if not k:
+                continue
             out = False
             for b in range(8):
                 out |= (cur[b] < byte_min[s, b]) | (cur[b] > byte_max[s, b])
-            n_out += out
+            a[A_OUT] += out
             if hp:
-                dt = ts[j] - pts
-                n_dt += 1
-                sum_dt += dt
-                sum_dt2 += dt * dt
-                if dt < min_dt:
-                    min_dt = dt
+                dt = t - last
+                a[A_NDT] += 1
+                acc_f[r, F_SUM] += dt
+                acc_f[r, F_SUM2] += dt * dt
+                if dt < acc_f[r, F_MIN]:
+                    acc_f[r, F_MIN] = dt
                 ham = 0
                 cnt = 0
                 jump = False
@@ -215,25 +281,25 @@ def _group_rows(  # pragma: no cover - compiled
                     cnt += c
                     dv = np.int16(cur[b]) - np.int16(prev[b])
                     jump |= (dv < delta_min[s, b]) | (dv > delta_max[s, b])
-                ham_sum += ham
-                n_delta += jump
+                a[A_HAM] += ham
+                a[A_DELTA] += jump
                 if cnt > 0:
                     for b in range(8):
                         c = changed[b]
-                        chg[b] += c
+                        a[A_CHG + b] += c
                         if cnt - c > 0:
-                            n_other[b] += 1.0
-                            cond_num[b] += c
+                            a[A_OTHER + b] += 1
+                            a[A_COND + b] += c
                 if cb >= 0:
                     cc = (np.int64(cur[cb]) & cmask) >> cshift
                     cp = (np.int64(prev[cb]) & cmask) >> cshift
                     if (cc - cp) % cmod != counter_step[s]:
-                        n_counter += 1
+                        a[A_COUNTER] += 1
             for q in range(n_tight):
                 p = tight[q]
                 dv = np.int16(cur[pairs[p, 0]]) - np.int16(cur[pairs[p, 1]])
                 if dv < pair_min[s, p] or dv > pair_max[s, p]:
-                    n_pair += 1
+                    a[A_PAIR] += 1
                     break
             if ck > 0:
                 pos = np.int64(checksum_byte[s])
@@ -241,7 +307,7 @@ def _group_rows(  # pragma: no cover - compiled
                     pos = np.int64(dlc[j]) - 1
                 pos = min(max(pos, 0), 7)
                 if _checksum(ck, cur, np.int64(dlc[j]), np.int64(can_id[j]), pos, crc8) != cur[pos]:
-                    n_checksum += 1
+                    a[A_CHECKSUM] += 1
             if dict_on:
                 h = np.uint64(0)
                 for b in range(8):
@@ -251,87 +317,92 @@ def _group_rows(  # pragma: no cover - compiled
                 if m >= n_hash:
                     m = n_hash - 1
                 if payload_hashes[m] != h:
-                    n_novel += 1
+                    a[A_NOVEL] += 1
             if ((np.int64(dlc_mask[s]) >> np.int64(dlc[j])) & 1) == 0:
-                n_dlc += 1
-        if not k:  # an id the baseline never saw: only its count and novelty
-            X[g, 0] = count
-            X[g, 1] = 1.0
-            X[g, 2] = 1.0
-            X[g, 15] = 1.0
-            continue
-        pairs_n = max(n_dt, 1)
-        mc = mean_count[s]
-        X[g, 0] = count / max(mc, 1e-9) if mc > 0 else count
-        X[g, 1] = min_dt / per if np.isfinite(min_dt) else 1.0
-        mean_dt = sum_dt / n_dt if n_dt > 0 else 0.0
-        X[g, 2] = mean_dt / per if n_dt > 0 else 1.0
-        if n_dt > 1:
-            X[g, 3] = np.sqrt(max(sum_dt2 / n_dt - mean_dt**2, 0.0)) / per
-        X[g, 4] = ((window[g] + 1) * window_s - ts[order[e0 - 1]]) / per
-        if n_dt > 0:
-            X[g, 5] = (ham_sum / pairs_n - ham_mean[s]) / (ham_std[s] + 0.5)
-        drop = 0.0
-        rise = 0.0
-        for b in range(8):
-            if n_other[b] >= 3:
-                d = cond_change[s, b] - cond_num[b] / max(n_other[b], 1.0)
-                if d > drop:
-                    drop = d
-            r = chg[b] / pairs_n - change_rate[s, b]
-            if r > rise:
-                rise = r
-        X[g, 6] = drop
-        X[g, 7] = rise if n_dt > 0 else 0.0
-        X[g, 8] = n_out / count
-        X[g, 9] = n_delta / pairs_n
-        X[g, 10] = n_pair / count
-        X[g, 11] = n_counter / pairs_n
-        X[g, 12] = n_checksum / count
-        X[g, 13] = n_novel / count
-        X[g, 14] = n_dlc / count
+                a[A_DLC] += 1
+    return n_emit
 
 
-def group_rows(
+@njit(cache=True, nogil=True)
+def _close(  # pragma: no cover - compiled
+    rows, row_slot, row_known, row_cut, st_open, acc_i, acc_f, window_s,
+    period, mean_count, ham_mean, ham_std, change_rate, cond_change,
+    n_emit, out_row, out_window, out_X, out_attack, out_last, out_count,
+):
+    for q in range(rows.shape[0]):
+        r = rows[q]
+        if st_open[r] != NO_WINDOW and st_open[r] < row_cut[q]:
+            _emit(
+                r, row_slot[q], row_known[q], window_s, st_open, acc_i, acc_f, period,
+                mean_count, ham_mean, ham_std, change_rate, cond_change, n_emit, out_row,
+                out_window, out_X, out_attack, out_last, out_count,
+            )  # fmt: skip
+            n_emit += 1
+    return n_emit
+
+
+class Emitted:
+    """Groups closed by one push: table row, window, features (bus columns 0)."""
+
+    def __init__(self, capacity: int, n_features: int) -> None:
+        self.row = np.zeros(capacity, np.int64)
+        self.window = np.zeros(capacity, np.int64)
+        self.X = np.zeros((capacity, n_features))
+        self.attack = np.zeros(capacity, np.int8)
+        self.last_ts = np.zeros(capacity)
+        self.count = np.zeros(capacity, np.int64)
+        self.n = 0
+
+    def buffers(self) -> tuple:
+        return self.row, self.window, self.X, self.attack, self.last_ts, self.count
+
+    def take(self, idx: np.ndarray) -> tuple:
+        return tuple(a[idx] for a in self.buffers())
+
+
+def fold(
     frames: np.ndarray,
+    win: np.ndarray,
     order: np.ndarray,
-    stream_first: np.ndarray,
-    carried: tuple[np.ndarray, np.ndarray, np.ndarray],
-    starts: np.ndarray,
-    window: np.ndarray,
+    seg_start: np.ndarray,
+    seg_row: np.ndarray,
+    table,
     bl: Baseline,
     window_s: float,
-    n_features: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-frame checks and per-group reductions of ``features.present_rows``.
-
-    ``frames[order]`` are grouped by stream and (vehicle, id, window) in time
-    order; ``stream_first`` marks each stream's first position in ``order``
-    and ``carried`` = (found, ts, data) is the frame before it, per stream, from
-    earlier batches. ``starts`` are the groups' first positions and ``window``
-    their windows. Returns the feature columns up to the bus features (the
-    rest stay 0), the most severe label and the ts of each group's last frame.
-    """
-    n_groups = len(starts)
-    ends = np.r_[starts[1:], len(order)].astype(np.int64)
-    slot, known = bl.slots(frames["can_id"][order[starts]])
-    X = np.zeros((n_groups, n_features))
-    attack = np.zeros(n_groups, np.int8)
-    last_ts = np.zeros(n_groups)
-    found, s_ts, s_data = carried
-    _group_rows(
-        order, stream_first, frames["ts"], frames["can_id"], frames["dlc"], frames["data"],
-        frames["label"], found, s_ts, s_data,
-        starts.astype(np.int64), ends, slot.astype(np.int64), known, window.astype(np.int64),
-        float(window_s),
-        bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate, bl.cond_change,
-        bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max, PAIRS, bl.pair_min,
-        bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask, bl.counter_shift,
-        bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
+    emitted: Emitted,
+) -> np.ndarray:
+    """Fold ``frames[order]`` (grouped by stream: ``seg_start`` bounds, table row
+    ``seg_row``) into the table's open groups, closing a stream's open group when
+    its next window begins. Returns the per-frame "late" mask: frames older than
+    their stream's open window, which are not folded."""
+    ids = (table.keys[seg_row] & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
+    slot, known = id_slots(ids, bl.ids)
+    late = np.zeros(len(frames), np.bool_)
+    emitted.n = _fold(
+        order, seg_start, seg_row, slot, known,
+        frames["ts"], frames["can_id"], frames["dlc"], frames["data"], frames["label"], win,
+        table.last_ts, table.last_data, table.open_window, table.acc_i, table.acc_f,
+        float(window_s), bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate,
+        bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max, PAIRS,
+        bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
+        bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _POPCOUNT, _CRC8, _HASH_MUL,
-        X, attack, last_ts,
+        late, *emitted.buffers(),
     )  # fmt: skip
-    return X, attack, last_ts
+    return late
+
+
+def close(
+    rows: np.ndarray, cut: np.ndarray, table, bl: Baseline, window_s: float, emitted: Emitted
+) -> None:
+    """Close the open groups of table ``rows`` whose window lies before ``cut`` (per row)."""
+    ids = (table.keys[rows] & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
+    slot, known = id_slots(ids, bl.ids)
+    emitted.n = _close(
+        rows, slot, known, cut, table.open_window, table.acc_i, table.acc_f, float(window_s),
+        bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate, bl.cond_change,
+        emitted.n, *emitted.buffers(),
+    )  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
@@ -404,3 +475,44 @@ class CompiledForest:
         if self.denominator == 0:
             return np.full(len(X32), 0.5)
         return 2.0 ** (-depths / self.denominator)
+
+
+@njit(cache=True, nogil=True)
+def frame_faults(ts, can_id, dlc, flags, label, reserved, data, min_ts, max_ts, known_flags):  # pragma: no cover
+    """One pass of the wire checks over a record's frames.
+
+    Returns the first offending frame per check (-1 if none) as (dlc, id,
+    flags, ts), the number of frames with dlc > 8, and whether ts never
+    decreases. Bytes past each frame's dlc are zeroed in place (they carry no
+    meaning, and payload features must not see producer garbage).
+    """
+    bad_dlc = -1
+    n_bad_dlc = 0
+    bad_id = -1
+    bad_flags = -1
+    bad_ts = -1
+    ordered = True
+    unknown = np.uint8(~np.uint8(known_flags))
+    for i in range(ts.shape[0]):
+        d = dlc[i]
+        if d > 8:
+            n_bad_dlc += 1
+            if bad_dlc < 0:
+                bad_dlc = i
+        c = can_id[i]
+        if c & 0x80000000:
+            id_ok = (c & 0x60000000) == 0
+        else:
+            id_ok = c <= 0x7FF
+        if not id_ok and bad_id < 0:
+            bad_id = i
+        if bad_flags < 0 and ((flags[i] & unknown) != 0 or label[i] != 0 or reserved[i] != 0):
+            bad_flags = i
+        t = ts[i]
+        if bad_ts < 0 and not (np.isfinite(t) and t >= min_ts and t <= max_ts):
+            bad_ts = i
+        if i > 0 and t < ts[i - 1]:
+            ordered = False
+        for b in range(min(d, 8), 8):
+            data[i, b] = 0
+    return bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered

@@ -36,8 +36,8 @@ class ScoredRows:
 
 
 class _PlatformState:
-    def __init__(self, window_s: float, lateness_s: float) -> None:
-        self.window = WindowState(window_s, lateness_s)
+    def __init__(self, window_s: float) -> None:
+        self.window = WindowState(window_s)
         self.index: dict[str, int] = {}
         self.names: list[str] = []
         self.brands: list[str] = []
@@ -59,12 +59,10 @@ class Scorer:
         models: dict[str, PlatformModel],
         fleet: Fleet,
         window_s: float,
-        lateness_s: float = 0.0,
     ) -> None:
         self.models = dict(models)
         self.fleet = fleet
         self.window_s = window_s
-        self.lateness_s = lateness_s
         self.state: dict[str, _PlatformState] = {}
         self.seconds = {"features": 0.0, "score": 0.0}  # CPU spent per stage, cumulative
         self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
@@ -121,7 +119,7 @@ class Scorer:
     def _state(self, platform: str) -> _PlatformState:
         st = self.state.get(platform)
         if st is None:
-            st = self.state[platform] = _PlatformState(self.window_s, self.lateness_s)
+            st = self.state[platform] = _PlatformState(self.window_s)
         return st
 
     def _score(self, platform: str, frames: np.ndarray, vehicle: np.ndarray) -> ScoredRows:

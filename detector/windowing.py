@@ -1,16 +1,27 @@
-"""Tumbling event-time windows per vehicle, with state carried between batches.
+"""Tumbling event-time windows per vehicle, folded as frames arrive.
 
 ``WindowState.push`` takes any batch of frames (any vehicles, any order inside
 the batch) and returns the feature rows of every window that the batch closes.
-A vehicle's window closes when one of its frames is at least ``lateness_s``
-past the window's end; frames of still-open windows are carried to the next
-push, and each (vehicle, id) stream keeps its last frame so inter-arrival
-times, payload changes and counters continue across batch boundaries. The
-result is identical however the stream is cut into batches.
+A vehicle's window closes when one of its frames lies past the window's end.
+
+Frames are not kept: each (vehicle, id) stream has one row in a
+``StreamTable`` holding its last frame (for inter-arrival times, payload
+changes and counters) and the running sums of its open window (the features
+are all counts, sums and extremes), so the state is a fixed ~220 bytes per
+stream however busy the bus is. A batch is grouped by stream (in time order
+inside the batch), folded into those sums by one compiled loop
+(``detector.kernels``), and the groups whose window the batch closed become
+feature rows.
+
+The result is identical however a vehicle's stream is cut into batches as
+long as each vehicle's frames arrive in time order (Kafka keeps a vehicle's
+records in order; each record's frames are sorted on decode). A frame older
+than its stream's predecessor in a later batch is folded without a
+predecessor; one older than its stream's open window, or than a window the
+vehicle already closed, is counted as late and dropped.
 
 A vehicle's first window is partial (the recording or upload began inside it)
 and is never scored; neither is the still-open last window at ``flush``.
-Frames older than an already closed window are counted as late and dropped.
 """
 
 from __future__ import annotations
@@ -18,47 +29,93 @@ from __future__ import annotations
 import numpy as np
 
 from detector.baseline import Baseline
-from detector.features import Rows, absent_rows, add_bus_features, present_rows
-from detector.kernels import id_slots, stream_order
-from detector.schema import FRAME_DTYPE, concat_frames, take_frames
+from detector.features import N_FEATURES, Rows, absent_rows, add_bus_features
+from detector.kernels import (
+    A_COUNT,
+    F_LAST,
+    F_MIN,
+    N_ACC_F,
+    N_ACC_I,
+    NO_WINDOW,
+    Emitted,
+    close,
+    fold,
+    id_slots,
+    stream_order,
+)
+from detector.schema import take_frames
 
 _NONE = np.iinfo(np.int64).min // 4
+_LOW32 = np.uint64(0xFFFF_FFFF)
 
 
 class StreamTable:
-    """Last frame (ts, payload) of each (vehicle, id) stream, sorted by key."""
+    """One row per (vehicle, id) stream, sorted by key: its last frame, the ts of
+    its last frame in a closed window, and the running sums of its open window."""
 
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.uint64)
-        self.ts = np.zeros(0, np.float64)
-        self.data = np.zeros((0, 8), np.uint8)
+        self.last_ts = np.zeros(0)  # nan: no frame yet
+        self.last_data = np.zeros((0, 8), np.uint8)
+        self.closed_ts = np.zeros(0)  # nan: no closed window yet
+        self.open_window = np.zeros(0, np.int64)  # NO_WINDOW: none open
+        self.acc_i = np.zeros((0, N_ACC_I), np.int32)
+        self.acc_f = np.zeros((0, N_ACC_F))
 
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = np.searchsorted(self.keys, keys)
-        pos_c = np.minimum(pos, max(len(self.keys) - 1, 0))
-        found = (self.keys[pos_c] == keys) if len(self.keys) else np.zeros(len(keys), bool)
-        ts = np.where(found, self.ts[pos_c] if len(self.keys) else np.nan, np.nan)
-        data = np.where(found[:, None], self.data[pos_c] if len(self.keys) else 0, 0).astype(
-            np.uint8
-        )
-        return found, ts, data
+    _COLUMNS = ("keys", "last_ts", "last_data", "closed_ts", "open_window", "acc_i", "acc_f")
 
-    def update(self, keys: np.ndarray, ts: np.ndarray, data: np.ndarray) -> None:
-        """Insert or overwrite; ``keys`` must be unique."""
-        all_keys = np.concatenate([keys, self.keys])
-        # new values first so np.unique's first occurrence picks them
-        uniq, first = np.unique(all_keys, return_index=True)
-        self.keys = uniq
-        self.ts = np.concatenate([ts, self.ts])[first]
-        self.data = np.concatenate([data, self.data])[first]
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row of each key (clipped) and whether it is there."""
+        if len(self.keys) == 0:
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return pos, self.keys[pos] == keys
+
+    def rows_for(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of sorted unique ``keys``, inserting empty streams for new ones."""
+        _, found = self.find(keys)
+        new = keys[~found]
+        if len(new):
+            at = np.searchsorted(self.keys, new)
+            n = len(new)
+            empty_f = np.zeros((n, N_ACC_F))
+            empty_f[:, F_MIN] = np.inf
+            empty_f[:, F_LAST] = np.nan
+            fill = {
+                "keys": new,
+                "last_ts": np.full(n, np.nan),
+                "last_data": np.zeros((n, 8), np.uint8),
+                "closed_ts": np.full(n, np.nan),
+                "open_window": np.full(n, NO_WINDOW),
+                "acc_i": np.zeros((n, N_ACC_I), np.int32),
+                "acc_f": empty_f,
+            }
+            for name in self._COLUMNS:
+                setattr(self, name, np.insert(getattr(self, name), at, fill[name], axis=0))
+        return np.searchsorted(self.keys, keys)
+
+    def vehicle_rows(self, vehicles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All rows of ``vehicles`` (their streams are contiguous) and each row's vehicle."""
+        v = vehicles.astype(np.uint64)
+        lo = np.searchsorted(self.keys, v << np.uint64(32))
+        hi = np.searchsorted(self.keys, (v + np.uint64(1)) << np.uint64(32))
+        n = hi - lo
+        rows = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(n.sum())
+        return rows, np.repeat(vehicles, n)
+
+    def keep(self, mask: np.ndarray) -> None:
+        for name in self._COLUMNS:
+            setattr(self, name, getattr(self, name)[mask])
 
     def drop_vehicles(self, vehicles: np.ndarray) -> None:
-        keep = ~np.isin(self.keys >> np.uint64(32), vehicles.astype(np.uint64))
-        self.keys, self.ts, self.data = self.keys[keep], self.ts[keep], self.data[keep]
+        self.keep(~np.isin(self.keys >> np.uint64(32), vehicles.astype(np.uint64)))
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.ts.nbytes + self.data.nbytes
+        return sum(getattr(self, name).nbytes for name in self._COLUMNS)
 
 
 def stream_key(vehicle: np.ndarray, can_id: np.ndarray) -> np.ndarray:
@@ -89,17 +146,15 @@ def stream_sort(key: np.ndarray, n_keys: int, ts: np.ndarray) -> np.ndarray:
 
 
 class WindowState:
-    """Carried windowing state for the vehicles of one platform (one partition)."""
+    """Windowing state for the vehicles of one platform (one partition)."""
 
-    def __init__(self, window_s: float, lateness_s: float = 0.0) -> None:
+    def __init__(self, window_s: float) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         self.window_s = float(window_s)
-        self.lateness_s = float(lateness_s)
-        self.carry = np.zeros(0, FRAME_DTYPE)
-        self.carry_vehicle = np.zeros(0, np.int64)
         self.closed_upto = np.zeros(0, np.int64)  # per vehicle: windows below are closed
         self.first_window = np.zeros(0, np.int64)  # per vehicle: partial first window
+        self.newest = np.zeros(0)  # per vehicle: newest event time since the last flush
         self.streams = StreamTable()
         self.late_frames = 0
         self.last_late = np.zeros(0, np.int64)
@@ -109,6 +164,7 @@ class WindowState:
             extra = n_vehicles - len(self.closed_upto)
             self.closed_upto = np.r_[self.closed_upto, np.full(extra, _NONE)]
             self.first_window = np.r_[self.first_window, np.full(extra, _NONE)]
+            self.newest = np.r_[self.newest, np.full(extra, -np.inf)]
 
     def push(self, frames: np.ndarray, vehicle: np.ndarray, bl: Baseline) -> Rows:
         """Add a batch (``vehicle`` = caller's vehicle index per frame); rows of closed windows."""
@@ -116,107 +172,109 @@ class WindowState:
         self._grow(int(vehicle.max()) + 1 if len(vehicle) else 0)
         win = np.floor(frames["ts"] / self.window_s).astype(np.int64)
         late = win < self.closed_upto[vehicle]
-        self.last_late = vehicle[late]  # per-frame vehicle index of the frames dropped as late
+        self.last_late = vehicle[late]  # per late frame, its vehicle index
+        self.late_frames += len(self.last_late)
         if late.any():
-            self.late_frames += int(late.sum())
             frames, vehicle, win = take_frames(frames, ~late), vehicle[~late], win[~late]
-        if len(vehicle):
-            earliest = np.full(len(self.first_window), np.iinfo(np.int64).max)
-            np.minimum.at(earliest, vehicle, win)
-            fresh = (self.first_window == _NONE) & (earliest != np.iinfo(np.int64).max)
-            self.first_window[fresh] = earliest[fresh]
-        # arrival order is kept: _rows groups the closed frames by stream itself
-        allf = concat_frames([self.carry, frames])
-        allv = np.concatenate([self.carry_vehicle, vehicle])
-        win = np.floor(allf["ts"] / self.window_s).astype(np.int64)
-        # per-vehicle watermark: the newest event time seen for it
-        newest = np.full(len(self.closed_upto), -np.inf)
-        np.maximum.at(newest, allv, allf["ts"])
-        cut = np.floor((newest - self.lateness_s) / self.window_s)
+        if len(vehicle) == 0:
+            return Rows.empty()
+        earliest = np.full(len(self.first_window), np.iinfo(np.int64).max)
+        np.minimum.at(earliest, vehicle, win)
+        fresh = (self.first_window == _NONE) & (earliest != np.iinfo(np.int64).max)
+        self.first_window[fresh] = earliest[fresh]
+        np.maximum.at(self.newest, vehicle, frames["ts"])
+
+        can_id = frames["can_id"]
+        ids, id_rank = batch_ids(can_id, bl)
+        in_batch = np.zeros(len(self.closed_upto), bool)
+        in_batch[vehicle] = True
+        vrank = np.cumsum(in_batch) - 1
+        key = vrank[vehicle] * len(ids) + id_rank  # stream number, ordered by (vehicle, id)
+        order = stream_sort(key, int(in_batch.sum()) * len(ids), frames["ts"])
+        skey = key[order]
+        seg_start = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1], True])
+        first = order[seg_start[:-1]]
+        rows = self.streams.rows_for(stream_key(vehicle[first], can_id[first]))
+
+        batch_vehicles = np.flatnonzero(in_batch)
+        scan, scan_vehicle = self.streams.vehicle_rows(batch_vehicles)
+        swin = win[order]
+        # each (stream, window) group of the batch can close the one before it
+        groups = len(rows) + int(((skey[1:] == skey[:-1]) & (swin[1:] != swin[:-1])).sum())
+        emitted = Emitted(groups + len(scan), N_FEATURES)
+        late_open = fold(frames, win, order, seg_start, rows, self.streams, bl, self.window_s, emitted)
+        cut = np.floor(self.newest / self.window_s)
         cut = np.where(np.isfinite(cut), cut, _NONE).astype(np.int64)
-        closed = win < cut[allv]
-        self.carry, self.carry_vehicle = take_frames(allf, ~closed), allv[~closed]
-        cv = allv[closed]
+        close(scan, cut[scan_vehicle], self.streams, bl, self.window_s, emitted)
+        if late_open.any():
+            self.last_late = np.r_[self.last_late, vehicle[late_open]]
+            self.late_frames += int(late_open.sum())
+        return self._rows(emitted, cut, bl)
+
+    def _rows(self, emitted: Emitted, cut: np.ndarray, bl: Baseline) -> Rows:
+        if emitted.n == 0:
+            return Rows.empty()
+        row, window, X, attack, last_ts, count = emitted.take(np.arange(emitted.n))
+        o = np.lexsort((window, row))  # by (vehicle, id, window), as the table is sorted
+        row, window, X, attack, last_ts, count = row[o], window[o], X[o], attack[o], last_ts[o], count[o]
+        keys = self.streams.keys[row]
+        veh = (keys >> np.uint64(32)).astype(np.int64)
         seen = np.zeros(len(self.closed_upto), bool)
-        seen[cv] = True
+        seen[veh] = True
         self.closed_upto[seen] = np.maximum(self.closed_upto[seen], cut[seen])
-        return self._rows(take_frames(allf, closed), cv, win[closed], bl)
+        present = Rows(veh, window, (keys & _LOW32).astype(np.uint32), count, attack, X)
+        closed_ts = self.streams.closed_ts  # before this push's windows
+
+        def last_seen(qveh: np.ndarray, qid: np.ndarray, qwin: np.ndarray) -> np.ndarray:
+            qrow, found = self.streams.find(stream_key(qveh, qid))
+            w0 = int(window.min()) - 1
+            span = int(window.max()) - w0 + 2
+            gkey = row * span + (window - w0)
+            j = np.searchsorted(gkey, qrow * span + (qwin - w0)) - 1
+            jc = np.maximum(j, 0)
+            hit = found & (j >= 0) & (row[jc] == qrow)
+            before = np.where(found, closed_ts[qrow] if len(closed_ts) else np.nan, np.nan)
+            return np.where(hit, last_ts[jc], before)
+
+        absent = absent_rows(present, bl, last_seen, self.window_s)
+        newest_per_row = np.r_[row[1:] != row[:-1], True]
+        self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
+        rows = Rows.concat([present, absent])
+        add_bus_features(rows, bl)
+        scored = rows.window > self.first_window[rows.vehicle]
+        return rows.take(np.flatnonzero(scored))
 
     def flush(self) -> int:
         """End of stream: drop the still-open windows (partial, never scored).
 
         Returns the number of frames dropped.
         """
-        n = len(self.carry)
-        if n:
-            win = np.floor(self.carry["ts"] / self.window_s).astype(np.int64)
-            np.maximum.at(self.closed_upto, self.carry_vehicle, win + 1)
-        self.carry, self.carry_vehicle = self.carry[:0], self.carry_vehicle[:0]
+        st = self.streams
+        open_ = np.flatnonzero(st.open_window != NO_WINDOW)
+        n = int(st.acc_i[open_, A_COUNT].sum())
+        if len(open_):
+            veh = (st.keys[open_] >> np.uint64(32)).astype(np.int64)
+            np.maximum.at(self.closed_upto, veh, st.open_window[open_] + 1)
+            st.open_window[open_] = NO_WINDOW
+            st.acc_i[open_] = 0
+            st.acc_f[open_] = [0.0, 0.0, np.inf, np.nan]
+        self.newest[:] = -np.inf
         return n
 
     def forget_vehicles(self, vehicles: np.ndarray) -> None:
         """Drop all state of some vehicles (e.g. partitions revoked)."""
         vehicles = np.asarray(vehicles, dtype=np.int64)
-        keep = ~np.isin(self.carry_vehicle, vehicles)
-        self.carry, self.carry_vehicle = self.carry[keep], self.carry_vehicle[keep]
         self.streams.drop_vehicles(vehicles)
         valid = vehicles[vehicles < len(self.closed_upto)]
         self.closed_upto[valid] = _NONE
         self.first_window[valid] = _NONE
-
-    def _rows(self, frames: np.ndarray, vehicle: np.ndarray, win: np.ndarray, bl: Baseline) -> Rows:
-        if len(frames) == 0:
-            return Rows.empty()
-        can_id = frames["can_id"]
-        ids, id_rank = batch_ids(can_id, bl)
-        n_ids = len(ids)
-        in_batch = np.zeros(len(self.closed_upto), bool)
-        in_batch[vehicle] = True
-        vrank = np.cumsum(in_batch) - 1
-        key = vrank[vehicle] * n_ids + id_rank  # stream number, ordered by (vehicle, id)
-        order = stream_sort(key, int(in_batch.sum()) * n_ids, frames["ts"])
-        skey = key[order]
-        swin = win[order]
-        stream_first = np.r_[True, skey[1:] != skey[:-1]]
-        starts = np.flatnonzero(stream_first | np.r_[True, swin[1:] != swin[:-1]])
-        first = order[stream_first]
-        carried = self.streams.lookup(stream_key(vehicle[first], can_id[first]))
-        present, group_last = present_rows(
-            frames, order, stream_first, carried, starts, vehicle, win, bl, self.window_s
-        )
-        group_stream = skey[starts]
-        before = self.streams  # state before this batch's frames
-
-        def last_seen(qveh: np.ndarray, qid: np.ndarray, qwin: np.ndarray) -> np.ndarray:
-            pos = np.minimum(np.searchsorted(ids, qid), n_ids - 1)
-            known_id = ids[pos] == qid
-            qstream = np.where(known_id, vrank[qveh] * n_ids + pos, -1)
-            w0 = int(present.window.min()) - 1
-            span = int(present.window.max()) - w0 + 2
-            gkey = group_stream * span + (present.window - w0)
-            qkey = qstream * span + (qwin - w0)
-            j = np.searchsorted(gkey, qkey) - 1
-            jc = np.maximum(j, 0)
-            hit = known_id & (j >= 0) & (group_stream[jc] == qstream)
-            _, ts_before, _ = before.lookup(stream_key(qveh, qid))
-            return np.where(hit, group_last[jc], ts_before)
-
-        absent = absent_rows(present, bl, last_seen, self.window_s)
-        last = order[np.r_[stream_first[1:], True]]
-        self.streams.update(
-            stream_key(vehicle[last], can_id[last]), frames["ts"][last], frames["data"][last]
-        )
-        rows = Rows.concat([present, absent])
-        add_bus_features(rows, bl)
-        scored = rows.window > self.first_window[rows.vehicle]
-        return rows.take(np.flatnonzero(scored))
+        self.newest[valid] = -np.inf
 
     @property
     def nbytes(self) -> int:
         return (
-            self.carry.nbytes
-            + self.carry_vehicle.nbytes
-            + self.closed_upto.nbytes
+            self.closed_upto.nbytes
             + self.first_window.nbytes
+            + self.newest.nbytes
             + self.streams.nbytes
         )

@@ -1,7 +1,7 @@
 """The compiled hot-path loops agree with their plain definitions.
 
-``detector.kernels`` fuses the per-frame checks and the per-group reductions
-into one loop and walks the isolation forest's trees itself; both must give the
+``detector.kernels`` folds the per-frame checks into per-window sums as frames
+arrive and walks the isolation forest's trees itself; both must give the
 numbers of the readable numpy reference (tests/reference_features.py) and of
 scikit-learn's ``score_samples``, on traffic that trips every check: every
 attack family on a platform with counters, checksums and payload dictionaries,
@@ -17,10 +17,9 @@ from reference_features import present_rows as reference_present_rows
 from sklearn.ensemble import IsolationForest
 
 from detector.baseline import learn_baseline
-from detector.features import FEATURE_NAMES, N_FEATURES, present_rows
+from detector.features import FEATURE_NAMES, N_FEATURES, Rows
 from detector.kernels import CompiledForest, stream_order
-from detector.schema import FRAME_DTYPE
-from detector.windowing import stream_sort
+from detector.windowing import WindowState, stream_sort
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
@@ -47,51 +46,53 @@ def traffic(request: pytest.FixtureRequest):
     return platform, bl, frames
 
 
-def layout(frames: np.ndarray, vehicle: np.ndarray):
-    """Frames grouped by (vehicle, id) in time order, as ``WindowState`` lays them out."""
+def reference_rows(frames: np.ndarray, vehicle: np.ndarray, bl) -> Rows:
+    """Present rows of every window from the numpy definitions, all frames at once."""
     key = vehicle * 2**32 + frames["can_id"].astype(np.int64)
     order = np.lexsort((frames["ts"], key))
-    skey = key[order]
-    win = np.floor(frames["ts"] / W).astype(np.int64)
-    stream_first = np.r_[True, skey[1:] != skey[:-1]]
-    starts = np.flatnonzero(stream_first | np.r_[True, win[order][1:] != win[order][:-1]])
-    return order, stream_first, starts, win
+    f, v, k = frames[order], vehicle[order], key[order]
+    win = np.floor(f["ts"] / W).astype(np.int64)
+    first = np.r_[True, k[1:] != k[:-1]]
+    prev_ts = np.where(first, np.nan, np.r_[np.nan, f["ts"][:-1]])
+    prev_data = np.where(first[:, None], 0, np.roll(f["data"], 1, axis=0)).astype(np.uint8)
+    checks = frame_checks(f, prev_ts, prev_data, ~first, bl)
+    rows, _ = reference_present_rows(f, v, win, checks, bl, W)
+    return rows
 
 
-def test_group_rows_match_the_numpy_reference(traffic) -> None:
+def keyed(rows: Rows) -> dict[tuple[int, int, int], int]:
+    return {
+        (int(v), int(w), int(c)): i
+        for i, (v, w, c) in enumerate(zip(rows.vehicle, rows.window, rows.can_id, strict=True))
+    }
+
+
+def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     platform, bl, frames = traffic
     rng = np.random.default_rng(0)
-    vehicle = rng.integers(0, 3, len(frames))  # three interleaved streams per id
-    order, first, starts, win = layout(frames, vehicle)
-    n_streams = int(first.sum())
-    # some streams continue an earlier batch, others start here
-    found = rng.random(n_streams) < 0.5
-    c_ts = np.where(found, frames["ts"][order[first]] - 0.01, np.nan)
-    c_data = np.where(found[:, None], rng.integers(0, 256, (n_streams, 8)), 0).astype(np.uint8)
-
-    rows, last = present_rows(
-        frames, order, first, (found, c_ts, c_data), starts, vehicle, win, bl, W
-    )
-
-    f = frames[order]
-    prev_ts = np.r_[np.nan, f["ts"][:-1]]
-    prev_data = np.roll(f["data"], 1, axis=0)
-    has_prev = ~first
-    prev_ts[first], prev_data[first], has_prev[first] = c_ts, c_data, found
-    checks = frame_checks(f, prev_ts, prev_data, has_prev, bl)
-    ref, ref_last = reference_present_rows(f, vehicle[order], win[order], checks, bl, W)
-
-    assert len(rows) == len(ref) > 100
-    np.testing.assert_array_equal(rows.vehicle, ref.vehicle)
-    np.testing.assert_array_equal(rows.window, ref.window)
-    np.testing.assert_array_equal(rows.can_id, ref.can_id)
-    np.testing.assert_array_equal(rows.count, ref.count)
-    np.testing.assert_array_equal(rows.attack, ref.attack)
-    np.testing.assert_array_equal(last, ref_last)
-    np.testing.assert_allclose(rows.X, ref.X, rtol=1e-12, atol=1e-12)
+    vehicle = rng.integers(0, 3, len(frames))  # three interleaved vehicles
+    state = WindowState(W)
+    parts = [
+        state.push(frames[cut], vehicle[cut], bl)
+        for cut in np.array_split(np.arange(len(frames)), 37)  # batches of any size
+    ]
+    rows = Rows.concat(parts)
+    rows = rows.take(np.flatnonzero(rows.count > 0))
+    ref = reference_rows(frames, vehicle, bl)
+    got, want = keyed(rows), keyed(ref)
+    assert len(got) == len(rows) > 100  # one row per (vehicle, window, id)
+    for v in range(3):  # every window but each vehicle's partial first and still-open last
+        wins = ref.window[ref.vehicle == v]
+        inner = {k for k in want if k[0] == v and wins.min() < k[1] < wins.max()}
+        assert {k for k in got if k[0] == v} == inner
+    i = np.array(list(got.values()))
+    j = np.array([want[k] for k in got])
+    np.testing.assert_array_equal(rows.count[i], ref.count[j])
+    np.testing.assert_array_equal(rows.attack[i], ref.attack[j])
+    np.testing.assert_allclose(rows.X[i, :16], ref.X[j, :16], rtol=1e-12, atol=1e-12)
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
-    fired = dict(zip(FEATURE_NAMES[:16], (ref.X[:, :16] != 0).any(axis=0), strict=True))
+    fired = dict(zip(FEATURE_NAMES[:16], (ref.X[j, :16] != 0).any(axis=0), strict=True))
     if platform == "aee2010":
         fired.pop("checksum_err")
     assert all(fired.values()), fired
@@ -125,10 +126,3 @@ def test_compiled_forest_scores_like_sklearn() -> None:
     np.testing.assert_array_equal(CompiledForest(sub).raw_scores(Q), -sub.score_samples(Q))
 
 
-def test_empty_frames_give_no_rows(traffic) -> None:
-    _, bl, _ = traffic
-    empty = np.zeros(0, FRAME_DTYPE)
-    none = np.zeros(0, np.int64)
-    carried = (np.zeros(0, bool), np.zeros(0), np.zeros((0, 8), np.uint8))
-    rows, last = present_rows(empty, none, none.astype(bool), carried, none, none, none, bl, W)
-    assert len(rows) == 0 and len(last) == 0
