@@ -478,7 +478,9 @@ class CompiledForest:
 
 
 @njit(cache=True, nogil=True)
-def frame_faults(ts, can_id, dlc, flags, label, reserved, data, min_ts, max_ts, known_flags):  # pragma: no cover
+def frame_faults(  # pragma: no cover - compiled
+    ts, can_id, dlc, flags, label, reserved, data, min_ts, max_ts, known_flags, extended, max_standard
+):
     """One pass of the wire checks over a record's frames.
 
     Returns the first offending frame per check (-1 if none) as (dlc, id,
@@ -500,10 +502,10 @@ def frame_faults(ts, can_id, dlc, flags, label, reserved, data, min_ts, max_ts, 
             if bad_dlc < 0:
                 bad_dlc = i
         c = can_id[i]
-        if c & 0x80000000:
-            id_ok = (c & 0x60000000) == 0
+        if c & extended:
+            id_ok = (c & 0x60000000) == 0  # 29 bits below the flag
         else:
-            id_ok = c <= 0x7FF
+            id_ok = c <= max_standard
         if not id_ok and bad_id < 0:
             bad_id = i
         if bad_flags < 0 and ((flags[i] & unknown) != 0 or label[i] != 0 or reserved[i] != 0):

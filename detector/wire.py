@@ -31,6 +31,7 @@ import numpy as np
 
 from detector.brands import validate_slug
 from detector.errors import ConfigError, DecodeError
+from detector.kernels import frame_faults
 from detector.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, FRAME_DTYPE, ID_MASK_STANDARD
 
 CONTENT_TYPE_BINARY = "application/vnd.canwatch.frames"
@@ -52,6 +53,17 @@ MAX_KEY_BYTES = 128
 MAX_HEADER_VALUE_BYTES = 128
 MAX_BUS_CHARS = 32
 KNOWN_FLAGS = FLAG_RTR | FLAG_ERROR
+
+#: Dead letters carry the original key, value and headers unchanged while
+#: together they fit in DLQ_MAX_BYTES (kept below the producer's 5 MiB
+#: ``kafka_io.MAX_REQUEST_BYTES`` with room for the error headers). A bigger
+#: record (the broker may accept tens of MB) is cut to the sizes below, so one
+#: huge record can never make the DLQ write, and with it the consumer, fail.
+DLQ_MAX_BYTES = MAX_RECORD_BYTES + 512 * 1024
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_HEADERS = 64
+DLQ_MAX_HEADER_NAME_CHARS = 256
+DLQ_MAX_HEADER_VALUE_BYTES = 1024
 
 # Dead-letter reasons: the complete, bounded set of DecodeError.reason values.
 MISSING_KEY = "missing_key"  # record key absent
@@ -178,6 +190,48 @@ def encode_record(
     return key, value, headers_for(brand, ctype)
 
 
+# -- dead letters ----------------------------------------------------------------
+
+
+def _nbytes(b: bytes | None) -> int:
+    return 0 if b is None else len(b)
+
+
+def dead_letter_copy(
+    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]] | None
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]:
+    """The (key, value, headers) to write to the DLQ for a rejected record, and a note.
+
+    Unchanged where Kafka clients allow it; the note ("" if nothing changed) says
+    what was altered so that the record can be produced at all: null header
+    values become b"" (kafka-python sends only bytes), a record with neither
+    key nor value gets value b"", and a record above ``DLQ_MAX_BYTES`` has its
+    key, value and headers cut to the ``DLQ_MAX_*`` sizes.
+    """
+    notes = []
+    hs = [(str(name), raw) for name, raw in headers or ()]
+    if any(raw is None for _, raw in hs):
+        notes.append("null header values sent as empty")
+        hs = [(name, b"" if raw is None else raw) for name, raw in hs]
+    if key is None and value is None:
+        notes.append("null value sent as empty")
+        value = b""
+    header_bytes = sum(len(name.encode("utf-8")) + len(raw) for name, raw in hs)
+    size = _nbytes(key) + _nbytes(value) + header_bytes
+    if size > DLQ_MAX_BYTES:
+        notes.append(
+            f"cut from key {_nbytes(key)} B, value {_nbytes(value)} B, "
+            f"{len(hs)} headers {header_bytes} B"
+        )
+        key = None if key is None else bytes(key[:DLQ_MAX_KEY_BYTES])
+        value = None if value is None else bytes(value[:MAX_RECORD_BYTES])
+        hs = [
+            (name[:DLQ_MAX_HEADER_NAME_CHARS], bytes(raw[:DLQ_MAX_HEADER_VALUE_BYTES]))
+            for name, raw in hs[:DLQ_MAX_HEADERS]
+        ]
+    return key, value, hs, "; ".join(notes)
+
+
 # -- decoding -------------------------------------------------------------------
 
 
@@ -231,10 +285,6 @@ def _brand(text: str, known_brands: set[str] | frozenset[str] | None) -> str:
     return text
 
 
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
-
-
 def validate_frames(
     frames: np.ndarray, *, now: float, max_future_s: float, min_ts: float
 ) -> np.ndarray:
@@ -245,34 +295,29 @@ def validate_frames(
     n = len(frames)
     if n == 0:
         raise DecodeError(EMPTY, "record holds no frames")
-    dlc = frames["dlc"]
-    bad = dlc > 8
-    if bad.any():
-        i = _first(bad)
-        raise DecodeError(BAD_DLC, f"frame {i}: dlc {int(dlc[i])} > 8 ({int(bad.sum())} of {n})")
-    ids = frames["can_id"]
-    ext = (ids & EXTENDED_FLAG) != 0
-    bad = np.where(ext, (ids & np.uint32(0x6000_0000)) != 0, ids > ID_MASK_STANDARD)
-    if bad.any():
-        i = _first(bad)
-        raise DecodeError(BAD_ID, f"frame {i}: can_id 0x{int(ids[i]):08X} out of range")
-    bad = ((frames["flags"] & ~np.uint8(KNOWN_FLAGS)) != 0) | (frames["label"] != 0)
-    bad |= frames["reserved"] != 0
-    if bad.any():
-        raise DecodeError(BAD_FLAGS, f"frame {_first(bad)}: unknown flag bits or bytes 14-15 not 0")
-    ts = frames["ts"]
-    bad = ~np.isfinite(ts) | (ts < min_ts) | (ts > now + max_future_s)
-    if bad.any():
-        i = _first(bad)
+    bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = frame_faults(
+        frames["ts"], frames["can_id"], frames["dlc"], frames["flags"], frames["label"],
+        frames["reserved"], frames["data"], float(min_ts), float(now + max_future_s),
+        KNOWN_FLAGS, np.uint32(EXTENDED_FLAG), ID_MASK_STANDARD,
+    )  # fmt: skip
+    if bad_dlc >= 0:
+        raise DecodeError(
+            BAD_DLC, f"frame {bad_dlc}: dlc {int(frames['dlc'][bad_dlc])} > 8 ({n_bad_dlc} of {n})"
+        )
+    if bad_id >= 0:
+        raise DecodeError(
+            BAD_ID, f"frame {bad_id}: can_id 0x{int(frames['can_id'][bad_id]):08X} out of range"
+        )
+    if bad_flags >= 0:
+        raise DecodeError(BAD_FLAGS, f"frame {bad_flags}: unknown flag bits or bytes 14-15 not 0")
+    if bad_ts >= 0:
         raise DecodeError(
             BAD_TIMESTAMP,
-            f"frame {i}: ts {float(ts[i])!r} outside [{min_ts:g}, now+{max_future_s:g}s]",
+            f"frame {bad_ts}: ts {float(frames['ts'][bad_ts])!r} outside "
+            f"[{min_ts:g}, now+{max_future_s:g}s]",
         )
-    # Normalize: bytes past dlc carry no meaning; zero them so payload features
-    # never see producer garbage.
-    frames["data"][np.arange(8) >= dlc[:, None].astype(np.int64)] = 0
-    if n > 1 and (np.diff(ts) < 0).any():
-        frames = frames[np.argsort(ts, kind="stable")]
+    if not ordered:
+        frames = frames[np.argsort(frames["ts"], kind="stable")]
     return frames
 
 

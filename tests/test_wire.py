@@ -197,6 +197,7 @@ CASES = [
     ("too_large", dict(value=b"\0" * (wire.MAX_RECORD_BYTES + 1), headers=binary_headers())),
     ("too_large", dict(value=header_bytes(count=wire.MAX_FRAMES + 1), headers=binary_headers())),
     ("too_large", dict(value=jdoc([FRAME] * (wire.MAX_FRAMES + 1)), headers=JH)),
+    ("too_large", dict(value=jdoc() + b" " * wire.MAX_RECORD_BYTES, headers=JH)),
     ("truncated", dict(value=GOOD[:10], headers=binary_headers())),
     ("truncated", dict(value=GOOD[:-1], headers=binary_headers())),
     ("truncated", dict(value=header_bytes(count=2) + BODY, headers=binary_headers())),
@@ -209,6 +210,8 @@ CASES = [
     ("bad_json", dict(value=b"\xff" + jdoc(), headers=JH)),
     ("bad_json", dict(value=b'{"frames": [[NaN, 1, 1, "00"]]}', headers=JH)),
     ("bad_json", dict(value=b"[" * 200_000 + b"]" * 200_000, headers=JH)),
+    ("bad_json", dict(value=b'{"a":' * 100_000 + b"1" + b"}" * 100_000, headers=JH)),
+    ("bad_json", dict(value=b'{"frames": [' + b"[" * 100_000, headers=JH)),
     ("bad_json", dict(value=b'{"frames": [[1' + b"0" * 5000 + b', 1, 1, "00"]]}', headers=JH)),
     ("bad_shape", dict(value=b"[1, 2]", headers=JH)),
     ("bad_shape", dict(value=b'{"vehicle": "veh-1"}', headers=JH)),
@@ -323,3 +326,54 @@ def test_arbitrary_json_documents_only_raise_decode_error(frames, extra):
         decode(value=value, headers=json_headers(), min_ts=-1e300)
     except DecodeError as exc:
         assert exc.reason in wire.REASONS
+
+
+def test_huge_json_within_the_size_limit_is_parsed_and_rejected_by_its_content():
+    # ~3.9 MB, 100 000 frames, the last one bad: the whole document is decoded once.
+    rows = [FRAME] * (wire.MAX_FRAMES - 1) + [[1_700_000_000.5, 0x123, 9, "abcd"]]
+    value = jdoc(rows)
+    assert 3_000_000 < len(value) <= wire.MAX_RECORD_BYTES
+    with pytest.raises(DecodeError) as info:
+        decode(value=value, headers=JH)
+    assert info.value.reason == "bad_dlc" and "frame 99999" in info.value.detail
+
+
+# -- dead letters are always producible ------------------------------------------------
+
+
+def test_dead_letter_copy_keeps_the_original_when_it_can():
+    hs = [("brand", b"jeep"), ("trace", b"abc")]
+    assert wire.dead_letter_copy(b"veh-1", b"v", hs) == (b"veh-1", b"v", hs, "")
+    assert wire.dead_letter_copy(None, b"", None) == (None, b"", [], "")
+    assert wire.dead_letter_copy(b"k", None, []) == (b"k", None, [], "")
+    at_limit = b"x" * (wire.DLQ_MAX_BYTES - 1)
+    assert wire.dead_letter_copy(b"k", at_limit, [])[1] is at_limit
+
+
+def test_dead_letter_copy_replaces_the_nulls_kafka_python_cannot_send():
+    # Java/librdkafka producers may send null header values and records with
+    # neither key nor value; kafka-python's send() raises on both.
+    key, value, hs, note = wire.dead_letter_copy(None, None, [("trace", None), ("brand", b"x")])
+    assert (key, value, hs) == (None, b"", [("trace", b""), ("brand", b"x")])
+    assert "null header values" in note and "null value" in note
+
+
+def test_dead_letter_copy_cuts_what_the_producer_would_refuse():
+    from detector.kafka_io import MAX_REQUEST_BYTES
+
+    value = bytes(range(256)) * (wire.DLQ_MAX_BYTES // 256 + 1)
+    hs = [("h" * 1000 + str(i), b"v" * 5000) for i in range(100)]
+    key, out_value, out_hs, note = wire.dead_letter_copy(b"k" * 5000, value, hs)
+    assert key == b"k" * wire.DLQ_MAX_KEY_BYTES
+    assert out_value == value[: wire.MAX_RECORD_BYTES]
+    assert len(out_hs) == wire.DLQ_MAX_HEADERS
+    assert out_hs[0] == (hs[0][0][: wire.DLQ_MAX_HEADER_NAME_CHARS], b"v" * 1024)
+    assert note.startswith("cut from key 5000 B, value ")
+    # Worst case after the cut, plus the service's error headers (< 1 KB), fits one request.
+    worst = (
+        wire.DLQ_MAX_KEY_BYTES
+        + wire.MAX_RECORD_BYTES
+        + wire.DLQ_MAX_HEADERS
+        * (4 * wire.DLQ_MAX_HEADER_NAME_CHARS + wire.DLQ_MAX_HEADER_VALUE_BYTES)
+    )
+    assert max(worst, wire.DLQ_MAX_BYTES) + 64 * 1024 < MAX_REQUEST_BYTES
