@@ -296,10 +296,9 @@ def validate_frames(
     if n == 0:
         raise DecodeError(EMPTY, "record holds no frames")
     bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = frame_faults(
-        frames["ts"], frames["can_id"], frames["dlc"], frames["flags"], frames["label"],
-        frames["reserved"], frames["data"], float(min_ts), float(now + max_future_s),
-        KNOWN_FLAGS, np.uint32(EXTENDED_FLAG), ID_MASK_STANDARD,
-    )  # fmt: skip
+        frames, float(min_ts), float(now + max_future_s), KNOWN_FLAGS, np.uint32(EXTENDED_FLAG),
+        ID_MASK_STANDARD,
+    )
     if bad_dlc >= 0:
         raise DecodeError(
             BAD_DLC, f"frame {bad_dlc}: dlc {int(frames['dlc'][bad_dlc])} > 8 ({n_bad_dlc} of {n})"
@@ -343,7 +342,9 @@ def _decode_binary(value: bytes) -> np.ndarray:
     if len(value) > expected:
         raise DecodeError(BAD_LENGTH, f"{len(value) - expected} bytes after the last frame")
     # One frombuffer, then a copy the pipeline owns (the Kafka buffer is read-only).
-    return np.frombuffer(value, dtype=FRAME_DTYPE, count=count, offset=HEADER_LEN).copy()
+    # (copied as bytes: a structured copy goes field by field, 4x slower)
+    raw = np.frombuffer(value, dtype=np.uint8, count=count * RECORD_SIZE, offset=HEADER_LEN)
+    return raw.copy().view(FRAME_DTYPE)
 
 
 def _reject_constant(name: str) -> Any:
