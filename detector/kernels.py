@@ -478,14 +478,14 @@ class CompiledForest:
 
 
 @njit(cache=True, nogil=True)
-def frame_faults(frames, min_ts, max_ts, known_flags, extended, max_standard):  # pragma: no cover
-    """One pass of the wire checks over a record's frames (the whole structured
-    array is one argument: a call costs ~1 us, field views cost that each).
+def frame_faults(frames, lo, hi, min_ts, max_ts, known_flags, extended, max_standard):  # pragma: no cover
+    """One pass of the wire checks over frames ``lo:hi`` (one record).
 
-    Returns the first offending frame per check (-1 if none) as (dlc, id,
-    flags, ts), the number of frames with dlc > 8, and whether ts never
-    decreases. Bytes past each frame's dlc are zeroed in place (they carry no
-    meaning, and payload features must not see producer garbage).
+    Returns the first offending frame per check (-1 if none, relative to
+    ``lo``) as (dlc, id, flags, ts), the number of frames with dlc > 8, and
+    whether ts never decreases. Bytes past each frame's dlc are zeroed in
+    place (they carry no meaning, and payload features must not see producer
+    garbage). The structured array is one argument: a call costs ~1 us.
     """
     bad_dlc = -1
     n_bad_dlc = 0
@@ -495,25 +495,25 @@ def frame_faults(frames, min_ts, max_ts, known_flags, extended, max_standard):  
     ordered = True
     unknown = np.uint8(~np.uint8(known_flags))
     prev = -np.inf
-    for i in range(frames.shape[0]):
+    for i in range(lo, hi):
         f = frames[i]
         d = f["dlc"]
         if d > 8:
             n_bad_dlc += 1
             if bad_dlc < 0:
-                bad_dlc = i
+                bad_dlc = i - lo
         c = f["can_id"]
         if c & extended:
             id_ok = (c & 0x60000000) == 0  # 29 bits below the flag
         else:
             id_ok = c <= max_standard
         if not id_ok and bad_id < 0:
-            bad_id = i
+            bad_id = i - lo
         if bad_flags < 0 and ((f["flags"] & unknown) != 0 or f["label"] != 0 or f["reserved"] != 0):
-            bad_flags = i
+            bad_flags = i - lo
         t = f["ts"]
         if bad_ts < 0 and not (np.isfinite(t) and t >= min_ts and t <= max_ts):
-            bad_ts = i
+            bad_ts = i - lo
         if t < prev:
             ordered = False
         prev = t
@@ -521,3 +521,20 @@ def frame_faults(frames, min_ts, max_ts, known_flags, extended, max_standard):  
         for b in range(min(d, 8), 8):
             data[b] = 0
     return bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered
+
+
+@njit(cache=True, nogil=True)
+def frame_faults_each(frames, bounds, min_ts, max_ts, known_flags, extended, max_standard):  # pragma: no cover
+    """``frame_faults`` for each record ``bounds[k]:bounds[k + 1]``; one row per record."""
+    out = np.zeros((bounds.shape[0] - 1, 6), np.int64)
+    for k in range(bounds.shape[0] - 1):
+        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = frame_faults(
+            frames, bounds[k], bounds[k + 1], min_ts, max_ts, known_flags, extended, max_standard
+        )
+        out[k, 0] = bad_dlc
+        out[k, 1] = n_bad_dlc
+        out[k, 2] = bad_id
+        out[k, 3] = bad_flags
+        out[k, 4] = bad_ts
+        out[k, 5] = ordered
+    return out

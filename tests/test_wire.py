@@ -377,3 +377,63 @@ def test_dead_letter_copy_cuts_what_the_producer_would_refuse():
         * (4 * wire.DLQ_MAX_HEADER_NAME_CHARS + wire.DLQ_MAX_HEADER_VALUE_BYTES)
     )
     assert max(worst, wire.DLQ_MAX_BYTES) + 64 * 1024 < MAX_REQUEST_BYTES
+
+
+# -- a whole poll at once ------------------------------------------------------------
+
+
+def one_by_one(records: list) -> list:
+    out = []
+    for key, value, headers in records:
+        try:
+            out.append(decode(key=key, value=value, headers=headers))
+        except DecodeError as exc:
+            out.append(exc)
+    return out
+
+
+def assert_same_results(batch: list, single: list) -> None:
+    assert len(batch) == len(single)
+    for b, s in zip(batch, single, strict=True):
+        assert type(b) is type(s)
+        if isinstance(s, DecodeError):
+            assert (b.reason, b.detail) == (s.reason, s.detail)
+        else:
+            assert (b.vehicle, b.brand) == (s.vehicle, s.brand)
+            np.testing.assert_array_equal(b.frames, s.frames)
+
+
+def test_a_poll_decodes_like_its_records_one_by_one():
+    """Every reason, valid binary and JSON records, and records whose frames need sorting."""
+    unsorted = sample_frames(30, seed=4)[::-1].copy()
+    records = [(r.get("key", b"veh-1"), r.get("value", b""), r.get("headers")) for _, r in CASES]
+    for i, frames in enumerate([sample_frames(40, seed=i) for i in range(5)] + [unsorted]):
+        records.append((f"veh-{i}".encode(), wire.encode_binary(frames), binary_headers()))
+        body = wire.encode_json(f"veh-{i}", "jeep", frames)
+        records.append((f"veh-{i}".encode(), body, json_headers()))
+    order = np.random.default_rng(3).permutation(len(records))
+    records = [records[i] for i in order]
+    batch = wire.decode_records(records, **LIMITS)
+    assert_same_results(batch, one_by_one(records))
+    assert sum(isinstance(b, wire.DecodedBatch) for b in batch) == 12
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.binary(max_size=12)),
+            st.one_of(
+                st.binary(max_size=24 * 4),
+                st.tuples(st.integers(0, 4), st.binary(max_size=24 * 4)).map(
+                    lambda nb: header_bytes(count=nb[0]) + nb[1]
+                ),
+            ),
+            header_lists,
+        ),
+        max_size=8,
+    )
+)
+def test_arbitrary_polls_decode_like_their_records(records):
+    batch = wire.decode_records(records, **LIMITS)
+    assert_same_results(batch, one_by_one(records))
