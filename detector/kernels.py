@@ -206,9 +206,11 @@ def _fold(  # pragma: no cover - compiled
     n_pairs_all = pairs.shape[0]
     n_hash = payload_hashes.shape[0]
     changed = np.zeros(8, np.int64)
-    prev = np.zeros(8, np.uint8)
+    prev = np.zeros(8, np.uint8)  # the stream's last frame so far
+    before = np.zeros(8, np.uint8)  # the current frame's predecessor
     cur = np.zeros(8, np.uint8)
     tight = np.zeros(n_pairs_all, np.int64)
+    la = np.zeros(N_ACC_I, np.int64)
     n_emit = 0
     for g in range(seg_start.shape[0] - 1):
         r = seg_row[g]
@@ -226,6 +228,16 @@ def _fold(  # pragma: no cover - compiled
             if pair_tight[s, p]:
                 tight[n_tight] = p
                 n_tight += 1
+        # the stream's row is worked on in locals (registers, L1) and written back
+        for c in range(N_ACC_I):
+            la[c] = acc_i[r, c]
+        sum_dt = acc_f[r, F_SUM]
+        sum_dt2 = acc_f[r, F_SUM2]
+        min_dt = acc_f[r, F_MIN]
+        last_g = acc_f[r, F_LAST]
+        last = st_last_ts[r]
+        for b in range(8):
+            prev[b] = st_last_data[r, b]
         for i in range(seg_start[g], seg_start[g + 1]):
             j = order[i]
             w = win[j]
@@ -234,72 +246,84 @@ def _fold(  # pragma: no cover - compiled
                     late[j] = True  # older than its stream's open window
                     continue
                 if st_open[r] != NO_WINDOW:  # a newer window: the open one is closed
+                    for c in range(N_ACC_I):
+                        acc_i[r, c] = la[c]
+                        la[c] = 0
+                    acc_f[r, F_SUM] = sum_dt
+                    acc_f[r, F_SUM2] = sum_dt2
+                    acc_f[r, F_MIN] = min_dt
+                    acc_f[r, F_LAST] = last_g
                     _emit(
                         r, s, k, window_s, st_open, acc_i, acc_f, period, mean_count,
                         ham_mean, ham_std, change_rate, cond_change, n_emit, out_row,
                         out_window, out_X, out_attack, out_last, out_count,
                     )  # fmt: skip
                     n_emit += 1
+                    sum_dt = 0.0
+                    sum_dt2 = 0.0
+                    min_dt = np.inf
+                    last_g = np.nan
                 st_open[r] = w
             t = ts[j]
-            a = acc_i[r]
-            a[A_COUNT] += 1
-            if a[A_COUNT] == 1 or label[j] > a[A_LABEL]:
-                a[A_LABEL] = label[j]
-            last = st_last_ts[r]
+            la[A_COUNT] += 1
+            if la[A_COUNT] == 1 or label[j] > la[A_LABEL]:
+                la[A_LABEL] = label[j]
             hp = not np.isnan(last) and t >= last
             for b in range(8):
                 cur[b] = data[j, b]
-                prev[b] = st_last_data[r, b]
+            if np.isnan(last_g) or t > last_g:
+                last_g = t
+            dt = t - last
             if np.isnan(last) or t >= last:  # an out-of-order frame does not become the predecessor
-                st_last_ts[r] = t
+                last = t
                 for b in range(8):
-                    st_last_data[r, b] = cur[b]
-            if np.isnan(acc_f[r, F_LAST]) or t > acc_f[r, F_LAST]:
-                acc_f[r, F_LAST] = t
+                    before[b] = prev[b]
+                    prev[b] = cur[b]
+            else:
+                for b in range(8):
+                    before[b] = prev[b]
             if not k:
                 continue
             out = False
             for b in range(8):
                 out |= (cur[b] < byte_min[s, b]) | (cur[b] > byte_max[s, b])
-            a[A_OUT] += out
+            la[A_OUT] += out
             if hp:
-                dt = t - last
-                a[A_NDT] += 1
-                acc_f[r, F_SUM] += dt
-                acc_f[r, F_SUM2] += dt * dt
-                if dt < acc_f[r, F_MIN]:
-                    acc_f[r, F_MIN] = dt
+                la[A_NDT] += 1
+                sum_dt += dt
+                sum_dt2 += dt * dt
+                if dt < min_dt:
+                    min_dt = dt
                 ham = 0
                 cnt = 0
                 jump = False
                 for b in range(8):
-                    x = cur[b] ^ prev[b]
+                    x = cur[b] ^ before[b]
                     ham += popcount[x]
                     c = 1 if x != 0 else 0
                     changed[b] = c
                     cnt += c
-                    dv = np.int16(cur[b]) - np.int16(prev[b])
+                    dv = np.int16(cur[b]) - np.int16(before[b])
                     jump |= (dv < delta_min[s, b]) | (dv > delta_max[s, b])
-                a[A_HAM] += ham
-                a[A_DELTA] += jump
+                la[A_HAM] += ham
+                la[A_DELTA] += jump
                 if cnt > 0:
                     for b in range(8):
                         c = changed[b]
-                        a[A_CHG + b] += c
+                        la[A_CHG + b] += c
                         if cnt - c > 0:
-                            a[A_OTHER + b] += 1
-                            a[A_COND + b] += c
+                            la[A_OTHER + b] += 1
+                            la[A_COND + b] += c
                 if cb >= 0:
                     cc = (np.int64(cur[cb]) & cmask) >> cshift
-                    cp = (np.int64(prev[cb]) & cmask) >> cshift
+                    cp = (np.int64(before[cb]) & cmask) >> cshift
                     if (cc - cp) % cmod != counter_step[s]:
-                        a[A_COUNTER] += 1
+                        la[A_COUNTER] += 1
             for q in range(n_tight):
                 p = tight[q]
                 dv = np.int16(cur[pairs[p, 0]]) - np.int16(cur[pairs[p, 1]])
                 if dv < pair_min[s, p] or dv > pair_max[s, p]:
-                    a[A_PAIR] += 1
+                    la[A_PAIR] += 1
                     break
             if ck > 0:
                 pos = np.int64(checksum_byte[s])
@@ -307,7 +331,7 @@ def _fold(  # pragma: no cover - compiled
                     pos = np.int64(dlc[j]) - 1
                 pos = min(max(pos, 0), 7)
                 if _checksum(ck, cur, np.int64(dlc[j]), np.int64(can_id[j]), pos, crc8) != cur[pos]:
-                    a[A_CHECKSUM] += 1
+                    la[A_CHECKSUM] += 1
             if dict_on:
                 h = np.uint64(0)
                 for b in range(8):
@@ -317,9 +341,18 @@ def _fold(  # pragma: no cover - compiled
                 if m >= n_hash:
                     m = n_hash - 1
                 if payload_hashes[m] != h:
-                    a[A_NOVEL] += 1
+                    la[A_NOVEL] += 1
             if ((np.int64(dlc_mask[s]) >> np.int64(dlc[j])) & 1) == 0:
-                a[A_DLC] += 1
+                la[A_DLC] += 1
+        for c in range(N_ACC_I):
+            acc_i[r, c] = la[c]
+        acc_f[r, F_SUM] = sum_dt
+        acc_f[r, F_SUM2] = sum_dt2
+        acc_f[r, F_MIN] = min_dt
+        acc_f[r, F_LAST] = last_g
+        st_last_ts[r] = last
+        for b in range(8):
+            st_last_data[r, b] = prev[b]
     return n_emit
 
 
