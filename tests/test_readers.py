@@ -266,3 +266,67 @@ def test_crlf_line_endings(tmp_path):
     f = read_frames(path)
     assert f["label"].tolist() == [0, LABEL_CODE["fuzzing"]]
     assert f["data"][0, 7] == 0xFF
+
+
+# -- the compiled fast path for plain candump and python-can CSV -------------------
+
+
+def general(fmt: str, path: Path) -> np.ndarray:
+    """What the vectorized reader makes of ``path``, with the fast path off."""
+    from replay.readers import _fast, candump, pycsv
+
+    mod, name = (candump, "candump") if fmt == "candump" else (pycsv, "pycsv")
+    fast = getattr(_fast, name)
+    try:
+        setattr(_fast, name, lambda *a: None)
+        return mod.read(str(path), path.read_bytes())
+    finally:
+        setattr(_fast, name, fast)
+
+
+@pytest.mark.parametrize("fmt", ["candump", "csv"])
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "none"])
+def test_fast_path_reads_exactly_like_the_general_reader(tmp_path, fmt, ending):
+    from replay.readers import _fast
+
+    frames = random_frames(3000, seed=11, rtr=False)
+    frames["label"] = 0
+    frames["ts"][::97] = np.round(frames["ts"][::97])  # whole seconds, no fraction digits
+    path = tmp_path / ("x.log" if fmt == "candump" else "x.csv")
+    write_frames(path, frames, fmt)
+    text = path.read_text()
+    if ending == "\r\n":
+        text = text.replace("\n", "\r\n")
+    elif ending == "none":
+        text = text.rstrip("\n")
+    path.write_bytes(text.encode())
+    data = path.read_bytes()
+    fast = _fast.candump(data) if fmt == "candump" else _fast.pycsv(data, _fast_header())
+    assert fast is not None, "a plain file must take the fast path"
+    np.testing.assert_array_equal(fast, general(fmt, path))
+    np.testing.assert_array_equal(read_frames(path, fmt), fast)
+
+
+def _fast_header() -> bytes:
+    from replay.readers.pycsv import HEADER
+
+    return HEADER.encode()
+
+
+@pytest.mark.parametrize(
+    "fmt,text",
+    [
+        ("candump", "(1.5) can0 123#R\n"),  # remote frame
+        ("candump", "(1.5) can0 123#0102 1 fuzzing\n"),  # label columns
+        ("candump", " (1.5) can0 123#0102\n"),  # leading space
+        ("candump", "(1.5) can0 123#010\n"),  # odd hex: the general reader names the line
+        ("csv", "timestamp,arbitration_id,extended,remote,error,dlc,data\n1.5,0x123,0,1,0,2,AQI=\n"),
+        ("csv", "timestamp,arbitration_id,extended,remote,error,dlc,data\n1.5,0x123,0,0,0,2,AQ=I\n"),
+    ],
+)
+def test_anything_unusual_leaves_the_fast_path(fmt, text):
+    from replay.readers import _fast
+
+    data = text.encode()
+    out = _fast.candump(data) if fmt == "candump" else _fast.pycsv(data, _fast_header())
+    assert out is None

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from detector.schema import FLAG_ERROR, FLAG_RTR, LABELS
+from replay.readers import _fast
 from replay.readers import _text as tx
 from replay.readers._base import LABEL_WORDS, LogFormat, build_frames, head_lines, mostly
 
@@ -29,6 +30,9 @@ def sniff(head: bytes) -> bool:
 
 
 def read(path: str, data: bytes | None) -> np.ndarray:
+    fast = _fast.candump(data or b"")
+    if fast is not None:
+        return fast
     t = tx.load_text(path, data or b"")
     f = tx.WsFields(t)
     tx.check_count(t, f, f.count >= 3, "at least 3")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.schema import FLAG_ERROR, FLAG_RTR
+from replay.readers import _fast
 from replay.readers import _text as tx
 from replay.readers._base import LogFormat, build_frames, head_lines
 
@@ -28,6 +29,9 @@ def sniff(head: bytes) -> bool:
 
 
 def read(path: str, data: bytes | None) -> np.ndarray:
+    fast = _fast.pycsv(data or b"", HEADER.encode())
+    if fast is not None:
+        return fast
     t = tx.load_text(path, data or b"")
     if len(t) and t.line(0).replace(" ", "").lower() == HEADER:
         t = t.select(slice(1, None))
