@@ -109,8 +109,13 @@ def _death_signal_hook() -> Callable[[], None] | None:
     return hook
 
 
-def _kafka_answers(bootstrap: str, timeout_s: float) -> bool:
-    """True when the broker answers a Kafka Metadata request."""
+def _kafka_answers(bootstrap: str, timeout_s: float, *, bootstrap_only: bool = False) -> bool:
+    """True when the broker answers a Kafka Metadata request.
+
+    ``bootstrap_only``: stop after the client's bootstrap round trip, which
+    talks to ``bootstrap`` alone (list_topics would go to the advertised
+    address, e.g. a TLS proxy the plain probe cannot speak to).
+    """
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -125,7 +130,8 @@ def _kafka_answers(bootstrap: str, timeout_s: float) -> bool:
     except (KafkaError, OSError):
         return False
     try:
-        admin.list_topics()
+        if not bootstrap_only:
+            admin.list_topics()
         return True
     except (KafkaError, OSError):
         return False
@@ -156,12 +162,16 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         *,
         advertised_host: str | None = None,
+        advertised_port: int | None = None,
         log_path: Path | str | None = None,
         startup_timeout_s: float = 20.0,
         die_with_parent: bool = True,
     ) -> None:
         self.host = host
         self.advertised_host = advertised_host or host
+        # A different port in metadata answers, e.g. a TLS proxy (stunnel) in
+        # front of the plain listener: clients then bootstrap through the proxy.
+        self.advertised_port = advertised_port
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.die_with_parent = die_with_parent
@@ -176,7 +186,14 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         if self.port is None:
             raise BrokerError("broker has not been started")
-        return f"{self.advertised_host}:{self.port}"
+        return f"{self.advertised_host}:{self.advertised_port or self.port}"
+
+    @property
+    def listener(self) -> str:
+        """The plain address Tansu listens on (``bootstrap`` unless advertised elsewhere)."""
+        if self.port is None:
+            raise BrokerError("broker has not been started")
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -270,7 +287,7 @@ class EmbeddedBroker:
             "--listener-url",
             f"tcp://{self.host}:{self.port}",
             "--advertised-listener-url",
-            f"tcp://{self.advertised_host}:{self.port}",
+            f"tcp://{self.advertised_host}:{self.advertised_port or self.port}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -315,7 +332,11 @@ class EmbeddedBroker:
                     f"Tansu exited with status {self._proc.returncode} on port {self.port}: "
                     f"{self.log_tail(5) or 'no output'}"
                 )
-            if _tcp_open(probe_host, self.port) and _kafka_answers(self.bootstrap, 2.0):
+            if _tcp_open(probe_host, self.port) and (
+                _kafka_answers(self.bootstrap, 2.0)
+                if self.advertised_port in (None, self.port)
+                else _kafka_answers(f"{probe_host}:{self.port}", 2.0, bootstrap_only=True)
+            ):
                 return
             time.sleep(0.02)
         raise BrokerError(

@@ -31,6 +31,7 @@ class KafkaConfig:
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 2000
     max_poll_records: int = 500
+    commit_interval_s: float = 1.0
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str = ""
     ssl_certfile: str = ""
@@ -108,6 +109,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "kafka.session_timeout_ms": (lambda v: v >= 1000, ">= 1000"),
     "kafka.heartbeat_interval_ms": (lambda v: v >= 100, ">= 100"),
     "kafka.max_poll_records": (lambda v: v >= 1, ">= 1"),
+    "kafka.commit_interval_s": (lambda v: 0 <= v <= 60, "in [0, 60]"),
     "detection.window_s": (lambda v: 0.01 <= v <= 3600, "in [0.01, 3600]"),
     "detection.target_fpr": (lambda v: 0 < v < 0.5, "in (0, 0.5)"),
     "detection.holdout_fraction": (lambda v: 0.05 <= v <= 0.9, "in [0.05, 0.9]"),

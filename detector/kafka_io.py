@@ -5,7 +5,11 @@ SASL password is read here from the environment variable named by
 ``sasl_password_env`` or from ``sasl_password_file`` — never from the config
 file or the command line — and both the password and the kwargs dicts have a
 redacting repr, because kafka-python's admin client logs its whole
-configuration at DEBUG.
+configuration at DEBUG. kafka-python also logs, at DEBUG, every request and
+the raw bytes it sends, which for SASL PLAIN contain the password in clear:
+``sasl_password`` therefore registers the password with ``redact_in_logs``,
+and every log record of the process (any logger, any handler) shows ``***``
+in its place.
 
 Delivery: producers use ``acks="all"`` and ``enable_idempotence=True``. The
 embedded Tansu broker accepts idempotent producers (InitProducerId and
@@ -20,17 +24,27 @@ produced as 1+1+1+1+5. The high watermark in Fetch responses is correct.
 ``end_offsets(...)[tp] - position(tp)`` is exact for partitions the consumer has
 fetched (always true for a partition it is consuming) and a lower bound before
 the first fetch. Against real Kafka both numbers agree.
+
+Connection failures: kafka-python reports a failed bootstrap as a bare
+``KafkaTimeoutError`` and leaves the reason (refused TLS certificate, a TLS
+client talking to a plain port, ...) to its log. ``make_producer`` and
+``make_consumer`` turn it into ``KafkaConnectError`` (one line for the CLIs)
+and connect again (TCP, the TLS handshake with the same settings) to name
+the cause (``connect_diagnosis``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from detector.config import KafkaConfig
-from detector.errors import ConfigError
+from detector.errors import CanwatchError, ConfigError
 
 #: Producer limit above the wire format's 4 MiB record cap (headers, batch overhead).
 MAX_REQUEST_BYTES = 5 * 1024 * 1024
@@ -74,7 +88,47 @@ def sasl_password(cfg: KafkaConfig, env: Mapping[str, str] | None = None) -> Sec
         source = f"environment variable {cfg.sasl_password_env} (kafka.sasl_password_env)"
     if not password:
         raise ConfigError(f"SASL password is empty or missing: set {source}")
+    redact_in_logs(password)
     return Secret(password)
+
+
+def password_source(cfg: KafkaConfig) -> str:
+    """Where the SASL password is read from, for messages (never the value)."""
+    if cfg.sasl_password_file:
+        return f"kafka.sasl_password_file {cfg.sasl_password_file}"
+    return f"environment variable {cfg.sasl_password_env}"
+
+
+_REDACTED: set[str] = set()
+
+
+def redact_in_logs(secret: str) -> None:
+    """Replace ``secret`` by ``***`` in every log record made from now on.
+
+    Also its forms inside a ``repr`` of str or of its UTF-8 bytes (kafka-python's
+    wire dumps are ``bytearray(b'...')``). Done in the log record factory, so it
+    covers every logger and handler, including ones configured later; records
+    are only built for enabled levels, so the cost is nil unless logging is on.
+    """
+    forms = {secret, repr(secret)[1:-1], repr(secret.encode("utf-8"))[2:-1]}
+    if not _REDACTED:
+        base = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = base(*args, **kwargs)
+            try:
+                message = record.getMessage()
+            except Exception:  # a bad format string: logging reports it later
+                return record
+            redacted = message
+            for form in sorted(_REDACTED, key=len, reverse=True):
+                redacted = redacted.replace(form, "***")
+            if redacted != message:
+                record.msg, record.args = redacted, None
+            return record
+
+        logging.setLogRecordFactory(factory)
+    _REDACTED.update(f for f in forms if f)
 
 
 def security_config(cfg: KafkaConfig, env: Mapping[str, str] | None = None) -> KafkaKwargs:
@@ -137,12 +191,120 @@ def admin_config(cfg: KafkaConfig, env: Mapping[str, str] | None = None) -> Kafk
     return _common(cfg, env)
 
 
+class KafkaConnectError(CanwatchError):
+    """A client could not bootstrap from ``kafka.bootstrap``; names the cause when it can."""
+
+
+def _tls_context(cfg: KafkaConfig) -> ssl.SSLContext:
+    """The client context kafka-python 3.0 builds from these settings."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks the host name
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.ssl_cafile:
+        ctx.load_verify_locations(cfg.ssl_cafile)
+    else:
+        ctx.load_default_certs()
+    if cfg.ssl_certfile:
+        # a callable, so an encrypted key fails here instead of prompting
+        ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile or None, password=lambda: b"")
+    return ctx
+
+
+def _tls_problem(
+    ctx: ssl.SSLContext, sock: socket.socket, server: str, host: str, cafile: str
+) -> str | None:
+    """Why a TLS session with ``server`` fails, or None. Consumes ``sock``."""
+    try:
+        with ctx.wrap_socket(sock, server_hostname=host) as tls:
+            # TLS 1.3: a refused client certificate shows on the first read.
+            tls.settimeout(0.5)
+            try:
+                if tls.recv(1) == b"":
+                    return (
+                        f"{server} closed the TLS connection after the handshake "
+                        "(does it require a client certificate? kafka.ssl_certfile)"
+                    )
+            except TimeoutError:
+                pass  # quiet, as a Kafka broker is until asked: TLS is fine
+        return None
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"TLS certificate verification failed for {server}: {exc.verify_message} "
+            f"(the broker's certificate must be signed by a CA in {cafile} and name {host})"
+        )
+    except ssl.SSLError as exc:
+        return f"TLS handshake with {server} failed: {exc.reason or exc}"
+    except OSError as exc:
+        return f"TLS handshake with {server} failed: {exc} (is it a TLS listener?)"
+    finally:
+        sock.close()
+
+
+def connect_diagnosis(cfg: KafkaConfig, timeout_s: float = 5.0) -> str | None:
+    """Why clients with these settings cannot bootstrap, as far as can be told; or None.
+
+    kafka-python reports only a timeout. This connects to each bootstrap
+    server again: nothing listening, then (with an SSL security_protocol) a
+    TLS handshake with kafka-python's own settings, naming a certificate or
+    handshake failure. When TCP and TLS are fine and SASL is configured, what
+    is left is the SASL login, so the message says so (with the mechanism,
+    user and password *source*, never the password). None: no idea.
+    """
+    ctx, cafile = None, ""
+    if "SSL" in cfg.security_protocol:
+        try:
+            ctx = _tls_context(cfg)
+        except (ssl.SSLError, OSError) as exc:
+            return f"cannot load the TLS files (kafka.ssl_cafile/ssl_certfile/ssl_keyfile): {exc}"
+        cafile = f"kafka.ssl_cafile {cfg.ssl_cafile}" if cfg.ssl_cafile else "the system CAs"
+    unreachable = []
+    for server in (s.strip() for s in cfg.bootstrap.split(",")):
+        host, _, port = server.rpartition(":")
+        try:
+            sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except (OSError, ValueError) as exc:
+            unreachable.append(f"{server}: {getattr(exc, 'strerror', None) or exc}")
+            continue
+        if ctx is None:
+            sock.close()
+        else:
+            problem = _tls_problem(ctx, sock, server, host, cafile)
+            if problem:
+                return problem
+        if cfg.security_protocol.startswith("SASL"):
+            over = "TLS" if ctx is not None else "TCP"
+            return (
+                f"{server} answers over {over}, so the SASL {cfg.sasl_mechanism} login as "
+                f"{cfg.sasl_username!r} was probably refused: check kafka.sasl_username, the "
+                f"password in {password_source(cfg)}, and that the broker enables "
+                f"{cfg.sasl_mechanism}"
+            )
+        return None
+    return "no broker accepts connections (" + "; ".join(unreachable) + ")"
+
+
+def connect_error(
+    cfg: KafkaConfig, exc: BaseException, timeout_s: float = 5.0
+) -> KafkaConnectError:
+    """The one-line error for a client that could not bootstrap (never shows secrets)."""
+    reason = connect_diagnosis(cfg, timeout_s) or exc
+    return KafkaConnectError(f"cannot reach Kafka at {cfg.bootstrap}: {reason}")
+
+
+def _diagnosis_timeout(kwargs: Mapping[str, Any]) -> float:
+    """No longer per step than the caller was prepared to wait for the bootstrap."""
+    return min(5.0, max(0.5, kwargs.get("bootstrap_timeout_ms", 30_000) / 1000))
+
+
 def make_producer(cfg: KafkaConfig, env: Mapping[str, str] | None = None, **overrides: Any):
     from kafka import KafkaProducer
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     kwargs = producer_config(cfg, env)
     kwargs.update(overrides)
-    return KafkaProducer(**kwargs)
+    try:
+        return KafkaProducer(**kwargs)
+    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        raise connect_error(cfg, exc, _diagnosis_timeout(kwargs)) from None
 
 
 def make_consumer(
@@ -154,10 +316,14 @@ def make_consumer(
 ):
     """A consumer subscribed to ``topics`` (group ``group_id`` or the configured one)."""
     from kafka import KafkaConsumer
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     kwargs = consumer_config(cfg, group_id, env)
     kwargs.update(overrides)
-    consumer = KafkaConsumer(**kwargs)
+    try:
+        consumer = KafkaConsumer(**kwargs)
+    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        raise connect_error(cfg, exc, _diagnosis_timeout(kwargs)) from None
     topics = list(topics)
     if topics:
         consumer.subscribe(topics)

@@ -8,48 +8,136 @@ closed one, which a restart re-forms as its partial first window), so after a
 crash every window is re-formed from re-read records and scored, and the
 incidents it re-emits carry the same deterministic ids (at-least-once).
 
-On a rebalance the revoked partitions' vehicles are *dropped*: their offsets
-were committed only as far as their open windows, so the new owner re-reads
-and rebuilds exactly that state.
+While a vehicle has an incident open, its offsets are held back further, to the
+window before the incident's first anomalous one: a restart then re-forms the
+whole incident and re-emits it under the same id, instead of opening a new one
+half-way through the attack.
+
+On a rebalance the vehicles of partitions that move elsewhere are *dropped*:
+their offsets were committed only as far as their open windows, so the new
+owner re-reads and rebuilds exactly that state. Partitions that stay with this
+instance keep their state and their fetch position (kafka-python 3 keeps the
+position of a partition re-assigned by an eager rebalance; dropping the state
+would lose its open windows). Partitions *lost* by eviction resume from the
+committed offsets, so their state is dropped too.
+
+Faults (each proved by tests/test_faults.py):
+
+- Process killed (kill -9, OOM, node loss): the restart, or the group member
+  that takes the partitions over, resumes from the committed offsets above.
+- Broker slow or unreachable: a poll's incidents and dead letters not
+  acknowledged within ``ACK_WAIT_S`` pause consumption (the paused partitions
+  are still polled, so the instance stays in its group) and nothing is
+  committed until they are. If the producer gives up on them (delivery
+  timeout, or a broker that no longer knows our producer id), the detector
+  *rewinds*: it drops its partitions' state and seeks back to the offsets of
+  the last acknowledged poll — what a restart would do, without exiting — with
+  a fresh producer, backing off exponentially. Offset commits are bounded
+  (``COMMIT_TIMEOUT_MS``); a failed commit is retried with the next batch.
+- ``canwatch_ready`` is 1 only with models loaded, partitions assigned, no
+  poll unacknowledged for more than ``UNREACHABLE_S``, and the broker heard
+  from within ``UNREACHABLE_S`` (acknowledgements, commits, group heartbeats,
+  or a bounded ListOffsets probe when idle; records are no proof, kafka-python
+  may serve them from its fetch buffer). While it is 0 the detector logs what
+  it waits for every ``WAIT_LOG_S`` s; it never exits because Kafka is away.
+  Clients reconnect within a second of the broker's return, and the producer
+  is replaced then (a broker that lost its state refuses the old producer id).
+  Consumption resumes only once the group coordinator confirms the membership
+  (a heartbeat answered, or a new assignment): after a long outage the group
+  may have evicted this instance and handed its partitions to another.
+- ``windows_out`` (``canwatch detect --windows-out``): JSON Lines, one line per
+  scored window and one per poll (records, frames, offsets), appended and
+  fsync'd *before* that poll's offsets are committed, so after kill -9 the file
+  still shows everything the offsets claim was processed.
+
+A broker that keeps its log (any real Kafka) loses nothing in an outage: what
+was not acknowledged is held or re-read, what was not committed is re-read. A
+memory-only broker (the embedded Tansu) that restarts comes back empty. Lost
+with it: records produced before the outage and not yet processed, incidents
+and dead letters not yet read from its topics, incidents of a poll it had not
+acknowledged when it went down (their records are gone too), the topics
+themselves (create them again, or producers auto-create them with the broker's
+default partition count) and the group's committed offsets. The detector
+notices that its group membership is gone, rejoins, and reads the new log from
+its start (``auto_offset_reset=earliest``); records it fetched from the new log
+before noticing are read again. Its per-vehicle state goes with the lost
+partitions, so each vehicle's first window after the outage is partial and
+unscored, and an attack still under way re-opens as a new incident (new id).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from kafka.errors import KafkaError
 
 from detector.brands import Fleet
 from detector.config import Config
-from detector.errors import DecodeError, ModelError
+from detector.errors import CanwatchError, DecodeError, ModelError
 from detector.incidents import IncidentTracker, observations
-from detector.kafka_io import end_offsets, make_consumer, make_producer
+from detector.kafka_io import make_consumer, make_producer
 from detector.metrics import DetectorMetrics
 from detector.model import PlatformModel
 from detector.model_registry import ModelRegistry, failure_reason
 from detector.pipeline import Scorer, vehicle_clock, window_scores
 from detector.privacy import load_key, pseudonym, scrub
-from detector.wire import decode_record
+from detector.wire import dead_letter_copy, decode_records
 
 log = logging.getLogger("canwatch.detect")
 NO_MODEL = "no_model"
 LAG_INTERVAL_S = 5.0
 ACTIVE_S = 60.0  # a vehicle counts as active this long after its last record
+ACK_WAIT_S = 2.0  # wait this long for a poll's acks before pausing consumption
+HOLD_POLL_MS = 100  # poll of the paused partitions while acks are outstanding
+COMMIT_TIMEOUT_MS = 2000
+UNREACHABLE_S = 5.0  # no word from the broker for this long: not ready
+PROBE_S = 2.0  # no word from the broker for this long: ask it (ListOffsets)
+PROBE_TIMEOUT_MS = 1000
+WAIT_LOG_S = 10.0  # repeat the "waiting for Kafka" line this often
+CLOSE_WAIT_S = 5.0  # on stop: wait this long for outstanding acks
+MAX_BACKOFF_S = 30.0  # between rewinds when deliveries keep failing
+#: Reconnect within a second of the broker coming back (kafka-python backs off
+#: exponentially up to 30 s by default); never block a send for a minute on
+#: missing metadata (max_block_ms): fail it and rewind instead.
+CONSUMER_OVERRIDES = {"reconnect_backoff_max_ms": 1000}
+PRODUCER_OVERRIDES = {"reconnect_backoff_max_ms": 1000, "max_block_ms": 5000}
+PRODUCER_BOOTSTRAP_MS = 5000  # a replacement producer: give up (and retry) after this
 
 
 def default_detector_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+@dataclass
+class _Delivery:
+    """One poll's incidents and dead letters, sent, until the broker acknowledges them."""
+
+    futures: list
+    since: float  # monotonic time they were sent
+    t_sent: float  # perf_counter, for the produce stage histogram
+    summary: dict  # the poll line of the audit file
+    windows: list[str] = field(default_factory=list)  # window lines of the audit file
+
+
 class Detector:
     def __init__(
-        self, cfg: Config, fleet: Fleet, metrics: DetectorMetrics, detector_id: str | None = None
+        self,
+        cfg: Config,
+        fleet: Fleet,
+        metrics: DetectorMetrics,
+        detector_id: str | None = None,
+        *,
+        windows_out: Path | str | None = None,
     ) -> None:
         self.cfg = cfg
         self.fleet = fleet
@@ -71,6 +159,23 @@ class Detector:
         self._last_lag = 0.0
         self._last_active = 0.0
         self._active_brands: set[str] = set()
+        self.windows_out = Path(windows_out) if windows_out else None
+        self._audit = None  # the open windows_out file
+        self._delivery: _Delivery | None = None  # a poll's output awaiting the broker's acks
+        self._resume_at: dict = {}  # tp -> where a restart would resume (last acked poll)
+        self._last_contact = time.monotonic()  # the broker's last sign of life
+        self._last_probe = 0.0
+        self._unreachable_since: float | None = None
+        self._last_wait_log = 0.0
+        self._failures = 0  # consecutive rewinds (back-off)
+        self._revoking: set = set()  # revoked, state kept until the assignment says
+        self._commit_after = 0.0  # no commit attempt before (after a failed one)
+        self._last_commit = 0.0  # monotonic time of the last commit attempt
+        self._uncommitted = False  # acknowledged polls whose offsets wait for the next commit
+        self._last_producer_try = 0.0
+        self._probe_partitions: list = []  # the last assigned partitions
+        self._confirm_since: float | None = None  # back from an outage: membership unconfirmed
+        self._stop = threading.Event()  # run()'s; interrupts back-off sleeps
 
     # -- models ----------------------------------------------------------------
 
@@ -97,53 +202,141 @@ class Detector:
             def on_partitions_revoked(self, revoked):
                 detector._revoked(set(revoked))
 
+            def on_partitions_lost(self, lost):
+                detector._lost(set(lost))
+
             def on_partitions_assigned(self, assigned):
+                detector._assigned(set(assigned))
                 detector.metrics.rebalanced([tp.partition for tp in assigned])
                 log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
         self.registry.refresh()
         self._last_reload = time.monotonic()
-        self.producer = make_producer(self.cfg.kafka)
-        self.consumer = make_consumer(self.cfg.kafka, [], self.cfg.kafka.group_id)
+        if self.windows_out is not None:  # before connecting: a bad path fails at once
+            self._audit = open(self.windows_out, "a", encoding="utf-8")  # noqa: SIM115
+        self.producer = make_producer(self.cfg.kafka, **PRODUCER_OVERRIDES)
+        self.consumer = make_consumer(
+            self.cfg.kafka, [], self.cfg.kafka.group_id, **CONSUMER_OVERRIDES
+        )
         self.consumer.subscribe([self.cfg.kafka.telemetry_topic], listener=Listener())
+        self._last_contact = time.monotonic()
         self.metrics.set_up(True)
 
     def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set; then finish the batch, flush, commit, close."""
+        """Poll until ``stop`` is set; then finish the batch, flush, commit, close.
+
+        Kafka errors never end the loop: the detector rewinds (see ``_rewind``)
+        and tries again.
+        """
+        self._stop = stop
         self.start()
         try:
             while not stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                except KafkaError as exc:
+                    self._rewind(f"Kafka error: {exc!r}")
         finally:
             self.close()
 
     def close(self) -> None:
+        self._commit_after = 0.0  # last chance: no back-off
         try:
-            if self.producer is not None:
-                self.producer.flush()
             if self.consumer is not None:
-                self._commit()
-                self.consumer.close(autocommit=False)
+                if self._delivery is not None:
+                    d = self._delivery
+                    if not self._settle(CLOSE_WAIT_S, final=True):
+                        log.warning(
+                            "stopping with %d of %d records not acknowledged by Kafka %s; not "
+                            "committing their offsets (they will be re-read)",
+                            sum(not f.succeeded() for f in d.futures),
+                            len(d.futures),
+                            self.cfg.kafka.bootstrap,
+                        )
+                else:
+                    self._commit()
+                self.consumer.close(autocommit=False, timeout_ms=COMMIT_TIMEOUT_MS)
             if self.producer is not None:
-                self.producer.close()
+                self.producer.close(timeout=CLOSE_WAIT_S)
         finally:
+            if self._audit is not None:
+                self._audit.close()
+                self._audit = None
             self.metrics.set_up(False)
             self.metrics.set_ready(False)
 
     # -- one poll -----------------------------------------------------------------
 
     def step(self, timeout_ms: int = 200) -> int:
-        """One poll → decode → score → incidents → ack → commit. Returns records handled."""
+        """One poll → decode → score → incidents → ack → commit. Returns records handled.
+
+        While an earlier poll's output is not acknowledged, only polls the
+        paused partitions (to stay in the group) and waits for the broker.
+        """
         self._housekeeping()
+        self._update_ready()
+        if self._delivery is not None:
+            self._hold(min(timeout_ms, HOLD_POLL_MS))
+            self._settle(HOLD_POLL_MS / 1000)
+            return 0
+        if not self._membership_confirmed() or (self.producer is None and not self._new_producer()):
+            self._hold(min(timeout_ms, HOLD_POLL_MS))
+            return 0
+        self._resume_paused()
         polled = self.consumer.poll(
             timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records
         )
-        self.metrics.set_ready(bool(self.scorer.models) and bool(self.consumer.assignment()))
         n = sum(len(v) for v in polled.values())
         if n == 0:
+            self._commit_if_due()  # idle: what the last polls left uncommitted
             return 0
+        for tp, records in polled.items():
+            self._resume_at.setdefault(tp, records[0].offset)
+        try:
+            self._process(polled, n)
+        except KafkaError as exc:  # a send refused outright (no metadata within max_block_ms)
+            self._rewind(f"cannot send to Kafka {self.cfg.kafka.bootstrap}: {exc!r}")
+            return n
+        self._settle(ACK_WAIT_S)
+        return n
+
+    def _membership_confirmed(self) -> bool:
+        """After an outage: has the group coordinator confirmed we are still a member
+        (a heartbeat answered since, or a new assignment)? Until then the partitions
+        stay paused: if the group evicted us meanwhile, another member may own them,
+        and a broker that lost its log would hand us a new log at our old positions.
+        Bounded by the session timeout, past which an eviction would have shown."""
+        since = self._confirm_since
+        if since is None:
+            return True
+        hb = self._heartbeat_received()
+        waited = time.monotonic() - since
+        limit = (self.cfg.kafka.session_timeout_ms + self.cfg.kafka.heartbeat_interval_ms) / 1000
+        if (hb is not None and hb > since) or waited > limit:
+            self._confirm_since = None
+            return True
+        return False
+
+    def _new_producer(self) -> bool:
+        """A fresh producer (after a rewind or an outage); False while Kafka refuses one."""
+        now = time.monotonic()
+        if now - self._last_producer_try < PROBE_S:
+            return False
+        self._last_producer_try = now
+        try:
+            self.producer = make_producer(
+                self.cfg.kafka, bootstrap_timeout_ms=PRODUCER_BOOTSTRAP_MS, **PRODUCER_OVERRIDES
+            )
+        except (KafkaError, CanwatchError) as exc:
+            log.warning("cannot create a Kafka producer yet: %s", exc)
+            return False
+        return True
+
+    def _process(self, polled: dict, n: int) -> None:
+        """Decode, score, fold into incidents and send; the acks are awaited by ``_settle``."""
         t0 = time.perf_counter()
         batches, futures = self._decode(polled)
+        dead = len(futures)
         t1 = time.perf_counter()
         self.metrics.observe_stage("decode", t1 - t0)
         before = dict(self.scorer.seconds)
@@ -151,8 +344,8 @@ class Detector:
         t2 = time.perf_counter()
         for stage in ("features", "score"):
             self.metrics.observe_stage(stage, self.scorer.seconds[stage] - before[stage])
-        for brand, n in self.scorer.late_by_brand.items():
-            self.metrics.brand(brand).late_frames.inc(n)
+        for brand, late in self.scorer.late_by_brand.items():
+            self.metrics.brand(brand).late_frames.inc(late)
         self.scorer.late_by_brand.clear()
         events = self._incidents(scored)
         t3 = time.perf_counter()
@@ -166,51 +359,239 @@ class Detector:
                     headers=[("content-type", b"application/json"), ("schema", b"1")],
                 )
             )
-        self.producer.flush()
-        for f in futures:
-            f.get(timeout=30)  # raises if the broker did not acknowledge: nothing is committed
+        windows = self._audit_windows(scored) if self._audit is not None else []
+        summary = {
+            "records": n,
+            "frames": int(sum(len(frames) for _, _, frames in batches)),
+            "dead_letters": dead,
+            "incidents": len(events),
+            "windows": len(windows),
+            "offsets": {
+                str(tp.partition): [records[0].offset, records[-1].offset]
+                for tp, records in polled.items()
+            },
+        }
+        self._delivery = _Delivery(futures, time.monotonic(), t3, summary, windows)
+
+    def _settle(self, wait_s: float, *, final: bool = False) -> bool:
+        """Wait up to ``wait_s`` for the outstanding poll's acks. Once all are in: write
+        the audit, commit, resume consuming; True. False while some are missing, or
+        (after rewinding, unless ``final``) when the producer gave up on some."""
+        d = self._delivery
+        if d is None:
+            return True
+        if not all(f.is_done for f in d.futures):
+            try:
+                self.producer.flush(timeout=wait_s)
+            except KafkaError:  # KafkaTimeoutError: not yet
+                pass
+        failed = [f for f in d.futures if f.failed()]
+        if failed:
+            if not final:
+                self._rewind(
+                    f"Kafka {self.cfg.kafka.bootstrap} did not take {len(failed)} of "
+                    f"{len(d.futures)} incidents/dead letters ({failed[0].exception!r})"
+                )
+            return False
+        if not all(f.is_done for f in d.futures):
+            return False
+        if d.futures:
+            self._heard_from_broker()
         t4 = time.perf_counter()
-        self.metrics.observe_stage("produce", t4 - t3)
-        self._commit()
+        self.metrics.observe_stage("produce", t4 - d.t_sent)
+        self._write_audit(d)  # durable before the commit that makes it the truth
+        self._delivery = None
+        self._failures = 0
+        self._resume_paused()
+        self._resume_at.update({tp: om.offset for tp, om in self._safe_offsets().items()})
+        self._uncommitted = True
+        self._commit_if_due(final)
         self.metrics.observe_stage("commit", time.perf_counter() - t4)
-        return n
+        return True
+
+    def _hold(self, timeout_ms: int) -> None:
+        """Poll with every partition paused: keeps the group membership (and runs the
+        rebalance listener) without taking in new records."""
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(*assigned)
+        polled = self.consumer.poll(timeout_ms=timeout_ms)
+        for tp, records in polled.items():  # assigned during this very poll: not paused yet
+            self.consumer.seek(tp, records[0].offset)
+
+    def _resume_paused(self) -> None:
+        paused = self.consumer.paused()
+        if paused:
+            self.consumer.resume(*paused)
+
+    def _rewind(self, why: str) -> None:
+        """What a restart would do, without exiting: drop every partition's state, seek
+        back to where the last acknowledged poll left them, take a fresh producer
+        (new producer id), and back off before polling again."""
+        self._failures += 1
+        delay = min(2.0 ** (self._failures - 1), MAX_BACKOFF_S)
+        log.warning(
+            "%s; nothing committed: re-reading from the last acknowledged offsets in %.0f s",
+            why,
+            delay,
+        )
+        self.metrics.set_ready(False)
+        self._delivery = None
+        self._close_producer()
+        assigned = set(self.consumer.assignment())
+        self._drop(set(self.next_offset) | set(self.pending) | assigned)
+        for tp in assigned:
+            offset = self._resume_at.get(tp)
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+        self._resume_paused()
+        self._stop.wait(delay)
+
+    def _close_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)  # anything it still holds is re-sent after a rewind
+            except Exception as exc:  # closing a broken client must not break the detector
+                log.debug("closing the producer: %r", exc)
+
+    # -- audit (windows_out) -----------------------------------------------------------
+
+    def _audit_windows(self, scored: list) -> list[str]:
+        lines = []
+        for sc in scored:
+            v, w, s = window_scores(sc)
+            for vi, wi, si in zip(v.tolist(), w.tolist(), s.tolist(), strict=True):
+                row = {
+                    "type": "window",
+                    "vehicle": sc.names[vi],
+                    "brand": sc.brands[vi],
+                    "window_start": round(wi * self.window_s, 6),
+                    "score": round(si, 6),
+                    "model_version": sc.model_version,
+                }
+                lines.append(json.dumps(row, separators=(",", ":")))
+        return lines
+
+    def _write_audit(self, d: _Delivery) -> None:
+        if self._audit is None:
+            return
+        poll = {
+            "type": "poll",
+            "time": round(time.time(), 3),
+            "detector": self.detector_id,
+            **d.summary,
+            "assigned": sorted(tp.partition for tp in self.consumer.assignment()),
+        }
+        lines = [*d.windows, json.dumps(poll, separators=(",", ":"))]
+        self._audit.write("\n".join(lines) + "\n")
+        self._audit.flush()
+        os.fsync(self._audit.fileno())
+
+    # -- broker health ---------------------------------------------------------------
+
+    def _heard_from_broker(self) -> None:
+        self._last_contact = time.monotonic()
+
+    def _heartbeat_received(self) -> float | None:
+        """Monotonic time of the group coordinator's last heartbeat answer (kafka-python
+        internals, read defensively: None when unavailable)."""
+        hb = getattr(getattr(self.consumer, "_coordinator", None), "heartbeat", None)
+        t = getattr(hb, "last_receive", None)
+        return t if isinstance(t, float) and math.isfinite(t) else None
+
+    def _update_ready(self) -> None:
+        now = time.monotonic()
+        hb = self._heartbeat_received()
+        if hb is not None and hb > self._last_contact:
+            self._last_contact = hb
+        silent = now - self._last_contact
+        d = self._delivery
+        stuck = d is not None and now - d.since > UNREACHABLE_S
+        healthy = silent <= UNREACHABLE_S and not stuck
+        if not healthy:
+            if self._unreachable_since is None:  # since its last sign of life
+                self._unreachable_since = min(self._last_contact, d.since if stuck else now)
+            if now - self._last_wait_log >= WAIT_LOG_S:
+                self._last_wait_log = now
+                log.warning("%s", self._waiting_for(silent, now))
+        elif self._unreachable_since is not None:
+            log.warning(
+                "Kafka broker %s is back after %.1f s; consuming again once the group confirms "
+                "our membership",
+                self.cfg.kafka.bootstrap,
+                now - self._unreachable_since,
+            )
+            self._unreachable_since = None
+            self._last_wait_log = 0.0
+            self._confirm_since = now
+            if self._delivery is None:
+                # A broker that lost its state (memory storage, rebuilt cluster) no
+                # longer knows our producer id and would refuse its sequence numbers.
+                self._close_producer()
+        self.metrics.set_ready(
+            healthy
+            and self._membership_confirmed()
+            and bool(self.scorer.models)
+            and bool(self.consumer.assignment())
+        )
+
+    def _waiting_for(self, silent: float, now: float) -> str:
+        d = self._delivery
+        what = f"waiting for Kafka broker {self.cfg.kafka.bootstrap}"
+        if silent > UNREACHABLE_S:
+            what += f" (unreachable for {silent:.0f} s)"
+        if d is not None:
+            missing = sum(not f.is_done for f in d.futures)
+            what += (
+                f"; {missing} of {len(d.futures)} incidents/dead letters unacknowledged "
+                f"for {now - d.since:.0f} s, consumption paused"
+            )
+        return what + "; not committing"
 
     def _decode(self, polled: dict) -> tuple[list, list]:
+        """A poll's records → (vehicle, brand, frames) batches; the rest dead-lettered.
+
+        Decoded as one (``wire.decode_records``), counted per brand once per poll.
+        """
         batches, futures = [], []
-        known = self._known_brands()
         now = time.time()
         det = self.cfg.detection
+        records = [(tp, r) for tp, rs in polled.items() for r in rs]
+        results = decode_records(
+            [(r.key, r.value, r.headers) for _, r in records],
+            known_brands=self._known_brands(),
+            now=now,
+            max_future_s=det.max_future_s,
+            min_ts=det.min_ts,
+        )
         newest: dict = {}
-        for tp, records in polled.items():
-            for r in records:
-                self.next_offset[tp] = r.offset + 1
-                self.metrics.bytes_consumed.inc(len(r.value or b""))
-                try:
-                    b = decode_record(
-                        r.key,
-                        r.value,
-                        r.headers,
-                        known_brands=known,
-                        now=now,
-                        max_future_s=det.max_future_s,
-                        min_ts=det.min_ts,
-                    )
-                    if self.privacy_key is not None:
-                        b = type(b)(pseudonym(self.privacy_key, b.vehicle), b.brand, b.frames)
-                    if self.scorer.platform_for(b.brand) is None:
-                        raise DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
-                except DecodeError as exc:
-                    futures.append(self._dead_letter(r, exc))
-                    continue
-                bm = self.metrics.brand(b.brand)
-                bm.records.inc()
-                bm.frames.inc(len(b.frames))
-                batches.append((b.vehicle, b.brand, b.frames))
-                ts_max = float(b.frames["ts"].max())
-                self.pending[tp].append((r.offset, b.vehicle, b.brand, ts_max))
-                self.vehicle_tp[b.vehicle] = tp
-                self.last_seen[b.vehicle] = (b.brand, time.monotonic())
-                newest[tp] = max(newest.get(tp, 0.0), ts_max)
+        per_brand: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        seen_at = time.monotonic()
+        for (tp, r), b in zip(records, results, strict=True):
+            self.next_offset[tp] = r.offset + 1
+            if not isinstance(b, DecodeError) and self.scorer.platform_for(b.brand) is None:
+                b = DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
+            if isinstance(b, DecodeError):
+                futures.append(self._dead_letter(r, b))
+                continue
+            vehicle = b.vehicle
+            if self.privacy_key is not None:
+                vehicle = pseudonym(self.privacy_key, vehicle)
+            counts = per_brand[b.brand]
+            counts[0] += 1
+            counts[1] += len(b.frames)
+            batches.append((vehicle, b.brand, b.frames))
+            ts_max = float(b.frames["ts"][-1])  # sorted on decode
+            self.pending[tp].append((r.offset, vehicle, b.brand, ts_max))
+            self.vehicle_tp[vehicle] = tp
+            self.last_seen[vehicle] = (b.brand, seen_at)
+            newest[tp] = max(newest.get(tp, 0.0), ts_max)
+        self.metrics.bytes_consumed.inc(sum(len(r.value or b"") for _, r in records))
+        for brand, (n_records, n_frames) in per_brand.items():
+            bm = self.metrics.brand(brand)
+            bm.records.inc(n_records)
+            bm.frames.inc(n_frames)
         for tp, ts in newest.items():
             self.metrics.set_partition_lag(tp.partition, max(now - ts, 0.0), None)
         return batches, futures
@@ -222,11 +603,16 @@ class Detector:
         if self.privacy_key is not None:  # the raw id may sit in the key, the body or the detail
             key, value = scrub(self.privacy_key, record.key, record.value)
             detail = scrub(self.privacy_key, record.key, detail)[1]
-        headers = list(record.headers or []) + [
+        # Null key and value, null header values or > 4.5 MB would make send() raise
+        # and the consumer crash-loop on this record; the copy is always producible.
+        key, value, headers, altered = dead_letter_copy(key, value, record.headers)
+        headers += [
             ("error", exc.reason.encode()),
             ("error-detail", detail),
             ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
+        if altered:
+            headers.append(("error-altered", altered.encode()))
         return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
 
     def _incidents(self, scored: list) -> list[dict]:
@@ -257,40 +643,114 @@ class Detector:
 
     # -- offsets ------------------------------------------------------------------
 
+    def _horizon(self, vehicle: str, brand: str) -> float:
+        """Event time from which a restart must re-read ``vehicle``: the window before
+        its open one, or before the first anomalous window of its open incident (so
+        the incident is re-formed whole and keeps its id)."""
+        start = self.scorer.closed_until(vehicle, brand)
+        inc = self.tracker.open.get(vehicle)
+        if inc is not None:
+            start = min(start, inc.first_seen)
+        for o in (getattr(self.tracker, "weak", None) or {}).get(vehicle) or ():
+            start = min(start, getattr(o, "window_start", start))  # not yet an incident
+        return start - self.window_s
+
     def _safe_offsets(self) -> dict:
-        """Per partition: the oldest record that may still be needed to re-form a window."""
+        """Per partition: the oldest record that may still be needed to re-form a
+        window or an open incident."""
         from kafka.structs import OffsetAndMetadata
 
         out = {}
+        horizon: dict[str, float] = {}
         for tp, nxt in self.next_offset.items():
             keep = []
             for item in self.pending.get(tp, []):
                 _, vehicle, brand, ts_max = item
-                if ts_max >= self.scorer.closed_until(vehicle, brand) - self.window_s:
+                h = horizon.get(vehicle)
+                if h is None:
+                    h = horizon[vehicle] = self._horizon(vehicle, brand)
+                if ts_max >= h:
                     keep.append(item)
             self.pending[tp] = keep
             offset = min((o for o, *_ in keep), default=nxt)
             out[tp] = OffsetAndMetadata(offset, "", -1)
         return out
 
+    def _commit_if_due(self, now: bool = False) -> None:
+        # kafka.commit_interval_s: a sync commit per poll costs a broker round trip
+        # per few hundred records; a crash re-reads at most that much more.
+        due = time.monotonic() - self._last_commit >= self.cfg.kafka.commit_interval_s
+        if self._uncommitted and (now or due):
+            self._commit()
+
     def _commit(self) -> None:
+        """Commit the safe offsets; a failure (broker away, rebalance) is logged and
+        the next batch commits them (or later ones) instead."""
         offsets = self._safe_offsets()
-        if offsets:
+        self._last_commit = time.monotonic()
+        if offsets and time.monotonic() >= self._commit_after:
             assigned = self.consumer.assignment()
             offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
             if offsets:
-                self.consumer.commit(offsets)
+                try:
+                    self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                except KafkaError as exc:
+                    # not again for a while: each try blocks up to COMMIT_TIMEOUT_MS
+                    self._commit_after = time.monotonic() + PROBE_S
+                    log.warning(
+                        "offset commit to %s failed (%r); retried with a later batch",
+                        self.cfg.kafka.bootstrap,
+                        exc,
+                    )
+                    return
+                self._heard_from_broker()
+            self._uncommitted = False
 
     def _revoked(self, revoked: set) -> None:
         # No commit here: kafka-python runs this on its IO thread, where blocking
         # calls are refused. Offsets were committed after the last poll, and only
         # as far as is safe, so the new owner re-reads what the dropped state held.
-        gone = {v for v, tp in self.vehicle_tp.items() if tp in revoked}
+        # Eager rebalancing (kafka-python's default) revokes every partition, then
+        # assigns: partitions that come straight back keep their fetch position
+        # (kafka-python 3 preserves it), so they keep their state too, until
+        # _assigned. Partitions already gone (cooperative protocol) are dropped now.
+        current = set(self.consumer.assignment())
+        self._revoking |= revoked & current
+        self._forget(revoked - current)
+
+    def _lost(self, lost: set) -> None:
+        # Evicted from the group: kafka-python forgets these partitions' positions
+        # and resumes them from the committed offsets; the state goes with them.
+        self._revoking -= lost
+        self._forget(lost)
+
+    def _assigned(self, assigned: set) -> None:
+        self._confirm_since = None  # a fresh assignment: we are a member
+        for tp in self._revoking & assigned:  # kept: continue right after our state
+            if tp in self.next_offset:
+                self.consumer.seek(tp, self.next_offset[tp])
+        self._forget(self._revoking - assigned)
+        self._revoking = set()
+
+    def _forget(self, partitions: set) -> None:
+        if partitions:
+            self._drop(partitions)
+            for tp in partitions:
+                self._resume_at.pop(tp, None)
+
+    def _drop(self, partitions: set) -> None:
+        """Forget the vehicles of ``partitions`` (revoked, or re-read after a rewind)."""
+        gone = {v for v, tp in self.vehicle_tp.items() if tp in partitions}
+        for v in gone:  # their open incidents are no longer ours to count
+            inc = self.tracker.open.get(v)
+            sev = self.open_severity.pop(inc.id, None) if inc is not None else None
+            if sev is not None:
+                self.metrics.brand(inc.brand).active[sev[0]].dec()
         self.scorer.forget(gone)
         self.tracker.forget(gone)
         for v in gone:
             self.vehicle_tp.pop(v, None)
-        for tp in revoked:
+        for tp in partitions:
             self.pending.pop(tp, None)
             self.next_offset.pop(tp, None)
 
@@ -316,14 +776,38 @@ class Detector:
         if now - self._last_active >= LAG_INTERVAL_S:
             self._last_active = now
             self._count_active(now)
-        if now - self._last_lag >= LAG_INTERVAL_S and self.consumer.assignment():
+        lag_due = now - self._last_lag >= LAG_INTERVAL_S
+        quiet = now - self._last_contact >= PROBE_S and now - self._last_probe >= PROBE_S
+        if lag_due or quiet:
+            self._probe(now, lag_due)
+
+    def _probe(self, now: float, lag: bool) -> None:
+        """ListOffsets of the assigned partitions (or, while rejoining, of the last
+        assigned ones), bounded by PROBE_TIMEOUT_MS: a sign of life from the broker
+        when nothing else gave one, and the consumer lag."""
+        assigned = list(self.consumer.assignment())
+        if assigned:
+            self._probe_partitions = assigned
+        if not self._probe_partitions:
+            return
+        self._last_probe = now
+        if lag:
             self._last_lag = now
-            assigned = list(self.consumer.assignment())
-            try:
-                ends = end_offsets(self.consumer, assigned)
-                for tp in assigned:
-                    pos = self.consumer.position(tp, timeout_ms=1000)
-                    if pos is not None and tp in ends:
-                        self.metrics.set_partition_lag(tp.partition, None, max(ends[tp] - pos, 0))
-            except Exception as exc:  # lag is best effort; never stop consuming for it
-                log.debug("consumer lag unavailable: %s", exc)
+        try:
+            listed = self.consumer.end_offsets(self._probe_partitions, timeout_ms=PROBE_TIMEOUT_MS)
+        except KafkaError as exc:
+            log.debug("Kafka %s did not answer ListOffsets: %r", self.cfg.kafka.bootstrap, exc)
+            return
+        self._heard_from_broker()
+        if not lag or not assigned:
+            return
+        try:
+            for tp in assigned:
+                pos = self.consumer.position(tp, timeout_ms=PROBE_TIMEOUT_MS)
+                # the larger of ListOffsets and the fetch high watermark: see
+                # detector.kafka_io.end_offsets (Tansu's ListOffsets under-reports)
+                end = max(int(listed.get(tp) or 0), int(self.consumer.highwater(tp) or 0))
+                if pos is not None:
+                    self.metrics.set_partition_lag(tp.partition, None, max(end - pos, 0))
+        except Exception as exc:  # lag is best effort; never stop consuming for it
+            log.debug("consumer lag unavailable: %s", exc)

@@ -365,9 +365,13 @@ class _Crash(Exception):
 def test_crash_between_produce_and_commit_re_emits_the_same_incident(
     broker, unique_topic, cusw_models
 ):
-    # Small polls: many commits happen before the first incident.
+    # Small polls, each committed: many commits happen before the first incident.
     cfg = service_config(
-        broker, unique_topic, cusw_models, partitions=2, **{"kafka.max_poll_records": 50}
+        broker,
+        unique_topic,
+        cusw_models,
+        partitions=2,
+        **{"kafka.max_poll_records": 50, "kafka.commit_interval_s": 0.0},
     )
     streams, attacked = fleet_streams(
         4,

@@ -165,7 +165,7 @@ def _consumer(args: argparse.Namespace):
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
-    from detector.kafka_io import consumer_config
+    from detector.kafka_io import connect_error, consumer_config
 
     cfg = kafka_config(args)
     kwargs = consumer_config(cfg.kafka)
@@ -177,7 +177,7 @@ def _consumer(args: argparse.Namespace):
     try:
         consumer = KafkaConsumer(**kwargs)
     except KafkaError as exc:
-        raise IncidentsError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc}") from None
+        raise connect_error(cfg.kafka, exc) from None  # names a TLS cause, if any
     return consumer, args.topic or cfg.kafka.incident_topic
 
 
