@@ -527,8 +527,9 @@ def decode_records(
         except DecodeError as exc:
             out[i] = exc
     if binary:
-        joined = b"".join(memoryview(v)[HEADER_LEN:] for _, _, _, v, _ in binary)
-        frames = np.frombuffer(joined, dtype=np.uint8).copy().view(FRAME_DTYPE)
+        # one copy, into a buffer the pipeline owns and may normalise in place
+        joined = bytearray().join(memoryview(v)[HEADER_LEN:] for _, _, _, v, _ in binary)
+        frames = np.frombuffer(joined, dtype=FRAME_DTYPE)
         bounds = np.cumsum([0] + [c for *_, c in binary])
         faults = frame_faults_each(
             frames, bounds, float(min_ts), float(now + max_future_s), KNOWN_FLAGS,
