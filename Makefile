@@ -11,5 +11,10 @@ test:            ## install everything the tests need, then lint and run the sui
 	.venv/bin/python -m pytest -q
 lint:            ## ruff
 	.venv/bin/ruff check detector replay tests bench
-bench:           ## run the benchmarks (minutes)
-	.venv/bin/python bench/readers.py
+bench:           ## run the benchmarks (tens of minutes; results in out/bench)
+	mkdir -p out/bench
+	.venv/bin/python bench/readers.py --json out/bench/readers.json
+	.venv/bin/python bench/throughput.py --json out/bench/throughput.json
+	.venv/bin/python bench/latency.py --json out/bench/latency.json
+	.venv/bin/python bench/memory.py --json out/bench/memory.json
+	.venv/bin/python bench/quality.py --json out/bench/quality.json
