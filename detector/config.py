@@ -63,8 +63,6 @@ class ModelsConfig:
 @dataclass(frozen=True)
 class IncidentConfig:
     quiet_windows: int = 5
-    open_score: float = 2.0
-    open_consecutive: int = 3
     max_can_ids: int = 10
     max_evidence: int = 5
 
@@ -117,8 +115,6 @@ _RULES: dict[str, tuple[Any, str]] = {
     "detection.max_samples": (lambda v: v >= 2, ">= 2"),
     "models.reload_interval_s": (lambda v: v > 0, "> 0"),
     "incidents.quiet_windows": (lambda v: v >= 1, ">= 1"),
-    "incidents.open_score": (lambda v: v >= 1.0, ">= 1.0"),
-    "incidents.open_consecutive": (lambda v: v >= 1, ">= 1"),
     "metrics.address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
 }
 

@@ -114,7 +114,6 @@ class IncidentTracker:
         self.cfg = cfg
         self.detector = detector
         self.open: dict[str, _Incident] = {}
-        self.weak: dict[str, list[Observation]] = {}  # consecutive weak windows per vehicle
 
     def observe(self, obs: list[Observation], clock: dict[str, float]) -> list[dict]:
         """Fold in anomalous windows, then close incidents that went quiet.
@@ -148,15 +147,15 @@ class IncidentTracker:
         return events
 
     def close_all(self) -> list[dict]:
-        events = [self._event(inc, "closed") for inc in self.open.values()]
-        self.open.clear()
-        self.weak.clear()
-        return events
+        return self.close(set(self.open))
+
+    def close(self, vehicles: set[str]) -> list[dict]:
+        """Close the open incidents of ``vehicles`` (they went quiet for good)."""
+        return [self._event(self.open.pop(v), "closed") for v in sorted(vehicles & set(self.open))]
 
     def forget(self, vehicles: set[str]) -> None:
         for v in vehicles:
             self.open.pop(v, None)
-            self.weak.pop(v, None)
 
     def _fold(self, inc: _Incident, o: Observation) -> None:
         inc.windows += 1

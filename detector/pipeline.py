@@ -95,10 +95,23 @@ class Scorer:
         """End of stream: drop open (partial) windows; returns frames dropped."""
         return sum(st.window.flush() for st in self.state.values())
 
-    def forget(self, vehicles: set[str]) -> None:
-        """Drop the state of vehicles whose partition was revoked."""
-        for st in self.state.values():
+    def retire(self, vehicles: set[str]) -> list[ScoredRows]:
+        """Score the open windows of vehicles that went quiet (closing them now)."""
+        out = []
+        for platform, st in self.state.items():
             idx = [st.index[v] for v in vehicles if v in st.index]
+            if idx and platform in self.models:
+                model = self.models[platform]
+                rows = st.window.close_vehicles(np.array(idx), model.baseline)
+                if len(rows):
+                    out.append(self._scored(platform, rows))
+        return out
+
+    def forget(self, vehicles: set[str]) -> None:
+        """Drop the state of vehicles (partition revoked, or retired); if one comes
+        back it starts afresh, under a new index."""
+        for st in self.state.values():
+            idx = [st.index.pop(v) for v in vehicles if v in st.index]
             if idx:
                 st.window.forget_vehicles(np.array(idx))
 
@@ -130,8 +143,14 @@ class Scorer:
         t1 = time.perf_counter()
         for v, n in zip(*np.unique(st.window.last_late, return_counts=True), strict=True):
             self.late_by_brand[st.brands[int(v)]] += int(n)
-        scores, excess = model.scores_and_excess(rows.X, rows.can_id)
         self.seconds["features"] += t1 - t0
+        return self._scored(platform, rows)
+
+    def _scored(self, platform: str, rows: Rows) -> ScoredRows:
+        model = self.models[platform]
+        st = self.state[platform]
+        t1 = time.perf_counter()
+        scores, excess = model.scores_and_excess(rows.X, rows.can_id)
         self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)

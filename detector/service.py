@@ -97,6 +97,11 @@ log = logging.getLogger("canwatch.detect")
 NO_MODEL = "no_model"
 LAG_INTERVAL_S = 5.0
 ACTIVE_S = 60.0  # a vehicle counts as active this long after its last record
+#: A vehicle silent this long (wall clock) is retired: its open window is closed
+#: and scored, its open incident closed, its state freed. Until then its last
+#: window stays open, and so do the offsets of its records (a parked vehicle
+#: would otherwise hold its partition's committed offset back forever).
+IDLE_S = ACTIVE_S
 ACK_WAIT_S = 2.0  # wait this long for a poll's acks before pausing consumption
 HOLD_POLL_MS = 100  # poll of the paused partitions while acks are outstanding
 COMMIT_TIMEOUT_MS = 2000
@@ -159,6 +164,7 @@ class Detector:
         self._last_lag = 0.0
         self._last_active = 0.0
         self._active_brands: set[str] = set()
+        self._idle: set[str] = set()  # gone quiet: retired with the next poll
         self.windows_out = Path(windows_out) if windows_out else None
         self._audit = None  # the open windows_out file
         self._delivery: _Delivery | None = None  # a poll's output awaiting the broker's acks
@@ -287,7 +293,7 @@ class Detector:
             timeout_ms=timeout_ms, max_records=self.cfg.kafka.max_poll_records
         )
         n = sum(len(v) for v in polled.values())
-        if n == 0:
+        if n == 0 and not self._idle:
             self._commit_if_due()  # idle: what the last polls left uncommitted
             return 0
         for tp, records in polled.items():
@@ -341,13 +347,19 @@ class Detector:
         self.metrics.observe_stage("decode", t1 - t0)
         before = dict(self.scorer.seconds)
         scored = self.scorer.push(batches) if batches else []
+        retired = {v for v in self._idle if v not in self.last_seen}  # not back in this poll
+        self._idle = set()
+        if retired:
+            scored += self.scorer.retire(retired)
         t2 = time.perf_counter()
         for stage in ("features", "score"):
             self.metrics.observe_stage(stage, self.scorer.seconds[stage] - before[stage])
         for brand, late in self.scorer.late_by_brand.items():
             self.metrics.brand(brand).late_frames.inc(late)
         self.scorer.late_by_brand.clear()
-        events = self._incidents(scored)
+        events = self._incidents(scored, retired)
+        if retired:
+            self._drop_vehicles(retired)
         t3 = time.perf_counter()
         self.metrics.observe_stage("incidents", t3 - t2)
         for ev in events:
@@ -615,7 +627,7 @@ class Detector:
             headers.append(("error-altered", altered.encode()))
         return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
 
-    def _incidents(self, scored: list) -> list[dict]:
+    def _incidents(self, scored: list, retired: set[str] = frozenset()) -> list[dict]:
         events = []
         for sc in scored:
             v, w, s = window_scores(sc)
@@ -629,6 +641,7 @@ class Detector:
                     bm.observe_scores(s[sel])
             clock = vehicle_clock(sc, v, w, self.window_s)
             events += self.tracker.observe(observations(sc, self.window_s), clock)
+        events += self.tracker.close(set(retired))
         for ev in events:
             bm = self.metrics.brand(ev["brand"])
             if ev["status"] == "open":
@@ -651,8 +664,6 @@ class Detector:
         inc = self.tracker.open.get(vehicle)
         if inc is not None:
             start = min(start, inc.first_seen)
-        for o in (getattr(self.tracker, "weak", None) or {}).get(vehicle) or ():
-            start = min(start, getattr(o, "window_start", start))  # not yet an incident
         return start - self.window_s
 
     def _safe_offsets(self) -> dict:
@@ -741,6 +752,13 @@ class Detector:
     def _drop(self, partitions: set) -> None:
         """Forget the vehicles of ``partitions`` (revoked, or re-read after a rewind)."""
         gone = {v for v, tp in self.vehicle_tp.items() if tp in partitions}
+        self._drop_vehicles(gone)
+        for tp in partitions:
+            self.pending.pop(tp, None)
+            self.next_offset.pop(tp, None)
+
+    def _drop_vehicles(self, gone: set[str]) -> None:
+        """Forget vehicles: revoked, re-read after a rewind, or retired after going quiet."""
         for v in gone:  # their open incidents are no longer ours to count
             inc = self.tracker.open.get(v)
             sev = self.open_severity.pop(inc.id, None) if inc is not None else None
@@ -750,9 +768,6 @@ class Detector:
         self.tracker.forget(gone)
         for v in gone:
             self.vehicle_tp.pop(v, None)
-        for tp in partitions:
-            self.pending.pop(tp, None)
-            self.next_offset.pop(tp, None)
 
     # -- periodic -----------------------------------------------------------------
 
@@ -760,8 +775,9 @@ class Detector:
         """Vehicles per brand that sent telemetry within ACTIVE_S; forget older ones."""
         counts: dict[str, int] = dict.fromkeys(self._active_brands, 0)
         for vehicle, (brand, seen) in list(self.last_seen.items()):
-            if now - seen > ACTIVE_S:
+            if now - seen > IDLE_S:
                 del self.last_seen[vehicle]
+                self._idle.add(vehicle)
             else:
                 counts[brand] = counts.get(brand, 0) + 1
         for brand, n in counts.items():

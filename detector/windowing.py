@@ -244,6 +244,22 @@ class WindowState:
         scored = rows.window > self.first_window[rows.vehicle]
         return rows.take(np.flatnonzero(scored))
 
+    def close_vehicles(self, vehicles: np.ndarray, bl: Baseline) -> Rows:
+        """Close the open window of each of ``vehicles`` now, as a later frame would:
+        for vehicles that went quiet, whose last window would otherwise never close."""
+        vehicles = np.asarray(vehicles, dtype=np.int64)
+        vehicles = vehicles[vehicles < len(self.closed_upto)]
+        rows, row_vehicle = self.streams.vehicle_rows(vehicles)
+        open_w = self.streams.open_window[rows]
+        has = open_w != NO_WINDOW
+        if not has.any():
+            return Rows.empty()
+        cut = self.closed_upto.copy()
+        np.maximum.at(cut, row_vehicle[has], open_w[has] + 1)
+        emitted = Emitted(len(rows), N_FEATURES)
+        close(rows, cut[row_vehicle], self.streams, bl, self.window_s, emitted)
+        return self._rows(emitted, cut, bl)
+
     def flush(self) -> int:
         """End of stream: drop the still-open windows (partial, never scored).
 

@@ -840,3 +840,60 @@ def test_pseudonymized_ids_never_leave_the_decoder(
     for r in dead:
         blob = (r.key or b"") + (r.value or b"") + b"".join(v for _, v in r.headers or [])
         assert raw.encode() not in blob, "raw vehicle id found in the DLQ"
+
+
+# -- 9. a vehicle that goes quiet is retired: its last window scored, offsets move on ---
+
+
+def test_a_parked_vehicle_is_retired_and_no_longer_holds_offsets_back(
+    broker, unique_topic, cusw_models, monkeypatch
+):
+    import detector.service as service
+
+    monkeypatch.setattr(service, "IDLE_S", 1.0)
+    monkeypatch.setattr(service, "LAG_INTERVAL_S", 0.5)
+    cfg = service_config(
+        broker, unique_topic, cusw_models, partitions=1, **{"kafka.commit_interval_s": 0.0}
+    )
+    streams, _ = fleet_streams(2, 20, {0: "dos:start=17,duration=3"}, seed=950)
+    parked, moving = streams
+    # the parked vehicle sends 20 s (its attack runs to the end), the other only 10 s now
+    first = [parked, (moving[0], moving[1], moving[2][moving[2]["ts"] < moving[2]["ts"][0] + 10])]
+    sent = send_all(cfg, first)
+    metrics = DetectorMetrics(CollectorRegistry())
+    reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
+    detector = Detector(cfg, FLEET, metrics, "det-parking")
+    tp = TopicPartition(cfg.kafka.telemetry_topic, 0)
+    try:
+        with running(detector):
+            wait_for(
+                "all frames consumed",
+                lambda: sample(metrics, "canwatch_frames_consumed_total", brand="jeep") >= sent,
+            )
+            parked_ids = {e["incident_id"] for e in reader.events() if e["vehicle"] == parked[0]}
+            # the other vehicle keeps sending; the parked one stays silent
+            rest = moving[2][moving[2]["ts"] >= moving[2]["ts"][0] + 10]
+            send_all(cfg, [(moving[0], moving[1], rest)])
+            end = sent + len(rest)
+            wait_for(
+                "the rest consumed",
+                lambda: sample(metrics, "canwatch_frames_consumed_total", brand="jeep") >= end,
+            )
+
+            def parked_closed() -> bool:
+                evs = [e for e in reader.events() if e["vehicle"] == parked[0]]
+                return any(e["status"] == "closed" for e in evs)
+
+            wait_for("the parked vehicle's incident closed", parked_closed)
+            high = detector.consumer.highwater(tp) or 0
+            # every record of the parked vehicle is behind the committed offset now:
+            # only the moving vehicle's open window may still hold some back
+            wait_for(
+                "offsets committed past the parked vehicle's records",
+                lambda: (detector.consumer.committed(tp) or 0) > high - 40,
+            )
+        events = [e for e in reader.events() if e["vehicle"] == parked[0]]
+    finally:
+        reader.close()
+    assert {e["incident_id"] for e in events} >= parked_ids
+    assert events[-1]["status"] == "closed" and events[-1]["suspected_attack"] == "dos"
