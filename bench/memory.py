@@ -261,7 +261,9 @@ def breakdown(scorer, detector=None) -> list[tuple[str, int, str]]:
         ]
     if detector is not None:
         for name, what, per in (
-            ("pending", "tuple per in-flight record", "record"),
+            ("pending", "numpy chunks per partition: offset, vehicle number, ts", "record"),
+            ("_vnum", "vehicle -> number", "vehicle"),
+            ("_vnames", "number -> (vehicle, brand)", "vehicle"),
             ("vehicle_tp", "vehicle -> partition", "vehicle"),
             ("last_seen", "vehicle -> (brand, t)", "vehicle"),
             ("next_offset", "partition -> offset", "-"),
@@ -327,7 +329,9 @@ def child_state(args) -> dict:
         "sim_frames_per_vehicle_s": tpl.sim_frames_per_vehicle_s,
     }
     if detector is not None:
-        out["pending_records"] = sum(len(v) for v in detector.pending.values())
+        out["pending_records"] = sum(
+            len(chunk[0]) for chunks in detector.pending.values() for chunk in chunks
+        )
     if args.trace:
         current, peak = tracemalloc.get_traced_memory()
         snap = tracemalloc.take_snapshot().filter_traces(

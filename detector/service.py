@@ -153,7 +153,11 @@ class Detector:
         self.scorer = Scorer({}, fleet, self.window_s)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
         self.privacy_key = load_key(cfg.privacy)  # validated before anything connects
-        self.pending: dict = defaultdict(list)  # tp -> [(offset, vehicle, brand, newest ts)]
+        # tp -> [(offsets, vehicle numbers, newest ts)] of records whose frames may
+        # still be needed; numpy chunks (20 B a record), merged when pruned
+        self.pending: dict = defaultdict(list)
+        self._vnum: dict[str, int] = {}  # vehicle -> number used in ``pending``
+        self._vnames: list[tuple[str, str]] = []  # number -> (vehicle, brand)
         self.next_offset: dict = {}  # tp -> offset after the last record seen
         self.vehicle_tp: dict[str, object] = {}
         self.last_seen: dict[str, tuple[str, float]] = {}  # vehicle -> (brand, wall clock)
@@ -357,8 +361,9 @@ class Detector:
         for brand, late in self.scorer.late_by_brand.items():
             self.metrics.brand(brand).late_frames.inc(late)
         self.scorer.late_by_brand.clear()
-        events = self._incidents(scored, retired)
+        events = self._incidents(scored)
         if retired:
+            events += self._account(self.tracker.close(retired))
             self._drop_vehicles(retired)
         t3 = time.perf_counter()
         self.metrics.observe_stage("incidents", t3 - t2)
@@ -578,6 +583,7 @@ class Detector:
             min_ts=det.min_ts,
         )
         newest: dict = {}
+        held: dict = defaultdict(lambda: ([], [], []))  # tp -> offsets, vehicle numbers, ts
         per_brand: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         seen_at = time.monotonic()
         for (tp, r), b in zip(records, results, strict=True):
@@ -595,10 +601,21 @@ class Detector:
             counts[1] += len(b.frames)
             batches.append((vehicle, b.brand, b.frames))
             ts_max = float(b.frames["ts"][-1])  # sorted on decode
-            self.pending[tp].append((r.offset, vehicle, b.brand, ts_max))
+            num = self._vnum.get(vehicle)
+            if num is None:
+                num = self._vnum[vehicle] = len(self._vnames)
+                self._vnames.append((vehicle, b.brand))
+            offsets, nums, tss = held[tp]
+            offsets.append(r.offset)
+            nums.append(num)
+            tss.append(ts_max)
             self.vehicle_tp[vehicle] = tp
             self.last_seen[vehicle] = (b.brand, seen_at)
             newest[tp] = max(newest.get(tp, 0.0), ts_max)
+        for tp, (offsets, nums, tss) in held.items():
+            self.pending[tp].append(
+                (np.array(offsets, np.int64), np.array(nums, np.int32), np.array(tss))
+            )
         self.metrics.bytes_consumed.inc(sum(len(r.value or b"") for _, r in records))
         for brand, (n_records, n_frames) in per_brand.items():
             bm = self.metrics.brand(brand)
@@ -627,7 +644,7 @@ class Detector:
             headers.append(("error-altered", altered.encode()))
         return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
 
-    def _incidents(self, scored: list, retired: set[str] = frozenset()) -> list[dict]:
+    def _incidents(self, scored: list) -> list[dict]:
         events = []
         for sc in scored:
             v, w, s = window_scores(sc)
@@ -641,7 +658,10 @@ class Detector:
                     bm.observe_scores(s[sel])
             clock = vehicle_clock(sc, v, w, self.window_s)
             events += self.tracker.observe(observations(sc, self.window_s), clock)
-        events += self.tracker.close(set(retired))
+        return self._account(events)
+
+    def _account(self, events: list[dict]) -> list[dict]:
+        """Count incident events in the metrics (opened, closed, active by severity)."""
         for ev in events:
             bm = self.metrics.brand(ev["brand"])
             if ev["status"] == "open":
@@ -672,18 +692,23 @@ class Detector:
         from kafka.structs import OffsetAndMetadata
 
         out = {}
-        horizon: dict[str, float] = {}
+        horizon: dict[int, float] = {}
         for tp, nxt in self.next_offset.items():
-            keep = []
-            for item in self.pending.get(tp, []):
-                _, vehicle, brand, ts_max = item
-                h = horizon.get(vehicle)
-                if h is None:
-                    h = horizon[vehicle] = self._horizon(vehicle, brand)
-                if ts_max >= h:
-                    keep.append(item)
-            self.pending[tp] = keep
-            offset = min((o for o, *_ in keep), default=nxt)
+            chunks = self.pending.get(tp) or []
+            if chunks:
+                offsets = np.concatenate([c[0] for c in chunks])
+                nums = np.concatenate([c[1] for c in chunks])
+                tss = np.concatenate([c[2] for c in chunks])
+                uniq, inv = np.unique(nums, return_inverse=True)
+                for num in uniq.tolist():
+                    if num not in horizon:
+                        horizon[num] = self._horizon(*self._vnames[num])
+                keep = tss >= np.array([horizon[n] for n in uniq.tolist()])[inv]
+                offsets, nums, tss = offsets[keep], nums[keep], tss[keep]
+                self.pending[tp] = [(offsets, nums, tss)] if len(offsets) else []
+                offset = int(offsets.min()) if len(offsets) else nxt
+            else:
+                offset = nxt
             out[tp] = OffsetAndMetadata(offset, "", -1)
         return out
 
