@@ -84,6 +84,19 @@ def tansu_binary() -> Path:
     return path
 
 
+def stop_process(proc: subprocess.Popen, first: int, timeout_s: float) -> None:
+    """Stop a child by PID: ``first`` signal, then SIGKILL if it lingers; reaped."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, first)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout_s)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -232,15 +245,7 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout_s)
+        stop_process(proc, signal.SIGINT, timeout_s)
         log.info("embedded broker pid %s stopped", proc.pid)
 
     def close(self) -> None:

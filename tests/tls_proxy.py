@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from detector.broker import EmbeddedBroker, _death_signal_hook, free_port
+from detector.broker import EmbeddedBroker, _death_signal_hook, free_port, stop_process
 
 SERVER_NAMES = ("IP:127.0.0.1", "DNS:localhost")
 
@@ -197,17 +197,8 @@ class Stunnel:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout_s)
+        if proc is not None:
+            stop_process(proc, signal.SIGTERM, timeout_s)
 
     def log_tail(self, lines: int = 10) -> str:
         text = ""
