@@ -457,6 +457,23 @@ def _forest_depths(X, right, feature, threshold, nan_left, value, roots, out):  
             out[r] += value[node]
 
 
+@njit(cache=True, nogil=True)
+def _forest_depths_finite(X, meta, thr32, value, roots, out):  # pragma: no cover - compiled
+    # _forest_depths for rows without NaN, one load per step: ``meta`` packs a
+    # node's right child and feature (-1 at a leaf), and ``thr32`` is the
+    # largest float32 <= sklearn's float64 threshold, so for a float32 x
+    # ``x <= thr32`` is exactly sklearn's ``x <= threshold``.
+    for t in range(roots.shape[0]):
+        root = roots[t]
+        for r in range(X.shape[0]):
+            node = root
+            mt = meta[node]
+            while mt >= 0:
+                node = node + 1 if X[r, mt & 0xFF] <= thr32[node] else mt >> 8
+                mt = meta[node]
+            out[r] += value[node]
+
+
 class CompiledForest:
     """A fitted IsolationForest's trees as flat arrays, for ``forest_raw_scores``."""
 
@@ -493,6 +510,16 @@ class CompiledForest:
         self.nan_left = np.concatenate(nan_lefts)
         self.value = np.concatenate(values).astype(np.float64)
         self.roots = np.asarray(roots, np.int64)
+        if n_features > 255:
+            raise ValueError(f"{n_features} features: the packed walk indexes at most 255")
+        leaf = self.feature < 0
+        self.meta = np.where(
+            leaf, -1, (self.right.astype(np.int64) << 8) | self.feature.astype(np.int64)
+        )
+        thr32 = self.threshold.astype(np.float32)
+        above = thr32.astype(np.float64) > self.threshold  # rounded up: step down one ulp
+        thr32[above] = np.nextafter(thr32[above], np.float32(-np.inf))
+        self.thr32 = thr32
         self.denominator = len(forest.estimators_) * float(
             _average_path_length([forest._max_samples])[0]
         )
@@ -501,10 +528,13 @@ class CompiledForest:
         """``-forest.score_samples(X)``: sklearn compares float32 features, so do we."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         depths = np.zeros(len(X32))
-        _forest_depths(
-            X32, self.right, self.feature, self.threshold, self.nan_left,
-            self.value, self.roots, depths,
-        )  # fmt: skip
+        if np.isnan(X32).any():
+            _forest_depths(
+                X32, self.right, self.feature, self.threshold, self.nan_left,
+                self.value, self.roots, depths,
+            )  # fmt: skip
+        else:
+            _forest_depths_finite(X32, self.meta, self.thr32, self.value, self.roots, depths)
         if self.denominator == 0:
             return np.full(len(X32), 0.5)
         return 2.0 ** (-depths / self.denominator)

@@ -122,6 +122,8 @@ def test_compiled_forest_scores_like_sklearn() -> None:
     Q[::9, 2] = np.inf
     Q[::11, 4] = 1e30  # beyond float32: sklearn's cast makes it inf too
     np.testing.assert_array_equal(CompiledForest(forest).raw_scores(Q), -forest.score_samples(Q))
+    Q[::5, 1] = np.nan  # the walk that follows sklearn's missing-value side
+    np.testing.assert_array_equal(CompiledForest(forest).raw_scores(Q), -forest.score_samples(Q))
     sub = IsolationForest(n_estimators=20, max_features=0.5, random_state=4).fit(X)
     np.testing.assert_array_equal(CompiledForest(sub).raw_scores(Q), -sub.score_samples(Q))
 
