@@ -70,12 +70,10 @@ from bench.common import (  # noqa: E402
 )
 from detector.brands import Fleet, load_fleet  # noqa: E402
 from detector.broker import EmbeddedBroker, create_topics, free_port  # noqa: E402
-from detector.config import DetectionConfig, load_config  # noqa: E402
+from detector.config import load_config  # noqa: E402
 from detector.features import FEATURE_NAMES  # noqa: E402
 from detector.kafka_io import crc32c_accelerated, make_consumer, make_producer  # noqa: E402
-from detector.model_store import list_manifests, save_model  # noqa: E402
 from detector.schema import FRAME_DTYPE  # noqa: E402
-from detector.training import train_platform  # noqa: E402
 from replay.publisher import publish  # noqa: E402
 from replay.simulator import simulate_fleet, simulate_vehicle  # noqa: E402
 
@@ -104,20 +102,14 @@ def say(msg: str) -> None:
 
 def ensure_models(fleet: Fleet, root: Path) -> Path:
     """One small model per platform under ``root``, keyed by the feature list (cached)."""
+    from detector.config import load_config
+    from detector.demo import ensure_models as train_missing
+
     key = hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:10]
     model_dir = root / f"bench-models-{key}"
-    have = list_manifests(model_dir)
-    for i, platform in enumerate(fleet.platforms):
-        if platform in have:
-            continue
-        t0 = time.perf_counter()
-        recordings = [
-            simulate_vehicle(platform, TRAIN_SECONDS, start_ts=1.7e9, seed=1000 * i + s)
-            for s in range(TRAIN_VEHICLES)
-        ]
-        model, summ = train_platform(platform, recordings, DetectionConfig())
-        save_model(model, model_dir, fleet.brands_of(platform), summ)
-        say(f"  trained {platform} in {time.perf_counter() - t0:.1f} s")
+    train_missing(
+        fleet, load_config(None, env={}), model_dir, say, TRAIN_VEHICLES, TRAIN_SECONDS
+    )
     return model_dir
 
 

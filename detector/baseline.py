@@ -103,7 +103,7 @@ def payload_hash(slot: np.ndarray, payload: np.ndarray) -> np.ndarray:
 _CRC8_TABLE = None
 
 
-def _crc8_table() -> np.ndarray:
+def crc8_table() -> np.ndarray:
     global _CRC8_TABLE
     if _CRC8_TABLE is None:
         table = np.zeros(256, np.uint8)
@@ -133,7 +133,7 @@ def checksum_values(
     if kind == 2:
         return np.bitwise_xor.reduce(d, axis=1) & 0xFF
     if kind == 5:
-        table = _crc8_table()
+        table = crc8_table()
         crc = np.full(n, 0xFF, np.uint32)
         for b in range(8):
             nxt = table[(crc ^ d[:, b]) & 0xFF].astype(np.uint32)

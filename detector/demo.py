@@ -49,15 +49,24 @@ def cache_dir(root: Path) -> Path:
     return root / f"demo-models-{key}"
 
 
-def ensure_models(fleet: Fleet, cfg: Config, model_dir: Path, say) -> None:
+def ensure_models(
+    fleet: Fleet,
+    cfg: Config,
+    model_dir: Path,
+    say,
+    vehicles: int = TRAIN_VEHICLES,
+    seconds: float = TRAIN_SECONDS,
+) -> None:
+    """A model per platform in ``model_dir`` (kept if there), trained on simulated
+    benign traffic of ``vehicles`` vehicles × ``seconds``."""
     have = list_manifests(model_dir)
     for i, platform in enumerate(fleet.platforms):
         if platform in have:
             continue
         t0 = time.perf_counter()
         recordings = [
-            simulate_vehicle(platform, TRAIN_SECONDS, start_ts=1.7e9, seed=1000 * i + s)
-            for s in range(TRAIN_VEHICLES)
+            simulate_vehicle(platform, seconds, start_ts=1.7e9, seed=1000 * i + s)
+            for s in range(vehicles)
         ]
         model, summary = train_platform(platform, recordings, cfg.detection)
         save_model(model, model_dir, fleet.brands_of(platform), summary)

@@ -19,23 +19,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from detector.baseline import PAIRS, Baseline
+from detector.baseline import PAIRS, Baseline, crc8_table
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)
 
 
-def _crc8_j1850() -> np.ndarray:
-    table = np.zeros(256, np.uint8)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = ((c << 1) ^ 0x1D) & 0xFF if c & 0x80 else (c << 1) & 0xFF
-        table[i] = c
-    return table
-
-
-_CRC8 = _crc8_j1850()
+_CRC8 = crc8_table()  # CRC-8 SAE J1850, as the baseline learns it
 
 
 @njit(cache=True, nogil=True)
