@@ -1020,8 +1020,8 @@ class _RawName(str):
     strict=True,
     raises=CorruptRecordError,
     reason="kafka-python's fetcher raises CorruptRecordError from poll() for a header "
-    "name that is not UTF-8; Detector.step does not handle it, so the consumer "
-    "crash-loops on that record (the fix belongs in Detector.step or kafka_io)",
+    "name that is not UTF-8 and does not say at which offset; Detector.step raises "
+    "it and run() rewinds and retries the same record instead of dead-lettering it",
 )
 def test_non_utf8_header_name_is_dead_lettered(broker, unique_topic, tmp_path):
     cfg = service_config(broker, unique_topic, tmp_path, partitions=1)
