@@ -4,6 +4,7 @@
 stopped by PID at the end. Use ``unique_topic`` so tests never share topics.
 Do not stop or restart the shared broker: a test that needs an outage starts
 its own ``detector.broker.EmbeddedBroker``.
+``cusw_models``: one trained cusw model directory for the session.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +32,23 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield embedded
     finally:
         embedded.close()
+
+
+@pytest.fixture(scope="session")
+def cusw_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cusw (jeep, fiat, fiat-professional) v1 model on 10 vehicles × 120 s, trained
+    once for the whole run and shared by the service, fault and TLS tests."""
+    from detector.brands import load_fleet
+    from detector.config import DetectionConfig
+    from detector.model_store import save_model
+    from detector.training import train_platform
+    from replay.simulator import simulate_vehicle
+
+    d = tmp_path_factory.mktemp("models")
+    recordings = [simulate_vehicle("cusw", 120, 1.7e9, seed=100 + i) for i in range(10)]
+    model, summary = train_platform("cusw", recordings, DetectionConfig())
+    save_model(model, d, load_fleet().brands_of("cusw"), summary)
+    return d
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.brands import load_fleet
 from detector.broker import create_topics, free_port
-from detector.config import Config, DetectionConfig, load_config
+from detector.config import Config, load_config
 from detector.incidents import SEVERITIES
 from detector.kafka_io import make_producer
 from detector.metrics import DetectorMetrics
@@ -40,7 +40,6 @@ from detector.model_store import list_manifests, save_model
 from detector.pipeline import window_scores
 from detector.schema import ATTACK_KINDS
 from detector.service import Detector
-from detector.training import train_platform
 from detector.wire import CONTENT_TYPE_JSON, encode_record, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import publish
@@ -192,16 +191,6 @@ def send_all(cfg: Config, streams: list) -> int:
         return publish(producer, cfg.kafka.telemetry_topic, streams, speed=None).frames
     finally:
         producer.close()
-
-
-@pytest.fixture(scope="module")
-def cusw_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cusw (jeep, fiat, fiat-professional) v1 model, trained once for the module."""
-    d = tmp_path_factory.mktemp("models")
-    recordings = [simulate_vehicle("cusw", 120, 1.7e9, seed=100 + i) for i in range(10)]
-    model, summary = train_platform("cusw", recordings, DetectionConfig())
-    save_model(model, d, FLEET.brands_of("cusw"), summary)
-    return d
 
 
 def check_incident_shape(ev: dict, detector_id: str, brand: str = "jeep") -> None:

@@ -59,11 +59,9 @@ from test_detect_service import (
 )
 
 from detector.broker import EmbeddedBroker, create_topics, free_port
-from detector.config import DetectionConfig
 from detector.evaluate import score_frames
 from detector.kafka_io import make_producer
-from detector.model_store import list_manifests, load_model, save_model
-from detector.training import train_platform
+from detector.model_store import list_manifests, load_model
 from detector.wire import CONTENT_TYPE_JSON, encode_record, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import interleave, publish
@@ -73,16 +71,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 WINDOW_S = 1.0
 WAIT_S = 45.0
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cusw (jeep) v1 model, trained once for the module (as the service tests do)."""
-    d = tmp_path_factory.mktemp("models")
-    recordings = [simulate_vehicle("cusw", 120, 1.7e9, seed=100 + i) for i in range(10)]
-    model, summary = train_platform("cusw", recordings, DetectionConfig())
-    save_model(model, d, FLEET.brands_of("cusw"), summary)
-    return d
 
 
 # -- a canwatch detect process --------------------------------------------------------
@@ -282,15 +270,15 @@ def until(what: str, predicate: Callable[[], bool], timeout_s: float = WAIT_S) -
 
 
 def test_kill_9_mid_replay_then_restart_loses_nothing_and_keeps_incident_ids(
-    broker, unique_topic, models, tmp_path
+    broker, unique_topic, cusw_models, tmp_path
 ):
-    cfg = service_config(broker, unique_topic, models)
+    cfg = service_config(broker, unique_topic, cusw_models)
     # The DoS spans the kill; the fuzzing comes after the restart.
     streams, attacked = fleet_streams(
         6, 40, {0: "dos:start=8,duration=16", 1: "fuzzing:start=26,duration=4"}, seed=1300
     )
     dos_vehicle = streams[0][0]
-    ref = Reference(streams, models, cfg)
+    ref = Reference(streams, cusw_models, cfg)
     assert set(ref.ids) == set(attacked)  # the reference catches both attacks, nothing else
     reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
     procs: list[DetectProcess] = []
@@ -384,10 +372,10 @@ def vehicles_covering(partitions: int, per_partition: int, prefix: str) -> list[
 
 
 def test_failover_survivor_takes_over_every_partition_and_processes_everything(
-    broker, unique_topic, models, tmp_path
+    broker, unique_topic, cusw_models, tmp_path
 ):
     partitions = 6
-    cfg = service_config(broker, unique_topic, models, partitions=partitions)
+    cfg = service_config(broker, unique_topic, cusw_models, partitions=partitions)
     names = vehicles_covering(partitions, 1, "veh-jeep-failover")
     duration = 30.0
     start = now_start(duration)
@@ -398,7 +386,7 @@ def test_failover_survivor_takes_over_every_partition_and_processes_everything(
         if i in attacks:
             frames, _ = inject(frames, AttackSpec.parse(attacks[i]), seed=1700 + i)
         streams.append((vehicle, "jeep", frames))
-    ref = Reference(streams, models, cfg)
+    ref = Reference(streams, cusw_models, cfg)
     assert set(ref.ids) == {names[i] for i in attacks}
     reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
     procs: list[DetectProcess] = []
@@ -502,14 +490,14 @@ OUTAGE_S = 20.0
 
 
 def test_broker_outage_detector_waits_unready_then_reconnects_and_carries_on(
-    unique_topic, models, tmp_path
+    unique_topic, cusw_models, tmp_path
 ):
     own = EmbeddedBroker(log_path=tmp_path / "tansu.log")
     own.start()
     procs: list[DetectProcess] = []
     reader = None
     try:
-        cfg = service_config(own, unique_topic, models)
+        cfg = service_config(own, unique_topic, cusw_models)
         topics = {cfg.kafka.telemetry_topic: 4, cfg.kafka.incident_topic: 1, cfg.kafka.dlq_topic: 1}
         det = DetectProcess(cfg, tmp_path, "det-outage")
         procs.append(det)
@@ -549,7 +537,7 @@ def test_broker_outage_detector_waits_unready_then_reconnects_and_carries_on(
         )
         reader = TopicReader(own.bootstrap, cfg.kafka.incident_topic)
         after, attacked = fleet_streams(3, 16, {0: "dos:start=4,duration=5"}, seed=1600)
-        ref = Reference(after, models, cfg)
+        ref = Reference(after, cusw_models, cfg)
         assert set(ref.ids) == set(attacked)
         producer = make_producer(cfg.kafka)
         try:
@@ -631,7 +619,7 @@ def produce_with_bad_records(cfg, streams: list, every: int) -> tuple[int, int]:
 
 
 def test_broker_frozen_mid_stream_loses_nothing_and_keeps_incident_ids(
-    unique_topic, models, tmp_path
+    unique_topic, cusw_models, tmp_path
 ):
     """SIGSTOP the broker (a hung broker or a network blackhole: requests stay
     unanswered, the log is kept) while the detector works through a backlog
@@ -647,9 +635,9 @@ def test_broker_frozen_mid_stream_loses_nothing_and_keeps_incident_ids(
     frozen = False
     try:
         # Small polls: one fetch response feeds many polls without the broker.
-        cfg = service_config(own, unique_topic, models, **{"kafka.max_poll_records": 20})
+        cfg = service_config(own, unique_topic, cusw_models, **{"kafka.max_poll_records": 20})
         streams, attacked = fleet_streams(4, 30, {0: "dos:start=6,duration=14"}, seed=1800)
-        ref = Reference(streams, models, cfg)
+        ref = Reference(streams, cusw_models, cfg)
         assert set(ref.ids) == set(attacked)
         produced, bad = produce_with_bad_records(cfg, streams, every=5)
         det = DetectProcess(cfg, tmp_path, "det-frozen")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from test_detect_service import CANWATCH, WAIT_S, cusw_models, now_start  # noqa: F401 (fixture)
+from test_detect_service import CANWATCH, WAIT_S, now_start
 from tls_proxy import SecuredBroker, make_ca, make_cert, openssl_binary, stunnel_binary
 
 from detector.broker import BrokerError, create_topics, free_port, tansu_binary
@@ -88,7 +88,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, command: str, *word
 # -- 1. the whole loop over TLS ----------------------------------------------------------
 
 
-def test_replay_detect_incidents_over_tls(tls, unique_topic, cusw_models, tmp_path):  # noqa: F811
+def test_replay_detect_incidents_over_tls(tls, unique_topic, cusw_models, tmp_path):
     ca = str(tls.ca.cert)
     topics = {
         "telemetry_topic": unique_topic("telemetry"),
