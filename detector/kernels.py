@@ -429,30 +429,30 @@ def close(
 
 
 @njit(cache=True, nogil=True)
-def _forest_depths(X, right, feature, threshold, nan_left, value, roots, out):  # pragma: no cover
+def _forest_depths(X, meta, thr32, nan_left, value, roots, out):  # pragma: no cover - compiled
     # Tree-major, so one tree's nodes stay in cache while every row walks it
     # (per row the trees are still added in sklearn's order). A left child is
     # always node + 1 (sklearn builds depth first), so the step is a select,
-    # not a branch: the branch would be mispredicted half the time.
+    # not a mispredicted branch. ``meta`` packs a node's right child and
+    # feature (-1 at a leaf), one load per step; ``thr32`` is the largest
+    # float32 <= sklearn's float64 threshold, so for a float32 x ``x <= thr32``
+    # is exactly sklearn's ``x <= threshold``. A NaN goes where sklearn sends it.
     for t in range(roots.shape[0]):
         root = roots[t]
         for r in range(X.shape[0]):
             node = root
-            f = feature[node]
-            while f >= 0:
-                x = X[r, f]
-                go_left = (x <= threshold[node]) | (np.isnan(x) & nan_left[node])
-                node = node + 1 if go_left else right[node]
-                f = feature[node]
+            mt = meta[node]
+            while mt >= 0:
+                x = X[r, mt & 0xFF]
+                go_left = (x <= thr32[node]) | (np.isnan(x) & nan_left[node])
+                node = node + 1 if go_left else mt >> 8
+                mt = meta[node]
             out[r] += value[node]
 
 
 @njit(cache=True, nogil=True)
 def _forest_depths_finite(X, meta, thr32, value, roots, out):  # pragma: no cover - compiled
-    # _forest_depths for rows without NaN, one load per step: ``meta`` packs a
-    # node's right child and feature (-1 at a leaf), and ``thr32`` is the
-    # largest float32 <= sklearn's float64 threshold, so for a float32 x
-    # ``x <= thr32`` is exactly sklearn's ``x <= threshold``.
+    # _forest_depths without the NaN test, for the usual batch without NaN (~20 % faster)
     for t in range(roots.shape[0]):
         root = roots[t]
         for r in range(X.shape[0]):
@@ -465,7 +465,7 @@ def _forest_depths_finite(X, meta, thr32, value, roots, out):  # pragma: no cove
 
 
 class CompiledForest:
-    """A fitted IsolationForest's trees as flat arrays, for ``forest_raw_scores``."""
+    """A fitted IsolationForest's trees as flat arrays, for ``raw_scores``."""
 
     def __init__(self, forest) -> None:
         from sklearn.ensemble._iforest import _average_path_length
@@ -473,6 +473,8 @@ class CompiledForest:
         rights, feats, thresholds, nan_lefts, values, roots = [], [], [], [], [], []
         offset = 0
         n_features = forest.n_features_in_
+        if n_features > 255:
+            raise ValueError(f"{n_features} features: the packed walk indexes at most 255")
         subsample = forest._max_features != n_features
         for t, tree in enumerate(forest.estimators_):
             tr = tree.tree_
@@ -494,20 +496,15 @@ class CompiledForest:
             values.append(forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0)
             roots.append(offset)
             offset += tr.node_count
-        self.right = np.concatenate(rights).astype(np.int32)
-        self.feature = np.concatenate(feats).astype(np.int32)
-        self.threshold = np.concatenate(thresholds).astype(np.float64)
+        right = np.concatenate(rights).astype(np.int64)
+        feature = np.concatenate(feats).astype(np.int64)
+        threshold = np.concatenate(thresholds).astype(np.float64)
         self.nan_left = np.concatenate(nan_lefts)
         self.value = np.concatenate(values).astype(np.float64)
         self.roots = np.asarray(roots, np.int64)
-        if n_features > 255:
-            raise ValueError(f"{n_features} features: the packed walk indexes at most 255")
-        leaf = self.feature < 0
-        self.meta = np.where(
-            leaf, -1, (self.right.astype(np.int64) << 8) | self.feature.astype(np.int64)
-        )
-        thr32 = self.threshold.astype(np.float32)
-        above = thr32.astype(np.float64) > self.threshold  # rounded up: step down one ulp
+        self.meta = np.where(feature < 0, -1, (right << 8) | feature)
+        thr32 = threshold.astype(np.float32)
+        above = thr32.astype(np.float64) > threshold  # rounded up: step down one ulp
         thr32[above] = np.nextafter(thr32[above], np.float32(-np.inf))
         self.thr32 = thr32
         self.denominator = len(forest.estimators_) * float(
@@ -519,10 +516,7 @@ class CompiledForest:
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         depths = np.zeros(len(X32))
         if np.isnan(X32).any():
-            _forest_depths(
-                X32, self.right, self.feature, self.threshold, self.nan_left,
-                self.value, self.roots, depths,
-            )  # fmt: skip
+            _forest_depths(X32, self.meta, self.thr32, self.nan_left, self.value, self.roots, depths)
         else:
             _forest_depths_finite(X32, self.meta, self.thr32, self.value, self.roots, depths)
         if self.denominator == 0:
