@@ -330,14 +330,18 @@ def make_consumer(
     return consumer
 
 
-def end_offsets(consumer: Any, partitions: Iterable[Any]) -> dict[Any, int]:
+def end_offsets(
+    consumer: Any, partitions: Iterable[Any], timeout_ms: int | None = None
+) -> dict[Any, int]:
     """Log end offsets that do not under-report on Tansu (see the module doc).
 
     max(ListOffsets latest, the high watermark of the last Fetch response); the
-    latter is known only for partitions this consumer has fetched.
+    latter is known only for partitions this consumer has fetched. ``timeout_ms``
+    bounds the ListOffsets request (kafka-python's default otherwise).
     """
     partitions = list(partitions)
-    listed = consumer.end_offsets(partitions) if partitions else {}
+    bound = {} if timeout_ms is None else {"timeout_ms": timeout_ms}
+    listed = consumer.end_offsets(partitions, **bound) if partitions else {}
     out = {}
     for tp in partitions:
         highwater = consumer.highwater(tp) if tp in consumer.assignment() else None

@@ -85,7 +85,7 @@ from detector.brands import Fleet
 from detector.config import Config
 from detector.errors import CanwatchError, DecodeError, ModelError
 from detector.incidents import IncidentTracker, observations
-from detector.kafka_io import make_consumer, make_producer
+from detector.kafka_io import end_offsets, make_consumer, make_producer
 from detector.metrics import DetectorMetrics
 from detector.model import PlatformModel
 from detector.model_registry import ModelRegistry, failure_reason
@@ -835,7 +835,7 @@ class Detector:
         if lag:
             self._last_lag = now
         try:
-            listed = self.consumer.end_offsets(self._probe_partitions, timeout_ms=PROBE_TIMEOUT_MS)
+            ends = end_offsets(self.consumer, self._probe_partitions, PROBE_TIMEOUT_MS)
         except KafkaError as exc:
             log.debug("Kafka %s did not answer ListOffsets: %r", self.cfg.kafka.bootstrap, exc)
             return
@@ -845,10 +845,7 @@ class Detector:
         try:
             for tp in assigned:
                 pos = self.consumer.position(tp, timeout_ms=PROBE_TIMEOUT_MS)
-                # the larger of ListOffsets and the fetch high watermark: see
-                # detector.kafka_io.end_offsets (Tansu's ListOffsets under-reports)
-                end = max(int(listed.get(tp) or 0), int(self.consumer.highwater(tp) or 0))
                 if pos is not None:
-                    self.metrics.set_partition_lag(tp.partition, None, max(end - pos, 0))
+                    self.metrics.set_partition_lag(tp.partition, None, max(ends[tp] - pos, 0))
         except Exception as exc:  # lag is best effort; never stop consuming for it
             log.debug("consumer lag unavailable: %s", exc)
