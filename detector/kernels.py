@@ -199,7 +199,16 @@ def _fold(  # pragma: no cover - compiled
     prev = np.zeros(8, np.uint8)  # the stream's last frame so far
     before = np.zeros(8, np.uint8)  # the current frame's predecessor
     cur = np.zeros(8, np.uint8)
-    tight = np.zeros(n_pairs_all, np.int64)
+    cur_i = np.zeros(8, np.int64)
+    # the segment's baseline rows, copied once into small contiguous locals
+    pa = np.zeros(n_pairs_all, np.int64)
+    pb = np.zeros(n_pairs_all, np.int64)
+    plo = np.zeros(n_pairs_all, np.int64)
+    phi = np.zeros(n_pairs_all, np.int64)
+    bmin = np.zeros(8, np.int64)
+    bmax = np.zeros(8, np.int64)
+    dmin = np.zeros(8, np.int64)
+    dmax = np.zeros(8, np.int64)
     la = np.zeros(N_ACC_I, np.int64)
     n_emit = 0
     for g in range(seg_start.shape[0] - 1):
@@ -216,8 +225,16 @@ def _fold(  # pragma: no cover - compiled
         n_tight = 0
         for p in range(n_pairs_all):
             if pair_tight[s, p]:
-                tight[n_tight] = p
+                pa[n_tight] = pairs[p, 0]
+                pb[n_tight] = pairs[p, 1]
+                plo[n_tight] = pair_min[s, p]
+                phi[n_tight] = pair_max[s, p]
                 n_tight += 1
+        for b in range(8):
+            bmin[b] = byte_min[s, b]
+            bmax[b] = byte_max[s, b]
+            dmin[b] = delta_min[s, b]
+            dmax[b] = delta_max[s, b]
         # the stream's row is worked on in locals (registers, L1) and written back
         for c in range(N_ACC_I):
             la[c] = acc_i[r, c]
@@ -261,6 +278,7 @@ def _fold(  # pragma: no cover - compiled
             hp = not np.isnan(last) and t >= last
             for b in range(8):
                 cur[b] = data[j, b]
+                cur_i[b] = data[j, b]
             if np.isnan(last_g) or t > last_g:
                 last_g = t
             dt = t - last
@@ -276,7 +294,7 @@ def _fold(  # pragma: no cover - compiled
                 continue
             out = False
             for b in range(8):
-                out |= (cur[b] < byte_min[s, b]) | (cur[b] > byte_max[s, b])
+                out |= (cur_i[b] < bmin[b]) | (cur_i[b] > bmax[b])
             la[A_OUT] += out
             if hp:
                 la[A_NDT] += 1
@@ -293,8 +311,8 @@ def _fold(  # pragma: no cover - compiled
                     c = 1 if x != 0 else 0
                     changed[b] = c
                     cnt += c
-                    dv = np.int16(cur[b]) - np.int16(before[b])
-                    jump |= (dv < delta_min[s, b]) | (dv > delta_max[s, b])
+                    dv = cur_i[b] - np.int64(before[b])
+                    jump |= (dv < dmin[b]) | (dv > dmax[b])
                 la[A_HAM] += ham
                 la[A_DELTA] += jump
                 if cnt > 0:
@@ -309,12 +327,11 @@ def _fold(  # pragma: no cover - compiled
                     cp = (np.int64(before[cb]) & cmask) >> cshift
                     if (cc - cp) % cmod != counter_step[s]:
                         la[A_COUNTER] += 1
+            bad = False  # branch-free: every tight pair is checked, no early exit
             for q in range(n_tight):
-                p = tight[q]
-                dv = np.int16(cur[pairs[p, 0]]) - np.int16(cur[pairs[p, 1]])
-                if dv < pair_min[s, p] or dv > pair_max[s, p]:
-                    la[A_PAIR] += 1
-                    break
+                dv = cur_i[pa[q]] - cur_i[pb[q]]
+                bad |= (dv < plo[q]) | (dv > phi[q])
+            la[A_PAIR] += bad
             if ck > 0:
                 pos = np.int64(checksum_byte[s])
                 if pos == -2:
