@@ -16,8 +16,8 @@ import numpy as np
 
 from detector.brands import Fleet
 from detector.features import FEATURE_NAMES, Rows
-from detector.model import PlatformModel, max_per_window
-from detector.schema import concat_frames
+from detector.model import PlatformModel, compiled, max_per_window
+from detector.schema import concat_frames, make_frames
 from detector.windowing import WindowState
 
 
@@ -159,6 +159,27 @@ class Scorer:
         )
 
 
+def warm_up(model: PlatformModel, window_s: float) -> None:
+    """Run the scoring path once on a few synthetic frames, and discard the result.
+
+    Each compiled kernel loads from numba's on-disk cache on its first call
+    (~0.2 s of CPU in all; seconds when it has to compile). A detector calls
+    this as a model loads, so that cost is paid before it reports ready, not
+    by the first poll it scores.
+    """
+    ids = model.baseline.ids
+    unseen = np.setdiff1d(np.arange(0x800, dtype=np.uint32), ids)[:1]  # the unseen-id path
+    can_id = np.r_[ids, unseen].astype(np.uint32)
+    # windows 0, 0, 1, 2 for every id: folds, then closes by the next window and by the cut
+    ts = np.repeat(np.array([0.1, 0.6, 1.1, 2.1]) * window_s, len(can_id))
+    frames = make_frames(ts, np.tile(can_id, 4), np.zeros((len(ts), 8), np.uint8))
+    rows = WindowState(window_s).push(frames, np.zeros(len(ts), np.int64), model.baseline)
+    model.scores_and_excess(rows.X, rows.can_id)
+    with_nan = np.zeros((1, len(model.feature_names)))
+    with_nan[0, 0] = np.nan  # the NaN-aware walk is a kernel of its own
+    compiled(model.forest).raw_scores(with_nan)
+
+
 def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vehicle, window, max score) per window, for metrics and reports."""
     return max_per_window(scored.rows.vehicle, scored.rows.window, scored.scores)
@@ -180,5 +201,6 @@ __all__ = [
     "Scorer",
     "ScoredRows",
     "vehicle_clock",
+    "warm_up",
     "window_scores",
 ]

@@ -81,6 +81,7 @@ from pathlib import Path
 import numpy as np
 from kafka.errors import KafkaError
 
+from detector import wire
 from detector.brands import Fleet
 from detector.config import Config
 from detector.errors import CanwatchError, DecodeError, ModelError
@@ -89,7 +90,7 @@ from detector.kafka_io import end_offsets, make_consumer, make_producer
 from detector.metrics import DetectorMetrics
 from detector.model import PlatformModel
 from detector.model_registry import ModelRegistry, failure_reason
-from detector.pipeline import Scorer, vehicle_clock, window_scores
+from detector.pipeline import Scorer, vehicle_clock, warm_up, window_scores
 from detector.privacy import load_key, pseudonym, scrub
 from detector.wire import dead_letter_copy, decode_records
 
@@ -190,6 +191,7 @@ class Detector:
     # -- models ----------------------------------------------------------------
 
     def _model_loaded(self, model: PlatformModel) -> None:
+        warm_up(model, self.window_s)
         self.scorer.set_model(model)
         brands = self.fleet.brands_of(model.platform) or [model.platform]
         for b in brands:
@@ -220,6 +222,7 @@ class Detector:
                 detector.metrics.rebalanced([tp.partition for tp in assigned])
                 log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
+        wire.warm_up()
         self.registry.refresh()
         self._last_reload = time.monotonic()
         if self.windows_out is not None:  # before connecting: a bad path fails at once

@@ -492,6 +492,17 @@ def decode_record(
     return DecodedBatch(vehicle, brand, frames)
 
 
+def warm_up() -> None:
+    """Decode one synthetic record both ways (``decode_record``, ``decode_records``)
+    so their compiled checks are loaded at start-up (see ``pipeline.warm_up``)."""
+    frames = np.zeros(2, FRAME_DTYPE)
+    frames["ts"] = [1.0, 2.0]
+    key, value, headers = encode_record("warm-up", "warm-up", frames)
+    kwargs = {"known_brands": None, "now": 3.0, "max_future_s": 1.0, "min_ts": 0.0}
+    decode_record(key, value, headers, **kwargs)
+    decode_records([(key, value, headers)], **kwargs)
+
+
 def decode_records(
     records: Sequence[tuple[Any, Any, Any]],
     *,

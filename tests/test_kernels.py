@@ -128,3 +128,44 @@ def test_compiled_forest_scores_like_sklearn() -> None:
     np.testing.assert_array_equal(CompiledForest(sub).raw_scores(Q), -sub.score_samples(Q))
 
 
+
+
+_WARM_CHECK = """
+import sys
+from pathlib import Path
+import numpy as np
+from numba.core.registry import CPUDispatcher
+from detector import kernels, pipeline, wire
+from detector.brands import load_fleet
+from detector.model_store import load_latest
+from replay.attacks import AttackSpec, inject
+from replay.simulator import simulate_vehicle
+
+model = load_latest(Path(sys.argv[1]))["cusw"]
+wire.warm_up()
+pipeline.warm_up(model, 1.0)
+def loaded():
+    return {n: len(f.signatures) for n, f in vars(kernels).items() if isinstance(f, CPUDispatcher)}
+before = loaded()
+frames, _ = inject(simulate_vehicle("cusw", 20.0, 1.7e9, 5), AttackSpec.parse("fuzzing:start=5,duration=5"), seed=1)
+key, value, headers = wire.encode_record("v1", "jeep", frames)
+batches = wire.decode_records([(key, value, headers)], known_brands=None, now=2e9, max_future_s=60, min_ts=0)
+sc = pipeline.Scorer({model.platform: model}, load_fleet(), 1.0)
+scored = sc.push([("v1", "jeep", batches[0].frames)]) + sc.retire({"v1"})
+assert sum(len(s.rows) for s in scored) > 0
+print(before == loaded(), before, loaded())
+"""
+
+
+def test_warm_up_loads_every_kernel_the_scoring_path_calls(cusw_models) -> None:
+    """After ``wire.warm_up`` and ``pipeline.warm_up``, decoding and scoring real
+    traffic (fuzzing included: unseen ids) loads no further compiled code, so the
+    first poll does not pay for it. A fresh interpreter: this one has them loaded."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _WARM_CHECK, str(cusw_models)],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip()
+    assert out.startswith("True"), out
