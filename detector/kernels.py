@@ -101,6 +101,65 @@ def stream_order(key, n_keys, ts):  # pragma: no cover - compiled
     return order, in_order
 
 
+@njit(cache=True, nogil=True)
+def window_pass(ts, vehicle, window_s, closed_upto, first_window, newest, none):  # pragma: no cover
+    """Each frame's window and whether it is late (in a window its vehicle has
+    closed). Over the frames that are not: per vehicle, set ``first_window`` if
+    still ``none``, raise ``newest`` to the newest ts, and mark it in the batch."""
+    n = ts.shape[0]
+    win = np.empty(n, np.int64)
+    late = np.zeros(n, np.bool_)
+    in_batch = np.zeros(closed_upto.shape[0], np.bool_)
+    earliest = np.full(closed_upto.shape[0], np.iinfo(np.int64).max)
+    n_late = 0
+    for i in range(n):
+        w = np.int64(np.floor(ts[i] / window_s))
+        win[i] = w
+        v = vehicle[i]
+        if w < closed_upto[v]:
+            late[i] = True
+            n_late += 1
+            continue
+        in_batch[v] = True
+        if w < earliest[v]:
+            earliest[v] = w
+        if ts[i] > newest[v]:
+            newest[v] = ts[i]
+    for v in range(closed_upto.shape[0]):
+        if in_batch[v] and first_window[v] == none:
+            first_window[v] = earliest[v]
+    return win, late, n_late, in_batch
+
+
+@njit(cache=True, nogil=True)
+def stream_keys(vehicle, vrank, id_rank, n_ids):  # pragma: no cover - compiled
+    """Stream number of each frame, ordered by (vehicle, id)."""
+    key = np.empty(vehicle.shape[0], np.int64)
+    for i in range(vehicle.shape[0]):
+        key[i] = vrank[vehicle[i]] * n_ids + id_rank[i]
+    return key
+
+
+@njit(cache=True, nogil=True)
+def segments(key, win, order):  # pragma: no cover - compiled
+    """Bounds of each stream's run in ``order`` (with a final end), and the number
+    of (stream, window) groups: each can close the one before it."""
+    n = order.shape[0]
+    starts = np.empty(n + 1, np.int64)
+    n_seg = 0
+    groups = 0
+    for i in range(n):
+        j = order[i]
+        if i == 0 or key[j] != key[order[i - 1]]:
+            starts[n_seg] = i
+            n_seg += 1
+            groups += 1
+        elif win[j] != win[order[i - 1]]:
+            groups += 1
+    starts[n_seg] = n
+    return starts[: n_seg + 1], groups
+
+
 #: Accumulator columns of an open (vehicle, id, window) group.
 #: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
 #: frames where another byte changed, changes together with another byte; then

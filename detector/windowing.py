@@ -41,7 +41,10 @@ from detector.kernels import (
     close,
     fold,
     id_slots,
+    segments,
+    stream_keys,
     stream_order,
+    window_pass,
 )
 from detector.schema import take_frames
 
@@ -170,37 +173,28 @@ class WindowState:
         """Add a batch (``vehicle`` = caller's vehicle index per frame); rows of closed windows."""
         vehicle = np.asarray(vehicle, dtype=np.int64)
         self._grow(int(vehicle.max()) + 1 if len(vehicle) else 0)
-        win = np.floor(frames["ts"] / self.window_s).astype(np.int64)
-        late = win < self.closed_upto[vehicle]
+        win, late, n_late, in_batch = window_pass(
+            frames["ts"], vehicle, self.window_s, self.closed_upto, self.first_window,
+            self.newest, _NONE,
+        )  # fmt: skip
         self.last_late = vehicle[late]  # per late frame, its vehicle index
-        self.late_frames += len(self.last_late)
-        if late.any():
+        self.late_frames += n_late
+        if n_late:
             frames, vehicle, win = take_frames(frames, ~late), vehicle[~late], win[~late]
         if len(vehicle) == 0:
             return Rows.empty()
-        earliest = np.full(len(self.first_window), np.iinfo(np.int64).max)
-        np.minimum.at(earliest, vehicle, win)
-        fresh = (self.first_window == _NONE) & (earliest != np.iinfo(np.int64).max)
-        self.first_window[fresh] = earliest[fresh]
-        np.maximum.at(self.newest, vehicle, frames["ts"])
 
         can_id = frames["can_id"]
         ids, id_rank = batch_ids(can_id, bl)
-        in_batch = np.zeros(len(self.closed_upto), bool)
-        in_batch[vehicle] = True
         vrank = np.cumsum(in_batch) - 1
-        key = vrank[vehicle] * len(ids) + id_rank  # stream number, ordered by (vehicle, id)
+        key = stream_keys(vehicle, vrank, id_rank, len(ids))  # ordered by (vehicle, id)
         order = stream_sort(key, int(in_batch.sum()) * len(ids), frames["ts"])
-        skey = key[order]
-        seg_start = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1], True])
+        seg_start, groups = segments(key, win, order)
         first = order[seg_start[:-1]]
         rows = self.streams.rows_for(stream_key(vehicle[first], can_id[first]))
 
         batch_vehicles = np.flatnonzero(in_batch)
         scan, scan_vehicle = self.streams.vehicle_rows(batch_vehicles)
-        swin = win[order]
-        # each (stream, window) group of the batch can close the one before it
-        groups = len(rows) + int(((skey[1:] == skey[:-1]) & (swin[1:] != swin[:-1])).sum())
         emitted = Emitted(groups + len(scan), N_FEATURES)
         late_open = fold(frames, win, order, seg_start, rows, self.streams, bl, self.window_s, emitted)
         cut = np.floor(self.newest / self.window_s)
