@@ -253,3 +253,22 @@ def test_batch_invariance(fleet_stream) -> None:
     got, state = push_in_batches(f2, v2, bl, cuts)
     assert state.late_frames == 0
     assert_same_rows(got, whole)
+
+
+def test_frames_of_closed_windows_are_counted_late_and_not_folded(fleet_stream) -> None:
+    """A vehicle's frames from a window it already closed are late: counted per
+    vehicle, dropped, and the rows are those of the stream without them."""
+    frames, vehicle, bl = fleet_stream
+    cut = int(np.searchsorted(frames["ts"], 1.7e9 + 6.5))
+    whole, _ = push_in_batches(frames, vehicle, bl, [cut])
+    # replay vehicle 1's frames of 2.0-4.0 s after the cut: windows it has closed
+    old = np.flatnonzero((vehicle == 1) & (frames["ts"] >= 1.7e9 + 2) & (frames["ts"] < 1.7e9 + 4))
+    state = WindowState(W)
+    parts = [state.push(frames[:cut], vehicle[:cut], bl)]
+    parts.append(state.push(frames[old], vehicle[old], bl))
+    assert state.late_frames == len(old) > 0
+    np.testing.assert_array_equal(state.last_late, np.ones(len(old)))
+    assert len(parts[1]) == 0
+    parts.append(state.push(frames[cut:], vehicle[cut:], bl))
+    assert state.late_frames == len(old)
+    assert_same_rows(Rows.concat(parts), whole)
