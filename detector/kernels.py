@@ -526,18 +526,31 @@ def _forest_depths(X, meta, thr32, nan_left, value, roots, out):  # pragma: no c
             out[r] += value[node]
 
 
+#: Rows walked together through one tree (their X rows and positions stay in L1).
+_WALK_BLOCK = 256
+
+
 @njit(cache=True, nogil=True)
-def _forest_depths_finite(X, meta, thr32, value, roots, out):  # pragma: no cover - compiled
-    # _forest_depths without the NaN test, for the usual batch without NaN (~20 % faster)
-    for t in range(roots.shape[0]):
-        root = roots[t]
-        for r in range(X.shape[0]):
-            node = root
-            mt = meta[node]
-            while mt >= 0:
-                node = node + 1 if X[r, mt & 0xFF] <= thr32[node] else mt >> 8
-                mt = meta[node]
-            out[r] += value[node]
+def _forest_depths_finite(X, step, thr_step, value, roots, depth, out):  # pragma: no cover
+    # For finite X. Level by level: every row of a block takes one step down the
+    # tree before any takes the next, so the steps are independent loads the CPU
+    # overlaps, instead of one row's chain of dependent loads and unpredictable
+    # branches (2x faster). A leaf steps to itself (its threshold is -inf, its
+    # right child itself), so each tree takes exactly its depth in steps.
+    n = X.shape[0]
+    nodes = np.empty(_WALK_BLOCK, np.int64)
+    for r0 in range(0, n, _WALK_BLOCK):
+        m = min(_WALK_BLOCK, n - r0)
+        for t in range(roots.shape[0]):
+            for r in range(m):
+                nodes[r] = roots[t]
+            for _ in range(depth[t]):
+                for r in range(m):
+                    nd = nodes[r]
+                    st = step[nd]
+                    nodes[r] = nd + 1 if X[r0 + r, st & 0xFF] <= thr_step[nd] else st >> 8
+            for r in range(m):
+                out[r0 + r] += value[nodes[r]]
 
 
 class CompiledForest:
@@ -546,7 +559,7 @@ class CompiledForest:
     def __init__(self, forest) -> None:
         from sklearn.ensemble._iforest import _average_path_length
 
-        rights, feats, thresholds, nan_lefts, values, roots = [], [], [], [], [], []
+        rights, feats, thresholds, nan_lefts, values, roots, depths = [], [], [], [], [], [], []
         offset = 0
         n_features = forest.n_features_in_
         if n_features > 255:
@@ -571,6 +584,7 @@ class CompiledForest:
             # what sklearn adds per tree for a sample ending in that leaf
             values.append(forest._decision_path_lengths[t] + forest._average_path_length_per_tree[t] - 1.0)
             roots.append(offset)
+            depths.append(tr.max_depth)
             offset += tr.node_count
         right = np.concatenate(rights).astype(np.int64)
         feature = np.concatenate(feats).astype(np.int64)
@@ -583,6 +597,11 @@ class CompiledForest:
         above = thr32.astype(np.float64) > threshold  # rounded up: step down one ulp
         thr32[above] = np.nextafter(thr32[above], np.float32(-np.inf))
         self.thr32 = thr32
+        # the level-by-level walk's form: a leaf is a split sending every finite x to itself
+        leaf = self.meta < 0
+        self.step = np.where(leaf, np.arange(len(self.meta)) << 8, self.meta)
+        self.thr_step = np.where(leaf, np.float32(-np.inf), thr32).astype(np.float32)
+        self.depth = np.asarray(depths, np.int64)
         self.denominator = len(forest.estimators_) * float(
             _average_path_length([forest._max_samples])[0]
         )
@@ -591,10 +610,12 @@ class CompiledForest:
         """``-forest.score_samples(X)``: sklearn compares float32 features, so do we."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         depths = np.zeros(len(X32))
-        if np.isnan(X32).any():
+        if np.isfinite(X32).all():
+            _forest_depths_finite(
+                X32, self.step, self.thr_step, self.value, self.roots, self.depth, depths
+            )
+        else:  # NaN or +-inf (float32 overflow): the node-by-node walk, which takes both
             _forest_depths(X32, self.meta, self.thr32, self.nan_left, self.value, self.roots, depths)
-        else:
-            _forest_depths_finite(X32, self.meta, self.thr32, self.value, self.roots, depths)
         if self.denominator == 0:
             return np.full(len(X32), 0.5)
         return 2.0 ** (-depths / self.denominator)

@@ -118,8 +118,11 @@ def test_compiled_forest_scores_like_sklearn() -> None:
     X = rng.normal(size=(3000, N_FEATURES))
     X[:, 5] = 0.0  # a constant feature: no splits on it
     forest = IsolationForest(n_estimators=50, max_samples=256, random_state=3).fit(X)
-    Q = rng.normal(0, 3, size=(2000, N_FEATURES))
-    Q[::9, 2] = np.inf
+    Q = rng.normal(0, 3, size=(2000, N_FEATURES))  # not a whole number of walk blocks
+    cf = CompiledForest(forest)
+    for rows in (Q, Q[:1]):  # finite: the level-by-level walk
+        np.testing.assert_array_equal(cf.raw_scores(rows), -forest.score_samples(rows))
+    Q[::9, 2] = np.inf  # the node-by-node walk from here on
     Q[::11, 4] = 1e30  # beyond float32: sklearn's cast makes it inf too
     np.testing.assert_array_equal(CompiledForest(forest).raw_scores(Q), -forest.score_samples(Q))
     Q[::5, 1] = np.nan  # the walk that follows sklearn's missing-value side
