@@ -25,6 +25,9 @@ _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)
 
 
+_PAIR_A = PAIRS[:, 0].astype(np.int64)
+_PAIR_B = PAIRS[:, 1].astype(np.int64)
+_N_PAIRS = len(PAIRS)
 _CRC8 = crc8_table()  # CRC-8 SAE J1850, as the baseline learns it
 
 
@@ -255,13 +258,9 @@ def _fold(  # pragma: no cover - compiled
     n_pairs_all = pairs.shape[0]
     n_hash = payload_hashes.shape[0]
     changed = np.zeros(8, np.int64)
-    prev = np.zeros(8, np.uint8)  # the stream's last frame so far
-    before = np.zeros(8, np.uint8)  # the current frame's predecessor
     cur = np.zeros(8, np.uint8)
     cur_i = np.zeros(8, np.int64)
     # the segment's baseline rows, copied once into small contiguous locals
-    pa = np.zeros(n_pairs_all, np.int64)
-    pb = np.zeros(n_pairs_all, np.int64)
     plo = np.zeros(n_pairs_all, np.int64)
     phi = np.zeros(n_pairs_all, np.int64)
     bmin = np.zeros(8, np.int64)
@@ -284,11 +283,12 @@ def _fold(  # pragma: no cover - compiled
         n_tight = 0
         for p in range(n_pairs_all):
             if pair_tight[s, p]:
-                pa[n_tight] = pairs[p, 0]
-                pb[n_tight] = pairs[p, 1]
-                plo[n_tight] = pair_min[s, p]
-                phi[n_tight] = pair_max[s, p]
+                plo[p] = pair_min[s, p]
+                phi[p] = pair_max[s, p]
                 n_tight += 1
+            else:  # a loose pair: no difference of two bytes falls outside
+                plo[p] = -256
+                phi[p] = 256
         for b in range(8):
             bmin[b] = byte_min[s, b]
             bmax[b] = byte_max[s, b]
@@ -302,8 +302,18 @@ def _fold(  # pragma: no cover - compiled
         min_dt = acc_f[r, F_MIN]
         last_g = acc_f[r, F_LAST]
         last = st_last_ts[r]
+        prev = np.uint64(0)  # the stream's last payload so far, bytes little-endian
         for b in range(8):
-            prev[b] = st_last_data[r, b]
+            prev |= np.uint64(st_last_data[r, b]) << np.uint64(8 * b)
+        # a payload equal to its predecessor's changes no byte: a delta of 0 and a
+        # counter step of 0 are then all there is to check
+        zero_jump = False
+        for b in range(8):
+            zero_jump |= (0 < dmin[b]) | (0 > dmax[b])
+        zero_counter = cb >= 0 and 0 != counter_step[s]
+        p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
+        p_payload = np.uint64(0)
+        out = bad = ck_bad = novel = dlc_bad = False
         for i in range(seg_start[g], seg_start[g + 1]):
             j = order[i]
             w = win[j]
@@ -335,81 +345,89 @@ def _fold(  # pragma: no cover - compiled
             if la[A_COUNT] == 1 or label[j] > la[A_LABEL]:
                 la[A_LABEL] = label[j]
             hp = not np.isnan(last) and t >= last
+            p64 = np.uint64(0)
             for b in range(8):
                 cur[b] = data[j, b]
                 cur_i[b] = data[j, b]
+                p64 |= np.uint64(cur[b]) << np.uint64(8 * b)
             if np.isnan(last_g) or t > last_g:
                 last_g = t
             dt = t - last
+            before = prev  # the current frame's predecessor
             if np.isnan(last) or t >= last:  # an out-of-order frame does not become the predecessor
                 last = t
-                for b in range(8):
-                    before[b] = prev[b]
-                    prev[b] = cur[b]
-            else:
-                for b in range(8):
-                    before[b] = prev[b]
+                prev = p64
             if not k:
                 continue
-            out = False
-            for b in range(8):
-                out |= (cur_i[b] < bmin[b]) | (cur_i[b] > bmax[b])
-            la[A_OUT] += out
             if hp:
                 la[A_NDT] += 1
                 sum_dt += dt
                 sum_dt2 += dt * dt
                 if dt < min_dt:
                     min_dt = dt
-                ham = 0
-                cnt = 0
-                jump = False
-                for b in range(8):
-                    x = cur[b] ^ before[b]
-                    ham += popcount[x]
-                    c = 1 if x != 0 else 0
-                    changed[b] = c
-                    cnt += c
-                    dv = cur_i[b] - np.int64(before[b])
-                    jump |= (dv < dmin[b]) | (dv > dmax[b])
-                la[A_HAM] += ham
-                la[A_DELTA] += jump
-                if cnt > 0:
+                if p64 == before:
+                    la[A_DELTA] += zero_jump
+                    la[A_COUNTER] += zero_counter
+                else:
+                    ham = 0
+                    cnt = 0
+                    jump = False
+                    for b in range(8):
+                        bb = np.int64((before >> np.uint64(8 * b)) & np.uint64(0xFF))
+                        x = cur_i[b] ^ bb
+                        ham += popcount[x]
+                        c = 1 if x != 0 else 0
+                        changed[b] = c
+                        cnt += c
+                        dv = cur_i[b] - bb
+                        jump |= (dv < dmin[b]) | (dv > dmax[b])
+                    la[A_HAM] += ham
+                    la[A_DELTA] += jump
                     for b in range(8):
                         c = changed[b]
                         la[A_CHG + b] += c
                         if cnt - c > 0:
                             la[A_OTHER + b] += 1
                             la[A_COND + b] += c
-                if cb >= 0:
-                    cc = (np.int64(cur[cb]) & cmask) >> cshift
-                    cp = (np.int64(before[cb]) & cmask) >> cshift
-                    if (cc - cp) % cmod != counter_step[s]:
-                        la[A_COUNTER] += 1
-            bad = False  # branch-free: every tight pair is checked, no early exit
-            for q in range(n_tight):
-                dv = cur_i[pa[q]] - cur_i[pb[q]]
-                bad |= (dv < plo[q]) | (dv > phi[q])
-            la[A_PAIR] += bad
-            if ck > 0:
-                pos = np.int64(checksum_byte[s])
-                if pos == -2:
-                    pos = np.int64(dlc[j]) - 1
-                pos = min(max(pos, 0), 7)
-                if _checksum(ck, cur, np.int64(dlc[j]), np.int64(can_id[j]), pos, crc8) != cur[pos]:
-                    la[A_CHECKSUM] += 1
-            if dict_on:
-                h = np.uint64(0)
+                    if cb >= 0:
+                        cc = (cur_i[cb] & cmask) >> cshift
+                        cp = (np.int64((before >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
+                        if (cc - cp) % cmod != counter_step[s]:
+                            la[A_COUNTER] += 1
+            d = np.int64(dlc[j])
+            if not (p_dlc == d and p_payload == p64):
+                # checks of the payload alone: a repeated payload (a third of all
+                # frames) repeats the stream's last verdicts
+                p_payload = p64
+                p_dlc = d
+                out = False
                 for b in range(8):
-                    h |= np.uint64(cur[b]) << np.uint64(8 * b)
-                h ^= slot_hash
-                m = np.searchsorted(payload_hashes, h)
-                if m >= n_hash:
-                    m = n_hash - 1
-                if payload_hashes[m] != h:
-                    la[A_NOVEL] += 1
-            if ((np.int64(dlc_mask[s]) >> np.int64(dlc[j])) & 1) == 0:
-                la[A_DLC] += 1
+                    out |= (cur_i[b] < bmin[b]) | (cur_i[b] > bmax[b])
+                bad = False  # branch-free: every tight pair is checked, no early exit
+                if n_tight:
+                    for p in range(_N_PAIRS):  # fixed pairs: an unrolled loop of constant indices
+                        dv = cur_i[_PAIR_A[p]] - cur_i[_PAIR_B[p]]
+                        bad |= (dv < plo[p]) | (dv > phi[p])
+                ck_bad = False
+                if ck > 0:
+                    pos = np.int64(checksum_byte[s])
+                    if pos == -2:
+                        pos = d - 1
+                    pos = min(max(pos, 0), 7)
+                    ck_bad = _checksum(ck, cur, d, np.int64(can_id[j]), pos, crc8) != cur[pos]
+                novel = False
+                if dict_on:
+                    h = p64 ^ slot_hash
+                    m = np.searchsorted(payload_hashes, h)
+                    if m >= n_hash:
+                        m = n_hash - 1
+                    novel = payload_hashes[m] != h
+                dlc_bad = ((np.int64(dlc_mask[s]) >> d) & 1) == 0
+            la[A_OUT] += out
+            la[A_PAIR] += bad
+            la[A_CHECKSUM] += ck_bad
+            la[A_NOVEL] += novel
+            la[A_DLC] += dlc_bad
         for c in range(N_ACC_I):
             acc_i[r, c] = la[c]
         acc_f[r, F_SUM] = sum_dt
@@ -418,7 +436,7 @@ def _fold(  # pragma: no cover - compiled
         acc_f[r, F_LAST] = last_g
         st_last_ts[r] = last
         for b in range(8):
-            st_last_data[r, b] = prev[b]
+            st_last_data[r, b] = np.uint8((prev >> np.uint64(8 * b)) & np.uint64(0xFF))
     return n_emit
 
 
