@@ -431,10 +431,21 @@ def _envelope(
 ) -> tuple[str, str, str, bytes]:
     """(vehicle, brand, content type, value) of a record, or raise DecodeError.
 
-    ``memo`` caches the header verdict per distinct header list: a poll repeats
-    the same few (one per brand and encoding).
+    ``memo`` caches the verdicts on keys and on header lists: a poll repeats
+    the same few (one key per vehicle, one header list per brand and encoding).
     """
-    vehicle = _vehicle(key)
+    if memo is not None and type(key) is bytes:
+        vehicle = memo.get(key)
+        if vehicle is None:
+            try:
+                vehicle = _vehicle(key)
+            except DecodeError as exc:
+                vehicle = exc
+            memo[key] = vehicle
+        if isinstance(vehicle, DecodeError):
+            raise DecodeError(vehicle.reason, vehicle.detail)
+    else:
+        vehicle = _vehicle(key)
     verdict = None
     if memo is not None:
         try:
@@ -546,14 +557,18 @@ def decode_records(
             frames, bounds, float(min_ts), float(now + max_future_s), KNOWN_FLAGS,
             np.uint32(EXTENDED_FLAG), ID_MASK_STANDARD,
         )  # fmt: skip
+        # (columns: first bad dlc, count, id, flags, ts: -1 or 0 when none; time-ordered)
+        clean = ((faults[:, [0, 2, 3, 4]] < 0).all(axis=1) & (faults[:, 5] == 1)).tolist()
+        lo = bounds.tolist()
         for k, (i, vehicle, brand, _, _) in enumerate(binary):
-            part = frames[bounds[k] : bounds[k + 1]]
-            try:
-                _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
-            except DecodeError as exc:
-                out[i] = exc
-                continue
-            if not faults[k, 5]:
-                part = part[np.argsort(part["ts"], kind="stable")]
+            part = frames[lo[k] : lo[k + 1]]
+            if not clean[k]:
+                try:
+                    _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
+                except DecodeError as exc:
+                    out[i] = exc
+                    continue
+                if not faults[k, 5]:
+                    part = part[np.argsort(part["ts"], kind="stable")]
             out[i] = DecodedBatch(vehicle, brand, part)
     return out  # type: ignore[return-value]
