@@ -78,8 +78,9 @@ class Scorer:
     def push(self, batches: list[tuple[str, str, np.ndarray]]) -> list[ScoredRows]:
         """Score ``(vehicle, brand, frames)`` batches; brands without a model raise KeyError."""
         by_platform: dict[str, list[tuple[int, np.ndarray]]] = {}
+        platforms: dict[str, str | None] = {}
         for vehicle, brand, frames in batches:
-            platform = self.platform_for(brand)
+            platform = platforms.get(brand) or platforms.setdefault(brand, self.platform_for(brand))
             if platform is None:
                 raise KeyError(f"no model for brand {brand!r}")
             st = self._state(platform)

@@ -589,16 +589,24 @@ class Detector:
         held: dict = defaultdict(lambda: ([], [], []))  # tp -> offsets, vehicle numbers, ts
         per_brand: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         seen_at = time.monotonic()
+        modelled: dict[str, bool] = {}  # per brand, per vehicle: a poll repeats a few
+        alias: dict[str, str] = {}
         for (tp, r), b in zip(records, results, strict=True):
             self.next_offset[tp] = r.offset + 1
-            if not isinstance(b, DecodeError) and self.scorer.platform_for(b.brand) is None:
-                b = DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
+            if not isinstance(b, DecodeError):
+                ok = modelled.get(b.brand)
+                if ok is None:
+                    ok = modelled[b.brand] = self.scorer.platform_for(b.brand) is not None
+                if not ok:
+                    b = DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
             if isinstance(b, DecodeError):
                 futures.append(self._dead_letter(r, b))
                 continue
             vehicle = b.vehicle
             if self.privacy_key is not None:
-                vehicle = pseudonym(self.privacy_key, vehicle)
+                vehicle = alias.get(b.vehicle) or alias.setdefault(
+                    b.vehicle, pseudonym(self.privacy_key, b.vehicle)
+                )
             counts = per_brand[b.brand]
             counts[0] += 1
             counts[1] += len(b.frames)
