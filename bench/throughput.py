@@ -9,7 +9,8 @@ each repeat sees the same machine load:
 * **bare**: a kafka-python consumer with ``kafka_io.make_consumer``'s settings
   reading the whole binary topic and doing one ``np.frombuffer`` per record --
   the floor any Python consumer pays (child process, ``time.process_time``
-  from consumer creation to the last record: imports excluded);
+  from the group's assignment of the partitions to the last record: net of
+  imports, consumer creation and the group join, as detect's figure is);
 * **detect**: ``canwatch detect`` as a subprocess with a fresh consumer group
   over the same backlog, until its ``canwatch_frames_consumed_total`` equals the
   frames produced; CPU (user+sys, all threads) from ``/proc/<pid>/stat`` just
@@ -19,14 +20,15 @@ each repeat sees the same machine load:
   ``detect_frames_per_cpu_s`` is the **net** figure;
 * **json**: the same through ``canwatch detect`` from the JSON-encoded topic
   (net, like detect; all the frames unless ``--json-frames`` says fewer);
-* **river**: a plain consumer that decodes each record and scores frames one
+* **river**: a plain consumer (measured like bare) that decodes each record and scores frames one
   at a time with ``river.anomaly.HalfSpaceTrees`` (``score_one`` then
   ``learn_one`` on {id, dlc, b0..b7, dt since the id's previous frame}), the
   way a naive streaming peer would, on ``--river-frames`` frames.
 
 Before the repeats, one unmeasured detect run over 50,000 frames fills the
-numba kernels' on-disk cache, so no measured run pays for JIT compilation
-(loading the cached kernels on first use stays in each run's net CPU).
+numba kernels' on-disk cache, so no measured run pays for JIT compilation.
+(Loading the cached kernels is part of start-up: detect runs them once on
+synthetic frames as its models load, before it reports ready.)
 
 CPU-seconds, not wall time: the machine is shared and the broker competes for
 the same cores. Ratios are taken within each repeat, then the median.
@@ -189,9 +191,22 @@ def child(argv: list[str]) -> int:
     if args.max_poll_records:
         over["kafka.max_poll_records"] = args.max_poll_records
     cfg = load_config(None, env={}, overrides=over)
+    from kafka import ConsumerRebalanceListener
+
     score = river_scorer() if args.mode == "river" else None
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    consumer = make_consumer(cfg.kafka, [args.topic], args.group)
+    consumer = make_consumer(cfg.kafka, [], args.group)
+    assigned_cpu: list[float] = []  # CPU when the group assigned the partitions
+
+    class OnAssign(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned) -> None:
+            if assigned and not assigned_cpu:
+                assigned_cpu.append(time.process_time())
+
+    consumer.subscribe([args.topic], listener=OnAssign())
     frames = records = 0
     first = None
     while frames < args.frames:
@@ -206,15 +221,20 @@ def child(argv: list[str]) -> int:
                     frames += len(arr)
                 else:
                     frames += score(r.key, arr[: args.frames - frames])
-    cpu = time.process_time() - cpu0
+    cpu_end = time.process_time()
     end = time.perf_counter()
     consumer.close(autocommit=False)
+    startup = assigned_cpu[0] - cpu0
     print(
         json.dumps(
             {
                 "frames": frames,
                 "records": records,
-                "cpu_s": cpu,
+                # net of creating the consumer and joining the group, as detect's
+                # figure is net of its start-up (which ends with the same join)
+                "cpu_s": cpu_end - assigned_cpu[0],
+                "cpu_raw_s": cpu_end - cpu0,
+                "startup_cpu_s": startup,
                 "wall_s": end - wall0,
                 "busy_wall_s": end - (first or end),
             }
