@@ -249,20 +249,19 @@ def _fold(  # pragma: no cover - compiled
     ts, can_id, dlc, data, label, win,
     st_last_ts, st_last_data, st_open, acc_i, acc_f,
     window_s, period, mean_count, ham_mean, ham_std, change_rate, cond_change,
-    byte_min, byte_max, delta_min, delta_max, pairs, pair_min, pair_max, pair_tight,
+    byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
     popcount, crc8, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
-    n_pairs_all = pairs.shape[0]
     n_hash = payload_hashes.shape[0]
     changed = np.zeros(8, np.int64)
     cur = np.zeros(8, np.uint8)
     cur_i = np.zeros(8, np.int64)
     # the segment's baseline rows, copied once into small contiguous locals
-    plo = np.zeros(n_pairs_all, np.int64)
-    phi = np.zeros(n_pairs_all, np.int64)
+    plo = np.zeros(_N_PAIRS, np.int64)
+    phi = np.zeros(_N_PAIRS, np.int64)
     bmin = np.zeros(8, np.int64)
     bmax = np.zeros(8, np.int64)
     dmin = np.zeros(8, np.int64)
@@ -281,7 +280,7 @@ def _fold(  # pragma: no cover - compiled
         dict_on = has_dict[s] and n_hash > 0
         slot_hash = np.uint64(s + 1) * hash_mul
         n_tight = 0
-        for p in range(n_pairs_all):
+        for p in range(_N_PAIRS):
             if pair_tight[s, p]:
                 plo[p] = pair_min[s, p]
                 phi[p] = pair_max[s, p]
@@ -500,7 +499,7 @@ def fold(
         frames["ts"], frames["can_id"], frames["dlc"], frames["data"], frames["label"], win,
         table.last_ts, table.last_data, table.open_window, table.acc_i, table.acc_f,
         float(window_s), bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate,
-        bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max, PAIRS,
+        bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
         bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
         bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _POPCOUNT, _CRC8, _HASH_MUL,
