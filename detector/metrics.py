@@ -20,12 +20,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from detector.errors import ConfigError
+
+# Each counter and histogram child would add a *_created series (when the label
+# set first appeared): 40 % of the ~200 kB exposition, read by no dashboard or
+# rule, and a scrape costs the detector ~13 ms of CPU at that size.
+disable_created_metrics()
 
 DEFAULT_ADDRESS = "127.0.0.1:9108"
 

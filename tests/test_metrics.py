@@ -218,3 +218,15 @@ def test_serve_binds_only_the_configured_address(m):
 def test_every_wire_decode_reason_is_a_dead_letter_label():
     wire = pytest.importorskip("detector.wire")
     assert set(wire.REASONS) <= set(DEAD_LETTER_REASONS)
+
+
+def test_exposition_has_no_created_series(m):
+    """Counters' *_created series doubled the scrape (and its CPU in the detector)."""
+    from prometheus_client import generate_latest
+
+    bm = m.brand("jeep")
+    bm.observe_scores(np.array([0.2, 1.5]))
+    bm.incident_opened("high", "dos")
+    text = generate_latest(m.registry).decode()
+    assert "canwatch_incidents_opened_total{" in text
+    assert "_created" not in text
