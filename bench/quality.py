@@ -11,7 +11,7 @@ README's table do it (``detector.training.train_platform`` +
 - CrySyS: trained on ``benign-48.csv`` + ``S-1-1-benign.log``, evaluated on the
   S-1-1 payload-modification capture (0x410).
 
-Simulator (``tests/test_detection_quality.py``'s set-up): per platform, a model
+Simulator (``replay.quality_scenario``, shared with the quality test): per platform, a model
 trained on 10 vehicles x 120 s of benign traffic, then each attack family
 injected at +15 s for 8 s into a fresh 40 s vehicle; window ROC-AUC of the
 attack against that vehicle's benign windows and time to detect.
@@ -35,6 +35,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, machine, markdown_table, write_json  # noqa: E402
+from replay.quality_scenario import (  # noqa: E402
+    ATTACK_S,
+    ATTACK_START,
+    FAMILIES,
+    TEST_S,
+    TRAIN_S,
+    TRAIN_VEHICLES,
+    attacked_vehicle,
+    training_recordings,
+)
+from replay.quality_scenario import PLATFORM_BRANDS as SIM_PLATFORMS  # noqa: E402
 
 #: README "Detection quality": window ROC-AUC on the real captures.
 EXPECTED = {
@@ -51,18 +62,6 @@ ROAD_FILES = (
 CRYSYS_TRAIN = ("benign-48.csv", "S-1-1-benign.log")
 CRYSYS_ATTACK = "S-1-1-malicious-CONST-msg-mod-0x410-0.4-0.6.log"
 
-# tests/test_detection_quality.py
-SIM_PLATFORMS = {
-    "cusw": "jeep",
-    "aee2010": "peugeot",
-    "giorgio": "alfa-romeo",
-    "pacifica": "chrysler",
-    "omega": "opel",
-}
-FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
-TRAIN_VEHICLES, TRAIN_S = 10, 120.0
-TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
-START_TS = 1.7e9
 
 
 def default_data_dir() -> Path:
@@ -160,37 +159,21 @@ def real_captures(data: Path) -> tuple[list[dict], list[str]]:
 def simulated(platforms: list[str]) -> list[dict]:
     from detector.brands import load_fleet
     from detector.config import DetectionConfig, IncidentConfig
-    from detector.evaluate import Span, attack_report, score_frames
+    from detector.evaluate import attack_report, score_frames
     from detector.training import train_platform
-    from replay.attacks import AttackSpec, inject
-    from replay.simulator import simulate_vehicle
 
     cfg, inc, fleet = DetectionConfig(), IncidentConfig(), load_fleet()
     out = []
     for platform in platforms:
         t0 = time.perf_counter()
-        recordings = [
-            simulate_vehicle(platform, TRAIN_S, START_TS, seed=100 + i)
-            for i in range(TRAIN_VEHICLES)
-        ]
-        model, _ = train_platform(platform, recordings, cfg)
+        model, _ = train_platform(platform, training_recordings(platform), cfg)
         train_s = time.perf_counter() - t0
         for family in FAMILIES:
-            seed = 900 + FAMILIES.index(family)
-            frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
-            spec = AttackSpec.parse(f"{family}:start={ATTACK_START},duration={ATTACK_S}")
-            frames, span = inject(frames, spec, seed=seed)
-            spans = [Span(family, span.start_ts, span.end_ts)] if family == "suspension" else []
+            v = attacked_vehicle(platform, family)
+            span = v.span
             t1 = time.perf_counter()
             ev = score_frames(
-                frames,
-                SIM_PLATFORMS[platform],
-                f"veh-{platform}-{seed}",
-                model,
-                fleet,
-                cfg.window_s,
-                inc,
-                spans,
+                v.frames, v.brand, v.name, model, fleet, cfg.window_s, inc, v.truth
             )
             r = attack_report(ev, family)
             out.append(

@@ -14,23 +14,21 @@ import pytest
 
 from detector.brands import load_fleet
 from detector.config import DetectionConfig, IncidentConfig
-from detector.evaluate import Evaluation, Span, attack_report, score_frames
+from detector.evaluate import Evaluation, attack_report, score_frames
 from detector.model import PlatformModel
 from detector.training import train_platform
-from replay.attacks import AttackSpec, inject
+from replay.quality_scenario import (
+    ATTACK_S,
+    FAMILIES,
+    PLATFORM_BRANDS,
+    START_TS,
+    TEST_S,
+    attacked_vehicle,
+    training_recordings,
+)
 from replay.simulator import simulate_vehicle
 
-PLATFORMS = {
-    "cusw": "jeep",
-    "aee2010": "peugeot",
-    "giorgio": "alfa-romeo",
-    "pacifica": "chrysler",
-    "omega": "opel",
-}
-FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
-TRAIN_VEHICLES, TRAIN_S = 10, 120.0
-TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
-START_TS = 1.7e9
+PLATFORMS = PLATFORM_BRANDS
 CFG = DetectionConfig()
 W = CFG.window_s
 MIN_AUC = 0.95
@@ -79,11 +77,7 @@ def models() -> dict[str, PlatformModel]:
 
 def model_for(models: dict[str, PlatformModel], platform: str) -> PlatformModel:
     if platform not in models:
-        recordings = [
-            simulate_vehicle(platform, TRAIN_S, START_TS, seed=100 + i)
-            for i in range(TRAIN_VEHICLES)
-        ]
-        models[platform], _ = train_platform(platform, recordings, CFG)
+        models[platform], _ = train_platform(platform, training_recordings(platform), CFG)
     return models[platform]
 
 
@@ -91,23 +85,10 @@ def attacked(models, platform: str, family: str) -> tuple[Evaluation, object]:
     """A fresh vehicle (seed never used in training) with ``family`` injected, evaluated."""
     key = (platform, family)
     if key not in _evals:
-        seed = 900 + FAMILIES.index(family)
-        frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
-        spec = AttackSpec.parse(f"{family}:start={ATTACK_START},duration={ATTACK_S}")
-        frames, span = inject(frames, spec, seed=seed)
-        # a suspension removes frames and so labels none: its span is the ground truth
-        spans = [Span(family, span.start_ts, span.end_ts)] if family == "suspension" else []
-        ev = score_frames(
-            frames,
-            PLATFORMS[platform],
-            f"veh-{platform}-{seed}",
-            model_for(models, platform),
-            load_fleet(),
-            W,
-            IncidentConfig(),
-            spans,
-        )
-        _evals[key] = (ev, span)
+        v = attacked_vehicle(platform, family)
+        model = model_for(models, platform)
+        ev = score_frames(v.frames, v.brand, v.name, model, load_fleet(), W, IncidentConfig(), v.truth)
+        _evals[key] = (ev, v.span)
     return _evals[key]
 
 
