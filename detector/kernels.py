@@ -16,6 +16,8 @@ for the equivalence checks.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
 
@@ -638,60 +640,57 @@ class CompiledForest:
         return 2.0 ** (-depths / self.denominator)
 
 
-@njit(cache=True, nogil=True)
-def frame_faults(frames, lo, hi, min_ts, max_ts, known_flags, extended, max_standard):  # pragma: no cover
-    """One pass of the wire checks over frames ``lo:hi`` (one record).
+_DLC_MASKS = np.array([(1 << (8 * d)) - 1 for d in range(8)] + [2**64 - 1], np.uint64)
 
-    Returns the first offending frame per check (-1 if none, relative to
-    ``lo``) as (dlc, id, flags, ts), the number of frames with dlc > 8, and
-    whether ts never decreases. Bytes past each frame's dlc are zeroed in
-    place (they carry no meaning, and payload features must not see producer
-    garbage). The structured array is one argument: a call costs ~1 us.
-    """
+
+@njit(cache=True, nogil=True)
+def _faults(ts, words, lo, hi, min_ts, max_ts, known_flags, extended, max_standard, masks):  # pragma: no cover
+    # A frame is three little-endian 64-bit words: ts; can_id | dlc << 32 |
+    # flags << 40 | label << 48 | reserved << 56; the 8 data bytes. Reading the
+    # middle word once and masking the data word (no per-byte loop of varying
+    # length) halves the pass.
     bad_dlc = -1
     n_bad_dlc = 0
     bad_id = -1
     bad_flags = -1
     bad_ts = -1
     ordered = True
-    unknown = np.uint8(~np.uint8(known_flags))
+    unknown = np.uint64(np.uint8(~np.uint8(known_flags)))
     prev = -np.inf
     for i in range(lo, hi):
-        f = frames[i]
-        d = f["dlc"]
+        w = words[i, 1]
+        c = np.uint32(w & np.uint64(0xFFFFFFFF))
+        d = np.int64((w >> np.uint64(32)) & np.uint64(0xFF))
         if d > 8:
             n_bad_dlc += 1
             if bad_dlc < 0:
                 bad_dlc = i - lo
-        c = f["can_id"]
         if c & extended:
             id_ok = (c & 0x60000000) == 0  # 29 bits below the flag
         else:
             id_ok = c <= max_standard
         if not id_ok and bad_id < 0:
             bad_id = i - lo
-        if bad_flags < 0 and ((f["flags"] & unknown) != 0 or f["label"] != 0 or f["reserved"] != 0):
+        if bad_flags < 0 and (((w >> np.uint64(40)) & unknown) != 0 or (w >> np.uint64(48)) != 0):
             bad_flags = i - lo
-        t = f["ts"]
+        t = ts[i]
         if bad_ts < 0 and not (np.isfinite(t) and t >= min_ts and t <= max_ts):
             bad_ts = i - lo
         if t < prev:
             ordered = False
         prev = t
-        data = f["data"]
-        for b in range(min(d, 8), 8):
-            data[b] = 0
+        words[i, 2] &= masks[min(d, 8)]
     return bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered
 
 
 @njit(cache=True, nogil=True)
-def frame_faults_each(frames, bounds, min_ts, max_ts, known_flags, extended, max_standard):  # pragma: no cover
-    """``frame_faults`` for each record ``bounds[k]:bounds[k + 1]``; one row per record."""
+def _faults_each(ts, words, bounds, min_ts, max_ts, known_flags, extended, max_standard, masks):  # pragma: no cover
     out = np.zeros((bounds.shape[0] - 1, 6), np.int64)
     for k in range(bounds.shape[0] - 1):
-        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = frame_faults(
-            frames, bounds[k], bounds[k + 1], min_ts, max_ts, known_flags, extended, max_standard
-        )
+        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = _faults(
+            ts, words, bounds[k], bounds[k + 1], min_ts, max_ts, known_flags, extended,
+            max_standard, masks,
+        )  # fmt: skip
         out[k, 0] = bad_dlc
         out[k, 1] = n_bad_dlc
         out[k, 2] = bad_id
@@ -699,3 +698,36 @@ def frame_faults_each(frames, bounds, min_ts, max_ts, known_flags, extended, max
         out[k, 4] = bad_ts
         out[k, 5] = ordered
     return out
+
+
+def _words(frames: np.ndarray) -> np.ndarray:
+    # the word layout above is the little-endian one FRAME_DTYPE spells out
+    assert sys.byteorder == "little", "the wire-check kernels assume a little-endian host"
+    return frames.view(np.uint64).reshape(-1, 3)
+
+
+def frame_faults(
+    frames: np.ndarray, lo: int, hi: int, min_ts, max_ts, known_flags, extended, max_standard
+) -> tuple:
+    """One pass of the wire checks over frames ``lo:hi`` (one record).
+
+    Returns the first offending frame per check (-1 if none, relative to
+    ``lo``) as (dlc, id, flags, ts), the number of frames with dlc > 8, and
+    whether ts never decreases. Bytes past each frame's dlc are zeroed in
+    place (they carry no meaning, and payload features must not see producer
+    garbage). ``frames``: a contiguous, writable FRAME_DTYPE array.
+    """
+    return _faults(
+        frames["ts"], _words(frames), lo, hi, min_ts, max_ts, known_flags, extended,
+        max_standard, _DLC_MASKS,
+    )  # fmt: skip
+
+
+def frame_faults_each(
+    frames: np.ndarray, bounds: np.ndarray, min_ts, max_ts, known_flags, extended, max_standard
+) -> np.ndarray:
+    """``frame_faults`` for each record ``bounds[k]:bounds[k + 1]``; one row per record."""
+    return _faults_each(
+        frames["ts"], _words(frames), bounds, min_ts, max_ts, known_flags, extended,
+        max_standard, _DLC_MASKS,
+    )  # fmt: skip
