@@ -886,3 +886,20 @@ def test_a_parked_vehicle_is_retired_and_no_longer_holds_offsets_back(
         reader.close()
     assert {e["incident_id"] for e in events} >= parked_ids
     assert events[-1]["status"] == "closed" and events[-1]["suspected_attack"] == "dos"
+
+
+def test_freeze_heap_moves_start_up_objects_out_of_the_gc(broker, unique_topic, cusw_models):
+    """``canwatch detect`` (freeze_heap=True): modules, models and clients are frozen
+    once started, so full collections during consumption do not walk them."""
+    import gc
+
+    cfg = service_config(broker, unique_topic, cusw_models)
+    detector = Detector(cfg, FLEET, DetectorMetrics(CollectorRegistry()), "det-freeze", freeze_heap=True)
+    frozen = gc.get_freeze_count()
+    try:
+        detector.start()
+        assert detector.scorer.models  # the models were loaded before the freeze
+        assert gc.get_freeze_count() > frozen + 10_000
+    finally:
+        detector.close()
+        gc.unfreeze()  # this is the test process, not a detector's

@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     detector = Detector(
-        cfg, fleet_from(cfg), metrics, args.detector_id, windows_out=args.windows_out
+        cfg,
+        fleet_from(cfg),
+        metrics,
+        args.detector_id,
+        windows_out=args.windows_out,
+        freeze_heap=True,
     )
     try:
         detector.run(stop)
