@@ -246,9 +246,17 @@ def _emit(
 
 
 @njit(cache=True, nogil=True)
+def _unpack(p64, cur, cur_i):  # pragma: no cover - compiled
+    for b in range(8):
+        x = (p64 >> np.uint64(8 * b)) & np.uint64(0xFF)
+        cur[b] = np.uint8(x)
+        cur_i[b] = np.int64(x)
+
+
+@njit(cache=True, nogil=True)
 def _fold(  # pragma: no cover - compiled
     order, seg_start, seg_row, seg_slot, seg_known,
-    ts, can_id, dlc, data, label, win,
+    ts, can_id, dlc, data64, label, win,
     st_last_ts, st_last_data, st_open, acc_i, acc_f,
     window_s, period, mean_count, ham_mean, ham_std, change_rate, cond_change,
     byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
@@ -346,11 +354,8 @@ def _fold(  # pragma: no cover - compiled
             if la[A_COUNT] == 1 or label[j] > la[A_LABEL]:
                 la[A_LABEL] = label[j]
             hp = not np.isnan(last) and t >= last
-            p64 = np.uint64(0)
-            for b in range(8):
-                cur[b] = data[j, b]
-                cur_i[b] = data[j, b]
-                p64 |= np.uint64(cur[b]) << np.uint64(8 * b)
+            p64 = data64[j]  # the payload, bytes little-endian; split into bytes only if needed
+            unpacked = False
             if np.isnan(last_g) or t > last_g:
                 last_g = t
             dt = t - last
@@ -370,6 +375,8 @@ def _fold(  # pragma: no cover - compiled
                     la[A_DELTA] += zero_jump
                     la[A_COUNTER] += zero_counter
                 else:
+                    _unpack(p64, cur, cur_i)
+                    unpacked = True
                     ham = 0
                     cnt = 0
                     jump = False
@@ -401,6 +408,8 @@ def _fold(  # pragma: no cover - compiled
                 # frames) repeats the stream's last verdicts
                 p_payload = p64
                 p_dlc = d
+                if not unpacked:
+                    _unpack(p64, cur, cur_i)
                 out = False
                 for b in range(8):
                     out |= (cur_i[b] < bmin[b]) | (cur_i[b] > bmax[b])
@@ -498,7 +507,7 @@ def fold(
     late = np.zeros(len(frames), np.bool_)
     emitted.n = _fold(
         order, seg_start, seg_row, slot, known,
-        frames["ts"], frames["can_id"], frames["dlc"], frames["data"], frames["label"], win,
+        frames["ts"], frames["can_id"], frames["dlc"], _words(np.ascontiguousarray(frames))[:, 2], frames["label"], win,
         table.last_ts, table.last_data, table.open_window, table.acc_i, table.acc_f,
         float(window_s), bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate,
         bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
