@@ -85,38 +85,25 @@ def id_slots(can_id, ids):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def stream_order(key, n_keys, ts):  # pragma: no cover - compiled
-    """Counting sort of frames by stream ``key`` (stable), and whether each
-    stream's frames were already in time order (else the caller sorts by ts)."""
-    counts = np.zeros(n_keys + 1, np.int64)
-    for i in range(key.shape[0]):
-        counts[key[i] + 1] += 1
-    for k in range(n_keys):
-        counts[k + 1] += counts[k]
-    order = np.empty(key.shape[0], np.int64)
-    last = np.full(n_keys, -np.inf)
-    in_order = True
-    for i in range(key.shape[0]):
-        k = key[i]
-        if ts[i] < last[k]:
-            in_order = False
-        last[k] = ts[i]
-        order[counts[k]] = i
-        counts[k] += 1
-    return order, in_order
-
-
-@njit(cache=True, nogil=True)
-def window_pass(ts, vehicle, window_s, closed_upto, first_window, newest, none):  # pragma: no cover
-    """Each frame's window and whether it is late (in a window its vehicle has
-    closed). Over the frames that are not: per vehicle, set ``first_window`` if
-    still ``none``, raise ``newest`` to the newest ts, and mark it in the batch."""
+def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest, none, ids):  # pragma: no cover
+    """Each frame's window, whether it is late (in a window its vehicle has
+    closed), and its id's slot in the sorted baseline ``ids`` (as ``id_slots``;
+    ``all_known`` False if some id is not there). Over the frames that are not
+    late: per vehicle, set ``first_window`` if still ``none``, raise ``newest``
+    to the newest ts, and mark it in the batch."""
     n = ts.shape[0]
+    n_ids = ids.shape[0]
+    lut = np.full(2048, -1, np.int64)
+    for k in range(n_ids):
+        if ids[k] < 2048:
+            lut[ids[k]] = k
     win = np.empty(n, np.int64)
     late = np.zeros(n, np.bool_)
+    slot = np.zeros(n, np.int64)
     in_batch = np.zeros(closed_upto.shape[0], np.bool_)
     earliest = np.full(closed_upto.shape[0], np.iinfo(np.int64).max)
     n_late = 0
+    all_known = True
     for i in range(n):
         w = np.int64(np.floor(ts[i] / window_s))
         win[i] = w
@@ -130,10 +117,66 @@ def window_pass(ts, vehicle, window_s, closed_upto, first_window, newest, none):
             earliest[v] = w
         if ts[i] > newest[v]:
             newest[v] = ts[i]
+        c = can_id[i]
+        k = lut[c] if c < 2048 else -1
+        if k < 0 and c >= 2048 and n_ids > 0:  # extended: a binary search
+            k = min(np.searchsorted(ids, c), n_ids - 1)
+            if ids[k] != c:
+                k = -1
+        if k < 0:
+            all_known = False
+        else:
+            slot[i] = k
     for v in range(closed_upto.shape[0]):
         if in_batch[v] and first_window[v] == none:
             first_window[v] = earliest[v]
-    return win, late, n_late, in_batch
+    return win, late, n_late, in_batch, slot, all_known
+
+
+@njit(cache=True, nogil=True)
+def stream_groups(vehicle, vrank, id_rank, n_ids, n_keys, ts, win):  # pragma: no cover
+    """Counting sort of frames by stream (key = vrank[vehicle] * n_ids + id_rank,
+    ordered by (vehicle, id)), stable, with the bounds of each stream's run
+    (plus a final end) and the number of (stream, window) groups. ``in_order``
+    False when some stream's frames were not in time order: then ``order``,
+    ``starts`` and ``groups`` are not valid and the caller sorts by (key, ts)."""
+    n = vehicle.shape[0]
+    key = np.empty(n, np.int64)
+    pos = np.zeros(n_keys + 1, np.int64)
+    for i in range(n):
+        k = vrank[vehicle[i]] * n_ids + id_rank[i]
+        key[i] = k
+        pos[k + 1] += 1
+    n_seg = 0
+    for k in range(n_keys):
+        if pos[k + 1] > 0:
+            n_seg += 1
+        pos[k + 1] += pos[k]
+    starts = np.empty(n_seg + 1, np.int64)
+    q = 0
+    for k in range(n_keys):
+        if pos[k + 1] > pos[k]:
+            starts[q] = pos[k]
+            q += 1
+    starts[n_seg] = n
+    order = np.empty(n, np.int64)
+    last_ts = np.full(n_keys, -np.inf)
+    last_w = np.zeros(n_keys, np.int64)
+    seen = np.zeros(n_keys, np.bool_)
+    in_order = True
+    changes = 0
+    for i in range(n):
+        k = key[i]
+        if ts[i] < last_ts[k]:
+            in_order = False
+        last_ts[k] = ts[i]
+        if seen[k] and win[i] != last_w[k]:
+            changes += 1  # in arrival order, which is time order when in_order
+        seen[k] = True
+        last_w[k] = win[i]
+        order[pos[k]] = i
+        pos[k] += 1
+    return key, order, in_order, starts, n_seg + changes
 
 
 @njit(cache=True, nogil=True)

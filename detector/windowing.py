@@ -42,8 +42,8 @@ from detector.kernels import (
     fold,
     id_slots,
     segments,
+    stream_groups,
     stream_keys,
-    stream_order,
     window_pass,
 )
 from detector.schema import take_frames
@@ -134,20 +134,6 @@ def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]
     return ids, np.searchsorted(ids, can_id)
 
 
-def stream_sort(key: np.ndarray, n_keys: int, ts: np.ndarray) -> np.ndarray:
-    """Positions grouping frames by ``key``, each group in time order (ties: arrival order).
-
-    Frames usually arrive in time order per stream, so a linear counting sort
-    does; when they do not, or keys are too sparse for counting (a fuzzer's
-    random extended ids), a comparison sort.
-    """
-    if n_keys <= 4 * len(key) + 100_000:
-        order, in_order = stream_order(key, n_keys, ts)
-        if in_order:
-            return order
-    return np.lexsort((ts, key))
-
-
 class WindowState:
     """Windowing state for the vehicles of one platform (one partition)."""
 
@@ -173,23 +159,34 @@ class WindowState:
         """Add a batch (``vehicle`` = caller's vehicle index per frame); rows of closed windows."""
         vehicle = np.asarray(vehicle, dtype=np.int64)
         self._grow(int(vehicle.max()) + 1 if len(vehicle) else 0)
-        win, late, n_late, in_batch = window_pass(
-            frames["ts"], vehicle, self.window_s, self.closed_upto, self.first_window,
-            self.newest, _NONE,
+        can_id = frames["can_id"]
+        win, late, n_late, in_batch, id_rank, all_known = window_pass(
+            frames["ts"], can_id, vehicle, self.window_s, self.closed_upto, self.first_window,
+            self.newest, _NONE, bl.ids,
         )  # fmt: skip
         self.last_late = vehicle[late]  # per late frame, its vehicle index
         self.late_frames += n_late
         if n_late:
             frames, vehicle, win = take_frames(frames, ~late), vehicle[~late], win[~late]
+            can_id, id_rank = frames["can_id"], id_rank[~late]
         if len(vehicle) == 0:
             return Rows.empty()
 
-        can_id = frames["can_id"]
-        ids, id_rank = batch_ids(can_id, bl)
+        ids = bl.ids
+        if not all_known:  # ids the baseline never saw get ranks of their own
+            ids, id_rank = batch_ids(can_id, bl)
         vrank = np.cumsum(in_batch) - 1
-        key = stream_keys(vehicle, vrank, id_rank, len(ids))  # ordered by (vehicle, id)
-        order = stream_sort(key, int(in_batch.sum()) * len(ids), frames["ts"])
-        seg_start, groups = segments(key, win, order)
+        n_keys = int(in_batch.sum()) * len(ids)
+        ts = frames["ts"]
+        in_order = False
+        if n_keys <= 4 * len(ts) + 100_000:  # else too sparse to count (a fuzzer's extended ids)
+            key, order, in_order, seg_start, groups = stream_groups(
+                vehicle, vrank, id_rank, len(ids), n_keys, ts, win
+            )
+        if not in_order:
+            key = stream_keys(vehicle, vrank, id_rank, len(ids))
+            order = np.lexsort((ts, key))
+            seg_start, groups = segments(key, win, order)
         first = order[seg_start[:-1]]
         rows = self.streams.rows_for(stream_key(vehicle[first], can_id[first]))
 

@@ -18,8 +18,8 @@ from sklearn.ensemble import IsolationForest
 
 from detector.baseline import learn_baseline
 from detector.features import FEATURE_NAMES, N_FEATURES, Rows
-from detector.kernels import CompiledForest, stream_order
-from detector.windowing import WindowState, stream_sort
+from detector.kernels import CompiledForest, segments, stream_groups
+from detector.windowing import WindowState
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
@@ -98,19 +98,30 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     assert all(fired.values()), fired
 
 
-def test_stream_sort_is_a_stable_sort_by_stream_then_time() -> None:
+def test_stream_groups_is_a_stable_sort_by_stream_then_time() -> None:
+    """The counting sort by (vehicle, id) stream: the order, each stream's run and
+    the number of (stream, window) groups equal those of a comparison sort."""
     rng = np.random.default_rng(1)
-    key = rng.integers(0, 50, 5000)
-    ts = np.round(rng.random(5000) * 10, 1)  # many ties
-    in_order = np.lexsort((np.arange(5000), ts))
-    key, ts = key[in_order], ts[in_order]  # time-ordered arrival: the counting path
-    order, ok = stream_order(key, 50, ts)
-    assert ok
-    np.testing.assert_array_equal(order, np.lexsort((ts, key)))
-    shuffled = rng.permutation(5000)  # out of order: the comparison path
-    np.testing.assert_array_equal(
-        stream_sort(key[shuffled], 50, ts[shuffled]), np.lexsort((ts[shuffled], key[shuffled]))
+    n, n_vehicles, n_ids = 5000, 5, 10
+    vehicle = rng.integers(0, n_vehicles, n)
+    id_rank = rng.integers(0, n_ids, n)
+    ts = np.round(rng.random(n) * 10, 1)  # many ties
+    arrival = np.lexsort((np.arange(n), ts))  # time-ordered arrival: the counting path
+    vehicle, id_rank, ts = vehicle[arrival], id_rank[arrival], ts[arrival]
+    win = np.floor(ts).astype(np.int64)
+    vrank = np.arange(n_vehicles)
+    key, order, in_order, starts, groups = stream_groups(
+        vehicle, vrank, id_rank, n_ids, n_vehicles * n_ids, ts, win
     )
+    assert in_order
+    np.testing.assert_array_equal(key, vehicle * n_ids + id_rank)
+    np.testing.assert_array_equal(order, np.lexsort((ts, key)))
+    want_starts, want_groups = segments(key, win, np.lexsort((ts, key)))
+    np.testing.assert_array_equal(starts, want_starts)
+    assert groups == want_groups
+    swapped = ts.copy()
+    swapped[[0, -1]] = swapped[[-1, 0]]  # one frame out of time order
+    assert not stream_groups(vehicle, vrank, id_rank, n_ids, n_vehicles * n_ids, swapped, win)[2]
 
 
 def test_compiled_forest_scores_like_sklearn() -> None:
@@ -172,3 +183,21 @@ def test_warm_up_loads_every_kernel_the_scoring_path_calls(cusw_models) -> None:
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout.strip()
     assert out.startswith("True"), out
+
+
+def test_window_pass_finds_standard_and_extended_ids_like_id_slots() -> None:
+    from detector.kernels import id_slots, window_pass
+
+    ids = np.array([0x10, 0x7FF, 0x8000_0123, 0x9ABC_DEF0], np.uint32)  # sorted, 2 extended
+    can_id = np.array([0x7FF, 0x9ABC_DEF0, 0x10, 0x8000_0123], np.uint32)
+    ts = np.array([0.5, 1.5, 2.5, 3.5])
+    vehicle = np.zeros(4, np.int64)
+    none = np.iinfo(np.int64).min // 4
+    args = (vehicle, 1.0, np.full(1, none), np.full(1, none), np.full(1, -np.inf), none, ids)
+    win, late, n_late, in_batch, slot, all_known = window_pass(ts, can_id, *args)
+    assert all_known and n_late == 0 and in_batch.all()
+    np.testing.assert_array_equal(win, [0, 1, 2, 3])
+    np.testing.assert_array_equal(slot, id_slots(can_id, ids)[0])
+    unseen = can_id.copy()
+    unseen[1] = 0x9ABC_DEF1  # an extended id the baseline never saw
+    assert not window_pass(ts, unseen, *args)[5]
