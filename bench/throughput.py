@@ -20,10 +20,11 @@ each repeat sees the same machine load:
   ``detect_frames_per_cpu_s`` is the **net** figure;
 * **json**: the same through ``canwatch detect`` from the JSON-encoded topic
   (net, like detect; all the frames unless ``--json-frames`` says fewer);
-* **river**: a plain consumer (measured like bare) that decodes each record and scores frames one
-  at a time with ``river.anomaly.HalfSpaceTrees`` (``score_one`` then
-  ``learn_one`` on {id, dlc, b0..b7, dt since the id's previous frame}), the
-  way a naive streaming peer would, on ``--river-frames`` frames.
+* **river**: a plain consumer (measured like bare) that decodes each record
+  and scores frames one at a time with ``river.anomaly.HalfSpaceTrees``
+  (``score_one`` then ``learn_one`` on {id, dlc, b0..b7, dt since the id's
+  previous frame}), the way a naive streaming peer would, on
+  ``--river-frames`` frames.
 
 Before the repeats, one unmeasured detect run over 50,000 frames fills the
 numba kernels' on-disk cache, so no measured run pays for JIT compilation.
