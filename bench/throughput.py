@@ -225,7 +225,8 @@ def child(argv: list[str]) -> int:
     cpu_end = time.process_time()
     end = time.perf_counter()
     consumer.close(autocommit=False)
-    startup = assigned_cpu[0] - cpu0
+    assigned = assigned_cpu[0] if assigned_cpu else cpu_end  # none: nothing was read
+    startup = assigned - cpu0
     print(
         json.dumps(
             {
@@ -233,7 +234,7 @@ def child(argv: list[str]) -> int:
                 "records": records,
                 # net of creating the consumer and joining the group, as detect's
                 # figure is net of its start-up (which ends with the same join)
-                "cpu_s": cpu_end - assigned_cpu[0],
+                "cpu_s": cpu_end - assigned,
                 "cpu_raw_s": cpu_end - cpu0,
                 "startup_cpu_s": startup,
                 "wall_s": end - wall0,

@@ -22,14 +22,18 @@ import numpy as np
 from numba import njit
 
 from detector.baseline import PAIRS, Baseline, crc8_table
+from detector.schema import FRAME_DTYPE
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)
 
 
-_PAIR_A = PAIRS[:, 0].astype(np.int64)
-_PAIR_B = PAIRS[:, 1].astype(np.int64)
-_N_PAIRS = len(PAIRS)
+# Constants the kernels compile in, defined here: numba's on-disk cache is only
+# invalidated when this file changes.
+_PAIR_A, _PAIR_B = (a.astype(np.int64) for a in np.triu_indices(8, 1))
+_N_PAIRS = len(_PAIR_A)
+if not (np.array_equal(PAIRS[:, 0], _PAIR_A) and np.array_equal(PAIRS[:, 1], _PAIR_B)):
+    raise ImportError("detector.baseline.PAIRS changed: update the pair constants of the kernels")
 _CRC8 = crc8_table()  # CRC-8 SAE J1850, as the baseline learns it
 
 
@@ -87,8 +91,8 @@ def id_slots(can_id, ids):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest, none, ids):  # pragma: no cover
     """Each frame's window, whether it is late (in a window its vehicle has
-    closed), and its id's slot in the sorted baseline ``ids`` (as ``id_slots``;
-    ``all_known`` False if some id is not there). Over the frames that are not
+    closed), and its id's slot in the sorted baseline ``ids`` (0 for an id not
+    there, and then ``all_known`` is False). Over the frames that are not
     late: per vehicle, set ``first_window`` if still ``none``, raise ``newest``
     to the newest ts, and mark it in the batch."""
     n = ts.shape[0]
@@ -139,7 +143,8 @@ def stream_groups(vehicle, vrank, id_rank, n_ids, n_keys, ts, win):  # pragma: n
     ordered by (vehicle, id)), stable, with the bounds of each stream's run
     (plus a final end) and the number of (stream, window) groups. ``in_order``
     False when some stream's frames were not in time order: then ``order``,
-    ``starts`` and ``groups`` are not valid and the caller sorts by (key, ts)."""
+    ``starts`` and ``groups`` are not valid (``key`` is) and the caller sorts
+    by (key, ts)."""
     n = vehicle.shape[0]
     key = np.empty(n, np.int64)
     pos = np.zeros(n_keys + 1, np.int64)
@@ -753,8 +758,12 @@ def _faults_each(ts, words, bounds, min_ts, max_ts, known_flags, extended, max_s
 
 
 def _words(frames: np.ndarray) -> np.ndarray:
-    # the word layout above is the little-endian one FRAME_DTYPE spells out
-    assert sys.byteorder == "little", "the wire-check kernels assume a little-endian host"
+    """``frames`` as (n, 3) uint64 words, a view: the layout above is the little-endian
+    one FRAME_DTYPE spells out."""
+    if sys.byteorder != "little":
+        raise RuntimeError("the frame kernels assume a little-endian host")
+    if frames.dtype != FRAME_DTYPE or frames.ndim != 1 or not frames.flags.c_contiguous:
+        raise ValueError(f"need a contiguous 1-d FRAME_DTYPE array, got {frames.dtype} {frames.shape}")
     return frames.view(np.uint64).reshape(-1, 3)
 
 

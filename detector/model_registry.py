@@ -40,12 +40,14 @@ class ModelRegistry:
         model_dir: Path | str,
         on_loaded: Callable[[PlatformModel], None] = lambda m: None,
         on_refused: Callable[[str, ModelError], None] = lambda p, e: None,
+        prepare: Callable[[PlatformModel], None] = lambda m: None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.models: dict[str, PlatformModel] = {}
         self._refused: dict[str, float] = {}  # manifest path -> its mtime when refused
         self.on_loaded = on_loaded
         self.on_refused = on_refused
+        self.prepare = prepare  # run on a loaded model before it serves; ModelError refuses it
 
     def refresh(self) -> list[PlatformModel]:
         """Load every platform's newest version if it is newer; returns the models loaded."""
@@ -60,6 +62,7 @@ class ModelRegistry:
                     continue
                 try:
                     model = load_model(m.path)
+                    self.prepare(model)
                 except ModelError as exc:
                     self._refused[str(m.path)] = mtime
                     log.error(

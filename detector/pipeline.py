@@ -166,7 +166,8 @@ def warm_up(model: PlatformModel, window_s: float) -> None:
     Each compiled kernel loads from numba's on-disk cache on its first call
     (~0.2 s of CPU in all; seconds when it has to compile). A detector calls
     this as a model loads, so that cost is paid before it reports ready, not
-    by the first poll it scores.
+    by the first poll it scores. The frames take every path of the window
+    kernels: known and unseen ids, in time order and (a second batch) not.
     """
     ids = model.baseline.ids
     unseen = np.setdiff1d(np.arange(0x800, dtype=np.uint32), ids)[:1]  # the unseen-id path
@@ -174,8 +175,11 @@ def warm_up(model: PlatformModel, window_s: float) -> None:
     # windows 0, 0, 1, 2 for every id: folds, then closes by the next window and by the cut
     ts = np.repeat(np.array([0.1, 0.6, 1.1, 2.1]) * window_s, len(can_id))
     frames = make_frames(ts, np.tile(can_id, 4), np.zeros((len(ts), 8), np.uint8))
-    rows = WindowState(window_s).push(frames, np.zeros(len(ts), np.int64), model.baseline)
+    state = WindowState(window_s)
+    rows = state.push(frames, np.zeros(len(ts), np.int64), model.baseline)
     model.scores_and_excess(rows.X, rows.can_id)
+    swapped = make_frames(np.array([3.6, 3.2]) * window_s, can_id[:1].repeat(2), np.zeros((2, 8)))
+    state.push(swapped, np.zeros(2, np.int64), model.baseline)  # out of time order: the sort path
     with_nan = np.zeros((1, len(model.feature_names)))
     with_nan[0, 0] = np.nan  # the NaN-aware walk is a kernel of its own
     compiled(model.forest).raw_scores(with_nan)

@@ -156,7 +156,9 @@ class Detector:
         self.metrics = metrics
         self.detector_id = detector_id or default_detector_id()
         self.window_s = cfg.detection.window_s
-        self.registry = ModelRegistry(cfg.models.dir, self._model_loaded, self._model_refused)
+        self.registry = ModelRegistry(
+            cfg.models.dir, self._model_loaded, self._model_refused, self._prepare_model
+        )
         self.scorer = Scorer({}, fleet, self.window_s)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
         self.privacy_key = load_key(cfg.privacy)  # validated before anything connects
@@ -196,9 +198,21 @@ class Detector:
 
     # -- models ----------------------------------------------------------------
 
+    def _prepare_model(self, model: PlatformModel) -> None:
+        """Score synthetic frames with a model before it serves (loading the compiled
+        kernels now, not in the first poll); one that cannot score is refused."""
+        try:
+            warm_up(model, self.window_s)
+        except Exception as exc:  # whatever breaks here would break every poll of its brand
+            raise ModelError(f"{model.platform} v{model.version} cannot score: {exc!r}") from exc
+
     def _model_loaded(self, model: PlatformModel) -> None:
-        warm_up(model, self.window_s)
         self.scorer.set_model(model)
+        if self.freeze_heap and self.consumer is not None:
+            # a reload after start-up: let the collector see the frozen old model once
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         brands = self.fleet.brands_of(model.platform) or [model.platform]
         for b in brands:
             self.metrics.set_model(b, model.platform, str(model.version), model.threshold)

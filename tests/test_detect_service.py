@@ -888,18 +888,60 @@ def test_a_parked_vehicle_is_retired_and_no_longer_holds_offsets_back(
     assert events[-1]["status"] == "closed" and events[-1]["suspected_attack"] == "dos"
 
 
-def test_freeze_heap_moves_start_up_objects_out_of_the_gc(broker, unique_topic, cusw_models):
+def test_freeze_heap_moves_start_up_objects_out_of_the_gc(
+    broker, unique_topic, cusw_models, tmp_path
+):
     """``canwatch detect`` (freeze_heap=True): modules, models and clients are frozen
     once started, so full collections during consumption do not walk them."""
     import gc
 
-    cfg = service_config(broker, unique_topic, cusw_models)
+    live = tmp_path / "models"
+    shutil.copytree(cusw_models, live)
+    cfg = service_config(broker, unique_topic, live)
     detector = Detector(cfg, FLEET, DetectorMetrics(CollectorRegistry()), "det-freeze", freeze_heap=True)
     frozen = gc.get_freeze_count()
     try:
         detector.start()
         assert detector.scorer.models  # the models were loaded before the freeze
         assert gc.get_freeze_count() > frozen + 10_000
+        # a new version: the old one is let go (unfrozen, collected), the rest re-frozen
+        save_model(detector.registry.models["cusw"], live, FLEET.brands_of("cusw"), {})
+        assert [m.version for m in detector.registry.refresh()] == [2]
+        assert detector.scorer.models["cusw"].version == 2
+        assert gc.get_freeze_count() > frozen + 10_000
     finally:
         detector.close()
         gc.unfreeze()  # this is the test process, not a detector's
+
+
+def test_a_model_that_cannot_score_is_refused_and_the_old_one_keeps_serving(
+    broker, unique_topic, cusw_models, tmp_path, monkeypatch
+):
+    """Each loaded model scores synthetic frames before it serves; if that raises,
+    the version is refused like a corrupt file, not left to crash the detector."""
+    import detector.service as service
+
+    real = service.warm_up
+
+    def broken_v2(model, window_s):
+        if model.version == 2:
+            raise IndexError("a forest this detector cannot walk")
+        real(model, window_s)
+
+    monkeypatch.setattr(service, "warm_up", broken_v2)
+    live = tmp_path / "models"
+    shutil.copytree(cusw_models, live)
+    cfg = service_config(
+        broker, unique_topic, live, partitions=1, **{"models.reload_interval_s": 0.5}
+    )
+    metrics = DetectorMetrics(CollectorRegistry())
+    detector = Detector(cfg, FLEET, metrics, "det-unusable")
+    with running(detector):
+        wait_for("v1 loaded", lambda: detector.scorer.models.get("cusw") is not None)
+        save_model(detector.registry.models["cusw"], live, FLEET.brands_of("cusw"), {})
+        refused = lambda: sample(  # noqa: E731
+            metrics, "canwatch_model_reload_failures_total", reason="load"
+        )
+        wait_for("v2 refused", lambda: refused() == 1)
+        assert detector.registry.models["cusw"].version == 1
+        assert detector.scorer.models["cusw"].version == 1

@@ -272,3 +272,24 @@ def test_frames_of_closed_windows_are_counted_late_and_not_folded(fleet_stream) 
     parts.append(state.push(frames[cut:], vehicle[cut:], bl))
     assert state.late_frames == len(old)
     assert_same_rows(Rows.concat(parts), whole)
+
+
+def test_comparison_sort_path_gives_the_rows_of_the_counting_sort(fleet_stream, monkeypatch) -> None:
+    """The fallback of ``WindowState.push`` (stream keys, lexsort, segments), taken for
+    batches out of time order or too sparse to count, sizes the compiled kernels'
+    output buffers too: forced on in-order traffic it must give the same rows."""
+    from detector import windowing
+
+    frames, vehicle, bl = fleet_stream
+    rng = np.random.default_rng(8)
+    cuts = np.sort(rng.choice(np.arange(1, len(frames)), 30, replace=False))
+    counted, _ = push_in_batches(frames, vehicle, bl, cuts)
+    real = windowing.stream_groups
+
+    def not_in_order(*args):
+        key, order, _, starts, groups = real(*args)
+        return key, order, False, starts, groups
+
+    monkeypatch.setattr(windowing, "stream_groups", not_in_order)
+    sorted_, _ = push_in_batches(frames, vehicle, bl, cuts)
+    assert_same_rows(sorted_, counted)

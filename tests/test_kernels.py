@@ -165,7 +165,9 @@ frames, _ = inject(simulate_vehicle("cusw", 20.0, 1.7e9, 5), AttackSpec.parse("f
 key, value, headers = wire.encode_record("v1", "jeep", frames)
 batches = wire.decode_records([(key, value, headers)], known_brands=None, now=2e9, max_future_s=60, min_ts=0)
 sc = pipeline.Scorer({model.platform: model}, load_fleet(), 1.0)
-scored = sc.push([("v1", "jeep", batches[0].frames)]) + sc.retire({"v1"})
+scored = sc.push([("v1", "jeep", batches[0].frames)])
+swapped = simulate_vehicle("cusw", 3.0, 1.7e9 + 30, 6)[::-1].copy()  # out of time order
+scored += sc.push([("v1", "jeep", swapped)]) + sc.retire({"v1"})
 assert sum(len(s.rows) for s in scored) > 0
 print(before == loaded(), before, loaded())
 """
@@ -173,8 +175,9 @@ print(before == loaded(), before, loaded())
 
 def test_warm_up_loads_every_kernel_the_scoring_path_calls(cusw_models) -> None:
     """After ``wire.warm_up`` and ``pipeline.warm_up``, decoding and scoring real
-    traffic (fuzzing included: unseen ids) loads no further compiled code, so the
-    first poll does not pay for it. A fresh interpreter: this one has them loaded."""
+    traffic (fuzzing: unseen ids; a batch out of time order: the comparison sort)
+    loads no further compiled code, so the first poll does not pay for it. A fresh
+    interpreter: this one has them loaded."""
     import subprocess
     import sys
 
