@@ -540,16 +540,25 @@ def test_detect_process_serves_consistent_metrics_and_stops_on_sigterm(
 # -- 5. model hot reload -------------------------------------------------------------------
 
 
-def test_new_model_versions_are_loaded_and_corrupt_ones_refused(
-    broker, unique_topic, cusw_models, tmp_path
-):
+def reloading_detector(
+    broker, unique_topic, cusw_models: Path, tmp_path: Path, name: str
+) -> tuple[Path, DetectorMetrics, Detector]:
+    """A detector on a copy of the models that looks for new versions twice a second."""
     live = tmp_path / "models"
     shutil.copytree(cusw_models, live)
     cfg = service_config(
         broker, unique_topic, live, partitions=1, **{"models.reload_interval_s": 0.5}
     )
     metrics = DetectorMetrics(CollectorRegistry())
-    detector = Detector(cfg, FLEET, metrics, "det-reload")
+    return live, metrics, Detector(cfg, FLEET, metrics, name)
+
+
+def test_new_model_versions_are_loaded_and_corrupt_ones_refused(
+    broker, unique_topic, cusw_models, tmp_path
+):
+    live, metrics, detector = reloading_detector(
+        broker, unique_topic, cusw_models, tmp_path, "det-reload"
+    )
 
     def info(version: str) -> float:
         return sample(
@@ -929,13 +938,9 @@ def test_a_model_that_cannot_score_is_refused_and_the_old_one_keeps_serving(
         real(model, window_s)
 
     monkeypatch.setattr(service, "warm_up", broken_v2)
-    live = tmp_path / "models"
-    shutil.copytree(cusw_models, live)
-    cfg = service_config(
-        broker, unique_topic, live, partitions=1, **{"models.reload_interval_s": 0.5}
+    live, metrics, detector = reloading_detector(
+        broker, unique_topic, cusw_models, tmp_path, "det-unusable"
     )
-    metrics = DetectorMetrics(CollectorRegistry())
-    detector = Detector(cfg, FLEET, metrics, "det-unusable")
     with running(detector):
         wait_for("v1 loaded", lambda: detector.scorer.models.get("cusw") is not None)
         save_model(detector.registry.models["cusw"], live, FLEET.brands_of("cusw"), {})
