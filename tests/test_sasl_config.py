@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from test_detect_service import CANWATCH
+from test_tls_end_to_end import canwatch, replay_argv
 from tls_proxy import SecuredBroker, openssl_binary, stunnel_binary
 
 from detector.broker import BrokerError, free_port, tansu_binary
@@ -61,17 +62,6 @@ def sasl_toml(path: Path, bootstrap: str, protocol: str, mechanism: str, **extra
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def canwatch(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(CANWATCH), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **env},
-    )
 
 
 def leaked(text: str, password: str = PASSWORD) -> bool:
@@ -284,17 +274,7 @@ def test_sasl_login_end_to_end_and_password_never_logged(
     logins = len(secured.gate.logins)
 
     # -vv: kafka-python logs every request and the raw bytes sent, SASL tokens included.
-    ok = canwatch(
-        "-vv",
-        "replay",
-        str(recording),
-        "--brand",
-        "jeep",
-        "--max-speed",
-        "--config",
-        str(toml),
-        env=env,
-    )
+    ok = canwatch("-vv", *replay_argv(recording, toml), env=env)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert f"to {topic}" in ok.stdout
     new = secured.gate.logins[logins:]
@@ -320,19 +300,7 @@ def test_sasl_login_end_to_end_and_password_never_logged(
     wrong = "wrong-" + PASSWORD
     extra, env = _extra(secured, tmp_path, source, wrong)
     sasl_toml(tmp_path / "c.toml", secured.bootstrap, secured.security_protocol, mechanism, **extra)
-    refused = canwatch(
-        "-vv",
-        "replay",
-        str(recording),
-        "--brand",
-        "jeep",
-        "--max-speed",
-        "--connect-timeout",
-        "3",
-        "--config",
-        str(toml),
-        env=env,
-    )
+    refused = canwatch("-vv", *replay_argv(recording, toml, "--connect-timeout", "3"), env=env)
     assert refused.returncode == 2
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith("canwatch replay: error: cannot reach Kafka at "), line
@@ -418,15 +386,7 @@ def test_sasl_errors_are_clear_and_never_show_the_password(broker, target, tmp_p
     runs = {
         "replay": canwatch(
             "-vv",
-            "replay",
-            str(recording),
-            "--brand",
-            "jeep",
-            "--max-speed",
-            "--connect-timeout",
-            "2",
-            "--config",
-            str(toml),
+            *replay_argv(recording, toml, "--connect-timeout", "2"),
             env=env,
         ),
         "incidents": canwatch(

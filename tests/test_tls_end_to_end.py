@@ -62,10 +62,23 @@ def write_config(path: Path, bootstrap: str, protocol: str = "SSL", **kafka: str
     return path
 
 
-def canwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def canwatch(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it; ``env`` is added to this process's environment."""
     return subprocess.run(
-        [str(CANWATCH), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [str(CANWATCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
+
+
+def replay_argv(recording: Path, config: Path, *options: str) -> list[str]:
+    """``canwatch replay`` of a jeep recording, as fast as it goes, with ``config``."""
+    return ["replay", str(recording), "--brand", "jeep", "--max-speed", *options, "--config", str(config)]
 
 
 def stunnel_connections(secured: SecuredBroker) -> int:
@@ -136,16 +149,9 @@ def test_replay_detect_incidents_over_tls(tls, unique_topic, cusw_models, tmp_pa
     reader = None
     try:
         replay = canwatch(
-            "replay",
-            str(recording),
-            "--brand",
-            "jeep",
-            "--attack",
-            "dos:start=8,duration=6",
-            "--max-speed",
-            "--no-rebase-time",
-            "--config",
-            str(config),
+            *replay_argv(
+                recording, config, "--attack", "dos:start=8,duration=6", "--no-rebase-time"
+            )
         )
         assert replay.returncode == 0, replay.stderr
         assert "published" in replay.stdout and topics["telemetry_topic"] in replay.stdout
@@ -229,17 +235,7 @@ def test_clients_without_the_ca_are_refused_with_one_line(tls, tmp_path):
     )
     try:
         for what, config in configs.items():
-            replay = canwatch(
-                "replay",
-                str(recording),
-                "--brand",
-                "jeep",
-                "--max-speed",
-                "--connect-timeout",
-                "3",
-                "--config",
-                str(config),
-            )
+            replay = canwatch(*replay_argv(recording, config, "--connect-timeout", "3"))
             line = assert_one_line_error(
                 replay, "replay", "TLS certificate verification failed", "certificate"
             )
@@ -303,16 +299,6 @@ def test_client_certificate_is_sent_and_required(tmp_path, unique_topic):
         assert f"to {topic}" in replay.stdout
 
         without = write_config(tmp_path / "nocert.toml", mtls.bootstrap, ssl_cafile=ca)
-        refused = canwatch(
-            "replay",
-            str(recording),
-            "--brand",
-            "jeep",
-            "--max-speed",
-            "--connect-timeout",
-            "3",
-            "--config",
-            str(without),
-        )
+        refused = canwatch(*replay_argv(recording, without, "--connect-timeout", "3"))
         line = assert_one_line_error(refused, "replay", "TLS")
         assert "certificate" in line.lower(), line
