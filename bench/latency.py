@@ -56,8 +56,9 @@ from bench.common import (  # noqa: E402
     summary,
     write_json,
 )
+from replay.attacks import INJECTABLE  # noqa: E402
 
-FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
+FAMILIES = INJECTABLE
 SIM_START = 1.7e9
 FIRST_ATTACK_S = 6.0
 ATTACK_S = 3.0

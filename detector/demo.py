@@ -24,11 +24,11 @@ from detector.metrics import DetectorMetrics
 from detector.model_store import list_manifests, save_model
 from detector.service import Detector
 from detector.training import train_platform
-from replay.attacks import AttackSpan, AttackSpec, inject
+from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
 from replay.publisher import publish
 from replay.simulator import simulate_fleet, simulate_vehicle
 
-ATTACKS = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
+ATTACKS = INJECTABLE
 TRAIN_VEHICLES = 12
 TRAIN_SECONDS = 120.0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.evaluate import Span
-from replay.attacks import AttackSpan, AttackSpec, inject
+from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
 #: one brand of each platform, the brand the attacked vehicle reports
@@ -25,7 +25,7 @@ PLATFORM_BRANDS = {
     "pacifica": "chrysler",
     "omega": "opel",
 }
-FAMILIES = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay")
+FAMILIES = INJECTABLE
 TRAIN_VEHICLES, TRAIN_S = 10, 120.0
 TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
 START_TS = 1.7e9
