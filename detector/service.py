@@ -209,10 +209,7 @@ class Detector:
     def _model_loaded(self, model: PlatformModel) -> None:
         self.scorer.set_model(model)
         if self.freeze_heap and self.consumer is not None:
-            # a reload after start-up: let the collector see the frozen old model once
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
+            self._freeze()  # a reload after start-up: the old model is collected first
         brands = self.fleet.brands_of(model.platform) or [model.platform]
         for b in brands:
             self.metrics.set_model(b, model.platform, str(model.version), model.threshold)
@@ -255,8 +252,13 @@ class Detector:
         self._last_contact = time.monotonic()
         self.metrics.set_up(True)
         if self.freeze_heap:
-            gc.collect()
-            gc.freeze()
+            self._freeze()
+
+    def _freeze(self) -> None:
+        """Collect what is garbage now, then freeze the rest (see ``freeze_heap``)."""
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; then finish the batch, flush, commit, close.
