@@ -138,20 +138,16 @@ def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest
 
 
 @njit(cache=True, nogil=True)
-def stream_groups(vehicle, vrank, id_rank, n_ids, n_keys, ts, win):  # pragma: no cover
-    """Counting sort of frames by stream (key = vrank[vehicle] * n_ids + id_rank,
-    ordered by (vehicle, id)), stable, with the bounds of each stream's run
-    (plus a final end) and the number of (stream, window) groups. ``in_order``
-    False when some stream's frames were not in time order: then ``order``,
-    ``starts`` and ``groups`` are not valid (``key`` is) and the caller sorts
-    by (key, ts)."""
-    n = vehicle.shape[0]
-    key = np.empty(n, np.int64)
+def stream_groups(key, n_keys, ts, win):  # pragma: no cover - compiled
+    """Counting sort of frames by stream ``key`` (0..n_keys-1, see ``stream_keys``),
+    stable, with the bounds of each stream's run (plus a final end) and the
+    number of (stream, window) groups. ``in_order`` False when some stream's
+    frames were not in time order: then the rest is not valid and the caller
+    sorts by (key, ts) and calls ``segments``."""
+    n = key.shape[0]
     pos = np.zeros(n_keys + 1, np.int64)
     for i in range(n):
-        k = vrank[vehicle[i]] * n_ids + id_rank[i]
-        key[i] = k
-        pos[k + 1] += 1
+        pos[key[i] + 1] += 1
     n_seg = 0
     for k in range(n_keys):
         if pos[k + 1] > 0:
@@ -181,7 +177,7 @@ def stream_groups(vehicle, vrank, id_rank, n_ids, n_keys, ts, win):  # pragma: n
         last_w[k] = win[i]
         order[pos[k]] = i
         pos[k] += 1
-    return key, order, in_order, starts, n_seg + changes
+    return order, in_order, starts, n_seg + changes
 
 
 @njit(cache=True, nogil=True)

@@ -177,14 +177,12 @@ class WindowState:
             ids, id_rank = batch_ids(can_id, bl)
         vrank = np.cumsum(in_batch) - 1
         n_keys = int(in_batch.sum()) * len(ids)
+        key = stream_keys(vehicle, vrank, id_rank, len(ids))  # ordered by (vehicle, id)
         ts = frames["ts"]
         in_order = False
         if n_keys <= 4 * len(ts) + 100_000:  # else too sparse to count (a fuzzer's extended ids)
-            key, order, in_order, seg_start, groups = stream_groups(
-                vehicle, vrank, id_rank, len(ids), n_keys, ts, win
-            )
+            order, in_order, seg_start, groups = stream_groups(key, n_keys, ts, win)
         if not in_order:
-            key = stream_keys(vehicle, vrank, id_rank, len(ids))
             order = np.lexsort((ts, key))
             seg_start, groups = segments(key, win, order)
         first = order[seg_start[:-1]]

@@ -287,8 +287,8 @@ def test_comparison_sort_path_gives_the_rows_of_the_counting_sort(fleet_stream, 
     real = windowing.stream_groups
 
     def not_in_order(*args):
-        key, order, _, starts, groups = real(*args)
-        return key, order, False, starts, groups
+        order, _, starts, groups = real(*args)
+        return order, False, starts, groups
 
     monkeypatch.setattr(windowing, "stream_groups", not_in_order)
     sorted_, _ = push_in_batches(frames, vehicle, bl, cuts)

@@ -18,7 +18,7 @@ from sklearn.ensemble import IsolationForest
 
 from detector.baseline import learn_baseline
 from detector.features import FEATURE_NAMES, N_FEATURES, Rows
-from detector.kernels import CompiledForest, segments, stream_groups
+from detector.kernels import CompiledForest, segments, stream_groups, stream_keys
 from detector.windowing import WindowState
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
@@ -109,19 +109,17 @@ def test_stream_groups_is_a_stable_sort_by_stream_then_time() -> None:
     arrival = np.lexsort((np.arange(n), ts))  # time-ordered arrival: the counting path
     vehicle, id_rank, ts = vehicle[arrival], id_rank[arrival], ts[arrival]
     win = np.floor(ts).astype(np.int64)
-    vrank = np.arange(n_vehicles)
-    key, order, in_order, starts, groups = stream_groups(
-        vehicle, vrank, id_rank, n_ids, n_vehicles * n_ids, ts, win
-    )
-    assert in_order
+    key = stream_keys(vehicle, np.arange(n_vehicles), id_rank, n_ids)
     np.testing.assert_array_equal(key, vehicle * n_ids + id_rank)
+    order, in_order, starts, groups = stream_groups(key, n_vehicles * n_ids, ts, win)
+    assert in_order
     np.testing.assert_array_equal(order, np.lexsort((ts, key)))
     want_starts, want_groups = segments(key, win, np.lexsort((ts, key)))
     np.testing.assert_array_equal(starts, want_starts)
     assert groups == want_groups
     swapped = ts.copy()
     swapped[[0, -1]] = swapped[[-1, 0]]  # one frame out of time order
-    assert not stream_groups(vehicle, vrank, id_rank, n_ids, n_vehicles * n_ids, swapped, win)[2]
+    assert not stream_groups(key, n_vehicles * n_ids, swapped, win)[1]
 
 
 def test_compiled_forest_scores_like_sklearn() -> None:
