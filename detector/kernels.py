@@ -25,7 +25,17 @@ from detector.baseline import PAIRS, Baseline, crc8_table
 from detector.schema import FRAME_DTYPE
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.int64)
+# 64-bit masks for counting over the 8 bytes of a payload at once (SWAR); counts
+# per byte are kept in 16-bit lanes: bytes 0, 2, 4, 6 in one word, 1, 3, 5, 7 in another
+_M55 = np.uint64(0x5555_5555_5555_5555)
+_M33 = np.uint64(0x3333_3333_3333_3333)
+_M0F = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
+_M01 = np.uint64(0x0101_0101_0101_0101)
+_LANES = np.uint64(0x00FF_00FF_00FF_00FF)  # a byte's place in a 16-bit lane
+_ONE16 = np.uint64(0x0001_0001_0001_0001)
+_BIAS16 = np.uint64(0x0100_0100_0100_0100)  # +256: a byte difference stays positive
+_HIGH16 = np.uint64(0x8000_8000_8000_8000)
+_LANE_MAX = 65535  # frames a 16-bit lane counts before it is added to the sums
 
 
 # Constants the kernels compile in, defined here: numba's on-disk cache is only
@@ -290,11 +300,38 @@ def _emit(
 
 
 @njit(cache=True, nogil=True)
-def _unpack(p64, cur, cur_i):  # pragma: no cover - compiled
+def _lanes_below(a, b):  # pragma: no cover - compiled
+    """High bit of each 16-bit lane where a < b (lanes below 0x8000)."""
+    return ~((a | _HIGH16) - b) & _HIGH16
+
+
+@njit(cache=True, nogil=True)
+def _add_lanes(la, lanes):  # pragma: no cover - compiled
+    """Add the per-byte counts held in 16-bit ``lanes`` (changed, with another byte
+    changed, both: even bytes then odd bytes) to the sums ``la``, and zero them."""
+    for i, col in enumerate((A_CHG, A_CHG, A_OTHER, A_OTHER, A_COND, A_COND)):
+        for q in range(4):
+            la[col + 2 * q + i % 2] += np.int64((lanes[i] >> np.uint64(16 * q)) & np.uint64(0xFFFF))
+        lanes[i] = 0
+
+
+@njit(cache=True, nogil=True)
+def _to_lanes(bound, bias):  # pragma: no cover - compiled
+    """A bound per byte as (even bytes, odd bytes) 16-bit lanes, plus ``bias`` (the
+    difference of two bytes carries +256), clipped to 0..1023: a value in a lane
+    (0..511) is below bound 0 and above bound 1023 alike never."""
+    even = np.uint64(0)
+    odd = np.uint64(0)
+    for q in range(4):
+        even |= np.uint64(min(max(bound[2 * q] + bias, 0), 1023)) << np.uint64(16 * q)
+        odd |= np.uint64(min(max(bound[2 * q + 1] + bias, 0), 1023)) << np.uint64(16 * q)
+    return even, odd
+
+
+@njit(cache=True, nogil=True)
+def _unpack(p64, cur):  # pragma: no cover - compiled
     for b in range(8):
-        x = (p64 >> np.uint64(8 * b)) & np.uint64(0xFF)
-        cur[b] = np.uint8(x)
-        cur_i[b] = np.int64(x)
+        cur[b] = np.uint8((p64 >> np.uint64(8 * b)) & np.uint64(0xFF))
 
 
 @njit(cache=True, nogil=True)
@@ -306,13 +343,11 @@ def _fold(  # pragma: no cover - compiled
     byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
-    popcount, crc8, hash_mul,
+    crc8, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     n_hash = payload_hashes.shape[0]
-    changed = np.zeros(8, np.int64)
     cur = np.zeros(8, np.uint8)
-    cur_i = np.zeros(8, np.int64)
     # the segment's baseline rows, copied once into small contiguous locals
     plo = np.zeros(_N_PAIRS, np.int64)
     phi = np.zeros(_N_PAIRS, np.int64)
@@ -321,6 +356,8 @@ def _fold(  # pragma: no cover - compiled
     dmin = np.zeros(8, np.int64)
     dmax = np.zeros(8, np.int64)
     la = np.zeros(N_ACC_I, np.int64)
+    pair_lanes = np.zeros((7, 4), np.uint64)  # per distance: lo even, lo odd, hi even, hi odd
+    lanes = np.zeros(6, np.uint64)  # byte change counts since the last _add_lanes
     n_emit = 0
     for g in range(seg_start.shape[0] - 1):
         r = seg_row[g]
@@ -364,6 +401,25 @@ def _fold(  # pragma: no cover - compiled
         for b in range(8):
             zero_jump |= (0 < dmin[b]) | (0 > dmax[b])
         zero_counter = cb >= 0 and 0 != counter_step[s]
+        dlo_e, dlo_o = _to_lanes(dmin, 256)
+        dhi_e, dhi_o = _to_lanes(dmax, 256)
+        blo_e, blo_o = _to_lanes(bmin, 0)
+        bhi_e, bhi_o = _to_lanes(bmax, 0)
+        # byte pairs (a, a + k) as lanes per distance k: the pair bounds +256 (pairs
+        # past byte 7 get 0..1023, never out)
+        pair_lanes[:] = 0
+        for kk in range(7):
+            for a in range(8):
+                lo = 0
+                hi = 1023
+                if a + kk + 1 < 8:
+                    p = a * (15 - a) // 2 + kk  # the index of pair (a, a + kk + 1) in PAIRS
+                    lo = min(max(plo[p] + 256, 0), 1023)
+                    hi = min(max(phi[p] + 256, 0), 1023)
+                sh = np.uint64(16 * (a // 2))
+                pair_lanes[kk, a % 2] |= np.uint64(lo) << sh
+                pair_lanes[kk, 2 + a % 2] |= np.uint64(hi) << sh
+        n_lanes = 0
         p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
         p_payload = np.uint64(0)
         out = bad = ck_bad = novel = dlc_bad = False
@@ -375,6 +431,8 @@ def _fold(  # pragma: no cover - compiled
                     late[j] = True  # older than its stream's open window
                     continue
                 if st_open[r] != NO_WINDOW:  # a newer window: the open one is closed
+                    _add_lanes(la, lanes)
+                    n_lanes = 0
                     for c in range(N_ACC_I):
                         acc_i[r, c] = la[c]
                         la[c] = 0
@@ -399,7 +457,6 @@ def _fold(  # pragma: no cover - compiled
                 la[A_LABEL] = label[j]
             hp = not np.isnan(last) and t >= last
             p64 = data64[j]  # the payload, bytes little-endian; split into bytes only if needed
-            unpacked = False
             if np.isnan(last_g) or t > last_g:
                 last_g = t
             dt = t - last
@@ -419,30 +476,42 @@ def _fold(  # pragma: no cover - compiled
                     la[A_DELTA] += zero_jump
                     la[A_COUNTER] += zero_counter
                 else:
-                    _unpack(p64, cur, cur_i)
-                    unpacked = True
-                    ham = 0
-                    cnt = 0
-                    jump = False
-                    for b in range(8):
-                        bb = np.int64((before >> np.uint64(8 * b)) & np.uint64(0xFF))
-                        x = cur_i[b] ^ bb
-                        ham += popcount[x]
-                        c = 1 if x != 0 else 0
-                        changed[b] = c
-                        cnt += c
-                        dv = cur_i[b] - bb
-                        jump |= (dv < dmin[b]) | (dv > dmax[b])
-                    la[A_HAM] += ham
-                    la[A_DELTA] += jump
-                    for b in range(8):
-                        c = changed[b]
-                        la[A_CHG + b] += c
-                        if cnt - c > 0:
-                            la[A_OTHER + b] += 1
-                            la[A_COND + b] += c
+                    x = p64 ^ before
+                    h = x - ((x >> np.uint64(1)) & _M55)  # popcount of x
+                    h = (h & _M33) + ((h >> np.uint64(2)) & _M33)
+                    h = (h + (h >> np.uint64(4))) & _M0F
+                    la[A_HAM] += np.int64((h * _M01) >> np.uint64(56))
+                    t = x | (x >> np.uint64(4))  # 1 in the low bit of each changed byte
+                    t |= t >> np.uint64(2)
+                    t |= t >> np.uint64(1)
+                    chg = t & _M01
+                    cnt = (chg * _M01) >> np.uint64(56)
+                    ce = chg & _LANES
+                    co = (chg >> np.uint64(8)) & _LANES
+                    lanes[0] += ce
+                    lanes[1] += co
+                    if cnt >= 2:  # every byte: another one changed too
+                        lanes[2] += _ONE16
+                        lanes[3] += _ONE16
+                        lanes[4] += ce
+                        lanes[5] += co
+                    else:  # the one changed byte has no other; the rest have it
+                        lanes[2] += _ONE16 - ce
+                        lanes[3] += _ONE16 - co
+                    n_lanes += 1
+                    if n_lanes == _LANE_MAX:
+                        _add_lanes(la, lanes)
+                        n_lanes = 0
+                    # byte deltas +256, per 16-bit lane, against the learned bounds
+                    de = ((p64 & _LANES) + _BIAS16) - (before & _LANES)
+                    do = (((p64 >> np.uint64(8)) & _LANES) + _BIAS16) - ((before >> np.uint64(8)) & _LANES)
+                    jump = (
+                        _lanes_below(de, dlo_e) | _lanes_below(dhi_e, de)
+                        | _lanes_below(do, dlo_o) | _lanes_below(dhi_o, do)
+                    )  # fmt: skip
+                    la[A_DELTA] += jump != 0
                     if cb >= 0:
-                        cc = (cur_i[cb] & cmask) >> cshift
+                        cc = (np.int64((p64 >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
                         cp = (np.int64((before >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
                         if (cc - cp) % cmod != counter_step[s]:
                             la[A_COUNTER] += 1
@@ -452,18 +521,27 @@ def _fold(  # pragma: no cover - compiled
                 # frames) repeats the stream's last verdicts
                 p_payload = p64
                 p_dlc = d
-                if not unpacked:
-                    _unpack(p64, cur, cur_i)
-                out = False
-                for b in range(8):
-                    out |= (cur_i[b] < bmin[b]) | (cur_i[b] > bmax[b])
-                bad = False  # branch-free: every tight pair is checked, no early exit
+                ve = p64 & _LANES
+                vo = (p64 >> np.uint64(8)) & _LANES
+                out = (
+                    _lanes_below(ve, blo_e) | _lanes_below(bhi_e, ve)
+                    | _lanes_below(vo, blo_o) | _lanes_below(bhi_o, vo)
+                ) != 0  # fmt: skip
+                bad = False  # every pair is checked, no early exit
                 if n_tight:
-                    for p in range(_N_PAIRS):  # fixed pairs: an unrolled loop of constant indices
-                        dv = cur_i[_PAIR_A[p]] - cur_i[_PAIR_B[p]]
-                        bad |= (dv < plo[p]) | (dv > phi[p])
+                    ve += _BIAS16
+                    vo += _BIAS16
+                    for kk in range(7):  # pairs (a, a + kk + 1): a byte difference per lane
+                        sh = p64 >> np.uint64(8 * (kk + 1))
+                        de = ve - (sh & _LANES)
+                        do = vo - ((sh >> np.uint64(8)) & _LANES)
+                        bad |= (
+                            _lanes_below(de, pair_lanes[kk, 0]) | _lanes_below(pair_lanes[kk, 2], de)
+                            | _lanes_below(do, pair_lanes[kk, 1]) | _lanes_below(pair_lanes[kk, 3], do)
+                        ) != 0  # fmt: skip
                 ck_bad = False
                 if ck > 0:
+                    _unpack(p64, cur)
                     pos = np.int64(checksum_byte[s])
                     if pos == -2:
                         pos = d - 1
@@ -482,6 +560,7 @@ def _fold(  # pragma: no cover - compiled
             la[A_CHECKSUM] += ck_bad
             la[A_NOVEL] += novel
             la[A_DLC] += dlc_bad
+        _add_lanes(la, lanes)
         for c in range(N_ACC_I):
             acc_i[r, c] = la[c]
         acc_f[r, F_SUM] = sum_dt
@@ -557,7 +636,7 @@ def fold(
         bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
         bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
         bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
-        bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _POPCOUNT, _CRC8, _HASH_MUL,
+        bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _CRC8, _HASH_MUL,
         late, *emitted.buffers(),
     )  # fmt: skip
     return late

@@ -19,6 +19,7 @@ from sklearn.ensemble import IsolationForest
 from detector.baseline import learn_baseline
 from detector.features import FEATURE_NAMES, N_FEATURES, Rows
 from detector.kernels import CompiledForest, segments, stream_groups, stream_keys
+from detector.schema import make_frames
 from detector.windowing import WindowState
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
@@ -97,6 +98,33 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
         fired.pop("checksum_err")
     assert all(fired.values()), fired
 
+
+
+def test_a_stream_busier_than_a_16_bit_lane_folds_like_the_reference(traffic) -> None:
+    """The fold counts byte changes of up to 65,535 frames in 16-bit lanes before
+    adding them to the window's sums: a stream with more changing frames in one
+    window and one batch (a flood of one id) gives the reference counts."""
+    _, bl, frames = traffic
+    # an id with a byte that changes whenever another does (a counter's checksum)
+    can_id = int(bl.ids[np.argmax(bl.cond_change.max(axis=1))])
+    n = 70_000
+    rng = np.random.default_rng(2)
+    data = np.tile(frames["data"][frames["can_id"] == can_id][:1], (n, 1))
+    cols = rng.integers(0, 8, n)
+    data[np.arange(n), cols] = rng.integers(0, 256, n, dtype=np.uint8)  # one byte changes
+    two = rng.random(n) < 0.5
+    data[np.flatnonzero(two), (cols[two] + 3) % 8] ^= 0x5A  # ...or two
+    ts = np.r_[np.linspace(0.1, 0.9, 10), np.linspace(1.0, 1.999, n - 20), np.linspace(2.1, 2.9, 10)]
+    flood = make_frames(1.7e9 + ts, np.full(n, can_id), data)
+    vehicle = np.zeros(n, np.int64)
+    rows = WindowState(W).push(flood, vehicle, bl)  # one batch: closes the flooded window
+    ref = reference_rows(flood, vehicle, bl)
+    got, want = keyed(rows), keyed(ref)
+    (key,) = [k for k in got if k[2] == can_id]
+    i, j = got[key], want[key]
+    assert rows.count[i] == n - 20 > 65_535
+    np.testing.assert_allclose(rows.X[i, :16], ref.X[j, :16], rtol=1e-12, atol=1e-12)
+    assert (ref.X[j, 5:8] != 0).all()  # hamming and both change features: not only zeros
 
 def test_stream_groups_is_a_stable_sort_by_stream_then_time() -> None:
     """The counting sort by (vehicle, id) stream: the order, each stream's run and
