@@ -47,24 +47,47 @@ if not (np.array_equal(PAIRS[:, 0], _PAIR_A) and np.array_equal(PAIRS[:, 1], _PA
 _CRC8 = crc8_table()  # CRC-8 SAE J1850, as the baseline learns it
 
 
-@njit(cache=True, nogil=True)
-def _checksum(kind, d, dlc, can_id, pos, crc8):  # pragma: no cover - compiled
+def _crc8_powers(table: np.ndarray) -> np.ndarray:
+    """``table`` applied k times, k = 0..8, and a row of zeros: (10, 256).
+
+    A CRC byte step ``crc' = table[crc ^ byte]`` is linear over GF(2) (``table[0]``
+    is 0), so the CRC of an n-byte message from ``init`` is ``T^n[init]`` xor
+    ``T^(n - j)[m_j]`` over its bytes j: lookups that do not wait for each other,
+    where the byte-by-byte loop is one chain of n dependent loads.
+    """
+    out = np.zeros((10, 256), np.int64)  # row 9: zeros, for no byte
+    out[0] = np.arange(256)
+    for k in range(1, 9):
+        out[k] = table[out[k - 1]]
+    return out
+
+
+_CRC8_POW = _crc8_powers(_CRC8)
+# bytes below n, n = 0..8, of a little-endian 64-bit payload
+_DLC_MASKS = np.array([(1 << (8 * d)) - 1 for d in range(8)] + [2**64 - 1], np.uint64)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _checksum(kind, p64, dlc, can_id, pos, crc8_pow, masks):  # pragma: no cover - compiled
+    """The ``kind`` checksum over the bytes below ``dlc`` but ``pos`` of the payload
+    ``p64`` (bytes little-endian), as ``detector.baseline.checksum_values``."""
+    below = masks[pos]
+    n = dlc - 1 if pos < dlc else dlc
+    # the message: byte pos taken out (the bytes above it move down one), n bytes
+    msg = ((p64 & below) | ((p64 >> np.uint64(8)) & ~below)) & masks[n]
     if kind == 2:
-        x = 0
-        for b in range(8):
-            if b < dlc and b != pos:
-                x ^= d[b]
-        return x & 0xFF
+        x = msg ^ (msg >> np.uint64(32))
+        x ^= x >> np.uint64(16)
+        x ^= x >> np.uint64(8)
+        return np.int64(x & np.uint64(0xFF))
     if kind == 5:
-        crc = 0xFF
-        for b in range(8):
-            if b < dlc and b != pos:
-                crc = crc8[(crc ^ d[b]) & 0xFF]
+        crc = crc8_pow[n, 0xFF]
+        for j in range(8):  # a fixed count: unrolled; bytes past the message read row 9, all 0
+            e = n - j if j < n else 9
+            crc ^= crc8_pow[e, np.int64((msg >> np.uint64(8 * j)) & np.uint64(0xFF))]
         return crc ^ 0xFF
-    s = 0
-    for b in range(8):
-        if b < dlc and b != pos:
-            s += d[b]
+    t = (msg & _LANES) + ((msg >> np.uint64(8)) & _LANES)  # byte pairs summed in 16-bit lanes
+    s = np.int64((t * _ONE16) >> np.uint64(48))  # the sum of the 8 bytes (at most 2040)
     if kind == 3:
         s += (can_id & 0xFF) + ((can_id >> 8) & 0xFF)
     s &= 0xFF
@@ -299,7 +322,7 @@ def _emit(
     st_open[r] = NO_WINDOW
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _lanes_below(a, b):  # pragma: no cover - compiled
     """High bit of each 16-bit lane where a < b (lanes below 0x8000)."""
     return ~((a | _HIGH16) - b) & _HIGH16
@@ -329,12 +352,6 @@ def _to_lanes(bound, bias):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _unpack(p64, cur):  # pragma: no cover - compiled
-    for b in range(8):
-        cur[b] = np.uint8((p64 >> np.uint64(8 * b)) & np.uint64(0xFF))
-
-
-@njit(cache=True, nogil=True)
 def _fold(  # pragma: no cover - compiled
     order, seg_start, seg_row, seg_slot, seg_known,
     ts, can_id, dlc, data64, label, win,
@@ -343,11 +360,10 @@ def _fold(  # pragma: no cover - compiled
     byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
-    crc8, hash_mul,
+    crc8_pow, dlc_masks, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     n_hash = payload_hashes.shape[0]
-    cur = np.zeros(8, np.uint8)
     # the segment's baseline rows, copied once into small contiguous locals
     plo = np.zeros(_N_PAIRS, np.int64)
     phi = np.zeros(_N_PAIRS, np.int64)
@@ -541,12 +557,13 @@ def _fold(  # pragma: no cover - compiled
                         ) != 0  # fmt: skip
                 ck_bad = False
                 if ck > 0:
-                    _unpack(p64, cur)
                     pos = np.int64(checksum_byte[s])
                     if pos == -2:
                         pos = d - 1
                     pos = min(max(pos, 0), 7)
-                    ck_bad = _checksum(ck, cur, d, np.int64(can_id[j]), pos, crc8) != cur[pos]
+                    ck_bad = _checksum(
+                        ck, p64, min(d, 8), np.int64(can_id[j]), pos, crc8_pow, dlc_masks
+                    ) != np.int64((p64 >> np.uint64(8 * pos)) & np.uint64(0xFF))
                 novel = False
                 if dict_on:
                     h = p64 ^ slot_hash
@@ -636,7 +653,7 @@ def fold(
         bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
         bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
         bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
-        bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _CRC8, _HASH_MUL,
+        bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _CRC8_POW, _DLC_MASKS, _HASH_MUL,
         late, *emitted.buffers(),
     )  # fmt: skip
     return late
@@ -770,9 +787,6 @@ class CompiledForest:
         if self.denominator == 0:
             return np.full(len(X32), 0.5)
         return 2.0 ** (-depths / self.denominator)
-
-
-_DLC_MASKS = np.array([(1 << (8 * d)) - 1 for d in range(8)] + [2**64 - 1], np.uint64)
 
 
 @njit(cache=True, nogil=True)

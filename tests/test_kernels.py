@@ -16,9 +16,17 @@ from reference_features import frame_checks
 from reference_features import present_rows as reference_present_rows
 from sklearn.ensemble import IsolationForest
 
-from detector.baseline import learn_baseline
+from detector.baseline import checksum_values, learn_baseline
 from detector.features import FEATURE_NAMES, N_FEATURES, Rows
-from detector.kernels import CompiledForest, segments, stream_groups, stream_keys
+from detector.kernels import (
+    _CRC8_POW,
+    _DLC_MASKS,
+    CompiledForest,
+    _checksum,
+    segments,
+    stream_groups,
+    stream_keys,
+)
 from detector.schema import make_frames
 from detector.windowing import WindowState
 from replay.attacks import AttackSpec, inject
@@ -125,6 +133,25 @@ def test_a_stream_busier_than_a_16_bit_lane_folds_like_the_reference(traffic) ->
     assert rows.count[i] == n - 20 > 65_535
     np.testing.assert_allclose(rows.X[i, :16], ref.X[j, :16], rtol=1e-12, atol=1e-12)
     assert (ref.X[j, 5:8] != 0).all()  # hamming and both change features: not only zeros
+
+
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
+def test_checksums_over_the_payload_word_are_the_baselines(kind: int) -> None:
+    """The fold works a checksum out from the payload as one 64-bit word; it is
+    the one the baseline learns, for every dlc and checksum position."""
+    rng = np.random.default_rng(kind)
+    n = 3000
+    data = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    dlc = rng.integers(0, 9, n)
+    pos = rng.integers(0, 8, n)
+    can_id = rng.integers(0, 0x800, n).astype(np.uint32)
+    want = checksum_values(kind, data, dlc, can_id, pos)
+    words = data.view(np.uint64).ravel()
+    got = [
+        _checksum(kind, words[i], dlc[i], can_id[i], pos[i], _CRC8_POW, _DLC_MASKS)
+        for i in range(n)
+    ]
+    np.testing.assert_array_equal(got, want)
 
 def test_stream_groups_is_a_stable_sort_by_stream_then_time() -> None:
     """The counting sort by (vehicle, id) stream: the order, each stream's run and
