@@ -20,6 +20,8 @@ from detector.model import PlatformModel, compiled, max_per_window
 from detector.schema import concat_frames, make_frames
 from detector.windowing import WindowState
 
+_NONE_CLOSED = np.iinfo(np.int64).min // 8  # closed_upto below this: no window closed yet
+
 
 @dataclass
 class ScoredRows:
@@ -124,7 +126,7 @@ class Scorer:
         if i is None or i >= len(st.window.closed_upto):
             return float("inf")  # no state kept for it: nothing to re-form
         upto = int(st.window.closed_upto[i])
-        return upto * self.window_s if upto > np.iinfo(np.int64).min // 8 else float("-inf")
+        return upto * self.window_s if upto > _NONE_CLOSED else float("-inf")
 
     @property
     def late_frames(self) -> int:
