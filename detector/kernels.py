@@ -39,7 +39,8 @@ _LANE_MAX = 65535  # frames a 16-bit lane counts before it is added to the sums
 
 
 # Constants the kernels compile in, defined here: numba's on-disk cache is only
-# invalidated when this file changes.
+# invalidated when this file changes. (_fold numbers the pair (a, b) as PAIRS does:
+# upper-triangle order, checked here.)
 _PAIR_A, _PAIR_B = (a.astype(np.int64) for a in np.triu_indices(8, 1))
 _N_PAIRS = len(_PAIR_A)
 if not (np.array_equal(PAIRS[:, 0], _PAIR_A) and np.array_equal(PAIRS[:, 1], _PAIR_B)):
@@ -341,8 +342,8 @@ def _add_lanes(la, lanes):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def _to_lanes(bound, bias):  # pragma: no cover - compiled
     """A bound per byte as (even bytes, odd bytes) 16-bit lanes, plus ``bias`` (the
-    difference of two bytes carries +256), clipped to 0..1023: a value in a lane
-    (0..511) is below bound 0 and above bound 1023 alike never."""
+    difference of two bytes carries +256), clipped to 0..1023: the values checked
+    against it (0..511) are never below 0 nor above 1023, so no verdict changes."""
     even = np.uint64(0)
     odd = np.uint64(0)
     for q in range(4):
@@ -472,7 +473,7 @@ def _fold(  # pragma: no cover - compiled
             if la[A_COUNT] == 1 or label[j] > la[A_LABEL]:
                 la[A_LABEL] = label[j]
             hp = not np.isnan(last) and t >= last
-            p64 = data64[j]  # the payload, bytes little-endian; split into bytes only if needed
+            p64 = data64[j]  # the payload, bytes little-endian, worked on as one word
             if np.isnan(last_g) or t > last_g:
                 last_g = t
             dt = t - last
