@@ -610,14 +610,15 @@ class Detector:
             max_future_s=det.max_future_s,
             min_ts=det.min_ts,
         )
-        newest: dict = {}
         held: dict = defaultdict(lambda: ([], [], []))  # tp -> offsets, vehicle numbers, ts
         per_brand: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         seen_at = time.monotonic()
         modelled: dict[str, bool] = {}  # per brand, per vehicle: a poll repeats a few
         alias: dict[str, str] = {}
+        latest: dict[str, tuple] = {}  # vehicle -> (number, tp, brand) of its last record
+        for tp, rs in polled.items():
+            self.next_offset[tp] = rs[-1].offset + 1
         for (tp, r), b in zip(records, results, strict=True):
-            self.next_offset[tp] = r.offset + 1
             if not isinstance(b, DecodeError):
                 ok = modelled.get(b.brand)
                 if ok is None:
@@ -636,22 +637,25 @@ class Detector:
             counts[0] += 1
             counts[1] += len(b.frames)
             batches.append((vehicle, b.brand, b.frames))
-            ts_max = float(b.frames["ts"][-1])  # sorted on decode
-            num = self._vnum.get(vehicle)
-            if num is None:
-                num = self._vnum[vehicle] = len(self._vnames)
-                self._vnames.append((vehicle, b.brand))
+            last = latest.get(vehicle)
+            if last is None or last[1] is not tp or last[2] != b.brand:  # else all as before
+                num = self._vnum.get(vehicle)
+                if num is None:
+                    num = self._vnum[vehicle] = len(self._vnames)
+                    self._vnames.append((vehicle, b.brand))
+                last = latest[vehicle] = (num, tp, b.brand)
+                self.vehicle_tp[vehicle] = tp
+                self.last_seen[vehicle] = (b.brand, seen_at)
             offsets, nums, tss = held[tp]
             offsets.append(r.offset)
-            nums.append(num)
-            tss.append(ts_max)
-            self.vehicle_tp[vehicle] = tp
-            self.last_seen[vehicle] = (b.brand, seen_at)
-            newest[tp] = max(newest.get(tp, 0.0), ts_max)
+            nums.append(last[0])
+            tss.append(b.newest)
+        newest: dict = {}
         for tp, (offsets, nums, tss) in held.items():
             self.pending[tp].append(
                 (np.array(offsets, np.int64), np.array(nums, np.int32), np.array(tss))
             )
+            newest[tp] = max(tss)
         self.metrics.bytes_consumed.inc(sum(len(r.value or b"") for _, r in records))
         for brand, (n_records, n_frames) in per_brand.items():
             bm = self.metrics.brand(brand)

@@ -24,8 +24,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -111,11 +110,11 @@ REASONS: tuple[str, ...] = (
 _HEX = re.compile(r"[0-9a-fA-F]{0,16}")
 
 
-@dataclass(frozen=True)
-class DecodedBatch:
+class DecodedBatch(NamedTuple):  # a tuple: made for every record of every poll
     vehicle: str
     brand: str
     frames: np.ndarray  # FRAME_DTYPE, sorted by ts, label 0, writable copy
+    newest: float  # ts of the last frame
 
 
 # -- encoding -------------------------------------------------------------------
@@ -471,9 +470,10 @@ def _envelope(
     if len(verdict) == 3:
         raise DecodeError(verdict[0], verdict[1])
     ctype, brand = verdict
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise DecodeError(EMPTY, "record has no value (tombstone)")
-    value = bytes(value)
+    if type(value) is not bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise DecodeError(EMPTY, "record has no value (tombstone)")
+        value = bytes(value)
     if len(value) > MAX_RECORD_BYTES:
         raise DecodeError(TOO_LARGE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
     return vehicle, brand, ctype, value
@@ -500,7 +500,7 @@ def decode_record(
     else:
         frames = _decode_json(value, vehicle, brand)
     frames = validate_frames(frames, now=now, max_future_s=max_future_s, min_ts=min_ts)
-    return DecodedBatch(vehicle, brand, frames)
+    return DecodedBatch(vehicle, brand, frames, float(frames["ts"][-1]))
 
 
 def warm_up() -> None:
@@ -545,7 +545,7 @@ def decode_records(
                 frames = validate_frames(
                     frames, now=now, max_future_s=max_future_s, min_ts=min_ts
                 )
-                out[i] = DecodedBatch(vehicle, brand, frames)
+                out[i] = DecodedBatch(vehicle, brand, frames, float(frames["ts"][-1]))
         except DecodeError as exc:
             out[i] = exc
     if binary:
@@ -560,8 +560,10 @@ def decode_records(
         # (columns: first bad dlc, count, id, flags, ts: -1 or 0 when none; time-ordered)
         clean = ((faults[:, [0, 2, 3, 4]] < 0).all(axis=1) & (faults[:, 5] == 1)).tolist()
         lo = bounds.tolist()
+        last_ts = frames["ts"][bounds[1:] - 1].tolist()
         for k, (i, vehicle, brand, _, _) in enumerate(binary):
             part = frames[lo[k] : lo[k + 1]]
+            newest = last_ts[k]
             if not clean[k]:
                 try:
                     _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
@@ -570,5 +572,6 @@ def decode_records(
                     continue
                 if not faults[k, 5]:
                     part = part[np.argsort(part["ts"], kind="stable")]
-            out[i] = DecodedBatch(vehicle, brand, part)
+                    newest = float(part["ts"][-1])
+            out[i] = DecodedBatch(vehicle, brand, part, newest)
     return out  # type: ignore[return-value]
