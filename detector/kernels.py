@@ -384,6 +384,7 @@ def _fold(  # pragma: no cover - compiled
         cmask = counter_mask[s]
         cshift = counter_shift[s]
         cmod = (cmask >> cshift) + 1
+        cmod_pow2 = (cmod & (cmod - 1)) == 0  # (every learned field) a mask, not a division
         ck = checksum_kind[s]
         dict_on = has_dict[s] and n_hash > 0
         slot_hash = np.uint64(s + 1) * hash_mul
@@ -530,7 +531,8 @@ def _fold(  # pragma: no cover - compiled
                     if cb >= 0:
                         cc = (np.int64((p64 >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
                         cp = (np.int64((before >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
-                        if (cc - cp) % cmod != counter_step[s]:
+                        step = (cc - cp) & (cmod - 1) if cmod_pow2 else (cc - cp) % cmod
+                        if step != counter_step[s]:
                             la[A_COUNTER] += 1
             d = np.int64(dlc[j])
             if not (p_dlc == d and p_payload == p64):
