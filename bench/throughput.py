@@ -13,10 +13,13 @@ each repeat sees the same machine load:
   imports, consumer creation and the group join, as detect's figure is);
 * **detect**: ``canwatch detect`` as a subprocess with a fresh consumer group
   over the same backlog, until its ``canwatch_frames_consumed_total`` equals the
-  frames produced; CPU (user+sys, all threads) from ``/proc/<pid>/stat`` just
-  before SIGTERM. *raw* is the whole process; *net* subtracts the CPU an
-  identical ``canwatch detect`` has used by the time it is ready (imports, model
-  load, group join) on an empty topic, measured in the same repeat.
+  frames produced; CPU (user+sys, all threads) from ``/proc/<pid>/stat``,
+  sampled every 20 ms, taken where the process last worked (the scrape that
+  sees the backlog done comes up to a second later, and an idle detector still
+  polls Kafka at ~0.1 CPU-s a second). *raw* is the whole process to there;
+  *net* subtracts what the same process had used when it logged "assigned
+  partitions" (imports, model load, kernels run once, group join: the end of
+  its start-up; the sample before the line, so no work is subtracted).
   ``detect_frames_per_cpu_s`` is the **net** figure;
 * **json**: the same through ``canwatch detect`` from the JSON-encoded topic
   (net, like detect; all the frames unless ``--json-frames`` says fewer);
@@ -43,6 +46,7 @@ split of every detect run is in the JSON).
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import hashlib
 import io
@@ -92,6 +96,9 @@ PARTITIONS = 4
 #: costs detect ~14 ms of CPU (~200 kB of exposition), counted in its figure:
 #: 1 s keeps that near what a 1 s Prometheus scrape would cost.
 SCRAPE_S = 1.0
+TRACE_S = 0.02  # CPU samples of canwatch detect (from /proc: costs it nothing)
+ASSIGNED = b"assigned partitions"  # the log line that ends detect's start-up
+BUSY_CORES = 0.5  # CPU rate above which detect counts as busy (idle polling: ~0.1)
 WARMUP_FRAMES = 50_000
 HEADER = 16  # binary value header (docs/wire-format.md)
 
@@ -388,6 +395,9 @@ class DetectProc:
                 cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env
             )
         self.samples: dict = {}
+        self.trace: list[tuple[float, float]] = []  # (monotonic s, process CPU s)
+        self.assigned_cpu: float | None = None  # CPU when the log said "assigned partitions"
+        self._log_seen = 0
 
     def poll_metrics(self) -> dict:
         if self.proc.poll() is not None:
@@ -400,13 +410,47 @@ class DetectProc:
         return self.samples
 
     def wait(self, done, timeout_s: float) -> dict:
+        """Scrape /metrics every SCRAPE_S until ``done(samples)``; meanwhile sample the
+        process CPU every TRACE_S and note it when the start-up log line appears.
+
+        A scrape sees the moment it waits for up to SCRAPE_S late, and an idle
+        detector still polls Kafka (~0.1 CPU-s a second): the trace lets start-up
+        and work be cut where they end, not where a scrape noticed."""
         deadline = time.monotonic() + timeout_s
+        next_scrape = 0.0
         while time.monotonic() < deadline:
-            s = self.poll_metrics()
-            if s and done(s):
-                return s
-            time.sleep(SCRAPE_S)
+            now = time.monotonic()
+            before = self.trace[-1][1] if self.trace else 0.0
+            with contextlib.suppress(OSError):  # exited: poll_metrics says so
+                self.trace.append((now, proc_cpu_seconds(self.proc.pid)))
+            if self.assigned_cpu is None and self._assigned():
+                self.assigned_cpu = before  # the last sample before the line was written
+            if now >= next_scrape:
+                next_scrape = now + SCRAPE_S
+                s = self.poll_metrics()
+                if s and done(s):
+                    return s
+            time.sleep(TRACE_S)
         raise RuntimeError(f"canwatch detect: timed out after {timeout_s:g} s ({self.log})")
+
+    def _assigned(self) -> bool:
+        with open(self.log, "rb") as f:
+            f.seek(self._log_seen)
+            new = f.read()
+        found = ASSIGNED in new
+        self._log_seen += max(len(new) - len(ASSIGNED), 0)  # a line may be half written
+        return found
+
+    def busy_cpu(self) -> float:
+        """Process CPU when it last worked at BUSY_CORES or more (over ~0.1 s): the end
+        of the backlog, without the idle polling until a scrape noticed it."""
+        t = [x for x, _ in self.trace]
+        cpu = [c for _, c in self.trace]
+        for i in range(len(t) - 1, 0, -1):
+            j = max(bisect.bisect_right(t, t[i] - 0.1) - 1, 0)
+            if t[i] > t[j] and (cpu[i] - cpu[j]) / (t[i] - t[j]) >= BUSY_CORES:
+                return cpu[i]
+        return cpu[-1] if cpu else 0.0
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -418,16 +462,6 @@ class DetectProc:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-
-
-def detect_idle(work: Path, bootstrap: str, topic: str, model_dir: Path, mpr) -> float:
-    """CPU seconds ``canwatch detect`` has used when ready (models loaded, partitions assigned)."""
-    d = DetectProc(work, bootstrap, topic, model_dir, mpr)
-    try:
-        d.wait(lambda s: total(s, "canwatch_ready") == 1, 120)
-        return proc_cpu_seconds(d.proc.pid)
-    finally:
-        d.stop()
 
 
 def detect_run(
@@ -452,7 +486,7 @@ def detect_run(
 
     try:
         s = d.wait(drained, max(300.0, frames / 2_000))
-        cpu = proc_cpu_seconds(d.proc.pid)
+        seen_cpu = proc_cpu_seconds(d.proc.pid)
         main, other = thread_cpu(d.proc.pid)
         end = time.perf_counter()
     finally:
@@ -466,7 +500,9 @@ def detect_run(
     }
     polls = s.get("canwatch_stage_duration_seconds_count", {})
     return {
-        "cpu_raw_s": cpu,
+        "cpu_raw_s": d.busy_cpu(),  # to the end of the work (see DetectProc.busy_cpu)
+        "startup_cpu_s": d.assigned_cpu,  # to its "assigned partitions"
+        "cpu_when_seen_s": seen_cpu,  # ... and when a scrape saw it done
         "main_thread_cpu_s": main,
         "other_threads_cpu_s": other,
         "wall_s": end - d.t0,
@@ -538,7 +574,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         topics = {"bench.bin": "binary", "bench.json": "json"}
         create_topics(
             bs,
-            dict.fromkeys([*topics, "bench.idle", "bench.warm"], args.partitions)
+            dict.fromkeys([*topics, "bench.warm"], args.partitions)
             | {"bench.incidents": 1, "bench.dlq": 1},
         )
         result["produce"] = {"binary": produce(bs, "bench.bin", streams, "binary")}
@@ -555,22 +591,22 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         )
         result["warmup"] = {"frames": warm_n, "cpu_raw_s": warm["cpu_raw_s"]}
         say(f"  warm-up detect run: {warm_n:,} frames, {warm['cpu_raw_s']:.2f} s CPU")
-        runs: dict[str, list] = {"bare": [], "idle": [], "detect": [], "json": [], "river": []}
+        runs: dict[str, list] = {"bare": [], "startup": [], "detect": [], "json": [], "river": []}
         mpr = args.max_poll_records
         for r in range(args.repeat):
             say(f"repeat {r + 1}/{args.repeat}")
             bare = run_child("bare", bs, "bench.bin", n, mpr)
             runs["bare"].append(bare)
             say(f"  bare   {bare['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({bare['cpu_s']:.2f} s)")
-            idle = detect_idle(work, bs, "bench.idle", model_dir, mpr)
-            runs["idle"].append(idle)
-            say(f"  detect idle startup CPU {idle:.2f} s")
             for name, topic, frames in (("detect", "bench.bin", n), ("json", "bench.json", json_n)):
                 if not frames:
                     continue
                 d = detect_run(work, bs, topic, frames, model_dir, mpr, broker.pid)
-                d["idle_cpu_s"] = idle
-                d["cpu_net_s"] = d["cpu_raw_s"] - idle
+                if d["startup_cpu_s"] is None:
+                    raise RuntimeError(f"canwatch detect never logged {ASSIGNED!r}")
+                if name == "detect":
+                    runs["startup"].append(d["startup_cpu_s"])
+                d["cpu_net_s"] = d["cpu_raw_s"] - d["startup_cpu_s"]
                 d["frames_per_cpu_s_raw"] = frames / d["cpu_raw_s"]
                 d["frames_per_cpu_s_net"] = frames / d["cpu_net_s"]
                 runs[name].append(d)
@@ -608,7 +644,7 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
         "bare": summary(fps("bare", "frames_per_cpu_s")),
         "detect_raw": summary(fps("detect", "frames_per_cpu_s_raw")),
         "detect_net": summary(fps("detect", "frames_per_cpu_s_net")),
-        "detect_idle_cpu_s": summary(runs["idle"]),
+        "detect_startup_cpu_s": summary(runs["startup"]),
         "river": summary(fps("river", "frames_per_cpu_s")),
     }
     out["detect"] = out["detect_net"]
@@ -639,8 +675,9 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
     out["ratio_detect_bare"] = out["ratios"]["detect_bare"]["median"]
     out["ratio_detect_river"] = out["ratios"]["detect_river"]["median"]
     out["notes"] = (
-        "frames per CPU-second (user+sys, all threads); detect/json = canwatch detect net of "
-        "its idle startup CPU (imports, model load, group join), raw also given; "
+        "frames per CPU-second (user+sys, all threads); detect/json = canwatch detect to the "
+        "end of its work, net of its start-up CPU (imports, model load, group join: until it "
+        "logs 'assigned partitions'), raw also given; "
         f"json on {json_n:,} of {n:,} frames; river on {runs['river'][0]['frames']:,} frames; "
         "ratios are per repeat, then the median"
     )
@@ -692,7 +729,7 @@ def table(res: dict) -> str:
     )
     text += (
         f"\n\ndetect / river: {fmt_range(res['ratios']['detect_river'], 1)}x; "
-        f"detect idle startup CPU {fmt_range(res['detect_idle_cpu_s'], 2)} s; "
+        f"detect start-up CPU {fmt_range(res['detect_startup_cpu_s'], 2)} s; "
         f"{res['repeat']} repeats, {res['vehicles']} vehicles, {res['partitions']} partitions, "
         f"max_poll_records {res['max_poll_records']}; {res['machine']}"
     )
