@@ -30,7 +30,7 @@ class KafkaConfig:
     client_id: str = "canwatch"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 2000
-    max_poll_records: int = 500
+    max_poll_records: int = 2000
     commit_interval_s: float = 1.0
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str = ""

@@ -9,6 +9,7 @@ frames beyond now + ``detection.max_future_s``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -950,3 +951,110 @@ def test_a_model_that_cannot_score_is_refused_and_the_old_one_keeps_serving(
         wait_for("v2 refused", lambda: refused() == 1)
         assert detector.registry.models["cusw"].version == 1
         assert detector.scorer.models["cusw"].version == 1
+
+
+def test_a_rebalance_while_a_batch_is_gathered_keeps_every_record_once_per_batch(
+    broker, unique_topic, cusw_models, tmp_path, monkeypatch
+):
+    """``Detector.step`` gathers what the next polls bring into one batch
+    (``GATHER_S``). A member that joins the group, and leaves again, in the middle
+    of that (a real rebalance, inside one of those polls) may move partitions and
+    their positions: the batch then keeps nothing from before it, and the
+    partitions still ours are read again from the first record gathered. So every
+    batch holds each of its records once, and no record is skipped."""
+    import detector.service as service
+
+    monkeypatch.setattr(service, "GATHER_S", 3.0)  # most of the time is spent gathering
+    # batches of up to 100 records: ~1 s of this traffic each, so mostly gathering
+    cfg = service_config(broker, unique_topic, cusw_models, partitions=2, **{"kafka.max_poll_records": 100})
+    topic, group = cfg.kafka.telemetry_topic, cfg.kafka.group_id
+    start = time.time() - 40.0
+    streams = [
+        (f"veh-jeep-gather-{i}", "jeep", simulate_vehicle("cusw", 12.0, start, seed=2100 + i))
+        for i in range(4)
+    ]
+    audit = tmp_path / "windows.jsonl"
+    det = Detector(cfg, FLEET, DetectorMetrics(CollectorRegistry()), "det-gather", windows_out=audit)
+    rebalanced_in_gather: list[bool] = []
+    gather = det._gather
+
+    def watched(polled: dict, n: int) -> tuple[dict, int]:
+        before = det._rebalances
+        out = gather(polled, n)
+        rebalanced_in_gather.append(det._rebalances != before)
+        return out
+
+    det._gather = watched
+
+    def publish_paced() -> None:  # records keep coming while the detector gathers
+        producer = make_producer(cfg.kafka)
+        try:
+            publish(producer, topic, streams, speed=1.0, max_frames=200)
+        finally:
+            producer.close()
+
+    def join_then_leave() -> None:  # another member for a few seconds: two rebalances
+        other = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
+        )
+        other.subscribe([topic])
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            other.poll(timeout_ms=100)
+        other.close(autocommit=False)
+
+    publisher = threading.Thread(target=publish_paced)
+    joiner = threading.Thread(target=join_then_leave)
+    with running(det):
+        wait_for("the detector's partitions", lambda: det.consumer and len(det.consumer.assignment()) == 2)
+        publisher.start()
+        time.sleep(1.0)
+        joiner.start()
+        joiner.join()
+        publisher.join()
+        ends = topic_records(broker, topic)
+        wait_for("every record read", lambda: audit.exists() and _covered(audit, ends), 90.0)
+    polls = audited_polls(audit)
+    assert sum(ends.values()) > 20 and len(polls) > 2
+    for p in polls:  # each batch: each record once (ranges add up to its record count)
+        assert p["records"] == sum(hi - lo + 1 for lo, hi in p["offsets"].values()), p
+    # a partition the detector kept through both rebalances: each record in one batch
+    kept = set.intersection(*(set(p["assigned"]) for p in polls))
+    assert kept
+    for part in kept:
+        ranges = sorted(tuple(p["offsets"][str(part)]) for p in polls if str(part) in p["offsets"])
+        assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False)), (part, ranges)
+    assert any(rebalanced_in_gather), "no rebalance happened while a batch was gathered"
+
+
+def topic_records(broker, topic: str) -> dict[int, int]:
+    """Records per partition of ``topic`` (its end offsets)."""
+    reader = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic))]
+        return {tp.partition: int(off) for tp, off in reader.end_offsets(parts).items()}
+    finally:
+        reader.close()
+
+
+def audited_polls(audit: Path) -> list[dict]:
+    """The poll lines of a ``--windows-out`` file (a line being written is skipped)."""
+    polls = []
+    for line in audit.read_text().splitlines():
+        if '"type":"poll"' in line:
+            with contextlib.suppress(json.JSONDecodeError):
+                polls.append(json.loads(line))
+    return polls
+
+
+def _covered(audit: Path, ends: dict[int, int]) -> bool:
+    """Whether the audited batches together read every offset of every partition."""
+    seen: dict[int, set[int]] = {p: set() for p in ends}
+    for poll in audited_polls(audit):
+        for p, (lo, hi) in poll["offsets"].items():
+            seen[int(p)].update(range(lo, hi + 1))
+    return all(seen[p] >= set(range(end)) for p, end in ends.items())
