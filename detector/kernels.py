@@ -42,7 +42,6 @@ _LANE_MAX = 65535  # frames a 16-bit lane counts before it is added to the sums
 # invalidated when this file changes. (_fold numbers the pair (a, b) as PAIRS does:
 # upper-triangle order, checked here.)
 _PAIR_A, _PAIR_B = (a.astype(np.int64) for a in np.triu_indices(8, 1))
-_N_PAIRS = len(_PAIR_A)
 if not (np.array_equal(PAIRS[:, 0], _PAIR_A) and np.array_equal(PAIRS[:, 1], _PAIR_B)):
     raise ImportError("detector.baseline.PAIRS changed: update the pair constants of the kernels")
 _CRC8 = crc8_table()  # CRC-8 SAE J1850, as the baseline learns it
@@ -329,6 +328,16 @@ def _lanes_below(a, b):  # pragma: no cover - compiled
     return ~((a | _HIGH16) - b) & _HIGH16
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _outside(even, odd, lo_e, lo_o, hi_e, hi_o):  # pragma: no cover - compiled
+    """Whether a value in the 16-bit lanes of (even, odd) lies below its lo or above
+    its hi (bounds as ``_to_lanes`` makes them)."""
+    return (
+        _lanes_below(even, lo_e) | _lanes_below(hi_e, even)
+        | _lanes_below(odd, lo_o) | _lanes_below(hi_o, odd)
+    ) != 0  # fmt: skip
+
+
 @njit(cache=True, nogil=True)
 def _add_lanes(la, lanes):  # pragma: no cover - compiled
     """Add the per-byte counts held in 16-bit ``lanes`` (changed, with another byte
@@ -365,13 +374,6 @@ def _fold(  # pragma: no cover - compiled
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     n_hash = payload_hashes.shape[0]
-    # the segment's baseline rows, copied once into small contiguous locals
-    plo = np.zeros(_N_PAIRS, np.int64)
-    phi = np.zeros(_N_PAIRS, np.int64)
-    bmin = np.zeros(8, np.int64)
-    bmax = np.zeros(8, np.int64)
-    dmin = np.zeros(8, np.int64)
-    dmax = np.zeros(8, np.int64)
     la = np.zeros(N_ACC_I, np.int64)
     pair_lanes = np.zeros((7, 4), np.uint64)  # per distance: lo even, lo odd, hi even, hi odd
     lanes = np.zeros(6, np.uint64)  # byte change counts since the last _add_lanes
@@ -388,20 +390,6 @@ def _fold(  # pragma: no cover - compiled
         ck = checksum_kind[s]
         dict_on = has_dict[s] and n_hash > 0
         slot_hash = np.uint64(s + 1) * hash_mul
-        n_tight = 0
-        for p in range(_N_PAIRS):
-            if pair_tight[s, p]:
-                plo[p] = pair_min[s, p]
-                phi[p] = pair_max[s, p]
-                n_tight += 1
-            else:  # a loose pair: no difference of two bytes falls outside
-                plo[p] = -256
-                phi[p] = 256
-        for b in range(8):
-            bmin[b] = byte_min[s, b]
-            bmax[b] = byte_max[s, b]
-            dmin[b] = delta_min[s, b]
-            dmax[b] = delta_max[s, b]
         # the stream's row is worked on in locals (registers, L1) and written back
         for c in range(N_ACC_I):
             la[c] = acc_i[r, c]
@@ -417,23 +405,26 @@ def _fold(  # pragma: no cover - compiled
         # counter step of 0 are then all there is to check
         zero_jump = False
         for b in range(8):
-            zero_jump |= (0 < dmin[b]) | (0 > dmax[b])
+            zero_jump |= (0 < delta_min[s, b]) | (0 > delta_max[s, b])
         zero_counter = cb >= 0 and 0 != counter_step[s]
-        dlo_e, dlo_o = _to_lanes(dmin, 256)
-        dhi_e, dhi_o = _to_lanes(dmax, 256)
-        blo_e, blo_o = _to_lanes(bmin, 0)
-        bhi_e, bhi_o = _to_lanes(bmax, 0)
-        # byte pairs (a, a + k) as lanes per distance k: the pair bounds +256 (pairs
-        # past byte 7 get 0..1023, never out)
+        # the segment's baseline bounds as 16-bit lanes (see _to_lanes): byte deltas
+        # (+256), byte ranges, and per distance kk + 1 the byte pairs (a, a + kk + 1)
+        # (+256; a loose pair, or one past byte 7, gets 0..1023: never out)
+        dlo_e, dlo_o = _to_lanes(delta_min[s], 256)
+        dhi_e, dhi_o = _to_lanes(delta_max[s], 256)
+        blo_e, blo_o = _to_lanes(byte_min[s], 0)
+        bhi_e, bhi_o = _to_lanes(byte_max[s], 0)
+        n_tight = 0
         pair_lanes[:] = 0
         for kk in range(7):
             for a in range(8):
                 lo = 0
                 hi = 1023
-                if a + kk + 1 < 8:
-                    p = a * (15 - a) // 2 + kk  # the index of pair (a, a + kk + 1) in PAIRS
-                    lo = min(max(plo[p] + 256, 0), 1023)
-                    hi = min(max(phi[p] + 256, 0), 1023)
+                p = a * (15 - a) // 2 + kk  # the index of pair (a, a + kk + 1) in PAIRS
+                if a + kk + 1 < 8 and pair_tight[s, p]:
+                    lo = min(max(pair_min[s, p] + 256, 0), 1023)
+                    hi = min(max(pair_max[s, p] + 256, 0), 1023)
+                    n_tight += 1
                 sh = np.uint64(16 * (a // 2))
                 pair_lanes[kk, a % 2] |= np.uint64(lo) << sh
                 pair_lanes[kk, 2 + a % 2] |= np.uint64(hi) << sh
@@ -523,11 +514,7 @@ def _fold(  # pragma: no cover - compiled
                     # byte deltas +256, per 16-bit lane, against the learned bounds
                     de = ((p64 & _LANES) + _BIAS16) - (before & _LANES)
                     do = (((p64 >> np.uint64(8)) & _LANES) + _BIAS16) - ((before >> np.uint64(8)) & _LANES)
-                    jump = (
-                        _lanes_below(de, dlo_e) | _lanes_below(dhi_e, de)
-                        | _lanes_below(do, dlo_o) | _lanes_below(dhi_o, do)
-                    )  # fmt: skip
-                    la[A_DELTA] += jump != 0
+                    la[A_DELTA] += _outside(de, do, dlo_e, dlo_o, dhi_e, dhi_o)
                     if cb >= 0:
                         cc = (np.int64((p64 >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
                         cp = (np.int64((before >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
@@ -542,10 +529,7 @@ def _fold(  # pragma: no cover - compiled
                 p_dlc = d
                 ve = p64 & _LANES
                 vo = (p64 >> np.uint64(8)) & _LANES
-                out = (
-                    _lanes_below(ve, blo_e) | _lanes_below(bhi_e, ve)
-                    | _lanes_below(vo, blo_o) | _lanes_below(bhi_o, vo)
-                ) != 0  # fmt: skip
+                out = _outside(ve, vo, blo_e, blo_o, bhi_e, bhi_o)
                 bad = False  # every pair is checked, no early exit
                 if n_tight:
                     ve += _BIAS16
@@ -554,10 +538,8 @@ def _fold(  # pragma: no cover - compiled
                         sh = p64 >> np.uint64(8 * (kk + 1))
                         de = ve - (sh & _LANES)
                         do = vo - ((sh >> np.uint64(8)) & _LANES)
-                        bad |= (
-                            _lanes_below(de, pair_lanes[kk, 0]) | _lanes_below(pair_lanes[kk, 2], de)
-                            | _lanes_below(do, pair_lanes[kk, 1]) | _lanes_below(pair_lanes[kk, 3], do)
-                        ) != 0  # fmt: skip
+                        pb = pair_lanes[kk]
+                        bad |= _outside(de, do, pb[0], pb[1], pb[2], pb[3])
                 ck_bad = False
                 if ck > 0:
                     pos = np.int64(checksum_byte[s])
