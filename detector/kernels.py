@@ -97,14 +97,21 @@ def _checksum(kind, p64, dlc, can_id, pos, crc8_pow, masks):  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def id_slots(can_id, ids):  # pragma: no cover - compiled
-    """``Baseline.slots``: each id's position in the sorted ``ids`` (clipped) and
-    whether it is there; a table answers standard ids without a search."""
-    n_ids = ids.shape[0]
+def _id_table(ids):  # pragma: no cover - compiled
+    """Position of each standard id (0..0x7FF) in the sorted ``ids``, -1 if not there."""
     lut = np.full(2048, -1, np.int64)
-    for k in range(n_ids):
+    for k in range(ids.shape[0]):
         if ids[k] < 2048:
             lut[ids[k]] = k
+    return lut
+
+
+@njit(cache=True, nogil=True)
+def id_slots(can_id, ids):  # pragma: no cover - compiled
+    """``Baseline.slots``: each id's position in the sorted ``ids`` (clipped) and
+    whether it is there; the table answers standard ids without a search."""
+    n_ids = ids.shape[0]
+    lut = _id_table(ids)
     slot = np.zeros(can_id.shape[0], np.int64)
     known = np.zeros(can_id.shape[0], np.bool_)
     for i in range(can_id.shape[0]):
@@ -130,10 +137,7 @@ def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest
     to the newest ts, and mark it in the batch."""
     n = ts.shape[0]
     n_ids = ids.shape[0]
-    lut = np.full(2048, -1, np.int64)
-    for k in range(n_ids):
-        if ids[k] < 2048:
-            lut[ids[k]] = k
+    lut = _id_table(ids)
     win = np.empty(n, np.int64)
     late = np.zeros(n, np.bool_)
     slot = np.zeros(n, np.int64)
