@@ -116,6 +116,11 @@ class DecodedBatch(NamedTuple):  # a tuple: made for every record of every poll
     frames: np.ndarray  # FRAME_DTYPE, sorted by ts, label 0, writable copy
     newest: float  # ts of the last frame
 
+    @classmethod
+    def of(cls, vehicle: str, brand: str, frames: np.ndarray) -> DecodedBatch:
+        """The batch of time-sorted ``frames``."""
+        return cls(vehicle, brand, frames, float(frames["ts"][-1]))
+
 
 # -- encoding -------------------------------------------------------------------
 
@@ -500,7 +505,7 @@ def decode_record(
     else:
         frames = _decode_json(value, vehicle, brand)
     frames = validate_frames(frames, now=now, max_future_s=max_future_s, min_ts=min_ts)
-    return DecodedBatch(vehicle, brand, frames, float(frames["ts"][-1]))
+    return DecodedBatch.of(vehicle, brand, frames)
 
 
 def warm_up() -> None:
@@ -545,7 +550,7 @@ def decode_records(
                 frames = validate_frames(
                     frames, now=now, max_future_s=max_future_s, min_ts=min_ts
                 )
-                out[i] = DecodedBatch(vehicle, brand, frames, float(frames["ts"][-1]))
+                out[i] = DecodedBatch.of(vehicle, brand, frames)
         except DecodeError as exc:
             out[i] = exc
     if binary:
@@ -563,15 +568,15 @@ def decode_records(
         last_ts = frames["ts"][bounds[1:] - 1].tolist()
         for k, (i, vehicle, brand, _, _) in enumerate(binary):
             part = frames[lo[k] : lo[k + 1]]
-            newest = last_ts[k]
-            if not clean[k]:
-                try:
-                    _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
-                except DecodeError as exc:
-                    out[i] = exc
-                    continue
-                if not faults[k, 5]:
-                    part = part[np.argsort(part["ts"], kind="stable")]
-                    newest = float(part["ts"][-1])
-            out[i] = DecodedBatch(vehicle, brand, part, newest)
+            if clean[k]:  # the common case: its newest ts from the pass over the poll
+                out[i] = DecodedBatch(vehicle, brand, part, last_ts[k])
+                continue
+            try:
+                _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
+            except DecodeError as exc:
+                out[i] = exc
+                continue
+            if not faults[k, 5]:
+                part = part[np.argsort(part["ts"], kind="stable")]
+            out[i] = DecodedBatch.of(vehicle, brand, part)
     return out  # type: ignore[return-value]
