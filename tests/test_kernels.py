@@ -107,7 +107,6 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     assert all(fired.values()), fired
 
 
-
 def test_a_stream_busier_than_a_16_bit_lane_folds_like_the_reference(traffic) -> None:
     """The fold counts byte changes of up to 65,535 frames in 16-bit lanes before
     adding them to the window's sums: a stream with more changing frames in one
@@ -152,6 +151,7 @@ def test_checksums_over_the_payload_word_are_the_baselines(kind: int) -> None:
         for i in range(n)
     ]
     np.testing.assert_array_equal(got, want)
+
 
 def test_stream_groups_is_a_stable_sort_by_stream_then_time() -> None:
     """The counting sort by (vehicle, id) stream: the order, each stream's run and
