@@ -819,9 +819,42 @@ def _faults(ts, words, lo, hi, min_ts, max_ts, known_flags, extended, max_standa
 
 
 @njit(cache=True, nogil=True)
+def _clean(ts, words, lo, hi, min_ts, max_ts, unknown, extended, max_standard, masks):  # pragma: no cover
+    # _faults' checks OR-ed into one word, with no per-check bookkeeping: the
+    # pass over a clean record (nearly all of them) in a third of the time.
+    # Masks the data words as _faults does.
+    bad = np.uint64(0)
+    ordered = True
+    prev = -np.inf
+    for i in range(lo, hi):
+        w = words[i, 1]
+        c = np.uint32(w & np.uint64(0xFFFFFFFF))
+        d = (w >> np.uint64(32)) & np.uint64(0xFF)
+        # an extended id may use the 29 bits below its flag: 0x80000000..0x9FFFFFFF
+        top = np.uint32(0x9FFFFFFF) if c & extended else np.uint32(max_standard)
+        bad |= np.uint64(c > top) | np.uint64(d > 8)
+        bad |= ((w >> np.uint64(40)) & unknown) | (w >> np.uint64(48))
+        t = ts[i]
+        bad |= np.uint64(not (np.isfinite(t) and t >= min_ts and t <= max_ts))
+        ordered &= t >= prev
+        prev = t
+        words[i, 2] &= masks[min(d, np.uint64(8))]
+    return bad == 0, ordered
+
+
+@njit(cache=True, nogil=True)
 def _faults_each(ts, words, bounds, min_ts, max_ts, known_flags, extended, max_standard, masks):  # pragma: no cover
     out = np.zeros((bounds.shape[0] - 1, 6), np.int64)
+    unknown = np.uint64(np.uint8(~np.uint8(known_flags)))
     for k in range(bounds.shape[0] - 1):
+        clean, ordered = _clean(
+            ts, words, bounds[k], bounds[k + 1], min_ts, max_ts, unknown, extended,
+            max_standard, masks,
+        )  # fmt: skip
+        if clean:
+            out[k, 0] = out[k, 2] = out[k, 3] = out[k, 4] = -1
+            out[k, 5] = ordered
+            continue
         bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = _faults(
             ts, words, bounds[k], bounds[k + 1], min_ts, max_ts, known_flags, extended,
             max_standard, masks,

@@ -438,3 +438,58 @@ def test_a_poll_decodes_like_its_records_one_by_one():
 def test_arbitrary_polls_decode_like_their_records(records):
     batch = wire.decode_records(records, **LIMITS)
     assert_same_results(batch, one_by_one(records))
+
+
+def test_the_clean_record_pass_gives_the_verdicts_of_the_full_checks():
+    """``frame_faults_each`` first runs a cheaper pass that only says whether a record
+    is clean; at every edge of every check it must agree with ``frame_faults``."""
+    from detector.kernels import frame_faults, frame_faults_each
+
+    lo_ts, hi_ts = LIMITS["min_ts"], NOW + LIMITS["max_future_s"]
+    edits = {
+        "dlc": [(8, True), (9, False), (15, False)],
+        "std id": [(0x7FF, True), (0x800, False)],
+        "ext id": [(0x9FFF_FFFF, True), (0xA000_0000, False), (0xC000_0000, False)],
+        "flags": [(FLAG_RTR, True), (0x80, False)],
+        "label": [(1, False)],
+        "reserved": [(7, False)],
+        "ts": [(lo_ts, True), (hi_ts, True), (lo_ts - 1e-3, False), (hi_ts + 1e-3, False),
+               (np.nan, False), (np.inf, False), (-np.inf, False)],  # fmt: skip
+        "order": [(0, True)],
+        "none": [(0, True)],
+    }
+    rng = np.random.default_rng(11)
+    parts, want_clean = [], []
+    for kind, cases in edits.items():
+        for value, clean in cases:
+            for at in (0, 5, 19):  # first, middle and last frame of a record
+                f = sample_frames(20, seed=len(parts))
+                f["label"] = 0
+                f["ts"] = 1_600_000_000 + np.arange(20)
+                f["data"][:, :] = rng.integers(0, 256, (20, 8))  # bytes past dlc to mask
+                field = {"dlc": "dlc", "flags": "flags", "label": "label", "reserved": "reserved"}
+                if kind in field:
+                    f[field[kind]][at] = value
+                elif kind in ("std id", "ext id"):
+                    f["can_id"][at] = value
+                elif kind == "ts":
+                    f["ts"][at] = value
+                elif kind == "order":
+                    f["ts"][[at, (at + 1) % 20]] = f["ts"][[(at + 1) % 20, at]]
+                parts.append(f)
+                want_clean.append(clean)
+    frames = np.concatenate(parts)
+    one_by_one = frames.copy()
+    bounds = np.arange(0, len(frames) + 1, 20)
+    limits = (lo_ts, hi_ts, wire.KNOWN_FLAGS, np.uint32(wire.EXTENDED_FLAG), wire.ID_MASK_STANDARD)
+    each = frame_faults_each(frames, bounds, *limits)
+    for k in range(len(parts)):
+        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = frame_faults(
+            one_by_one, int(bounds[k]), int(bounds[k + 1]), *limits
+        )
+        assert tuple(each[k]) == (bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered), k
+        clean = max(bad_dlc, bad_id, bad_flags, bad_ts) < 0
+        assert clean == want_clean[k], k
+    # the same bytes masked past dlc (compared as bytes: NaN ts are not equal to themselves)
+    assert frames.tobytes() == one_by_one.tobytes()
+    assert not (frames["data"][frames["dlc"] == 3][:, 3:]).any()
