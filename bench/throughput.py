@@ -3,14 +3,20 @@
 One run starts the embedded (Tansu) broker, trains small platform models (or
 reuses ``--models``), simulates a multi-brand fleet of exactly ``--frames``
 frames, publishes it as binary records of ~500 frames (plus a JSON copy of
-``--json-frames`` of them), and then, ``--repeat`` times, interleaved so that
-each repeat sees the same machine load:
+``--json-frames`` of them), compressed as canwatch's producers compress by
+default (``kafka.compression``, lz4; ``--compression none`` for plain records),
+and then, ``--repeat`` times, interleaved so that each repeat sees the same
+machine load:
 
 * **bare**: a kafka-python consumer with ``kafka_io.make_consumer``'s settings
   reading the whole binary topic and doing one ``np.frombuffer`` per record --
   the floor any Python consumer pays (child process, ``time.process_time``
   from the group's assignment of the partitions to the last record: net of
   imports, consumer creation and the group join, as detect's figure is);
+* **bare + heap**: the same with the glibc malloc settings ``canwatch detect``
+  makes at start (``detector.heap``): not a baseline of the issue, shown so
+  that what those settings save in kafka-python is not mistaken for detect's
+  own speed;
 * **detect**: ``canwatch detect`` as a subprocess with a fresh consumer group
   over the same backlog, until its ``canwatch_frames_consumed_total`` equals the
   frames produced; CPU (user+sys, all threads) from ``/proc/<pid>/stat``,
@@ -77,8 +83,9 @@ from bench.common import (  # noqa: E402
 )
 from detector.brands import Fleet, load_fleet  # noqa: E402
 from detector.broker import EmbeddedBroker, create_topics, free_port  # noqa: E402
-from detector.config import load_config  # noqa: E402
+from detector.config import COMPRESSIONS, load_config  # noqa: E402
 from detector.features import FEATURE_NAMES  # noqa: E402
+from detector.heap import keep_large_buffers  # noqa: E402
 from detector.kafka_io import crc32c_accelerated, make_consumer, make_producer  # noqa: E402
 from detector.schema import FRAME_DTYPE  # noqa: E402
 from replay.publisher import publish  # noqa: E402
@@ -90,7 +97,7 @@ if not CANWATCH.exists():
 TRAIN_VEHICLES = 6  # small, fast training set: models only need to be valid, not great
 TRAIN_SECONDS = 60.0
 RECORD_FRAMES = 500  # frames per Kafka record (cap)
-RECORD_SPAN_S = 0.25  # ...or this much traffic: ~2 kHz buses fill 500 frames first
+RECORD_SPAN_S = 1.0  # ...or this much traffic: the fleet's ~2 kHz buses give ~470 a record
 PARTITIONS = 4
 #: How often the bench reads detect's /metrics to see the backlog drained. Each read
 #: costs detect ~14 ms of CPU (~200 kB of exposition), counted in its figure:
@@ -152,8 +159,10 @@ def simulate(fleet: Fleet, n: int, vehicles: int, seed: int) -> tuple[list, floa
         duration *= 1.2
 
 
-def produce(bootstrap: str, topic: str, streams: list, encoding: str) -> dict:
-    cfg = load_config(None, env={}, overrides={"kafka.bootstrap": bootstrap})
+def produce(bootstrap: str, topic: str, streams: list, encoding: str, compression: str) -> dict:
+    cfg = load_config(
+        None, env={}, overrides={"kafka.bootstrap": bootstrap, "kafka.compression": compression}
+    )
     producer = make_producer(cfg.kafka)
     t0 = time.perf_counter()
     try:
@@ -194,7 +203,12 @@ def child(argv: list[str]) -> int:
     ap.add_argument("--group", required=True)
     ap.add_argument("--frames", type=int, required=True, help="stop after this many frames")
     ap.add_argument("--max-poll-records", type=int)
+    ap.add_argument(
+        "--keep-large-buffers", action="store_true", help="detect's malloc settings (detector.heap)"
+    )
     args = ap.parse_args(argv)
+    if args.keep_large_buffers and not keep_large_buffers():
+        raise SystemExit("this C library has no mallopt")
     over = {"kafka.bootstrap": args.bootstrap}
     if args.max_poll_records:
         over["kafka.max_poll_records"] = args.max_poll_records
@@ -282,7 +296,9 @@ def river_scorer():
     return score
 
 
-def run_child(mode: str, bootstrap: str, topic: str, frames: int, mpr: int | None) -> dict:
+def run_child(
+    mode: str, bootstrap: str, topic: str, frames: int, mpr: int | None, *extra: str
+) -> dict:
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -299,6 +315,7 @@ def run_child(mode: str, bootstrap: str, topic: str, frames: int, mpr: int | Non
     ]
     if mpr:
         cmd += ["--max-poll-records", str(mpr)]
+    cmd += extra
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} consumer failed: {proc.stderr[-2000:]}")
@@ -560,6 +577,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         "partitions": args.partitions,
         "max_poll_records": args.max_poll_records
         or load_config(None, env={}).kafka.max_poll_records,
+        "compression": args.compression,
         "crc32c_accelerated": crc32c_accelerated(),
         "machine": machine(),
         "code": str(ROOT),  # the checkout measured (detector/ is imported from here)
@@ -577,12 +595,13 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             dict.fromkeys([*topics, "bench.warm"], args.partitions)
             | {"bench.incidents": 1, "bench.dlq": 1},
         )
-        result["produce"] = {"binary": produce(bs, "bench.bin", streams, "binary")}
+        codec = args.compression
+        result["produce"] = {"binary": produce(bs, "bench.bin", streams, "binary", codec)}
         warm_n = min(n, WARMUP_FRAMES)
-        produce(bs, "bench.warm", first_n(streams, warm_n), "binary")
+        produce(bs, "bench.warm", first_n(streams, warm_n), "binary", codec)
         if json_n:
             json_streams = streams if json_n == n else first_n(streams, json_n)
-            result["produce"]["json"] = produce(bs, "bench.json", json_streams, "json")
+            result["produce"]["json"] = produce(bs, "bench.json", json_streams, "json", codec)
         del streams
         # First calls compile the numba kernels into their on-disk cache; do that
         # here, unmeasured, so no measured run pays for compilation.
@@ -591,13 +610,18 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         )
         result["warmup"] = {"frames": warm_n, "cpu_raw_s": warm["cpu_raw_s"]}
         say(f"  warm-up detect run: {warm_n:,} frames, {warm['cpu_raw_s']:.2f} s CPU")
-        runs: dict[str, list] = {"bare": [], "startup": [], "detect": [], "json": [], "river": []}
+        runs: dict[str, list] = {
+            "bare": [], "bare_heap": [], "startup": [], "detect": [], "json": [], "river": []
+        }  # fmt: skip
         mpr = args.max_poll_records
         for r in range(args.repeat):
             say(f"repeat {r + 1}/{args.repeat}")
             bare = run_child("bare", bs, "bench.bin", n, mpr)
             runs["bare"].append(bare)
             say(f"  bare   {bare['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({bare['cpu_s']:.2f} s)")
+            heap = run_child("bare", bs, "bench.bin", n, mpr, "--keep-large-buffers")
+            runs["bare_heap"].append(heap)
+            say(f"  bare+h {heap['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({heap['cpu_s']:.2f} s)")
             for name, topic, frames in (("detect", "bench.bin", n), ("json", "bench.json", json_n)):
                 if not frames:
                     continue
@@ -642,6 +666,7 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
 
     out: dict = {
         "bare": summary(fps("bare", "frames_per_cpu_s")),
+        "bare_heap": summary(fps("bare_heap", "frames_per_cpu_s")),
         "detect_raw": summary(fps("detect", "frames_per_cpu_s_raw")),
         "detect_net": summary(fps("detect", "frames_per_cpu_s_net")),
         "detect_startup_cpu_s": summary(runs["startup"]),
@@ -656,6 +681,10 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
         "detect_river": [
             d["frames_per_cpu_s_net"] / r["frames_per_cpu_s"]
             for d, r in zip(runs["detect"], runs["river"], strict=True)
+        ],
+        "detect_bare_heap": [
+            d["frames_per_cpu_s_net"] / b["frames_per_cpu_s"]
+            for d, b in zip(runs["detect"], runs["bare_heap"], strict=True)
         ],
     }
     if runs["json"]:
@@ -672,6 +701,8 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
     out["detect_frames_per_cpu_s_raw"] = out["detect_raw"]["median"]
     out["json_frames_per_cpu_s"] = out["json_net"]["median"] if runs["json"] else None
     out["river_frames_per_cpu_s"] = out["river"]["median"]
+    out["bare_heap_frames_per_cpu_s"] = out["bare_heap"]["median"]
+    out["ratio_detect_bare_heap"] = out["ratios"]["detect_bare_heap"]["median"]
     out["ratio_detect_bare"] = out["ratios"]["detect_bare"]["median"]
     out["ratio_detect_river"] = out["ratios"]["detect_river"]["median"]
     out["notes"] = (
@@ -688,6 +719,12 @@ def table(res: dict) -> str:
     n = res["frames"]
     rows = [
         ["bare kafka-python + np.frombuffer", f"{n:,}", fmt_range(res["bare"]), "1.00"],
+        [
+            "... with detect's malloc settings",
+            f"{n:,}",
+            fmt_range(res["bare_heap"]),
+            f"{res['bare_heap']['median'] / res['bare']['median']:.2f}",
+        ],
         [
             "canwatch detect, binary (net)",
             f"{n:,}",
@@ -729,9 +766,12 @@ def table(res: dict) -> str:
     )
     text += (
         f"\n\ndetect / river: {fmt_range(res['ratios']['detect_river'], 1)}x; "
+        f"detect / bare with detect's malloc settings: "
+        f"{fmt_range(res['ratios']['detect_bare_heap'], 2)}; "
         f"detect start-up CPU {fmt_range(res['detect_startup_cpu_s'], 2)} s; "
         f"{res['repeat']} repeats, {res['vehicles']} vehicles, {res['partitions']} partitions, "
-        f"max_poll_records {res['max_poll_records']}; {res['machine']}"
+        f"max_poll_records {res['max_poll_records']}, records {res['compression']}-compressed; "
+        f"{res['machine']}"
     )
     return text
 
@@ -759,6 +799,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", metavar="DIR", help="cache models here (default: a temp dir)")
     ap.add_argument("--profile", type=Path, metavar="OUT.prof", help="cProfile one detect run")
     ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default=load_config(None, env={}).kafka.compression,
+        help="codec the topics are produced with (default: the config's, kafka.compression)",
+    )
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     args = ap.parse_args(argv)
     if args.frames < 1 or args.repeat < 1:

@@ -32,6 +32,7 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 2000
     max_poll_records: int = 2000
     commit_interval_s: float = 1.0
+    compression: str = "lz4"
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str = ""
     ssl_certfile: str = ""
@@ -94,6 +95,10 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
+#: Codecs for the records canwatch produces; lz4 is a dependency, gzip is in the
+#: standard library (zstd and snappy would need packages of their own).
+COMPRESSIONS = ("lz4", "gzip", "none")
+
 _RULES: dict[str, tuple[Any, str]] = {
     "kafka.security_protocol": (
         lambda v: v in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"},
@@ -108,6 +113,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "kafka.heartbeat_interval_ms": (lambda v: v >= 100, ">= 100"),
     "kafka.max_poll_records": (lambda v: v >= 1, ">= 1"),
     "kafka.commit_interval_s": (lambda v: 0 <= v <= 60, "in [0, 60]"),
+    "kafka.compression": (lambda v: v in COMPRESSIONS, "one of " + ", ".join(COMPRESSIONS)),
     "detection.window_s": (lambda v: 0.01 <= v <= 3600, "in [0.01, 3600]"),
     "detection.target_fpr": (lambda v: 0 < v < 0.5, "in (0, 0.5)"),
     "detection.holdout_fraction": (lambda v: 0.05 <= v <= 0.9, "in [0.05, 0.9]"),

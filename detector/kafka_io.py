@@ -165,7 +165,7 @@ def producer_config(cfg: KafkaConfig, env: Mapping[str, str] | None = None) -> K
         enable_idempotence=True,  # Tansu and Kafka >= 0.11 both support it; see module doc
         linger_ms=5,
         batch_size=1 << 20,
-        compression_type=None,  # telemetry batches are small and CPU matters more
+        compression_type=None if cfg.compression == "none" else cfg.compression,
         max_request_size=MAX_REQUEST_BYTES,
     )
     return out

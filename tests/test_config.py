@@ -26,6 +26,7 @@ def test_precedence_overrides_beat_env_beat_file(tmp_path):
         ({"kafka.security_protocol": "TLS"}, "kafka.security_protocol must be one of"),
         ({"kafka.max_poll_records": "many"}, "kafka.max_poll_records must be int, got 'many'"),
         ({"kafka.nope": 1}, "unknown config key kafka.nope"),
+        ({"kafka.compression": "zstd"}, "kafka.compression must be one of lz4, gzip, none, got"),
         ({"kafka.security_protocol": "SASL_SSL"}, "kafka.sasl_mechanism is required"),
     ],
 )

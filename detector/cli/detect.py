@@ -9,6 +9,7 @@ import threading
 
 from detector.cli._common import add_config_flag, fleet_from
 from detector.config import load_config
+from detector.heap import keep_large_buffers
 from detector.metrics import DetectorMetrics
 from detector.service import Detector
 
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    keep_large_buffers()  # a process that is only a detector (see detector.heap)
     detector = Detector(
         cfg,
         fleet_from(cfg),
