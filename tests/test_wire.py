@@ -493,3 +493,20 @@ def test_the_clean_record_pass_gives_the_verdicts_of_the_full_checks():
     # the same bytes masked past dlc (compared as bytes: NaN ts are not equal to themselves)
     assert frames.tobytes() == one_by_one.tobytes()
     assert not (frames["data"][frames["dlc"] == 3][:, 3:]).any()
+
+
+def test_a_poll_longer_than_a_check_chunk_decodes_like_its_records():
+    """Records are copied and checked in chunks: bad and unsorted records on both
+    sides of chunk edges still get their own verdicts."""
+    chunk = wire._CHECK_RECORDS
+    records = []
+    for i in range(2 * chunk + 5):
+        frames = sample_frames(10 + i % 7, seed=100 + i)
+        if i in (chunk - 1, chunk, 2 * chunk):
+            frames["dlc"][i % 5] = 12  # bad dlc
+        elif i in (chunk + 1, 2 * chunk + 1):
+            frames = frames[::-1].copy()  # needs sorting
+        records.append((f"veh-{i % 3}".encode(), wire.encode_binary(frames), binary_headers()))
+    batch = wire.decode_records(records, **LIMITS)
+    assert_same_results(batch, one_by_one(records))
+    assert sum(isinstance(b, DecodeError) for b in batch) == 3
