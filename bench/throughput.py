@@ -3,10 +3,9 @@
 One run starts the embedded (Tansu) broker, trains small platform models (or
 reuses ``--models``), simulates a multi-brand fleet of exactly ``--frames``
 frames, publishes it as binary records of ~500 frames (plus a JSON copy of
-``--json-frames`` of them), compressed as canwatch's producers compress by
-default (``kafka.compression``, lz4; ``--compression none`` for plain records),
-and then, ``--repeat`` times, interleaved so that each repeat sees the same
-machine load:
+``--json-frames`` of them), plain (``--compression lz4``: compressed as
+canwatch's own producers do by default, ``kafka.compression``), and then,
+``--repeat`` times, interleaved so that each repeat sees the same machine load:
 
 * **bare**: a kafka-python consumer with ``kafka_io.make_consumer``'s settings
   reading the whole binary topic and doing one ``np.frombuffer`` per record --
@@ -802,8 +801,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compression",
         choices=COMPRESSIONS,
-        default=load_config(None, env={}).kafka.compression,
-        help="codec the topics are produced with (default: the config's, kafka.compression)",
+        default="none",
+        help="codec the topics are produced with (default none: plain records, on which the "
+        "targets are set; canwatch's own producers use kafka.compression, lz4)",
     )
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     args = ap.parse_args(argv)
