@@ -16,6 +16,7 @@ bench:           ## run the benchmarks (tens of minutes; results in out/bench)
 	.venv/bin/python bench/readers.py --json out/bench/readers.json
 	.venv/bin/python bench/throughput.py --json out/bench/throughput.json
 	.venv/bin/python bench/throughput.py --compression lz4 --json-frames 0 --json out/bench/throughput-lz4.json
+	.venv/bin/python bench/profile_detect.py --json out/bench/profile.json
 	.venv/bin/python bench/latency.py --json out/bench/latency.json
 	.venv/bin/python bench/memory.py --json out/bench/memory.json
 	.venv/bin/python bench/quality.py --json out/bench/quality.json

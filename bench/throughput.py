@@ -2,10 +2,11 @@
 
 One run starts the embedded (Tansu) broker, trains small platform models (or
 reuses ``--models``), simulates a multi-brand fleet of exactly ``--frames``
-frames, publishes it as binary records of ~500 frames (plus a JSON copy of
-``--json-frames`` of them), plain (``--compression lz4``: compressed as
-canwatch's own producers do by default, ``kafka.compression``), and then,
-``--repeat`` times, interleaved so that each repeat sees the same machine load:
+frames, publishes it as binary records of ~470 frames (≤ 500 frames or 1 s of
+a bus; plus a JSON copy of ``--json-frames`` of them), plain (``--compression
+lz4``: compressed as canwatch's own producers do by default,
+``kafka.compression``), and then, ``--repeat`` times, interleaved so that each
+repeat sees the same machine load:
 
 * **bare**: a kafka-python consumer with ``kafka_io.make_consumer``'s settings
   reading the whole binary topic and doing one ``np.frombuffer`` per record --
@@ -174,12 +175,14 @@ def produce(bootstrap: str, topic: str, streams: list, encoding: str, compressio
             max_frames=RECORD_FRAMES,
             max_span_s=RECORD_SPAN_S,
         )
+        # bytes on the wire / bytes before compression, over the producer's batches
+        rate = producer.metrics()["producer-metrics"]["compression-rate-avg"]
     finally:
         producer.close()
     wall = time.perf_counter() - t0
     say(
         f"  produced {s.frames:,} frames in {s.records:,} {encoding} records "
-        f"({s.bytes / 1e6:,.0f} MB) in {wall:.1f} s"
+        f"({s.bytes / 1e6:,.0f} MB, {compression}: {rate:.2f} of it on the wire) in {wall:.1f} s"
     )
     return {
         "records": s.records,
@@ -187,6 +190,7 @@ def produce(bootstrap: str, topic: str, streams: list, encoding: str, compressio
         "bytes": s.bytes,
         "wall_s": round(wall, 2),
         "frames_per_record": round(s.frames / s.records, 1),
+        "compression_rate": round(rate, 3),
     }
 
 
@@ -681,6 +685,10 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
             d["frames_per_cpu_s_net"] / r["frames_per_cpu_s"]
             for d, r in zip(runs["detect"], runs["river"], strict=True)
         ],
+        "bare_heap_bare": [
+            h["frames_per_cpu_s"] / b["frames_per_cpu_s"]
+            for h, b in zip(runs["bare_heap"], runs["bare"], strict=True)
+        ],
         "detect_bare_heap": [
             d["frames_per_cpu_s_net"] / b["frames_per_cpu_s"]
             for d, b in zip(runs["detect"], runs["bare_heap"], strict=True)
@@ -722,7 +730,7 @@ def table(res: dict) -> str:
             "... with detect's malloc settings",
             f"{n:,}",
             fmt_range(res["bare_heap"]),
-            f"{res['bare_heap']['median'] / res['bare']['median']:.2f}",
+            fmt_range(res["ratios"]["bare_heap_bare"], 2),
         ],
         [
             "canwatch detect, binary (net)",
@@ -769,7 +777,8 @@ def table(res: dict) -> str:
         f"{fmt_range(res['ratios']['detect_bare_heap'], 2)}; "
         f"detect start-up CPU {fmt_range(res['detect_startup_cpu_s'], 2)} s; "
         f"{res['repeat']} repeats, {res['vehicles']} vehicles, {res['partitions']} partitions, "
-        f"max_poll_records {res['max_poll_records']}, records {res['compression']}-compressed; "
+        f"max_poll_records {res['max_poll_records']}, "
+        f"{'plain' if res['compression'] == 'none' else res['compression']} records; "
         f"{res['machine']}"
     )
     return text

@@ -2,12 +2,13 @@
 
 A detector allocates and frees tens of MB per batch: kafka-python's receive
 buffers and the ~2,000 record values of a poll (~10 kB each), the poll's
-frame buffer, the windowing arrays. With glibc's defaults the freed heap is
-trimmed back to the system as soon as more than 128 kB of it is free at the
-top (buffers above the mmap threshold are unmapped on free), so the next
-batch page-faults on every 4 KiB page again: on 5 M frames of uncompressed
-binary records, ~70,000 faults and 0.13 of a bare consumer's 0.44 CPU-s,
-mostly in the kernel. Kept in the heap, the same memory faults in once.
+frame buffer, the windowing arrays. glibc returns freed memory at the top of
+its heap to the system once more than its trim threshold is free (128 kB
+until it raises it itself, which the pattern above does not reliably make it
+do), and unmaps buffers above its mmap threshold on free, so the next batch
+page-faults on the same memory again: on 5 M frames of plain binary records,
+~70,000 faults and 0.13 of a bare consumer's 0.44 CPU-s, mostly in the
+kernel. With fixed, larger thresholds the same memory faults in once.
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ M_MMAP_THRESHOLD = -3
 
 #: glibc's largest mmap threshold on 64-bit: buffers up to this come from the heap
 MMAP_THRESHOLD_BYTES = 32 << 20
-#: free memory the heap keeps before returning it to the system: one more batch
+#: free memory at the top of a heap before it goes back to the system: a batch's worth
 TRIM_THRESHOLD_BYTES = 64 << 20
 
 
 def keep_large_buffers(
     mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold: int = TRIM_THRESHOLD_BYTES
 ) -> bool:
-    """Serve allocations below ``mmap_threshold`` from the heap, and keep up to
-    ``trim_threshold`` of freed heap for the next ones. Returns False (and
-    changes nothing) where the C library has no glibc ``mallopt``."""
+    """Serve allocations below ``mmap_threshold`` from the heap, and trim the heap
+    only once more than ``trim_threshold`` of it is free (per arena: not a cap on
+    what the process keeps). Returns whether both are set; where the C library
+    has no glibc ``mallopt`` (musl, macOS) or refuses the first, nothing changes."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt
@@ -41,8 +43,10 @@ def keep_large_buffers(
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    ok = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
-    ok = mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
-    if not ok:
-        log.debug("mallopt refused the thresholds; glibc's defaults stay")
-    return ok
+    if mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1:  # e.g. above a 32-bit glibc's maximum
+        log.debug("mallopt refused an mmap threshold of %d; glibc's defaults stay", mmap_threshold)
+        return False
+    if mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1:
+        log.debug("mallopt refused a trim threshold of %d", trim_threshold)
+        return False
+    return True

@@ -826,12 +826,12 @@ def _clean(ts, words, lo, hi, min_ts, max_ts, unknown, extended, max_standard, m
     bad = np.uint64(0)
     ordered = True
     prev = -np.inf
+    top_extended = np.uint32(np.uint32(extended) | np.uint32(0x1FFFFFFF))  # flag + 29 bits
     for i in range(lo, hi):
         w = words[i, 1]
         c = np.uint32(w & np.uint64(0xFFFFFFFF))
         d = (w >> np.uint64(32)) & np.uint64(0xFF)
-        # an extended id may use the 29 bits below its flag: 0x80000000..0x9FFFFFFF
-        top = np.uint32(0x9FFFFFFF) if c & extended else np.uint32(max_standard)
+        top = top_extended if c & extended else np.uint32(max_standard)
         bad |= np.uint64(c > top) | np.uint64(d > 8)
         bad |= ((w >> np.uint64(40)) & unknown) | (w >> np.uint64(48))
         t = ts[i]

@@ -42,7 +42,7 @@ MAGIC = b"CWF1"
 HEADER = struct.Struct("<4sHHIHH")
 HEADER_LEN = HEADER.size
 RECORD_SIZE = FRAME_DTYPE.itemsize
-_CHECK_RECORDS = 32  # records copied before their checks run: ~300 kB, in L2
+_CHECK_RECORDS = 32  # records copied before their checks run: ~360 kB, in L2
 assert HEADER_LEN == 16 and RECORD_SIZE == 24
 
 #: Limits. A record above them goes to the DLQ as ``too_large``; producers

@@ -1,0 +1,204 @@
+"""Where ``canwatch detect``'s CPU goes at full speed: a breakdown by part.
+
+Runs the detector in-process (``Detector.step``, as ``canwatch detect`` does,
+with its malloc settings and frozen start-up heap) over a backlog on the
+embedded broker: the fleet, record cut and models of ``bench/throughput.py``.
+Each run gets a fresh consumer group; its first batch is left out (it pays
+for the group join), the rest to the end of the backlog is measured. CPU
+comes from per-thread counters (kafka-python's IO thread is a thread of its
+own) and from thread-CPU timers wrapped around the pipeline's functions, so
+the parts add up to the process's CPU; the median run is reported.
+
+cProfile (``bench/throughput.py --profile``) sees only the main thread and
+inflates every Python call; these timers cost ~1 µs a call, a few hundred
+calls a batch.
+
+    .venv/bin/python bench/profile_detect.py [--frames 5000000] [--repeat 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import throughput as tp  # noqa: E402
+
+from bench.common import machine, markdown_table, write_json  # noqa: E402
+from detector import model, pipeline, service, windowing, wire  # noqa: E402
+from detector.brands import load_fleet  # noqa: E402
+from detector.broker import EmbeddedBroker, create_topics  # noqa: E402
+from detector.config import COMPRESSIONS, load_config  # noqa: E402
+from detector.heap import keep_large_buffers  # noqa: E402
+from detector.metrics import DetectorMetrics  # noqa: E402
+
+#: (owner, attribute, timer name): a timer holds the thread CPU spent inside.
+TIMED = [
+    ("kafka.KafkaConsumer", "poll", "poll"),
+    (service.Detector, "_decode", "decode"),
+    (wire, "frame_faults_each", "checks"),
+    (pipeline.Scorer, "push", "push"),
+    (pipeline, "concat_frames", "concat"),
+    (windowing.WindowState, "push", "window"),
+    (windowing, "fold", "fold"),
+    (windowing, "window_pass", "window_pass"),
+    (windowing, "stream_groups", "stream_groups"),
+    (windowing.WindowState, "_rows", "rows"),
+    (pipeline.Scorer, "_scored", "scored"),
+    (model, "raw_scores", "forest"),
+    (service.Detector, "_incidents", "incidents"),
+    (service.Detector, "_settle", "settle"),
+]
+
+
+def install_timers(timers: dict[str, float]) -> None:
+    import kafka
+
+    for owner, attr, name in TIMED:
+        obj = kafka.KafkaConsumer if owner == "kafka.KafkaConsumer" else owner
+        inner = getattr(obj, attr)
+
+        def timed(*a, _inner=inner, _name=name, **k):
+            t0 = time.thread_time()
+            try:
+                return _inner(*a, **k)
+            finally:
+                timers[_name] += time.thread_time() - t0
+
+        setattr(obj, attr, timed)
+
+
+def thread_cpu() -> dict[int, float]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def parts(cpu: float, other_threads: float, t: dict[str, float]) -> dict[str, float]:
+    """The process's CPU cut into parts that do not overlap."""
+    out = {
+        "kafka-python: its IO thread (fetch responses, 4 KiB recvs)": other_threads,
+        "kafka-python: record parsing in poll()": t["poll"],
+        "fold kernel (frames into window sums)": t["fold"],
+        "forest walk": t["forest"],
+        "decode: copies, envelopes, per-record bookkeeping": t["decode"] - t["checks"],
+        "wire checks (compiled)": t["checks"],
+        "window pass + counting sort by stream": t["window_pass"] + t["stream_groups"],
+        "feature rows": t["rows"],
+        "other windowing glue": t["window"]
+        - t["fold"]
+        - t["window_pass"]
+        - t["stream_groups"]
+        - t["rows"],
+        "per-platform concatenation": t["concat"],
+        "scoring glue (envelope, slots)": t["scored"] - t["forest"],
+        "scorer routing": t["push"] - t["window"] - t["scored"] - t["concat"],
+        "incidents, produce, commit": t["incidents"] + t["settle"],
+    }
+    out["rest of the main thread (gathering, metrics)"] = cpu - sum(out.values())
+    return out
+
+
+def run_once(cfg, fleet, frames: int, timers: dict[str, float]) -> dict:
+    metrics = DetectorMetrics()
+    det = service.Detector(cfg, fleet, metrics, "profile", freeze_heap=True)
+    det.start()
+
+    def consumed() -> float:
+        return sum(c._value.get() for c in metrics.frames_consumed._metrics.values())
+
+    try:
+        while consumed() == 0:  # the group join and the first batch: not measured
+            det.step()
+        timers.clear()
+        before, cpu0, done0 = thread_cpu(), time.process_time(), consumed()
+        while consumed() < frames:
+            det.step()
+        cpu = time.process_time() - cpu0
+        after = thread_cpu()
+        n = consumed() - done0
+    finally:
+        det.close()
+    main = threading.get_native_id()
+    other = sum(after[k] - before.get(k, 0.0) for k in after if k != main)
+    return {
+        "frames": n,
+        "cpu_s": cpu,
+        "frames_per_cpu_s": n / cpu,
+        "parts": parts(cpu, other, timers),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=5_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--vehicles", type=int, default=56)
+    ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
+    ap.add_argument("--models", metavar="DIR", help="cache models here (default: a temp dir)")
+    ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument("--json", type=Path, metavar="OUT")
+    args = ap.parse_args(argv)
+    if not keep_large_buffers():
+        tp.say("note: no glibc mallopt here; measuring with the C library's defaults")
+    timers: dict[str, float] = defaultdict(float)
+    install_timers(timers)
+    fleet = load_fleet()
+    with tempfile.TemporaryDirectory(prefix="canwatch-profile-") as tmp:
+        model_dir = tp.ensure_models(fleet, Path(args.models) if args.models else Path(tmp))
+        streams, _ = tp.simulate(fleet, args.frames, args.vehicles, args.seed)
+        broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log")
+        broker.start()
+        try:
+            create_topics(broker.bootstrap, {"tel": tp.PARTITIONS, "inc": 1, "dlq": 1})
+            tp.produce(broker.bootstrap, "tel", streams, "binary", args.compression)
+            del streams
+            runs = []
+            for r in range(args.repeat):
+                cfg = load_config(
+                    None,
+                    env={},
+                    overrides={
+                        "kafka.bootstrap": broker.bootstrap,
+                        "kafka.group_id": f"profile-{r}-{time.time_ns()}",
+                        "kafka.telemetry_topic": "tel",
+                        "kafka.incident_topic": "inc",
+                        "kafka.dlq_topic": "dlq",
+                        "models.dir": str(model_dir),
+                    },
+                )
+                run = run_once(cfg, fleet, args.frames, timers)
+                tp.say(
+                    f"  run {r + 1}: {run['frames']:,.0f} frames, {run['cpu_s']:.3f} CPU-s, "
+                    f"{run['frames_per_cpu_s']:,.0f} frames/CPU-s"
+                )
+                runs.append(run)
+        finally:
+            broker.stop()
+    median = sorted(runs, key=lambda x: x["cpu_s"])[len(runs) // 2]
+    rows = [
+        [name, f"{v:.3f}", f"{100 * v / median['cpu_s']:.0f} %"]
+        for name, v in sorted(median["parts"].items(), key=lambda kv: -kv[1])
+    ]
+    print(markdown_table(["part", "CPU-s", "share"], rows))
+    print(
+        f"\nmedian of {len(runs)} runs: {median['frames']:,.0f} frames in "
+        f"{median['cpu_s']:.3f} CPU-s, {median['frames_per_cpu_s']:,.0f} frames/CPU-s; "
+        f"{'plain' if args.compression == 'none' else args.compression} records; {machine()}"
+    )
+    write_json(args.json, {"compression": args.compression, "median": median, "runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
