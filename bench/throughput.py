@@ -676,32 +676,26 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
         "river": summary(fps("river", "frames_per_cpu_s")),
     }
     out["detect"] = out["detect_net"]
+
+    def per_repeat(num: str, den: str) -> list[float]:
+        """num's frames/CPU-s over den's, repeat by repeat (detect's net of start-up)."""
+        key = {"detect": "frames_per_cpu_s_net", "json": "frames_per_cpu_s_net"}
+        return [
+            a[key.get(num, "frames_per_cpu_s")] / b[key.get(den, "frames_per_cpu_s")]
+            for a, b in zip(runs[num], runs[den], strict=True)
+        ]
+
     ratios = {
-        "detect_bare": [
-            d["frames_per_cpu_s_net"] / b["frames_per_cpu_s"]
-            for d, b in zip(runs["detect"], runs["bare"], strict=True)
-        ],
-        "detect_river": [
-            d["frames_per_cpu_s_net"] / r["frames_per_cpu_s"]
-            for d, r in zip(runs["detect"], runs["river"], strict=True)
-        ],
-        "bare_heap_bare": [
-            h["frames_per_cpu_s"] / b["frames_per_cpu_s"]
-            for h, b in zip(runs["bare_heap"], runs["bare"], strict=True)
-        ],
-        "detect_bare_heap": [
-            d["frames_per_cpu_s_net"] / b["frames_per_cpu_s"]
-            for d, b in zip(runs["detect"], runs["bare_heap"], strict=True)
-        ],
+        "detect_bare": per_repeat("detect", "bare"),
+        "detect_river": per_repeat("detect", "river"),
+        "bare_heap_bare": per_repeat("bare_heap", "bare"),
+        "detect_bare_heap": per_repeat("detect", "bare_heap"),
     }
     if runs["json"]:
         out["json_raw"] = summary(fps("json", "frames_per_cpu_s_raw"))
         out["json_net"] = summary(fps("json", "frames_per_cpu_s_net"))
         out["json"] = out["json_net"]
-        ratios["detect_json"] = [
-            d["frames_per_cpu_s_net"] / j["frames_per_cpu_s_net"]
-            for d, j in zip(runs["detect"], runs["json"], strict=True)
-        ]
+        ratios["detect_json"] = per_repeat("detect", "json")
     out["ratios"] = {k: summary(v) for k, v in ratios.items()}
     out["bare_frames_per_cpu_s"] = out["bare"]["median"]
     out["detect_frames_per_cpu_s"] = out["detect_net"]["median"]  # net of startup
