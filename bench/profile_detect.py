@@ -22,7 +22,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -75,15 +74,6 @@ def install_timers(timers: dict[str, float]) -> None:
         setattr(obj, attr, timed)
 
 
-def thread_cpu() -> dict[int, float]:
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for task in Path("/proc/self/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
 def parts(cpu: float, other_threads: float, t: dict[str, float]) -> dict[str, float]:
     """The process's CPU cut into parts that do not overlap."""
     out = {
@@ -121,16 +111,15 @@ def run_once(cfg, fleet, frames: int, timers: dict[str, float]) -> dict:
         while consumed() == 0:  # the group join and the first batch: not measured
             det.step()
         timers.clear()
-        before, cpu0, done0 = thread_cpu(), time.process_time(), consumed()
+        _, other0 = tp.thread_cpu(os.getpid())  # the detector runs in the main thread
+        cpu0, done0 = time.process_time(), consumed()
         while consumed() < frames:
             det.step()
         cpu = time.process_time() - cpu0
-        after = thread_cpu()
+        other = tp.thread_cpu(os.getpid())[1] - other0
         n = consumed() - done0
     finally:
         det.close()
-    main = threading.get_native_id()
-    other = sum(after[k] - before.get(k, 0.0) for k in after if k != main)
     return {
         "frames": n,
         "cpu_s": cpu,
