@@ -13,10 +13,11 @@ repeat sees the same machine load:
   the floor any Python consumer pays (child process, ``time.process_time``
   from the group's assignment of the partitions to the last record: net of
   imports, consumer creation and the group join, as detect's figure is);
-* **bare + heap**: the same with the glibc malloc settings ``canwatch detect``
-  makes at start (``detector.heap``): not a baseline of the issue, shown so
-  that what those settings save in kafka-python is not mistaken for detect's
-  own speed;
+* **bare + heap**: the same with the process settings ``canwatch detect``
+  makes at start: glibc malloc (``detector.heap``) and kafka-python's socket
+  reads in 256 KiB chunks (``detector.kafka_recv``). Not a baseline of the
+  issue: shown so that what those settings save in kafka-python is not
+  mistaken for detect's own speed;
 * **detect**: ``canwatch detect`` as a subprocess with a fresh consumer group
   over the same backlog, until its ``canwatch_frames_consumed_total`` equals the
   frames produced; CPU (user+sys, all threads) from ``/proc/<pid>/stat``,
@@ -87,6 +88,7 @@ from detector.config import COMPRESSIONS, load_config  # noqa: E402
 from detector.features import FEATURE_NAMES  # noqa: E402
 from detector.heap import keep_large_buffers  # noqa: E402
 from detector.kafka_io import crc32c_accelerated, make_consumer, make_producer  # noqa: E402
+from detector.kafka_recv import read_large_chunks  # noqa: E402
 from detector.schema import FRAME_DTYPE  # noqa: E402
 from replay.publisher import publish  # noqa: E402
 from replay.simulator import simulate_fleet, simulate_vehicle  # noqa: E402
@@ -209,9 +211,14 @@ def child(argv: list[str]) -> int:
     ap.add_argument(
         "--keep-large-buffers", action="store_true", help="detect's malloc settings (detector.heap)"
     )
+    ap.add_argument(
+        "--large-reads", action="store_true", help="detect's socket reads (detector.kafka_recv)"
+    )
     args = ap.parse_args(argv)
     if args.keep_large_buffers and not keep_large_buffers():
         raise SystemExit("this C library has no mallopt")
+    if args.large_reads and not read_large_chunks():
+        raise SystemExit("this kafka-python is not the one detector.kafka_recv was checked on")
     over = {"kafka.bootstrap": args.bootstrap}
     if args.max_poll_records:
         over["kafka.max_poll_records"] = args.max_poll_records
@@ -622,7 +629,9 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             bare = run_child("bare", bs, "bench.bin", n, mpr)
             runs["bare"].append(bare)
             say(f"  bare   {bare['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({bare['cpu_s']:.2f} s)")
-            heap = run_child("bare", bs, "bench.bin", n, mpr, "--keep-large-buffers")
+            heap = run_child(
+                "bare", bs, "bench.bin", n, mpr, "--keep-large-buffers", "--large-reads"
+            )
             runs["bare_heap"].append(heap)
             say(f"  bare+h {heap['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({heap['cpu_s']:.2f} s)")
             for name, topic, frames in (("detect", "bench.bin", n), ("json", "bench.json", json_n)):
@@ -721,7 +730,7 @@ def table(res: dict) -> str:
     rows = [
         ["bare kafka-python + np.frombuffer", f"{n:,}", fmt_range(res["bare"]), "1.00"],
         [
-            "... with detect's malloc settings",
+            "... with detect's process settings (malloc, socket reads)",
             f"{n:,}",
             fmt_range(res["bare_heap"]),
             fmt_range(res["ratios"]["bare_heap_bare"], 2),
@@ -767,7 +776,7 @@ def table(res: dict) -> str:
     )
     text += (
         f"\n\ndetect / river: {fmt_range(res['ratios']['detect_river'], 1)}x; "
-        f"detect / bare with detect's malloc settings: "
+        f"detect / bare with detect's process settings: "
         f"{fmt_range(res['ratios']['detect_bare_heap'], 2)}; "
         f"detect start-up CPU {fmt_range(res['detect_startup_cpu_s'], 2)} s; "
         f"{res['repeat']} repeats, {res['vehicles']} vehicles, {res['partitions']} partitions, "
