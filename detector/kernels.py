@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import sys
 
+import llvmlite.ir as llvm_ir
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from detector.baseline import PAIRS, Baseline, crc8_table
 from detector.schema import FRAME_DTYPE
@@ -36,6 +39,8 @@ _ONE16 = np.uint64(0x0001_0001_0001_0001)
 _BIAS16 = np.uint64(0x0100_0100_0100_0100)  # +256: a byte difference stays positive
 _HIGH16 = np.uint64(0x8000_8000_8000_8000)
 _LANE_MAX = 65535  # frames a 16-bit lane counts before it is added to the sums
+#: frames ahead of the one being folded whose bytes are asked for (see _fold)
+_PREFETCH_AHEAD = 16
 
 
 # Constants the kernels compile in, defined here: numba's on-disk cache is only
@@ -326,6 +331,26 @@ def _emit(
     st_open[r] = NO_WINDOW
 
 
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Ask the CPU to bring ``arr[idx]``'s cache line in (LLVM's prefetch: read,
+    keep in all levels), without waiting for it or faulting on it."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = llvm_ir.IntType(8).as_pointer(), llvm_ir.IntType(32)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _lanes_below(a, b):  # pragma: no cover - compiled
     """High bit of each 16-bit lane where a < b (lanes below 0x8000)."""
@@ -378,6 +403,7 @@ def _fold(  # pragma: no cover - compiled
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     n_hash = payload_hashes.shape[0]
+    n_frames = order.shape[0]
     la = np.zeros(N_ACC_I, np.int64)
     pair_lanes = np.zeros((7, 4), np.uint64)  # per distance: lo even, lo odd, hi even, hi odd
     lanes = np.zeros(6, np.uint64)  # byte change counts since the last _add_lanes
@@ -437,6 +463,15 @@ def _fold(  # pragma: no cover - compiled
         p_payload = np.uint64(0)
         out = bad = ck_bad = novel = dlc_bad = False
         for i in range(seg_start[g], seg_start[g + 1]):
+            # A stream's frames lie ~its vehicle's id count apart in the batch, each
+            # in another cache line, and a frame's work is too long for the CPU to
+            # reach the next ones' loads by itself: ask for them ahead (on a 2-core
+            # EPYC the fold took 2.2x as long as over the same frames laid out in order)
+            if i + _PREFETCH_AHEAD < n_frames:
+                ahead = order[i + _PREFETCH_AHEAD]
+                _prefetch(ts, ahead)  # a frame's 24 bytes span at most two lines:
+                _prefetch(data64, ahead)  # ts starts it, data ends it
+                _prefetch(win, ahead)
             j = order[i]
             w = win[j]
             if w != st_open[r]:
