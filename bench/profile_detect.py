@@ -1,9 +1,9 @@
 """Where ``canwatch detect``'s CPU goes at full speed: a breakdown by part.
 
 Runs the detector in-process (``Detector.step``, as ``canwatch detect`` does,
-with its malloc settings, large socket reads and frozen start-up heap) over a
-backlog on the embedded broker: the fleet, record cut and models of
-``bench/throughput.py``.
+with its malloc settings, large socket reads, compiled record batch parse and
+frozen start-up heap) over a backlog on the embedded broker: the fleet, record
+cut and models of ``bench/throughput.py``.
 Each run gets a fresh consumer group; its first batch is left out (it pays
 for the group join), the rest to the end of the backlog is measured. CPU
 comes from per-thread counters (kafka-python's IO thread is a thread of its
@@ -37,6 +37,7 @@ from detector.brands import load_fleet  # noqa: E402
 from detector.broker import EmbeddedBroker, create_topics  # noqa: E402
 from detector.config import COMPRESSIONS, load_config  # noqa: E402
 from detector.heap import keep_large_buffers  # noqa: E402
+from detector.kafka_records import parse_batches_compiled  # noqa: E402
 from detector.kafka_recv import read_large_chunks  # noqa: E402
 from detector.metrics import DetectorMetrics  # noqa: E402
 
@@ -80,7 +81,7 @@ def parts(cpu: float, other_threads: float, t: dict[str, float]) -> dict[str, fl
     """The process's CPU cut into parts that do not overlap."""
     out = {
         "kafka-python: its IO thread (fetch responses)": other_threads,
-        "kafka-python: record parsing in poll()": t["poll"],
+        "kafka-python: poll() (records built by detector.kafka_records)": t["poll"],
         "fold kernel (frames into window sums)": t["fold"],
         "forest walk": t["forest"],
         "decode: copies, envelopes, per-record bookkeeping": t["decode"] - t["checks"],
@@ -142,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not keep_large_buffers():
         tp.say("note: no glibc mallopt here; measuring with the C library's defaults")
-    if not read_large_chunks():
-        tp.say("note: this kafka-python reads sockets its own way (see detector.kafka_recv)")
+    if not (read_large_chunks() and parse_batches_compiled()):
+        tp.say("note: kafka-python's own socket reads or record parse (see detector.kafka_*)")
     timers: dict[str, float] = defaultdict(float)
     install_timers(timers)
     fleet = load_fleet()

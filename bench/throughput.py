@@ -14,10 +14,11 @@ repeat sees the same machine load:
   from the group's assignment of the partitions to the last record: net of
   imports, consumer creation and the group join, as detect's figure is);
 * **bare + heap**: the same with the process settings ``canwatch detect``
-  makes at start: glibc malloc (``detector.heap``) and kafka-python's socket
-  reads in 256 KiB chunks (``detector.kafka_recv``). Not a baseline of the
-  issue: shown so that what those settings save in kafka-python is not
-  mistaken for detect's own speed;
+  makes at start: glibc malloc (``detector.heap``), kafka-python's socket
+  reads in 256 KiB chunks (``detector.kafka_recv``) and its records built
+  from a compiled pass over each batch (``detector.kafka_records``). Not a
+  baseline of the issue: shown so that what those save in kafka-python is
+  not mistaken for detect's own speed;
 * **detect**: ``canwatch detect`` as a subprocess with a fresh consumer group
   over the same backlog, until its ``canwatch_frames_consumed_total`` equals the
   frames produced; CPU (user+sys, all threads) from ``/proc/<pid>/stat``,
@@ -88,6 +89,7 @@ from detector.config import COMPRESSIONS, load_config  # noqa: E402
 from detector.features import FEATURE_NAMES  # noqa: E402
 from detector.heap import keep_large_buffers  # noqa: E402
 from detector.kafka_io import crc32c_accelerated, make_consumer, make_producer  # noqa: E402
+from detector.kafka_records import parse_batches_compiled  # noqa: E402
 from detector.kafka_recv import read_large_chunks  # noqa: E402
 from detector.schema import FRAME_DTYPE  # noqa: E402
 from replay.publisher import publish  # noqa: E402
@@ -212,13 +214,15 @@ def child(argv: list[str]) -> int:
         "--keep-large-buffers", action="store_true", help="detect's malloc settings (detector.heap)"
     )
     ap.add_argument(
-        "--large-reads", action="store_true", help="detect's socket reads (detector.kafka_recv)"
+        "--large-reads",
+        action="store_true",
+        help="detect's socket reads and record parse (detector.kafka_recv, kafka_records)",
     )
     args = ap.parse_args(argv)
     if args.keep_large_buffers and not keep_large_buffers():
         raise SystemExit("this C library has no mallopt")
-    if args.large_reads and not read_large_chunks():
-        raise SystemExit("this kafka-python is not the one detector.kafka_recv was checked on")
+    if args.large_reads and not (read_large_chunks() and parse_batches_compiled()):
+        raise SystemExit("this kafka-python is not the one detector.kafka_* were checked on")
     over = {"kafka.bootstrap": args.bootstrap}
     if args.max_poll_records:
         over["kafka.max_poll_records"] = args.max_poll_records
@@ -730,7 +734,7 @@ def table(res: dict) -> str:
     rows = [
         ["bare kafka-python + np.frombuffer", f"{n:,}", fmt_range(res["bare"]), "1.00"],
         [
-            "... with detect's process settings (malloc, socket reads)",
+            "... with detect's kafka-python and malloc settings",
             f"{n:,}",
             fmt_range(res["bare_heap"]),
             fmt_range(res["ratios"]["bare_heap_bare"], 2),

@@ -10,6 +10,7 @@ import threading
 from detector.cli._common import add_config_flag, fleet_from
 from detector.config import load_config
 from detector.heap import keep_large_buffers
+from detector.kafka_records import parse_batches_compiled
 from detector.kafka_recv import read_large_chunks
 from detector.metrics import DetectorMetrics
 from detector.service import Detector
@@ -79,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    keep_large_buffers()  # a process that is only a detector (see detector.heap)
-    read_large_chunks()  # and so are its Kafka clients (see detector.kafka_recv)
+    # a process that is only a detector: its heap and its kafka-python are set for
+    # that (see detector.heap, detector.kafka_recv, detector.kafka_records)
+    keep_large_buffers()
+    read_large_chunks()
+    parse_batches_compiled()
     detector = Detector(
         cfg,
         fleet_from(cfg),

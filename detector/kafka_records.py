@@ -1,0 +1,355 @@
+"""kafka-python's consumer records built from one compiled pass over each record batch.
+
+kafka-python 3.0 turns a fetched record batch into ``ConsumerRecord`` objects in
+Python, field by field: a dozen ``decode_varint`` calls a record, a
+``DefaultRecord`` per record, then property reads, a CRC call that is always
+true for the v2 format, and a generator over the headers to size them. About
+20 µs a record; with records of ~470 frames that was the largest single part
+of ``canwatch detect`` at full speed (16-18 % of its CPU,
+``bench/profile_detect.py``).
+
+``parse_batches_compiled`` replaces ``Fetcher.PartitionRecords._unpack_records``
+by a generator that, for a well-formed v2 data batch, finds every field of
+every record in one compiled pass (``_scan``) and then only slices the bytes
+out and builds each ``ConsumerRecord``. It yields exactly what kafka-python
+yields, with the same bookkeeping between records (next fetch offset, records
+and bytes read), so a poll that stops mid-batch resumes where it should.
+
+Anything else is kafka-python's own code: consumers with deserializers or
+``read_committed``, a batch that fails its CRC, legacy (v0/v1) batches,
+control batches, and any batch the pass finds malformed in any way (bad
+varints, lengths out of bounds, sizes that do not add up, header names that
+are not UTF-8): from that batch on, the original generator takes over with
+the same state, and raises the same errors at the same record.
+
+Like ``detector.kafka_recv`` this replaces a private method, so it is
+installed only for the kafka-python version it was checked against, and only
+after it parsed a few batches exactly as kafka-python does (``_self_check``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from numba import njit
+
+log = logging.getLogger(__name__)
+
+#: The kafka-python whose ``PartitionRecords._unpack_records`` this replaces.
+KAFKA_PYTHON_VERSION = "3.0.12"
+
+_MAX_VARINT_BYTES = 9  # < 2**63 whatever the bytes: int64 arithmetic stays exact
+# columns of _scan's per-record table
+(_LENGTH, _TS_DELTA, _OFFSET_DELTA, _KEY_AT, _KEY_LEN, _VALUE_AT, _VALUE_LEN,
+ _HEADERS_FROM, _HEADERS_TO, _HEADER_SIZE) = range(10)  # fmt: skip
+_COLUMNS = 10
+_HEADERS_PER_RECORD = 8  # room reserved per record; a batch with more takes the slow path
+_MIN_RECORD_BYTES = 7  # a record's seven varints, each at least a byte
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _varint(buf, pos, end):  # pragma: no cover - compiled
+    """(value, next position), zigzag-decoded like kafka-python's decode_varint;
+    next position -1 when the varint runs past ``end`` or is too long here."""
+    result = np.int64(0)
+    shift = 0
+    for k in range(_MAX_VARINT_BYTES):
+        if pos + k >= end:
+            return np.int64(0), -1
+        b = np.int64(buf[pos + k])
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (result >> 1) ^ -(result & 1), pos + k + 1
+        shift += 7
+    return np.int64(0), -1
+
+
+@njit(cache=True, nogil=True)
+def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
+    """Every record's fields into ``out`` (one row a record, see the column names)
+    and every header's (name at, name length, value at, value length) into
+    ``headers``. Returns the number of headers, or -1 unless the records are
+    exactly what kafka-python reads without an error: each field inside the
+    batch, a record's fields adding up to its length, the last record ending
+    the batch."""
+    end = buf.shape[0]
+    n_headers = 0
+    for i in range(n_records):
+        length, pos = _varint(buf, pos, end)
+        if pos < 0 or length < 0:
+            return -1
+        start = pos
+        _, pos = _varint(buf, pos, end)  # attributes, unused (as in kafka-python)
+        if pos < 0:
+            return -1
+        ts_delta, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1
+        offset_delta, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1
+        key_len, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1
+        key_at = pos
+        if key_len >= 0:
+            pos += key_len
+            if pos > end:
+                return -1
+        value_len, pos = _varint(buf, pos, end)
+        if pos < 0:
+            return -1
+        value_at = pos
+        if value_len >= 0:
+            pos += value_len
+            if pos > end:
+                return -1
+        count, pos = _varint(buf, pos, end)
+        if pos < 0 or count < 0 or n_headers + count > headers.shape[0]:
+            return -1
+        first = n_headers
+        size = 0
+        for _ in range(count):
+            name_len, pos = _varint(buf, pos, end)
+            if pos < 0 or name_len < 0 or pos + name_len > end:
+                return -1
+            headers[n_headers, 0] = pos
+            headers[n_headers, 1] = name_len
+            pos += name_len
+            h_len, pos = _varint(buf, pos, end)
+            if pos < 0:
+                return -1
+            headers[n_headers, 2] = pos
+            headers[n_headers, 3] = h_len
+            if h_len >= 0:
+                pos += h_len
+                if pos > end:
+                    return -1
+                size += h_len
+            size += name_len
+            n_headers += 1
+        if pos - start != length:
+            return -1
+        out[i, _LENGTH] = length
+        out[i, _TS_DELTA] = ts_delta
+        out[i, _OFFSET_DELTA] = offset_delta
+        out[i, _KEY_AT] = key_at
+        out[i, _KEY_LEN] = key_len
+        out[i, _VALUE_AT] = value_at
+        out[i, _VALUE_LEN] = value_len
+        out[i, _HEADERS_FROM] = first
+        out[i, _HEADERS_TO] = n_headers
+        out[i, _HEADER_SIZE] = size if count else -1
+    if pos != end:
+        return -1
+    return n_headers
+
+
+def _records(batch) -> tuple | None:
+    """(per-record rows of ``_scan``'s table, every header as kafka-python reads
+    it, the batch's bytes) for a v2 data batch whose CRC was checked; None for a
+    batch kafka-python should read itself."""
+    try:
+        batch._maybe_uncompress()
+    except Exception:  # a codec error: kafka-python raises it, in its own order
+        return None
+    buf = batch._buffer
+    n = batch._num_records
+    if not 0 <= n <= (len(buf) - batch._pos) // _MIN_RECORD_BYTES:  # a count no batch can hold
+        return None
+    table = np.empty((n, _COLUMNS), np.int64)
+    spans = np.empty((n * _HEADERS_PER_RECORD, 4), np.int64)
+    n_headers = _scan(np.frombuffer(buf, np.uint8), batch._pos, n, table, spans)
+    if n_headers < 0:
+        return None
+    view = memoryview(buf)
+    names: dict[bytes, str] = {}
+    headers = []
+    try:
+        for name_at, name_len, at, length in spans[:n_headers].tolist():
+            raw = bytes(view[name_at : name_at + name_len])
+            name = names.get(raw)
+            if name is None:
+                name = names[raw] = raw.decode("utf-8")
+            headers.append((name, bytes(view[at : at + length]) if length >= 0 else None))
+    except UnicodeDecodeError:  # kafka-python raises it at that record: let it
+        return None
+    return table.tolist(), headers, view
+
+
+def _unpack_records_compiled(stock):
+    from kafka.consumer.fetcher import ConsumerRecord
+    from kafka.protocol.consumer import IsolationLevel
+    from kafka.record import MemoryRecords
+
+    def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
+        if (
+            key_deserializer is not None
+            or value_deserializer is not None
+            or self.isolation_level != IsolationLevel.READ_UNCOMMITTED
+            or type(records) is not MemoryRecords
+        ):
+            yield from stock(self, tp, records, key_deserializer, value_deserializer)
+            return
+        topic, partition = tp.topic, tp.partition
+        last_batch = None
+        while True:
+            # where kafka-python's generator starts over if this batch is not ours
+            mark = (records._pos, records._next_slice, records._remaining_bytes)
+            batch = records.next_batch()
+            if batch is None:
+                break
+            parsed = None
+            if batch.magic == 2 and not batch.is_control_batch:
+                if not self.check_crcs or batch.validate_crc():
+                    parsed = _records(batch)
+            if parsed is None:
+                records._pos, records._next_slice, records._remaining_bytes = mark
+                yield from stock(self, tp, records, key_deserializer, value_deserializer)
+                return
+            last_batch = batch
+            self.leader_epoch = epoch = batch.leader_epoch
+            rows, headers, view = parsed
+            tstype = batch.timestamp_type
+            hd = batch._header_data
+            base_offset, first_ts = hd[0], hd[7]
+            for size, ts_delta, off, k_at, k_len, v_at, v_len, h0, h1, h_size in rows:
+                offset = base_offset + off
+                self.records_read += 1
+                self.bytes_read += size
+                self.next_fetch_offset = offset + 1
+                yield ConsumerRecord(
+                    topic, partition, epoch, offset,
+                    hd[8] if tstype else first_ts + ts_delta,  # log-append time: the batch's
+                    tstype,
+                    bytes(view[k_at : k_at + k_len]) if k_len >= 0 else None,
+                    bytes(view[v_at : v_at + v_len]) if v_len >= 0 else None,
+                    headers[h0:h1], None,
+                    k_len if k_len >= 0 else -1, v_len if v_len >= 0 else -1, h_size,
+                )  # fmt: skip
+        # as kafka-python ends a fetch's records (v2 keeps a batch's last offset)
+        if last_batch is not None:
+            self.next_fetch_offset = last_batch.next_offset
+        self.drain()
+
+    _unpack_records.__qualname__ = "canwatch._unpack_records"
+    _unpack_records.stock = stock
+    return _unpack_records
+
+
+def installed() -> bool:
+    """Whether kafka-python's fetcher builds records through ``parse_batches_compiled``."""
+    from kafka.consumer.fetcher import Fetcher
+
+    method = Fetcher.PartitionRecords.__dict__.get("_unpack_records")
+    return getattr(method, "__qualname__", "") == "canwatch._unpack_records"
+
+
+def parse_batches_compiled() -> bool:
+    """Build consumer records through ``_scan`` (see the module doc); process-wide,
+    idempotent. Returns whether it is in place: False, with a log line, for another
+    kafka-python version or if the self-check finds any difference."""
+    import kafka
+    from kafka.consumer.fetcher import Fetcher
+
+    if kafka.__version__ != KAFKA_PYTHON_VERSION:
+        log.info(
+            "kafka-python %s: consumer records built its own way (the compiled batch "
+            "parse is checked against %s)",
+            kafka.__version__,
+            KAFKA_PYTHON_VERSION,
+        )
+        return False
+    if installed():
+        return True
+    cls = Fetcher.PartitionRecords
+    fast = _unpack_records_compiled(cls._unpack_records)
+    problem = _self_check(cls, fast)
+    if problem:
+        log.warning("compiled record batch parse not used: %s", problem)
+        return False
+    cls._unpack_records = fast
+    return True
+
+
+def build_batch(
+    rows: list[tuple[int, int, bytes | None, bytes | None, list]],
+    base_offset: int = 0,
+    compression: int = 0,
+    control: bool = False,
+    log_append: bool = False,
+) -> bytes:
+    """A v2 record batch as a broker would send it, from (offset delta, timestamp,
+    key, value, headers) rows, with kafka-python's own builder; ``control`` and
+    ``log_append`` set those attribute bits (and the CRC again)."""
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+    from kafka.record.util import calc_crc32c
+
+    b = DefaultRecordBatchBuilder(
+        magic=2, compression_type=compression, is_transactional=False, producer_id=-1,
+        producer_epoch=-1, base_sequence=-1, batch_size=1 << 30,
+    )  # fmt: skip
+    for delta, ts, key, value, headers in rows:
+        b.append(delta, timestamp=ts, key=key, value=value, headers=headers)
+    raw = bytearray(b.build())
+    raw[0:8] = base_offset.to_bytes(8, "big", signed=True)  # not under the CRC
+    if control or log_append:
+        flags = int.from_bytes(raw[21:23], "big") | (0x20 * control) | (0x08 * log_append)
+        raw[21:23] = flags.to_bytes(2, "big")
+        raw[17:21] = calc_crc32c(bytes(raw[21:])).to_bytes(4, "big")
+    return bytes(raw)
+
+
+def _sample_batches() -> bytes:
+    """Batches with every kind of field kafka-python reads: null and empty keys and
+    values, headers with null values and non-ASCII names, large and negative
+    timestamp deltas, multi-byte varints; a log-append batch, then a control one."""
+    rows = [
+        (0, 1_700_000_000_000, b"k", b"v" * 300, [("brand", b"jeep"), ("\u00e9-name", None)]),
+        (2, 1_699_999_930_000, None, None, []),
+        (3, 1_700_000_140_000, b"", b"", [("x", b"")]),
+        (900, 1, b"vehicle", bytes(range(256)) * 3, [("content-type", b"a/b"), ("s", b"1")]),
+    ]
+    return (
+        build_batch(rows)
+        + build_batch(rows, base_offset=1000, compression=1, log_append=True)
+        + build_batch(rows, base_offset=2000, control=True)
+    )
+
+
+def consumer_records(unpack, cls, data: bytes, take: int | None = None) -> list:
+    """What ``unpack`` makes of ``data`` (one partition's fetched bytes): each
+    record with the partition's bookkeeping after it, ``take`` records at a time
+    as a poll with max_records takes them (None: all at once), then the error it
+    raised if any, and the bookkeeping at the end."""
+    from kafka.record import MemoryRecords
+    from kafka.structs import TopicPartition
+
+    pr = cls(0, TopicPartition("t", 0), MemoryRecords(b""))
+    pr.record_iterator = unpack(pr, pr.topic_partition, MemoryRecords(data), None, None)
+    out: list = []
+
+    def state() -> tuple:
+        return (pr.next_fetch_offset, pr.records_read, pr.bytes_read, pr.leader_epoch)
+
+    try:
+        while pr.record_iterator is not None:
+            got = pr.take(take)
+            out += [(r, state()) for r in got]
+            if not got:
+                break
+    except Exception as exc:  # the comparison includes what was raised, and where
+        out.append((type(exc).__name__, str(exc), state()))
+    out.append(state())
+    return out
+
+
+def _self_check(cls, fast) -> str | None:
+    """Why ``fast`` cannot stand in for ``cls._unpack_records`` here, or None."""
+    data = _sample_batches()
+    want = consumer_records(cls._unpack_records, cls, data, take=3)
+    got = consumer_records(fast, cls, data, take=3)
+    if got != want:
+        return "its records differ from kafka-python's on the sample batches"
+    return None
