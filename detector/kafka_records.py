@@ -42,8 +42,8 @@ KAFKA_PYTHON_VERSION = "3.0.12"
 _MAX_VARINT_BYTES = 9  # < 2**63 whatever the bytes: int64 arithmetic stays exact
 # columns of _scan's per-record table
 (_LENGTH, _TS_DELTA, _OFFSET_DELTA, _KEY_AT, _KEY_LEN, _VALUE_AT, _VALUE_LEN,
- _HEADERS_FROM, _HEADERS_TO, _HEADER_SIZE) = range(10)  # fmt: skip
-_COLUMNS = 10
+ _HEADERS_FROM, _HEADERS_TO, _HEADER_SIZE, _HEADERS_AT, _END) = range(12)  # fmt: skip
+_COLUMNS = 12
 _HEADERS_PER_RECORD = 8  # room reserved per record; a batch with more takes the slow path
 _MIN_RECORD_BYTES = 7  # a record's seven varints, each at least a byte
 
@@ -105,6 +105,7 @@ def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
             pos += value_len
             if pos > end:
                 return -1
+        headers_at = pos
         count, pos = _varint(buf, pos, end)
         if pos < 0 or count < 0 or n_headers + count > headers.shape[0]:
             return -1
@@ -141,6 +142,8 @@ def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
         out[i, _HEADERS_FROM] = first
         out[i, _HEADERS_TO] = n_headers
         out[i, _HEADER_SIZE] = size if count else -1
+        out[i, _HEADERS_AT] = headers_at
+        out[i, _END] = pos
     if pos != end:
         return -1
     return n_headers
@@ -164,18 +167,28 @@ def _records(batch) -> tuple | None:
     if n_headers < 0:
         return None
     view = memoryview(buf)
-    names: dict[bytes, str] = {}
-    headers = []
+    rows = table.tolist()
+    spans = spans[:n_headers].tolist()
+    # a record's headers as a tuple, parsed once per distinct header block (a
+    # producer repeats a few): the same (name, value) pairs kafka-python makes
+    seen: dict[bytes, tuple] = {}
+    record_headers = []
     try:
-        for name_at, name_len, at, length in spans[:n_headers].tolist():
-            raw = bytes(view[name_at : name_at + name_len])
-            name = names.get(raw)
-            if name is None:
-                name = names[raw] = raw.decode("utf-8")
-            headers.append((name, bytes(view[at : at + length]) if length >= 0 else None))
+        for row in rows:
+            block = bytes(view[row[_HEADERS_AT] : row[_END]])
+            headers = seen.get(block)
+            if headers is None:
+                headers = seen[block] = tuple(
+                    (
+                        bytes(view[name_at : name_at + name_len]).decode("utf-8"),
+                        bytes(view[at : at + length]) if length >= 0 else None,
+                    )
+                    for name_at, name_len, at, length in spans[row[_HEADERS_FROM] : row[_HEADERS_TO]]
+                )
+            record_headers.append(headers)
     except UnicodeDecodeError:  # kafka-python raises it at that record: let it
         return None
-    return table.tolist(), headers, view
+    return rows, record_headers, view
 
 
 def _unpack_records_compiled(stock):
@@ -210,11 +223,12 @@ def _unpack_records_compiled(stock):
                 return
             last_batch = batch
             self.leader_epoch = epoch = batch.leader_epoch
-            rows, headers, view = parsed
+            rows, record_headers, view = parsed
             tstype = batch.timestamp_type
             hd = batch._header_data
             base_offset, first_ts = hd[0], hd[7]
-            for size, ts_delta, off, k_at, k_len, v_at, v_len, h0, h1, h_size in rows:
+            for row, headers in zip(rows, record_headers, strict=True):
+                size, ts_delta, off, k_at, k_len, v_at, v_len, _, _, h_size, _, _ = row
                 offset = base_offset + off
                 self.records_read += 1
                 self.bytes_read += size
@@ -225,7 +239,7 @@ def _unpack_records_compiled(stock):
                     tstype,
                     bytes(view[k_at : k_at + k_len]) if k_len >= 0 else None,
                     bytes(view[v_at : v_at + v_len]) if v_len >= 0 else None,
-                    headers[h0:h1], None,
+                    list(headers), None,
                     k_len if k_len >= 0 else -1, v_len if v_len >= 0 else -1, h_size,
                 )  # fmt: skip
         # as kafka-python ends a fetch's records (v2 keeps a batch's last offset)

@@ -112,9 +112,9 @@ def test_canwatch_records_take_the_compiled_path() -> None:
     data = kr.build_batch(rows, base_offset=40)
     batch = kafka.record.MemoryRecords(data).next_batch()
     assert batch.validate_crc()
-    table, names, _ = kr._records(batch)
+    table, record_headers, _ = kr._records(batch)
     assert [r[kr._OFFSET_DELTA] for r in table] == list(range(9))
-    assert names[:3] == headers + [("schema", b"1")]
+    assert record_headers == [tuple(headers + [("schema", b"1")])] * 9
 
 
 def test_installs_once_and_only_where_it_was_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,9 +137,9 @@ def test_a_parse_that_differs_from_kafka_python_is_refused(
         parsed = real(batch)
         if parsed is None:
             return None
-        table, headers, view = parsed
+        table, record_headers, view = parsed
         table[-1][kr._OFFSET_DELTA] += 1
-        return table, headers, view
+        return table, record_headers, view
 
     monkeypatch.setattr(CLS, "_unpack_records", STOCK)
     monkeypatch.setattr(kr, "_records", off_by_one)
