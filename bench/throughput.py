@@ -15,7 +15,7 @@ repeat sees the same machine load:
   imports, consumer creation and the group join, as detect's figure is);
 * **bare + heap**: the same with the process settings ``canwatch detect``
   makes at start: glibc malloc (``detector.heap``), kafka-python's socket
-  reads in 256 KiB chunks (``detector.kafka_recv``) and its records built
+  reads in 1 MiB chunks (``detector.kafka_recv``) and its records built
   from a compiled pass over each batch (``detector.kafka_records``). Not a
   baseline of the issue: shown so that what those save in kafka-python is
   not mistaken for detect's own speed;

@@ -1,5 +1,6 @@
-"""detector.kafka_recv: kafka-python's transports read in large chunks, with the
-same results and errors as its own 4 KiB reads.
+"""detector.kafka_recv: kafka-python's transports read in large chunks and its
+response buffer is read out in one copy, with the same results and errors as
+kafka-python's own code.
 
 The TLS transport's reader is driven end to end by tests/test_tls_end_to_end.py
 (``canwatch detect`` installs it); every Kafka test of ``canwatch detect`` runs
@@ -8,6 +9,7 @@ through the plain one.
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import socket
@@ -17,6 +19,7 @@ import kafka
 import pytest
 from kafka.errors import KafkaConnectionError
 from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
+from kafka.protocol.frame import KafkaBytes
 
 from detector import kafka_recv
 
@@ -48,7 +51,7 @@ def _drain(transport: KafkaTCPTransport, sock: socket.socket) -> tuple[list[byte
             assert sel.select(timeout=10), "no data and no close within 10 s"
             data, err = transport._sock_recv()
             if data:
-                chunks.append(data)
+                chunks.append(bytes(data))  # a view is valid until the next read
             if err is not None:
                 return chunks, err
     raise AssertionError("the reader never reported the closed peer")
@@ -77,8 +80,52 @@ def test_large_reads_deliver_every_byte_then_report_the_closed_peer() -> None:
     assert b"".join(chunks) == payload
     assert isinstance(err, KafkaConnectionError) and "socket disconnected" in str(err)
     # kafka-python's own reader asks 4 KiB a read: 768 reads and more for 3 MiB
-    assert set(counting.asked) == {kafka_recv.CHUNK_BYTES}
+    assert counting.asked[0] == kafka_recv.CHUNK_BYTES
     assert len(counting.asked) < len(payload) // 4096 // 4
+
+
+def test_with_kafka_pythons_wire_dump_on_the_reader_hands_on_bytes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert kafka_recv.read_large_chunks()
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)  # as kafka-python's sockets are
+    with ours, peer:
+        transport = KafkaTCPTransport(None, ours)
+        peer.sendall(b"abc")
+        assert isinstance(transport._sock_recv()[0], memoryview)
+        peer.sendall(b"def")
+        with caplog.at_level(logging.DEBUG, logger="kafka.protocol.parser"):
+            data, err = transport._sock_recv()
+        assert (data, err) == (b"def", None) and type(data) is bytes
+
+
+def _stock_read(buf: KafkaBytes, nbytes=None) -> bytes:
+    """kafka-python 3.0.12's KafkaBytes.read, verbatim but for the names."""
+    if nbytes is None:
+        nbytes = len(buf) - buf._idx
+    start = buf._idx
+    buf._idx += nbytes
+    if buf._idx > len(buf):
+        buf._idx = len(buf)
+    return bytes(buf[start : buf._idx])
+
+
+def test_response_buffer_reads_give_kafka_pythons_bytes_and_positions() -> None:
+    assert kafka_recv.read_large_chunks()
+    payload = os.urandom(5000)
+    ours, theirs = KafkaBytes(len(payload)), KafkaBytes(len(payload))
+    ours.write(payload)
+    theirs.write(payload)
+    for at in (0, 17, 4999, 5000):
+        ours.seek(at)
+        theirs.seek(at)
+        for n in (0, 1, 100, None, 3, 10_000, None):
+            assert ours.read(n) == _stock_read(theirs, n)
+            assert ours.tell() == theirs.tell()
+    ours.seek(0)
+    ours.write(b"x")  # no view of it is left behind: it can still be written and resized
+    ours.extend(b"more")
 
 
 def test_a_transport_without_a_socket_gets_an_error_not_an_exception() -> None:
