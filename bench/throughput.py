@@ -780,7 +780,7 @@ def table(res: dict) -> str:
     )
     text += (
         f"\n\ndetect / river: {fmt_range(res['ratios']['detect_river'], 1)}x; "
-        f"detect / bare with detect's process settings: "
+        f"detect / bare with detect's kafka-python and malloc settings: "
         f"{fmt_range(res['ratios']['detect_bare_heap'], 2)}; "
         f"detect start-up CPU {fmt_range(res['detect_startup_cpu_s'], 2)} s; "
         f"{res['repeat']} repeats, {res['vehicles']} vehicles, {res['partitions']} partitions, "

@@ -65,6 +65,19 @@ def _varint(buf, pos, end):  # pragma: no cover - compiled
     return np.int64(0), -1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _bytes_field(buf, pos, end):  # pragma: no cover - compiled
+    """(start, length, next position) of a length-prefixed field; a negative length
+    is a null field with nothing after it; next position -1 past ``end``."""
+    length, pos = _varint(buf, pos, end)
+    at = pos
+    if pos >= 0 and length >= 0:
+        pos += length
+        if pos > end:
+            pos = -1
+    return at, length, pos
+
+
 @njit(cache=True, nogil=True)
 def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
     """Every record's fields into ``out`` (one row a record, see the column names)
@@ -75,36 +88,22 @@ def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
     the batch."""
     end = buf.shape[0]
     n_headers = 0
+    varints = np.empty(3, np.int64)  # attributes (unused, as in kafka-python), ts delta, offset delta
     for i in range(n_records):
         length, pos = _varint(buf, pos, end)
         if pos < 0 or length < 0:
             return -1
         start = pos
-        _, pos = _varint(buf, pos, end)  # attributes, unused (as in kafka-python)
-        if pos < 0:
-            return -1
-        ts_delta, pos = _varint(buf, pos, end)
-        if pos < 0:
-            return -1
-        offset_delta, pos = _varint(buf, pos, end)
-        if pos < 0:
-            return -1
-        key_len, pos = _varint(buf, pos, end)
-        if pos < 0:
-            return -1
-        key_at = pos
-        if key_len >= 0:
-            pos += key_len
-            if pos > end:
+        for f in range(3):
+            varints[f], pos = _varint(buf, pos, end)
+            if pos < 0:
                 return -1
-        value_len, pos = _varint(buf, pos, end)
+        key_at, key_len, pos = _bytes_field(buf, pos, end)
         if pos < 0:
             return -1
-        value_at = pos
-        if value_len >= 0:
-            pos += value_len
-            if pos > end:
-                return -1
+        value_at, value_len, pos = _bytes_field(buf, pos, end)
+        if pos < 0:
+            return -1
         headers_at = pos
         count, pos = _varint(buf, pos, end)
         if pos < 0 or count < 0 or n_headers + count > headers.shape[0]:
@@ -112,29 +111,23 @@ def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
         first = n_headers
         size = 0
         for _ in range(count):
-            name_len, pos = _varint(buf, pos, end)
-            if pos < 0 or name_len < 0 or pos + name_len > end:
+            name_at, name_len, pos = _bytes_field(buf, pos, end)
+            if pos < 0 or name_len < 0:  # a header name is never null
                 return -1
-            headers[n_headers, 0] = pos
-            headers[n_headers, 1] = name_len
-            pos += name_len
-            h_len, pos = _varint(buf, pos, end)
+            h_at, h_len, pos = _bytes_field(buf, pos, end)
             if pos < 0:
                 return -1
-            headers[n_headers, 2] = pos
+            headers[n_headers, 0] = name_at
+            headers[n_headers, 1] = name_len
+            headers[n_headers, 2] = h_at
             headers[n_headers, 3] = h_len
-            if h_len >= 0:
-                pos += h_len
-                if pos > end:
-                    return -1
-                size += h_len
-            size += name_len
+            size += name_len + max(h_len, 0)
             n_headers += 1
         if pos - start != length:
             return -1
         out[i, _LENGTH] = length
-        out[i, _TS_DELTA] = ts_delta
-        out[i, _OFFSET_DELTA] = offset_delta
+        out[i, _TS_DELTA] = varints[1]
+        out[i, _OFFSET_DELTA] = varints[2]
         out[i, _KEY_AT] = key_at
         out[i, _KEY_LEN] = key_len
         out[i, _VALUE_AT] = value_at

@@ -105,6 +105,17 @@ def test_a_record_count_that_does_not_match_gets_kafka_pythons_error(count: int)
         assert want[-2][0] == "CorruptRecordError"
 
 
+@pytest.mark.parametrize("change", [-2, 2, 4])
+def test_a_record_length_that_does_not_add_up_gets_kafka_pythons_error(change: int) -> None:
+    rows = [(i, i, b"k", b"v", [("h", b"x")]) for i in range(3)]
+    data = bytearray(kr.build_batch(rows))
+    data[61] += change  # the first record's length (zigzag: 2 per byte)
+    _fix_crc(data)
+    want = kr.consumer_records(STOCK, CLS, bytes(data))
+    assert kr.consumer_records(FAST, CLS, bytes(data)) == want
+    assert want[-2][0] == "CorruptRecordError"
+
+
 def test_canwatch_records_take_the_compiled_path() -> None:
     """A batch like canwatch's producers send is read without kafka-python's parse."""
     headers = [("brand", b"jeep"), ("content-type", b"application/vnd.canwatch.frames")]

@@ -100,19 +100,9 @@ def test_with_kafka_pythons_wire_dump_on_the_reader_hands_on_bytes(
         assert (data, err) == (b"def", None) and type(data) is bytes
 
 
-def _stock_read(buf: KafkaBytes, nbytes=None) -> bytes:
-    """kafka-python 3.0.12's KafkaBytes.read, verbatim but for the names."""
-    if nbytes is None:
-        nbytes = len(buf) - buf._idx
-    start = buf._idx
-    buf._idx += nbytes
-    if buf._idx > len(buf):
-        buf._idx = len(buf)
-    return bytes(buf[start : buf._idx])
-
-
 def test_response_buffer_reads_give_kafka_pythons_bytes_and_positions() -> None:
     assert kafka_recv.read_large_chunks()
+    stock_read = KafkaBytes.read.stock  # kafka-python's own
     payload = os.urandom(5000)
     ours, theirs = KafkaBytes(len(payload)), KafkaBytes(len(payload))
     ours.write(payload)
@@ -121,7 +111,7 @@ def test_response_buffer_reads_give_kafka_pythons_bytes_and_positions() -> None:
         ours.seek(at)
         theirs.seek(at)
         for n in (0, 1, 100, None, 3, 10_000, None):
-            assert ours.read(n) == _stock_read(theirs, n)
+            assert ours.read(n) == stock_read(theirs, n)
             assert ours.tell() == theirs.tell()
     ours.seek(0)
     ours.write(b"x")  # no view of it is left behind: it can still be written and resized
