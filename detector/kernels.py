@@ -344,7 +344,8 @@ def _prefetch(typingctx, arr, idx):
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
         i8p, i32 = llvm_ir.IntType(8).as_pointer(), llvm_ir.IntType(32)
         fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # unmangled: LLVM names it for the pointer type (p0, or p0i8 before opaque pointers)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch")
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
