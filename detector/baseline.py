@@ -18,8 +18,13 @@ from detector.schema import FRAME_DTYPE
 
 #: Byte pairs (i, j), i < j, for learned inter-byte relations.
 PAIRS = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)], dtype=np.int8)
-#: A byte-pair difference range narrower than this is a learned coupling.
+#: A byte-pair difference range narrower than this is a learned coupling ...
 TIGHT_PAIR_WIDTH = 48
+#: ... between two bytes that each take at least this many values and change in
+#: at least this share of consecutive frames: two bytes that hold still (state,
+#: padding) keep a constant difference in every drive, but not the same one.
+COUPLED_MIN_VALUES = 4
+COUPLED_MIN_CHANGE = 0.01
 #: Ids with at most this many distinct payloads get a payload dictionary ...
 MAX_DICT_PAYLOADS = 64
 #: ... if each distinct payload was seen this many times on average.
@@ -35,6 +40,7 @@ CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850"}
 #: Counter candidates: (mask, shift) of a field inside one byte.
 COUNTER_FIELDS = ((0xFF, 0), (0x0F, 0), (0xF0, 4), (0x03, 0), (0x0C, 2), (0x30, 4), (0xC0, 6))
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
 @dataclass(frozen=True)
@@ -153,12 +159,12 @@ def _learn_counter(data: np.ndarray) -> tuple[int, int, int, int]:
         for mask, shift in COUNTER_FIELDS:
             field = (col & mask) >> shift
             modulus = (mask >> shift) + 1
-            if len(np.unique(field)) < min(modulus, 4):
+            if np.count_nonzero(np.bincount(field, minlength=modulus)) < min(modulus, 4):
                 continue
             step = np.diff(field) % modulus
-            vals, counts = np.unique(step, return_counts=True)
-            top = int(vals[np.argmax(counts)])
-            if top == 0 or counts.max() < 0.97 * len(step):
+            counts = np.bincount(step, minlength=modulus)
+            top = int(np.argmax(counts))
+            if top == 0 or counts[top] < 0.97 * len(step):
                 continue
             bits = bin(mask).count("1")
             if bits > best_bits:
@@ -188,16 +194,24 @@ def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     An odometer's high byte or a VIN-derived value: a fleet-wide range learned
     from a few vehicles never covers the next one, so no range applies to them.
     """
-    owners, inv = np.unique(owner, return_inverse=True)
-    if len(owners) < 2:
+    if len(owner) == 0:
         return np.zeros(8, bool)
-    lo = np.full((len(owners), 8), 255, np.int16)
-    hi = np.zeros((len(owners), 8), np.int16)
-    np.minimum.at(lo, inv, d)
-    np.maximum.at(hi, inv, d)
+    order = np.argsort(owner, kind="stable")  # already sorted when learn_baseline calls
+    d, owner = d[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    if len(starts) < 2:
+        return np.zeros(8, bool)
+    lo = np.minimum.reduceat(d, starts, axis=0).astype(np.int16)
+    hi = np.maximum.reduceat(d, starts, axis=0).astype(np.int16)
     within = (hi - lo).mean(axis=0)
     across = d.max(axis=0).astype(np.int16) - d.min(axis=0)
     return (across > 0) & (within < 0.25 * across)
+
+
+def signal_bytes(d: np.ndarray, change_rate: np.ndarray) -> np.ndarray:
+    """(8,) bool: bytes that move like a signal (several values, changing now and then)."""
+    n_values = np.array([np.count_nonzero(np.bincount(d[:, b], minlength=256)) for b in range(8)])
+    return (n_values >= COUPLED_MIN_VALUES) & (change_rate >= COUPLED_MIN_CHANGE)
 
 
 def learn_baseline(
@@ -220,12 +234,14 @@ def learn_baseline(
     k = len(ids)
     vehicle = np.asarray(vehicle, dtype=np.int64)
     owner = vehicle if owner is None else np.asarray(owner, dtype=np.int64)
-    stream = vehicle * k + id_slot
-    order = np.lexsort((frames["ts"], stream))  # each stream's frames together, in time order
+    # by id, then owner, then segment, then time: each id's frames one slice, each
+    # stream's frames together and in time order inside it
+    order = np.lexsort((frames["ts"], vehicle, owner, id_slot))
     f = frames[order]
-    s = stream[order]
+    seg = vehicle[order]
     own = owner[order]
     slot = id_slot[order]
+    s = seg * k + slot  # the stream of each frame
     same = np.r_[False, s[1:] == s[:-1]]
     data = f["data"]
     dt = np.diff(f["ts"], prepend=np.nan)
@@ -233,19 +249,17 @@ def learn_baseline(
     prev = np.roll(data, 1, axis=0)
     delta = data.astype(np.int16) - prev.astype(np.int16)
     changed = data != prev
-    ham = np.unpackbits((data ^ prev)[:, :, None], axis=2).sum(axis=(1, 2)).astype(np.float64)
+    ham = _POPCOUNT[data ^ prev].sum(axis=1, dtype=np.int64).astype(np.float64)
 
-    # window occupancy: counts per (vehicle, window, id)
+    # window occupancy: counts per (segment, window, id)
     win = np.floor(f["ts"] / window_s).astype(np.int64)
-    vw_unique, vw_inv = np.unique(
-        np.stack([vehicle[order], win], axis=1), axis=0, return_inverse=True
-    )
-    vw_inv = vw_inv.reshape(-1)
+    w0 = int(win.min())
+    span = int(win.max()) - w0 + 1
+    vw_unique, vw_inv = np.unique(seg * span + (win - w0), return_inverse=True)
     n_vw = len(vw_unique)
-    counts = np.zeros((n_vw, k), np.int32)
-    np.add.at(counts, (vw_inv, slot), 1)
-    # the first and last window of each vehicle are partial: leave them out
-    veh_of_vw = vw_unique[:, 0]
+    counts = np.bincount(vw_inv.reshape(-1) * k + slot, minlength=n_vw * k).reshape(n_vw, k)
+    # the first and last window of each segment are partial: leave them out
+    veh_of_vw = vw_unique // span
     edge = (
         np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
     )
@@ -273,13 +287,10 @@ def learn_baseline(
     has_dict = np.zeros(k, bool)
     hashes: list[np.ndarray] = []
 
-    # frames are grouped by stream (vehicle-major); regroup by id for per-id stats
-    by_id = np.argsort(slot, kind="stable")
-    slot_sorted = slot[by_id]
-    starts = np.searchsorted(slot_sorted, np.arange(k))
-    ends = np.searchsorted(slot_sorted, np.arange(k), side="right")
+    starts = np.searchsorted(slot, np.arange(k))
+    ends = np.searchsorted(slot, np.arange(k), side="right")
     for j in range(k):
-        rows = by_id[starts[j] : ends[j]]
+        rows = slice(starts[j], ends[j])
         d = data[rows]
         dl = f["dlc"][rows]
         cons = same[rows]
@@ -307,11 +318,12 @@ def learn_baseline(
             delta_min[j], delta_max[j] = dlo - margin, dhi + margin
         pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
         pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
+        moving = signal_bytes(d, change_rate[j]) & ~per_vehicle
         pair_tight[j] = (
             ((pmax - pmin) <= TIGHT_PAIR_WIDTH)
             & (len(d) >= MIN_PAYLOAD_FRAMES)
-            & ~per_vehicle[PAIRS[:, 0]]
-            & ~per_vehicle[PAIRS[:, 1]]
+            & moving[PAIRS[:, 0]]
+            & moving[PAIRS[:, 1]]
         )
         margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
         pair_min[j], pair_max[j] = pmin - margin, pmax + margin

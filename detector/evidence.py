@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.features import FEATURE_NAMES, F
+from detector.features import F
+from detector.model import E_FOREST, EVIDENCE_NAMES
 from detector.pipeline import ScoredRows
 from detector.schema import format_id
 
@@ -83,9 +84,14 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def observed(sc: ScoredRows, i: int, column: int) -> float:
+    """The row's value behind evidence ``column``: the feature, or for the forest its evidence."""
+    return float(sc.excess[i, column] if column == E_FOREST else sc.rows.X[i, column])
+
+
 def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
-    """One evidence sentence for feature ``feature`` of row ``i``."""
-    x = float(sc.rows.X[i, F[feature]])
+    """One evidence sentence for evidence column ``feature`` of row ``i``."""
+    x = observed(sc, i, EVIDENCE_NAMES.index(feature))
     cid = format_id(int(sc.rows.can_id[i]))
     n = int(sc.rows.count[i])
     period = float(sc.baseline_period[i]) if np.isfinite(sc.baseline_period[i]) else float("nan")
@@ -107,6 +113,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "novel_payload": f"{cid}: {pct} of payloads never seen in training",
         "novel_dlc": f"{cid}: DLC never seen for this id in {pct} of frames",
         "novel_id": f"{cid}: id never seen on this platform ({n} frames)",
+        "forest": f"{cid}: an unusual combination of timing and payload features (isolation forest)",
         "bus_load": f"bus load {x:.2f}× learned",
         "bus_novel": f"{pct} of the bus's frames carry unseen ids",
         "bus_missing": f"{pct} of the expected ids are missing",
@@ -128,7 +135,7 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
         if ex[r, j] <= 0:
             break
         i = int(idx[r])
-        name = FEATURE_NAMES[j]
+        name = EVIDENCE_NAMES[j]
         key = (name, int(sc.rows.can_id[i])) if not name.startswith("bus_") else (name, -1)
         if key in seen:
             continue
@@ -137,7 +144,7 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
             {
                 "can_id": None if name.startswith("bus_") else format_id(int(sc.rows.can_id[i])),
                 "feature": name,
-                "observed": round(float(sc.rows.X[i, j]), 4),
+                "observed": round(observed(sc, i, j), 4),
                 "excess": round(float(ex[r, j]), 2),
                 "text": describe(sc, i, name, window_s),
             }

@@ -37,7 +37,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "checksum_err",  # frames whose learned checksum does not match
     "novel_payload",  # frames with a payload never seen (ids with few distinct payloads)
     "novel_dlc",  # frames with a DLC never seen for the id
-    "novel_id",  # 1 if the id was never seen on this platform
+    "novel_id",  # frames of an id never seen on this platform (0 for a known id)
     "bus_load",  # vehicle's frames in the window / learned
     "bus_novel",  # fraction of the vehicle's frames with unseen ids
     "bus_missing",  # fraction of expected ids absent
@@ -151,7 +151,7 @@ def add_bus_features(rows: Rows, bl: Baseline) -> None:
     present = rows.count > 0
     frames_per = np.bincount(inv, weights=rows.count, minlength=len(vw))
     ids_per = np.bincount(inv, weights=present, minlength=len(vw))
-    novel_per = np.bincount(inv, weights=rows.count * rows.X[:, F["novel_id"]], minlength=len(vw))
+    novel_per = np.bincount(inv, weights=rows.X[:, F["novel_id"]], minlength=len(vw))
     missing = np.bincount(inv, weights=~present, minlength=len(vw))
     n_expected = max(int(bl.expected.sum()), 1)
     rows.X[:, F["bus_load"]] = frames_per[inv] / max(bl.bus_mean_frames, 1.0)

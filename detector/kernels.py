@@ -280,11 +280,11 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
-    if not k:  # an id the baseline never saw: only its count and novelty
+    if not k:  # an id the baseline never saw: only its count, which is also its novelty
         X[0] = count
         X[1] = 1.0
         X[2] = 1.0
-        X[15] = 1.0
+        X[15] = count
     else:
         per = period[s]
         if not (np.isfinite(per) and per > 0):

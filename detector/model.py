@@ -1,15 +1,32 @@
-"""Per-platform anomaly model: an IsolationForest plus a learned feature envelope.
+"""Per-platform anomaly model: evidence per feature, calibrated on drives it never saw.
 
-An isolation forest only splits inside the range each feature had in training:
-a feature that never moved there (an unseen id, bytes outside their learned
-range) cannot isolate anything however extreme it gets. So the raw score adds
-to the forest's ``-score_samples`` an *envelope excess*: for every feature, how
-far the row lies outside the range it had in training, in units of that
-range's width (with a per-feature floor). The range is learned per CAN id
-(what is normal for one id is an attack on another), and globally for ids
-never seen in training. The threshold is then calibrated on
-held-back benign windows, and scores are reported divided by it: a score of 1.0
-is the alert threshold, higher = more anomalous, everywhere.
+A feature row (one CAN id in one window of one vehicle) becomes *evidence*, one
+column per feature plus one for the isolation forest:
+
+- for each feature, how far the row lies outside the range that feature had
+  for that id in training (the *envelope*), in units of the envelope's width
+  (with a per-feature floor). Ranges are learned per CAN id (what is normal
+  for one id is an attack on another), and globally for ids never seen. An
+  isolation forest only splits inside the range each feature had in
+  training: a feature that never moved there (an unseen id, bytes outside
+  their learned range) cannot isolate anything however extreme it gets, so
+  the envelope carries that evidence;
+- for the forest, how far the row's path-length score lies above what the
+  training rows reached.
+
+Each column is then divided by its *cross-drive scale*: how far that column
+went on benign windows of drives held out of training (leave-one-drive-out
+inside the training set, see ``detector.training``). One unit of calibrated
+evidence is "as far out as benign traffic of a drive the model never saw
+went". A feature that varies from drive to drive (a state byte, a payload
+dictionary) so gets a large scale and little weight; one that does not (a
+message's rate, its counter) keeps its weight. A row's score is its strongest
+calibrated column over the threshold (a margin above 1.0): no sum lets several
+weak, correlated columns add up to an alert, and no single column can hide
+another's. Score 1.0 = alert, higher = more anomalous, everywhere.
+
+What a vehicle shows from its first windows on is its own state, not an
+attack: ``StreamReference`` keeps it per (vehicle, id) and discounts it.
 """
 
 from __future__ import annotations
@@ -25,11 +42,15 @@ from detector.features import FEATURE_NAMES, N_FEATURES, F, vw_groups
 from detector.kernels import CompiledForest
 
 F_RATE = F["rate"]
+#: Evidence columns: one per feature, then the forest's.
+EVIDENCE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "forest")
+N_EVIDENCE = len(EVIDENCE_NAMES)
+E_FOREST = N_FEATURES
 
 #: Minimum envelope width per feature, so a feature that was constant in
-#: training still has a scale: excess 1.0 = one floor beyond the learned range.
+#: training still has a scale: evidence 1.0 = one floor beyond the learned range.
 ENVELOPE_FLOOR = {
-    "rate": 0.5,
+    "rate": 0.5,  # per id: at most this, less for busy ids (see rate_floor)
     "dt_min": 0.3,
     "dt_mean": 0.3,
     "dt_cv": 0.3,
@@ -44,21 +65,44 @@ ENVELOPE_FLOOR = {
     "checksum_err": 0.1,
     "novel_payload": 0.1,
     "novel_dlc": 0.1,
-    "novel_id": 0.1,
+    "novel_id": 1.0,  # frames of an unseen id in the window: one frame, one unit
     "bus_load": 0.3,
-    "bus_novel": 0.05,
+    "bus_novel": 0.01,
     "bus_missing": 0.1,
     "bus_ids": 0.2,
 }
-#: Threshold = holdout quantile × this.
-CALIBRATION_MARGIN = 1.25
 #: Features where only values above the learned range are anomalous.
 ONE_SIDED = ("silence", "dt_cv", "hamming_z")
-#: Weight of one unit of envelope excess against the forest's score (~0.3–0.8).
-ENVELOPE_WEIGHT = 0.25
-#: Envelope excess is capped per feature so one runaway value cannot dominate
-#: evidence ranking numerically (it is still far above any threshold).
+#: Evidence is capped per column so one runaway value cannot dominate evidence
+#: ranking numerically (it is still far above any threshold).
 EXCESS_CAP = 50.0
+#: Forest evidence: path-length score above the training rows' top quantile,
+#: in these units.
+FOREST_QUANTILE = 0.999
+FOREST_WIDTH = 0.05
+#: Alert threshold in calibrated units: a quarter beyond the furthest a benign
+#: held-out drive went, for what a few held-out drives cannot show.
+CALIBRATION_MARGIN = 1.25
+#: The smallest cross-drive scale of a column: one envelope width.
+MIN_SCALE = 1.0
+
+
+def frames_per_unit(mean_count: np.ndarray) -> np.ndarray:
+    """Frames that one unit of ``rate`` stands for, per id: its learned frames per
+    window (``rate`` is the window's count divided by it), or 1 for an id that was
+    never in a full window."""
+    return np.where(mean_count > 0, mean_count, 1.0)
+
+
+def rate_floor(mean_count: np.ndarray) -> np.ndarray:
+    """Envelope floor of ``rate`` per id (learned frames per window ``mean_count``).
+
+    A count of n frames varies by about sqrt(n) between windows when a message
+    is not strictly periodic: the floor is two of those, in rate units. A busy
+    periodic id (100 frames a window) so flags 20 % more frames, one that sends
+    a frame a window three more, a rare one (a frame every 20 windows) 40.
+    """
+    return 2.0 * np.sqrt(np.maximum(mean_count, 0.0) + 1.0) / frames_per_unit(mean_count)
 
 
 @dataclass
@@ -69,24 +113,40 @@ class PlatformModel:
     env_lo: np.ndarray  # (k + 1, F): per id slot, last row = ids never seen
     env_hi: np.ndarray  # (k + 1, F)
     env_scale: np.ndarray  # (k + 1, F)
-    threshold: float  # raw score at the calibrated false-positive rate
+    forest_hi: float  # raw forest score the training rows reached (FOREST_QUANTILE)
+    evidence_scale: np.ndarray  # (N_EVIDENCE,) cross-drive scale of each column
+    tolerance: np.ndarray  # (k + 1, N_EVIDENCE) evidence each id showed on held-out drives
+    threshold: float = CALIBRATION_MARGIN  # in calibrated units
     version: int = 0
     feature_names: tuple[str, ...] = FEATURE_NAMES
     info: dict = field(default_factory=dict)
 
-    def excess(self, X: np.ndarray, can_id: np.ndarray) -> np.ndarray:
-        """(r, F) envelope excess per feature, >= 0."""
+    def evidence(self, X: np.ndarray, can_id: np.ndarray) -> np.ndarray:
+        """(r, N_EVIDENCE) evidence in envelope units, >= 0, before calibration."""
+        return self._evidence(X, envelope_slot(self.baseline, can_id))
+
+    def _evidence(self, X: np.ndarray, e: np.ndarray) -> np.ndarray:
+        out = np.empty((len(X), N_EVIDENCE))
+        out[:, :N_FEATURES] = envelope_excess(X, self.env_lo[e], self.env_hi[e], self.env_scale[e])
+        out[:, E_FOREST] = forest_evidence(self.forest, X, self.forest_hi)
+        return out
+
+    def calibrated(self, X: np.ndarray, can_id: np.ndarray) -> np.ndarray:
+        """Evidence beyond what the row's id showed on held-out drives, in cross-drive
+        units: 1.0 = as far again as benign unseen drives went."""
         e = envelope_slot(self.baseline, can_id)
-        return envelope_excess(X, self.env_lo[e], self.env_hi[e], self.env_scale[e])
+        return np.maximum(self._evidence(X, e) - self.tolerance[e], 0.0) / self.evidence_scale
 
     def scores(self, X: np.ndarray, can_id: np.ndarray) -> np.ndarray:
-        """Normalised scores: 1.0 = the calibrated threshold."""
-        return self.scores_and_excess(X, can_id)[0]
+        """Normalised scores of rows taken alone (no vehicle state): 1.0 = threshold."""
+        return row_scores(self.calibrated(X, can_id), self.threshold)
 
-    def scores_and_excess(self, X: np.ndarray, can_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised scores and the envelope excess behind them (for evidence)."""
-        excess = self.excess(X, can_id)
-        return raw_scores(self.forest, X, excess) / self.threshold, excess
+
+def row_scores(calibrated: np.ndarray, threshold: float) -> np.ndarray:
+    """A row's score: its strongest calibrated column over the threshold."""
+    if len(calibrated) == 0:
+        return np.zeros(0)
+    return calibrated.max(axis=1) / threshold
 
 
 def envelope_slot(baseline: Baseline, can_id: np.ndarray) -> np.ndarray:
@@ -111,16 +171,20 @@ def compiled(forest: IsolationForest) -> CompiledForest:
     return cf
 
 
-def raw_scores(forest: IsolationForest, X: np.ndarray, excess: np.ndarray) -> np.ndarray:
+def forest_evidence(forest: IsolationForest, X: np.ndarray, forest_hi: float) -> np.ndarray:
     if len(X) == 0:
         return np.zeros(0)
-    return compiled(forest).raw_scores(X) + ENVELOPE_WEIGHT * excess.sum(axis=1)
+    raw = compiled(forest).raw_scores(X)
+    return np.minimum(np.maximum(raw - forest_hi, 0.0) / FOREST_WIDTH, EXCESS_CAP)
 
 
 def fit_envelope(
-    X: np.ndarray, slot: np.ndarray, k: int
+    X: np.ndarray, slot: np.ndarray, k: int, floor_rate: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-slot (k rows) and global (last row) feature ranges of the training rows."""
+    """Per-slot (k rows) and global (last row) feature ranges of the training rows.
+
+    ``floor_rate`` (k,): each id's own floor for ``rate`` (default: the common one).
+    """
     lo = np.full((k + 1, X.shape[1]), np.inf)
     hi = np.full((k + 1, X.shape[1]), -np.inf)
     np.minimum.at(lo, slot, X)
@@ -128,11 +192,11 @@ def fit_envelope(
     lo[k], hi[k] = X.min(axis=0), X.max(axis=0)
     unseen = ~np.isfinite(lo[:, 0])  # ids without training rows fall back to the global range
     lo[unseen], hi[unseen] = lo[k], hi[k]
-    floor = np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES])
+    floor = np.tile(np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES]), (k + 1, 1))
+    if floor_rate is not None:
+        floor[:k, F_RATE] = floor_rate
     scale = np.maximum(hi - lo, floor)
-    for (
-        name
-    ) in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
+    for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
         lo[:, F[name]] = np.minimum(lo[:, F[name]], 0.0)
     return lo, hi, scale
 
@@ -149,17 +213,32 @@ def max_per_window(
     return veh, win, best
 
 
-def calibrate_threshold(window_scores: np.ndarray, target_fpr: float) -> float:
-    """Raw score above which at most ``target_fpr`` of held-back benign windows fall.
+def window_maxima(
+    vehicle: np.ndarray, window: np.ndarray, evidence: np.ndarray
+) -> np.ndarray:
+    """(windows, columns): each column's largest value per distinct (vehicle, window)."""
+    if len(evidence) == 0:
+        return np.zeros((0, evidence.shape[1]))
+    _, _, inv = vw_groups(vehicle, window)
+    out = np.zeros((inv.max() + 1, evidence.shape[1]))
+    np.maximum.at(out, inv, evidence)
+    return out
 
-    The margin allows for what a few hundred held-back windows cannot show:
-    new vehicles, drives and message phases produce benign windows somewhat
-    beyond the holdout's extreme.
-    """
-    if len(window_scores) == 0:
-        raise ValueError("no held-back benign windows to calibrate the threshold on")
-    q = float(np.quantile(window_scores, 1.0 - target_fpr, method="higher"))
-    return q * CALIBRATION_MARGIN
+
+def slot_maxima(slot: np.ndarray, evidence: np.ndarray, n_slots: int) -> np.ndarray:
+    """(n_slots, columns): each column's largest value per envelope slot."""
+    out = np.zeros((n_slots, evidence.shape[1]))
+    np.maximum.at(out, slot, evidence)
+    return out
+
+
+def cross_drive_scale(held_out_maxima: np.ndarray, target_fpr: float) -> np.ndarray:
+    """Each column's scale: the value at most ``target_fpr`` of held-out benign
+    windows exceeded (their per-window maxima, ``window_maxima``), at least MIN_SCALE."""
+    if len(held_out_maxima) == 0:
+        raise ValueError("no held-out benign windows to calibrate the evidence on")
+    q = np.quantile(held_out_maxima, 1.0 - target_fpr, axis=0, method="higher")
+    return np.maximum(q, MIN_SCALE)
 
 
 def fit_platform_model(
@@ -167,14 +246,12 @@ def fit_platform_model(
     baseline: Baseline,
     X_train: np.ndarray,
     id_train: np.ndarray,
-    holdout: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     *,
-    target_fpr: float,
     n_estimators: int = 100,
     max_samples: int = 512,
     seed: int = 7,
 ) -> PlatformModel:
-    """Fit on training rows; calibrate on held-back rows ``(X, can_id, vehicle, window)``."""
+    """Fit forest and envelope on training rows; evidence uncalibrated (scale 1)."""
     if X_train.ndim != 2 or X_train.shape[1] != N_FEATURES:
         raise ValueError(f"X_train must have shape (n, {N_FEATURES}), got {X_train.shape}")
     if len(X_train) < 10:
@@ -184,15 +261,17 @@ def fit_platform_model(
         max_samples=min(max_samples, len(X_train)),
         random_state=seed,
     ).fit(X_train)
-    lo, hi, scale = fit_envelope(X_train, envelope_slot(baseline, id_train), len(baseline.ids))
+    k = len(baseline.ids)
+    lo, hi, scale = fit_envelope(
+        X_train, envelope_slot(baseline, id_train), k, rate_floor(baseline.mean_count)
+    )
     # One frame more or less per window is where a message's phase meets the
     # window boundary, not an attack: widen each id's rate range by one frame.
-    k = len(baseline.ids)
-    one_frame = 1.0 / np.maximum(baseline.mean_count, 1.0)
+    one_frame = 1.0 / frames_per_unit(baseline.mean_count)
     lo[:k, F_RATE] -= one_frame
     hi[:k, F_RATE] += one_frame
-    model = PlatformModel(platform, baseline, forest, lo, hi, scale, threshold=1.0)
-    Xh, ih, vh, wh = holdout
-    raw_h = raw_scores(forest, Xh, model.excess(Xh, ih))
-    model.threshold = calibrate_threshold(max_per_window(vh, wh, raw_h)[2], target_fpr)
-    return model
+    forest_hi = float(np.quantile(compiled(forest).raw_scores(X_train), FOREST_QUANTILE))
+    return PlatformModel(
+        platform, baseline, forest, lo, hi, scale, forest_hi, np.ones(N_EVIDENCE),
+        np.zeros((k + 1, N_EVIDENCE)),
+    )

@@ -83,6 +83,9 @@ def save_model(
         "env_lo": model.env_lo,
         "env_hi": model.env_hi,
         "env_scale": model.env_scale,
+        "forest_hi": np.float64(model.forest_hi),
+        "evidence_scale": model.evidence_scale,
+        "tolerance": model.tolerance,
         "baseline": model.baseline.to_dict(),
     }
     model_path = d / f"{stem}.skops"
@@ -139,7 +142,7 @@ def load_model(manifest_path: Path | str) -> PlatformModel:
             f"{model_path}: sha256 mismatch (manifest {m['sha256'][:12]}…, file {digest[:12]}…): "
             "refusing a tampered or half-written model"
         )
-    if tuple(m["feature_names"]) != FEATURE_NAMES:
+    if tuple(m["feature_names"]) != FEATURE_NAMES or "evidence_scale" not in m.get("training", {}):
         raise ModelError(
             f"{manifest_path}: model was trained on other features ({len(m['feature_names'])}); retrain"
         )
@@ -159,6 +162,9 @@ def load_model(manifest_path: Path | str) -> PlatformModel:
         env_lo=np.asarray(payload["env_lo"]),
         env_hi=np.asarray(payload["env_hi"]),
         env_scale=np.asarray(payload["env_scale"]),
+        forest_hi=float(payload["forest_hi"]),
+        evidence_scale=np.asarray(payload["evidence_scale"], dtype=np.float64),
+        tolerance=np.asarray(payload["tolerance"], dtype=np.float64),
         threshold=float(m["threshold"]),
         version=int(m["version"]),
         info=m,

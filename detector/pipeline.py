@@ -16,7 +16,8 @@ import numpy as np
 
 from detector.brands import Fleet
 from detector.features import FEATURE_NAMES, Rows
-from detector.model import PlatformModel, compiled, max_per_window
+from detector.model import PlatformModel, compiled, max_per_window, row_scores
+from detector.reference import StreamReference
 from detector.schema import concat_frames, make_frames
 from detector.windowing import WindowState
 
@@ -31,26 +32,40 @@ class ScoredRows:
     model_version: int
     rows: Rows
     scores: np.ndarray  # (r,) normalised, 1.0 = threshold
-    excess: np.ndarray  # (r, F) envelope excess, for evidence
+    excess: np.ndarray  # (r, N_EVIDENCE) effective calibrated evidence (model.EVIDENCE_NAMES)
     names: list[str]
     brands: list[str]
     baseline_period: np.ndarray  # (r,) learned period of the row's id (nan if unknown)
 
 
 class _PlatformState:
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, n_ids: int) -> None:
         self.window = WindowState(window_s)
+        self.reference = StreamReference(n_ids)
         self.index: dict[str, int] = {}
         self.names: list[str] = []
         self.brands: list[str] = []
+        self.free: list[int] = []  # indices of forgotten vehicles, reused first
 
     def vehicle_index(self, vehicle: str, brand: str) -> int:
         i = self.index.get(vehicle)
         if i is None:
-            i = self.index[vehicle] = len(self.names)
-            self.names.append(vehicle)
-            self.brands.append(brand)
+            if self.free:
+                i = self.free.pop()
+                self.names[i], self.brands[i] = vehicle, brand
+            else:
+                i = len(self.names)
+                self.names.append(vehicle)
+                self.brands.append(brand)
+            self.index[vehicle] = i
         return i
+
+    def forget(self, vehicles: set[str]) -> None:
+        idx = [self.index.pop(v) for v in vehicles if v in self.index]
+        if idx:
+            self.window.forget_vehicles(np.array(idx))
+            self.reference.forget(np.array(idx))
+            self.free.extend(idx)
 
 
 class Scorer:
@@ -74,8 +89,12 @@ class Scorer:
         return platform if platform in self.models else None
 
     def set_model(self, model: PlatformModel) -> None:
-        """Swap a platform's model; windows keep their state."""
+        """Swap a platform's model; windows keep their state, vehicle references start
+        afresh (they are in the old model's units)."""
         self.models[model.platform] = model
+        st = self.state.get(model.platform)
+        if st is not None:
+            st.reference = StreamReference(len(model.baseline.ids))
 
     def push(self, batches: list[tuple[str, str, np.ndarray]]) -> list[ScoredRows]:
         """Score ``(vehicle, brand, frames)`` batches; brands without a model raise KeyError."""
@@ -114,9 +133,7 @@ class Scorer:
         """Drop the state of vehicles (partition revoked, or retired); if one comes
         back it starts afresh, under a new index."""
         for st in self.state.values():
-            idx = [st.index.pop(v) for v in vehicles if v in st.index]
-            if idx:
-                st.window.forget_vehicles(np.array(idx))
+            st.forget(vehicles)
 
     def closed_until(self, vehicle: str, brand: str) -> float:
         """Event time before which the vehicle's windows are closed (-inf: none yet)."""
@@ -135,7 +152,8 @@ class Scorer:
     def _state(self, platform: str) -> _PlatformState:
         st = self.state.get(platform)
         if st is None:
-            st = self.state[platform] = _PlatformState(self.window_s)
+            n_ids = len(self.models[platform].baseline.ids)
+            st = self.state[platform] = _PlatformState(self.window_s, n_ids)
         return st
 
     def _score(self, platform: str, frames: np.ndarray, vehicle: np.ndarray) -> ScoredRows:
@@ -153,13 +171,27 @@ class Scorer:
         model = self.models[platform]
         st = self.state[platform]
         t1 = time.perf_counter()
-        scores, excess = model.scores_and_excess(rows.X, rows.can_id)
+        scores, excess = score_rows(model, rows, st.window.first_window, st.reference)
         self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
         return ScoredRows(
             platform, model.version, rows, scores, excess, st.names, st.brands, period
         )
+
+
+def score_rows(
+    model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (1.0 = alert) and effective calibrated evidence of rows of vehicles whose
+    first windows are ``first_window`` (by row vehicle), against their ``reference``."""
+    calibrated = model.calibrated(rows.X, rows.can_id)
+    slot, known = model.baseline.slots(rows.can_id)
+    age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)
+    effective, factor = reference.apply(
+        rows.vehicle, slot, known, age, calibrated, model.threshold
+    )
+    return row_scores(effective, model.threshold) / factor, effective
 
 
 def warm_up(model: PlatformModel, window_s: float) -> None:
@@ -179,7 +211,7 @@ def warm_up(model: PlatformModel, window_s: float) -> None:
     frames = make_frames(ts, np.tile(can_id, 4), np.zeros((len(ts), 8), np.uint8))
     state = WindowState(window_s)
     rows = state.push(frames, np.zeros(len(ts), np.int64), model.baseline)
-    model.scores_and_excess(rows.X, rows.can_id)
+    score_rows(model, rows, state.first_window, StreamReference(len(ids)))
     swapped = make_frames(np.array([3.6, 3.2]) * window_s, can_id[:1].repeat(2), np.zeros((2, 8)))
     state.push(swapped, np.zeros(2, np.int64), model.baseline)  # out of time order: the sort path
     with_nan = np.zeros((1, len(model.feature_names)))
@@ -207,6 +239,7 @@ __all__ = [
     "FEATURE_NAMES",
     "Scorer",
     "ScoredRows",
+    "score_rows",
     "vehicle_clock",
     "warm_up",
     "window_scores",

@@ -163,7 +163,7 @@ def present_rows(
         X[:, F[name]] = _segment_sum(checks[name], starts) / count
     for name in ("delta_out", "counter_err"):
         X[:, F[name]] = _segment_sum(checks[name], starts) / n_pairs
-    X[:, F["novel_id"]] = (~known).astype(np.float64)
+    X[:, F["novel_id"]] = np.where(known, 0.0, count)
     attack = np.maximum.reduceat(frames["label"], starts).astype(np.int8)
     rows = Rows(vehicle[starts].astype(np.int64), window[starts], can_id[starts], count, attack, X)
     return rows, last_ts
