@@ -25,6 +25,18 @@ TIGHT_PAIR_WIDTH = 48
 #: padding) keep a constant difference in every drive, but not the same one.
 COUPLED_MIN_VALUES = 4
 COUPLED_MIN_CHANGE = 0.01
+#: 16-bit signals (a byte pair at any offset, either byte order) that move together
+#: (four wheel speeds, a value and its copy): a difference whose robust range is at
+#: most COUPLED_WORD_SHARE of each signal's own robust range, both signals spanning
+#: COUPLED_WORD_MIN_RANGE and changing in COUPLED_WORD_MIN_CHANGE of frames. At most
+#: MAX_COUPLINGS per id, the tightest; learned on at most COUPLING_SAMPLE frames.
+MAX_COUPLINGS = 4
+COUPLED_WORD_SHARE = 0.25
+COUPLED_WORD_MIN_RANGE = 64
+COUPLED_WORD_MIN_CHANGE = 0.05
+COUPLING_SAMPLE = 20_000
+#: The robust range: the central share of values (rare spikes, a wheel slipping).
+ROBUST_QUANTILES = (0.005, 0.995)
 #: Ids with at most this many distinct payloads get a payload dictionary ...
 MAX_DICT_PAYLOADS = 64
 #: ... if each distinct payload was seen this many times on average.
@@ -72,6 +84,11 @@ class Baseline:
     checksum_byte: np.ndarray  # (k,) i1
     payload_hashes: np.ndarray  # (m,) u8 sorted hashes of (id slot, payload) for dictionary ids
     has_dict: np.ndarray  # (k,) bool
+    couple_a: np.ndarray  # (k, MAX_COUPLINGS) i1 first byte of signal a (-1: no coupling)
+    couple_b: np.ndarray  # (k, MAX_COUPLINGS) i1 first byte of signal b
+    couple_le: np.ndarray  # (k, MAX_COUPLINGS) bool: little-endian signals (else big-endian)
+    couple_lo: np.ndarray  # (k, MAX_COUPLINGS) i4 least a - b
+    couple_hi: np.ndarray  # (k, MAX_COUPLINGS) i4 largest a - b
     bus_mean_frames: float
     bus_std_frames: float
     bus_mean_ids: float
@@ -208,6 +225,43 @@ def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     return (across > 0) & (within < 0.25 * across)
 
 
+def words16(d: np.ndarray) -> np.ndarray:
+    """(n, 2, 7) int32: the 16-bit value at each byte offset 0..6, big-endian [:, 0]
+    and little-endian [:, 1]."""
+    d = d.astype(np.int32)
+    return np.stack([d[:, :7] * 256 + d[:, 1:], d[:, 1:] * 256 + d[:, :7]], axis=1)
+
+
+def learn_couplings(d: np.ndarray) -> list[tuple[int, int, bool, int, int]]:
+    """Up to MAX_COUPLINGS (a, b, little_endian, lo, hi): 16-bit signals at byte
+    offsets a < b (not overlapping) whose difference a - b stays in [lo, hi]."""
+    if len(d) < 4 * MIN_PAYLOAD_FRAMES:
+        return []
+    if len(d) > COUPLING_SAMPLE:  # evenly spaced: every part of every drive
+        d = d[np.linspace(0, len(d) - 1, COUPLING_SAMPLE).astype(np.int64)]
+    w = words16(d)
+    lo_q, hi_q = np.quantile(w, ROBUST_QUANTILES, axis=0)  # (2, 7) each
+    spread = hi_q - lo_q
+    moving = (spread >= COUPLED_WORD_MIN_RANGE) & (
+        (np.diff(w, axis=0) != 0).mean(axis=0) >= COUPLED_WORD_MIN_CHANGE
+    )
+    found = []
+    for le in (0, 1):
+        for a in range(7):
+            for b in range(a + 2, 7):
+                if not (moving[le, a] and moving[le, b]):
+                    continue
+                diff = w[:, le, a] - w[:, le, b]
+                dlo, dhi = np.quantile(diff, ROBUST_QUANTILES)
+                width = dhi - dlo
+                own = min(spread[le, a], spread[le, b])
+                if width <= COUPLED_WORD_SHARE * own:
+                    margin = width + 1  # as far out again as the robust range is wide
+                    found.append((width / own, a, b, bool(le), int(dlo - margin), int(dhi + margin)))
+    found.sort()
+    return [f[1:] for f in found[:MAX_COUPLINGS]]
+
+
 def signal_bytes(d: np.ndarray, change_rate: np.ndarray) -> np.ndarray:
     """(8,) bool: bytes that move like a signal (several values, changing now and then)."""
     n_values = np.array([np.count_nonzero(np.bincount(d[:, b], minlength=256)) for b in range(8)])
@@ -286,6 +340,11 @@ def learn_baseline(
     checksum_byte = np.full(k, -1, np.int8)
     has_dict = np.zeros(k, bool)
     hashes: list[np.ndarray] = []
+    couple_a = np.full((k, MAX_COUPLINGS), -1, np.int8)
+    couple_b = np.full((k, MAX_COUPLINGS), -1, np.int8)
+    couple_le = np.zeros((k, MAX_COUPLINGS), bool)
+    couple_lo = np.zeros((k, MAX_COUPLINGS), np.int32)
+    couple_hi = np.zeros((k, MAX_COUPLINGS), np.int32)
 
     starts = np.searchsorted(slot, np.arange(k))
     ends = np.searchsorted(slot, np.arange(k), side="right")
@@ -327,6 +386,9 @@ def learn_baseline(
         )
         margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
         pair_min[j], pair_max[j] = pmin - margin, pmax + margin
+        for c, (a, b, le, clo, chi) in enumerate(learn_couplings(d)):
+            couple_a[j, c], couple_b[j, c], couple_le[j, c] = a, b, le
+            couple_lo[j, c], couple_hi[j, c] = clo, chi
         if len(d) < MIN_PAYLOAD_FRAMES:
             byte_min[j], byte_max[j] = 0, 255
             delta_min[j], delta_max[j] = -255, 255
@@ -378,6 +440,11 @@ def learn_baseline(
         checksum_byte=checksum_byte,
         payload_hashes=np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64),
         has_dict=has_dict,
+        couple_a=couple_a,
+        couple_b=couple_b,
+        couple_le=couple_le,
+        couple_lo=couple_lo,
+        couple_hi=couple_hi,
         bus_mean_frames=float(per_bus.mean()),
         bus_std_frames=float(per_bus.std()),
         bus_mean_ids=float((full > 0).sum(axis=1).mean()),

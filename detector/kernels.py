@@ -254,11 +254,11 @@ def segments(key, win, order):  # pragma: no cover - compiled
 #: Accumulator columns of an open (vehicle, id, window) group.
 #: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
 #: frames where another byte changed, changes together with another byte; then
-#: frames failing each check; the most severe label.
+#: frames failing each check; the most severe label; frames breaking a signal coupling.
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
-A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
-N_ACC_I = 35
+A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL, A_COUPLE = range(27, 36)
+N_ACC_I = 36
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST = 0, 1, 2, 3
 N_ACC_F = 4
@@ -322,6 +322,7 @@ def _emit(
         X[12] = a[A_CHECKSUM] / count
         X[13] = a[A_NOVEL] / count
         X[14] = a[A_DLC] / count
+        X[16] = a[A_COUPLE] / count
     for c in range(acc_i.shape[1]):
         acc_i[r, c] = 0
     acc_f[r, F_SUM] = 0.0
@@ -368,6 +369,15 @@ def _outside(even, odd, lo_e, lo_o, hi_e, hi_o):  # pragma: no cover - compiled
     ) != 0  # fmt: skip
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _word(p64, at, little_endian):  # pragma: no cover - compiled
+    """The 16-bit value of bytes ``at`` and ``at + 1`` of the payload ``p64`` (bytes
+    little-endian in the word), in either byte order, as baseline.words16."""
+    lo = np.int64((p64 >> np.uint64(8 * at)) & np.uint64(0xFF))
+    hi = np.int64((p64 >> np.uint64(8 * (at + 1))) & np.uint64(0xFF))
+    return hi * 256 + lo if little_endian else lo * 256 + hi
+
+
 @njit(cache=True, nogil=True)
 def _add_lanes(la, lanes):  # pragma: no cover - compiled
     """Add the per-byte counts held in 16-bit ``lanes`` (changed, with another byte
@@ -400,10 +410,12 @@ def _fold(  # pragma: no cover - compiled
     byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
+    couple_a, couple_b, couple_le, couple_lo, couple_hi,
     crc8_pow, dlc_masks, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     n_hash = payload_hashes.shape[0]
+    n_couple_max = couple_a.shape[1]
     n_frames = order.shape[0]
     la = np.zeros(N_ACC_I, np.int64)
     pair_lanes = np.zeros((7, 4), np.uint64)  # per distance: lo even, lo odd, hi even, hi odd
@@ -421,6 +433,9 @@ def _fold(  # pragma: no cover - compiled
         ck = checksum_kind[s]
         dict_on = has_dict[s] and n_hash > 0
         slot_hash = np.uint64(s + 1) * hash_mul
+        n_couple = 0
+        while n_couple < n_couple_max and couple_a[s, n_couple] >= 0:
+            n_couple += 1
         # the stream's row is worked on in locals (registers, L1) and written back
         for c in range(N_ACC_I):
             la[c] = acc_i[r, c]
@@ -462,7 +477,7 @@ def _fold(  # pragma: no cover - compiled
         n_lanes = 0
         p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
         p_payload = np.uint64(0)
-        out = bad = ck_bad = novel = dlc_bad = False
+        out = bad = ck_bad = novel = dlc_bad = broken = False
         for i in range(seg_start[g], seg_start[g + 1]):
             # A stream's frames lie ~its vehicle's id count apart in the batch, each
             # in another cache line, and a frame's work is too long for the CPU to
@@ -597,6 +612,13 @@ def _fold(  # pragma: no cover - compiled
                         m = n_hash - 1
                     novel = payload_hashes[m] != h
                 dlc_bad = ((np.int64(dlc_mask[s]) >> d) & 1) == 0
+                broken = False
+                for c in range(n_couple):
+                    diff = _word(p64, couple_a[s, c], couple_le[s, c]) - _word(
+                        p64, couple_b[s, c], couple_le[s, c]
+                    )
+                    broken |= (diff < couple_lo[s, c]) | (diff > couple_hi[s, c])
+            la[A_COUPLE] += broken
             la[A_OUT] += out
             la[A_PAIR] += bad
             la[A_CHECKSUM] += ck_bad
@@ -678,7 +700,9 @@ def fold(
         bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
         bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
         bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
-        bl.payload_hashes.astype(np.uint64), bl.dlc_mask, _CRC8_POW, _DLC_MASKS, _HASH_MUL,
+        bl.payload_hashes.astype(np.uint64), bl.dlc_mask,
+        bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi,
+        _CRC8_POW, _DLC_MASKS, _HASH_MUL,
         late, *emitted.buffers(),
     )  # fmt: skip
     return late

@@ -66,6 +66,7 @@ ENVELOPE_FLOOR = {
     "novel_payload": 0.1,
     "novel_dlc": 0.1,
     "novel_id": 1.0,  # frames of an unseen id in the window: one frame, one unit
+    "coupling_out": 0.1,
     "bus_load": 0.3,
     "bus_novel": 0.01,
     "bus_missing": 0.1,

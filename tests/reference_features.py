@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.baseline import PAIRS, Baseline, checksum_values, payload_hash, payload_u64
+from detector.baseline import (
+    PAIRS,
+    Baseline,
+    checksum_values,
+    payload_hash,
+    payload_u64,
+    words16,
+)
 from detector.features import N_FEATURES, F, Rows
 
 
@@ -76,6 +83,16 @@ def frame_checks(
         pos = np.minimum(np.searchsorted(bl.payload_hashes, h), len(bl.payload_hashes) - 1)
         novel_payload[idx] = bl.payload_hashes[pos] != h
     novel_dlc = known & ((bl.dlc_mask[slot] >> dlc.astype(np.uint16)) & 1 == 0)
+    coupling_out = np.zeros(len(frames), bool)
+    words = words16(data)  # (n, byte order, offset)
+    rows = np.arange(len(frames))
+    for c in range(bl.couple_a.shape[1]):
+        on = known & (bl.couple_a[slot, c] >= 0)
+        le = bl.couple_le[slot, c].astype(np.int64)
+        a = np.maximum(bl.couple_a[slot, c], 0).astype(np.int64)
+        b = np.maximum(bl.couple_b[slot, c], 0).astype(np.int64)
+        diff = words[rows, le, a].astype(np.int64) - words[rows, le, b]
+        coupling_out |= on & ((diff < bl.couple_lo[slot, c]) | (diff > bl.couple_hi[slot, c]))
     return {
         "slot": slot,
         "known": known,
@@ -90,6 +107,7 @@ def frame_checks(
         "checksum_err": checksum_err,
         "novel_payload": novel_payload,
         "novel_dlc": novel_dlc,
+        "coupling_out": coupling_out,
     }
 
 
@@ -159,7 +177,7 @@ def present_rows(
     drop = np.where(n_other >= 3, bl.cond_change[slot] - cond, 0.0)
     X[:, F["change_drop"]] = np.where(known, np.maximum(drop.max(axis=1), 0.0), 0.0)
     X[:, F["change_rise"]] = np.where(known & (n_dt > 0), np.maximum(dev.max(axis=1), 0.0), 0.0)
-    for name in ("out_of_range", "pair_out", "checksum_err", "novel_payload", "novel_dlc"):
+    for name in ("out_of_range", "pair_out", "checksum_err", "novel_payload", "novel_dlc", "coupling_out"):
         X[:, F[name]] = _segment_sum(checks[name], starts) / count
     for name in ("delta_out", "counter_err"):
         X[:, F[name]] = _segment_sum(checks[name], starts) / n_pairs

@@ -166,6 +166,42 @@ def test_novel_payload_and_dlc_on_a_dictionary_id(baseline: Baseline) -> None:
     assert row(rows, 1103, SLOW)[F["novel_payload"]] == 0.0
 
 
+WHEELS = 0x300
+
+
+def wheel_frames(t_start: float, t_end: float, seed: int) -> np.ndarray:
+    """0x300 every 10 ms: two big-endian 16-bit wheel speeds at bytes 0-1 and 4-5 that
+    track one speed (0..3000) within a few units; byte 2 an unrelated 0..255 ramp."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(round((t_start - T0) / FAST_PERIOD), round((t_end - T0) / FAST_PERIOD))
+    speed = 1500 + 1400 * np.sin(k / 700.0 + seed)
+    data = np.zeros((len(k), 8), np.uint8)
+    for at in (0, 4):
+        v = np.clip(speed + rng.integers(-4, 5, len(k)), 0, 65535).astype(np.int64)
+        data[:, at], data[:, at + 1] = v >> 8, v & 0xFF
+    data[:, 2] = k % 256
+    return make_frames(T0 + FAST_PERIOD / 2 + k * FAST_PERIOD, np.full(len(k), WHEELS), data)
+
+
+def test_coupled_signals_are_learned_and_a_forged_one_breaks_them() -> None:
+    train = merge(*(wheel_frames(T0 + 60 * i, T0 + 60 * i + 40, seed=i) for i in range(3)))
+    drive = np.floor((train["ts"] - T0) / 60).astype(np.int64)
+    bl = learn_baseline(train, drive, W, drive)
+    couplings = {
+        (int(a), int(b), bool(le))
+        for a, b, le in zip(bl.couple_a[0], bl.couple_b[0], bl.couple_le[0], strict=True)
+        if a >= 0
+    }
+    assert (0, 4, False) in couplings  # the two wheel speeds, big-endian
+    assert all(2 not in (a, b) and 3 not in (a, b) for a, b, _ in couplings)  # not the ramp
+    t = T0 + 300
+    test = wheel_frames(t, t + 5, seed=9)
+    assert not row(rows_of(test, bl), 1302, WHEELS)[F["coupling_out"]]
+    in_302 = np.flatnonzero(np.floor(test["ts"]) == 1302)
+    test["data"][in_302[:40], 0] = 0xFF  # one wheel speed forged, the other genuine
+    np.testing.assert_allclose(row(rows_of(test, bl), 1302, WHEELS)[F["coupling_out"]], 0.4)
+
+
 # --- batch invariance ------------------------------------------------------
 
 
