@@ -84,6 +84,8 @@ class Baseline:
     checksum_byte: np.ndarray  # (k,) i1
     payload_hashes: np.ndarray  # (m,) u8 sorted hashes of (id slot, payload) for dictionary ids
     has_dict: np.ndarray  # (k,) bool
+    fixed_mask: np.ndarray  # (k,) u8 payload bits of the bytes that held one value throughout
+    fixed_value: np.ndarray  # (k,) u8 that value (payload bytes little-endian)
     couple_a: np.ndarray  # (k, MAX_COUPLINGS) i1 first byte of signal a (-1: no coupling)
     couple_b: np.ndarray  # (k, MAX_COUPLINGS) i1 first byte of signal b
     couple_le: np.ndarray  # (k, MAX_COUPLINGS) bool: little-endian signals (else big-endian)
@@ -340,6 +342,8 @@ def learn_baseline(
     checksum_byte = np.full(k, -1, np.int8)
     has_dict = np.zeros(k, bool)
     hashes: list[np.ndarray] = []
+    fixed_mask = np.zeros(k, np.uint64)
+    fixed_value = np.zeros(k, np.uint64)
     couple_a = np.full((k, MAX_COUPLINGS), -1, np.int8)
     couple_b = np.full((k, MAX_COUPLINGS), -1, np.int8)
     couple_le = np.zeros((k, MAX_COUPLINGS), bool)
@@ -386,6 +390,10 @@ def learn_baseline(
         )
         margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
         pair_min[j], pair_max[j] = pmin - margin, pmax + margin
+        if len(d) >= MIN_PAYLOAD_FRAMES:  # bytes below every frame's dlc that never moved
+            fixed = (lo == hi) & (np.arange(8) < dl.min())
+            fixed_mask[j] = payload_u64(np.where(fixed, 0xFF, 0).astype(np.uint8)[None])[0]
+            fixed_value[j] = payload_u64(lo.astype(np.uint8)[None])[0] & fixed_mask[j]
         for c, (a, b, le, clo, chi) in enumerate(learn_couplings(d)):
             couple_a[j, c], couple_b[j, c], couple_le[j, c] = a, b, le
             couple_lo[j, c], couple_hi[j, c] = clo, chi
@@ -440,6 +448,8 @@ def learn_baseline(
         checksum_byte=checksum_byte,
         payload_hashes=np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64),
         has_dict=has_dict,
+        fixed_mask=fixed_mask,
+        fixed_value=fixed_value,
         couple_a=couple_a,
         couple_b=couple_b,
         couple_le=couple_le,

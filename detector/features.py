@@ -6,7 +6,7 @@ absences). Every value is relative to the platform's learned ``Baseline`` so one
 model serves all ids. The vehicle-level (bus) features are repeated on each of
 the vehicle's rows for that window.
 
-The per-id columns (rate .. coupling_out) come from running sums that
+The per-id columns (rate .. fixed_out) come from running sums that
 ``detector.kernels`` folds frame by frame as they arrive (``detector.windowing``
 keeps them per stream); tests/reference_features.py defines the same columns
 in plain numpy over a whole window. This module adds the rows of expected ids
@@ -39,6 +39,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "novel_dlc",  # frames with a DLC never seen for the id
     "novel_id",  # frames of an id never seen on this platform (0 for a known id)
     "coupling_out",  # frames whose coupled 16-bit signals disagree (four wheel speeds)
+    "fixed_out",  # frames where a byte that held one value in every training drive did not
     "bus_load",  # vehicle's frames in the window / learned
     "bus_novel",  # fraction of the vehicle's frames with unseen ids
     "bus_missing",  # fraction of expected ids absent

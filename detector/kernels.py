@@ -254,11 +254,13 @@ def segments(key, win, order):  # pragma: no cover - compiled
 #: Accumulator columns of an open (vehicle, id, window) group.
 #: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
 #: frames where another byte changed, changes together with another byte; then
-#: frames failing each check; the most severe label; frames breaking a signal coupling.
+#: frames failing each check; the most severe label; frames breaking a signal coupling,
+#: frames moving a fixed byte.
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
-A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL, A_COUPLE = range(27, 36)
-N_ACC_I = 36
+A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
+A_COUPLE, A_FIXED = 35, 36
+N_ACC_I = 37
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST = 0, 1, 2, 3
 N_ACC_F = 4
@@ -323,6 +325,7 @@ def _emit(
         X[13] = a[A_NOVEL] / count
         X[14] = a[A_DLC] / count
         X[16] = a[A_COUPLE] / count
+        X[17] = a[A_FIXED] / count
     for c in range(acc_i.shape[1]):
         acc_i[r, c] = 0
     acc_f[r, F_SUM] = 0.0
@@ -410,7 +413,7 @@ def _fold(  # pragma: no cover - compiled
     byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
-    couple_a, couple_b, couple_le, couple_lo, couple_hi,
+    couple_a, couple_b, couple_le, couple_lo, couple_hi, fixed_mask, fixed_value,
     crc8_pow, dlc_masks, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
@@ -436,6 +439,8 @@ def _fold(  # pragma: no cover - compiled
         n_couple = 0
         while n_couple < n_couple_max and couple_a[s, n_couple] >= 0:
             n_couple += 1
+        fmask = fixed_mask[s]
+        fvalue = fixed_value[s]
         # the stream's row is worked on in locals (registers, L1) and written back
         for c in range(N_ACC_I):
             la[c] = acc_i[r, c]
@@ -477,7 +482,7 @@ def _fold(  # pragma: no cover - compiled
         n_lanes = 0
         p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
         p_payload = np.uint64(0)
-        out = bad = ck_bad = novel = dlc_bad = broken = False
+        out = bad = ck_bad = novel = dlc_bad = broken = moved = False
         for i in range(seg_start[g], seg_start[g + 1]):
             # A stream's frames lie ~its vehicle's id count apart in the batch, each
             # in another cache line, and a frame's work is too long for the CPU to
@@ -612,6 +617,7 @@ def _fold(  # pragma: no cover - compiled
                         m = n_hash - 1
                     novel = payload_hashes[m] != h
                 dlc_bad = ((np.int64(dlc_mask[s]) >> d) & 1) == 0
+                moved = (p64 & fmask) != fvalue
                 broken = False
                 for c in range(n_couple):
                     diff = _word(p64, couple_a[s, c], couple_le[s, c]) - _word(
@@ -619,6 +625,7 @@ def _fold(  # pragma: no cover - compiled
                     )
                     broken |= (diff < couple_lo[s, c]) | (diff > couple_hi[s, c])
             la[A_COUPLE] += broken
+            la[A_FIXED] += moved
             la[A_OUT] += out
             la[A_PAIR] += bad
             la[A_CHECKSUM] += ck_bad
@@ -702,6 +709,7 @@ def fold(
         bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask,
         bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi,
+        bl.fixed_mask.astype(np.uint64), bl.fixed_value.astype(np.uint64),
         _CRC8_POW, _DLC_MASKS, _HASH_MUL,
         late, *emitted.buffers(),
     )  # fmt: skip

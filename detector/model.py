@@ -67,6 +67,7 @@ ENVELOPE_FLOOR = {
     "novel_dlc": 0.1,
     "novel_id": 1.0,  # frames of an unseen id in the window: one frame, one unit
     "coupling_out": 0.1,
+    "fixed_out": 0.1,
     "bus_load": 0.3,
     "bus_novel": 0.01,
     "bus_missing": 0.1,
@@ -143,11 +144,21 @@ class PlatformModel:
         return row_scores(self.calibrated(X, can_id), self.threshold)
 
 
+#: The other columns' calibrated evidence counts this much, up to TIE_CAP in all:
+#: rows tied on their strongest column rank by how much else agrees, but what the
+#: other columns add stays below any alert on its own.
+TIE_WEIGHT = 0.05
+TIE_CAP = 0.1
+
+
 def row_scores(calibrated: np.ndarray, threshold: float) -> np.ndarray:
-    """A row's score: its strongest calibrated column over the threshold."""
+    """A row's score: its strongest calibrated column over the threshold (plus at most
+    TIE_CAP of the rest's, to rank rows tied on their strongest column)."""
     if len(calibrated) == 0:
         return np.zeros(0)
-    return calibrated.max(axis=1) / threshold
+    top = calibrated.max(axis=1)
+    rest = np.minimum(TIE_WEIGHT * (calibrated.sum(axis=1) - top), TIE_CAP)
+    return (top + rest) / threshold
 
 
 def envelope_slot(baseline: Baseline, can_id: np.ndarray) -> np.ndarray:
@@ -234,11 +245,13 @@ def slot_maxima(slot: np.ndarray, evidence: np.ndarray, n_slots: int) -> np.ndar
 
 
 def cross_drive_scale(held_out_maxima: np.ndarray, target_fpr: float) -> np.ndarray:
-    """Each column's scale: the value at most ``target_fpr`` of held-out benign
-    windows exceeded (their per-window maxima, ``window_maxima``), at least MIN_SCALE."""
+    """Each column's scale: the value at most ``target_fpr`` / N_EVIDENCE of held-out
+    benign windows exceeded (their per-window maxima), at least MIN_SCALE. A window
+    alerts on its strongest column, so the columns share the false-positive budget."""
     if len(held_out_maxima) == 0:
         raise ValueError("no held-out benign windows to calibrate the evidence on")
-    q = np.quantile(held_out_maxima, 1.0 - target_fpr, axis=0, method="higher")
+    level = 1.0 - target_fpr / held_out_maxima.shape[1]
+    q = np.quantile(held_out_maxima, level, axis=0, method="higher")
     return np.maximum(q, MIN_SCALE)
 
 

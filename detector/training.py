@@ -201,25 +201,23 @@ def held_out_evidence(model: PlatformModel, segments: list[Segment], window_s: f
 def calibrate(model: PlatformModel, folds: list[HeldOut], target_fpr: float) -> None:
     """Set ``model``'s per-id tolerance and cross-drive scale from its folds' held-out rows.
 
-    An id's tolerance is the most evidence it showed on any held-out drive: a message
-    that is bursty on some drives, a field whose meaning changes with a mode. What a
-    new drive shows beyond that is measured cross-fitted: each fold's rows against the
-    tolerance the *other* folds taught, so an id's quirk seen in only one drive counts
-    as new there. Each column's scale is what those residuals reached per window.
+    Each column's scale is how far benign windows of held-out drives went (see
+    ``cross_drive_scale``). An id's tolerance is the most evidence it showed on any
+    held-out drive: a message that is bursty on some drives, a field whose meaning
+    changes with a mode stay that id's own and need not be seen anew.
     """
     n_slots = len(model.baseline.ids) + 1
-    slots = [envelope_slot(model.baseline, f.can_id) for f in folds]
-    per_fold = [slot_maxima(s, f.evidence, n_slots) for s, f in zip(slots, folds, strict=True)]
-    model.tolerance = np.maximum.reduce(per_fold)
-    residual = []
-    for i, (s, f) in enumerate(zip(slots, folds, strict=True)):
-        others = [t for j, t in enumerate(per_fold) if j != i]
-        taught = np.maximum.reduce(others) if others else np.zeros_like(per_fold[i])
-        r = np.maximum(f.evidence - taught[s], 0.0)
+    tolerance = np.zeros((n_slots, N_EVIDENCE))
+    maxima = []
+    for f in folds:
+        tolerance = np.maximum(
+            tolerance, slot_maxima(envelope_slot(model.baseline, f.can_id), f.evidence, n_slots)
+        )
         out = np.zeros((int(f.group.max()) + 1 if len(f.group) else 0, N_EVIDENCE))
-        np.maximum.at(out, f.group, r)
-        residual.append(out)
-    model.evidence_scale = cross_drive_scale(np.concatenate(residual), target_fpr)
+        np.maximum.at(out, f.group, f.evidence)
+        maxima.append(out)
+    model.tolerance = tolerance
+    model.evidence_scale = cross_drive_scale(np.concatenate(maxima), target_fpr)
 
 
 def calibration_folds(segments: list[Segment], window_s: float):

@@ -19,8 +19,9 @@ filled in with documented, deterministic choices:
   vehicle-speed signal the padding starts with a synthetic powertrain set
   (speed, wheel speeds, engine, steering) so every vehicle has physics.
 * **Roles**: each signal gets a role from its name (counter, checksum, speed,
-  wheel_speed, rpm, gear, steer_angle, ...; see ``_ROLE_PATTERNS``) that tells
-  the simulator how to drive it. Like opendbc, only signals named exactly
+  wheel_speed, rpm, gear, steer_angle, slow (coolant, fuel, battery: a level per
+  drive), state (lights, doors, HVAC, drive mode: a setting per drive), ...; see
+  ``_ROLE_PATTERNS``) that tells the simulator how to drive it. Like opendbc, only signals named exactly
   ``CHECKSUM`` carry a computed checksum; the checksum kind is per platform
   (``_CHECKSUM_BY_DBC``).
 
@@ -75,8 +76,12 @@ _ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("steer_angle", r"STEER(ING)?_?ANGLE|^ANGLE$"),
         ("steer_rate", r"STEER(ING)?_?(RATE|SPEED)$"),
         ("distance", r"DISTANCE_ROUES|_SECU$|LTOTDST"),
+        ("slow", r"COOLANT|TEMP|FUEL|BATT|VOLT|OIL_|AMBIENT|PRESSURE"),
+        ("state", r"LIGHT|LAMP|DOOR|HVAC|BLOWER|CLIMA|DRIVE_?MODE|IGN|BELT|WIPER|HEAT|BEAM|HAZARD|TRUNK|HOOD"),
     )
 )
+#: Roles given to a signal of any length (the others need >= 3 bits to be driven).
+_ANY_LENGTH = ("counter", "state")
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class SignalSpec:
     scale: float
     offset: float
     unit: str
-    role: str  # counter | checksum | speed | ... | smooth | constant
+    role: str  # counter | checksum | speed | ... | slow | state | smooth | constant
 
     @property
     def raw_max(self) -> int:
@@ -198,7 +203,7 @@ def signal_role(name: str, length: int, scale: float, unit: str) -> str:
     if upper == "CHECKSUM":
         return "checksum"
     for role, rx in _ROLE_PATTERNS:
-        if rx.search(upper) and (length >= 3 or role == "counter"):
+        if rx.search(upper) and (length >= 3 or role in _ANY_LENGTH):
             return role
     physical = (unit not in ("", "-", "yes/no")) or scale != 1
     return "smooth" if physical and length >= 6 else "constant"

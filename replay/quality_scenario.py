@@ -1,10 +1,15 @@
 """The simulator detection-quality scenario, one definition for its test and its bench.
 
-Per platform, a model trained on ``TRAIN_VEHICLES`` x ``TRAIN_S`` s of benign
-traffic; then, for each attack family, a fresh vehicle (a seed never used in
-training) of ``TEST_S`` s with the attack injected at ``ATTACK_START`` for
-``ATTACK_S`` s. tests/test_detection_quality.py holds the thresholds it must
-meet; bench/quality.py prints the same figures as a table.
+Per platform, a model is trained on ``TRAIN_VEHICLES`` vehicles, ``TRAIN_DRIVES``
+drives each of ``TRAIN_S`` s, grouped by vehicle (so its calibration holds whole
+vehicles out). Everything it is then judged on is new to it: for each attack
+family, a vehicle never seen in training (``TEST_S`` s, the attack injected at
+``ATTACK_START`` for ``ATTACK_S`` s), and for benign traffic, ``BENIGN_VEHICLES``
+new vehicles plus a new drive of a trained vehicle. The simulator varies drives
+like real ones (replay/simulator.py: styles, stops, settings per drive, slow
+signals starting where the drive starts them), so a model that memorises its
+training drives fails here. tests/test_detection_quality.py holds the thresholds;
+bench/quality.py prints the same figures as a table.
 """
 
 from __future__ import annotations
@@ -26,16 +31,33 @@ PLATFORM_BRANDS = {
     "omega": "opel",
 }
 FAMILIES = INJECTABLE
-TRAIN_VEHICLES, TRAIN_S = 10, 120.0
+TRAIN_VEHICLES, TRAIN_DRIVES, TRAIN_S = 5, 2, 90.0
 TEST_S, ATTACK_START, ATTACK_S = 40.0, 15.0, 8.0
+BENIGN_VEHICLES, BENIGN_S = 4, 60.0
 START_TS = 1.7e9
+TRAIN_SEED, ATTACK_SEED, BENIGN_SEED = 100, 900, 950
 
 
-def training_recordings(platform: str) -> list[np.ndarray]:
-    """The benign drives a platform's model is trained on."""
-    return [
-        simulate_vehicle(platform, TRAIN_S, START_TS, seed=100 + i) for i in range(TRAIN_VEHICLES)
+def training_recordings(platform: str) -> tuple[list[np.ndarray], list[int]]:
+    """The benign drives a platform's model is trained on, and each one's vehicle."""
+    recordings, vehicles = [], []
+    for v in range(TRAIN_VEHICLES):
+        for d in range(TRAIN_DRIVES):
+            recordings.append(
+                simulate_vehicle(platform, TRAIN_S, START_TS, seed=TRAIN_SEED + v, drive=d)
+            )
+            vehicles.append(v)
+    return recordings, vehicles
+
+
+def benign_drives(platform: str) -> list[tuple[str, np.ndarray]]:
+    """Benign traffic the model never saw: new vehicles, and a new drive of a trained one."""
+    out = [
+        (f"veh-{BENIGN_SEED + i}", simulate_vehicle(platform, BENIGN_S, START_TS, BENIGN_SEED + i))
+        for i in range(BENIGN_VEHICLES)
     ]
+    new_drive = simulate_vehicle(platform, BENIGN_S, START_TS, TRAIN_SEED, drive=TRAIN_DRIVES)
+    return [*out, (f"veh-{TRAIN_SEED}-drive-{TRAIN_DRIVES}", new_drive)]
 
 
 @dataclass
@@ -48,7 +70,7 @@ class AttackedVehicle:
 
 
 def attacked_vehicle(platform: str, family: str) -> AttackedVehicle:
-    seed = 900 + FAMILIES.index(family)
+    seed = ATTACK_SEED + FAMILIES.index(family)
     frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
     spec = AttackSpec.parse(f"{family}:start={ATTACK_START},duration={ATTACK_S}")
     frames, span = inject(frames, spec, seed=seed)

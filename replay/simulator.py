@@ -1,7 +1,9 @@
 """Realistic multi-vehicle CAN traffic from the platform profiles (replay/profiles.py).
 
-Each vehicle gets one driving trace (:class:`DriveTrace`): a smooth random speed
-made of a few slow sinusoids (always >= 1 m/s, |acceleration| <= ~2.5 m/s^2),
+Each drive of a vehicle gets one driving trace (:class:`DriveTrace`) in a style
+(city, suburban, highway): a smooth random speed made of a few slow sinusoids
+(|acceleration| <= ~2.5 m/s^2; a city drive stops now and then and may start
+standing),
 a gear chosen from speed, engine RPM from speed x gear ratio (idle 800 rpm),
 wheel speeds = vehicle speed x a per-wheel tyre factor (+-0.3 %) and a smooth
 steering angle that narrows with speed. Every message of the profile is then
@@ -10,12 +12,18 @@ with non-cumulative jitter of +-``JITTER`` of the period (ECUs schedule on a
 tick, so jitter does not accumulate), signals evaluated at those timestamps and
 packed, counters incrementing modulo their size, and checksums computed last
 over the other bytes (:func:`compute_checksum`).
+
+Drives differ the way real ones do: slow signals (coolant, fuel, battery) start
+at a level of the drive's own, a quarter of the signals the DBC leaves
+undescribed are settings of the drive (lights, modes, doors; now and then one
+changes mid-drive), a tenth are the vehicle's own (variant coding), and the
+odometer is the vehicle's.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -85,9 +93,32 @@ def _checksum(kind: str, can_id: int, data: np.ndarray, sig: SignalSpec, dlc: in
     raise ValueError(f"unknown checksum kind {kind!r}")
 
 
+#: Driving styles: (mean speed range m/s, share of it the speed swings by, stops).
+STYLES = {
+    "city": ((6.0, 12.0), (0.3, 0.9), True),
+    "suburban": ((12.0, 20.0), (0.3, 0.7), False),
+    "highway": ((22.0, 32.0), (0.1, 0.3), False),
+}
+#: A stop-and-go drive stops every STOP_EVERY_S (range) for STOP_S (range); pulling
+#: away and braking take RAMP_S (a smoothstep: peak acceleration <= 2.3 m/s^2).
+STOP_EVERY_S = (60.0, 150.0)  # > STOP_S + 2 RAMP_S: ramps never overlap
+STOP_S = (5.0, 25.0)
+RAMP_S = 12.0
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 @dataclass(frozen=True)
 class DriveTrace:
-    """A vehicle's smooth driving state as vectorized functions of time (s since start)."""
+    """A vehicle's smooth driving state as vectorized functions of time (s since start).
+
+    The speed is a few slow sinusoids around a mean set by the drive's style; a
+    city drive also stops now and then (and may start standing), each stop
+    reached and left smoothly.
+    """
 
     v_mean: float
     amp: np.ndarray
@@ -96,14 +127,23 @@ class DriveTrace:
     steer_amp: np.ndarray
     steer_freq: np.ndarray
     steer_phase: np.ndarray
+    stops: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (start, end) s
+    style: str = "suburban"
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> DriveTrace:
-        v_mean = rng.uniform(8.0, 25.0)
+    def random(cls, rng: np.random.Generator, style: str | None = None) -> DriveTrace:
+        style = style or str(rng.choice(list(STYLES)))
+        (v_lo, v_hi), (a_lo, a_hi), stopping = STYLES[style]
+        v_mean = rng.uniform(v_lo, v_hi)
         freq = rng.uniform(0.004, 0.03, 4)
-        amp = rng.dirichlet(np.ones(4)) * (v_mean - 1.0) * rng.uniform(0.3, 0.95)
+        amp = rng.dirichlet(np.ones(4)) * (v_mean - 1.0) * rng.uniform(a_lo, a_hi)
         # keep |dv/dt| <= sum(2 pi f A) <= 2.5 m/s^2
         amp *= min(1.0, 2.5 / float(np.sum(2 * np.pi * freq * amp)))
+        stops = np.zeros((0, 2))
+        if stopping:  # half the city drives start standing
+            first = 0.0 if rng.random() < 0.5 else rng.uniform(*STOP_EVERY_S)
+            starts = first + np.r_[0.0, np.cumsum(rng.uniform(*STOP_EVERY_S, 63))]
+            stops = np.stack([starts, starts + rng.uniform(*STOP_S, len(starts))], axis=1)
         return cls(
             v_mean,
             amp,
@@ -112,20 +152,36 @@ class DriveTrace:
             rng.uniform(5.0, 60.0, 3),
             rng.uniform(0.02, 0.15, 3),
             rng.uniform(0, 2 * np.pi, 3),
+            stops,
+            style,
         )
+
+    def moving(self, t: np.ndarray) -> np.ndarray:
+        """1 while driving, 0 while stopped: braking over RAMP_S before a stop, pulling
+        away over RAMP_S after it."""
+        t = np.asarray(t, dtype=np.float64)
+        gate = np.ones_like(t)
+        for a, b in self.stops:
+            down = _smoothstep((a - t) / RAMP_S)
+            up = _smoothstep((t - b) / RAMP_S)
+            gate = np.minimum(gate, np.where(t < (a + b) / 2, down, up))
+        return gate
 
     def speed(self, t: np.ndarray) -> np.ndarray:
         """m/s."""
         w = 2 * np.pi * self.freq
-        return self.v_mean + np.sin(np.outer(t, w) + self.phase) @ self.amp
+        cruise = self.v_mean + np.sin(np.outer(t, w) + self.phase) @ self.amp
+        return cruise * self.moving(t) if len(self.stops) else cruise
 
     def distance(self, t: np.ndarray) -> np.ndarray:
-        """m driven since t = 0 (exact integral of speed)."""
-        w = 2 * np.pi * self.freq
-        return (
-            self.v_mean * t
-            + ((np.cos(self.phase) - np.cos(np.outer(t, w) + self.phase)) / w) @ self.amp
-        )
+        """m driven since t = 0 (speed integrated on a 50 ms grid)."""
+        t = np.asarray(t, dtype=np.float64)
+        if len(t) == 0:
+            return np.zeros(0)
+        grid = np.arange(0.0, float(t.max()) + 0.1, 0.05)
+        v = self.speed(grid)
+        d = np.r_[0.0, np.cumsum((v[1:] + v[:-1]) / 2 * 0.05)]
+        return np.interp(t, grid, d)
 
     def gear(self, t: np.ndarray) -> np.ndarray:
         return 1 + np.searchsorted(GEAR_UP_MS, self.speed(t))
@@ -154,7 +210,7 @@ def _speed_unit(v_ms: np.ndarray, unit: str) -> np.ndarray:
 
 
 def _physical(
-    sig: SignalSpec, t: np.ndarray, trace: DriveTrace, rng: np.random.Generator
+    sig: SignalSpec, t: np.ndarray, trace: DriveTrace, rng: np.random.Generator, odometer_km: float
 ) -> np.ndarray | None:
     """Physical values of a driven signal at times ``t``; None for raw-domain roles."""
     role = sig.role
@@ -162,7 +218,7 @@ def _physical(
         return _speed_unit(trace.speed(t), sig.unit)
     if role == "wheel_speed":
         v = trace.speed(t) * (1.0 + rng.uniform(-0.003, 0.003)) + rng.normal(0.0, 0.01, len(t))
-        return _speed_unit(v, sig.unit)
+        return _speed_unit(np.maximum(v, 0.0), sig.unit)
     if role == "wheel_rpm":
         return trace.speed(t) / (2 * np.pi * WHEEL_RADIUS_M) * 60.0
     if role == "rpm":
@@ -179,8 +235,46 @@ def _physical(
         return trace.steer_rate(t)
     if role == "distance":
         d = trace.distance(t)
-        return d / 1000.0 + rng.uniform(5_000, 150_000) if "km" in sig.unit.lower() else d
+        return d / 1000.0 + odometer_km if "km" in sig.unit.lower() else d
     return None
+
+
+#: Of the signals a DBC leaves undescribed (constant in the profile), about one in
+#: STATE_SHARE is a setting of the drive (a mode, a switch, a door) and one in
+#: VEHICLE_SHARE a property of the vehicle (variant coding); the rest are the same
+#: fleet-wide.
+STATE_SHARE = 4
+VEHICLE_SHARE = 10
+#: A drive's setting changes once during the drive with this probability.
+STATE_CHANGE_P = 0.15
+
+
+def _key(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def constant_kind(platform: str, msg: MessageSpec, sig: SignalSpec) -> str:
+    """How an undescribed (constant-role) signal varies: state | vehicle | constant."""
+    k = _key(platform, msg.can_id, sig.name, "kind")
+    if k % STATE_SHARE == 0:
+        return "state"
+    return "vehicle" if k % VEHICLE_SHARE == 1 else "constant"
+
+
+def _state(
+    platform: str, msg: MessageSpec, sig: SignalSpec, t: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A setting of the drive: one of 2-4 values the signal takes on this platform, set
+    at the start and, now and then, changed once mid-drive."""
+    span = sig.raw_max - sig.raw_min + 1
+    choices = np.unique(
+        [sig.raw_min] + [sig.raw_min + _key(platform, msg.can_id, sig.name, i) % span for i in range(3)]
+    )
+    first, second = rng.choice(choices, 2, replace=len(choices) < 2)
+    out = np.full(len(t), first)
+    if len(t) and rng.random() < STATE_CHANGE_P:
+        out[t >= rng.uniform(t[0], t[-1])] = second
+    return out
 
 
 def _raw_values(
@@ -190,25 +284,40 @@ def _raw_values(
     trace: DriveTrace,
     rng: np.random.Generator,
     platform: str,
+    vehicle: int = 0,
 ) -> np.ndarray:
     n = len(t)
+    span = sig.raw_max - sig.raw_min
     if sig.role == "counter":
         return (rng.integers(0, 1 << sig.length) + np.arange(n)) % (1 << sig.length)
-    phys = _physical(sig, t, trace, rng)
+    odometer_km = 5_000 + _key(platform, vehicle, "odometer") % 145_000  # per vehicle
+    phys = _physical(sig, t, trace, rng, odometer_km)
+    kind = constant_kind(platform, msg, sig) if sig.role == "constant" else sig.role
     if phys is not None:
         raw = np.round((phys - sig.offset) / sig.scale)
         if sig.role == "distance":  # odometers wrap around
             raw = raw % (sig.raw_max + 1)
     elif sig.role == "smooth":
-        # piecewise-linear between random knots every ~3 s, inside the middle of the range
-        span = sig.raw_max - sig.raw_min
+        # piecewise-linear between random knots every ~3 s, in a band of the range the
+        # drive sets (a cabin temperature, a pedal: where they sit differs per drive)
+        centre, half = rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.2)
         knots_t = np.arange(0.0, t[-1] + 6.0, 3.0) if n else np.zeros(1)
-        knots = sig.raw_min + span * rng.uniform(0.3, 0.6, len(knots_t))
+        knots = sig.raw_min + span * rng.uniform(centre - half, centre + half, len(knots_t))
         raw = np.round(np.interp(t, knots_t, knots))
+    elif sig.role == "slow":
+        # a level the drive starts at (a cold or a warm engine, a full or an empty tank)
+        # that creeps towards another over minutes
+        start, end = rng.uniform(0.1, 0.9, 2)
+        tau = rng.uniform(200.0, 1000.0)
+        raw = np.round(sig.raw_min + span * (end + (start - end) * np.exp(-t / tau)))
+    elif kind == "state":
+        raw = _state(platform, msg, sig, t, rng)
+    elif kind == "vehicle":
+        raw = np.full(n, sig.raw_min + _key(platform, msg.can_id, sig.name, vehicle) % (span + 1))
     else:
         # constant per platform (same software fleet-wide); flags stay off
-        seed = zlib.crc32(f"{platform}/{msg.can_id}/{sig.name}".encode())
-        value = 0 if sig.length <= 2 else seed % (sig.raw_max - sig.raw_min + 1) + sig.raw_min
+        seed = _key(platform, msg.can_id, sig.name)
+        value = 0 if sig.length <= 2 else seed % (span + 1) + sig.raw_min
         raw = np.full(n, value)
     return np.clip(raw, sig.raw_min, sig.raw_max).astype(np.int64)
 
@@ -220,6 +329,7 @@ def simulate_message(
     trace: DriveTrace,
     rng: np.random.Generator,
     platform: str = "",
+    vehicle: int = 0,
 ) -> np.ndarray:
     """All frames of one message over ``[start_ts, start_ts + duration_s)``."""
     phase = rng.uniform(0.0, msg.period_s)
@@ -232,7 +342,7 @@ def simulate_message(
         if sig.role == "checksum":
             checksum = sig
             continue
-        pack_signal(data, sig, _raw_values(msg, sig, t, trace, rng, platform))
+        pack_signal(data, sig, _raw_values(msg, sig, t, trace, rng, platform, vehicle))
     if checksum is not None and msg.checksum != "none":
         pack_signal(
             data, checksum, compute_checksum(msg.checksum, msg.can_id, data, checksum, msg.dlc)
@@ -246,17 +356,29 @@ def simulate_message(
 
 
 def simulate_vehicle(
-    platform: str, duration_s: float, start_ts: float = 1.7e9, seed: int = 0
+    platform: str,
+    duration_s: float,
+    start_ts: float = 1.7e9,
+    seed: int = 0,
+    drive: int = 0,
+    style: str | None = None,
 ) -> np.ndarray:
-    """One vehicle's benign bus traffic (FRAME_DTYPE, sorted by ts); deterministic per seed."""
+    """One drive's benign bus traffic (FRAME_DTYPE, sorted by ts), deterministic per
+    (vehicle ``seed``, ``drive``). The vehicle fixes what is its own (odometer, variant
+    coding); the drive its style (``style``: city, suburban or highway; random by
+    default), its settings (lights, modes, doors) and where its slow signals start."""
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
+    if style is not None and style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     profile = load_profile(platform)
-    root = np.random.SeedSequence([int(seed), zlib.crc32(platform.encode())])
+    root = np.random.SeedSequence([int(seed), zlib.crc32(platform.encode()), int(drive)])
     trace_seed, *msg_seeds = root.spawn(len(profile.messages) + 1)
-    trace = DriveTrace.random(np.random.default_rng(trace_seed))
+    trace = DriveTrace.random(np.random.default_rng(trace_seed), style)
     parts = [
-        simulate_message(msg, duration_s, start_ts, trace, np.random.default_rng(s), platform)
+        simulate_message(
+            msg, duration_s, start_ts, trace, np.random.default_rng(s), platform, int(seed)
+        )
         for msg, s in zip(profile.messages, msg_seeds, strict=True)
     ]
     frames = np.concatenate(parts)

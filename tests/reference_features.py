@@ -93,6 +93,7 @@ def frame_checks(
         b = np.maximum(bl.couple_b[slot, c], 0).astype(np.int64)
         diff = words[rows, le, a].astype(np.int64) - words[rows, le, b]
         coupling_out |= on & ((diff < bl.couple_lo[slot, c]) | (diff > bl.couple_hi[slot, c]))
+    fixed_out = known & ((payload_u64(data) & bl.fixed_mask[slot]) != bl.fixed_value[slot])
     return {
         "slot": slot,
         "known": known,
@@ -108,6 +109,7 @@ def frame_checks(
         "novel_payload": novel_payload,
         "novel_dlc": novel_dlc,
         "coupling_out": coupling_out,
+        "fixed_out": fixed_out,
     }
 
 
@@ -177,7 +179,7 @@ def present_rows(
     drop = np.where(n_other >= 3, bl.cond_change[slot] - cond, 0.0)
     X[:, F["change_drop"]] = np.where(known, np.maximum(drop.max(axis=1), 0.0), 0.0)
     X[:, F["change_rise"]] = np.where(known & (n_dt > 0), np.maximum(dev.max(axis=1), 0.0), 0.0)
-    for name in ("out_of_range", "pair_out", "checksum_err", "novel_payload", "novel_dlc", "coupling_out"):
+    for name in ("out_of_range", "pair_out", "checksum_err", "novel_payload", "novel_dlc", "coupling_out", "fixed_out"):
         X[:, F[name]] = _segment_sum(checks[name], starts) / count
     for name in ("delta_out", "counter_err"):
         X[:, F[name]] = _segment_sum(checks[name], starts) / n_pairs

@@ -1,10 +1,13 @@
-"""Detection quality on simulated fleets: every attack family on three platforms.
+"""Detection quality on simulated fleets, judged only on vehicles and drives the model
+never saw: every attack family on every platform.
 
-Each platform's model is trained once (module scope) on benign traffic of a few
-simulated vehicles, laid out the way ``canwatch simulate`` writes a fleet (every
-vehicle starts at the same time). Each attack is then injected into a fresh
-vehicle never seen in training and scored through ``detector.evaluate``, the
-path ``canwatch evaluate`` runs.
+Each platform's model is trained once (module scope) on two drives each of a few
+simulated vehicles (``replay.quality_scenario``), laid out the way ``canwatch
+simulate`` writes a fleet (every vehicle starts at the same time). Drives differ
+like real ones: style, stops, settings, where slow signals start. Each attack is
+injected into a vehicle never seen in training, and benign traffic comes from new
+vehicles and a new drive of a trained one, all scored through
+``detector.evaluate``, the path ``canwatch evaluate`` runs.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from detector.model import PlatformModel
 from detector.training import train_platform
 from replay.quality_scenario import (
     ATTACK_S,
+    BENIGN_S,
     FAMILIES,
     PLATFORM_BRANDS,
     START_TS,
-    TEST_S,
     attacked_vehicle,
+    benign_drives,
     training_recordings,
 )
 from replay.simulator import simulate_vehicle
@@ -34,11 +38,17 @@ W = CFG.window_s
 MIN_AUC = 0.95
 MAX_TTD_WINDOWS = 2
 MAX_BENIGN_FLAGGED = 0.01
-BENIGN_SEEDS = (950, 951, 952)
 
 # Known gaps (see the report of this test module). Each is an xfail, not a skip,
 # so it turns into XPASS as soon as the detector improves.
 _XFAIL_QUALITY: dict[tuple[str, str], str] = {
+    ("cusw", "masquerade"): "the forged byte 4 of 0x32C is an undocumented smooth signal whose "
+    "band moves from drive to drive (0..255 over the training drives): the forged constant is "
+    "inside it, and no coupling, counter or checksum covers it; only its onset jump shows "
+    "(window ROC-AUC 0.42)",
+    ("giorgio", "masquerade"): "the forged byte 0 of 0x259 never moved in training (fixed_out), "
+    "but on vehicles held out of training such bytes move too (per-vehicle flags), so that "
+    "column alone stays under the threshold: ranked first (window ROC-AUC 0.97), never alerted",
     ("aee2010", "masquerade"): "the forged byte 6 of 0x3F2 (LANE_KEEP_ASSIST SET_ANGLE) is set "
     "to a constant, but it spans 0..255 in every training drive and PSA's 4-bit nibble "
     "checksum is not among the learnable checksums: window ROC-AUC 0.40",
@@ -46,6 +56,8 @@ _XFAIL_QUALITY: dict[tuple[str, str], str] = {
 _XFAIL_BENIGN: dict[tuple[str], str] = {}
 _XFAIL_KIND: dict[tuple[str, str], str] = {
     ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
+    ("cusw", "masquerade"): "not detected (see test_attack_detected)",
+    ("giorgio", "masquerade"): "never alerted (see test_attack_detected)",
     ("aee2010", "replay"): "classified spoofing: the replayed 0x348 frames raise its rate and "
     "their counter breaks are not the dominant evidence",
     ("pacifica", "spoofing"): "classified replay: the spoofed id carries a counter, and "
@@ -77,7 +89,8 @@ def models() -> dict[str, PlatformModel]:
 
 def model_for(models: dict[str, PlatformModel], platform: str) -> PlatformModel:
     if platform not in models:
-        models[platform], _ = train_platform(platform, training_recordings(platform), CFG)
+        recordings, vehicles = training_recordings(platform)
+        models[platform], _ = train_platform(platform, recordings, CFG, drives=vehicles)
     return models[platform]
 
 
@@ -108,23 +121,19 @@ def test_attack_detected(models, platform: str, family: str) -> None:
 @pytest.mark.parametrize("platform", _params(_XFAIL_BENIGN, [(p,) for p in PLATFORMS]))
 def test_benign_vehicles_rarely_flagged(models, platform: str) -> None:
     model = model_for(models, platform)
-    flagged, total = 0, 0
-    for seed in BENIGN_SEEDS:
-        frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
+    flagged, total, incidents = 0, 0, 0
+    drives = benign_drives(platform)
+    for name, frames in drives:
         ev = score_frames(
-            frames,
-            PLATFORMS[platform],
-            f"veh-{seed}",
-            model,
-            load_fleet(),
-            W,
-            IncidentConfig(),
+            frames, PLATFORMS[platform], name, model, load_fleet(), W, IncidentConfig()
         )
         assert not ev.attack.any()
         flagged += int((ev.score >= 1.0).sum())
         total += len(ev.score)
-    assert total >= len(BENIGN_SEEDS) * (TEST_S - 3)
+        incidents += len(ev.incidents)
+    assert total >= len(drives) * (BENIGN_S - 3)
     assert flagged / total <= MAX_BENIGN_FLAGGED, f"{platform}: {flagged}/{total} windows flagged"
+    assert incidents <= 1, f"{platform}: {incidents} false incidents in {total} benign windows"
 
 
 def suspected(ev: Evaluation, span) -> str | None:
