@@ -80,6 +80,10 @@ class Baseline:
     counter_mask: np.ndarray  # (k,) u1
     counter_shift: np.ndarray  # (k,) u1
     counter_step: np.ndarray  # (k,) u1
+    counter2_byte: np.ndarray  # (k,) i1 a second counter's byte, -1 = none (see _learn_counters)
+    counter2_mask: np.ndarray  # (k,) u1
+    counter2_shift: np.ndarray  # (k,) u1
+    counter2_step: np.ndarray  # (k,) u1
     checksum_kind: np.ndarray  # (k,) u1 0 = none, else a CHECKSUMS code
     checksum_byte: np.ndarray  # (k,) i1
     payload_hashes: np.ndarray  # (m,) u8 sorted hashes of (id slot, payload) for dictionary ids
@@ -167,12 +171,14 @@ def checksum_values(
     raise ValueError(f"unknown checksum kind {kind}")
 
 
-def _learn_counter(data: np.ndarray) -> tuple[int, int, int, int]:
-    """(byte, mask, shift, step) of a field that steps by a constant, or byte -1."""
+def _learn_counters(data: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Up to two (byte, mask, shift, step): fields in different bytes that step by a
+    constant, widest first. A frame breaks the counters only when it breaks every one:
+    a mode of the car may give one of them another meaning (a gear byte's low nibble),
+    a forged or replayed frame breaks them all."""
     if len(data) < 20:
-        return -1, 0, 0, 0
-    best = (-1, 0, 0, 0)
-    best_bits = 0
+        return []
+    best: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
     for b in range(8):
         col = data[:, b].astype(np.int32)
         for mask, shift in COUNTER_FIELDS:
@@ -186,9 +192,16 @@ def _learn_counter(data: np.ndarray) -> tuple[int, int, int, int]:
             if top == 0 or counts[top] < 0.97 * len(step):
                 continue
             bits = bin(mask).count("1")
-            if bits > best_bits:
-                best, best_bits = (b, mask, shift, top), bits
-    return best
+            if bits > best.get(b, (0,))[0]:
+                best[b] = (bits, (b, mask, shift, top))
+    ranked = sorted(best.values(), key=lambda v: (-v[0], v[1][0]))
+    return [field for _, field in ranked[:2]]
+
+
+def _learn_counter(data: np.ndarray) -> tuple[int, int, int, int]:
+    """(byte, mask, shift, step) of the widest field that steps by a constant, or byte -1."""
+    fields = _learn_counters(data)
+    return fields[0] if fields else (-1, 0, 0, 0)
 
 
 def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int, int]:
@@ -336,8 +349,8 @@ def learn_baseline(
     pair_max = np.zeros((k, len(PAIRS)), np.int16)
     pair_tight = np.zeros((k, len(PAIRS)), bool)
     dlc_mask = np.zeros(k, np.uint16)
-    counter = np.full((k, 4), 0, np.int64)
-    counter[:, 0] = -1
+    counter = np.full((k, 2, 4), 0, np.int64)
+    counter[:, :, 0] = -1
     checksum_kind = np.zeros(k, np.uint8)
     checksum_byte = np.full(k, -1, np.int8)
     has_dict = np.zeros(k, bool)
@@ -402,7 +415,8 @@ def learn_baseline(
             delta_min[j], delta_max[j] = -255, 255
         # a counter/checksum must be learned on one vehicle's consecutive frames
         first_stream = s[rows] == s[rows][0]
-        counter[j] = _learn_counter(d[first_stream])
+        for c, field in enumerate(_learn_counters(d[first_stream])):
+            counter[j, c] = field
         checksum_kind[j], checksum_byte[j] = _learn_checksum(
             d[first_stream], dl[first_stream], int(ids[j])
         )
@@ -440,10 +454,14 @@ def learn_baseline(
         pair_min=pair_min,
         pair_max=pair_max,
         pair_tight=pair_tight,
-        counter_byte=counter[:, 0].astype(np.int8),
-        counter_mask=counter[:, 1].astype(np.uint8),
-        counter_shift=counter[:, 2].astype(np.uint8),
-        counter_step=counter[:, 3].astype(np.uint8),
+        counter_byte=counter[:, 0, 0].astype(np.int8),
+        counter_mask=counter[:, 0, 1].astype(np.uint8),
+        counter_shift=counter[:, 0, 2].astype(np.uint8),
+        counter_step=counter[:, 0, 3].astype(np.uint8),
+        counter2_byte=counter[:, 1, 0].astype(np.int8),
+        counter2_mask=counter[:, 1, 1].astype(np.uint8),
+        counter2_shift=counter[:, 1, 2].astype(np.uint8),
+        counter2_step=counter[:, 1, 3].astype(np.uint8),
         checksum_kind=checksum_kind,
         checksum_byte=checksum_byte,
         payload_hashes=np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64),

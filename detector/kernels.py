@@ -412,6 +412,7 @@ def _fold(  # pragma: no cover - compiled
     window_s, period, mean_count, ham_mean, ham_std, change_rate, cond_change,
     byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
     counter_byte, counter_mask, counter_shift, counter_step,
+    counter2_byte, counter2_mask, counter2_shift, counter2_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
     couple_a, couple_b, couple_le, couple_lo, couple_hi, fixed_mask, fixed_value,
     crc8_pow, dlc_masks, hash_mul,
@@ -433,6 +434,10 @@ def _fold(  # pragma: no cover - compiled
         cshift = counter_shift[s]
         cmod = (cmask >> cshift) + 1
         cmod_pow2 = (cmod & (cmod - 1)) == 0  # (every learned field) a mask, not a division
+        cb2 = counter2_byte[s]  # a second counter: a frame must break both
+        cmask2 = counter2_mask[s]
+        cshift2 = counter2_shift[s]
+        cmod2 = (cmask2 >> cshift2) + 1
         ck = checksum_kind[s]
         dict_on = has_dict[s] and n_hash > 0
         slot_hash = np.uint64(s + 1) * hash_mul
@@ -457,7 +462,7 @@ def _fold(  # pragma: no cover - compiled
         zero_jump = False
         for b in range(8):
             zero_jump |= (0 < delta_min[s, b]) | (0 > delta_max[s, b])
-        zero_counter = cb >= 0 and 0 != counter_step[s]
+        zero_counter = cb >= 0 and 0 != counter_step[s] and (cb2 < 0 or 0 != counter2_step[s])
         # the segment's baseline bounds as 16-bit lanes (see _to_lanes): byte deltas
         # (+256), byte ranges, and per distance kk + 1 the byte pairs (a, a + kk + 1)
         # (+256; a loose pair, or one past byte 7, gets 0..1023: never out)
@@ -579,8 +584,12 @@ def _fold(  # pragma: no cover - compiled
                         cc = (np.int64((p64 >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
                         cp = (np.int64((before >> np.uint64(8 * cb)) & np.uint64(0xFF)) & cmask) >> cshift
                         step = (cc - cp) & (cmod - 1) if cmod_pow2 else (cc - cp) % cmod
-                        if step != counter_step[s]:
-                            la[A_COUNTER] += 1
+                        broke = step != counter_step[s]
+                        if broke and cb2 >= 0:
+                            cc = (np.int64((p64 >> np.uint64(8 * cb2)) & np.uint64(0xFF)) & cmask2) >> cshift2
+                            cp = (np.int64((before >> np.uint64(8 * cb2)) & np.uint64(0xFF)) & cmask2) >> cshift2
+                            broke = (cc - cp) % cmod2 != counter2_step[s]
+                        la[A_COUNTER] += broke
             d = np.int64(dlc[j])
             if not (p_dlc == d and p_payload == p64):
                 # checks of the payload alone: a repeated payload (a third of all
@@ -706,7 +715,8 @@ def fold(
         float(window_s), bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate,
         bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
         bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
-        bl.counter_shift, bl.counter_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
+        bl.counter_shift, bl.counter_step, bl.counter2_byte, bl.counter2_mask,
+        bl.counter2_shift, bl.counter2_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask,
         bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi,
         bl.fixed_mask.astype(np.uint64), bl.fixed_value.astype(np.uint64),

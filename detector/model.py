@@ -73,8 +73,12 @@ ENVELOPE_FLOOR = {
     "bus_missing": 0.1,
     "bus_ids": 0.2,
 }
-#: Features where only values above the learned range are anomalous.
+#: Features where only values above the learned range are anomalous ...
 ONE_SIDED = ("silence", "dt_cv", "hamming_z")
+#: ... and where only values below it are: frames closer together than ever learned
+#: were squeezed in; a rare id's frames farther apart are not an attack (rate and
+#: silence see an id that slows down).
+LOW_SIDED = ("dt_min",)
 #: Evidence is capped per column so one runaway value cannot dominate evidence
 #: ranking numerically (it is still far above any threshold).
 EXCESS_CAP = 50.0
@@ -87,6 +91,16 @@ FOREST_WIDTH = 0.05
 CALIBRATION_MARGIN = 1.25
 #: The smallest cross-drive scale of a column: one envelope width.
 MIN_SCALE = 1.0
+#: Columns that are shares of a window's frames (or of its bytes, ids): their
+#: evidence cannot exceed 1 / floor. One that reached SATURATION of that bound on
+#: benign held-out drives varies from drive to drive as much as any attack could
+#: make it: its scale becomes the bound, so alone it never alerts.
+FRACTIONS = (
+    "change_drop", "change_rise", "out_of_range", "delta_out", "pair_out", "counter_err",
+    "checksum_err", "novel_payload", "novel_dlc", "coupling_out", "fixed_out", "bus_novel",
+    "bus_missing",
+)  # fmt: skip
+SATURATION = 0.5
 
 
 def frames_per_unit(mean_count: np.ndarray) -> np.ndarray:
@@ -190,12 +204,34 @@ def forest_evidence(forest: IsolationForest, X: np.ndarray, forest_hi: float) ->
     return np.minimum(np.maximum(raw - forest_hi, 0.0) / FOREST_WIDTH, EXCESS_CAP)
 
 
+#: Shares of a window's frames: one frame of a slow id is a large share, and a
+#: single frame's glitch or transition (a setting switched) is no attack. Their
+#: floor per id is at least MIN_BAD_FRAMES frames of a window's worth.
+FRAME_SHARES = (
+    "out_of_range", "delta_out", "pair_out", "counter_err", "checksum_err", "novel_payload",
+    "novel_dlc", "coupling_out", "fixed_out",
+)  # fmt: skip
+MIN_BAD_FRAMES = 2.0
+
+
+def envelope_floor(mean_count: np.ndarray) -> np.ndarray:
+    """(k + 1, F) envelope floors: ENVELOPE_FLOOR, with rate's Poisson floor and the
+    frame shares' MIN_BAD_FRAMES per id (learned frames per window ``mean_count``);
+    the last row (ids never seen) keeps the common floors."""
+    floor = np.tile(np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES]), (len(mean_count) + 1, 1))
+    floor[:-1, F_RATE] = rate_floor(mean_count)
+    per_frame = MIN_BAD_FRAMES / frames_per_unit(mean_count)
+    for name in FRAME_SHARES:
+        floor[:-1, F[name]] = np.maximum(floor[:-1, F[name]], per_frame)
+    return floor
+
+
 def fit_envelope(
-    X: np.ndarray, slot: np.ndarray, k: int, floor_rate: np.ndarray | None = None
+    X: np.ndarray, slot: np.ndarray, k: int, floor: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-slot (k rows) and global (last row) feature ranges of the training rows.
 
-    ``floor_rate`` (k,): each id's own floor for ``rate`` (default: the common one).
+    ``floor`` (k + 1, F): each slot's least envelope width (default: ENVELOPE_FLOOR).
     """
     lo = np.full((k + 1, X.shape[1]), np.inf)
     hi = np.full((k + 1, X.shape[1]), -np.inf)
@@ -204,12 +240,13 @@ def fit_envelope(
     lo[k], hi[k] = X.min(axis=0), X.max(axis=0)
     unseen = ~np.isfinite(lo[:, 0])  # ids without training rows fall back to the global range
     lo[unseen], hi[unseen] = lo[k], hi[k]
-    floor = np.tile(np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES]), (k + 1, 1))
-    if floor_rate is not None:
-        floor[:k, F_RATE] = floor_rate
+    if floor is None:
+        floor = np.tile(np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES]), (k + 1, 1))
     scale = np.maximum(hi - lo, floor)
     for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
         lo[:, F[name]] = np.minimum(lo[:, F[name]], 0.0)
+    for name in LOW_SIDED:
+        hi[:, F[name]] = np.inf
     return lo, hi, scale
 
 
@@ -246,13 +283,17 @@ def slot_maxima(slot: np.ndarray, evidence: np.ndarray, n_slots: int) -> np.ndar
 
 def cross_drive_scale(held_out_maxima: np.ndarray, target_fpr: float) -> np.ndarray:
     """Each column's scale: the value at most ``target_fpr`` / N_EVIDENCE of held-out
-    benign windows exceeded (their per-window maxima), at least MIN_SCALE. A window
-    alerts on its strongest column, so the columns share the false-positive budget."""
+    benign windows exceeded (their per-window maxima), at least MIN_SCALE, or the
+    column's bound once it came near (FRACTIONS). A window alerts on its strongest
+    column, so the columns share the false-positive budget."""
     if len(held_out_maxima) == 0:
         raise ValueError("no held-out benign windows to calibrate the evidence on")
     level = 1.0 - target_fpr / held_out_maxima.shape[1]
     q = np.quantile(held_out_maxima, level, axis=0, method="higher")
-    return np.maximum(q, MIN_SCALE)
+    bound = np.full(N_EVIDENCE, np.inf)
+    for name in FRACTIONS:
+        bound[EVIDENCE_NAMES.index(name)] = min(1.0 / ENVELOPE_FLOOR[name], EXCESS_CAP)
+    return np.maximum(np.where(q >= SATURATION * bound, bound, q), MIN_SCALE)
 
 
 def fit_platform_model(
@@ -277,7 +318,7 @@ def fit_platform_model(
     ).fit(X_train)
     k = len(baseline.ids)
     lo, hi, scale = fit_envelope(
-        X_train, envelope_slot(baseline, id_train), k, rate_floor(baseline.mean_count)
+        X_train, envelope_slot(baseline, id_train), k, envelope_floor(baseline.mean_count)
     )
     # One frame more or less per window is where a message's phase meets the
     # window boundary, not an attack: widen each id's rate range by one frame.

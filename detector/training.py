@@ -11,11 +11,14 @@ odd message that is bursty today. So calibration holds whole drives out:
 2. For each drive, a model is fitted on the other drives and scores the held-
    out drive's benign windows through the same path as the service
    (``detector.pipeline.score_rows``, warm-up and vehicle reference included).
-   With a single drive, its attack-free stretches are cut into two halves in
-   time, and each half is held out in turn.
+   With a single drive, it is cut into two halves in time, and each half is
+   held out in turn.
 3. Each evidence column's cross-drive scale is what those held-out windows
-   reached (``detector.model.cross_drive_scale``); the served model is fitted
-   on every drive and carries those scales.
+   reached, and each id's tolerance what that id showed there
+   (``calibrate``); the served model is fitted on every drive and carries them.
+
+Recordings may hold attacks: their frames are left out, and so are the streams
+they touched, window by window (``Recording``); the rest trains.
 """
 
 from __future__ import annotations
@@ -44,32 +47,65 @@ from detector.windowing import WindowState
 #: smaller one's share) are one drive: different drives of a car share a few
 #: per cent (constant messages), an edited copy of a trace nearly all.
 SAME_DRIVE_OVERLAP = 0.5
-#: Attack-free stretches shorter than this many windows are not trained on.
-MIN_SEGMENT_WINDOWS = 4
+#: A drive with fewer benign windows cannot be halved for calibration.
+MIN_DRIVE_WINDOWS = 8
 #: Drives are held out in at most this many groups (each fold fits a model).
 MAX_CALIBRATION_FOLDS = 4
 
 
-def clean_segments(
-    frames: np.ndarray, window_s: float, min_windows: int = MIN_SEGMENT_WINDOWS
-) -> list[np.ndarray]:
-    """Runs of consecutive windows without any attack frame, benign frames only.
+def stream_window_keys(can_id: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """One uint64 per (CAN id, window): id in the high half."""
+    return (np.asarray(can_id).astype(np.uint64) << np.uint64(32)) | (
+        np.asarray(window).astype(np.int64).astype(np.uint64) & np.uint64(0xFFFF_FFFF)
+    )
 
-    A window that held attack frames is not benign traffic once they are cut
-    out (a masquerade's real frames are missing from it), so such windows are
-    left out and the recording splits into independent clean segments.
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording's benign frames, the drive it belongs to, and what an attack touched.
+
+    An attack touches streams, not the whole bus: a fabricated id's window is not
+    benign traffic for that id (nor is the window after it, whose first
+    inter-arrival time and byte steps reach back into it), but every other id of
+    that window is. So the attack's frames are left out, and so are the
+    (id, window) pairs it touched (``dirty``); the rest of the recording trains.
+    A masquerade's forged frames replace genuine ones: leaving them out makes the
+    id absent there, which ``dirty`` covers too.
     """
-    win = np.floor(frames["ts"] / window_s).astype(np.int64)
-    dirty = np.unique(win[frames["label"] != 0])
-    ok = ~np.isin(win, dirty)
-    # a segment boundary wherever a dirty window (or a gap) lies between two frames
-    seg = np.cumsum(np.r_[True, (win[1:] - win[:-1] > 1) | (ok[1:] != ok[:-1])])
-    out = []
-    for s in np.unique(seg[ok]):
-        part = frames[ok & (seg == s)]
-        if len(part) and np.ptp(win[ok & (seg == s)]) + 1 >= min_windows:
-            out.append(part)
-    return out
+
+    drive: int
+    index: int
+    frames: np.ndarray  # benign frames, in time order
+    dirty: np.ndarray  # sorted stream_window_keys the attack touched, and each next window
+    window_s: float
+
+    @classmethod
+    def of(cls, frames: np.ndarray, drive: int, index: int, window_s: float) -> Recording:
+        frames = frames[np.argsort(frames["ts"], kind="stable")]
+        attack = frames[frames["label"] != 0]
+        win = np.floor(attack["ts"] / window_s).astype(np.int64)
+        dirty = np.unique(
+            np.r_[
+                stream_window_keys(attack["can_id"], win),
+                stream_window_keys(attack["can_id"], win + 1),
+            ]
+        )
+        return cls(drive, index, frames[frames["label"] == 0], dirty, window_s)
+
+    def clean(self, rows: Rows) -> np.ndarray:
+        """Rows (of this recording's frames) that no attack touched."""
+        return ~np.isin(stream_window_keys(rows.can_id, rows.window), self.dirty)
+
+    def segment_runs(self) -> np.ndarray:
+        """Per frame, how many of its id's dirty windows lie before it: consecutive-frame
+        statistics never bridge an attack's gap in a stream."""
+        key = stream_window_keys(self.frames["can_id"], np.floor(self.frames["ts"] / self.window_s))
+        first = stream_window_keys(self.frames["can_id"], np.zeros(len(self.frames)))
+        return np.searchsorted(self.dirty, key) - np.searchsorted(self.dirty, first)
+
+    def windows(self) -> int:
+        w = np.floor(self.frames["ts"] / self.window_s)
+        return int(np.ptp(w)) + 1 if len(w) else 0
 
 
 def payload_fingerprint(frames: np.ndarray) -> np.ndarray:
@@ -102,54 +138,47 @@ def drive_groups(recordings: list[np.ndarray]) -> list[int]:
     return [order[r] for r in roots]
 
 
-@dataclass(frozen=True)
-class Segment:
-    """An attack-free stretch of one recording, and the drive it belongs to."""
-
-    drive: int
-    recording: int
-    frames: np.ndarray
-
-
-def split_in_time(segments: list[Segment], window_s: float) -> list[Segment]:
-    """A single drive's segments as two pseudo-drives (0, 1), its first and second half in
-    time; a segment spanning the middle is cut at the window boundary there. Each half
-    counts as a recording of its own, which a held-out vehicle starts afresh."""
-    t0 = min(float(s.frames["ts"][0]) for s in segments)
-    t1 = max(float(s.frames["ts"][-1]) for s in segments)
-    middle = np.floor((t0 + t1) / 2 / window_s) * window_s
+def split_in_time(recordings: list[Recording]) -> list[Recording]:
+    """A single drive as two pseudo-drives (0, 1), its first and second half in time;
+    each half counts as a recording of its own, which a held-out vehicle starts afresh."""
+    t0 = min(float(r.frames["ts"][0]) for r in recordings)
+    t1 = max(float(r.frames["ts"][-1]) for r in recordings)
+    W = recordings[0].window_s
+    middle = np.floor((t0 + t1) / 2 / W) * W
     out = []
-    for s in segments:
-        cut = int(np.searchsorted(s.frames["ts"], middle))
-        for half, part in ((0, s.frames[:cut]), (1, s.frames[cut:])):
-            if len(part) and np.ptp(np.floor(part["ts"] / window_s)) + 1 >= MIN_SEGMENT_WINDOWS:
-                out.append(Segment(half, 2 * s.recording + half, part))
+    for r in recordings:
+        cut = int(np.searchsorted(r.frames["ts"], middle))
+        for half, part in ((0, r.frames[:cut]), (1, r.frames[cut:])):
+            if len(part):
+                out.append(Recording(half, 2 * r.index + half, part, r.dirty, W))
     return out
 
 
-def feature_rows(recordings: list[np.ndarray], model_baseline, window_s: float) -> Rows:
-    """Rows of every closed window of each recording (each one vehicle)."""
+def feature_rows(recordings: list[Recording], baseline) -> Rows:
+    """Rows of every closed window of each recording (each one vehicle) no attack touched."""
     parts = []
-    for i, frames in enumerate(recordings):
-        state = WindowState(window_s)
-        rows = state.push(frames, np.zeros(len(frames), np.int64), model_baseline)
+    for i, r in enumerate(recordings):
+        rows = WindowState(r.window_s).push(r.frames, np.zeros(len(r.frames), np.int64), baseline)
         rows.vehicle[:] = i
-        parts.append(rows)
+        parts.append(rows.take(np.flatnonzero(r.clean(rows))))
     return Rows.concat(parts)
 
 
-def fit_core(platform: str, segments: list[Segment], cfg: DetectionConfig) -> PlatformModel:
-    """Baseline, forest and envelope from benign segments; not yet calibrated."""
+def fit_core(platform: str, recordings: list[Recording], cfg: DetectionConfig) -> PlatformModel:
+    """Baseline, forest and envelope from the benign streams of recordings; not yet calibrated."""
     W = cfg.window_s
-    frames = np.concatenate([s.frames for s in segments])
-    seg = np.concatenate([np.full(len(s.frames), i, np.int64) for i, s in enumerate(segments)])
-    drive = np.concatenate([np.full(len(s.frames), s.drive, np.int64) for s in segments])
+    frames = np.concatenate([r.frames for r in recordings])
+    # a stream segment per recording and stretch between its id's attacked windows
+    seg = np.concatenate(
+        [(i << 24) + r.segment_runs() for i, r in enumerate(recordings)]
+    ).astype(np.int64)
+    drive = np.concatenate([np.full(len(r.frames), r.drive, np.int64) for r in recordings])
     baseline = learn_baseline(frames, seg, W, drive)
-    rows = feature_rows([s.frames for s in segments], baseline, W)
+    rows = feature_rows(recordings, baseline)
     if len(rows) < 10:
         raise ValueError(
-            f"recordings for {platform!r} are too short: {len(rows)} feature rows; "
-            f"need at least {MIN_SEGMENT_WINDOWS + 1} windows of {W} s"
+            f"recordings for {platform!r} are too short: {len(rows)} benign feature rows of "
+            f"{W} s windows"
         )
     return fit_platform_model(
         platform,
@@ -172,27 +201,23 @@ class HeldOut:
     evidence: np.ndarray
 
 
-def held_out_evidence(model: PlatformModel, segments: list[Segment], window_s: float) -> HeldOut:
-    """What the service would see scoring each held-out recording as one vehicle. A
-    recording's segments (its attack windows cut out) share the vehicle's reference and
-    its warm-up; each is windowed on its own, so no inter-arrival time spans a cut."""
+def held_out_evidence(model: PlatformModel, recordings: list[Recording]) -> HeldOut:
+    """What the service would see scoring each held-out recording as one vehicle: the
+    effective evidence of its rows no attack touched, after the vehicle's warm-up."""
     ids, groups, parts = [], [], []
     n_groups = 0
-    for rec in dict.fromkeys(s.recording for s in segments):
+    for r in recordings:
+        state = WindowState(r.window_s)
+        rows = state.push(r.frames, np.zeros(len(r.frames), np.int64), model.baseline)
         reference = StreamReference(len(model.baseline.ids))
-        first = None
-        for s in (s for s in segments if s.recording == rec):
-            state = WindowState(window_s)
-            rows = state.push(s.frames, np.zeros(len(s.frames), np.int64), model.baseline)
-            first = state.first_window if first is None else first
-            _, effective = score_rows(model, rows, first, reference)
-            after = rows.window - first[rows.vehicle] > WARMUP_WINDOWS
-            if after.any():
-                _, _, inv = vw_groups(rows.vehicle[after], rows.window[after])
-                ids.append(rows.can_id[after])
-                groups.append(inv + n_groups)
-                parts.append(effective[after])
-                n_groups += int(inv.max()) + 1
+        _, effective = score_rows(model, rows, state.first_window, reference)
+        keep = r.clean(rows) & (rows.window - state.first_window[rows.vehicle] > WARMUP_WINDOWS)
+        if keep.any():
+            _, _, inv = vw_groups(rows.vehicle[keep], rows.window[keep])
+            ids.append(rows.can_id[keep])
+            groups.append(inv + n_groups)
+            parts.append(effective[keep])
+            n_groups += int(inv.max()) + 1
     if not parts:
         return HeldOut(np.zeros(0, np.uint32), np.zeros(0, np.int64), np.zeros((0, N_EVIDENCE)))
     return HeldOut(np.concatenate(ids), np.concatenate(groups), np.concatenate(parts))
@@ -220,23 +245,23 @@ def calibrate(model: PlatformModel, folds: list[HeldOut], target_fpr: float) -> 
     model.evidence_scale = cross_drive_scale(np.concatenate(maxima), target_fpr)
 
 
-def calibration_folds(segments: list[Segment], window_s: float):
-    """(held-out drives, training segments, held-out segments): leave one drive out (or
-    one group of drives, when there are more than MAX_CALIBRATION_FOLDS), or with a
+def calibration_folds(recordings: list[Recording]):
+    """(held-out drives, training recordings, held-out recordings): leave one drive out
+    (or one group of drives, when there are more than MAX_CALIBRATION_FOLDS), or with a
     single drive, one half of it in time."""
-    drives = sorted({s.drive for s in segments})
+    drives = sorted({r.drive for r in recordings})
     if len(drives) == 1:
-        segments = split_in_time(segments, window_s)
-        drives = sorted({s.drive for s in segments})
-        if len(drives) < 2:
+        if sum(r.windows() for r in recordings) < MIN_DRIVE_WINDOWS + 2 * WARMUP_WINDOWS:
             raise ValueError(
-                "one drive too short to hold half of it out: record at least "
-                f"{2 * (WARMUP_WINDOWS + MIN_SEGMENT_WINDOWS)} windows of benign traffic"
+                "one drive is too short to hold half of it out: record at least "
+                f"{MIN_DRIVE_WINDOWS + 2 * WARMUP_WINDOWS} windows of benign traffic"
             )
+        recordings = split_in_time(recordings)
+        drives = [0, 1]
     fold_of = {d: i % MAX_CALIBRATION_FOLDS for i, d in enumerate(drives)}
     for k in sorted(set(fold_of.values())):
-        train = [s for s in segments if fold_of[s.drive] != k]
-        held = [s for s in segments if fold_of[s.drive] == k]
+        train = [r for r in recordings if fold_of[r.drive] != k]
+        held = [r for r in recordings if fold_of[r.drive] == k]
         yield [d for d in drives if fold_of[d] == k], train, held
 
 
@@ -246,29 +271,26 @@ def train_platform(
     cfg: DetectionConfig,
     drives: list[int] | None = None,
 ) -> tuple[PlatformModel, dict]:
-    """Train on benign frames of ``recordings`` (attack frames and their windows left out).
+    """Train on benign frames of ``recordings`` (attack frames, and the windows of the
+    streams they touched, left out).
 
     ``drives``: the drive (or vehicle) each recording belongs to; by default each
     recording is its own drive, save for recordings sharing their payloads.
     """
     W = cfg.window_s
-    recordings = [r[np.argsort(r["ts"], kind="stable")] for r in recordings]
     if drives is None:
         drives = drive_groups(recordings)
     if len(drives) != len(recordings):
         raise ValueError(f"{len(drives)} drive labels for {len(recordings)} recordings")
-    segments = [
-        Segment(d, i, seg)
-        for i, (r, d) in enumerate(zip(recordings, drives, strict=True))
-        for seg in clean_segments(r, W)
+    recs = [
+        Recording.of(r, d, i, W) for i, (r, d) in enumerate(zip(recordings, drives, strict=True))
     ]
-    if not segments:
-        raise ValueError(
-            f"no attack-free stretch of >= {MIN_SEGMENT_WINDOWS} windows to train platform {platform!r} on"
-        )
+    recs = [r for r in recs if len(r.frames)]
+    if not recs:
+        raise ValueError(f"no benign frames to train platform {platform!r} on")
     held, folds = [], []
-    for name, train, held_segments in calibration_folds(segments, W):
-        h = held_out_evidence(fit_core(platform, train, cfg), held_segments, W)
+    for name, train, held_recs in calibration_folds(recs):
+        h = held_out_evidence(fit_core(platform, train, cfg), held_recs)
         held.append(h)
         n_windows = int(h.group.max()) + 1 if len(h.group) else 0
         folds.append({"held_out_drives": [int(d) for d in name], "windows": n_windows})
@@ -277,14 +299,14 @@ def train_platform(
             f"recordings for {platform!r} are too short: no benign window after the "
             f"{WARMUP_WINDOWS}-window warm-up of a held-out drive to calibrate on"
         )
-    model = fit_core(platform, segments, cfg)
+    model = fit_core(platform, recs, cfg)
     calibrate(model, held, cfg.target_fpr)
-    n_drives = len({s.drive for s in segments})
+    n_drives = len({r.drive for r in recs})
     summary = {
         "recordings": len(recordings),
         "drives": n_drives,
-        "segments": len(segments),
-        "benign_frames": int(sum(len(s.frames) for s in segments)),
+        "benign_frames": int(sum(len(r.frames) for r in recs)),
+        "attacked_stream_windows": int(sum(len(r.dirty) for r in recs) // 2),
         "ids": int(len(model.baseline.ids)),
         "expected_ids": int(model.baseline.expected.sum()),
         "calibration": "leave-one-drive-out" if n_drives > 1 else "single drive, halves in time",

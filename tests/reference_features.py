@@ -60,12 +60,18 @@ def frame_checks(
     if has_counter.any():
         idx = np.flatnonzero(has_counter)
         s = slot[idx]
-        b = bl.counter_byte[s].astype(np.int64)
-        mask = bl.counter_mask[s].astype(np.int64)
-        shift = bl.counter_shift[s].astype(np.int64)
-        cur = (data[idx, b].astype(np.int64) & mask) >> shift
-        prv = (prev_data[idx, b].astype(np.int64) & mask) >> shift
-        counter_err[idx] = ((cur - prv) % ((mask >> shift) + 1)) != bl.counter_step[s]
+        counter_err[idx] = True  # a frame breaks the counters when it breaks each one learned
+        for byte, mask, shift, step in (
+            (bl.counter_byte, bl.counter_mask, bl.counter_shift, bl.counter_step),
+            (bl.counter2_byte, bl.counter2_mask, bl.counter2_shift, bl.counter2_step),
+        ):
+            on = byte[s] >= 0
+            b = np.maximum(byte[s], 0).astype(np.int64)
+            m = mask[s].astype(np.int64)
+            sh = shift[s].astype(np.int64)
+            cur = (data[idx, b].astype(np.int64) & m) >> sh
+            prv = (prev_data[idx, b].astype(np.int64) & m) >> sh
+            counter_err[idx] &= ~on | (((cur - prv) % ((m >> sh) + 1)) != step[s])
     checksum_err = np.zeros(len(frames), bool)
     kinds = np.where(known, bl.checksum_kind[slot], 0)
     for kind in np.unique(kinds[kinds > 0]):
