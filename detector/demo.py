@@ -19,6 +19,7 @@ from detector.brands import Fleet
 from detector.broker import EmbeddedBroker, create_topics
 from detector.config import Config, with_overrides
 from detector.features import FEATURE_NAMES
+from detector.model import MODEL_FORMAT
 from detector.kafka_io import make_consumer, make_producer
 from detector.metrics import DetectorMetrics
 from detector.model_store import list_manifests, save_model
@@ -29,8 +30,9 @@ from replay.publisher import publish
 from replay.simulator import simulate_fleet, simulate_vehicle
 
 ATTACKS = INJECTABLE
-TRAIN_VEHICLES = 12
-TRAIN_SECONDS = 120.0
+TRAIN_VEHICLES = 6
+TRAIN_DRIVES = 2
+TRAIN_SECONDS = 90.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class DemoOptions:
 
 
 def cache_dir(root: Path) -> Path:
-    """Model cache keyed by the feature list, so a feature change retrains."""
-    key = hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:10]
+    """Model cache keyed by the model format and feature list: a change retrains."""
+    key = hashlib.sha256(f"{MODEL_FORMAT}:{','.join(FEATURE_NAMES)}".encode()).hexdigest()[:10]
     return root / f"demo-models-{key}"
 
 
@@ -58,17 +60,21 @@ def ensure_models(
     seconds: float = TRAIN_SECONDS,
 ) -> None:
     """A model per platform in ``model_dir`` (kept if there), trained on simulated
-    benign traffic of ``vehicles`` vehicles × ``seconds``."""
+    benign traffic of ``vehicles`` vehicles × TRAIN_DRIVES drives × ``seconds``,
+    calibrated on vehicles it held out."""
     have = list_manifests(model_dir)
     for i, platform in enumerate(fleet.platforms):
         if platform in have:
             continue
         t0 = time.perf_counter()
-        recordings = [
-            simulate_vehicle(platform, seconds, start_ts=1.7e9, seed=1000 * i + s)
-            for s in range(vehicles)
-        ]
-        model, summary = train_platform(platform, recordings, cfg.detection)
+        recordings, owners = [], []
+        for v in range(vehicles):
+            for d in range(TRAIN_DRIVES):
+                recordings.append(
+                    simulate_vehicle(platform, seconds, start_ts=1.7e9, seed=1000 * i + v, drive=d)
+                )
+                owners.append(v)
+        model, summary = train_platform(platform, recordings, cfg.detection, drives=owners)
         save_model(model, model_dir, fleet.brands_of(platform), summary)
         say(
             f"  trained {platform:9} for {', '.join(fleet.brands_of(platform))} "

@@ -26,7 +26,7 @@ import skops.io as sio
 from detector.baseline import Baseline
 from detector.errors import ModelError
 from detector.features import FEATURE_NAMES
-from detector.model import PlatformModel
+from detector.model import MODEL_FORMAT, PlatformModel
 
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 _MANIFEST = re.compile(r"^(?P<platform>[a-z0-9][a-z0-9-]*)-v(?P<version>\d+)\.json$")
@@ -99,6 +99,7 @@ def save_model(
         "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "feature_names": list(model.feature_names),
+        "format": MODEL_FORMAT,
         "threshold": model.threshold,
         "window_s": model.baseline.window_s,
         "model_file": model_path.name,
@@ -142,9 +143,11 @@ def load_model(manifest_path: Path | str) -> PlatformModel:
             f"{model_path}: sha256 mismatch (manifest {m['sha256'][:12]}…, file {digest[:12]}…): "
             "refusing a tampered or half-written model"
         )
-    if tuple(m["feature_names"]) != FEATURE_NAMES or "evidence_scale" not in m.get("training", {}):
+    if tuple(m["feature_names"]) != FEATURE_NAMES or m.get("format") != MODEL_FORMAT:
         raise ModelError(
-            f"{manifest_path}: model was trained on other features ({len(m['feature_names'])}); retrain"
+            f"{manifest_path}: model of another format (format {m.get('format', 1)}, "
+            f"{len(m['feature_names'])} features; this canwatch reads format {MODEL_FORMAT}, "
+            f"{len(FEATURE_NAMES)} features): retrain it with canwatch train"
         )
     try:
         untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)
