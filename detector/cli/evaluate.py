@@ -1,15 +1,47 @@
-"""canwatch evaluate: labelled recordings through the service's own path, offline."""
+"""canwatch evaluate: labelled recordings through the service's own path, offline.
+
+With ``--cross-validate`` it is leave-one-group-out: each group of recordings
+(a drive or a vehicle) is scored by a model trained on every other group, the
+way ``canwatch train`` trains one. Those are the figures that say how the
+detector does on traffic it has never seen.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from detector.cli._common import add_config_flag, config_from, fleet_from, latest_model, spans_for
-from detector.evaluate import WINDOW_COLUMNS, file_report, score_frames, window_rows
+from detector.cli.train import brands_served, train_and_save
+from detector.config import Config
+from detector.cross_validation import (
+    GROUP_BY,
+    groups_by_drive,
+    groups_by_file,
+    groups_from_map,
+    leave_one_group_out,
+    read_group_map,
+)
+from detector.errors import CanwatchError
+from detector.evaluate import (
+    WINDOW_COLUMNS,
+    Evaluation,
+    Span,
+    file_report,
+    pooled_report,
+    score_frames,
+    window_rows,
+)
+from detector.model import PlatformModel
+from detector.model_store import list_manifests, load_model, read_manifest
 from replay.readers import read_frames
+
+CROSS_DRIVE_NOTE = "cross-drive figures: every file is scored by a model trained without its group"
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,13 +50,39 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="score labelled recordings offline and report detection quality",
         description="Replays labelled recordings through the same decode -> features -> "
         "model -> incident path as `canwatch detect` and reports per attack type: ROC-AUC, "
-        "precision/recall/F1 at the calibrated threshold, benign windows flagged, time to "
-        "detect and incidents. A fleet.json beside a file (from `canwatch simulate`) "
-        "supplies attack spans, so suspensions are labelled too.",
+        "precision/recall/F1 at the calibrated threshold, benign windows flagged, false "
+        "incidents per hour of benign traffic, time to detect and incidents. An incident is "
+        "true only when it overlaps an attack and opens no earlier than one window before the "
+        "attack's first frame. A fleet.json beside a file (from `canwatch simulate`) supplies "
+        "attack spans, so suspensions are labelled too. With --cross-validate, no --models: "
+        "each group of files is held out in turn and scored by a model trained on the others.",
     )
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--models", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--models", metavar="DIR", help="model directory (not with --cross-validate)")
     p.add_argument("--brand", required=True, help="brand slug of the recordings")
+    p.add_argument(
+        "--cross-validate",
+        action="store_true",
+        help="leave-one-group-out: train on the other groups' files, score each held-out one",
+    )
+    p.add_argument(
+        "--groups",
+        metavar="MAP.csv",
+        help="with --cross-validate: CSV with header 'file,group' naming the drive or vehicle "
+        "of every FILE (matched by base name)",
+    )
+    p.add_argument(
+        "--group-by",
+        metavar="HOW",
+        help="with --cross-validate and no --groups: 'auto' (default; files sharing most "
+        "benign payloads are one drive, e.g. an attack capture and its masquerade twin) or "
+        "'file' (each file its own group)",
+    )
+    p.add_argument(
+        "--models-out",
+        metavar="DIR",
+        help="with --cross-validate: keep each fold's model in DIR/fold-<n> (default: discarded)",
+    )
     p.add_argument("--windows-out", metavar="W.csv", help="one row per (vehicle, window)")
     p.add_argument("--report", metavar="R.json", help="full report as JSON")
     p.add_argument("--format", help="force the log format of every FILE")
@@ -32,49 +90,245 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_mode(args: argparse.Namespace) -> None:
+    """Flags that only make sense in one mode, as one-line errors."""
+    if args.cross_validate:
+        if args.models:
+            raise CanwatchError(
+                "--models does not apply with --cross-validate: each fold trains its own model"
+            )
+        if args.groups and args.group_by:
+            raise CanwatchError("give either --groups or --group-by, not both")
+        if args.group_by and args.group_by not in GROUP_BY:
+            raise CanwatchError(
+                f"--group-by must be one of {', '.join(GROUP_BY)}, got {args.group_by!r}"
+            )
+    else:
+        if not args.models:
+            raise CanwatchError("--models DIR is required (or --cross-validate, which trains)")
+        extra = [f for f in ("groups", "group_by", "models_out") if getattr(args, f)]
+        if extra:
+            flag = "--" + extra[0].replace("_", "-")
+            raise CanwatchError(f"{flag} applies only with --cross-validate")
+
+
+def load_recording(path: Path, fmt: str | None) -> tuple[np.ndarray, list[Span]]:
+    return read_frames(path, fmt), spans_for(path.parent / "fleet.json", path.stem)
+
+
+def evaluate_file(
+    path: Path,
+    frames: np.ndarray,
+    spans: list[Span],
+    brand: str,
+    model: PlatformModel,
+    cfg: Config,
+    fleet,
+) -> Evaluation:
+    """One recording as one vehicle through the service's path."""
+    W = model.baseline.window_s
+    return score_frames(frames, brand, path.stem, model, fleet, W, cfg.incidents, spans)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_mode(args)
     cfg = config_from(args)
     fleet = fleet_from(cfg)
-    model = latest_model(args.models, fleet.platform_of(args.brand))
-    W = model.baseline.window_s
-    report = {"model": {"platform": model.platform, "version": model.version}, "files": {}}
-    table = []
-    for f in args.files:
-        path = Path(f)
-        frames = read_frames(path, args.format)
-        spans = spans_for(path.parent / "fleet.json", path.stem)
-        ev = score_frames(frames, args.brand, path.stem, model, fleet, W, cfg.incidents, spans)
-        report["files"][str(f)] = file_report(ev)
-        table += window_rows(str(f), ev)
+    if args.cross_validate:
+        report, rows = cross_validate(args, cfg, fleet)
+        text = render_cross_validation(report)
+    else:
+        report, rows = evaluate_with_model(args, cfg, fleet)
+        text = render(report)
     if args.windows_out:
         with open(args.windows_out, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(WINDOW_COLUMNS)
-            w.writerows(table)
+            w.writerows(rows)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(render(report))
+    print(text)
     return 0
 
 
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+def evaluate_with_model(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, list[tuple]]:
+    platform = fleet.platform_of(args.brand)
+    model = latest_model(args.models, platform)
+    manifest = read_manifest(list_manifests(args.models)[platform][-1].path)
+    trained_on = set(manifest.get("training", {}).get("files", []))
+    report: dict = {"model": {"platform": model.platform, "version": model.version}, "files": {}}
+    rows: list[tuple] = []
+    evs = []
+    for f in args.files:
+        path = Path(f)
+        ev = evaluate_file(path, *load_recording(path, args.format), args.brand, model, cfg, fleet)
+        r = file_report(ev)
+        if path.name in trained_on:
+            r["in_training"] = True
+        report["files"][str(f)] = r
+        rows += window_rows(str(f), ev)
+        evs.append(ev)
+    report["pooled"] = pooled_report(evs)
+    return report, rows
+
+
+def cross_validate(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, list[tuple]]:
+    """Leave-one-group-out over ``args.files``: per fold, train as `canwatch train` does on
+    the other groups, save and reload the model, score each held-out file."""
+    files = [str(f) for f in args.files]
+    platform = fleet.platform_of(args.brand)
+    labels = None
+    if args.groups:  # before reading recordings: a file missing from the map fails fast
+        labels = groups_from_map(files, read_group_map(args.groups), args.groups)
+    loaded = [load_recording(Path(f), args.format) for f in files]
+    recordings = [frames for frames, _ in loaded]
+    if labels is None:
+        by = args.group_by or "auto"
+        labels = groups_by_drive(recordings) if by == "auto" else groups_by_file(files)
+    folds = leave_one_group_out(labels)
+    brands = brands_served(fleet, platform, args.brand)
+    report: dict = {
+        "protocol": "leave-one-group-out",
+        "note": CROSS_DRIVE_NOTE,
+        "brand": args.brand,
+        "platform": platform,
+        "grouping": "map" if args.groups else args.group_by or "auto",
+        "groups_file": args.groups,
+        "groups": {
+            g: [f for f, x in zip(files, labels, strict=True) if x == g]
+            for g in dict.fromkeys(labels)
+        },
+        "folds": [],
+        "files": {},
+    }
+    rows: list[tuple] = []
+    evs: list[Evaluation] = []
+    with tempfile.TemporaryDirectory(prefix="canwatch-cv-") as tmp:
+        root = Path(args.models_out) if args.models_out else Path(tmp)
+        for n, fold in enumerate(folds, start=1):
+            manifest = train_and_save(
+                platform,
+                [recordings[i] for i in fold.train],
+                [files[i] for i in fold.train],
+                cfg.detection,
+                root / f"fold-{n}",
+                brands,
+                [labels[i] for i in fold.train],
+            )
+            model, info = load_model(manifest), read_manifest(manifest)
+            report["folds"].append(
+                {
+                    "group": fold.group,
+                    "held_out": [files[i] for i in fold.held_out],
+                    "trained_on": [files[i] for i in fold.train],
+                    "trained_on_groups": list(dict.fromkeys(labels[i] for i in fold.train)),
+                    "model": {
+                        "platform": model.platform,
+                        "version": model.version,
+                        "threshold": info["threshold"],
+                        "sha256": info["sha256"],
+                        "manifest": str(manifest) if args.models_out else None,
+                    },
+                    "training": info["training"],
+                }
+            )
+            for i in fold.held_out:
+                ev = evaluate_file(Path(files[i]), *loaded[i], args.brand, model, cfg, fleet)
+                report["files"][files[i]] = {"group": fold.group, **file_report(ev)}
+                rows += window_rows(files[i], ev)
+                evs.append(ev)
+    report["pooled"] = pooled_report(evs)
+    return report, rows
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ttd(r: dict, has_attacks: bool) -> str:
+    if not has_attacks:
+        return "-"
+    return "never" if r["time_to_detect_s"] is None else f"{r['time_to_detect_s']:.2f}"
+
+
+HEAD = (
+    f"{'file':38} {'attack':11} {'win':>5} {'att':>4} {'auc':>6} {'flagged':>7} {'fi/h':>7} "
+    f"{'recall':>6} {'ttd_s':>6} {'inc':>4} {'false':>5}"
+)
+LEGEND = (
+    "flagged: benign windows scoring >= threshold; fi/h: false incidents per hour of benign "
+    "traffic;\nttd_s: attack start to its first true incident (never: none opened, or only one "
+    "that opened earlier than a window before it);\ninc/false: incidents and false ones "
+    "(per attack: incidents overlapping it, and those of them that opened too early)"
+)
+
+
+def _file_line(name: str, r: dict) -> str:
+    return (
+        f"{name[:38]:38} {'(all)':11} {r['windows']:>5} {r['attacked_windows']:>4} "
+        f"{_fmt(r['roc_auc']):>6} {_pct(r['benign_flagged_fraction']):>7} "
+        f"{_fmt(r['false_incidents_per_hour'], 1):>7} {_fmt(r['recall']):>6} "
+        f"{_ttd(r, bool(r['attacks'])):>6} {r['incidents']:>4} {r['false_incidents']:>5}"
+    )
+
+
+def _attack_line(kind: str, a: dict) -> str:
+    return (
+        f"{'':38} {kind:11} {a['windows']:>5} {a['attacked_windows']:>4} {_fmt(a['roc_auc']):>6} "
+        f"{'':>7} {'':>7} {_fmt(a['recall']):>6} {_ttd(a, True):>6} "
+        f"{a['incidents_overlapping']:>4} {a['early_incidents']:>5}"
+    )
+
+
+def _file_block(name: str, r: dict) -> list[str]:
+    return [_file_line(name, r)] + [_attack_line(k, a) for k, a in r["attacks"].items()]
 
 
 def render(report: dict) -> str:
-    head = f"{'file':40} {'attack':11} {'win':>5} {'att':>4} {'auc':>6} {'prec':>6} {'rec':>6} {'f1':>6} {'ttd_s':>6} {'inc':>4}"
-    lines = [head, "-" * len(head)]
+    lines = [HEAD, "-" * len(HEAD)]
     for f, r in report["files"].items():
-        name = Path(f).name[:40]
+        lines += _file_block(Path(f).name, r)
+    trained = [Path(f).name for f, r in report["files"].items() if r.get("in_training")]
+    if trained:
         lines.append(
-            f"{name:40} {'(all)':11} {r['windows']:>5} {r['attacked_windows']:>4} {_fmt(r['roc_auc']):>6} "
-            f"{'':>6} {'':>6} {'':>6} {'':>6} {r['incidents']:>4}"
-            f"   benign flagged {_fmt(r['benign_flagged_fraction'])}, false incidents {r['false_incidents']}"
+            f"note: {', '.join(trained)} in this model's training data: not a quality figure "
+            "(use --cross-validate)"
         )
-        for kind, a in r["attacks"].items():
-            lines.append(
-                f"{'':40} {kind:11} {a['windows']:>5} {a['attacked_windows']:>4} {_fmt(a['roc_auc']):>6} "
-                f"{_fmt(a['precision']):>6} {_fmt(a['recall']):>6} {_fmt(a['f1']):>6} "
-                f"{_fmt(a['time_to_detect_s']):>6} {a['incidents_overlapping']:>4}"
-            )
-    return "\n".join(lines)
+    return "\n".join(lines + [LEGEND])
+
+
+def render_cross_validation(report: dict) -> str:
+    folds, pooled = report["folds"], report["pooled"]
+    lines = [
+        f"{CROSS_DRIVE_NOTE} (leave-one-group-out, {len(folds)} groups by {report['grouping']})",
+        HEAD,
+        "-" * len(HEAD),
+    ]
+    for fold in folds:
+        m = fold["model"]
+        trained = ", ".join(Path(f).name for f in fold["trained_on"])
+        lines.append(
+            f"[{fold['group']}] held out; model trained on {trained} "
+            f"({fold['training']['drives']} drives, threshold {m['threshold']:.3f})"
+        )
+        for f in fold["held_out"]:
+            lines += _file_block(Path(f).name, report["files"][f])
+    lines.append("-" * len(HEAD))
+    lines.append(_file_line(f"pooled over {pooled['recordings']} held-out files", pooled))
+    for kind, a in pooled["attacks"].items():
+        lines.append(
+            _attack_line(kind, {**a, "incidents_overlapping": "", "early_incidents": ""})
+            + f"   ttd median {_fmt(a['time_to_detect_median_s'], 2)} s, "
+            f"detected {a['detected']}/{a['attacks']}"
+        )
+    lines.append(
+        f"time to detect over {pooled['attacks_total']} attacks: worst "
+        f"{_ttd(pooled, bool(pooled['attacks_total']))} s, median "
+        f"{_fmt(pooled['time_to_detect_median_s'], 2)} s, "
+        f"{pooled['attacks_total'] - pooled['attacks_detected']} never detected"
+    )
+    return "\n".join(lines + [LEGEND])
