@@ -72,7 +72,8 @@ def groups_from_map(files: Sequence[str], mapping: dict[str, str], map_path: str
     for f, name in zip(files, names, strict=True):
         if name in seen and seen[name] != f:
             raise CanwatchError(
-                f"{seen[name]} and {f} share the base name {name}: {map_path} cannot tell them apart"
+                f"{seen[name]} and {f} share the base name {name}: "
+                f"{map_path} cannot tell them apart"
             )
         seen[name] = f
     missing = [f for f, name in zip(files, names, strict=True) if name not in mapping]

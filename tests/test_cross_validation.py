@@ -20,6 +20,7 @@ from detector.cross_validation import (
     leave_one_group_out,
     read_group_map,
 )
+from detector.errors import CanwatchError
 from detector.evaluate import (
     WINDOW_COLUMNS,
     Evaluation,
@@ -143,6 +144,8 @@ def test_group_map_reading_and_matching(tmp_path: Path) -> None:
         ("d2", (0, 2), (1,)),
     ]
     assert groups_by_file(files) == ["a.csv", "b.csv", "c.csv"]
+    with pytest.raises(CanwatchError, match="share the base name a.csv"):
+        groups_from_map(["/x/a.csv", "/y/a.csv"], mapping, str(m))
     assert groups_by_file(["/x/a.csv", "/y/a.csv"]) == ["/x/a.csv", "/y/a.csv"]
 
 
@@ -226,7 +229,7 @@ def test_cross_validate_with_a_group_map(drives: dict[str, Path], tmp_path: Path
     assert rc == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].startswith("cross-drive figures:"), table
-    assert "pooled over 4 held-out files" in table
+    assert "pooled (4 files)" in table
 
     report = json.loads(report_json.read_text())
     assert report["protocol"] == "leave-one-group-out" and report["grouping"] == "map"

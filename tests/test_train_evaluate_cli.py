@@ -26,6 +26,12 @@ FILE_KEYS = {
     "incidents",
     "incidents_overlapping_attacks",
     "false_incidents",
+    "false_incidents_per_hour",
+    "benign_windows",
+    "benign_hours",
+    "true_incidents",
+    "recall",
+    "time_to_detect_s",
     "attacks",
 }
 ATTACK_KEYS = {
@@ -37,6 +43,12 @@ ATTACK_KEYS = {
     "f1",
     "time_to_detect_s",
     "incidents_overlapping",
+    "true_incidents",
+    "early_incidents",
+    "detected",
+    "benign_flagged_fraction",
+    "false_incidents",
+    "false_incidents_per_hour",
 }
 
 
@@ -140,7 +152,15 @@ def test_simulate_train_evaluate(fleet_dir: Path, tmp_path: Path, capsys) -> Non
         assert r["roc_auc"] is not None and r["roc_auc"] >= 0.95, (kind, r)
         assert r["time_to_detect_s"] is not None and r["time_to_detect_s"] <= 2.0, (kind, r)
         assert r["incidents_overlapping"] >= 1, (kind, r)
+        assert r["detected"] and r["true_incidents"] >= 1, (kind, r)
         assert file_report["incidents"] >= 1
+        assert (
+            file_report["incidents"]
+            == file_report["true_incidents"] + file_report["false_incidents"]
+        )
+    pooled = report["pooled"]
+    assert pooled["windows"] == len(body) and pooled["recordings"] == len(victims)
+    assert pooled["attacks_total"] == 2
 
 
 def _canwatch(*args: str) -> subprocess.CompletedProcess:

@@ -255,10 +255,8 @@ def _ttd(r: dict, has_attacks: bool) -> str:
     return "never" if r["time_to_detect_s"] is None else f"{r['time_to_detect_s']:.2f}"
 
 
-HEAD = (
-    f"{'file':38} {'attack':11} {'win':>5} {'att':>4} {'auc':>6} {'flagged':>7} {'fi/h':>7} "
-    f"{'recall':>6} {'ttd_s':>6} {'inc':>4} {'false':>5}"
-)
+COLUMNS = ("win", "att", "auc", "flagged", "fi/h", "recall", "ttd_s", "inc", "false")
+WIDTHS = (5, 4, 6, 7, 7, 6, 6, 4, 5)
 LEGEND = (
     "flagged: benign windows scoring >= threshold; fi/h: false incidents per hour of benign "
     "traffic;\nttd_s: attack start to its first true incident (never: none opened, or only one "
@@ -266,32 +264,66 @@ LEGEND = (
     "(per attack: incidents overlapping it, and those of them that opened too early)"
 )
 
+#: A table row: (name, attack, cells, trailing text); a plain str is a line of its own.
+Row = tuple[str, str, tuple, str]
 
-def _file_line(name: str, r: dict) -> str:
-    return (
-        f"{name[:38]:38} {'(all)':11} {r['windows']:>5} {r['attacked_windows']:>4} "
-        f"{_fmt(r['roc_auc']):>6} {_pct(r['benign_flagged_fraction']):>7} "
-        f"{_fmt(r['false_incidents_per_hour'], 1):>7} {_fmt(r['recall']):>6} "
-        f"{_ttd(r, bool(r['attacks'])):>6} {r['incidents']:>4} {r['false_incidents']:>5}"
+
+def _file_row(name: str, r: dict) -> Row:
+    cells = (
+        r["windows"],
+        r["attacked_windows"],
+        _fmt(r["roc_auc"]),
+        _pct(r["benign_flagged_fraction"]),
+        _fmt(r["false_incidents_per_hour"], 1),
+        _fmt(r["recall"]),
+        _ttd(r, bool(r["attacks"])),
+        r["incidents"],
+        r["false_incidents"],
     )
+    return (name, "(all)", cells, "")
 
 
-def _attack_line(kind: str, a: dict) -> str:
-    return (
-        f"{'':38} {kind:11} {a['windows']:>5} {a['attacked_windows']:>4} {_fmt(a['roc_auc']):>6} "
-        f"{'':>7} {'':>7} {_fmt(a['recall']):>6} {_ttd(a, True):>6} "
-        f"{a['incidents_overlapping']:>4} {a['early_incidents']:>5}"
+def _attack_row(kind: str, a: dict, incidents: bool = True, extra: str = "") -> Row:
+    cells = (
+        a["windows"],
+        a["attacked_windows"],
+        _fmt(a["roc_auc"]),
+        "",
+        "",
+        _fmt(a["recall"]),
+        _ttd(a, True),
+        a["incidents_overlapping"] if incidents else "",
+        a["early_incidents"] if incidents else "",
     )
+    return ("", kind, cells, extra)
 
 
-def _file_block(name: str, r: dict) -> list[str]:
-    return [_file_line(name, r)] + [_attack_line(k, a) for k, a in r["attacks"].items()]
+def _file_rows(name: str, r: dict) -> list[Row]:
+    return [_file_row(name, r)] + [_attack_row(k, a) for k, a in r["attacks"].items()]
+
+
+def _table(items: list[Row | str], first: str = "file") -> list[str]:
+    """Rows under a header, the name column as wide as its longest name."""
+    width = max([len(first)] + [len(it[0]) for it in items if not isinstance(it, str)])
+    head = f"{first:{width}} {'attack':11} " + " ".join(
+        f"{c:>{w}}" for c, w in zip(COLUMNS, WIDTHS, strict=True)
+    )
+    out = [head, "-" * len(head)]
+    for it in items:
+        if isinstance(it, str):
+            out.append("-" * len(head) if it == "-" else it)
+            continue
+        name, kind, cells, extra = it
+        body = " ".join(f"{c!s:>{w}}" for c, w in zip(cells, WIDTHS, strict=True))
+        out.append(f"{name:{width}} {kind:11} {body}{extra}".rstrip())
+    return out
 
 
 def render(report: dict) -> str:
-    lines = [HEAD, "-" * len(HEAD)]
+    items: list[Row | str] = []
     for f, r in report["files"].items():
-        lines += _file_block(Path(f).name, r)
+        items += _file_rows(Path(f).name, r)
+    lines = _table(items)
     trained = [Path(f).name for f, r in report["files"].items() if r.get("in_training")]
     if trained:
         lines.append(
@@ -303,32 +335,29 @@ def render(report: dict) -> str:
 
 def render_cross_validation(report: dict) -> str:
     folds, pooled = report["folds"], report["pooled"]
-    lines = [
-        f"{CROSS_DRIVE_NOTE} (leave-one-group-out, {len(folds)} groups by {report['grouping']})",
-        HEAD,
-        "-" * len(HEAD),
-    ]
+    items: list[Row | str] = []
     for fold in folds:
-        m = fold["model"]
         trained = ", ".join(Path(f).name for f in fold["trained_on"])
-        lines.append(
+        items.append(
             f"[{fold['group']}] held out; model trained on {trained} "
-            f"({fold['training']['drives']} drives, threshold {m['threshold']:.3f})"
+            f"({fold['training']['drives']} drives, threshold {fold['model']['threshold']:.3f})"
         )
         for f in fold["held_out"]:
-            lines += _file_block(Path(f).name, report["files"][f])
-    lines.append("-" * len(HEAD))
-    lines.append(_file_line(f"pooled over {pooled['recordings']} held-out files", pooled))
+            items += _file_rows(Path(f).name, report["files"][f])
+    items += ["-", _file_row(f"pooled ({pooled['recordings']} files)", pooled)]
     for kind, a in pooled["attacks"].items():
-        lines.append(
-            _attack_line(kind, {**a, "incidents_overlapping": "", "early_incidents": ""})
-            + f"   ttd median {_fmt(a['time_to_detect_median_s'], 2)} s, "
+        extra = (
+            f"   ttd median {_fmt(a['time_to_detect_median_s'], 2)} s, "
             f"detected {a['detected']}/{a['attacks']}"
         )
-    lines.append(
-        f"time to detect over {pooled['attacks_total']} attacks: worst "
-        f"{_ttd(pooled, bool(pooled['attacks_total']))} s, median "
-        f"{_fmt(pooled['time_to_detect_median_s'], 2)} s, "
-        f"{pooled['attacks_total'] - pooled['attacks_detected']} never detected"
-    )
+        items.append(_attack_row(kind, a, incidents=False, extra=extra))
+    n, found = pooled["attacks_total"], pooled["attacks_detected"]
+    worst = _ttd(pooled, bool(n))
+    worst = worst if worst in ("never", "-") else f"{worst} s"
+    lines = [
+        f"{CROSS_DRIVE_NOTE} (leave-one-group-out, {len(folds)} groups by {report['grouping']})",
+        *_table(items),
+        f"time to detect over {n} attacks: worst {worst}, "
+        f"median {_fmt(pooled['time_to_detect_median_s'], 2)} s; detected {found}/{n}",
+    ]
     return "\n".join(lines + [LEGEND])
