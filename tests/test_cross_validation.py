@@ -427,3 +427,13 @@ def test_twins_alone_are_one_group(drives: dict[str, Path], capsys) -> None:
     twins = [str(drives["a_dos"]), str(drives["a_masquerade"])]
     line = _one_line_error(capsys, ["evaluate", "--cross-validate", "--brand", "jeep", *twins])
     assert "needs at least 2 groups, got 1 ('drive-1' holds all 2 files)" in line, line
+
+
+def test_a_fold_without_enough_training_data(
+    drives: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    short = tmp_path / "short.csv"
+    write_frames(short, simulate_vehicle("cusw", 3.0, START_TS, seed=34), "road")
+    argv = ["evaluate", "--cross-validate", "--brand", "jeep", "--group-by", "file"]
+    line = _one_line_error(capsys, [*argv, str(drives["c_benign"]), str(short)])
+    assert "fold 1 (group 'c_benign.csv' held out):" in line and "to train platform" in line, line

@@ -206,15 +206,18 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, 
     with tempfile.TemporaryDirectory(prefix="canwatch-cv-") as tmp:
         root = Path(args.models_out) if args.models_out else Path(tmp)
         for n, fold in enumerate(folds, start=1):
-            manifest = train_and_save(
-                platform,
-                [recordings[i] for i in fold.train],
-                [files[i] for i in fold.train],
-                cfg.detection,
-                root / f"fold-{n}",
-                brands,
-                [labels[i] for i in fold.train],
-            )
+            try:
+                manifest = train_and_save(
+                    platform,
+                    [recordings[i] for i in fold.train],
+                    [files[i] for i in fold.train],
+                    cfg.detection,
+                    root / f"fold-{n}",
+                    brands,
+                    [labels[i] for i in fold.train],
+                )
+            except CanwatchError as exc:
+                raise CanwatchError(f"fold {n} (group {fold.group!r} held out): {exc}") from None
             model, info = load_model(manifest), read_manifest(manifest)
             report["folds"].append(
                 {
@@ -245,8 +248,18 @@ def _fmt(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def _flagged(r: dict) -> str:
+    """Benign windows flagged, from the counts (the fraction in the JSON is rounded)."""
+    n = r["benign_windows"]
+    return f"{100 * r['benign_flagged_windows'] / n:.1f}%" if n else "-"
+
+
+def _s(x) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _ttd(r: dict, has_attacks: bool) -> str:
@@ -273,7 +286,7 @@ def _file_row(name: str, r: dict) -> Row:
         r["windows"],
         r["attacked_windows"],
         _fmt(r["roc_auc"]),
-        _pct(r["benign_flagged_fraction"]),
+        _flagged(r),
         _fmt(r["false_incidents_per_hour"], 1),
         _fmt(r["recall"]),
         _ttd(r, bool(r["attacks"])),
@@ -340,24 +353,24 @@ def render_cross_validation(report: dict) -> str:
         trained = ", ".join(Path(f).name for f in fold["trained_on"])
         items.append(
             f"[{fold['group']}] held out; model trained on {trained} "
-            f"({fold['training']['drives']} drives, threshold {fold['model']['threshold']:.3f})"
+            f"({_plural(fold['training']['drives'], 'drive')}, "
+            f"threshold {fold['model']['threshold']:.3f})"
         )
         for f in fold["held_out"]:
             items += _file_rows(Path(f).name, report["files"][f])
     items += ["-", _file_row(f"pooled ({pooled['recordings']} files)", pooled)]
     for kind, a in pooled["attacks"].items():
         extra = (
-            f"   ttd median {_fmt(a['time_to_detect_median_s'], 2)} s, "
+            f"   ttd median {_s(a['time_to_detect_median_s'])}, "
             f"detected {a['detected']}/{a['attacks']}"
         )
         items.append(_attack_row(kind, a, incidents=False, extra=extra))
     n, found = pooled["attacks_total"], pooled["attacks_detected"]
-    worst = _ttd(pooled, bool(n))
-    worst = worst if worst in ("never", "-") else f"{worst} s"
+    worst = "never" if n and pooled["time_to_detect_s"] is None else _s(pooled["time_to_detect_s"])
     lines = [
         f"{CROSS_DRIVE_NOTE} (leave-one-group-out, {len(folds)} groups by {report['grouping']})",
         *_table(items),
-        f"time to detect over {n} attacks: worst {worst}, "
-        f"median {_fmt(pooled['time_to_detect_median_s'], 2)} s; detected {found}/{n}",
+        f"time to detect over {_plural(n, 'attack')}: worst {worst}, "
+        f"median {_s(pooled['time_to_detect_median_s'])}; detected {found}/{n}",
     ]
     return "\n".join(lines + [LEGEND])
