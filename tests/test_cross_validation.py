@@ -437,3 +437,9 @@ def test_a_fold_without_enough_training_data(
     argv = ["evaluate", "--cross-validate", "--brand", "jeep", "--group-by", "file"]
     line = _one_line_error(capsys, [*argv, str(drives["c_benign"]), str(short)])
     assert "fold 1 (group 'c_benign.csv' held out):" in line and "to train platform" in line, line
+
+
+def test_a_file_given_twice(drives: dict[str, Path], capsys) -> None:
+    f = str(drives["b_fuzzing"])
+    line = _one_line_error(capsys, ["evaluate", "--cross-validate", "--brand", "jeep", f, f])
+    assert line == f"canwatch evaluate: error: {f} is given twice", line

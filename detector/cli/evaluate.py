@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.brands import Fleet
 from detector.cli._common import add_config_flag, config_from, fleet_from, latest_model, spans_for
 from detector.cli.train import brands_served, train_and_save
 from detector.config import Config
 from detector.cross_validation import (
     GROUP_BY,
+    Fold,
     groups_by_drive,
     groups_by_file,
     groups_from_map,
@@ -123,7 +125,7 @@ def evaluate_file(
     brand: str,
     model: PlatformModel,
     cfg: Config,
-    fleet,
+    fleet: Fleet,
 ) -> Evaluation:
     """One recording as one vehicle through the service's path."""
     W = model.baseline.window_s
@@ -151,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_with_model(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, list[tuple]]:
+def evaluate_with_model(
+    args: argparse.Namespace, cfg: Config, fleet: Fleet
+) -> tuple[dict, list[tuple]]:
     platform = fleet.platform_of(args.brand)
     model = latest_model(args.models, platform)
     manifest = read_manifest(list_manifests(args.models)[platform][-1].path)
@@ -172,10 +176,13 @@ def evaluate_with_model(args: argparse.Namespace, cfg: Config, fleet) -> tuple[d
     return report, rows
 
 
-def cross_validate(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, list[tuple]]:
+def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple[dict, list[tuple]]:
     """Leave-one-group-out over ``args.files``: per fold, train as `canwatch train` does on
     the other groups, save and reload the model, score each held-out file."""
     files = [str(f) for f in args.files]
+    twice = next((f for f in files if files.count(f) > 1), None)
+    if twice:
+        raise CanwatchError(f"{twice} is given twice")
     platform = fleet.platform_of(args.brand)
     labels = None
     if args.groups:  # before reading recordings: a file missing from the map fails fast
@@ -194,10 +201,7 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, 
         "platform": platform,
         "grouping": "map" if args.groups else args.group_by or "auto",
         "groups_file": args.groups,
-        "groups": {
-            g: [f for f, x in zip(files, labels, strict=True) if x == g]
-            for g in dict.fromkeys(labels)
-        },
+        "groups": {f.group: [files[i] for i in f.held_out] for f in folds},
         "folds": [],
         "files": {},
     }
@@ -218,23 +222,9 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, 
                 )
             except CanwatchError as exc:
                 raise CanwatchError(f"fold {n} (group {fold.group!r} held out): {exc}") from None
-            model, info = load_model(manifest), read_manifest(manifest)
-            report["folds"].append(
-                {
-                    "group": fold.group,
-                    "held_out": [files[i] for i in fold.held_out],
-                    "trained_on": [files[i] for i in fold.train],
-                    "trained_on_groups": list(dict.fromkeys(labels[i] for i in fold.train)),
-                    "model": {
-                        "platform": model.platform,
-                        "version": model.version,
-                        "threshold": info["threshold"],
-                        "sha256": info["sha256"],
-                        "manifest": str(manifest) if args.models_out else None,
-                    },
-                    "training": info["training"],
-                }
-            )
+            model = load_model(manifest)
+            kept = manifest if args.models_out else None
+            report["folds"].append(fold_record(fold, files, labels, read_manifest(manifest), kept))
             for i in fold.held_out:
                 ev = evaluate_file(Path(files[i]), *loaded[i], args.brand, model, cfg, fleet)
                 report["files"][files[i]] = {"group": fold.group, **file_report(ev)}
@@ -242,6 +232,26 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet) -> tuple[dict, 
                 evs.append(ev)
     report["pooled"] = pooled_report(evs)
     return report, rows
+
+
+def fold_record(
+    fold: Fold, files: list[str], labels: list[str], manifest: dict, kept: Path | None
+) -> dict:
+    """What a fold held out, what its model was trained on, and the model itself."""
+    return {
+        "group": fold.group,
+        "held_out": [files[i] for i in fold.held_out],
+        "trained_on": [files[i] for i in fold.train],
+        "trained_on_groups": list(dict.fromkeys(labels[i] for i in fold.train)),
+        "model": {
+            "platform": manifest["platform"],
+            "version": manifest["version"],
+            "threshold": manifest["threshold"],
+            "sha256": manifest["sha256"],
+            "manifest": None if kept is None else str(kept),
+        },
+        "training": manifest["training"],
+    }
 
 
 def _fmt(x, digits: int = 3) -> str:
