@@ -47,7 +47,6 @@ class KafkaConfig:
 class DetectionConfig:
     window_s: float = 1.0
     target_fpr: float = 0.002
-    holdout_fraction: float = 0.25
     n_estimators: int = 100
     max_samples: int = 512
     seed: int = 7
@@ -116,7 +115,6 @@ _RULES: dict[str, tuple[Any, str]] = {
     "kafka.compression": (lambda v: v in COMPRESSIONS, "one of " + ", ".join(COMPRESSIONS)),
     "detection.window_s": (lambda v: 0.01 <= v <= 3600, "in [0.01, 3600]"),
     "detection.target_fpr": (lambda v: 0 < v < 0.5, "in (0, 0.5)"),
-    "detection.holdout_fraction": (lambda v: 0.05 <= v <= 0.9, "in [0.05, 0.9]"),
     "detection.n_estimators": (lambda v: 1 <= v <= 5000, "in [1, 5000]"),
     "detection.max_samples": (lambda v: v >= 2, ">= 2"),
     "models.reload_interval_s": (lambda v: v > 0, "> 0"),
