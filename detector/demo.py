@@ -19,9 +19,9 @@ from detector.brands import Fleet
 from detector.broker import EmbeddedBroker, create_topics
 from detector.config import Config, with_overrides
 from detector.features import FEATURE_NAMES
-from detector.model import MODEL_FORMAT
 from detector.kafka_io import make_consumer, make_producer
 from detector.metrics import DetectorMetrics
+from detector.model import MODEL_FORMAT
 from detector.model_store import list_manifests, save_model
 from detector.service import Detector
 from detector.training import train_platform

@@ -265,22 +265,10 @@ def max_per_window(
     return veh, win, best
 
 
-def window_maxima(
-    vehicle: np.ndarray, window: np.ndarray, evidence: np.ndarray
-) -> np.ndarray:
-    """(windows, columns): each column's largest value per distinct (vehicle, window)."""
-    if len(evidence) == 0:
-        return np.zeros((0, evidence.shape[1]))
-    _, _, inv = vw_groups(vehicle, window)
-    out = np.zeros((inv.max() + 1, evidence.shape[1]))
-    np.maximum.at(out, inv, evidence)
-    return out
-
-
-def slot_maxima(slot: np.ndarray, evidence: np.ndarray, n_slots: int) -> np.ndarray:
-    """(n_slots, columns): each column's largest value per envelope slot."""
-    out = np.zeros((n_slots, evidence.shape[1]))
-    np.maximum.at(out, slot, evidence)
+def group_maxima(group: np.ndarray, evidence: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups, columns): each column's largest value per group (0 where none)."""
+    out = np.zeros((n_groups, evidence.shape[1]))
+    np.maximum.at(out, group, evidence)
     return out
 
 

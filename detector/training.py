@@ -37,7 +37,7 @@ from detector.model import (
     cross_drive_scale,
     envelope_slot,
     fit_platform_model,
-    slot_maxima,
+    group_maxima,
 )
 from detector.pipeline import score_rows
 from detector.reference import WARMUP_WINDOWS, StreamReference
@@ -235,12 +235,10 @@ def calibrate(model: PlatformModel, folds: list[HeldOut], target_fpr: float) -> 
     tolerance = np.zeros((n_slots, N_EVIDENCE))
     maxima = []
     for f in folds:
-        tolerance = np.maximum(
-            tolerance, slot_maxima(envelope_slot(model.baseline, f.can_id), f.evidence, n_slots)
-        )
-        out = np.zeros((int(f.group.max()) + 1 if len(f.group) else 0, N_EVIDENCE))
-        np.maximum.at(out, f.group, f.evidence)
-        maxima.append(out)
+        slot = envelope_slot(model.baseline, f.can_id)
+        tolerance = np.maximum(tolerance, group_maxima(slot, f.evidence, n_slots))
+        n_windows = int(f.group.max()) + 1 if len(f.group) else 0
+        maxima.append(group_maxima(f.group, f.evidence, n_windows))
     model.tolerance = tolerance
     model.evidence_scale = cross_drive_scale(np.concatenate(maxima), target_fpr)
 
