@@ -13,6 +13,7 @@ import pytest
 import detector.model_store as model_store
 from detector.config import DetectionConfig
 from detector.errors import ModelError
+from detector.features import FEATURE_NAMES
 from detector.model import PlatformModel
 from detector.model_store import list_manifests, load_latest, load_model, next_version, save_model
 from detector.training import train_platform
@@ -119,7 +120,14 @@ def test_manifest_problems_are_model_errors(saved: Path) -> None:
         load_model(saved)
     data["feature_names"] = data["feature_names"][:-1]
     saved.write_text(json.dumps(data))
-    with pytest.raises(ModelError, match="other features"):
+    with pytest.raises(ModelError, match="another format .* retrain"):
+        load_model(saved)
+    # a model written before evidence was calibrated on held-out drives has no format
+    data = json.loads(json.dumps(data))
+    data["feature_names"] = list(FEATURE_NAMES)
+    del data["format"]
+    saved.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"format 1, .*reads format 2"):
         load_model(saved)
 
 
