@@ -6,10 +6,13 @@ left ``canwatch detect`` spinning inside kafka-python's ``poll()`` while
 every partition, because the loop computed both and the loop never came back.
 The ``Watchdog`` thread computes them instead, once a tick, from
 
-- the broker's log end offsets, read by a Kafka client of its own: Tansu
-  answers ListOffsets(latest) with the base offset of the last batch + 1 (it
-  under-reports by up to a batch), so each probe also fetches from there and
-  takes the high watermark of the Fetch response, which is exact;
+- the broker's log end offsets, read by a Kafka client of its own
+  (``EndOffsets``): Tansu answers ListOffsets(latest) with the base offset of
+  the last batch + 1 (it under-reports by up to a batch), so each probe also
+  fetches from the detector's position and takes the high watermark of the
+  Fetch response, which is exact; an empty response, with ListOffsets not
+  past the position either, means nothing waits there, whatever the high
+  watermark says (Tansu numbers batches it refuses);
 - the detector consumer's fetch positions (kafka-python's subscription
   state, read without calling into the client), and the time the loop last
   went round (``LoopState.beat``).
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +50,8 @@ log = logging.getLogger("canwatch.watchdog")
 PROBE_MAX_S = 5.0  # end offsets at least this often
 PROBE_TIMEOUT_MS = 1000
 PROBE_BOOTSTRAP_MS = 5000
+_FRAME = struct.Struct(">qi")  # a batch's base offset and length
+_LAST_DELTA = struct.Struct(">i")  # at byte 23 of a v2 batch
 
 
 @dataclass(frozen=True)
@@ -132,49 +138,70 @@ class Health:
 
 
 class EndOffsets:
-    """Log end offsets from a Kafka client of the watchdog's own (see the module doc).
-    Created on first use; every call bounded in time.
+    """Where each partition's readable records end, from a Kafka client of the watchdog's
+    own (see the module doc). Created on first use; every call bounded in time.
 
-    The verifying fetch never parses a record: the high watermark is read when the
-    response is taken in, and the records are dropped unread (``_high_water_only``),
+    For each partition it asks ListOffsets(latest), then fetches from the detector's
+    position: the response's high watermark is the true log end even where
+    ListOffsets under-reports, and whether the response holds any bytes says whether
+    anything is readable past the position at all (Tansu also numbers batches it
+    refuses: a high watermark past the last stored batch holds nothing to read).
+    The fetch never parses a record: they are dropped unread (``_high_water_only``),
     so a batch that hangs the poll loop's parse cannot hang the watchdog too. That
     replaces a private class on this client's fetcher, so it is done only for the
-    kafka-python canwatch pins; with another the end offsets are ListOffsets' alone
-    (exact on Kafka, a lower bound on Tansu)."""
+    kafka-python canwatch pins; with another the ends are ListOffsets' alone (exact
+    on Kafka, a lower bound on Tansu)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._consumer: Any = None
         self._assigned: frozenset = frozenset()
-        self.verified = False  # whether the fetch checks ListOffsets
+        self._readable: dict = {}  # partition -> [position, whether the fetch reached it]
+        self.verified = False  # whether a fetch checks ListOffsets
 
-    def __call__(self, partitions: list) -> dict:
-        """{partition: log end offset}; raises if the broker does not answer."""
+    def __call__(self, positions: dict) -> dict:
+        """{partition: end}: the log end offset, or the position itself when nothing
+        readable lies past it; raises if the broker does not answer."""
         if self._consumer is None:
             self._consumer = self._connect()
-        c = self._consumer
         try:
-            return self._ends(c, partitions)
+            return self._ends(self._consumer, positions)
         except Exception:
             self.close()  # a fresh client next time, whatever state this one is in
             raise
 
-    def _ends(self, c: Any, partitions: list) -> dict:
+    def _ends(self, c: Any, positions: dict) -> dict:
+        partitions = list(positions)
         if frozenset(partitions) != self._assigned:
             c.assign(partitions)
             self._assigned = frozenset(partitions)
         answer = c.end_offsets(partitions, PROBE_TIMEOUT_MS)
-        listed = {tp: int(o or 0) for tp, o in answer.items()}
+        listed = {tp: int(answer.get(tp) or 0) for tp in partitions}
         if not self.verified:
-            return {tp: listed.get(tp, 0) for tp in partitions}
+            return listed
         states = c._subscription.assignment
         for tp in partitions:
-            c.seek(tp, listed.get(tp, 0))  # never past the end: no out-of-range reset
+            at = positions[tp]
+            known = max(listed[tp], int(states[tp].highwater or 0))  # never seek past the end
+            c.seek(tp, known if at is None or at > known else at)
             states[tp].highwater = None
+            self._readable[tp] = [at, False]
         deadline = time.monotonic() + PROBE_TIMEOUT_MS / 1000
         while time.monotonic() < deadline and any(c.highwater(tp) is None for tp in partitions):
             c.poll(timeout_ms=50)  # returns no records: the fetcher drops them unread
-        return {tp: max(listed.get(tp, 0), int(c.highwater(tp) or 0)) for tp in partitions}
+        ends = {}
+        for tp in partitions:
+            end = max(listed[tp], int(c.highwater(tp) or 0))
+            at, reached = self._readable[tp]
+            if at is not None and c.highwater(tp) is not None and not reached:
+                # Nothing to give from the position on. Nothing waits there unless the
+                # broker stores batches further on (its ListOffsets says so): a broker
+                # that will not serve from inside a gap (Tansu, after a refused batch it
+                # numbered) leaves a stall, and the watchdog must see it.
+                if listed[tp] <= at:
+                    end = min(end, at)
+            ends[tp] = end
+        return ends
 
     def _connect(self) -> Any:
         import kafka
@@ -195,7 +222,7 @@ class EndOffsets:
         fetcher = getattr(consumer, "_fetcher", None)
         self.verified = kafka.__version__ == KAFKA_PYTHON_VERSION and fetcher is not None
         if self.verified:
-            fetcher.PartitionRecords = _high_water_only()
+            fetcher.PartitionRecords = _high_water_only(self._readable)
         return consumer
 
     def close(self) -> None:
@@ -208,17 +235,42 @@ class EndOffsets:
                 log.debug("closing the watchdog's consumer: %r", exc)
 
 
-def _high_water_only() -> type:
-    """kafka-python's PartitionRecords that yields no record: the fetcher has read the
-    partition's high watermark from the response before it asks for records."""
+def _high_water_only(readable: dict) -> type:
+    """kafka-python's PartitionRecords that yields no record (the fetcher has read the
+    partition's high watermark from the response before it asks for records) and
+    notes in ``readable[tp][1]`` whether the response holds a batch reaching the
+    position ``readable[tp][0]``."""
     from kafka.consumer.fetcher import Fetcher
 
     class HighWaterOnly(Fetcher.PartitionRecords):
+        def __init__(self, fetch_offset, tp, records, *args, **kwargs):
+            super().__init__(fetch_offset, tp, records, *args, **kwargs)
+            wanted = readable.get(tp)
+            if wanted is not None and wanted[0] is not None:
+                wanted[1] = _reaches(records._buffer, wanted[0])
+
         def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
             self.drain()  # done: the fetcher moves on (an undrained one it spins on)
             yield from ()
 
     return HighWaterOnly
+
+
+def _reaches(data, offset: int) -> bool:
+    """Whether fetched bytes hold a batch whose last offset is ``offset`` or later (by
+    its framing alone: base offset, and for v2 the last offset delta)."""
+    pos, size = 0, len(data)
+    while size - pos >= 17:
+        base, length = _FRAME.unpack_from(data, pos)
+        if length < 0:
+            break
+        last = base
+        if data[pos + 16] == 2 and size - pos >= 27:
+            last = base + max(_LAST_DELTA.unpack_from(data, pos + 23)[0], 0)
+        if last >= offset:
+            return True
+        pos += 12 + length
+    return False
 
 
 class Watchdog(threading.Thread):
@@ -232,7 +284,7 @@ class Watchdog(threading.Thread):
         health: Health,
         loop_state: Callable[[], LoopState],
         on_exit: Callable[[str], None],
-        end_offsets: Callable[[list], dict] | None = None,
+        end_offsets: Callable[[dict], dict] | None = None,
     ) -> None:
         super().__init__(name="canwatch-watchdog", daemon=True)
         w = cfg.watchdog
@@ -266,7 +318,7 @@ class Watchdog(threading.Thread):
     def tick(self, now: float) -> Verdict:
         state = self.loop_state()
         if now - self._last_probe >= self.probe_s and state.positions:
-            self._probe(now, list(state.positions))
+            self._probe(now, state.positions)
         fresh = now - self._ends_at <= 2 * self.probe_s + self.tick_s
         ends = self._ends if fresh else None
         verdict = self.watch.observe(now, state, ends)
@@ -285,10 +337,10 @@ class Watchdog(threading.Thread):
             self.on_exit(why)
         return verdict
 
-    def _probe(self, now: float, partitions: list) -> None:
+    def _probe(self, now: float, positions: dict) -> None:
         self._last_probe = now
         try:
-            self._ends = self._ends_of(partitions)
+            self._ends = self._ends_of(positions)
             self._ends_at = now
         except Exception as exc:  # the broker does not answer: an outage, not a stall
             log.debug("watchdog: no end offsets from Kafka: %r", exc)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry
 from test_detect_service import CANWATCH, scrape, service_config, total, wait_for
 
@@ -125,7 +126,7 @@ def test_a_tick_exports_lag_stall_and_ready_logs_once_and_exits_once(caplog):
     exits: list[str] = []
     answers = [True]
 
-    def end_offsets(partitions):
+    def end_offsets(positions):
         if not answers[0]:
             raise ConnectionError("broker away")
         return dict(ends)
@@ -200,12 +201,52 @@ def test_end_offsets_equal_the_records_read_back_where_list_offsets_under_report
     cfg = load_config(None, env={}, overrides={"kafka.bootstrap": broker.bootstrap})
     probe = EndOffsets(cfg)
     try:
-        ends = probe([tp])
+        ends = [probe({tp: at})[tp] for at in (None, 0, 4, 8, 9)]
     finally:
         probe.close()
-    print(f"\nListOffsets(latest) {listed}, records read back {len(records)}, watchdog {ends[tp]}")
+    print(f"\nListOffsets(latest) {listed}, records read back {len(records)}, watchdog {ends}")
     assert len(records) == 9 and [r.offset for r in records] == list(range(9))
-    assert ends[tp] == 9 and listed <= 9
+    assert ends == [9, 9, 9, 9, 9] and listed <= 9
+
+
+@pytest.mark.kafka
+def test_offsets_the_broker_numbered_but_cannot_give_are_records_waiting_only_before_others(
+    broker, unique_topic
+):
+    """Tansu refuses a batch of unknown codec (7) but numbers its offsets all the same,
+    and a fetch from inside such a gap returns nothing. At the end of the log that is
+    no record waiting (else a stall that no restart ends); before stored records it is
+    (the consumer cannot get past it: a stall the watchdog must report)."""
+    from test_fuzz_batches import RawKafka
+
+    from detector import kafka_records as kr
+
+    good = kr.build_batch([(i, 1_700_000_000_000, b"k", b"v", []) for i in range(3)])
+    bad = bytearray(good)
+    bad[21:23] = (7).to_bytes(2, "big")
+    bad[17:21] = calc_crc32c(bytes(bad[21:])).to_bytes(4, "big")
+    cfg = load_config(None, env={}, overrides={"kafka.bootstrap": broker.bootstrap})
+    ends = {}
+    for case, batches in (("end", [good, bytes(bad)]), ("middle", [good, bytes(bad), good])):
+        topic = unique_topic(case)
+        create_topics(broker.bootstrap, {topic: 1})
+        raw = RawKafka(broker.bootstrap)
+        try:
+            for batch in batches:
+                raw.produce(topic, 0, batch)
+            answers = [raw.produced() for _ in batches]
+        finally:
+            raw.close()
+        assert answers[0] == (0, 0) and answers[1][0] != 0  # the bad one refused
+        tp = TopicPartition(topic, 0)
+        probe = EndOffsets(cfg)
+        try:
+            ends[case] = probe({tp: 0})[tp], probe({tp: 3})[tp]
+        finally:
+            probe.close()
+    print(f"\nend offsets from 0 and from 3 (the gap): {ends}")
+    assert ends["end"] == (6, 3)  # from the gap: nothing waits
+    assert ends["middle"] == (9, 9)  # records wait beyond a gap the broker cannot serve
 
 
 # -- canwatch detect with a poll that never returns ---------------------------------------------
