@@ -9,8 +9,10 @@ The ``Watchdog`` thread computes them instead, once a tick, from
 - the broker's log end offsets, read by a Kafka client of its own
   (``EndOffsets``): Tansu answers ListOffsets(latest) with the base offset of
   the last batch + 1 (it under-reports by up to a batch), so each probe also
-  fetches from the detector's position and takes the high watermark of the
-  Fetch response, which is exact; an empty response, with ListOffsets not
+  fetches from the detector's position where ListOffsets shows it caught up,
+  and takes the high watermark of the Fetch response, which is exact (where
+  ListOffsets is past the position no fetch is spent, and lag is a lower
+  bound on Tansu, by less than a batch); an empty response, with ListOffsets not
   past the position either, means nothing waits there, whatever the high
   watermark says (Tansu numbers batches it refuses);
 - the detector consumer's fetch positions (kafka-python's subscription
@@ -91,11 +93,10 @@ class StallWatch:
                 continue
             best, at = self._mark.get(tp, (None, now))
             end = None if ends is None else ends.get(tp)
-            if best is None or pos > best or (end is not None and end <= pos):
-                best, at = (
-                    max(pos, best if best is not None else pos),
-                    now,
-                )  # progress, or caught up
+            if best is None or pos > best or end is None or end <= pos:
+                # progress, caught up, or no word from the broker: time without evidence
+                # of records waiting does not count (an outage is not a stall)
+                best, at = max(pos, best if best is not None else pos), now
             self._mark[tp] = (best, at)
             if end is not None and end > pos and now - at >= self.stall_s:
                 stalled.append(tp)
@@ -180,6 +181,10 @@ class EndOffsets:
         if not self.verified:
             return listed
         states = c._subscription.assignment
+        # ListOffsets past the position already proves records waiting (a lower bound
+        # on Tansu): only partitions it shows caught up cost a fetch
+        behind = [tp for tp in partitions if (positions[tp] or 0) < listed[tp]]
+        partitions = [tp for tp in partitions if tp not in behind]
         for tp in partitions:
             at = positions[tp]
             known = max(listed[tp], int(states[tp].highwater or 0))  # never seek past the end
@@ -189,7 +194,7 @@ class EndOffsets:
         deadline = time.monotonic() + PROBE_TIMEOUT_MS / 1000
         while time.monotonic() < deadline and any(c.highwater(tp) is None for tp in partitions):
             c.poll(timeout_ms=50)  # returns no records: the fetcher drops them unread
-        ends = {}
+        ends = {tp: listed[tp] for tp in behind}
         for tp in partitions:
             end = max(listed[tp], int(c.highwater(tp) or 0))
             at, reached = self._readable[tp]
@@ -309,7 +314,10 @@ class Watchdog(threading.Thread):
     def run(self) -> None:
         try:
             while not self._halt.wait(self.tick_s):
-                self.tick(time.monotonic())
+                try:
+                    self.tick(time.monotonic())
+                except Exception:  # the watchdog must outlive whatever it watches
+                    log.exception("watchdog tick failed")
         finally:
             close = getattr(self._ends_of, "close", None)
             if close is not None:
