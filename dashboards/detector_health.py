@@ -83,7 +83,9 @@ def detector_health() -> dict[str, Any]:
                 )
             ],
             "s",
-            description="Wall clock minus the newest event time processed, per partition.",
+            description="Wall clock minus the newest event time processed, per partition "
+            "(kept current by the watchdog: it grows while nothing is processed).",
+            w=8,
         ),
         timeseries(
             "Consumer lag",
@@ -95,6 +97,25 @@ def detector_health() -> dict[str, Any]:
             ],
             "short",
             axis_label="records",
+            description="Log end offset (verified by a fetch) minus the fetch position, "
+            "computed by the watchdog outside the poll loop; no value while the broker "
+            "does not answer.",
+            w=8,
+        ),
+        timeseries(
+            "Poll loop stalled",
+            [
+                target(
+                    f"max by (instance) (canwatch_poll_stalled_seconds{{{I}}})",
+                    "{{instance}}",
+                )
+            ],
+            "s",
+            threshold=1,
+            description="Seconds without progress while records wait (or since the poll loop "
+            "last came round), from watchdog.stall_s on; 0 = progressing. The instance is not "
+            "ready meanwhile and exits after watchdog.exit_s; its log names the partitions.",
+            w=8,
         ),
         row("Errors"),
         timeseries(
@@ -103,6 +124,18 @@ def detector_health() -> dict[str, Any]:
             "short",
             stack=True,
             axis_label="records/s",
+            w=8,
+        ),
+        timeseries(
+            "Unreadable Kafka records by reason",
+            [target(sum_rate("canwatch_unreadable_records_total", I, "reason"), "{{reason}}")],
+            "short",
+            stack=True,
+            axis_label="records/s",
+            description="Records the Kafka record format itself could not describe (bad CRC, "
+            "codec, lengths, a header name that is not UTF-8, ...), counted by offset; each "
+            "record or span is in the DLQ with its partition, offsets and reason.",
+            w=8,
         ),
         timeseries(
             "Late frames by brand",
@@ -110,6 +143,7 @@ def detector_health() -> dict[str, Any]:
             "short",
             axis_label="frames/s",
             description="Frames older than an already closed window; dropped.",
+            w=8,
         ),
         row("Consumer group and models"),
         timeseries(
@@ -199,8 +233,8 @@ def detector_health() -> dict[str, Any]:
     return dashboard(
         "canwatch-detector-health",
         "canwatch / detector health",
-        "Throughput, latency, lag, dead letters, rebalances, model reloads and process "
-        "resources of the detector instances.",
+        "Throughput, latency, lag, stalls, dead letters, rebalances, model reloads and "
+        "process resources of the detector instances.",
         [datasource_variable(), label_variable("instance", "Instance", "canwatch_up")],
         panels,
     )

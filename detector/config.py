@@ -84,6 +84,13 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    stall_s: float = 30.0  # records waiting, no progress this long: not ready, logged
+    exit_s: float = 120.0  # no progress this long: exit non-zero (the supervisor restarts)
+    shutdown_timeout_s: float = 10.0  # after SIGTERM/SIGINT, exit within this whatever Kafka does
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -92,6 +99,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
 
 #: Codecs for the records canwatch produces; lz4 is a dependency, gzip is in the
@@ -120,6 +128,9 @@ _RULES: dict[str, tuple[Any, str]] = {
     "models.reload_interval_s": (lambda v: v > 0, "> 0"),
     "incidents.quiet_windows": (lambda v: v >= 1, ">= 1"),
     "metrics.address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
+    "watchdog.stall_s": (lambda v: 1 <= v <= 3600, "in [1, 3600]"),
+    "watchdog.exit_s": (lambda v: 1 <= v <= 86400, "in [1, 86400]"),
+    "watchdog.shutdown_timeout_s": (lambda v: 1 <= v <= 600, "in [1, 600]"),
 }
 
 
@@ -168,6 +179,7 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "privacy": PrivacyConfig,
     "fleet": FleetConfig,
+    "watchdog": WatchdogConfig,
 }
 
 
@@ -177,6 +189,11 @@ def validate(config: Config) -> Config:
         value = getattr(getattr(config, section), key)
         if not ok(value):
             raise ConfigError(f"{dotted} must be {rule}, got {value!r}")
+    w = config.watchdog
+    if w.exit_s < w.stall_s:
+        raise ConfigError(
+            f"watchdog.exit_s must be >= watchdog.stall_s ({w.stall_s:g}), got {w.exit_s:g}"
+        )
     k = config.kafka
     if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""kafka-python's consumer records built from one compiled pass over each record batch.
+"""kafka-python's consumer records built from one compiled pass over each record batch,
+and every record batch read without ever raising.
 
 kafka-python 3.0 turns a fetched record batch into ``ConsumerRecord`` objects in
 Python, field by field: a dozen ``decode_varint`` calls a record, a
@@ -15,12 +16,16 @@ out and builds each ``ConsumerRecord``. It yields exactly what kafka-python
 yields, with the same bookkeeping between records (next fetch offset, records
 and bytes read), so a poll that stops mid-batch resumes where it should.
 
-Anything else is kafka-python's own code: consumers with deserializers or
-``read_committed``, a batch that fails its CRC, legacy (v0/v1) batches,
-control batches, and any batch the pass finds malformed in any way (bad
-varints, lengths out of bounds, sizes that do not add up, header names that
-are not UTF-8): from that batch on, the original generator takes over with
-the same state, and raises the same errors at the same record.
+Every other batch is read by ``detector.kafka_salvage``, never by kafka-python's
+generator: that one raises ``CorruptRecordError`` at the first malformed field,
+and kafka-python 3.0.12 then spins forever inside ``Fetcher.fetched_records``
+(the dead generator is never drained), so a single record with a header name
+that is not UTF-8 stopped consumption of every partition (issue 21). The
+salvage reads each record it can exactly as kafka-python would and yields an
+``UnreadableRecord`` (offsets, reason, raw bytes) for each part it cannot, so
+the fetch position always moves past a batch, whatever it holds. Consumers
+with deserializers or ``read_committed`` (canwatch has none) keep kafka-python's
+own generator.
 
 Like ``detector.kafka_recv`` this replaces a private method, so it is
 installed only for the kafka-python version it was checked against, and only
@@ -30,9 +35,12 @@ after it parsed a few batches exactly as kafka-python does (``_self_check``).
 from __future__ import annotations
 
 import logging
+import struct
 
 import numpy as np
 from numba import njit
+
+from detector import kafka_salvage as salvage
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +87,17 @@ def _bytes_field(buf, pos, end):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
+def _scan(buf, pos, n_records, last_delta, out, headers):  # pragma: no cover - compiled
     """Every record's fields into ``out`` (one row a record, see the column names)
     and every header's (name at, name length, value at, value length) into
     ``headers``. Returns the number of headers, or -1 unless the records are
-    exactly what kafka-python reads without an error: each field inside the
-    batch, a record's fields adding up to its length, the last record ending
-    the batch."""
+    exactly what kafka-python reads without an error and sit where the broker
+    put them: each field inside the batch, a record's fields adding up to its
+    length, the last record ending the batch, offset deltas increasing and at
+    most the batch's last one."""
     end = buf.shape[0]
     n_headers = 0
+    prev_delta = -1
     varints = np.empty(3, np.int64)  # attributes (unused, as in kafka-python), ts delta, offset delta
     for i in range(n_records):
         length, pos = _varint(buf, pos, end)
@@ -98,6 +108,9 @@ def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
             varints[f], pos = _varint(buf, pos, end)
             if pos < 0:
                 return -1
+        if not prev_delta < varints[2] <= last_delta:
+            return -1
+        prev_delta = varints[2]
         key_at, key_len, pos = _bytes_field(buf, pos, end)
         if pos < 0:
             return -1
@@ -144,19 +157,16 @@ def _scan(buf, pos, n_records, out, headers):  # pragma: no cover - compiled
 
 def _records(batch) -> tuple | None:
     """(per-record rows of ``_scan``'s table, every header as kafka-python reads
-    it, the batch's bytes) for a v2 data batch whose CRC was checked; None for a
-    batch kafka-python should read itself."""
-    try:
-        batch._maybe_uncompress()
-    except Exception:  # a codec error: kafka-python raises it, in its own order
-        return None
+    it, the batch's bytes) for a v2 data batch whose CRC was checked and body
+    inflated; None for a batch the salvage must read."""
     buf = batch._buffer
     n = batch._num_records
     if not 0 <= n <= (len(buf) - batch._pos) // _MIN_RECORD_BYTES:  # a count no batch can hold
         return None
     table = np.empty((n, _COLUMNS), np.int64)
     spans = np.empty((n * _HEADERS_PER_RECORD, 4), np.int64)
-    n_headers = _scan(np.frombuffer(buf, np.uint8), batch._pos, n, table, spans)
+    last_delta = batch.last_offset_delta
+    n_headers = _scan(np.frombuffer(buf, np.uint8), batch._pos, n, last_delta, table, spans)
     if n_headers < 0:
         return None
     view = memoryview(buf)
@@ -179,15 +189,76 @@ def _records(batch) -> tuple | None:
                     for name_at, name_len, at, length in spans[row[_HEADERS_FROM] : row[_HEADERS_TO]]
                 )
             record_headers.append(headers)
-    except UnicodeDecodeError:  # kafka-python raises it at that record: let it
+    except UnicodeDecodeError:  # the salvage dead-letters that record alone
         return None
     return rows, record_headers, view
+
+
+_FRAME = struct.Struct(">qi")  # every batch version starts with its offset and length
+_LOG_OVERHEAD = 12
+_MIN_SLICE = 26  # kafka-python's MemoryRecords.MIN_SLICE: no (v0) message set is shorter
+_MAGIC = struct.Struct(">b")
+_LAST_DELTA = struct.Struct(">i")  # at byte 23 of a v2 header
 
 
 def _unpack_records_compiled(stock):
     from kafka.consumer.fetcher import ConsumerRecord
     from kafka.protocol.consumer import IsolationLevel
     from kafka.record import MemoryRecords
+    from kafka.record.default_records import DefaultRecordBatch
+
+    def unreadable(self, tp, epoch, first, problem, raw):
+        """The span ``[first, problem.last_offset]`` as one record for the fetcher."""
+        self.records_read += 1
+        self.bytes_read += len(raw)
+        self.next_fetch_offset = max(self.next_fetch_offset, problem.last_offset + 1)
+        return salvage.UnreadableRecord(tp.topic, tp.partition, epoch, first, problem, raw)
+
+    def span(self, tp, epoch, first, last, reason, detail, raw):
+        """A whole batch (or what is left of a fetch) that cannot be read; None if it lies
+        before the fetch offset (read in an earlier fetch)."""
+        if last < self.fetch_offset:
+            return None
+        first = max(first, self.fetch_offset)
+        return unreadable(self, tp, epoch, first, salvage.Problem(reason, detail, last), raw)
+
+    def salvaged(self, tp, batch, last):
+        """Records and unreadable parts of a v2 batch the compiled pass refused."""
+        epoch, tstype = batch.leader_epoch, batch.timestamp_type
+        for item in salvage.read_v2(batch, self.fetch_offset, last):
+            if item[0] == "bad":
+                _, first, problem, raw = item
+                yield unreadable(self, tp, epoch, salvage.clamp(first, problem, self.fetch_offset),
+                                 problem, raw)  # fmt: skip
+                continue
+            _, offset, ts, key, value, headers, size, h_size = item
+            self.records_read += 1
+            self.bytes_read += size
+            self.next_fetch_offset = offset + 1
+            yield ConsumerRecord(
+                tp.topic, tp.partition, epoch, offset, ts, tstype, key, value, headers, None,
+                len(key) if key is not None else -1, len(value) if value is not None else -1,
+                h_size,
+            )  # fmt: skip
+
+    def legacy(self, tp, view, magic):
+        """A v0/v1 message set, read by kafka-python's classes as its generator does."""
+        for item in salvage.read_legacy(view, magic, self.check_crcs, self.fetch_offset):
+            if item[0] == "bad":
+                _, first, problem, raw = item
+                yield unreadable(self, tp, self.leader_epoch,
+                                 salvage.clamp(first, problem, self.fetch_offset), problem, raw)  # fmt: skip
+                continue
+            record = item[1]
+            key, value = record.key, record.value
+            self.records_read += 1
+            self.bytes_read += record.size_in_bytes
+            self.next_fetch_offset = record.offset + 1
+            yield ConsumerRecord(
+                tp.topic, tp.partition, self.leader_epoch, record.offset, record.timestamp,
+                record.timestamp_type, key, value, record.headers, record.checksum,
+                len(key) if key is not None else -1, len(value) if value is not None else -1, -1,
+            )  # fmt: skip
 
     def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
         if (
@@ -199,32 +270,86 @@ def _unpack_records_compiled(stock):
             yield from stock(self, tp, records, key_deserializer, value_deserializer)
             return
         topic, partition = tp.topic, tp.partition
-        last_batch = None
-        while True:
-            # where kafka-python's generator starts over if this batch is not ours
-            mark = (records._pos, records._next_slice, records._remaining_bytes)
-            batch = records.next_batch()
-            if batch is None:
+        data = records._buffer
+        size, pos = len(data), 0
+        tail = None  # the next offset after the fetch's last batch, if it was a v2 one
+        floor = None  # the offset after the previous batch of this fetch
+        while size - pos >= _LOG_OVERHEAD:
+            base, length = _FRAME.unpack_from(data, pos)
+            end = pos + _LOG_OVERHEAD + length
+            if floor is not None and base < floor:
+                break  # not where a batch can be: the next fetch reads from the floor on
+            if length < 0:
+                # Nothing after it can be found in this fetch: one offset is skipped (and
+                # dead-lettered) per fetch until the broker sends something readable.
+                at = max(self.next_fetch_offset, tail or 0)
+                detail = f"batch length {length} at offset {base}"
+                item = span(self, tp, self.leader_epoch, at, at, salvage.BAD_BATCH, detail,
+                            bytes(data[pos:]))  # fmt: skip
+                if item is not None:
+                    yield item
+                tail = None
                 break
-            parsed = None
-            if batch.magic == 2 and not batch.is_control_batch:
-                if not self.check_crcs or batch.validate_crc():
-                    parsed = _records(batch)
-            if parsed is None:
-                records._pos, records._next_slice, records._remaining_bytes = mark
-                yield from stock(self, tp, records, key_deserializer, value_deserializer)
-                return
-            last_batch = batch
+            if end > size:
+                break  # a partial batch ends the response: the next fetch starts with it
+            view = memoryview(data)[pos:end]
+            pos = end
+            # No offset of this batch reaches the next batch's (its last offset delta
+            # may be anything when its CRC does not hold).
+            limit = None
+            if size - pos >= 8:
+                following = _FRAME.unpack_from(data, pos)[0]
+                limit = following - 1 if following > base else None
+            magic = _MAGIC.unpack_from(view, 16)[0] if len(view) > 16 else None
+            if magic != 2 or len(view) < salvage.V2_HEADER_BYTES:
+                tail = None
+                if magic in (0, 1) and len(view) >= _MIN_SLICE:
+                    yield from legacy(self, tp, view, magic)
+                    floor = max(floor or 0, base + 1)  # a message set's offset is its last
+                    continue
+                last = base
+                if magic is not None and magic > 2 and len(view) >= 27:
+                    last = base + max(_LAST_DELTA.unpack_from(view, 23)[0], 0)
+                last = last if limit is None else min(last, limit)
+                floor = max(floor or 0, last + 1)
+                detail = f"record batch version {magic}, {len(view)} bytes: not readable"
+                item = span(self, tp, self.leader_epoch, base, last, salvage.BAD_BATCH, detail,
+                            bytes(view))  # fmt: skip
+                if item is not None:
+                    yield item
+                continue
+            batch = DefaultRecordBatch(view)
             self.leader_epoch = epoch = batch.leader_epoch
+            last = salvage.last_offset_of(batch)
+            last = last if limit is None else min(last, limit)
+            floor = tail = last + 1
+            problem = salvage.batch_problem(batch, self.check_crcs)
+            if problem is None and batch.is_control_batch:  # a transaction marker
+                self.next_fetch_offset = max(self.next_fetch_offset, tail)
+                continue
+            if problem is None:
+                try:
+                    salvage.inflate(batch)
+                except Exception as exc:  # unknown codec, no library, corrupt, a bomb
+                    problem = salvage.BAD_CODEC, f"codec {batch.compression_type}: {exc!r}"[:300]
+            if problem is not None:
+                item = span(self, tp, epoch, base, last, *problem, bytes(view))
+                if item is not None:
+                    yield item
+                continue
+            parsed = _records(batch)
+            if parsed is None:
+                yield from salvaged(self, tp, batch, last)
+                continue
             rows, record_headers, view = parsed
             tstype = batch.timestamp_type
             hd = batch._header_data
             base_offset, first_ts = hd[0], hd[7]
             for row, headers in zip(rows, record_headers, strict=True):
-                size, ts_delta, off, k_at, k_len, v_at, v_len, _, _, h_size, _, _ = row
+                size_, ts_delta, off, k_at, k_len, v_at, v_len, _, _, h_size, _, _ = row
                 offset = base_offset + off
                 self.records_read += 1
-                self.bytes_read += size
+                self.bytes_read += size_
                 self.next_fetch_offset = offset + 1
                 yield ConsumerRecord(
                     topic, partition, epoch, offset,
@@ -236,8 +361,8 @@ def _unpack_records_compiled(stock):
                     k_len if k_len >= 0 else -1, v_len if v_len >= 0 else -1, h_size,
                 )  # fmt: skip
         # as kafka-python ends a fetch's records (v2 keeps a batch's last offset)
-        if last_batch is not None:
-            self.next_fetch_offset = last_batch.next_offset
+        if tail is not None:
+            self.next_fetch_offset = max(self.next_fetch_offset, tail)
         self.drain()
 
     _unpack_records.__qualname__ = "canwatch._unpack_records"
@@ -286,16 +411,19 @@ def build_batch(
     compression: int = 0,
     control: bool = False,
     log_append: bool = False,
+    producer_id: int = -1,
 ) -> bytes:
     """A v2 record batch as a broker would send it, from (offset delta, timestamp,
     key, value, headers) rows, with kafka-python's own builder; ``control`` and
-    ``log_append`` set those attribute bits (and the CRC again)."""
+    ``log_append`` set those attribute bits (and the CRC again); a ``producer_id``
+    makes it transactional."""
     from kafka.record.default_records import DefaultRecordBatchBuilder
     from kafka.record.util import calc_crc32c
 
     b = DefaultRecordBatchBuilder(
-        magic=2, compression_type=compression, is_transactional=False, producer_id=-1,
-        producer_epoch=-1, base_sequence=-1, batch_size=1 << 30,
+        magic=2, compression_type=compression, is_transactional=producer_id >= 0,
+        producer_id=producer_id, producer_epoch=0 if producer_id >= 0 else -1,
+        base_sequence=-1, batch_size=1 << 30,
     )  # fmt: skip
     for delta, ts, key, value, headers in rows:
         b.append(delta, timestamp=ts, key=key, value=value, headers=headers)
@@ -308,10 +436,19 @@ def build_batch(
     return bytes(raw)
 
 
+def build_marker(base_offset: int, commit: bool = True, producer_id: int = 7) -> bytes:
+    """A transaction marker (control batch) as a transaction coordinator writes it."""
+    key = struct.pack(">hh", 0, int(commit))  # version 0, type 0 abort / 1 commit
+    value = struct.pack(">hi", 0, 0)  # version 0, coordinator epoch
+    return build_batch([(0, 1_700_000_000_000, key, value, [])], base_offset, control=True,
+                       producer_id=producer_id)  # fmt: skip
+
+
 def _sample_batches() -> bytes:
     """Batches with every kind of field kafka-python reads: null and empty keys and
     values, headers with null values and non-ASCII names, large and negative
-    timestamp deltas, multi-byte varints; a log-append batch, then a control one."""
+    timestamp deltas, multi-byte varints; a log-append batch, then a transaction
+    marker, and a batch after it."""
     rows = [
         (0, 1_700_000_000_000, b"k", b"v" * 300, [("brand", b"jeep"), ("\u00e9-name", None)]),
         (2, 1_699_999_930_000, None, None, []),
@@ -321,7 +458,8 @@ def _sample_batches() -> bytes:
     return (
         build_batch(rows)
         + build_batch(rows, base_offset=1000, compression=1, log_append=True)
-        + build_batch(rows, base_offset=2000, control=True)
+        + build_marker(2000)
+        + build_batch(rows, base_offset=2001)
     )
 
 

@@ -45,6 +45,16 @@ DEFAULT_ADDRESS = "127.0.0.1:9108"
 SEVERITIES = ("low", "medium", "high", "critical")
 ATTACKS = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay", "unknown")
 STAGES = ("decode", "features", "score", "incidents", "produce", "commit")
+#: Why a fetched record (or a span of records) could not be read at all (the
+#: Kafka record format, not canwatch's wire format): ``detector.kafka_salvage``.
+UNREADABLE_REASONS = (
+    "bad_crc",
+    "bad_batch",
+    "bad_codec",
+    "bad_control",
+    "bad_record",
+    "bad_header_name",
+)
 DEAD_LETTER_REASONS = (
     "missing_key",
     "bad_key",
@@ -66,6 +76,7 @@ DEAD_LETTER_REASONS = (
     "empty",
     "mismatch",
     "no_model",
+    *UNREADABLE_REASONS,
 )
 MODEL_RELOAD_FAILURE_REASONS = ("not_found", "bad_manifest", "checksum", "incompatible", "load")
 
@@ -111,6 +122,8 @@ METRIC_NAMES = frozenset(
         "canwatch_event_time_lag_seconds",
         "canwatch_consumer_lag_records",
         "canwatch_dead_letters_total",
+        "canwatch_unreadable_records_total",
+        "canwatch_poll_stalled_seconds",
         "canwatch_late_frames_total",
         "canwatch_model_info",
         "canwatch_model_threshold",
@@ -270,11 +283,23 @@ class DetectorMetrics:
         )
         self.consumer_lag = gauge(
             "canwatch_consumer_lag_records",
-            "Records between the committed offset and the partition end.",
+            "Records between the consumer's fetch position and the partition's log end "
+            "offset, both read by the watchdog (NaN while the broker does not answer).",
             ("partition",),
         )
         self.dead_letters = counter(
             "canwatch_dead_letters_total", "Records sent to the dead-letter topic.", ("reason",)
+        )
+        self.unreadable_records = counter(
+            "canwatch_unreadable_records_total",
+            "Offsets of fetched records that could not be read as Kafka records (each "
+            "record, or span of records, is one dead letter), by reason.",
+            ("reason",),
+        )
+        self.poll_stalled = gauge(
+            "canwatch_poll_stalled_seconds",
+            "Seconds since the poll loop last made progress while records wait (or since "
+            "it last came round), as the watchdog sees it; 0 when not stalled.",
         )
         self.late_frames = counter(
             "canwatch_late_frames_total",
@@ -311,6 +336,7 @@ class DetectorMetrics:
         # Series that exist from the start, so rate()/increase() see their first
         # increment and alerts on them can fire.
         self._dead_letters = {r: self.dead_letters.labels(r) for r in DEAD_LETTER_REASONS}
+        self._unreadable = {r: self.unreadable_records.labels(r) for r in UNREADABLE_REASONS}
         self._reload_failures = {
             r: self.model_reload_failures.labels(r) for r in MODEL_RELOAD_FAILURE_REASONS
         }
@@ -318,6 +344,7 @@ class DetectorMetrics:
         self._brands: dict[str, BrandMetrics] = {}
         self._models: dict[str, tuple[str, str]] = {}
         self._partitions: set[str] = set()  # partitions with lag series
+        self._lagged: set[str] = set()  # partitions with a consumer-lag series
 
     # -- per brand -----------------------------------------------------------------
 
@@ -370,6 +397,10 @@ class DetectorMetrics:
     def dead_letter(self, reason: str, n: int = 1) -> None:
         self._dead_letters[_check(reason, DEAD_LETTER_REASONS, "dead-letter reason")].inc(n)
 
+    def unreadable(self, reason: str, offsets: int) -> None:
+        """A record, or a span of ``offsets`` records, that could not be read at all."""
+        self._unreadable[_check(reason, UNREADABLE_REASONS, "unreadable reason")].inc(offsets)
+
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stages[_check(stage, STAGES, "stage")].observe(seconds)
 
@@ -382,6 +413,17 @@ class DetectorMetrics:
             self.event_time_lag.labels(p).set(event_time_lag_s)
         if consumer_lag is not None:
             self.consumer_lag.labels(p).set(consumer_lag)
+
+    def set_consumer_lag(self, lags: dict[int, float]) -> None:
+        """Consumer lag of exactly the partitions in ``lags`` (NaN: unknown); the
+        series of any other partition goes away."""
+        keep = {str(p) for p in lags}
+        for p in self._lagged - keep:
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(p)
+        for p, lag in lags.items():
+            self.consumer_lag.labels(str(p)).set(lag)
+        self._lagged = keep
 
     def rebalanced(self, assigned: Iterable[int | str]) -> None:
         """After a rebalance: count it and drop lag series of partitions we no longer own."""

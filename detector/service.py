@@ -35,16 +35,32 @@ Faults (each proved by tests/test_faults.py):
   a fresh producer, backing off exponentially. Offset commits are bounded
   (``COMMIT_TIMEOUT_MS``); a failed commit is retried with the next batch.
 - ``canwatch_ready`` is 1 only with models loaded, partitions assigned, no
-  poll unacknowledged for more than ``UNREACHABLE_S``, and the broker heard
-  from within ``UNREACHABLE_S`` (acknowledgements, commits, group heartbeats,
-  or a bounded ListOffsets probe when idle; records are no proof, kafka-python
-  may serve them from its fetch buffer). While it is 0 the detector logs what
+  poll unacknowledged for more than ``UNREACHABLE_S``, the broker heard from
+  within ``UNREACHABLE_S`` (acknowledgements, commits, group heartbeats, or a
+  bounded ListOffsets probe when idle; records are no proof, kafka-python may
+  serve them from its fetch buffer), and the watchdog (``detector.watchdog``,
+  a thread of its own) sees no stall. While it is 0 the detector logs what
   it waits for every ``WAIT_LOG_S`` s; it never exits because Kafka is away.
   Clients reconnect within a second of the broker's return, and the producer
   is replaced then (a broker that lost its state refuses the old producer id).
   Consumption resumes only once the group coordinator confirms the membership
   (a heartbeat answered, or a new assignment): after a long outage the group
   may have evicted this instance and handed its partitions to another.
+- Consumer lag and event-time lag are the watchdog's, computed outside the loop
+  they judge (a stalled loop shows as growing lag, not as the last figures).
+- A record the Kafka record format cannot describe (``detector.kafka_salvage``:
+  bad CRC, codec, varints, lengths, a header name that is not UTF-8, ...) is
+  dead-lettered with its partition, offset(s) and reason, like a record that
+  fails canwatch's own decoding; it never stops the consumer.
+- Poll loop stalled (records waiting and the position not advancing, or the loop
+  not coming round, for ``watchdog.stall_s``): not ready, one log line naming
+  the partitions; after ``watchdog.exit_s`` without progress, ``on_stall``
+  (``canwatch detect`` exits 3 so that its supervisor restarts it). A broker
+  that does not answer is an outage, not a stall.
+- Stop: ``close`` spends at most ``watchdog.shutdown_timeout_s`` minus
+  ``STOP_MARGIN_S`` on acknowledgements, the final commit (of acknowledged polls
+  only) and closing the clients; ``canwatch detect`` exits at the deadline
+  whatever the clients are doing.
 - ``windows_out`` (``canwatch detect --windows-out``): JSON Lines, one line per
   scored window and one per poll (records, frames, offsets), appended and
   fsync'd *before* that poll's offsets are committed, so after kill -9 the file
@@ -76,6 +92,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +105,14 @@ from detector.config import Config
 from detector.errors import CanwatchError, DecodeError, ModelError
 from detector.incidents import IncidentTracker, observations
 from detector.kafka_io import end_offsets, make_consumer, make_producer
+from detector.kafka_records import parse_batches_compiled
+from detector.kafka_salvage import UnreadableRecord
 from detector.metrics import DetectorMetrics
 from detector.model import PlatformModel
 from detector.model_registry import ModelRegistry, failure_reason
 from detector.pipeline import Scorer, vehicle_clock, warm_up, window_scores
 from detector.privacy import load_key, pseudonym, scrub
+from detector.watchdog import Health, LoopState, Watchdog
 from detector.wire import dead_letter_copy, decode_records
 
 log = logging.getLogger("canwatch.detect")
@@ -117,6 +137,10 @@ PROBE_S = 2.0  # no word from the broker for this long: ask it (ListOffsets)
 PROBE_TIMEOUT_MS = 1000
 WAIT_LOG_S = 10.0  # repeat the "waiting for Kafka" line this often
 CLOSE_WAIT_S = 5.0  # on stop: wait this long for outstanding acks
+#: On stop, ``close`` gets watchdog.shutdown_timeout_s minus this: the batch under
+#: way when the signal came, and the process exit, need time too.
+STOP_MARGIN_S = 3.0
+UNREADABLE_LOG_S = 10.0  # at most one summary line of unreadable records this often
 MAX_BACKOFF_S = 30.0  # between rewinds when deliveries keep failing
 #: Reconnect within a second of the broker coming back (kafka-python backs off
 #: exponentially up to 30 s by default); never block a send for a minute on
@@ -151,6 +175,7 @@ class Detector:
         *,
         windows_out: Path | str | None = None,
         freeze_heap: bool = False,
+        on_stall: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         # After start-up, move what it allocated (modules, models, clients) out of
@@ -179,7 +204,6 @@ class Detector:
         self.consumer = None
         self.producer = None
         self._last_reload = 0.0
-        self._last_lag = 0.0
         self._last_active = 0.0
         self._active_brands: set[str] = set()
         self._idle: set[str] = set()  # gone quiet: retired with the next poll
@@ -201,6 +225,17 @@ class Detector:
         self._probe_partitions: list = []  # the last assigned partitions
         self._confirm_since: float | None = None  # back from an outage: membership unconfirmed
         self._stop = threading.Event()  # run()'s; interrupts back-off sleeps
+        # Health judged outside the loop (detector.watchdog): the loop publishes its
+        # last round (beat), its claim of readiness and the newest event time read.
+        self.health = Health(metrics)
+        self.beat = time.monotonic()
+        self._newest: dict = {}  # tp -> newest event time processed
+        self._watchdog: Watchdog | None = None
+        # After watchdog.exit_s without progress; in-process the detector stops itself
+        # (which a loop stuck inside kafka-python cannot do: the CLI exits instead).
+        self.on_stall = on_stall
+        self._unreadable_seen: dict[str, int] = defaultdict(int)  # since the last summary line
+        self._unreadable_logged = 0.0
 
     # -- models ----------------------------------------------------------------
 
@@ -249,6 +284,9 @@ class Detector:
                 log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
 
         wire.warm_up()
+        # Records built by canwatch's own pass, which reads any batch without raising
+        # (kafka-python's raises, then loops forever in the next poll); process-wide.
+        parse_batches_compiled()
         self.registry.refresh()
         self._last_reload = time.monotonic()
         if self.windows_out is not None:  # before connecting: a bad path fails at once
@@ -260,6 +298,11 @@ class Detector:
         self.consumer.subscribe([self.cfg.kafka.telemetry_topic], listener=Listener())
         self._last_contact = time.monotonic()
         self.metrics.set_up(True)
+        self.beat = time.monotonic()
+        self._watchdog = Watchdog(
+            self.cfg, self.metrics, self.health, self.loop_state, self._stalled_too_long
+        )
+        self._watchdog.start()
         if self.freeze_heap:
             self._freeze()
 
@@ -284,15 +327,50 @@ class Detector:
                 except KafkaError as exc:
                     self._rewind(f"Kafka error: {exc!r}")
         finally:
-            self.close()
+            self.close(self.cfg.watchdog.shutdown_timeout_s - STOP_MARGIN_S)
 
-    def close(self) -> None:
+    def loop_state(self) -> LoopState:
+        """What the watchdog judges (called on its thread): the loop's last round, its
+        own readiness, and the consumer's fetch positions from kafka-python's
+        subscription state (read, never asked of the client, which the loop may hold)."""
+        subscription = getattr(self.consumer, "_subscription", None)  # kafka-python 3.0
+        states = getattr(subscription, "assignment", None)
+        if states is None:  # another kafka-python: what the loop itself took last
+            positions = dict(self.next_offset)
+        else:
+            try:
+                states = dict(states)
+            except RuntimeError:  # changed by a rebalance on the IO thread meanwhile
+                states = {}
+            positions = {
+                tp: getattr(getattr(st, "_position", None), "offset", None)
+                for tp, st in states.items()
+            }
+        return LoopState(self.beat, positions, self.health._loop_ready, dict(self._newest))
+
+    def _stalled_too_long(self, why: str) -> None:
+        if self.on_stall is not None:
+            self.on_stall(why)
+        else:
+            self._stop.set()
+
+    def close(self, budget_s: float = CLOSE_WAIT_S + 2 * COMMIT_TIMEOUT_MS / 1000) -> None:
+        """Acknowledgements, the final commit (of acknowledged polls only), clients
+        closed: within ``budget_s`` as far as kafka-python's timeouts allow."""
+        deadline = time.monotonic() + max(budget_s, 1.0)
+
+        def left(cap: float) -> float:
+            return max(min(cap, deadline - time.monotonic()), 0.1)
+
         self._commit_after = 0.0  # last chance: no back-off
+        if self._watchdog is not None:
+            self._watchdog.stop(left(1.0))
+            self._watchdog = None
         try:
             if self.consumer is not None:
                 if self._delivery is not None:
                     d = self._delivery
-                    if not self._settle(CLOSE_WAIT_S, final=True):
+                    if not self._settle(left(CLOSE_WAIT_S), final=True):
                         log.warning(
                             "stopping with %d of %d records not acknowledged by Kafka %s; not "
                             "committing their offsets (they will be re-read)",
@@ -301,16 +379,16 @@ class Detector:
                             self.cfg.kafka.bootstrap,
                         )
                 else:
-                    self._commit()
-                self.consumer.close(autocommit=False, timeout_ms=COMMIT_TIMEOUT_MS)
+                    self._commit(int(left(COMMIT_TIMEOUT_MS / 1000) * 1000))
+                self.consumer.close(autocommit=False, timeout_ms=int(left(2.0) * 1000))
             if self.producer is not None:
-                self.producer.close(timeout=CLOSE_WAIT_S)
+                self.producer.close(timeout=left(CLOSE_WAIT_S))
         finally:
             if self._audit is not None:
                 self._audit.close()
                 self._audit = None
             self.metrics.set_up(False)
-            self.metrics.set_ready(False)
+            self.health.loop_ready(False)
 
     # -- one poll -----------------------------------------------------------------
 
@@ -320,6 +398,7 @@ class Detector:
         While an earlier poll's output is not acknowledged, only polls the
         paused partitions (to stay in the group) and waits for the broker.
         """
+        self.beat = time.monotonic()
         self._housekeeping()
         self._update_ready()
         if self._delivery is not None:
@@ -517,7 +596,7 @@ class Detector:
             why,
             delay,
         )
-        self.metrics.set_ready(False)
+        self.health.loop_ready(False)
         self._delivery = None
         self._close_producer()
         assigned = set(self.consumer.assignment())
@@ -527,7 +606,11 @@ class Detector:
             if offset is not None:
                 self.consumer.seek(tp, offset)
         self._resume_paused()
-        self._stop.wait(delay)
+        end = time.monotonic() + delay
+        while not self._stop.wait(min(1.0, max(end - time.monotonic(), 0.0))):
+            self.beat = time.monotonic()  # backing off is going round, slowly
+            if time.monotonic() >= end:
+                break
 
     def _close_producer(self) -> None:
         producer, self.producer = self.producer, None
@@ -611,7 +694,7 @@ class Detector:
                 # A broker that lost its state (memory storage, rebuilt cluster) no
                 # longer knows our producer id and would refuse its sequence numbers.
                 self._close_producer()
-        self.metrics.set_ready(
+        self.health.loop_ready(
             healthy
             and self._membership_confirmed()
             and bool(self.scorer.models)
@@ -640,6 +723,10 @@ class Detector:
         now = time.time()
         det = self.cfg.detection
         records = [(tp, r) for tp, rs in polled.items() for r in rs]
+        unreadable = [r for _, r in records if type(r) is UnreadableRecord]
+        if unreadable:  # what the Kafka record format itself could not describe
+            records = [(tp, r) for tp, r in records if type(r) is not UnreadableRecord]
+            futures += [self._dead_letter_unreadable(r) for r in unreadable]
         results = decode_records(
             [(r.key, r.value, r.headers) for _, r in records],
             known_brands=self._known_brands(),
@@ -654,7 +741,11 @@ class Detector:
         alias: dict[str, str] = {}
         latest: dict[str, tuple] = {}  # vehicle -> (number, tp, brand) of its last record
         for tp, rs in polled.items():
-            self.next_offset[tp] = rs[-1].offset + 1
+            last = rs[-1]
+            if type(last) is UnreadableRecord:  # a span: up to its last offset
+                self.next_offset[tp] = last.problem.last_offset + 1
+            else:
+                self.next_offset[tp] = last.offset + 1
         for (tp, r), b in zip(records, results, strict=True):
             if not isinstance(b, DecodeError):
                 ok = modelled.get(b.brand)
@@ -699,6 +790,7 @@ class Detector:
             bm.records.inc(n_records)
             bm.frames.inc(n_frames)
         for tp, ts in newest.items():
+            self._newest[tp] = ts  # the watchdog keeps the event-time lag current from it
             self.metrics.set_partition_lag(tp.partition, max(now - ts, 0.0), None)
         return batches, futures
 
@@ -720,6 +812,54 @@ class Detector:
         if altered:
             headers.append(("error-altered", altered.encode()))
         return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
+
+    def _dead_letter_unreadable(self, record: UnreadableRecord):
+        """A record, or span of records, the Kafka record format could not describe:
+        its raw bytes to the DLQ, with where it was and why (``detector.kafka_salvage``)."""
+        p = record.problem
+        first, last = record.offset, p.last_offset
+        self.metrics.dead_letter(p.reason)
+        self.metrics.unreadable(p.reason, p.records(first))
+        self._log_unreadable(record)
+        key, value, detail = record.key, record.value, p.detail.encode("utf-8", "replace")
+        withheld = ""
+        if self.privacy_key is not None:
+            if key:
+                key, value = scrub(self.privacy_key, record.key, value)
+                detail = scrub(self.privacy_key, record.key, detail)[1]
+            else:  # no vehicle id to find in the bytes: none of them leave
+                value, withheld = b"", "raw bytes withheld (pseudonymisation on, no key to scrub)"
+        key, value, _, altered = dead_letter_copy(key, value, [])
+        headers = [
+            ("error", p.reason.encode()),
+            ("error-detail", detail[:500]),
+            ("source", f"{record.topic}/{record.partition}/{first}".encode()),
+            ("source-offsets", f"{first}-{last}".encode()),
+        ]
+        if altered or withheld:
+            headers.append(("error-altered", "; ".join(x for x in (withheld, altered) if x).encode()))
+        return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
+
+    def _log_unreadable(self, record: UnreadableRecord) -> None:
+        """One line now and then (a flood of them would flood the log too)."""
+        p = record.problem
+        self._unreadable_seen[p.reason] += p.records(record.offset)
+        now = time.monotonic()
+        if now - self._unreadable_logged < UNREADABLE_LOG_S:
+            return
+        self._unreadable_logged = now
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(self._unreadable_seen.items()))
+        self._unreadable_seen.clear()
+        log.warning(
+            "unreadable Kafka records (%s), dead-lettered to %s; latest: partition %d offsets "
+            "%d-%d: %s",
+            counts,
+            self.cfg.kafka.dlq_topic,
+            record.partition,
+            record.offset,
+            p.last_offset,
+            p.detail,
+        )
 
     def _incidents(self, scored: list) -> list[dict]:
         events = []
@@ -796,7 +936,7 @@ class Detector:
         if self._uncommitted and (now or due):
             self._commit()
 
-    def _commit(self) -> None:
+    def _commit(self, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
         """Commit the safe offsets; a failure (broker away, rebalance) is logged and
         the next batch commits them (or later ones) instead."""
         offsets = self._safe_offsets()
@@ -806,7 +946,7 @@ class Detector:
             offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
             if offsets:
                 try:
-                    self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                    self.consumer.commit(offsets, timeout_ms=timeout_ms)
                 except KafkaError as exc:
                     # not again for a while: each try blocks up to COMMIT_TIMEOUT_MS
                     self._commit_after = time.monotonic() + PROBE_S
@@ -894,35 +1034,23 @@ class Detector:
         if now - self._last_active >= LAG_INTERVAL_S:
             self._last_active = now
             self._count_active(now)
-        lag_due = now - self._last_lag >= LAG_INTERVAL_S
-        quiet = now - self._last_contact >= PROBE_S and now - self._last_probe >= PROBE_S
-        if lag_due or quiet:
-            self._probe(now, lag_due)
+        if now - self._last_contact >= PROBE_S and now - self._last_probe >= PROBE_S:
+            self._probe(now)
 
-    def _probe(self, now: float, lag: bool) -> None:
+    def _probe(self, now: float) -> None:
         """ListOffsets of the assigned partitions (or, while rejoining, of the last
         assigned ones), bounded by PROBE_TIMEOUT_MS: a sign of life from the broker
-        when nothing else gave one, and the consumer lag."""
+        when nothing else gave one. (Consumer lag is the watchdog's: it must show
+        even when this loop does not come round.)"""
         assigned = list(self.consumer.assignment())
         if assigned:
             self._probe_partitions = assigned
         if not self._probe_partitions:
             return
         self._last_probe = now
-        if lag:
-            self._last_lag = now
         try:
-            ends = end_offsets(self.consumer, self._probe_partitions, PROBE_TIMEOUT_MS)
+            end_offsets(self.consumer, self._probe_partitions, PROBE_TIMEOUT_MS)
         except KafkaError as exc:
             log.debug("Kafka %s did not answer ListOffsets: %r", self.cfg.kafka.bootstrap, exc)
             return
         self._heard_from_broker()
-        if not lag or not assigned:
-            return
-        try:
-            for tp in assigned:
-                pos = self.consumer.position(tp, timeout_ms=PROBE_TIMEOUT_MS)
-                if pos is not None:
-                    self.metrics.set_partition_lag(tp.partition, None, max(ends[tp] - pos, 0))
-        except Exception as exc:  # lag is best effort; never stop consuming for it
-            log.debug("consumer lag unavailable: %s", exc)

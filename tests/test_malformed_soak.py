@@ -51,7 +51,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CorruptRecordError
 from kafka.serializer import Serializer
 from prometheus_client import CollectorRegistry
 from test_detect_service import (
@@ -999,7 +998,7 @@ def test_malformed_soak(broker, unique_topic, soak_models):
     )
 
 
-# -- a known consumer-side gap ----------------------------------------------------------------
+# -- what the Kafka record format itself cannot describe -------------------------------------
 
 
 class _RawName(str):
@@ -1016,19 +1015,20 @@ class _RawName(str):
         return self.raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CorruptRecordError,
-    reason="kafka-python's fetcher raises CorruptRecordError from poll() for a header "
-    "name that is not UTF-8 and does not say at which offset; Detector.step raises "
-    "it and run() rewinds and retries the same record instead of dead-lettering it",
-)
 def test_non_utf8_header_name_is_dead_lettered(broker, unique_topic, tmp_path):
+    """Issue 21: kafka-python raised CorruptRecordError from poll() for this record and
+    then spun in the next one (this test was an xfail). Now the record alone is a dead
+    letter (reason bad_header_name, its partition and offset), and the one after it is
+    decoded as usual."""
     cfg = service_config(broker, unique_topic, tmp_path, partitions=1)
     headers = [(_RawName(b"\xfftrace"), b"x"), *std_headers(ctype=JSON)]
     producer = make_producer(cfg.kafka)
     try:
         producer.send(cfg.kafka.telemetry_topic, key=b"veh-1", value=b"{", headers=headers)
+        producer.flush()
+        producer.send(
+            cfg.kafka.telemetry_topic, key=b"veh-1", value=b"{", headers=std_headers(ctype=JSON)
+        )
         producer.flush()
     finally:
         producer.close()
@@ -1042,3 +1042,12 @@ def test_non_utf8_header_name_is_dead_lettered(broker, unique_topic, tmp_path):
             detector.step()
     finally:
         detector.close()
+    assert sample(metrics, "canwatch_dead_letters_total", reason="bad_header_name") == 1
+    assert sample(metrics, "canwatch_unreadable_records_total", reason="bad_header_name") == 1
+    dead = read_topic(broker.bootstrap, cfg.kafka.dlq_topic, at_least=2)
+    by_reason = {dict(r.headers)["error"]: dict(r.headers) for r in dead}
+    poison = by_reason[b"bad_header_name"]
+    assert poison["source"] == f"{cfg.kafka.telemetry_topic}/0/0".encode()
+    assert poison["source-offsets"] == b"0-0"
+    assert b"not UTF-8" in poison["error-detail"]
+    assert by_reason[b"bad_json"]["source"] == f"{cfg.kafka.telemetry_topic}/0/1".encode()
