@@ -9,30 +9,38 @@ and evidence column, the largest calibrated evidence seen. Every later window
 is scored on what exceeds it, so a state that was there from the start cannot
 mask what changes later, on the same id or another.
 
-During warm-up a window is scored against the platform alone, and alerts only
-on gross evidence (``WARMUP_FACTOR`` times the threshold). What warm-up absorbs
-is capped at that level too, so a flood or a fuzzer that was already running
-when the vehicle's stream began still shows. The reference does not learn
-after warm-up: an attack that starts later is never taken for normal, however
-slowly it grows.
+During warm-up, payload evidence is the vehicle's state, not an alert. The
+traffic's volume and timing (``VOLUME``: rates, inter-arrival times, unseen ids,
+bus load) are scored against the platform and alert only when gross
+(``WARMUP_FACTOR`` times the threshold); warm-up absorbs them only up to that
+level, so a flood or a fuzzer already running when the vehicle's stream began
+still shows afterwards. The reference does not learn after warm-up: an attack
+that starts later is never taken for normal, however slowly it grows.
 
-The reference is a dense (vehicle, id slot, column) table of uint8 in 1/16
-calibrated units, 21 bytes a stream; ids the platform never saw have none.
+The reference is a dense (vehicle, id slot, column) table of uint8 in
+1/REF_STEPS calibrated units, one byte per column and stream; ids the platform
+never saw have none.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from detector.model import N_EVIDENCE
+from detector.model import EVIDENCE_NAMES, N_EVIDENCE
 
 #: Scored windows per vehicle that teach its reference.
 WARMUP_WINDOWS = 3
 #: During warm-up only evidence this many times the threshold alerts, and at most
 #: this much is absorbed.
 WARMUP_FACTOR = 4.0
-#: Reference resolution: 1/REF_STEPS of a calibrated unit; the table saturates at 255 steps.
-REF_STEPS = 16
+#: Reference resolution: 1/REF_STEPS of a calibrated unit; the table saturates at
+#: 255 steps, above any column's evidence (model.EXCESS_CAP, scales >= 1).
+REF_STEPS = 4
+#: The traffic's volume and timing: warm-up scores them (when gross) and absorbs them
+#: only up to that level, so a flood running from the start is not taken for state.
+VOLUME = ("rate", "dt_min", "dt_mean", "dt_cv", "silence", "novel_id", "bus_load",
+          "bus_novel", "bus_missing", "bus_ids")  # fmt: skip
+VOLUME_COLUMNS = np.isin(np.array(EVIDENCE_NAMES), VOLUME)
 
 
 class StreamReference:
@@ -73,7 +81,7 @@ class StreamReference:
         self._grow(int(vehicle.max()) + 1)
         teach = warm & known
         if teach.any():
-            cap = WARMUP_FACTOR * threshold
+            cap = np.where(VOLUME_COLUMNS, WARMUP_FACTOR * threshold, np.inf)
             steps = np.ceil(np.minimum(calibrated[teach], cap) * REF_STEPS)
             np.maximum.at(
                 self.table,
@@ -82,6 +90,7 @@ class StreamReference:
             )
         later = ~warm & known
         effective = calibrated.copy()
+        effective[warm] *= VOLUME_COLUMNS  # the vehicle's payload state, not evidence
         if later.any():
             ref = self.table[vehicle[later], slot[later]].astype(np.float64) / REF_STEPS
             effective[later] = np.maximum(calibrated[later] - ref, 0.0)

@@ -40,7 +40,7 @@ from detector.model import (
     group_maxima,
 )
 from detector.pipeline import score_rows
-from detector.reference import WARMUP_WINDOWS, StreamReference
+from detector.reference import VOLUME_COLUMNS, WARMUP_WINDOWS, StreamReference
 from detector.windowing import WindowState
 
 #: Two recordings whose benign (id, payload) sets overlap this much (the
@@ -203,7 +203,13 @@ class HeldOut:
 
 def held_out_evidence(model: PlatformModel, recordings: list[Recording]) -> HeldOut:
     """What the service would see scoring each held-out recording as one vehicle: the
-    effective evidence of its rows no attack touched, after the vehicle's warm-up."""
+    effective evidence of its rows no attack touched, after the vehicle's warm-up.
+
+    The payload evidence of its warm-up windows counts too, before the vehicle's
+    reference takes it in: what differs between drives from their first windows on
+    (a mode, a setting, a coupling that holds on one car only) can also change in
+    the middle of one, and a column that does so must weigh accordingly.
+    """
     ids, groups, parts = [], [], []
     n_groups = 0
     for r in recordings:
@@ -211,7 +217,9 @@ def held_out_evidence(model: PlatformModel, recordings: list[Recording]) -> Held
         rows = state.push(r.frames, np.zeros(len(r.frames), np.int64), model.baseline)
         reference = StreamReference(len(model.baseline.ids))
         _, effective = score_rows(model, rows, state.first_window, reference)
-        keep = r.clean(rows) & (rows.window - state.first_window[rows.vehicle] > WARMUP_WINDOWS)
+        warm = rows.window - state.first_window[rows.vehicle] <= WARMUP_WINDOWS
+        effective[warm] = model.calibrated(rows.X[warm], rows.can_id[warm]) * ~VOLUME_COLUMNS
+        keep = r.clean(rows)
         if keep.any():
             _, _, inv = vw_groups(rows.vehicle[keep], rows.window[keep])
             ids.append(rows.can_id[keep])
@@ -294,8 +302,8 @@ def train_platform(
         folds.append({"held_out_drives": [int(d) for d in name], "windows": n_windows})
     if sum(f["windows"] for f in folds) == 0:
         raise ValueError(
-            f"recordings for {platform!r} are too short: no benign window after the "
-            f"{WARMUP_WINDOWS}-window warm-up of a held-out drive to calibrate on"
+            f"recordings for {platform!r} are too short: no benign window of a held-out "
+            "drive to calibrate on"
         )
     model = fit_core(platform, recs, cfg)
     calibrate(model, held, cfg.target_fpr)

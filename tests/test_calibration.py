@@ -1,0 +1,170 @@
+"""Calibration on drives held out of training, and the vehicle's own reference.
+
+Tiny hand-built drives where the answer is obvious: a state byte that differs per
+drive, a twin recording, an attacked stream, warm-up. The simulator-wide figures
+are tests/test_detection_quality.py's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.brands import load_fleet
+from detector.config import DetectionConfig
+from detector.model import EVIDENCE_NAMES, N_EVIDENCE, cross_drive_scale
+from detector.pipeline import Scorer
+from detector.reference import REF_STEPS, WARMUP_FACTOR, WARMUP_WINDOWS, StreamReference
+from detector.schema import LABEL_CODE, make_frames
+from detector.training import Recording, drive_groups, stream_window_keys, train_platform
+
+CFG = DetectionConfig()
+FAST, STATE = 0x100, 0x200
+T0 = 1000.0
+
+
+def drive(t0: float, seconds: float, state: int, seed: int, state_from: float = 0.0) -> np.ndarray:
+    """0x100 every 10 ms (a counter and a noisy signal), 0x200 every 20 ms whose byte 0
+    is a setting of the drive: 0x10 before ``state_from`` s, ``state`` after."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(int(seconds / 0.01))
+    fast = np.zeros((len(k), 8), np.uint8)
+    fast[:, 0] = k % 256
+    fast[:, 1] = 100 + rng.integers(-20, 21, len(k))
+    j = np.arange(int(seconds / 0.02))
+    slow = np.zeros((len(j), 8), np.uint8)
+    slow[:, 0] = np.where(j * 0.02 < state_from, 0x10, state)
+    slow[:, 1] = 7
+    frames = np.concatenate(
+        [
+            make_frames(t0 + 0.005 + k * 0.01, np.full(len(k), FAST), fast),
+            make_frames(t0 + 0.013 + j * 0.02, np.full(len(j), STATE), slow),
+        ]
+    )
+    return frames[np.argsort(frames["ts"], kind="stable")]
+
+
+def window_scores(model, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(window age from the vehicle's first window, highest score) per scored window."""
+    sc = Scorer({"pad": model}, load_fleet(), CFG.window_s).push([("v", "pad", frames)])[0]
+    w = sc.rows.window
+    ages = np.unique(w)
+    best = np.full(len(ages), -np.inf)
+    np.maximum.at(best, np.searchsorted(ages, w), sc.scores)
+    return ages - np.floor(frames["ts"][0]), best
+
+
+@pytest.fixture(scope="module")
+def model():
+    # four drives, all with 0x200's byte 0 at 0x10: to the platform it never moves
+    recordings = [drive(T0 + 100 * i, 30.0, 0x10, seed=i) for i in range(4)]
+    m, summary = train_platform("pad", recordings, CFG)
+    assert summary["drives"] == 4 and summary["calibration"] == "leave-one-drive-out"
+    return m
+
+
+def test_a_twin_recording_is_the_same_drive() -> None:
+    a = drive(T0, 20.0, 0x20, seed=1)
+    twin = a.copy()
+    hit = np.flatnonzero(twin["can_id"] == FAST)[500:700]
+    twin["data"][hit, 1] = 0xEE  # an edited copy: a masquerade on part of the trace
+    twin["label"][hit] = LABEL_CODE["masquerade"]
+    other = drive(T0, 20.0, 0x20, seed=2)
+    assert drive_groups([a, twin, other]) == [0, 0, 1]
+
+
+def test_an_attack_leaves_out_only_the_streams_it_touched() -> None:
+    frames = drive(T0, 12.0, 0x20, seed=3)
+    extra = make_frames(T0 + 5.2 + np.arange(10) * 0.003, np.full(10, STATE), np.zeros((10, 8)))
+    extra["label"] = LABEL_CODE["spoofing"]
+    frames = np.concatenate([frames, extra])
+    rec = Recording.of(frames, drive=0, index=0, window_s=1.0)
+    assert (rec.frames["label"] == 0).all() and len(rec.frames) == len(frames) - 10
+    # the attacked stream's window and the next one; every other stream stays
+    assert rec.dirty.tolist() == stream_window_keys(np.full(2, STATE), [1005, 1006]).tolist()
+    from detector.baseline import learn_baseline
+    from detector.windowing import WindowState
+
+    bl = learn_baseline(rec.frames, np.zeros(len(rec.frames), np.int64), 1.0)
+    rows = WindowState(1.0).push(rec.frames, np.zeros(len(rec.frames), np.int64), bl)
+    dropped = rows.take(np.flatnonzero(~rec.clean(rows)))
+    assert sorted(zip(dropped.can_id.tolist(), dropped.window.tolist())) == [
+        (STATE, 1005),
+        (STATE, 1006),
+    ]
+    runs = rec.segment_runs()
+    slow = rec.frames["can_id"] == STATE
+    assert set(runs[slow & (rec.frames["ts"] < T0 + 5)].tolist()) == {0}
+    assert set(runs[slow & (rec.frames["ts"] >= T0 + 7)].tolist()) == {2}
+    assert not runs[~slow].any()
+
+
+def test_a_setting_of_the_drive_is_not_an_attack(model) -> None:
+    """A value no training drive had, there from the vehicle's first window: its state."""
+    ages, best = window_scores(model, drive(T0 + 1000, 20.0, 0x50, seed=9, state_from=0.0))
+    assert best.max() < 1.0, best
+
+
+def test_the_same_value_appearing_mid_stream_is_an_alert(model) -> None:
+    """Warm-up saw 0x10 for 0x200; moving to a value no drive had, later, is a change."""
+    frames = drive(T0 + 2000, 20.0, 0x50, seed=9, state_from=10.0)
+    ages, best = window_scores(model, frames)
+    assert (best[(ages > WARMUP_WINDOWS) & (ages < 10)] < 1.0).all(), best
+    assert (best[ages >= 11] >= 1.0).all(), best
+
+
+def test_a_mid_stream_masquerade_is_not_absorbed_by_the_reference(model) -> None:
+    """Frames whose counter stops stepping after warm-up stay anomalous for as long."""
+    frames = drive(T0 + 3000, 20.0, 0x10, seed=5)
+    fast = np.flatnonzero((frames["can_id"] == FAST) & (frames["ts"] >= T0 + 3010))
+    frames["data"][fast, 0] = 0x42  # a frozen counter
+    ages, best = window_scores(model, frames)
+    assert (best[ages >= 11] >= 1.0).all(), best
+    assert (best[(ages > WARMUP_WINDOWS) & (ages < 10)] < 1.0).all(), best
+
+
+def test_warm_up_teaches_the_reference_and_later_windows_lose_it() -> None:
+    ref = StreamReference(n_ids=2)
+    cal = np.zeros((3, N_EVIDENCE))
+    col = EVIDENCE_NAMES.index("out_of_range")
+    cal[:, col] = 2.0
+    vehicle, slot, known = np.zeros(3, np.int64), np.zeros(3, np.int64), np.ones(3, bool)
+    eff, factor = ref.apply(vehicle, slot, known, np.array([1, 2, 9]), cal, threshold=1.25)
+    assert factor.tolist() == [WARMUP_FACTOR, WARMUP_FACTOR, 1.0]
+    assert eff[2, col] == 0.0  # window 9: all of it was there in warm-up
+    assert ref.table[0, 0, col] == np.ceil(2.0 * REF_STEPS)
+    eff, _ = ref.apply(vehicle[:1], slot[:1], known[:1], np.array([12]), cal[:1] * 3, 1.25)
+    np.testing.assert_allclose(eff[0, col], 4.0)  # what exceeds the reference
+    ref.forget(np.array([0]))
+    assert not ref.table.any()
+
+
+def test_warm_up_absorbs_a_flood_only_up_to_the_gross_level() -> None:
+    ref = StreamReference(n_ids=1)
+    cal = np.zeros((1, N_EVIDENCE))
+    rate = EVIDENCE_NAMES.index("rate")
+    cal[0, rate] = 40.0  # a flood running when the stream began
+    args = np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, bool)
+    ref.apply(*args, np.array([1]), cal, threshold=1.25)
+    eff, _ = ref.apply(*args, np.array([8]), cal, threshold=1.25)
+    np.testing.assert_allclose(eff[0, rate], 40.0 - WARMUP_FACTOR * 1.25)
+
+
+def test_cross_drive_scale_shares_the_budget_and_bounds_shares() -> None:
+    rng = np.random.default_rng(0)
+    maxima = rng.uniform(0.0, 0.5, (1000, N_EVIDENCE))
+    rate, oor = EVIDENCE_NAMES.index("rate"), EVIDENCE_NAMES.index("out_of_range")
+    maxima[0, rate] = 3.0  # one held-out window went to 3: with 23 columns sharing
+    maxima[:10, oor] = 8.0  # 0.2 %, the scale is its maximum; a share near its bound
+    scale = cross_drive_scale(maxima, target_fpr=0.002)
+    assert scale[rate] == 3.0
+    assert scale[oor] == 10.0  # 1 / floor: alone it never alerts
+    assert scale[EVIDENCE_NAMES.index("checksum_err")] == 1.0  # at least one width
+
+
+def test_a_single_drive_is_halved_in_time_and_a_short_one_refused() -> None:
+    m, summary = train_platform("pad", [drive(T0, 40.0, 0x20, seed=1)], CFG)
+    assert summary["calibration"] == "single drive, halves in time"
+    assert len(summary["calibration_folds"]) == 2
+    with pytest.raises(ValueError, match="too short to hold half of it out"):
+        train_platform("pad", [drive(T0, 8.0, 0x20, seed=1)], CFG)
