@@ -88,7 +88,7 @@ def test_an_attack_leaves_out_only_the_streams_it_touched() -> None:
     bl = learn_baseline(rec.frames, np.zeros(len(rec.frames), np.int64), 1.0)
     rows = WindowState(1.0).push(rec.frames, np.zeros(len(rec.frames), np.int64), bl)
     dropped = rows.take(np.flatnonzero(~rec.clean(rows)))
-    assert sorted(zip(dropped.can_id.tolist(), dropped.window.tolist())) == [
+    assert sorted(zip(dropped.can_id.tolist(), dropped.window.tolist(), strict=True)) == [
         (STATE, 1005),
         (STATE, 1006),
     ]
