@@ -45,11 +45,11 @@ ROAD_MIN_AUC = {
 _XFAIL_ROAD = {
     "reverse_light_off_attack_1_masquerade.csv": "the forged frames set 0x0D0's byte 2 back to 4, "
     "the value it has in both training drives and in this drive's own first seconds; only "
-    "the gear (reverse, which no training drive engages) contradicts it: window ROC-AUC 0.70",
+    "the gear (reverse, which no training drive engages) contradicts it: window ROC-AUC 0.49",
 }
 #: what the leave-one-drive-out run reaches today, pooled over the 5 captures: a
 #: regression guard (issue 15 asks for <= 1 %; see the README's Detection quality)
-ROAD_MAX_BENIGN_FLAGGED = 0.10
+ROAD_MAX_BENIGN_FLAGGED = 0.05
 CRYSYS_TRAIN = "benign-48.csv"
 CRYSYS_ATTACK = "S-1-1-malicious-CONST-msg-mod-0x410-0.4-0.6.log"
 
@@ -109,7 +109,7 @@ def test_road_benign_windows_flagged_pooled(road: dict) -> None:
     reason="in benign-48 0x410's bytes 3-6 are 0 throughout and byte 2 barely changes; in "
     "S-1-1 they move from its first frame. The attack freezes byte 2: against a training "
     "drive where it never moved, a frozen byte is what normal looks like: window ROC-AUC "
-    "0.77, recall 0",
+    "0.68, recall 0",
 )
 def test_crysys_payload_modification_trained_on_another_drive(tmp_path: Path) -> None:
     train, attack = _path("crysys", CRYSYS_TRAIN), _path("crysys", CRYSYS_ATTACK)
