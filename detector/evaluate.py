@@ -279,8 +279,10 @@ def pooled_report(evs: list[Evaluation]) -> dict:
 
 
 def window_rows(file: str, ev: Evaluation) -> list[tuple]:
+    # scores at full precision: rounding makes ties, and an AUC taken from the
+    # CSV would then differ from the report's
     return [
-        (file, ev.vehicle, f"{t:.3f}", f"{s:.6f}", int(a > 0), LABELS[a] if a > 0 else "")
+        (file, ev.vehicle, f"{t:.3f}", repr(s), int(a > 0), LABELS[a] if a > 0 else "")
         for t, s, a in zip(
             ev.window_start.tolist(), ev.score.tolist(), ev.attack.tolist(), strict=True
         )
