@@ -17,6 +17,7 @@ import numpy as np
 
 from detector.config import IncidentConfig
 from detector.evidence import IMPLICATED, classify_window, evidence
+from detector.features import POOLED_ID
 from detector.pipeline import ScoredRows
 from detector.schema import format_id
 
@@ -71,9 +72,10 @@ def observations(
         idx = order[s:e]
         v, w = rows.vehicle[idx[0]], rows.window[idx[0]]
         ids = {}
-        for i in idx[:max_ids]:
-            if sc.scores[i] >= IMPLICATED or not ids:
-                ids[format_id(int(rows.can_id[i]))] = round(float(sc.scores[i]), 3)
+        for i in idx[: max_ids + 1]:  # the pooled row of further unseen ids is no id
+            if rows.can_id[i] != POOLED_ID and len(ids) < max_ids:
+                if sc.scores[i] >= IMPLICATED or not ids:
+                    ids[format_id(int(rows.can_id[i]))] = round(float(sc.scores[i]), 3)
         out.append(
             Observation(
                 vehicle=sc.names[int(v)],

@@ -184,7 +184,9 @@ class StreamTable:
         rows, which = _walk(self.head, self.count, self.next_row, vehicles)
         return rows, which
 
-    def prune(self, vehicles: np.ndarray, rows: np.ndarray, which: np.ndarray, drop: np.ndarray) -> None:
+    def prune(
+        self, vehicles: np.ndarray, rows: np.ndarray, which: np.ndarray, drop: np.ndarray
+    ) -> None:
         """Free ``rows[drop]``: ``rows``/``which`` are all rows of ``vehicles``, as
         ``vehicle_rows`` gave them; the lists of those vehicles are rebuilt from the rest."""
         if not drop.any():

@@ -104,7 +104,9 @@ class WindowState:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         if max_novel_ids < GUARANTEED_NOVEL_IDS:
-            raise ValueError(f"max_novel_ids must be >= {GUARANTEED_NOVEL_IDS}, got {max_novel_ids}")
+            raise ValueError(
+                f"max_novel_ids must be >= {GUARANTEED_NOVEL_IDS}, got {max_novel_ids}"
+            )
         self.window_s = float(window_s)
         self.max_novel_ids = int(max_novel_ids)
         # per vehicle (grown geometrically; indices past those pushed hold the fill values)
@@ -199,7 +201,9 @@ class WindowState:
         scan_v = np.flatnonzero(in_batch & ((cut > self.cut[uv]) | (earliest < cut)))
         scan, which = self.streams.vehicle_rows(uv[scan_v])
         emitted = Emitted(groups + len(scan), N_FEATURES)
-        late_open = fold(frames, win, order, seg_start, rows, self.streams, bl, self.window_s, emitted)
+        late_open = fold(
+            frames, win, order, seg_start, rows, self.streams, bl, self.window_s, emitted
+        )
         close(scan, cut[scan_v][which], self.streams, bl, self.window_s, emitted)
         if late_open.any():
             self.last_late = np.r_[self.last_late, uv[local[late_open]]]
@@ -278,7 +282,9 @@ class WindowState:
     def _count_novel(self, rows: np.ndarray, sign: int) -> None:
         if len(rows) == 0:
             return
-        veh, n = np.unique((self.streams.keys[rows] >> np.uint64(32)).astype(np.int64), return_counts=True)
+        veh, n = np.unique(
+            (self.streams.keys[rows] >> np.uint64(32)).astype(np.int64), return_counts=True
+        )
         old = self.n_novel[veh]
         self.n_novel[veh] = old + sign * n
         g = GUARANTEED_NOVEL_IDS
