@@ -94,6 +94,23 @@ def id_text(can_id: int) -> str:
     return "further unseen ids" if int(can_id) == POOLED_ID else format_id(int(can_id))
 
 
+def _pooled_text(sc: ScoredRows, i: int) -> str:
+    """The pooled row's sentence, with examples of the unseen ids that had rows."""
+    rows = sc.rows
+    own = (
+        (rows.vehicle == rows.vehicle[i])
+        & (rows.window == rows.window[i])
+        & (rows.X[:, F["novel_id"]] > 0)
+        & (rows.can_id != POOLED_ID)
+    )
+    named = np.sort(rows.can_id[own])
+    examples = ", ".join(format_id(int(c)) for c in named[:3])
+    return (
+        f"{int(rows.count[i])} frames of further unseen ids, past the {len(named)} with a row "
+        f"of their own ({examples}{', ...' if len(named) > 3 else ''}); limits.max_novel_ids"
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -129,7 +146,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "novel_payload": f"{cid}: {pct} of payloads never seen in training",
         "novel_dlc": f"{cid}: DLC never seen for this id in {pct} of frames",
         "novel_id": (
-            f"{n} frames of further unseen ids, past the ones named (limits.max_novel_ids a window)"
+            _pooled_text(sc, i)
             if int(sc.rows.can_id[i]) == POOLED_ID
             else f"{cid}: id never seen on this platform ({n} frames)"
         ),
@@ -156,6 +173,8 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
             break
         i = int(idx[r])
         name = EVIDENCE_NAMES[j]
+        if int(sc.rows.can_id[i]) == POOLED_ID and name != "novel_id":
+            continue  # the pooled row is many ids: only its count says something
         key = (name, int(sc.rows.can_id[i])) if not name.startswith("bus_") else (name, -1)
         if key in seen:
             continue
