@@ -5,9 +5,10 @@ A row holds one stream's last frame and the running sums of its open window
 arrives and freed when the stream is dropped; a freed row is reused. Nothing
 here costs time in proportion to the whole table:
 
-- adding k streams is O(k), amortised: the columns grow by a quarter when
-  full (and the hash index doubles), so a stream is copied a few times over
-  its life, never once per batch;
+- adding k streams is O(k), amortised: the columns grow by an eighth when
+  full (and the hash index is rebuilt at most half full once it is three
+  quarters full), so a stream is copied a few times over its life, never once
+  per batch;
 - finding a key is one probe of an open-addressing hash index (linear
   probing; a freed key leaves a tombstone until the index is rebuilt);
 - the rows of a vehicle are found through its own linked list, in time
@@ -26,9 +27,9 @@ from detector.kernels import F_LAST, F_MIN, N_ACC_F, N_ACC_I, NO_WINDOW
 FREE_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # the key of a row not in use
 _EMPTY, _TOMB = -1, -2  # index slots: never used, freed
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
-_GROWTH = 1.25  # columns grow by this factor (bounded slack for a per-stream figure)
+_GROWTH = 1.125  # columns grow by this factor: at most 1/8 spare, ~8 copies of a row in its life
 _MIN_ROWS = 1024
-_MAX_LOAD = 2 / 3  # index slots used (live + tombstones) before it is rebuilt
+_MAX_LOAD = 3 / 4  # index slots used (live + tombstones) before it is rebuilt
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -257,12 +258,12 @@ class StreamTable:
         self.kind[rows] = 0
 
     def _index(self, rows: np.ndarray) -> None:
-        """Add ``rows`` (keys set) to the index; rebuilt, at most a third full and without
-        tombstones, once live keys and tombstones fill two thirds of it (amortised O(1))."""
+        """Add ``rows`` (keys set) to the index; rebuilt, at most half full and without
+        tombstones, once live keys and tombstones fill three quarters (amortised O(1))."""
         live = len(self)  # already counts ``rows``
         if live + self.n_tomb > _MAX_LOAD * len(self.slots):
             size = 1024
-            while size * _MAX_LOAD < 2 * live:
+            while size < 2 * live:
                 size *= 2
             self.slots = np.full(size, _EMPTY, np.int32)
             self.n_tomb = 0
