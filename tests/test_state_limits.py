@@ -85,9 +85,18 @@ def test_a_fuzzers_ids_hold_streams_for_one_window_only(baseline) -> None:
     normal = simulate_vehicle("cusw", 40.0, T0, 3)
     frames = merged(normal, fuzz(T0 + 5, 30, 4000))
     state = WindowState(W, max_novel_ids=256)
-    capacity = []
-    sizes = []
+    walked: list[int] = []  # rows of a vehicle's list looked at, per push
+    vehicle_rows = state.streams.vehicle_rows
+
+    def counted(vehicles):
+        rows, which = vehicle_rows(vehicles)
+        walked[-1] += len(rows)
+        return rows, which
+
+    state.streams.vehicle_rows = counted
+    capacity, sizes = [], []
     for b in batches(frames, 0.1):
+        walked.append(0)
         state.push(b, np.zeros(len(b), np.int64), baseline)
         sizes.append(len(state.streams))
         capacity.append(state.streams.capacity)
@@ -96,6 +105,10 @@ def test_a_fuzzers_ids_hold_streams_for_one_window_only(baseline) -> None:
     assert max(sizes) > n_ids + 200  # the fuzzer did get streams of its own
     assert sizes[-1] <= n_ids  # back to the learned ids once it stopped
     assert len(set(capacity[len(capacity) // 5 :])) == 1  # no growth after the first seconds
+    # a vehicle's streams are walked once a window (when it moves on), not once a batch:
+    # those of the window it closes, and those the batch opened in the next
+    assert len(walked) == 400 and sum(w > 0 for w in walked) <= 41
+    assert max(walked) <= n_ids + 2 * (256 + 1)
 
 
 def test_pooling_past_max_novel_ids_is_the_same_however_the_stream_is_cut(baseline) -> None:
