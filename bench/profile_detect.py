@@ -48,7 +48,7 @@ TIMED = [
     (wire, "frame_faults_each", "checks"),
     (pipeline.Scorer, "push", "push"),
     (pipeline, "concat_frames", "concat"),
-    (windowing.WindowState, "push", "window"),
+    (windowing.WindowState, "push_batch", "window"),
     (windowing, "fold", "fold"),
     (windowing, "window_pass", "window_pass"),
     (windowing, "stream_groups", "stream_groups"),

@@ -385,6 +385,7 @@ class DetectProc:
         model_dir: Path,
         mpr: int | None,
         profile: Path | None = None,
+        extra_toml: str = "",
     ) -> None:
         tag = f"{topic}-{time.time_ns()}"
         toml = work / f"detect-{tag}.toml"
@@ -396,7 +397,7 @@ class DetectProc:
         ]
         if mpr:
             lines.append(f"max_poll_records = {mpr}")
-        toml.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        toml.write_text("\n".join(lines) + "\n" + extra_toml, encoding="utf-8")
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/metrics"
         args = [

@@ -145,6 +145,46 @@ def detector_health() -> dict[str, Any]:
             description="Frames older than an already closed window; dropped.",
             w=8,
         ),
+        row("State and limits"),
+        timeseries(
+            "State held, share of its limit",
+            [
+                target(
+                    f"max by (instance) (canwatch_state_vehicles{{{I}}} "
+                    f"/ canwatch_state_vehicles_max{{{I}}})",
+                    "{{instance}} vehicles",
+                ),
+                target(
+                    f"max by (instance) (canwatch_state_streams{{{I}}} "
+                    f"/ canwatch_state_streams_max{{{I}}})",
+                    "{{instance}} streams",
+                    ref="B",
+                ),
+            ],
+            "percentunit",
+            threshold=0.9,
+            description="Vehicles and (vehicle, CAN id) streams held per instance, over "
+            "limits.max_vehicles and limits.max_streams. Past them new vehicles are refused "
+            "or never-scored ones retired (CanwatchStateLimit); scored vehicles stay.",
+            w=12,
+        ),
+        timeseries(
+            "Shed by reason",
+            [
+                target(sum_rate("canwatch_frames_shed_total", I, "reason"), "frames {{reason}}"),
+                target(
+                    sum_rate("canwatch_vehicles_evicted_total", I, "reason"),
+                    "vehicles retired: {{reason}}",
+                    ref="B",
+                ),
+            ],
+            "short",
+            axis_label="per second",
+            description="Frames refused with their vehicle (vehicle_limit) or pooled into "
+            "their vehicle window's row of further unseen ids (stream_limit, "
+            "novel_id_limit: a fuzzer), and vehicles retired early to make room.",
+            w=12,
+        ),
         row("Consumer group and models"),
         timeseries(
             "Rebalances",

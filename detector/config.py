@@ -91,6 +91,17 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    # Per instance, all platforms. Past them: vehicles that never had a window scored
+    # are retired first (longest idle first); if none is left, a new vehicle is refused.
+    max_vehicles: int = 20_000
+    # (vehicle, id) streams; each vehicle reserves its platform's learned ids + 9
+    max_streams: int = 2_000_000
+    # unseen ids with a stream of their own per vehicle window; further ones are pooled
+    max_novel_ids: int = 1024
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -100,6 +111,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 #: Codecs for the records canwatch produces; lz4 is a dependency, gzip is in the
@@ -131,6 +143,9 @@ _RULES: dict[str, tuple[Any, str]] = {
     "watchdog.stall_s": (lambda v: 1 <= v <= 3600, "in [1, 3600]"),
     "watchdog.exit_s": (lambda v: 1 <= v <= 86400, "in [1, 86400]"),
     "watchdog.shutdown_timeout_s": (lambda v: 1 <= v <= 600, "in [1, 600]"),
+    "limits.max_vehicles": (lambda v: v >= 1, ">= 1"),
+    "limits.max_streams": (lambda v: v >= 1000, ">= 1000"),
+    "limits.max_novel_ids": (lambda v: 8 <= v <= 1_000_000, "in [8, 1000000]"),
 }
 
 
@@ -180,6 +195,7 @@ _SECTIONS: dict[str, type] = {
     "privacy": PrivacyConfig,
     "fleet": FleetConfig,
     "watchdog": WatchdogConfig,
+    "limits": LimitsConfig,
 }
 
 

@@ -5,13 +5,18 @@ attack kind follows the evidence: unseen ids from many identifiers → fuzzing,
 a flood of one id → dos, a known id above its learned rate → spoofing, an
 expected id silent → suspension, counters out of step with valid-looking
 payloads → replay, payload-only deviation at normal timing → masquerade.
+
+A row under ``POOLED_ID`` holds the frames of a vehicle window's unseen ids
+past those given rows of their own (``detector.windowing``): more than
+``GUARANTEED_NOVEL_IDS`` distinct ids by construction, so fuzzing; it is named
+"further unseen ids" in the evidence and never listed as an id.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from detector.features import F
+from detector.features import POOLED_ID, F
 from detector.model import E_FOREST, EVIDENCE_NAMES
 from detector.pipeline import ScoredRows
 from detector.schema import format_id
@@ -46,6 +51,8 @@ def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
     if len(hot) == 0:
         hot = idx[:1]
     novel = hot[X[hot, F["novel_id"]] > 0]
+    if (rows.can_id[novel] == POOLED_ID).any():  # more unseen ids than rows were given
+        return "fuzzing"
     if len(novel):
         flood = rows.count[novel].max() >= FLOOD_RATIO * max(1.0, _typical_count(sc, hot))
         if len(np.unique(rows.can_id[novel])) >= 3 and not flood:
@@ -82,6 +89,28 @@ def _typical_count(sc: ScoredRows, idx: np.ndarray) -> float:
     return float(np.median(counts[counts > 0])) if (counts > 0).any() else 1.0
 
 
+def id_text(can_id: int) -> str:
+    """An id as the evidence names it (the pooled row is no id)."""
+    return "further unseen ids" if int(can_id) == POOLED_ID else format_id(int(can_id))
+
+
+def _pooled_text(sc: ScoredRows, i: int) -> str:
+    """The pooled row's sentence, with examples of the unseen ids that had rows."""
+    rows = sc.rows
+    own = (
+        (rows.vehicle == rows.vehicle[i])
+        & (rows.window == rows.window[i])
+        & (rows.X[:, F["novel_id"]] > 0)
+        & (rows.can_id != POOLED_ID)
+    )
+    named = np.sort(rows.can_id[own])
+    examples = ", ".join(format_id(int(c)) for c in named[:3])
+    return (
+        f"{int(rows.count[i])} frames of further unseen ids, past the {len(named)} with a row "
+        f"of their own ({examples}{', ...' if len(named) > 3 else ''}); limits.max_novel_ids"
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -94,7 +123,7 @@ def observed(sc: ScoredRows, i: int, column: int) -> float:
 def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
     """One evidence sentence for evidence column ``feature`` of row ``i``."""
     x = observed(sc, i, EVIDENCE_NAMES.index(feature))
-    cid = format_id(int(sc.rows.can_id[i]))
+    cid = id_text(sc.rows.can_id[i])
     n = int(sc.rows.count[i])
     period = float(sc.baseline_period[i]) if np.isfinite(sc.baseline_period[i]) else float("nan")
     pct = f"{100 * x:.0f}%"
@@ -116,7 +145,11 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "checksum_err": f"{cid}: checksum invalid in {pct} of frames",
         "novel_payload": f"{cid}: {pct} of payloads never seen in training",
         "novel_dlc": f"{cid}: DLC never seen for this id in {pct} of frames",
-        "novel_id": f"{cid}: id never seen on this platform ({n} frames)",
+        "novel_id": (
+            _pooled_text(sc, i)
+            if int(sc.rows.can_id[i]) == POOLED_ID
+            else f"{cid}: id never seen on this platform ({n} frames)"
+        ),
         "forest": f"{cid}: an unusual combination of timing and payload features (isolation forest)",
         "bus_load": f"bus load {x:.2f}× learned",
         "bus_novel": f"{pct} of the bus's frames carry unseen ids",
@@ -140,13 +173,16 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
             break
         i = int(idx[r])
         name = EVIDENCE_NAMES[j]
+        if int(sc.rows.can_id[i]) == POOLED_ID and name != "novel_id":
+            continue  # the pooled row is many ids: only its count says something
         key = (name, int(sc.rows.can_id[i])) if not name.startswith("bus_") else (name, -1)
         if key in seen:
             continue
         seen.add(key)
+        no_id = name.startswith("bus_") or int(sc.rows.can_id[i]) == POOLED_ID
         out.append(
             {
-                "can_id": None if name.startswith("bus_") else format_id(int(sc.rows.can_id[i])),
+                "can_id": None if no_id else format_id(int(sc.rows.can_id[i])),
                 "feature": name,
                 "observed": round(observed(sc, i, j), 4),
                 "excess": round(float(ex[r, j]), 2),

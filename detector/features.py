@@ -47,6 +47,10 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(FEATURE_NAMES)
+#: The id of the row that pools a vehicle window's frames of unseen ids past those
+#: given rows of their own (``detector.windowing``): an unseen id like any other to
+#: the features, and never a real one (a valid id has bits 29 and 30 clear).
+POOLED_ID = 0xFFFF_FFFF
 
 
 @dataclass

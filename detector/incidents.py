@@ -17,10 +17,14 @@ import numpy as np
 
 from detector.config import IncidentConfig
 from detector.evidence import IMPLICATED, classify_window, evidence
+from detector.features import POOLED_ID
+from detector.model import EVIDENCE_NAMES
 from detector.pipeline import ScoredRows
 from detector.schema import format_id
 
 SEVERITIES = ("low", "medium", "high", "critical")
+#: Evidence columns of a row's own id (not the vehicle's bus, repeated on each row).
+OWN_EVIDENCE = np.array([i for i, n in enumerate(EVIDENCE_NAMES) if not n.startswith("bus_")])
 
 
 def severity_of(peak: float) -> str:
@@ -60,8 +64,12 @@ def observations(
     rows = sc.rows
     if not (sc.scores >= IMPLICATED).any():
         return []
-    # one sort groups rows by (window, vehicle), best score first in each group
-    order = np.lexsort((-sc.scores, rows.vehicle, rows.window))
+    # one sort groups rows by (window, vehicle), best score first in each group; among
+    # equal scores (bus-level evidence is the same on every row of a window: a fuzzer's
+    # window) the rows with evidence of their own first, so the ids named are those
+    cols = OWN_EVIDENCE[OWN_EVIDENCE < sc.excess.shape[1]]
+    own = sc.excess[:, cols].max(axis=1) if len(rows) else np.zeros(0)
+    order = np.lexsort((-own, -sc.scores, rows.vehicle, rows.window))
     gv, gw = rows.vehicle[order], rows.window[order]
     starts = np.flatnonzero(np.r_[True, (gv[1:] != gv[:-1]) | (gw[1:] != gw[:-1])])
     ends = np.r_[starts[1:], len(order)]
@@ -71,9 +79,10 @@ def observations(
         idx = order[s:e]
         v, w = rows.vehicle[idx[0]], rows.window[idx[0]]
         ids = {}
-        for i in idx[:max_ids]:
-            if sc.scores[i] >= IMPLICATED or not ids:
-                ids[format_id(int(rows.can_id[i]))] = round(float(sc.scores[i]), 3)
+        for i in idx[: max_ids + 1]:  # the pooled row of further unseen ids is no id
+            if rows.can_id[i] != POOLED_ID and len(ids) < max_ids:
+                if sc.scores[i] >= IMPLICATED or not ids:
+                    ids[format_id(int(rows.can_id[i]))] = round(float(sc.scores[i]), 3)
         out.append(
             Observation(
                 vehicle=sc.names[int(v)],

@@ -176,7 +176,7 @@ def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest
     for v in range(closed_upto.shape[0]):
         if in_batch[v] and first_window[v] == none:
             first_window[v] = earliest[v]
-    return win, late, n_late, in_batch, slot, all_known
+    return win, late, n_late, in_batch, slot, all_known, earliest
 
 
 @njit(cache=True, nogil=True)

@@ -78,6 +78,12 @@ DEAD_LETTER_REASONS = (
     "no_model",
     *UNREADABLE_REASONS,
 )
+#: Why the state limits (limits.*) shed frames: their vehicle was refused (dropped), or
+#: they were pooled into their vehicle window's row of further unseen ids because
+#: the instance's streams were taken or the window reached limits.max_novel_ids.
+SHED_REASONS = ("vehicle_limit", "stream_limit", "novel_id_limit")
+#: ... and which limit was full when vehicles were retired early to make room.
+EVICTION_REASONS = ("vehicle_limit", "stream_limit")
 MODEL_RELOAD_FAILURE_REASONS = ("not_found", "bad_manifest", "checksum", "incompatible", "load")
 
 # Scores are normalised so the calibrated threshold is exactly 1.0: the buckets
@@ -125,6 +131,12 @@ METRIC_NAMES = frozenset(
         "canwatch_unreadable_records_total",
         "canwatch_poll_stalled_seconds",
         "canwatch_late_frames_total",
+        "canwatch_frames_shed_total",
+        "canwatch_vehicles_evicted_total",
+        "canwatch_state_vehicles",
+        "canwatch_state_vehicles_max",
+        "canwatch_state_streams",
+        "canwatch_state_streams_max",
         "canwatch_model_info",
         "canwatch_model_threshold",
         "canwatch_model_reloads_total",
@@ -171,6 +183,8 @@ class BrandMetrics:
     score: Any
     threshold: Any
     model_reloads: Any
+    shed: dict[str, Any] = field(default_factory=dict)
+    evicted: dict[str, Any] = field(default_factory=dict)
     opened: dict[tuple[str, str], Any] = field(default_factory=dict)
     closed: dict[tuple[str, str], Any] = field(default_factory=dict)
     active: dict[str, Any] = field(default_factory=dict)
@@ -306,6 +320,29 @@ class DetectorMetrics:
             "Frames older than an already closed window (dropped).",
             ("brand",),
         )
+        self.frames_shed = counter(
+            "canwatch_frames_shed_total",
+            "Frames the state limits kept from a stream of their own: dropped "
+            "(vehicle_limit: their vehicle was not admitted) or pooled into their vehicle "
+            "window's row of further unseen ids (stream_limit, novel_id_limit).",
+            ("brand", "reason"),
+        )
+        self.vehicles_evicted = counter(
+            "canwatch_vehicles_evicted_total",
+            "Vehicles that never had a window scored, retired to make room for new ones "
+            "(their open window scored first), by the limit that was full.",
+            ("brand", "reason"),
+        )
+        self.state_vehicles = gauge("canwatch_state_vehicles", "Vehicles whose state is held.")
+        self.state_vehicles_max = gauge(
+            "canwatch_state_vehicles_max", "Vehicles the state may hold (limits.max_vehicles)."
+        )
+        self.state_streams = gauge(
+            "canwatch_state_streams", "(vehicle, CAN id) streams whose state is held."
+        )
+        self.state_streams_max = gauge(
+            "canwatch_state_streams_max", "Streams the state may hold (limits.max_streams)."
+        )
         self.model_info = gauge(
             "canwatch_model_info",
             "1 for the model loaded for each brand.",
@@ -367,6 +404,8 @@ class DetectorMetrics:
             score=self.anomaly_score.labels(b),
             threshold=self.model_threshold.labels(b),
             model_reloads=self.model_reloads.labels(b),
+            shed={r: self.frames_shed.labels(b, r) for r in SHED_REASONS},
+            evicted={r: self.vehicles_evicted.labels(b, r) for r in EVICTION_REASONS},
             opened={
                 (s, a): self.incidents_opened.labels(b, s, a) for s in SEVERITIES for a in ATTACKS
             },
@@ -391,6 +430,25 @@ class DetectorMetrics:
 
     def model_reload_failed(self, reason: str) -> None:
         self._reload_failures[_check(reason, MODEL_RELOAD_FAILURE_REASONS, "reason")].inc()
+
+    # -- state limits ----------------------------------------------------------------
+
+    def set_state_limits(self, max_vehicles: int, max_streams: int) -> None:
+        self.state_vehicles_max.set(max_vehicles)
+        self.state_streams_max.set(max_streams)
+
+    def set_state(self, vehicles: int, streams: int) -> None:
+        self.state_vehicles.set(vehicles)
+        self.state_streams.set(streams)
+
+    def shed(
+        self, frames: dict[tuple[str, str], int], vehicles: dict[tuple[str, str], int]
+    ) -> None:
+        """Count what the limits shed: frames and vehicles by (brand, reason)."""
+        for (brand, reason), n in frames.items():
+            self.brand(brand).shed[_check(reason, SHED_REASONS, "shed reason")].inc(n)
+        for (brand, reason), n in vehicles.items():
+            self.brand(brand).evicted[_check(reason, EVICTION_REASONS, "eviction reason")].inc(n)
 
     # -- consumer ------------------------------------------------------------------
 

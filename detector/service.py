@@ -189,14 +189,17 @@ class Detector:
         self.registry = ModelRegistry(
             cfg.models.dir, self._model_loaded, self._model_refused, self._prepare_model
         )
-        self.scorer = Scorer({}, fleet, self.window_s)
+        self.scorer = Scorer({}, fleet, self.window_s, cfg.limits)
+        metrics.set_state_limits(cfg.limits.max_vehicles, cfg.limits.max_streams)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
         self.privacy_key = load_key(cfg.privacy)  # validated before anything connects
         # tp -> [(offsets, vehicle numbers, newest ts)] of records whose frames may
         # still be needed; numpy chunks (20 B a record), merged when pruned
         self.pending: dict = defaultdict(list)
         self._vnum: dict[str, int] = {}  # vehicle -> number used in ``pending``
-        self._vnames: list[tuple[str, str]] = []  # number -> (vehicle, brand)
+        self._vnames: list[tuple[str, str] | None] = []  # number -> (vehicle, brand), None: gone
+        self._vdead: list[int] = []  # numbers of vehicles dropped, free once ``pending`` is pruned
+        self._vfree: list[int] = []  # numbers free for reuse
         self.next_offset: dict = {}  # tp -> offset after the last record seen
         self.vehicle_tp: dict[str, object] = {}
         self.last_seen: dict[str, tuple[str, float]] = {}  # vehicle -> (brand, wall clock)
@@ -495,6 +498,7 @@ class Detector:
         self.metrics.observe_stage("decode", t1 - t0)
         before = dict(self.scorer.seconds)
         scored = self.scorer.push(batches) if batches else []
+        shed = self.scorer.take_shed()
         retired = {v for v in self._idle if v not in self.last_seen}  # not back in this poll
         self._idle = set()
         if retired:
@@ -509,6 +513,13 @@ class Detector:
         if retired:
             events += self._account(self.tracker.close(retired))
             self._drop_vehicles(retired)
+        if shed.evicted or shed.refused:  # the limits let them go: so does everything else
+            events += self._account(self.tracker.close(shed.evicted))
+            self._drop_vehicles(shed.evicted | shed.refused)
+            for v in shed.evicted | shed.refused:
+                self.last_seen.pop(v, None)
+        self.metrics.shed(shed.frames, shed.vehicles)
+        self.metrics.set_state(self.scorer.n_vehicles, self.scorer.n_streams)
         t3 = time.perf_counter()
         self.metrics.observe_stage("incidents", t3 - t2)
         for ev in events:
@@ -769,8 +780,7 @@ class Detector:
             if last is None or last[1] is not tp or last[2] != b.brand:  # else all as before
                 num = self._vnum.get(vehicle)
                 if num is None:
-                    num = self._vnum[vehicle] = len(self._vnames)
-                    self._vnames.append((vehicle, b.brand))
+                    num = self._vnum[vehicle] = self._number(vehicle, b.brand)
                 last = latest[vehicle] = (num, tp, b.brand)
                 self.vehicle_tp[vehicle] = tp
                 self.last_seen[vehicle] = (b.brand, seen_at)
@@ -837,7 +847,9 @@ class Detector:
             ("source-offsets", f"{first}-{last}".encode()),
         ]
         if altered or withheld:
-            headers.append(("error-altered", "; ".join(x for x in (withheld, altered) if x).encode()))
+            headers.append(
+                ("error-altered", "; ".join(x for x in (withheld, altered) if x).encode())
+            )
         return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
 
     def _log_unreadable(self, record: UnreadableRecord) -> None:
@@ -910,6 +922,7 @@ class Detector:
 
         out = {}
         horizon: dict[int, float] = {}
+        dead, self._vdead = self._vdead, []  # pruned below: free for reuse after
         for tp, nxt in self.next_offset.items():
             chunks = self.pending.get(tp) or []
             if chunks:
@@ -919,7 +932,8 @@ class Detector:
                 uniq, inv = np.unique(nums, return_inverse=True)
                 for num in uniq.tolist():
                     if num not in horizon:
-                        horizon[num] = self._horizon(*self._vnames[num])
+                        named = self._vnames[num]  # None: dropped, nothing left to re-form
+                        horizon[num] = self._horizon(*named) if named else math.inf
                 keep = tss >= np.array([horizon[n] for n in uniq.tolist()])[inv]
                 offsets, nums, tss = offsets[keep], nums[keep], tss[keep]
                 self.pending[tp] = [(offsets, nums, tss)] if len(offsets) else []
@@ -927,7 +941,21 @@ class Detector:
             else:
                 offset = nxt
             out[tp] = OffsetAndMetadata(offset, "", -1)
+        if set(self.pending) <= set(self.next_offset):  # every chunk was pruned
+            self._vfree += dead
+        else:
+            self._vdead += dead
         return out
+
+    def _number(self, vehicle: str, brand: str) -> int:
+        """A number for ``vehicle`` in ``pending`` (those of dropped vehicles are reused:
+        a flood of vehicle keys must not grow this table)."""
+        if self._vfree:
+            num = self._vfree.pop()
+            self._vnames[num] = (vehicle, brand)
+            return num
+        self._vnames.append((vehicle, brand))
+        return len(self._vnames) - 1
 
     def _commit_if_due(self, now: bool = False) -> None:
         # kafka.commit_interval_s: a sync commit per poll costs a broker round trip
@@ -1000,7 +1028,8 @@ class Detector:
             self.next_offset.pop(tp, None)
 
     def _drop_vehicles(self, gone: set[str]) -> None:
-        """Forget vehicles: revoked, re-read after a rewind, or retired after going quiet."""
+        """Forget vehicles: revoked, re-read after a rewind, retired after going quiet, or
+        let go by the state limits."""
         for v in gone:  # their open incidents are no longer ours to count
             inc = self.tracker.open.get(v)
             sev = self.open_severity.pop(inc.id, None) if inc is not None else None
@@ -1010,6 +1039,10 @@ class Detector:
         self.tracker.forget(gone)
         for v in gone:
             self.vehicle_tp.pop(v, None)
+            num = self._vnum.pop(v, None)
+            if num is not None:  # its records in ``pending`` go with the next prune
+                self._vnames[num] = None
+                self._vdead.append(num)
 
     # -- periodic -----------------------------------------------------------------
 

@@ -250,9 +250,10 @@ def test_window_pass_finds_standard_and_extended_ids_like_id_slots() -> None:
     vehicle = np.zeros(4, np.int64)
     none = np.iinfo(np.int64).min // 4
     args = (vehicle, 1.0, np.full(1, none), np.full(1, none), np.full(1, -np.inf), none, ids)
-    win, late, n_late, in_batch, slot, all_known = window_pass(ts, can_id, *args)
+    win, late, n_late, in_batch, slot, all_known, earliest = window_pass(ts, can_id, *args)
     assert all_known and n_late == 0 and in_batch.all()
     np.testing.assert_array_equal(win, [0, 1, 2, 3])
+    np.testing.assert_array_equal(earliest, [0])
     np.testing.assert_array_equal(slot, id_slots(can_id, ids)[0])
     unseen = can_id.copy()
     unseen[1] = 0x9ABC_DEF1  # an extended id the baseline never saw
