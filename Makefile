@@ -8,7 +8,7 @@ demo: setup      ## run the zero-setup demo
 test:            ## install everything the tests need, then lint and run the suite
 	./scripts/setup.sh --system
 	.venv/bin/ruff check detector replay tests bench
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n auto --dist loadfile
 lint:            ## ruff
 	.venv/bin/ruff check detector replay tests bench
 bench:           ## run the benchmarks (tens of minutes; results in out/bench)
