@@ -50,6 +50,7 @@ from detector.kernels import (
     A_COUNT,
     F_LAST,
     F_MIN,
+    F_MIN2,
     NO_WINDOW,
     Emitted,
     close,
@@ -376,6 +377,7 @@ class WindowState:
             st.acc_i[open_] = 0
             st.acc_f[open_] = 0.0
             st.acc_f[open_, F_MIN] = np.inf
+            st.acc_f[open_, F_MIN2] = np.inf
             st.acc_f[open_, F_LAST] = np.nan
             novel = open_[st.kind[open_] != LEARNED]
             if len(novel):
