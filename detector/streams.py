@@ -246,16 +246,21 @@ class StreamTable:
             self.head = _grown(self.head, size, -1)
             self.count = _grown(self.count, size, 0)
 
-    def _reset(self, rows: np.ndarray) -> None:
-        self.last_ts[rows] = np.nan
-        self.last_data[rows] = 0
-        self.closed_ts[rows] = np.nan
+    def clear_windows(self, rows: np.ndarray) -> None:
+        """Close ``rows``' open windows unscored: no window open, empty sums (as the
+        fold's ``_emit`` leaves a row it scored)."""
         self.open_window[rows] = NO_WINDOW
         self.acc_i[rows] = 0
         self.acc_f[rows] = 0.0
         self.acc_f[rows, F_MIN] = np.inf
         self.acc_f[rows, F_MIN2] = np.inf
         self.acc_f[rows, F_LAST] = np.nan
+
+    def _reset(self, rows: np.ndarray) -> None:
+        self.last_ts[rows] = np.nan
+        self.last_data[rows] = 0
+        self.closed_ts[rows] = np.nan
+        self.clear_windows(rows)
         self.kind[rows] = 0
 
     def _index(self, rows: np.ndarray) -> None:

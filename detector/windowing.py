@@ -48,9 +48,6 @@ from detector.baseline import Baseline
 from detector.features import N_FEATURES, POOLED_ID, Rows, absent_rows, add_bus_features
 from detector.kernels import (
     A_COUNT,
-    F_LAST,
-    F_MIN,
-    F_MIN2,
     NO_WINDOW,
     Emitted,
     close,
@@ -373,12 +370,7 @@ class WindowState:
         if len(open_):
             veh = (st.keys[open_] >> np.uint64(32)).astype(np.int64)
             np.maximum.at(self.closed_upto, veh, st.open_window[open_] + 1)
-            st.open_window[open_] = NO_WINDOW
-            st.acc_i[open_] = 0
-            st.acc_f[open_] = 0.0
-            st.acc_f[open_, F_MIN] = np.inf
-            st.acc_f[open_, F_MIN2] = np.inf
-            st.acc_f[open_, F_LAST] = np.nan
+            st.clear_windows(open_)
             novel = open_[st.kind[open_] != LEARNED]
             if len(novel):
                 vehicles = np.unique((st.keys[novel] >> np.uint64(32)).astype(np.int64))
