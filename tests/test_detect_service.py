@@ -113,6 +113,17 @@ class TopicReader:
         self.consumer.close()
 
 
+def topics_toml(k, more: str = "") -> str:
+    """A config file's ``[kafka]`` table naming the topics of ``k`` (a KafkaConfig),
+    for a ``canwatch detect`` subprocess; ``more`` follows (more [kafka] keys first)."""
+    return (
+        "[kafka]\n"
+        f'telemetry_topic = "{k.telemetry_topic}"\n'
+        f'incident_topic = "{k.incident_topic}"\n'
+        f'dlq_topic = "{k.dlq_topic}"\n' + more
+    )
+
+
 def service_config(broker, unique_topic, model_dir: Path, partitions: int = 4, **extra) -> Config:
     topics = {
         "kafka.telemetry_topic": unique_topic("telemetry"),
@@ -455,13 +466,7 @@ def test_detect_process_serves_consistent_metrics_and_stops_on_sigterm(
 ):
     cfg = service_config(broker, unique_topic, cusw_models)
     toml = tmp_path / "canwatch.toml"
-    toml.write_text(
-        "[kafka]\n"
-        f'telemetry_topic = "{cfg.kafka.telemetry_topic}"\n'
-        f'incident_topic = "{cfg.kafka.incident_topic}"\n'
-        f'dlq_topic = "{cfg.kafka.dlq_topic}"\n',
-        encoding="utf-8",
-    )
+    toml.write_text(topics_toml(cfg.kafka), encoding="utf-8")
     port = free_port()
     proc = subprocess.Popen(
         [

@@ -54,6 +54,7 @@ from test_detect_service import (
     now_start,
     scrape,
     service_config,
+    topics_toml,
     total,
     wait_for,
 )
@@ -88,13 +89,12 @@ class DetectProcess:
         toml = tmp_path / f"{name}.toml"
         k = cfg.kafka
         toml.write_text(
-            "[kafka]\n"
-            f"max_poll_records = {k.max_poll_records}\n"
-            f'telemetry_topic = "{k.telemetry_topic}"\n'
-            f'incident_topic = "{k.incident_topic}"\n'
-            f'dlq_topic = "{k.dlq_topic}"\n'
-            f"session_timeout_ms = {k.session_timeout_ms}\n"
-            f"heartbeat_interval_ms = {k.heartbeat_interval_ms}\n",
+            topics_toml(
+                k,
+                f"max_poll_records = {k.max_poll_records}\n"
+                f"session_timeout_ms = {k.session_timeout_ms}\n"
+                f"heartbeat_interval_ms = {k.heartbeat_interval_ms}\n",
+            ),
             encoding="utf-8",
         )
         args = [

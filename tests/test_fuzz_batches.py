@@ -65,6 +65,7 @@ from test_detect_service import (
     now_start,
     scrape,
     service_config,
+    topics_toml,
     total,
     wait_for,
 )
@@ -535,12 +536,7 @@ def test_fuzzed_record_batches_through_a_running_detect(unique_topic, cusw_model
         cfg = service_config(own, unique_topic, cusw_models, partitions=PARTITIONS)
         toml = tmp_path / "canwatch.toml"
         toml.write_text(
-            "[kafka]\n"
-            f'telemetry_topic = "{cfg.kafka.telemetry_topic}"\n'
-            f'incident_topic = "{cfg.kafka.incident_topic}"\n'
-            f'dlq_topic = "{cfg.kafka.dlq_topic}"\n'
-            "[watchdog]\nstall_s = 20\nexit_s = 600\n",
-            encoding="utf-8",
+            topics_toml(cfg.kafka, "[watchdog]\nstall_s = 20\nexit_s = 600\n"), encoding="utf-8"
         )
         port = free_port()
         url = f"http://127.0.0.1:{port}/metrics"

@@ -32,6 +32,7 @@ from test_detect_service import (
     scrape,
     send_all,
     service_config,
+    topics_toml,
     total,
     wait_for,
 )
@@ -76,13 +77,7 @@ def vehicle_on(partition: int, prefix: str) -> str:
 def test_a_poison_record_blinds_nothing(broker, unique_topic, cusw_models, tmp_path):
     cfg = service_config(broker, unique_topic, cusw_models, partitions=PARTITIONS)
     toml = tmp_path / "canwatch.toml"
-    toml.write_text(
-        "[kafka]\n"
-        f'telemetry_topic = "{cfg.kafka.telemetry_topic}"\n'
-        f'incident_topic = "{cfg.kafka.incident_topic}"\n'
-        f'dlq_topic = "{cfg.kafka.dlq_topic}"\n',
-        encoding="utf-8",
-    )
+    toml.write_text(topics_toml(cfg.kafka), encoding="utf-8")
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     err_path = tmp_path / "detect.err"

@@ -30,7 +30,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry
-from test_detect_service import CANWATCH, scrape, service_config, total, wait_for
+from test_detect_service import CANWATCH, scrape, service_config, topics_toml, total, wait_for
 
 from detector.broker import EmbeddedBroker, create_topics, free_port
 from detector.config import load_config
@@ -267,12 +267,11 @@ def detect_args(cfg, tmp_path: Path, port: int, name: str, **watchdog: float) ->
     toml = tmp_path / f"{name}.toml"
     k = cfg.kafka
     toml.write_text(
-        "[kafka]\n"
-        f'telemetry_topic = "{k.telemetry_topic}"\n'
-        f'incident_topic = "{k.incident_topic}"\n'
-        f'dlq_topic = "{k.dlq_topic}"\n'
-        "compression = \"none\"\n"
-        "[watchdog]\n" + "".join(f"{key} = {value}\n" for key, value in watchdog.items()),
+        topics_toml(
+            k,
+            'compression = "none"\n[watchdog]\n'
+            + "".join(f"{key} = {value}\n" for key, value in watchdog.items()),
+        ),
         encoding="utf-8",
     )
     return [
