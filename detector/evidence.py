@@ -129,7 +129,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
     pct = f"{100 * x:.0f}%"
     texts = {
         "rate": f"{cid}: {n} frames in the {window_s:g} s window ({x:.1f}× its learned rate)",
-        "dt_min": f"{cid}: frames as close as {_ms(x * period)} apart, more than once (learned period {_ms(period)})",
+        "dt_min": f"{cid}: frames as close as {_ms(x * period)} apart (learned period {_ms(period)})",
         "dt_mean": f"{cid} arrived every {_ms(x * period)} (learned {_ms(period)})",
         "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
         "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",

@@ -23,7 +23,7 @@ from detector.baseline import Baseline
 
 FEATURE_NAMES: tuple[str, ...] = (
     "rate",  # frames / learned frames per window
-    "dt_min",  # second shortest inter-arrival (the shortest if only one) / learned period
+    "dt_min",  # shortest inter-arrival / learned period
     "dt_mean",  # mean inter-arrival / learned period
     "dt_cv",  # inter-arrival std / learned period
     "silence",  # time since the id's last frame at window end / learned period

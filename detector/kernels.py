@@ -261,10 +261,9 @@ A_CHG, A_OTHER, A_COND = 3, 11, 19
 A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
 A_COUPLE, A_FIXED = 35, 36
 N_ACC_I = 37
-#: float64: sum and sum of squares of inter-arrival times, the shortest, the last
-#: frame's ts, the second shortest.
-F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
-N_ACC_F = 5
+#: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
+F_SUM, F_SUM2, F_MIN, F_LAST = 0, 1, 2, 3
+N_ACC_F = 4
 NO_WINDOW = np.iinfo(np.int64).min
 
 
@@ -296,10 +295,7 @@ def _emit(
         pairs_n = max(n_dt, 1)
         mc = mean_count[s]
         X[0] = count / max(mc, 1e-9) if mc > 0 else count
-        # the second shortest gap: one pair of frames bunched by arbitration or a
-        # gateway's jitter happens on any drive, an injection bunches them again
-        # and again (the shortest only when the window has one gap)
-        min_dt = acc_f[r, F_MIN2] if n_dt > 1 else acc_f[r, F_MIN]
+        min_dt = acc_f[r, F_MIN]
         X[1] = min_dt / per if np.isfinite(min_dt) else 1.0
         mean_dt = acc_f[r, F_SUM] / n_dt if n_dt > 0 else 0.0
         X[2] = mean_dt / per if n_dt > 0 else 1.0
@@ -335,7 +331,6 @@ def _emit(
     acc_f[r, F_SUM] = 0.0
     acc_f[r, F_SUM2] = 0.0
     acc_f[r, F_MIN] = np.inf
-    acc_f[r, F_MIN2] = np.inf
     acc_f[r, F_LAST] = np.nan
     st_open[r] = NO_WINDOW
 
@@ -457,7 +452,6 @@ def _fold(  # pragma: no cover - compiled
         sum_dt = acc_f[r, F_SUM]
         sum_dt2 = acc_f[r, F_SUM2]
         min_dt = acc_f[r, F_MIN]
-        min2_dt = acc_f[r, F_MIN2]
         last_g = acc_f[r, F_LAST]
         last = st_last_ts[r]
         prev = np.uint64(0)  # the stream's last payload so far, bytes little-endian
@@ -519,7 +513,6 @@ def _fold(  # pragma: no cover - compiled
                     acc_f[r, F_SUM] = sum_dt
                     acc_f[r, F_SUM2] = sum_dt2
                     acc_f[r, F_MIN] = min_dt
-                    acc_f[r, F_MIN2] = min2_dt
                     acc_f[r, F_LAST] = last_g
                     _emit(
                         r, s, k, window_s, st_open, acc_i, acc_f, period, mean_count,
@@ -530,7 +523,6 @@ def _fold(  # pragma: no cover - compiled
                     sum_dt = 0.0
                     sum_dt2 = 0.0
                     min_dt = np.inf
-                    min2_dt = np.inf
                     last_g = np.nan
                 st_open[r] = w
             t = ts[j]
@@ -553,10 +545,7 @@ def _fold(  # pragma: no cover - compiled
                 sum_dt += dt
                 sum_dt2 += dt * dt
                 if dt < min_dt:
-                    min2_dt = min_dt
                     min_dt = dt
-                elif dt < min2_dt:
-                    min2_dt = dt
                 if p64 == before:
                     la[A_DELTA] += zero_jump
                     la[A_COUNTER] += zero_counter
@@ -657,7 +646,6 @@ def _fold(  # pragma: no cover - compiled
         acc_f[r, F_SUM] = sum_dt
         acc_f[r, F_SUM2] = sum_dt2
         acc_f[r, F_MIN] = min_dt
-        acc_f[r, F_MIN2] = min2_dt
         acc_f[r, F_LAST] = last_g
         st_last_ts[r] = last
         for b in range(8):

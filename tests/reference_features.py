@@ -119,15 +119,6 @@ def frame_checks(
     }
 
 
-def _second_smallest(x: np.ndarray, starts: np.ndarray, n_dt: np.ndarray) -> np.ndarray:
-    """Per segment the second smallest of ``x`` (the smallest if it has one gap)."""
-    seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(x)]))
-    o = np.lexsort((x, seg))
-    first = o[starts]
-    second = o[np.minimum(starts + 1, len(x) - 1)]
-    return np.where(n_dt > 1, x[second], x[first])
-
-
 def _segment_sum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     if len(starts) == 0:
         return np.zeros((0,) + x.shape[1:], dtype=np.float64)
@@ -166,7 +157,7 @@ def present_rows(
     dt0 = np.where(has_dt, dt, 0.0)
     sum_dt = _segment_sum(dt0, starts)
     sum_dt2 = _segment_sum(dt0 * dt0, starts)
-    min_dt = _second_smallest(np.where(has_dt, dt, np.inf), starts, n_dt)
+    min_dt = np.minimum.reduceat(np.where(has_dt, dt, np.inf), starts)
     period = np.where(known, bl.period[slot], np.nan)
     period = np.where(np.isfinite(period) & (period > 0), period, window_s)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -83,22 +83,6 @@ def test_normal_traffic_is_at_its_learned_values(baseline: Baseline) -> None:
     np.testing.assert_array_equal(rows.count[rows.can_id == SLOW], 50)
 
 
-def test_one_bunched_pair_is_jitter_two_are_a_pattern(baseline: Baseline) -> None:
-    # dt_min is a window's second shortest gap: arbitration or a gateway bunches
-    # one pair of frames now and then on any drive; an injection does it again and again
-    t = T0 + 100
-    fast = fast_frames(t, t + 5)
-    w0 = np.flatnonzero((fast["ts"] >= 1102.0) & (fast["ts"] < 1103.0))
-    one, two = fast.copy(), fast.copy()
-    one["ts"][w0[10]] -= 0.008  # 2 ms after its predecessor
-    two["ts"][w0[[10, 50]]] -= [0.008, 0.007]  # 2 ms, then 3 ms
-    slow = slow_frames(t, t + 5)
-    x_one = row(rows_of(merge(one, slow), baseline), 1102, FAST)
-    x_two = row(rows_of(merge(two, slow), baseline), 1102, FAST)
-    np.testing.assert_allclose(x_one[F["dt_min"]], 1.0, rtol=1e-6)
-    np.testing.assert_allclose(x_two[F["dt_min"]], 0.3, rtol=1e-6)
-
-
 def test_doubled_frames_double_the_rate_and_halve_the_gaps(baseline: Baseline) -> None:
     t = T0 + 100
     fast = fast_frames(t, t + 5)
