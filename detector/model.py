@@ -230,11 +230,11 @@ def envelope_floor(mean_count: np.ndarray) -> np.ndarray:
 
 
 def fit_envelope(
-    X: np.ndarray, slot: np.ndarray, k: int, floor: np.ndarray | None = None
+    X: np.ndarray, slot: np.ndarray, k: int, floor: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-slot (k rows) and global (last row) feature ranges of the training rows.
 
-    ``floor`` (k + 1, F): each slot's least envelope width (default: ENVELOPE_FLOOR).
+    ``floor`` (k + 1, F): each slot's least envelope width (``envelope_floor``).
     """
     lo = np.full((k + 1, X.shape[1]), np.inf)
     hi = np.full((k + 1, X.shape[1]), -np.inf)
@@ -243,8 +243,6 @@ def fit_envelope(
     lo[k], hi[k] = X.min(axis=0), X.max(axis=0)
     unseen = ~np.isfinite(lo[:, 0])  # ids without training rows fall back to the global range
     lo[unseen], hi[unseen] = lo[k], hi[k]
-    if floor is None:
-        floor = np.tile(np.array([ENVELOPE_FLOOR[n] for n in FEATURE_NAMES]), (k + 1, 1))
     scale = np.maximum(hi - lo, floor)
     for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
         lo[:, F[name]] = np.minimum(lo[:, F[name]], 0.0)

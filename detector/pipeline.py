@@ -345,15 +345,25 @@ def _by_platform(found: list[tuple[int, str, int]]) -> list[tuple[str, list[int]
     return list(groups.items())
 
 
-def score_rows(
+def referenced_evidence(
     model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (1.0 = alert) and effective calibrated evidence of rows of vehicles whose
-    first windows are ``first_window`` (by row vehicle), against their ``reference``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated evidence of rows of vehicles whose first windows are ``first_window``
+    (by row vehicle), what remains of it against their ``reference`` (effective), and
+    each row's threshold factor."""
     calibrated = model.calibrated(rows.X, rows.can_id)
     slot, known = model.baseline.slots(rows.can_id)
     age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)
     effective, factor = reference.apply(rows.vehicle, slot, known, age, calibrated, model.threshold)
+    return calibrated, effective, factor
+
+
+def score_rows(
+    model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (1.0 = alert) and effective calibrated evidence of rows (see
+    ``referenced_evidence``)."""
+    _, effective, factor = referenced_evidence(model, rows, first_window, reference)
     return row_scores(effective, model.threshold) / factor, effective
 
 

@@ -39,7 +39,7 @@ from detector.model import (
     fit_platform_model,
     group_maxima,
 )
-from detector.pipeline import score_rows
+from detector.pipeline import referenced_evidence
 from detector.reference import VOLUME_COLUMNS, WARMUP_WINDOWS, StreamReference
 from detector.windowing import WindowState
 
@@ -200,6 +200,10 @@ class HeldOut:
     group: np.ndarray
     evidence: np.ndarray
 
+    @property
+    def windows(self) -> int:
+        return int(self.group.max()) + 1 if len(self.group) else 0
+
 
 def held_out_evidence(model: PlatformModel, recordings: list[Recording]) -> HeldOut:
     """What the service would see scoring each held-out recording as one vehicle: the
@@ -216,9 +220,11 @@ def held_out_evidence(model: PlatformModel, recordings: list[Recording]) -> Held
         state = WindowState(r.window_s)
         rows = state.push(r.frames, np.zeros(len(r.frames), np.int64), model.baseline)
         reference = StreamReference(len(model.baseline.ids))
-        _, effective = score_rows(model, rows, state.first_window, reference)
+        calibrated, effective, _ = referenced_evidence(
+            model, rows, state.first_window, reference
+        )
         warm = rows.window - state.first_window[rows.vehicle] <= WARMUP_WINDOWS
-        effective[warm] = model.calibrated(rows.X[warm], rows.can_id[warm]) * ~VOLUME_COLUMNS
+        effective[warm] = calibrated[warm] * ~VOLUME_COLUMNS
         keep = r.clean(rows)
         if keep.any():
             _, _, inv = vw_groups(rows.vehicle[keep], rows.window[keep])
@@ -245,8 +251,7 @@ def calibrate(model: PlatformModel, folds: list[HeldOut], target_fpr: float) -> 
     for f in folds:
         slot = envelope_slot(model.baseline, f.can_id)
         tolerance = np.maximum(tolerance, group_maxima(slot, f.evidence, n_slots))
-        n_windows = int(f.group.max()) + 1 if len(f.group) else 0
-        maxima.append(group_maxima(f.group, f.evidence, n_windows))
+        maxima.append(group_maxima(f.group, f.evidence, f.windows))
     model.tolerance = tolerance
     model.evidence_scale = cross_drive_scale(np.concatenate(maxima), target_fpr)
 
@@ -298,8 +303,7 @@ def train_platform(
     for name, train, held_recs in calibration_folds(recs):
         h = held_out_evidence(fit_core(platform, train, cfg), held_recs)
         held.append(h)
-        n_windows = int(h.group.max()) + 1 if len(h.group) else 0
-        folds.append({"held_out_drives": [int(d) for d in name], "windows": n_windows})
+        folds.append({"held_out_drives": [int(d) for d in name], "windows": h.windows})
     if sum(f["windows"] for f in folds) == 0:
         raise ValueError(
             f"recordings for {platform!r} are too short: no benign window of a held-out "
