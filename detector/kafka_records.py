@@ -194,11 +194,9 @@ def _records(batch) -> tuple | None:
     return rows, record_headers, view
 
 
-_FRAME = struct.Struct(">qi")  # every batch version starts with its offset and length
 _LOG_OVERHEAD = 12
 _MIN_SLICE = 26  # kafka-python's MemoryRecords.MIN_SLICE: no (v0) message set is shorter
 _MAGIC = struct.Struct(">b")
-_LAST_DELTA = struct.Struct(">i")  # at byte 23 of a v2 header
 
 
 def _unpack_records_compiled(stock):
@@ -275,7 +273,7 @@ def _unpack_records_compiled(stock):
         tail = None  # the next offset after the fetch's last batch, if it was a v2 one
         floor = None  # the offset after the previous batch of this fetch
         while size - pos >= _LOG_OVERHEAD:
-            base, length = _FRAME.unpack_from(data, pos)
+            base, length = salvage.BATCH_FRAME.unpack_from(data, pos)
             end = pos + _LOG_OVERHEAD + length
             if floor is not None and base < floor:
                 break  # not where a batch can be: the next fetch reads from the floor on
@@ -298,7 +296,7 @@ def _unpack_records_compiled(stock):
             # may be anything when its CRC does not hold).
             limit = None
             if size - pos >= 8:
-                following = _FRAME.unpack_from(data, pos)[0]
+                following = salvage.BATCH_FRAME.unpack_from(data, pos)[0]
                 limit = following - 1 if following > base else None
             magic = _MAGIC.unpack_from(view, 16)[0] if len(view) > 16 else None
             if magic != 2 or len(view) < salvage.V2_HEADER_BYTES:
@@ -309,7 +307,7 @@ def _unpack_records_compiled(stock):
                     continue
                 last = base
                 if magic is not None and magic > 2 and len(view) >= 27:
-                    last = base + max(_LAST_DELTA.unpack_from(view, 23)[0], 0)
+                    last = salvage.framed_last_offset(view, 0, base)
                 last = last if limit is None else min(last, limit)
                 floor = max(floor or 0, last + 1)
                 detail = f"record batch version {magic}, {len(view)} bytes: not readable"

@@ -61,6 +61,10 @@ REASONS: tuple[str, ...] = (BAD_CRC, BAD_BATCH, BAD_CODEC, BAD_CONTROL, BAD_RECO
 MAX_INFLATED_BYTES = 64 << 20
 V2_HEADER_BYTES = 61  # base offset .. record count (kafka-python's HEADER_STRUCT)
 _CODEC_NONE, _CODEC_GZIP, _CODEC_LZ4 = 0, 1, 3
+#: Every batch version starts with its base offset and length; a v2 (or later)
+#: batch has its last offset delta at byte 23.
+BATCH_FRAME = struct.Struct(">qi")
+_LAST_DELTA = struct.Struct(">i")
 _MARKER_KEY = struct.Struct(">hh")  # control record key: version 0, type 0 (abort) / 1 (commit)
 
 
@@ -96,6 +100,12 @@ class UnreadableRecord(ConsumerRecord):
 
 
 # -- a record batch as a whole ---------------------------------------------------------------
+
+
+def framed_last_offset(data, pos: int, base: int) -> int:
+    """The last offset of the v2 batch at ``pos`` of ``data`` by its framing alone
+    (base when the delta is absurd): no byte of the batch need be trusted but these."""
+    return base + max(_LAST_DELTA.unpack_from(data, pos + 23)[0], 0)
 
 
 def last_offset_of(batch) -> int:

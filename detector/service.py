@@ -349,7 +349,7 @@ class Detector:
                 tp: getattr(getattr(st, "_position", None), "offset", None)
                 for tp, st in states.items()
             }
-        return LoopState(self.beat, positions, self.health._loop_ready, dict(self._newest))
+        return LoopState(self.beat, positions, dict(self._newest))
 
     def _stalled_too_long(self, why: str) -> None:
         if self.on_stall is not None:
@@ -814,11 +814,25 @@ class Detector:
         # Null key and value, null header values or > 4.5 MB would make send() raise
         # and the consumer crash-loop on this record; the copy is always producible.
         key, value, headers, altered = dead_letter_copy(key, value, record.headers)
-        headers += [
-            ("error", exc.reason.encode()),
+        return self._send_dead_letter(
+            record, record.offset, exc.reason, detail, (key, value, headers), notes=(altered,)
+        )
+
+    def _send_dead_letter(
+        self, record, offset: int, reason: str, detail: bytes, copy: tuple, extra=(), notes=()
+    ):
+        """Send ``copy`` (key, value, headers from ``dead_letter_copy``) to the DLQ with
+        why (``reason``, ``detail``), where (``offset`` of ``record``'s partition) and
+        what was changed in it (``notes``)."""
+        key, value, headers = copy
+        headers = [
+            *headers,
+            ("error", reason.encode()),
             ("error-detail", detail),
-            ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("source", f"{record.topic}/{record.partition}/{offset}".encode()),
+            *extra,
         ]
+        altered = "; ".join(n for n in notes if n)
         if altered:
             headers.append(("error-altered", altered.encode()))
         return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
@@ -839,18 +853,11 @@ class Detector:
                 detail = scrub(self.privacy_key, record.key, detail)[1]
             else:  # no vehicle id to find in the bytes: none of them leave
                 value, withheld = b"", "raw bytes withheld (pseudonymisation on, no key to scrub)"
-        key, value, _, altered = dead_letter_copy(key, value, [])
-        headers = [
-            ("error", p.reason.encode()),
-            ("error-detail", detail[:500]),
-            ("source", f"{record.topic}/{record.partition}/{first}".encode()),
-            ("source-offsets", f"{first}-{last}".encode()),
-        ]
-        if altered or withheld:
-            headers.append(
-                ("error-altered", "; ".join(x for x in (withheld, altered) if x).encode())
-            )
-        return self.producer.send(self.cfg.kafka.dlq_topic, key=key, value=value, headers=headers)
+        key, value, headers, altered = dead_letter_copy(key, value, [])
+        return self._send_dead_letter(
+            record, first, p.reason, detail[:500], (key, value, headers),
+            extra=[("source-offsets", f"{first}-{last}".encode())], notes=(withheld, altered),
+        )  # fmt: skip
 
     def _log_unreadable(self, record: UnreadableRecord) -> None:
         """One line now and then (a flood of them would flood the log too)."""

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.config import Config
+from detector.kafka_salvage import BATCH_FRAME, framed_last_offset
 from detector.metrics import DetectorMetrics
 
 log = logging.getLogger("canwatch.watchdog")
@@ -52,8 +52,6 @@ log = logging.getLogger("canwatch.watchdog")
 PROBE_MAX_S = 5.0  # end offsets at least this often
 PROBE_TIMEOUT_MS = 1000
 PROBE_BOOTSTRAP_MS = 5000
-_FRAME = struct.Struct(">qi")  # a batch's base offset and length
-_LAST_DELTA = struct.Struct(">i")  # at byte 23 of a v2 batch
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,6 @@ class LoopState:
 
     beat: float  # monotonic time the loop last went round
     positions: dict  # assigned partition -> fetch position (None: not known yet)
-    ready: bool  # the loop's own view: broker reachable, models loaded, partitions assigned
     newest: dict = field(default_factory=dict)  # partition -> newest event time processed
 
 
@@ -129,10 +126,6 @@ class Health:
         with self._lock:
             self._stalled = stalled
             self._publish()
-
-    @property
-    def ready(self) -> bool:
-        return self._loop_ready and not self._stalled
 
     def _publish(self) -> None:
         self.metrics.set_ready(self._loop_ready and not self._stalled)
@@ -266,12 +259,12 @@ def _reaches(data, offset: int) -> bool:
     its framing alone: base offset, and for v2 the last offset delta)."""
     pos, size = 0, len(data)
     while size - pos >= 17:
-        base, length = _FRAME.unpack_from(data, pos)
+        base, length = BATCH_FRAME.unpack_from(data, pos)
         if length < 0:
             break
         last = base
         if data[pos + 16] == 2 and size - pos >= 27:
-            last = base + max(_LAST_DELTA.unpack_from(data, pos + 23)[0], 0)
+            last = framed_last_offset(data, pos, base)
         if last >= offset:
             return True
         pos += 12 + length

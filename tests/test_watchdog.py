@@ -47,8 +47,8 @@ from blocked_detect import BLOCK_KEY  # noqa: E402
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
-def state(beat: float, positions: dict, ready: bool = True) -> LoopState:
-    return LoopState(beat, positions, ready)
+def state(beat: float, positions: dict) -> LoopState:
+    return LoopState(beat, positions)
 
 
 # -- StallWatch: the verdict --------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_a_tick_exports_lag_stall_and_ready_logs_once_and_exits_once(caplog):
         return dict(ends)
 
     dog = Watchdog(
-        cfg, m, h, lambda: LoopState(loop["beat"], loop["positions"], True, {TP0: time.time() - 3}),
+        cfg, m, h, lambda: LoopState(loop["beat"], loop["positions"], {TP0: time.time() - 3}),
         exits.append, end_offsets,
     )  # fmt: skip
 
