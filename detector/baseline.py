@@ -198,12 +198,6 @@ def _learn_counters(data: np.ndarray) -> list[tuple[int, int, int, int]]:
     return [field for _, field in ranked[:2]]
 
 
-def _learn_counter(data: np.ndarray) -> tuple[int, int, int, int]:
-    """(byte, mask, shift, step) of the widest field that steps by a constant, or byte -1."""
-    fields = _learn_counters(data)
-    return fields[0] if fields else (-1, 0, 0, 0)
-
-
 def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int, int]:
     if len(data) < 20 or dlc.min() < 2:
         return 0, -1

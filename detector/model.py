@@ -140,11 +140,9 @@ class PlatformModel:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     info: dict = field(default_factory=dict)
 
-    def evidence(self, X: np.ndarray, can_id: np.ndarray) -> np.ndarray:
-        """(r, N_EVIDENCE) evidence in envelope units, >= 0, before calibration."""
-        return self._evidence(X, envelope_slot(self.baseline, can_id))
-
     def _evidence(self, X: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """(r, N_EVIDENCE) evidence in envelope units (``e``: the rows' envelope slots),
+        >= 0, before calibration."""
         out = np.empty((len(X), N_EVIDENCE))
         out[:, :N_FEATURES] = envelope_excess(X, self.env_lo[e], self.env_hi[e], self.env_scale[e])
         out[:, E_FOREST] = forest_evidence(self.forest, X, self.forest_hi)

@@ -40,7 +40,7 @@ from detector.evaluate import (
     window_rows,
 )
 from detector.model import PlatformModel
-from detector.model_store import list_manifests, load_model, read_manifest
+from detector.model_store import load_model
 from replay.readers import read_frames
 
 CROSS_DRIVE_NOTE = "cross-drive figures: every file is scored by a model trained without its group"
@@ -158,8 +158,7 @@ def evaluate_with_model(
 ) -> tuple[dict, list[tuple]]:
     platform = fleet.platform_of(args.brand)
     model = latest_model(args.models, platform)
-    manifest = read_manifest(list_manifests(args.models)[platform][-1].path)
-    trained_on = set(manifest.get("training", {}).get("files", []))
+    trained_on = set(model.info.get("training", {}).get("files", []))
     report: dict = {"model": {"platform": model.platform, "version": model.version}, "files": {}}
     rows: list[tuple] = []
     evs = []
@@ -224,7 +223,7 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple
                 raise CanwatchError(f"fold {n} (group {fold.group!r} held out): {exc}") from None
             model = load_model(manifest)
             kept = manifest if args.models_out else None
-            report["folds"].append(fold_record(fold, files, labels, read_manifest(manifest), kept))
+            report["folds"].append(fold_record(fold, files, labels, model.info, kept))
             for i in fold.held_out:
                 ev = evaluate_file(Path(files[i]), *loaded[i], args.brand, model, cfg, fleet)
                 report["files"][files[i]] = {"group": fold.group, **file_report(ev)}
