@@ -50,7 +50,7 @@ from replay.quality_scenario import (  # noqa: E402
     TRAIN_S,
     TRAIN_VEHICLES,
     attacked_vehicle,
-    benign_drives,
+    score_benign,
     training_recordings,
 )
 from replay.quality_scenario import PLATFORM_BRANDS as SIM_PLATFORMS  # noqa: E402
@@ -188,14 +188,10 @@ def simulated(platforms: list[str]) -> tuple[list[dict], list[dict]]:
                     "train_s": round(train_s, 1),
                 }
             )
-        flagged = total = incidents = 0
-        for name, frames in benign_drives(platform):
-            ev = score_frames(frames, SIM_PLATFORMS[platform], name, model, fleet, cfg.window_s, inc)
-            flagged += int((ev.score >= 1.0).sum())
-            total += len(ev.score)
-            incidents += len(ev.incidents)
+        b = score_benign(platform, model, fleet, cfg.window_s, inc)
+        flagged, total = b.flagged, b.windows
         benign.append(
-            {"platform": platform, "windows": total, "flagged": flagged, "incidents": incidents}
+            {"platform": platform, "windows": total, "flagged": flagged, "incidents": b.incidents}
         )
         aucs = " ".join(f"{r['family']}={_fmt(r['roc_auc'], 2)}" for r in out[-len(FAMILIES) :])
         print(f"  sim {platform}: {aucs}; benign flagged {flagged}/{total}", file=sys.stderr)

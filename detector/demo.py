@@ -27,7 +27,7 @@ from detector.service import Detector
 from detector.training import train_platform
 from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
 from replay.publisher import publish
-from replay.simulator import simulate_fleet, simulate_vehicle
+from replay.simulator import simulate_drives, simulate_fleet
 
 ATTACKS = INJECTABLE
 TRAIN_VEHICLES = 6
@@ -67,13 +67,9 @@ def ensure_models(
         if platform in have:
             continue
         t0 = time.perf_counter()
-        recordings, owners = [], []
-        for v in range(vehicles):
-            for d in range(TRAIN_DRIVES):
-                recordings.append(
-                    simulate_vehicle(platform, seconds, start_ts=1.7e9, seed=1000 * i + v, drive=d)
-                )
-                owners.append(v)
+        recordings, owners = simulate_drives(
+            platform, vehicles, TRAIN_DRIVES, seconds, 1.7e9, first_seed=1000 * i
+        )
         model, summary = train_platform(platform, recordings, cfg.detection, drives=owners)
         save_model(model, model_dir, fleet.brands_of(platform), summary)
         say(

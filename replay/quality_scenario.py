@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.evaluate import Span
+from detector.evaluate import ALERT, Evaluation, Span, score_frames
 from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
-from replay.simulator import simulate_vehicle
+from replay.simulator import simulate_drives, simulate_vehicle
 
 #: one brand of each platform, the brand the attacked vehicle reports
 PLATFORM_BRANDS = {
@@ -40,14 +40,7 @@ TRAIN_SEED, ATTACK_SEED, BENIGN_SEED = 100, 900, 950
 
 def training_recordings(platform: str) -> tuple[list[np.ndarray], list[int]]:
     """The benign drives a platform's model is trained on, and each one's vehicle."""
-    recordings, vehicles = [], []
-    for v in range(TRAIN_VEHICLES):
-        for d in range(TRAIN_DRIVES):
-            recordings.append(
-                simulate_vehicle(platform, TRAIN_S, START_TS, seed=TRAIN_SEED + v, drive=d)
-            )
-            vehicles.append(v)
-    return recordings, vehicles
+    return simulate_drives(platform, TRAIN_VEHICLES, TRAIN_DRIVES, TRAIN_S, START_TS, TRAIN_SEED)
 
 
 def benign_drives(platform: str) -> list[tuple[str, np.ndarray]]:
@@ -58,6 +51,30 @@ def benign_drives(platform: str) -> list[tuple[str, np.ndarray]]:
     ]
     new_drive = simulate_vehicle(platform, BENIGN_S, START_TS, TRAIN_SEED, drive=TRAIN_DRIVES)
     return [*out, (f"veh-{TRAIN_SEED}-drive-{TRAIN_DRIVES}", new_drive)]
+
+
+@dataclass
+class BenignFigures:
+    """The benign drives of a platform scored by its model."""
+
+    evaluations: list[Evaluation]
+    windows: int
+    flagged: int  # windows at or over the alert threshold
+    incidents: int
+
+
+def score_benign(platform: str, model, fleet, window_s: float, incidents) -> BenignFigures:
+    """Score ``benign_drives(platform)`` with ``model`` (``incidents``: an IncidentConfig)."""
+    evs = [
+        score_frames(frames, PLATFORM_BRANDS[platform], name, model, fleet, window_s, incidents)
+        for name, frames in benign_drives(platform)
+    ]
+    return BenignFigures(
+        evs,
+        sum(len(ev.score) for ev in evs),
+        sum(int((ev.score >= ALERT).sum()) for ev in evs),
+        sum(len(ev.incidents) for ev in evs),
+    )
 
 
 @dataclass

@@ -393,6 +393,19 @@ class SimVehicle:
     frames: np.ndarray
 
 
+
+def simulate_drives(
+    platform: str, vehicles: int, drives: int, duration_s: float, start_ts: float, first_seed: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """``drives`` drives of each of ``vehicles`` vehicles (seeds ``first_seed`` + v), and
+    the vehicle of each: training data whose calibration can hold whole vehicles out."""
+    recordings, vehicle = [], []
+    for v in range(vehicles):
+        for d in range(drives):
+            recordings.append(simulate_vehicle(platform, duration_s, start_ts, first_seed + v, d))
+            vehicle.append(v)
+    return recordings, vehicle
+
 def simulate_fleet(
     brands: list[str], vehicles: int, duration_s: float, seed: int = 0, start_ts: float = 1.7e9
 ) -> list[SimVehicle]:

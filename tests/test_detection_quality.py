@@ -27,7 +27,7 @@ from replay.quality_scenario import (
     PLATFORM_BRANDS,
     START_TS,
     attacked_vehicle,
-    benign_drives,
+    score_benign,
     training_recordings,
 )
 from replay.simulator import simulate_vehicle
@@ -121,17 +121,10 @@ def test_attack_detected(models, platform: str, family: str) -> None:
 @pytest.mark.parametrize("platform", _params(_XFAIL_BENIGN, [(p,) for p in PLATFORMS]))
 def test_benign_vehicles_rarely_flagged(models, platform: str) -> None:
     model = model_for(models, platform)
-    flagged, total, incidents = 0, 0, 0
-    drives = benign_drives(platform)
-    for name, frames in drives:
-        ev = score_frames(
-            frames, PLATFORMS[platform], name, model, load_fleet(), W, IncidentConfig()
-        )
-        assert not ev.attack.any()
-        flagged += int((ev.score >= 1.0).sum())
-        total += len(ev.score)
-        incidents += len(ev.incidents)
-    assert total >= len(drives) * (BENIGN_S - 3)
+    b = score_benign(platform, model, load_fleet(), W, IncidentConfig())
+    flagged, total, incidents = b.flagged, b.windows, b.incidents
+    assert not any(ev.attack.any() for ev in b.evaluations)
+    assert total >= len(b.evaluations) * (BENIGN_S - 3)
     assert flagged / total <= MAX_BENIGN_FLAGGED, f"{platform}: {flagged}/{total} windows flagged"
     assert incidents <= 1, f"{platform}: {incidents} false incidents in {total} benign windows"
 
