@@ -33,6 +33,7 @@ from detector.features import FEATURE_NAMES, Rows
 from detector.model import PlatformModel, compiled, max_per_window, row_scores
 from detector.reference import StreamReference
 from detector.schema import concat_frames, make_frames
+from detector.streams import grown
 from detector.windowing import (
     GUARANTEED_NOVEL_IDS,
     NOVEL_ID_LIMIT,
@@ -82,7 +83,6 @@ class _PlatformState:
         self.brands: list[str] = []
         self.free: list[int] = []  # indices of forgotten vehicles, reused first
         self.last_push = np.zeros(0, np.int64)  # per index: the scorer's push that last had it
-        self.held = np.zeros(0, bool)  # per index: a vehicle holds it
 
     def vehicle_index(self, vehicle: str, brand: str) -> int:
         i = self.index.get(vehicle)
@@ -94,12 +94,9 @@ class _PlatformState:
                 i = len(self.names)
                 self.names.append(vehicle)
                 self.brands.append(brand)
-                if i >= len(self.held):  # grown geometrically
-                    n = max(2 * len(self.held), 64)
-                    self.last_push = np.r_[self.last_push, np.zeros(n - len(self.held), np.int64)]
-                    self.held = np.r_[self.held, np.zeros(n - len(self.held), bool)]
+                if i >= len(self.last_push):  # grown geometrically
+                    self.last_push = grown(self.last_push, max(2 * len(self.last_push), 64), 0)
             self.index[vehicle] = i
-            self.held[i] = True
         return i
 
     def forget(self, vehicles: set[str]) -> None:
@@ -107,7 +104,6 @@ class _PlatformState:
         if idx:
             self.window.forget_vehicles(np.array(idx))
             self.reference.forget(np.array(idx))
-            self.held[idx] = False
             self.free.extend(idx)
 
 
@@ -223,7 +219,7 @@ class Scorer:
             return
         found = []
         for platform, st in self.state.items():
-            idx = np.flatnonzero(st.held)
+            idx = np.fromiter(st.index.values(), np.int64, len(st.index))
             idx = idx[~st.window.established(idx)]
             idle = idx[st.last_push[idx] < self._pushes]
             found += [(st.last_push[i], platform, i) for i in idle.tolist()]

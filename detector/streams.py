@@ -112,7 +112,8 @@ def _walk(head, count, next_row, vehicles):  # pragma: no cover - compiled
     return rows, which
 
 
-def _grown(a: np.ndarray, n: int, fill) -> np.ndarray:
+def grown(a: np.ndarray, n: int, fill) -> np.ndarray:
+    """``a`` with ``n`` rows: its own, then rows of ``fill``."""
     out = np.empty((n, *a.shape[1:]), a.dtype)
     out[: len(a)] = a
     out[len(a) :] = fill
@@ -230,21 +231,21 @@ class StreamTable:
 
     def _grow_rows(self, need: int) -> None:
         n = max(need, int(len(self.keys) * _GROWTH), _MIN_ROWS)
-        self.keys = _grown(self.keys, n, FREE_KEY)
-        self.last_ts = _grown(self.last_ts, n, np.nan)
-        self.last_data = _grown(self.last_data, n, 0)
-        self.closed_ts = _grown(self.closed_ts, n, np.nan)
-        self.open_window = _grown(self.open_window, n, NO_WINDOW)
-        self.acc_i = _grown(self.acc_i, n, 0)
-        self.acc_f = _grown(self.acc_f, n, 0.0)
-        self.kind = _grown(self.kind, n, 0)
-        self.next_row = _grown(self.next_row, n, -1)
+        self.keys = grown(self.keys, n, FREE_KEY)
+        self.last_ts = grown(self.last_ts, n, np.nan)
+        self.last_data = grown(self.last_data, n, 0)
+        self.closed_ts = grown(self.closed_ts, n, np.nan)
+        self.open_window = grown(self.open_window, n, NO_WINDOW)
+        self.acc_i = grown(self.acc_i, n, 0)
+        self.acc_f = grown(self.acc_f, n, 0.0)
+        self.kind = grown(self.kind, n, 0)
+        self.next_row = grown(self.next_row, n, -1)
 
     def _grow_vehicles(self, n: int) -> None:
         if n > len(self.head):
             size = max(n, int(len(self.head) * 1.5), 64)
-            self.head = _grown(self.head, size, -1)
-            self.count = _grown(self.count, size, 0)
+            self.head = grown(self.head, size, -1)
+            self.count = grown(self.count, size, 0)
 
     def clear_windows(self, rows: np.ndarray) -> None:
         """Close ``rows``' open windows unscored: no window open, empty sums (as the
@@ -283,7 +284,7 @@ class StreamTable:
         self.keys[rows] = FREE_KEY
         self.open_window[rows] = NO_WINDOW
         if self.n_free + len(rows) > len(self.free):
-            self.free = _grown(self.free, max(self.n_free + len(rows), 2 * len(self.free), 64), -1)
+            self.free = grown(self.free, max(self.n_free + len(rows), 2 * len(self.free), 64), -1)
         self.free[self.n_free : self.n_free + len(rows)] = rows
         self.n_free += len(rows)
 

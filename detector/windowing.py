@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.baseline import Baseline
+from detector.config import LimitsConfig
 from detector.features import N_FEATURES, POOLED_ID, Rows, absent_rows, add_bus_features
 from detector.kernels import (
     A_COUNT,
@@ -59,15 +60,13 @@ from detector.kernels import (
     window_pass,
 )
 from detector.schema import take_frames
-from detector.streams import StreamTable
+from detector.streams import StreamTable, grown
 
 _NONE = np.iinfo(np.int64).min // 4
 _LOW32 = np.uint64(0xFFFF_FFFF)
 #: Unseen ids of a vehicle window that always get a stream of their own, whatever
 #: the instance's budget: a flood of one unseen id (dos) stays a row of its own.
 GUARANTEED_NOVEL_IDS = 8
-#: Default of limits.max_novel_ids: unseen ids with a stream of their own per vehicle window.
-DEFAULT_MAX_NOVEL_IDS = 1024
 #: StreamTable.kind of a stream: a learned id, an unseen id's own, the pooled one.
 LEARNED, NOVEL, POOLED = 0, 1, 2
 #: Why frames were pooled (shedding reasons, as counted in metrics).
@@ -89,16 +88,10 @@ def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]
     return ids, np.searchsorted(ids, can_id)
 
 
-def _grown(a: np.ndarray, n: int, fill) -> np.ndarray:
-    out = np.full(n, fill, a.dtype)
-    out[: len(a)] = a
-    return out
-
-
 class WindowState:
     """Windowing state for the vehicles of one platform (one partition)."""
 
-    def __init__(self, window_s: float, max_novel_ids: int = DEFAULT_MAX_NOVEL_IDS) -> None:
+    def __init__(self, window_s: float, max_novel_ids: int = LimitsConfig.max_novel_ids) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         if max_novel_ids < GUARANTEED_NOVEL_IDS:
@@ -122,11 +115,11 @@ class WindowState:
     def _grow(self, n_vehicles: int) -> None:
         if n_vehicles > len(self.closed_upto):
             n = max(n_vehicles, int(len(self.closed_upto) * 1.5), 64)
-            self.closed_upto = _grown(self.closed_upto, n, _NONE)
-            self.first_window = _grown(self.first_window, n, _NONE)
-            self.newest = _grown(self.newest, n, -np.inf)
-            self.cut = _grown(self.cut, n, _NONE)
-            self.n_novel = _grown(self.n_novel, n, 0)
+            self.closed_upto = grown(self.closed_upto, n, _NONE)
+            self.first_window = grown(self.first_window, n, _NONE)
+            self.newest = grown(self.newest, n, -np.inf)
+            self.cut = grown(self.cut, n, _NONE)
+            self.n_novel = grown(self.n_novel, n, 0)
 
     def push(
         self, frames: np.ndarray, vehicle: np.ndarray, bl: Baseline, extra_budget: int | None = None
