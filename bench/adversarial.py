@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, markdown_table, proc_cpu_seconds, write_json  # noqa: E402
 from bench.throughput import DetectProc, ensure_models, say, total  # noqa: E402
-from detector.brands import load_fleet  # noqa: E402
-from detector.broker import EmbeddedBroker, create_topics  # noqa: E402
-from detector.config import load_config  # noqa: E402
-from detector.kafka_io import make_producer  # noqa: E402
-from detector.schema import EXTENDED_FLAG, make_frames  # noqa: E402
-from detector.wire import encode_record  # noqa: E402
+from detector.core.brands import load_fleet  # noqa: E402
+from detector.core.config import load_config  # noqa: E402
+from detector.core.schema import EXTENDED_FLAG, make_frames  # noqa: E402
+from detector.transport.broker import EmbeddedBroker, create_topics  # noqa: E402
+from detector.transport.kafka_io import make_producer  # noqa: E402
+from detector.transport.wire import encode_record  # noqa: E402
 from replay.attacks import AttackSpec, inject  # noqa: E402
 from replay.publisher import publish  # noqa: E402
 from replay.simulator import simulate_vehicle  # noqa: E402

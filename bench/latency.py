@@ -92,7 +92,7 @@ def build_streams(n_vehicles: int, n_attacks: int, seed: int, park: int = 0):
 
     The last ``park`` vehicles stop sending (ignition off) after their first
     attack's incident has had time to close; their later attacks are dropped."""
-    from detector.brands import load_fleet
+    from detector.core.brands import load_fleet
     from replay.attacks import AttackSpec, inject
     from replay.simulator import simulate_fleet
 
@@ -121,7 +121,7 @@ def build_streams(n_vehicles: int, n_attacks: int, seed: int, park: int = 0):
 
 def encode_all(streams):
     """Every upload record, in send order: (due, vehicle, key, value, headers, ts_min, ts_max)."""
-    from detector.wire import encode_record
+    from detector.transport.wire import encode_record
     from replay.publisher import interleave
 
     out = []
@@ -135,8 +135,8 @@ def encode_all(streams):
 
 
 def model_dir() -> Path:
-    from detector.brands import load_fleet
-    from detector.config import load_config
+    from detector.core.brands import load_fleet
+    from detector.core.config import load_config
     from detector.demo import cache_dir, ensure_models
 
     d = cache_dir(ROOT / ".canwatch-cache")
@@ -280,9 +280,9 @@ class CommitWatcher(threading.Thread):
 
 
 def one_run(args, models: Path, run: int, workdir: Path) -> dict:
-    from detector.broker import EmbeddedBroker, create_topics, free_port
-    from detector.config import load_config
-    from detector.kafka_io import make_producer
+    from detector.core.config import load_config
+    from detector.transport.broker import EmbeddedBroker, create_topics, free_port
+    from detector.transport.kafka_io import make_producer
 
     seed = args.seed + run
     streams, attacks, duration = build_streams(args.vehicles, args.attacks, seed, args.park)
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lead", type=float, default=2.0, help="s between set-up and the first frame")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    from detector.config import DetectionConfig
+    from detector.core.config import DetectionConfig
 
     args.window = DetectionConfig().window_s
     t_all = time.perf_counter()

@@ -7,7 +7,7 @@ vehicles share one synthetic frame array (only the key differs), so building
 the traffic costs nothing. ``--rate-vehicles`` sizes use the simulator's own
 traffic instead (~1,900 frames/vehicle/s), to show whether state grows with
 the frame rate. ``--windows`` windows are pushed, ``--steps`` slices each,
-through ``detector.pipeline.Scorer`` with the platform's trained model (the
+through ``detector.model.pipeline.Scorer`` with the platform's trained model (the
 ``canwatch demo`` model cache; trained on first use). Measured after the
 last push and ``gc.collect()``, i.e. with a window open and full:
 
@@ -56,8 +56,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, fmt_range, machine, markdown_table, summary, write_json  # noqa: E402
-from detector.config import LimitsConfig  # noqa: E402
-from detector.streams import StreamTable  # noqa: E402
+from detector.core.config import LimitsConfig  # noqa: E402
+from detector.features.streams import StreamTable  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 #: The sizes measured here go past the default limits.* (20,000 vehicles): lifted.
@@ -94,10 +94,10 @@ def settle() -> None:
 
 def load_platform_model(platform: str):
     """The platform's model from the demo cache (trained there on first use, ~10 s)."""
-    from detector.brands import load_fleet
-    from detector.config import load_config
+    from detector.core.brands import load_fleet
+    from detector.core.config import load_config
     from detector.demo import cache_dir, ensure_models
-    from detector.model_store import list_manifests, load_model
+    from detector.model.store import list_manifests, load_model
 
     fleet = load_fleet()
     model_dir = cache_dir(ROOT / ".canwatch-cache")
@@ -172,7 +172,7 @@ class Feed:
             t0 = time.perf_counter()
             self.scorer.push(batches)
             return time.perf_counter() - t0
-        from detector.wire import encode_record
+        from detector.transport.wire import encode_record
 
         _, value, headers = encode_record("x", self.brand, part)
         polled: dict = {tp: [] for tp in self.tps}
@@ -285,9 +285,9 @@ def breakdown(scorer, detector=None) -> list[tuple[str, int, str]]:
 def make_detector(model, fleet, model_dir):
     from prometheus_client import CollectorRegistry
 
-    from detector.config import load_config
-    from detector.metrics import DetectorMetrics
-    from detector.service import Detector
+    from detector.core.config import load_config
+    from detector.service.detector import Detector
+    from detector.service.metrics import DetectorMetrics
 
     cfg = load_config(None, env={}, overrides={"models.dir": str(model_dir), **UNLIMITED})
     det = Detector(cfg, fleet, DetectorMetrics(registry=CollectorRegistry()), "bench")
@@ -298,7 +298,7 @@ def make_detector(model, fleet, model_dir):
 
 def child_state(args) -> dict:
     """One measurement (tracemalloc or RSS) in this fresh process."""
-    from detector.pipeline import Scorer
+    from detector.model.pipeline import Scorer
 
     model, fleet, model_dir = load_platform_model(args.platform)
     brand = fleet.brands_of(args.platform)[0]
@@ -389,7 +389,7 @@ def run_child(argv: list[str], env: dict | None = None) -> dict:
 
 
 def child_burst(args) -> dict:
-    from detector.pipeline import Scorer
+    from detector.model.pipeline import Scorer
     from replay.simulator import simulate_vehicle
 
     model, fleet, _ = load_platform_model(args.platform)

@@ -33,13 +33,13 @@ import throughput as tp  # noqa: E402
 
 from bench.common import machine, markdown_table, write_json  # noqa: E402
 from detector import model, pipeline, service, windowing, wire  # noqa: E402
-from detector.brands import load_fleet  # noqa: E402
-from detector.broker import EmbeddedBroker, create_topics  # noqa: E402
-from detector.config import COMPRESSIONS, load_config  # noqa: E402
-from detector.heap import keep_large_buffers  # noqa: E402
-from detector.kafka_records import parse_batches_compiled  # noqa: E402
-from detector.kafka_recv import read_large_chunks  # noqa: E402
-from detector.metrics import DetectorMetrics  # noqa: E402
+from detector.core.brands import load_fleet  # noqa: E402
+from detector.core.config import COMPRESSIONS, load_config  # noqa: E402
+from detector.service.metrics import DetectorMetrics  # noqa: E402
+from detector.transport.broker import EmbeddedBroker, create_topics  # noqa: E402
+from detector.transport.heap import keep_large_buffers  # noqa: E402
+from detector.transport.kafka_records import parse_batches_compiled  # noqa: E402
+from detector.transport.kafka_recv import read_large_chunks  # noqa: E402
 
 #: (owner, attribute, timer name): a timer holds the thread CPU spent inside.
 TIMED = [
@@ -81,7 +81,7 @@ def parts(cpu: float, other_threads: float, t: dict[str, float]) -> dict[str, fl
     """The process's CPU cut into parts that do not overlap."""
     out = {
         "kafka-python: its IO thread (fetch responses)": other_threads,
-        "kafka-python: poll() (records built by detector.kafka_records)": t["poll"],
+        "kafka-python: poll() (records built by detector.transport.kafka_records)": t["poll"],
         "fold kernel (frames into window sums)": t["fold"],
         "forest walk": t["forest"],
         "decode: copies, envelopes, per-record bookkeeping": t["decode"] - t["checks"],

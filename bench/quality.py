@@ -11,7 +11,7 @@ training is not a quality figure, so this bench reports none:
 - CrySyS: ``canwatch train`` on ``benign-48.csv`` alone (another drive), then
   ``canwatch evaluate`` of the S-1-1 payload-modification capture (0x410).
   ``S-1-1-benign.log`` is never used: the attack was injected into that trace.
-- Simulator (``replay.quality_scenario``, shared with the quality test): per
+- Simulator (``detector.evaluation.quality_scenario``, shared with the quality test): per
   platform, a model trained on 5 vehicles x 2 drives; each attack family in a
   vehicle it never saw, and benign traffic of 4 new vehicles and a new drive of
   a trained one.
@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, machine, markdown_table, write_json  # noqa: E402
-from replay.quality_scenario import (  # noqa: E402
+from detector.evaluation.quality_scenario import (  # noqa: E402
     ATTACK_S,
     ATTACK_START,
     BENIGN_S,
@@ -53,7 +53,7 @@ from replay.quality_scenario import (  # noqa: E402
     score_benign,
     training_recordings,
 )
-from replay.quality_scenario import PLATFORM_BRANDS as SIM_PLATFORMS  # noqa: E402
+from detector.evaluation.quality_scenario import PLATFORM_BRANDS as SIM_PLATFORMS  # noqa: E402
 
 #: Cross-drive figures recorded on 2026-12-06 (README "Detection quality"):
 #: capture -> (window ROC-AUC, share of benign windows flagged).
@@ -161,10 +161,10 @@ def crysys(data: Path) -> tuple[list[dict], list[str]]:
 
 def simulated(platforms: list[str]) -> tuple[list[dict], list[dict]]:
     """Per (platform, family) attack rows, and per platform the benign figures."""
-    from detector.brands import load_fleet
-    from detector.config import DetectionConfig, IncidentConfig
-    from detector.evaluate import attack_report, score_frames
-    from detector.training import train_platform
+    from detector.core.brands import load_fleet
+    from detector.core.config import DetectionConfig, IncidentConfig
+    from detector.evaluation.evaluate import attack_report, score_frames
+    from detector.model.training import train_platform
 
     cfg, inc, fleet = DetectionConfig(), IncidentConfig(), load_fleet()
     out, benign = [], []

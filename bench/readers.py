@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.schema import EXTENDED_FLAG, FRAME_DTYPE  # noqa: E402
+from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE  # noqa: E402
 from replay.readers import read_frames  # noqa: E402
 from replay.writers import write_frames  # noqa: E402
 

@@ -14,9 +14,9 @@ repeat sees the same machine load:
   from the group's assignment of the partitions to the last record: net of
   imports, consumer creation and the group join, as detect's figure is);
 * **bare + heap**: the same with the process settings ``canwatch detect``
-  makes at start: glibc malloc (``detector.heap``), kafka-python's socket
-  reads in 1 MiB chunks (``detector.kafka_recv``) and its records built
-  from a compiled pass over each batch (``detector.kafka_records``). Not a
+  makes at start: glibc malloc (``detector.transport.heap``), kafka-python's socket
+  reads in 1 MiB chunks (``detector.transport.kafka_recv``) and its records built
+  from a compiled pass over each batch (``detector.transport.kafka_records``). Not a
   baseline of the issue: shown so that what those save in kafka-python is
   not mistaken for detect's own speed;
 * **detect**: ``canwatch detect`` as a subprocess with a fresh consumer group
@@ -83,15 +83,15 @@ from bench.common import (  # noqa: E402
     summary,
     write_json,
 )
-from detector.brands import Fleet, load_fleet  # noqa: E402
-from detector.broker import EmbeddedBroker, create_topics, free_port  # noqa: E402
-from detector.config import COMPRESSIONS, load_config  # noqa: E402
-from detector.features import FEATURE_NAMES  # noqa: E402
-from detector.heap import keep_large_buffers  # noqa: E402
-from detector.kafka_io import crc32c_accelerated, make_consumer, make_producer  # noqa: E402
-from detector.kafka_records import parse_batches_compiled  # noqa: E402
-from detector.kafka_recv import read_large_chunks  # noqa: E402
-from detector.schema import FRAME_DTYPE  # noqa: E402
+from detector.core.brands import Fleet, load_fleet  # noqa: E402
+from detector.core.config import COMPRESSIONS, load_config  # noqa: E402
+from detector.core.schema import FRAME_DTYPE  # noqa: E402
+from detector.features.columns import FEATURE_NAMES  # noqa: E402
+from detector.transport.broker import EmbeddedBroker, create_topics, free_port  # noqa: E402
+from detector.transport.heap import keep_large_buffers  # noqa: E402
+from detector.transport.kafka_io import crc32c_accelerated, make_consumer, make_producer  # noqa: E402
+from detector.transport.kafka_records import parse_batches_compiled  # noqa: E402
+from detector.transport.kafka_recv import read_large_chunks  # noqa: E402
 from replay.publisher import publish  # noqa: E402
 from replay.simulator import simulate_fleet, simulate_vehicle  # noqa: E402
 
@@ -123,7 +123,7 @@ def say(msg: str) -> None:
 
 def ensure_models(fleet: Fleet, root: Path) -> Path:
     """One small model per platform under ``root``, keyed by the feature list (cached)."""
-    from detector.config import load_config
+    from detector.core.config import load_config
     from detector.demo import ensure_models as train_missing
 
     key = hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:10]
@@ -211,12 +211,12 @@ def child(argv: list[str]) -> int:
     ap.add_argument("--frames", type=int, required=True, help="stop after this many frames")
     ap.add_argument("--max-poll-records", type=int)
     ap.add_argument(
-        "--keep-large-buffers", action="store_true", help="detect's malloc settings (detector.heap)"
+        "--keep-large-buffers", action="store_true", help="detect's malloc settings (detector.transport.heap)"
     )
     ap.add_argument(
         "--large-reads",
         action="store_true",
-        help="detect's socket reads and record parse (detector.kafka_recv, kafka_records)",
+        help="detect's socket reads and record parse (detector.transport.kafka_recv, kafka_records)",
     )
     args = ap.parse_args(argv)
     if args.keep_large_buffers and not keep_large_buffers():

@@ -15,16 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.brands import Fleet
-from detector.broker import EmbeddedBroker, create_topics
-from detector.config import Config, with_overrides
-from detector.features import FEATURE_NAMES
-from detector.kafka_io import make_consumer, make_producer
-from detector.metrics import DetectorMetrics
-from detector.model import MODEL_FORMAT
-from detector.model_store import list_manifests, save_model
-from detector.service import Detector
-from detector.training import train_platform
+from detector.core.brands import Fleet
+from detector.core.config import Config, with_overrides
+from detector.features.columns import FEATURE_NAMES
+from detector.model.platform import MODEL_FORMAT
+from detector.model.store import list_manifests, save_model
+from detector.model.training import train_platform
+from detector.service.detector import Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport.broker import EmbeddedBroker, create_topics
+from detector.transport.kafka_io import make_consumer, make_producer
 from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
 from replay.publisher import publish
 from replay.simulator import simulate_drives, simulate_fleet

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.errors import ConfigError
-from detector.schema import (
+from detector.core.errors import ConfigError
+from detector.core.schema import (
     ATTACK_KINDS,
     EXTENDED_FLAG,
     FRAME_DTYPE,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.schema import EXTENDED_FLAG
+from detector.core.schema import EXTENDED_FLAG
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ def synthetic_profile(platform: str) -> Profile:
 @functools.cache
 def load_profile(platform: str) -> Profile:
     """The traffic profile of ``platform`` (cached); synthetic when opendbc/DBC is missing."""
-    from detector.brands import load_fleet
+    from detector.core.brands import load_fleet
 
     dbc_name = load_fleet().platform_dbc.get(platform, "")
     dbc_dir = _dbc_dir()

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import CanwatchError
-from detector.wire import MAX_FRAMES, encode_record
+from detector.core.errors import CanwatchError
+from detector.transport.wire import MAX_FRAMES, encode_record
 
 #: (vehicle id, brand slug, frames in FRAME_DTYPE)
 Stream = tuple[str, str, np.ndarray]

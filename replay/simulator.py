@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.schema import FRAME_DTYPE
+from detector.core.schema import FRAME_DTYPE
 from replay.profiles import MessageSpec, SignalSpec, load_profile, pack_signal, signal_mask
 
 JITTER = 0.02
@@ -410,7 +410,7 @@ def simulate_fleet(
     brands: list[str], vehicles: int, duration_s: float, seed: int = 0, start_ts: float = 1.7e9
 ) -> list[SimVehicle]:
     """``vehicles`` vehicles in total, brands assigned round-robin (vehicle i -> brands[i % len])."""
-    from detector.brands import load_fleet
+    from detector.core.brands import load_fleet
 
     if not brands:
         raise ValueError("brands must not be empty")

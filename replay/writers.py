@@ -20,7 +20,7 @@ from pathlib import Path
 import can
 import numpy as np
 
-from detector.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, ID_MASK_EXTENDED, LABELS
+from detector.core.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, ID_MASK_EXTENDED, LABELS
 from replay.readers import ALIASES, canonical_format
 
 _BY_SUFFIX = {".log": "candump", ".asc": "asc", ".blf": "blf", ".trc": "trc", ".csv": "csv"}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 import threading
 
-from detector import kafka_records
 from detector.cli import main
+from detector.transport import kafka_records
 
 BLOCK_KEY = b"canwatch-test-block-the-poll"
 

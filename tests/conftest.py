@@ -3,7 +3,7 @@
 ``broker``: one embedded Tansu broker for the whole session (memory storage),
 stopped by PID at the end. Use ``unique_topic`` so tests never share topics.
 Do not stop or restart the shared broker: a test that needs an outage starts
-its own ``detector.broker.EmbeddedBroker``.
+its own ``detector.transport.broker.EmbeddedBroker``.
 ``cusw_models``: one trained cusw model directory for the session.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.broker import BrokerError, EmbeddedBroker, tansu_binary
+from detector.transport.broker import BrokerError, EmbeddedBroker, tansu_binary
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +38,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 def cusw_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cusw (jeep, fiat, fiat-professional) v1 model on 10 vehicles × 120 s, trained
     once for the whole run and shared by the service, fault and TLS tests."""
-    from detector.brands import load_fleet
-    from detector.config import DetectionConfig
-    from detector.model_store import save_model
-    from detector.training import train_platform
+    from detector.core.brands import load_fleet
+    from detector.core.config import DetectionConfig
+    from detector.model.store import save_model
+    from detector.model.training import train_platform
     from replay.simulator import simulate_vehicle
 
     d = tmp_path_factory.mktemp("models")

@@ -1,5 +1,5 @@
 """The per-frame feature definitions in plain numpy: the reference the compiled
-loop of ``detector.kernels`` must reproduce (tests/test_kernels.py).
+loop of ``detector.features.kernels`` must reproduce (tests/test_kernels.py).
 
 Readable, vectorized and ~6x slower than the kernel: each check gathers the
 baseline rows of every frame and materialises (n, 8) temporaries.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.baseline import (
+from detector.features.baseline import (
     PAIRS,
     Baseline,
     checksum_values,
@@ -17,7 +17,7 @@ from detector.baseline import (
     payload_u64,
     words16,
 )
-from detector.features import N_FEATURES, F, Rows
+from detector.features.columns import N_FEATURES, F, Rows
 
 
 def popcount8(x: np.ndarray) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.errors import ConfigError
-from detector.schema import EXTENDED_FLAG, LABEL_CODE, make_frames
+from detector.core.errors import ConfigError
+from detector.core.schema import EXTENDED_FLAG, LABEL_CODE, make_frames
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 

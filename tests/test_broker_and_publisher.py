@@ -16,11 +16,12 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from detector import wire
-from detector.broker import EmbeddedBroker, create_topics
-from detector.config import KafkaConfig
-from detector.errors import ConfigError
-from detector.kafka_io import (
+from detector.core.config import KafkaConfig
+from detector.core.errors import ConfigError
+from detector.core.schema import make_frames
+from detector.transport import wire
+from detector.transport.broker import EmbeddedBroker, create_topics
+from detector.transport.kafka_io import (
     Secret,
     admin_config,
     consumer_config,
@@ -30,7 +31,6 @@ from detector.kafka_io import (
     make_producer,
     producer_config,
 )
-from detector.schema import make_frames
 from replay.publisher import (
     Batch,
     PublishError,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.brands import load_fleet
-from detector.config import DetectionConfig
-from detector.model import EVIDENCE_NAMES, N_EVIDENCE, cross_drive_scale
-from detector.pipeline import Scorer
-from detector.reference import REF_STEPS, WARMUP_FACTOR, WARMUP_WINDOWS, StreamReference
-from detector.schema import LABEL_CODE, make_frames
-from detector.training import Recording, drive_groups, stream_window_keys, train_platform
+from detector.core.brands import load_fleet
+from detector.core.config import DetectionConfig
+from detector.core.schema import LABEL_CODE, make_frames
+from detector.model.pipeline import Scorer
+from detector.model.platform import EVIDENCE_NAMES, N_EVIDENCE, cross_drive_scale
+from detector.model.reference import REF_STEPS, WARMUP_FACTOR, WARMUP_WINDOWS, StreamReference
+from detector.model.training import Recording, drive_groups, stream_window_keys, train_platform
 
 CFG = DetectionConfig()
 FAST, STATE = 0x100, 0x200
@@ -82,8 +82,8 @@ def test_an_attack_leaves_out_only_the_streams_it_touched() -> None:
     assert (rec.frames["label"] == 0).all() and len(rec.frames) == len(frames) - 10
     # the attacked stream's window and the next one; every other stream stays
     assert rec.dirty.tolist() == stream_window_keys(np.full(2, STATE), [1005, 1006]).tolist()
-    from detector.baseline import learn_baseline
-    from detector.windowing import WindowState
+    from detector.features.baseline import learn_baseline
+    from detector.features.windowing import WindowState
 
     bl = learn_baseline(rec.frames, np.zeros(len(rec.frames), np.int64), 1.0)
     rows = WindowState(1.0).push(rec.frames, np.zeros(len(rec.frames), np.int64), bl)

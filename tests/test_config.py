@@ -1,8 +1,8 @@
 import pytest
 
-from detector.brands import load_fleet
-from detector.config import DEFAULT_CONFIG_FILE, load_config
-from detector.errors import ConfigError
+from detector.core.brands import load_fleet
+from detector.core.config import DEFAULT_CONFIG_FILE, load_config
+from detector.core.errors import ConfigError
 
 
 def test_default_file_matches_dataclass_defaults():

@@ -12,7 +12,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from detector.cli import main
-from detector.cross_validation import (
+from detector.core.errors import CanwatchError
+from detector.core.schema import LABEL_CODE
+from detector.evaluation.cross_validation import (
     drive_numbers,
     groups_by_drive,
     groups_by_file,
@@ -20,8 +22,7 @@ from detector.cross_validation import (
     leave_one_group_out,
     read_group_map,
 )
-from detector.errors import CanwatchError
-from detector.evaluate import (
+from detector.evaluation.evaluate import (
     WINDOW_COLUMNS,
     Evaluation,
     attack_report,
@@ -30,7 +31,6 @@ from detector.evaluate import (
     is_true_incident,
     pooled_report,
 )
-from detector.schema import LABEL_CODE
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 from replay.writers import write_frames

@@ -19,7 +19,7 @@ from prometheus_server import (
     load_dashboard_builder,
 )
 
-from detector.metrics import METRIC_NAMES, DetectorMetrics
+from detector.service.metrics import METRIC_NAMES, DetectorMetrics
 
 build = load_dashboard_builder()
 PROM_DIR = DASHBOARDS / "prometheus"

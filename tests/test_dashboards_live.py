@@ -32,12 +32,12 @@ from prometheus_server import (
     load_dashboard_builder,
 )
 
-from detector.broker import create_topics
-from detector.config import DetectionConfig, KafkaConfig
-from detector.kafka_io import make_producer
-from detector.model_store import save_model
-from detector.training import train_platform
-from detector.wire import CONTENT_TYPE_JSON, headers_for
+from detector.core.config import DetectionConfig, KafkaConfig
+from detector.model.store import save_model
+from detector.model.training import train_platform
+from detector.transport.broker import create_topics
+from detector.transport.kafka_io import make_producer
+from detector.transport.wire import CONTENT_TYPE_JSON, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import publish
 from replay.simulator import simulate_vehicle

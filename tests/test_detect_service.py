@@ -31,17 +31,17 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.brands import load_fleet
-from detector.broker import create_topics, free_port
-from detector.config import Config, load_config
-from detector.incidents import SEVERITIES
-from detector.kafka_io import make_producer
-from detector.metrics import DetectorMetrics
-from detector.model_store import list_manifests, save_model
-from detector.pipeline import window_scores
-from detector.schema import ATTACK_KINDS
-from detector.service import Detector
-from detector.wire import CONTENT_TYPE_JSON, encode_record, headers_for
+from detector.core.brands import load_fleet
+from detector.core.config import Config, load_config
+from detector.core.schema import ATTACK_KINDS
+from detector.incidents.tracker import SEVERITIES
+from detector.model.pipeline import window_scores
+from detector.model.store import list_manifests, save_model
+from detector.service.detector import Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport.broker import create_topics, free_port
+from detector.transport.kafka_io import make_producer
+from detector.transport.wire import CONTENT_TYPE_JSON, encode_record, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import publish
 from replay.simulator import simulate_vehicle
@@ -657,8 +657,8 @@ def canwatch(*args: str) -> subprocess.CompletedProcess:
 def test_road_through_kafka_scores_like_evaluate(broker, unique_topic, tmp_path):
     if not all((DATA / "road" / f).is_file() for f in ROAD_FILES):
         pytest.skip(f"ROAD captures not found under {DATA / 'road'}")
-    from detector.evaluate import score_frames
-    from detector.model_store import load_model
+    from detector.evaluation.evaluate import score_frames
+    from detector.model.store import load_model
     from replay.readers import read_frames
 
     files = [DATA / "road" / f for f in ROAD_FILES]
@@ -798,7 +798,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
 ):
     from prometheus_client import generate_latest
 
-    from detector.privacy import pseudonym
+    from detector.incidents.privacy import pseudonym
 
     raw = "VIN-ZFA31200000123456"
     secret = "canwatch-test-hmac-key-0123456789"
@@ -861,7 +861,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
 def test_a_parked_vehicle_is_retired_and_no_longer_holds_offsets_back(
     broker, unique_topic, cusw_models, monkeypatch
 ):
-    import detector.service as service
+    import detector.service.detector as service
 
     monkeypatch.setattr(service, "IDLE_S", 1.0)
     monkeypatch.setattr(service, "LAG_INTERVAL_S", 0.5)
@@ -943,7 +943,7 @@ def test_a_model_that_cannot_score_is_refused_and_the_old_one_keeps_serving(
 ):
     """Each loaded model scores synthetic frames before it serves; if that raises,
     the version is refused like a corrupt file, not left to crash the detector."""
-    import detector.service as service
+    import detector.service.detector as service
 
     real = service.warm_up
 
@@ -976,7 +976,7 @@ def test_a_rebalance_while_a_batch_is_gathered_keeps_every_record_once_per_batch
     their positions: the batch then keeps nothing from before it, and the
     partitions still ours are read again from the first record gathered. So every
     batch holds each of its records once, and no record is skipped."""
-    import detector.service as service
+    import detector.service.detector as service
 
     # batches of up to 100 records, ~1 s of this traffic: the detector is mostly gathering
     monkeypatch.setattr(service, "GATHER_S", 3.0)

@@ -2,12 +2,12 @@
 never saw: every attack family on every platform.
 
 Each platform's model is trained once (module scope) on two drives each of a few
-simulated vehicles (``replay.quality_scenario``), laid out the way ``canwatch
+simulated vehicles (``detector.evaluation.quality_scenario``), laid out the way ``canwatch
 simulate`` writes a fleet (every vehicle starts at the same time). Drives differ
 like real ones: style, stops, settings, where slow signals start. Each attack is
 injected into a vehicle never seen in training, and benign traffic comes from new
 vehicles and a new drive of a trained one, all scored through
-``detector.evaluate``, the path ``canwatch evaluate`` runs.
+``detector.evaluation.evaluate``, the path ``canwatch evaluate`` runs.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.brands import load_fleet
-from detector.config import DetectionConfig, IncidentConfig
-from detector.evaluate import Evaluation, attack_report, score_frames
-from detector.model import PlatformModel
-from detector.training import train_platform
-from replay.quality_scenario import (
+from detector.core.brands import load_fleet
+from detector.core.config import DetectionConfig, IncidentConfig
+from detector.evaluation.evaluate import Evaluation, attack_report, score_frames
+from detector.evaluation.quality_scenario import (
     ATTACK_S,
     BENIGN_S,
     FAMILIES,
@@ -30,6 +28,8 @@ from replay.quality_scenario import (
     score_benign,
     training_recordings,
 )
+from detector.model.platform import PlatformModel
+from detector.model.training import train_platform
 from replay.simulator import simulate_vehicle
 
 PLATFORMS = PLATFORM_BRANDS

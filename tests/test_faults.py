@@ -20,7 +20,7 @@ from the incident topic, that nothing was lost:
   run, and every injected attack has its incident.
 
 Test 3 cannot prove that for traffic from before the outage: a memory-only
-broker loses it (see ``detector.service``); it proves the detector survives,
+broker loses it (see ``detector.service.detector``); it proves the detector survives,
 reports itself unready, says what it waits for, and carries on with new
 traffic. Test 4 proves the at-least-once claim for a broker that keeps its log.
 
@@ -59,11 +59,11 @@ from test_detect_service import (
     wait_for,
 )
 
-from detector.broker import EmbeddedBroker, create_topics, free_port
-from detector.evaluate import score_frames
-from detector.kafka_io import make_producer
-from detector.model_store import list_manifests, load_model
-from detector.wire import CONTENT_TYPE_JSON, encode_record, headers_for
+from detector.evaluation.evaluate import score_frames
+from detector.model.store import list_manifests, load_model
+from detector.transport.broker import EmbeddedBroker, create_topics, free_port
+from detector.transport.kafka_io import make_producer
+from detector.transport.wire import CONTENT_TYPE_JSON, encode_record, headers_for
 from replay.attacks import AttackSpec, inject
 from replay.publisher import interleave, publish
 from replay.simulator import simulate_vehicle

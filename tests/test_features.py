@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.baseline import Baseline, learn_baseline
-from detector.features import FEATURE_NAMES, F, Rows
-from detector.schema import make_frames
-from detector.windowing import WindowState
+from detector.core.schema import make_frames
+from detector.features.baseline import Baseline, learn_baseline
+from detector.features.columns import FEATURE_NAMES, F, Rows
+from detector.features.windowing import WindowState
 
 W = 1.0
 FAST, SLOW, NOVEL = 0x100, 0x200, 0x7AB
@@ -314,7 +314,7 @@ def test_comparison_sort_path_gives_the_rows_of_the_counting_sort(fleet_stream, 
     """The fallback of ``WindowState.push`` (stream keys, lexsort, segments), taken for
     batches out of time order or too sparse to count, sizes the compiled kernels'
     output buffers too: forced on in-order traffic it must give the same rows."""
-    from detector import windowing
+    from detector.features import windowing
 
     frames, vehicle, bl = fleet_stream
     rng = np.random.default_rng(8)

@@ -70,10 +70,10 @@ from test_detect_service import (
     wait_for,
 )
 
-from detector import kafka_records as kr
-from detector.broker import EmbeddedBroker, free_port
-from detector.metrics import UNREADABLE_REASONS
-from detector.wire import encode_record
+from detector.service.metrics import UNREADABLE_REASONS
+from detector.transport import kafka_records as kr
+from detector.transport.broker import EmbeddedBroker, free_port
+from detector.transport.wire import encode_record
 from replay.attacks import AttackSpec, inject
 from replay.publisher import interleave
 from replay.simulator import simulate_vehicle

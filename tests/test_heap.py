@@ -13,7 +13,7 @@ import pytest
 # script prints the page faults of 10 such batches after a first one.
 _BATCHES = """
 import resource, sys
-from detector.heap import keep_large_buffers
+from detector.transport.heap import keep_large_buffers
 if sys.argv[1] == "tuned":
     assert keep_large_buffers()
 def faults():

@@ -7,17 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from detector.config import IncidentConfig
-from detector.evidence import classify_window
-from detector.features import FEATURE_NAMES, N_FEATURES, F, Rows
-from detector.incidents import (
+from detector.core.config import IncidentConfig
+from detector.features.columns import FEATURE_NAMES, N_FEATURES, F, Rows
+from detector.incidents.evidence import classify_window
+from detector.incidents.tracker import (
     IncidentTracker,
     Observation,
     incident_id,
     observations,
     severity_of,
 )
-from detector.pipeline import ScoredRows
+from detector.model.pipeline import ScoredRows
 
 QUIET = 3
 DESIGN_FIELDS = {

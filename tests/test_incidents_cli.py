@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from detector.broker import create_topics
 from detector.cli import main
 from detector.cli.incidents import json_line, table_header, table_row
+from detector.transport.broker import create_topics
 
 CANWATCH = str(Path(sys.executable).parent / "canwatch")
 
@@ -111,7 +111,7 @@ def test_incidents_follow_until_ctrl_c(broker, unique_topic):
 
 
 def test_incidents_broker_unreachable_exit_2(capsys):
-    from detector.broker import free_port
+    from detector.transport.broker import free_port
 
     argv = ["incidents", "--connect-timeout", "0.5", "--bootstrap", f"127.0.0.1:{free_port()}"]
     assert main(argv) == 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from detector.cli import main
-from detector.schema import FRAME_DTYPE, LABEL_CODE
+from detector.core.schema import FRAME_DTYPE, LABEL_CODE
 from replay.writers import write_frames
 
 REPO = Path(__file__).parents[1]

@@ -1,7 +1,7 @@
-"""detector.kafka_records: the compiled record batch parse yields exactly what
+"""detector.transport.kafka_records: the compiled record batch parse yields exactly what
 kafka-python's own fetcher yields, record by record, bookkeeping included, for
 every well-formed batch; and any batch at all is read without raising
-(detector.kafka_salvage): what cannot be read becomes an ``UnreadableRecord``
+(detector.transport.kafka_salvage): what cannot be read becomes an ``UnreadableRecord``
 with its offsets and a reason, and the fetch position always moves past it.
 
 ``canwatch detect`` installs it, so every Kafka test of the service (and
@@ -21,9 +21,9 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 from kafka.record.util import calc_crc32c
 
-from detector import kafka_records as kr
-from detector import kafka_salvage as salvage
-from detector.kafka_salvage import UnreadableRecord
+from detector.transport import kafka_records as kr
+from detector.transport import kafka_salvage as salvage
+from detector.transport.kafka_salvage import UnreadableRecord
 
 CLS = Fetcher.PartitionRecords
 STOCK = getattr(CLS._unpack_records, "stock", CLS._unpack_records)  # kafka-python's own

@@ -1,4 +1,4 @@
-"""detector.kafka_recv: kafka-python's transports read in large chunks and its
+"""detector.transport.kafka_recv: kafka-python's transports read in large chunks and its
 response buffer is read out in one copy, with the same results and errors as
 kafka-python's own code.
 
@@ -21,7 +21,7 @@ from kafka.errors import KafkaConnectionError
 from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
 from kafka.protocol.frame import KafkaBytes
 
-from detector import kafka_recv
+from detector.transport import kafka_recv
 
 
 class _CountingSocket:

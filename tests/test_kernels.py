@@ -1,6 +1,6 @@
 """The compiled hot-path loops agree with their plain definitions.
 
-``detector.kernels`` folds the per-frame checks into per-window sums as frames
+``detector.features.kernels`` folds the per-frame checks into per-window sums as frames
 arrive and walks the isolation forest's trees itself; both must give the
 numbers of the readable numpy reference (tests/reference_features.py) and of
 scikit-learn's ``score_samples``, on traffic that trips every check: every
@@ -16,19 +16,19 @@ from reference_features import frame_checks
 from reference_features import present_rows as reference_present_rows
 from sklearn.ensemble import IsolationForest
 
-from detector.baseline import checksum_values, learn_baseline
-from detector.features import FEATURE_NAMES, N_FEATURES, Rows
-from detector.kernels import (
+from detector.core.schema import DLC_MASKS as _DLC_MASKS
+from detector.core.schema import make_frames
+from detector.features.baseline import checksum_values, learn_baseline
+from detector.features.columns import FEATURE_NAMES, N_FEATURES, Rows
+from detector.features.kernels import (
     _CRC8_POW,
-    _DLC_MASKS,
-    CompiledForest,
     _checksum,
     segments,
     stream_groups,
     stream_keys,
 )
-from detector.schema import make_frames
-from detector.windowing import WindowState
+from detector.features.windowing import WindowState
+from detector.model.forest_kernel import CompiledForest
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
@@ -202,9 +202,11 @@ import sys
 from pathlib import Path
 import numpy as np
 from numba.core.registry import CPUDispatcher
-from detector import kernels, pipeline, wire
-from detector.brands import load_fleet
-from detector.model_store import load_latest
+from detector.features import kernels
+from detector.model import pipeline
+from detector.transport import wire
+from detector.core.brands import load_fleet
+from detector.model.store import load_latest
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
@@ -242,7 +244,7 @@ def test_warm_up_loads_every_kernel_the_scoring_path_calls(cusw_models) -> None:
 
 
 def test_window_pass_finds_standard_and_extended_ids_like_id_slots() -> None:
-    from detector.kernels import id_slots, window_pass
+    from detector.features.kernels import id_slots, window_pass
 
     ids = np.array([0x10, 0x7FF, 0x8000_0123, 0x9ABC_DEF0], np.uint32)  # sorted, 2 extended
     can_id = np.array([0x7FF, 0x9ABC_DEF0, 0x10, 0x8000_0123], np.uint32)

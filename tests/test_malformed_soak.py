@@ -62,15 +62,15 @@ from test_detect_service import (
     wait_for,
 )
 
-from detector import wire
-from detector.config import Config, DetectionConfig
-from detector.errors import DecodeError
-from detector.kafka_io import end_offsets, make_producer
-from detector.metrics import DetectorMetrics
-from detector.model_store import save_model
-from detector.schema import EXTENDED_FLAG, FRAME_DTYPE
-from detector.service import NO_MODEL, Detector
-from detector.training import train_platform
+from detector.core.config import Config, DetectionConfig
+from detector.core.errors import DecodeError
+from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE
+from detector.model.store import save_model
+from detector.model.training import train_platform
+from detector.service.detector import NO_MODEL, Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport import wire
+from detector.transport.kafka_io import end_offsets, make_producer
 from replay.publisher import interleave
 from replay.simulator import simulate_vehicle
 

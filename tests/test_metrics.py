@@ -5,8 +5,8 @@ import pytest
 from numpy.testing import assert_array_equal
 from prometheus_client import CollectorRegistry
 
-from detector.errors import ConfigError
-from detector.metrics import (
+from detector.core.errors import ConfigError
+from detector.service.metrics import (
     ALLOWED_LABELS,
     ATTACKS,
     DEAD_LETTER_REASONS,
@@ -216,7 +216,7 @@ def test_serve_binds_only_the_configured_address(m):
 
 
 def test_every_wire_decode_reason_is_a_dead_letter_label():
-    wire = pytest.importorskip("detector.wire")
+    wire = pytest.importorskip("detector.transport.wire")
     assert set(wire.REASONS) <= set(DEAD_LETTER_REASONS)
 
 

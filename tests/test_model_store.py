@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import detector.model_store as model_store
-from detector.config import DetectionConfig
-from detector.errors import ModelError
-from detector.features import FEATURE_NAMES
-from detector.model import PlatformModel
-from detector.model_store import list_manifests, load_latest, load_model, next_version, save_model
-from detector.training import train_platform
-from detector.windowing import WindowState
+import detector.model.store as model_store
+from detector.core.config import DetectionConfig
+from detector.core.errors import ModelError
+from detector.features.columns import FEATURE_NAMES
+from detector.features.windowing import WindowState
+from detector.model.platform import PlatformModel
+from detector.model.store import list_manifests, load_latest, load_model, next_version, save_model
+from detector.model.training import train_platform
 from replay.simulator import simulate_vehicle
 
 

@@ -37,9 +37,9 @@ from test_detect_service import (
     wait_for,
 )
 
-from detector.broker import free_port
-from detector.kafka_io import make_producer
-from detector.wire import CONTENT_TYPE_BINARY, encode_record
+from detector.transport.broker import free_port
+from detector.transport.kafka_io import make_producer
+from detector.transport.wire import CONTENT_TYPE_BINARY, encode_record
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 

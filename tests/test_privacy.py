@@ -1,8 +1,8 @@
 import pytest
 
-from detector.config import PrivacyConfig
-from detector.errors import ConfigError
-from detector.privacy import load_key, pseudonym, scrub
+from detector.core.config import PrivacyConfig
+from detector.core.errors import ConfigError
+from detector.incidents.privacy import load_key, pseudonym, scrub
 
 KEY = b"0123456789abcdef-secret"
 

@@ -8,8 +8,8 @@ import can
 import numpy as np
 import pytest
 
-from detector.errors import InputError
-from detector.schema import EXTENDED_FLAG, FLAG_RTR, FRAME_DTYPE, LABEL_CODE
+from detector.core.errors import InputError
+from detector.core.schema import EXTENDED_FLAG, FLAG_RTR, FRAME_DTYPE, LABEL_CODE
 from replay.readers import FORMATS, detect_format, read_frames
 from replay.writers import write_frames
 

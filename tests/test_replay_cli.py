@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from detector import wire
-from detector.broker import create_topics
 from detector.cli import main
 from detector.cli.replay import rebase_lag
+from detector.transport import wire
+from detector.transport.broker import create_topics
 from replay.attacks import AttackSpec, inject
 from replay.readers import read_frames
 from replay.simulator import simulate_vehicle
@@ -137,7 +137,7 @@ def test_replay_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 def test_replay_broker_unreachable_exit_2(tmp_path, capsys):
-    from detector.broker import free_port
+    from detector.transport.broker import free_port
 
     path, _ = recording(tmp_path, seconds=0.5)
     argv = ["replay", str(path), "--brand", "jeep", "--max-speed", "--connect-timeout", "0.5"]

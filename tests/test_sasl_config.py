@@ -29,11 +29,11 @@ from test_detect_service import CANWATCH
 from test_tls_end_to_end import canwatch, replay_argv
 from tls_proxy import SecuredBroker, openssl_binary, stunnel_binary
 
-from detector.broker import BrokerError, free_port, tansu_binary
 from detector.cli import build_parser, main
-from detector.config import load_config
-from detector.errors import ConfigError
-from detector.kafka_io import (
+from detector.core.config import load_config
+from detector.core.errors import ConfigError
+from detector.transport.broker import BrokerError, free_port, tansu_binary
+from detector.transport.kafka_io import (
     KafkaConnectError,
     Secret,
     admin_config,

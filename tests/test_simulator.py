@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from detector.schema import FRAME_DTYPE, LABEL_CODE
+from detector.core.schema import FRAME_DTYPE, LABEL_CODE
 from replay.profiles import load_profile, pack_signal, synthetic_profile, unpack_signal
 from replay.simulator import JITTER, compute_checksum, simulate_fleet, simulate_vehicle
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.baseline import learn_baseline
-from detector.brands import load_fleet
-from detector.config import ConfigError, LimitsConfig, load_config
-from detector.features import POOLED_ID, F, Rows
-from detector.incidents import observations
-from detector.model_store import load_latest
-from detector.pipeline import Scorer, reserve_per_vehicle
-from detector.schema import EXTENDED_FLAG, format_id, make_frames
-from detector.windowing import GUARANTEED_NOVEL_IDS, WindowState
+from detector.core.brands import load_fleet
+from detector.core.config import ConfigError, LimitsConfig, load_config
+from detector.core.schema import EXTENDED_FLAG, format_id, make_frames
+from detector.features.baseline import learn_baseline
+from detector.features.columns import POOLED_ID, F, Rows
+from detector.features.windowing import GUARANTEED_NOVEL_IDS, WindowState
+from detector.incidents.tracker import observations
+from detector.model.pipeline import Scorer, reserve_per_vehicle
+from detector.model.store import load_latest
 from replay.simulator import simulate_vehicle
 
 W = 1.0
@@ -271,7 +271,7 @@ def test_limits_are_validated() -> None:
 
 
 def test_pooled_row_is_no_id_in_the_evidence() -> None:
-    from detector.evidence import id_text
+    from detector.incidents.evidence import id_text
 
     assert id_text(POOLED_ID) == "further unseen ids"
     assert id_text(0x1E4) == format_id(0x1E4) == "0x1E4"

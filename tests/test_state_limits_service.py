@@ -24,12 +24,12 @@ from test_detect_service import (
     wait_for,
 )
 
-from detector.kafka_io import make_producer
-from detector.metrics import DetectorMetrics
-from detector.model_store import load_latest
-from detector.pipeline import reserve_per_vehicle
-from detector.schema import EXTENDED_FLAG, make_frames
-from detector.service import Detector
+from detector.core.schema import EXTENDED_FLAG, make_frames
+from detector.model.pipeline import reserve_per_vehicle
+from detector.model.store import load_latest
+from detector.service.detector import Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport.kafka_io import make_producer
 from replay.publisher import publish
 from replay.simulator import simulate_vehicle
 

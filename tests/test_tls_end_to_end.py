@@ -26,9 +26,9 @@ from kafka import KafkaConsumer, TopicPartition
 from test_detect_service import CANWATCH, WAIT_S, now_start
 from tls_proxy import SecuredBroker, make_ca, make_cert, openssl_binary, stunnel_binary
 
-from detector.broker import BrokerError, create_topics, free_port, tansu_binary
-from detector.config import KafkaConfig
-from detector.kafka_io import connect_diagnosis
+from detector.core.config import KafkaConfig
+from detector.transport.broker import BrokerError, create_topics, free_port, tansu_binary
+from detector.transport.kafka_io import connect_diagnosis
 from replay.simulator import simulate_vehicle
 from replay.writers import write_frames
 

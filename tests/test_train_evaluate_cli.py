@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from detector.cli import main
-from detector.evaluate import WINDOW_COLUMNS
+from detector.evaluation.evaluate import WINDOW_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 CANWATCH = Path(sys.executable).parent / "canwatch"

@@ -1,4 +1,4 @@
-"""The watchdog (detector.watchdog) and a stop that always stops (canwatch detect).
+"""The watchdog (detector.service.watchdog) and a stop that always stops (canwatch detect).
 
 - ``StallWatch``, ``Health`` and ``Watchdog.tick`` on hand-made loop states: when a
   stall begins and ends, what is exported, the one log line, the exit;
@@ -32,12 +32,12 @@ from kafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry
 from test_detect_service import CANWATCH, scrape, service_config, topics_toml, total, wait_for
 
-from detector.broker import EmbeddedBroker, create_topics, free_port
-from detector.config import load_config
-from detector.kafka_io import make_producer
-from detector.metrics import DetectorMetrics
-from detector.watchdog import EndOffsets, Health, LoopState, StallWatch, Watchdog
-from detector.wire import encode_record
+from detector.core.config import load_config
+from detector.service.metrics import DetectorMetrics
+from detector.service.watchdog import EndOffsets, Health, LoopState, StallWatch, Watchdog
+from detector.transport.broker import EmbeddedBroker, create_topics, free_port
+from detector.transport.kafka_io import make_producer
+from detector.transport.wire import encode_record
 from replay.simulator import simulate_vehicle
 
 TESTS = Path(__file__).resolve().parent
@@ -230,7 +230,7 @@ def test_offsets_the_broker_numbered_but_cannot_give_are_records_waiting_only_be
     (the consumer cannot get past it: a stall the watchdog must report)."""
     from test_fuzz_batches import RawKafka
 
-    from detector import kafka_records as kr
+    from detector.transport import kafka_records as kr
 
     good = kr.build_batch([(i, 1_700_000_000_000, b"k", b"v", []) for i in range(3)])
     bad = bytearray(good)
@@ -435,8 +435,8 @@ def test_sigterm_ends_a_detector_whose_broker_is_frozen(unique_topic, cusw_model
 
 
 def test_every_unreadable_reason_is_a_metric_label_and_lag_series_follow_the_assignment():
-    from detector import kafka_salvage
-    from detector.metrics import DEAD_LETTER_REASONS, UNREADABLE_REASONS
+    from detector.service.metrics import DEAD_LETTER_REASONS, UNREADABLE_REASONS
+    from detector.transport import kafka_salvage
 
     assert kafka_salvage.REASONS == UNREADABLE_REASONS
     assert set(UNREADABLE_REASONS) <= set(DEAD_LETTER_REASONS)

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector import wire
-from detector.errors import DecodeError
-from detector.schema import FLAG_RTR, FRAME_DTYPE, make_frames
+from detector.core.errors import DecodeError
+from detector.core.schema import FLAG_RTR, FRAME_DTYPE, make_frames
+from detector.transport import wire
 
 NOW = 1_700_000_100.0
 LIMITS = dict(known_brands={"jeep", "opel"}, now=NOW, max_future_s=300.0, min_ts=1e9)
@@ -359,7 +359,7 @@ def test_dead_letter_copy_replaces_the_nulls_kafka_python_cannot_send():
 
 
 def test_dead_letter_copy_cuts_what_the_producer_would_refuse():
-    from detector.kafka_io import MAX_REQUEST_BYTES
+    from detector.transport.kafka_io import MAX_REQUEST_BYTES
 
     value = bytes(range(256)) * (wire.DLQ_MAX_BYTES // 256 + 1)
     hs = [("h" * 1000 + str(i), b"v" * 5000) for i in range(100)]
@@ -443,7 +443,7 @@ def test_arbitrary_polls_decode_like_their_records(records):
 def test_the_clean_record_pass_gives_the_verdicts_of_the_full_checks():
     """``frame_faults_each`` first runs a cheaper pass that only says whether a record
     is clean; at every edge of every check it must agree with ``frame_faults``."""
-    from detector.kernels import frame_faults, frame_faults_each
+    from detector.transport.frame_checks import frame_faults, frame_faults_each
 
     lo_ts, hi_ts = LIMITS["min_ts"], NOW + LIMITS["max_future_s"]
     edits = {

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from detector.broker import EmbeddedBroker, _death_signal_hook, free_port, stop_process
+from detector.transport.broker import EmbeddedBroker, _death_signal_hook, free_port, stop_process
 
 SERVER_NAMES = ("IP:127.0.0.1", "DNS:localhost")
 

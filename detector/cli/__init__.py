@@ -14,7 +14,7 @@ import logging
 import pkgutil
 import sys
 
-from detector.errors import CanwatchError
+from detector.core.errors import CanwatchError
 
 _ORDER = [
     "demo",

@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from detector.brands import Fleet, load_fleet
-from detector.config import Config, load_config
-from detector.errors import ConfigError, ModelError
-from detector.evaluate import Span
-from detector.model import PlatformModel
-from detector.model_store import list_manifests, load_model
+from detector.core.brands import Fleet, load_fleet
+from detector.core.config import Config, load_config
+from detector.core.errors import ConfigError, ModelError
+from detector.evaluation.evaluate import Span
+from detector.model.platform import PlatformModel
+from detector.model.store import list_manifests, load_model
 
 
 def add_config_flag(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import sys
 import threading
 from types import FrameType
 
-from detector.broker import EmbeddedBroker, create_topics
+from detector.transport.broker import EmbeddedBroker, create_topics
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:

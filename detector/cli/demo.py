@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 from detector.cli._common import add_config_flag, config_from, fleet_from
+from detector.core.errors import ConfigError
 from detector.demo import DemoOptions, render_scorecard, run_demo, write_report
-from detector.errors import ConfigError
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:

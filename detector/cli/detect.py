@@ -13,12 +13,12 @@ import time
 from typing import NoReturn
 
 from detector.cli._common import add_config_flag, fleet_from
-from detector.config import load_config
-from detector.heap import keep_large_buffers
-from detector.kafka_records import parse_batches_compiled
-from detector.kafka_recv import read_large_chunks
-from detector.metrics import DetectorMetrics
-from detector.service import Detector
+from detector.core.config import load_config
+from detector.service.detector import Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport.heap import keep_large_buffers
+from detector.transport.kafka_records import parse_batches_compiled
+from detector.transport.kafka_recv import read_large_chunks
 
 log = logging.getLogger("canwatch.detect")
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     # a process that is only a detector: its heap and its kafka-python are set for
-    # that (see detector.heap, detector.kafka_recv, detector.kafka_records)
+    # that (see detector.transport.heap, detector.transport.kafka_recv, detector.transport.kafka_records)
     keep_large_buffers()
     read_large_chunks()
     parse_batches_compiled()

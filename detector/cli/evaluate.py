@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.brands import Fleet
 from detector.cli._common import add_config_flag, config_from, fleet_from, latest_model, spans_for
 from detector.cli.train import brands_served, train_and_save
-from detector.config import Config
-from detector.cross_validation import (
+from detector.core.brands import Fleet
+from detector.core.config import Config
+from detector.core.errors import CanwatchError
+from detector.evaluation.cross_validation import (
     GROUP_BY,
     Fold,
     groups_by_drive,
@@ -29,8 +30,7 @@ from detector.cross_validation import (
     leave_one_group_out,
     read_group_map,
 )
-from detector.errors import CanwatchError
-from detector.evaluate import (
+from detector.evaluation.evaluate import (
     WINDOW_COLUMNS,
     Evaluation,
     Span,
@@ -39,8 +39,8 @@ from detector.evaluate import (
     score_frames,
     window_rows,
 )
-from detector.model import PlatformModel
-from detector.model_store import load_model
+from detector.model.platform import PlatformModel
+from detector.model.store import load_model
 from replay.readers import read_frames
 
 CROSS_DRIVE_NOTE = "cross-drive figures: every file is scored by a model trained without its group"

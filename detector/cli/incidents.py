@@ -6,7 +6,7 @@ No consumer group: partitions are assigned directly and nothing is committed,
 so it never disturbs the detector or a SIEM connector reading the same topic.
 
 Reading "everything now" cannot trust the end offsets alone: Tansu's
-ListOffsets under-reports (see ``detector.kafka_io``). So it reads until every
+ListOffsets under-reports (see ``detector.transport.kafka_io``). So it reads until every
 partition has reached ``kafka_io.end_offsets`` (which also uses the fetch high
 watermark) *and* no record has arrived for ``IDLE_S``.
 
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
-from detector.errors import CanwatchError
+from detector.core.errors import CanwatchError
 
 IDLE_S = 1.0
 READ_TIMEOUT_S = 30.0
@@ -94,7 +94,7 @@ def _time(value: Any) -> str:
 
 
 def _ids(can_ids: Any, limit: int = 3) -> str:
-    from detector.schema import format_id
+    from detector.core.schema import format_id
 
     if not isinstance(can_ids, list):
         return "-"
@@ -165,7 +165,7 @@ def _consumer(args: argparse.Namespace):
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
-    from detector.kafka_io import connect_error, consumer_config
+    from detector.transport.kafka_io import connect_error, consumer_config
 
     cfg = kafka_config(args)
     kwargs = consumer_config(cfg.kafka)
@@ -204,7 +204,7 @@ def _poll(consumer: Any) -> list:
 
 def read_to_end(consumer: Any, tps: list, timeout_s: float) -> Iterator[Any]:
     """Every record now on ``tps`` (from the beginning), then stop."""
-    from detector.kafka_io import end_offsets
+    from detector.transport.kafka_io import end_offsets
 
     start = time.monotonic()
     quiet_since = None  # when the end was reached, or the last record after that

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import CanwatchError
-from detector.schema import LABELS, is_extended
+from detector.core.errors import CanwatchError
+from detector.core.schema import LABELS, is_extended
 from replay.readers import ALIASES, FORMATS, canonical_format, detect_format, read_frames
 
 

@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from detector.config import Config, load_config
-from detector.errors import ConfigError, InputError
+from detector.core.config import Config, load_config
+from detector.core.errors import ConfigError, InputError
 
 #: Default for --connect-timeout: kafka-python waits 30 s before giving up.
 CONNECT_TIMEOUT_S = 10.0
-MAX_KEY_BYTES = 128  # detector.wire.MAX_KEY_BYTES
+MAX_KEY_BYTES = 128  # detector.transport.wire.MAX_KEY_BYTES
 
 
 # -- flags shared with `simulate --to-kafka` ----------------------------------------
@@ -134,8 +134,8 @@ def stream_to_kafka(
     """Publish ``streams`` [(vehicle, brand, frames)] to ``topic``; PublishSummary."""
     from kafka.errors import KafkaError
 
-    from detector.broker import BrokerError
-    from detector.kafka_io import make_producer
+    from detector.transport.broker import BrokerError
+    from detector.transport.kafka_io import make_producer
     from replay.publisher import publish
 
     with quiet_kafka():
@@ -163,7 +163,7 @@ class _Progress:
         self.records = self.frames = 0
 
     def _frames_in(self, value: bytes) -> int:
-        from detector.wire import HEADER
+        from detector.transport.wire import HEADER
 
         if self._binary:
             return HEADER.unpack_from(value)[3]  # header field "count"
@@ -285,7 +285,7 @@ def check_vehicle_id(vehicle: str) -> str:
 
 
 def check_brand(brand: str, cfg: Config) -> str:
-    from detector.brands import load_fleet, validate_slug
+    from detector.core.brands import load_fleet, validate_slug
 
     # like train/evaluate/detect: a valid slug outside the brand map is its own platform
     fleet = load_fleet(cfg.fleet.brands_file) if cfg.fleet.brands_file else load_fleet()

@@ -28,7 +28,7 @@ from detector.cli.replay import (
     stream_to_kafka,
     summary_line,
 )
-from detector.errors import ConfigError
+from detector.core.errors import ConfigError
 
 FORMATS = ("log", "asc", "blf", "trc", "csv", "road", "hcrl")
 EXTENSIONS = {
@@ -90,7 +90,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _brands(arg: str | None) -> list[str]:
-    from detector.brands import load_fleet, validate_slug
+    from detector.core.brands import load_fleet, validate_slug
 
     fleet = load_fleet()
     if arg is None:

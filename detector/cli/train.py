@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.brands import Fleet
 from detector.cli._common import add_config_flag, config_from, fleet_from
-from detector.config import DetectionConfig
-from detector.cross_validation import drive_numbers, groups_from_map, read_group_map
-from detector.errors import CanwatchError
-from detector.model_store import save_model
-from detector.training import train_platform
+from detector.core.brands import Fleet
+from detector.core.config import DetectionConfig
+from detector.core.errors import CanwatchError
+from detector.evaluation.cross_validation import drive_numbers, groups_from_map, read_group_map
+from detector.model.store import save_model
+from detector.model.training import train_platform
 from replay.readers import read_frames
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.errors import InputError
-from detector.schema import EXTENDED_FLAG, ID_MASK_STANDARD
+from detector.core.errors import InputError
+from detector.core.schema import EXTENDED_FLAG, ID_MASK_STANDARD
 from replay.readers import candump, pycan, pycsv, tabular
 from replay.readers._base import LogFormat
 

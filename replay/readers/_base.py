@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.schema import EXTENDED_FLAG, FRAME_DTYPE, LABELS
+from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE, LABELS
 
 #: Label words understood in label columns (case-insensitive): the LABELS names
 #: plus the CrySyS/boolean spellings, where "attacked" means "unknown" kind.

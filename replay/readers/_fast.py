@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from detector.schema import EXTENDED_FLAG, FRAME_DTYPE
+from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE
 
 _B64 = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.errors import InputError
+from detector.core.errors import InputError
 
 PAD = 8  # zero bytes before and after the text so every 8-byte window is in range
 _U64 = np.uint64

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from detector.schema import FLAG_ERROR, FLAG_RTR, LABELS
+from detector.core.schema import FLAG_ERROR, FLAG_RTR, LABELS
 from replay.readers import _fast
 from replay.readers import _text as tx
 from replay.readers._base import LABEL_WORDS, LogFormat, build_frames, head_lines, mostly

@@ -10,8 +10,8 @@ from __future__ import annotations
 import can
 import numpy as np
 
-from detector.errors import InputError
-from detector.schema import FLAG_ERROR, FLAG_RTR
+from detector.core.errors import InputError
+from detector.core.schema import FLAG_ERROR, FLAG_RTR
 from replay.readers._base import LogFormat, build_frames, head_lines
 
 

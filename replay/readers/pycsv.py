@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.schema import FLAG_ERROR, FLAG_RTR
+from detector.core.schema import FLAG_ERROR, FLAG_RTR
 from replay.readers import _fast
 from replay.readers import _text as tx
 from replay.readers._base import LogFormat, build_frames, head_lines

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from detector.schema import LABELS
+from detector.core.schema import LABELS
 from replay.readers import _text as tx
 from replay.readers._base import LogFormat, build_frames, head_lines, mostly
 

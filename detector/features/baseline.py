@@ -1,0 +1,474 @@
+"""What normal looks like, learned per CAN id of one platform from benign frames.
+
+A ``Baseline`` is a dict-like bundle of plain numpy arrays (so it serialises
+with skops without executing code) indexed by the id's slot in ``ids``. The
+features are expressed relative to it: rates relative to the learned rate,
+payloads against learned ranges, counters and checksums against the learned
+behaviour. Learning runs at training time only; per-frame work is vectorized,
+per-id work is a small loop over ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from detector.core.schema import FRAME_DTYPE
+
+#: Byte pairs (i, j), i < j, for learned inter-byte relations.
+PAIRS = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)], dtype=np.int8)
+#: A byte-pair difference range narrower than this is a learned coupling ...
+TIGHT_PAIR_WIDTH = 48
+#: ... between two bytes that each take at least this many values and change in
+#: at least this share of consecutive frames: two bytes that hold still (state,
+#: padding) keep a constant difference in every drive, but not the same one.
+COUPLED_MIN_VALUES = 4
+COUPLED_MIN_CHANGE = 0.01
+#: 16-bit signals (a byte pair at any offset, either byte order) that move together
+#: (four wheel speeds, a value and its copy): a difference whose robust range is at
+#: most COUPLED_WORD_SHARE of each signal's own robust range, both signals spanning
+#: COUPLED_WORD_MIN_RANGE and changing in COUPLED_WORD_MIN_CHANGE of frames. At most
+#: MAX_COUPLINGS per id, the tightest; learned on at most COUPLING_SAMPLE frames.
+MAX_COUPLINGS = 4
+COUPLED_WORD_SHARE = 0.25
+COUPLED_WORD_MIN_RANGE = 64
+COUPLED_WORD_MIN_CHANGE = 0.05
+COUPLING_SAMPLE = 20_000
+#: The robust range: the central share of values (rare spikes, a wheel slipping).
+ROBUST_QUANTILES = (0.005, 0.995)
+#: Ids with at most this many distinct payloads get a payload dictionary ...
+MAX_DICT_PAYLOADS = 64
+#: ... if each distinct payload was seen this many times on average.
+DICT_MIN_REPEATS = 50
+#: Payload ranges are only learned for ids with at least this many training
+#: frames; rarer ids would flag every unseen value.
+MIN_PAYLOAD_FRAMES = 30
+#: Learned byte ranges are widened by 1/RANGE_MARGIN_DIV of their width each
+#: side: a slowly drifting signal should not look like a forged one.
+RANGE_MARGIN_DIV = 2
+#: Checksum candidates (code -> name); the learned one must hold on >= 99.5 % of frames.
+CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850"}
+#: Counter candidates: (mask, shift) of a field inside one byte.
+COUNTER_FIELDS = ((0xFF, 0), (0x0F, 0), (0xF0, 4), (0x03, 0), (0x0C, 2), (0x30, 4), (0xC0, 6))
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    ids: np.ndarray  # (k,) u4 sorted
+    period: np.ndarray  # (k,) f8 median inter-arrival, s (nan if too few frames)
+    dt_p01: np.ndarray  # (k,) f8 1st percentile of inter-arrival / period
+    mean_count: np.ndarray  # (k,) f8 frames per window when the vehicle is active
+    std_count: np.ndarray  # (k,) f8
+    presence: np.ndarray  # (k,) f8 fraction of active windows holding the id
+    expected: np.ndarray  # (k,) bool: absence of this id is anomalous
+    dlc_mask: np.ndarray  # (k,) u2 bit d set = dlc d seen
+    byte_min: np.ndarray  # (k, 8) u1
+    byte_max: np.ndarray  # (k, 8) u1
+    change_rate: np.ndarray  # (k, 8) f8 fraction of consecutive frames where the byte changed
+    cond_change: np.ndarray  # (k, 8) f8 P(byte changed | another byte of the frame changed)
+    ham_mean: np.ndarray  # (k,) f8 Hamming distance between consecutive payloads
+    ham_std: np.ndarray  # (k,) f8
+    delta_min: np.ndarray  # (k, 8) i2 smallest byte change between consecutive frames
+    delta_max: np.ndarray  # (k, 8) i2
+    pair_min: np.ndarray  # (k, 28) i2 byte_i - byte_j range
+    pair_max: np.ndarray  # (k, 28) i2
+    pair_tight: np.ndarray  # (k, 28) bool
+    counter_byte: np.ndarray  # (k,) i1 byte of the counter field, -1 = none
+    counter_mask: np.ndarray  # (k,) u1
+    counter_shift: np.ndarray  # (k,) u1
+    counter_step: np.ndarray  # (k,) u1
+    counter2_byte: np.ndarray  # (k,) i1 a second counter's byte, -1 = none (see _learn_counters)
+    counter2_mask: np.ndarray  # (k,) u1
+    counter2_shift: np.ndarray  # (k,) u1
+    counter2_step: np.ndarray  # (k,) u1
+    checksum_kind: np.ndarray  # (k,) u1 0 = none, else a CHECKSUMS code
+    checksum_byte: np.ndarray  # (k,) i1
+    payload_hashes: np.ndarray  # (m,) u8 sorted hashes of (id slot, payload) for dictionary ids
+    has_dict: np.ndarray  # (k,) bool
+    fixed_mask: np.ndarray  # (k,) u8 payload bits of the bytes that held one value throughout
+    fixed_value: np.ndarray  # (k,) u8 that value (payload bytes little-endian)
+    couple_a: np.ndarray  # (k, MAX_COUPLINGS) i1 first byte of signal a (-1: no coupling)
+    couple_b: np.ndarray  # (k, MAX_COUPLINGS) i1 first byte of signal b
+    couple_le: np.ndarray  # (k, MAX_COUPLINGS) bool: little-endian signals (else big-endian)
+    couple_lo: np.ndarray  # (k, MAX_COUPLINGS) i4 least a - b
+    couple_hi: np.ndarray  # (k, MAX_COUPLINGS) i4 largest a - b
+    bus_mean_frames: float
+    bus_std_frames: float
+    bus_mean_ids: float
+    window_s: float
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Baseline:
+        out = {}
+        for f in fields(cls):
+            v = d[f.name]
+            out[f.name] = float(v) if f.type == "float" else np.asarray(v)
+        return cls(**out)
+
+    def slots(self, can_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of each id in ``ids`` and whether the id is known."""
+        pos = np.searchsorted(self.ids, can_id)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        known = (self.ids[pos] == can_id) if len(self.ids) else np.zeros(len(can_id), bool)
+        return pos, known
+
+
+def payload_u64(data: np.ndarray) -> np.ndarray:
+    """The 8 data bytes of each frame as one little-endian uint64."""
+    return np.ascontiguousarray(data, dtype=np.uint8).view("<u8").reshape(-1)
+
+
+def payload_hash(slot: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return payload ^ ((slot.astype(np.uint64) + np.uint64(1)) * _HASH_MUL)
+
+
+_CRC8_TABLE = None
+
+
+def crc8_table() -> np.ndarray:
+    global _CRC8_TABLE
+    if _CRC8_TABLE is None:
+        table = np.zeros(256, np.uint8)
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = ((c << 1) ^ 0x1D) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+            table[i] = c
+        _CRC8_TABLE = table
+    return _CRC8_TABLE
+
+
+def checksum_values(
+    kind: int, data: np.ndarray, dlc: np.ndarray, can_id: np.ndarray, pos: np.ndarray
+) -> np.ndarray:
+    """Checksum ``kind`` over every byte but ``pos`` of each frame (bytes < dlc)."""
+    n = len(data)
+    cols = np.arange(8)
+    use = (cols[None, :] < dlc[:, None]) & (cols[None, :] != pos[:, None])
+    d = np.where(use, data, 0).astype(np.uint32)
+    if kind in (1, 3, 4):
+        s = d.sum(axis=1)
+        if kind == 3:
+            s = s + (can_id & 0xFF) + ((can_id >> 8) & 0xFF)
+        s = s & 0xFF
+        return (~s & 0xFF) if kind == 4 else s
+    if kind == 2:
+        return np.bitwise_xor.reduce(d, axis=1) & 0xFF
+    if kind == 5:
+        table = crc8_table()
+        crc = np.full(n, 0xFF, np.uint32)
+        for b in range(8):
+            nxt = table[(crc ^ d[:, b]) & 0xFF].astype(np.uint32)
+            crc = np.where(use[:, b], nxt, crc)
+        return crc ^ 0xFF
+    raise ValueError(f"unknown checksum kind {kind}")
+
+
+def _learn_counters(data: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Up to two (byte, mask, shift, step): fields in different bytes that step by a
+    constant, widest first. A frame breaks the counters only when it breaks every one:
+    a mode of the car may give one of them another meaning (a gear byte's low nibble),
+    a forged or replayed frame breaks them all."""
+    if len(data) < 20:
+        return []
+    best: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
+    for b in range(8):
+        col = data[:, b].astype(np.int32)
+        for mask, shift in COUNTER_FIELDS:
+            field = (col & mask) >> shift
+            modulus = (mask >> shift) + 1
+            if np.count_nonzero(np.bincount(field, minlength=modulus)) < min(modulus, 4):
+                continue
+            step = np.diff(field) % modulus
+            counts = np.bincount(step, minlength=modulus)
+            top = int(np.argmax(counts))
+            if top == 0 or counts[top] < 0.97 * len(step):
+                continue
+            bits = bin(mask).count("1")
+            if bits > best.get(b, (0,))[0]:
+                best[b] = (bits, (b, mask, shift, top))
+    ranked = sorted(best.values(), key=lambda v: (-v[0], v[1][0]))
+    return [field for _, field in ranked[:2]]
+
+
+def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int, int]:
+    if len(data) < 20 or dlc.min() < 2:
+        return 0, -1
+    ids = np.full(len(data), can_id, np.uint32)
+    for pos_kind in ("last", "first"):
+        pos = dlc.astype(np.int64) - 1 if pos_kind == "last" else np.zeros(len(data), np.int64)
+        actual = data[np.arange(len(data)), pos]
+        if len(np.unique(actual)) < 8:
+            continue
+        for kind in CHECKSUMS:
+            ok = checksum_values(kind, data, dlc, ids, pos) == actual
+            if ok.mean() >= 0.995:
+                return kind, (-2 if pos_kind == "last" else 0)  # -2 = byte dlc-1
+    return 0, -1
+
+
+def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """(8,) bool: bytes nearly constant within each vehicle but different between them.
+
+    An odometer's high byte or a VIN-derived value: a fleet-wide range learned
+    from a few vehicles never covers the next one, so no range applies to them.
+    """
+    if len(owner) == 0:
+        return np.zeros(8, bool)
+    order = np.argsort(owner, kind="stable")  # already sorted when learn_baseline calls
+    d, owner = d[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    if len(starts) < 2:
+        return np.zeros(8, bool)
+    lo = np.minimum.reduceat(d, starts, axis=0).astype(np.int16)
+    hi = np.maximum.reduceat(d, starts, axis=0).astype(np.int16)
+    within = (hi - lo).mean(axis=0)
+    across = d.max(axis=0).astype(np.int16) - d.min(axis=0)
+    return (across > 0) & (within < 0.25 * across)
+
+
+def words16(d: np.ndarray) -> np.ndarray:
+    """(n, 2, 7) int32: the 16-bit value at each byte offset 0..6, big-endian [:, 0]
+    and little-endian [:, 1]."""
+    d = d.astype(np.int32)
+    return np.stack([d[:, :7] * 256 + d[:, 1:], d[:, 1:] * 256 + d[:, :7]], axis=1)
+
+
+def learn_couplings(d: np.ndarray) -> list[tuple[int, int, bool, int, int]]:
+    """Up to MAX_COUPLINGS (a, b, little_endian, lo, hi): 16-bit signals at byte
+    offsets a < b (not overlapping) whose difference a - b stays in [lo, hi]."""
+    if len(d) < 4 * MIN_PAYLOAD_FRAMES:
+        return []
+    if len(d) > COUPLING_SAMPLE:  # evenly spaced: every part of every drive
+        d = d[np.linspace(0, len(d) - 1, COUPLING_SAMPLE).astype(np.int64)]
+    w = words16(d)
+    lo_q, hi_q = np.quantile(w, ROBUST_QUANTILES, axis=0)  # (2, 7) each
+    spread = hi_q - lo_q
+    moving = (spread >= COUPLED_WORD_MIN_RANGE) & (
+        (np.diff(w, axis=0) != 0).mean(axis=0) >= COUPLED_WORD_MIN_CHANGE
+    )
+    found = []
+    for le in (0, 1):
+        for a in range(7):
+            for b in range(a + 2, 7):
+                if not (moving[le, a] and moving[le, b]):
+                    continue
+                diff = w[:, le, a] - w[:, le, b]
+                dlo, dhi = np.quantile(diff, ROBUST_QUANTILES)
+                width = dhi - dlo
+                own = min(spread[le, a], spread[le, b])
+                if width <= COUPLED_WORD_SHARE * own:
+                    margin = width + 1  # as far out again as the robust range is wide
+                    found.append((width / own, a, b, bool(le), int(dlo - margin), int(dhi + margin)))
+    found.sort()
+    return [f[1:] for f in found[:MAX_COUPLINGS]]
+
+
+def signal_bytes(d: np.ndarray, change_rate: np.ndarray) -> np.ndarray:
+    """(8,) bool: bytes that move like a signal (several values, changing now and then)."""
+    n_values = np.array([np.count_nonzero(np.bincount(d[:, b], minlength=256)) for b in range(8)])
+    return (n_values >= COUPLED_MIN_VALUES) & (change_rate >= COUPLED_MIN_CHANGE)
+
+
+def learn_baseline(
+    frames: np.ndarray,
+    vehicle: np.ndarray,
+    window_s: float,
+    owner: np.ndarray | None = None,
+) -> Baseline:
+    """Learn a platform's baseline from benign ``frames`` of one or more vehicles.
+
+    ``vehicle`` is an int array (same length) of stream segments: consecutive-
+    frame statistics never cross them. ``owner`` tells physical vehicles apart
+    (default: the segments) for values that legitimately differ per vehicle.
+    """
+    if frames.dtype != FRAME_DTYPE:
+        raise TypeError("frames must be a FRAME_DTYPE array")
+    if len(frames) < 2:
+        raise ValueError(f"need at least 2 benign frames to learn a baseline, got {len(frames)}")
+    ids, id_slot = np.unique(frames["can_id"], return_inverse=True)
+    k = len(ids)
+    vehicle = np.asarray(vehicle, dtype=np.int64)
+    owner = vehicle if owner is None else np.asarray(owner, dtype=np.int64)
+    # by id, then owner, then segment, then time: each id's frames one slice, each
+    # stream's frames together and in time order inside it
+    order = np.lexsort((frames["ts"], vehicle, owner, id_slot))
+    f = frames[order]
+    seg = vehicle[order]
+    own = owner[order]
+    slot = id_slot[order]
+    s = seg * k + slot  # the stream of each frame
+    same = np.r_[False, s[1:] == s[:-1]]
+    data = f["data"]
+    dt = np.diff(f["ts"], prepend=np.nan)
+    dt[~same] = np.nan
+    prev = np.roll(data, 1, axis=0)
+    delta = data.astype(np.int16) - prev.astype(np.int16)
+    changed = data != prev
+    ham = _POPCOUNT[data ^ prev].sum(axis=1, dtype=np.int64).astype(np.float64)
+
+    # window occupancy: counts per (segment, window, id)
+    win = np.floor(f["ts"] / window_s).astype(np.int64)
+    w0 = int(win.min())
+    span = int(win.max()) - w0 + 1
+    vw_unique, vw_inv = np.unique(seg * span + (win - w0), return_inverse=True)
+    n_vw = len(vw_unique)
+    counts = np.bincount(vw_inv.reshape(-1) * k + slot, minlength=n_vw * k).reshape(n_vw, k)
+    # the first and last window of each segment are partial: leave them out
+    veh_of_vw = vw_unique // span
+    edge = (
+        np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
+    )
+    full = counts[~edge] if (~edge).sum() >= 3 else counts
+    per_bus = full.sum(axis=1)
+
+    period = np.full(k, np.nan)
+    dt_p01 = np.ones(k)
+    ham_mean = np.zeros(k)
+    ham_std = np.zeros(k)
+    change_rate = np.zeros((k, 8))
+    cond_change = np.zeros((k, 8))
+    byte_min = np.zeros((k, 8), np.uint8)
+    byte_max = np.zeros((k, 8), np.uint8)
+    delta_min = np.zeros((k, 8), np.int16)
+    delta_max = np.zeros((k, 8), np.int16)
+    pair_min = np.zeros((k, len(PAIRS)), np.int16)
+    pair_max = np.zeros((k, len(PAIRS)), np.int16)
+    pair_tight = np.zeros((k, len(PAIRS)), bool)
+    dlc_mask = np.zeros(k, np.uint16)
+    counter = np.full((k, 2, 4), 0, np.int64)
+    counter[:, :, 0] = -1
+    checksum_kind = np.zeros(k, np.uint8)
+    checksum_byte = np.full(k, -1, np.int8)
+    has_dict = np.zeros(k, bool)
+    hashes: list[np.ndarray] = []
+    fixed_mask = np.zeros(k, np.uint64)
+    fixed_value = np.zeros(k, np.uint64)
+    couple_a = np.full((k, MAX_COUPLINGS), -1, np.int8)
+    couple_b = np.full((k, MAX_COUPLINGS), -1, np.int8)
+    couple_le = np.zeros((k, MAX_COUPLINGS), bool)
+    couple_lo = np.zeros((k, MAX_COUPLINGS), np.int32)
+    couple_hi = np.zeros((k, MAX_COUPLINGS), np.int32)
+
+    starts = np.searchsorted(slot, np.arange(k))
+    ends = np.searchsorted(slot, np.arange(k), side="right")
+    for j in range(k):
+        rows = slice(starts[j], ends[j])
+        d = data[rows]
+        dl = f["dlc"][rows]
+        cons = same[rows]
+        dtj = dt[rows][cons]
+        if len(dtj) >= 3:
+            period[j] = float(np.median(dtj))
+            if period[j] > 0:
+                dt_p01[j] = float(np.percentile(dtj, 1) / period[j])
+        lo, hi = d.min(axis=0).astype(np.int16), d.max(axis=0).astype(np.int16)
+        margin = (hi - lo) // RANGE_MARGIN_DIV
+        per_vehicle = vehicle_specific_bytes(d, own[rows])
+        byte_min[j] = np.where(per_vehicle, 0, np.clip(lo - margin, 0, 255))
+        byte_max[j] = np.where(per_vehicle, 255, np.clip(hi + margin, 0, 255))
+        dlc_mask[j] = np.bitwise_or.reduce(np.left_shift(1, dl.astype(np.uint16)))
+        if cons.any():
+            cj = changed[rows][cons]
+            change_rate[j] = cj.mean(axis=0)
+            other = (cj.sum(axis=1)[:, None] - cj) > 0
+            cond_change[j] = (cj & other).sum(axis=0) / np.maximum(other.sum(axis=0), 1)
+            hj = ham[rows][cons]
+            ham_mean[j], ham_std[j] = hj.mean(), hj.std()
+            dj = delta[rows][cons]
+            dlo, dhi = dj.min(axis=0), dj.max(axis=0)
+            margin = (dhi - dlo) // RANGE_MARGIN_DIV + 1
+            delta_min[j], delta_max[j] = dlo - margin, dhi + margin
+        pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
+        pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
+        moving = signal_bytes(d, change_rate[j]) & ~per_vehicle
+        pair_tight[j] = (
+            ((pmax - pmin) <= TIGHT_PAIR_WIDTH)
+            & (len(d) >= MIN_PAYLOAD_FRAMES)
+            & moving[PAIRS[:, 0]]
+            & moving[PAIRS[:, 1]]
+        )
+        margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
+        pair_min[j], pair_max[j] = pmin - margin, pmax + margin
+        if len(d) >= MIN_PAYLOAD_FRAMES:  # bytes below every frame's dlc that never moved
+            fixed = (lo == hi) & (np.arange(8) < dl.min())
+            fixed_mask[j] = payload_u64(np.where(fixed, 0xFF, 0).astype(np.uint8)[None])[0]
+            fixed_value[j] = payload_u64(lo.astype(np.uint8)[None])[0] & fixed_mask[j]
+        for c, (a, b, le, clo, chi) in enumerate(learn_couplings(d)):
+            couple_a[j, c], couple_b[j, c], couple_le[j, c] = a, b, le
+            couple_lo[j, c], couple_hi[j, c] = clo, chi
+        if len(d) < MIN_PAYLOAD_FRAMES:
+            byte_min[j], byte_max[j] = 0, 255
+            delta_min[j], delta_max[j] = -255, 255
+        # a counter/checksum must be learned on one vehicle's consecutive frames
+        first_stream = s[rows] == s[rows][0]
+        for c, field in enumerate(_learn_counters(d[first_stream])):
+            counter[j, c] = field
+        checksum_kind[j], checksum_byte[j] = _learn_checksum(
+            d[first_stream], dl[first_stream], int(ids[j])
+        )
+        distinct = np.unique(payload_u64(d))
+        # only a stable enumeration: every payload seen many times over
+        if (
+            len(distinct) <= MAX_DICT_PAYLOADS
+            and len(d) >= DICT_MIN_REPEATS * len(distinct)
+            and not per_vehicle.any()
+        ):
+            has_dict[j] = True
+            hashes.append(payload_hash(np.full(len(distinct), j), distinct))
+
+    presence = (full > 0).mean(axis=0)
+    mean_count = full.mean(axis=0)
+    std_count = full.std(axis=0)
+    expected = (presence >= 0.99) & (mean_count >= 2)
+    return Baseline(
+        ids=ids.astype(np.uint32),
+        period=period,
+        dt_p01=dt_p01,
+        mean_count=mean_count,
+        std_count=std_count,
+        presence=presence,
+        expected=expected,
+        dlc_mask=dlc_mask,
+        byte_min=byte_min,
+        byte_max=byte_max,
+        change_rate=change_rate,
+        cond_change=cond_change,
+        ham_mean=ham_mean,
+        ham_std=ham_std,
+        delta_min=delta_min,
+        delta_max=delta_max,
+        pair_min=pair_min,
+        pair_max=pair_max,
+        pair_tight=pair_tight,
+        counter_byte=counter[:, 0, 0].astype(np.int8),
+        counter_mask=counter[:, 0, 1].astype(np.uint8),
+        counter_shift=counter[:, 0, 2].astype(np.uint8),
+        counter_step=counter[:, 0, 3].astype(np.uint8),
+        counter2_byte=counter[:, 1, 0].astype(np.int8),
+        counter2_mask=counter[:, 1, 1].astype(np.uint8),
+        counter2_shift=counter[:, 1, 2].astype(np.uint8),
+        counter2_step=counter[:, 1, 3].astype(np.uint8),
+        checksum_kind=checksum_kind,
+        checksum_byte=checksum_byte,
+        payload_hashes=np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64),
+        has_dict=has_dict,
+        fixed_mask=fixed_mask,
+        fixed_value=fixed_value,
+        couple_a=couple_a,
+        couple_b=couple_b,
+        couple_le=couple_le,
+        couple_lo=couple_lo,
+        couple_hi=couple_hi,
+        bus_mean_frames=float(per_bus.mean()),
+        bus_std_frames=float(per_bus.std()),
+        bus_mean_ids=float((full > 0).sum(axis=1).mean()),
+        window_s=float(window_s),
+    )

@@ -1,0 +1,166 @@
+"""Window features: pure functions over frame arrays, no I/O, no per-frame Python.
+
+One feature row per (vehicle, CAN id, window) for every id seen in a window and
+for every *expected* id that is absent from it (suspension attacks are
+absences). Every value is relative to the platform's learned ``Baseline`` so one
+model serves all ids. The vehicle-level (bus) features are repeated on each of
+the vehicle's rows for that window.
+
+The per-id columns (rate .. fixed_out) come from running sums that
+``detector.features.kernels`` folds frame by frame as they arrive (``detector.features.windowing``
+keeps them per stream); tests/reference_features.py defines the same columns
+in plain numpy over a whole window. This module adds the rows of expected ids
+that are absent and the vehicle-level columns once a window has closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.features.baseline import Baseline
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "rate",  # frames / learned frames per window
+    "dt_min",  # shortest inter-arrival / learned period
+    "dt_mean",  # mean inter-arrival / learned period
+    "dt_cv",  # inter-arrival std / learned period
+    "silence",  # time since the id's last frame at window end / learned period
+    "hamming_z",  # mean Hamming distance between consecutive payloads, z vs learned
+    "change_drop",  # largest fall of a byte's rate of changing with the rest of the payload (frozen byte)
+    "change_rise",  # largest rise of a byte's change rate above its learned rate
+    "out_of_range",  # frames with a byte outside its learned range
+    "delta_out",  # frames whose byte-to-byte change exceeds the learned range
+    "pair_out",  # frames breaking a learned coupling between two bytes
+    "counter_err",  # frames whose counter does not step as learned
+    "checksum_err",  # frames whose learned checksum does not match
+    "novel_payload",  # frames with a payload never seen (ids with few distinct payloads)
+    "novel_dlc",  # frames with a DLC never seen for the id
+    "novel_id",  # frames of an id never seen on this platform (0 for a known id)
+    "coupling_out",  # frames whose coupled 16-bit signals disagree (four wheel speeds)
+    "fixed_out",  # frames where a byte that held one value in every training drive did not
+    "bus_load",  # vehicle's frames in the window / learned
+    "bus_novel",  # fraction of the vehicle's frames with unseen ids
+    "bus_missing",  # fraction of expected ids absent
+    "bus_ids",  # distinct ids / learned
+)
+F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+N_FEATURES = len(FEATURE_NAMES)
+#: The id of the row that pools a vehicle window's frames of unseen ids past those
+#: given rows of their own (``detector.features.windowing``): an unseen id like any other to
+#: the features, and never a real one (a valid id has bits 29 and 30 clear).
+POOLED_ID = 0xFFFF_FFFF
+
+
+@dataclass
+class Rows:
+    """Feature rows; ``vehicle`` indexes the caller's vehicle table."""
+
+    vehicle: np.ndarray  # (r,) i8
+    window: np.ndarray  # (r,) i8 window index (start = window * window_s)
+    can_id: np.ndarray  # (r,) u4
+    count: np.ndarray  # (r,) i8
+    attack: np.ndarray  # (r,) i1 most severe ground-truth label among the row's frames
+    X: np.ndarray  # (r, N_FEATURES) f8
+
+    def __len__(self) -> int:
+        return len(self.vehicle)
+
+    @staticmethod
+    def empty() -> Rows:
+        return Rows(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.uint32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int8),
+            np.zeros((0, N_FEATURES)),
+        )
+
+    def take(self, idx: np.ndarray) -> Rows:
+        return Rows(
+            self.vehicle[idx],
+            self.window[idx],
+            self.can_id[idx],
+            self.count[idx],
+            self.attack[idx],
+            self.X[idx],
+        )
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Rows.empty()
+        return Rows(
+            *(
+                np.concatenate([getattr(p, a) for p in parts])
+                for a in ("vehicle", "window", "can_id", "count", "attack")
+            ),
+            np.concatenate([p.X for p in parts]),
+        )
+
+
+def absent_rows(
+    present: Rows,
+    bl: Baseline,
+    last_seen: callable,
+    window_s: float,
+) -> Rows:
+    """Rows (count 0) for expected ids missing from a (vehicle, window) that has frames.
+
+    ``last_seen(vehicle, can_id, window)`` returns, vectorized, the ts of each
+    stream's last frame before that window (nan if never).
+    """
+    exp_ids = bl.ids[bl.expected]
+    if len(present) == 0 or len(exp_ids) == 0:
+        return Rows.empty()
+    vw_veh, vw_win, inv = vw_groups(present.vehicle, present.window)
+    exp_pos = np.minimum(np.searchsorted(exp_ids, present.can_id), len(exp_ids) - 1)
+    is_exp = exp_ids[exp_pos] == present.can_id
+    missing = np.ones((len(vw_veh), len(exp_ids)), bool)
+    missing[inv[is_exp], exp_pos[is_exp]] = False
+    r, c = np.nonzero(missing)  # row-major: by (vehicle, window), then id
+    if len(r) == 0:
+        return Rows.empty()
+    veh, win, ids = vw_veh[r], vw_win[r], exp_ids[c]
+    slot, _ = bl.slots(ids)
+    period = np.where(
+        np.isfinite(bl.period[slot]) & (bl.period[slot] > 0), bl.period[slot], window_s
+    )
+    last = last_seen(veh, ids, win)
+    silence = np.where(np.isnan(last), window_s / period, ((win + 1) * window_s - last) / period)
+    X = np.zeros((len(veh), N_FEATURES))
+    X[:, F["dt_min"]] = 1.0
+    X[:, F["dt_mean"]] = 1.0
+    X[:, F["silence"]] = silence
+    return Rows(veh, win, ids, np.zeros(len(veh), np.int64), np.zeros(len(veh), np.int8), X)
+
+
+def vw_groups(vehicle: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (vehicle, window) pairs sorted, and each input's pair index."""
+    if len(vehicle) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    w0 = int(window.min())
+    span = int(window.max()) - w0 + 1
+    uniq, inv = np.unique(vehicle.astype(np.int64) * span + (window - w0), return_inverse=True)
+    return uniq // span, uniq % span + w0, inv.reshape(-1)
+
+
+def add_bus_features(rows: Rows, bl: Baseline) -> None:
+    """Fill the vehicle-level columns of ``rows`` in place."""
+    if len(rows) == 0:
+        return
+    vw, _, inv = vw_groups(rows.vehicle, rows.window)
+    present = rows.count > 0
+    frames_per = np.bincount(inv, weights=rows.count, minlength=len(vw))
+    ids_per = np.bincount(inv, weights=present, minlength=len(vw))
+    novel_per = np.bincount(inv, weights=rows.X[:, F["novel_id"]], minlength=len(vw))
+    missing = np.bincount(inv, weights=~present, minlength=len(vw))
+    n_expected = max(int(bl.expected.sum()), 1)
+    rows.X[:, F["bus_load"]] = frames_per[inv] / max(bl.bus_mean_frames, 1.0)
+    rows.X[:, F["bus_novel"]] = novel_per[inv] / np.maximum(frames_per[inv], 1)
+    rows.X[:, F["bus_missing"]] = missing[inv] / n_expected
+    rows.X[:, F["bus_ids"]] = ids_per[inv] / max(bl.bus_mean_ids, 1.0)

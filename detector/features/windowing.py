@@ -1,0 +1,397 @@
+"""Tumbling event-time windows per vehicle, folded as frames arrive.
+
+``WindowState.push`` takes any batch of frames (any vehicles, any order inside
+the batch) and returns the feature rows of every window that the batch closes.
+A vehicle's window closes when one of its frames lies past the window's end.
+
+Frames are not kept: each (vehicle, id) stream has one row in a
+``StreamTable`` (``detector.features.streams``) holding its last frame (for
+inter-arrival times, payload changes and counters) and the running sums of
+its open window (the features are all counts, sums and extremes), so the
+state is a fixed ~240 bytes per stream however busy the bus is. A batch is
+grouped by stream (in time order inside the batch), folded into those sums by
+one compiled loop (``detector.features.kernels``), and the groups whose window the
+batch closed become feature rows. A vehicle's streams are looked at again
+only when its newest window moves on (once a window, not once a batch).
+
+Ids the platform never learned carry nothing from one window to the next (their
+rows are only their frame count), so their streams are dropped as soon as
+their window is closed: a fuzzer's ids cost state for one window, not for as
+long as the vehicle keeps talking. Within a window a vehicle's unseen ids get
+streams of their own in the order of their first frame, up to
+``max_novel_ids``; the frames of any further ones are *pooled* into one
+stream per vehicle window under ``POOLED_ID`` (counted, scored like any
+unseen id: its row's count is theirs). The first ``GUARANTEED_NOVEL_IDS`` of
+a window always get their own stream; the rest only while the caller's
+``extra_budget`` (the instance's free streams, ``detector.model.pipeline``) lasts.
+So a vehicle holds at most its platform's learned ids + ``max_novel_ids`` + 1
+streams, and a pooled row always stands for more than
+``GUARANTEED_NOVEL_IDS`` distinct unseen ids.
+
+The result is identical however a vehicle's stream is cut into batches as
+long as each vehicle's frames arrive in time order (and, once the instance
+runs short of streams, as long as it does not: see ``extra_budget``) (Kafka keeps a vehicle's
+records in order; each record's frames are sorted on decode). A frame older
+than its stream's predecessor in a later batch is folded without a
+predecessor; one older than its stream's open window, or than a window the
+vehicle already closed, is counted as late and dropped.
+
+A vehicle's first window is partial (the recording or upload began inside it)
+and is never scored; neither is the still-open last window at ``flush``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.core.config import LimitsConfig
+from detector.core.schema import take_frames
+from detector.features.baseline import Baseline
+from detector.features.columns import N_FEATURES, POOLED_ID, Rows, absent_rows, add_bus_features
+from detector.features.kernels import (
+    A_COUNT,
+    NO_WINDOW,
+    Emitted,
+    close,
+    fold,
+    id_slots,
+    segments,
+    stream_groups,
+    stream_keys,
+    window_pass,
+)
+from detector.features.streams import StreamTable, grown
+
+_NONE = np.iinfo(np.int64).min // 4
+_LOW32 = np.uint64(0xFFFF_FFFF)
+#: Unseen ids of a vehicle window that always get a stream of their own, whatever
+#: the instance's budget: a flood of one unseen id (dos) stays a row of its own.
+GUARANTEED_NOVEL_IDS = 8
+#: StreamTable.kind of a stream: a learned id, an unseen id's own, the pooled one.
+LEARNED, NOVEL, POOLED = 0, 1, 2
+#: Why frames were pooled (shedding reasons, as counted in metrics).
+NOVEL_ID_LIMIT = "novel_id_limit"
+STREAM_LIMIT = "stream_limit"
+POOL_REASONS = (NOVEL_ID_LIMIT, STREAM_LIMIT)
+
+
+def stream_key(vehicle: np.ndarray, can_id: np.ndarray) -> np.ndarray:
+    return (vehicle.astype(np.uint64) << np.uint64(32)) | can_id.astype(np.uint64)
+
+
+def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ids (the baseline's plus any unseen ones of the batch), and each frame's rank."""
+    slot, known = id_slots(can_id, bl.ids)
+    if known.all():
+        return bl.ids, slot
+    ids = np.union1d(bl.ids, can_id[~known]).astype(np.uint32)
+    return ids, np.searchsorted(ids, can_id)
+
+
+class WindowState:
+    """Windowing state for the vehicles of one platform (one partition)."""
+
+    def __init__(self, window_s: float, max_novel_ids: int = LimitsConfig.max_novel_ids) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        if max_novel_ids < GUARANTEED_NOVEL_IDS:
+            raise ValueError(
+                f"max_novel_ids must be >= {GUARANTEED_NOVEL_IDS}, got {max_novel_ids}"
+            )
+        self.window_s = float(window_s)
+        self.max_novel_ids = int(max_novel_ids)
+        # per vehicle (grown geometrically; indices past those pushed hold the fill values)
+        self.closed_upto = np.zeros(0, np.int64)  # windows below are closed
+        self.first_window = np.zeros(0, np.int64)  # its partial first window
+        self.newest = np.zeros(0)  # newest event time since the last flush
+        self.cut = np.zeros(0, np.int64)  # window of its newest frame at its last push
+        self.n_novel = np.zeros(0, np.int64)  # unseen ids with an own stream (its open window)
+        self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
+        self.streams = StreamTable()
+        self.late_frames = 0
+        self.last_late = np.zeros(0, np.int64)  # per late frame of the last push: its vehicle
+        self.last_pooled: dict[str, np.ndarray] = {}  # reason -> per pooled frame: its vehicle
+
+    def _grow(self, n_vehicles: int) -> None:
+        if n_vehicles > len(self.closed_upto):
+            n = max(n_vehicles, int(len(self.closed_upto) * 1.5), 64)
+            self.closed_upto = grown(self.closed_upto, n, _NONE)
+            self.first_window = grown(self.first_window, n, _NONE)
+            self.newest = grown(self.newest, n, -np.inf)
+            self.cut = grown(self.cut, n, _NONE)
+            self.n_novel = grown(self.n_novel, n, 0)
+
+    def push(
+        self, frames: np.ndarray, vehicle: np.ndarray, bl: Baseline, extra_budget: int | None = None
+    ) -> Rows:
+        """Add a batch (``vehicle`` = caller's vehicle index per frame); rows of closed windows."""
+        vehicle = np.asarray(vehicle, dtype=np.int64)
+        uv, local = np.unique(vehicle, return_inverse=True)
+        return self.push_batch(frames, uv, local.reshape(-1).astype(np.int64), bl, extra_budget)
+
+    def push_batch(
+        self,
+        frames: np.ndarray,
+        uv: np.ndarray,
+        local: np.ndarray,
+        bl: Baseline,
+        extra_budget: int | None = None,
+    ) -> Rows:
+        """``push`` with the batch's vehicles given: ``uv`` their sorted, distinct indices,
+        ``local`` each frame's position in ``uv``. Only these vehicles' state is read.
+
+        ``extra_budget``: own streams that unseen ids past each vehicle window's first
+        ``GUARANTEED_NOVEL_IDS`` may take in this batch (None: no limit); the frames of
+        those refused are pooled."""
+        self.last_late = np.zeros(0, np.int64)
+        self.last_pooled = {}
+        if len(local) == 0:
+            return Rows.empty()
+        uv = np.asarray(uv, dtype=np.int64)
+        self._grow(int(uv[-1]) + 1)
+        first, newest = self.first_window[uv], self.newest[uv]
+        can_id = frames["can_id"]
+        win, late, n_late, in_batch, id_rank, all_known, earliest = window_pass(
+            frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
+            _NONE, bl.ids,
+        )  # fmt: skip
+        self.first_window[uv], self.newest[uv] = first, newest
+        self.last_late = uv[local[late]]
+        self.late_frames += n_late
+        if n_late:
+            frames, local, win = take_frames(frames, ~late), local[~late], win[~late]
+            can_id, id_rank = frames["can_id"], id_rank[~late]
+        if len(local) == 0:
+            return Rows.empty()
+        cut = np.floor(newest / self.window_s)
+        cut = np.where(np.isfinite(cut), cut, _NONE).astype(np.int64)
+
+        ts = frames["ts"]
+        ids, key_id = bl.ids, can_id
+        if not all_known:  # ids the baseline never saw get ranks (and maybe streams) of their own
+            ids, id_rank = batch_ids(can_id, bl)
+            key_id = self._pool(ts, can_id, local, uv, win, ids, id_rank, bl, extra_budget)
+            if key_id is not can_id:
+                ids, id_rank = batch_ids(key_id, bl)
+        vrank = np.cumsum(in_batch) - 1
+        n_keys = int(in_batch.sum()) * len(ids)
+        key = stream_keys(local, vrank, id_rank, len(ids))  # ordered by (vehicle, id)
+        in_order = False
+        if n_keys <= 4 * len(ts) + 100_000:  # else too sparse to count (a fuzzer's extended ids)
+            order, in_order, seg_start, groups = stream_groups(key, n_keys, ts, win)
+        if not in_order:
+            order = np.lexsort((ts, key))
+            seg_start, groups = segments(key, win, order)
+        first_frame = order[seg_start[:-1]]
+        rows, new = self.streams.rows_for(stream_key(uv[local[first_frame]], key_id[first_frame]))
+        if not all_known and new.any():
+            self._classify(rows[new], key_id[first_frame][new], bl)
+
+        # a vehicle's open groups all lie in its newest window once a push is done:
+        # only one whose newest window moved on (or that sent an older one) has any to close
+        scan_v = np.flatnonzero(in_batch & ((cut > self.cut[uv]) | (earliest < cut)))
+        scan, which = self.streams.vehicle_rows(uv[scan_v])
+        emitted = Emitted(groups + len(scan), N_FEATURES)
+        late_open = fold(
+            frames, win, order, seg_start, rows, self.streams, bl, self.window_s, emitted
+        )
+        close(scan, cut[scan_v][which], self.streams, bl, self.window_s, emitted)
+        if late_open.any():
+            self.last_late = np.r_[self.last_late, uv[local[late_open]]]
+            self.late_frames += int(late_open.sum())
+        out = self._rows(emitted, uv, cut, bl)
+        self._drop_closed_novel(uv[scan_v], scan, which)
+        self.cut[uv[in_batch]] = cut[in_batch]
+        return out
+
+    def _pool(
+        self,
+        ts: np.ndarray,
+        can_id: np.ndarray,
+        local: np.ndarray,
+        uv: np.ndarray,
+        win: np.ndarray,
+        ids: np.ndarray,
+        id_rank: np.ndarray,
+        bl: Baseline,
+        extra_budget: int | None,
+    ) -> np.ndarray:
+        """The id of the stream each frame folds into: its own, or POOLED_ID for a frame
+        of an unseen id past its vehicle window's allowance (see the module doc)."""
+        _, learned = id_slots(ids, bl.ids)
+        f = np.flatnonzero(~learned[id_rank])
+        v, w, cid = local[f], win[f], can_id[f]
+        gv = uv[v]
+        # unseen ids that already have their stream in the vehicle's open window keep it
+        held = np.zeros(len(f), bool)
+        has = self.n_novel[gv] > 0
+        if has.any():
+            _, found = self.streams.find(stream_key(gv[has], cid[has]))
+            held[has] = found & (w[has] == self.cut[gv[has]])
+        rest = np.flatnonzero(~held)
+        if len(rest) == 0:
+            return can_id
+        v, w, cid, t = v[rest], w[rest], cid[rest], ts[f[rest]]
+        o = np.lexsort((t, cid, w, v))  # each (vehicle, window, id) together, earliest first
+        new = np.r_[True, (np.diff(v[o]) != 0) | (np.diff(w[o]) != 0) | (np.diff(cid[o]) != 0)]
+        group = np.cumsum(new) - 1  # of each frame in ``o``
+        g = o[new]  # each group's earliest frame
+        gv_, gw, gc, gt = v[g], w[g], cid[g], t[g]
+        # rank of each id in its vehicle window by first frame, after those already held
+        o2 = np.lexsort((gc, gt, gw, gv_))
+        run = np.r_[True, (np.diff(gv_[o2]) != 0) | (np.diff(gw[o2]) != 0)]
+        pos = np.arange(len(o2))
+        rank = np.empty(len(o2), np.int64)
+        rank[o2] = pos - np.maximum.accumulate(np.where(run, pos, 0))
+        veh = uv[gv_]
+        rank += np.where(gw == self.cut[veh], self.n_novel[veh], 0)
+        reason = np.where(rank >= self.max_novel_ids, 1, 0)
+        needs = (rank >= GUARANTEED_NOVEL_IDS) & (reason == 0)
+        if extra_budget is not None and needs.sum() > max(extra_budget, 0):
+            cand = np.flatnonzero(needs)
+            cand = cand[np.lexsort((gc[cand], gt[cand]))]  # by first frame, across vehicles
+            reason[cand[max(extra_budget, 0) :]] = 2
+        if not reason.any():
+            return can_id
+        frame_reason = np.zeros(len(f), np.int64)
+        frame_reason[rest[o]] = reason[group]
+        key_id = can_id.copy()
+        key_id[f[frame_reason > 0]] = POOLED_ID
+        for code, name in enumerate(POOL_REASONS, start=1):
+            sel = frame_reason == code
+            if sel.any():
+                self.last_pooled[name] = gv[sel]
+        return key_id
+
+    def _classify(self, rows: np.ndarray, can_id: np.ndarray, bl: Baseline) -> None:
+        """Mark new streams of unseen ids (own or pooled) and count the own ones."""
+        _, learned = id_slots(can_id, bl.ids)
+        kind = np.where(learned, LEARNED, np.where(can_id == POOLED_ID, POOLED, NOVEL))
+        self.streams.kind[rows] = kind
+        self._count_novel(rows[kind == NOVEL], 1)
+
+    def _count_novel(self, rows: np.ndarray, sign: int) -> None:
+        if len(rows) == 0:
+            return
+        veh, n = np.unique(
+            (self.streams.keys[rows] >> np.uint64(32)).astype(np.int64), return_counts=True
+        )
+        old = self.n_novel[veh]
+        self.n_novel[veh] = old + sign * n
+        g = GUARANTEED_NOVEL_IDS
+        self.novel_extra += int((np.maximum(old + sign * n - g, 0) - np.maximum(old - g, 0)).sum())
+
+    def _drop_closed_novel(self, vehicles: np.ndarray, rows: np.ndarray, which: np.ndarray) -> None:
+        """Free the streams of unseen ids whose window is closed (``rows``/``which``: all
+        rows of ``vehicles``, as ``StreamTable.vehicle_rows`` gives them)."""
+        if len(rows) == 0:
+            return
+        kind = self.streams.kind[rows]
+        drop = (kind != LEARNED) & (self.streams.open_window[rows] == NO_WINDOW)
+        if drop.any():
+            self._count_novel(rows[drop & (kind == NOVEL)], -1)
+            self.streams.prune(vehicles, rows, which, drop)
+
+    def _rows(self, emitted: Emitted, uv: np.ndarray, cut: np.ndarray, bl: Baseline) -> Rows:
+        """Feature rows of the emitted groups; ``uv`` (sorted) holds their vehicles, ``cut``
+        each one's new closing point."""
+        if emitted.n == 0:
+            return Rows.empty()
+        row, window, X, attack, last_ts, count = emitted.take(np.arange(emitted.n))
+        keys = self.streams.keys[row]
+        o = np.lexsort((window, keys))  # by (vehicle, id, window): the same however batched
+        row, window, X, attack, last_ts, count, keys = (
+            a[o] for a in (row, window, X, attack, last_ts, count, keys)
+        )
+        veh = (keys >> np.uint64(32)).astype(np.int64)
+        seen = np.zeros(len(uv), bool)
+        seen[np.searchsorted(uv, veh)] = True
+        self.closed_upto[uv[seen]] = np.maximum(self.closed_upto[uv[seen]], cut[seen])
+        present = Rows(veh, window, (keys & _LOW32).astype(np.uint32), count, attack, X)
+        closed_ts = self.streams.closed_ts  # before this push's windows
+        new_key = np.r_[True, keys[1:] != keys[:-1]]
+        key_rank = np.cumsum(new_key) - 1
+        run_keys = keys[new_key]
+
+        def last_seen(qveh: np.ndarray, qid: np.ndarray, qwin: np.ndarray) -> np.ndarray:
+            qkey = stream_key(qveh, qid)
+            qrow, found = self.streams.find(qkey)
+            pos = np.minimum(np.searchsorted(run_keys, qkey), len(run_keys) - 1)
+            w0 = int(window.min()) - 1
+            span = int(window.max()) - w0 + 2
+            gkey = key_rank * span + (window - w0)
+            j = np.searchsorted(gkey, pos * span + (qwin - w0)) - 1
+            jc = np.maximum(j, 0)
+            hit = (run_keys[pos] == qkey) & (j >= 0) & (key_rank[jc] == pos)
+            before = np.where(found, closed_ts[qrow] if len(closed_ts) else np.nan, np.nan)
+            return np.where(hit, last_ts[jc], before)
+
+        absent = absent_rows(present, bl, last_seen, self.window_s)
+        newest_per_row = np.r_[row[1:] != row[:-1], True]
+        self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
+        rows = Rows.concat([present, absent])
+        add_bus_features(rows, bl)
+        scored = rows.window > self.first_window[rows.vehicle]
+        return rows.take(np.flatnonzero(scored))
+
+    def close_vehicles(self, vehicles: np.ndarray, bl: Baseline) -> Rows:
+        """Close the open window of each of ``vehicles`` now, as a later frame would:
+        for vehicles that went quiet, whose last window would otherwise never close."""
+        vehicles = np.unique(np.asarray(vehicles, dtype=np.int64))
+        vehicles = vehicles[vehicles < len(self.closed_upto)]
+        rows, which = self.streams.vehicle_rows(vehicles)
+        open_w = self.streams.open_window[rows]
+        has = open_w != NO_WINDOW
+        if not has.any():
+            return Rows.empty()
+        cut = self.closed_upto[vehicles].copy()
+        np.maximum.at(cut, which[has], open_w[has] + 1)
+        emitted = Emitted(len(rows), N_FEATURES)
+        close(rows, cut[which], self.streams, bl, self.window_s, emitted)
+        out = self._rows(emitted, vehicles, cut, bl)
+        self._drop_closed_novel(vehicles, rows, which)
+        return out
+
+    def flush(self) -> int:
+        """End of stream: drop the still-open windows (partial, never scored).
+
+        Returns the number of frames dropped.
+        """
+        st = self.streams
+        open_ = np.flatnonzero(st.open_window[: st.n_alloc] != NO_WINDOW)
+        n = int(st.acc_i[open_, A_COUNT].sum())
+        if len(open_):
+            veh = (st.keys[open_] >> np.uint64(32)).astype(np.int64)
+            np.maximum.at(self.closed_upto, veh, st.open_window[open_] + 1)
+            st.clear_windows(open_)
+            novel = open_[st.kind[open_] != LEARNED]
+            if len(novel):
+                vehicles = np.unique((st.keys[novel] >> np.uint64(32)).astype(np.int64))
+                rows, which = st.vehicle_rows(vehicles)
+                self._drop_closed_novel(vehicles, rows, which)
+        self.newest[:] = -np.inf
+        self.cut[:] = _NONE
+        return n
+
+    def forget_vehicles(self, vehicles: np.ndarray) -> None:
+        """Drop all state of some vehicles (e.g. partitions revoked)."""
+        vehicles = np.unique(np.asarray(vehicles, dtype=np.int64))
+        valid = vehicles[vehicles < len(self.closed_upto)]
+        g = GUARANTEED_NOVEL_IDS
+        self.novel_extra -= int(np.maximum(self.n_novel[valid] - g, 0).sum())
+        self.n_novel[valid] = 0
+        self.streams.drop_vehicles(valid)
+        self.closed_upto[valid] = _NONE
+        self.first_window[valid] = _NONE
+        self.newest[valid] = -np.inf
+        self.cut[valid] = _NONE
+
+    def established(self, vehicles: np.ndarray) -> np.ndarray:
+        """Whether each vehicle has had a window scored (its first, partial one is not)."""
+        fw = self.first_window[vehicles]
+        return (fw > _NONE) & (self.closed_upto[vehicles] >= fw + 2)
+
+    @property
+    def nbytes(self) -> int:
+        per_vehicle = (self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel)
+        return sum(a.nbytes for a in per_vehicle) + self.streams.nbytes

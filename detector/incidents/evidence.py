@@ -1,0 +1,194 @@
+"""From scored rows to what an analyst reads: the suspected attack and evidence lines.
+
+Pure functions over one window's rows (``ScoredRows`` + row indices). The
+attack kind follows the evidence: unseen ids from many identifiers → fuzzing,
+a flood of one id → dos, a known id above its learned rate → spoofing, an
+expected id silent → suspension, counters out of step with valid-looking
+payloads → replay, payload-only deviation at normal timing → masquerade.
+
+A row under ``POOLED_ID`` holds the frames of a vehicle window's unseen ids
+past those given rows of their own (``detector.features.windowing``): more than
+``GUARANTEED_NOVEL_IDS`` distinct ids by construction, so fuzzing; it is named
+"further unseen ids" in the evidence and never listed as an id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.core.schema import format_id
+from detector.features.columns import POOLED_ID, F
+from detector.model.pipeline import ScoredRows
+from detector.model.platform import E_FOREST, EVIDENCE_NAMES
+
+#: Rows at or above this normalised score count as implicated.
+IMPLICATED = 1.0
+#: Frames per window of one id, relative to learned, that make a flood (dos).
+FLOOD_RATIO = 20.0
+PAYLOAD = (
+    "out_of_range",
+    "delta_out",
+    "pair_out",
+    "coupling_out",
+    "fixed_out",
+    "checksum_err",
+    "novel_payload",
+    "novel_dlc",
+    "change_drop",
+    "change_rise",
+    "hamming_z",
+)
+TIMING = ("rate", "dt_min", "dt_mean", "dt_cv")
+
+
+def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
+    """Suspected attack kind of one window from its rows ``idx`` (best first)."""
+    idx = np.asarray(idx)
+    if len(idx) == 0:
+        return "unknown"
+    rows, X, ex = sc.rows, sc.rows.X, sc.excess
+    hot = idx[sc.scores[idx] >= IMPLICATED]
+    if len(hot) == 0:
+        hot = idx[:1]
+    novel = hot[X[hot, F["novel_id"]] > 0]
+    if (rows.can_id[novel] == POOLED_ID).any():  # more unseen ids than rows were given
+        return "fuzzing"
+    if len(novel):
+        flood = rows.count[novel].max() >= FLOOD_RATIO * max(1.0, _typical_count(sc, hot))
+        if len(np.unique(rows.can_id[novel])) >= 3 and not flood:
+            return "fuzzing"
+        return "dos" if flood else "fuzzing"
+    top = hot[0]
+    if (
+        rows.count[top] == 0
+        or ex[top, F["silence"]] > 0
+        and ex[top, F["rate"]] > 0
+        and X[top, F["rate"]] < 0.5
+    ):
+        return "suspension"
+    payload = max(ex[top, F[n]] for n in PAYLOAD)
+    seq = ex[top, F["counter_err"]]
+    fresh_values = ex[top, F["out_of_range"]] + ex[top, F["novel_payload"]] + ex[top, F["pair_out"]]
+    # re-sent genuine frames: counters out of step, yet every value one seen before
+    resent = seq > 0 and fresh_values == 0
+    timing_up = X[top, F["rate"]] > 1.0 and (ex[top, F["rate"]] > 0 or ex[top, F["dt_min"]] > 0)
+    if timing_up:
+        if X[top, F["rate"]] >= FLOOD_RATIO:
+            return "dos"
+        # extra frames either carry forged values (spoofing) or old genuine ones (replay)
+        return "replay" if resent else "spoofing"
+    if resent:
+        return "replay"
+    if payload > 0 or seq > 0:
+        return "masquerade"
+    return "unknown"
+
+
+def _typical_count(sc: ScoredRows, idx: np.ndarray) -> float:
+    counts = sc.rows.count[idx]
+    return float(np.median(counts[counts > 0])) if (counts > 0).any() else 1.0
+
+
+def id_text(can_id: int) -> str:
+    """An id as the evidence names it (the pooled row is no id)."""
+    return "further unseen ids" if int(can_id) == POOLED_ID else format_id(int(can_id))
+
+
+def _pooled_text(sc: ScoredRows, i: int) -> str:
+    """The pooled row's sentence, with examples of the unseen ids that had rows."""
+    rows = sc.rows
+    own = (
+        (rows.vehicle == rows.vehicle[i])
+        & (rows.window == rows.window[i])
+        & (rows.X[:, F["novel_id"]] > 0)
+        & (rows.can_id != POOLED_ID)
+    )
+    named = np.sort(rows.can_id[own])
+    examples = ", ".join(format_id(int(c)) for c in named[:3])
+    return (
+        f"{int(rows.count[i])} frames of further unseen ids, past the {len(named)} with a row "
+        f"of their own ({examples}{', ...' if len(named) > 3 else ''}); limits.max_novel_ids"
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def observed(sc: ScoredRows, i: int, column: int) -> float:
+    """The row's value behind evidence ``column``: the feature, or for the forest its evidence."""
+    return float(sc.excess[i, column] if column == E_FOREST else sc.rows.X[i, column])
+
+
+def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
+    """One evidence sentence for evidence column ``feature`` of row ``i``."""
+    x = observed(sc, i, EVIDENCE_NAMES.index(feature))
+    cid = id_text(sc.rows.can_id[i])
+    n = int(sc.rows.count[i])
+    period = float(sc.baseline_period[i]) if np.isfinite(sc.baseline_period[i]) else float("nan")
+    pct = f"{100 * x:.0f}%"
+    texts = {
+        "rate": f"{cid}: {n} frames in the {window_s:g} s window ({x:.1f}× its learned rate)",
+        "dt_min": f"{cid}: frames as close as {_ms(x * period)} apart (learned period {_ms(period)})",
+        "dt_mean": f"{cid} arrived every {_ms(x * period)} (learned {_ms(period)})",
+        "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
+        "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",
+        "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
+        "change_drop": f"{cid}: a payload byte that normally changes with the others is frozen",
+        "change_rise": f"{cid}: a payload byte changes {x:.0%} more often than learned",
+        "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames",
+        "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
+        "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
+        "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
+        "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames",
+        "counter_err": f"{cid}: message counter out of sequence in {pct} of frames",
+        "checksum_err": f"{cid}: checksum invalid in {pct} of frames",
+        "novel_payload": f"{cid}: {pct} of payloads never seen in training",
+        "novel_dlc": f"{cid}: DLC never seen for this id in {pct} of frames",
+        "novel_id": (
+            _pooled_text(sc, i)
+            if int(sc.rows.can_id[i]) == POOLED_ID
+            else f"{cid}: id never seen on this platform ({n} frames)"
+        ),
+        "forest": f"{cid}: an unusual combination of timing and payload features (isolation forest)",
+        "bus_load": f"bus load {x:.2f}× learned",
+        "bus_novel": f"{pct} of the bus's frames carry unseen ids",
+        "bus_missing": f"{pct} of the expected ids are missing",
+        "bus_ids": f"{x:.2f}× the learned number of distinct ids on the bus",
+    }
+    return texts[feature]
+
+
+def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -> list[dict]:
+    """Top features (by envelope excess) over the window's rows, as analyst notes."""
+    idx = np.asarray(idx)
+    if len(idx) == 0:
+        return []
+    ex = sc.excess[idx]
+    flat = np.argsort(-ex, axis=None)[: limit * 3]
+    out, seen = [], set()
+    for f in flat:
+        r, j = divmod(int(f), ex.shape[1])
+        if ex[r, j] <= 0:
+            break
+        i = int(idx[r])
+        name = EVIDENCE_NAMES[j]
+        if int(sc.rows.can_id[i]) == POOLED_ID and name != "novel_id":
+            continue  # the pooled row is many ids: only its count says something
+        key = (name, int(sc.rows.can_id[i])) if not name.startswith("bus_") else (name, -1)
+        if key in seen:
+            continue
+        seen.add(key)
+        no_id = name.startswith("bus_") or int(sc.rows.can_id[i]) == POOLED_ID
+        out.append(
+            {
+                "can_id": None if no_id else format_id(int(sc.rows.can_id[i])),
+                "feature": name,
+                "observed": round(observed(sc, i, j), 4),
+                "excess": round(float(ex[r, j]), 2),
+                "text": describe(sc, i, name, window_s),
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out

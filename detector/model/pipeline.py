@@ -1,0 +1,417 @@
+"""decode → window features → per-platform model: the path shared by the service,
+``canwatch evaluate`` and the demo.
+
+``Scorer.push`` takes decoded per-vehicle batches, routes each vehicle to its
+brand's platform, and returns scored feature rows for every window the batch
+closed. ``window_scores`` reduces rows to one score per (vehicle, window).
+
+The state a scorer holds is bounded (``limits``; README "Reliability"): at most
+``max_vehicles`` vehicles and ``max_streams`` (vehicle, id) streams over all
+platforms. Each vehicle held *reserves* streams for its platform's learned ids,
+one pooled row and the ``GUARANTEED_NOVEL_IDS`` first unseen ids of a window;
+unseen ids past those take streams only from what no vehicle reserved, else
+their frames are pooled (``detector.features.windowing``). A vehicle not held yet is
+admitted only if its reservation fits. If it does not, the vehicles that never
+had a window scored (a key that sent one record) are retired to make room,
+longest idle first, their open window scored before they go; if none is left,
+the new vehicle is refused and its frames are dropped. A vehicle with a scored
+window is never pushed out by a new one. What is shed is counted in ``shed``
+(by brand and reason) for the caller to report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detector.core.brands import Fleet
+from detector.core.config import LimitsConfig
+from detector.core.schema import concat_frames, make_frames
+from detector.features.columns import FEATURE_NAMES, Rows
+from detector.features.streams import grown
+from detector.features.windowing import (
+    GUARANTEED_NOVEL_IDS,
+    NOVEL_ID_LIMIT,
+    STREAM_LIMIT,
+    WindowState,
+)
+from detector.model.platform import PlatformModel, compiled, max_per_window, row_scores
+from detector.model.reference import StreamReference
+
+_NONE_CLOSED = np.iinfo(np.int64).min // 8  # closed_upto below this: no window closed yet
+#: Why state was shed (metrics label ``reason``): the instance held limits.max_vehicles
+#: vehicles, or its streams were all reserved or taken, or a vehicle window reached
+#: limits.max_novel_ids unseen ids.
+VEHICLE_LIMIT = "vehicle_limit"
+SHED_REASONS = (VEHICLE_LIMIT, STREAM_LIMIT, NOVEL_ID_LIMIT)
+
+
+@dataclass
+class Shed:
+    """What the limits made a scorer let go (since the caller last took it)."""
+
+    evicted: set[str] = field(default_factory=set)  # retired early to make room (scored first)
+    refused: set[str] = field(default_factory=set)  # not admitted: their frames dropped
+    frames: Counter = field(default_factory=Counter)  # (brand, reason) -> frames dropped or pooled
+    vehicles: Counter = field(default_factory=Counter)  # (brand, reason) -> vehicles evicted
+
+
+@dataclass
+class ScoredRows:
+    """Scored rows of one platform; ``vehicle`` indexes ``names``/``brands``."""
+
+    platform: str
+    model_version: int
+    rows: Rows
+    scores: np.ndarray  # (r,) normalised, 1.0 = threshold
+    excess: np.ndarray  # (r, N_EVIDENCE) effective calibrated evidence (model.EVIDENCE_NAMES)
+    names: list[str]
+    brands: list[str]
+    baseline_period: np.ndarray  # (r,) learned period of the row's id (nan if unknown)
+
+
+class _PlatformState:
+    def __init__(self, window_s: float, n_ids: int, max_novel_ids: int) -> None:
+        self.window = WindowState(window_s, max_novel_ids)
+        self.reference = StreamReference(n_ids)
+        self.reserve = reserve_per_vehicle(n_ids)
+        self.index: dict[str, int] = {}
+        self.names: list[str] = []
+        self.brands: list[str] = []
+        self.free: list[int] = []  # indices of forgotten vehicles, reused first
+        self.last_push = np.zeros(0, np.int64)  # per index: the scorer's push that last had it
+
+    def vehicle_index(self, vehicle: str, brand: str) -> int:
+        i = self.index.get(vehicle)
+        if i is None:
+            if self.free:
+                i = self.free.pop()
+                self.names[i], self.brands[i] = vehicle, brand
+            else:
+                i = len(self.names)
+                self.names.append(vehicle)
+                self.brands.append(brand)
+                if i >= len(self.last_push):  # grown geometrically
+                    self.last_push = grown(self.last_push, max(2 * len(self.last_push), 64), 0)
+            self.index[vehicle] = i
+        return i
+
+    def forget(self, vehicles: set[str]) -> None:
+        idx = [self.index.pop(v) for v in vehicles if v in self.index]
+        if idx:
+            self.window.forget_vehicles(np.array(idx))
+            self.reference.forget(np.array(idx))
+            self.free.extend(idx)
+
+
+def reserve_per_vehicle(n_ids: int) -> int:
+    """Streams a vehicle of a platform with ``n_ids`` learned ids may always hold: one
+    per learned id, the pooled row, and the first unseen ids of a window."""
+    return n_ids + 1 + GUARANTEED_NOVEL_IDS
+
+
+class Scorer:
+    """Streaming scorer over any number of platforms; one instance per consumer."""
+
+    def __init__(
+        self,
+        models: dict[str, PlatformModel],
+        fleet: Fleet,
+        window_s: float,
+        limits: LimitsConfig | None = None,
+    ) -> None:
+        self.models = dict(models)
+        self.fleet = fleet
+        self.window_s = window_s
+        self.limits = limits or LimitsConfig()
+        self.state: dict[str, _PlatformState] = {}
+        self.seconds = {"features": 0.0, "score": 0.0}  # CPU spent per stage, cumulative
+        self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
+        self.shed = Shed()  # cumulative until ``take_shed``
+        self._pushes = 0
+        self._futile = False  # the last search for vehicles to retire found none to find
+
+    def platform_for(self, brand: str) -> str | None:
+        platform = self.fleet.platform_of(brand)
+        return platform if platform in self.models else None
+
+    def set_model(self, model: PlatformModel) -> None:
+        """Swap a platform's model; windows keep their state, vehicle references start
+        afresh (they are in the old model's units)."""
+        self.models[model.platform] = model
+        st = self.state.get(model.platform)
+        if st is not None:
+            st.reference = StreamReference(len(model.baseline.ids))
+            st.reserve = reserve_per_vehicle(len(model.baseline.ids))
+
+    def push(self, batches: list[tuple[str, str, np.ndarray]]) -> list[ScoredRows]:
+        """Score ``(vehicle, brand, frames)`` batches; brands without a model raise KeyError.
+
+        Vehicles the limits do not admit are left out (see ``shed``); the scored
+        rows of vehicles retired to make room come first in the result."""
+        self._pushes += 1
+        by_platform: dict[str, list[tuple[str, str, np.ndarray]]] = {}
+        platforms: dict[str, str | None] = {}
+        for item in batches:
+            brand = item[1]
+            platform = platforms.get(brand) or platforms.setdefault(brand, self.platform_for(brand))
+            if platform is None:
+                raise KeyError(f"no model for brand {brand!r}")
+            by_platform.setdefault(platform, []).append(item)
+        out: list[ScoredRows] = []
+        admitted = {}
+        for platform, items in by_platform.items():
+            st = self._state(platform)
+            for vehicle, _, _ in items:  # the vehicles of this push are not retired for room
+                i = st.index.get(vehicle)
+                if i is not None:
+                    st.last_push[i] = self._pushes
+        for platform, items in by_platform.items():
+            admitted[platform] = self._admit(platform, items, out)
+        for platform, items in admitted.items():
+            if items:
+                out.append(self._score(platform, items))
+        return out
+
+    def _admit(
+        self, platform: str, items: list[tuple[str, str, np.ndarray]], out: list[ScoredRows]
+    ) -> list[tuple[int, np.ndarray]]:
+        """Each item's vehicle index, admitting new vehicles as the limits allow; the
+        items of vehicles refused are counted in ``shed`` and left out."""
+        st = self.state[platform]
+        new = list(dict.fromkeys(v for v, _, _ in items if v not in st.index))
+        refused: set[str] = set()
+        if new:
+            room, reason = self._room(st)
+            if room < len(new):
+                self._make_room(len(new) - room, reason, out)
+                room, reason = self._room(st)
+            refused = set(new[max(room, 0) :])
+        taken = []
+        for vehicle, brand, frames in items:
+            if vehicle in refused:
+                self.shed.refused.add(vehicle)
+                self.shed.frames[brand, reason] += len(frames)
+                continue
+            i = st.vehicle_index(vehicle, brand)
+            st.last_push[i] = self._pushes
+            taken.append((i, frames))
+        if len(new) > len(refused):
+            self._futile = False  # vehicles that may yet be retired for room
+        return taken
+
+    def _room(self, st: _PlatformState) -> tuple[int, str]:
+        """New vehicles of ``st``'s platform that fit, and the limit that binds."""
+        by_vehicles = self.limits.max_vehicles - self.n_vehicles
+        by_streams = (self.limits.max_streams - self.reserved_streams) // st.reserve
+        if by_vehicles <= by_streams:
+            return by_vehicles, VEHICLE_LIMIT
+        return by_streams, STREAM_LIMIT
+
+    def _make_room(self, need: int, reason: str, out: list[ScoredRows]) -> None:
+        """Retire up to ``max(need, max_vehicles / 8)`` vehicles (the margin keeps the
+        search amortised) that never had a window scored and are not in this push,
+        longest idle first: their open window is scored (into ``out``), then dropped."""
+        if self._futile:
+            return
+        found = []
+        for platform, st in self.state.items():
+            idx = np.fromiter(st.index.values(), np.int64, len(st.index))
+            idx = idx[~st.window.established(idx)]
+            idle = idx[st.last_push[idx] < self._pushes]
+            found += [(st.last_push[i], platform, i) for i in idle.tolist()]
+        if not found:
+            self._futile = True  # none appears before a vehicle is admitted again
+            return
+        found.sort()
+        for platform, group in _by_platform(found[: max(need, self.limits.max_vehicles // 8)]):
+            st = self.state[platform]
+            idx = np.array(group)
+            names = {st.names[i]: st.brands[i] for i in group}
+            model = self.models.get(platform)
+            if model is not None:
+                rows = st.window.close_vehicles(idx, model.baseline)
+                if len(rows):  # named as they are now: the indices are reused next
+                    out.append(self._scored(platform, rows, copy_names=True))
+            st.forget(set(names))
+            for name, brand in names.items():
+                self.shed.evicted.add(name)
+                self.shed.vehicles[brand, reason] += 1
+
+    def take_shed(self) -> Shed:
+        """What was shed since the last call."""
+        shed, self.shed = self.shed, Shed()
+        return shed
+
+    @property
+    def n_vehicles(self) -> int:
+        return sum(len(st.index) for st in self.state.values())
+
+    @property
+    def n_streams(self) -> int:
+        return sum(len(st.window.streams) for st in self.state.values())
+
+    @property
+    def reserved_streams(self) -> int:
+        """Streams reserved by the vehicles held, plus unseen ids' streams beyond them."""
+        return sum(len(st.index) * st.reserve + st.window.novel_extra for st in self.state.values())
+
+    def flush(self) -> int:
+        """End of stream: drop open (partial) windows; returns frames dropped."""
+        return sum(st.window.flush() for st in self.state.values())
+
+    def retire(self, vehicles: set[str]) -> list[ScoredRows]:
+        """Score the open windows of vehicles that went quiet (closing them now)."""
+        out = []
+        for platform, st in self.state.items():
+            idx = [st.index[v] for v in vehicles if v in st.index]
+            if idx and platform in self.models:
+                model = self.models[platform]
+                rows = st.window.close_vehicles(np.array(idx), model.baseline)
+                if len(rows):
+                    out.append(self._scored(platform, rows))
+        return out
+
+    def forget(self, vehicles: set[str]) -> None:
+        """Drop the state of vehicles (partition revoked, or retired); if one comes
+        back it starts afresh, under a new index."""
+        for st in self.state.values():
+            st.forget(vehicles)
+
+    def closed_until(self, vehicle: str, brand: str) -> float:
+        """Event time before which the vehicle's windows are closed (-inf: none yet)."""
+        platform = self.platform_for(brand)
+        st = self.state.get(platform) if platform else None
+        i = st.index.get(vehicle) if st else None
+        if i is None or i >= len(st.window.closed_upto):
+            return float("inf")  # no state kept for it: nothing to re-form
+        upto = int(st.window.closed_upto[i])
+        return upto * self.window_s if upto > _NONE_CLOSED else float("-inf")
+
+    @property
+    def late_frames(self) -> int:
+        return sum(st.window.late_frames for st in self.state.values())
+
+    def _state(self, platform: str) -> _PlatformState:
+        st = self.state.get(platform)
+        if st is None:
+            n_ids = len(self.models[platform].baseline.ids)
+            st = self.state[platform] = _PlatformState(
+                self.window_s, n_ids, self.limits.max_novel_ids
+            )
+        return st
+
+    def _score(self, platform: str, items: list[tuple[int, np.ndarray]]) -> ScoredRows:
+        model = self.models[platform]
+        st = self.state[platform]
+        t0 = time.perf_counter()
+        frames = concat_frames([f for _, f in items])
+        uv, inv = np.unique([i for i, _ in items], return_inverse=True)
+        local = np.repeat(inv.reshape(-1), [len(f) for _, f in items])
+        budget = self.limits.max_streams - self.reserved_streams
+        rows = st.window.push_batch(frames, uv, local, model.baseline, extra_budget=budget)
+        t1 = time.perf_counter()
+        for v, n in zip(*np.unique(st.window.last_late, return_counts=True), strict=True):
+            self.late_by_brand[st.brands[int(v)]] += int(n)
+        for reason, vehicle in st.window.last_pooled.items():
+            for v, n in zip(*np.unique(vehicle, return_counts=True), strict=True):
+                self.shed.frames[st.brands[int(v)], reason] += int(n)
+        self.seconds["features"] += t1 - t0
+        return self._scored(platform, rows)
+
+    def _scored(self, platform: str, rows: Rows, copy_names: bool = False) -> ScoredRows:
+        model = self.models[platform]
+        st = self.state[platform]
+        t1 = time.perf_counter()
+        scores, excess = score_rows(model, rows, st.window.first_window, st.reference)
+        self.seconds["score"] += time.perf_counter() - t1
+        slot, known = model.baseline.slots(rows.can_id)
+        period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
+        names, brands = (list(st.names), list(st.brands)) if copy_names else (st.names, st.brands)
+        return ScoredRows(platform, model.version, rows, scores, excess, names, brands, period)
+
+
+def _by_platform(found: list[tuple[int, str, int]]) -> list[tuple[str, list[int]]]:
+    groups: dict[str, list[int]] = {}
+    for _, platform, i in found:
+        groups.setdefault(platform, []).append(i)
+    return list(groups.items())
+
+
+def referenced_evidence(
+    model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated evidence of rows of vehicles whose first windows are ``first_window``
+    (by row vehicle), what remains of it against their ``reference`` (effective), and
+    each row's threshold factor."""
+    calibrated = model.calibrated(rows.X, rows.can_id)
+    slot, known = model.baseline.slots(rows.can_id)
+    age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)
+    effective, factor = reference.apply(rows.vehicle, slot, known, age, calibrated, model.threshold)
+    return calibrated, effective, factor
+
+
+def score_rows(
+    model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (1.0 = alert) and effective calibrated evidence of rows (see
+    ``referenced_evidence``)."""
+    _, effective, factor = referenced_evidence(model, rows, first_window, reference)
+    return row_scores(effective, model.threshold) / factor, effective
+
+
+def warm_up(model: PlatformModel, window_s: float) -> None:
+    """Run the scoring path once on a few synthetic frames, and discard the result.
+
+    Each compiled kernel loads from numba's on-disk cache on its first call
+    (~0.2 s of CPU in all; seconds when it has to compile). A detector calls
+    this as a model loads, so that cost is paid before it reports ready, not
+    by the first poll it scores. The frames take every path of the window
+    kernels: known and unseen ids, in time order and (a second batch) not.
+    """
+    ids = model.baseline.ids
+    unseen = np.setdiff1d(np.arange(0x800, dtype=np.uint32), ids)[:1]  # the unseen-id path
+    can_id = np.r_[ids, unseen].astype(np.uint32)
+    # windows 0, 0, 1, 2 for every id: folds, then closes by the next window and by the cut
+    ts = np.repeat(np.array([0.1, 0.6, 1.1, 2.1]) * window_s, len(can_id))
+    frames = make_frames(ts, np.tile(can_id, 4), np.zeros((len(ts), 8), np.uint8))
+    state = WindowState(window_s)
+    rows = state.push(frames, np.zeros(len(ts), np.int64), model.baseline)
+    score_rows(model, rows, state.first_window, StreamReference(len(ids)))
+    swapped = make_frames(np.array([3.6, 3.2]) * window_s, can_id[:1].repeat(2), np.zeros((2, 8)))
+    state.push(swapped, np.zeros(2, np.int64), model.baseline)  # out of time order: the sort path
+    with_nan = np.zeros((1, len(model.feature_names)))
+    with_nan[0, 0] = np.nan  # the NaN-aware walk is a kernel of its own
+    compiled(model.forest).raw_scores(with_nan)
+
+
+def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vehicle, window, max score) per window, for metrics and reports."""
+    return max_per_window(scored.rows.vehicle, scored.rows.window, scored.scores)
+
+
+def vehicle_clock(
+    scored: ScoredRows, vehicle: np.ndarray, window: np.ndarray, window_s: float
+) -> dict[str, float]:
+    """End of each vehicle's newest scored window (the incident tracker's clock)."""
+    if len(window) == 0:
+        return {}
+    newest = np.full(len(scored.names), np.iinfo(np.int64).min)
+    np.maximum.at(newest, vehicle, window)
+    return {scored.names[i]: float((newest[i] + 1) * window_s) for i in np.unique(vehicle).tolist()}
+
+
+__all__ = [
+    "FEATURE_NAMES",
+    "SHED_REASONS",
+    "Scorer",
+    "ScoredRows",
+    "Shed",
+    "score_rows",
+    "vehicle_clock",
+    "warm_up",
+    "window_scores",
+]

@@ -1,0 +1,182 @@
+"""Model files on disk: skops (no code runs on load) + a JSON manifest.
+
+Layout of a model directory::
+
+    <platform>-v<N>.skops   forest, envelope and baseline arrays
+    <platform>-v<N>.json    manifest: brand(s), platform, version, feature names,
+                            threshold, training summary, sha256 of the .skops file
+
+The newest version per platform is the one in use. Loading checks that the
+manifest names a file inside the directory and that its sha256 matches; only
+the scikit-learn tree type is trusted beyond skops' defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import skops.io as sio
+
+from detector.core.errors import ModelError
+from detector.features.baseline import Baseline
+from detector.features.columns import FEATURE_NAMES
+from detector.model.platform import MODEL_FORMAT, PlatformModel
+
+TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+_MANIFEST = re.compile(r"^(?P<platform>[a-z0-9][a-z0-9-]*)-v(?P<version>\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    platform: str
+    version: int
+    data: dict
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_manifests(model_dir: Path | str) -> dict[str, list[Manifest]]:
+    """Manifests per platform, oldest version first (unparseable ones skipped)."""
+    out: dict[str, list[Manifest]] = {}
+    d = Path(model_dir)
+    if not d.is_dir():
+        return out
+    for p in d.iterdir():
+        m = _MANIFEST.match(p.name)
+        if m:
+            out.setdefault(m["platform"], []).append(
+                Manifest(p, m["platform"], int(m["version"]), {})
+            )
+    for lst in out.values():
+        lst.sort(key=lambda m: m.version)
+    return out
+
+
+def next_version(model_dir: Path | str, platform: str) -> int:
+    existing = list_manifests(model_dir).get(platform, [])
+    return existing[-1].version + 1 if existing else 1
+
+
+def save_model(
+    model: PlatformModel, model_dir: Path | str, brands: list[str], training: dict
+) -> Path:
+    """Write ``model`` as the next version for its platform; returns the manifest path."""
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    version = next_version(d, model.platform)
+    stem = f"{model.platform}-v{version}"
+    payload = {
+        "forest": model.forest,
+        "env_lo": model.env_lo,
+        "env_hi": model.env_hi,
+        "env_scale": model.env_scale,
+        "forest_hi": np.float64(model.forest_hi),
+        "evidence_scale": model.evidence_scale,
+        "tolerance": model.tolerance,
+        "baseline": model.baseline.to_dict(),
+    }
+    model_path = d / f"{stem}.skops"
+    tmp = d / f".{stem}.skops.tmp"
+    sio.dump(payload, tmp)
+    tmp.replace(model_path)
+    manifest = {
+        "brand": brands[0] if len(brands) == 1 else model.platform,
+        "brands": brands,
+        "platform": model.platform,
+        "version": version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "feature_names": list(model.feature_names),
+        "format": MODEL_FORMAT,
+        "threshold": model.threshold,
+        "window_s": model.baseline.window_s,
+        "model_file": model_path.name,
+        "sha256": sha256_of(model_path),
+        "training": training,
+    }
+    manifest_path = d / f"{stem}.json"
+    tmp = d / f".{stem}.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(manifest_path)  # the manifest appears last: a reader never sees half a model
+    return manifest_path
+
+
+def read_manifest(path: Path | str) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable manifest: {exc}") from None
+    for key in ("platform", "version", "model_file", "sha256", "threshold", "feature_names"):
+        if key not in data:
+            raise ModelError(f"{path}: manifest lacks {key!r}")
+    return data
+
+
+def load_model(manifest_path: Path | str) -> PlatformModel:
+    """Load and verify one model version; raises ModelError on any doubt."""
+    manifest_path = Path(manifest_path)
+    m = read_manifest(manifest_path)
+    base = manifest_path.parent.resolve()
+    model_path = (base / str(m["model_file"])).resolve()
+    if model_path.parent != base:
+        raise ModelError(
+            f"{manifest_path}: model_file {m['model_file']!r} points outside the model directory"
+        )
+    if not model_path.is_file():
+        raise ModelError(f"{manifest_path}: model file {model_path.name} is missing")
+    digest = sha256_of(model_path)
+    if digest != m["sha256"]:
+        raise ModelError(
+            f"{model_path}: sha256 mismatch (manifest {m['sha256'][:12]}…, file {digest[:12]}…): "
+            "refusing a tampered or half-written model"
+        )
+    if tuple(m["feature_names"]) != FEATURE_NAMES or m.get("format") != MODEL_FORMAT:
+        raise ModelError(
+            f"{manifest_path}: model of another format (format {m.get('format', 1)}, "
+            f"{len(m['feature_names'])} features; this canwatch reads format {MODEL_FORMAT}, "
+            f"{len(FEATURE_NAMES)} features): retrain it with canwatch train"
+        )
+    try:
+        untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)
+        if untrusted:
+            raise ModelError(f"{model_path}: refusing untrusted types {sorted(untrusted)}")
+        payload = sio.load(model_path, trusted=TRUSTED_TYPES)
+    except ModelError:
+        raise
+    except Exception as exc:  # skops raises many types on corrupt input
+        raise ModelError(f"{model_path}: cannot load model: {exc}") from None
+    return PlatformModel(
+        platform=str(m["platform"]),
+        baseline=Baseline.from_dict(payload["baseline"]),
+        forest=payload["forest"],
+        env_lo=np.asarray(payload["env_lo"]),
+        env_hi=np.asarray(payload["env_hi"]),
+        env_scale=np.asarray(payload["env_scale"]),
+        forest_hi=float(payload["forest_hi"]),
+        evidence_scale=np.asarray(payload["evidence_scale"], dtype=np.float64),
+        tolerance=np.asarray(payload["tolerance"], dtype=np.float64),
+        threshold=float(m["threshold"]),
+        version=int(m["version"]),
+        info=m,
+    )
+
+
+def load_latest(model_dir: Path | str) -> dict[str, PlatformModel]:
+    """The newest loadable version per platform (raises on the first bad newest)."""
+    return {
+        platform: load_model(versions[-1].path)
+        for platform, versions in list_manifests(model_dir).items()
+    }

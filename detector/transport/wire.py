@@ -1,0 +1,594 @@
+"""The telemetry wire format (topic ``can.telemetry``); docs/wire-format.md is the spec.
+
+One Kafka record = one batch of frames from one vehicle. Key = pseudonymous
+vehicle id (UTF-8). Headers: ``brand``, ``content-type``, ``schema`` ("1").
+
+Binary (``application/vnd.canwatch.frames``): a 16-byte little-endian header
+``magic "CWF1" | u16 version=1 | u16 header_len=16 | u32 frame_count |
+u16 record_size=24 | u16 reserved=0`` followed by ``frame_count`` 24-byte records
+laid out exactly as ``detector.core.schema.FRAME_DTYPE`` (bytes 14-15 zero on the wire).
+
+JSON (``application/json``): ``{"vehicle", "brand", "bus", "frames": [[ts, can_id,
+dlc, "hex"(, flags)], ...]}``.
+
+``decode_record`` turns a record into a ``DecodedBatch`` or raises
+``DecodeError(reason, detail)`` with ``reason`` one of ``REASONS`` (a bounded
+metric label). Decoded frames are sorted by ``ts`` and data bytes beyond
+``dlc`` are zeroed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from detector.core.brands import validate_slug
+from detector.core.errors import ConfigError, DecodeError
+from detector.core.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, FRAME_DTYPE, ID_MASK_STANDARD
+from detector.transport.frame_checks import frame_faults, frame_faults_each
+
+CONTENT_TYPE_BINARY = "application/vnd.canwatch.frames"
+CONTENT_TYPE_JSON = "application/json"
+CONTENT_TYPES = (CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON)
+SCHEMA_VERSION = 1
+
+MAGIC = b"CWF1"
+HEADER = struct.Struct("<4sHHIHH")
+HEADER_LEN = HEADER.size
+RECORD_SIZE = FRAME_DTYPE.itemsize
+_CHECK_RECORDS = 32  # records copied before their checks run: ~360 kB, in L2
+assert HEADER_LEN == 16 and RECORD_SIZE == 24
+
+#: Limits. A record above them goes to the DLQ as ``too_large``; producers
+#: split longer batches into several records.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+MAX_FRAMES = 100_000
+MAX_KEY_BYTES = 128
+MAX_HEADER_VALUE_BYTES = 128
+MAX_BUS_CHARS = 32
+KNOWN_FLAGS = FLAG_RTR | FLAG_ERROR
+
+#: Dead letters carry the original key, value and headers unchanged while
+#: together they fit in DLQ_MAX_BYTES (kept below the producer's 5 MiB
+#: ``kafka_io.MAX_REQUEST_BYTES`` with room for the error headers). A bigger
+#: record (the broker may accept tens of MB) is cut to the sizes below, so one
+#: huge record can never make the DLQ write, and with it the consumer, fail.
+DLQ_MAX_BYTES = MAX_RECORD_BYTES + 512 * 1024
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_HEADERS = 64
+DLQ_MAX_HEADER_NAME_CHARS = 256
+DLQ_MAX_HEADER_VALUE_BYTES = 1024
+
+# Dead-letter reasons: the complete, bounded set of DecodeError.reason values.
+MISSING_KEY = "missing_key"  # record key absent
+BAD_KEY = "bad_key"  # key empty, > 128 bytes, not UTF-8, or has control characters
+MISSING_HEADER = "missing_header"  # brand, content-type or schema header absent
+BAD_HEADER = "bad_header"  # header repeated, null, not ASCII, too long, brand not a slug
+UNKNOWN_CONTENT_TYPE = "unknown_content_type"
+UNKNOWN_SCHEMA = "unknown_schema"  # schema header or binary version is not 1
+UNKNOWN_BRAND = "unknown_brand"  # brand slug not in the fleet map
+TOO_LARGE = "too_large"  # value > MAX_RECORD_BYTES or > MAX_FRAMES frames
+TRUNCATED = "truncated"  # fewer bytes than the binary header announces
+BAD_MAGIC = "bad_magic"  # binary value does not start with b"CWF1"
+BAD_LENGTH = "bad_length"  # header_len/record_size wrong, reserved != 0, trailing bytes
+BAD_JSON = "bad_json"  # not UTF-8 JSON, too deeply nested, NaN/Infinity literals
+BAD_SHAPE = "bad_shape"  # JSON not the documented object/array shape or types
+MISMATCH = "mismatch"  # JSON vehicle/brand differ from the record key/brand header
+EMPTY = "empty"  # zero frames
+BAD_DLC = "bad_dlc"  # dlc > 8
+BAD_ID = "bad_id"  # > 29 bits with the extended flag, > 11 bits without
+BAD_FLAGS = "bad_flags"  # unknown flag bits, or wire bytes 14-15 not zero
+BAD_TIMESTAMP = "bad_timestamp"  # NaN/inf, below min_ts, beyond now + max_future_s
+
+REASONS: tuple[str, ...] = (
+    MISSING_KEY,
+    BAD_KEY,
+    MISSING_HEADER,
+    BAD_HEADER,
+    UNKNOWN_CONTENT_TYPE,
+    UNKNOWN_SCHEMA,
+    UNKNOWN_BRAND,
+    TOO_LARGE,
+    TRUNCATED,
+    BAD_MAGIC,
+    BAD_LENGTH,
+    BAD_JSON,
+    BAD_SHAPE,
+    MISMATCH,
+    EMPTY,
+    BAD_DLC,
+    BAD_ID,
+    BAD_FLAGS,
+    BAD_TIMESTAMP,
+)
+
+_HEX = re.compile(r"[0-9a-fA-F]{0,16}")
+
+
+class DecodedBatch(NamedTuple):  # a tuple: made for every record of every poll
+    vehicle: str
+    brand: str
+    frames: np.ndarray  # FRAME_DTYPE, sorted by ts, label 0, writable copy
+    newest: float  # ts of the last frame
+
+    @classmethod
+    def of(cls, vehicle: str, brand: str, frames: np.ndarray) -> DecodedBatch:
+        """The batch of time-sorted ``frames``."""
+        return cls(vehicle, brand, frames, float(frames["ts"][-1]))
+
+
+# -- encoding -------------------------------------------------------------------
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != FRAME_DTYPE or frames.ndim != 1:
+        raise TypeError(
+            f"frames must be a 1-d FRAME_DTYPE array, got {frames.dtype} {frames.shape}"
+        )
+    if len(frames) > MAX_FRAMES:
+        raise ValueError(f"at most {MAX_FRAMES} frames per record, got {len(frames)}; split it")
+    return frames
+
+
+def encode_binary(frames: np.ndarray) -> bytes:
+    """The binary value for ``frames``; labels (ground truth) never leave the process."""
+    frames = _check_frames(frames)
+    body = np.ascontiguousarray(frames).copy()
+    body["label"] = 0
+    body["reserved"] = 0
+    header = HEADER.pack(MAGIC, SCHEMA_VERSION, HEADER_LEN, len(body), RECORD_SIZE, 0)
+    return header + body.tobytes()
+
+
+def encode_json(vehicle: str, brand: str, frames: np.ndarray, bus: str = "can0") -> bytes:
+    """The JSON value; data is hex of the first ``dlc`` bytes, flags added when non-zero."""
+    frames = _check_frames(frames)
+    validate_slug(brand)
+    ts = frames["ts"].tolist()
+    ids = frames["can_id"].tolist()
+    dlcs = frames["dlc"].tolist()
+    flags = frames["flags"].tolist()
+    raw = np.ascontiguousarray(frames["data"]).tobytes().hex()
+    hexes = [raw[k : k + 16] for k in range(0, len(raw), 16)]
+    rows: list[list[Any]] = []
+    for t, i, d, f, h in zip(ts, ids, dlcs, flags, hexes, strict=True):
+        row: list[Any] = [t, i, d, h[: 2 * min(d, 8)]]
+        if f:
+            row.append(f)
+        rows.append(row)
+    doc = {"vehicle": vehicle, "brand": brand, "bus": bus, "frames": rows}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def headers_for(brand: str, content_type: str) -> list[tuple[str, bytes]]:
+    """The three record headers, as kafka-python wants them."""
+    validate_slug(brand)
+    if content_type not in CONTENT_TYPES:
+        raise ValueError(f"content_type must be one of {CONTENT_TYPES}, got {content_type!r}")
+    return [
+        ("brand", brand.encode("ascii")),
+        ("content-type", content_type.encode("ascii")),
+        ("schema", str(SCHEMA_VERSION).encode("ascii")),
+    ]
+
+
+def encode_record(
+    vehicle: str, brand: str, frames: np.ndarray, encoding: str = "binary", bus: str = "can0"
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) for one batch; ``encoding`` is "binary" or "json"."""
+    if encoding == "binary":
+        value, ctype = encode_binary(frames), CONTENT_TYPE_BINARY
+    elif encoding == "json":
+        value, ctype = encode_json(vehicle, brand, frames, bus), CONTENT_TYPE_JSON
+    else:
+        raise ValueError(f"encoding must be 'binary' or 'json', got {encoding!r}")
+    key = vehicle.encode("utf-8")
+    if not 0 < len(key) <= MAX_KEY_BYTES:
+        raise ValueError(f"vehicle id must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {vehicle!r}")
+    return key, value, headers_for(brand, ctype)
+
+
+# -- dead letters ----------------------------------------------------------------
+
+
+def _nbytes(b: bytes | None) -> int:
+    return 0 if b is None else len(b)
+
+
+def dead_letter_copy(
+    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]] | None
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]], str]:
+    """The (key, value, headers) to write to the DLQ for a rejected record, and a note.
+
+    Unchanged where Kafka clients allow it; the note ("" if nothing changed) says
+    what was altered so that the record can be produced at all: null header
+    values become b"" (kafka-python sends only bytes), a record with neither
+    key nor value gets value b"", and a record above ``DLQ_MAX_BYTES`` has its
+    key, value and headers cut to the ``DLQ_MAX_*`` sizes.
+    """
+    notes = []
+    hs = [(str(name), raw) for name, raw in headers or ()]
+    if any(raw is None for _, raw in hs):
+        notes.append("null header values sent as empty")
+        hs = [(name, b"" if raw is None else raw) for name, raw in hs]
+    if key is None and value is None:
+        notes.append("null value sent as empty")
+        value = b""
+    header_bytes = sum(len(name.encode("utf-8")) + len(raw) for name, raw in hs)
+    size = _nbytes(key) + _nbytes(value) + header_bytes
+    if size > DLQ_MAX_BYTES:
+        notes.append(
+            f"cut from key {_nbytes(key)} B, value {_nbytes(value)} B, "
+            f"{len(hs)} headers {header_bytes} B"
+        )
+        key = None if key is None else bytes(key[:DLQ_MAX_KEY_BYTES])
+        value = None if value is None else bytes(value[:MAX_RECORD_BYTES])
+        hs = [
+            (name[:DLQ_MAX_HEADER_NAME_CHARS], bytes(raw[:DLQ_MAX_HEADER_VALUE_BYTES]))
+            for name, raw in hs[:DLQ_MAX_HEADERS]
+        ]
+    return key, value, hs, "; ".join(notes)
+
+
+# -- decoding -------------------------------------------------------------------
+
+
+def _vehicle(key: Any) -> str:
+    if key is None:
+        raise DecodeError(MISSING_KEY, "record has no key (vehicle id)")
+    if not isinstance(key, bytes | bytearray | memoryview):
+        raise DecodeError(BAD_KEY, f"key is {type(key).__name__}, not bytes")
+    key = bytes(key)
+    if not 0 < len(key) <= MAX_KEY_BYTES:
+        raise DecodeError(BAD_KEY, f"key must be 1..{MAX_KEY_BYTES} bytes, got {len(key)}")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(BAD_KEY, "key is not valid UTF-8") from None
+    if not text.isprintable() or text.strip() != text:
+        raise DecodeError(BAD_KEY, "key has control characters or surrounding whitespace")
+    return text
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """The three headers we read, as text. Other headers are ignored."""
+    wanted = ("brand", "content-type", "schema")
+    found: dict[str, str] = {}
+    try:
+        for name, raw in headers or ():
+            if name not in wanted:
+                continue
+            if name in found:
+                raise DecodeError(BAD_HEADER, f"header {name!r} repeated")
+            if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_HEADER_VALUE_BYTES:
+                raise DecodeError(BAD_HEADER, f"header {name!r} is null, not bytes or too long")
+            found[name] = bytes(raw).decode("ascii").strip()
+    except DecodeError:
+        raise
+    except (TypeError, ValueError) as exc:  # not (name, value) pairs, non-ASCII
+        raise DecodeError(BAD_HEADER, f"unreadable headers: {type(exc).__name__}") from None
+    for name in wanted:
+        if name not in found:
+            raise DecodeError(MISSING_HEADER, f"header {name!r} missing")
+    return found
+
+
+def _brand(text: str, known_brands: set[str] | frozenset[str] | None) -> str:
+    try:
+        validate_slug(text)
+    except ConfigError:
+        raise DecodeError(BAD_HEADER, f"brand {text[:40]!r} is not a lower-case slug") from None
+    if known_brands is not None and text not in known_brands:
+        raise DecodeError(UNKNOWN_BRAND, f"brand {text!r} not in the fleet map")
+    return text
+
+
+def _raise_fault(
+    frames: np.ndarray,
+    bad_dlc: int,
+    n_bad_dlc: int,
+    bad_id: int,
+    bad_flags: int,
+    bad_ts: int,
+    *,
+    min_ts: float,
+    max_future_s: float,
+) -> None:
+    """The DecodeError for the first failed check (frame indices from ``frame_faults``)."""
+    if bad_dlc >= 0:
+        raise DecodeError(
+            BAD_DLC,
+            f"frame {bad_dlc}: dlc {int(frames['dlc'][bad_dlc])} > 8 ({n_bad_dlc} of {len(frames)})",
+        )
+    if bad_id >= 0:
+        raise DecodeError(
+            BAD_ID, f"frame {bad_id}: can_id 0x{int(frames['can_id'][bad_id]):08X} out of range"
+        )
+    if bad_flags >= 0:
+        raise DecodeError(BAD_FLAGS, f"frame {bad_flags}: unknown flag bits or bytes 14-15 not 0")
+    if bad_ts >= 0:
+        raise DecodeError(
+            BAD_TIMESTAMP,
+            f"frame {bad_ts}: ts {float(frames['ts'][bad_ts])!r} outside "
+            f"[{min_ts:g}, now+{max_future_s:g}s]",
+        )
+
+
+def validate_frames(
+    frames: np.ndarray, *, now: float, max_future_s: float, min_ts: float
+) -> np.ndarray:
+    """Vectorized checks shared by both encodings; returns frames sorted by ts.
+
+    ``frames`` must be writable and owned by the caller (it is normalized in place).
+    """
+    n = len(frames)
+    if n == 0:
+        raise DecodeError(EMPTY, "record holds no frames")
+    faults = frame_faults(
+        frames, 0, n, float(min_ts), float(now + max_future_s), KNOWN_FLAGS,
+        np.uint32(EXTENDED_FLAG), ID_MASK_STANDARD,
+    )  # fmt: skip
+    _raise_fault(frames, *faults[:5], min_ts=min_ts, max_future_s=max_future_s)
+    ordered = faults[5]
+    if not ordered:
+        frames = frames[np.argsort(frames["ts"], kind="stable")]
+    return frames
+
+
+def _binary_count(value: bytes) -> int:
+    """Frames announced by a binary record's header, after checking it and the length."""
+    if len(value) < HEADER_LEN:
+        raise DecodeError(TRUNCATED, f"{len(value)} bytes, shorter than the 16-byte header")
+    magic, version, header_len, count, record_size, reserved = HEADER.unpack_from(value, 0)
+    if magic != MAGIC:
+        raise DecodeError(BAD_MAGIC, f"magic {magic!r}, expected {MAGIC!r}")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(UNKNOWN_SCHEMA, f"binary version {version}, expected {SCHEMA_VERSION}")
+    if header_len != HEADER_LEN or record_size != RECORD_SIZE or reserved != 0:
+        raise DecodeError(
+            BAD_LENGTH,
+            f"header_len {header_len}, record_size {record_size}, reserved {reserved}; "
+            f"expected {HEADER_LEN}, {RECORD_SIZE}, 0",
+        )
+    if count > MAX_FRAMES:
+        raise DecodeError(TOO_LARGE, f"{count} frames > {MAX_FRAMES}")
+    expected = HEADER_LEN + count * RECORD_SIZE
+    if len(value) < expected:
+        raise DecodeError(TRUNCATED, f"{len(value)} bytes, header announces {expected}")
+    if len(value) > expected:
+        raise DecodeError(BAD_LENGTH, f"{len(value) - expected} bytes after the last frame")
+    return count
+
+
+def _decode_binary(value: bytes) -> np.ndarray:
+    count = _binary_count(value)
+    # One frombuffer, then a copy the pipeline owns (the Kafka buffer is read-only).
+    # (copied as bytes: a structured copy goes field by field, 4x slower)
+    raw = np.frombuffer(value, dtype=np.uint8, count=count * RECORD_SIZE, offset=HEADER_LEN)
+    return raw.copy().view(FRAME_DTYPE)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON literal {name}")
+
+
+def _json_frames(rows: Any) -> np.ndarray:
+    if not isinstance(rows, list):
+        raise DecodeError(BAD_SHAPE, '"frames" must be an array')
+    if len(rows) > MAX_FRAMES:
+        raise DecodeError(TOO_LARGE, f"{len(rows)} frames > {MAX_FRAMES}")
+    out = np.zeros(len(rows), dtype=FRAME_DTYPE)
+    ts, ids, dlcs, flags = [], [], [], []
+    data = bytearray(8 * len(rows))
+    for k, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) not in (4, 5):
+            raise DecodeError(BAD_SHAPE, f"frame {k}: must be [ts, can_id, dlc, hex(, flags)]")
+        t, i, d, h = row[0], row[1], row[2], row[3]
+        f = row[4] if len(row) == 5 else 0
+        if type(t) not in (int, float) or type(i) is not int or type(d) is not int:
+            raise DecodeError(BAD_SHAPE, f"frame {k}: ts must be a number, can_id/dlc integers")
+        if type(f) is not int or not 0 <= f <= 255:
+            raise DecodeError(BAD_FLAGS, f"frame {k}: flags must be an integer 0..255")
+        if not 0 <= i <= 0xFFFF_FFFF:
+            raise DecodeError(BAD_ID, f"frame {k}: can_id {i} outside 0..2^32-1")
+        if not 0 <= d <= 255:
+            raise DecodeError(BAD_DLC, f"frame {k}: dlc {d} outside 0..8")
+        if not isinstance(h, str) or len(h) % 2 or not _HEX.fullmatch(h):
+            raise DecodeError(BAD_SHAPE, f"frame {k}: data must be 0..16 hex digits, even count")
+        try:
+            ts.append(float(t))
+        except OverflowError:  # an integer beyond float range: absurd, not a crash
+            ts.append(math.inf)
+        ids.append(i)
+        dlcs.append(d)
+        flags.append(f)
+        data[8 * k : 8 * k + len(h) // 2] = bytes.fromhex(h)
+    out["ts"], out["can_id"], out["dlc"], out["flags"] = ts, ids, dlcs, flags
+    out["data"] = np.frombuffer(bytes(data), dtype=np.uint8).reshape(-1, 8)
+    return out
+
+
+def _decode_json(value: bytes, vehicle: str, brand: str) -> np.ndarray:
+    try:
+        doc = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DecodeError(BAD_JSON, f"{type(exc).__name__}: {str(exc)[:80]}") from None
+    if not isinstance(doc, dict) or "frames" not in doc:
+        raise DecodeError(BAD_SHAPE, 'JSON value must be an object with "frames"')
+    for field, expected in (("vehicle", vehicle), ("brand", brand)):
+        if field in doc and doc[field] != expected:
+            raise DecodeError(MISMATCH, f'"{field}" in the body differs from the record\'s')
+    bus = doc.get("bus", "can0")
+    if not isinstance(bus, str) or not 0 < len(bus) <= MAX_BUS_CHARS:
+        raise DecodeError(BAD_SHAPE, f'"bus" must be a string of 1..{MAX_BUS_CHARS} chars')
+    return _json_frames(doc["frames"])
+
+
+def _envelope(
+    key: Any, value: Any, headers: Any, known_brands: Any, memo: dict | None = None
+) -> tuple[str, str, str, bytes]:
+    """(vehicle, brand, content type, value) of a record, or raise DecodeError.
+
+    ``memo`` caches the verdicts on keys and on header lists: a poll repeats
+    the same few (one key per vehicle, one header list per brand and encoding).
+    """
+    if memo is not None and type(key) is bytes:
+        vehicle = memo.get(key)
+        if vehicle is None:
+            try:
+                vehicle = _vehicle(key)
+            except DecodeError as exc:
+                vehicle = exc
+            memo[key] = vehicle
+        if isinstance(vehicle, DecodeError):
+            raise DecodeError(vehicle.reason, vehicle.detail)
+    else:
+        vehicle = _vehicle(key)
+    verdict = None
+    if memo is not None:
+        try:
+            hkey = tuple(headers or ())
+            verdict = memo.get(hkey)
+        except TypeError:  # unhashable: no memo for this one
+            hkey = None
+    if verdict is None:
+        try:
+            found = _headers(headers)
+            ctype = found["content-type"].split(";", 1)[0].strip().lower()
+            if ctype not in CONTENT_TYPES:
+                raise DecodeError(
+                    UNKNOWN_CONTENT_TYPE, f"content-type {found['content-type'][:60]!r}"
+                )
+            if found["schema"] != str(SCHEMA_VERSION):
+                raise DecodeError(UNKNOWN_SCHEMA, f"schema {found['schema'][:20]!r}, expected 1")
+            verdict = (ctype, _brand(found["brand"], known_brands))
+        except DecodeError as exc:
+            verdict = (exc.reason, exc.detail, None)
+        if memo is not None and hkey is not None:
+            memo[hkey] = verdict
+    if len(verdict) == 3:
+        raise DecodeError(verdict[0], verdict[1])
+    ctype, brand = verdict
+    if type(value) is not bytes:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise DecodeError(EMPTY, "record has no value (tombstone)")
+        value = bytes(value)
+    if len(value) > MAX_RECORD_BYTES:
+        raise DecodeError(TOO_LARGE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
+    return vehicle, brand, ctype, value
+
+
+def decode_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]] | None,
+    *,
+    known_brands: set[str] | frozenset[str] | None,
+    now: float,
+    max_future_s: float,
+    min_ts: float,
+) -> DecodedBatch:
+    """Decode and validate one telemetry record, or raise ``DecodeError``.
+
+    ``now`` is the wall clock (seconds since epoch) that bounds future
+    timestamps; ``known_brands`` None accepts any well-formed brand slug.
+    """
+    vehicle, brand, ctype, value = _envelope(key, value, headers, known_brands)
+    if ctype == CONTENT_TYPE_BINARY:
+        frames = _decode_binary(value)
+    else:
+        frames = _decode_json(value, vehicle, brand)
+    frames = validate_frames(frames, now=now, max_future_s=max_future_s, min_ts=min_ts)
+    return DecodedBatch.of(vehicle, brand, frames)
+
+
+def warm_up() -> None:
+    """Decode one synthetic record both ways (``decode_record``, ``decode_records``)
+    so their compiled checks are loaded at start-up (see ``pipeline.warm_up``)."""
+    frames = np.zeros(2, FRAME_DTYPE)
+    frames["ts"] = [1.0, 2.0]
+    key, value, headers = encode_record("warm-up", "warm-up", frames)
+    kwargs = {"known_brands": None, "now": 3.0, "max_future_s": 1.0, "min_ts": 0.0}
+    decode_record(key, value, headers, **kwargs)
+    decode_records([(key, value, headers)], **kwargs)
+
+
+def decode_records(
+    records: Sequence[tuple[Any, Any, Any]],
+    *,
+    known_brands: set[str] | frozenset[str] | None,
+    now: float,
+    max_future_s: float,
+    min_ts: float,
+) -> list[DecodedBatch | DecodeError]:
+    """``decode_record`` over a poll's (key, value, headers), one result or error each.
+
+    Same results and errors, with the per-record fixed costs shared: header
+    verdicts are memoised, and the frames of all binary records are copied
+    into one array and checked by one compiled pass, each record's frames
+    then being a slice of it.
+    """
+    out: list[DecodedBatch | DecodeError | None] = [None] * len(records)
+    memo: dict = {}
+    binary: list[tuple[int, str, str, bytes, int]] = []
+    for i, (key, value, headers) in enumerate(records):
+        try:
+            vehicle, brand, ctype, value = _envelope(key, value, headers, known_brands, memo)
+            if ctype == CONTENT_TYPE_BINARY:
+                count = _binary_count(value)
+                if count == 0:
+                    raise DecodeError(EMPTY, "record holds no frames")
+                binary.append((i, vehicle, brand, value, count))
+            else:
+                frames = _decode_json(value, vehicle, brand)
+                frames = validate_frames(
+                    frames, now=now, max_future_s=max_future_s, min_ts=min_ts
+                )
+                out[i] = DecodedBatch.of(vehicle, brand, frames)
+        except DecodeError as exc:
+            out[i] = exc
+    if binary:
+        bounds = np.cumsum([0] + [c for *_, c in binary])
+        frames = np.empty(int(bounds[-1]), FRAME_DTYPE)  # the pipeline owns it, may normalise it
+        raw = memoryview(frames.view(np.uint8))
+        faults = np.empty((len(binary), 6), np.int64)
+        limits = (
+            float(min_ts), float(now + max_future_s), KNOWN_FLAGS, np.uint32(EXTENDED_FLAG),
+            ID_MASK_STANDARD,
+        )  # fmt: skip
+        # Copied and checked a few hundred kB at a time, so the checks read what the
+        # copy just wrote from the cache (a pass over the whole poll after its copy
+        # read it back from memory: 9 ns a frame instead of 4).
+        at = 0
+        for k0 in range(0, len(binary), _CHECK_RECORDS):
+            k1 = min(k0 + _CHECK_RECORDS, len(binary))
+            for _, _, _, v, _ in binary[k0:k1]:
+                end = at + len(v) - HEADER_LEN
+                raw[at:end] = memoryview(v)[HEADER_LEN:]
+                at = end
+            faults[k0:k1] = frame_faults_each(frames, bounds[k0 : k1 + 1], *limits)
+        # (columns: first bad dlc, count, id, flags, ts: -1 or 0 when none; time-ordered)
+        clean = ((faults[:, [0, 2, 3, 4]] < 0).all(axis=1) & (faults[:, 5] == 1)).tolist()
+        lo = bounds.tolist()
+        last_ts = frames["ts"][bounds[1:] - 1].tolist()
+        for k, (i, vehicle, brand, _, _) in enumerate(binary):
+            part = frames[lo[k] : lo[k + 1]]
+            if clean[k]:  # the common case: its newest ts from the pass over the poll
+                out[i] = DecodedBatch(vehicle, brand, part, last_ts[k])
+                continue
+            try:
+                _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
+            except DecodeError as exc:
+                out[i] = exc
+                continue
+            if not faults[k, 5]:
+                part = part[np.argsort(part["ts"], kind="stable")]
+            out[i] = DecodedBatch.of(vehicle, brand, part)
+    return out  # type: ignore[return-value]
