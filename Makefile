@@ -5,12 +5,14 @@ setup:           ## create .venv and install canwatch with its test tools
 	./scripts/setup.sh
 demo: setup      ## run the zero-setup demo
 	.venv/bin/canwatch demo
-test:            ## install everything the tests need, then lint and run the suite
+test:            ## install everything the tests need, then lint, check the layers and run the suite
 	./scripts/setup.sh --system
-	.venv/bin/ruff check detector replay tests bench
+	.venv/bin/ruff check detector replay tests bench dashboards
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q -n auto --dist loadfile
-lint:            ## ruff
-	.venv/bin/ruff check detector replay tests bench
+lint:            ## ruff and the import layers
+	.venv/bin/ruff check detector replay tests bench dashboards
+	.venv/bin/lint-imports
 bench:           ## run the benchmarks (tens of minutes; results in out/bench)
 	mkdir -p out/bench
 	.venv/bin/python bench/readers.py --json out/bench/readers.json
