@@ -5,7 +5,7 @@
 brand's platform, and returns scored feature rows for every window the batch
 closed. ``window_scores`` reduces rows to one score per (vehicle, window).
 
-The state a scorer holds is bounded (``limits``; README "Reliability"): at most
+The state a scorer holds is bounded (``limits``; docs/guarantees.md, "Bounded state"): at most
 ``max_vehicles`` vehicles and ``max_streams`` (vehicle, id) streams over all
 platforms. Each vehicle held *reserves* streams for its platform's learned ids,
 one pooled row and the ``GUARANTEED_NOVEL_IDS`` first unseen ids of a window;
