@@ -861,7 +861,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
 def test_a_parked_vehicle_is_retired_and_no_longer_holds_offsets_back(
     broker, unique_topic, cusw_models, monkeypatch
 ):
-    import detector.service.detector as service
+    import detector.service.activity as service
 
     monkeypatch.setattr(service, "IDLE_S", 1.0)
     monkeypatch.setattr(service, "LAG_INTERVAL_S", 0.5)
@@ -943,7 +943,7 @@ def test_a_model_that_cannot_score_is_refused_and_the_old_one_keeps_serving(
 ):
     """Each loaded model scores synthetic frames before it serves; if that raises,
     the version is refused like a corrupt file, not left to crash the detector."""
-    import detector.service.detector as service
+    import detector.service.model_reload as service
 
     real = service.warm_up
 
@@ -976,7 +976,7 @@ def test_a_rebalance_while_a_batch_is_gathered_keeps_every_record_once_per_batch
     their positions: the batch then keeps nothing from before it, and the
     partitions still ours are read again from the first record gathered. So every
     batch holds each of its records once, and no record is skipped."""
-    import detector.service.detector as service
+    import detector.service.polling as service
 
     # batches of up to 100 records, ~1 s of this traffic: the detector is mostly gathering
     monkeypatch.setattr(service, "GATHER_S", 3.0)

@@ -67,7 +67,8 @@ from detector.core.errors import DecodeError
 from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE
 from detector.model.store import save_model
 from detector.model.training import train_platform
-from detector.service.detector import NO_MODEL, Detector
+from detector.service.detector import Detector
+from detector.service.intake import NO_MODEL
 from detector.service.metrics import DetectorMetrics
 from detector.transport import wire
 from detector.transport.kafka_io import end_offsets, make_producer

@@ -1,0 +1,121 @@
+"""Dead letters: a record the detector cannot use goes to the DLQ with why and where.
+
+Two kinds: a record canwatch's own decoding refused (``DecodeError``: its
+reason and detail), and a record, or span of records, the Kafka record format
+itself could not describe (``detector.transport.kafka_salvage``: its raw bytes
+and offsets). Each is counted in the metrics and sent with headers ``error``,
+``error-detail``, ``source`` (topic/partition/offset), and ``error-altered``
+when the copy had to be changed to be producible. With pseudonymisation on, the
+raw vehicle id is scrubbed from key, body and detail, or the bytes withheld.
+
+Kept apart so that what a dead letter carries is decided in one place for both
+kinds; nothing bad is ever dropped silently, and it never stops the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from detector.core.errors import DecodeError
+from detector.incidents.privacy import scrub
+from detector.service.metrics import DetectorMetrics
+from detector.transport.kafka_salvage import UnreadableRecord
+from detector.transport.wire import dead_letter_copy
+
+log = logging.getLogger("canwatch.detect")
+UNREADABLE_LOG_S = 10.0  # at most one summary line of unreadable records this often
+
+#: (topic, key, value, headers) -> the producer's future
+Send = Callable[[str, bytes | None, bytes | None, list], object]
+
+
+class DeadLetters:
+    def __init__(
+        self, topic: str, privacy_key: bytes | None, metrics: DetectorMetrics, send: Send
+    ) -> None:
+        self.topic = topic
+        self.privacy_key = privacy_key
+        self.metrics = metrics
+        self.send = send
+        self._unreadable_seen: dict[str, int] = defaultdict(int)  # since the last summary line
+        self._unreadable_logged = 0.0
+
+    def refused(self, record, exc: DecodeError):
+        """A record canwatch's decoding refused: to the DLQ with ``exc``'s reason."""
+        self.metrics.dead_letter(exc.reason)
+        key, value = record.key, record.value
+        detail = exc.detail[:500].encode("utf-8", "replace")
+        if self.privacy_key is not None:  # the raw id may sit in the key, the body or the detail
+            key, value = scrub(self.privacy_key, record.key, record.value)
+            detail = scrub(self.privacy_key, record.key, detail)[1]
+        # Null key and value, null header values or > 4.5 MB would make send() raise
+        # and the consumer crash-loop on this record; the copy is always producible.
+        key, value, headers, altered = dead_letter_copy(key, value, record.headers)
+        return self._send(
+            record, record.offset, exc.reason, detail, (key, value, headers), notes=(altered,)
+        )
+
+    def unreadable(self, record: UnreadableRecord):
+        """A record, or span of records, the Kafka record format could not describe:
+        its raw bytes to the DLQ, with where it was and why."""
+        p = record.problem
+        first, last = record.offset, p.last_offset
+        self.metrics.dead_letter(p.reason)
+        self.metrics.unreadable(p.reason, p.records(first))
+        self._log_unreadable(record)
+        key, value, detail = record.key, record.value, p.detail.encode("utf-8", "replace")
+        withheld = ""
+        if self.privacy_key is not None:
+            if key:
+                key, value = scrub(self.privacy_key, record.key, value)
+                detail = scrub(self.privacy_key, record.key, detail)[1]
+            else:  # no vehicle id to find in the bytes: none of them leave
+                value, withheld = b"", "raw bytes withheld (pseudonymisation on, no key to scrub)"
+        key, value, headers, altered = dead_letter_copy(key, value, [])
+        return self._send(
+            record, first, p.reason, detail[:500], (key, value, headers),
+            extra=[("source-offsets", f"{first}-{last}".encode())], notes=(withheld, altered),
+        )  # fmt: skip
+
+    def _send(
+        self, record, offset: int, reason: str, detail: bytes, copy: tuple, extra=(), notes=()
+    ):
+        """Send ``copy`` (key, value, headers from ``dead_letter_copy``) to the DLQ with
+        why (``reason``, ``detail``), where (``offset`` of ``record``'s partition) and
+        what was changed in it (``notes``)."""
+        key, value, headers = copy
+        headers = [
+            *headers,
+            ("error", reason.encode()),
+            ("error-detail", detail),
+            ("source", f"{record.topic}/{record.partition}/{offset}".encode()),
+            *extra,
+        ]
+        altered = "; ".join(n for n in notes if n)
+        if altered:
+            headers.append(("error-altered", altered.encode()))
+        return self.send(self.topic, key, value, headers)
+
+    def _log_unreadable(self, record: UnreadableRecord) -> None:
+        """One line now and then (a flood of them would flood the log too)."""
+        p = record.problem
+        self._unreadable_seen[p.reason] += p.records(record.offset)
+        now = time.monotonic()
+        if now - self._unreadable_logged < UNREADABLE_LOG_S:
+            return
+        self._unreadable_logged = now
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(self._unreadable_seen.items()))
+        self._unreadable_seen.clear()
+        log.warning(
+            "unreadable Kafka records (%s), dead-lettered to %s; latest: partition %d offsets "
+            "%d-%d: %s",
+            counts,
+            self.topic,
+            record.partition,
+            record.offset,
+            p.last_offset,
+            p.detail,
+        )

@@ -1,0 +1,72 @@
+"""Scored windows into incident events, and both counted in the metrics.
+
+Per brand: windows scored, anomalous ones, the score histogram; incidents
+opened and closed by severity and suspected attack, and the active gauge.
+The severity an incident opened with is remembered until it closes (or its
+vehicle is let go), so the active gauge goes down under the same labels it
+went up under.
+
+Kept apart from the loop because it is the detector's one step from scores to
+what an analyst sees, and its counts must match the events one for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from detector.incidents.tracker import IncidentTracker, observations
+from detector.model.pipeline import ScoredRows, vehicle_clock, window_scores
+from detector.service.metrics import DetectorMetrics
+
+
+class IncidentFeed:
+    def __init__(self, tracker: IncidentTracker, metrics: DetectorMetrics, window_s: float) -> None:
+        self.tracker = tracker
+        self.metrics = metrics
+        self.window_s = window_s
+        self.open_severity: dict[str, tuple[str, str]] = {}  # incident id -> (severity, attack)
+
+    def observe(self, scored: list[ScoredRows]) -> list[dict]:
+        """Fold a poll's scored windows into the open incidents: the events that makes."""
+        events = []
+        for sc in scored:
+            v, w, s = window_scores(sc)
+            if len(w):
+                brands = np.asarray(sc.brands, dtype=object)[v]
+                for brand in np.unique(brands):
+                    sel = brands == brand
+                    bm = self.metrics.brand(str(brand))
+                    bm.windows.inc(int(sel.sum()))
+                    bm.anomalous.inc(int((s[sel] >= 1.0).sum()))
+                    bm.observe_scores(s[sel])
+            clock = vehicle_clock(sc, v, w, self.window_s)
+            events += self.tracker.observe(observations(sc, self.window_s), clock)
+        return self.account(events)
+
+    def close(self, vehicles: set[str]) -> list[dict]:
+        """Close the open incidents of ``vehicles`` (retired, or let go by the limits)."""
+        return self.account(self.tracker.close(vehicles))
+
+    def account(self, events: list[dict]) -> list[dict]:
+        """Count incident events in the metrics (opened, closed, active by severity)."""
+        for ev in events:
+            bm = self.metrics.brand(ev["brand"])
+            if ev["status"] == "open":
+                self.open_severity[ev["incident_id"]] = (ev["severity"], ev["suspected_attack"])
+                bm.incident_opened(ev["severity"], ev["suspected_attack"])
+            elif ev["status"] == "closed":
+                sev, att = self.open_severity.pop(
+                    ev["incident_id"], (ev["severity"], ev["suspected_attack"])
+                )
+                bm.incident_closed(sev, att)
+        return events
+
+    def uncount(self, gone: Iterable[str]) -> None:
+        """Vehicles let go: their open incidents are no longer ours to count."""
+        for v in gone:
+            inc = self.tracker.open.get(v)
+            sev = self.open_severity.pop(inc.id, None) if inc is not None else None
+            if sev is not None:
+                self.metrics.brand(inc.brand).active[sev[0]].dec()

@@ -1,0 +1,81 @@
+"""A vehicle's state across the service's parts: where it begins, and letting it go.
+
+Each vehicle the detector watches has state in four places: the scorer (its
+open window), the incident tracker (its open incident), the incident counts
+(the active gauge) and the offset ledger (its records a restart needs). A
+vehicle is let go when its partition moves away or is re-read after a rewind,
+when it goes quiet (retired: its last window scored, its incident closed), or
+when the state limits evict or refuse it; each time all four must forget it,
+or one part would keep counting, or holding offsets back for, a vehicle the
+others no longer know. ``horizon`` is the other side: the event time from which
+a restart must re-read a vehicle to rebuild what the scorer and tracker hold.
+
+Kept apart from the loop so that there is one way to let a vehicle go.
+"""
+
+from __future__ import annotations
+
+from detector.incidents.tracker import IncidentTracker
+from detector.model.pipeline import Scorer, Shed
+from detector.service.activity import Activity
+from detector.service.incident_feed import IncidentFeed
+from detector.service.metrics import DetectorMetrics
+from detector.service.offset_ledger import OffsetLedger
+
+
+class VehicleState:
+    def __init__(
+        self,
+        scorer: Scorer,
+        tracker: IncidentTracker,
+        incident_feed: IncidentFeed,
+        ledger: OffsetLedger,
+        activity: Activity,
+        metrics: DetectorMetrics,
+        window_s: float,
+    ) -> None:
+        self.scorer = scorer
+        self.tracker = tracker
+        self.incident_feed = incident_feed
+        self.ledger = ledger
+        self.activity = activity
+        self.metrics = metrics
+        self.window_s = window_s
+
+    def horizon(self, vehicle: str, brand: str) -> float:
+        """Event time from which a restart must re-read ``vehicle``: the window before
+        its open one, or before the first anomalous window of its open incident (so
+        the incident is re-formed whole and keeps its id)."""
+        start = self.scorer.closed_until(vehicle, brand)
+        inc = self.tracker.open.get(vehicle)
+        if inc is not None:
+            start = min(start, inc.first_seen)
+        return start - self.window_s
+
+    def drop_partitions(self, partitions: set) -> None:
+        """Forget the vehicles of ``partitions`` (revoked, or re-read after a rewind)."""
+        self.drop(self.ledger.vehicles_of(partitions))
+        self.ledger.forget_partitions(partitions)
+
+    def drop(self, gone: set[str]) -> None:
+        """Forget vehicles: revoked, re-read after a rewind, retired after going quiet, or
+        let go by the state limits."""
+        self.incident_feed.uncount(gone)
+        self.scorer.forget(gone)
+        self.tracker.forget(gone)
+        self.ledger.forget_vehicles(gone)
+
+    def let_go(self, retired: set[str], shed: Shed) -> list[dict]:
+        """Vehicles retired, or let go by the state limits: their incidents closed (the
+        events returned), their state dropped."""
+        events = []
+        if retired:
+            events += self.incident_feed.close(retired)
+            self.drop(retired)
+        if shed.evicted or shed.refused:  # the limits let them go: so does everything else
+            events += self.incident_feed.close(shed.evicted)
+            self.drop(shed.evicted | shed.refused)
+            self.activity.forget(shed.evicted | shed.refused)
+        self.metrics.shed(shed.frames, shed.vehicles)
+        self.metrics.set_state(self.scorer.n_vehicles, self.scorer.n_streams)
+        return events

@@ -1,0 +1,103 @@
+"""Parts of the detector service driven alone, without a broker: the offset ledger
+(how far a commit may go) with hand-built offsets, and the audit file written and
+read back. The service tests (tests/test_detect_service.py) drive them together
+through a real Kafka broker."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from detector.service.audit_log import AuditLog, poll_summary
+from detector.service.offset_ledger import OffsetLedger
+from detector.transport.kafka_salvage import Problem, UnreadableRecord
+
+TP0, TP1 = TopicPartition("telemetry", 0), TopicPartition("telemetry", 1)
+
+
+def record(tp: TopicPartition, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(tp.topic, tp.partition, -1, offset, 0, 0, b"k", b"v", [], None, 1, 1, -1)
+
+
+def read(ledger: OffsetLedger, tp: TopicPartition, rows: list[tuple[int, str, float]]) -> None:
+    """``rows`` (offset, vehicle, newest event time) read from ``tp``, as intake enters them."""
+    ledger.read_to({tp: [record(tp, o) for o, _, _ in rows]})
+    nums = [ledger.track(v, "jeep", tp) for _, v, _ in rows]
+    ledger.hold(tp, [o for o, _, _ in rows], nums, [ts for _, _, ts in rows])
+
+
+def test_the_safe_offset_is_the_oldest_record_a_vehicle_still_needs():
+    ledger = OffsetLedger()
+    read(ledger, TP0, [(10, "a", 100.0), (11, "a", 101.0), (12, "a", 102.0), (13, "b", 100.5)])
+    read(ledger, TP0, [(14, "b", 103.0)])
+    read(ledger, TP1, [(7, "c", 100.0)])
+    horizon = {"a": 101.5, "b": 0.0, "c": 100.0}
+    assert ledger.safe_offsets(lambda v, b: horizon[v]) == {TP0: 12, TP1: 7}
+    # b's window moves on past both its records: a's oldest needed one decides
+    horizon["b"] = 104.0
+    assert ledger.safe_offsets(lambda v, b: horizon[v]) == {TP0: 12, TP1: 7}
+    # nothing held back: the partition's next offset
+    horizon["a"] = horizon["c"] = math.inf
+    assert ledger.safe_offsets(lambda v, b: horizon[v]) == {TP0: 15, TP1: 8}
+    assert all(not chunks for chunks in ledger.pending.values())  # all pruned
+
+
+def test_a_vehicle_let_go_holds_nothing_back_and_its_number_is_reused():
+    ledger = OffsetLedger()
+    read(ledger, TP0, [(0, "gone", 1.0), (1, "kept", 5.0)])
+    number = ledger.vnum["gone"]
+    ledger.forget_vehicles({"gone"})
+    assert ledger.vnames[number] is None and "gone" not in ledger.vehicle_tp
+    # its record no longer counts; the kept vehicle's record does
+    assert ledger.safe_offsets(lambda v, b: 0.0) == {TP0: 1}
+    read(ledger, TP0, [(2, "new", 6.0)])
+    assert ledger.vnum["new"] == number  # the table does not grow with every key
+    assert ledger.vnames[number] == ("new", "jeep")
+
+
+def test_an_unreadable_span_moves_the_next_offset_past_its_end():
+    ledger = OffsetLedger()
+    span = UnreadableRecord("telemetry", 1, -1, 20, Problem("bad_crc", "CRC mismatch", 24), b"")
+    ledger.read_to({TP1: [record(TP1, 19), span]})
+    assert ledger.safe_offsets(lambda v, b: 0.0) == {TP1: 25}
+    ledger.forget_partitions({TP1})
+    assert ledger.safe_offsets(lambda v, b: 0.0) == {}
+
+
+def test_the_audit_file_gets_windows_then_the_poll_line_appended(tmp_path):
+    path = tmp_path / "windows.jsonl"
+    polled = {TP1: [record(TP1, 3), record(TP1, 4)], TP0: [record(TP0, 9)]}
+    batches = [("a", "jeep", [1, 2, 3]), ("b", "jeep", [4])]
+    summary = poll_summary(polled, 3, batches, 1, 2, 1)
+    window = json.dumps({"type": "window", "vehicle": "a", "score": 0.5})
+    for detector_id in ("det-1", "det-2"):  # a restart appends to the same file
+        audit = AuditLog(path, detector_id, 1.0)
+        assert not audit.is_open
+        audit.open()
+        audit.write(summary, [window], [TP1, TP0])
+        audit.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [x["type"] for x in lines] == ["window", "poll", "window", "poll"]
+    assert lines[0] == json.loads(window)
+    poll = lines[3]
+    assert poll["detector"] == "det-2" and poll["assigned"] == [0, 1]
+    assert {k: poll[k] for k in summary} == {
+        "records": 3,
+        "frames": 4,
+        "dead_letters": 1,
+        "incidents": 2,
+        "windows": 1,
+        "offsets": {"1": [3, 4], "0": [9, 9]},
+    }
+
+
+def test_without_a_path_the_audit_writes_nothing(tmp_path):
+    audit = AuditLog(None, "det", 1.0)
+    audit.open()
+    assert not audit.is_open and audit.windows([object()]) == []
+    audit.write({"records": 0}, [], [TP0])  # no file: nothing to do
+    audit.close()
+    assert list(tmp_path.iterdir()) == []
