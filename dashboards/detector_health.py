@@ -11,16 +11,56 @@ from grafana_panels import (
     dashboard,
     datasource_variable,
     label_variable,
+    rate_timeseries,
     row,
     stat,
+    sum_increase,
     sum_rate,
     table,
+    table_target,
     target,
     timeseries,
 )
 
 
-def detector_health() -> dict[str, Any]:
+def status() -> list[dict[str, Any]]:
+    return [
+        row("Status"),
+        stat("Scrape targets up", f'sum(up{{job="canwatch", {I}}})', "short"),
+        stat("Main loops up", f"sum(canwatch_up{{{I}}})", "short"),
+        stat("Instances ready", f"sum(canwatch_ready{{{I}}})", "short"),
+        stat("Partitions assigned", f"sum(canwatch_partitions_assigned{{{I}}})", "short"),
+        stat("Records/s", sum_rate("canwatch_records_consumed_total", I, ""), "short"),
+        stat("Dead letters/s", sum_rate("canwatch_dead_letters_total", I, ""), "short", red_at=0.1),
+    ]
+
+
+def throughput() -> list[dict[str, Any]]:
+    return [
+        row("Throughput"),
+        rate_timeseries(
+            "Records consumed per second",
+            "canwatch_records_consumed_total",
+            I,
+            "instance",
+            axis_label="records/s",
+            w=8,
+        ),
+        rate_timeseries(
+            "Frames consumed per second",
+            "canwatch_frames_consumed_total",
+            I,
+            "instance",
+            axis_label="frames/s",
+            w=8,
+        ),
+        rate_timeseries(
+            "Bytes consumed per second", "canwatch_bytes_consumed_total", I, "instance", "Bps", w=8
+        ),
+    ]
+
+
+def latency() -> list[dict[str, Any]]:
     stage_q = "canwatch_stage_duration_seconds_bucket"
     quantiles = [
         target(
@@ -30,35 +70,7 @@ def detector_health() -> dict[str, Any]:
         )
         for q, ref in ((0.5, "A"), (0.95, "B"), (0.99, "C"))
     ]
-    panels = [
-        row("Status"),
-        stat("Scrape targets up", f'sum(up{{job="canwatch", {I}}})', "short"),
-        stat("Main loops up", f"sum(canwatch_up{{{I}}})", "short"),
-        stat("Instances ready", f"sum(canwatch_ready{{{I}}})", "short"),
-        stat("Partitions assigned", f"sum(canwatch_partitions_assigned{{{I}}})", "short"),
-        stat("Records/s", sum_rate("canwatch_records_consumed_total", I, ""), "short"),
-        stat("Dead letters/s", sum_rate("canwatch_dead_letters_total", I, ""), "short", red_at=0.1),
-        row("Throughput"),
-        timeseries(
-            "Records consumed per second",
-            [target(sum_rate("canwatch_records_consumed_total", I, "instance"), "{{instance}}")],
-            "short",
-            axis_label="records/s",
-            w=8,
-        ),
-        timeseries(
-            "Frames consumed per second",
-            [target(sum_rate("canwatch_frames_consumed_total", I, "instance"), "{{instance}}")],
-            "short",
-            axis_label="frames/s",
-            w=8,
-        ),
-        timeseries(
-            "Bytes consumed per second",
-            [target(sum_rate("canwatch_bytes_consumed_total", I, "instance"), "{{instance}}")],
-            "Bps",
-            w=8,
-        ),
+    return [
         row("Latency"),
         timeseries("Stage latency percentiles", quantiles, "s"),
         timeseries(
@@ -73,6 +85,11 @@ def detector_health() -> dict[str, Any]:
             stack=True,
             description="Seconds spent per second of wall clock, per stage (1 = one core busy).",
         ),
+    ]
+
+
+def lag() -> list[dict[str, Any]]:
+    return [
         row("Lag"),
         timeseries(
             "Event-time lag",
@@ -117,19 +134,26 @@ def detector_health() -> dict[str, Any]:
             "ready meanwhile and exits after watchdog.exit_s; its log names the partitions.",
             w=8,
         ),
+    ]
+
+
+def errors() -> list[dict[str, Any]]:
+    return [
         row("Errors"),
-        timeseries(
+        rate_timeseries(
             "Dead letters by reason",
-            [target(sum_rate("canwatch_dead_letters_total", I, "reason"), "{{reason}}")],
-            "short",
+            "canwatch_dead_letters_total",
+            I,
+            "reason",
             stack=True,
             axis_label="records/s",
             w=8,
         ),
-        timeseries(
+        rate_timeseries(
             "Unreadable Kafka records by reason",
-            [target(sum_rate("canwatch_unreadable_records_total", I, "reason"), "{{reason}}")],
-            "short",
+            "canwatch_unreadable_records_total",
+            I,
+            "reason",
             stack=True,
             axis_label="records/s",
             description="Records the Kafka record format itself could not describe (bad CRC, "
@@ -137,14 +161,20 @@ def detector_health() -> dict[str, Any]:
             "record or span is in the DLQ with its partition, offsets and reason.",
             w=8,
         ),
-        timeseries(
+        rate_timeseries(
             "Late frames by brand",
-            [target(sum_rate("canwatch_late_frames_total", I, "brand"), "{{brand}}")],
-            "short",
+            "canwatch_late_frames_total",
+            I,
+            "brand",
             axis_label="frames/s",
             description="Frames older than an already closed window; dropped.",
             w=8,
         ),
+    ]
+
+
+def state_and_limits() -> list[dict[str, Any]]:
+    return [
         row("State and limits"),
         timeseries(
             "State held, share of its limit",
@@ -185,15 +215,15 @@ def detector_health() -> dict[str, Any]:
             "novel_id_limit: a fuzzer), and vehicles retired early to make room.",
             w=12,
         ),
+    ]
+
+
+def group_and_models() -> list[dict[str, Any]]:
+    return [
         row("Consumer group and models"),
         timeseries(
             "Rebalances",
-            [
-                target(
-                    f"sum by (instance) (increase(canwatch_rebalances_total{{{I}}}[{RI}]))",
-                    "{{instance}}",
-                )
-            ],
+            [target(sum_increase("canwatch_rebalances_total", I, "instance"), "{{instance}}")],
             "short",
             bars=True,
             w=8,
@@ -207,12 +237,9 @@ def detector_health() -> dict[str, Any]:
         timeseries(
             "Model reloads",
             [
+                target(sum_increase("canwatch_model_reloads_total", I, "brand"), "{{brand}}"),
                 target(
-                    f"sum by (brand) (increase(canwatch_model_reloads_total{{{I}}}[{RI}]))",
-                    "{{brand}}",
-                ),
-                target(
-                    f"sum by (reason) (increase(canwatch_model_reload_failures_total{{{I}}}[{RI}]))",
+                    sum_increase("canwatch_model_reload_failures_total", I, "reason"),
                     "failed: {{reason}}",
                     ref="B",
                 ),
@@ -221,6 +248,11 @@ def detector_health() -> dict[str, Any]:
             bars=True,
             w=8,
         ),
+    ]
+
+
+def process() -> list[dict[str, Any]]:
+    return [
         row("Process"),
         timeseries(
             "CPU",
@@ -238,23 +270,11 @@ def detector_health() -> dict[str, Any]:
         table(
             "Instances",
             [
-                target(
-                    f"max by (instance, version) (canwatch_build_info{{{I}}})",
-                    fmt="table",
-                    instant=True,
+                table_target(f"max by (instance, version) (canwatch_build_info{{{I}}})"),
+                table_target(
+                    f"max by (instance) (time() - process_start_time_seconds{{{PROC}}})", "B"
                 ),
-                target(
-                    f"max by (instance) (time() - process_start_time_seconds{{{PROC}}})",
-                    fmt="table",
-                    instant=True,
-                    ref="B",
-                ),
-                target(
-                    f"max by (instance) (process_open_fds{{{PROC}}})",
-                    fmt="table",
-                    instant=True,
-                    ref="C",
-                ),
+                table_target(f"max by (instance) (process_open_fds{{{PROC}}})", "C"),
             ],
             rename={
                 "instance": "Instance",
@@ -270,11 +290,15 @@ def detector_health() -> dict[str, Any]:
             w=8,
         ),
     ]
+
+
+def detector_health() -> dict[str, Any]:
+    groups = (status, throughput, latency, lag, errors, state_and_limits, group_and_models, process)
     return dashboard(
         "canwatch-detector-health",
         "canwatch / detector health",
         "Throughput, latency, lag, stalls, dead letters, rebalances, model reloads and "
         "process resources of the detector instances.",
         [datasource_variable(), label_variable("instance", "Instance", "canwatch_up")],
-        panels,
+        [panel for group in groups for panel in group()],
     )

@@ -30,6 +30,11 @@ def target(
     }
 
 
+def table_target(expr: str, ref: str = "A") -> dict[str, Any]:
+    """An instant query whose result is a table (for ``table`` panels)."""
+    return target(expr, fmt="table", instant=True, ref=ref)
+
+
 def _panel(kind: str, title: str, targets: list[dict], w: int, h: int, **extra: Any) -> dict:
     return {"type": kind, "title": title, "datasource": DS, "targets": targets, "w": w, "h": h} | {
         k: v for k, v in extra.items() if v is not None
@@ -109,6 +114,13 @@ def timeseries(
             "tooltip": {"mode": "multi", "sort": "desc"},
         },
     )
+
+
+def rate_timeseries(
+    title: str, metric: str, sel: str, by: str, unit: str = "short", **options: Any
+) -> dict[str, Any]:
+    """A time series of ``metric``'s rate summed by one label, a line per value of it."""
+    return timeseries(title, [target(sum_rate(metric, sel, by), f"{{{{{by}}}}}")], unit, **options)
 
 
 def heatmap(title: str, tgt: dict, *, description: str | None = None, w: int = 12) -> dict:
@@ -250,7 +262,7 @@ def label_variable(name: str, label: str, metric: str) -> dict[str, Any]:
         "name": name,
         "label": label,
         "type": "query",
-        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "datasource": DS,
         "definition": query,
         "query": query,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
@@ -312,6 +324,11 @@ PROC = 'job="canwatch", instance=~"$instance"'
 def sum_rate(metric: str, sel: str, by: str, window: str = RI) -> str:
     agg = f"sum by ({by}) " if by else "sum"
     return f"{agg}(rate({metric}{{{sel}}}[{window}]))"
+
+
+def sum_increase(metric: str, sel: str, by: str, window: str = RI) -> str:
+    agg = f"sum by ({by}) " if by else "sum"
+    return f"{agg}(increase({metric}{{{sel}}}[{window}]))"
 
 
 def ratio(num: str, den: str, sel: str, by: str, window: str = RI) -> str:

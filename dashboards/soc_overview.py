@@ -12,22 +12,24 @@ from grafana_panels import (
     heatmap,
     label_variable,
     piechart,
+    rate_timeseries,
     ratio,
     row,
     stat,
+    sum_increase,
     sum_rate,
     table,
+    table_target,
     target,
     timeseries,
 )
 
+OPENED = "canwatch_incidents_opened_total"
+ANOMALOUS, SCORED = "canwatch_anomalous_windows_total", "canwatch_windows_scored_total"
 
-def soc_overview() -> dict[str, Any]:
-    opened = "canwatch_incidents_opened_total"
-    anomaly_rate = ratio(
-        "canwatch_anomalous_windows_total", "canwatch_windows_scored_total", B, "brand"
-    )
-    panels = [
+
+def at_a_glance() -> list[dict[str, Any]]:
+    return [
         row("Fleet at a glance"),
         stat("Active incidents", f"sum(canwatch_incidents_active{{{B}}})", "short", red_at=1),
         stat(
@@ -36,27 +38,23 @@ def soc_overview() -> dict[str, Any]:
             "short",
             red_at=1,
         ),
-        stat("Incidents opened (time range)", f"sum(increase({opened}{{{B}}}[$__range]))", "short"),
-        stat(
-            "Anomalous windows (fleet)",
-            ratio("canwatch_anomalous_windows_total", "canwatch_windows_scored_total", B, ""),
-            "percentunit",
-        ),
+        stat("Incidents opened (time range)", sum_increase(OPENED, B, "", "$__range"), "short"),
+        stat("Anomalous windows (fleet)", ratio(ANOMALOUS, SCORED, B, ""), "percentunit"),
         stat("Vehicles active", f"sum(canwatch_vehicles_active{{{B}}})", "short"),
         stat(
             "Brands with a model",
             f"count(count by (brand) (canwatch_model_info{{{B}}}))",
             "short",
         ),
+    ]
+
+
+def incidents() -> list[dict[str, Any]]:
+    return [
         row("Incidents"),
         timeseries(
             "Incidents opened per brand and severity",
-            [
-                target(
-                    f"sum by (brand, severity) (increase({opened}{{{B}}}[{RI}]))",
-                    "{{brand}} {{severity}}",
-                )
-            ],
+            [target(sum_increase(OPENED, B, "brand, severity"), "{{brand}} {{severity}}")],
             "short",
             bars=True,
             description="Incidents opened per interval, stacked by brand and severity.",
@@ -74,14 +72,12 @@ def soc_overview() -> dict[str, Any]:
         ),
         piechart(
             "Attack types (incidents opened in time range)",
-            target(
-                f"sum by (attack) (increase({opened}{{{B}}}[$__range]))", "{{attack}}", instant=True
-            ),
+            target(sum_increase(OPENED, B, "attack", "$__range"), "{{attack}}", instant=True),
             w=8,
         ),
         timeseries(
             "Incidents opened by attack type",
-            [target(f"sum by (attack) (increase({opened}{{{B}}}[{RI}]))", "{{attack}}")],
+            [target(sum_increase(OPENED, B, "attack"), "{{attack}}")],
             "short",
             bars=True,
             w=8,
@@ -89,11 +85,9 @@ def soc_overview() -> dict[str, Any]:
         timeseries(
             "Incidents opened and closed",
             [
-                target(f"sum(increase({opened}{{{B}}}[{RI}]))", "opened"),
+                target(sum_increase(OPENED, B, ""), "opened"),
                 target(
-                    f"-sum(increase(canwatch_incidents_closed_total{{{B}}}[{RI}]))",
-                    "closed",
-                    ref="B",
+                    "-" + sum_increase("canwatch_incidents_closed_total", B, ""), "closed", ref="B"
                 ),
             ],
             "short",
@@ -101,10 +95,15 @@ def soc_overview() -> dict[str, Any]:
             w=8,
             description="Opened above the axis, closed below it.",
         ),
+    ]
+
+
+def anomaly() -> list[dict[str, Any]]:
+    return [
         row("Anomaly"),
         timeseries(
             "Anomalous-window rate per brand",
-            [target(anomaly_rate, "{{brand}}")],
+            [target(ratio(ANOMALOUS, SCORED, B, "brand"), "{{brand}}")],
             "percentunit",
             description="Share of scored vehicle windows at or above the calibrated threshold.",
         ),
@@ -133,38 +132,10 @@ def soc_overview() -> dict[str, Any]:
         table(
             "Brands ranked by current anomaly rate",
             [
-                target(
-                    "sort_desc("
-                    + ratio(
-                        "canwatch_anomalous_windows_total",
-                        "canwatch_windows_scored_total",
-                        B,
-                        "brand",
-                        "5m",
-                    )
-                    + ")",
-                    fmt="table",
-                    instant=True,
-                    ref="A",
-                ),
-                target(
-                    f"sum by (brand) (canwatch_incidents_active{{{B}}})",
-                    fmt="table",
-                    instant=True,
-                    ref="B",
-                ),
-                target(
-                    f"sum by (brand) (increase({opened}{{{B}}}[1h]))",
-                    fmt="table",
-                    instant=True,
-                    ref="C",
-                ),
-                target(
-                    sum_rate("canwatch_frames_consumed_total", B, "brand", "5m"),
-                    fmt="table",
-                    instant=True,
-                    ref="D",
-                ),
+                table_target(f"sort_desc({ratio(ANOMALOUS, SCORED, B, 'brand', '5m')})"),
+                table_target(f"sum by (brand) (canwatch_incidents_active{{{B}}})", "B"),
+                table_target(sum_increase(OPENED, B, "brand", "1h"), "C"),
+                table_target(sum_rate("canwatch_frames_consumed_total", B, "brand", "5m"), "D"),
             ],
             rename={
                 "brand": "Brand",
@@ -176,11 +147,17 @@ def soc_overview() -> dict[str, Any]:
             units={"Anomaly rate (5m)": "percentunit", "Frames/s": "short"},
             sort_by="Anomaly rate (5m)",
         ),
+    ]
+
+
+def traffic_and_models() -> list[dict[str, Any]]:
+    return [
         row("Fleet traffic and models"),
-        timeseries(
+        rate_timeseries(
             "Frames consumed per brand",
-            [target(sum_rate("canwatch_frames_consumed_total", B, "brand"), "{{brand}}")],
-            "short",
+            "canwatch_frames_consumed_total",
+            B,
+            "brand",
             axis_label="frames/s",
         ),
         timeseries(
@@ -191,18 +168,8 @@ def soc_overview() -> dict[str, Any]:
         table(
             "Model version per brand",
             [
-                target(
-                    f"max by (brand, platform, version) (canwatch_model_info{{{B}}})",
-                    fmt="table",
-                    instant=True,
-                    ref="A",
-                ),
-                target(
-                    f"max by (brand) (canwatch_model_threshold{{{B}}})",
-                    fmt="table",
-                    instant=True,
-                    ref="B",
-                ),
+                table_target(f"max by (brand, platform, version) (canwatch_model_info{{{B}}})"),
+                table_target(f"max by (brand) (canwatch_model_threshold{{{B}}})", "B"),
             ],
             rename={
                 "brand": "Brand",
@@ -216,10 +183,14 @@ def soc_overview() -> dict[str, Any]:
             desc=False,
         ),
     ]
+
+
+def soc_overview() -> dict[str, Any]:
+    groups = (at_a_glance, incidents, anomaly, traffic_and_models)
     return dashboard(
         "canwatch-soc-overview",
         "canwatch / SOC overview",
         "Fleet state at a glance: incidents, attack types, anomaly rate and models per brand.",
         [datasource_variable(), label_variable("brand", "Brand", "canwatch_frames_consumed_total")],
-        panels,
+        [panel for group in groups for panel in group()],
     )

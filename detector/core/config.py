@@ -186,17 +186,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
-_SECTIONS: dict[str, type] = {
-    "kafka": KafkaConfig,
-    "detection": DetectionConfig,
-    "models": ModelsConfig,
-    "incidents": IncidentConfig,
-    "metrics": MetricsConfig,
-    "privacy": PrivacyConfig,
-    "fleet": FleetConfig,
-    "watchdog": WatchdogConfig,
-    "limits": LimitsConfig,
-}
+#: Section name -> its class, in ``Config``'s order (the order errors are found in).
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config)}
 
 
 def validate(config: Config) -> Config:

@@ -11,10 +11,12 @@ per-id work is a small loop over ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
 from detector.core.schema import FRAME_DTYPE
+from detector.features.counters import learn_counters
 
 #: Byte pairs (i, j), i < j, for learned inter-byte relations.
 PAIRS = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)], dtype=np.int8)
@@ -49,8 +51,6 @@ MIN_PAYLOAD_FRAMES = 30
 RANGE_MARGIN_DIV = 2
 #: Checksum candidates (code -> name); the learned one must hold on >= 99.5 % of frames.
 CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850"}
-#: Counter candidates: (mask, shift) of a field inside one byte.
-COUNTER_FIELDS = ((0xFF, 0), (0x0F, 0), (0xF0, 4), (0x03, 0), (0x0C, 2), (0x30, 4), (0xC0, 6))
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
@@ -80,7 +80,7 @@ class Baseline:
     counter_mask: np.ndarray  # (k,) u1
     counter_shift: np.ndarray  # (k,) u1
     counter_step: np.ndarray  # (k,) u1
-    counter2_byte: np.ndarray  # (k,) i1 a second counter's byte, -1 = none (see _learn_counters)
+    counter2_byte: np.ndarray  # (k,) i1 a second counter's byte, -1 = none (see learn_counters)
     counter2_mask: np.ndarray  # (k,) u1
     counter2_shift: np.ndarray  # (k,) u1
     counter2_step: np.ndarray  # (k,) u1
@@ -171,33 +171,6 @@ def checksum_values(
     raise ValueError(f"unknown checksum kind {kind}")
 
 
-def _learn_counters(data: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Up to two (byte, mask, shift, step): fields in different bytes that step by a
-    constant, widest first. A frame breaks the counters only when it breaks every one:
-    a mode of the car may give one of them another meaning (a gear byte's low nibble),
-    a forged or replayed frame breaks them all."""
-    if len(data) < 20:
-        return []
-    best: dict[int, tuple[int, tuple[int, int, int, int]]] = {}
-    for b in range(8):
-        col = data[:, b].astype(np.int32)
-        for mask, shift in COUNTER_FIELDS:
-            field = (col & mask) >> shift
-            modulus = (mask >> shift) + 1
-            if np.count_nonzero(np.bincount(field, minlength=modulus)) < min(modulus, 4):
-                continue
-            step = np.diff(field) % modulus
-            counts = np.bincount(step, minlength=modulus)
-            top = int(np.argmax(counts))
-            if top == 0 or counts[top] < 0.97 * len(step):
-                continue
-            bits = bin(mask).count("1")
-            if bits > best.get(b, (0,))[0]:
-                best[b] = (bits, (b, mask, shift, top))
-    ranked = sorted(best.values(), key=lambda v: (-v[0], v[1][0]))
-    return [field for _, field in ranked[:2]]
-
-
 def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int, int]:
     if len(data) < 20 or dlc.min() < 2:
         return 0, -1
@@ -277,6 +250,176 @@ def signal_bytes(d: np.ndarray, change_rate: np.ndarray) -> np.ndarray:
     return (n_values >= COUPLED_MIN_VALUES) & (change_rate >= COUPLED_MIN_CHANGE)
 
 
+class _Streams(NamedTuple):
+    """Benign frames by id, then owner, then segment, then time (each id's frames one
+    slice, each stream's together and in order), with how each frame differs from the
+    one before it (meaningful where ``same``: it continues that frame's stream)."""
+
+    ids: np.ndarray  # (k,) the distinct CAN ids
+    frames: np.ndarray
+    seg: np.ndarray  # segment of each frame
+    own: np.ndarray  # owner of each frame
+    slot: np.ndarray  # id slot of each frame
+    stream: np.ndarray  # (segment, id) stream of each frame
+    same: np.ndarray
+    dt: np.ndarray  # inter-arrival (NaN where not ``same``)
+    delta: np.ndarray  # (n, 8) i2 byte change
+    changed: np.ndarray  # (n, 8) bool
+    ham: np.ndarray  # Hamming distance between the payloads
+
+
+def _streams(frames: np.ndarray, vehicle: np.ndarray, owner: np.ndarray) -> _Streams:
+    ids, id_slot = np.unique(frames["can_id"], return_inverse=True)
+    k = len(ids)
+    order = np.lexsort((frames["ts"], vehicle, owner, id_slot))
+    f = frames[order]
+    seg = vehicle[order]
+    slot = id_slot[order]
+    s = seg * k + slot
+    same = np.r_[False, s[1:] == s[:-1]]
+    data = f["data"]
+    dt = np.diff(f["ts"], prepend=np.nan)
+    dt[~same] = np.nan
+    prev = np.roll(data, 1, axis=0)
+    delta = data.astype(np.int16) - prev.astype(np.int16)
+    ham = _POPCOUNT[data ^ prev].sum(axis=1, dtype=np.int64).astype(np.float64)
+    return _Streams(ids, f, seg, owner[order], slot, s, same, dt, delta, data != prev, ham)
+
+
+def _full_window_counts(st: _Streams, window_s: float) -> np.ndarray:
+    """(windows, k) frames per (segment, window) and id, without each segment's first
+    and last window (partial) unless that would leave fewer than three."""
+    k = len(st.ids)
+    win = np.floor(st.frames["ts"] / window_s).astype(np.int64)
+    w0 = int(win.min())
+    span = int(win.max()) - w0 + 1
+    vw_unique, vw_inv = np.unique(st.seg * span + (win - w0), return_inverse=True)
+    n_vw = len(vw_unique)
+    counts = np.bincount(vw_inv.reshape(-1) * k + st.slot, minlength=n_vw * k).reshape(n_vw, k)
+    veh_of_vw = vw_unique // span
+    edge = (
+        np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
+    )
+    return counts[~edge] if (~edge).sum() >= 3 else counts
+
+
+def _unlearned(k: int) -> dict[str, np.ndarray]:
+    """``Baseline``'s per-id arrays (and ``counter``: (k, 2, 4) byte, mask, shift, step of
+    two counters) as an id keeps them when there is nothing to learn."""
+    n_pairs = len(PAIRS)
+    counter = np.full((k, 2, 4), 0, np.int64)
+    counter[:, :, 0] = -1
+    return {
+        "period": np.full(k, np.nan),
+        "dt_p01": np.ones(k),
+        "ham_mean": np.zeros(k),
+        "ham_std": np.zeros(k),
+        "change_rate": np.zeros((k, 8)),
+        "cond_change": np.zeros((k, 8)),
+        "byte_min": np.zeros((k, 8), np.uint8),
+        "byte_max": np.zeros((k, 8), np.uint8),
+        "delta_min": np.zeros((k, 8), np.int16),
+        "delta_max": np.zeros((k, 8), np.int16),
+        "pair_min": np.zeros((k, n_pairs), np.int16),
+        "pair_max": np.zeros((k, n_pairs), np.int16),
+        "pair_tight": np.zeros((k, n_pairs), bool),
+        "dlc_mask": np.zeros(k, np.uint16),
+        "counter": counter,
+        "checksum_kind": np.zeros(k, np.uint8),
+        "checksum_byte": np.full(k, -1, np.int8),
+        "has_dict": np.zeros(k, bool),
+        "fixed_mask": np.zeros(k, np.uint64),
+        "fixed_value": np.zeros(k, np.uint64),
+        "couple_a": np.full((k, MAX_COUPLINGS), -1, np.int8),
+        "couple_b": np.full((k, MAX_COUPLINGS), -1, np.int8),
+        "couple_le": np.zeros((k, MAX_COUPLINGS), bool),
+        "couple_lo": np.zeros((k, MAX_COUPLINGS), np.int32),
+        "couple_hi": np.zeros((k, MAX_COUPLINGS), np.int32),
+    }
+
+
+def _learn_timing(out: dict, j: int, dt: np.ndarray) -> None:
+    """Period and the short-gap quantile from id ``j``'s in-stream inter-arrivals."""
+    if len(dt) >= 3:
+        out["period"][j] = float(np.median(dt))
+        if out["period"][j] > 0:
+            out["dt_p01"][j] = float(np.percentile(dt, 1) / out["period"][j])
+
+
+def _learn_ranges(out: dict, j: int, d: np.ndarray, dlc: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Byte ranges, the dlcs seen and the bytes that never moved; returns the bytes
+    that are the vehicle's own (no range applies to them)."""
+    lo, hi = d.min(axis=0).astype(np.int16), d.max(axis=0).astype(np.int16)
+    margin = (hi - lo) // RANGE_MARGIN_DIV
+    per_vehicle = vehicle_specific_bytes(d, own)
+    out["byte_min"][j] = np.where(per_vehicle, 0, np.clip(lo - margin, 0, 255))
+    out["byte_max"][j] = np.where(per_vehicle, 255, np.clip(hi + margin, 0, 255))
+    out["dlc_mask"][j] = np.bitwise_or.reduce(np.left_shift(1, dlc.astype(np.uint16)))
+    if len(d) >= MIN_PAYLOAD_FRAMES:  # bytes below every frame's dlc that never moved
+        fixed = (lo == hi) & (np.arange(8) < dlc.min())
+        out["fixed_mask"][j] = payload_u64(np.where(fixed, 0xFF, 0).astype(np.uint8)[None])[0]
+        out["fixed_value"][j] = payload_u64(lo.astype(np.uint8)[None])[0] & out["fixed_mask"][j]
+    else:
+        out["byte_min"][j], out["byte_max"][j] = 0, 255
+    return per_vehicle
+
+
+def _learn_changes(out: dict, j: int, st: _Streams, rows: slice) -> None:
+    """How id ``j``'s bytes change between consecutive frames of a stream."""
+    cons = st.same[rows]
+    if cons.any():
+        cj = st.changed[rows][cons]
+        out["change_rate"][j] = cj.mean(axis=0)
+        other = (cj.sum(axis=1)[:, None] - cj) > 0
+        out["cond_change"][j] = (cj & other).sum(axis=0) / np.maximum(other.sum(axis=0), 1)
+        hj = st.ham[rows][cons]
+        out["ham_mean"][j], out["ham_std"][j] = hj.mean(), hj.std()
+        dj = st.delta[rows][cons]
+        dlo, dhi = dj.min(axis=0), dj.max(axis=0)
+        margin = (dhi - dlo) // RANGE_MARGIN_DIV + 1
+        out["delta_min"][j], out["delta_max"][j] = dlo - margin, dhi + margin
+    if rows.stop - rows.start < MIN_PAYLOAD_FRAMES:
+        out["delta_min"][j], out["delta_max"][j] = -255, 255
+
+
+def _learn_pairs(out: dict, j: int, d: np.ndarray, per_vehicle: np.ndarray) -> None:
+    """Byte-pair difference ranges, and which of them couple two moving bytes."""
+    pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
+    pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
+    moving = signal_bytes(d, out["change_rate"][j]) & ~per_vehicle
+    out["pair_tight"][j] = (
+        ((pmax - pmin) <= TIGHT_PAIR_WIDTH)
+        & (len(d) >= MIN_PAYLOAD_FRAMES)
+        & moving[PAIRS[:, 0]]
+        & moving[PAIRS[:, 1]]
+    )
+    margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
+    out["pair_min"][j], out["pair_max"][j] = pmin - margin, pmax + margin
+    for c, (a, b, le, clo, chi) in enumerate(learn_couplings(d)):
+        out["couple_a"][j, c], out["couple_b"][j, c], out["couple_le"][j, c] = a, b, le
+        out["couple_lo"][j, c], out["couple_hi"][j, c] = clo, chi
+
+
+def _learn_framing(out: dict, j: int, d: np.ndarray, dlc: np.ndarray, can_id: int) -> None:
+    """Counters and checksum, from one vehicle's consecutive frames (``d``, ``dlc``)."""
+    for c, field in enumerate(learn_counters(d)):
+        out["counter"][j, c] = field
+    out["checksum_kind"][j], out["checksum_byte"][j] = _learn_checksum(d, dlc, can_id)
+
+
+def _payload_dictionary(j: int, d: np.ndarray, per_vehicle: np.ndarray) -> np.ndarray | None:
+    """Hashes of id ``j``'s payloads if they are a stable enumeration (every payload
+    seen many times over), else None."""
+    distinct = np.unique(payload_u64(d))
+    if (
+        len(distinct) <= MAX_DICT_PAYLOADS
+        and len(d) >= DICT_MIN_REPEATS * len(distinct)
+        and not per_vehicle.any()
+    ):
+        return payload_hash(np.full(len(distinct), j), distinct)
+    return None
+
+
 def learn_baseline(
     frames: np.ndarray,
     vehicle: np.ndarray,
@@ -293,161 +436,39 @@ def learn_baseline(
         raise TypeError("frames must be a FRAME_DTYPE array")
     if len(frames) < 2:
         raise ValueError(f"need at least 2 benign frames to learn a baseline, got {len(frames)}")
-    ids, id_slot = np.unique(frames["can_id"], return_inverse=True)
-    k = len(ids)
     vehicle = np.asarray(vehicle, dtype=np.int64)
     owner = vehicle if owner is None else np.asarray(owner, dtype=np.int64)
-    # by id, then owner, then segment, then time: each id's frames one slice, each
-    # stream's frames together and in time order inside it
-    order = np.lexsort((frames["ts"], vehicle, owner, id_slot))
-    f = frames[order]
-    seg = vehicle[order]
-    own = owner[order]
-    slot = id_slot[order]
-    s = seg * k + slot  # the stream of each frame
-    same = np.r_[False, s[1:] == s[:-1]]
-    data = f["data"]
-    dt = np.diff(f["ts"], prepend=np.nan)
-    dt[~same] = np.nan
-    prev = np.roll(data, 1, axis=0)
-    delta = data.astype(np.int16) - prev.astype(np.int16)
-    changed = data != prev
-    ham = _POPCOUNT[data ^ prev].sum(axis=1, dtype=np.int64).astype(np.float64)
-
-    # window occupancy: counts per (segment, window, id)
-    win = np.floor(f["ts"] / window_s).astype(np.int64)
-    w0 = int(win.min())
-    span = int(win.max()) - w0 + 1
-    vw_unique, vw_inv = np.unique(seg * span + (win - w0), return_inverse=True)
-    n_vw = len(vw_unique)
-    counts = np.bincount(vw_inv.reshape(-1) * k + slot, minlength=n_vw * k).reshape(n_vw, k)
-    # the first and last window of each segment are partial: leave them out
-    veh_of_vw = vw_unique // span
-    edge = (
-        np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
-    )
-    full = counts[~edge] if (~edge).sum() >= 3 else counts
+    st = _streams(frames, vehicle, owner)
+    k = len(st.ids)
+    full = _full_window_counts(st, window_s)
     per_bus = full.sum(axis=1)
-
-    period = np.full(k, np.nan)
-    dt_p01 = np.ones(k)
-    ham_mean = np.zeros(k)
-    ham_std = np.zeros(k)
-    change_rate = np.zeros((k, 8))
-    cond_change = np.zeros((k, 8))
-    byte_min = np.zeros((k, 8), np.uint8)
-    byte_max = np.zeros((k, 8), np.uint8)
-    delta_min = np.zeros((k, 8), np.int16)
-    delta_max = np.zeros((k, 8), np.int16)
-    pair_min = np.zeros((k, len(PAIRS)), np.int16)
-    pair_max = np.zeros((k, len(PAIRS)), np.int16)
-    pair_tight = np.zeros((k, len(PAIRS)), bool)
-    dlc_mask = np.zeros(k, np.uint16)
-    counter = np.full((k, 2, 4), 0, np.int64)
-    counter[:, :, 0] = -1
-    checksum_kind = np.zeros(k, np.uint8)
-    checksum_byte = np.full(k, -1, np.int8)
-    has_dict = np.zeros(k, bool)
+    out = _unlearned(k)
     hashes: list[np.ndarray] = []
-    fixed_mask = np.zeros(k, np.uint64)
-    fixed_value = np.zeros(k, np.uint64)
-    couple_a = np.full((k, MAX_COUPLINGS), -1, np.int8)
-    couple_b = np.full((k, MAX_COUPLINGS), -1, np.int8)
-    couple_le = np.zeros((k, MAX_COUPLINGS), bool)
-    couple_lo = np.zeros((k, MAX_COUPLINGS), np.int32)
-    couple_hi = np.zeros((k, MAX_COUPLINGS), np.int32)
-
-    starts = np.searchsorted(slot, np.arange(k))
-    ends = np.searchsorted(slot, np.arange(k), side="right")
+    data, dlcs = st.frames["data"], st.frames["dlc"]
+    starts = np.searchsorted(st.slot, np.arange(k))
+    ends = np.searchsorted(st.slot, np.arange(k), side="right")
     for j in range(k):
         rows = slice(starts[j], ends[j])
-        d = data[rows]
-        dl = f["dlc"][rows]
-        cons = same[rows]
-        dtj = dt[rows][cons]
-        if len(dtj) >= 3:
-            period[j] = float(np.median(dtj))
-            if period[j] > 0:
-                dt_p01[j] = float(np.percentile(dtj, 1) / period[j])
-        lo, hi = d.min(axis=0).astype(np.int16), d.max(axis=0).astype(np.int16)
-        margin = (hi - lo) // RANGE_MARGIN_DIV
-        per_vehicle = vehicle_specific_bytes(d, own[rows])
-        byte_min[j] = np.where(per_vehicle, 0, np.clip(lo - margin, 0, 255))
-        byte_max[j] = np.where(per_vehicle, 255, np.clip(hi + margin, 0, 255))
-        dlc_mask[j] = np.bitwise_or.reduce(np.left_shift(1, dl.astype(np.uint16)))
-        if cons.any():
-            cj = changed[rows][cons]
-            change_rate[j] = cj.mean(axis=0)
-            other = (cj.sum(axis=1)[:, None] - cj) > 0
-            cond_change[j] = (cj & other).sum(axis=0) / np.maximum(other.sum(axis=0), 1)
-            hj = ham[rows][cons]
-            ham_mean[j], ham_std[j] = hj.mean(), hj.std()
-            dj = delta[rows][cons]
-            dlo, dhi = dj.min(axis=0), dj.max(axis=0)
-            margin = (dhi - dlo) // RANGE_MARGIN_DIV + 1
-            delta_min[j], delta_max[j] = dlo - margin, dhi + margin
-        pairs = d[:, PAIRS[:, 0]].astype(np.int16) - d[:, PAIRS[:, 1]].astype(np.int16)
-        pmin, pmax = pairs.min(axis=0), pairs.max(axis=0)
-        moving = signal_bytes(d, change_rate[j]) & ~per_vehicle
-        pair_tight[j] = (
-            ((pmax - pmin) <= TIGHT_PAIR_WIDTH)
-            & (len(d) >= MIN_PAYLOAD_FRAMES)
-            & moving[PAIRS[:, 0]]
-            & moving[PAIRS[:, 1]]
-        )
-        margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
-        pair_min[j], pair_max[j] = pmin - margin, pmax + margin
-        if len(d) >= MIN_PAYLOAD_FRAMES:  # bytes below every frame's dlc that never moved
-            fixed = (lo == hi) & (np.arange(8) < dl.min())
-            fixed_mask[j] = payload_u64(np.where(fixed, 0xFF, 0).astype(np.uint8)[None])[0]
-            fixed_value[j] = payload_u64(lo.astype(np.uint8)[None])[0] & fixed_mask[j]
-        for c, (a, b, le, clo, chi) in enumerate(learn_couplings(d)):
-            couple_a[j, c], couple_b[j, c], couple_le[j, c] = a, b, le
-            couple_lo[j, c], couple_hi[j, c] = clo, chi
-        if len(d) < MIN_PAYLOAD_FRAMES:
-            byte_min[j], byte_max[j] = 0, 255
-            delta_min[j], delta_max[j] = -255, 255
-        # a counter/checksum must be learned on one vehicle's consecutive frames
-        first_stream = s[rows] == s[rows][0]
-        for c, field in enumerate(_learn_counters(d[first_stream])):
-            counter[j, c] = field
-        checksum_kind[j], checksum_byte[j] = _learn_checksum(
-            d[first_stream], dl[first_stream], int(ids[j])
-        )
-        distinct = np.unique(payload_u64(d))
-        # only a stable enumeration: every payload seen many times over
-        if (
-            len(distinct) <= MAX_DICT_PAYLOADS
-            and len(d) >= DICT_MIN_REPEATS * len(distinct)
-            and not per_vehicle.any()
-        ):
-            has_dict[j] = True
-            hashes.append(payload_hash(np.full(len(distinct), j), distinct))
-
+        d, dl = data[rows], dlcs[rows]
+        _learn_timing(out, j, st.dt[rows][st.same[rows]])
+        per_vehicle = _learn_ranges(out, j, d, dl, st.own[rows])
+        _learn_changes(out, j, st, rows)
+        _learn_pairs(out, j, d, per_vehicle)
+        first_stream = st.stream[rows] == st.stream[rows][0]
+        _learn_framing(out, j, d[first_stream], dl[first_stream], int(st.ids[j]))
+        found = _payload_dictionary(j, d, per_vehicle)
+        if found is not None:
+            out["has_dict"][j] = True
+            hashes.append(found)
+    counter = out.pop("counter")
     presence = (full > 0).mean(axis=0)
     mean_count = full.mean(axis=0)
-    std_count = full.std(axis=0)
-    expected = (presence >= 0.99) & (mean_count >= 2)
     return Baseline(
-        ids=ids.astype(np.uint32),
-        period=period,
-        dt_p01=dt_p01,
+        ids=st.ids.astype(np.uint32),
         mean_count=mean_count,
-        std_count=std_count,
+        std_count=full.std(axis=0),
         presence=presence,
-        expected=expected,
-        dlc_mask=dlc_mask,
-        byte_min=byte_min,
-        byte_max=byte_max,
-        change_rate=change_rate,
-        cond_change=cond_change,
-        ham_mean=ham_mean,
-        ham_std=ham_std,
-        delta_min=delta_min,
-        delta_max=delta_max,
-        pair_min=pair_min,
-        pair_max=pair_max,
-        pair_tight=pair_tight,
+        expected=(presence >= 0.99) & (mean_count >= 2),
         counter_byte=counter[:, 0, 0].astype(np.int8),
         counter_mask=counter[:, 0, 1].astype(np.uint8),
         counter_shift=counter[:, 0, 2].astype(np.uint8),
@@ -456,19 +477,10 @@ def learn_baseline(
         counter2_mask=counter[:, 1, 1].astype(np.uint8),
         counter2_shift=counter[:, 1, 2].astype(np.uint8),
         counter2_step=counter[:, 1, 3].astype(np.uint8),
-        checksum_kind=checksum_kind,
-        checksum_byte=checksum_byte,
         payload_hashes=np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64),
-        has_dict=has_dict,
-        fixed_mask=fixed_mask,
-        fixed_value=fixed_value,
-        couple_a=couple_a,
-        couple_b=couple_b,
-        couple_le=couple_le,
-        couple_lo=couple_lo,
-        couple_hi=couple_hi,
         bus_mean_frames=float(per_bus.mean()),
         bus_std_frames=float(per_bus.std()),
         bus_mean_ids=float((full > 0).sum(axis=1).mean()),
         window_s=float(window_s),
+        **out,
     )

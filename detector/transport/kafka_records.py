@@ -16,11 +16,12 @@ out and builds each ``ConsumerRecord``. It yields exactly what kafka-python
 yields, with the same bookkeeping between records (next fetch offset, records
 and bytes read), so a poll that stops mid-batch resumes where it should.
 
-Every other batch is read by ``detector.transport.kafka_salvage``, never by kafka-python's
-generator: that one raises ``CorruptRecordError`` at the first malformed field,
-and kafka-python 3.0.12 then spins forever inside ``Fetcher.fetched_records``
-(the dead generator is never drained), so a single record with a header name
-that is not UTF-8 stopped consumption of every partition (issue 21). The
+Every other batch is read by ``detector.transport.kafka_salvage`` (its records handed
+to the fetcher by ``kafka_fallback``), never by kafka-python's generator: that one
+raises ``CorruptRecordError`` at the first malformed field, and kafka-python 3.0.12
+then spins forever inside ``Fetcher.fetched_records`` (the dead generator is never
+drained), so a single record with a header name that is not UTF-8 stopped
+consumption of every partition (issue 21). The
 salvage reads each record it can exactly as kafka-python would and yields an
 ``UnreadableRecord`` (offsets, reason, raw bytes) for each part it cannot, so
 the fetch position always moves past a batch, whatever it holds. Consumers
@@ -38,8 +39,10 @@ import logging
 import struct
 
 import numpy as np
+from kafka.consumer.fetcher import ConsumerRecord
 from numba import njit
 
+from detector.transport import kafka_fallback as fallback
 from detector.transport import kafka_salvage as salvage
 
 log = logging.getLogger(__name__)
@@ -195,68 +198,63 @@ def _records(batch) -> tuple | None:
 
 
 _LOG_OVERHEAD = 12
-_MIN_SLICE = 26  # kafka-python's MemoryRecords.MIN_SLICE: no (v0) message set is shorter
 _MAGIC = struct.Struct(">b")
 
 
+def _v2_batch(pr, tp, batch, view, base, limit):
+    """The records of v2 ``batch`` (framed in ``view`` at offset ``base``): through the
+    compiled pass, else the salvage, else one unreadable span; nothing for a
+    transaction marker. Returns the offset after it."""
+    pr.leader_epoch = epoch = batch.leader_epoch
+    last = salvage.last_offset_of(batch)
+    last = last if limit is None else min(last, limit)
+    problem = salvage.batch_problem(batch, pr.check_crcs)
+    if problem is None and batch.is_control_batch:  # a transaction marker
+        pr.next_fetch_offset = max(pr.next_fetch_offset, last + 1)
+        return last + 1
+    if problem is None:
+        try:
+            salvage.inflate(batch)
+        except Exception as exc:  # unknown codec, no library, corrupt, a bomb
+            problem = salvage.BAD_CODEC, f"codec {batch.compression_type}: {exc!r}"[:300]
+    if problem is not None:
+        item = fallback.span(pr, tp, epoch, base, last, *problem, bytes(view))
+        if item is not None:
+            yield item
+        return last + 1
+    parsed = _records(batch)
+    if parsed is None:
+        yield from fallback.salvaged(pr, tp, batch, last)
+        return last + 1
+    rows, record_headers, view = parsed
+    topic, partition, tstype = tp.topic, tp.partition, batch.timestamp_type
+    hd = batch._header_data
+    base_offset, first_ts = hd[0], hd[7]
+    for row, headers in zip(rows, record_headers, strict=True):
+        size_, ts_delta, off, k_at, k_len, v_at, v_len, _, _, h_size, _, _ = row
+        offset = base_offset + off
+        pr.records_read += 1
+        pr.bytes_read += size_
+        pr.next_fetch_offset = offset + 1
+        yield ConsumerRecord(
+            topic, partition, epoch, offset,
+            hd[8] if tstype else first_ts + ts_delta,  # log-append time: the batch's
+            tstype,
+            bytes(view[k_at : k_at + k_len]) if k_len >= 0 else None,
+            bytes(view[v_at : v_at + v_len]) if v_len >= 0 else None,
+            list(headers), None,
+            k_len if k_len >= 0 else -1, v_len if v_len >= 0 else -1, h_size,
+        )  # fmt: skip
+    return last + 1
+
+
 def _unpack_records_compiled(stock):
-    from kafka.consumer.fetcher import ConsumerRecord
+    """``PartitionRecords._unpack_records`` reading each batch of a fetch with the steps
+    above; ``stock`` (kafka-python's own) for what canwatch never asks for."""
+    # imported here: parse_batches_compiled checks kafka-python's version first
     from kafka.protocol.consumer import IsolationLevel
     from kafka.record import MemoryRecords
     from kafka.record.default_records import DefaultRecordBatch
-
-    def unreadable(self, tp, epoch, first, problem, raw):
-        """The span ``[first, problem.last_offset]`` as one record for the fetcher."""
-        self.records_read += 1
-        self.bytes_read += len(raw)
-        self.next_fetch_offset = max(self.next_fetch_offset, problem.last_offset + 1)
-        return salvage.UnreadableRecord(tp.topic, tp.partition, epoch, first, problem, raw)
-
-    def span(self, tp, epoch, first, last, reason, detail, raw):
-        """A whole batch (or what is left of a fetch) that cannot be read; None if it lies
-        before the fetch offset (read in an earlier fetch)."""
-        if last < self.fetch_offset:
-            return None
-        first = max(first, self.fetch_offset)
-        return unreadable(self, tp, epoch, first, salvage.Problem(reason, detail, last), raw)
-
-    def salvaged(self, tp, batch, last):
-        """Records and unreadable parts of a v2 batch the compiled pass refused."""
-        epoch, tstype = batch.leader_epoch, batch.timestamp_type
-        for item in salvage.read_v2(batch, self.fetch_offset, last):
-            if item[0] == "bad":
-                _, first, problem, raw = item
-                yield unreadable(self, tp, epoch, salvage.clamp(first, problem, self.fetch_offset),
-                                 problem, raw)  # fmt: skip
-                continue
-            _, offset, ts, key, value, headers, size, h_size = item
-            self.records_read += 1
-            self.bytes_read += size
-            self.next_fetch_offset = offset + 1
-            yield ConsumerRecord(
-                tp.topic, tp.partition, epoch, offset, ts, tstype, key, value, headers, None,
-                len(key) if key is not None else -1, len(value) if value is not None else -1,
-                h_size,
-            )  # fmt: skip
-
-    def legacy(self, tp, view, magic):
-        """A v0/v1 message set, read by kafka-python's classes as its generator does."""
-        for item in salvage.read_legacy(view, magic, self.check_crcs, self.fetch_offset):
-            if item[0] == "bad":
-                _, first, problem, raw = item
-                yield unreadable(self, tp, self.leader_epoch,
-                                 salvage.clamp(first, problem, self.fetch_offset), problem, raw)  # fmt: skip
-                continue
-            record = item[1]
-            key, value = record.key, record.value
-            self.records_read += 1
-            self.bytes_read += record.size_in_bytes
-            self.next_fetch_offset = record.offset + 1
-            yield ConsumerRecord(
-                tp.topic, tp.partition, self.leader_epoch, record.offset, record.timestamp,
-                record.timestamp_type, key, value, record.headers, record.checksum,
-                len(key) if key is not None else -1, len(value) if value is not None else -1, -1,
-            )  # fmt: skip
 
     def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
         if (
@@ -267,7 +265,6 @@ def _unpack_records_compiled(stock):
         ):
             yield from stock(self, tp, records, key_deserializer, value_deserializer)
             return
-        topic, partition = tp.topic, tp.partition
         data = records._buffer
         size, pos = len(data), 0
         tail = None  # the next offset after the fetch's last batch, if it was a v2 one
@@ -282,8 +279,8 @@ def _unpack_records_compiled(stock):
                 # dead-lettered) per fetch until the broker sends something readable.
                 at = max(self.next_fetch_offset, tail or 0)
                 detail = f"batch length {length} at offset {base}"
-                item = span(self, tp, self.leader_epoch, at, at, salvage.BAD_BATCH, detail,
-                            bytes(data[pos:]))  # fmt: skip
+                item = fallback.span(self, tp, self.leader_epoch, at, at, salvage.BAD_BATCH,
+                                     detail, bytes(data[pos:]))  # fmt: skip
                 if item is not None:
                     yield item
                 tail = None
@@ -301,63 +298,11 @@ def _unpack_records_compiled(stock):
             magic = _MAGIC.unpack_from(view, 16)[0] if len(view) > 16 else None
             if magic != 2 or len(view) < salvage.V2_HEADER_BYTES:
                 tail = None
-                if magic in (0, 1) and len(view) >= _MIN_SLICE:
-                    yield from legacy(self, tp, view, magic)
-                    floor = max(floor or 0, base + 1)  # a message set's offset is its last
-                    continue
-                last = base
-                if magic is not None and magic > 2 and len(view) >= 27:
-                    last = salvage.framed_last_offset(view, 0, base)
-                last = last if limit is None else min(last, limit)
-                floor = max(floor or 0, last + 1)
-                detail = f"record batch version {magic}, {len(view)} bytes: not readable"
-                item = span(self, tp, self.leader_epoch, base, last, salvage.BAD_BATCH, detail,
-                            bytes(view))  # fmt: skip
-                if item is not None:
-                    yield item
-                continue
-            batch = DefaultRecordBatch(view)
-            self.leader_epoch = epoch = batch.leader_epoch
-            last = salvage.last_offset_of(batch)
-            last = last if limit is None else min(last, limit)
-            floor = tail = last + 1
-            problem = salvage.batch_problem(batch, self.check_crcs)
-            if problem is None and batch.is_control_batch:  # a transaction marker
-                self.next_fetch_offset = max(self.next_fetch_offset, tail)
-                continue
-            if problem is None:
-                try:
-                    salvage.inflate(batch)
-                except Exception as exc:  # unknown codec, no library, corrupt, a bomb
-                    problem = salvage.BAD_CODEC, f"codec {batch.compression_type}: {exc!r}"[:300]
-            if problem is not None:
-                item = span(self, tp, epoch, base, last, *problem, bytes(view))
-                if item is not None:
-                    yield item
-                continue
-            parsed = _records(batch)
-            if parsed is None:
-                yield from salvaged(self, tp, batch, last)
-                continue
-            rows, record_headers, view = parsed
-            tstype = batch.timestamp_type
-            hd = batch._header_data
-            base_offset, first_ts = hd[0], hd[7]
-            for row, headers in zip(rows, record_headers, strict=True):
-                size_, ts_delta, off, k_at, k_len, v_at, v_len, _, _, h_size, _, _ = row
-                offset = base_offset + off
-                self.records_read += 1
-                self.bytes_read += size_
-                self.next_fetch_offset = offset + 1
-                yield ConsumerRecord(
-                    topic, partition, epoch, offset,
-                    hd[8] if tstype else first_ts + ts_delta,  # log-append time: the batch's
-                    tstype,
-                    bytes(view[k_at : k_at + k_len]) if k_len >= 0 else None,
-                    bytes(view[v_at : v_at + v_len]) if v_len >= 0 else None,
-                    list(headers), None,
-                    k_len if k_len >= 0 else -1, v_len if v_len >= 0 else -1, h_size,
-                )  # fmt: skip
+                after = yield from fallback.other_batch(self, tp, view, base, limit, magic)
+                floor = max(floor or 0, after)
+            else:
+                batch = DefaultRecordBatch(view)
+                floor = tail = yield from _v2_batch(self, tp, batch, view, base, limit)
         # as kafka-python ends a fetch's records (v2 keeps a batch's last offset)
         if tail is not None:
             self.next_fetch_offset = max(self.next_fetch_offset, tail)

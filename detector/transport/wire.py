@@ -1,7 +1,8 @@
 """The telemetry wire format (topic ``can.telemetry``); docs/wire-format.md is the spec.
 
 One Kafka record = one batch of frames from one vehicle. Key = pseudonymous
-vehicle id (UTF-8). Headers: ``brand``, ``content-type``, ``schema`` ("1").
+vehicle id (UTF-8). Headers: ``brand``, ``content-type``, ``schema`` ("1"). The key,
+headers and value size are the record's envelope, checked in ``envelope``.
 
 Binary (``application/vnd.canwatch.frames``): a 16-byte little-endian header
 ``magic "CWF1" | u16 version=1 | u16 header_len=16 | u32 frame_count |
@@ -29,14 +30,29 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from detector.core.brands import validate_slug
-from detector.core.errors import ConfigError, DecodeError
+from detector.core.errors import DecodeError
 from detector.core.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, FRAME_DTYPE, ID_MASK_STANDARD
-from detector.transport.frame_checks import frame_faults, frame_faults_each
 
-CONTENT_TYPE_BINARY = "application/vnd.canwatch.frames"
-CONTENT_TYPE_JSON = "application/json"
-CONTENT_TYPES = (CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON)
-SCHEMA_VERSION = 1
+# The envelope's names are the format's too: its users import them from here.
+from detector.transport.envelope import (
+    BAD_HEADER,
+    BAD_KEY,
+    CONTENT_TYPE_BINARY,
+    CONTENT_TYPE_JSON,
+    EMPTY,
+    MAX_KEY_BYTES,
+    MAX_RECORD_BYTES,
+    MISSING_HEADER,
+    MISSING_KEY,
+    SCHEMA_VERSION,
+    TOO_LARGE,
+    UNKNOWN_BRAND,
+    UNKNOWN_CONTENT_TYPE,
+    UNKNOWN_SCHEMA,
+    headers_for,
+    read_envelope,
+)
+from detector.transport.frame_checks import frame_faults, frame_faults_each
 
 MAGIC = b"CWF1"
 HEADER = struct.Struct("<4sHHIHH")
@@ -45,12 +61,10 @@ RECORD_SIZE = FRAME_DTYPE.itemsize
 _CHECK_RECORDS = 32  # records copied before their checks run: ~360 kB, in L2
 assert HEADER_LEN == 16 and RECORD_SIZE == 24
 
-#: Limits. A record above them goes to the DLQ as ``too_large``; producers
-#: split longer batches into several records.
-MAX_RECORD_BYTES = 4 * 1024 * 1024
+#: Limits (with the envelope's MAX_RECORD_BYTES, MAX_KEY_BYTES and
+#: MAX_HEADER_VALUE_BYTES). A record above them goes to the DLQ as ``too_large``;
+#: producers split longer batches into several records.
 MAX_FRAMES = 100_000
-MAX_KEY_BYTES = 128
-MAX_HEADER_VALUE_BYTES = 128
 MAX_BUS_CHARS = 32
 KNOWN_FLAGS = FLAG_RTR | FLAG_ERROR
 
@@ -65,22 +79,14 @@ DLQ_MAX_HEADERS = 64
 DLQ_MAX_HEADER_NAME_CHARS = 256
 DLQ_MAX_HEADER_VALUE_BYTES = 1024
 
-# Dead-letter reasons: the complete, bounded set of DecodeError.reason values.
-MISSING_KEY = "missing_key"  # record key absent
-BAD_KEY = "bad_key"  # key empty, > 128 bytes, not UTF-8, or has control characters
-MISSING_HEADER = "missing_header"  # brand, content-type or schema header absent
-BAD_HEADER = "bad_header"  # header repeated, null, not ASCII, too long, brand not a slug
-UNKNOWN_CONTENT_TYPE = "unknown_content_type"
-UNKNOWN_SCHEMA = "unknown_schema"  # schema header or binary version is not 1
-UNKNOWN_BRAND = "unknown_brand"  # brand slug not in the fleet map
-TOO_LARGE = "too_large"  # value > MAX_RECORD_BYTES or > MAX_FRAMES frames
+# Dead-letter reasons: with the envelope's, the complete, bounded set of
+# DecodeError.reason values (REASONS).
 TRUNCATED = "truncated"  # fewer bytes than the binary header announces
 BAD_MAGIC = "bad_magic"  # binary value does not start with b"CWF1"
 BAD_LENGTH = "bad_length"  # header_len/record_size wrong, reserved != 0, trailing bytes
 BAD_JSON = "bad_json"  # not UTF-8 JSON, too deeply nested, NaN/Infinity literals
 BAD_SHAPE = "bad_shape"  # JSON not the documented object/array shape or types
 MISMATCH = "mismatch"  # JSON vehicle/brand differ from the record key/brand header
-EMPTY = "empty"  # zero frames
 BAD_DLC = "bad_dlc"  # dlc > 8
 BAD_ID = "bad_id"  # > 29 bits with the extended flag, > 11 bits without
 BAD_FLAGS = "bad_flags"  # unknown flag bits, or wire bytes 14-15 not zero
@@ -167,18 +173,6 @@ def encode_json(vehicle: str, brand: str, frames: np.ndarray, bus: str = "can0")
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def headers_for(brand: str, content_type: str) -> list[tuple[str, bytes]]:
-    """The three record headers, as kafka-python wants them."""
-    validate_slug(brand)
-    if content_type not in CONTENT_TYPES:
-        raise ValueError(f"content_type must be one of {CONTENT_TYPES}, got {content_type!r}")
-    return [
-        ("brand", brand.encode("ascii")),
-        ("content-type", content_type.encode("ascii")),
-        ("schema", str(SCHEMA_VERSION).encode("ascii")),
-    ]
-
-
 def encode_record(
     vehicle: str, brand: str, frames: np.ndarray, encoding: str = "binary", bus: str = "can0"
 ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -238,56 +232,6 @@ def dead_letter_copy(
 
 
 # -- decoding -------------------------------------------------------------------
-
-
-def _vehicle(key: Any) -> str:
-    if key is None:
-        raise DecodeError(MISSING_KEY, "record has no key (vehicle id)")
-    if not isinstance(key, bytes | bytearray | memoryview):
-        raise DecodeError(BAD_KEY, f"key is {type(key).__name__}, not bytes")
-    key = bytes(key)
-    if not 0 < len(key) <= MAX_KEY_BYTES:
-        raise DecodeError(BAD_KEY, f"key must be 1..{MAX_KEY_BYTES} bytes, got {len(key)}")
-    try:
-        text = key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError(BAD_KEY, "key is not valid UTF-8") from None
-    if not text.isprintable() or text.strip() != text:
-        raise DecodeError(BAD_KEY, "key has control characters or surrounding whitespace")
-    return text
-
-
-def _headers(headers: Any) -> dict[str, str]:
-    """The three headers we read, as text. Other headers are ignored."""
-    wanted = ("brand", "content-type", "schema")
-    found: dict[str, str] = {}
-    try:
-        for name, raw in headers or ():
-            if name not in wanted:
-                continue
-            if name in found:
-                raise DecodeError(BAD_HEADER, f"header {name!r} repeated")
-            if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_HEADER_VALUE_BYTES:
-                raise DecodeError(BAD_HEADER, f"header {name!r} is null, not bytes or too long")
-            found[name] = bytes(raw).decode("ascii").strip()
-    except DecodeError:
-        raise
-    except (TypeError, ValueError) as exc:  # not (name, value) pairs, non-ASCII
-        raise DecodeError(BAD_HEADER, f"unreadable headers: {type(exc).__name__}") from None
-    for name in wanted:
-        if name not in found:
-            raise DecodeError(MISSING_HEADER, f"header {name!r} missing")
-    return found
-
-
-def _brand(text: str, known_brands: set[str] | frozenset[str] | None) -> str:
-    try:
-        validate_slug(text)
-    except ConfigError:
-        raise DecodeError(BAD_HEADER, f"brand {text[:40]!r} is not a lower-case slug") from None
-    if known_brands is not None and text not in known_brands:
-        raise DecodeError(UNKNOWN_BRAND, f"brand {text!r} not in the fleet map")
-    return text
 
 
 def _raise_fault(
@@ -431,60 +375,6 @@ def _decode_json(value: bytes, vehicle: str, brand: str) -> np.ndarray:
     return _json_frames(doc["frames"])
 
 
-def _envelope(
-    key: Any, value: Any, headers: Any, known_brands: Any, memo: dict | None = None
-) -> tuple[str, str, str, bytes]:
-    """(vehicle, brand, content type, value) of a record, or raise DecodeError.
-
-    ``memo`` caches the verdicts on keys and on header lists: a poll repeats
-    the same few (one key per vehicle, one header list per brand and encoding).
-    """
-    if memo is not None and type(key) is bytes:
-        vehicle = memo.get(key)
-        if vehicle is None:
-            try:
-                vehicle = _vehicle(key)
-            except DecodeError as exc:
-                vehicle = exc
-            memo[key] = vehicle
-        if isinstance(vehicle, DecodeError):
-            raise DecodeError(vehicle.reason, vehicle.detail)
-    else:
-        vehicle = _vehicle(key)
-    verdict = None
-    if memo is not None:
-        try:
-            hkey = tuple(headers or ())
-            verdict = memo.get(hkey)
-        except TypeError:  # unhashable: no memo for this one
-            hkey = None
-    if verdict is None:
-        try:
-            found = _headers(headers)
-            ctype = found["content-type"].split(";", 1)[0].strip().lower()
-            if ctype not in CONTENT_TYPES:
-                raise DecodeError(
-                    UNKNOWN_CONTENT_TYPE, f"content-type {found['content-type'][:60]!r}"
-                )
-            if found["schema"] != str(SCHEMA_VERSION):
-                raise DecodeError(UNKNOWN_SCHEMA, f"schema {found['schema'][:20]!r}, expected 1")
-            verdict = (ctype, _brand(found["brand"], known_brands))
-        except DecodeError as exc:
-            verdict = (exc.reason, exc.detail, None)
-        if memo is not None and hkey is not None:
-            memo[hkey] = verdict
-    if len(verdict) == 3:
-        raise DecodeError(verdict[0], verdict[1])
-    ctype, brand = verdict
-    if type(value) is not bytes:
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise DecodeError(EMPTY, "record has no value (tombstone)")
-        value = bytes(value)
-    if len(value) > MAX_RECORD_BYTES:
-        raise DecodeError(TOO_LARGE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
-    return vehicle, brand, ctype, value
-
-
 def decode_record(
     key: bytes | None,
     value: bytes | None,
@@ -500,7 +390,7 @@ def decode_record(
     ``now`` is the wall clock (seconds since epoch) that bounds future
     timestamps; ``known_brands`` None accepts any well-formed brand slug.
     """
-    vehicle, brand, ctype, value = _envelope(key, value, headers, known_brands)
+    vehicle, brand, ctype, value = read_envelope(key, value, headers, known_brands)
     if ctype == CONTENT_TYPE_BINARY:
         frames = _decode_binary(value)
     else:
@@ -540,7 +430,7 @@ def decode_records(
     binary: list[tuple[int, str, str, bytes, int]] = []
     for i, (key, value, headers) in enumerate(records):
         try:
-            vehicle, brand, ctype, value = _envelope(key, value, headers, known_brands, memo)
+            vehicle, brand, ctype, value = read_envelope(key, value, headers, known_brands, memo)
             if ctype == CONTENT_TYPE_BINARY:
                 count = _binary_count(value)
                 if count == 0:
