@@ -7,7 +7,7 @@ import importlib.metadata
 
 from prometheus_client import CollectorRegistry
 
-from detector.service.metrics_families import Families, check_label
+from detector.service.metrics.families import Families, check_label
 
 #: Why a fetched record (or a span of records) could not be read at all (the
 #: Kafka record format, not canwatch's wire format): ``detector.transport.kafka_salvage``.

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from detector.service.metrics_families import Families, check_label
+from detector.service.metrics.families import Families, check_label
 
 STAGES = ("decode", "features", "score", "incidents", "produce", "commit")
 STAGE_BUCKETS = (

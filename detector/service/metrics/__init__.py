@@ -5,9 +5,9 @@ platform/version on the two info gauges). Vehicles and CAN ids are unbounded
 and belong in incidents, never in labels.
 
 The families are split by what they measure, each part on the same registry:
-``metrics_consumption`` (records in, stage durations, lag), ``metrics_detection``
-(scores, incidents, models), ``metrics_state`` (state held against limits.*, what
-they shed) and ``metrics_health`` (up, ready, stalls, dead letters).
+``consumption`` (records in, stage durations, lag), ``detection``
+(scores, incidents, models), ``state`` (state held against limits.*, what
+they shed) and ``health`` (up, ready, stalls, dead letters).
 ``DetectorMetrics`` composes them and is what the service is handed.
 
 Hot-path code asks once for ``metrics.brand(slug)`` and keeps the returned
@@ -30,21 +30,21 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from detector.core.errors import ConfigError
-from detector.service.metrics_consumption import STAGE_BUCKETS, STAGES, ConsumptionMetrics
-from detector.service.metrics_detection import (
+from detector.service.metrics.consumption import STAGE_BUCKETS, STAGES, ConsumptionMetrics
+from detector.service.metrics.detection import (
     ATTACKS,
     MODEL_RELOAD_FAILURE_REASONS,
     SCORE_BUCKETS,
     SEVERITIES,
     DetectionMetrics,
 )
-from detector.service.metrics_families import check_label
-from detector.service.metrics_health import (
+from detector.service.metrics.families import check_label
+from detector.service.metrics.health import (
     DEAD_LETTER_REASONS,
     UNREADABLE_REASONS,
     HealthMetrics,
 )
-from detector.service.metrics_state import EVICTION_REASONS, SHED_REASONS, StateMetrics
+from detector.service.metrics.state import EVICTION_REASONS, SHED_REASONS, StateMetrics
 
 __all__ = [
     "ALLOWED_LABELS",

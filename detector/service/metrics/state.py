@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from detector.service.metrics_families import Families
+from detector.service.metrics.families import Families
 
 #: Why the state limits (limits.*) shed frames: their vehicle was refused (dropped), or
 #: they were pooled into their vehicle window's row of further unseen ids because

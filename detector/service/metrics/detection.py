@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from detector.service.metrics_families import Families, check_label
+from detector.service.metrics.families import Families, check_label
 
 SEVERITIES = ("low", "medium", "high", "critical")
 ATTACKS = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay", "unknown")

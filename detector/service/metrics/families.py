@@ -1,8 +1,8 @@
 """How a ``canwatch_*`` family is declared: on the registry it is given, without
 ``*_created`` series, and with label values checked against a closed list.
 
-Every part of the detector's metrics (``metrics_consumption``,
-``metrics_detection``, ``metrics_state``, ``metrics_health``) builds its families
+Every part of the detector's metrics (``consumption``,
+``detection``, ``state``, ``health``) builds its families
 through ``Families``, so none can end up on the global default registry or take a
 free-text label value.
 """
