@@ -233,9 +233,10 @@ def detect_run(work: Path, bootstrap: str, topic: str, frames: int, model_dir: P
     }
 
 
-def net_detect_run(name: str, frames: int, *args) -> dict:
+def net_detect_run(name: str, work: Path, bootstrap: str, topic: str, frames: int,
+                   model_dir: Path, mpr: int | None, broker_pid: int) -> dict:  # fmt: skip
     """detect_run with the per-CPU-second figures, raw and net of start-up."""
-    d = detect_run(*args)
+    d = detect_run(work, bootstrap, topic, frames, model_dir, mpr, broker_pid)
     if d["startup_cpu_s"] is None:
         raise RuntimeError(f"canwatch detect never logged {ASSIGNED!r}")
     d["cpu_net_s"] = d["cpu_raw_s"] - d["startup_cpu_s"]
@@ -306,12 +307,12 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 runs[name].append(run_child("bare", bs, "bench.bin", n, mpr, *extra))
                 x = runs[name][-1]
                 say(f"  {name:9} {x['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({x['cpu_s']:.2f} s)")
-            d = net_detect_run("detect", n, work, bs, "bench.bin", n, model_dir, mpr, b.pid)
+            d = net_detect_run("detect", work, bs, "bench.bin", n, model_dir, mpr, b.pid)
             runs["detect"].append(d)
             runs["startup"].append(d["startup_cpu_s"])
             if json_n:
                 runs["json"].append(
-                    net_detect_run("json", json_n, work, bs, "bench.json", json_n, model_dir, mpr, b.pid)
+                    net_detect_run("json", work, bs, "bench.json", json_n, model_dir, mpr, b.pid)
                 )
             river = run_child("river", bs, "bench.bin", river_n, mpr)
             runs["river"].append(river)
