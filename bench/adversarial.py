@@ -30,6 +30,7 @@ the shedding in the metrics, the fleet's attack detected.
     .venv/bin/python bench/adversarial.py [--scenario a,b] [--json out.json]
 """
 
+# ruff: noqa: E402 - the checkout goes first on sys.path (run as `python bench/adversarial.py`)
 from __future__ import annotations
 
 import argparse
@@ -44,17 +45,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, markdown_table, proc_cpu_seconds, write_json  # noqa: E402
-from bench.throughput import DetectProc, ensure_models, say, total  # noqa: E402
-from detector.core.brands import load_fleet  # noqa: E402
-from detector.core.config import load_config  # noqa: E402
-from detector.core.schema import EXTENDED_FLAG, make_frames  # noqa: E402
-from detector.transport.broker import EmbeddedBroker, create_topics  # noqa: E402
-from detector.transport.kafka_io import make_producer  # noqa: E402
-from detector.transport.wire import encode_record  # noqa: E402
-from replay.attacks import AttackSpec, inject  # noqa: E402
-from replay.publisher import publish  # noqa: E402
-from replay.simulator import simulate_vehicle  # noqa: E402
+from bench.common import say
+from bench.common.detect import DetectProc, total
+from bench.common.procs import cpu_seconds, rss
+from bench.common.report import machine_line, markdown_table, write_results
+from bench.common.rig import bench_models, broker, incident_consumer, producer
+from detector.core.brands import load_fleet
+from detector.core.schema import EXTENDED_FLAG, make_frames
+from detector.transport.wire import encode_record
+from replay.attacks import AttackSpec, inject
+from replay.publisher import publish
+from replay.simulator import simulate_vehicle
 
 TOPIC = "adv.telemetry"
 PARTITIONS = 4
@@ -64,13 +65,6 @@ FUZZER = "veh-fuzzer"
 FLOOD_ATTACK = "dos:start={start},duration=20"  # on the first fleet vehicle, mid-flood
 DRAIN_TIMEOUT_S = 900.0
 IDLE_S = 20.0  # detect's idle CPU rate is measured over this, before any traffic
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def fleet(n: int, seconds: float, start: float, attacks: dict[int, str]) -> list:
@@ -93,23 +87,19 @@ def fuzz_frames(start: float, seconds: float, rate: float, seed: int = 1) -> np.
 
 def publish_live(bootstrap: str, streams: list, errors: list) -> None:
     """The streams in real time (binary records of <= 500 frames or 0.1 s)."""
-    cfg = load_config(None, env={}, overrides={"kafka.bootstrap": bootstrap})
-    producer = make_producer(cfg.kafka)
+    prod = producer(bootstrap)
     try:
-        publish(producer, TOPIC, streams, speed=1.0, max_span_s=0.1)
+        publish(prod, TOPIC, streams, speed=1.0, max_span_s=0.1)
     except Exception as exc:  # reported by the main thread
         errors.append(exc)
     finally:
-        producer.close()
+        prod.close()
 
 
-def flood_live(
-    bootstrap: str, start: float, seconds: float, rate: float, errors: list, sent: list
-) -> None:
+def flood_live(bootstrap: str, start: float, seconds: float, rate: float, errors: list, sent: list) -> None:
     """``rate`` new vehicle keys a second from wall time ``start``: one JSON record of one
     frame each (as the issue measured), sent in 0.1 s slices."""
-    cfg = load_config(None, env={}, overrides={"kafka.bootstrap": bootstrap})
-    producer = make_producer(cfg.kafka)
+    prod = producer(bootstrap)
     rng = np.random.default_rng(5)
     n = 0
     try:
@@ -122,38 +112,24 @@ def flood_live(
                 key = f"flood-{rng.integers(0, 2**62):x}"
                 frame = make_frames(np.array([now]), np.array([0x1E4], np.uint32), np.zeros((1, 8)))
                 k, v, h = encode_record(key, "jeep", frame, "json")
-                producer.send(TOPIC, key=k, value=v, headers=h)
+                prod.send(TOPIC, key=k, value=v, headers=h)
             n += max(due, 0)
             time.sleep(max(t0 + elapsed + 0.1 - time.monotonic(), 0))
-        producer.flush()
+        prod.flush()
         sent.append(n)
     except Exception as exc:
         errors.append(exc)
     finally:
-        producer.close()
-
-
-def by_reason(samples: dict) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for labels, v in samples.items():
-        reason = dict(labels)["reason"]
-        out[reason] = out.get(reason, 0.0) + v
-    return out
+        prod.close()
 
 
 def read_incidents(bootstrap: str) -> list[dict]:
     """The whole incident topic (one partition), without a group."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
-    )
-    consumer.assign([TopicPartition("bench.incidents", 0)])
+    consumer = incident_consumer(bootstrap)
     out, idle = [], time.monotonic()
     try:
         while time.monotonic() - idle < 5.0:
-            got = consumer.poll(timeout_ms=500)
-            for records in got.values():
+            for records in consumer.poll(timeout_ms=500).values():
                 out += [json.loads(r.value) for r in records]
                 idle = time.monotonic()
     finally:
@@ -171,138 +147,104 @@ class Minutes:
 
     def _read(self) -> dict:
         s = self.d.poll_metrics()
-        lag = s.get("canwatch_event_time_lag_seconds", {})
+        shed: dict[str, float] = {}
+        for labels, v in s.get("canwatch_frames_shed_total", {}).items():
+            reason = dict(labels)["reason"]
+            shed[reason] = shed.get(reason, 0.0) + v
         return {
-            "t": time.monotonic(),
-            "cpu": proc_cpu_seconds(self.d.proc.pid),
+            "t": time.monotonic(), "cpu": cpu_seconds(self.d.proc.pid), "rss": rss(self.d.proc.pid),
             "frames": total(s, "canwatch_frames_consumed_total"),
             "records": total(s, "canwatch_records_consumed_total"),
-            "rss": rss_bytes(self.d.proc.pid),
             "vehicles": total(s, "canwatch_state_vehicles"),
-            "streams": total(s, "canwatch_state_streams"),
-            "shed": by_reason(s.get("canwatch_frames_shed_total", {})),
+            "streams": total(s, "canwatch_state_streams"), "shed": shed,
             "evicted": total(s, "canwatch_vehicles_evicted_total"),
-            "lag_s": max(lag.values(), default=float("nan")),
+            "lag_s": max(s.get("canwatch_event_time_lag_seconds", {}).values(), default=float("nan")),
             "incidents": total(s, "canwatch_incidents_opened_total"),
-        }
+        }  # fmt: skip
 
     def tick(self, label: str) -> dict:
-        now = self._read()
-        a = self._last
+        now, a = self._read(), self._last
         frames, cpu = now["frames"] - a["frames"], now["cpu"] - a["cpu"]
         net = cpu - self.idle_rate * (now["t"] - a["t"])
-        shed: dict[str, float] = {}
-        for reason, v in now["shed"].items():
-            shed[reason] = shed.get(reason, 0.0) + v
-        for reason, v in a["shed"].items():
-            shed[reason] = shed.get(reason, 0.0) - v
+        shed = {r: now["shed"].get(r, 0.0) - a["shed"].get(r, 0.0) for r in now["shed"] | a["shed"]}
         row = {
-            "minute": label,
-            "frames": int(frames),
-            "records": int(now["records"] - a["records"]),
-            "cpu_s": round(cpu, 2),
-            "frames_per_cpu_s": round(frames / cpu) if cpu > 0 else None,
-            "cpu_net_s": round(net, 2),
-            "frames_per_net_cpu_s": round(frames / net) if net > 0 else None,
-            "rss_mib": round(now["rss"] / 2**20),
-            "vehicles": int(now["vehicles"]),
-            "streams": int(now["streams"]),
-            "shed": {k: int(v) for k, v in shed.items() if v},
-            "evicted": int(now["evicted"] - a["evicted"]),
-            "lag_s": round(now["lag_s"], 1),
+            "minute": label, "frames": int(frames), "records": int(now["records"] - a["records"]),
+            "cpu_s": round(cpu, 2), "frames_per_cpu_s": round(frames / cpu) if cpu > 0 else None,
+            "cpu_net_s": round(net, 2), "frames_per_net_cpu_s": round(frames / net) if net > 0 else None,
+            "rss_mib": round(now["rss"] / 2**20), "vehicles": int(now["vehicles"]),
+            "streams": int(now["streams"]), "shed": {k: int(v) for k, v in shed.items() if v},
+            "evicted": int(now["evicted"] - a["evicted"]), "lag_s": round(now["lag_s"], 1),
             "incidents_opened": int(now["incidents"]),
-        }
+        }  # fmt: skip
         self.rows.append(row)
         self._last = now
-        say(
-            f"  {label:>8}: {row['frames']:>9,} frames {row['cpu_s']:6.2f} CPU-s "
+        say(f"  {label:>8}: {row['frames']:>9,} frames {row['cpu_s']:6.2f} CPU-s "
             f"{row['frames_per_cpu_s'] or 0:>10,} frames/CPU-s ({row['frames_per_net_cpu_s'] or 0:,} "
-            f"net)  RSS {row['rss_mib']:4d} MiB  "
-            f"{row['vehicles']:,} vehicles {row['streams']:,} streams  shed {row['shed']}  "
-            f"lag {row['lag_s']} s  incidents {row['incidents_opened']}"
-        )
+            f"net)  RSS {row['rss_mib']:4d} MiB  {row['vehicles']:,} vehicles {row['streams']:,} "
+            f"streams  shed {row['shed']}  lag {row['lag_s']} s  incidents {row['incidents_opened']}")  # fmt: skip
         return row
 
 
+def scenario_streams(args, scenario: str, length: float, start: float, attack_s: float):
+    """The fleet (b: with a dos mid-flood) and (a) the fuzzing vehicle; and the attacks."""
+    attacks = {0: FLOOD_ATTACK.format(start=WARMUP_S + attack_s / 2)} if scenario == "b" else {}
+    streams = fleet(args.vehicles, length, start, attacks)
+    if scenario == "a":
+        own = simulate_vehicle("cusw", length, start, seed=999)
+        both = np.concatenate([own, fuzz_frames(start + WARMUP_S, attack_s, args.fuzz_rate)])
+        streams.append((FUZZER, "jeep", both[np.argsort(both["ts"], kind="stable")]))
+    say(f"scenario {scenario}: {len(streams)} vehicles for {length:.0f} s"
+        + (f", fuzzing {args.fuzz_rate:,.0f} frames/s" if scenario == "a" else "")
+        + (f", {args.flood_rate:,.0f} new keys/s" if scenario == "b" else "")
+        + f"; limits {args.limits or 'default'}")  # fmt: skip
+    return streams, attacks
+
+
 def run(args: argparse.Namespace, scenario: str, model_dir: Path, work: Path) -> dict:
-    broker = EmbeddedBroker(log_path=work / f"tansu-{scenario}.log")
-    broker.start()
-    d = None
-    try:
-        create_topics(broker.bootstrap, {TOPIC: PARTITIONS, "bench.incidents": 1, "bench.dlq": 1})
+    with broker(work, {TOPIC: PARTITIONS}, f"tansu-{scenario}") as b:
         extra = "[limits]\n" + "".join(f"{k} = {v}\n" for k, v in args.limits.items())
-        d = DetectProc(work, broker.bootstrap, TOPIC, model_dir, None, extra_toml=extra)
-        d.wait(lambda s: bool(s) and d.assigned_cpu is not None, 180.0)
-        c0, t0 = proc_cpu_seconds(d.proc.pid), time.monotonic()
-        time.sleep(IDLE_S)
-        idle_rate = (proc_cpu_seconds(d.proc.pid) - c0) / (time.monotonic() - t0)
-        say(f"  detect idle: {idle_rate:.3f} CPU-s a second")
-        minutes = args.fuzz_minutes if scenario == "a" else args.flood_minutes
-        attack_s = 60.0 * minutes
-        length = WARMUP_S + attack_s + TAIL_S
-        start = time.time() + 3.0
-        attacks = {}
-        if scenario == "b":
-            attacks[0] = FLOOD_ATTACK.format(start=WARMUP_S + attack_s / 2)
-        streams = fleet(args.vehicles, length, start, attacks)
-        if scenario == "a":
-            own = simulate_vehicle("cusw", length, start, seed=999)
-            fz = fuzz_frames(start + WARMUP_S, attack_s, args.fuzz_rate)
-            both = np.concatenate([own, fz])
-            streams.append((FUZZER, "jeep", both[np.argsort(both["ts"], kind="stable")]))
-        say(
-            f"scenario {scenario}: {len(streams)} vehicles for {length:.0f} s"
-            + (f", fuzzing {args.fuzz_rate:,.0f} frames/s" if scenario == "a" else "")
-            + (f", {args.flood_rate:,.0f} new keys/s" if scenario == "b" else "")
-            + f"; limits {args.limits or 'default'}"
-        )
-        errors: list = []
-        flooded: list[int] = []
-        threads = [threading.Thread(target=publish_live, args=(broker.bootstrap, streams, errors))]
-        if scenario == "b":
-            threads.append(
-                threading.Thread(
-                    target=flood_live,
-                    args=(
-                        broker.bootstrap,
-                        start + WARMUP_S,
-                        attack_s,
-                        args.flood_rate,
-                        errors,
-                        flooded,
-                    ),  # fmt: skip
-                )
-            )
-        for t in threads:
-            t.start()
-        time.sleep(max(start - time.time(), 0))
-        clock = Minutes(d, time.monotonic(), idle_rate)
-        time.sleep(WARMUP_S)
-        clock.tick("normal")
-        for m in range(1, minutes + 1):
-            time.sleep(max(clock.t0 + WARMUP_S + 60 * m - time.monotonic(), 0))
-            clock.tick(f"attack {m}")
-        for t in threads:
-            t.join()
-        if errors:
-            raise RuntimeError(f"producer failed: {errors[0]!r}")
-        sent = sum(len(f) for _, _, f in streams) + sum(flooded)
-        say(f"  all sent ({sent:,} frames); waiting for detect to drain")
-
-        def drained(s: dict) -> bool:
-            return total(s, "canwatch_frames_consumed_total") >= sent
-
-        d.wait(drained, DRAIN_TIMEOUT_S)
-        time.sleep(TAIL_S / 2)
-        clock.tick("tail")
-        incidents = read_incidents(broker.bootstrap)
-        res = summarize(scenario, clock.rows, incidents, streams, attacks)
-        res["idle_cpu_per_s"] = round(idle_rate, 3)
-        return res
-    finally:
-        if d is not None:
+        d = DetectProc(work, b.bootstrap, TOPIC, model_dir, extra_toml=extra)
+        try:
+            d.wait(lambda s: bool(s) and d.assigned_cpu is not None, 180.0)
+            c0, t0 = cpu_seconds(d.proc.pid), time.monotonic()
+            time.sleep(IDLE_S)
+            idle_rate = (cpu_seconds(d.proc.pid) - c0) / (time.monotonic() - t0)
+            say(f"  detect idle: {idle_rate:.3f} CPU-s a second")
+            minutes = args.fuzz_minutes if scenario == "a" else args.flood_minutes
+            attack_s = 60.0 * minutes
+            length = WARMUP_S + attack_s + TAIL_S
+            start = time.time() + 3.0
+            streams, attacks = scenario_streams(args, scenario, length, start, attack_s)
+            errors: list = []
+            flooded: list[int] = []
+            threads = [threading.Thread(target=publish_live, args=(b.bootstrap, streams, errors))]
+            if scenario == "b":
+                flood = (b.bootstrap, start + WARMUP_S, attack_s, args.flood_rate, errors, flooded)
+                threads.append(threading.Thread(target=flood_live, args=flood))
+            for t in threads:
+                t.start()
+            time.sleep(max(start - time.time(), 0))
+            clock = Minutes(d, time.monotonic(), idle_rate)
+            time.sleep(WARMUP_S)
+            clock.tick("normal")
+            for m in range(1, minutes + 1):
+                time.sleep(max(clock.t0 + WARMUP_S + 60 * m - time.monotonic(), 0))
+                clock.tick(f"attack {m}")
+            for t in threads:
+                t.join()
+            if errors:
+                raise RuntimeError(f"producer failed: {errors[0]!r}")
+            sent = sum(len(f) for _, _, f in streams) + sum(flooded)
+            say(f"  all sent ({sent:,} frames); waiting for detect to drain")
+            d.wait(lambda s: total(s, "canwatch_frames_consumed_total") >= sent, DRAIN_TIMEOUT_S)
+            time.sleep(TAIL_S / 2)
+            clock.tick("tail")
+            incidents = read_incidents(b.bootstrap)
+        finally:
             d.stop()
-        broker.close()
+    res = summarize(scenario, clock.rows, incidents, streams, attacks)
+    res["idle_cpu_per_s"] = round(idle_rate, 3)
+    return res
 
 
 def summarize(scenario: str, rows: list, incidents: list, streams: list, attacks: dict) -> dict:
@@ -312,23 +254,21 @@ def summarize(scenario: str, rows: list, incidents: list, streams: list, attacks
     attacked = {streams[i][0] for i in attacks} | ({FUZZER} if scenario == "a" else set())
     fleet_names = {v for v, _, _ in streams}
     out = {
-        "scenario": scenario,
-        "minutes": rows,
-        "attacked_vehicles": {
-            v: _incident_summary(by_vehicle.get(v, [])) for v in sorted(attacked)
-        },
+        "scenario": scenario, "minutes": rows,
+        "attacked_vehicles": {v: _incident_summary(by_vehicle.get(v, [])) for v in sorted(attacked)},
         "false_incidents": sorted(v for v in by_vehicle if v in fleet_names - attacked),
         "flood_key_incidents": sum(1 for v in by_vehicle if v not in fleet_names),
-    }
+    }  # fmt: skip
     fuzz = [r for r in rows if r["minute"].startswith("attack")]
-    if len(fuzz) >= 2 and fuzz[0]["frames_per_cpu_s"] and fuzz[-1]["frames_per_cpu_s"]:
-        out["cpu_per_frame_last_over_first"] = round(
-            fuzz[0]["frames_per_cpu_s"] / fuzz[-1]["frames_per_cpu_s"], 3
-        )
-        if fuzz[0]["frames_per_net_cpu_s"] and fuzz[-1]["frames_per_net_cpu_s"]:
-            out["net_cpu_per_frame_last_over_first"] = round(
-                fuzz[0]["frames_per_net_cpu_s"] / fuzz[-1]["frames_per_net_cpu_s"], 3
-            )
+
+    def last_over_first(key: str) -> float | None:  # frames/CPU-s, first over last minute
+        ok = len(fuzz) >= 2 and fuzz[0][key] and fuzz[-1][key]
+        return round(fuzz[0][key] / fuzz[-1][key], 3) if ok else None
+
+    if (raw := last_over_first("frames_per_cpu_s")) is not None:
+        out["cpu_per_frame_last_over_first"] = raw
+        if (net := last_over_first("frames_per_net_cpu_s")) is not None:
+            out["net_cpu_per_frame_last_over_first"] = net
     return out
 
 
@@ -337,45 +277,27 @@ def _incident_summary(events: list[dict]) -> dict:
         return {"incidents": 0}
     last = events[-1]
     return {
-        "incidents": len({e["incident_id"] for e in events}),
-        "events": len(events),
-        "status": last["status"],
-        "suspected_attack": last["suspected_attack"],
-        "windows": last["windows"],
-        "can_ids": [c["can_id"] for c in last["can_ids"]][:5],
+        "incidents": len({e["incident_id"] for e in events}), "events": len(events),
+        "status": last["status"], "suspected_attack": last["suspected_attack"],
+        "windows": last["windows"], "can_ids": [c["can_id"] for c in last["can_ids"]][:5],
         "evidence": [e["text"] for e in last["evidence"]][:3],
-    }
+    }  # fmt: skip
 
 
 def table(res: dict) -> str:
     rows = [
-        [
-            r["minute"],
-            f"{r['frames']:,}",
-            f"{r['cpu_s']:.2f}",
-            f"{r['frames_per_cpu_s'] or 0:,}",
-            f"{r['frames_per_net_cpu_s'] or 0:,}",
-            r["rss_mib"],
-            f"{r['vehicles']:,}",
-            f"{r['streams']:,}",
-            ", ".join(f"{k} {v:,}" for k, v in r["shed"].items()) or "-",
-            f"{r['evicted']:,}",
-            r["lag_s"],
-            r["incidents_opened"],
-        ]
+        [r["minute"], f"{r['frames']:,}", f"{r['cpu_s']:.2f}", f"{r['frames_per_cpu_s'] or 0:,}",
+         f"{r['frames_per_net_cpu_s'] or 0:,}", r["rss_mib"], f"{r['vehicles']:,}", f"{r['streams']:,}",
+         ", ".join(f"{k} {v:,}" for k, v in r["shed"].items()) or "-", f"{r['evicted']:,}",
+         r["lag_s"], r["incidents_opened"]]
         for r in res["minutes"]
-    ]
-    head = [
-        "minute", "frames", "CPU-s", "frames/CPU-s", "net of idle", "RSS MiB", "vehicles", "streams",
-        "frames shed", "evicted", "lag s", "incidents",
     ]  # fmt: skip
+    head = ["minute", "frames", "CPU-s", "frames/CPU-s", "net of idle", "RSS MiB", "vehicles",
+            "streams", "frames shed", "evicted", "lag s", "incidents"]  # fmt: skip
     lines = [markdown_table(head, rows), ""]
-    for v, s in res["attacked_vehicles"].items():
-        lines.append(f"- {v}: {json.dumps(s)}")
-    lines.append(
-        f"- false incidents on the fleet: {res['false_incidents'] or 'none'}; "
-        f"incidents on flood keys: {res['flood_key_incidents']}"
-    )
+    lines += [f"- {v}: {json.dumps(s)}" for v, s in res["attacked_vehicles"].items()]
+    lines.append(f"- false incidents on the fleet: {res['false_incidents'] or 'none'}; "
+                 f"incidents on flood keys: {res['flood_key_incidents']}")  # fmt: skip
     if "cpu_per_frame_last_over_first" in res:
         lines.append(
             f"- CPU per frame, last attack minute / first: {res['cpu_per_frame_last_over_first']} "
@@ -383,6 +305,21 @@ def table(res: dict) -> str:
             f"{res['idle_cpu_per_s']} CPU-s a second"
         )
     return "\n".join(lines)
+
+
+def headline(results: dict) -> list[tuple[str, str]]:
+    out = []
+    for name, res in results.items():
+        rss_mib = [r["rss_mib"] for r in res["minutes"]]
+        out.append((f"scenario {name}: RSS MiB before the attack / at the end / max",
+                    f"{rss_mib[0]} / {rss_mib[-1]} / {max(rss_mib)}"))  # fmt: skip
+        if "cpu_per_frame_last_over_first" in res:
+            out.append((f"scenario {name}: CPU per frame, last attack minute / first",
+                        str(res["cpu_per_frame_last_over_first"])))  # fmt: skip
+        out.append((f"scenario {name}: attacked vehicles with an incident, false incidents",
+                    f"{sum(1 for s in res['attacked_vehicles'].values() if s['incidents'])}"
+                    f"/{len(res['attacked_vehicles'])}, {len(res['false_incidents'])}"))  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,25 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz-minutes", type=int, default=10)
     ap.add_argument("--flood-rate", type=float, default=5000.0)
     ap.add_argument("--flood-minutes", type=int, default=3)
-    ap.add_argument(
-        "--limit", action="append", default=[], metavar="KEY=VALUE", help="limits.KEY for detect"
-    )
-    ap.add_argument("--models", help="directory for the cached bench models")
+    ap.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE", help="limits.KEY for detect")
+    ap.add_argument("--models", type=Path, help="directory for the cached bench models")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, help="keep detect's logs here (default: a temp dir)")
     args = ap.parse_args(argv)
     args.limits = dict(kv.split("=", 1) for kv in args.limit)
+    results: dict = {}
     with tempfile.TemporaryDirectory(prefix="canwatch-adv-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model_dir = ensure_models(load_fleet(), Path(args.models) if args.models else work)
-        results = {"machine": machine(), "scenarios": {}}
+        model_dir = bench_models(load_fleet(), args.models or work)
         for scenario in args.scenario.split(","):
-            res = run(args, scenario.strip(), model_dir, work)
-            results["scenarios"][scenario] = res
+            res = results[scenario] = run(args, scenario.strip(), model_dir, work)
             print(f"\n### scenario {scenario}\n\n{table(res)}\n", flush=True)
-        print(machine())
-        write_json(args.json, results)
+    print(machine_line())
+    write_results(args.json, {"scenarios": results}, headline(results))
     return 0
 
 

@@ -37,14 +37,13 @@ state bytes are sampled after every poll.
         [--malloc-env MALLOC_MMAP_THRESHOLD_=131072] [--no-burst] [--json out.json]
 """
 
+# ruff: noqa: E402 - the checkout goes first on sys.path (run as `python bench/memory.py`)
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -55,14 +54,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, fmt_range, machine, markdown_table, summary, write_json  # noqa: E402
-from detector.core.config import LimitsConfig  # noqa: E402
-from detector.features.streams import StreamTable  # noqa: E402
+from bench.common import say
+from bench.common.procs import malloc_trim, rss, run_json
+from bench.common.report import fmt_range, machine_line, markdown_table, summary, write_results
+from bench.common.rig import demo_models
+from detector.core.brands import load_fleet
+from detector.core.config import LimitsConfig
+from detector.features.streams import StreamTable
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 #: The sizes measured here go past the default limits.* (20,000 vehicles): lifted.
 NO_LIMITS = {"max_vehicles": 10**8, "max_streams": 10**10}
-UNLIMITED = {f"limits.{k}": v for k, v in NO_LIMITS.items()}
 START_TS = 1.7e9
 WINDOW_S = 1.0
 TARGET_B = 256
@@ -70,42 +71,21 @@ TEMPLATE_S = 10.0
 Rec = namedtuple("Rec", "key value headers offset topic partition")
 
 
-# -- process memory --------------------------------------------------------------------
-
-
-def rss() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
-
-
-def malloc_trim() -> bool:
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 def settle() -> None:
     gc.collect()
     gc.collect()
 
 
-# -- models and traffic ------------------------------------------------------------------
-
-
 def load_platform_model(platform: str):
     """The platform's model from the demo cache (trained there on first use, ~10 s)."""
-    from detector.core.brands import load_fleet
-    from detector.core.config import load_config
-    from detector.demo import cache_dir, ensure_models
     from detector.model.store import list_manifests, load_model
 
     fleet = load_fleet()
-    model_dir = cache_dir(ROOT / ".canwatch-cache")
-    if platform not in list_manifests(model_dir):
-        print(f"  training {platform} models into {model_dir} ...", file=sys.stderr, flush=True)
-        ensure_models(fleet, load_config(None, env={}), model_dir, lambda s: None)
-    model = load_model(list_manifests(model_dir)[platform][-1].path)
-    return model, fleet, model_dir
+    model_dir = demo_models(fleet)
+    return load_model(list_manifests(model_dir)[platform][-1].path), fleet, model_dir
+
+
+# -- traffic ------------------------------------------------------------------------------------
 
 
 class Template:
@@ -128,9 +108,8 @@ class Template:
             lo, hi = np.searchsorted(self.sim["ts"], START_TS + np.array([w, w + 1]) * WINDOW_S)
             return self.sim[lo:hi].copy()
         parts = []
-        k = len(self.ids)
+        k, n = len(self.ids), self.frames
         for j, own in enumerate(self.pool):
-            n = self.frames
             f = own[(np.arange(n) + w * n) % len(own)].copy()
             phase = (j / k) * (WINDOW_S / n) * 0.9
             f["ts"] = START_TS + (w + np.arange(n) / n) * WINDOW_S + phase
@@ -224,20 +203,23 @@ def _arrays(owner: object, prefix: str, n_streams: int, n_vehicles: int):
             continue
         cols = int(np.prod(val.shape[1:])) if val.ndim > 1 else 1
         each = f"{val.dtype}" + (f" x {cols}" if cols > 1 else "")
-        if len(val) == n_streams or (
-            isinstance(owner, StreamTable) and len(val) == owner.capacity
-        ):  # a StreamTable's columns: their spare rows (<= 25 %) count per stream too
+        # a StreamTable's columns: their spare rows (<= 25 %) count per stream too
+        if len(val) == n_streams or (isinstance(owner, StreamTable) and len(val) == owner.capacity):
             per = "stream"
-        elif len(val) == n_vehicles:
-            per = "vehicle"
-        elif name.startswith("carry"):
-            per = (
-                "frame"  # raw frames of open windows (windowing before the fold-on-arrival rewrite)
-            )
         else:
-            per = "-"
+            per = "vehicle" if len(val) == n_vehicles else "-"
         out.append((f"{prefix}.{name} ({each}, {val.itemsize * cols} B per row)", val.nbytes, per))
     return out
+
+
+DETECTOR_STATE = (
+    ("pending", "numpy chunks per partition: offset, vehicle number, ts", "record"),
+    ("_vnum", "vehicle -> number", "vehicle"),
+    ("_vnames", "number -> (vehicle, brand)", "vehicle"),
+    ("vehicle_tp", "vehicle -> partition", "vehicle"),
+    ("last_seen", "vehicle -> (brand, t)", "vehicle"),
+    ("next_offset", "partition -> offset", "-"),
+)
 
 
 def breakdown(scorer, detector=None) -> list[tuple[str, int, str]]:
@@ -247,70 +229,64 @@ def breakdown(scorer, detector=None) -> list[tuple[str, int, str]]:
     seen: set = set()
     for st in scorer.state.values():
         ws = st.window
-        n_vehicles = len(st.names)
-        n_streams = len(ws.streams)
-        out += _arrays(ws, "WindowState", -1, n_vehicles)
-        out += _arrays(ws.streams, "StreamTable", n_streams, -1)
-        names = sum(deep_size(s, seen) for s in st.names)
+        out += _arrays(ws, "WindowState", -1, len(st.names))
+        out += _arrays(ws.streams, "StreamTable", len(ws.streams), -1)
+        index = sys.getsizeof(st.index) + sum(deep_size(v, seen) for v in st.index.values())
         out += [
-            ("_PlatformState vehicle id str objects", names, "vehicle"),
-            (
-                "_PlatformState.index dict (vehicle -> int)",
-                sys.getsizeof(st.index) + sum(deep_size(v, seen) for v in st.index.values()),
-                "vehicle",
-            ),
+            ("_PlatformState vehicle id str objects", sum(deep_size(s, seen) for s in st.names), "vehicle"),
+            ("_PlatformState.index dict (vehicle -> int)", index, "vehicle"),
             ("_PlatformState.names list", sys.getsizeof(st.names), "vehicle"),
-            (
-                "_PlatformState.brands list + brand str objects",
-                deep_size(st.brands, seen),
-                "vehicle",
-            ),
-        ]
-    if detector is not None:
-        for name, what, per in (
-            ("pending", "numpy chunks per partition: offset, vehicle number, ts", "record"),
-            ("_vnum", "vehicle -> number", "vehicle"),
-            ("_vnames", "number -> (vehicle, brand)", "vehicle"),
-            ("vehicle_tp", "vehicle -> partition", "vehicle"),
-            ("last_seen", "vehicle -> (brand, t)", "vehicle"),
-            ("next_offset", "partition -> offset", "-"),
-        ):
-            if hasattr(detector, name):
-                out.append(
-                    (f"Detector.{name} ({what})", deep_size(getattr(detector, name), seen), per)
-                )
+            ("_PlatformState.brands list + brand str objects", deep_size(st.brands, seen), "vehicle"),
+        ]  # fmt: skip
+    for name, what, per in DETECTOR_STATE if detector is not None else ():
+        if hasattr(detector, name):
+            out.append((f"Detector.{name} ({what})", deep_size(getattr(detector, name), seen), per))
     return out
 
 
-def make_detector(model, fleet, model_dir):
+def new_scorer(args, model, fleet, model_dir):
+    """(Scorer, Detector or None): the service's own when ``--detector``."""
     from prometheus_client import CollectorRegistry
 
     from detector.core.config import load_config
+    from detector.model.pipeline import Scorer
     from detector.service.detector import Detector
     from detector.service.metrics import DetectorMetrics
 
-    cfg = load_config(None, env={}, overrides={"models.dir": str(model_dir), **UNLIMITED})
-    det = Detector(cfg, fleet, DetectorMetrics(registry=CollectorRegistry()), "bench")
+    if not args.detector:
+        return Scorer({model.platform: model}, fleet, WINDOW_S, LimitsConfig(**NO_LIMITS)), None
+    over = {"models.dir": str(model_dir)} | {f"limits.{k}": v for k, v in NO_LIMITS.items()}
+    det = Detector(load_config(None, env={}, overrides=over), fleet,
+                   DetectorMetrics(registry=CollectorRegistry()), "bench")  # fmt: skip
     det.registry.models[model.platform] = model
     det.scorer.set_model(model)
-    return det
+    return det.scorer, det
+
+
+def traced(scorer, detector) -> dict:
+    """What tracemalloc sees allocated since it started, and who holds it."""
+    current, peak = tracemalloc.get_traced_memory()
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    return {
+        "traced_bytes": int(current),
+        "traced_peak_bytes": int(peak),
+        "top_sites": [
+            {"site": f"{Path(s.traceback[0].filename).name}:{s.traceback[0].lineno}",
+             "bytes": int(s.size), "blocks": int(s.count)}
+            for s in snap.statistics("lineno")[:12]
+        ],
+        "breakdown": [{"what": w, "bytes": int(b), "per": per} for w, b, per in breakdown(scorer, detector)],
+    }  # fmt: skip
 
 
 def child_state(args) -> dict:
     """One measurement (tracemalloc or RSS) in this fresh process."""
-    from detector.model.pipeline import Scorer
-
     model, fleet, model_dir = load_platform_model(args.platform)
     brand = fleet.brands_of(args.platform)[0]
     tpl = Template(args.platform, args.frames)
-    # warm-up: lazy imports, numpy/sklearn caches, metric children
     steps = args.records if args.detector else args.steps
-    warm = make_detector(model, fleet, model_dir) if args.detector else None
-    wscorer = (
-        warm.scorer
-        if warm
-        else Scorer({model.platform: model}, fleet, WINDOW_S, LimitsConfig(**NO_LIMITS))
-    )
+    # warm-up: lazy imports, numpy/sklearn caches, metric children
+    wscorer, warm = new_scorer(args, model, fleet, model_dir)
     drive(Feed(wscorer, brand, args.id_len, warm), tpl, 8, 3, steps, args.chunk)
     del warm, wscorer
     settle()
@@ -319,95 +295,64 @@ def child_state(args) -> dict:
         tracemalloc.start(1)
     rss0 = rss()
     t0 = time.perf_counter()
-    detector = make_detector(model, fleet, model_dir) if args.detector else None
-    scorer = (
-        detector.scorer
-        if detector
-        else Scorer({model.platform: model}, fleet, WINDOW_S, LimitsConfig(**NO_LIMITS))
-    )
+    scorer, detector = new_scorer(args, model, fleet, model_dir)
     feed = Feed(scorer, brand, args.id_len, detector)
     push_s = drive(feed, tpl, args.n, args.windows, steps, args.chunk)
     elapsed = time.perf_counter() - t0
     settle()
     st = scorer.state[model.platform]
     out = {
-        "vehicles": args.n,
-        "ids": int(len(tpl.ids)),
-        "streams": int(len(st.window.streams)),
-        "carried_frames": int(len(getattr(st.window, "carry", ()))),
-        "frames_per_stream_window": args.frames,
-        "detector": bool(args.detector),
+        "vehicles": args.n, "ids": int(len(tpl.ids)), "streams": int(len(st.window.streams)),
+        "frames_per_stream_window": args.frames, "detector": bool(args.detector),
         "elapsed_s": round(elapsed, 2),
         "push_s_median": round(float(np.median(push_s)), 4),
         "push_s_max": round(float(np.max(push_s)), 4),
         "sim_frames_per_stream_s": tpl.sim_frames_per_stream_s,
         "sim_frames_per_vehicle_s": tpl.sim_frames_per_vehicle_s,
-    }
+    }  # fmt: skip
     if detector is not None:
-        out["pending_records"] = sum(
-            len(chunk[0]) for chunks in detector.pending.values() for chunk in chunks
-        )
+        out["pending_records"] = sum(len(c[0]) for cs in detector.pending.values() for c in cs)
     if args.trace:
-        current, peak = tracemalloc.get_traced_memory()
-        snap = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__)]
-        )
-        top = snap.statistics("lineno")[:12]
-        out["traced_bytes"] = int(current)
-        out["traced_peak_bytes"] = int(peak)
-        out["top_sites"] = [
-            {
-                "site": f"{Path(s.traceback[0].filename).name}:{s.traceback[0].lineno}",
-                "bytes": int(s.size),
-                "blocks": int(s.count),
-            }
-            for s in top
-        ]
-        out["breakdown"] = [
-            {"what": w, "bytes": int(b), "per": per} for w, b, per in breakdown(scorer, detector)
-        ]
+        out |= traced(scorer, detector)
         tracemalloc.stop()
-    else:
-        out["rss_delta"] = rss() - rss0
-        malloc_trim()
-        out["rss_delta_trimmed"] = rss() - rss0
-        if args.probe:
-            out["probe_vehicles"] = min(args.probe, args.n)
-            out["probe_s"] = probe(feed, tpl, args.windows, min(args.probe, args.n))
+        return out
+    out["rss_delta"] = rss() - rss0
+    malloc_trim()
+    out["rss_delta_trimmed"] = rss() - rss0
+    if args.probe:
+        out["probe_vehicles"] = min(args.probe, args.n)
+        out["probe_s"] = probe(feed, tpl, args.windows, min(args.probe, args.n))
     return out
-
-
-def run_child(argv: list[str], env: dict | None = None) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f"child {argv} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # -- part 2: burst ------------------------------------------------------------------------------
 
 
+def burst_frames(args, total: float, b0: float, b1: float) -> tuple[np.ndarray, int]:
+    """One vehicle's frames; ``rate``: 10x as many (9 shifted copies) from b0 to b1."""
+    from replay.simulator import simulate_vehicle
+
+    base = simulate_vehicle(args.platform, total, START_TS, seed=5)
+    if args.kind != "rate":
+        return base, len(base)
+    inb = base[(base["ts"] >= b0) & (base["ts"] < b1)]
+    extra = []
+    for j in range(1, 10):
+        c = inb.copy()
+        c["ts"] += j * 1e-4
+        extra.append(c)
+    frames = np.concatenate([base, *extra])
+    return frames[np.argsort(frames["ts"], kind="stable")], len(base)
+
+
 def child_burst(args) -> dict:
     from detector.model.pipeline import Scorer
-    from replay.simulator import simulate_vehicle
 
     model, fleet, _ = load_platform_model(args.platform)
     brand = fleet.brands_of(args.platform)[0]
     total = args.steady_s + args.burst_s + args.after_s
     b0, b1 = START_TS + args.steady_s, START_TS + args.steady_s + args.burst_s
-    base = simulate_vehicle(args.platform, total, START_TS, seed=5)
-    if args.kind == "rate":
-        inb = base[(base["ts"] >= b0) & (base["ts"] < b1)]
-        extra = []
-        for j in range(1, 10):
-            c = inb.copy()
-            c["ts"] += j * 1e-4
-            extra.append(c)
-        frames = np.concatenate([base, *extra])
-        frames = frames[np.argsort(frames["ts"], kind="stable")]
-    else:
-        frames = base
+    frames, base_n = burst_frames(args, total, b0, b1)
     n = args.burst_vehicles
     step = 0.1
     edges = START_TS + np.arange(0, total + step / 2, step)
@@ -415,9 +360,7 @@ def child_burst(args) -> dict:
     # warm-up (numba compiles on first use, lazy imports), then a fresh Scorer
     warm = Scorer({model.platform: model}, fleet, WINDOW_S, LimitsConfig(**NO_LIMITS))
     for s in range(20):
-        warm.push(
-            [(vehicle_name(i, args.id_len), brand, frames[pos[s] : pos[s + 1]]) for i in range(4)]
-        )
+        warm.push([(vehicle_name(i, args.id_len), brand, frames[pos[s] : pos[s + 1]]) for i in range(4)])
     del warm
     scorer = Scorer({model.platform: model}, fleet, WINDOW_S, LimitsConfig(**NO_LIMITS))
     names = [vehicle_name(i, args.id_len) for i in range(10 * n)]
@@ -427,27 +370,16 @@ def child_burst(args) -> dict:
     series = []
     for s in range(len(edges) - 1):
         part = frames[pos[s] : pos[s + 1]]
-        t = float(edges[s]) - START_TS
-        active = n
-        if args.kind == "fleet" and b0 <= edges[s] < b1:
-            active = 10 * n
+        phase = "burst" if b0 <= edges[s] < b1 else ("before" if edges[s] < b0 else "after")
+        active = 10 * n if args.kind == "fleet" and phase == "burst" else n
         t0 = time.perf_counter()
         scorer.push([(names[i], brand, part) for i in range(active)])
         dt = time.perf_counter() - t0
         st = scorer.state[model.platform].window
-        series.append(
-            {
-                "t": round(t, 2),
-                "phase": "burst"
-                if b0 <= edges[s] < b1
-                else ("before" if edges[s] < b0 else "after"),
-                "frames": len(part) * active,
-                "rss": rss() - rss0,
-                "state": st.nbytes,
-                "carry_frames": len(getattr(st, "carry", ())),
-                "push_s": round(dt, 4),
-            }
-        )
+        series.append({
+            "t": round(float(edges[s]) - START_TS, 2), "phase": phase, "frames": len(part) * active,
+            "rss": rss() - rss0, "state": st.nbytes, "push_s": round(dt, 4),
+        })  # fmt: skip
     settle()
     end_rss = rss() - rss0
     malloc_trim()
@@ -458,27 +390,62 @@ def child_burst(args) -> dict:
         return float(np.median(vals[int(len(vals) * (1 - tail)) :]))
 
     return {
-        "kind": args.kind,
-        "vehicles": n,
-        "frames_per_s_steady": len(base) / total * n,
-        "steady_rss": med("before", "rss"),
-        "peak_rss": max(x["rss"] for x in series),
-        "after_rss": med("after", "rss"),
-        "after_rss_trimmed": end_trim,
-        "end_rss": end_rss,
-        "steady_state": med("before", "state"),
-        "peak_state": max(x["state"] for x in series),
-        "after_state": med("after", "state"),
-        "push_s_steady": med("before", "push_s"),
-        "push_s_burst": med("burst", "push_s", 1.0),
-        "series": series,
-    }
+        "kind": args.kind, "vehicles": n, "frames_per_s_steady": base_n / total * n,
+        "steady_rss": med("before", "rss"), "peak_rss": max(x["rss"] for x in series),
+        "after_rss": med("after", "rss"), "after_rss_trimmed": end_trim, "end_rss": end_rss,
+        "steady_state": med("before", "state"), "peak_state": max(x["state"] for x in series),
+        "after_state": med("after", "state"), "push_s_steady": med("before", "push_s"),
+        "push_s_burst": med("burst", "push_s", 1.0), "series": series,
+    }  # fmt: skip
+
+
+# -- the runs, each in a fresh child --------------------------------------------------------------
+
+
+def run_child(argv: list[str], env: dict | None = None) -> dict:
+    return run_json([sys.executable, str(Path(__file__).resolve()), *argv], env)
+
+
+def state_runs(args) -> dict[str, dict]:
+    """Per size: one traced run, ``--repeat`` RSS runs (and one with ``--malloc-env``)."""
+    common = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+              ("platform", "frames", "windows", "steps", "records", "chunk", "id_len", "probe")]  # fmt: skip
+    runs = [(int(n), False, False) for n in args.vehicles.split(",") if n]
+    runs += [(int(n), False, True) for n in args.rate_vehicles.split(",") if n]
+    runs += [(n, True, False) for n in sorted({int(x) for x in args.detector_vehicles.split(",") if x})]
+    results: dict[str, dict] = {}
+    for n, det, real_rate in runs:
+        key = f"{n:,} vehicles" + (" via Detector" if det else " via Scorer")
+        key += ", simulator rate" if real_rate else ""
+        argv = ["--child=state", *common, f"--n={n}"] + ["--detector"] * det + ["--frames=0"] * real_rate
+        t0 = time.perf_counter()
+        trace = run_child([*argv, "--trace"])
+        rss_runs = [run_child(argv) for _ in range(args.repeat)]
+        results[key] = {"trace": trace, "rss": rss_runs}
+        if args.malloc_env:
+            var, _, val = args.malloc_env.partition("=")
+            results[key]["rss_env"] = run_child(argv, {**os.environ, var: val})
+        say(f"  {key}: {trace['traced_bytes'] / trace['streams']:,.0f} B/stream traced, "
+            f"{rss_runs[0]['rss_delta'] / trace['streams']:,.0f} B/stream RSS "
+            f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    return results
+
+
+def burst_runs(args) -> list[dict]:
+    out = []
+    for kind in () if args.no_burst else ("rate", "fleet"):
+        t0 = time.perf_counter()
+        out.append(run_child(["--child=burst", f"--kind={kind}"] + [
+            f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+            ("platform", "burst_vehicles", "steady_s", "burst_s", "after_s", "id_len")]))  # fmt: skip
+        say(f"  burst {kind}: {time.perf_counter() - t0:.0f} s")
+    return out
 
 
 # -- output ---------------------------------------------------------------------------------------
 
 
-def kib(b: float) -> str:
+def mib(b: float) -> str:
     return f"{b / 2**20:,.1f} MiB"
 
 
@@ -487,134 +454,99 @@ def state_table(results: dict, malloc_env: str) -> str:
     for key, r in results.items():
         t, m = r["trace"], r["rss"]
         streams = t["streams"]
-        carry = sum(b["bytes"] for b in t["breakdown"] if b["per"] == "frame")
-        row = [
-            key,
-            f"{streams:,}",
-            f"{t['traced_bytes'] / streams:,.0f}",
-            f"{(t['traced_bytes'] - carry) / streams:,.0f}",
-            f"{carry / streams:,.0f}",
+        rows.append([
+            key, f"{streams:,}", f"{t['traced_bytes'] / streams:,.0f}",
             fmt_range(summary([x["rss_delta"] / streams for x in m])),
             fmt_range(summary([x["rss_delta_trimmed"] / streams for x in m])),
-        ]
-        if malloc_env:
-            row.append(f"{r['rss_env']['rss_delta'] / streams:,.0f}")
-        row += [
-            f"{t['traced_peak_bytes'] / 2**20:,.0f}",
-            f"{t['elapsed_s']:.1f}",
+            *([f"{r['rss_env']['rss_delta'] / streams:,.0f}"] if malloc_env else []),
+            f"{t['traced_peak_bytes'] / 2**20:,.0f}", f"{t['elapsed_s']:.1f}",
             fmt_range(summary([x["probe_s"] * 1e3 for x in m])) if "probe_s" in m[0] else "-",
-        ]
-        rows.append(row)
-    headers = [
-        "run",
-        "streams",
-        "traced B/stream",
-        "of which fixed per stream/vehicle",
-        "of which raw open-window frames",
-        "RSS Δ B/stream",
-        "RSS Δ after malloc_trim",
-    ]
-    if malloc_env:
-        headers.append(f"RSS Δ with {malloc_env}")
+        ])  # fmt: skip
     probe_n = next(iter(results.values()))["rss"][0].get("probe_vehicles", 0)
-    headers += ["traced peak MiB (pushes of ≤ --chunk vehicles)", "build s"]
-    headers.append(f"one {probe_n}-record poll, ms")
+    headers = [
+        "run", "streams", "traced B/stream", "RSS Δ B/stream", "RSS Δ after malloc_trim",
+        *([f"RSS Δ with {malloc_env}"] if malloc_env else []),
+        "traced peak MiB (pushes of ≤ --chunk vehicles)", "build s", f"one {probe_n}-record poll, ms",
+    ]  # fmt: skip
     return markdown_table(headers, rows)
 
 
 def breakdown_table(t: dict) -> str:
     streams, vehicles = t["streams"], t["vehicles"]
-    rows = []
-    attributed = 0
-    for b in sorted(t["breakdown"], key=lambda b: -b["bytes"]):
-        attributed += b["bytes"]
-        if b["bytes"] == 0:
-            continue
-        rows.append(
-            (b["what"], b["per"], f"{b['bytes'] / streams:,.1f}", f"{b['bytes'] / vehicles:,.0f}")
-        )
-    other = t["traced_bytes"] - attributed
-    rows.append(
-        (
-            "other traced (not attributed)",
-            "-",
-            f"{other / streams:,.1f}",
-            f"{other / vehicles:,.0f}",
-        )
-    )
-    rows.append(
-        (
-            "**total traced**",
-            "",
-            f"{t['traced_bytes'] / streams:,.1f}",
-            f"{t['traced_bytes'] / vehicles:,.0f}",
-        )
-    )
+    held = sorted(t["breakdown"], key=lambda b: -b["bytes"])
+    rows = [(b["what"], b["per"], f"{b['bytes'] / streams:,.1f}", f"{b['bytes'] / vehicles:,.0f}")
+            for b in held if b["bytes"]]  # fmt: skip
+    other = t["traced_bytes"] - sum(b["bytes"] for b in held)
+    rows.append(("other traced (not attributed)", "-", f"{other / streams:,.1f}", f"{other / vehicles:,.0f}"))
+    rows.append(("**total traced**", "", f"{t['traced_bytes'] / streams:,.1f}",
+                 f"{t['traced_bytes'] / vehicles:,.0f}"))  # fmt: skip
     return markdown_table(("held by", "scales per", "B/stream", "B/vehicle"), rows)
 
 
 def burst_table(bursts: list[dict]) -> str:
     rows = [
-        (
-            f"{b['kind']} ({b['vehicles']} veh, {b['frames_per_s_steady'] / 1e3:,.0f}k frames/s steady)",
-            kib(b["steady_rss"]),
-            kib(b["peak_rss"]),
-            kib(b["after_rss"]),
-            kib(b["after_rss_trimmed"]),
-            kib(b["steady_state"]),
-            kib(b["peak_state"]),
-            kib(b["after_state"]),
-            f"{b['push_s_steady'] * 1e3:,.0f} / {b['push_s_burst'] * 1e3:,.0f}",
-        )
+        (f"{b['kind']} ({b['vehicles']} veh, {b['frames_per_s_steady'] / 1e3:,.0f}k frames/s steady)",
+         *(mib(b[k]) for k in ("steady_rss", "peak_rss", "after_rss", "after_rss_trimmed",
+                               "steady_state", "peak_state", "after_state")),
+         f"{b['push_s_steady'] * 1e3:,.0f} / {b['push_s_burst'] * 1e3:,.0f}")
         for b in bursts
+    ]  # fmt: skip
+    return markdown_table(("10x burst", "steady RSS Δ", "peak RSS Δ", "after RSS Δ", "after, trimmed",
+                           "steady state", "peak state", "after state", "ms/poll steady / burst"), rows)  # fmt: skip
+
+
+def state_report(args, results: dict) -> list[str]:
+    first = next(iter(results.values()))["trace"]
+    out = [
+        f"Platform {args.platform}: {first['ids']} ids per vehicle; synthetic traffic has "
+        f"{args.frames} frames per stream per {WINDOW_S:g} s window, 'simulator rate' rows the "
+        f"simulator's own traffic ({first['sim_frames_per_vehicle_s']:,.0f} frames/vehicle/s, "
+        f"{first['sim_frames_per_stream_s']:.1f} per stream). Measured after window "
+        f"{args.windows - 1} and before the frame that would close it. Target ≤ {TARGET_B} B/stream.",
+        state_table(results, args.malloc_env),
     ]
-    return markdown_table(
-        (
-            "10x burst",
-            "steady RSS Δ",
-            "peak RSS Δ",
-            "after RSS Δ",
-            "after, trimmed",
-            "steady state",
-            "peak state",
-            "after state",
-            "ms/poll steady / burst",
-        ),
-        rows,
-    )
+    synthetic = [k for k in results if "via Scorer" in k and "rate" not in k]
+    for key, r in results.items():
+        if key in synthetic[:-1]:
+            continue  # same per-stream picture as the largest synthetic size
+        sites = ", ".join(f"{s['site']} {s['bytes'] / 2**20:,.1f} MiB" for s in r["trace"]["top_sites"][:6])
+        out += [f"### What holds the memory: {key}", breakdown_table(r["trace"]),
+                f"tracemalloc top allocation sites: {sites}"]  # fmt: skip
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def headline(results: dict, bursts: list[dict]) -> list[tuple[str, str]]:
+    out = []
+    for key, r in results.items():
+        streams = r["trace"]["streams"]
+        trimmed = summary([x["rss_delta_trimmed"] / streams for x in r["rss"]])["median"]
+        out.append((f"{key}: B/stream traced / RSS after malloc_trim",
+                    f"{r['trace']['traced_bytes'] / streams:,.0f} / {trimmed:,.0f}"))  # fmt: skip
+    for b in bursts:
+        out.append((f"10x {b['kind']} burst: RSS Δ steady / peak / after; state peak",
+                    " / ".join(mib(b[k]) for k in ("steady_rss", "peak_rss", "after_rss"))
+                    + f"; {mib(b['peak_state'])}"))  # fmt: skip
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vehicles", default="1000,10000,100000", help="comma-separated counts")
     ap.add_argument("--platform", default="aee2010", help="platform (default aee2010: 55 ids)")
     ap.add_argument("--frames", type=int, default=2, help="frames per stream per window")
-    ap.add_argument(
-        "--rate-vehicles",
-        default="1000",
-        help="sizes also run at the simulator's real frame rate ('' = none)",
-    )
+    ap.add_argument("--rate-vehicles", default="1000",
+                    help="sizes also run at the simulator's real frame rate ('' = none)")  # fmt: skip
     ap.add_argument("--windows", type=int, default=3, help="windows pushed (the first is partial)")
     ap.add_argument("--steps", type=int, default=1, help="pushes per window (Scorer runs)")
-    ap.add_argument(
-        "--records", type=int, default=10, help="records per vehicle per window (--detector)"
-    )
+    ap.add_argument("--records", type=int, default=10, help="records per vehicle per window (--detector)")
     ap.add_argument("--chunk", type=int, default=10_000, help="vehicles per push at most")
     ap.add_argument("--id-len", type=int, default=17, help="vehicle id length (VIN: 17)")
     ap.add_argument("--repeat", type=int, default=1, help="RSS runs per size (median)")
-    ap.add_argument(
-        "--detector-vehicles",
-        default="2000",
-        help="sizes run through Detector._decode/_safe_offsets too ('' = none)",
-    )
-    ap.add_argument(
-        "--probe", type=int, default=500, help="time one poll of this many records (0 = off)"
-    )
-    ap.add_argument(
-        "--malloc-env",
-        default="",
-        help="extra RSS run per size with this env, e.g. MALLOC_MMAP_THRESHOLD_=131072",
-    )
+    ap.add_argument("--detector-vehicles", default="2000",
+                    help="sizes run through Detector._decode/_safe_offsets too ('' = none)")  # fmt: skip
+    ap.add_argument("--probe", type=int, default=500, help="time one poll of this many records (0 = off)")
+    ap.add_argument("--malloc-env", default="",
+                    help="extra RSS run per size with this env, e.g. MALLOC_MMAP_THRESHOLD_=131072")  # fmt: skip
     ap.add_argument("--no-burst", action="store_true")
     ap.add_argument("--burst-vehicles", type=int, default=100)
     ap.add_argument("--steady-s", type=float, default=6.0)
@@ -626,122 +558,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--detector", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kind", choices=("rate", "fleet"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
 
-    if args.child == "state":
-        print(json.dumps(child_state(args)))
-        return 0
-    if args.child == "burst":
-        print(json.dumps(child_burst(args)))
-        return 0
 
-    common = [
-        f"--platform={args.platform}",
-        f"--frames={args.frames}",
-        f"--windows={args.windows}",
-        f"--steps={args.steps}",
-        f"--records={args.records}",
-        f"--chunk={args.chunk}",
-        f"--id-len={args.id_len}",
-        f"--probe={args.probe}",
-    ]
-    sizes = [int(x) for x in args.vehicles.split(",") if x]
-    det_sizes = {int(x) for x in args.detector_vehicles.split(",") if x}
-    rate_sizes = [int(x) for x in args.rate_vehicles.split(",") if x]
-    runs = [(n, False, False) for n in sizes]
-    runs += [(n, False, True) for n in rate_sizes]
-    runs += [(n, True, False) for n in sorted(det_sizes)]
-    results: dict[str, dict] = {}
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.child:
+        print(json.dumps(child_state(args) if args.child == "state" else child_burst(args)))
+        return 0
     t_all = time.perf_counter()
-    for n, det, real_rate in runs:
-        key = f"{n:,} vehicles" + (" via Detector" if det else " via Scorer")
-        key += ", simulator rate" if real_rate else ""
-        extra = (
-            [f"--n={n}"] + (["--detector"] if det else []) + (["--frames=0"] if real_rate else [])
-        )
-        t0 = time.perf_counter()
-        trace = run_child(["--child=state", "--trace", *common, *extra])
-        rss_runs = [run_child(["--child=state", *common, *extra]) for _ in range(args.repeat)]
-        results[key] = {"trace": trace, "rss": rss_runs}
-        if args.malloc_env:
-            var, _, val = args.malloc_env.partition("=")
-            env = {**os.environ, var: val}
-            results[key]["rss_env"] = run_child(["--child=state", *common, *extra], env)
-        print(
-            f"  {key}: {trace['traced_bytes'] / trace['streams']:,.0f} B/stream traced, "
-            f"{rss_runs[0]['rss_delta'] / trace['streams']:,.0f} B/stream RSS "
-            f"({time.perf_counter() - t0:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-    bursts = []
-    if not args.no_burst:
-        for kind in ("rate", "fleet"):
-            t0 = time.perf_counter()
-            bursts.append(
-                run_child(
-                    [
-                        "--child=burst",
-                        f"--kind={kind}",
-                        f"--platform={args.platform}",
-                        f"--burst-vehicles={args.burst_vehicles}",
-                        f"--steady-s={args.steady_s}",
-                        f"--burst-s={args.burst_s}",
-                        f"--after-s={args.after_s}",
-                        f"--id-len={args.id_len}",
-                    ]
-                )
-            )
-            print(f"  burst {kind}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    results = state_runs(args)
+    bursts = burst_runs(args)
     total_s = time.perf_counter() - t_all
-
-    first = next(iter(results.values()))["trace"] if results else None
-    print(f"# Detector state memory ({machine()}; {total_s:.0f} s)\n")
-    if first:
-        print(
-            f"Platform {args.platform}: {first['ids']} ids per vehicle; synthetic traffic has "
-            f"{args.frames} frames per stream per {WINDOW_S:g} s window, 'simulator rate' rows the "
-            f"simulator's own traffic ({first['sim_frames_per_vehicle_s']:,.0f} frames/vehicle/s, "
-            f"{first['sim_frames_per_stream_s']:.1f} per stream). Measured after window "
-            f"{args.windows - 1} and before the frame that would close it. "
-            f"Target ≤ {TARGET_B} B/stream.\n"
-        )
-        print(state_table(results, args.malloc_env) + "\n")
-        synthetic = [k for k, r in results.items() if "via Scorer" in k and "rate" not in k]
-        for key, r in results.items():
-            if key in synthetic[:-1]:
-                continue  # same per-stream picture as the largest synthetic size
-            print(f"### What holds the memory: {key}\n")
-            print(breakdown_table(r["trace"]) + "\n")
-            sites = ", ".join(
-                f"{s['site']} {s['bytes'] / 2**20:,.1f} MiB" for s in r["trace"]["top_sites"][:6]
-            )
-            print(f"tracemalloc top allocation sites: {sites}\n")
-        carry = sum(b["bytes"] for b in first["breakdown"] if b["per"] == "frame")
-        if carry:
-            fps = first["sim_frames_per_stream_s"]
-            per_frame = carry / first["carried_frames"]
-            print(
-                f"Raw open-window frames at the simulator's rate ({fps:.1f} frames/stream/s): "
-                f"{per_frame:.0f} B per frame → up to {per_frame * fps * WINDOW_S:,.0f} B/stream "
-                f"just before a window closes, ~{per_frame * fps * WINDOW_S / 2:,.0f} on average.\n"
-            )
+    parts = [f"# Detector state memory ({machine_line()}; {total_s:.0f} s)"]
+    parts += state_report(args, results) if results else []
     if bursts:
-        print(
+        parts += [
             f"## 10x burst through the Scorer ({args.steady_s:g} s steady, {args.burst_s:g} s at 10x, "
-            f"{args.after_s:g} s steady; 0.1 s polls; RSS relative to before the first poll)\n"
-        )
-        print(burst_table(bursts) + "\n")
-    write_json(
-        args.json,
-        {
-            "machine": machine(),
-            "args": {k: v for k, v in vars(args).items() if k != "json"},
-            "state": results,
-            "burst": bursts,
-            "seconds": round(total_s, 1),
-        },
-    )
+            f"{args.after_s:g} s steady; 0.1 s polls; RSS relative to before the first poll)",
+            burst_table(bursts),
+        ]  # fmt: skip
+    print("\n\n".join(parts) + "\n")
+    write_results(args.json, {
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        "state": results, "burst": bursts, "seconds": round(total_s, 1),
+    }, headline(results, bursts))  # fmt: skip
     return 0
 
 

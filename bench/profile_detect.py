@@ -17,6 +17,7 @@ calls a batch.
     .venv/bin/python bench/profile_detect.py [--frames 5000000] [--repeat 3] [--json out.json]
 """
 
+# ruff: noqa: E402 - the checkout goes first on sys.path (run as `python bench/profile_detect.py`)
 from __future__ import annotations
 
 import argparse
@@ -29,22 +30,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import throughput as tp  # noqa: E402
+from bench.common import say
+from bench.common.procs import thread_cpu
+from bench.common.report import machine_line, markdown_table, write_results
+from bench.common.rig import DLQ, INCIDENTS, bench_models, broker, produce, simulate
+from detector.core.brands import load_fleet
+from detector.core.config import COMPRESSIONS, load_config
+from detector.features import windowing
+from detector.model import forest_kernel, pipeline
+from detector.service.detector import Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport import wire
+from detector.transport.heap import keep_large_buffers
+from detector.transport.kafka_records import parse_batches_compiled
+from detector.transport.kafka_recv import read_large_chunks
 
-from bench.common import machine, markdown_table, write_json  # noqa: E402
-from detector import model, pipeline, service, windowing, wire  # noqa: E402
-from detector.core.brands import load_fleet  # noqa: E402
-from detector.core.config import COMPRESSIONS, load_config  # noqa: E402
-from detector.service.metrics import DetectorMetrics  # noqa: E402
-from detector.transport.broker import EmbeddedBroker, create_topics  # noqa: E402
-from detector.transport.heap import keep_large_buffers  # noqa: E402
-from detector.transport.kafka_records import parse_batches_compiled  # noqa: E402
-from detector.transport.kafka_recv import read_large_chunks  # noqa: E402
-
-#: (owner, attribute, timer name): a timer holds the thread CPU spent inside.
+TOPIC, PARTITIONS = "tel", 4
+#: (owner, attribute, timer name): a timer holds the thread CPU spent inside. A function
+#: is timed where its caller looks it up (the module that imported it).
 TIMED = [
     ("kafka.KafkaConsumer", "poll", "poll"),
-    (service.Detector, "_decode", "decode"),
+    (Detector, "_decode", "decode"),
     (wire, "frame_faults_each", "checks"),
     (pipeline.Scorer, "push", "push"),
     (pipeline, "concat_frames", "concat"),
@@ -54,9 +60,9 @@ TIMED = [
     (windowing, "stream_groups", "stream_groups"),
     (windowing.WindowState, "_rows", "rows"),
     (pipeline.Scorer, "_scored", "scored"),
-    (model, "raw_scores", "forest"),
-    (service.Detector, "_incidents", "incidents"),
-    (service.Detector, "_settle", "settle"),
+    (forest_kernel.CompiledForest, "raw_scores", "forest"),
+    (Detector, "_incidents", "incidents"),
+    (Detector, "_settle", "settle"),
 ]
 
 
@@ -88,11 +94,7 @@ def parts(cpu: float, other_threads: float, t: dict[str, float]) -> dict[str, fl
         "wire checks (compiled)": t["checks"],
         "window pass + counting sort by stream": t["window_pass"] + t["stream_groups"],
         "feature rows": t["rows"],
-        "other windowing glue": t["window"]
-        - t["fold"]
-        - t["window_pass"]
-        - t["stream_groups"]
-        - t["rows"],
+        "other windowing glue": t["window"] - t["fold"] - t["window_pass"] - t["stream_groups"] - t["rows"],
         "per-platform concatenation": t["concat"],
         "scoring glue (envelope, slots)": t["scored"] - t["forest"],
         "scorer routing": t["push"] - t["window"] - t["scored"] - t["concat"],
@@ -104,7 +106,7 @@ def parts(cpu: float, other_threads: float, t: dict[str, float]) -> dict[str, fl
 
 def run_once(cfg, fleet, frames: int, timers: dict[str, float]) -> dict:
     metrics = DetectorMetrics()
-    det = service.Detector(cfg, fleet, metrics, "profile", freeze_heap=True)
+    det = Detector(cfg, fleet, metrics, "profile", freeze_heap=True)
     det.start()
 
     def consumed() -> float:
@@ -114,21 +116,16 @@ def run_once(cfg, fleet, frames: int, timers: dict[str, float]) -> dict:
         while consumed() == 0:  # the group join and the first batch: not measured
             det.step()
         timers.clear()
-        _, other0 = tp.thread_cpu(os.getpid())  # the detector runs in the main thread
+        _, other0 = thread_cpu(os.getpid())  # the detector runs in the main thread
         cpu0, done0 = time.process_time(), consumed()
         while consumed() < frames:
             det.step()
         cpu = time.process_time() - cpu0
-        other = tp.thread_cpu(os.getpid())[1] - other0
+        other = thread_cpu(os.getpid())[1] - other0
         n = consumed() - done0
     finally:
         det.close()
-    return {
-        "frames": n,
-        "cpu_s": cpu,
-        "frames_per_cpu_s": n / cpu,
-        "parts": parts(cpu, other, timers),
-    }
+    return {"frames": n, "cpu_s": cpu, "frames_per_cpu_s": n / cpu, "parts": parts(cpu, other, timers)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,60 +134,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--vehicles", type=int, default=56)
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
-    ap.add_argument("--models", metavar="DIR", help="cache models here (default: a temp dir)")
+    ap.add_argument("--models", type=Path, metavar="DIR", help="cache models here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--json", type=Path, metavar="OUT")
     args = ap.parse_args(argv)
     if not keep_large_buffers():
-        tp.say("note: no glibc mallopt here; measuring with the C library's defaults")
+        say("note: no glibc mallopt here; measuring with the C library's defaults")
     if not (read_large_chunks() and parse_batches_compiled()):
-        tp.say("note: kafka-python's own socket reads or record parse (see detector.kafka_*)")
+        say("note: kafka-python's own socket reads or record parse (see detector.transport.kafka_*)")
     timers: dict[str, float] = defaultdict(float)
     install_timers(timers)
     fleet = load_fleet()
+    runs = []
     with tempfile.TemporaryDirectory(prefix="canwatch-profile-") as tmp:
-        model_dir = tp.ensure_models(fleet, Path(args.models) if args.models else Path(tmp))
-        streams, _ = tp.simulate(fleet, args.frames, args.vehicles, args.seed)
-        broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log")
-        broker.start()
-        try:
-            create_topics(broker.bootstrap, {"tel": tp.PARTITIONS, "inc": 1, "dlq": 1})
-            tp.produce(broker.bootstrap, "tel", streams, "binary", args.compression)
+        model_dir = bench_models(fleet, args.models or Path(tmp))
+        streams, _ = simulate(fleet, args.frames, args.vehicles, args.seed)
+        with broker(Path(tmp), {TOPIC: PARTITIONS}) as b:
+            produce(b.bootstrap, TOPIC, streams, "binary", args.compression)
             del streams
-            runs = []
             for r in range(args.repeat):
-                cfg = load_config(
-                    None,
-                    env={},
-                    overrides={
-                        "kafka.bootstrap": broker.bootstrap,
-                        "kafka.group_id": f"profile-{r}-{time.time_ns()}",
-                        "kafka.telemetry_topic": "tel",
-                        "kafka.incident_topic": "inc",
-                        "kafka.dlq_topic": "dlq",
-                        "models.dir": str(model_dir),
-                    },
-                )
-                run = run_once(cfg, fleet, args.frames, timers)
-                tp.say(
-                    f"  run {r + 1}: {run['frames']:,.0f} frames, {run['cpu_s']:.3f} CPU-s, "
-                    f"{run['frames_per_cpu_s']:,.0f} frames/CPU-s"
-                )
+                over = {"kafka.bootstrap": b.bootstrap, "kafka.group_id": f"profile-{r}-{time.time_ns()}",
+                        "kafka.telemetry_topic": TOPIC, "kafka.incident_topic": INCIDENTS,
+                        "kafka.dlq_topic": DLQ, "models.dir": str(model_dir)}  # fmt: skip
+                run = run_once(load_config(None, env={}, overrides=over), fleet, args.frames, timers)
+                say(f"  run {r + 1}: {run['frames']:,.0f} frames, {run['cpu_s']:.3f} CPU-s, "
+                    f"{run['frames_per_cpu_s']:,.0f} frames/CPU-s")  # fmt: skip
                 runs.append(run)
-        finally:
-            broker.stop()
     median = sorted(runs, key=lambda x: x["cpu_s"])[len(runs) // 2]
-    rows = [
-        [name, f"{v:.3f}", f"{100 * v / median['cpu_s']:.0f} %"]
-        for name, v in sorted(median["parts"].items(), key=lambda kv: -kv[1])
-    ]
+    rows = [[name, f"{v:.3f}", f"{100 * v / median['cpu_s']:.0f} %"]
+            for name, v in sorted(median["parts"].items(), key=lambda kv: -kv[1])]  # fmt: skip
     print(markdown_table(["part", "CPU-s", "share"], rows))
+    codec = "plain" if args.compression == "none" else args.compression
     print(
         f"\nmedian of {len(runs)} runs: {median['frames']:,.0f} frames in "
         f"{median['cpu_s']:.3f} CPU-s, {median['frames_per_cpu_s']:,.0f} frames/CPU-s; "
-        f"{'plain' if args.compression == 'none' else args.compression} records; {machine()}"
+        f"{codec} records; {machine_line()}"
     )
-    write_json(args.json, {"compression": args.compression, "median": median, "runs": runs})
+    top = sorted(median["parts"].items(), key=lambda kv: -kv[1])[:3]
+    write_results(args.json, {"compression": args.compression, "median": median, "runs": runs}, [
+        (f"in-process detect frames/CPU-s, {codec} records (median run)", f"{median['frames_per_cpu_s']:,.0f}"),
+        *((f"CPU share: {name}", f"{100 * v / median['cpu_s']:.0f} %") for name, v in top),
+    ])  # fmt: skip
     return 0
 
 

@@ -24,6 +24,7 @@ that costs detection quality on unseen drives shows up.
         [--check] [--json out.json]
 """
 
+# ruff: noqa: E402 - the checkout goes first on sys.path (run as `python bench/quality.py`)
 from __future__ import annotations
 
 import argparse
@@ -38,22 +39,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, machine, markdown_table, write_json  # noqa: E402
-from detector.evaluation.quality_scenario import (  # noqa: E402
-    ATTACK_S,
-    ATTACK_START,
-    BENIGN_S,
-    BENIGN_VEHICLES,
-    FAMILIES,
-    TEST_S,
-    TRAIN_DRIVES,
-    TRAIN_S,
-    TRAIN_VEHICLES,
-    attacked_vehicle,
-    score_benign,
-    training_recordings,
-)
-from detector.evaluation.quality_scenario import PLATFORM_BRANDS as SIM_PLATFORMS  # noqa: E402
+from bench.common import ROOT, say
+from bench.common.report import machine_line, markdown_table, write_results
+from detector.evaluation import quality_scenario as qs
 
 #: Cross-drive figures recorded on 2026-12-06 (README "Detection quality"):
 #: capture -> (window ROC-AUC, share of benign windows flagged).
@@ -65,13 +53,7 @@ EXPECTED = {
     "road/reverse_light_off_attack_1_masquerade.csv": (0.487, 0.053),
     "crysys/S-1-1-malicious-CONST-msg-mod-0x410-0.4-0.6.log": (0.681, 0.0),
 }
-ROAD_FILES = (
-    "fuzzing_attack_1.csv",
-    "correlated_signal_attack_2.csv",
-    "correlated_signal_attack_2_masquerade.csv",
-    "reverse_light_off_attack_1.csv",
-    "reverse_light_off_attack_1_masquerade.csv",
-)
+ROAD_FILES = tuple(Path(c).name for c in EXPECTED if c.startswith("road/"))  # in this order
 CRYSYS_TRAIN = "benign-48.csv"
 CRYSYS_ATTACK = "S-1-1-malicious-CONST-msg-mod-0x410-0.4-0.6.log"
 
@@ -102,19 +84,13 @@ def canwatch(*argv: str) -> None:
 def _row(capture: str, trained_on: str, r: dict, seconds: float) -> dict:
     attacks = r.get("attacks", {})
     return {
-        "capture": capture,
-        "trained_on": trained_on,
-        "attack": ",".join(attacks) or "-",
-        "windows": r["windows"],
-        "attacked_windows": r["attacked_windows"],
-        "roc_auc": r["roc_auc"],
-        "benign_flagged": r["benign_flagged_fraction"],
-        "false_incidents_per_hour": r["false_incidents_per_hour"],
-        "recall": r["recall"],
-        "time_to_detect_s": r["time_to_detect_s"],
-        "expected": EXPECTED.get(capture),
+        "capture": capture, "trained_on": trained_on, "attack": ",".join(attacks) or "-",
+        "windows": r["windows"], "attacked_windows": r["attacked_windows"],
+        "roc_auc": r["roc_auc"], "benign_flagged": r["benign_flagged_fraction"],
+        "false_incidents_per_hour": r["false_incidents_per_hour"], "recall": r["recall"],
+        "time_to_detect_s": r["time_to_detect_s"], "expected": EXPECTED.get(capture),
         "seconds": round(seconds, 1),
-    }
+    }  # fmt: skip
 
 
 def road(data: Path) -> tuple[list[dict], dict | None, list[str]]:
@@ -170,31 +146,24 @@ def simulated(platforms: list[str]) -> tuple[list[dict], list[dict]]:
     out, benign = [], []
     for platform in platforms:
         t0 = time.perf_counter()
-        recordings, vehicles = training_recordings(platform)
+        recordings, vehicles = qs.training_recordings(platform)
         model, _ = train_platform(platform, recordings, cfg, drives=vehicles)
         train_s = time.perf_counter() - t0
-        for family in FAMILIES:
-            v = attacked_vehicle(platform, family)
+        for family in qs.FAMILIES:
+            v = qs.attacked_vehicle(platform, family)
             ev = score_frames(v.frames, v.brand, v.name, model, fleet, cfg.window_s, inc, v.truth)
             r = attack_report(ev, family)
-            out.append(
-                {
-                    "platform": platform,
-                    "family": family,
-                    "target": None if v.span.can_id is None else f"0x{v.span.can_id:X}",
-                    "roc_auc": r["roc_auc"],
-                    "recall": r["recall"],
-                    "time_to_detect_s": r["time_to_detect_s"],
-                    "train_s": round(train_s, 1),
-                }
-            )
-        b = score_benign(platform, model, fleet, cfg.window_s, inc)
-        flagged, total = b.flagged, b.windows
-        benign.append(
-            {"platform": platform, "windows": total, "flagged": flagged, "incidents": b.incidents}
-        )
-        aucs = " ".join(f"{r['family']}={_fmt(r['roc_auc'], 2)}" for r in out[-len(FAMILIES) :])
-        print(f"  sim {platform}: {aucs}; benign flagged {flagged}/{total}", file=sys.stderr)
+            out.append({
+                "platform": platform, "family": family,
+                "target": None if v.span.can_id is None else f"0x{v.span.can_id:X}",
+                "roc_auc": r["roc_auc"], "recall": r["recall"],
+                "time_to_detect_s": r["time_to_detect_s"], "train_s": round(train_s, 1),
+            })  # fmt: skip
+        b = qs.score_benign(platform, model, fleet, cfg.window_s, inc)
+        benign.append({"platform": platform, "windows": b.windows, "flagged": b.flagged,
+                       "incidents": b.incidents})  # fmt: skip
+        aucs = " ".join(f"{r['family']}={_fmt(r['roc_auc'], 2)}" for r in out[-len(qs.FAMILIES) :])
+        say(f"  sim {platform}: {aucs}; benign flagged {b.flagged}/{b.windows}")
     return out, benign
 
 
@@ -207,19 +176,13 @@ def real_table(rows: list[dict]) -> str:
         "benign flagged", "false inc./h", "recall", "TTD s",
     )  # fmt: skip
     body = [
-        (
-            r["capture"],
-            r["trained_on"],
-            r["attack"],
-            f"{r['windows']} ({r['attacked_windows']})",
-            _fmt(r["roc_auc"]),
-            f"{100 * r['benign_flagged']:.1f} %" if r["benign_flagged"] is not None else "-",
-            _fmt(r["false_incidents_per_hour"], 0),
-            _fmt(r["recall"], 2),
-            "never" if r["time_to_detect_s"] is None else f"{r['time_to_detect_s']:.2f}",
-        )
+        (r["capture"], r["trained_on"], r["attack"], f"{r['windows']} ({r['attacked_windows']})",
+         _fmt(r["roc_auc"]),
+         f"{100 * r['benign_flagged']:.1f} %" if r["benign_flagged"] is not None else "-",
+         _fmt(r["false_incidents_per_hour"], 0), _fmt(r["recall"], 2),
+         "never" if r["time_to_detect_s"] is None else f"{r['time_to_detect_s']:.2f}")
         for r in rows
-    ]
+    ]  # fmt: skip
     return markdown_table(headers, body)
 
 
@@ -244,16 +207,11 @@ def sim_table(rows: list[dict], benign: list[dict]) -> str:
         return f"{_fmt(r['roc_auc'])} / {ttd}"
 
     body = [
-        (
-            p,
-            *(fmt(cell[(p, f)]) for f in FAMILIES),
-            f"{flagged[p]['flagged']}/{flagged[p]['windows']} ({flagged[p]['incidents']})",
-        )
+        (p, *(fmt(cell[(p, f)]) for f in qs.FAMILIES),
+         f"{flagged[p]['flagged']}/{flagged[p]['windows']} ({flagged[p]['incidents']})")
         for p in platforms
-    ]
-    return markdown_table(
-        ("platform (ROC-AUC / TTD)", *FAMILIES, "benign flagged (incidents)"), body
-    )
+    ]  # fmt: skip
+    return markdown_table(("platform (ROC-AUC / TTD)", *qs.FAMILIES, "benign flagged (incidents)"), body)
 
 
 def regressions(rows: list[dict], tolerance: float) -> list[str]:
@@ -274,24 +232,21 @@ def regressions(rows: list[dict], tolerance: float) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=default_data_dir(), help="real captures dir")
-    ap.add_argument(
-        "--platforms",
-        default="all",
-        help="simulated platforms: all, none or a comma-separated list (default all)",
-    )
+    ap.add_argument("--platforms", default="all",
+                    help="simulated platforms: all, none or a comma-separated list (default all)")  # fmt: skip
     ap.add_argument("--check", action="store_true", help="exit 1 if a real-capture figure regressed")
     ap.add_argument("--tolerance", type=float, default=0.01, help="for --check (default 0.01)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     if args.platforms == "all":
-        platforms = list(SIM_PLATFORMS)
+        platforms = list(qs.PLATFORM_BRANDS)
     elif args.platforms == "none":
         platforms = []
     else:
         platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
-        unknown = sorted(set(platforms) - set(SIM_PLATFORMS))
+        unknown = sorted(set(platforms) - set(qs.PLATFORM_BRANDS))
         if unknown:
-            ap.error(f"unknown platform(s) {unknown}; choose from {sorted(SIM_PLATFORMS)}")
+            ap.error(f"unknown platform(s) {unknown}; choose from {sorted(qs.PLATFORM_BRANDS)}")
 
     t0 = time.perf_counter()
     skipped: list[str] = []
@@ -305,41 +260,43 @@ def main(argv: list[str] | None = None) -> int:
     sim, benign = simulated(platforms)
     sim_s = time.perf_counter() - t1
 
-    print(f"# Detection quality on drives and vehicles the model never saw ({machine()})\n")
-    print(f"## Real captures ({args.data}; {real_s:.0f} s)\n")
-    for msg in skipped:
-        print(f"> {msg}\n")
-    if real:
-        print(real_table(real) + "\n")
-    if pooled:
-        print(pooled_line(pooled) + "\n")
+    parts = [f"# Detection quality on drives and vehicles the model never saw ({machine_line()})",
+             f"## Real captures ({args.data}; {real_s:.0f} s)", *(f"> {msg}" for msg in skipped)]  # fmt: skip
+    parts += [real_table(real)] if real else []
+    parts += [pooled_line(pooled)] if pooled else []
     if sim:
-        print(
-            f"## Simulator: trained on {TRAIN_VEHICLES} vehicles x {TRAIN_DRIVES} drives x "
-            f"{TRAIN_S:g} s per platform; each attack at +{ATTACK_START:g} s for {ATTACK_S:g} s "
-            f"in a new {TEST_S:g} s vehicle; benign: {BENIGN_VEHICLES} new vehicles and a new "
-            f"drive of a trained one, {BENIGN_S:g} s each ({sim_s:.0f} s)\n"
-        )
-        print(sim_table(sim, benign) + "\n")
+        parts += [
+            f"## Simulator: trained on {qs.TRAIN_VEHICLES} vehicles x {qs.TRAIN_DRIVES} drives x "
+            f"{qs.TRAIN_S:g} s per platform; each attack at +{qs.ATTACK_START:g} s for {qs.ATTACK_S:g} s "
+            f"in a new {qs.TEST_S:g} s vehicle; benign: {qs.BENIGN_VEHICLES} new vehicles and a new "
+            f"drive of a trained one, {qs.BENIGN_S:g} s each ({sim_s:.0f} s)",
+            sim_table(sim, benign),
+        ]
+    print("\n\n".join(parts) + "\n")
     bad = regressions(real, args.tolerance)
     for msg in bad:
         print(f"REGRESSION {msg}")
-    write_json(
-        args.json,
-        {
-            "machine": machine(),
-            "protocol": "leave-one-drive-out (ROAD), another drive (CrySyS), new vehicles (sim)",
-            "data": str(args.data),
-            "skipped": skipped,
-            "real": real,
-            "road_pooled": pooled,
-            "simulated": sim,
-            "simulated_benign": benign,
-            "seconds": {"real": round(real_s, 1), "simulated": round(sim_s, 1)},
-            "regressions": bad,
-        },
-    )
+    results = {
+        "protocol": "leave-one-drive-out (ROAD), another drive (CrySyS), new vehicles (sim)",
+        "data": str(args.data), "skipped": skipped, "real": real, "road_pooled": pooled,
+        "simulated": sim, "simulated_benign": benign, "regressions": bad,
+        "seconds": {"real": round(real_s, 1), "simulated": round(sim_s, 1)},
+    }  # fmt: skip
+    write_results(args.json, results, headline(pooled, real, sim, benign, bad))
     return 1 if args.check and bad else 0
+
+
+def headline(pooled, real, sim, benign, bad) -> list[tuple[str, str]]:
+    out = [("real-capture regressions", str(len(bad)) if real else "not run (no captures)")]
+    if pooled:
+        out.append(("ROAD pooled: window ROC-AUC, benign windows flagged",
+                    f"{_fmt(pooled['roc_auc'])}, {pooled['benign_flagged_windows']}/{pooled['benign_windows']}"))  # fmt: skip
+    if sim:
+        aucs = [r["roc_auc"] for r in sim if r["roc_auc"] is not None]
+        out.append(("simulator: lowest ROC-AUC, benign windows flagged",
+                    f"{_fmt(min(aucs, default=None))}, {sum(b['flagged'] for b in benign)}/"
+                    f"{sum(b['windows'] for b in benign)}"))  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

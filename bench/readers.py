@@ -8,10 +8,10 @@ Prints a Markdown table; ``--json OUT`` also writes the numbers.
     .venv/bin/python bench/readers.py [--frames 1000000] [--repeat 3] [--json out.json]
 """
 
+# ruff: noqa: E402 - the checkout goes first on sys.path (run as `python bench/readers.py`)
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,9 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE  # noqa: E402
-from replay.readers import read_frames  # noqa: E402
-from replay.writers import write_frames  # noqa: E402
+from bench.common import say
+from bench.common.report import machine_line, markdown_table, write_results
+from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE
+from replay.readers import read_frames
+from replay.writers import write_frames
 
 #: format -> (suffix, python-can reads it)
 FILES = {
@@ -82,36 +84,27 @@ def bench(n: int, repeat: int, pc_repeat: int, formats: list[str]) -> list[dict]
             assert len(read_frames(path, fmt)) == n
             ours = median_time(lambda p=path, f=fmt: read_frames(p, f), repeat)
             row = {
-                "format": fmt,
-                "frames": n,
-                "file_mb": round(path.stat().st_size / 1e6, 1),
-                "write_s": round(write_s, 2),
-                "canwatch_s": round(ours, 4),
-                "canwatch_fps": round(n / ours),
-                "python_can_s": None,
-                "python_can_fps": None,
-            }
+                "format": fmt, "frames": n, "file_mb": round(path.stat().st_size / 1e6, 1),
+                "write_s": round(write_s, 2), "canwatch_s": round(ours, 4),
+                "canwatch_fps": round(n / ours), "python_can_s": None, "python_can_fps": None,
+            }  # fmt: skip
             if pc_ok:
                 theirs = median_time(lambda p=path: python_can_count(p), pc_repeat)
                 row["python_can_s"] = round(theirs, 3)
                 row["python_can_fps"] = round(n / theirs)
             results.append(row)
-            print(f"  {fmt}: {row['canwatch_fps']:,} frames/s", file=sys.stderr, flush=True)
+            say(f"  {fmt}: {row['canwatch_fps']:,} frames/s")
     return results
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| format | file MB | write s | canwatch frames/s | python-can frames/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    body = []
     for r in rows:
-        pc = f"{r['python_can_fps']:,}" if r["python_can_fps"] else "n/a"
-        up = f"{r['canwatch_fps'] / r['python_can_fps']:.1f}x" if r["python_can_fps"] else "-"
-        lines.append(
-            f"| {r['format']} | {r['file_mb']} | {r['write_s']} | {r['canwatch_fps']:,} | {pc} | {up} |"
-        )
-    return "\n".join(lines)
+        pc = r["python_can_fps"]
+        body.append((r["format"], r["file_mb"], r["write_s"], f"{r['canwatch_fps']:,}",
+                     f"{pc:,}" if pc else "n/a", f"{r['canwatch_fps'] / pc:.1f}x" if pc else "-"))  # fmt: skip
+    headers = ("format", "file MB", "write s", "canwatch frames/s", "python-can frames/s", "speed-up")
+    return markdown_table(headers, body) + f"\n\n{machine_line()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = bench(args.frames, args.repeat, args.pc_repeat, args.formats.split(","))
     print(markdown(rows))
-    if args.json:
-        args.json.write_text(json.dumps({"frames": args.frames, "results": rows}, indent=2) + "\n")
+    write_results(args.json, {"frames": args.frames, "results": rows}, [
+        (f"{r['format']} frames/s, canwatch (python-can)",
+         f"{r['canwatch_fps']:,}" + (f" ({r['python_can_fps']:,})" if r["python_can_fps"] else ""))
+        for r in rows if r["format"] in ("candump", "csv")
+    ])  # fmt: skip
     return 0
 
 
