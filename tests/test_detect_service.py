@@ -744,7 +744,14 @@ def test_road_through_kafka_scores_like_evaluate(broker, unique_topic, tmp_path)
     np.testing.assert_allclose(kafka, csv_ref, rtol=0, atol=5e-7)  # the CSV has 6 decimals
     # The labelled recordings' attacks appear as incidents on the topic.
     reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
+    labelled = {stem for stem, fr in frames.items() if (fr["label"] != 0).any()}
     try:
+        # One poll may come back empty while the first fetch is on its way (seen on a
+        # loaded machine): read until every labelled capture has an event, or time out.
+        wait_for(
+            "incident events of every labelled capture",
+            lambda: labelled <= {e["vehicle"] for e in reader.events()},
+        )
         events = reader.events()
     finally:
         reader.close()
