@@ -68,25 +68,27 @@ def read_capture(path: str | os.PathLike[str], format: str | None = None) -> pd.
     The format is chosen as every canwatch command chooses it (by suffix, else by
     sniffing the first lines); ``format`` forces one of ``replay.readers.FORMATS``.
     Columns: ``timestamp`` (float seconds, as in the file), ``can_id`` (the bare 11- or
-    29-bit id), ``extended`` (bool), ``dlc``, ``data`` (``bytes`` of the frame's
-    ``dlc`` bytes, at most 8; empty for a remote frame) and, where the capture has labels, ``label`` (a
-    categorical of ``benign``, ``dos``, ``fuzzing``, ... ``unknown``). Malformed input
-    raises ``InputError`` naming the file and line.
+    29-bit id), ``extended`` (bool), ``dlc``, ``data`` (``bytes`` of the frame's ``dlc``
+    bytes, at most 8; empty for a remote frame) and, where the capture has labels,
+    ``label`` (a categorical of ``benign``, ``dos``, ``fuzzing``, ... ``unknown``).
+    Malformed input raises ``InputError`` naming the file and line.
 
     Example::
 
         >>> from detector import read_capture
         >>> df = read_capture("drive.log")
-        >>> df.groupby("can_id").timestamp.diff().groupby(df.can_id).median()  # periods
+        >>> df.can_id.value_counts().head()                  # the busiest ids
+        >>> df[df.can_id == 0x6E0].timestamp.diff().median()  # 0x6E0's period, s
+        >>> df[df.label != "benign"]                          # the attack's frames
     """
     try:
         name = canonical_format(format) if format else detect_format(path)
     except ValueError as exc:  # as read_frames reports it
         raise InputError(str(path), None, str(exc)) from None
-    return frames_to_frame(read_frames(path, name), labelled=name in LABELLED_FORMATS)
+    return frames_to_dataframe(read_frames(path, name), labelled=name in LABELLED_FORMATS)
 
 
-def frames_to_frame(frames: np.ndarray, labelled: bool = False) -> pd.DataFrame:
+def frames_to_dataframe(frames: np.ndarray, labelled: bool = False) -> pd.DataFrame:
     """A FRAME_DTYPE array as ``read_capture``'s DataFrame (``label`` when ``labelled``
     or any frame has an attack label)."""
     remote = (frames["flags"] & FLAG_RTR) != 0  # a remote frame carries no data
@@ -109,7 +111,7 @@ def frames_to_frame(frames: np.ndarray, labelled: bool = False) -> pd.DataFrame:
     return out
 
 
-def frame_to_frames(df: pd.DataFrame) -> np.ndarray:
+def dataframe_to_frames(df: pd.DataFrame) -> np.ndarray:
     """``read_capture``'s DataFrame (or one shaped like it) back to a FRAME_DTYPE array."""
     missing = [c for c in ("timestamp", "can_id", "dlc", "data") if c not in df.columns]
     if missing:
@@ -200,9 +202,9 @@ def _model(models: str | os.PathLike[str] | PlatformModel, platform: str) -> Pla
 
 def _vehicles(df: pd.DataFrame, default: str) -> list[tuple[str, np.ndarray, list[Span]]]:
     if "vehicle" not in df.columns:
-        return [(default, frame_to_frames(df), [])]
+        return [(default, dataframe_to_frames(df), [])]
     return [
-        (str(name), frame_to_frames(group), [])
+        (str(name), dataframe_to_frames(group), [])
         for name, group in df.groupby("vehicle", sort=False, observed=True)
     ]
 

@@ -303,6 +303,20 @@ def test_evaluate_plot_writes_a_png(fleet, tmp_path, capsys) -> None:
     assert width > 1000 and height > 500  # two panels of scores and the ROC beside them
 
 
+def test_cross_validate_plots_each_file_as_its_fold_scored_it(fleet, tmp_path, capsys) -> None:
+    out, _, kind_of = fleet
+    files = sorted(out.glob("*.log"))[:3]
+    svg = tmp_path / "folds.svg"
+    argv = ["evaluate", "--cross-validate", "--group-by", "file", "--brand", "jeep"]
+    assert main([*argv, "--plot", str(svg), *map(str, files)]) == 0
+    capsys.readouterr()
+    text = svg.read_text(encoding="utf-8")
+    assert text.lstrip().startswith("<?xml") and "<svg" in text
+    assert "trained without its group" in text  # the title says how the files were scored
+    for f in files:
+        assert f.name in text
+
+
 def test_evaluate_plot_draws_scores_threshold_attacks_incidents_and_roc(fleet) -> None:
     from matplotlib.collections import PolyCollection
     from matplotlib.patches import Polygon, Rectangle
