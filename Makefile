@@ -1,4 +1,4 @@
-.PHONY: help setup demo test lint bench
+.PHONY: help setup demo test lint bench picture
 help:            ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 setup:           ## create .venv and install canwatch with its test tools
@@ -26,3 +26,13 @@ bench:           ## run every benchmark (tens of minutes; JSON in out/bench), th
 	.venv/bin/python bench/report.py out/bench/readers.json out/bench/throughput.json \
 		out/bench/throughput-lz4.json out/bench/profile.json out/bench/latency.json \
 		out/bench/memory.json out/bench/adversarial.json out/bench/quality.json
+
+ROAD ?= ../shared/data/road
+PICTURE := docs/img/road-held-out-drive.png
+picture: setup   ## README's figure from the ROAD captures (ROAD=dir): train on 2 drives, evaluate the 3rd
+	@test -f $(ROAD)/reverse_light_off_attack_1.csv || { echo "make picture: no ROAD captures in $(ROAD) (set ROAD=DIR)"; exit 2; }
+	rm -rf out/picture && mkdir -p out/picture docs/img
+	.venv/bin/canwatch train --brand road --out out/picture/models $(ROAD)/fuzzing_attack_1.csv \
+		$(ROAD)/correlated_signal_attack_2.csv $(ROAD)/correlated_signal_attack_2_masquerade.csv
+	.venv/bin/canwatch evaluate --models out/picture/models --brand road --plot $(PICTURE) \
+		$(ROAD)/reverse_light_off_attack_1.csv $(ROAD)/reverse_light_off_attack_1_masquerade.csv

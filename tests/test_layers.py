@@ -49,6 +49,8 @@ def test_the_tree_keeps_every_contract(tree: Path) -> None:
         ("detector/service/watchdog.py", "import detector.cli", "reads like its pipeline"),
         ("detector/model/pipeline.py", "import detector.transport.kafka_io", "never touches Kafka"),
         ("replay/simulator.py", "import detector.model.platform", "replay"),
+        ("detector/service/polling.py", "import pandas", "never loads pandas"),
+        ("detector/model/pipeline.py", "import detector.analysis", "never loads pandas"),
     ],
 )
 def test_an_import_against_the_layers_fails_the_lint(

@@ -40,7 +40,7 @@ from detector.evaluation.evaluate import (
     window_rows,
 )
 from detector.model.platform import PlatformModel
-from detector.model.store import load_model
+from detector.model.store import list_manifests, load_model, read_manifest
 from replay.readers import read_frames
 
 CROSS_DRIVE_NOTE = "cross-drive figures: every file is scored by a model trained without its group"
@@ -87,6 +87,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--windows-out", metavar="W.csv", help="one row per (vehicle, window)")
     p.add_argument("--report", metavar="R.json", help="full report as JSON")
+    p.add_argument(
+        "--plot",
+        metavar="F.png",
+        help="draw each file's window scores over time (log axis, threshold 1.0, attack spans "
+        "shaded, incidents marked) and the ROC curves into F (.png, .svg or .pdf)",
+    )
     p.add_argument("--format", help="force the log format of every FILE")
     add_config_flag(p)
     p.set_defaults(func=run)
@@ -94,6 +100,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def check_mode(args: argparse.Namespace) -> None:
     """Flags that only make sense in one mode, as one-line errors."""
+    if args.plot:
+        from detector.evaluation.plots import PLOT_SUFFIXES  # matplotlib only when asked
+
+        if Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise CanwatchError(
+                f"--plot must name a {', '.join(PLOT_SUFFIXES)} file, got {args.plot!r}"
+            )
     if args.cross_validate:
         if args.models:
             raise CanwatchError(
@@ -137,11 +150,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     fleet = fleet_from(cfg)
     if args.cross_validate:
-        report, rows = cross_validate(args, cfg, fleet)
+        report, rows, evs = cross_validate(args, cfg, fleet)
         text = render_cross_validation(report)
     else:
-        report, rows = evaluate_with_model(args, cfg, fleet)
+        report, rows, evs = evaluate_with_model(args, cfg, fleet)
         text = render(report)
+    if args.plot:
+        plot(args.plot, plot_title(args, report), evs)
     if args.windows_out:
         with open(args.windows_out, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -153,15 +168,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot(path: str, title: str, evs: dict[str, Evaluation]) -> None:
+    """``--plot``: each file's scores over time, and their ROC."""
+    from detector.evaluation.plots import save_evaluation_plot
+
+    save_evaluation_plot([(Path(f).name, ev) for f, ev in evs.items()], path, title)
+
+
+def plot_title(args: argparse.Namespace, report: dict) -> str:
+    """Which model scored the files, and what it was trained on."""
+    if args.cross_validate:
+        return f"{CROSS_DRIVE_NOTE} (leave-one-group-out, {len(report['folds'])} groups)"
+    m = report["model"]
+    manifest = read_manifest(list_manifests(args.models)[m["platform"]][-1].path)
+    trained = ", ".join(manifest.get("training", {}).get("files", [])) or "unknown files"
+    title = f"model {m['platform']} v{m['version']} trained on {trained}"
+    if any(r.get("in_training") for r in report["files"].values()):
+        title += "; some files scored were in its training data: not a quality figure"
+    return title
+
+
 def evaluate_with_model(
     args: argparse.Namespace, cfg: Config, fleet: Fleet
-) -> tuple[dict, list[tuple]]:
+) -> tuple[dict, list[tuple], dict[str, Evaluation]]:
     platform = fleet.platform_of(args.brand)
     model = latest_model(args.models, platform)
     trained_on = set(model.info.get("training", {}).get("files", []))
     report: dict = {"model": {"platform": model.platform, "version": model.version}, "files": {}}
     rows: list[tuple] = []
-    evs = []
+    evs: dict[str, Evaluation] = {}
     for f in args.files:
         path = Path(f)
         ev = evaluate_file(path, *load_recording(path, args.format), args.brand, model, cfg, fleet)
@@ -170,12 +205,14 @@ def evaluate_with_model(
             r["in_training"] = True
         report["files"][str(f)] = r
         rows += window_rows(str(f), ev)
-        evs.append(ev)
-    report["pooled"] = pooled_report(evs)
-    return report, rows
+        evs[str(f)] = ev
+    report["pooled"] = pooled_report(list(evs.values()))
+    return report, rows, evs
 
 
-def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple[dict, list[tuple]]:
+def cross_validate(
+    args: argparse.Namespace, cfg: Config, fleet: Fleet
+) -> tuple[dict, list[tuple], dict[str, Evaluation]]:
     """Leave-one-group-out over ``args.files``: per fold, train as `canwatch train` does on
     the other groups, save and reload the model, score each held-out file."""
     files = [str(f) for f in args.files]
@@ -205,7 +242,7 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple
         "files": {},
     }
     rows: list[tuple] = []
-    evs: list[Evaluation] = []
+    evs: dict[str, Evaluation] = {}
     with tempfile.TemporaryDirectory(prefix="canwatch-cv-") as tmp:
         root = Path(args.models_out) if args.models_out else Path(tmp)
         for n, fold in enumerate(folds, start=1):
@@ -228,9 +265,9 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple
                 ev = evaluate_file(Path(files[i]), *loaded[i], args.brand, model, cfg, fleet)
                 report["files"][files[i]] = {"group": fold.group, **file_report(ev)}
                 rows += window_rows(files[i], ev)
-                evs.append(ev)
-    report["pooled"] = pooled_report(evs)
-    return report, rows
+                evs[files[i]] = ev
+    report["pooled"] = pooled_report(list(evs.values()))
+    return report, rows, evs
 
 
 def fold_record(

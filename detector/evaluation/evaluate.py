@@ -18,16 +18,20 @@ flagged and false incidents per hour of benign traffic.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from detector.core.brands import Fleet
 from detector.core.config import IncidentConfig
+from detector.core.errors import ConfigError
 from detector.core.schema import LABEL_CODE, LABELS
 from detector.incidents.tracker import IncidentTracker, observations
-from detector.model.pipeline import Scorer, vehicle_clock, window_scores
+from detector.model.pipeline import ScoredRows, Scorer, vehicle_clock, window_scores
 from detector.model.platform import PlatformModel
 
 WINDOW_COLUMNS = ("file", "vehicle", "window_start", "score", "label", "attack")
@@ -38,6 +42,21 @@ class Span:
     kind: str
     start_ts: float
     end_ts: float
+
+
+def spans_for(fleet_json: Path | None, vehicle: str) -> list[Span]:
+    """Attack spans of ``vehicle`` from a simulator fleet.json, if there is one."""
+    if fleet_json is None or not fleet_json.is_file():
+        return []
+    try:
+        data = json.loads(fleet_json.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{fleet_json}: not valid JSON: {exc}") from None
+    return [
+        Span(a["kind"], float(a["start_ts"]), float(a["end_ts"]))
+        for a in data.get("attacks", [])
+        if a.get("vehicle") in (None, vehicle)
+    ]
 
 
 @dataclass
@@ -60,7 +79,12 @@ def score_frames(
     window_s: float,
     incident_cfg: IncidentConfig,
     spans: list[Span] = (),
+    on_scored: Callable[[ScoredRows], None] | None = None,
 ) -> Evaluation:
+    """One vehicle's frames through the service's Scorer and incident tracker, labelled.
+
+    ``on_scored`` sees every batch of scored rows as it comes (``detector.analysis``
+    reads each window's top id and evidence there) without the Evaluation keeping them."""
     frames = frames[np.argsort(frames["ts"], kind="stable")]
     scorer = Scorer({model.platform: model}, fleet, window_s)
     scored = scorer.push([(vehicle, brand, frames)])
@@ -69,6 +93,8 @@ def score_frames(
     events: list[dict] = []
     windows, scores = [], []
     for sc in scored:
+        if on_scored is not None:
+            on_scored(sc)
         v, w, s = window_scores(sc)
         windows.append(w)
         scores.append(s)

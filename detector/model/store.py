@@ -125,6 +125,14 @@ def read_manifest(path: Path | str) -> dict:
     return data
 
 
+def latest_model(model_dir: Path | str, platform: str) -> PlatformModel:
+    """The newest version of ``platform``'s model in ``model_dir`` (the one in use)."""
+    versions = list_manifests(model_dir).get(platform)
+    if not versions:
+        raise ModelError(f"no model for platform {platform!r} in {model_dir} (run canwatch train)")
+    return load_model(versions[-1].path)
+
+
 def load_model(manifest_path: Path | str) -> PlatformModel:
     """Load and verify one model version; raises ModelError on any doubt."""
     manifest_path = Path(manifest_path)
