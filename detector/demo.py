@@ -135,11 +135,14 @@ def scorecard(spans: list[AttackSpan], incidents: dict[str, dict], window_s: flo
 
 
 def render_scorecard(card: dict) -> str:
-    lines = [f"{'attack':11} {'vehicle':18} {'brand':18} {'detected':8} {'ttd_s':>6}  suspected"]
-    for a in card["attacks"]:
+    attacks = card["attacks"]
+    vw = max([len("vehicle")] + [len(a["vehicle"]) for a in attacks])
+    bw = max([len("brand")] + [len(a["brand"] or "-") for a in attacks])
+    lines = [f"{'attack':11} {'vehicle':{vw}} {'brand':{bw}} {'detected':8} {'ttd_s':>6}  suspected"]
+    for a in attacks:
         ttd = "-" if a["time_to_detect_s"] is None else f"{a['time_to_detect_s']:.2f}"
         lines.append(
-            f"{a['kind']:11} {a['vehicle']:18} {a['brand'] or '-':18} "
+            f"{a['kind']:11} {a['vehicle']:{vw}} {a['brand'] or '-':{bw}} "
             f"{'yes' if a['detected'] else 'NO':8} {ttd:>6}  {a['suspected_attack'] or '-'}"
         )
     caught = sum(a["detected"] for a in card["attacks"])
@@ -149,12 +152,26 @@ def render_scorecard(card: dict) -> str:
     return "\n".join(lines)
 
 
-def format_incident(ev: dict) -> str:
+def incident_widths(streams: list) -> dict[str, int]:
+    """Widths of the live incident table's brand and vehicle columns: the longest
+    in the fleet being streamed [(vehicle, brand, frames)], so every row lines up."""
+    return {
+        "brand": max([len("brand")] + [len(b) for _, b, _ in streams]),
+        "vehicle": max([len("vehicle")] + [len(v) for v, _, _ in streams]),
+    }
+
+
+def format_incident(ev: dict, widths: dict[str, int] | None = None) -> str:
+    """One row of the live incident table; ``widths`` from ``incident_widths`` (a
+    column is never narrower than its value, so a name longer still only shifts
+    its own row)."""
+    widths = widths or {}
     ids = ",".join(c["can_id"] for c in ev["can_ids"][:3])
     text = ev["evidence"][0]["text"] if ev["evidence"] else ""
     return (
-        f"{ev['status']:6} {ev['severity']:8} {ev['suspected_attack']:10} {ev['brand']:17} "
-        f"{ev['vehicle']:18} {ids:20} {text}"
+        f"{ev['status']:6} {ev['severity']:8} {ev['suspected_attack']:10} "
+        f"{ev['brand']:{widths.get('brand', 17)}} {ev['vehicle']:{widths.get('vehicle', 18)}} "
+        f"{ids:20} {text}"
     )
 
 
@@ -203,7 +220,7 @@ def run_demo(
             daemon=True,
         )
         pub.start()
-        incidents = follow_incidents(cfg, metrics, total, pub, say)
+        incidents = follow_incidents(cfg, metrics, total, pub, say, incident_widths(streams))
         card = scorecard(spans, incidents, cfg.detection.window_s)
         if keep_running is not None:
             say("--keep-running: broker, detector and metrics stay up; Ctrl-C to stop")
@@ -216,7 +233,12 @@ def run_demo(
 
 
 def follow_incidents(
-    cfg: Config, metrics: DetectorMetrics, total: int, pub: threading.Thread, say
+    cfg: Config,
+    metrics: DetectorMetrics,
+    total: int,
+    pub: threading.Thread,
+    say,
+    widths: dict[str, int] | None = None,
 ) -> dict:
     """Print incidents as they arrive until every frame is scored and incidents closed."""
     from kafka import TopicPartition
@@ -234,7 +256,7 @@ def follow_incidents(
                 ev = json.loads(r.value)
                 incidents[ev["incident_id"]] = ev
                 if ev["status"] in ("open", "closed"):
-                    say(format_incident(ev))
+                    say(format_incident(ev, widths))
         consumed = sum(
             s.value
             for m in metrics.frames_consumed.collect()

@@ -23,6 +23,7 @@ odometer is the vehicle's.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -407,9 +408,15 @@ def simulate_drives(
     return recordings, vehicle
 
 def simulate_fleet(
-    brands: list[str], vehicles: int, duration_s: float, seed: int = 0, start_ts: float = 1.7e9
+    brands: list[str],
+    vehicles: int,
+    duration_s: float,
+    seed: int = 0,
+    start_ts: float = 1.7e9,
+    on_vehicle: Callable[[SimVehicle], None] | None = None,
 ) -> list[SimVehicle]:
-    """``vehicles`` vehicles in total, brands assigned round-robin (vehicle i -> brands[i % len])."""
+    """``vehicles`` vehicles in total, brands assigned round-robin (vehicle i -> brands[i % len]).
+    ``on_vehicle`` is called with each as it is done (progress)."""
     from detector.core.brands import load_fleet
 
     if not brands:
@@ -424,4 +431,6 @@ def simulate_fleet(
         vseed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
         frames = simulate_vehicle(platform, duration_s, start_ts, vseed)
         out.append(SimVehicle(f"veh-{brand}-{i:04d}", brand, platform, frames))
+        if on_vehicle is not None:
+            on_vehicle(out[-1])
     return out

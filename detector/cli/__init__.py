@@ -3,17 +3,18 @@
 Each module defines ``add_subparser(subparsers)`` which registers its parser and
 ``set_defaults(func=...)``; ``func(args) -> int`` is the exit code. Errors that
 canwatch can explain are printed as one line, with a non-zero exit and no
-traceback.
+traceback. Every subcommand takes ``--log-level`` (see ``_logging``); long work
+shows progress on stderr when it is a terminal (``_progress``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import pkgutil
 import sys
 
+from detector.cli._logging import add_log_level_flag, add_to_subcommands, chosen_level, configured
 from detector.core.errors import CanwatchError
 
 _ORDER = [
@@ -42,30 +43,43 @@ def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
         prog="canwatch",
         description="Streaming anomaly detection for automotive CAN-bus telemetry.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: --log-level info, -vv: debug"
+    )
+    add_log_level_flag(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in commands or _subcommand_modules():
         importlib.import_module(f"{__name__}.{name}").add_subparser(sub)
+    add_to_subcommands(parser)
     return parser
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The first word that is neither an option nor the value of ``--log-level``."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     names = _subcommand_modules()
-    words = [a for a in argv if not a.startswith("-")]
-    parser = build_parser([words[0]] if words and words[0] in names else names)
+    command = _command_word(argv)
+    parser = build_parser([command] if command in names else names)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args.log_level = chosen_level(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with configured(args.log_level):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except CanwatchError as exc:

@@ -52,6 +52,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--detector-id", help="instance id written into incidents")
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="at start, wait up to S s for a broker, trying again every few seconds "
+        "(kafka.connect_timeout_s, default 30)",
+    )
+    p.add_argument(
         "--windows-out",
         metavar="PATH.jsonl",
         help="append an audit trail as JSON Lines: one line per scored window "
@@ -139,9 +146,10 @@ def run(args: argparse.Namespace) -> int:
             "models.dir": args.models,
             "kafka.group_id": args.group,
             "metrics.address": args.metrics,
+            "kafka.connect_timeout_s": args.connect_timeout,
         },
     )
-    if not logging.getLogger().isEnabledFor(logging.INFO):
+    if getattr(args, "log_level", None) is None:  # a service: its own lines at INFO
         logging.getLogger("canwatch").setLevel(logging.INFO)
     signals = StopOnSignal(cfg.watchdog.shutdown_timeout_s)
     metrics = DetectorMetrics(instance=args.detector_id or "")

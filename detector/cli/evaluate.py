@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.cli._common import add_config_flag, config_from, fleet_from, latest_model, spans_for
+from detector.cli._progress import track
 from detector.cli.train import brands_served, train_and_save
 from detector.core.brands import Fleet
 from detector.core.config import Config
@@ -197,7 +198,7 @@ def evaluate_with_model(
     report: dict = {"model": {"platform": model.platform, "version": model.version}, "files": {}}
     rows: list[tuple] = []
     evs: dict[str, Evaluation] = {}
-    for f in args.files:
+    for f in track(args.files, "scoring", unit="file"):
         path = Path(f)
         ev = evaluate_file(path, *load_recording(path, args.format), args.brand, model, cfg, fleet)
         r = file_report(ev)
@@ -223,7 +224,7 @@ def cross_validate(
     labels = None
     if args.groups:  # before reading recordings: a file missing from the map fails fast
         labels = groups_from_map(files, read_group_map(args.groups), args.groups)
-    loaded = [load_recording(Path(f), args.format) for f in files]
+    loaded = [load_recording(Path(f), args.format) for f in track(files, "reading", unit="file")]
     recordings = [frames for frames, _ in loaded]
     if labels is None:
         by = args.group_by or "auto"
@@ -245,7 +246,7 @@ def cross_validate(
     evs: dict[str, Evaluation] = {}
     with tempfile.TemporaryDirectory(prefix="canwatch-cv-") as tmp:
         root = Path(args.models_out) if args.models_out else Path(tmp)
-        for n, fold in enumerate(folds, start=1):
+        for n, fold in enumerate(track(folds, "folds", unit="fold"), start=1):
             try:
                 manifest = train_and_save(
                     platform,
@@ -255,6 +256,7 @@ def cross_validate(
                     root / f"fold-{n}",
                     brands,
                     [labels[i] for i in fold.train],
+                    desc=f"fold {n}: fitting",
                 )
             except CanwatchError as exc:
                 raise CanwatchError(f"fold {n} (group {fold.group!r} held out): {exc}") from None

@@ -31,12 +31,13 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detector.cli._progress import bar
 from detector.core.config import Config, load_config
 from detector.core.errors import ConfigError, InputError
 
@@ -131,7 +132,8 @@ def stream_to_kafka(
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     progress: bool | None = None,
 ):
-    """Publish ``streams`` [(vehicle, brand, frames)] to ``topic``; PublishSummary."""
+    """Publish ``streams`` [(vehicle, brand, frames)] to ``topic``; PublishSummary.
+    ``progress``: a bar of frames sent (default: when stderr is a terminal)."""
     from kafka.errors import KafkaError
 
     from detector.transport.broker import BrokerError
@@ -143,52 +145,36 @@ def stream_to_kafka(
             producer = make_producer(cfg.kafka, bootstrap_timeout_ms=int(connect_timeout_s * 1000))
         except KafkaError as exc:
             raise BrokerError(f"cannot reach Kafka at {cfg.kafka.bootstrap}: {exc}") from None
-        progress = sys.stderr.isatty() if progress is None else progress
-        sink: Any = _Progress(producer, encoding) if progress else producer
-        try:
-            return publish(sink, topic, streams, speed, encoding)
-        finally:
-            if progress:
-                sink.clear()
-            producer.close(timeout=10)
+        total = sum(len(frames) for _, _, frames in streams)
+        with bar("publishing", total, "frame", unit_scale=True, enabled=progress) as shown:
+            sink = producer if shown.disable else _Counted(producer, encoding, shown.update)
+            try:
+                return publish(sink, topic, streams, speed, encoding)
+            finally:
+                producer.close(timeout=10)
 
 
-class _Progress:
-    """Producer wrapper that keeps a frames/s line on stderr (a TTY) up to date."""
+class _Counted:
+    """The producer, telling ``frames_sent`` how many frames each record carries."""
 
-    def __init__(self, producer: Any, encoding: str, interval_s: float = 0.5) -> None:
-        self._producer, self._binary = producer, encoding == "binary"
-        self._interval, self._t0 = interval_s, time.monotonic()
-        self._shown = self._t0
-        self.records = self.frames = 0
-
-    def _frames_in(self, value: bytes) -> int:
+    def __init__(self, producer: Any, encoding: str, frames_sent: Callable[[int], Any]) -> None:
         from detector.transport.wire import HEADER
 
+        self._producer, self._binary, self._sent = producer, encoding == "binary", frames_sent
+        self._header = HEADER
+
+    def _frames_in(self, value: bytes) -> int:
         if self._binary:
-            return HEADER.unpack_from(value)[3]  # header field "count"
+            return self._header.unpack_from(value)[3]  # header field "count"
         return value.count(b"],[") + 1  # rows of the JSON "frames" array
 
     def send(self, topic: str, **kwargs: Any) -> Any:
         future = self._producer.send(topic, **kwargs)
-        self.records += 1
-        self.frames += self._frames_in(kwargs["value"])
-        now = time.monotonic()
-        if now - self._shown >= self._interval:
-            self._shown = now
-            rate = self.frames / max(now - self._t0, 1e-9)
-            sys.stderr.write(
-                f"\r{self.records} records, {self.frames} frames, {rate:,.0f} frames/s\x1b[K"
-            )
-            sys.stderr.flush()
+        self._sent(self._frames_in(kwargs["value"]))
         return future
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout=timeout)
-
-    def clear(self) -> None:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
 
 
 def summary_line(summary: Any, topic: str) -> str:

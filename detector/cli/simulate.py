@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from detector.cli._progress import bar, track
 from detector.cli.replay import (
     add_kafka_flags,
     add_pacing_flags,
@@ -120,7 +121,10 @@ def build_fleet(args: argparse.Namespace) -> tuple[list, list]:
         raise ConfigError(f"--vehicles must be >= 1, got {n}")
     if not args.duration > 0:
         raise ConfigError(f"--duration must be > 0 s, got {args.duration}")
-    vehicles = simulate_fleet(brands, n, args.duration, seed=args.seed, start_ts=args.start_ts)
+    with bar("simulating", total=n, unit="vehicle") as done:
+        vehicles = simulate_fleet(
+            brands, n, args.duration, args.seed, args.start_ts, lambda v: done.update(1)
+        )
     spans = []
     for i, spec in enumerate(specs):
         v = vehicles[i % n]
@@ -135,7 +139,7 @@ def _emit(args: argparse.Namespace, vehicles: list, spans: list) -> dict:
 
     args.out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for v in vehicles:
+    for v in track(vehicles, "writing", unit="file"):
         name = f"{v.vehicle}.{EXTENSIONS[args.format]}"
         write_frames(args.out / name, v.frames, args.format)
         entries.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.cli._common import add_config_flag, config_from, fleet_from
+from detector.cli._progress import bar
 from detector.core.brands import Fleet
 from detector.core.config import DetectionConfig
 from detector.core.errors import CanwatchError
@@ -51,19 +53,40 @@ def train_and_save(
     out: str | Path,
     brands: list[str],
     groups: Sequence[str] | None = None,
+    desc: str = "fitting",
 ) -> Path:
     """Train on ``recordings`` (``groups``: the drive of each; default: drive_groups) and
     save the model with its manifest into ``out``; returns the manifest path. What
-    ``canwatch train`` does, and what each fold of ``evaluate --cross-validate`` does."""
+    ``canwatch train`` does, and what each fold of ``evaluate --cross-validate`` does.
+    On a terminal, a bar ``desc`` counts the windows fitted."""
     drives = None if groups is None else drive_numbers(groups)
-    try:
-        model, summary = train_platform(platform, list(recordings), cfg, drives)
-    except ValueError as exc:  # too little or no attack-free data
-        raise CanwatchError(str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        fitted: list = []  # the bar, once the number of windows is known
+
+        def progress(done: int, total: int) -> None:
+            if not fitted:
+                fitted.append(stack.enter_context(bar(desc, total, "window")))
+            fitted[0].update(done - fitted[0].n)
+
+        try:
+            model, summary = train_platform(platform, list(recordings), cfg, drives, progress)
+        except ValueError as exc:  # too little or no attack-free data
+            raise CanwatchError(str(exc)) from None
     summary["files"] = [Path(f).name for f in files]
     if groups is not None:
         summary["groups"] = dict(zip(summary["files"], groups, strict=True))
     return save_model(model, out, brands, summary)
+
+
+def read_all(files: Sequence[str], fmt: str | None) -> list[np.ndarray]:
+    """Every file's frames; on a terminal, a bar of files and frames read."""
+    out = []
+    with bar("reading", total=len(files), unit="file") as read:
+        for f in files:
+            out.append(read_frames(f, fmt))
+            read.set_postfix_str(f"{sum(len(r) for r in out):,} frames", refresh=False)
+            read.update(1)
+    return out
 
 
 def brands_served(fleet: Fleet, platform: str, brand: str) -> list[str]:
@@ -77,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     groups = None
     if args.groups:
         groups = groups_from_map(args.files, read_group_map(args.groups), args.groups)
-    recordings = [read_frames(f, args.format) for f in args.files]
+    recordings = read_all(args.files, args.format)
     brands = brands_served(fleet, platform, args.brand)
     manifest = train_and_save(
         platform, recordings, args.files, cfg.detection, args.out, brands, groups

@@ -30,6 +30,7 @@ class KafkaConfig:
     client_id: str = "canwatch"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 2000
+    connect_timeout_s: float = 30.0  # detect at start: wait this long for a broker
     max_poll_records: int = 2000
     commit_interval_s: float = 1.0
     compression: str = "lz4"
@@ -130,6 +131,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "kafka.bootstrap": (lambda v: all(":" in h for h in v.split(",")), "host:port[,host:port]"),
     "kafka.session_timeout_ms": (lambda v: v >= 1000, ">= 1000"),
     "kafka.heartbeat_interval_ms": (lambda v: v >= 100, ">= 100"),
+    "kafka.connect_timeout_s": (lambda v: 0 < v <= 3600, "in (0, 3600]"),
     "kafka.max_poll_records": (lambda v: v >= 1, ">= 1"),
     "kafka.commit_interval_s": (lambda v: 0 <= v <= 60, "in [0, 60]"),
     "kafka.compression": (lambda v: v in COMPRESSIONS, "one of " + ", ".join(COMPRESSIONS)),

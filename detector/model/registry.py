@@ -74,7 +74,7 @@ class ModelRegistry:
                     self.on_refused(platform, exc)
                     continue
                 self.models[platform] = model
-                log.warning(
+                log.info(
                     "loaded model %s v%d (threshold %.4f)", platform, model.version, model.threshold
                 )
                 self.on_loaded(model)

@@ -23,6 +23,7 @@ they touched, window by window (``Recording``); the rest trains.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -281,12 +282,15 @@ def train_platform(
     recordings: list[np.ndarray],
     cfg: DetectionConfig,
     drives: list[int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[PlatformModel, dict]:
     """Train on benign frames of ``recordings`` (attack frames, and the windows of the
     streams they touched, left out).
 
     ``drives``: the drive (or vehicle) each recording belongs to; by default each
     recording is its own drive, save for recordings sharing their payloads.
+    ``progress(done, total)``: windows fitted so far, over every calibration fold's
+    model and the final one; called before the first fit and after each.
     """
     W = cfg.window_s
     if drives is None:
@@ -299,9 +303,15 @@ def train_platform(
     recs = [r for r in recs if len(r.frames)]
     if not recs:
         raise ValueError(f"no benign frames to train platform {platform!r} on")
+    plan = list(calibration_folds(recs))
+    sizes = [sum(r.windows() for r in train) for _, train, _ in plan]
+    sizes.append(sum(r.windows() for r in recs))
+    report = progress or (lambda done, total: None)
+    report(0, sum(sizes))
     held, folds = [], []
-    for name, train, held_recs in calibration_folds(recs):
+    for n, (name, train, held_recs) in enumerate(plan):
         h = held_out_evidence(fit_core(platform, train, cfg), held_recs)
+        report(sum(sizes[: n + 1]), sum(sizes))
         held.append(h)
         folds.append({"held_out_drives": [int(d) for d in name], "windows": h.windows})
     if sum(f["windows"] for f in folds) == 0:
@@ -310,6 +320,7 @@ def train_platform(
             "drive to calibrate on"
         )
     model = fit_core(platform, recs, cfg)
+    report(sum(sizes), sum(sizes))
     calibrate(model, held, cfg.target_fpr)
     n_drives = len({r.drive for r in recs})
     summary = {

@@ -82,7 +82,7 @@ class BrokerContact:
                 self.last_wait_log = now
                 log.warning("%s", self._waiting_for(delivery, silent, now))
         elif self.unreachable_since is not None:
-            log.warning(
+            log.info(
                 "Kafka broker %s is back after %.1f s; consuming again once the group confirms "
                 "our membership",
                 self.kafka.bootstrap,

@@ -5,7 +5,9 @@ A poll's incidents and dead letters are one ``Delivery``; its offsets are
 committed only once every one of them is acknowledged. If the producer gives up
 on some (delivery timeout, a broker that no longer knows our producer id), the
 loop rewinds and this outbox takes a fresh producer (a new producer id),
-retried every ``PRODUCER_RETRY_S`` while Kafka refuses one.
+retried every ``PRODUCER_RETRY_S`` while Kafka refuses one. The first producer,
+at start, is waited for up to ``kafka.connect_timeout_s``: one attempt every few
+seconds, one log line each, then the one-line error.
 
 Kept apart from the loop so that the producer's life (created, replaced, closed
 without blocking) and the bookkeeping of acknowledgements sit in one place.
@@ -22,7 +24,7 @@ from kafka.errors import KafkaError
 
 from detector.core.config import KafkaConfig
 from detector.core.errors import CanwatchError
-from detector.transport.kafka_io import make_producer
+from detector.transport.kafka_io import KafkaConnectError, make_producer
 
 log = logging.getLogger("canwatch.detect")
 #: Reconnect within a second of the broker coming back (kafka-python backs off
@@ -31,6 +33,7 @@ log = logging.getLogger("canwatch.detect")
 PRODUCER_OVERRIDES = {"reconnect_backoff_max_ms": 1000, "max_block_ms": 5000}
 PRODUCER_BOOTSTRAP_MS = 5000  # a replacement producer: give up (and retry) after this
 PRODUCER_RETRY_S = 2.0  # between attempts at a replacement producer
+CONNECT_ATTEMPT_S = 5.0  # at start: how long one attempt waits for the broker, at most
 
 
 @dataclass
@@ -55,7 +58,28 @@ class Outbox:
         self._last_try = 0.0
 
     def open(self) -> None:
-        self.producer = make_producer(self.kafka, **PRODUCER_OVERRIDES)
+        """The first producer. While no broker answers, try again until
+        kafka.connect_timeout_s has passed, logging each retry; then raise
+        KafkaConnectError, which says why (refused, TLS, SASL...)."""
+        wait_s = self.kafka.connect_timeout_s
+        deadline = time.monotonic() + wait_s
+        # a few attempts however short the wait: each failed one is a line of the log
+        attempt_s = min(CONNECT_ATTEMPT_S, max(wait_s / 5, 0.5))
+        while True:
+            ms = int(1000 * min(attempt_s, max(deadline - time.monotonic(), 0.5)))
+            try:
+                self.producer = make_producer(
+                    self.kafka, bootstrap_timeout_ms=ms, **PRODUCER_OVERRIDES
+                )
+                return
+            except KafkaConnectError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.warning(
+                    "%s; trying again (giving up in %.1f s, kafka.connect_timeout_s)", exc, left
+                )
+                time.sleep(min(PRODUCER_RETRY_S / 4, left))  # a refusal can come at once
 
     def reopen(self) -> bool:
         """A fresh producer (after a rewind or an outage); False while Kafka refuses one."""

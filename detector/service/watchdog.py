@@ -374,7 +374,7 @@ class Watchdog(threading.Thread):
             )
         elif not verdict.stalled and self._reported:
             self._reported = False
-            log.warning("poll loop progressing again")
+            log.info("poll loop progressing again")
 
     def _describe(self, verdict: Verdict, state: LoopState) -> str:
         parts = []

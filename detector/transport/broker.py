@@ -233,7 +233,7 @@ class EmbeddedBroker:
                 # exit; with a kernel-chosen port we just try another.
                 if attempt + 1 == attempts:
                     raise
-                log.warning("embedded broker failed on port %s, retrying", self.port)
+                log.info("embedded broker failed on port %s, retrying", self.port)
         return self  # unreachable
 
     def stop(self, timeout_s: float = 5.0) -> None:
