@@ -26,6 +26,7 @@ _ORDER = [
     "replay",
     "detect",
     "incidents",
+    "campaigns",
 ]
 
 
