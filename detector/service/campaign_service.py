@@ -73,7 +73,8 @@ class CampaignService:
         self.consumer = None
         self.producer = None
         self.partitions: list[TopicPartition] = []
-        self.committed: dict[TopicPartition, int] = {}  # where a rewind resumes
+        self.committed: dict[TopicPartition, int] = {}  # the offsets last committed
+        self.resume_at: dict[TopicPartition, int] = {}  # where a rewind seeks back to
         self._checked = -math.inf  # last look for the topic's partitions
         self._last_commit = 0.0
         self._failures = 0
@@ -166,12 +167,12 @@ class CampaignService:
                 self.consumer.seek(tp, offset)
             for tp in tps:
                 if tp not in kept:  # the committed offset, or the topic's start
-                    self.committed[tp] = self.consumer.position(tp)
+                    self.resume_at[tp] = self.consumer.position(tp)
             log.info(
                 "reading %d partitions of %s from offsets %s",
                 len(tps),
                 self.topic,
-                {tp.partition: self.committed[tp] for tp in tps},
+                {tp.partition: self.resume_at[tp] for tp in tps},
             )
             self.partitions = tps
         return True
@@ -290,6 +291,7 @@ class CampaignService:
             log.warning("offset commit to %s failed (%r)", self.cfg.kafka.bootstrap, exc)
             return
         self.committed.update(safe)
+        self.resume_at.update(safe)
 
     # -- faults ------------------------------------------------------------------------
 
@@ -320,5 +322,5 @@ class CampaignService:
             except Exception as exc:  # closing a broken client must not stop the service
                 log.debug("closing the producer: %r", exc)
         for tp in self.partitions:
-            self.consumer.seek(tp, self.committed[tp])
+            self.consumer.seek(tp, self.resume_at[tp])
         self._stop.wait(delay)
