@@ -10,7 +10,11 @@ of a three-partition incident topic.
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,23 +24,27 @@ from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 
 # Shared helpers of the service tests (the tests directory is on sys.path).
+from test_campaigns import incident
 from test_detect_service import (
+    CANWATCH,
     FLEET,
     TopicReader,
     now_start,
     running,
     sample,
+    scrape,
     send_all,
     wait_for,
 )
 
-from detector.core.config import Config, load_config, with_overrides
-from detector.incidents.campaigns import latest
+from detector.core.config import Config, KafkaConfig, load_config, with_overrides
+from detector.incidents.campaigns import campaign_id, latest
 from detector.service.campaign_service import CampaignService
 from detector.service.detector import Detector
 from detector.service.metrics import DetectorMetrics
 from detector.service.metrics.campaigns import CampaignMetrics
-from detector.transport.broker import create_topics
+from detector.transport.broker import create_topics, free_port
+from detector.transport.kafka_io import make_producer
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
@@ -232,3 +240,86 @@ def test_two_detectors_one_campaign_and_replays_give_its_id(broker, unique_topic
     with campaigns_running(restart_cfg) as restarted:
         again = campaigns_of(restart_cfg, restarted, len(campaign))
     assert latest(again).keys() == now.keys()
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def test_campaigns_command_and_incidents_campaigns(broker, unique_topic, tmp_path):
+    """``canwatch campaigns`` as a process on incident records (three vehicles, one
+    record that is no incident, an unrelated incident); ``canwatch incidents
+    --campaigns`` lists the campaign; metrics count it; SIGTERM ends it with 0."""
+    k = KafkaConfig(
+        bootstrap=broker.bootstrap,
+        incident_topic=unique_topic("incidents"),
+        campaign_topic=unique_topic("campaigns"),
+    )
+    create_topics(broker.bootstrap, {k.incident_topic: 2, k.campaign_topic: 1})
+    t0 = time.time() - 120
+    records = [incident(f"veh-ram-{i}", t0 + 10 * i, brand="ram", can_id="0x2C2") for i in range(3)]
+    records.append(incident("veh-ram-9", t0 + 5, brand="ram", attack="fuzzing"))
+    producer = make_producer(k)
+    for r in records:
+        producer.send(k.incident_topic, key=r["vehicle"].encode(), value=json.dumps(r).encode())
+    producer.send(k.incident_topic, key=b"x", value=b"not json")
+    producer.flush(timeout=10)
+    producer.close()
+    config = tmp_path / "canwatch.toml"
+    config.write_text(
+        f'[kafka]\nincident_topic = "{k.incident_topic}"\ncampaign_topic = "{k.campaign_topic}"\n'
+        f'[campaigns]\nlateness_s = 1.0\ngroup_id = "{unique_topic("group")}"\n',
+        encoding="utf-8",
+    )
+    port = free_port()
+    common = ["--config", str(config), "--bootstrap", broker.bootstrap]
+    err = tmp_path / "campaigns.err"
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            [CANWATCH, "campaigns", *common, "--metrics", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+
+        def counted() -> bool:
+            assert proc.poll() is None, err.read_text()
+            try:
+                samples = scrape(f"http://127.0.0.1:{port}/metrics")
+            except OSError:
+                return False
+            key = ("canwatch_campaigns_opened_total", (("attack", "dos"), ("brand", "ram")))
+            return samples.get(key) == 1
+
+        wait_for("the campaign counted in the metrics", counted)
+        listed = subprocess.run(
+            [CANWATCH, "incidents", "--campaigns", *common],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        header, *rows = listed.stdout.splitlines()
+        assert header.startswith("FIRST SEEN (UTC)") and len(rows) == 1, listed.stdout
+        assert all(w in rows[0] for w in ("open", "ram", "dos", "0x2C2", "veh-ram-0,veh-ram-1"))
+        as_json = subprocess.run(
+            [CANWATCH, "incidents", "--campaigns", "--json", *common],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        (camp,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+        assert camp["vehicles"] == ["veh-ram-0", "veh-ram-1", "veh-ram-2"]
+        assert camp["campaign_id"] == campaign_id("ram", "dos", "0x2C2", records[0]["incident_id"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "skipping" in err.read_text() and "not an incident" in err.read_text()
+
+
+def test_campaigns_command_bad_config_is_one_line(tmp_path):
+    done = subprocess.run(
+        [CANWATCH, "campaigns", "--min-vehicles", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "canwatch campaigns: error: campaigns.min_vehicles must be in [2, 1000000], got 1\n"
+    )
