@@ -60,6 +60,7 @@ LIST_OFFSETS_TIMEOUT_MS = 2000
 PARTITIONS_CHECK_S = 30.0  # look for partitions added to the incident topic this often
 MIN_QUIET_S = 1.0  # quiet at least this long before releasing everything (lateness_s 0)
 MAX_BACKOFF_S = 30.0
+WAIT_LOG_S = 10.0  # repeat "waiting for topic" this often
 CLIENT_OVERRIDES = {"reconnect_backoff_max_ms": 1000}
 PRODUCER_OVERRIDES = {**CLIENT_OVERRIDES, "max_block_ms": 5000}
 HEADERS = [("content-type", b"application/json"), ("schema", b"1")]
@@ -76,6 +77,7 @@ class CampaignService:
         self.committed: dict[TopicPartition, int] = {}  # the offsets last committed
         self.resume_at: dict[TopicPartition, int] = {}  # where a rewind seeks back to
         self._checked = -math.inf  # last look for the topic's partitions
+        self._waiting_logged = -math.inf
         self._last_commit = 0.0
         self._failures = 0
         self._stop = threading.Event()
@@ -156,7 +158,9 @@ class CampaignService:
         if not found:
             if not self.partitions:
                 self.metrics.set_ready(False)
-                log.info("waiting for topic %s on %s", self.topic, self.cfg.kafka.bootstrap)
+                if now - self._waiting_logged >= WAIT_LOG_S:
+                    self._waiting_logged = now
+                    log.info("waiting for topic %s on %s", self.topic, self.cfg.kafka.bootstrap)
                 self._checked = now - PARTITIONS_CHECK_S + 1.0  # look again in a second
             return bool(self.partitions)
         tps = [TopicPartition(self.topic, p) for p in sorted(found)]
