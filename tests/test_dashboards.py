@@ -292,7 +292,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus():
     targets = [f"127.0.0.1:{server.server_address[1]}" for server in servers]
     try:
         with PrometheusServer(targets, rule_files=[ALERTS], scrape_interval="1s") as prom:
-            prom.wait_for("count_over_time(canwatch_up[1m]) >= 2")  # rate() needs two
+            # rate() needs two scrapes of each target (both export canwatch_up)
+            prom.wait_for("count_over_time(canwatch_build_info[1m]) >= 2")  # the detector
             prom.wait_for("count_over_time(canwatch_campaign_records_consumed_total[1m]) >= 2")
             empty = [
                 (title, expr)

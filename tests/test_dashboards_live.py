@@ -241,7 +241,8 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
         # The zero of the critical counter must be stored before the incident
         # opens, or increase() in the alert never sees the step to 1.
-        wait("the detector ready and scraped", "canwatch_ready == 1")
+        # both processes export canwatch_ready: the detector's is the one to wait for
+        wait("the detector ready and scraped", f'canwatch_ready{{instance="{targets[0]}"}} == 1')
         wait(
             "the critical dos counter scraped at zero",
             'canwatch_incidents_opened_total{brand="jeep",severity="critical",attack="dos"} == 0',
