@@ -173,6 +173,30 @@ def errors() -> list[dict[str, Any]]:
     ]
 
 
+def campaign_correlator() -> list[dict[str, Any]]:
+    """``canwatch campaigns``: the incident records it reads, late and skipped."""
+    return [
+        row("Campaign correlator"),
+        timeseries(
+            "Incident records read by canwatch campaigns",
+            [
+                target(sum_rate("canwatch_campaign_records_consumed_total", I, ""), "read"),
+                target(sum_rate("canwatch_campaign_records_late_total", I, ""), "late", ref="B"),
+                target(
+                    sum_rate("canwatch_campaign_records_skipped_total", I, "reason"),
+                    "skipped: {{reason}}",
+                    ref="C",
+                ),
+            ],
+            "short",
+            description="Late: used, but arrived after the watermark had passed them "
+            "(raise campaigns.lateness_s if this is not 0). Skipped: not JSON (bad_json), not "
+            "an incident (bad_shape), or older than campaigns.window_s (stale).",
+            w=24,
+        ),
+    ]
+
+
 def state_and_limits() -> list[dict[str, Any]]:
     return [
         row("State and limits"),
@@ -293,7 +317,17 @@ def process() -> list[dict[str, Any]]:
 
 
 def detector_health() -> dict[str, Any]:
-    groups = (status, throughput, latency, lag, errors, state_and_limits, group_and_models, process)
+    groups = (
+        status,
+        throughput,
+        latency,
+        lag,
+        errors,
+        state_and_limits,
+        group_and_models,
+        campaign_correlator,
+        process,
+    )
     return dashboard(
         "canwatch-detector-health",
         "canwatch / detector health",

@@ -191,9 +191,12 @@ def table(
     sort_by: str,
     desc: bool = True,
     keep_instance: bool = False,
+    drop_zero: tuple[str, ...] = (),
+    description: str | None = None,
     w: int = 12,
 ) -> dict[str, Any]:
-    """Instant table queries merged on their common labels, columns renamed."""
+    """Instant table queries merged on their common labels, columns renamed; rows
+    whose ``drop_zero`` columns are all 0 are left out."""
     overrides = [
         {"matcher": {"id": "byName", "options": col}, "properties": [{"id": "unit", "value": unit}]}
         for col, unit in (units or {}).items()
@@ -213,11 +216,26 @@ def table(
             "cellHeight": "sm",
             "sortBy": [{"displayName": sort_by, "desc": desc}],
         },
+        description=description,
         transformations=[
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {"excludeByName": excluded, "renameByName": rename}},
+            *([_drop_zero_rows(drop_zero)] if drop_zero else []),
         ],
     )
+
+
+def _drop_zero_rows(columns: tuple[str, ...]) -> dict[str, Any]:
+    """Grafana's filter-by-value: leave out the rows where every one of ``columns`` is 0."""
+    zero = {"id": "equal", "options": {"value": 0}}
+    return {
+        "id": "filterByValue",
+        "options": {
+            "type": "exclude",
+            "match": "all",
+            "filters": [{"fieldName": c, "config": zero} for c in columns],
+        },
+    }
 
 
 def grid(panels: list[dict]) -> list[dict]:

@@ -98,6 +98,57 @@ def incidents() -> list[dict[str, Any]]:
     ]
 
 
+CAMPAIGNS_OPENED = "canwatch_campaigns_opened_total"
+
+
+def campaigns() -> list[dict[str, Any]]:
+    """From ``canwatch campaigns``: one attack on one CAN id across a brand's vehicles."""
+    by = "brand, attack"
+    return [
+        row("Fleet campaigns"),
+        stat("Active campaigns", f"sum(canwatch_campaigns_active{{{B}}})", "short", red_at=1),
+        stat(
+            "Vehicles in active campaigns",
+            f"sum(canwatch_campaign_vehicles{{{B}}})",
+            "short",
+            red_at=1,
+        ),
+        stat(
+            "Campaigns opened (time range)",
+            sum_increase(CAMPAIGNS_OPENED, B, "", "$__range"),
+            "short",
+        ),
+        timeseries(
+            "Campaigns opened by brand and attack",
+            [target(sum_increase(CAMPAIGNS_OPENED, B, by), "{{brand}} {{attack}}")],
+            "short",
+            bars=True,
+            w=12,
+        ),
+        table(
+            "Campaigns by brand and attack",
+            [
+                table_target(f"sum by ({by}) (canwatch_campaigns_active{{{B}}})"),
+                table_target(f"sum by ({by}) (canwatch_campaign_vehicles{{{B}}})", "B"),
+                table_target(sum_increase(CAMPAIGNS_OPENED, B, by, "$__range"), "C"),
+            ],
+            rename={
+                "brand": "Brand",
+                "attack": "Attack",
+                "Value #A": "Active campaigns",
+                "Value #B": "Vehicles",
+                "Value #C": "Opened (time range)",
+            },
+            sort_by="Active campaigns",
+            drop_zero=("Active campaigns", "Opened (time range)"),
+            w=24,
+            description="The same suspected attack on the same CAN id on at least "
+            "campaigns.min_vehicles vehicles of a brand. Campaign ids, CAN ids and member "
+            "vehicles are in the campaign records: canwatch incidents --campaigns.",
+        ),
+    ]
+
+
 def anomaly() -> list[dict[str, Any]]:
     return [
         row("Anomaly"),
@@ -186,7 +237,7 @@ def traffic_and_models() -> list[dict[str, Any]]:
 
 
 def soc_overview() -> dict[str, Any]:
-    groups = (at_a_glance, incidents, anomaly, traffic_and_models)
+    groups = (at_a_glance, incidents, campaigns, anomaly, traffic_and_models)
     return dashboard(
         "canwatch-soc-overview",
         "canwatch / SOC overview",

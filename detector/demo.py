@@ -1,5 +1,7 @@
 """The zero-setup demo: embedded broker, platform models, a simulated fleet with
-one attack of every family, the detector, /metrics, live incidents, a scorecard.
+one attack of every family, a campaign (the same attack on several vehicles of one
+brand, staggered), the detector and the campaign correlator, /metrics, live
+incidents, a scorecard.
 
 Everything runs in one process except the broker. Models are trained on
 simulated benign traffic the first time and cached (keyed by the feature list),
@@ -18,21 +20,27 @@ from pathlib import Path
 from detector.core.brands import Fleet
 from detector.core.config import Config, with_overrides
 from detector.features.columns import FEATURE_NAMES
+from detector.incidents.campaigns import latest
 from detector.model.platform import MODEL_FORMAT
 from detector.model.store import list_manifests, save_model
 from detector.model.training import train_platform
+from detector.service.campaign_service import CampaignService
 from detector.service.detector import Detector
 from detector.service.metrics import DetectorMetrics
+from detector.service.metrics.campaigns import CampaignMetrics
 from detector.transport.broker import EmbeddedBroker, create_topics
-from detector.transport.kafka_io import make_consumer, make_producer
+from detector.transport.kafka_io import end_offsets, make_consumer, make_producer
 from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
 from replay.publisher import publish
-from replay.simulator import simulate_drives, simulate_fleet
+from replay.simulator import simulate_drives, simulate_fleet, simulate_vehicle
 
 ATTACKS = INJECTABLE
 TRAIN_VEHICLES = 6
 TRAIN_DRIVES = 2
 TRAIN_SECONDS = 90.0
+#: The campaign correlator waits for the incident topic to be quiet this long before
+#: folding the last incidents in (campaigns.lateness_s; the demo's fleet ends at once).
+DEMO_LATENESS_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,12 @@ class DemoOptions:
     attack_start_s: float = 12.0
     attack_duration_s: float = 6.0
     seed: int = 2026
+    # the campaign: this attack on this many more vehicles of one brand, one every
+    # campaign_stagger_s from campaign_start_s (at least campaigns.min_vehicles)
+    campaign_attack: str = "dos"
+    campaign_vehicles: int = 4
+    campaign_start_s: float = 8.0
+    campaign_stagger_s: float = 4.0
 
 
 def cache_dir(root: Path) -> Path:
@@ -78,8 +92,13 @@ def ensure_models(
         )
 
 
-def build_fleet(fleet: Fleet, opts: DemoOptions, start_ts: float) -> tuple[list, list[AttackSpan]]:
-    """Simulated fleet; attack k goes to vehicle k * (vehicles // 6), all at the same time."""
+def build_fleet(
+    fleet: Fleet, opts: DemoOptions, start_ts: float, campaign_size: int = 0
+) -> tuple[list, list[AttackSpan], list[AttackSpan]]:
+    """Simulated fleet; attack k goes to vehicle k * (vehicles // 6), all at the same
+    time. Then ``campaign_size`` more vehicles of one brand with the campaign attack,
+    staggered: the brand is the first without an attack of that kind already (which
+    would join the campaign). Returns streams, the family attacks, the campaign's."""
     vehicles = simulate_fleet(
         sorted(fleet.brands), opts.vehicles, opts.duration_s, seed=opts.seed, start_ts=start_ts
     )
@@ -95,12 +114,41 @@ def build_fleet(fleet: Fleet, opts: DemoOptions, start_ts: float) -> tuple[list,
             frames, span = inject(frames, spec, seed=opts.seed + n)
             spans.append(AttackSpan(span.kind, span.start_ts, span.end_ts, span.can_id, v.vehicle))
         streams.append((v.vehicle, v.brand, frames))
-    return streams, spans
+    same_kind = {sp.vehicle for sp in spans if sp.kind == opts.campaign_attack}
+    taken = {v.brand for v in vehicles if v.vehicle in same_kind}
+    brand = next(b for b in sorted(fleet.brands) if b not in taken)
+    campaign = []
+    # staggered, but every attack ends 6 s before the recording does (a short --duration)
+    room = opts.duration_s - opts.campaign_start_s - opts.attack_duration_s - 6.0
+    stagger = min(opts.campaign_stagger_s, max(room, 0.0) / max(campaign_size - 1, 1))
+    for j in range(campaign_size):
+        n = len(vehicles) + j
+        frames = simulate_vehicle(
+            fleet.platform_of(brand), opts.duration_s, start_ts, seed=opts.seed * 1000 + n
+        )
+        start = opts.campaign_start_s + j * stagger
+        spec = AttackSpec.parse(
+            f"{opts.campaign_attack}:start={start},duration={opts.attack_duration_s}"
+        )
+        frames, span = inject(frames, spec, seed=opts.seed + n)
+        name = f"veh-{brand}-{n:04d}"
+        campaign.append(AttackSpan(span.kind, span.start_ts, span.end_ts, span.can_id, name))
+        streams.append((name, brand, frames))
+    return streams, spans, campaign
 
 
-def scorecard(spans: list[AttackSpan], incidents: dict[str, dict], window_s: float) -> dict:
-    """Which attacks an incident caught, how fast, and incidents that match no attack."""
+def scorecard(
+    spans: list[AttackSpan],
+    incidents: dict[str, dict],
+    window_s: float,
+    campaign: list[AttackSpan] = (),
+    campaigns: dict[str, dict] | None = None,
+) -> dict:
+    """Which attacks an incident caught, how fast, and incidents that match no attack;
+    whether the ``campaign`` attacks became one campaign with all of them, and how
+    many campaigns hold a vehicle of another attack."""
     rows = []
+    spans = [*spans, *campaign]
     used = set()
     for sp in spans:
         hits = [
@@ -124,6 +172,7 @@ def scorecard(spans: list[AttackSpan], incidents: dict[str, dict], window_s: flo
                 else None,
                 "suspected_attack": first["suspected_attack"] if first else None,
                 "incident_id": first["incident_id"] if first else None,
+                "campaign": sp in campaign,
             }
         )
     false = [i for i in incidents.values() if i["incident_id"] not in used]
@@ -131,6 +180,23 @@ def scorecard(spans: list[AttackSpan], incidents: dict[str, dict], window_s: flo
         "attacks": rows,
         "false_incidents": len(false),
         "false_incident_ids": [i["incident_id"] for i in false],
+        "campaign": campaign_card(campaign, list((campaigns or {}).values())),
+    }
+
+
+def campaign_card(campaign: list[AttackSpan], found: list[dict]) -> dict:
+    """The campaign scenario against the campaign records (the latest of each)."""
+    expected = {sp.vehicle for sp in campaign}
+    ours = [c for c in found if set(c["vehicles"]) & expected]
+    return {
+        "expected_vehicles": sorted(expected),
+        "campaigns": [
+            {k: c[k] for k in ("campaign_id", "status", "brand", "suspected_attack", "can_id")}
+            | {"vehicles": c["vehicles"]}
+            for c in found
+        ],
+        "found": len(ours) == 1 and set(ours[0]["vehicles"]) == expected,
+        "unrelated": len(found) - len(ours),
     }
 
 
@@ -145,11 +211,29 @@ def render_scorecard(card: dict) -> str:
             f"{a['kind']:11} {a['vehicle']:{vw}} {a['brand'] or '-':{bw}} "
             f"{'yes' if a['detected'] else 'NO':8} {ttd:>6}  {a['suspected_attack'] or '-'}"
         )
-    caught = sum(a["detected"] for a in card["attacks"])
+    families = [a for a in card["attacks"] if not a.get("campaign")]
+    caught = sum(a["detected"] for a in families)
     lines.append(
-        f"detected {caught}/{len(card['attacks'])} attacks, {card['false_incidents']} false incidents"
+        f"detected {caught}/{len(families)} attack families, "
+        f"{card['false_incidents']} false incidents"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + campaign_lines(card["campaign"]))
+
+
+def campaign_lines(card: dict) -> list[str]:
+    """The campaign part of the scorecard: each campaign, then the verdict."""
+    lines = [
+        f"campaign {c['campaign_id']} {c['status']:6} {c['suspected_attack']} on {c['can_id']}, "
+        f"{c['brand']}: {', '.join(c['vehicles'])}"
+        for c in card["campaigns"]
+    ]
+    expected = len(card["expected_vehicles"])
+    verdict = "1 campaign with all" if card["found"] else "NOT one campaign of all"
+    lines.append(
+        f"{verdict} {expected} vehicles of the staggered attack; "
+        f"{card['unrelated']} campaigns from unrelated attacks"
+    )
+    return lines
 
 
 def incident_widths(streams: list) -> dict[str, int]:
@@ -188,48 +272,92 @@ def run_demo(
     ensure_models(fleet, cfg, model_dir, say)
     with EmbeddedBroker() as broker:
         cfg = with_overrides(
-            cfg, kafka={"bootstrap": broker.bootstrap}, models={"dir": str(model_dir)}
+            cfg,
+            kafka={"bootstrap": broker.bootstrap},
+            models={"dir": str(model_dir)},
+            campaigns={"lateness_s": DEMO_LATENESS_S},
         )
+        k = cfg.kafka
         create_topics(
             broker.bootstrap,
-            {cfg.kafka.telemetry_topic: 4, cfg.kafka.incident_topic: 1, cfg.kafka.dlq_topic: 1},
+            {k.telemetry_topic: 4, k.incident_topic: 1, k.dlq_topic: 1, k.campaign_topic: 1},
         )
         metrics = DetectorMetrics(instance="demo")
         server = metrics.serve(cfg.metrics.address)
         host, port = server.server_address[:2]
-        say(f"broker {broker.bootstrap}, metrics http://{host}:{port}/metrics")
+        campaign_metrics = CampaignMetrics(brands=tuple(sorted(fleet.brands)))
+        campaign_server = campaign_metrics.serve(f"{host}:0")
+        say(
+            f"broker {broker.bootstrap}, metrics http://{host}:{port}/metrics and "
+            f"http://{host}:{campaign_server.server_address[1]}/metrics (campaigns)"
+        )
         stop = threading.Event()
         detector = Detector(cfg, fleet, metrics, "demo")
-        det_thread = threading.Thread(
-            target=detector.run, args=(stop,), name="detector", daemon=True
-        )
-        det_thread.start()
+        campaigns = CampaignService(cfg, campaign_metrics)
+        threads = [
+            threading.Thread(target=part.run, args=(stop,), name=name, daemon=True)
+            for name, part in (("detector", detector), ("campaigns", campaigns))
+        ]
+        for t in threads:
+            t.start()
         # whole-second start: window phases (and so the run) depend only on the seed
         start_ts = float(int(time.time() - opts.duration_s / 2))
-        streams, spans = build_fleet(fleet, opts, start_ts)
+        size = max(opts.campaign_vehicles, cfg.campaigns.min_vehicles)
+        streams, spans, campaign = build_fleet(fleet, opts, start_ts, size)
         total = sum(len(f) for _, _, f in streams)
         say(
             f"fleet: {len(streams)} vehicles, {len(fleet.brands)} brands, {total:,} frames over "
             f"{opts.duration_s:g} s at ×{opts.speed:g}; attacks {', '.join(ATTACKS)} "
-            f"at +{opts.attack_start_s:g} s"
+            f"at +{opts.attack_start_s:g} s; a {opts.campaign_attack} campaign on {size} "
+            f"{streams[-1][1]} vehicles from +{opts.campaign_start_s:g} s, staggered"
         )
-        producer = make_producer(cfg.kafka)
+        producer = make_producer(k)
         pub = threading.Thread(
             target=publish,
-            args=(producer, cfg.kafka.telemetry_topic, streams, opts.speed),
+            args=(producer, k.telemetry_topic, streams, opts.speed),
             daemon=True,
         )
         pub.start()
         incidents = follow_incidents(cfg, metrics, total, pub, say, incident_widths(streams))
-        card = scorecard(spans, incidents, cfg.detection.window_s)
+        found = read_campaigns(cfg, campaigns, say)
+        card = scorecard(spans, incidents, cfg.detection.window_s, campaign, found)
         if keep_running is not None:
             say("--keep-running: broker, detector and metrics stay up; Ctrl-C to stop")
             keep_running.wait()
         stop.set()
-        det_thread.join(timeout=30)
+        for t in threads:
+            t.join(timeout=30)
         producer.close()
         server.shutdown()
+        campaign_server.shutdown()
     return card
+
+
+def read_campaigns(cfg: Config, service: CampaignService, say, timeout_s: float = 60) -> dict:
+    """The campaigns on the campaign topic (the latest record of each), once the service
+    has folded every incident in."""
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while not service.settled and time.monotonic() < deadline:
+        time.sleep(0.2)
+    consumer = make_consumer(cfg.kafka, [], None)
+    tp = TopicPartition(cfg.kafka.campaign_topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    records = []
+    while consumer.position(tp) < end_offsets(consumer, [tp])[tp]:
+        records += [json.loads(r.value) for r in consumer.poll(timeout_ms=300).get(tp, [])]
+        if time.monotonic() > deadline:
+            break
+    consumer.close()
+    for r in records:
+        if r["status"] != "update":
+            say(
+                f"campaign {r['status']:6} {r['suspected_attack']:10} {r['brand']:17} "
+                f"{r['can_id']:20} {r['vehicle_count']} vehicles"
+            )
+    return latest(records)
 
 
 def follow_incidents(

@@ -19,9 +19,13 @@ from prometheus_server import (
     load_dashboard_builder,
 )
 
-from detector.service.metrics import METRIC_NAMES, DetectorMetrics
+from detector.service.metrics import METRIC_NAMES as DETECTOR_METRIC_NAMES
+from detector.service.metrics import DetectorMetrics
+from detector.service.metrics.campaigns import CAMPAIGN_METRIC_NAMES, CampaignMetrics
 
 build = load_dashboard_builder()
+#: Every canwatch_* family: the detector's and canwatch campaigns'.
+METRIC_NAMES = DETECTOR_METRIC_NAMES | CAMPAIGN_METRIC_NAMES
 PROM_DIR = DASHBOARDS / "prometheus"
 UIDS = {
     "soc-overview.json": "canwatch-soc-overview",
@@ -247,10 +251,15 @@ def populate(m: DetectorMetrics) -> None:
         m.set_partition_lag(p, 0.8, 12)
 
 
-def keep_traffic_flowing(m: DetectorMetrics, stop: threading.Event) -> None:
+def keep_traffic_flowing(
+    m: DetectorMetrics, stop: threading.Event, campaigns: CampaignMetrics
+) -> None:
     """Counters that move between scrapes, so rate() has something to show."""
     rng = np.random.default_rng(0)
     while not stop.wait(0.1):
+        campaigns.consumed.inc(3)
+        campaigns.late.inc()
+        campaigns.skip("bad_json")
         for brand in ("jeep", "peugeot"):
             b = m.brand(brand)
             b.records.inc(2)
@@ -271,14 +280,21 @@ def test_every_panel_query_returns_data_from_a_real_prometheus():
         pytest.skip("prometheus not installed (apt-get install prometheus); CI installs it")
     metrics = DetectorMetrics(instance="test-1")  # with process_* collectors
     populate(metrics)
-    server = metrics.serve("127.0.0.1:0")
+    campaigns = CampaignMetrics(CollectorRegistry(), brands=("jeep", "peugeot"))
+    campaigns.campaign_opened("jeep", "dos")
+    campaigns.set_open({("jeep", "dos"): (1, 3)})
+    servers = [metrics.serve("127.0.0.1:0"), campaigns.serve("127.0.0.1:0")]
     stop = threading.Event()
-    feeder = threading.Thread(target=keep_traffic_flowing, args=(metrics, stop), daemon=True)
+    feeder = threading.Thread(
+        target=keep_traffic_flowing, args=(metrics, stop, campaigns), daemon=True
+    )
     feeder.start()
-    target = f"127.0.0.1:{server.server_address[1]}"
+    targets = [f"127.0.0.1:{server.server_address[1]}" for server in servers]
     try:
-        with PrometheusServer([target], rule_files=[ALERTS], scrape_interval="1s") as prom:
-            prom.wait_for("count_over_time(canwatch_up[1m]) >= 2")  # rate() needs two
+        with PrometheusServer(targets, rule_files=[ALERTS], scrape_interval="1s") as prom:
+            # rate() needs two scrapes of each target (both export canwatch_up)
+            prom.wait_for("count_over_time(canwatch_build_info[1m]) >= 2")  # the detector
+            prom.wait_for("count_over_time(canwatch_campaign_records_consumed_total[1m]) >= 2")
             empty = [
                 (title, expr)
                 for board in BOARDS.values()
@@ -296,5 +312,6 @@ def test_every_panel_query_returns_data_from_a_real_prometheus():
     finally:
         stop.set()
         feeder.join(timeout=5)
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()

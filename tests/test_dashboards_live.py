@@ -1,10 +1,11 @@
-"""Every dashboard panel and the critical-incident alert, end to end.
+"""Every dashboard panel, the critical-incident and the fleet-campaign alerts, end to end.
 
-A real ``canwatch detect`` process consumes simulated jeep traffic (one vehicle
-under a DoS attack, a few malformed records) from the embedded broker, a real
-Prometheus scrapes it every second with alerts.yml loaded, and every panel
-query of both boards (variables substituted as Grafana would with "All") must
-return data through Prometheus's HTTP API. The module shares one such setup.
+A real ``canwatch detect`` process consumes simulated jeep traffic (three
+vehicles under a DoS attack, a few malformed records) from the embedded broker,
+a real ``canwatch campaigns`` process turns its incidents into a campaign, a
+real Prometheus scrapes both every second with alerts.yml loaded, and every
+panel query of both boards (variables substituted as Grafana would with "All")
+must return data through Prometheus's HTTP API. The module shares one such setup.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ WAIT_S = 30.0  # upper bound per condition; each wait ends as soon as it holds
 VEHICLES = 4
 DURATION_S = 30
 DOS = "dos:start=10,duration=4"
+DOS_VEHICLES = (0, 2, 3)  # a campaign (campaigns.min_vehicles = 3); vehicle 1 sends late frames
 BAD_PER_ROUND = 3
 ALERT = "CanwatchCriticalIncidentOpened"
+CAMPAIGN_ALERT = "CanwatchFleetCampaign"
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Live:
     proc: subprocess.Popen
     logs: Path
     frames: int
+    campaigns: subprocess.Popen
 
     def detector_log(self) -> str:
         out = [(self.logs / f"detect.{s}").read_text(errors="replace") for s in ("out", "err")]
@@ -109,7 +113,8 @@ def train_models(model_dir: Path) -> None:
 
 
 def traffic_rounds() -> tuple[list, list]:
-    """Jeep vehicles ending at about the wall clock, cut in two halves by event time.
+    """Jeep vehicles ending at about the wall clock, cut in two halves by event time;
+    ``DOS_VEHICLES`` under the same DoS attack.
 
     The second round also re-sends one vehicle's first second: its windows are
     closed by then, so those frames are late (for the late-frames panel).
@@ -119,8 +124,8 @@ def traffic_rounds() -> tuple[list, list]:
     for i in range(VEHICLES):
         vehicle = f"veh-jeep-live-{i:02d}"
         frames = simulate_vehicle("cusw", DURATION_S, start, seed=900 + i)
-        if i == 0:
-            frames, _ = inject(frames, AttackSpec.parse(DOS), seed=900)
+        if i in DOS_VEHICLES:
+            frames, _ = inject(frames, AttackSpec.parse(DOS), seed=900 + i)
         half = frames["ts"] < start + DURATION_S / 2
         first.append((vehicle, "jeep", frames[half]))
         second.append((vehicle, "jeep", frames[~half]))
@@ -155,9 +160,16 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         telemetry_topic=f"telemetry.live.{suffix}",
         incident_topic=f"incidents.live.{suffix}",
         dlq_topic=f"dlq.live.{suffix}",
+        campaign_topic=f"campaigns.live.{suffix}",
     )
     create_topics(
-        broker.bootstrap, {kafka.telemetry_topic: 2, kafka.incident_topic: 1, kafka.dlq_topic: 1}
+        broker.bootstrap,
+        {
+            kafka.telemetry_topic: 2,
+            kafka.incident_topic: 1,
+            kafka.dlq_topic: 1,
+            kafka.campaign_topic: 1,
+        },
     )
     config = tmp / "canwatch.toml"
     config.write_text(
@@ -165,15 +177,20 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         f'telemetry_topic = "{kafka.telemetry_topic}"\n'
         f'incident_topic = "{kafka.incident_topic}"\n'
         f'dlq_topic = "{kafka.dlq_topic}"\n'
+        f'campaign_topic = "{kafka.campaign_topic}"\n'
         "[models]\n"
-        "reload_interval_s = 1\n",
+        "reload_interval_s = 1\n"
+        "[campaigns]\n"
+        "lateness_s = 1.0\n"
+        f'group_id = "campaigns.live.{suffix}"\n',
         encoding="utf-8",
     )
-    port = free_port()
+    port, campaigns_port = free_port(), free_port()
+    targets = [f"127.0.0.1:{port}", f"127.0.0.1:{campaigns_port}"]
     with ExitStack() as stack:
         # Started first: its first scrape comes ~6 s later, while the model trains.
         prom = stack.enter_context(
-            PrometheusServer([f"127.0.0.1:{port}"], rule_files=[ALERTS], scrape_interval="1s")
+            PrometheusServer(targets, rule_files=[ALERTS], scrape_interval="1s")
         )
         models = tmp / "models"
         train_models(models)
@@ -201,13 +218,31 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         stack.callback(stop_detector, proc)
+        campaigns_out = stack.enter_context(open(tmp / "campaigns.out", "wb"))
+        campaigns = subprocess.Popen(
+            [
+                str(CANWATCH),
+                "campaigns",
+                "--bootstrap",
+                broker.bootstrap,
+                "--metrics",
+                f"127.0.0.1:{campaigns_port}",
+                "--config",
+                str(config),
+            ],
+            stdout=campaigns_out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        stack.callback(stop_detector, campaigns)
 
         def wait(what: str, expr: str) -> None:
             poll(what, lambda: prom.query(expr), proc, tmp)
 
         # The zero of the critical counter must be stored before the incident
         # opens, or increase() in the alert never sees the step to 1.
-        wait("the detector ready and scraped", "canwatch_ready == 1")
+        # both processes export canwatch_ready: the detector's is the one to wait for
+        wait("the detector ready and scraped", f'canwatch_ready{{instance="{targets[0]}"}} == 1')
         wait(
             "the critical dos counter scraped at zero",
             'canwatch_incidents_opened_total{brand="jeep",severity="critical",attack="dos"} == 0',
@@ -222,10 +257,14 @@ def live(broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             f'sum(canwatch_dead_letters_total{{reason="bad_json"}}) == {2 * BAD_PER_ROUND}',
         )
         wait("an incident closed", "sum(canwatch_incidents_closed_total) >= 1")
+        wait(
+            "the campaign of the dos vehicles",
+            f'canwatch_campaign_vehicles{{brand="jeep",attack="dos"}} == {len(DOS_VEHICLES)}',
+        )
         # Three more scrapes of the settled detector, so rate() windows hold them.
         settled = scalar(prom, "max(timestamp(canwatch_up))")
         wait("three scrapes after the traffic", f"max(timestamp(canwatch_up)) >= {settled + 2}")
-        yield Live(prom, proc, tmp, sent)
+        yield Live(prom, proc, tmp, sent, campaigns)
 
 
 def stop_detector(proc: subprocess.Popen) -> None:
@@ -284,6 +323,19 @@ def test_critical_incident_alert_fires(live):
     assert all(a["labels"]["severity"] == "critical" for a in alerts)
 
 
+def test_fleet_campaign_alert_fires(live):
+    def firing() -> list[dict]:
+        return [
+            a
+            for a in live.prom.alerts()
+            if a["labels"].get("alertname") == CAMPAIGN_ALERT and a["state"] == "firing"
+        ]
+
+    alerts = poll(f"{CAMPAIGN_ALERT} firing", firing, live.proc, live.logs)
+    assert {(a["labels"]["brand"], a["labels"]["attack"]) for a in alerts} == {("jeep", "dos")}
+    assert scalar(live.prom, 'sum(canwatch_campaigns_opened_total{brand="jeep"})') == 1
+
+
 # Panels whose series could be present but all zero if the service stopped
 # feeding them: under traffic each must show a non-zero sample.
 FLAT_PANELS = {
@@ -299,6 +351,12 @@ FLAT_PANELS = {
 def test_panel_is_not_flat_zero_under_traffic(live, panel):
     expr = FLAT_PANELS[panel]
     assert live.prom.query(expr), f"{panel}: {expr} has no non-zero sample"
+
+
+def test_campaigns_exits_0_on_sigterm(live):
+    assert live.campaigns.poll() is None, (live.logs / "campaigns.out").read_text()
+    live.campaigns.send_signal(signal.SIGTERM)
+    assert live.campaigns.wait(timeout=20) == 0, (live.logs / "campaigns.out").read_text()
 
 
 def test_detector_exits_0_on_sigterm(live):

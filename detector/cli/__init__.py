@@ -27,6 +27,7 @@ _ORDER = [
     "replay",
     "detect",
     "incidents",
+    "campaigns",
 ]
 
 

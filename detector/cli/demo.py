@@ -19,9 +19,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="run broker, fleet simulator, attacks and detector end to end",
         description="Starts the embedded Kafka broker, trains (or loads cached) platform models "
         "for all 14 brands on simulated benign traffic, streams a simulated fleet with one "
-        "attack of every family injected at a known time, runs the detector with /metrics, "
-        "prints incidents live and ends with a scorecard. Exit 0 when every attack was "
-        "detected and no false incident was raised, 1 otherwise.",
+        "attack of every family injected at a known time and a campaign (the same attack on "
+        "several vehicles of one brand, staggered), runs the detector and the campaign "
+        "correlator with /metrics, prints incidents live and ends with a scorecard. Exit 0 "
+        "when every attack was detected, no false incident was raised, the campaign is one "
+        "campaign of all its vehicles and no other campaign was raised; 1 otherwise.",
     )
     p.add_argument("--vehicles", type=int, default=56, help="fleet size (default 56)")
     p.add_argument("--duration", type=float, default=40.0, help="simulated seconds (default 40)")
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     print(render_scorecard(card))
     if args.report:
         write_report(Path(args.report), card)
+    camp = card["campaign"]
     ok = all(a["detected"] for a in card["attacks"]) and card["false_incidents"] == 0
+    ok = ok and camp["found"] and camp["unrelated"] == 0
     sys.stdout.flush()
     return 0 if ok else 1

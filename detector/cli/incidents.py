@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from detector.cli._campaign_table import print_campaigns
 from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
 from detector.core.errors import CanwatchError
 
@@ -63,6 +64,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new incidents")
     p.add_argument("--json", action="store_true", help="one JSON object per line, as on the topic")
+    p.add_argument(
+        "--campaigns",
+        action="store_true",
+        help="fleet campaigns from kafka.campaign_topic instead (docs/campaigns.md): the "
+        "latest record of each; with --follow every record",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -178,7 +185,8 @@ def _consumer(args: argparse.Namespace):
         consumer = KafkaConsumer(**kwargs)
     except KafkaError as exc:
         raise connect_error(cfg.kafka, exc) from None  # names a TLS cause, if any
-    return consumer, args.topic or cfg.kafka.incident_topic
+    default = cfg.kafka.campaign_topic if args.campaigns else cfg.kafka.incident_topic
+    return consumer, args.topic or default
 
 
 def _partitions(consumer: Any, topic: str, wait_s: float) -> list:
@@ -245,7 +253,10 @@ def _run(args: argparse.Namespace) -> int:
             records = follow(consumer, args.timeout)
         else:
             records = read_to_end(consumer, tps, args.timeout or READ_TIMEOUT_S)
-        _print(records, args.json)
+        if args.campaigns:
+            print_campaigns(records, args.json, args.follow)
+        else:
+            _print(records, args.json)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how --follow ends
     except BrokenPipeError:  # `| head`: the reader is gone, not an error

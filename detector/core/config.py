@@ -27,6 +27,7 @@ class KafkaConfig:
     telemetry_topic: str = "can.telemetry"
     incident_topic: str = "can.incidents"
     dlq_topic: str = "can.telemetry.dlq"
+    campaign_topic: str = "can.campaigns"
     client_id: str = "canwatch"
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 2000
@@ -103,6 +104,21 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class CampaignsConfig:
+    # The same suspected attack on the same CAN id (an incident's top id) on at least
+    # min_vehicles vehicles of one brand within window_s is one campaign; it closes
+    # when none of its incidents has been active for window_s.
+    min_vehicles: int = 3
+    window_s: float = 1800.0
+    # How much later than the incidents around it an incident may reach the incident
+    # topic and still be ordered among them (campaign ids stay the same on replay).
+    lateness_s: float = 30.0
+    max_members: int = 1000  # members listed per campaign record (the counts are exact)
+    group_id: str = "canwatch-campaigns"
+    metrics_address: str = "127.0.0.1:9110"
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -113,6 +129,7 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    campaigns: CampaignsConfig = field(default_factory=CampaignsConfig)
 
 
 #: Codecs for the records canwatch produces; lz4 is a dependency, gzip is in the
@@ -148,6 +165,12 @@ _RULES: dict[str, tuple[Any, str]] = {
     "limits.max_vehicles": (lambda v: v >= 1, ">= 1"),
     "limits.max_streams": (lambda v: v >= 1000, ">= 1000"),
     "limits.max_novel_ids": (lambda v: 8 <= v <= 1_000_000, "in [8, 1000000]"),
+    "campaigns.min_vehicles": (lambda v: 2 <= v <= 1_000_000, "in [2, 1000000]"),
+    "campaigns.window_s": (lambda v: 1 <= v <= 7 * 86400, "in [1, 604800]"),
+    "campaigns.lateness_s": (lambda v: 0 <= v <= 3600, "in [0, 3600]"),
+    "campaigns.max_members": (lambda v: v >= 1, ">= 1"),
+    "campaigns.group_id": (lambda v: bool(v.strip()), "a non-empty group id"),
+    "campaigns.metrics_address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
 }
 
 
@@ -204,6 +227,11 @@ def validate(config: Config) -> Config:
             f"watchdog.exit_s must be >= watchdog.stall_s ({w.stall_s:g}), got {w.exit_s:g}"
         )
     k = config.kafka
+    if k.campaign_topic in (k.incident_topic, k.telemetry_topic):
+        raise ConfigError(
+            "kafka.campaign_topic must differ from the telemetry and incident topics, "
+            f"got {k.campaign_topic!r}"
+        )
     if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
         raise ConfigError(
             f"kafka.sasl_mechanism is required with security_protocol {k.security_protocol}"

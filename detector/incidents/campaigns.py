@@ -1,0 +1,386 @@
+"""Fleet campaigns: the same suspected attack on the same CAN id on many vehicles of
+one brand, found in incident records. Pure: no Kafka, no clock of its own.
+
+An incident record becomes a ``Sighting``: its key is (brand, suspected attack,
+top CAN id), its event time the record's ``last_seen``. Sightings are folded in
+event-time order (``order``) by a ``Correlator``:
+
+- an incident is *active* until ``window_s`` after the last record that showed it;
+- when the active incidents of one key come from ``min_vehicles`` distinct
+  vehicles, they open a campaign (status ``open``); every later incident of that
+  key joins it (``update``) until none of its incidents has been active for
+  ``window_s``: then it closes (``closed``) and the key starts afresh;
+- the campaign id is a hash of the key and the incident id of its first member
+  (earliest ``first_seen``, then smallest id). Incident ids are themselves
+  deterministic (vehicle and first window), so the same incidents in the same
+  event-time order give the same campaigns and ids, whichever detector instance
+  wrote them and in whatever order the incident topic's partitions are read.
+
+``EventTimeOrder`` is what makes the order the same: records from several
+partitions are held until every partition has been read ``lateness_s`` past
+them (``watermark``), then released sorted by (event time, incident id, status,
+partition, offset). A record that arrives later than that is still used
+(``late``): only its place in the order may differ on a replay. One older than
+the correlator's clock by more than ``window_s`` cannot touch any active
+incident and is ``stale``.
+
+Time moves forward only: ``advance(t)`` closes campaigns and forgets sightings
+that ``t`` has made inactive; the service also calls it with the watermark, so
+campaigns close while the topic is quiet. Nothing here depends on when that
+happens: a decision taken at a watermark is the one the next record would
+have forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from detector.core.config import CampaignsConfig
+from detector.core.schema import ATTACK_KINDS, EXTENDED_FLAG, ID_MASK_EXTENDED, format_id
+
+CAMPAIGN_STATUSES = ("open", "update", "closed")
+_STATUS_RANK = {"open": 0, "update": 1, "closed": 2}
+_EXTENDED, _ID_MAX = int(EXTENDED_FLAG), ID_MASK_EXTENDED
+#: What became of a sighting in ``Correlator.observe``.
+FATES = ("in_order", "late", "stale")
+
+
+class BadIncident(ValueError):
+    """An incident record the correlator cannot use; ``reason`` is a metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One incident record as the correlator sees it (and where it was read)."""
+
+    incident_id: str
+    status: str
+    vehicle: str
+    brand: str
+    attack: str
+    can_id: str
+    first_seen: float
+    last_seen: float  # the record's event time
+    severity: str = ""
+    peak_score: float = 0.0
+    partition: int = -1
+    offset: int = -1
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.brand, self.attack, self.can_id)
+
+    @property
+    def order(self) -> tuple:
+        """The total order sightings are folded in: the same on every replay."""
+        rank = _STATUS_RANK.get(self.status, 3)
+        return (self.last_seen, self.incident_id, rank, self.partition, self.offset)
+
+
+def _number(record: Mapping, name: str) -> float:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadIncident("bad_shape", f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _text(record: Mapping, name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadIncident("bad_shape", f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _top_id(can_ids: Any) -> str:
+    """The incident's first (highest-scored) CAN id, as ``format_id`` writes it."""
+    if not isinstance(can_ids, list) or not can_ids:
+        raise BadIncident("bad_shape", f"can_ids must be a non-empty list, got {can_ids!r:.80}")
+    first = can_ids[0].get("can_id") if isinstance(can_ids[0], dict) else can_ids[0]
+    try:
+        if isinstance(first, str):
+            text = first.strip()
+            extended = len(text) > 2 and text[-1] in "xX"
+            value = int(text[:-1] if extended else text, 0)
+        elif isinstance(first, int) and not isinstance(first, bool):
+            extended, value = False, first
+        else:
+            raise ValueError
+        if value & _EXTENDED:
+            extended, value = True, value & ~_EXTENDED
+        if not 0 <= value <= _ID_MAX:
+            raise ValueError
+    except ValueError:
+        raise BadIncident("bad_shape", f"can_ids[0] is not a CAN id: {first!r:.40}") from None
+    return format_id(value | _EXTENDED if extended or value > 0x7FF else value)
+
+
+def sighting(record: Any, partition: int = -1, offset: int = -1) -> Sighting:
+    """The correlator's view of one incident record (``BadIncident`` if unusable)."""
+    if not isinstance(record, dict):
+        raise BadIncident("bad_shape", f"an incident must be a JSON object, got {record!r:.80}")
+    status = _text(record, "status")
+    if status not in ("open", "update", "closed"):
+        raise BadIncident("bad_shape", f"status must be open, update or closed, got {status!r}")
+    attack = _text(record, "suspected_attack")
+    if attack not in ATTACK_KINDS:
+        raise BadIncident("bad_shape", f"suspected_attack {attack!r} is not a known attack")
+    first, last = _number(record, "first_seen"), _number(record, "last_seen")
+    if last < first:
+        raise BadIncident("bad_shape", f"last_seen {last} is before first_seen {first}")
+    peak = record.get("peak_score", 0.0)
+    return Sighting(
+        incident_id=_text(record, "incident_id"),
+        status=status,
+        vehicle=_text(record, "vehicle"),
+        brand=_text(record, "brand"),
+        attack=attack,
+        can_id=_top_id(record.get("can_ids")),
+        first_seen=first,
+        last_seen=last,
+        severity=str(record.get("severity", "")),
+        peak_score=float(peak) if isinstance(peak, int | float) else 0.0,
+        partition=partition,
+        offset=offset,
+    )
+
+
+def campaign_id(brand: str, attack: str, can_id: str, first_incident_id: str) -> str:
+    """Deterministic: the key and the incident that started the campaign."""
+    text = f"campaign|{brand}|{attack}|{can_id}|{first_incident_id}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def watermark(high: Mapping[int, float], behind: Iterable[int], lateness_s: float) -> float:
+    """Event time up to which records may be released: every partition still being
+    read (``behind``) has been read ``lateness_s`` past it; with none behind, the
+    newest event time read less ``lateness_s``. A partition behind with nothing
+    read yet holds everything back."""
+    lagging = [high.get(p, -math.inf) for p in behind]
+    top = min(lagging) if lagging else max(high.values(), default=-math.inf)
+    return top - lateness_s
+
+
+class EventTimeOrder:
+    """Sightings from several partitions, held until the watermark passes them."""
+
+    def __init__(self) -> None:
+        self.high: dict[int, float] = {}  # partition -> newest event time read
+        self._held: list[tuple[tuple, Sighting]] = []
+
+    def add(self, s: Sighting) -> None:
+        heapq.heappush(self._held, (s.order, s))
+        self.high[s.partition] = max(self.high.get(s.partition, -math.inf), s.last_seen)
+
+    def release(self, upto: float) -> list[Sighting]:
+        """The held sightings with event time <= ``upto``, in ``Sighting.order``."""
+        out = []
+        while self._held and self._held[0][1].last_seen <= upto:
+            out.append(heapq.heappop(self._held)[1])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @property
+    def newest(self) -> float:
+        return max(self.high.values(), default=-math.inf)
+
+    def held_offsets(self) -> dict[int, int]:
+        """Per partition, the oldest offset still held (a restart must read it again)."""
+        out: dict[int, int] = {}
+        for _, s in self._held:
+            out[s.partition] = min(out.get(s.partition, s.offset), s.offset)
+        return out
+
+
+@dataclass
+class _Member:
+    incident_id: str
+    vehicle: str
+    first_seen: float
+    last_seen: float
+    severity: str
+    peak_score: float
+    partition: int  # where its first record was read
+    offset: int
+
+    @classmethod
+    def of(cls, s: Sighting) -> _Member:
+        return cls(
+            s.incident_id, s.vehicle, s.first_seen, s.last_seen, s.severity, s.peak_score,
+            s.partition, s.offset,
+        )  # fmt: skip
+
+    def fold(self, s: Sighting) -> None:
+        self.last_seen = max(self.last_seen, s.last_seen)
+        if s.peak_score >= self.peak_score:
+            self.peak_score, self.severity = s.peak_score, s.severity or self.severity
+
+    def as_dict(self) -> dict:
+        return {
+            "incident_id": self.incident_id,
+            "vehicle": self.vehicle,
+            "first_seen": round(self.first_seen, 3),
+            "last_seen": round(self.last_seen, 3),
+            "severity": self.severity,
+            "peak_score": round(self.peak_score, 3),
+        }
+
+
+@dataclass
+class Campaign:
+    id: str
+    key: tuple[str, str, str]
+    members: dict[str, _Member] = field(default_factory=dict)  # incident id -> member, join order
+
+    @property
+    def active_until(self) -> float:
+        return max(m.last_seen for m in self.members.values())
+
+    @property
+    def vehicles(self) -> set[str]:
+        return {m.vehicle for m in self.members.values()}
+
+
+class Correlator:
+    """Campaign state of one reader of the whole incident topic."""
+
+    def __init__(self, cfg: CampaignsConfig) -> None:
+        self.cfg = cfg
+        self.clock = -math.inf  # newest event time folded in (or advanced to)
+        self.pending: dict[tuple, dict[str, _Member]] = {}  # key -> incidents, no campaign yet
+        self.open: dict[tuple, Campaign] = {}
+        self._pruned_at = -math.inf
+
+    def observe(self, s: Sighting) -> tuple[list[dict], str]:
+        """Fold in one sighting (in ``Sighting.order``): campaign records, and its fate."""
+        if s.last_seen < self.clock - self.cfg.window_s:
+            return [], "stale"
+        fate = "late" if s.last_seen < self.clock else "in_order"
+        events = self.advance(s.last_seen)
+        camp = self.open.get(s.key)
+        if camp is not None:
+            member = camp.members.get(s.incident_id)
+            if member is not None:
+                member.fold(s)
+            else:
+                camp.members[s.incident_id] = _Member.of(s)
+                events.append(self.record(camp, "update"))
+            return events, fate
+        group = self.pending.setdefault(s.key, {})
+        member = group.get(s.incident_id)
+        if member is None:
+            group[s.incident_id] = _Member.of(s)
+        else:
+            member.fold(s)
+        horizon = self.clock - self.cfg.window_s
+        active = {i: m for i, m in group.items() if m.last_seen >= horizon}
+        if len({m.vehicle for m in active.values()}) >= self.cfg.min_vehicles:
+            del self.pending[s.key]
+            events.append(self.record(self._open(s.key, active), "open"))
+        return events, fate
+
+    def _open(self, key: tuple, active: dict[str, _Member]) -> Campaign:
+        ordered = sorted(active.values(), key=lambda m: (m.first_seen, m.incident_id))
+        camp = Campaign(campaign_id(*key, ordered[0].incident_id), key)
+        camp.members = {m.incident_id: m for m in ordered}
+        self.open[key] = camp
+        return camp
+
+    def advance(self, t: float) -> list[dict]:
+        """Move the clock to ``t``: the records of campaigns it closes."""
+        if t <= self.clock:
+            return []
+        self.clock = t
+        horizon = t - self.cfg.window_s
+        ended = sorted((c for c in self.open.values() if c.active_until < horizon), key=_by_id)
+        for camp in ended:
+            del self.open[camp.key]
+        if t - self._pruned_at >= self.cfg.window_s / 8:  # memory only: observe filters
+            self._pruned_at = t
+            self._prune(horizon)
+        return [self.record(c, "closed") for c in ended]
+
+    def _prune(self, horizon: float) -> None:
+        for key in list(self.pending):
+            group = {i: m for i, m in self.pending[key].items() if m.last_seen >= horizon}
+            if group:
+                self.pending[key] = group
+            else:
+                del self.pending[key]
+
+    def held_offsets(self) -> dict[int, int]:
+        """Per partition, the oldest first record of an incident still active or in an
+        open campaign: where a restart must read again to rebuild this state."""
+        self._prune(self.clock - self.cfg.window_s)
+        out: dict[int, int] = {}
+        groups = [*self.pending.values(), *(c.members for c in self.open.values())]
+        for group in groups:
+            for m in group.values():
+                if m.partition >= 0:
+                    out[m.partition] = min(out.get(m.partition, m.offset), m.offset)
+        return out
+
+    def record(self, camp: Campaign, status: str) -> dict:
+        """The campaign record (what goes on the campaign topic)."""
+        brand, attack, can_id = camp.key
+        members = list(camp.members.values())
+        limit = self.cfg.max_members
+        vehicles = sorted(camp.vehicles)
+        return {
+            "campaign_id": camp.id,
+            "status": status,
+            "brand": brand,
+            "suspected_attack": attack,
+            "can_id": can_id,
+            "first_seen": round(min(m.first_seen for m in members), 3),
+            "last_seen": round(max(m.last_seen for m in members), 3),
+            "vehicle_count": len(vehicles),
+            "incident_count": len(members),
+            "vehicles": vehicles[:limit],
+            "members": [m.as_dict() for m in members[:limit]],
+            "min_vehicles": self.cfg.min_vehicles,
+            "window_s": self.cfg.window_s,
+        }
+
+
+def _by_id(camp: Campaign) -> str:
+    return camp.id
+
+
+def correlate(
+    incidents: Iterable[dict], cfg: CampaignsConfig, until: float | None = None
+) -> list[dict]:
+    """Every campaign record that ``incidents`` (in any order) give, folded in event-time
+    order; then the clock is advanced to ``until`` (closing what it ends), if given.
+    Records the correlator cannot use are skipped."""
+    sightings = []
+    for n, record in enumerate(incidents):
+        try:
+            sightings.append(sighting(record, 0, n))
+        except BadIncident:
+            continue
+    corr = Correlator(cfg)
+    events: list[dict] = []
+    for s in sorted(sightings, key=lambda s: s.order[:3]):
+        events += corr.observe(s)[0]
+    if until is not None:
+        events += corr.advance(until)
+    return events
+
+
+def latest(records: Iterable[dict]) -> dict[str, dict]:
+    """The last record of each campaign id (the campaigns as they now stand)."""
+    out: dict[str, dict] = {}
+    for r in records:
+        out[r["campaign_id"]] = r
+    return out

@@ -1,0 +1,271 @@
+"""Fleet campaigns, the pure part: incident records to campaign records
+(detector/incidents/campaigns.py), without a broker."""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from detector.core.config import CampaignsConfig
+from detector.incidents.campaigns import (
+    BadIncident,
+    Correlator,
+    EventTimeOrder,
+    campaign_id,
+    correlate,
+    latest,
+    sighting,
+    watermark,
+)
+from detector.service.metrics.campaigns import CAMPAIGN_METRIC_NAMES, CampaignMetrics
+
+CFG = CampaignsConfig(min_vehicles=3, window_s=600.0)
+
+
+def incident(
+    vehicle: str,
+    start: float,
+    status: str = "open",
+    *,
+    end: float | None = None,
+    attack: str = "dos",
+    can_id: str | int = "0x000",
+    brand: str = "jeep",
+) -> dict:
+    """An incident record as canwatch detect writes it (the fields campaigns read)."""
+    return {
+        "incident_id": f"inc-{vehicle}-{start:g}",
+        "status": status,
+        "vehicle": vehicle,
+        "brand": brand,
+        "first_seen": start,
+        "last_seen": start + 1.0 if end is None else end,
+        "windows": 1,
+        "peak_score": 12.0,
+        "severity": "critical",
+        "suspected_attack": attack,
+        "can_ids": [{"can_id": can_id, "score": 12.0}, {"can_id": "0x1E4", "score": 1.5}],
+        "evidence": [{"text": "..."}],
+        "model_version": 1,
+        "detector": "det-a",
+    }
+
+
+def members(record: dict) -> set[str]:
+    return {m["vehicle"] for m in record["members"]}
+
+
+# -- reading incident records ----------------------------------------------------------
+
+
+def test_a_sighting_keys_on_brand_attack_and_the_top_id():
+    s = sighting(incident("v1", 100.0, can_id="0x1e4"), partition=2, offset=7)
+    assert s.key == ("jeep", "dos", "0x1E4")
+    assert (s.first_seen, s.last_seen, s.partition, s.offset) == (100.0, 101.0, 2, 7)
+    assert sighting(incident("v1", 1.0, can_id=0x18FEF100 | 0x8000_0000)).can_id == "0x18FEF100x"
+    assert sighting(incident("v1", 1.0, can_id="0x18FEF100x")).can_id == "0x18FEF100x"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"can_ids": []}, "can_ids must be a non-empty list"),
+        ({"can_ids": [{"can_id": "zz"}]}, "can_ids[0] is not a CAN id: 'zz'"),
+        ({"suspected_attack": "ddos"}, "suspected_attack 'ddos' is not a known attack"),
+        ({"status": "gone"}, "status must be open, update or closed, got 'gone'"),
+        ({"first_seen": "soon"}, "first_seen must be a finite number, got 'soon'"),
+        ({"last_seen": float("nan")}, "last_seen must be a finite number"),
+        ({"last_seen": 50.0}, "last_seen 50.0 is before first_seen 100.0"),
+        ({"vehicle": ""}, "vehicle must be a non-empty string"),
+    ],
+)
+def test_unusable_records_name_what_is_wrong(change, message):
+    with pytest.raises(BadIncident) as err:
+        sighting(incident("v1", 100.0) | change)
+    assert err.value.reason == "bad_shape"
+    assert message in str(err.value)
+
+
+def test_a_record_that_is_not_an_object_is_bad_shape():
+    with pytest.raises(BadIncident, match="must be a JSON object"):
+        sighting([1, 2])
+
+
+# -- correlation -----------------------------------------------------------------------
+
+
+def test_k_vehicles_within_the_window_are_one_campaign_and_a_fourth_joins_it():
+    records = [incident(f"v{i}", 100.0 + 60 * i) for i in range(4)]
+    out = correlate(records, CFG)
+    assert [r["status"] for r in out] == ["open", "update"]
+    opened, joined = out
+    assert opened["campaign_id"] == joined["campaign_id"]
+    assert opened["campaign_id"] == campaign_id("jeep", "dos", "0x000", "inc-v0-100")
+    assert members(opened) == {"v0", "v1", "v2"} and opened["vehicle_count"] == 3
+    assert members(joined) == {"v0", "v1", "v2", "v3"}
+    assert joined["vehicles"] == ["v0", "v1", "v2", "v3"]
+    assert [m["incident_id"] for m in joined["members"]][-1] == "inc-v3-280"
+    assert (joined["first_seen"], joined["last_seen"]) == (100.0, 281.0)
+    assert (joined["brand"], joined["suspected_attack"], joined["can_id"]) == (
+        "jeep",
+        "dos",
+        "0x000",
+    )
+
+
+def test_fewer_vehicles_or_different_keys_are_no_campaign():
+    assert correlate([incident("v0", 0.0), incident("v1", 10.0)], CFG) == []
+    mixed = [
+        incident("v0", 0.0),
+        incident("v1", 10.0, brand="ram"),
+        incident("v2", 20.0, attack="spoofing"),
+        incident("v3", 30.0, can_id="0x1E4"),
+    ]
+    assert correlate(mixed, CFG) == []
+
+
+def test_one_vehicle_counts_once_however_many_incidents_it_has():
+    records = [incident("v0", t) for t in (0.0, 50.0, 100.0)] + [incident("v1", 120.0)]
+    assert correlate(records, CFG) == []
+    out = correlate([*records, incident("v2", 130.0)], CFG)
+    assert len(out) == 1 and out[0]["vehicle_count"] == 3 and out[0]["incident_count"] == 5
+
+
+def test_vehicles_further_apart_than_the_window_are_no_campaign():
+    records = [incident("v0", 0.0), incident("v1", 650.0), incident("v2", 1200.0)]
+    assert correlate(records, CFG) == []  # v0 inactive for 600 s when v2 appears
+    # v0's incident still active at 700 (its last record): then v2 at 1200 is within it
+    active = [incident("v0", 0.0, "update", end=700.0), *records[1:]]
+    assert len(correlate(active, CFG)) == 1
+
+
+def test_a_campaign_closes_after_a_quiet_window_and_a_later_wave_is_a_new_campaign():
+    wave1 = [incident(f"v{i}", 100.0 + i) for i in range(3)]
+    wave2 = [incident(f"w{i}", 2000.0 + i) for i in range(3)]
+    out = correlate(wave1 + wave2, CFG, until=5000.0)
+    assert [r["status"] for r in out] == ["open", "closed", "open", "closed"]
+    first, second = out[0]["campaign_id"], out[2]["campaign_id"]
+    assert first != second
+    assert out[1]["campaign_id"] == first and members(out[1]) == {"v0", "v1", "v2"}
+    corr = Correlator(CFG)
+    for r in wave1:
+        corr.observe(sighting(r))
+    assert corr.advance(103.0 + 600.0) == []  # 600 s after the last activity: still open
+    assert [r["status"] for r in corr.advance(703.5)] == ["closed"]
+
+
+def test_updates_of_member_incidents_keep_a_campaign_open_without_new_records():
+    records = [incident(f"v{i}", 100.0 + i) for i in range(3)]
+    records.append(incident("v0", 100.0, "update", end=600.0))
+    out = correlate(records, CFG, until=1150.0)
+    assert [r["status"] for r in out] == ["open"]  # active until 600 + 600
+    assert correlate(records, CFG, until=1201.0)[-1]["status"] == "closed"
+
+
+def test_stale_and_late_sightings():
+    corr = Correlator(CFG)
+    corr.observe(sighting(incident("v0", 1000.0)))
+    assert corr.observe(sighting(incident("v1", 300.0)))[1] == "stale"
+    assert corr.observe(sighting(incident("v2", 900.0)))[1] == "late"
+    assert corr.observe(sighting(incident("v3", 1001.0)))[1] == "in_order"
+
+
+def test_member_lists_are_capped_but_counts_are_exact():
+    cfg = CampaignsConfig(min_vehicles=3, window_s=600.0, max_members=2)
+    out = correlate([incident(f"v{i}", 10.0 * i) for i in range(5)], cfg)
+    assert out[-1]["vehicle_count"] == 5 and out[-1]["incident_count"] == 5
+    assert len(out[-1]["members"]) == 2 and out[-1]["vehicles"] == ["v0", "v1"]
+
+
+def test_latest_keeps_the_last_record_of_each_campaign():
+    out = correlate([incident(f"v{i}", 10.0 * i) for i in range(4)], CFG)
+    assert [r["status"] for r in latest(out).values()] == ["update"]
+
+
+# -- event-time order across partitions ----------------------------------------------
+
+
+def test_watermark():
+    assert watermark({}, [0], 5.0) == -math.inf  # a partition behind, nothing read from it
+    assert watermark({0: 100.0, 1: 50.0}, [1], 5.0) == 45.0
+    assert watermark({0: 100.0, 1: 50.0}, [], 5.0) == 95.0
+
+
+def test_event_time_order_releases_sorted_and_holds_offsets():
+    order = EventTimeOrder()
+    for p, o, t in [(0, 5, 30.0), (1, 9, 10.0), (0, 6, 20.0)]:
+        order.add(sighting(incident(f"v{o}", t - 1.0), partition=p, offset=o))
+    assert order.held_offsets() == {0: 5, 1: 9}
+    assert [s.last_seen for s in order.release(25.0)] == [10.0, 20.0]
+    assert order.held_offsets() == {0: 5} and len(order) == 1 and order.newest == 30.0
+
+
+def read_interleaved(partitions: list[list[dict]], rng: random.Random, lateness: float) -> list:
+    """What the service does, with the partitions read in a random interleaving: hold
+    each record, release what the watermark passed, fold; all of it at the end."""
+    order, corr = EventTimeOrder(), Correlator(CFG)
+    pos = [0] * len(partitions)
+    out: list[dict] = []
+    while any(pos[p] < len(recs) for p, recs in enumerate(partitions)):
+        p = rng.choice([p for p, recs in enumerate(partitions) if pos[p] < len(recs)])
+        for _ in range(rng.randint(1, 3)):
+            if pos[p] < len(partitions[p]):
+                order.add(sighting(partitions[p][pos[p]], partition=p, offset=pos[p]))
+                pos[p] += 1
+        behind = [q for q, recs in enumerate(partitions) if pos[q] < len(recs)]
+        for s in order.release(watermark(order.high, behind, lateness)):
+            out += corr.observe(s)[0]
+    for s in order.release(math.inf):
+        out += corr.observe(s)[0]
+    return out
+
+
+def test_any_interleaving_of_the_partitions_gives_the_same_campaigns():
+    """Eight vehicles of one campaign and unrelated incidents on three partitions, each
+    partition in its own (detectors') order, disordered by up to 20 s: with a lateness of
+    20 s every interleaving gives what the whole set gives in event-time order; with
+    none, the interleaving decides which vehicles open the campaign."""
+    events = [incident(f"v{i}", 100.0 + i) for i in range(8)]
+    events += [incident(f"v{i}", 100.0 + i, "closed", end=140.0 + i) for i in range(8)]
+    events += [incident("x0", 101.0, attack="fuzzing", can_id="0x3A1")]
+    events += [incident(f"y{i}", 103.0 + i, brand="ram") for i in range(2)]
+    partitions: list[list[dict]] = [[], [], []]
+    for ev in events:
+        partitions[zlib.crc32(ev["vehicle"].encode()) % 3].append(ev)
+    for recs in partitions:
+        recs.sort(key=lambda r: r["last_seen"] + random.Random(r["vehicle"]).uniform(-10, 10))
+    expected = correlate(events, CFG)
+    assert [r["status"] for r in expected] == ["open"] + ["update"] * 5
+    assert members(expected[0]) == {"v0", "v1", "v2"} and expected[-1]["vehicle_count"] == 8
+    runs = [read_interleaved(partitions, random.Random(seed), lateness=20.0) for seed in range(30)]
+    assert all(run == expected for run in runs)
+    unordered = [read_interleaved(partitions, random.Random(seed), 0.0) for seed in range(30)]
+    assert any(run != expected for run in unordered)  # the test can tell
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def test_campaign_metrics_families_and_labels():
+    m = CampaignMetrics(CollectorRegistry(), brands=("jeep",))
+    m.campaign_opened("jeep", "dos")
+    m.set_open({("jeep", "dos"): (1, 4)})
+    m.skip("bad_json")
+    get = m.registry.get_sample_value
+    assert get("canwatch_campaigns_opened_total", {"brand": "jeep", "attack": "dos"}) == 1
+    assert get("canwatch_campaigns_opened_total", {"brand": "jeep", "attack": "replay"}) == 0
+    assert get("canwatch_campaigns_active", {"brand": "jeep", "attack": "dos"}) == 1
+    assert get("canwatch_campaign_vehicles", {"brand": "jeep", "attack": "dos"}) == 4
+    m.set_open({})
+    assert get("canwatch_campaigns_active", {"brand": "jeep", "attack": "dos"}) == 0
+    assert get("canwatch_campaign_records_skipped_total", {"reason": "bad_json"}) == 1
+    names = {f.name + ("_total" if f.type == "counter" else "") for f in m.registry.collect()}
+    assert names == CAMPAIGN_METRIC_NAMES | {"canwatch_up", "canwatch_ready"}
+    labels = {k for f in m.registry.collect() for s in f.samples for k in s.labels}
+    assert labels == {"brand", "attack", "reason"}
+    with pytest.raises(ValueError, match="attack must be one of"):
+        m.campaign_opened("jeep", "ddos")
