@@ -87,6 +87,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--windows-out", metavar="W.csv", help="one row per (vehicle, window)")
     p.add_argument("--report", metavar="R.json", help="full report as JSON")
+    p.add_argument(
+        "--incidents-out",
+        metavar="I.jsonl",
+        help="every incident as a JSON line, with its file and frame range (provenance); "
+        "`canwatch incidents show|export ID --from I.jsonl` reads them",
+    )
     p.add_argument("--format", help="force the log format of every FILE")
     add_config_flag(p)
     p.set_defaults(func=run)
@@ -129,7 +135,9 @@ def evaluate_file(
 ) -> Evaluation:
     """One recording as one vehicle through the service's path."""
     W = model.baseline.window_s
-    return score_frames(frames, brand, path.stem, model, fleet, W, cfg.incidents, spans)
+    return score_frames(
+        frames, brand, path.stem, model, fleet, W, cfg.incidents, spans, source=str(path)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,11 +145,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     fleet = fleet_from(cfg)
     if args.cross_validate:
-        report, rows = cross_validate(args, cfg, fleet)
+        report, rows, evs = cross_validate(args, cfg, fleet)
         text = render_cross_validation(report)
     else:
-        report, rows = evaluate_with_model(args, cfg, fleet)
+        report, rows, evs = evaluate_with_model(args, cfg, fleet)
         text = render(report)
+    if args.incidents_out:
+        lines = [json.dumps(i) + "\n" for ev in evs for i in ev.incidents]
+        Path(args.incidents_out).write_text("".join(lines), encoding="utf-8")
     if args.windows_out:
         with open(args.windows_out, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -155,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_with_model(
     args: argparse.Namespace, cfg: Config, fleet: Fleet
-) -> tuple[dict, list[tuple]]:
+) -> tuple[dict, list[tuple], list[Evaluation]]:
     platform = fleet.platform_of(args.brand)
     model = latest_model(args.models, platform)
     trained_on = set(model.info.get("training", {}).get("files", []))
@@ -172,10 +183,12 @@ def evaluate_with_model(
         rows += window_rows(str(f), ev)
         evs.append(ev)
     report["pooled"] = pooled_report(evs)
-    return report, rows
+    return report, rows, evs
 
 
-def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple[dict, list[tuple]]:
+def cross_validate(
+    args: argparse.Namespace, cfg: Config, fleet: Fleet
+) -> tuple[dict, list[tuple], list[Evaluation]]:
     """Leave-one-group-out over ``args.files``: per fold, train as `canwatch train` does on
     the other groups, save and reload the model, score each held-out file."""
     files = [str(f) for f in args.files]
@@ -230,7 +243,7 @@ def cross_validate(args: argparse.Namespace, cfg: Config, fleet: Fleet) -> tuple
                 rows += window_rows(files[i], ev)
                 evs.append(ev)
     report["pooled"] = pooled_report(evs)
-    return report, rows
+    return report, rows, evs
 
 
 def fold_record(
