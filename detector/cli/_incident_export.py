@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from detector.cli._forensics import ForensicsError, add_source_flags, incident_frames, load_incident
+from detector.transport.kafka_span import SpanGone
 
 #: suffix -> writer format
 FORMATS = {".log": "candump", ".asc": "asc", ".blf": "blf"}
@@ -61,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = kafka_config(args)
     with quiet_kafka():
         inc = load_incident(args)
-        got = incident_frames(args, cfg, inc, args.margin)
+        try:
+            got = incident_frames(args, cfg, inc, args.margin)
+        except SpanGone as exc:
+            raise ForensicsError(
+                f"the frames of incident {inc.get('incident_id')} are gone: {exc}; nothing written"
+            ) from None
     if not len(got.frames):
         raise ForensicsError(f"no frames of {inc['vehicle']} in {got.where}: nothing written")
     write_whole(out, got.frames, fmt)

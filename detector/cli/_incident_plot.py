@@ -37,20 +37,25 @@ def parse_id(text: str) -> int:
 
 
 def top_ids(inc: dict, limit: int = MAX_IDS) -> list[tuple[str, int, str]]:
-    """(id text, id, what to draw: "bytes" or "rate") of the incident's top ids."""
+    """(id text, id, what to draw: "bytes" or "rate") of the incident's top ids: those its
+    evidence names, in its order; else its highest-scoring ``can_ids`` (bus-level
+    evidence gives every id of a window the same score, so those say less)."""
     features: dict[str, str] = {}
     for e in inc.get("evidence") or []:
         if isinstance(e, dict) and e.get("can_id"):
             features.setdefault(str(e["can_id"]), str(e.get("feature")))
+    named = list(features) or [
+        c.get("can_id") for c in inc.get("can_ids") or [] if isinstance(c, dict)
+    ]
     out = []
-    for c in (inc.get("can_ids") or [])[:limit]:
+    for text in named:
         try:
-            cid = parse_id(c["can_id"])
-        except (KeyError, TypeError, ValueError):
+            cid = parse_id(str(text))
+        except ValueError:
             continue
-        kind = "bytes" if features.get(str(c["can_id"])) in BYTE_EVIDENCE else "rate"
-        out.append((str(c["can_id"]), cid, kind))
-    return out
+        kind = "bytes" if features.get(str(text)) in BYTE_EVIDENCE else "rate"
+        out.append((str(text), cid, kind))
+    return out[:limit]
 
 
 def per_window(ts: np.ndarray, window_s: float, w0: int, w1: int) -> np.ndarray:
@@ -59,12 +64,27 @@ def per_window(ts: np.ndarray, window_s: float, w0: int, w1: int) -> np.ndarray:
     return np.bincount(w[(w >= w0) & (w <= w1)] - w0, minlength=w1 - w0 + 1)
 
 
-def worst_byte(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
-    """The byte most often outside [lo, hi]; else the one that varies most."""
-    out = ((data < lo) | (data > hi)).sum(axis=0)
+def worst_byte(data: np.ndarray, inside: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
+    """The byte of ``data`` (n, 8) most often outside [lo, hi] during the incident
+    (``inside``); else the one whose values then were distributed most unlike those
+    around it (total variation distance); else the one that varies most."""
+    if not len(data):
+        return 0
+    during, other = data[inside], data[~inside]
+    out = ((during < lo) | (during > hi)).sum(axis=0)
     if out.max() > 0:
         return int(out.argmax())
-    return int(data.astype(float).std(axis=0).argmax()) if len(data) else 0
+    if len(during) and len(other):
+        tv = [
+            np.abs(
+                np.bincount(during[:, b], minlength=256) / len(during)
+                - np.bincount(other[:, b], minlength=256) / len(other)
+            ).sum()
+            for b in range(8)
+        ]
+        if max(tv) > 0:
+            return int(np.argmax(tv))
+    return int(data.astype(float).std(axis=0).argmax())
 
 
 def incident_model(model_dir: str, inc: dict, cfg: Config) -> PlatformModel:
@@ -107,17 +127,27 @@ def plot_incident(inc: dict, frames: np.ndarray, baseline: Baseline, out: str) -
         slot, known = baseline.slots(np.array([cid], np.uint32))
         s = int(slot[0]) if bool(known[0]) else None
         if kind == "bytes":
-            _bytes(ax, text, mine, baseline, s, t0)
+            _bytes(ax, text, mine, baseline, s, t0, t1)
         else:
             _rate(ax, text, mine, frames, baseline, s, t0, W)
+        ax.set_title(_said(inc, text), fontsize=8, loc="left")
         ax.axvspan(0.0, t1 - t0, color="tab:red", alpha=0.08)
     axes[-1].set_xlabel(f"seconds after first_seen (UTC epoch {t0:.3f})")
     fig.savefig(out, dpi=100, format="png")
 
 
+def _said(inc: dict, text: str) -> str:
+    """The incident's first evidence line on id ``text``."""
+    for e in inc.get("evidence") or []:
+        if isinstance(e, dict) and e.get("can_id") == text:
+            return " ".join(str(e.get("text")).split())
+    return text
+
+
 def _scores(ax, inc: dict, t0: float, t1: float, W: float) -> None:
     pts = np.array(inc.get("window_scores") or [], float).reshape(-1, 2)
-    ax.bar(pts[:, 0] - t0, pts[:, 1], width=W, align="edge", color="tab:red", label="window score")
+    ax.bar(pts[:, 0] - t0 + 0.05 * W, pts[:, 1], width=0.9 * W, align="edge", color="tab:red",
+           label="anomalous window's score")  # fmt: skip
     ax.axhline(1.0, color="black", ls="--", lw=1, label="threshold (1.0)")
     ax.axvspan(0.0, t1 - t0, color="tab:red", alpha=0.08)
     ax.set_yscale("log")
@@ -132,7 +162,7 @@ def _rate(ax, text, mine, frames, baseline: Baseline, slot, t0: float, W: float)
     w1 = int(np.floor(frames["ts"].max() / W)) if len(frames) else w0
     counts = per_window(mine["ts"], W, w0, w1)
     x = np.arange(w0, w1 + 2) * W - t0
-    ax.stairs(counts, x, color="tab:blue", label=f"{text} frames per window")
+    ax.stairs(counts, x, baseline=None, color="tab:blue", label=f"{text} frames per window")
     if slot is None:
         ax.axhline(0.0, color="tab:green", lw=4, alpha=0.4, label="learned: never seen")
     else:
@@ -143,14 +173,15 @@ def _rate(ax, text, mine, frames, baseline: Baseline, slot, t0: float, W: float)
     ax.legend(loc="upper right", fontsize=8)
 
 
-def _bytes(ax, text, mine, baseline: Baseline, slot, t0: float) -> None:
-    data = mine["data"]
+def _bytes(ax, text, mine, baseline: Baseline, slot, t0: float, t1: float) -> None:
+    data = mine["data"].astype(int)
+    inside = (mine["ts"] >= t0) & (mine["ts"] < t1)
     if slot is None:
-        b = int(data.astype(float).std(axis=0).argmax()) if len(data) else 0
+        b = worst_byte(data, inside, np.zeros(8, int), np.full(8, 255))
         lo = hi = None
     else:
         lo_all, hi_all = baseline.byte_min[slot].astype(int), baseline.byte_max[slot].astype(int)
-        b = worst_byte(data.astype(int), lo_all, hi_all)
+        b = worst_byte(data, inside, lo_all, hi_all)
         lo, hi = lo_all[b], hi_all[b]
     ax.plot(mine["ts"] - t0, data[:, b] if len(data) else [], ".", ms=3, color="tab:blue",
             label=f"{text} byte {b}")  # fmt: skip
