@@ -29,6 +29,7 @@ from detector.transport.broker import create_topics
 from detector.transport.kafka_io import make_producer
 from detector.transport.wire import encode_record
 from replay.readers import read_frames
+from replay.writers import write_frames
 
 pytestmark = pytest.mark.kafka
 MARGIN_S = 2.0
@@ -239,3 +240,51 @@ def test_export_refuses_an_unknown_suffix_before_reading(tmp_path, capsys):
     err = capsys.readouterr().err
     assert ".log, .asc or .blf" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_export_finds_a_pseudonymised_vehicle_by_its_keys_pseudonym(
+    broker, unique_topic, cusw_models, tmp_path, monkeypatch, capsys
+):
+    """With ``[privacy]`` the incident names a pseudonym; export, given the same config,
+    recognises the vehicle's records by the pseudonym of their key."""
+    from test_detect_service import fleet_streams, send_all, service_config
+
+    monkeypatch.setenv("CW_FORENSICS_KEY", "forensics-test-hmac-key-0123456789")
+    cfg = service_config(
+        broker, unique_topic, cusw_models, partitions=1,
+        **{"privacy.pseudonymize_key_env": "CW_FORENSICS_KEY"},
+    )  # fmt: skip
+    streams, attacked = fleet_streams(3, 20.0, {1: "dos:start=6,duration=3"}, seed=910)
+    metrics = DetectorMetrics(CollectorRegistry())
+    detector = Detector(cfg, FLEET, metrics, "det-forensics-privacy")
+    reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
+    stop = threading.Event()
+    thread = threading.Thread(target=detector.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        frames = send_all(cfg, streams)
+
+        def done() -> bool:
+            consumed = sample(metrics, "canwatch_frames_consumed_total", brand="jeep")
+            return consumed == frames and any(e["status"] == "closed" for e in reader.events())
+
+        wait_for("frames consumed and the incident closed", done)
+        inc = [e for e in reader.events() if e["status"] == "closed"][-1]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        reader.close()
+    assert inc["vehicle"].startswith("p-") and inc["vehicle"] not in attacked
+    config = tmp_path / "canwatch.toml"
+    config.write_text('[privacy]\npseudonymize_key_env = "CW_FORENSICS_KEY"\n')
+    out = tmp_path / "incident.log"
+    argv = ["incidents", "export", inc["incident_id"], "--out", str(out), "--margin", "1"]
+    argv += ["--config", str(config), "--bootstrap", broker.bootstrap]
+    assert main([*argv, "--topic", cfg.kafka.incident_topic]) == 0, capsys.readouterr().err
+    (raw,) = attacked
+    write_frames(tmp_path / "own.log", next(f for v, _, f in streams if v == raw))
+    own = read_frames(tmp_path / "own.log")  # timestamps as a candump file holds them
+    start, end = inc["first_seen"] - 1.0, inc["last_seen"] + 1.0
+    inner = own[(own["ts"] >= start + 1e-3) & (own["ts"] < end - 1e-3)]
+    got = read_frames(out)
+    assert _key(inner) <= _key(got) <= _key(own)
