@@ -197,6 +197,16 @@ def test_events_carry_every_design_field() -> None:
     assert closed["can_ids"][0]["score"] == 4.0
 
 
+def test_events_list_each_windows_score_up_to_a_cap(monkeypatch) -> None:
+    observed = {w: obs(w, 1.0 + w / 10) for w in range(10, 14)}
+    closed = run_windows(tracker(), observed, 20)[-1]
+    assert closed["window_scores"] == [[10.0, 2.0], [11.0, 2.1], [12.0, 2.2], [13.0, 2.3]]
+    assert closed["provenance"] is None  # the tracker does not know where frames are
+    monkeypatch.setattr("detector.incidents.tracker.MAX_WINDOW_SCORES", 2)
+    closed = run_windows(tracker(), observed, 20)[-1]
+    assert closed["windows"] == 4 and closed["window_scores"] == [[10.0, 2.0], [11.0, 2.1]]
+
+
 def test_can_ids_are_capped() -> None:
     t = IncidentTracker(IncidentConfig(quiet_windows=QUIET, max_can_ids=2), detector="d")
     many = {f"0x{i:03X}": float(i) for i in range(1, 6)}

@@ -67,6 +67,24 @@ def test_an_unreadable_span_moves_the_next_offset_past_its_end():
     assert ledger.safe_offsets(lambda v, b: 0.0) == {}
 
 
+def test_an_incidents_span_is_the_records_with_frames_in_its_windows():
+    """Provenance: the vehicle's records whose [oldest, newest] event times meet
+    [start, end), however the poll interleaves other vehicles; kept through a prune
+    whose horizon is the incident's."""
+    ledger = OffsetLedger()
+    rows = [(20, "a", 9.0, 9.9), (21, "b", 10.5, 9.8), (22, "a", 10.4, 9.9),
+            (23, "a", 11.2, 10.4), (24, "b", 12.0, 10.5), (25, "a", 12.6, 11.2),
+            (26, "a", 13.5, 12.6)]  # fmt: skip
+    ledger.read_to({TP0: [record(TP0, o) for o, *_ in rows]})
+    nums = [ledger.track(v, "jeep", TP0) for _, v, _, _ in rows]
+    ledger.hold(TP0, [r[0] for r in rows], nums, [r[2] for r in rows], [r[3] for r in rows])
+    assert ledger.span("a", 10.0, 12.0) == (TP0, 22, 25, 3)  # 20 ends before, 26 starts after
+    assert ledger.span("b", 10.0, 12.0) == (TP0, 21, 24, 2)
+    assert ledger.span("a", 20.0, 21.0) is None and ledger.span("nobody", 0, 99) is None
+    ledger.safe_offsets(lambda v, b: 9.0)  # the horizon of an incident from 10.0 on
+    assert ledger.span("a", 10.0, 12.0) == (TP0, 22, 25, 3)
+
+
 def test_the_audit_file_gets_windows_then_the_poll_line_appended(tmp_path):
     path = tmp_path / "windows.jsonl"
     polled = {TP1: [record(TP1, 3), record(TP1, 4)], TP0: [record(TP0, 9)]}

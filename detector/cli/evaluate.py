@@ -94,6 +94,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="draw each file's window scores over time (log axis, threshold 1.0, attack spans "
         "shaded, incidents marked) and the ROC curves into F (.png, .svg or .pdf)",
     )
+    p.add_argument(
+        "--incidents-out",
+        metavar="I.jsonl",
+        help="every incident as a JSON line, with its file and frame range (provenance); "
+        "`canwatch incidents show|export ID --from I.jsonl` reads them",
+    )
     p.add_argument("--format", help="force the log format of every FILE")
     add_config_flag(p)
     p.set_defaults(func=run)
@@ -143,7 +149,9 @@ def evaluate_file(
 ) -> Evaluation:
     """One recording as one vehicle through the service's path."""
     W = model.baseline.window_s
-    return score_frames(frames, brand, path.stem, model, fleet, W, cfg.incidents, spans)
+    return score_frames(
+        frames, brand, path.stem, model, fleet, W, cfg.incidents, spans, source=str(path)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         text = render(report)
     if args.plot:
         plot(args.plot, plot_title(args, report), evs)
+    if args.incidents_out:
+        lines = [json.dumps(i) + "\n" for ev in evs.values() for i in ev.incidents]
+        Path(args.incidents_out).write_text("".join(lines), encoding="utf-8")
     if args.windows_out:
         with open(args.windows_out, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)

@@ -13,6 +13,9 @@ watermark) *and* no record has arrived for ``IDLE_S``.
 Output: one table row per record (cut to the terminal width when stdout is a
 terminal), or with ``--json`` each record's JSON on one line exactly as on the
 topic. Records that are not JSON objects are reported on stderr and skipped.
+
+``canwatch incidents show ID`` prints one incident whole (``--plot F.png`` draws
+it); ``canwatch incidents export ID --out F`` writes its frames as a CAN log.
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_kafka_flags(p, topic_what="incident")
     p.set_defaults(func=run)
+    # one incident, whole, and its frames (docs/forensics.md); flags go after the action
+    from detector.cli import _incident_export, _incident_show
+
+    actions = p.add_subparsers(dest="action", metavar="{show,export}", title="one incident")
+    _incident_show.add_subparser(actions)
+    _incident_export.add_subparser(actions)
 
 
 # -- formatting (pure) ------------------------------------------------------------

@@ -80,12 +80,16 @@ def score_frames(
     incident_cfg: IncidentConfig,
     spans: list[Span] = (),
     on_scored: Callable[[ScoredRows], None] | None = None,
+    source: str | None = None,
 ) -> Evaluation:
     """One vehicle's frames through the service's Scorer and incident tracker, labelled.
 
     ``on_scored`` sees every batch of scored rows as it comes (``detector.analysis``
-    reads each window's top id and evidence there) without the Evaluation keeping them."""
-    frames = frames[np.argsort(frames["ts"], kind="stable")]
+    reads each window's top id and evidence there) without the Evaluation keeping them.
+    With ``source`` (the file they were read from), each incident's ``provenance`` names
+    it and the range of frame indices (as read, 0-based) that fell in its windows."""
+    order = np.argsort(frames["ts"], kind="stable")
+    frames = frames[order]
     scorer = Scorer({model.platform: model}, fleet, window_s)
     scored = scorer.push([(vehicle, brand, frames)])
     scorer.flush()
@@ -104,7 +108,26 @@ def score_frames(
     s = np.concatenate(scores) if scores else np.zeros(0)
     attack, attack_spans = window_labels(frames, w, window_s, spans)
     closed = [e for e in events if e["status"] == "closed"]
+    if source is not None:
+        for e in closed:
+            e["provenance"] = file_provenance(source, frames["ts"], order, e)
     return Evaluation(vehicle, w * window_s, s, attack, closed, attack_spans, window_s)
+
+
+def file_provenance(source: str, ts: np.ndarray, order: np.ndarray, incident: dict) -> dict | None:
+    """Where ``incident``'s frames are in ``source``: the first and last index (in the
+    file's own order) of the frames in [first_seen, last_seen); ``ts`` is sorted and
+    ``order`` maps it back to file order."""
+    lo, hi = np.searchsorted(ts, [incident["first_seen"], incident["last_seen"]])
+    if hi <= lo:
+        return None
+    idx = order[lo:hi]
+    return {
+        "file": source,
+        "first_frame": int(idx.min()),
+        "last_frame": int(idx.max()),
+        "frames": int(hi - lo),
+    }
 
 
 def window_labels(

@@ -5,6 +5,11 @@ incident closes when its vehicle has produced ``quiet_windows`` windows of
 event time without an anomalous one. ``incident_id`` is a hash of the vehicle
 and the start of its first anomalous window, so reprocessing the same records
 after a crash re-emits the same ids.
+
+An event also lists the start and score of each anomalous window
+(``window_scores``) and carries ``provenance`` (where its frames are), filled
+in by whoever knows: the service (topic, partition, offsets) or ``evaluate``
+(file, frame indices). docs/forensics.md describes both.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from detector.model.pipeline import ScoredRows
 from detector.model.platform import EVIDENCE_NAMES
 
 SEVERITIES = ("low", "medium", "high", "critical")
+#: An incident lists the score of each of its first this many anomalous windows
+#: (``window_scores``; ``windows`` counts them all): an hour-long flood stays a small record.
+MAX_WINDOW_SCORES = 300
 #: Evidence columns of a row's own id (not the vehicle's bus, repeated on each row).
 OWN_EVIDENCE = np.array([i for i, n in enumerate(EVIDENCE_NAMES) if not n.startswith("bus_")])
 
@@ -114,6 +122,7 @@ class _Incident:
     model_version: int = 0
     window_s: float = 1.0
     emitted: tuple = ()
+    window_scores: list[list[float]] = field(default_factory=list)  # [start, score]
 
 
 class IncidentTracker:
@@ -172,6 +181,8 @@ class IncidentTracker:
         inc.window_s = o.window_s
         inc.kinds[o.kind] += o.score
         inc.model_version = o.model_version
+        if len(inc.window_scores) < MAX_WINDOW_SCORES:
+            inc.window_scores.append([round(o.window_start, 3), round(o.score, 3)])
         for cid, s in o.can_ids.items():
             inc.can_ids[cid] = max(inc.can_ids.get(cid, 0.0), s)
         if len(inc.can_ids) > self.cfg.max_can_ids:
@@ -204,6 +215,8 @@ class IncidentTracker:
             "evidence": inc.evidence,
             "model_version": inc.model_version,
             "detector": self.detector,
+            "window_scores": list(inc.window_scores),
+            "provenance": None,  # where its frames are: the caller knows (service, evaluate)
         }
 
 

@@ -96,7 +96,7 @@ from detector.service.audit_log import AuditLog, poll_summary
 from detector.service.broker_contact import BrokerContact
 from detector.service.commits import COMMIT_TIMEOUT_MS, Commits
 from detector.service.dead_letters import DeadLetters
-from detector.service.incident_feed import IncidentFeed
+from detector.service.incident_feed import IncidentFeed, kafka_locator
 from detector.service.intake import Intake
 from detector.service.metrics import DetectorMetrics
 from detector.service.model_reload import ModelReload
@@ -159,9 +159,10 @@ class Detector:
         self.registry = self.models.registry
         metrics.set_state_limits(cfg.limits.max_vehicles, cfg.limits.max_streams)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
-        self.incident_feed = IncidentFeed(self.tracker, metrics, self.window_s)
+        self.ledger = OffsetLedger()  # also where incidents' frames are (provenance)
+        locate = kafka_locator(self.ledger, cfg.kafka.telemetry_topic)
+        self.incident_feed = IncidentFeed(self.tracker, metrics, self.window_s, locate)
         self.privacy_key = load_key(cfg.privacy)  # validated before anything connects
-        self.ledger = OffsetLedger()
         self.commits = Commits(cfg.kafka)
         self.contact = BrokerContact(cfg.kafka)
         self.outbox = Outbox(cfg.kafka)

@@ -6,26 +6,64 @@ The severity an incident opened with is remembered until it closes (or its
 vehicle is let go), so the active gauge goes down under the same labels it
 went up under.
 
+Every event leaves with its ``provenance``: the telemetry topic, partition and
+offset range of the records whose frames fell in its windows, from the offset
+ledger (which holds exactly those while the incident is open: its horizon).
+Looked up per event, not per frame or record: the hot path pays nothing for it
+but the oldest event time of each record, kept beside the newest.
+
 Kept apart from the loop because it is the detector's one step from scores to
 what an analyst sees, and its counts must match the events one for one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from detector.incidents.tracker import IncidentTracker, observations
 from detector.model.pipeline import ScoredRows, vehicle_clock, window_scores
 from detector.service.metrics import DetectorMetrics
+from detector.service.offset_ledger import OffsetLedger
+
+#: An incident event -> its provenance (or None)
+Locate = Callable[[dict], dict | None]
+
+
+def kafka_locator(ledger: OffsetLedger, topic: str) -> Locate:
+    """Where an incident's frames are on ``topic``: the partition and the first and last
+    offset of its vehicle's records with frames in [first_seen, last_seen)."""
+
+    def locate(ev: dict) -> dict | None:
+        found = ledger.span(ev["vehicle"], ev["first_seen"], ev["last_seen"])
+        if found is None:
+            return None
+        tp, first, last, records = found
+        part = getattr(tp, "partition", tp)
+        return {
+            "topic": topic,
+            "partition": part,
+            "first_offset": first,
+            "last_offset": last,
+            "records": records,
+        }
+
+    return locate
 
 
 class IncidentFeed:
-    def __init__(self, tracker: IncidentTracker, metrics: DetectorMetrics, window_s: float) -> None:
+    def __init__(
+        self,
+        tracker: IncidentTracker,
+        metrics: DetectorMetrics,
+        window_s: float,
+        locate: Locate | None = None,
+    ) -> None:
         self.tracker = tracker
         self.metrics = metrics
         self.window_s = window_s
+        self.locate = locate
         self.open_severity: dict[str, tuple[str, str]] = {}  # incident id -> (severity, attack)
 
     def observe(self, scored: list[ScoredRows]) -> list[dict]:
@@ -50,8 +88,11 @@ class IncidentFeed:
         return self.account(self.tracker.close(vehicles))
 
     def account(self, events: list[dict]) -> list[dict]:
-        """Count incident events in the metrics (opened, closed, active by severity)."""
+        """Count incident events in the metrics (opened, closed, active by severity), and
+        say where their frames are."""
         for ev in events:
+            if self.locate is not None:
+                ev["provenance"] = self.locate(ev)
             bm = self.metrics.brand(ev["brand"])
             if ev["status"] == "open":
                 self.open_severity[ev["incident_id"]] = (ev["severity"], ev["suspected_attack"])

@@ -3,7 +3,8 @@
 Records are decoded as one (``wire.decode_records``); each that fails canwatch's
 decoding, that the Kafka record format could not describe, or whose brand has no
 model loaded is dead-lettered. Each good record is entered in the offset ledger
-(its offset, vehicle and newest event time), its vehicle marked as seen, and
+(its offset, vehicle, newest and oldest event time: what a restart needs, and
+where an incident's frames are), its vehicle marked as seen, and
 counted per brand once per poll. With pseudonymisation on, vehicles are named by
 their pseudonym from here on.
 
@@ -71,7 +72,8 @@ class Intake:
             max_future_s=det.max_future_s,
             min_ts=det.min_ts,
         )
-        held: dict = defaultdict(lambda: ([], [], []))  # tp -> offsets, vehicle numbers, ts
+        # tp -> offsets, vehicle numbers, newest and oldest ts (the ledger's, per record)
+        held: dict = defaultdict(lambda: ([], [], [], []))
         per_brand: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         seen_at = time.monotonic()
         last_seen = self.activity.last_seen
@@ -103,10 +105,11 @@ class Intake:
                 num = self.ledger.track(vehicle, b.brand, tp)
                 last = latest[vehicle] = (num, tp, b.brand)
                 last_seen[vehicle] = (b.brand, seen_at)
-            offsets, nums, tss = held[tp]
+            offsets, nums, tss, oldest = held[tp]
             offsets.append(r.offset)
             nums.append(last[0])
             tss.append(b.newest)
+            oldest.append(b.oldest)
         self._count(records, held, per_brand, now)
         return batches, futures
 
@@ -114,8 +117,8 @@ class Intake:
         """A poll's good records into the ledger, and its volumes and event-time lag
         into the metrics."""
         newest: dict = {}
-        for tp, (offsets, nums, tss) in held.items():
-            self.ledger.hold(tp, offsets, nums, tss)
+        for tp, (offsets, nums, tss, oldest) in held.items():
+            self.ledger.hold(tp, offsets, nums, tss, oldest)
             newest[tp] = max(tss)
         self.metrics.bytes_consumed.inc(sum(len(r.value or b"") for _, r in records))
         for brand, (n_records, n_frames) in per_brand.items():

@@ -11,9 +11,12 @@ scored, and the incidents it re-emits carry the same deterministic ids
 window before the incident's first anomalous one: a restart re-forms the whole
 incident under its id instead of opening a new one half-way through the attack.
 
+The same records say where an incident's frames are (``span``): the offsets of
+its vehicle's records whose frames fall in its windows, for its ``provenance``.
+
 Kept apart from the loop because it is the one piece whose arithmetic decides
 what is lost or read twice: it makes no Kafka calls, so it is tested with
-hand-built offsets. Vehicles are numbers here (numpy chunks of 20 B a record,
+hand-built offsets. Vehicles are numbers here (numpy chunks of 28 B a record,
 not Python objects); numbers of vehicles let go are reused once their records
 are pruned, so a flood of vehicle keys does not grow the table.
 """
@@ -34,8 +37,8 @@ Horizon = Callable[[str, str], float]
 
 class OffsetLedger:
     def __init__(self) -> None:
-        # tp -> [(offsets, vehicle numbers, newest ts)] of records whose frames may
-        # still be needed; numpy chunks (20 B a record), merged when pruned
+        # tp -> [(offsets, vehicle numbers, newest ts, oldest ts)] of records whose
+        # frames may still be needed; numpy chunks (28 B a record), merged when pruned
         self.pending: dict = defaultdict(list)
         self.vnum: dict[str, int] = {}  # vehicle -> number used in ``pending``
         self.vnames: list[tuple[str, str] | None] = []  # number -> (vehicle, brand), None: gone
@@ -62,12 +65,36 @@ class OffsetLedger:
         self.vehicle_tp[vehicle] = tp
         return num
 
-    def hold(self, tp: Hashable, offsets: list[int], nums: list[int], tss: list[float]) -> None:
+    def hold(
+        self,
+        tp: Hashable,
+        offsets: list[int],
+        nums: list[int],
+        tss: list[float],
+        oldest: list[float] | None = None,
+    ) -> None:
         """Records of ``tp`` a restart may need again: their offsets, vehicle numbers
-        (``track``) and newest event times."""
+        (``track``), newest and oldest event times (default: the newest)."""
+        newest = np.array(tss)
+        first = newest if oldest is None else np.array(oldest)
         self.pending[tp].append(
-            (np.array(offsets, np.int64), np.array(nums, np.int32), np.array(tss))
+            (np.array(offsets, np.int64), np.array(nums, np.int32), newest, first)
         )
+
+    def span(self, vehicle: str, start: float, end: float) -> tuple[Hashable, int, int, int] | None:
+        """(partition, first offset, last offset, records) of ``vehicle``'s records held
+        with frames in [start, end): what carried an incident's windows. None when
+        none is held (the vehicle is not, or no longer, ours)."""
+        num, tp = self.vnum.get(vehicle), self.vehicle_tp.get(vehicle)
+        chunks = self.pending.get(tp) if num is not None else None
+        if not chunks:
+            return None
+        offsets = np.concatenate([c[0] for c in chunks])
+        sel = np.concatenate([(c[1] == num) & (c[2] >= start) & (c[3] < end) for c in chunks])
+        if not sel.any():
+            return None
+        hit = offsets[sel]
+        return tp, int(hit.min()), int(hit.max()), int(len(hit))
 
     def safe_offsets(self, horizon: Horizon) -> dict:
         """Per partition: the oldest record that may still be needed to re-form a
@@ -82,14 +109,15 @@ class OffsetLedger:
                 offsets = np.concatenate([c[0] for c in chunks])
                 nums = np.concatenate([c[1] for c in chunks])
                 tss = np.concatenate([c[2] for c in chunks])
+                first = np.concatenate([c[3] for c in chunks])
                 uniq, inv = np.unique(nums, return_inverse=True)
                 for num in uniq.tolist():
                     if num not in horizons:
                         named = self.vnames[num]  # None: dropped, nothing left to re-form
                         horizons[num] = horizon(*named) if named else math.inf
                 keep = tss >= np.array([horizons[n] for n in uniq.tolist()])[inv]
-                offsets, nums, tss = offsets[keep], nums[keep], tss[keep]
-                self.pending[tp] = [(offsets, nums, tss)] if len(offsets) else []
+                offsets, nums, tss, first = offsets[keep], nums[keep], tss[keep], first[keep]
+                self.pending[tp] = [(offsets, nums, tss, first)] if len(offsets) else []
                 offset = int(offsets.min()) if len(offsets) else nxt
             else:
                 offset = nxt

@@ -122,11 +122,13 @@ class DecodedBatch(NamedTuple):  # a tuple: made for every record of every poll
     brand: str
     frames: np.ndarray  # FRAME_DTYPE, sorted by ts, label 0, writable copy
     newest: float  # ts of the last frame
+    oldest: float  # ts of the first frame
 
     @classmethod
     def of(cls, vehicle: str, brand: str, frames: np.ndarray) -> DecodedBatch:
         """The batch of time-sorted ``frames``."""
-        return cls(vehicle, brand, frames, float(frames["ts"][-1]))
+        ts = frames["ts"]
+        return cls(vehicle, brand, frames, float(ts[-1]), float(ts[0]))
 
 
 # -- encoding -------------------------------------------------------------------
@@ -468,10 +470,11 @@ def decode_records(
         clean = ((faults[:, [0, 2, 3, 4]] < 0).all(axis=1) & (faults[:, 5] == 1)).tolist()
         lo = bounds.tolist()
         last_ts = frames["ts"][bounds[1:] - 1].tolist()
+        first_ts = frames["ts"][bounds[:-1]].tolist()
         for k, (i, vehicle, brand, _, _) in enumerate(binary):
             part = frames[lo[k] : lo[k + 1]]
             if clean[k]:  # the common case: its newest ts from the pass over the poll
-                out[i] = DecodedBatch(vehicle, brand, part, last_ts[k])
+                out[i] = DecodedBatch(vehicle, brand, part, last_ts[k], first_ts[k])
                 continue
             try:
                 _raise_fault(part, *faults[k, :5], min_ts=min_ts, max_future_s=max_future_s)
