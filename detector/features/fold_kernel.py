@@ -26,6 +26,8 @@ from numba.extending import intrinsic
 
 from detector.features import fold_steps
 from detector.features.fold_steps import (
+    _LANE_MAX,
+    _NO_LANES,
     A_CHECKSUM,
     A_CHG,
     A_COND,
@@ -48,6 +50,7 @@ from detector.features.fold_steps import (
     F_SUM2,
     N_ACC_I,
     NO_WINDOW,
+    _add_lanes,
     _arrive,
     _bounds,
     _byte_bounds,
@@ -56,18 +59,19 @@ from detector.features.fold_steps import (
     _count,
     _counter_broken,
     _counters,
+    _couplings,
     _gap,
     _load_row,
-    _novelty,
     _signals,
     _store_row,
+    _unseen,
 )
 
 # numba's on-disk cache of a function is invalidated only when the file defining it
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "ed33b0a2f52a0b822934c9f0478fd116e68f2cb83875ba53417a20643d2213bd"
+_STEPS_SHA256 = "be978fca802040b43faa2e24b48a4d993146895e2b6f56362391d50a49ffafaf"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -186,11 +190,9 @@ def _fold(  # pragma: no cover - compiled
     ``seg_known[g]``) into the row's open group, emitting the group into ``out_*``
     when the stream's next window begins; frames older than the open window are
     marked ``late`` and not folded. Returns the number of groups emitted."""
-    n_couple_max = couple_a.shape[1]
     n_frames = order.shape[0]
     la = np.zeros(N_ACC_I, np.int64)
     pair_lanes = np.zeros((7, 4), np.uint64)  # per distance: lo even, lo odd, hi even, hi odd
-    lanes = np.zeros(6, np.uint64)  # byte change counts since the last _add_lanes
     n_emit = 0
     for g in range(seg_start.shape[0] - 1):
         r = seg_row[g]
@@ -206,14 +208,12 @@ def _fold(  # pragma: no cover - compiled
         ck = checksum_kind[s]
         dict_on = has_dict[s] and payload_hashes.shape[0] > 0
         slot_hash = np.uint64(s + 1) * hash_mul
-        n_couple = 0
-        while n_couple < n_couple_max and couple_a[s, n_couple] >= 0:
-            n_couple += 1
-        fmask = fixed_mask[s]
-        fvalue = fixed_value[s]
+        couplings = _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi)
+        fmask, fvalue = fixed_mask[s], fixed_value[s]
         # the stream's row is worked on in locals (registers, L1) and written back
         sum_dt, sum_dt2, min_dt, last_g, prev = _load_row(r, acc_i, acc_f, st_last_data, la)
         last = st_last_ts[r]
+        lanes = _NO_LANES  # byte change counts of the frames since the last _add_lanes
         n_lanes = 0
         p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
         p_payload = np.uint64(0)
@@ -235,8 +235,10 @@ def _fold(  # pragma: no cover - compiled
                     late[j] = True  # older than its stream's open window
                     continue
                 if st_open[r] != NO_WINDOW:  # a newer window: the open one is closed
-                    _store_row(r, acc_i, acc_f, la, lanes, sum_dt, sum_dt2, min_dt, last_g)
+                    _add_lanes(la, lanes)
+                    _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, last_g)
                     la[:] = 0
+                    lanes = _NO_LANES
                     n_lanes = 0
                     _emit(
                         r, s, k, window_s, st_open, acc_i, acc_f, period, mean_count,
@@ -247,35 +249,45 @@ def _fold(  # pragma: no cover - compiled
                     sum_dt, sum_dt2, min_dt, last_g = 0.0, 0.0, np.inf, np.nan
                 st_open[r] = w
             p64 = data64[j]  # the payload, bytes little-endian, worked on as one word
-            hp, dt, before, last, last_g, prev = _arrive(
-                ts[j], label[j], p64, la, last, last_g, prev
-            )
+            la[A_COUNT] += 1
+            if la[A_COUNT] == 1 or label[j] > la[A_LABEL]:  # the most severe label
+                la[A_LABEL] = label[j]
+            hp, dt, before, last, last_g, prev = _arrive(ts[j], p64, last, last_g, prev)
             if not k:
                 continue
             if hp:
-                sum_dt, sum_dt2, min_dt = _gap(dt, la, sum_dt, sum_dt2, min_dt)
+                la[A_NDT] += 1
+                sum_dt, sum_dt2, min_dt = _gap(dt, sum_dt, sum_dt2, min_dt)
                 if p64 == before:  # no byte changed: a delta of 0, a counter step of 0
                     la[A_DELTA] += zero_jump
                     la[A_COUNTER] += zero_counter
                 else:
-                    n_lanes = _changes(p64, before, la, lanes, n_lanes, delta_lanes)
+                    ham, delta_out, lanes = _changes(p64, before, lanes, delta_lanes)
+                    la[A_HAM] += ham
+                    la[A_DELTA] += delta_out
+                    n_lanes += 1
+                    if n_lanes == _LANE_MAX:  # before a 16-bit lane overflows
+                        _add_lanes(la, lanes)
+                        lanes = _NO_LANES
+                        n_lanes = 0
                     if counter[0] >= 0:  # the stream has a counter
                         la[A_COUNTER] += _counter_broken(p64, before, counter)
             d = np.int64(dlc[j])
             if not (p_dlc == d and p_payload == p64):
                 # checks of the payload alone: a repeated payload (a third of all
                 # frames) repeats the stream's last verdicts
-                p_payload = p64
-                p_dlc = d
+                p_payload, p_dlc = p64, d
                 out, bad = _byte_bounds(p64, byte_lanes, n_tight, pair_lanes)
-                ck_bad = _checksum_bad(ck, checksum_byte[s], p64, d, can_id[j], crc8_pow, dlc_masks)
-                novel, dlc_bad = _novelty(p64, d, dict_on, slot_hash, payload_hashes, dlc_mask[s])
-                broken, moved = _signals(
-                    p64, s, n_couple, couple_a, couple_b, couple_le, couple_lo, couple_hi,
-                    fmask, fvalue,
-                )  # fmt: skip
+                ck_bad = ck > 0 and _checksum_bad(
+                    ck, checksum_byte[s], p64, d, can_id[j], crc8_pow, dlc_masks
+                )
+                # a payload the stream's dictionary does not hold
+                novel = dict_on and _unseen(p64 ^ slot_hash, payload_hashes)
+                dlc_bad = ((np.int64(dlc_mask[s]) >> d) & 1) == 0  # a dlc never seen
+                broken, moved = _signals(p64, couplings, fmask, fvalue)
             _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved)
-        _store_row(r, acc_i, acc_f, la, lanes, sum_dt, sum_dt2, min_dt, last_g)
+        _add_lanes(la, lanes)
+        _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, last_g)
         st_last_ts[r] = last
         for b in range(8):
             st_last_data[r, b] = np.uint8((prev >> np.uint64(8 * b)) & np.uint64(0xFF))

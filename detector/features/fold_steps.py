@@ -2,17 +2,24 @@
 checks, compiled into it by numba (``inline="always"``), and the layout of the
 sums they fold into.
 
-Per stream, its baseline row is turned into the form the frame steps use
-(``_counters``, ``_bounds``) and its running sums are loaded and stored
-(``_load_row``, ``_store_row``). Per frame:
+Per stream, its baseline row is put in the form the frame steps take
+(``_counters``, ``_bounds``, ``_couplings``) and its running sums are loaded and
+stored (``_load_row``, ``_store_row``). Per frame:
 
-- timing: ``_arrive`` (count, label, predecessor), ``_gap`` (inter-arrival sums);
+- timing: ``_arrive`` (predecessor, time since), ``_gap`` (inter-arrival sums);
 - the payload against its predecessor's: ``_changes`` (Hamming distance, bytes
   changed alone or together, byte deltas);
 - counters and checksums: ``_counter_broken``, ``_checksum_bad``;
 - the payload alone: ``_byte_bounds`` (byte ranges, byte pairs), ``_signals``
   (coupled signals, fixed bytes);
-- novelty: ``_novelty`` (payload dictionary, dlc).
+- novelty: ``_unseen`` (the payload dictionary).
+
+The frame steps take and return scalars (the fold adds to the sums), and take
+an array only where they use it unconditionally and call nothing in between
+(``_add_lanes`` is called by the fold, not by ``_store_row``): numba binds each
+array argument of an inlined step to a new reference, counted up and down, and
+LLVM prunes that pair only in those cases. A step that used an array in one
+branch, or took the row of sums, made the fold 1.7 times as slow.
 
 The payload is worked on as one 64-bit word, bytes little-endian, with per-byte
 counts and bounds held in 16-bit lanes (SWAR). The numpy definitions are the
@@ -24,13 +31,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from detector.features.baseline import PAIRS, crc8_table
+from detector.features.baseline import MAX_COUPLINGS, PAIRS, crc8_table
 
 # The constants and functions below are compiled into the fold, whose numba cache
 # does not see this file change: fold_kernel.py records its digest (see there).
-# (_bounds numbers the pair (a, b) as PAIRS does: upper-triangle order, checked here.)
+# (_bounds numbers the pair (a, b) as PAIRS does: upper-triangle order; _couplings
+# reads four couplings a stream. Both checked here.)
 if not all(np.array_equal(PAIRS[:, c], t) for c, t in enumerate(np.triu_indices(8, 1))):
     raise ImportError("detector.features.baseline.PAIRS changed: update the numbering in _bounds")
+if MAX_COUPLINGS != 4:
+    raise ImportError("detector.features.baseline.MAX_COUPLINGS changed: update _couplings")
 # 64-bit masks for counting over the 8 bytes of a payload at once (SWAR); counts
 # per byte are kept in 16-bit lanes: bytes 0, 2, 4, 6 in one word, 1, 3, 5, 7 in another
 _M55 = np.uint64(0x5555_5555_5555_5555)
@@ -42,6 +52,7 @@ _ONE16 = np.uint64(0x0001_0001_0001_0001)
 _BIAS16 = np.uint64(0x0100_0100_0100_0100)  # +256: a byte difference stays positive
 _HIGH16 = np.uint64(0x8000_8000_8000_8000)
 _LANE_MAX = 65535  # frames a 16-bit lane counts before it is added to the sums
+_NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 
 #: Accumulator columns of an open (vehicle, id, window) group.
 #: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
@@ -138,12 +149,11 @@ def _word(p64, at, little_endian):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _add_lanes(la, lanes):  # pragma: no cover - compiled
-    """Add the per-byte counts held in 16-bit ``lanes`` (changed, with another byte
-    changed, both: even bytes then odd bytes) to the sums ``la``, and zero them."""
+    """Add the per-byte counts held in the 16-bit lanes of ``lanes`` (changed, with
+    another byte changed, both: even bytes then odd bytes) to the sums ``la``."""
     for i, col in enumerate((A_CHG, A_CHG, A_OTHER, A_OTHER, A_COND, A_COND)):
         for q in range(4):
             la[col + 2 * q + i % 2] += np.int64((lanes[i] >> np.uint64(16 * q)) & np.uint64(0xFFFF))
-        lanes[i] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -213,6 +223,23 @@ def _bounds(  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi):  # pragma: no cover
+    """Stream ``s``'s signal couplings as ``_signals`` takes them: how many, then
+    per coupling the bytes of signals a and b, their byte order, the bounds of a - b."""
+    n = 0
+    while n < MAX_COUPLINGS and couple_a[s, n] >= 0:
+        n += 1
+    return (
+        n,
+        (couple_a[s, 0], couple_a[s, 1], couple_a[s, 2], couple_a[s, 3]),
+        (couple_b[s, 0], couple_b[s, 1], couple_b[s, 2], couple_b[s, 3]),
+        (couple_le[s, 0], couple_le[s, 1], couple_le[s, 2], couple_le[s, 3]),
+        (couple_lo[s, 0], couple_lo[s, 1], couple_lo[s, 2], couple_lo[s, 3]),
+        (couple_hi[s, 0], couple_hi[s, 1], couple_hi[s, 2], couple_hi[s, 3]),
+    )
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _load_row(r, acc_i, acc_f, st_last_data, la):  # pragma: no cover - compiled
     """Row ``r``'s counts into ``la``; its timing sums (dt, dt², shortest dt, the
     group's last ts) and the stream's last payload, bytes little-endian in a word."""
@@ -225,9 +252,8 @@ def _load_row(r, acc_i, acc_f, st_last_data, la):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _store_row(r, acc_i, acc_f, la, lanes, sum_dt, sum_dt2, min_dt, last_g):  # pragma: no cover
-    """``la``, with the counts still in ``lanes``, and the timing sums into row ``r``."""
-    _add_lanes(la, lanes)
+def _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, last_g):  # pragma: no cover
+    """``la`` (with the counts of the lanes added) and the timing sums into row ``r``."""
     for c in range(N_ACC_I):
         acc_i[r, c] = la[c]
     acc_f[r, F_SUM] = sum_dt
@@ -240,14 +266,10 @@ def _store_row(r, acc_i, acc_f, la, lanes, sum_dt, sum_dt2, min_dt, last_g):  # 
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _arrive(t, lab, p64, la, last, last_g, prev):  # pragma: no cover - compiled
-    """Count a frame at ``t`` (label ``lab``, payload ``p64``). Returns whether it
-    has a predecessor (the stream's last frame, not after it), the time since,
-    the predecessor's payload, and the stream's last ts and payload and its
-    group's last ts after it."""
-    la[A_COUNT] += 1
-    if la[A_COUNT] == 1 or lab > la[A_LABEL]:
-        la[A_LABEL] = lab
+def _arrive(t, p64, last, last_g, prev):  # pragma: no cover - compiled
+    """A frame at ``t`` with payload ``p64``: whether it has a predecessor (the
+    stream's last frame, ``last``, not after it), the time since, the predecessor's
+    payload; then the stream's last ts and payload and its group's last ts after it."""
     if np.isnan(last_g) or t > last_g:
         last_g = t
     hp = not np.isnan(last) and t >= last
@@ -260,9 +282,8 @@ def _arrive(t, lab, p64, la, last, last_g, prev):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gap(dt, la, sum_dt, sum_dt2, min_dt):  # pragma: no cover - compiled
-    """An inter-arrival time ``dt`` into the timing sums."""
-    la[A_NDT] += 1
+def _gap(dt, sum_dt, sum_dt2, min_dt):  # pragma: no cover - compiled
+    """The timing sums with one more inter-arrival time ``dt``."""
     sum_dt += dt
     sum_dt2 += dt * dt
     if dt < min_dt:
@@ -274,43 +295,31 @@ def _gap(dt, la, sum_dt, sum_dt2, min_dt):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _changes(p64, before, la, lanes, n_lanes, deltas):  # pragma: no cover - compiled
+def _changes(p64, before, lanes, deltas):  # pragma: no cover - compiled
     """A payload ``p64`` unlike its predecessor's ``before``: their Hamming distance,
-    the bytes that changed (alone or with another, counted in ``lanes``, of which
-    ``n_lanes`` frames so far), whether a byte's change is outside the ``deltas``
-    lanes. Returns the frames now in ``lanes``."""
+    whether a byte's change is outside the ``deltas`` lanes, and the byte change
+    counts ``lanes`` (see _add_lanes) with its changed bytes added."""
     x = p64 ^ before
     h = x - ((x >> np.uint64(1)) & _M55)  # popcount of x
     h = (h & _M33) + ((h >> np.uint64(2)) & _M33)
     h = (h + (h >> np.uint64(4))) & _M0F
-    la[A_HAM] += np.int64((h * _M01) >> np.uint64(56))
     c = x | (x >> np.uint64(4))  # 1 in the low bit of each changed byte
     c |= c >> np.uint64(2)
     c |= c >> np.uint64(1)
     chg = c & _M01
-    cnt = (chg * _M01) >> np.uint64(56)
     ce = chg & _LANES
     co = (chg >> np.uint64(8)) & _LANES
-    lanes[0] += ce
-    lanes[1] += co
-    if cnt >= 2:  # every byte: another one changed too
-        lanes[2] += _ONE16
-        lanes[3] += _ONE16
-        lanes[4] += ce
-        lanes[5] += co
+    c_e, c_o, o_e, o_o, b_e, b_o = lanes
+    if (chg * _M01) >> np.uint64(56) >= 2:  # every byte: another one changed too
+        lanes = (c_e + ce, c_o + co, o_e + _ONE16, o_o + _ONE16, b_e + ce, b_o + co)
     else:  # the one changed byte has no other; the rest have it
-        lanes[2] += _ONE16 - ce
-        lanes[3] += _ONE16 - co
-    n_lanes += 1
-    if n_lanes == _LANE_MAX:
-        _add_lanes(la, lanes)
-        n_lanes = 0
+        lanes = (c_e + ce, c_o + co, o_e + (_ONE16 - ce), o_o + (_ONE16 - co), b_e, b_o)
     # byte deltas +256, per 16-bit lane, against the learned bounds
     de = ((p64 & _LANES) + _BIAS16) - (before & _LANES)
     do = (((p64 >> np.uint64(8)) & _LANES) + _BIAS16) - ((before >> np.uint64(8)) & _LANES)
     dlo_e, dlo_o, dhi_e, dhi_o = deltas
-    la[A_DELTA] += _outside(de, do, dlo_e, dlo_o, dhi_e, dhi_o)
-    return n_lanes
+    out = _outside(de, do, dlo_e, dlo_o, dhi_e, dhi_o)
+    return np.int64((h * _M01) >> np.uint64(56)), out, lanes
 
 
 # -- per frame: counters and checksums --
@@ -339,17 +348,15 @@ def _counter_broken(p64, before, counter):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True, inline="always")
 def _checksum_bad(kind, at, p64, d, can_id, crc8_pow, dlc_masks):  # pragma: no cover - compiled
-    """Whether the payload ``p64`` (dlc ``d``) fails the ``kind`` checksum (0: none)
-    it carries in byte ``at`` (-2: its last)."""
-    if kind > 0:
-        pos = np.int64(at)
-        if pos == -2:
-            pos = d - 1
-        pos = min(max(pos, 0), 7)
-        return _checksum(
-            kind, p64, min(d, 8), np.int64(can_id), pos, crc8_pow, dlc_masks
-        ) != np.int64((p64 >> np.uint64(8 * pos)) & np.uint64(0xFF))
-    return False
+    """Whether the payload ``p64`` (dlc ``d``) fails the ``kind`` checksum it
+    carries in byte ``at`` (-2: its last)."""
+    pos = np.int64(at)
+    if pos == -2:
+        pos = d - 1
+    pos = min(max(pos, 0), 7)
+    return _checksum(
+        kind, p64, min(d, 8), np.int64(can_id), pos, crc8_pow, dlc_masks
+    ) != np.int64((p64 >> np.uint64(8 * pos)) & np.uint64(0xFF))
 
 
 # -- per frame: the payload alone --
@@ -377,17 +384,15 @@ def _byte_bounds(p64, bytes_, n_tight, pair_lanes):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _signals(  # pragma: no cover - compiled
-    p64, s, n_couple, couple_a, couple_b, couple_le, couple_lo, couple_hi, fmask, fvalue
-):
-    """Whether two coupled 16-bit signals of ``p64`` differ by more than learned,
-    and whether a byte that held one value (``fmask``: ``fvalue``) moved."""
+def _signals(p64, couplings, fmask, fvalue):  # pragma: no cover - compiled
+    """Whether two coupled 16-bit signals of ``p64`` (``couplings`` as ``_couplings``
+    gives them) differ by more than learned, and whether a byte that held one
+    value (``fmask``: ``fvalue``) moved."""
+    n_couple, couple_a, couple_b, couple_le, couple_lo, couple_hi = couplings
     broken = False
     for c in range(n_couple):
-        diff = _word(p64, couple_a[s, c], couple_le[s, c]) - _word(
-            p64, couple_b[s, c], couple_le[s, c]
-        )
-        broken |= (diff < couple_lo[s, c]) | (diff > couple_hi[s, c])
+        diff = _word(p64, couple_a[c], couple_le[c]) - _word(p64, couple_b[c], couple_le[c])
+        broken |= (diff < couple_lo[c]) | (diff > couple_hi[c])
     return broken, (p64 & fmask) != fvalue
 
 
@@ -395,27 +400,18 @@ def _signals(  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _novelty(p64, d, dict_on, slot_hash, payload_hashes, dlc_bits):  # pragma: no cover - compiled
-    """Whether the payload is not in the stream's dictionary (``dict_on``: it has
-    one; ``slot_hash``: the stream's salt), and whether its dlc ``d`` was never seen."""
-    novel = False
-    if dict_on:
-        n_hash = payload_hashes.shape[0]
-        h = p64 ^ slot_hash
-        m = np.searchsorted(payload_hashes, h)
-        if m >= n_hash:
-            m = n_hash - 1
-        novel = payload_hashes[m] != h
-    return novel, ((np.int64(dlc_bits) >> d) & 1) == 0
+def _unseen(h, payload_hashes):  # pragma: no cover - compiled
+    """Whether the hash ``h`` is not in the sorted ``payload_hashes`` (not empty)."""
+    return payload_hashes[min(np.searchsorted(payload_hashes, h), payload_hashes.shape[0] - 1)] != h
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved):  # pragma: no cover - compiled
-    """A frame's verdicts on its payload alone into the counts."""
-    la[A_COUPLE] += broken
-    la[A_FIXED] += moved
+    """A frame's verdicts on its payload alone into the sums ``la``."""
     la[A_OUT] += out
     la[A_PAIR] += bad
     la[A_CHECKSUM] += ck_bad
     la[A_NOVEL] += novel
     la[A_DLC] += dlc_bad
+    la[A_COUPLE] += broken
+    la[A_FIXED] += moved
