@@ -20,13 +20,8 @@ from detector.core.schema import DLC_MASKS as _DLC_MASKS
 from detector.core.schema import make_frames
 from detector.features.baseline import checksum_values, learn_baseline
 from detector.features.columns import FEATURE_NAMES, N_FEATURES, Rows
-from detector.features.kernels import (
-    _CRC8_POW,
-    _checksum,
-    segments,
-    stream_groups,
-    stream_keys,
-)
+from detector.features.fold_steps import _CRC8_POW, _checksum
+from detector.features.kernels import segments, stream_groups, stream_keys
 from detector.features.windowing import WindowState
 from detector.model.forest_kernel import CompiledForest
 from replay.attacks import AttackSpec, inject

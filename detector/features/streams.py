@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from detector.features.kernels import F_LAST, F_MIN, N_ACC_F, N_ACC_I, NO_WINDOW
+from detector.features.fold_steps import F_LAST, F_MIN, N_ACC_F, N_ACC_I, NO_WINDOW
 
 FREE_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # the key of a row not in use
 _EMPTY, _TOMB = -1, -2  # index slots: never used, freed

@@ -48,9 +48,8 @@ from detector.core.config import LimitsConfig
 from detector.core.schema import take_frames
 from detector.features.baseline import Baseline
 from detector.features.columns import N_FEATURES, POOLED_ID, Rows, absent_rows, add_bus_features
+from detector.features.fold_steps import A_COUNT, NO_WINDOW
 from detector.features.kernels import (
-    A_COUNT,
-    NO_WINDOW,
     Emitted,
     close,
     fold,
