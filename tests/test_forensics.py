@@ -11,6 +11,7 @@ CLI, export its frames from Kafka and compare them with the simulated files.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import uuid
 
@@ -138,6 +139,20 @@ def test_export_holds_every_attack_frame_of_the_vehicle_and_no_other(scenario, t
         again = read_frames(other)
         assert len(again) and again["ts"].min() >= inc["first_seen"] - 1e-6
         assert again["ts"].max() < inc["last_seen"]
+
+
+def test_export_shows_its_reading_on_a_terminal_only(scenario, tmp_path, capsys):
+    """A bar counts the records read back (on a terminal); a pipe gets only the result."""
+    from test_operator_cli import on_pty
+
+    inc = scenario["incident"]
+    out = tmp_path / "bar.log"
+    argv = ["incidents", "export", inc["incident_id"], "--out", str(out), *scenario["argv"]]
+    shown = on_pty([sys.executable, "-c", f"from detector.cli import main; raise SystemExit(main({argv}))"])
+    assert f"reading {scenario['cfg'].kafka.telemetry_topic}/" in shown, shown
+    assert "record" in shown and f"to {out}" in shown
+    assert main([*argv[:4], str(tmp_path / "quiet.log"), *argv[5:]]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_show_prints_the_whole_incident(scenario, capsys):

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.cli._progress import bar
 from detector.core.config import Config
 from detector.core.errors import CanwatchError
 from detector.core.schema import FRAME_DTYPE
@@ -180,15 +181,19 @@ class _Batch:
 class _Reader:
     """The vehicle's batches on one partition, read by offset spans."""
 
-    def __init__(self, consumer: Any, tp: Any, matches: Callable[[str], bool], cfg: Config):
+    def __init__(
+        self, consumer: Any, tp: Any, matches: Callable[[str], bool], cfg: Config, progress: Any
+    ):
         self.consumer, self.tp, self.matches, self.cfg = consumer, tp, matches, cfg
         self.undecodable = 0
+        self.progress = progress  # a bar (detector.cli._progress) counting records read
 
     def read(self, first: int, last: int, upto_end: bool = False) -> tuple[list, list[_Batch]]:
         """(all records, the vehicle's decoded batches) of offsets first..last."""
         from detector.transport.kafka_span import read_span
 
         records = read_span(self.consumer, self.tp, first, last, upto_end=upto_end)
+        self.progress.update(len(records))
         return records, self.batches(records)
 
     def batches(self, records: list) -> list[_Batch]:
@@ -258,12 +263,13 @@ def kafka_frames(
     except KafkaError as exc:
         raise connect_error(cfg.kafka, exc) from None
     tp = TopicPartition(topic, part)
+    progress = bar(f"reading {topic}/{part}", unit="record")
     try:
         if not consumer.partitions_for_topic(topic) or part not in consumer.partitions_for_topic(
             topic
         ):
             raise ForensicsError(f"{topic} partition {part} does not exist (any more)")
-        reader = _Reader(consumer, tp, vehicle_matcher(cfg, inc["vehicle"]), cfg)
+        reader = _Reader(consumer, tp, vehicle_matcher(cfg, inc["vehicle"]), cfg, progress)
         _, core = reader.read(lo, hi)
         if not core or core[0].offset != lo:
             from detector.transport.kafka_span import SpanGone
@@ -278,6 +284,7 @@ def kafka_frames(
         before = _back(reader, lo, start, _step(per_s, oldest - start)) if start < oldest else []
         after = _forward(reader, hi, end, _step(per_s, end - newest)) if end > newest else []
     finally:
+        progress.close()
         consumer.close(autocommit=False)
     batches = before + core + after
     frames = np.concatenate([b.frames for b in batches]) if batches else np.zeros(0, FRAME_DTYPE)
