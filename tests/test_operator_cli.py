@@ -238,7 +238,9 @@ def test_demo_scorecard_columns_line_up_with_long_vehicle_names():
             ("replay", "veh-x", None, False, None),
         ]
     ]  # fmt: skip
-    lines = render_scorecard({"attacks": attacks, "false_incidents": 0}).splitlines()
+    campaign = {"campaigns": [], "expected_vehicles": ["v2", "v3", "v4"], "found": False, "unrelated": 0}
+    card = {"attacks": attacks, "false_incidents": 0, "campaign": campaign}
+    lines = render_scorecard(card).splitlines()
     head, rows = lines[0], lines[1:4]
     col = head.index("detected")
     assert all(row[col : col + 3] in ("yes", "NO ") for row in rows), "\n".join(lines)
