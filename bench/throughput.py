@@ -59,6 +59,7 @@ import io
 import json
 import pstats
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +69,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import say
+from bench.common import ROOT, say
 from bench.common.detect import ASSIGNED, DetectProc, total
 from bench.common.procs import cpu_seconds, run_json, thread_cpu
 from bench.common.report import fmt_range, machine_line, markdown_table, summary, write_results
@@ -189,9 +190,10 @@ def run_child(mode: str, bootstrap: str, topic: str, frames: int, mpr: int | Non
 
 
 def detect_run(work: Path, bootstrap: str, topic: str, frames: int, model_dir: Path,
-               mpr: int | None, broker_pid: int, profile: Path | None = None) -> dict:  # fmt: skip
+               mpr: int | None, broker_pid: int, profile: Path | None = None,
+               root: Path = ROOT) -> dict:  # fmt: skip
     b0 = cpu_seconds(broker_pid)
-    d = DetectProc(work, bootstrap, topic, model_dir, mpr, profile)
+    d = DetectProc(work, bootstrap, topic, model_dir, mpr, profile, root=root)
     started: list[float] = []
 
     def drained(s: dict) -> bool:
@@ -234,9 +236,10 @@ def detect_run(work: Path, bootstrap: str, topic: str, frames: int, model_dir: P
 
 
 def net_detect_run(name: str, work: Path, bootstrap: str, topic: str, frames: int,
-                   model_dir: Path, mpr: int | None, broker_pid: int) -> dict:  # fmt: skip
+                   model_dir: Path, mpr: int | None, broker_pid: int,
+                   root: Path = ROOT) -> dict:  # fmt: skip
     """detect_run with the per-CPU-second figures, raw and net of start-up."""
-    d = detect_run(work, bootstrap, topic, frames, model_dir, mpr, broker_pid)
+    d = detect_run(work, bootstrap, topic, frames, model_dir, mpr, broker_pid, root=root)
     if d["startup_cpu_s"] is None:
         raise RuntimeError(f"canwatch detect never logged {ASSIGNED!r}")
     d["cpu_net_s"] = d["cpu_raw_s"] - d["startup_cpu_s"]
@@ -285,7 +288,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         "max_poll_records": mpr or load_config(None, env={}).kafka.max_poll_records,
         "crc32c_accelerated": crc32c_accelerated(), "train_s": round(train_s, 1),
     }  # fmt: skip
-    runs: dict[str, list] = {k: [] for k in ("bare", "bare_heap", "startup", "detect", "json", "river")}
+    runs: dict[str, list] = {
+        k: [] for k in ("bare", "bare_heap", "startup", "detect", "against", "json", "river")
+    }
+    if args.against:
+        result["against"] = {"root": str(args.against), "commit": commit_of(args.against)}
     topics = dict.fromkeys(("bench.bin", "bench.json", "bench.warm"), args.partitions)
     with broker(work, topics) as b:
         bs, codec, warm_n = b.bootstrap, args.compression, min(n, WARMUP_FRAMES)
@@ -307,9 +314,14 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 runs[name].append(run_child("bare", bs, "bench.bin", n, mpr, *extra))
                 x = runs[name][-1]
                 say(f"  {name:9} {x['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({x['cpu_s']:.2f} s)")
-            d = net_detect_run("detect", work, bs, "bench.bin", n, model_dir, mpr, b.pid)
-            runs["detect"].append(d)
-            runs["startup"].append(d["startup_cpu_s"])
+            # With --against, the other checkout's detect reads the same backlog in the
+            # same repeat, first on odd repeats and second on even ones (ABBA).
+            order = ("detect", "against") if r % 2 == 0 else ("against", "detect")
+            for name in order if args.against else ("detect",):
+                root = args.against if name == "against" else ROOT
+                d = net_detect_run(name, work, bs, "bench.bin", n, model_dir, mpr, b.pid, root)
+                runs[name].append(d)
+            runs["startup"].append(runs["detect"][-1]["startup_cpu_s"])
             if json_n:
                 runs["json"].append(
                     net_detect_run("json", work, bs, "bench.json", json_n, model_dir, mpr, b.pid)
@@ -329,7 +341,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
 
 def summarize(runs: dict, n: int, json_n: int) -> dict:
     """Medians (min–max) of each consumer's frames/CPU-s, and ratios taken per repeat."""
-    key = {"detect": "frames_per_cpu_s_net", "json": "frames_per_cpu_s_net"}  # net of start-up
+    key = dict.fromkeys(("detect", "against", "json"), "frames_per_cpu_s_net")  # net of start-up
 
     def fps(name: str, k: str | None = None) -> list[float]:
         return [x[k or key.get(name, "frames_per_cpu_s")] for x in runs[name]]
@@ -352,6 +364,10 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
         out["json_raw"] = summary(fps("json", "frames_per_cpu_s_raw"))
         out["json_net"] = out["json"] = summary(fps("json"))
         pairs["detect_json"] = ("detect", "json")
+    if runs["against"]:
+        out["against"] = summary(fps("against"))
+        pairs["detect_against"] = ("detect", "against")
+        pairs["against_bare"] = ("against", "bare")
     out["ratios"] = {k: summary(per_repeat(*p)) for k, p in pairs.items()}
     for name in ("bare", "river", "bare_heap"):
         out[f"{name}_frames_per_cpu_s"] = out[name]["median"]
@@ -381,6 +397,9 @@ def table(res: dict) -> str:
         ["canwatch detect, binary (raw)", n, fmt_range(res["detect_raw"]),
          f"{res['detect_raw']['median'] / bare:.2f}"],
     ]  # fmt: skip
+    if res.get("against"):
+        rows.append([f"... the same, --against {res['against']['commit'] or res['against']['root']}",
+                     n, fmt_range(res["against"]), fmt_range(res["ratios"]["against_bare"], 2)])  # fmt: skip
     for kind in ("net", "raw") if res.get("json") else ():
         s = res[f"json_{kind}"]
         rows.append([f"canwatch detect, JSON ({kind})", f"{res['json_frames']:,}", fmt_range(s),
@@ -388,6 +407,8 @@ def table(res: dict) -> str:
     rows.append(["river HalfSpaceTrees, one frame at a time", f"{res['river_frames']:,}",
                  fmt_range(res["river"]), f"{res['river']['median'] / bare:.4f}"])  # fmt: skip
     text = markdown_table(["consumer", "frames", "frames / CPU-s: median (min–max)", "vs bare"], rows)
+    if res.get("against"):
+        text += f"\n\nthis checkout / --against, per repeat: {fmt_range(res['ratios']['detect_against'], 3)}"
     return text + (
         f"\n\ndetect / river: {fmt_range(res['ratios']['detect_river'], 1)}x; "
         f"detect / bare with detect's kafka-python and malloc settings: "
@@ -400,13 +421,19 @@ def table(res: dict) -> str:
     )
 
 
+def commit_of(tree: Path) -> str | None:
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)  # fmt: skip
+    return out.stdout.strip() or None
+
+
 def headline(res: dict) -> list[tuple[str, str]]:
     codec = "plain" if res["compression"] == "none" else res["compression"]
     return [
         (f"detect frames/CPU-s, {codec} records (net)", fmt_range(res["detect_net"])),
         ("detect / bare", fmt_range(res["ratios"]["detect_bare"], 2)),
         ("detect / river", fmt_range(res["ratios"]["detect_river"], 1)),
-    ]
+    ] + ([("detect / --against", fmt_range(res["ratios"]["detect_against"], 3))] if res.get("against") else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,8 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none",
                     help="codec the topics are produced with (default none: plain records, on which the "
                     "targets are set; canwatch's own producers use kafka.compression, lz4)")  # fmt: skip
+    ap.add_argument("--against", type=Path, metavar="TREE",
+                    help="A/B: also run detect from this checkout of another commit (e.g. a git "
+                    "worktree) on the same backlog in every repeat, ABBA; reports the ratio")  # fmt: skip
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     args = ap.parse_args(argv)
+    if args.against and not (args.against / "detector" / "__init__.py").is_file():
+        ap.error(f"--against {args.against}: not a canwatch checkout (no detector/__init__.py)")
     if args.frames < 1 or args.repeat < 1:
         ap.error("--frames and --repeat must be >= 1")
     with tempfile.TemporaryDirectory(prefix="canwatch-bench-") as tmp:

@@ -61,7 +61,8 @@ class DetectProc:
     """``canwatch detect`` on one topic with a fresh group; stopped with SIGTERM by PID.
 
     Incidents go to ``rig.INCIDENTS``, dead letters to ``rig.DLQ``; ``extra_toml`` is
-    appended to its config file; ``profile`` runs it under cProfile."""
+    appended to its config file; ``profile`` runs it under cProfile; ``root``: the
+    checkout whose code runs (default this one)."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class DetectProc:
         mpr: int | None = None,
         profile: Path | None = None,
         extra_toml: str = "",
+        root: Path = ROOT,
     ) -> None:
         tag = f"{topic}-{time.time_ns()}"
         toml = work / f"detect-{tag}.toml"
@@ -88,9 +90,10 @@ class DetectProc:
             cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), *cmd]
         self.cmd = cmd
         self.log = work / f"detect-{tag}.log"
-        # this checkout's detector/, whatever the environment's install points at
+        # this checkout's detector/ (or ``root``'s, for an A/B against another commit),
+        # whatever the environment's install points at
         env = {k: v for k, v in os.environ.items() if not k.startswith("CANWATCH_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         self.t0 = time.perf_counter()
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(
