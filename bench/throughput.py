@@ -365,7 +365,7 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
         out["json_net"] = out["json"] = summary(fps("json"))
         pairs["detect_json"] = ("detect", "json")
     if runs["against"]:
-        out["against"] = summary(fps("against"))
+        out["against_net"] = summary(fps("against"))
         pairs["detect_against"] = ("detect", "against")
         pairs["against_bare"] = ("against", "bare")
     out["ratios"] = {k: summary(per_repeat(*p)) for k, p in pairs.items()}
@@ -399,7 +399,7 @@ def table(res: dict) -> str:
     ]  # fmt: skip
     if res.get("against"):
         rows.append([f"... the same, --against {res['against']['commit'] or res['against']['root']}",
-                     n, fmt_range(res["against"]), fmt_range(res["ratios"]["against_bare"], 2)])  # fmt: skip
+                     n, fmt_range(res["against_net"]), fmt_range(res["ratios"]["against_bare"], 2)])  # fmt: skip
     for kind in ("net", "raw") if res.get("json") else ():
         s = res[f"json_{kind}"]
         rows.append([f"canwatch detect, JSON ({kind})", f"{res['json_frames']:,}", fmt_range(s),
