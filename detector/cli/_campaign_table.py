@@ -10,8 +10,10 @@ import json
 import shutil
 import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
+
+from detector.cli._table import cell as _cell
+from detector.cli._table import utc_time as _time
 
 #: (title, width, right-aligned); the last column takes the rest of the line.
 COLUMNS = (
@@ -25,21 +27,6 @@ COLUMNS = (
     ("CAMPAIGN", 20, False),
     ("MEMBERS", 0, False),
 )
-
-
-def _cell(text: str, width: int, right: bool) -> str:
-    if width <= 0:
-        return text
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.rjust(width) if right else text.ljust(width)
-
-
-def _time(value: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "-"
 
 
 def _seconds(camp: dict) -> float:

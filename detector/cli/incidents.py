@@ -28,10 +28,11 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from detector.cli._campaign_table import print_campaigns
+from detector.cli._table import cell as _cell
+from detector.cli._table import utc_time as _time
 from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
 from detector.core.errors import CanwatchError
 
@@ -92,21 +93,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- formatting (pure) ------------------------------------------------------------
-
-
-def _cell(text: str, width: int, right: bool) -> str:
-    if width <= 0:
-        return text
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.rjust(width) if right else text.ljust(width)
-
-
-def _time(value: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "-"
 
 
 def _ids(can_ids: Any, limit: int = 3) -> str:

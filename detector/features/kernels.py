@@ -173,40 +173,6 @@ def segments(key, win, order):  # pragma: no cover - compiled
     return starts[: n_seg + 1], groups
 
 
-#: Accumulator columns of an open (vehicle, id, window) group.
-#: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
-#: frames where another byte changed, changes together with another byte; then
-#: frames failing each check; the most severe label; frames breaking a signal coupling,
-#: frames moving a fixed byte.
-A_COUNT, A_NDT, A_HAM = 0, 1, 2
-A_CHG, A_OTHER, A_COND = 3, 11, 19
-A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
-A_COUPLE, A_FIXED = 35, 36
-N_ACC_I = 37
-#: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
-F_SUM, F_SUM2, F_MIN, F_LAST = 0, 1, 2, 3
-N_ACC_F = 4
-NO_WINDOW = np.iinfo(np.int64).min
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 class Emitted:
     """Groups closed by one push: table row, window, features (bus columns 0)."""
 
