@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kafka.errors import KafkaError
@@ -144,3 +146,14 @@ class BrokerContact:
                 f"for {now - d.since:.0f} s, consumption paused"
             )
         return what + "; not committing"
+
+
+def step_until(stop: threading.Event, step: Callable[[], object], rewind: Callable[[str], None]) -> None:
+    """Call ``step`` until ``stop`` is set. A Kafka error never ends a service's loop:
+    it is handed to ``rewind`` (which re-reads from the last safe point) and the loop
+    goes on. Shared by ``canwatch detect`` and ``canwatch campaigns``."""
+    while not stop.is_set():
+        try:
+            step()
+        except KafkaError as exc:
+            rewind(f"Kafka error: {exc!r}")

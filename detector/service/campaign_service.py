@@ -50,6 +50,7 @@ from detector.incidents.campaigns import (
     sighting,
     watermark,
 )
+from detector.service.broker_contact import step_until
 from detector.service.metrics.campaigns import CampaignMetrics
 from detector.transport.kafka_io import end_offsets, make_consumer, make_producer
 
@@ -106,11 +107,7 @@ class CampaignService:
         self._stop = stop
         self.start()
         try:
-            while not stop.is_set():
-                try:
-                    self.step()
-                except KafkaError as exc:
-                    self._rewind(f"Kafka error: {exc!r}")
+            step_until(stop, self.step, self._rewind)
         finally:
             self.close()
 

@@ -93,7 +93,7 @@ from detector.model.pipeline import ScoredRows, Scorer, Shed
 from detector.service import polling
 from detector.service.activity import Activity
 from detector.service.audit_log import AuditLog, poll_summary
-from detector.service.broker_contact import BrokerContact
+from detector.service.broker_contact import BrokerContact, step_until
 from detector.service.commits import COMMIT_TIMEOUT_MS, Commits
 from detector.service.dead_letters import DeadLetters
 from detector.service.incident_feed import IncidentFeed, kafka_locator
@@ -235,11 +235,7 @@ class Detector:
         self._stop = stop
         self.start()
         try:
-            while not stop.is_set():
-                try:
-                    self.step()
-                except KafkaError as exc:
-                    self._rewind(f"Kafka error: {exc!r}")
+            step_until(stop, self.step, self._rewind)
         finally:
             self.close(self.cfg.watchdog.shutdown_timeout_s - STOP_MARGIN_S)
 
