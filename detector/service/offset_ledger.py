@@ -86,15 +86,26 @@ class OffsetLedger:
         with frames in [start, end): what carried an incident's windows. None when
         none is held (the vehicle is not, or no longer, ours)."""
         num, tp = self.vnum.get(vehicle), self.vehicle_tp.get(vehicle)
-        chunks = self.pending.get(tp) if num is not None else None
-        if not chunks:
+        held = self._merged(tp) if num is not None else None
+        if held is None:
             return None
-        offsets = np.concatenate([c[0] for c in chunks])
-        sel = np.concatenate([(c[1] == num) & (c[2] >= start) & (c[3] < end) for c in chunks])
+        offsets, nums, tss, first = held
+        sel = (nums == num) & (tss >= start) & (first < end)
         if not sel.any():
             return None
         hit = offsets[sel]
         return tp, int(hit.min()), int(hit.max()), int(len(hit))
+
+    def _merged(self, tp: Hashable) -> tuple | None:
+        """``tp``'s held records as one chunk (offsets, vehicle numbers, newest and
+        oldest event times), merged in place so that the incidents of one poll, each
+        asking ``span``, do not concatenate the same chunks again; None if none held."""
+        chunks = self.pending.get(tp)
+        if not chunks:
+            return None
+        if len(chunks) > 1:
+            chunks[:] = [tuple(np.concatenate(col) for col in zip(*chunks, strict=True))]
+        return chunks[0]
 
     def safe_offsets(self, horizon: Horizon) -> dict:
         """Per partition: the oldest record that may still be needed to re-form a
@@ -104,12 +115,9 @@ class OffsetLedger:
         horizons: dict[int, float] = {}
         dead, self.vdead = self.vdead, []  # pruned below: free for reuse after
         for tp, nxt in self.next_offset.items():
-            chunks = self.pending.get(tp) or []
-            if chunks:
-                offsets = np.concatenate([c[0] for c in chunks])
-                nums = np.concatenate([c[1] for c in chunks])
-                tss = np.concatenate([c[2] for c in chunks])
-                first = np.concatenate([c[3] for c in chunks])
+            held = self._merged(tp)
+            if held is not None:
+                offsets, nums, tss, first = held
                 uniq, inv = np.unique(nums, return_inverse=True)
                 for num in uniq.tolist():
                     if num not in horizons:
