@@ -13,10 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -113,28 +110,10 @@ def fleet(seed: int = 3100) -> tuple[list, list[str], str]:
     return streams, campaign, other
 
 
-@contextmanager
-def campaigns_running(cfg: Config) -> Iterator[CampaignService]:
-    """``CampaignService.run`` in a thread; stopped and joined on exit."""
+def campaigns_running(cfg: Config):
+    """``CampaignService.run`` in a thread (``running``: stopped, joined, errors raised)."""
     service = CampaignService(cfg, CampaignMetrics(CollectorRegistry(), brands=("jeep",)))
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            service.run(stop)
-        except BaseException as exc:  # surfaced in the test thread below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="campaigns", daemon=True)
-    thread.start()
-    try:
-        yield service
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not thread.is_alive(), "campaign service did not stop"
-    assert not errors, f"campaign service crashed: {errors[0]!r}"
+    return running(service, "campaign service")
 
 
 def campaigns_of(cfg: Config, service: CampaignService, vehicles: int) -> list[dict]:

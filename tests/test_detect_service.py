@@ -149,8 +149,9 @@ def service_config(broker, unique_topic, model_dir: Path, partitions: int = 4, *
 
 
 @contextmanager
-def running(detector: Detector) -> Iterator[Detector]:
-    """``detector.run`` in a thread; stopped with its Event and joined on exit."""
+def running(detector: Detector, name: str = "detector") -> Iterator[Detector]:
+    """``detector.run`` (or any service's ``run(stop)``) in a thread; stopped with its
+    Event and joined on exit."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -160,15 +161,15 @@ def running(detector: Detector) -> Iterator[Detector]:
         except BaseException as exc:  # surfaced in the test thread below
             errors.append(exc)
 
-    thread = threading.Thread(target=target, name="detector", daemon=True)
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     try:
         yield detector
     finally:
         stop.set()
         thread.join(timeout=30)
-    assert not thread.is_alive(), "detector did not stop"
-    assert not errors, f"detector crashed: {errors[0]!r}"
+    assert not thread.is_alive(), f"{name} did not stop"
+    assert not errors, f"{name} crashed: {errors[0]!r}"
 
 
 def sample(metrics: DetectorMetrics, name: str, **labels: str) -> float:
