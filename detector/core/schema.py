@@ -17,9 +17,12 @@ EXTENDED_FLAG = np.uint32(0x8000_0000)
 ID_MASK_EXTENDED = 0x1FFF_FFFF
 ID_MASK_STANDARD = 0x7FF
 
-#: ``flags`` bits.
+#: ``flags`` bits. FD, BRS (bit-rate switch) and ESI (error state indicator) are CAN FD's.
 FLAG_RTR = 0x01
 FLAG_ERROR = 0x02
+FLAG_FD = 0x04
+FLAG_BRS = 0x08
+FLAG_ESI = 0x10
 
 FRAME_DTYPE = np.dtype(
     [
@@ -33,6 +36,40 @@ FRAME_DTYPE = np.dtype(
     ]
 )
 assert FRAME_DTYPE.itemsize == 24
+
+#: A CAN FD frame: the classic layout with 64 data bytes, ``dlc`` the data length
+#: *code* 0-15 (``FD_LENGTHS`` maps it to bytes). Classic and FD frames live in
+#: separate arrays side by side, so classic traffic keeps its 24-byte frames and
+#: every kernel written for them; ``detector.core.fd`` folds FD frames into them.
+FD_FRAME_DTYPE = np.dtype(
+    [
+        ("ts", "<f8"),
+        ("can_id", "<u4"),
+        ("dlc", "u1"),  # data length code 0-15
+        ("flags", "u1"),  # FLAG_FD set for an FD frame, else a classic frame in an FD log
+        ("label", "i1"),
+        ("reserved", "u1"),
+        ("data", "u1", (64,)),
+    ]
+)
+assert FD_FRAME_DTYPE.itemsize == 80
+
+#: Bytes carried by each data length code (ISO 11898-1: 9-15 are FD's 12..64).
+FD_LENGTHS = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64], np.uint8)
+
+
+def fd_dlc(length: np.ndarray | int) -> np.ndarray:
+    """The smallest data length code whose length holds ``length`` bytes (<= 64)."""
+    length = np.asarray(length)
+    if length.size and (length.min() < 0 or length.max() > 64):
+        raise ValueError("a CAN FD frame holds 0 to 64 data bytes")
+    return np.searchsorted(FD_LENGTHS, length).astype(np.uint8)
+
+
+def is_fd_array(frames: np.ndarray) -> bool:
+    """Whether ``frames`` is an FD_FRAME_DTYPE array (a log with FD frames in it)."""
+    return frames.dtype == FD_FRAME_DTYPE
+
 
 #: Label codes. Index = value stored in ``label``. ``unknown`` is an attack of
 #: unstated kind (CrySyS "1", HCRL "T").

@@ -1,0 +1,101 @@
+"""CAN FD frames folded into classic 8-byte lanes, so every feature and model built for
+classic frames covers them.
+
+An FD frame of id X and length L becomes ceil(L / 8) classic frames ("lanes"),
+lane k carrying bytes 8k..8k+7 with dlc min(8, L - 8k), under a lane id of its
+own: bit 30 set (no CAN id uses it), k in bits 26-28, X below. Each lane is then
+a stream like any other: range, flips, jumps, couplings, counters and checksums
+are learned per lane, and a stream's state grows with the FD id's length (one
+classic stream's state per 8 bytes), never for classic ids.
+
+What this makes evidence without a line of its own: an FD id sending a length it
+never used (a lane that never existed appears, lanes fall silent, or a lane's dlc
+changes), and a classic id suddenly sending FD (lane ids never seen). What it
+cannot see: a checksum or coupling that spans two lanes (a checksum over all 64
+bytes is learned only if it also holds within its lane).
+
+A 29-bit id keeps its low 26 bits in its lane ids: its top three (J1939's
+priority) give way to k, so two FD ids that differ only there share lanes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.core.schema import (
+    EXTENDED_FLAG,
+    FD_FRAME_DTYPE,
+    FD_LENGTHS,
+    FLAG_FD,
+    FRAME_DTYPE,
+    ID_MASK_EXTENDED,
+    format_id,
+)
+
+LANE_FLAG = 0x4000_0000
+LANE_SHIFT = 26
+_LANE_BITS = 0x7 << LANE_SHIFT
+_KEEP = ID_MASK_EXTENDED & ~_LANE_BITS
+
+
+def lane_ids(can_id: np.ndarray, lane: np.ndarray) -> np.ndarray:
+    """The lane id of bytes ``8 * lane`` on of FD frames of ``can_id``."""
+    can_id = np.asarray(can_id, np.uint32)
+    base = (can_id & np.uint32(EXTENDED_FLAG | _KEEP)) | np.uint32(LANE_FLAG)
+    return base | (np.asarray(lane, np.uint32) << np.uint32(LANE_SHIFT))
+
+
+def is_lane(can_id: np.ndarray | int) -> np.ndarray:
+    return (np.asarray(can_id, np.uint32) & np.uint32(LANE_FLAG)) != 0
+
+
+def describe_id(can_id: int) -> str:
+    """``format_id`` that also names an FD lane: ``0x1A0 FD bytes 8-15``."""
+    can_id = int(can_id)
+    if not can_id & LANE_FLAG:
+        return format_id(can_id)
+    lane = (can_id & _LANE_BITS) >> LANE_SHIFT
+    bare = can_id & ~(LANE_FLAG | _LANE_BITS)
+    return f"{format_id(bare)} FD bytes {8 * lane}-{8 * lane + 7}"
+
+
+def to_fd(frames: np.ndarray) -> np.ndarray:
+    """A classic frame array as FD frames (no FD flag: classic frames in an FD log)."""
+    if frames.dtype == FD_FRAME_DTYPE:
+        return frames
+    out = np.zeros(len(frames), FD_FRAME_DTYPE)
+    for name in ("ts", "can_id", "dlc", "flags", "label"):
+        out[name] = frames[name]
+    out["data"][:, :8] = frames["data"]
+    return out
+
+
+def fd_lengths(frames: np.ndarray) -> np.ndarray:
+    """Data bytes of each frame of an FD array (classic frames: their dlc, at most 8)."""
+    fd = (frames["flags"] & FLAG_FD) != 0
+    return np.where(fd, FD_LENGTHS[frames["dlc"] & 15], np.minimum(frames["dlc"], 8))
+
+
+def to_lanes(frames: np.ndarray) -> np.ndarray:
+    """Classic frames for the feature pipeline: a classic array as it is; in an FD
+    array, classic frames as they are and each FD frame as its lanes, in order (the
+    lanes of a frame one after another, at its timestamp)."""
+    if frames.dtype == FRAME_DTYPE:
+        return frames
+    fd = (frames["flags"] & FLAG_FD) != 0
+    n_lanes = np.where(fd, np.maximum(1, (fd_lengths(frames).astype(np.int64) + 7) // 8), 1)
+    src = np.repeat(np.arange(len(frames)), n_lanes)
+    lane = np.arange(len(src)) - np.repeat(np.cumsum(n_lanes) - n_lanes, n_lanes)
+    out = np.zeros(len(src), FRAME_DTYPE)
+    rows = frames[src]
+    out["ts"] = rows["ts"]
+    out["flags"] = rows["flags"]
+    out["label"] = rows["label"]
+    is_fd = fd[src]
+    out["can_id"] = np.where(is_fd, lane_ids(rows["can_id"], lane), rows["can_id"])
+    length = fd_lengths(frames)[src].astype(np.int64)
+    out["dlc"] = np.where(is_fd, np.clip(length - 8 * lane, 0, 8), rows["dlc"])
+    cols = 8 * lane[:, None] + np.arange(8)
+    out["data"] = np.take_along_axis(rows["data"], np.minimum(cols, 63), axis=1)
+    out["data"][cols >= np.maximum(length, 0)[:, None]] = 0
+    return out
