@@ -510,6 +510,24 @@ def kafka_python_reads(raw: bytes, base: int) -> tuple[list[int], bool]:
     return offsets, any(isinstance(item[0], str) for item in out[:-1])
 
 
+def _misplaced(partition: int, offset: int, reason: str, stored: list, dead: list) -> str:
+    """Why a dead letter lies outside every fuzz batch: the stored batches around it
+    (base, end, clean, magic, last offset delta, record count) and its headers."""
+    near = [
+        f"{b.base}-{b.end} {'clean' if b.clean is not None else 'fuzz'} magic {b.raw[8]} "
+        f"lod {int.from_bytes(b.raw[15:19], 'big', signed=True)} "
+        f"count {int.from_bytes(b.raw[49:53], 'big', signed=True)} {b.raw[:64].hex()}"
+        for b in stored
+        if b.partition == partition and abs(b.base - offset) <= 12
+    ]
+    letters = [
+        {k: v[:200] for k, v in dict(r.headers).items()} | {"value": (r.value or b"")[:80]}
+        for r in dead
+        if dict(r.headers)["source"].decode().endswith(f"/{partition}/{offset}")
+    ]
+    return f"dead letter at {partition}/{offset} ({reason}); stored near it: {near}; {letters}"
+
+
 def test_fuzzed_record_batches_through_a_running_detect(unique_topic, cusw_models, tmp_path):
     t0 = time.perf_counter()
     rng = random.Random(SEED)
@@ -651,7 +669,7 @@ def test_fuzzed_record_batches_through_a_running_detect(unique_topic, cusw_model
     in_batch: dict[int, list] = {}
     for partition, first, last, reason in spans:
         b = owner.get((partition, first))
-        assert b is not None and b.clean is None, f"dead letter at {partition}/{first} ({reason})"
+        assert b is not None and b.clean is None, _misplaced(partition, first, reason, stored, dead)
         assert last < max(b.end, b.base + 1), f"{partition}/{first}-{last} past its batch"
         in_batch.setdefault(id(b), []).append((first, last, reason))
     problems, protocol_level = [], 0
