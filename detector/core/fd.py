@@ -14,6 +14,11 @@ changes), and a classic id suddenly sending FD (lane ids never seen). What it
 cannot see: a checksum or coupling that spans two lanes (a checksum over all 64
 bytes is learned only if it also holds within its lane).
 
+Error frames, whatever id or error class they carry, become one stream of their own,
+``ERROR_FRAMES_ID`` (bit 29, Linux's CAN_ERR_FLAG): a vehicle's error-frame rate is
+then a feature like any id's rate, an error-frame flood (the signature of a bus-off
+attack) is evidence named "error frames", and error frames never pose as an id.
+
 A 29-bit id keeps its low 26 bits in its lane ids: its top three (J1939's
 priority) give way to k, so two FD ids that differ only there share lanes.
 """
@@ -26,6 +31,7 @@ from detector.core.schema import (
     EXTENDED_FLAG,
     FD_FRAME_DTYPE,
     FD_LENGTHS,
+    FLAG_ERROR,
     FLAG_FD,
     FRAME_DTYPE,
     ID_MASK_EXTENDED,
@@ -33,6 +39,7 @@ from detector.core.schema import (
 )
 
 LANE_FLAG = 0x4000_0000
+ERROR_FRAMES_ID = 0x2000_0000
 LANE_SHIFT = 26
 _LANE_BITS = 0x7 << LANE_SHIFT
 _KEEP = ID_MASK_EXTENDED & ~_LANE_BITS
@@ -52,6 +59,8 @@ def is_lane(can_id: np.ndarray | int) -> np.ndarray:
 def describe_id(can_id: int) -> str:
     """``format_id`` that also names an FD lane: ``0x1A0 FD bytes 8-15``."""
     can_id = int(can_id)
+    if can_id == ERROR_FRAMES_ID:
+        return "error frames"
     if not can_id & LANE_FLAG:
         return format_id(can_id)
     lane = (can_id & _LANE_BITS) >> LANE_SHIFT
@@ -80,8 +89,15 @@ def to_lanes(frames: np.ndarray) -> np.ndarray:
     """Classic frames for the feature pipeline: a classic array as it is; in an FD
     array, classic frames as they are and each FD frame as its lanes, in order (the
     lanes of a frame one after another, at its timestamp)."""
+    return lanes_and_source(frames)[0]
+
+
+def lanes_and_source(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``to_lanes(frames)`` and, for an FD array, the index in ``frames`` each lane
+    came from (None for a classic array: each frame is its own)."""
     if frames.dtype == FRAME_DTYPE:
-        return frames
+        return _errors_as_one_stream(frames), None
+    frames = _errors_as_one_stream(frames)
     fd = (frames["flags"] & FLAG_FD) != 0
     n_lanes = np.where(fd, np.maximum(1, (fd_lengths(frames).astype(np.int64) + 7) // 8), 1)
     src = np.repeat(np.arange(len(frames)), n_lanes)
@@ -98,4 +114,15 @@ def to_lanes(frames: np.ndarray) -> np.ndarray:
     cols = 8 * lane[:, None] + np.arange(8)
     out["data"] = np.take_along_axis(rows["data"], np.minimum(cols, 63), axis=1)
     out["data"][cols >= np.maximum(length, 0)[:, None]] = 0
-    return out
+    return out, src
+
+
+def _errors_as_one_stream(frames: np.ndarray) -> np.ndarray:
+    """``frames`` with every error frame's id set to ERROR_FRAMES_ID (a copy only when
+    there is one: classic traffic pays a scan of its flags)."""
+    err = (frames["flags"] & FLAG_ERROR) != 0
+    if not err.any():
+        return frames
+    frames = frames.copy()
+    frames["can_id"][err] = ERROR_FRAMES_ID
+    return frames

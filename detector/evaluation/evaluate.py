@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from detector.core.brands import Fleet
 from detector.core.config import IncidentConfig
 from detector.core.errors import ConfigError
+from detector.core.fd import lanes_and_source
 from detector.core.schema import LABEL_CODE, LABELS
 from detector.incidents.tracker import IncidentTracker, observations
 from detector.model.pipeline import ScoredRows, Scorer, vehicle_clock, window_scores
@@ -88,8 +89,11 @@ def score_frames(
     reads each window's top id and evidence there) without the Evaluation keeping them.
     With ``source`` (the file they were read from), each incident's ``provenance`` names
     it and the range of frame indices (as read, 0-based) that fell in its windows."""
+    frames, lane_source = lanes_and_source(frames)  # CAN FD frames as classic lanes
     order = np.argsort(frames["ts"], kind="stable")
     frames = frames[order]
+    if lane_source is not None:
+        order = lane_source[order]  # provenance counts frames as read, not lanes
     scorer = Scorer({model.platform: model}, fleet, window_s)
     scored = scorer.push([(vehicle, brand, frames)])
     scorer.flush()
@@ -126,7 +130,7 @@ def file_provenance(source: str, ts: np.ndarray, order: np.ndarray, incident: di
         "file": source,
         "first_frame": int(idx.min()),
         "last_frame": int(idx.max()),
-        "frames": int(hi - lo),
+        "frames": int(len(np.unique(idx))),  # an FD frame's lanes are one frame
     }
 
 

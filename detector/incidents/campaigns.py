@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.core.config import CampaignsConfig
+from detector.core.fd import ERROR_FRAMES_ID, describe_id
 from detector.core.schema import ATTACK_KINDS, EXTENDED_FLAG, ID_MASK_EXTENDED, format_id
 
 CAMPAIGN_STATUSES = ("open", "update", "closed")
@@ -100,14 +101,19 @@ def _text(record: Mapping, name: str) -> str:
     return value
 
 
+ERROR_FRAMES = describe_id(ERROR_FRAMES_ID)
+
+
 def _top_id(can_ids: Any) -> str:
     """The incident's first (highest-scored) CAN id, as ``format_id`` writes it."""
     if not isinstance(can_ids, list) or not can_ids:
         raise BadIncident("bad_shape", f"can_ids must be a non-empty list, got {can_ids!r:.80}")
     first = can_ids[0].get("can_id") if isinstance(can_ids[0], dict) else can_ids[0]
     try:
+        if isinstance(first, str) and first.strip() == ERROR_FRAMES:
+            return ERROR_FRAMES  # a campaign of error-frame floods
         if isinstance(first, str):
-            text = first.strip()
+            text = first.strip().split(" ", 1)[0]  # an FD lane: "0x1A0 FD bytes 8-15"
             extended = len(text) > 2 and text[-1] in "xX"
             value = int(text[:-1] if extended else text, 0)
         elif isinstance(first, int) and not isinstance(first, bool):

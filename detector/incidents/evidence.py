@@ -2,7 +2,7 @@
 
 Pure functions over one window's rows (``ScoredRows`` + row indices). The
 attack kind follows the evidence: unseen ids from many identifiers → fuzzing,
-a flood of one id → dos, a known id above its learned rate → spoofing, an
+a flood of one id (or of error frames) → dos, a known id above its learned rate → spoofing, an
 expected id silent → suspension, counters out of step with valid-looking
 payloads → replay, payload-only deviation at normal timing → masquerade.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.core.schema import format_id
+from detector.core.fd import ERROR_FRAMES_ID, describe_id
 from detector.features.columns import POOLED_ID, F
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
@@ -50,6 +50,8 @@ def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
     hot = idx[sc.scores[idx] >= IMPLICATED]
     if len(hot) == 0:
         hot = idx[:1]
+    if rows.can_id[hot[0]] == ERROR_FRAMES_ID:  # a flood of error frames: a bus-off attack
+        return "dos"
     novel = hot[X[hot, F["novel_id"]] > 0]
     if (rows.can_id[novel] == POOLED_ID).any():  # more unseen ids than rows were given
         return "fuzzing"
@@ -91,7 +93,7 @@ def _typical_count(sc: ScoredRows, idx: np.ndarray) -> float:
 
 def id_text(can_id: int) -> str:
     """An id as the evidence names it (the pooled row is no id)."""
-    return "further unseen ids" if int(can_id) == POOLED_ID else format_id(int(can_id))
+    return "further unseen ids" if int(can_id) == POOLED_ID else describe_id(int(can_id))
 
 
 def _pooled_text(sc: ScoredRows, i: int) -> str:
@@ -104,7 +106,7 @@ def _pooled_text(sc: ScoredRows, i: int) -> str:
         & (rows.can_id != POOLED_ID)
     )
     named = np.sort(rows.can_id[own])
-    examples = ", ".join(format_id(int(c)) for c in named[:3])
+    examples = ", ".join(describe_id(int(c)) for c in named[:3])
     return (
         f"{int(rows.count[i])} frames of further unseen ids, past the {len(named)} with a row "
         f"of their own ({examples}{', ...' if len(named) > 3 else ''}); limits.max_novel_ids"
@@ -182,7 +184,7 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
         no_id = name.startswith("bus_") or int(sc.rows.can_id[i]) == POOLED_ID
         out.append(
             {
-                "can_id": None if no_id else format_id(int(sc.rows.can_id[i])),
+                "can_id": None if no_id else describe_id(int(sc.rows.can_id[i])),
                 "feature": name,
                 "observed": round(observed(sc, i, j), 4),
                 "excess": round(float(ex[r, j]), 2),

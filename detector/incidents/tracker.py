@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detector.core.config import IncidentConfig
-from detector.core.schema import format_id
+from detector.core.fd import describe_id
 from detector.features.columns import POOLED_ID
 from detector.incidents.evidence import IMPLICATED, classify_window, evidence
 from detector.model.pipeline import ScoredRows
@@ -90,7 +90,7 @@ def observations(
         for i in idx[: max_ids + 1]:  # the pooled row of further unseen ids is no id
             if rows.can_id[i] != POOLED_ID and len(ids) < max_ids:
                 if sc.scores[i] >= IMPLICATED or not ids:
-                    ids[format_id(int(rows.can_id[i]))] = round(float(sc.scores[i]), 3)
+                    ids[describe_id(int(rows.can_id[i]))] = round(float(sc.scores[i]), 3)
         out.append(
             Observation(
                 vehicle=sc.names[int(v)],

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.core.config import DetectionConfig
+from detector.core.fd import to_lanes
 from detector.features.baseline import learn_baseline, payload_u64
 from detector.features.columns import Rows, vw_groups
 from detector.features.windowing import WindowState
@@ -297,6 +298,7 @@ def train_platform(
         drives = drive_groups(recordings)
     if len(drives) != len(recordings):
         raise ValueError(f"{len(drives)} drive labels for {len(recordings)} recordings")
+    recordings = [to_lanes(r) for r in recordings]  # CAN FD frames as classic lanes
     recs = [
         Recording.of(r, d, i, W) for i, (r, d) in enumerate(zip(recordings, drives, strict=True))
     ]

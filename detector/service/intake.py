@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from detector.core.config import DetectionConfig
 from detector.core.errors import DecodeError
+from detector.core.fd import to_lanes
 from detector.incidents.privacy import pseudonym
 from detector.model.pipeline import Scorer
 from detector.service.activity import Activity
@@ -99,7 +100,7 @@ class Intake:
             counts = per_brand[b.brand]
             counts[0] += 1
             counts[1] += len(b.frames)
-            batches.append((vehicle, b.brand, b.frames))
+            batches.append((vehicle, b.brand, to_lanes(b.frames)))  # FD frames as lanes
             last = latest.get(vehicle)
             if last is None or last[1] is not tp or last[2] != b.brand:  # else all as before
                 num = self.ledger.track(vehicle, b.brand, tp)
