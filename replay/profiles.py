@@ -85,7 +85,10 @@ _ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("steer_rate", r"STEER(ING)?_?(RATE|SPEED)$"),
         ("distance", r"DISTANCE_ROUES|_SECU$|LTOTDST"),
         ("slow", r"COOLANT|TEMP|FUEL|BATT|VOLT|OIL_|AMBIENT|PRESSURE"),
-        ("state", r"LIGHT|LAMP|DOOR|HVAC|BLOWER|CLIMA|DRIVE_?MODE|IGN|BELT|WIPER|HEAT|BEAM|HAZARD|TRUNK|HOOD"),
+        (
+            "state",
+            r"LIGHT|LAMP|DOOR|HVAC|BLOWER|CLIMA|DRIVE_?MODE|IGN|BELT|WIPER|HEAT|BEAM|HAZARD|TRUNK|HOOD",
+        ),
     )
 )
 #: Roles given to a signal of any length (the others need >= 3 bits to be driven).
@@ -414,7 +417,9 @@ def _pad(platform: str, messages: list[MessageSpec], checksum: str) -> list[Mess
 def synthetic_profile(platform: str) -> Profile:
     """The fallback profile: a synthetic powertrain set plus padding (and the platform's
     FD messages, if it has any), no DBC needed."""
-    return Profile(platform, None, "synthetic", tuple(_pad(platform, _with_fd(platform, []), "xor")))
+    return Profile(
+        platform, None, "synthetic", tuple(_pad(platform, _with_fd(platform, []), "xor"))
+    )
 
 
 # ------------------------------------------------------------------------ CAN FD
@@ -477,8 +482,10 @@ def stla_fd_messages() -> list[MessageSpec]:
     # moves within its raw range) a plausible physical range.
     kmh = dict(scale=0.01, unit="km/h")
     degc = dict(scale=0.5, unit="degC", offset=-40.0)
-    wheels = tuple(_at(4 + 2 * i, f"WHEEL_SPEED_{w}", 16, "wheel_speed", **kmh)
-                   for i, w in enumerate(("FL", "FR", "RL", "RR")))
+    wheels = tuple(
+        _at(4 + 2 * i, f"WHEEL_SPEED_{w}", 16, "wheel_speed", **kmh)
+        for i, w in enumerate(("FL", "FR", "RL", "RR"))
+    )
     objects = tuple(
         sig
         for i in range(6)
@@ -490,8 +497,9 @@ def stla_fd_messages() -> list[MessageSpec]:
             _at(9 + 10 * i, f"OBJ{i}_CONFIDENCE", 7, "smooth", 1.0, "%"),
         )
     )
-    cells = tuple(_at(b, f"CELL_VOLT_{b - 8:02d}", 8, "slow", 0.007, "V", offset=2.5)
-                  for b in range(8, 48))
+    cells = tuple(
+        _at(b, f"CELL_VOLT_{b - 8:02d}", 8, "slow", 0.007, "V", offset=2.5) for b in range(8, 48)
+    )
     return [
         _fd("FD_VEHICLE_DYNAMICS", 0x0C0, 32, 0.010, (
             _at(2, "VEHICLE_SPEED", 16, "speed", **kmh), *wheels,

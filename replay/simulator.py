@@ -287,7 +287,8 @@ def _state(
     at the start and, now and then, changed once mid-drive."""
     span = sig.raw_max - sig.raw_min + 1
     choices = np.unique(
-        [sig.raw_min] + [sig.raw_min + _key(platform, msg.can_id, sig.name, i) % span for i in range(3)]
+        [sig.raw_min]
+        + [sig.raw_min + _key(platform, msg.can_id, sig.name, i) % span for i in range(3)]
     )
     first, second = rng.choice(choices, 2, replace=len(choices) < 2)
     out = np.full(len(t), first)
@@ -425,7 +426,6 @@ class SimVehicle:
     frames: np.ndarray
 
 
-
 def simulate_drives(
     platform: str, vehicles: int, drives: int, duration_s: float, start_ts: float, first_seed: int
 ) -> tuple[list[np.ndarray], list[int]]:
@@ -437,6 +437,7 @@ def simulate_drives(
             recordings.append(simulate_vehicle(platform, duration_s, start_ts, first_seed + v, d))
             vehicle.append(v)
     return recordings, vehicle
+
 
 def simulate_fleet(
     brands: list[str],
