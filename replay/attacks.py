@@ -1,7 +1,7 @@
 """Attack injection with per-frame ground-truth labels, on any frame array.
 
 ``inject(frames, spec)`` works on simulated traffic and on real recordings
-alike: it only needs FRAME_DTYPE frames. The attack window is
+alike: it only needs FRAME_DTYPE (or FD_FRAME_DTYPE) frames. The attack window is
 ``[t0, t0 + duration)`` with ``t0 = frames.ts[0] + spec.start_s``. Injected or
 modified frames get ``LABEL_CODE[kind]``; suspension removes frames and so
 labels nothing: the returned :class:`AttackSpan` is its ground truth.
@@ -21,8 +21,24 @@ Kinds (defaults in brackets):
   (fewer if the recording starts later; then repeated) are re-sent verbatim,
   shifted into the window, in addition to the live traffic.
 
-Default target id (``id`` omitted, all kinds but dos/fuzzing): one of the
+* ``errorflood``: error frames at ``rate`` [2,000/s], the signature of a bus-off
+  attack (an attacker overwriting a victim's bits until its error counter takes it
+  off the bus): SocketCAN error frames (FLAG_ERROR, the error class in ``can_id``
+  with the extended bit, as the readers store them; see :func:`error_frames`).
+  With ``id``, that id is the victim: its frames inside the window are gone (bus-off).
+  There is no label of its own: the error frames are labelled ``dos`` and the
+  span's ``kind`` is ``dos`` (``attack`` says ``errorflood``).
+
+Default target id (``id`` omitted, all kinds but dos/fuzzing/errorflood): one of the
 periodic ids with a median period <= 100 ms, chosen with ``seed``.
+
+**CAN FD** (an FD_FRAME_DTYPE array, see ``detector.core.schema``): every kind works
+on FD ids and returns an FD array. Frames forged at an existing id copy its form
+(FD flags, BRS, length); spoofing and masquerade forge one byte in each 8-byte lane
+of the id's length (a classic frame has one lane, so that is the classic rule);
+dos floods 64-byte FD frames (BRS) of zeros at an id the recording does not use,
+else in the target's form; fuzzing sends FD frames (BRS) of random ids, lengths
+12-64 and bytes. Classic arrays get exactly what they always got.
 """
 
 from __future__ import annotations
@@ -32,17 +48,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.core.errors import ConfigError
+from detector.core.fd import fd_lengths
 from detector.core.schema import (
     ATTACK_KINDS,
     EXTENDED_FLAG,
-    FRAME_DTYPE,
+    FD_LENGTHS,
+    FLAG_BRS,
+    FLAG_ERROR,
+    FLAG_FD,
     ID_MASK_EXTENDED,
     LABEL_CODE,
     format_id,
+    is_fd_array,
 )
 
+#: The attack families with a label of their own (LABELS).
 INJECTABLE = tuple(k for k in ATTACK_KINDS if k != "unknown")
-DEFAULT_RATE_HZ = {"dos": 3000.0, "fuzzing": 1000.0}
+#: Attacks labelled as one of INJECTABLE: name -> label.
+LABELLED_AS = {"errorflood": "dos"}
+#: Every attack ``inject`` knows.
+ATTACKS = INJECTABLE + tuple(LABELLED_AS)
+DEFAULT_RATE_HZ = {"dos": 3000.0, "fuzzing": 1000.0, "errorflood": 2000.0}
 SPOOF_RATE_FACTOR = 4.0
 MAX_TARGET_PERIOD_S = 0.100
 _KEYS = {"start": "start_s", "duration": "duration_s", "id": "can_id", "rate": "rate_hz"}
@@ -66,10 +92,8 @@ class AttackSpec:
     rate_hz: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in INJECTABLE:
-            raise ConfigError(
-                f"attack kind must be one of {', '.join(INJECTABLE)}, got {self.kind!r}"
-            )
+        if self.kind not in ATTACKS:
+            raise ConfigError(f"attack kind must be one of {', '.join(ATTACKS)}, got {self.kind!r}")
         if not (np.isfinite(self.start_s) and self.start_s >= 0):
             raise ConfigError(f"attack start must be >= 0 s, got {self.start_s}")
         if not (np.isfinite(self.duration_s) and self.duration_s > 0):
@@ -84,9 +108,9 @@ class AttackSpec:
         """``kind:start=S,duration=S[,id=0x6E0|0x18FEF100x][,rate=HZ]``."""
         kind, _, rest = text.strip().partition(":")
         kind = kind.strip().lower()
-        if kind not in INJECTABLE:
+        if kind not in ATTACKS:
             raise ConfigError(
-                f"attack {text!r}: kind must be one of {', '.join(INJECTABLE)}, got {kind!r}"
+                f"attack {text!r}: kind must be one of {', '.join(ATTACKS)}, got {kind!r}"
             )
         values: dict[str, float | int] = {}
         for part in filter(None, (p.strip() for p in rest.split(","))):
@@ -111,15 +135,17 @@ class AttackSpec:
 
 @dataclass(frozen=True)
 class AttackSpan:
-    kind: str
+    kind: str  # the label family (LABELS), what evaluation scores
     start_ts: float
     end_ts: float
     can_id: int | None
     vehicle: str | None = None
+    attack: str | None = None  # the attack injected, when it is not ``kind`` (errorflood)
 
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,
+            "attack": self.attack or self.kind,
             "vehicle": self.vehicle,
             "start_ts": self.start_ts,
             "end_ts": self.end_ts,
@@ -148,26 +174,35 @@ def default_target(frames: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(fast))
 
 
-def _forge(payloads: np.ndarray, dlc: int) -> np.ndarray:
-    """Forged copies of ``payloads`` (n, 8): one signal-like byte set to a wrong constant.
+def _forge(payloads: np.ndarray, length: int) -> np.ndarray:
+    """Forged copies of ``payloads`` (n, 8 or 64) of ``length`` bytes: in each 8-byte
+    lane of the length (one for a classic frame), one signal-like byte set to a wrong
+    constant.
 
-    The byte forged is the one that changes most often while still looking like a
-    physical signal (changes in < 90 % of consecutive frames: counters and
-    checksums change every frame); failing that the first byte. The constant is
-    the byte's median + 0x60; frames that already hold it get bit 6 flipped, so
-    every forged payload differs from the original.
+    The byte forged is the one of its lane that changes most often while still
+    looking like a physical signal (changes in < 90 % of consecutive frames:
+    counters and checksums change every frame); failing that the lane's first byte.
+    The constant is the byte's median + 0x60; frames that already hold it get bit 6
+    flipped, so every forged payload differs from the original in every lane.
     """
     forged = payloads.copy()
-    width = max(int(dlc), 1)
-    if len(payloads) > 1:
-        change = (np.diff(payloads[:, :width].astype(np.int16), axis=0) != 0).mean(axis=0)
-        candidates = np.where(change < 0.9, change, -1.0)
-        byte = int(np.argmax(candidates)) if candidates.max() > 0 else 0
-    else:
-        byte = 0
-    value = (int(np.median(payloads[:, byte])) + 0x60) & 0xFF
-    forged[:, byte] = np.where(payloads[:, byte] == value, value ^ 0x40, value)
+    width = min(max(int(length), 1), payloads.shape[1])
+    for lo in range(0, width, 8):
+        lane = payloads[:, lo : min(lo + 8, width)]
+        if len(payloads) > 1:
+            change = (np.diff(lane.astype(np.int16), axis=0) != 0).mean(axis=0)
+            candidates = np.where(change < 0.9, change, -1.0)
+            byte = lo + (int(np.argmax(candidates)) if candidates.max() > 0 else 0)
+        else:
+            byte = lo
+        value = (int(np.median(payloads[:, byte])) + 0x60) & 0xFF
+        forged[:, byte] = np.where(payloads[:, byte] == value, value ^ 0x40, value)
     return forged
+
+
+def _lengths(frames: np.ndarray) -> np.ndarray:
+    """Data bytes of each frame (a classic frame: its dlc as stored)."""
+    return fd_lengths(frames) if is_fd_array(frames) else frames["dlc"]
 
 
 def _uniform_times(t0: float, t1: float, rate: float) -> np.ndarray:
@@ -175,11 +210,46 @@ def _uniform_times(t0: float, t1: float, rate: float) -> np.ndarray:
     return t0 + np.arange(n) / rate
 
 
-def _new_frames(ts: np.ndarray, can_id, data: np.ndarray, dlc, kind: str) -> np.ndarray:
-    out = np.zeros(len(ts), dtype=FRAME_DTYPE)
-    out["ts"], out["can_id"], out["dlc"], out["data"] = ts, can_id, dlc, data
-    out["label"] = LABEL_CODE[kind]
+def _new_frames(
+    like: np.ndarray, ts: np.ndarray, can_id, data: np.ndarray, dlc, kind: str, flags=0
+) -> np.ndarray:
+    """Frames of ``like``'s dtype; ``data`` (n, <= width) fills the first bytes."""
+    out = np.zeros(len(ts), dtype=like.dtype)
+    out["ts"], out["can_id"], out["dlc"], out["flags"] = ts, can_id, dlc, flags
+    out["data"][:, : data.shape[1]] = data
+    out["label"] = LABEL_CODE[LABELLED_AS.get(kind, kind)]
     return out
+
+
+#: SocketCAN's error classes (linux/can/error.h) and the protocol error a receiver
+#: logs when an attacker overwrites a victim's recessive data bits: a stuff error in
+#: the data field, with the error counters in data[6] (tx) and data[7] (rx).
+CAN_ERR_PROT, CAN_ERR_BUSERROR, CAN_ERR_CNT = 0x008, 0x080, 0x200
+CAN_ERR_PROT_STUFF, CAN_ERR_PROT_LOC_DATA = 0x04, 0x0A
+ERROR_CLASS = CAN_ERR_PROT | CAN_ERR_BUSERROR | CAN_ERR_CNT
+
+
+def error_frames(like: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The error frames a bus-off attack makes a monitoring node log at ``ts``: the
+    error class in ``can_id`` (extended bit set, as candump's 8-digit error ids read),
+    FLAG_ERROR, dlc 8, the receive error counter climbing by one per error to 127
+    (error passive), never a FD frame."""
+    data = np.zeros((len(ts), 8), np.uint8)
+    data[:, 2] = CAN_ERR_PROT_STUFF
+    data[:, 3] = CAN_ERR_PROT_LOC_DATA
+    data[:, 7] = np.minimum(np.arange(1, len(ts) + 1), 127)
+    can_id = int(EXTENDED_FLAG) | ERROR_CLASS
+    return _new_frames(like, ts, can_id, data, 8, "errorflood", FLAG_ERROR)
+
+
+def _form(frames: np.ndarray, can_id: int) -> tuple[int, int, int]:
+    """(flags, dlc, length) of frames forged at ``can_id`` in an FD array: the form of
+    its last genuine frame, or an FD frame of 64 bytes with BRS if it sends none."""
+    own = np.flatnonzero(_genuine(frames, can_id))
+    if len(own) == 0:
+        return FLAG_FD | FLAG_BRS, 15, 64
+    last = frames[own[-1]]
+    return int(last["flags"]) & (FLAG_FD | FLAG_BRS), int(last["dlc"]), int(_lengths(last[None])[0])
 
 
 def _genuine(frames: np.ndarray, can_id: int) -> np.ndarray:
@@ -189,12 +259,24 @@ def _genuine(frames: np.ndarray, can_id: int) -> np.ndarray:
 def _fabricate(frames, spec, target, t0, t1, rng) -> np.ndarray:
     """New frames for dos / fuzzing / spoofing / replay (returned, not yet merged)."""
     kind = spec.kind
-    if kind in ("dos", "fuzzing"):
+    fd = is_fd_array(frames)
+    if kind in ("dos", "fuzzing", "errorflood"):
         ts = _uniform_times(t0, t1, spec.rate_hz or DEFAULT_RATE_HZ[kind])
+        if kind == "errorflood":
+            return error_frames(frames, ts)
         if kind == "dos":
-            return _new_frames(ts, target, np.zeros((len(ts), 8), np.uint8), 8, kind)
+            flags, dlc, length = _form(frames, target) if fd else (0, 8, 8)
+            return _new_frames(
+                frames, ts, target, np.zeros((len(ts), length), np.uint8), dlc, kind, flags
+            )
         ids = rng.integers(0, 0x800, len(ts))
-        return _new_frames(ts, ids, rng.integers(0, 256, (len(ts), 8), dtype=np.uint8), 8, kind)
+        if not fd:
+            data = rng.integers(0, 256, (len(ts), 8), dtype=np.uint8)
+            return _new_frames(frames, ts, ids, data, 8, kind)
+        dlc = rng.integers(9, 16, len(ts)).astype(np.uint8)  # 12..64 bytes
+        data = rng.integers(0, 256, (len(ts), 64), dtype=np.uint8)
+        data[np.arange(64) >= FD_LENGTHS[dlc][:, None]] = 0
+        return _new_frames(frames, ts, ids, data, dlc, kind, FLAG_FD | FLAG_BRS)
     own = frames[_genuine(frames, target)]
     if kind == "spoofing":
         period = id_periods(own).get(target, 0.1)
@@ -202,8 +284,9 @@ def _fabricate(frames, spec, target, t0, t1, rng) -> np.ndarray:
         before = own[own["ts"] < t0]
         template = before[-32:] if len(before) else own[:32]
         dlc = int(template["dlc"][-1])
-        forged = _forge(template["data"], dlc)[-1]
-        return _new_frames(ts, target, np.tile(forged, (len(ts), 1)), dlc, kind)
+        flags = int(template["flags"][-1]) & (FLAG_FD | FLAG_BRS) if fd else 0
+        forged = _forge(template["data"], int(_lengths(template)[-1]))[-1]
+        return _new_frames(frames, ts, target, np.tile(forged, (len(ts), 1)), dlc, kind, flags)
     # replay: the window's length of genuine frames just before t0, repeated if short
     shift = min(t1 - t0, t0 - float(frames["ts"][0]))
     source = own[(own["ts"] >= t0 - shift) & (own["ts"] < t0)]
@@ -229,20 +312,22 @@ def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndar
     frames = frames[np.argsort(frames["ts"], kind="stable")]
     t0 = float(frames["ts"][0]) + spec.start_s
     t1 = t0 + spec.duration_s
-    if spec.kind == "fuzzing":
+    if spec.kind == "fuzzing" or (spec.kind == "errorflood" and spec.can_id is None):
         target = None
     elif spec.can_id is not None:
         target = int(spec.can_id)
     else:
         target = 0 if spec.kind == "dos" else default_target(frames, rng)
-    span = AttackSpan(spec.kind, t0, t1, target)
+    label = LABELLED_AS.get(spec.kind, spec.kind)
+    span = AttackSpan(label, t0, t1, target, attack=None if label == spec.kind else spec.kind)
     in_window = (frames["ts"] >= t0) & (frames["ts"] < t1)
-    if spec.kind in ("suspension", "masquerade", "spoofing", "replay") and not np.any(
-        _genuine(frames, target)
-    ):
+    needs_target = ("suspension", "masquerade", "spoofing", "replay", "errorflood")
+    if target is not None and spec.kind in needs_target and not np.any(_genuine(frames, target)):
         raise ConfigError(f"{spec.kind}: id {format_id(target)} does not occur in the frames")
     if spec.kind == "suspension":
         return frames[~(in_window & (frames["can_id"] == target))], span
+    if spec.kind == "errorflood" and target is not None:  # the victim is bus-off
+        frames = frames[~(in_window & (frames["can_id"] == target))]
     if spec.kind == "masquerade":
         out = frames.copy()
         hit = np.flatnonzero(in_window & _genuine(frames, target))
@@ -250,7 +335,7 @@ def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndar
             raise ConfigError(
                 f"masquerade: id {format_id(target)} has no frames in the attack window"
             )
-        out["data"][hit] = _forge(frames["data"][hit], int(frames["dlc"][hit[0]]))
+        out["data"][hit] = _forge(frames["data"][hit], int(_lengths(frames[hit[:1]])[0]))
         out["label"][hit] = LABEL_CODE["masquerade"]
         return out, span
     added = _fabricate(frames, spec, target, t0, t1, rng)

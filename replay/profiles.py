@@ -27,6 +27,14 @@ filled in with documented, deterministic choices:
 
 When ``opendbc`` is not importable (or a platform has no DBC), the profile is
 fully synthetic: the powertrain set plus padding (``source="synthetic"``).
+
+**CAN FD**: opendbc has no Stellantis CAN FD DBC (its FD files are VW MEB/MQB-evo,
+Ford and GWM), so a platform with FD traffic takes its classic messages from a DBC
+and its FD messages from code (``FD_MESSAGES``, keyed by platform): ``stla`` (STLA
+Medium) is the AEE2010 DBC's classic bus plus the FD body and chassis messages of
+:func:`stla_fd_messages`, 12-64 bytes each, every one but two behind an AUTOSAR
+E2E-like header (CRC-8 in byte 0, a 4-bit counter in byte 1; checksum kind ``e2e``)
+and most sent with bit-rate switching.
 """
 
 from __future__ import annotations
@@ -35,12 +43,12 @@ import functools
 import logging
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from detector.core.schema import EXTENDED_FLAG
+from detector.core.schema import EXTENDED_FLAG, FD_LENGTHS
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +85,10 @@ _ROLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("steer_rate", r"STEER(ING)?_?(RATE|SPEED)$"),
         ("distance", r"DISTANCE_ROUES|_SECU$|LTOTDST"),
         ("slow", r"COOLANT|TEMP|FUEL|BATT|VOLT|OIL_|AMBIENT|PRESSURE"),
-        ("state", r"LIGHT|LAMP|DOOR|HVAC|BLOWER|CLIMA|DRIVE_?MODE|IGN|BELT|WIPER|HEAT|BEAM|HAZARD|TRUNK|HOOD"),
+        (
+            "state",
+            r"LIGHT|LAMP|DOOR|HVAC|BLOWER|CLIMA|DRIVE_?MODE|IGN|BELT|WIPER|HEAT|BEAM|HAZARD|TRUNK|HOOD",
+        ),
     )
 )
 #: Roles given to a signal of any length (the others need >= 3 bits to be driven).
@@ -112,11 +123,13 @@ class MessageSpec:
     name: str
     can_id: int  # bare 11/29-bit id
     extended: bool
-    dlc: int
+    dlc: int  # data bytes: 0-8, or an FD message's length (12, 16, 20, 24, 32, 48, 64)
     period_s: float
     signals: tuple[SignalSpec, ...]
-    checksum: str  # chrysler | fca_giorgio | psa | xor | none
+    checksum: str  # chrysler | fca_giorgio | psa | e2e | xor | none
     documented: bool  # True: from the DBC; False: synthetic padding
+    fd: bool = False  # a CAN FD frame (FLAG_FD); its dlc field holds fd_dlc(dlc)
+    brs: bool = False  # FD with bit-rate switching (FLAG_BRS)
 
     @property
     def frame_id(self) -> int:
@@ -141,6 +154,11 @@ class Profile:
     def message(self, frame_id: int) -> MessageSpec:
         return next(m for m in self.messages if m.frame_id == frame_id)
 
+    @property
+    def has_fd(self) -> bool:
+        """Whether the platform sends CAN FD frames (its simulations are FD_FRAME_DTYPE)."""
+        return any(m.fd for m in self.messages)
+
 
 # ----------------------------------------------------------------- bit packing
 
@@ -153,8 +171,19 @@ def _field(sig: SignalSpec) -> tuple[int, str]:
     return (7 - byte) * 8 + bit - sig.length + 1, ">u8"
 
 
+def _window(sig: SignalSpec, width: int) -> tuple[int, SignalSpec]:
+    """An 8-byte window of a ``width``-byte (FD) payload holding ``sig``: its first byte
+    and ``sig`` renumbered inside it (both DBC byte orders number bits 8 * byte + bit)."""
+    base = min(sig.start // 8, width - 8)
+    return base, replace(sig, start=sig.start - 8 * base)
+
+
 def pack_signal(data: np.ndarray, sig: SignalSpec, raw: np.ndarray) -> None:
-    """OR raw values (n,) into ``data`` (n, 8) uint8 in place; the field must be zero."""
+    """OR raw values (n,) into ``data`` (n, 8) uint8 in place; the field must be zero.
+    ``data`` may be wider (n, 12..64) for an FD payload."""
+    if data.shape[1] != 8:
+        base, sig = _window(sig, data.shape[1])
+        data = data[:, base : base + 8]
     shift, order = _field(sig)
     raw = np.asarray(raw, dtype=np.int64).astype(np.uint64) & np.uint64((1 << sig.length) - 1)
     word = (raw << np.uint64(shift)).astype(order)
@@ -162,7 +191,10 @@ def pack_signal(data: np.ndarray, sig: SignalSpec, raw: np.ndarray) -> None:
 
 
 def unpack_signal(data: np.ndarray, sig: SignalSpec) -> np.ndarray:
-    """Raw values (int64) of ``sig`` in ``data`` (n, 8) uint8."""
+    """Raw values (int64) of ``sig`` in ``data`` (n, 8) uint8, or (n, 12..64) for FD."""
+    if data.shape[1] != 8:
+        base, sig = _window(sig, data.shape[1])
+        data = data[:, base : base + 8]
     shift, order = _field(sig)
     word = np.ascontiguousarray(data, dtype=np.uint8).view(order).ravel()
     raw = ((word >> np.uint64(shift)) & np.uint64((1 << sig.length) - 1)).astype(np.int64)
@@ -171,9 +203,9 @@ def unpack_signal(data: np.ndarray, sig: SignalSpec) -> np.ndarray:
     return raw
 
 
-def signal_mask(sig: SignalSpec) -> np.ndarray:
-    """The (8,) uint8 byte mask the signal occupies."""
-    data = np.zeros((1, 8), dtype=np.uint8)
+def signal_mask(sig: SignalSpec, width: int = 8) -> np.ndarray:
+    """The (width,) uint8 byte mask the signal occupies."""
+    data = np.zeros((1, width), dtype=np.uint8)
     pack_signal(data, sig, np.array([-1]))
     return data[0]
 
@@ -297,7 +329,7 @@ def _profile_from_dbc(platform: str, dbc_name: str, path: Path) -> Profile:
             MessageSpec(m.name, can_id, ext, int(m.length), period, sigs, checksum, True)
         )
     messages.sort(key=lambda m: (m.period_s, m.can_id))
-    messages = messages[:MAX_MESSAGES]
+    messages = _with_fd(platform, messages[:MAX_MESSAGES])
     return Profile(platform, dbc_name, "opendbc", tuple(_pad(platform, messages, checksum)))
 
 
@@ -383,8 +415,174 @@ def _pad(platform: str, messages: list[MessageSpec], checksum: str) -> list[Mess
 
 
 def synthetic_profile(platform: str) -> Profile:
-    """The fallback profile: a synthetic powertrain set plus padding, no DBC needed."""
-    return Profile(platform, None, "synthetic", tuple(_pad(platform, [], "xor")))
+    """The fallback profile: a synthetic powertrain set plus padding (and the platform's
+    FD messages, if it has any), no DBC needed."""
+    return Profile(
+        platform, None, "synthetic", tuple(_pad(platform, _with_fd(platform, []), "xor"))
+    )
+
+
+# ------------------------------------------------------------------------ CAN FD
+
+
+def _at(
+    byte: int,
+    name: str,
+    length: int,
+    role: str,
+    scale: float = 1.0,
+    unit: str = "",
+    signed: bool = False,
+    offset: float = 0.0,
+) -> SignalSpec:
+    """A Motorola (big-endian) signal whose most significant bit is bit 7 of ``byte``
+    (or bit ``length - 1`` for a signal shorter than a byte)."""
+    start = 8 * byte + min(length, 8) - 1
+    return SignalSpec(name, start, length, False, signed, scale, offset, unit, role)
+
+
+#: The AUTOSAR E2E-like header of an FD message: CRC-8 in byte 0, counter in byte 1's
+#: low nibble (byte 1's high nibble is left to the message).
+_E2E = (_at(0, "CHECKSUM", 8, "checksum"), _at(1, "COUNTER", 4, "counter"))
+
+
+def _fd(
+    name: str,
+    can_id: int,
+    length: int,
+    period_s: float,
+    signals: tuple[SignalSpec, ...],
+    brs: bool = True,
+    e2e: bool = True,
+) -> MessageSpec:
+    sigs = (_E2E if e2e else ()) + signals
+    taken = np.zeros(length, np.uint8)
+    for sig in sigs:  # a layout error here is a bug in the table below: fail loudly
+        mask = signal_mask(sig, length)
+        if mask.sum() == 0 or (mask & taken).any():
+            raise AssertionError(f"{name}: signal {sig.name} overlaps or leaves the payload")
+        taken |= mask
+    if length not in FD_LENGTHS[9:]:
+        raise AssertionError(f"{name}: {length} is not a CAN FD length")
+    return MessageSpec(
+        name, can_id, False, length, period_s, sigs, "e2e" if e2e else "none", True, True, brs
+    )
+
+
+def stla_fd_messages() -> list[MessageSpec]:
+    """STLA Medium's CAN FD body and chassis messages (defined here: no public DBC).
+
+    Seven lengths (12-64 bytes), 10-200 ms. Chassis and powertrain frames carry the
+    drive's physics (speed, wheel speeds, rpm, gear, steering) so couplings span the
+    classic and FD buses; body frames carry settings and slow levels. All but the
+    HVAC frame sit behind the E2E header; body frames go without bit-rate switching
+    (a slow body bus), the rest with it.
+    """
+    # Sizes, scales and offsets give each smooth or slow signal (which the simulator
+    # moves within its raw range) a plausible physical range.
+    kmh = dict(scale=0.01, unit="km/h")
+    degc = dict(scale=0.5, unit="degC", offset=-40.0)
+    wheels = tuple(
+        _at(4 + 2 * i, f"WHEEL_SPEED_{w}", 16, "wheel_speed", **kmh)
+        for i, w in enumerate(("FL", "FR", "RL", "RR"))
+    )
+    objects = tuple(
+        sig
+        for i in range(6)
+        for sig in (
+            _at(2 + 10 * i, f"OBJ{i}_DISTANCE", 12, "smooth", 0.05, "m"),
+            _at(4 + 10 * i, f"OBJ{i}_REL_SPEED", 10, "smooth", 0.1, "m/s", True),
+            _at(6 + 10 * i, f"OBJ{i}_LATERAL", 10, "smooth", 0.05, "m", True),
+            _at(8 + 10 * i, f"OBJ{i}_CLASS", 4, "state"),
+            _at(9 + 10 * i, f"OBJ{i}_CONFIDENCE", 7, "smooth", 1.0, "%"),
+        )
+    )
+    cells = tuple(
+        _at(b, f"CELL_VOLT_{b - 8:02d}", 8, "slow", 0.007, "V", offset=2.5) for b in range(8, 48)
+    )
+    return [
+        _fd("FD_VEHICLE_DYNAMICS", 0x0C0, 32, 0.010, (
+            _at(2, "VEHICLE_SPEED", 16, "speed", **kmh), *wheels,
+            _at(12, "YAW_RATE", 10, "smooth", 0.1, "deg/s", True),
+            _at(14, "LAT_ACCEL", 10, "smooth", 0.01, "m/s2", True),
+            _at(16, "LONG_ACCEL", 10, "smooth", 0.01, "m/s2", True),
+            _at(18, "STEER_ANGLE", 16, "steer_angle", 0.1, "deg", True),
+            _at(20, "ODOMETER", 24, "distance", 0.1, "km"),
+            _at(24, "ESP_STATUS", 2, "state"),
+        )),
+        _fd("FD_POWERTRAIN", 0x0C4, 24, 0.010, (
+            _at(2, "ENGINE_RPM", 16, "rpm", 0.25, "rpm"),
+            _at(4, "ACTUAL_GEAR", 4, "gear"),
+            _at(5, "ENGINE_TORQUE", 10, "smooth", 0.5, "Nm", True),
+            _at(7, "ACCEL_PEDAL", 8, "smooth", 0.4, "%"),
+            _at(9, "OUTPUT_SHAFT_SPEED", 16, "output_shaft", 0.25, "rpm"),
+            _at(11, "COOLANT_TEMP", 8, "slow", **degc),
+            _at(12, "OIL_TEMP", 8, "slow", **degc),
+            _at(13, "PRNDL", 4, "prndl"),
+        )),
+        _fd("FD_EPS", 0x0D6, 16, 0.010, (
+            _at(2, "STEER_ANGLE", 16, "steer_angle", 0.1, "deg", True),
+            _at(4, "STEER_RATE", 16, "steer_rate", 1.0, "deg/s", True),
+            _at(6, "EPS_TORQUE", 10, "smooth", 0.01, "Nm", True),
+            _at(8, "EPS_MODE", 3, "state"),
+        )),
+        _fd("FD_BRAKE", 0x0E2, 12, 0.020, (
+            _at(2, "BRAKE_PRESSURE", 10, "smooth", 0.25, "bar"),
+            _at(4, "WHEEL_RPM_AVG", 16, "wheel_rpm", 0.1, "rpm"),
+            _at(6, "BRAKE_LIGHT", 1, "state"),
+        )),
+        _fd("FD_CHASSIS_CTRL", 0x11A, 48, 0.020, (
+            *(_at(2 + i, f"RIDE_HEIGHT_{w}", 8, "smooth", 1.0, "mm", offset=50.0)
+              for i, w in enumerate(("FL", "FR", "RL", "RR"))),
+            *(_at(6 + i, f"DAMPER_CURRENT_{w}", 8, "smooth", 0.01, "A")
+              for i, w in enumerate(("FL", "FR", "RL", "RR"))),
+            _at(10, "VEHICLE_SPEED", 16, "speed", **kmh),
+            _at(12, "DRIVE_MODE", 3, "state"),
+            *(_at(b, f"CHASSIS_CFG_{b}", 8, "constant") for b in range(24, 32)),
+        )),
+        _fd("FD_ADAS_OBJECTS", 0x1F4, 64, 0.050, objects),
+        _fd("FD_BODY_STATUS", 0x2A4, 20, 0.100, (
+            _at(2, "DRIVER_DOOR", 1, "state"), _at(3, "PASSENGER_DOOR", 1, "state"),
+            _at(4, "LOW_BEAM", 1, "state"), _at(5, "WIPER_MODE", 3, "state"),
+            _at(6, "AMBIENT_TEMP", 8, "slow", **degc),
+            *(_at(b, f"CODING_{b}", 8, "constant") for b in range(8, 20)),
+        ), brs=False),
+        _fd("FD_BATTERY", 0x2C6, 48, 0.100, (
+            _at(2, "BATT_VOLTAGE", 8, "slow", 0.5, "V", offset=250.0),
+            _at(3, "BATT_CURRENT", 12, "smooth", 0.1, "A", True),
+            _at(5, "BATT_TEMP", 8, "slow", **degc),
+            _at(6, "BATT_SOC", 8, "slow", 0.4, "%"),
+            *cells,
+        )),
+        _fd("FD_HVAC", 0x3B4, 16, 0.200, (
+            _at(0, "HVAC_MODE", 3, "state"), _at(1, "BLOWER_LEVEL", 4, "state"),
+            _at(2, "CABIN_TEMP", 8, "slow", **degc),
+            _at(3, "HVAC_SETPOINT", 6, "state", 0.5, "degC", offset=15.0),
+            _at(4, "COUNTER", 4, "counter"),
+        ), brs=False, e2e=False),
+        _fd("FD_CLUSTER", 0x3F4, 64, 0.200, (
+            _at(2, "ODOMETER", 24, "distance", 0.1, "km"),
+            _at(5, "DISPLAY_SPEED", 16, "speed", 1.0, "km/h"),
+            _at(7, "FUEL_LEVEL", 8, "slow", 0.4, "%"),
+            *(_at(b, f"CLUSTER_CFG_{b}", 8, "constant") for b in range(8, 40)),
+        )),
+    ]  # fmt: skip
+
+
+#: Platforms with CAN FD traffic and the code that defines their FD messages.
+FD_MESSAGES = {"stla": stla_fd_messages}
+
+
+def _with_fd(platform: str, messages: list[MessageSpec]) -> list[MessageSpec]:
+    """``messages`` plus the platform's FD messages (their ids must be free)."""
+    make = FD_MESSAGES.get(platform)
+    if make is None:
+        return messages
+    fd = make()
+    clash = {m.can_id for m in fd} & {m.can_id for m in messages if not m.extended}
+    if clash:
+        raise AssertionError(f"{platform}: FD ids {sorted(map(hex, clash))} clash with the DBC's")
+    return messages + fd
 
 
 @functools.cache

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from detector.core.schema import FRAME_DTYPE
+from detector.core.fd import to_fd
+from detector.core.schema import FD_FRAME_DTYPE, FLAG_BRS, FLAG_FD, FRAME_DTYPE, fd_dlc
 from replay.profiles import MessageSpec, SignalSpec, load_profile, pack_signal, signal_mask
 
 JITTER = 0.02
@@ -68,11 +69,28 @@ def compute_checksum(
     * ``psa``: 4-bit: (init(address) - sum of all nibbles) & 0xF with the checksum
       field zeroed (opendbc ``psa_checksum``).
     * ``xor``: XOR of the payload bytes except the checksum byte (synthetic ids).
+    * ``e2e`` (CAN FD, ``data`` (n, 12..64) and ``dlc`` the length in bytes): AUTOSAR
+      E2E profile 1-like, CRC-8/SAE-J1850 (init 0xFF, xorout 0xFF) over the Data ID
+      (the 11-bit id, low byte then high byte) and then every payload byte but the
+      checksum's, so a frame copied to another id fails it too.
     """
     return _checksum(kind, can_id, data, sig, dlc) & ((1 << sig.length) - 1)
 
 
+def _e2e_crc(can_id: int, data: np.ndarray, sig: SignalSpec, length: int) -> np.ndarray:
+    mask = signal_mask(sig, data.shape[1])
+    crc = np.full(len(data), 0xFF, dtype=np.uint8)
+    for byte in (can_id & 0xFF, (can_id >> 8) & 0xFF):
+        crc = CRC8_J1850[crc ^ np.uint8(byte)]
+    for b in range(length):
+        if not mask[b]:
+            crc = CRC8_J1850[crc ^ data[:, b]]
+    return (crc ^ 0xFF).astype(np.int64)
+
+
 def _checksum(kind: str, can_id: int, data: np.ndarray, sig: SignalSpec, dlc: int) -> np.ndarray:
+    if kind == "e2e":
+        return _e2e_crc(can_id, np.asarray(data, dtype=np.uint8), sig, dlc)
     mask = signal_mask(sig)
     data = np.asarray(data, dtype=np.uint8)[:, :dlc] & ~mask[:dlc]
     others = [b for b in range(dlc) if not mask[b]] if sig.length >= 8 else list(range(dlc))
@@ -269,7 +287,8 @@ def _state(
     at the start and, now and then, changed once mid-drive."""
     span = sig.raw_max - sig.raw_min + 1
     choices = np.unique(
-        [sig.raw_min] + [sig.raw_min + _key(platform, msg.can_id, sig.name, i) % span for i in range(3)]
+        [sig.raw_min]
+        + [sig.raw_min + _key(platform, msg.can_id, sig.name, i) % span for i in range(3)]
     )
     first, second = rng.choice(choices, 2, replace=len(choices) < 2)
     out = np.full(len(t), first)
@@ -332,12 +351,14 @@ def simulate_message(
     platform: str = "",
     vehicle: int = 0,
 ) -> np.ndarray:
-    """All frames of one message over ``[start_ts, start_ts + duration_s)``."""
+    """All frames of one message over ``[start_ts, start_ts + duration_s)``: FRAME_DTYPE,
+    or FD_FRAME_DTYPE (FLAG_FD, BRS as the message says, dlc the length's code) for an
+    FD message."""
     phase = rng.uniform(0.0, msg.period_s)
     k = np.arange(int(np.ceil((duration_s - phase) / msg.period_s)) + 1)
     t = phase + k * msg.period_s + rng.uniform(-JITTER, JITTER, len(k)) * msg.period_s
     t = t[(t >= 0.0) & (t < duration_s)]
-    data = np.zeros((len(t), 8), dtype=np.uint8)
+    data = np.zeros((len(t), msg.dlc if msg.fd else 8), dtype=np.uint8)
     checksum = None
     for sig in msg.signals:
         if sig.role == "checksum":
@@ -348,11 +369,17 @@ def simulate_message(
         pack_signal(
             data, checksum, compute_checksum(msg.checksum, msg.can_id, data, checksum, msg.dlc)
         )
-    out = np.zeros(len(t), dtype=FRAME_DTYPE)
+    if msg.fd:
+        out = np.zeros(len(t), dtype=FD_FRAME_DTYPE)
+        out["dlc"] = fd_dlc(msg.dlc)
+        out["flags"] = FLAG_FD | (FLAG_BRS if msg.brs else 0)
+        out["data"][:, : msg.dlc] = data
+    else:
+        out = np.zeros(len(t), dtype=FRAME_DTYPE)
+        out["dlc"] = msg.dlc
+        out["data"] = data
     out["ts"] = start_ts + t
     out["can_id"] = msg.frame_id
-    out["dlc"] = msg.dlc
-    out["data"] = data
     return out
 
 
@@ -364,10 +391,13 @@ def simulate_vehicle(
     drive: int = 0,
     style: str | None = None,
 ) -> np.ndarray:
-    """One drive's benign bus traffic (FRAME_DTYPE, sorted by ts), deterministic per
-    (vehicle ``seed``, ``drive``). The vehicle fixes what is its own (odometer, variant
-    coding); the drive its style (``style``: city, suburban or highway; random by
-    default), its settings (lights, modes, doors) and where its slow signals start."""
+    """One drive's benign bus traffic (sorted by ts), deterministic per (vehicle
+    ``seed``, ``drive``). The vehicle fixes what is its own (odometer, variant coding);
+    the drive its style (``style``: city, suburban or highway; random by default), its
+    settings (lights, modes, doors) and where its slow signals start.
+
+    FRAME_DTYPE; for a platform with CAN FD messages (``stla``) FD_FRAME_DTYPE, all its
+    frames in one array (classic ones with FLAG_FD clear)."""
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
     if style is not None and style not in STYLES:
@@ -382,6 +412,8 @@ def simulate_vehicle(
         )
         for msg, s in zip(profile.messages, msg_seeds, strict=True)
     ]
+    if profile.has_fd:
+        parts = [to_fd(p) for p in parts]
     frames = np.concatenate(parts)
     return frames[np.argsort(frames["ts"], kind="stable")]
 
@@ -392,7 +424,6 @@ class SimVehicle:
     brand: str
     platform: str
     frames: np.ndarray
-
 
 
 def simulate_drives(
@@ -406,6 +437,7 @@ def simulate_drives(
             recordings.append(simulate_vehicle(platform, duration_s, start_ts, first_seed + v, d))
             vehicle.append(v)
     return recordings, vehicle
+
 
 def simulate_fleet(
     brands: list[str],
