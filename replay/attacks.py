@@ -30,12 +30,13 @@ Kinds (defaults in brackets):
   span's ``kind`` is ``dos`` (``attack`` says ``errorflood``).
 
 Default target id (``id`` omitted, all kinds but dos/fuzzing/errorflood): one of the
-periodic ids with a median period <= 100 ms, chosen with ``seed``.
+periodic ids with a median period <= 100 ms, chosen with ``seed`` (an FD id in a
+recording with CAN FD frames).
 
 **CAN FD** (an FD_FRAME_DTYPE array, see ``detector.core.schema``): every kind works
 on FD ids and returns an FD array. Frames forged at an existing id copy its form
-(FD flags, BRS, length); spoofing and masquerade forge one byte in each 8-byte lane
-of the id's length (a classic frame has one lane, so that is the classic rule);
+(FD flags, BRS, length); spoofing and masquerade forge one signal-like byte of the
+id's whole length, as on a classic id;
 dos floods 64-byte FD frames (BRS) of zeros at an id the recording does not use,
 else in the target's form; fuzzing sends FD frames (BRS) of random ids, lengths
 12-64 and bytes. Classic arrays get exactly what they always got.
@@ -165,7 +166,12 @@ def id_periods(frames: np.ndarray) -> dict[int, float]:
 
 
 def default_target(frames: np.ndarray, rng: np.random.Generator) -> int:
-    periods = id_periods(frames[frames["label"] == 0])
+    """A periodic id (median period <= MAX_TARGET_PERIOD_S) chosen with ``rng``; in a
+    recording with CAN FD frames, an FD id (what such a bus adds to attack)."""
+    pool = frames["label"] == 0
+    if is_fd_array(frames):
+        pool &= (frames["flags"] & FLAG_FD) != 0
+    periods = id_periods(frames[pool])
     fast = sorted(cid for cid, p in periods.items() if 0 < p <= MAX_TARGET_PERIOD_S)
     if not fast:
         raise ConfigError(
@@ -175,28 +181,26 @@ def default_target(frames: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def _forge(payloads: np.ndarray, length: int) -> np.ndarray:
-    """Forged copies of ``payloads`` (n, 8 or 64) of ``length`` bytes: in each 8-byte
-    lane of the length (one for a classic frame), one signal-like byte set to a wrong
-    constant.
+    """Forged copies of ``payloads`` (n, 8 or 64) of ``length`` bytes: one signal-like
+    byte set to a wrong constant, an FD frame's as a classic frame's (an attacker forges
+    the signal it wants, wherever it lies in the frame).
 
-    The byte forged is the one of its lane that changes most often while still
-    looking like a physical signal (changes in < 90 % of consecutive frames:
-    counters and checksums change every frame); failing that the lane's first byte.
-    The constant is the byte's median + 0x60; frames that already hold it get bit 6
-    flipped, so every forged payload differs from the original in every lane.
+    The byte forged is the one that changes most often while still looking like a
+    physical signal (changes in < 90 % of consecutive frames: counters and checksums
+    change every frame); failing that the first byte. The constant is the byte's
+    median + 0x60; frames that already hold it get bit 6 flipped, so every forged
+    payload differs from the original.
     """
     forged = payloads.copy()
     width = min(max(int(length), 1), payloads.shape[1])
-    for lo in range(0, width, 8):
-        lane = payloads[:, lo : min(lo + 8, width)]
-        if len(payloads) > 1:
-            change = (np.diff(lane.astype(np.int16), axis=0) != 0).mean(axis=0)
-            candidates = np.where(change < 0.9, change, -1.0)
-            byte = lo + (int(np.argmax(candidates)) if candidates.max() > 0 else 0)
-        else:
-            byte = lo
-        value = (int(np.median(payloads[:, byte])) + 0x60) & 0xFF
-        forged[:, byte] = np.where(payloads[:, byte] == value, value ^ 0x40, value)
+    if len(payloads) > 1:
+        change = (np.diff(payloads[:, :width].astype(np.int16), axis=0) != 0).mean(axis=0)
+        candidates = np.where(change < 0.9, change, -1.0)
+        byte = int(np.argmax(candidates)) if candidates.max() > 0 else 0
+    else:
+        byte = 0
+    value = (int(np.median(payloads[:, byte])) + 0x60) & 0xFF
+    forged[:, byte] = np.where(payloads[:, byte] == value, value ^ 0x40, value)
     return forged
 
 

@@ -150,10 +150,10 @@ class RawKafka:
         _, error, base = struct.unpack_from(">ihq", d, pos)
         return error, base
 
-    def fetch(self, topic: str, partition: int, offset: int) -> tuple[int, bytes]:
+    def fetch(self, topic: str, partition: int, offset: int, max_bytes: int = 64 << 20) -> tuple[int, bytes]:
         """(high watermark, record bytes) from ``offset``."""
-        body = struct.pack(">iiiib", -1, 10, 1, 64 << 20, 0) + struct.pack(">i", 1)
-        body += _string(topic) + struct.pack(">iiqi", 1, partition, offset, 64 << 20)
+        body = struct.pack(">iiiib", -1, 10, 1, max_bytes, 0) + struct.pack(">i", 1)
+        body += _string(topic) + struct.pack(">iiqi", 1, partition, offset, max_bytes)
         self._send(1, 4, body)
         d = self._response()
         pos = 4 + 4 + 2 + struct.unpack_from(">h", d, 8)[0] + 4
@@ -175,16 +175,36 @@ class Stored:
     clean: object = None  # the clean batch it is, if it is one
 
 
+def settled_highs(raw: RawKafka, topic: str, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
+    """Wait until no partition's high watermark moved for ``quiet_s``: a produce request
+    in flight on a connection the broker dropped may still be stored after the client
+    saw the drop, and a batch stored after the read-back would be missing from it."""
+    last, since, t0 = None, time.monotonic(), time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        highs = [raw.fetch(topic, p, 0, max_bytes=1)[0] for p in range(PARTITIONS)]
+        if highs != last:
+            last, since = highs, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+
+
 def read_back(bootstrap: str, topic: str) -> tuple[list[Stored], dict[int, int]]:
     """Every stored batch of every partition, and each partition's high watermark."""
     raw = RawKafka(bootstrap)
     out, highs = [], {}
     try:
+        settled_highs(raw, topic)
         for p in range(PARTITIONS):
             seen: dict[int, Stored] = {}
             offset, high = 0, None
             while high is None or offset < high:
                 high, data = raw.fetch(topic, p, offset)
+                for _ in range(20):  # below the high watermark, yet nothing served: not yet
+                    if len(data) >= 12 or offset >= high:
+                        break
+                    time.sleep(0.1)
+                    high, data = raw.fetch(topic, p, offset)
                 pos, last_end = 0, offset
                 while len(data) - pos >= 12:
                     base, length = struct.unpack_from(">qi", data, pos)
