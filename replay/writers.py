@@ -5,6 +5,14 @@ fixed-width row of a ``uint8`` matrix where unused cells hold NUL, and the NULs
 are squeezed out at the end. ASC, BLF, TRC and python-can CSV go through
 python-can's writer classes (one ``can.Message`` per frame).
 
+CAN FD arrays (FD_FRAME_DTYPE) are written by candump (``ID##F`` + data), ASC
+(``CANFD`` lines), BLF (CAN_FD_MESSAGE) and TRC 2.1 (types FD/FB/FE/BI, which
+python-can 4.6's TRCWriter would drop) so that the readers give them back.
+python-can's CSV has no FD column: it keeps FD frames of more than 8 bytes
+(read back as FD) but refuses the ones it would change (BRS/ESI set, or an FD
+frame of <= 8 bytes); ROAD, HCRL and CrySyS hold classic frames only. A format
+that cannot store a frame refuses the array with a ValueError, never drops it.
+
 Labels survive where the format has a place for them: candump (CrySyS-style
 columns ``1``/``False`` plus the kind), ROAD (label names), HCRL (``T``/``R``,
 so only attacked-or-not).
@@ -20,7 +28,20 @@ from pathlib import Path
 import can
 import numpy as np
 
-from detector.core.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, ID_MASK_EXTENDED, LABELS
+from detector.core.fd import fd_lengths
+from detector.core.schema import (
+    EXTENDED_FLAG,
+    FD_LENGTHS,
+    FLAG_BRS,
+    FLAG_ERROR,
+    FLAG_ESI,
+    FLAG_FD,
+    FLAG_RTR,
+    FRAME_DTYPE,
+    ID_MASK_EXTENDED,
+    LABELS,
+    is_fd_array,
+)
 from replay.readers import ALIASES, canonical_format
 
 _BY_SUFFIX = {".log": "candump", ".asc": "asc", ".blf": "blf", ".trc": "trc", ".csv": "csv"}
@@ -46,7 +67,20 @@ def write_frames(path: str | os.PathLike[str], frames: np.ndarray, fmt: str | No
         raise ValueError(
             f"format {name!r} is read-only (writable: {', '.join(writable_formats())})"
         )
+    if is_fd_array(frames) and name in _CLASSIC_ONLY:
+        frames = _as_classic(frames, name)
     _WRITERS[name](str(path), frames)
+
+
+def _as_classic(frames: np.ndarray, fmt: str) -> np.ndarray:
+    """An FD array without FD frames as classic frames; ValueError if it has any."""
+    if (frames["flags"] & FLAG_FD).any():
+        raise ValueError(f"format {fmt!r} holds classic CAN frames only, not CAN FD")
+    out = np.zeros(len(frames), FRAME_DTYPE)
+    for name in ("ts", "can_id", "dlc", "flags", "label"):
+        out[name] = frames[name]
+    out["data"] = frames["data"][:, :8]
+    return out
 
 
 # ----------------------------------------------------------- text building
@@ -104,14 +138,16 @@ def _id_cells(frames: np.ndarray, std_width: int) -> np.ndarray:
 
 
 def _byte_cells(frames: np.ndarray, sep: bytes) -> np.ndarray:
-    """Data bytes as hex pairs, each followed by ``sep``; cells past dlc left empty."""
+    """Data bytes as hex pairs, each followed by ``sep``; cells past the data length
+    left empty (the dlc of a classic frame, the length of an FD frame's code)."""
     data = frames["data"]
     n = len(frames)
+    length = fd_lengths(frames) if is_fd_array(frames) else frames["dlc"]
     pairs = np.stack([_HEXCHARS[data >> 4], _HEXCHARS[data & 15]], axis=2)
-    pairs[np.arange(8) >= frames["dlc"][:, None]] = 0
+    pairs[np.arange(data.shape[1]) >= length[:, None]] = 0
     if not sep:
-        return pairs.reshape(n, 16)
-    seps = np.broadcast_to(np.frombuffer(sep, np.uint8), (n, 8, len(sep)))
+        return pairs.reshape(n, -1)
+    seps = np.broadcast_to(np.frombuffer(sep, np.uint8), (n, data.shape[1], len(sep)))
     return np.concatenate([pairs, seps], axis=2).reshape(n, -1)
 
 
@@ -135,11 +171,23 @@ def _write_candump(path: str, frames: np.ndarray) -> None:
     rdlc = np.where(rtr & (frames["dlc"] > 0), frames["dlc"] + 48, 0).astype(np.uint8)
     data[:, 1] = np.where(rtr, rdlc, data[:, 1])
     rows = [_const(n, b"("), _fixed_time(frames["ts"]), _const(n, b") can0 ")]
-    rows += [_id_cells(frames, 3), _const(n, b"#"), data]
+    rows += [_id_cells(frames, 3), _const(n, b"#")]
+    if is_fd_array(frames):
+        rows.append(_fd_marks(frames["flags"]))
+    rows.append(data)
     if (frames["label"] != 0).any():
         rows.append(_label_columns(frames["label"]))
     rows.append(_const(n, b"\n"))
     _squeeze_to_file(path, b"", rows)
+
+
+def _fd_marks(flags: np.ndarray) -> np.ndarray:
+    """``#F`` after the id's ``#`` of an FD frame (F: 1 = BRS, 2 = ESI), empty else."""
+    fd = (flags & FLAG_FD) != 0
+    nib = ((flags & FLAG_BRS) != 0) * 1 + ((flags & FLAG_ESI) != 0) * 2
+    return np.where(fd[:, None], np.stack([np.full(len(flags), 35), _HEXCHARS[nib]], 1), 0).astype(
+        np.uint8
+    )
 
 
 def _label_columns(label: np.ndarray) -> np.ndarray:
@@ -194,6 +242,26 @@ def to_messages(frames: np.ndarray):
     err = ((frames["flags"] & FLAG_ERROR) != 0).tolist()
     dlc = frames["dlc"].tolist()
     raw = frames["data"].tobytes()
+    width = frames["data"].shape[1]
+    if width == 8:
+        for i in range(len(ts)):
+            yield can.Message(
+                timestamp=ts[i],
+                arbitration_id=arb[i],
+                is_extended_id=ext[i],
+                is_remote_frame=rtr[i],
+                is_error_frame=err[i],
+                dlc=dlc[i],
+                data=None if rtr[i] else raw[8 * i : 8 * i + dlc[i]],
+                channel=0,
+                check=False,
+            )
+        return
+    flags = frames["flags"]
+    fd = ((flags & FLAG_FD) != 0).tolist()
+    brs = ((flags & FLAG_BRS) != 0).tolist()
+    esi = ((flags & FLAG_ESI) != 0).tolist()
+    length = fd_lengths(frames).tolist()  # python-can's dlc is the length in bytes
     for i in range(len(ts)):
         yield can.Message(
             timestamp=ts[i],
@@ -201,8 +269,11 @@ def to_messages(frames: np.ndarray):
             is_extended_id=ext[i],
             is_remote_frame=rtr[i],
             is_error_frame=err[i],
-            dlc=dlc[i],
-            data=None if rtr[i] else raw[8 * i : 8 * i + dlc[i]],
+            is_fd=fd[i],
+            bitrate_switch=brs[i],
+            error_state_indicator=esi[i],
+            dlc=length[i],
+            data=None if rtr[i] else raw[64 * i : 64 * i + length[i]],
             channel=0,
             check=False,
         )
@@ -225,12 +296,60 @@ class _ASCWriter(can.ASCWriter):
         super().log_event(message, timestamp)
 
 
-def _python_can(writer_cls, rtr_ok: bool = True):
+class _TRCWriter(can.TRCWriter):
+    """python-can's TRC 2.1 writer, plus CAN FD frames (which it drops with a
+    warning): type FD, FB (BRS), FE and BI, the L column their length code. FE and
+    BI are written as python-can's TRCReader reads them (FE = BRS + ESI, BI = ESI),
+    which swaps the two against PEAK's spec, so that canwatch's TRC files read back
+    the same through python-can."""
+
+    _FD_TYPES = {(False, False): "FD", (True, False): "FB", (True, True): "FE", (False, True): "BI"}
+
+    def on_message_received(self, msg: can.Message) -> None:
+        if not msg.is_fd:
+            super().on_message_received(msg)
+            return
+        if self.first_timestamp is None:
+            self.first_timestamp = msg.timestamp
+        kind = self._FD_TYPES[(msg.bitrate_switch, msg.error_state_indicator)]
+        arb_id = f"{msg.arbitration_id:07X}" if msg.is_extended_id else f"{msg.arbitration_id:04X}"
+        code = int(np.searchsorted(FD_LENGTHS, len(msg.data)))
+        line = (
+            f"{self.msgnr:>7} {(msg.timestamp - self.first_timestamp) * 1000:13.3f} {kind} "
+            f"{self.channel:>2} {arb_id:>8} {'Rx' if msg.is_rx else 'Tx':>2} -  {code:<4} "
+            + " ".join(f"{byte:02X}" for byte in msg.data)
+        )
+        self.msgnr += 1
+        self.log_event(line, msg.timestamp)
+
+
+def _refusal(fmt: str, frames: np.ndarray) -> str | None:
+    """Why python-can's ``fmt`` writer cannot store ``frames`` as they are (None: it can)."""
+    flags = frames["flags"]
+    rtr, err = (flags & FLAG_RTR) != 0, (flags & FLAG_ERROR) != 0
+    if fmt == "trc" and rtr.any():
+        return "python-can's TRCWriter cannot store remote frames"
+    if fmt == "trc" and err.any():  # its writer drops them with a log warning
+        return "python-can's TRCWriter cannot store error frames"
+    if not is_fd_array(frames):
+        return None
+    fd = (flags & FLAG_FD) != 0
+    if fmt in ("asc", "blf", "csv") and (fd & err).any():
+        return f"python-can's {fmt.upper()} writer stores error frames as classic CAN, not CAN FD"
+    if fmt == "asc" and (fd & ~rtr & (frames["dlc"] == 0)).any():
+        return "python-can reads a CANFD line of 0 data bytes back as a remote frame"
+    if fmt == "csv" and (fd & ((flags & (FLAG_BRS | FLAG_ESI)) != 0)).any():
+        return "python-can's CSV has no column for CAN FD's BRS/ESI flags"
+    if fmt == "csv" and (fd & (frames["dlc"] <= 8)).any():
+        return "python-can's CSV cannot mark an FD frame of <= 8 bytes as FD"
+    return None
+
+
+def _python_can(fmt: str, writer_cls):
     def write(path: str, frames: np.ndarray) -> None:
-        if not rtr_ok and (frames["flags"] & FLAG_RTR).any():
-            raise ValueError(
-                f"{path}: python-can's {writer_cls.__name__} cannot store remote frames"
-            )
+        why = _refusal(fmt, frames)
+        if why:
+            raise ValueError(f"{path}: {why}")
         with writer_cls(path) as writer:
             for msg in to_messages(frames):
                 writer.on_message_received(msg)
@@ -243,8 +362,9 @@ _WRITERS = {
     "road": _write_road,
     "hcrl": _write_hcrl,
     "crysys": _write_crysys,
-    "asc": _python_can(_ASCWriter),
-    "blf": _python_can(can.BLFWriter),
-    "trc": _python_can(can.TRCWriter, rtr_ok=False),
-    "csv": _python_can(can.CSVWriter),
+    "asc": _python_can("asc", _ASCWriter),
+    "blf": _python_can("blf", can.BLFWriter),
+    "trc": _python_can("trc", _TRCWriter),
+    "csv": _python_can("csv", can.CSVWriter),
 }
+_CLASSIC_ONLY = ("road", "hcrl", "crysys")

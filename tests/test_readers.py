@@ -176,7 +176,6 @@ PCSV_HEAD = "timestamp,arbitration_id,extended,remote,error,dlc,data\n"
         ("f.log", "(1.0) can0 123#11\n(1.0) can0 12G#11\n", "f.log:2: bad CAN id '12G'"),
         ("f.log", "(1.0) can0 123#11\n(1.0) can0\n", "f.log:2: expected at least 3 columns, got 2"),
         ("f.log", "(1.0) can0 123#11 maybe\n", "f.log:1: unknown label 'maybe'"),
-        ("f.log", "(1.0) can0 123##311\n", "f.log:1: CAN FD frames"),
         (
             "f.csv",
             ROAD_HEAD + ROAD_OK + "2.0,20E,4E,Benign\n",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE, LABELS
+from detector.core.schema import EXTENDED_FLAG, FD_FRAME_DTYPE, FRAME_DTYPE, LABELS, fd_dlc
 
 #: Label words understood in label columns (case-insensitive): the LABELS names
 #: plus the CrySyS/boolean spellings, where "attacked" means "unknown" kind.
@@ -41,8 +41,9 @@ def build_frames(
     flags: np.ndarray | int = 0,
     label: np.ndarray | int = 0,
 ) -> np.ndarray:
-    """Assemble a FRAME_DTYPE array from already-validated columns."""
-    out = np.zeros(len(ts), dtype=FRAME_DTYPE)
+    """Assemble a frame array from already-validated columns: FRAME_DTYPE for
+    (n, 8) ``data``, FD_FRAME_DTYPE for (n, 64) (``dlc`` then the length code)."""
+    out = np.zeros(len(ts), dtype=FD_FRAME_DTYPE if data.shape[1] > 8 else FRAME_DTYPE)
     out["ts"] = ts
     out["can_id"] = np.where(extended, arb_id.astype(np.uint32) | EXTENDED_FLAG, arb_id)
     out["dlc"] = dlc
@@ -50,6 +51,17 @@ def build_frames(
     out["label"] = label
     out["data"] = data
     return out
+
+
+def fd_dlc_column(length: np.ndarray, fd: np.ndarray, classic_dlc: np.ndarray) -> np.ndarray:
+    """``dlc`` of the frames of a log with FD frames in it.
+
+    An FD frame's dlc is the code of its length (a length between two FD sizes,
+    13 say, takes the next code up, 16, and its missing bytes stay zero: how a
+    CAN FD controller pads it on the bus); a classic frame keeps ``classic_dlc``.
+    ``length`` must be <= 64 (checked by the caller, which names the line).
+    """
+    return np.where(fd, fd_dlc(np.where(fd, length, 0)), classic_dlc).astype(np.uint8)
 
 
 def head_lines(head: bytes, n: int = 5) -> list[str]:

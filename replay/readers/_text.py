@@ -273,6 +273,17 @@ def hex_bytes_contig(t: Text, s: np.ndarray, nchar: np.ndarray):
     return (nib[:, 0::2] << 4) | nib[:, 1::2], bad
 
 
+def hex_bytes_wide(t: Text, s: np.ndarray, nchar: np.ndarray, nbytes: int = 64):
+    """``hex_bytes_contig`` for CAN FD data: up to ``2 * nbytes`` chars ->
+    ((n, nbytes) uint8, bad). Words past the buffer's end are clamped to it: they
+    lie beyond ``nchar`` of the file's last line, so they are masked out anyway."""
+    last = len(t.words) - 1
+    cols = [t.words[np.minimum(s + 8 * k, last)] for k in range(nbytes // 4)]
+    b = np.stack(cols, axis=1).view(np.uint8).reshape(-1, 2 * nbytes)
+    nib, bad = nibbles(b, np.arange(2 * nbytes) < nchar[:, None])
+    return (nib[:, 0::2] << 4) | nib[:, 1::2], bad
+
+
 def hex_bytes_fields(t: Text, f: Fields, col0: int, dlc: np.ndarray):
     """``dlc`` hex-byte fields starting at column ``col0`` -> ((n, 8) uint8, bad).
 

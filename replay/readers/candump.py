@@ -1,4 +1,5 @@
-"""candump ``-L`` logs: ``(ts) iface ID#DATA [R|T] [label columns]``.
+"""candump ``-L`` logs: ``(ts) iface ID#DATA [R|T] [label columns]``, CAN FD
+frames as ``ID##F`` + up to 64 data bytes (F: hex flags, 1 = BRS, 2 = ESI).
 
 Extended ids are written with 8 hex digits, remote frames as ``ID#R`` (or
 ``ID#R<dlc>``), error frames with the CAN_ERR_FLAG bit in the id. Trailing
@@ -14,10 +15,17 @@ import re
 
 import numpy as np
 
-from detector.core.schema import FLAG_ERROR, FLAG_RTR, LABELS
+from detector.core.schema import FLAG_BRS, FLAG_ERROR, FLAG_ESI, FLAG_FD, FLAG_RTR, LABELS
 from replay.readers import _fast
 from replay.readers import _text as tx
-from replay.readers._base import LABEL_WORDS, LogFormat, build_frames, head_lines, mostly
+from replay.readers._base import (
+    LABEL_WORDS,
+    LogFormat,
+    build_frames,
+    fd_dlc_column,
+    head_lines,
+    mostly,
+)
 
 _LINE = re.compile(r"^\(\s*[0-9.]+\)\s+\S+\s+[0-9A-Fa-f]{1,8}#")
 _CAN_ERR_FLAG = 0x2000_0000
@@ -38,8 +46,8 @@ def read(path: str, data: bytes | None) -> np.ndarray:
     tx.check_count(t, f, f.count >= 3, "at least 3")
     ts = _timestamps(t, f)
     arb, ext, err, (ds, de) = _ids(t, f)
-    dlc, payload, rtr = _payload(t, ds, de)
-    flags = np.where(rtr, FLAG_RTR, 0) | np.where(err, FLAG_ERROR, 0)
+    dlc, payload, flags = _payload(t, ds, de)
+    flags = flags | np.where(err, FLAG_ERROR, 0)
     return build_frames(ts, arb, ext, dlc, payload, flags, _labels(t, f))
 
 
@@ -68,10 +76,16 @@ def _ids(t: tx.Text, f: tx.Fields):
 
 
 def _payload(t: tx.Text, s: np.ndarray, e: np.ndarray):
+    """``DATA`` after the id's ``#``: hex bytes, ``R[dlc]`` (remote) or, for a CAN FD
+    frame, ``#F`` (a hex flags nibble) then up to 64 hex bytes.
+
+    Returns (dlc, (n, 8) or (n, 64) data, flags): 64 wide only when a line is FD.
+    """
     n = e - s
-    first = t.buf[s] | 32  # lower case
-    tx.fail(t, (n > 0) & (t.buf[s] == 35), lambda i: "CAN FD frames (ID##...) are not supported")
-    rtr = (n > 0) & (first == ord("r"))
+    fd = (n > 0) & (t.buf[s] == 35)
+    if fd.any():
+        return _fd_payload(t, s, e, fd)
+    rtr = (n > 0) & ((t.buf[s] | 32) == ord("r"))
     rdlc = np.where(n == 2, t.buf[s + 1].astype(np.int64) - 48, 0)
     bad_r = rtr & ((n > 2) | (rdlc < 0) | (rdlc > 8))
     tx.fail(t, bad_r, lambda i: f"bad remote frame {t.text(s[i], e[i])!r}")
@@ -80,7 +94,47 @@ def _payload(t: tx.Text, s: np.ndarray, e: np.ndarray):
     payload, bad = tx.hex_bytes_contig(t, s, np.where(rtr, 0, n))
     tx.fail(t, bad, lambda i: f"bad hex in data {_q(t, s, e, i)}")
     dlc = np.where(rtr, rdlc, n // 2).astype(np.uint8)
-    return dlc, payload, rtr
+    return dlc, payload, np.where(rtr, FLAG_RTR, 0)
+
+
+def _fd_payload(t: tx.Text, s: np.ndarray, e: np.ndarray, fd: np.ndarray):
+    """``_payload`` of a log with FD lines (``ID##F`` + data), as python-can reads
+    them: flags bit 1 = BRS, 2 = ESI (other bits, such as newer candumps' FDF 4,
+    carry nothing more), ``R`` after the flags a remote frame."""
+    nib = np.where(fd & (e - s >= 2), tx.HEX[t.buf[s + 1]], 255)
+    tx.fail(
+        t, fd & (nib > 15), lambda i: f"bad CAN FD flags in {_q(t, s, e, i)} (want ##<hex digit>)"
+    )
+    s = s + 2 * fd
+    n = e - s
+    rtr = (n > 0) & ((t.buf[s] | 32) == ord("r"))
+    rdlc = np.where(n == 2, t.buf[s + 1].astype(np.int64) - 48, 0)
+    bad_r = rtr & ((n > 2) | (rdlc < 0) | (rdlc > 8))
+    tx.fail(t, bad_r, lambda i: f"bad remote frame {t.text(s[i], e[i])!r}")
+    tx.fail(t, ~rtr & (n % 2 == 1), lambda i: f"odd number of hex digits in data {_q(t, s, e, i)}")
+    tx.fail(t, ~rtr & ~fd & (n > 16), lambda i: f"dlc {n[i] // 2} > 8")
+    tx.fail(t, ~rtr & (n > 128), lambda i: f"CAN FD data of {n[i] // 2} bytes > 64")
+    nchar = np.where(rtr, 0, n)
+    payload = np.zeros((len(s), 64), np.uint8)
+    classic = np.flatnonzero(~fd)
+    part, bad = tx.hex_bytes_contig(t, s[classic], nchar[classic])
+    tx.fail(t, _scatter(bad, classic, len(s)), lambda i: f"bad hex in data {_q(t, s, e, i)}")
+    payload[classic, :8] = part
+    wide = np.flatnonzero(fd)
+    part, bad = tx.hex_bytes_wide(t, s[wide], nchar[wide])
+    tx.fail(t, _scatter(bad, wide, len(s)), lambda i: f"bad hex in data {_q(t, s, e, i)}")
+    payload[wide] = part
+    length = np.where(rtr, rdlc, n // 2)
+    dlc = fd_dlc_column(length, fd, length)
+    flags = np.where(rtr, FLAG_RTR, 0) | np.where(fd, FLAG_FD, 0)
+    flags |= np.where(fd & (nib & 1 != 0), FLAG_BRS, 0) | np.where(fd & (nib & 2 != 0), FLAG_ESI, 0)
+    return dlc, payload, flags
+
+
+def _scatter(bad: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, bool)
+    out[rows] = bad
+    return out
 
 
 def _labels(t: tx.Text, f: tx.Fields) -> np.ndarray | int:

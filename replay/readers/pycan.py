@@ -3,52 +3,121 @@
 These formats need python-can's parsers (BLF is compressed binary, ASC/TRC have
 several dialects), so they cost one ``can.Message`` per frame; the messages are
 converted to a frame array in one pass.
+
+CAN FD frames come out as python-can reads them: ``is_fd``, ``bitrate_switch``
+and ``error_state_indicator`` become FLAG_FD/BRS/ESI, and the data bytes are
+kept as read. A message of more than 8 bytes is FD even where python-can leaves
+``is_fd`` unset; a length between two FD sizes (13 bytes, say) is padded with
+zeros to the next (16), as a CAN FD controller sends it. PEAK TRC note:
+python-can 4.6 reads type ``FE`` as BRS + ESI and ``BI`` as ESI alone (PEAK's
+spec: FE = ESI, BI = both); canwatch follows python-can, here and in its writer.
 """
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
+
 import can
 import numpy as np
+from can.io.blf import BLFParseError
 
 from detector.core.errors import InputError
-from detector.core.schema import FLAG_ERROR, FLAG_RTR
-from replay.readers._base import LogFormat, build_frames, head_lines
+from detector.core.schema import FLAG_BRS, FLAG_ERROR, FLAG_ESI, FLAG_FD, FLAG_RTR
+from replay.readers._base import LogFormat, build_frames, fd_dlc_column, head_lines
 
 
-def messages_to_frames(path: str, messages) -> np.ndarray:
-    """Convert python-can messages to a frame array (CAN FD > 8 bytes rejected)."""
-    ts, ids, ext, dlc, flags, raw = [], [], [], [], [], []
-    for i, m in enumerate(messages):
-        if len(m.data) > 8 or m.dlc > 8:
-            raise InputError(path, None, f"message {i + 1}: CAN FD frames are not supported")
+class _Lines:
+    """A text file whose line number python-can's line loop leaves behind, so an
+    error names the line python-can was reading."""
+
+    def __init__(self, fh: io.TextIOBase) -> None:
+        self.fh, self.lineno = fh, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.fh)
+        self.lineno += 1
+        return line
+
+    def __getattr__(self, name: str):
+        return getattr(self.fh, name)
+
+
+def messages_to_frames(path: str, messages, where=lambda i: None) -> np.ndarray:
+    """Convert python-can messages to a frame array: FRAME_DTYPE when none is CAN
+    FD, else FD_FRAME_DTYPE holding all of them. ``where(i)`` is the file line
+    of message ``i`` (None when unknown: the message number is named instead)."""
+    ts, ids, ext, dlc, flags, raw, lines = [], [], [], [], [], [], []
+    for m in messages:
         ts.append(m.timestamp)
         ids.append(m.arbitration_id)
         ext.append(m.is_extended_id)
         dlc.append(m.dlc)
-        flags.append(
-            (FLAG_RTR if m.is_remote_frame else 0) | (FLAG_ERROR if m.is_error_frame else 0)
-        )
-        raw.append(bytes(m.data).ljust(8, b"\0"))
-    data = np.frombuffer(b"".join(raw), np.uint8).reshape(-1, 8)
-    return build_frames(
-        np.array(ts, np.float64),
-        np.array(ids, np.uint32),
-        np.array(ext, bool),
-        np.array(dlc, np.uint8),
-        data,
-        np.array(flags, np.uint8),
-    )
+        bits = (FLAG_RTR if m.is_remote_frame else 0) | (FLAG_ERROR if m.is_error_frame else 0)
+        if m.is_fd:
+            bits |= FLAG_FD | (FLAG_BRS if m.bitrate_switch else 0)
+            bits |= FLAG_ESI if m.error_state_indicator else 0
+        flags.append(bits)
+        raw.append(m.data)
+        lines.append(where(len(lines)))
+    flags_a = np.array(flags, np.uint8)
+    length = np.fromiter(map(len, raw), np.int64, len(raw))
+    dlc_a = np.array(dlc, np.int64)
+    flat = np.frombuffer(b"".join(raw), np.uint8)
+    fd = ((flags_a & FLAG_FD) != 0) | (length > 8)
+    cols = (np.array(ts, np.float64), np.array(ids, np.uint32), np.array(ext, bool))
+    if not fd.any():
+        data = np.zeros((len(raw), 8), np.uint8)
+        data[np.arange(8) < length[:, None]] = flat
+        # a classic DLC of 9-15 still carries 8 bytes
+        return build_frames(*cols, np.minimum(dlc_a, 8).astype(np.uint8), data, flags_a)
+    too_long = np.flatnonzero(length > 64)
+    if len(too_long):
+        i = int(too_long[0])
+        line = lines[i]
+        what = f"CAN FD data of {length[i]} bytes > 64"
+        raise InputError(path, line, what if line is not None else f"message {i + 1}: {what}")
+    data = np.zeros((len(raw), 64), np.uint8)
+    data[np.arange(64) < length[:, None]] = flat
+    remote = (flags_a & FLAG_RTR) != 0
+    fd_length = np.where(remote, np.minimum(dlc_a, 64), length)
+    dlc_out = fd_dlc_column(fd_length, fd, np.minimum(dlc_a, 8))
+    return build_frames(*cols, dlc_out, data, flags_a | np.where(fd, FLAG_FD, 0).astype(np.uint8))
 
 
-def _reader(name: str, factory):
+#: what python-can's readers raise on a file they cannot parse
+_UNREADABLE = (ValueError, IndexError, KeyError, TypeError, struct.error, zlib.error, BLFParseError)
+_UNREADABLE += (can.CanError,)
+
+
+def _reader(name: str, factory, text: bool = True):
     def read(path: str, data: bytes | None) -> np.ndarray:
+        lines = None
+        count = [0]
+
+        def counted(reader):
+            for m in reader:
+                yield m
+                count[0] += 1
+
         try:
+            if text:
+                with open(path) as fh:  # python-can's own default encoding
+                    lines = _Lines(fh)
+                    with factory(lines) as reader:
+                        return messages_to_frames(path, reader, lambda i: lines.lineno)
             with factory(path) as reader:
-                return messages_to_frames(path, reader)
+                return messages_to_frames(path, counted(reader))
         except InputError:
             raise
-        except (ValueError, IndexError, KeyError, TypeError, can.CanError) as exc:
-            raise InputError(path, None, f"not a readable {name} file: {exc}") from exc
+        except _UNREADABLE as exc:
+            line = lines.lineno if lines is not None and lines.lineno else None
+            after = f" after message {count[0]}" if count[0] else ""
+            raise InputError(path, line, f"not a readable {name} file{after}: {exc}") from exc
 
     return read
 
@@ -73,5 +142,5 @@ ASC = LogFormat(
     sniff_asc,
     _reader("asc", lambda p: can.ASCReader(p, relative_timestamp=False)),
 )
-BLF = LogFormat("blf", (".blf",), sniff_blf, _reader("blf", can.BLFReader), text=False)
+BLF = LogFormat("blf", (".blf",), sniff_blf, _reader("blf", can.BLFReader, text=False), text=False)
 TRC = LogFormat("trc", (".trc",), sniff_trc, _reader("trc", can.TRCReader))
