@@ -8,11 +8,23 @@ a stream like any other: range, flips, jumps, couplings, counters and checksums
 are learned per lane, and a stream's state grows with the FD id's length (one
 classic stream's state per 8 bytes), never for classic ids.
 
+Each FD frame of 2 bytes or more adds one more lane, its *checksum lane*
+(``CHECK_FLAG`` set, ``describe_id``: "0x1A0 FD checksums"), whose bytes test the
+frame whole: byte 0 against a CRC-8 (polynomials 0x1D and 0x2F), the sum and the
+XOR of the bytes after it, and the last byte against the same over the bytes
+before it (the two places an E2E-style checksum sits), each as ``claimed XOR
+computed`` (``claimed - computed`` for the sum). A CRC is affine in its start
+value, so whatever the init value, final XOR or data id hashed in front (AUTOSAR
+E2E hashes a data id no detector knows), a valid checksum of a given length makes
+its byte constant: a forged byte whose checksum was not recomputed moves it, and
+the lane's learned range says so. Checksums of no such kind just give noise bytes
+that teach a full range.
+
 What this makes evidence without a line of its own: an FD id sending a length it
 never used (a lane that never existed appears, lanes fall silent, or a lane's dlc
 changes), and a classic id suddenly sending FD (lane ids never seen). What it
-cannot see: a checksum or coupling that spans two lanes (a checksum over all 64
-bytes is learned only if it also holds within its lane).
+cannot see: a coupling between signals in two lanes, or a checksum of another kind
+spanning lanes.
 
 Error frames, whatever id or error class they carry, become one stream of their own,
 ``ERROR_FRAMES_ID`` (bit 29, Linux's CAN_ERR_FLAG): a vehicle's error-frame rate is
@@ -26,6 +38,7 @@ priority) give way to k, so two FD ids that differ only there share lanes.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from detector.core.schema import (
     EXTENDED_FLAG,
@@ -40,6 +53,7 @@ from detector.core.schema import (
 
 LANE_FLAG = 0x4000_0000
 ERROR_FRAMES_ID = 0x2000_0000
+CHECK_FLAG = 0x2000_0000  # with LANE_FLAG: an FD id's checksum lane
 LANE_SHIFT = 26
 _LANE_BITS = 0x7 << LANE_SHIFT
 _KEEP = ID_MASK_EXTENDED & ~_LANE_BITS
@@ -64,7 +78,9 @@ def describe_id(can_id: int) -> str:
     if not can_id & LANE_FLAG:
         return format_id(can_id)
     lane = (can_id & _LANE_BITS) >> LANE_SHIFT
-    bare = can_id & ~(LANE_FLAG | _LANE_BITS)
+    bare = can_id & ~(LANE_FLAG | CHECK_FLAG | _LANE_BITS)
+    if can_id & CHECK_FLAG:
+        return f"{format_id(bare)} FD checksums"
     return f"{format_id(bare)} FD bytes {8 * lane}-{8 * lane + 7}"
 
 
@@ -99,7 +115,10 @@ def lanes_and_source(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
         return _errors_as_one_stream(frames), None
     frames = _errors_as_one_stream(frames)
     fd = (frames["flags"] & FLAG_FD) != 0
-    n_lanes = np.where(fd, np.maximum(1, (fd_lengths(frames).astype(np.int64) + 7) // 8), 1)
+    length = fd_lengths(frames).astype(np.int64)
+    data_lanes = np.maximum(1, (length + 7) // 8)
+    checked = fd & (length >= 2)
+    n_lanes = np.where(fd, data_lanes + checked, 1)
     src = np.repeat(np.arange(len(frames)), n_lanes)
     lane = np.arange(len(src)) - np.repeat(np.cumsum(n_lanes) - n_lanes, n_lanes)
     out = np.zeros(len(src), FRAME_DTYPE)
@@ -108,13 +127,54 @@ def lanes_and_source(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
     out["flags"] = rows["flags"]
     out["label"] = rows["label"]
     is_fd = fd[src]
-    out["can_id"] = np.where(is_fd, lane_ids(rows["can_id"], lane), rows["can_id"])
-    length = fd_lengths(frames)[src].astype(np.int64)
+    check = is_fd & (lane == data_lanes[src])  # the last lane of a checked frame
+    ids = lane_ids(rows["can_id"], np.where(check, 0, lane))
+    out["can_id"] = np.where(is_fd, ids | np.where(check, CHECK_FLAG, 0).astype(np.uint32), rows["can_id"])
+    length = length[src]
     out["dlc"] = np.where(is_fd, np.clip(length - 8 * lane, 0, 8), rows["dlc"])
+    out["dlc"][check] = 8
     cols = 8 * lane[:, None] + np.arange(8)
     out["data"] = np.take_along_axis(rows["data"], np.minimum(cols, 63), axis=1)
     out["data"][cols >= np.maximum(length, 0)[:, None]] = 0
+    at = np.flatnonzero(checked)
+    out["data"][check] = _checksum_bytes(frames["data"][at], fd_lengths(frames)[at].astype(np.int64))
     return out, src
+
+
+_CRC_TABLES = np.zeros((2, 256), np.uint8)
+for _t, _poly in enumerate((0x1D, 0x2F)):
+    for _b in range(256):
+        _c = _b
+        for _ in range(8):
+            _c = ((_c << 1) ^ _poly) & 0xFF if _c & 0x80 else (_c << 1) & 0xFF
+        _CRC_TABLES[_t, _b] = _c
+
+
+@njit(cache=True, nogil=True)
+def _checksum_bytes(data, length):  # pragma: no cover - compiled
+    """The checksum lane of each frame (see the module's docstring)."""
+    out = np.zeros((data.shape[0], 8), np.uint8)
+    for i in range(data.shape[0]):
+        n = length[i]
+        for part in range(2):  # checksum first (over 1..n-1), or last (over 0..n-2)
+            lo = 1 if part == 0 else 0
+            claimed = data[i, 0] if part == 0 else data[i, n - 1]
+            c1 = np.uint8(0)
+            c2 = np.uint8(0)
+            total = 0
+            x = 0
+            for j in range(lo, lo + n - 1):
+                b = data[i, j]
+                c1 = _CRC_TABLES[0, c1 ^ b]
+                c2 = _CRC_TABLES[1, c2 ^ b]
+                total += b
+                x ^= b
+            k = 4 * part
+            out[i, k] = claimed ^ c1
+            out[i, k + 1] = claimed ^ c2
+            out[i, k + 2] = (claimed - total) & 0xFF
+            out[i, k + 3] = claimed ^ x
+    return out
 
 
 def _errors_as_one_stream(frames: np.ndarray) -> np.ndarray:
