@@ -191,7 +191,8 @@ OTHER_CTYPES = [
     "",
     ";application/json",
 ]
-OTHER_SCHEMAS = ["0", "2", "10", "1.0", "01", "+1", "one", "", "1 1", "-1", "١", "v1", "1;"]
+# ("2" is schema 2, CAN FD: a JSON body of classic frames is valid under it)
+OTHER_SCHEMAS = ["0", "3", "10", "1.0", "01", "+1", "one", "", "1 1", "-1", "١", "v1", "1;"]
 OTHER_BRANDS = ["tesla", "skoda", "ferrari", "cupra", "byd", "volvo", "abarth", "jeep2", "fiat-pro"]
 NOT_SLUGS = ["Jeep", "JEEP", "alfa_romeo", "-jeep", "je ep", "jeep!", "fiat.pro", "x" * 64, ""]
 NO_MODEL_BRANDS = sorted(b for b in FLEET.brands if FLEET.platform_of(b) != MODEL_PLATFORM)
@@ -545,7 +546,7 @@ class Mutator:
     def schema(self):
         v = self.vehicle()
         value, headers = self.good_value(v)
-        headers[2] = ("schema", self.pick([*OTHER_SCHEMAS, str(self.int(2, 10**6))]).encode())
+        headers[2] = ("schema", self.pick([*OTHER_SCHEMAS, str(self.int(3, 10**6))]).encode())
         return v.encode(), value, headers, {wire.UNKNOWN_SCHEMA, wire.BAD_HEADER}
 
     def unknown_brand(self):

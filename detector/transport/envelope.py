@@ -2,9 +2,13 @@
 ``content-type`` and ``schema`` headers, and whether it has a value of a size
 worth reading. ``wire`` checks the envelope before it reads a value.
 
-``read_envelope`` returns (vehicle, brand, content type, value) or raises
+``read_envelope`` returns (vehicle, brand, content type, schema, value) or raises
 ``DecodeError`` with one of the reasons below; ``wire.REASONS`` is the whole set.
 ``headers_for`` writes the headers the envelope reads.
+
+Schemas: 1 = classic CAN frames (8 data bytes), 2 = CAN FD records (64 data bytes,
+classic frames among them); docs/wire-format.md. Any other ``schema`` header is an
+``unknown_schema`` dead letter.
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ from detector.core.errors import ConfigError, DecodeError
 CONTENT_TYPE_BINARY = "application/vnd.canwatch.frames"
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPES = (CONTENT_TYPE_BINARY, CONTENT_TYPE_JSON)
-SCHEMA_VERSION = 1
+SCHEMA_CLASSIC = 1  # FRAME_DTYPE records, unchanged since the first version
+SCHEMA_FD = 2  # FD_FRAME_DTYPE records
+SCHEMA_VERSION = SCHEMA_CLASSIC  # (the name from before schema 2)
+SCHEMAS = (SCHEMA_CLASSIC, SCHEMA_FD)
+_SCHEMA_OF_HEADER = {str(v): v for v in SCHEMAS}  # exact text: "1", "2" (not "01", "1.0")
 
 #: Limits. A value above MAX_RECORD_BYTES goes to the DLQ as ``too_large``; producers
 #: split longer batches into several records. A longer key is a ``bad_key``.
@@ -31,21 +39,25 @@ BAD_KEY = "bad_key"  # key empty, > 128 bytes, not UTF-8, or has control charact
 MISSING_HEADER = "missing_header"  # brand, content-type or schema header absent
 BAD_HEADER = "bad_header"  # header repeated, null, not ASCII, too long, brand not a slug
 UNKNOWN_CONTENT_TYPE = "unknown_content_type"
-UNKNOWN_SCHEMA = "unknown_schema"  # schema header or binary version is not 1
+UNKNOWN_SCHEMA = "unknown_schema"  # schema header or binary version not 1 or 2, or they differ
 UNKNOWN_BRAND = "unknown_brand"  # brand slug not in the fleet map
 TOO_LARGE = "too_large"  # value > MAX_RECORD_BYTES or > MAX_FRAMES frames
 EMPTY = "empty"  # no value (a tombstone), or zero frames
 
 
-def headers_for(brand: str, content_type: str) -> list[tuple[str, bytes]]:
+def headers_for(
+    brand: str, content_type: str, schema: int = SCHEMA_CLASSIC
+) -> list[tuple[str, bytes]]:
     """The three record headers, as kafka-python wants them."""
     validate_slug(brand)
     if content_type not in CONTENT_TYPES:
         raise ValueError(f"content_type must be one of {CONTENT_TYPES}, got {content_type!r}")
+    if schema not in SCHEMAS:
+        raise ValueError(f"schema must be one of {SCHEMAS}, got {schema!r}")
     return [
         ("brand", brand.encode("ascii")),
         ("content-type", content_type.encode("ascii")),
-        ("schema", str(SCHEMA_VERSION).encode("ascii")),
+        ("schema", str(schema).encode("ascii")),
     ]
 
 
@@ -101,8 +113,8 @@ def _brand(text: str, known_brands: set[str] | frozenset[str] | None) -> str:
 
 def read_envelope(
     key: Any, value: Any, headers: Any, known_brands: Any, memo: dict | None = None
-) -> tuple[str, str, str, bytes]:
-    """(vehicle, brand, content type, value) of a record, or raise DecodeError.
+) -> tuple[str, str, str, int, bytes]:
+    """(vehicle, brand, content type, schema, value) of a record, or raise DecodeError.
 
     ``memo`` caches the verdicts on keys and on header lists: a poll repeats
     the same few (one key per vehicle, one header list per brand and encoding).
@@ -134,20 +146,23 @@ def read_envelope(
                 raise DecodeError(
                     UNKNOWN_CONTENT_TYPE, f"content-type {found['content-type'][:60]!r}"
                 )
-            if found["schema"] != str(SCHEMA_VERSION):
-                raise DecodeError(UNKNOWN_SCHEMA, f"schema {found['schema'][:20]!r}, expected 1")
-            verdict = (ctype, _brand(found["brand"], known_brands))
+            schema = _SCHEMA_OF_HEADER.get(found["schema"])
+            if schema is None:
+                raise DecodeError(
+                    UNKNOWN_SCHEMA, f"schema {found['schema'][:20]!r}, expected 1 or 2"
+                )
+            verdict = (ctype, _brand(found["brand"], known_brands), schema)
         except DecodeError as exc:
-            verdict = (exc.reason, exc.detail, None)
+            verdict = (exc.reason, exc.detail)
         if memo is not None and hkey is not None:
             memo[hkey] = verdict
-    if len(verdict) == 3:
+    if len(verdict) == 2:
         raise DecodeError(verdict[0], verdict[1])
-    ctype, brand = verdict
+    ctype, brand, schema = verdict
     if type(value) is not bytes:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise DecodeError(EMPTY, "record has no value (tombstone)")
         value = bytes(value)
     if len(value) > MAX_RECORD_BYTES:
         raise DecodeError(TOO_LARGE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
-    return vehicle, brand, ctype, value
+    return vehicle, brand, ctype, schema, value

@@ -2,15 +2,18 @@
 
 A frame is three little-endian 64-bit words (see ``detector.core.schema.frame_words``):
 reading the middle word once and masking the data word checks dlc, id, flags and
-timestamp without a per-byte loop.
+timestamp without a per-byte loop. FD frames (schema 2) are ten words, the data
+eight of them; ``fd_frame_faults`` checks them with FD's rules.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
 
-from detector.core.schema import DLC_MASKS, frame_words
+from detector.core.schema import DLC_MASKS, FD_FRAME_DTYPE, FD_LENGTHS, frame_words
 
 
 @njit(cache=True, nogil=True)
@@ -127,4 +130,110 @@ def frame_faults_each(
     return _faults_each(
         frames["ts"], frame_words(frames), bounds, min_ts, max_ts, known_flags, extended,
         max_standard, DLC_MASKS,
+    )  # fmt: skip
+
+
+# -- CAN FD frames (schema 2) ------------------------------------------------------
+
+
+def fd_frame_words(frames: np.ndarray) -> np.ndarray:
+    """An FD_FRAME_DTYPE array as (n, 10) uint64 words, a view: ts; the middle word as
+    in ``frame_words``; the 64 data bytes as eight little-endian words."""
+    if sys.byteorder != "little":
+        raise RuntimeError("the frame kernels assume a little-endian host")
+    if frames.dtype != FD_FRAME_DTYPE or frames.ndim != 1 or not frames.flags.c_contiguous:
+        raise ValueError(
+            f"need a contiguous 1-d FD_FRAME_DTYPE array, got {frames.dtype} {frames.shape}"
+        )
+    return frames.view(np.uint64).reshape(-1, 10)
+
+
+@njit(cache=True, nogil=True)
+def _fd_faults(ts, words, lo, hi, min_ts, max_ts, extended, max_standard, masks, lengths):  # pragma: no cover
+    # As _faults, for FD records: a frame with FLAG_FD has a data length code 0-15
+    # (lengths[code] bytes), BRS/ESI only with FD, never RTR with FD; a frame without
+    # it is a classic frame (dlc 0-8, no BRS/ESI). Known flags: RTR, error, FD, BRS, ESI.
+    bad_dlc = -1
+    n_bad_dlc = 0
+    bad_id = -1
+    bad_flags = -1
+    bad_ts = -1
+    ordered = True
+    prev = -np.inf
+    for i in range(lo, hi):
+        w = words[i, 1]
+        c = np.uint32(w & np.uint64(0xFFFFFFFF))
+        d = np.int64((w >> np.uint64(32)) & np.uint64(0xFF))
+        f = np.int64((w >> np.uint64(40)) & np.uint64(0xFF))
+        fd = (f & 0x04) != 0
+        if d > 15 or (d > 8 and not fd):
+            n_bad_dlc += 1
+            if bad_dlc < 0:
+                bad_dlc = i - lo
+        if c & extended:
+            id_ok = (c & 0x60000000) == 0
+        else:
+            id_ok = c <= max_standard
+        if not id_ok and bad_id < 0:
+            bad_id = i - lo
+        if bad_flags < 0:
+            if (f & ~0x1F) != 0 or (w >> np.uint64(48)) != 0:
+                bad_flags = i - lo
+            elif fd and (f & 0x01) != 0:  # FD has no remote frames
+                bad_flags = i - lo
+            elif not fd and (f & 0x18) != 0:  # BRS, ESI: FD only
+                bad_flags = i - lo
+        t = ts[i]
+        if bad_ts < 0 and not (np.isfinite(t) and t >= min_ts and t <= max_ts):
+            bad_ts = i - lo
+        if t < prev:
+            ordered = False
+        prev = t
+        n = np.int64(lengths[min(d, 15)]) if fd else min(d, 8)
+        for j in range(8):  # zero the bytes past the frame's length
+            left = n - 8 * j
+            if left <= 0:
+                words[i, 2 + j] = 0
+            elif left < 8:
+                words[i, 2 + j] &= masks[left]
+    return bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered
+
+
+@njit(cache=True, nogil=True)
+def _fd_faults_each(ts, words, bounds, min_ts, max_ts, extended, max_standard, masks, lengths):  # pragma: no cover
+    out = np.zeros((bounds.shape[0] - 1, 6), np.int64)
+    for k in range(bounds.shape[0] - 1):
+        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = _fd_faults(
+            ts, words, bounds[k], bounds[k + 1], min_ts, max_ts, extended, max_standard,
+            masks, lengths,
+        )  # fmt: skip
+        out[k, 0] = bad_dlc
+        out[k, 1] = n_bad_dlc
+        out[k, 2] = bad_id
+        out[k, 3] = bad_flags
+        out[k, 4] = bad_ts
+        out[k, 5] = ordered
+    return out
+
+
+def fd_frame_faults(
+    frames: np.ndarray, lo: int, hi: int, min_ts, max_ts, extended, max_standard
+) -> tuple:
+    """``frame_faults`` for an FD_FRAME_DTYPE array (schema 2 records): the same six
+    results, with FD's rules for dlc (0-15 with FLAG_FD, else 0-8) and flags (RTR,
+    error, FD, BRS, ESI known; BRS/ESI need FD; FD excludes RTR). Bytes past each
+    frame's length (``FD_LENGTHS[dlc]`` for FD, ``dlc`` for classic) are zeroed."""
+    return _fd_faults(
+        frames["ts"], fd_frame_words(frames), lo, hi, min_ts, max_ts, extended, max_standard,
+        DLC_MASKS, FD_LENGTHS,
+    )  # fmt: skip
+
+
+def fd_frame_faults_each(
+    frames: np.ndarray, bounds: np.ndarray, min_ts, max_ts, extended, max_standard
+) -> np.ndarray:
+    """``fd_frame_faults`` for each record ``bounds[k]:bounds[k + 1]``; one row per record."""
+    return _fd_faults_each(
+        frames["ts"], fd_frame_words(frames), bounds, min_ts, max_ts, extended, max_standard,
+        DLC_MASKS, FD_LENGTHS,
     )  # fmt: skip
