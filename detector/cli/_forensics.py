@@ -41,7 +41,8 @@ import numpy as np
 from detector.cli._progress import bar
 from detector.core.config import Config
 from detector.core.errors import CanwatchError
-from detector.core.schema import FRAME_DTYPE
+from detector.core.fd import to_fd
+from detector.core.schema import FRAME_DTYPE, is_fd_array
 
 #: Backward/forward reads start with this many records at least; each further step doubles.
 MIN_STEP = 64
@@ -287,7 +288,10 @@ def kafka_frames(
         progress.close()
         consumer.close(autocommit=False)
     batches = before + core + after
-    frames = np.concatenate([b.frames for b in batches]) if batches else np.zeros(0, FRAME_DTYPE)
+    parts = [b.frames for b in batches]
+    if any(is_fd_array(p) for p in parts):  # schema-1 and schema-2 records of one vehicle
+        parts = [to_fd(p) for p in parts]
+    frames = np.concatenate(parts) if parts else np.zeros(0, FRAME_DTYPE)
     frames = frames[(frames["ts"] >= start) & (frames["ts"] < end)]
     frames = frames[np.argsort(frames["ts"], kind="stable")]
     first = batches[0].offset if batches else lo

@@ -18,7 +18,7 @@ import numpy as np
 
 from detector.cli._forensics import ForensicsError
 from detector.core.config import Config
-from detector.core.schema import EXTENDED_FLAG
+from detector.core.fd import parse_described_id, to_lanes
 from detector.features.baseline import Baseline
 from detector.incidents.evidence import PAYLOAD
 from detector.model.platform import PlatformModel
@@ -29,11 +29,9 @@ BAND_SIGMAS = 3.0
 
 
 def parse_id(text: str) -> int:
-    """An id as incidents write it (``0x1E4``, ``0x18FEF100x`` extended) back to an int."""
-    text = str(text).strip()
-    if text.endswith("x") and len(text) > 2:
-        return int(text[:-1], 16) | int(EXTENDED_FLAG)
-    return int(text, 16)
+    """An id as incidents write it (``0x1E4``, ``0x18FEF100x`` extended, an FD lane
+    ``0x1A0 FD bytes 8-15``) back to the int the features knew it by."""
+    return parse_described_id(text)
 
 
 def top_ids(inc: dict, limit: int = MAX_IDS) -> list[tuple[str, int, str]]:
@@ -122,6 +120,7 @@ def plot_incident(inc: dict, frames: np.ndarray, baseline: Baseline, out: str) -
         fontsize=10,
     )
     _scores(axes[0], inc, t0, t1, W)
+    frames = to_lanes(frames)  # the frames as the features saw them: FD lanes, error frames
     for ax, (text, cid, kind) in zip(axes[1:], ids, strict=True):
         mine = frames[frames["can_id"] == cid]
         slot, known = baseline.slots(np.array([cid], np.uint32))

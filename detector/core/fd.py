@@ -84,6 +84,24 @@ def describe_id(can_id: int) -> str:
     return f"{format_id(bare)} FD bytes {8 * lane}-{8 * lane + 7}"
 
 
+def parse_described_id(text: str) -> int:
+    """The id ``describe_id`` wrote as ``text`` (``0x1E4``, ``0x18FEF100x``, ``0x1A0 FD
+    bytes 8-15``, ``0x1A0 FD checksums``, ``error frames``); ValueError otherwise."""
+    text = str(text).strip()
+    if text == "error frames":
+        return ERROR_FRAMES_ID
+    head, _, tail = text.partition(" ")
+    cid = int(head[:-1], 16) | int(EXTENDED_FLAG) if head.endswith("x") and len(head) > 2 else int(head, 16)
+    if not tail:
+        return cid
+    if tail == "FD checksums":
+        return int(lane_ids(cid, 0)) | CHECK_FLAG
+    first = tail.removeprefix("FD bytes ").split("-")[0]
+    if first == tail or not first.isdigit() or int(first) % 8 or int(first) > 56:
+        raise ValueError(f"not a CAN id: {text!r}")
+    return int(lane_ids(cid, int(first) // 8))
+
+
 def to_fd(frames: np.ndarray) -> np.ndarray:
     """A classic frame array as FD frames (no FD flag: classic frames in an FD log)."""
     if frames.dtype == FD_FRAME_DTYPE:

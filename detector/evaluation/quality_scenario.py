@@ -29,6 +29,7 @@ PLATFORM_BRANDS = {
     "giorgio": "alfa-romeo",
     "pacifica": "chrysler",
     "omega": "opel",
+    "stla": "ds",  # CAN FD
 }
 FAMILIES = INJECTABLE
 TRAIN_VEHICLES, TRAIN_DRIVES, TRAIN_S = 5, 2, 90.0
