@@ -73,10 +73,10 @@ from bench.common import ROOT, say
 from bench.common.detect import ASSIGNED, DetectProc, total
 from bench.common.procs import cpu_seconds, run_json, thread_cpu
 from bench.common.report import fmt_range, machine_line, markdown_table, summary, write_results
-from bench.common.rig import bench_models, broker, first_n, produce, simulate
+from bench.common.rig import bench_models, broker, fd_brands, first_n, produce, simulate
 from detector.core.brands import load_fleet
 from detector.core.config import COMPRESSIONS, load_config
-from detector.core.schema import FRAME_DTYPE
+from detector.core.schema import FD_FRAME_DTYPE, FRAME_DTYPE
 from detector.transport.heap import keep_large_buffers
 from detector.transport.kafka_io import crc32c_accelerated, make_consumer
 from detector.transport.kafka_records import parse_batches_compiled
@@ -85,6 +85,7 @@ from detector.transport.kafka_recv import read_large_chunks
 PARTITIONS = 4
 WARMUP_FRAMES = 50_000
 HEADER = 16  # binary value header (docs/wire-format.md)
+DTYPES = {1: FRAME_DTYPE, 2: FD_FRAME_DTYPE}  # by the header's version (schema 2: CAN FD)
 
 
 # -- child processes: bare and river consumers -------------------------------------------
@@ -130,7 +131,7 @@ def child(argv: list[str]) -> int:
         for recs in polled.values():
             first = first or time.perf_counter()
             for r in recs:
-                arr = np.frombuffer(r.value, FRAME_DTYPE, offset=HEADER)
+                arr = np.frombuffer(r.value, DTYPES[r.value[4]], offset=HEADER)
                 records += 1
                 frames += len(arr) if score is None else score(r.key, arr[: args.frames - frames])
     cpu_end, end = time.process_time(), time.perf_counter()
@@ -276,28 +277,40 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     model_dir = bench_models(fleet, args.models or work)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    streams, duration = simulate(fleet, n, args.vehicles, args.seed)
+    fd = fd_brands(fleet)
+    classic = sorted(set(fleet.brands) - fd)
+    # classic CAN alone in the main figure; the CAN FD brands in a fleet of their own
+    streams, duration = simulate(fleet, n, args.vehicles, args.seed, classic)
     say(
-        f"fleet: {len(streams)} vehicles, {len(fleet.brands)} brands, {n:,} frames "
+        f"fleet: {len(streams)} vehicles, {len(classic)} classic CAN brands, {n:,} frames "
         f"(~{duration:.0f} s of traffic) simulated in {time.perf_counter() - t0:.1f} s"
     )
+    fd_n = args.fd_frames if fd else 0
+    fd_streams = simulate(fleet, fd_n, max(len(fd), args.vehicles // 7), args.seed, sorted(fd))[0] if fd_n else []
+    if fd_n:
+        say(f"CAN FD fleet: {len(fd_streams)} vehicles of {', '.join(sorted(fd))}, {fd_n:,} frames")
     result: dict = {
         "frames": n, "json_frames": json_n, "river_frames": river_n, "repeat": args.repeat,
-        "vehicles": len(streams), "brands": len(fleet.brands), "platforms": len(fleet.platforms),
+        "vehicles": len(streams), "brands": len(classic), "platforms": len(fleet.platforms),
+        "fd_frames": fd_n, "fd_brands": sorted(fd),
         "partitions": args.partitions, "compression": args.compression,
         "max_poll_records": mpr or load_config(None, env={}).kafka.max_poll_records,
         "crc32c_accelerated": crc32c_accelerated(), "train_s": round(train_s, 1),
     }  # fmt: skip
     runs: dict[str, list] = {
-        k: [] for k in ("bare", "bare_heap", "startup", "detect", "against", "json", "river")
+        k: []
+        for k in ("bare", "bare_heap", "startup", "detect", "against", "json", "river", "fd_bare", "fd_detect")
     }
     if args.against:
         result["against"] = {"root": str(args.against), "commit": commit_of(args.against)}
-    topics = dict.fromkeys(("bench.bin", "bench.json", "bench.warm"), args.partitions)
+    topics = dict.fromkeys(("bench.bin", "bench.json", "bench.warm", "bench.fd"), args.partitions)
     with broker(work, topics) as b:
         bs, codec, warm_n = b.bootstrap, args.compression, min(n, WARMUP_FRAMES)
         result["produce"] = {"binary": produce(bs, "bench.bin", streams, "binary", codec)}
         produce(bs, "bench.warm", first_n(streams, warm_n), "binary", codec)
+        if fd_n:
+            result["produce"]["fd"] = produce(bs, "bench.fd", fd_streams, "binary", codec)
+            del fd_streams
         if json_n:
             json_streams = streams if json_n == n else first_n(streams, json_n)
             result["produce"]["json"] = produce(bs, "bench.json", json_streams, "json", codec)
@@ -326,6 +339,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 runs["json"].append(
                     net_detect_run("json", work, bs, "bench.json", json_n, model_dir, mpr, b.pid)
                 )
+            if fd_n:
+                runs["fd_bare"].append(run_child("bare", bs, "bench.fd", fd_n, mpr))
+                runs["fd_detect"].append(
+                    net_detect_run("fd", work, bs, "bench.fd", fd_n, model_dir, mpr, b.pid)
+                )
             river = run_child("river", bs, "bench.bin", river_n, mpr)
             runs["river"].append(river)
             say(f"  river  {river['frames_per_cpu_s']:>12,.0f} frames/CPU-s ({river['cpu_s']:.2f} s)")
@@ -334,6 +352,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             p = detect_run(work, bs, "bench.bin", n, model_dir, mpr, b.pid, args.profile)
             result["profile"] = {"path": str(args.profile), "run": p, "top": profile_summary(args.profile)}
     result.update(summarize(runs, n, json_n))
+    result.update(bytes_per_cpu_s(result, runs))
     result["runs"] = runs
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     return result
@@ -386,6 +405,24 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
     return out
 
 
+def bytes_per_cpu_s(res: dict, runs: dict) -> dict:
+    """CAN FD frames/CPU-s, and record bytes (the wire's) per CPU-s of classic and FD
+    detect: an FD frame carries up to 8x a classic frame's data."""
+    out: dict = {}
+    classic = res["produce"]["binary"]["bytes"] / res["frames"]
+    out["detect_bytes_per_cpu_s"] = res["detect_frames_per_cpu_s"] * classic
+    if runs["fd_detect"]:
+        fd_fps = [x["frames_per_cpu_s_net"] for x in runs["fd_detect"]]
+        out["fd_detect"] = summary(fd_fps)
+        out["fd_bare"] = summary([x["frames_per_cpu_s"] for x in runs["fd_bare"]])
+        per_repeat = [a / b["frames_per_cpu_s"] for a, b in zip(fd_fps, runs["fd_bare"], strict=True)]
+        out["ratios_fd"] = {"fd_detect_bare": summary(per_repeat)}
+        out["fd_detect_frames_per_cpu_s"] = out["fd_detect"]["median"]
+        fd_bytes = res["produce"]["fd"]["bytes"] / res["fd_frames"]
+        out["fd_detect_bytes_per_cpu_s"] = out["fd_detect_frames_per_cpu_s"] * fd_bytes
+    return out
+
+
 def table(res: dict) -> str:
     n, bare = f"{res['frames']:,}", res["bare"]["median"]
     rows = [
@@ -404,11 +441,18 @@ def table(res: dict) -> str:
         s = res[f"json_{kind}"]
         rows.append([f"canwatch detect, JSON ({kind})", f"{res['json_frames']:,}", fmt_range(s),
                      f"{s['median'] / bare:.2f}"])  # fmt: skip
+    if res.get("fd_detect"):
+        rows.append(["bare, CAN FD topic (schema 2)", f"{res['fd_frames']:,}", fmt_range(res["fd_bare"]), "-"])
+        rows.append([f"canwatch detect, CAN FD ({', '.join(res['fd_brands'])}; net)", f"{res['fd_frames']:,}",
+                     fmt_range(res["fd_detect"]), f"{fmt_range(res['ratios_fd']['fd_detect_bare'], 2)} of FD bare"])  # fmt: skip
     rows.append(["river HalfSpaceTrees, one frame at a time", f"{res['river_frames']:,}",
                  fmt_range(res["river"]), f"{res['river']['median'] / bare:.4f}"])  # fmt: skip
     text = markdown_table(["consumer", "frames", "frames / CPU-s: median (min–max)", "vs bare"], rows)
     if res.get("against"):
         text += f"\n\nthis checkout / --against, per repeat: {fmt_range(res['ratios']['detect_against'], 3)}"
+    text += f"\n\nrecord bytes per CPU-s, detect: classic {res['detect_bytes_per_cpu_s'] / 1e6:,.0f} MB/s"
+    if res.get("fd_detect"):
+        text += f", CAN FD {res['fd_detect_bytes_per_cpu_s'] / 1e6:,.0f} MB/s"
     return text + (
         f"\n\ndetect / river: {fmt_range(res['ratios']['detect_river'], 1)}x; "
         f"detect / bare with detect's kafka-python and malloc settings: "
@@ -433,7 +477,9 @@ def headline(res: dict) -> list[tuple[str, str]]:
         (f"detect frames/CPU-s, {codec} records (net)", fmt_range(res["detect_net"])),
         ("detect / bare", fmt_range(res["ratios"]["detect_bare"], 2)),
         ("detect / river", fmt_range(res["ratios"]["detect_river"], 1)),
-    ] + ([("detect / --against", fmt_range(res["ratios"]["detect_against"], 3))] if res.get("against") else [])
+    ] + ([("detect / --against", fmt_range(res["ratios"]["detect_against"], 3))] if res.get("against") else []) + (
+        [("CAN FD detect frames/CPU-s (net)", fmt_range(res["fd_detect"]))] if res.get("fd_detect") else []
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-frames", type=int,
                     help="frames in the JSON topic: the first M of the fleet (default all; 0 = no JSON run)")  # fmt: skip
     ap.add_argument("--river-frames", type=int, default=200_000, help="frames the river baseline scores")
+    ap.add_argument("--fd-frames", type=int, default=2_000_000,
+                    help="frames of the CAN FD fleet (its own topic and runs; 0: none)")  # fmt: skip
     ap.add_argument("--vehicles", type=int, default=56, help="fleet size (default 56)")
     ap.add_argument("--partitions", type=int, default=PARTITIONS)
     ap.add_argument("--max-poll-records", type=int, help="override kafka.max_poll_records (default: config)")

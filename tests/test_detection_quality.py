@@ -20,16 +20,20 @@ from detector.core.config import DetectionConfig, IncidentConfig
 from detector.evaluation.evaluate import Evaluation, attack_report, score_frames
 from detector.evaluation.quality_scenario import (
     ATTACK_S,
+    ATTACK_SEED,
+    ATTACK_START,
     BENIGN_S,
     FAMILIES,
     PLATFORM_BRANDS,
     START_TS,
+    TEST_S,
     attacked_vehicle,
     score_benign,
     training_recordings,
 )
 from detector.model.platform import PlatformModel
 from detector.model.training import train_platform
+from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
 PLATFORMS = PLATFORM_BRANDS
@@ -53,7 +57,11 @@ _XFAIL_QUALITY: dict[tuple[str, str], str] = {
     "to a constant, but it spans 0..255 in every training drive and PSA's 4-bit nibble "
     "checksum is not among the learnable checksums: window ROC-AUC 0.40",
 }
-_XFAIL_BENIGN: dict[tuple[str], str] = {}
+_XFAIL_BENIGN: dict[tuple[str], str] = {
+    ("stla",): "0x30D's four wheel speeds (its classic bus, from the AEE2010 DBC) drive at "
+    "35-41 on the held-out drive, 0-22 in training; their learned coupling bounds absolute "
+    "differences, which grow with speed: 5 of 290 windows flagged (1.7 %), one incident",
+}
 _XFAIL_KIND: dict[tuple[str, str], str] = {
     ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
     ("cusw", "masquerade"): "not detected (see test_attack_detected)",
@@ -160,3 +168,23 @@ def test_training_rates_do_not_depend_on_vehicles_overlapping_in_time() -> None:
     b, _ = train_platform(platform, staggered, CFG)
     np.testing.assert_allclose(a.baseline.bus_mean_frames, b.baseline.bus_mean_frames, rtol=0.05)
     np.testing.assert_allclose(a.baseline.mean_count, b.baseline.mean_count, rtol=0.05, atol=0.5)
+
+
+@pytest.mark.parametrize("platform", ["cusw", "stla"])
+def test_an_error_frame_flood_is_detected_and_named(models, platform: str) -> None:
+    """A bus-off attack's flood of error frames (``errorflood``, labelled dos) on a vehicle
+    never seen in training: detected, classified dos, its evidence naming error frames."""
+    seed = ATTACK_SEED + 50
+    frames = simulate_vehicle(platform, TEST_S, START_TS, seed=seed)
+    spec = AttackSpec.parse(f"errorflood:start={ATTACK_START},duration={ATTACK_S}")
+    frames, span = inject(frames, spec, seed=seed)
+    model = model_for(models, platform)
+    ev = score_frames(frames, PLATFORM_BRANDS[platform], "veh-errors", model, load_fleet(), W,
+                      IncidentConfig())  # fmt: skip
+    r = attack_report(ev, "dos")
+    assert r["roc_auc"] >= MIN_AUC and r["time_to_detect_s"] is not None, r
+    assert r["time_to_detect_s"] <= MAX_TTD_WINDOWS * W, r
+    inc = suspected(ev, span)
+    assert inc == "dos", inc
+    named = [e["can_id"] for i in ev.incidents for e in i["evidence"]]
+    assert "error frames" in named, named

@@ -83,9 +83,20 @@ def first_n(streams: list, n: int) -> list:
     return out
 
 
-def simulate(fleet: Fleet, n: int, vehicles: int, seed: int) -> tuple[list, float]:
-    """Exactly ``n`` frames from ``vehicles`` vehicles (brands round-robin), ending in the past."""
-    brands = sorted(fleet.brands)
+def fd_brands(fleet: Fleet) -> set[str]:
+    """The brands whose platform's simulated buses carry CAN FD frames."""
+    from detector.core.schema import is_fd_array
+
+    fd = {p for p in fleet.platforms if is_fd_array(simulate_vehicle(p, 1.0, 1.7e9, 1))}
+    return {b for b in fleet.brands if fleet.platform_of(b) in fd}
+
+
+def simulate(
+    fleet: Fleet, n: int, vehicles: int, seed: int, brands: list[str] | None = None
+) -> tuple[list, float]:
+    """Exactly ``n`` frames from ``vehicles`` vehicles (``brands`` round-robin, by default
+    all), ending in the past."""
+    brands = sorted(brands or fleet.brands)
     rate = {p: len(simulate_vehicle(p, 5.0, 1.7e9, 1)) / 5.0 for p in fleet.platforms}
     per_s = sum(rate[fleet.platform_of(brands[i % len(brands)])] for i in range(vehicles))
     duration = n / per_s * 1.03 + 1.0

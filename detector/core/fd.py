@@ -66,6 +66,14 @@ def lane_ids(can_id: np.ndarray, lane: np.ndarray) -> np.ndarray:
     return base | (np.asarray(lane, np.uint32) << np.uint32(LANE_SHIFT))
 
 
+def frame_ids(can_id: np.ndarray) -> np.ndarray:
+    """The id a lane belongs to, as one value per FD frame id (its lane 0's id); any
+    other id as it is: rows with equal values are one id's evidence."""
+    can_id = np.asarray(can_id, np.uint32)
+    lane = (can_id & np.uint32(LANE_FLAG)) != 0
+    return np.where(lane, can_id & ~np.uint32(CHECK_FLAG | _LANE_BITS), can_id)
+
+
 def is_lane(can_id: np.ndarray | int) -> np.ndarray:
     return (np.asarray(can_id, np.uint32) & np.uint32(LANE_FLAG)) != 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.core.fd import ERROR_FRAMES_ID, describe_id
+from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
 from detector.features.columns import POOLED_ID, F
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
@@ -70,7 +70,12 @@ def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
         return "suspension"
     payload = max(ex[top, F[n]] for n in PAYLOAD)
     seq = ex[top, F["counter_err"]]
-    fresh_values = ex[top, F["out_of_range"]] + ex[top, F["novel_payload"]] + ex[top, F["pair_out"]]
+    # an FD frame's evidence is spread over its lanes: a forged byte in one, its
+    # counter in another, its checksum in the checksum lane
+    same = hot[frame_ids(rows.can_id[hot]) == frame_ids(rows.can_id[top])]
+    fresh_values = (
+        ex[same, F["out_of_range"]] + ex[same, F["novel_payload"]] + ex[same, F["pair_out"]]
+    ).sum()
     # re-sent genuine frames: counters out of step, yet every value one seen before
     resent = seq > 0 and fresh_values == 0
     timing_up = X[top, F["rate"]] > 1.0 and (ex[top, F["rate"]] > 0 or ex[top, F["dt_min"]] > 0)

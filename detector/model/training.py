@@ -294,11 +294,11 @@ def train_platform(
     model and the final one; called before the first fit and after each.
     """
     W = cfg.window_s
+    recordings = [to_lanes(r) for r in recordings]  # CAN FD frames as classic lanes
     if drives is None:
         drives = drive_groups(recordings)
     if len(drives) != len(recordings):
         raise ValueError(f"{len(drives)} drive labels for {len(recordings)} recordings")
-    recordings = [to_lanes(r) for r in recordings]  # CAN FD frames as classic lanes
     recs = [
         Recording.of(r, d, i, W) for i, (r, d) in enumerate(zip(recordings, drives, strict=True))
     ]
