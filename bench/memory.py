@@ -60,6 +60,7 @@ from bench.common.report import fmt_range, machine_line, markdown_table, summary
 from bench.common.rig import demo_models
 from detector.core.brands import load_fleet
 from detector.core.config import LimitsConfig
+from detector.core.fd import frame_ids, is_lane, to_lanes
 from detector.features.streams import StreamTable
 
 #: The sizes measured here go past the default limits.* (20,000 vehicles): lifted.
@@ -96,6 +97,11 @@ class Template:
         from replay.simulator import simulate_vehicle
 
         sim = simulate_vehicle(platform, TEMPLATE_S, START_TS, seed)
+        # CAN FD: the streams the features keep are its lanes (detector.core.fd)
+        lanes = to_lanes(sim)
+        self.fd_ids = int(len(np.unique(frame_ids(lanes["can_id"][is_lane(lanes["can_id"])]))))
+        self.fd_streams = int(len(np.unique(lanes["can_id"][is_lane(lanes["can_id"])])))
+        sim = lanes
         self.ids = np.unique(sim["can_id"])
         self.sim_frames_per_stream_s = len(sim) / TEMPLATE_S / len(self.ids)
         self.sim_frames_per_vehicle_s = len(sim) / TEMPLATE_S
@@ -303,6 +309,7 @@ def child_state(args) -> dict:
     st = scorer.state[model.platform]
     out = {
         "vehicles": args.n, "ids": int(len(tpl.ids)), "streams": int(len(st.window.streams)),
+        "fd_ids_per_vehicle": tpl.fd_ids, "fd_streams_per_vehicle": tpl.fd_streams,
         "frames_per_stream_window": args.frames, "detector": bool(args.detector),
         "elapsed_s": round(elapsed, 2),
         "push_s_median": round(float(np.median(push_s)), 4),
@@ -463,12 +470,20 @@ def state_table(results: dict, malloc_env: str) -> str:
             fmt_range(summary([x["probe_s"] * 1e3 for x in m])) if "probe_s" in m[0] else "-",
         ])  # fmt: skip
     probe_n = next(iter(results.values()))["rss"][0].get("probe_vehicles", 0)
+    t = next(iter(results.values()))["trace"]
+    fd_note = ""
+    if t.get("fd_ids_per_vehicle"):  # a classic id is one stream; an FD id one per 8 bytes + 1
+        per = t["fd_streams_per_vehicle"] / t["fd_ids_per_vehicle"]
+        fd_note = (f"\n\nCAN FD: {t['fd_ids_per_vehicle']} FD ids a vehicle kept as "
+                   f"{t['fd_streams_per_vehicle']} streams (lanes of 8 bytes + a checksum lane), "
+                   f"{per:.1f} a FD id: ~{per * t['traced_bytes'] / t['streams']:,.0f} B per FD id traced, "
+                   f"against {t['traced_bytes'] / t['streams']:,.0f} B per classic id")  # fmt: skip
     headers = [
         "run", "streams", "traced B/stream", "RSS Δ B/stream", "RSS Δ after malloc_trim",
         *([f"RSS Δ with {malloc_env}"] if malloc_env else []),
         "traced peak MiB (pushes of ≤ --chunk vehicles)", "build s", f"one {probe_n}-record poll, ms",
     ]  # fmt: skip
-    return markdown_table(headers, rows)
+    return markdown_table(headers, rows) + fd_note
 
 
 def breakdown_table(t: dict) -> str:

@@ -188,3 +188,28 @@ def test_an_error_frame_flood_is_detected_and_named(models, platform: str) -> No
     assert inc == "dos", inc
     named = [e["can_id"] for i in ev.incidents for e in i["evidence"]]
     assert "error frames" in named, named
+
+
+def test_an_fd_id_changing_its_length_and_a_classic_id_going_fd_are_evidence(models) -> None:
+    """On an unseen stla vehicle: FD_EPS (0x0D6, 16 bytes) starts sending 32-byte frames,
+    and a classic id starts sending its frames as FD; each is an incident naming the id."""
+    from detector.core.fd import fd_lengths
+    from detector.core.schema import FLAG_FD, LABEL_CODE, fd_dlc
+
+    model = model_for(models, "stla")
+    frames = simulate_vehicle("stla", TEST_S, START_TS, seed=ATTACK_SEED + 60)
+    t0 = START_TS + ATTACK_START
+    during = (frames["ts"] >= t0) & (frames["ts"] < t0 + ATTACK_S)
+    longer = during & (frames["can_id"] == 0x0D6)
+    assert (fd_lengths(frames[longer]) == 16).all()
+    frames["dlc"][longer] = fd_dlc(32)
+    classic = frames[(frames["flags"] & FLAG_FD) == 0]
+    victim = int(np.bincount(classic["can_id"]).argmax())  # the busiest classic id
+    gone_fd = during & (frames["can_id"] == victim)
+    frames["flags"][gone_fd] |= FLAG_FD
+    frames["label"][longer | gone_fd] = LABEL_CODE["spoofing"]
+    ev = score_frames(frames, "ds", "veh-fd-forms", model, load_fleet(), W, IncidentConfig())
+    r = attack_report(ev, "spoofing")
+    assert r["roc_auc"] >= MIN_AUC and r["time_to_detect_s"] is not None, r
+    named = {str(c["can_id"]).split(" ")[0] for i in ev.incidents for c in i["can_ids"]}
+    assert {"0x0D6", f"0x{victim:03X}"} <= named, named

@@ -87,7 +87,8 @@ def test_stla_frames_fd_and_classic_in_one_ts_ordered_array(stla):
     assert 0.5 < np.mean((stla["flags"][fd] & FLAG_BRS) != 0) < 1.0
     lanes = to_lanes(stla)  # what the feature pipeline sees
     assert lanes.dtype == FRAME_DTYPE
-    assert len(lanes) == (~fd).sum() + ((lengths[fd].astype(int) + 7) // 8).sum()
+    # an FD frame: a lane per 8 bytes and its checksum lane
+    assert len(lanes) == (~fd).sum() + ((lengths[fd].astype(int) + 7) // 8).sum() + fd.sum()
 
 
 def _crc8_j1850(data: bytes) -> int:

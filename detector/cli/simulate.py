@@ -73,7 +73,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="SPEC",
         help="e.g. 'dos:start=3,duration=4,rate=3000' or 'masquerade:start=10,duration=5,id=0x1E4'"
-        " (repeatable; kinds: dos fuzzing spoofing masquerade suspension replay)",
+        " (repeatable; kinds: dos fuzzing spoofing masquerade suspension replay errorflood)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
