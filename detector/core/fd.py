@@ -142,29 +142,55 @@ def lanes_and_source(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
     frames = _errors_as_one_stream(frames)
     fd = (frames["flags"] & FLAG_FD) != 0
     length = fd_lengths(frames).astype(np.int64)
-    data_lanes = np.maximum(1, (length + 7) // 8)
-    checked = fd & (length >= 2)
-    n_lanes = np.where(fd, data_lanes + checked, 1)
-    src = np.repeat(np.arange(len(frames)), n_lanes)
-    lane = np.arange(len(src)) - np.repeat(np.cumsum(n_lanes) - n_lanes, n_lanes)
-    out = np.zeros(len(src), FRAME_DTYPE)
-    rows = frames[src]
-    out["ts"] = rows["ts"]
-    out["flags"] = rows["flags"]
-    out["label"] = rows["label"]
-    is_fd = fd[src]
-    check = is_fd & (lane == data_lanes[src])  # the last lane of a checked frame
-    ids = lane_ids(rows["can_id"], np.where(check, 0, lane))
-    out["can_id"] = np.where(is_fd, ids | np.where(check, CHECK_FLAG, 0).astype(np.uint32), rows["can_id"])
-    length = length[src]
-    out["dlc"] = np.where(is_fd, np.clip(length - 8 * lane, 0, 8), rows["dlc"])
-    out["dlc"][check] = 8
-    cols = 8 * lane[:, None] + np.arange(8)
-    out["data"] = np.take_along_axis(rows["data"], np.minimum(cols, 63), axis=1)
-    out["data"][cols >= np.maximum(length, 0)[:, None]] = 0
-    at = np.flatnonzero(checked)
-    out["data"][check] = _checksum_bytes(frames["data"][at], fd_lengths(frames)[at].astype(np.int64))
+    # a lane per 8 bytes, and the checksum lane of a frame of 2 bytes or more
+    n_lanes = np.where(fd, np.maximum(1, (length + 7) // 8) + (length >= 2), 1)
+    first = np.zeros(len(frames) + 1, np.int64)
+    np.cumsum(n_lanes, out=first[1:])
+    out = np.zeros(int(first[-1]), FRAME_DTYPE)
+    src = np.empty(len(out), np.int64)
+    _fill_lanes(
+        frames["ts"], frames["can_id"], frames["dlc"], frames["flags"], frames["label"],
+        frames["data"], fd, length, first, out["ts"], out["can_id"], out["dlc"],
+        out["flags"], out["label"], out["data"], src, np.uint32(LANE_FLAG), np.uint32(CHECK_FLAG),
+        np.uint32(EXTENDED_FLAG | _KEEP), LANE_SHIFT,
+    )  # fmt: skip
     return out, src
+
+
+@njit(cache=True, nogil=True)
+def _fill_lanes(
+    ts, can_id, dlc, flags, label, data, fd, length, first,
+    o_ts, o_id, o_dlc, o_flags, o_label, o_data, src, lane_flag, check_flag, keep, shift,
+):  # pragma: no cover - compiled
+    """One pass of ``lanes_and_source``: frame i's lanes at rows first[i]..first[i+1]."""
+    for i in range(ts.shape[0]):
+        at = first[i]
+        end = first[i + 1]
+        for r in range(at, end):
+            o_ts[r] = ts[i]
+            o_flags[r] = flags[i]
+            o_label[r] = label[i]
+            src[r] = i
+        if not fd[i]:
+            o_id[at] = can_id[i]
+            o_dlc[at] = dlc[i]
+            for b in range(min(length[i], 8)):
+                o_data[at, b] = data[i, b]
+            continue
+        n = length[i]
+        base = (can_id[i] & keep) | lane_flag
+        lanes = max(1, (n + 7) // 8)
+        for k in range(lanes):
+            r = at + k
+            o_id[r] = base | (np.uint32(k) << shift)
+            o_dlc[r] = min(max(n - 8 * k, 0), 8)
+            for b in range(8 * k, min(n, 8 * k + 8)):
+                o_data[r, b - 8 * k] = data[i, b]
+        if n >= 2:
+            r = at + lanes
+            o_id[r] = base | check_flag
+            o_dlc[r] = 8
+            _checksum_lane(data[i], n, o_data[r])
 
 
 _CRC_TABLES = np.zeros((2, 256), np.uint8)
@@ -176,31 +202,27 @@ for _t, _poly in enumerate((0x1D, 0x2F)):
         _CRC_TABLES[_t, _b] = _c
 
 
-@njit(cache=True, nogil=True)
-def _checksum_bytes(data, length):  # pragma: no cover - compiled
-    """The checksum lane of each frame (see the module's docstring)."""
-    out = np.zeros((data.shape[0], 8), np.uint8)
-    for i in range(data.shape[0]):
-        n = length[i]
-        for part in range(2):  # checksum first (over 1..n-1), or last (over 0..n-2)
-            lo = 1 if part == 0 else 0
-            claimed = data[i, 0] if part == 0 else data[i, n - 1]
-            c1 = np.uint8(0)
-            c2 = np.uint8(0)
-            total = 0
-            x = 0
-            for j in range(lo, lo + n - 1):
-                b = data[i, j]
-                c1 = _CRC_TABLES[0, c1 ^ b]
-                c2 = _CRC_TABLES[1, c2 ^ b]
-                total += b
-                x ^= b
-            k = 4 * part
-            out[i, k] = claimed ^ c1
-            out[i, k + 1] = claimed ^ c2
-            out[i, k + 2] = (claimed - total) & 0xFF
-            out[i, k + 3] = claimed ^ x
-    return out
+@njit(cache=True, nogil=True, inline="always")
+def _checksum_lane(data, n, out):  # pragma: no cover - compiled
+    """The checksum lane of one frame of ``n`` bytes (see the module's docstring)."""
+    for part in range(2):  # checksum first (over 1..n-1), or last (over 0..n-2)
+        lo = 1 if part == 0 else 0
+        claimed = data[0] if part == 0 else data[n - 1]
+        c1 = np.uint8(0)
+        c2 = np.uint8(0)
+        total = 0
+        x = 0
+        for j in range(lo, lo + n - 1):
+            b = data[j]
+            c1 = _CRC_TABLES[0, c1 ^ b]
+            c2 = _CRC_TABLES[1, c2 ^ b]
+            total += b
+            x ^= b
+        k = 4 * part
+        out[k] = claimed ^ c1
+        out[k + 1] = claimed ^ c2
+        out[k + 2] = (claimed - total) & 0xFF
+        out[k + 3] = claimed ^ x
 
 
 def _errors_as_one_stream(frames: np.ndarray) -> np.ndarray:
