@@ -101,7 +101,6 @@ class Template:
         lanes = to_lanes(sim)
         self.fd_ids = int(len(np.unique(frame_ids(lanes["can_id"][is_lane(lanes["can_id"])]))))
         self.fd_streams = int(len(np.unique(lanes["can_id"][is_lane(lanes["can_id"])])))
-        sim = lanes
         self.ids = np.unique(sim["can_id"])
         self.sim_frames_per_stream_s = len(sim) / TEMPLATE_S / len(self.ids)
         self.sim_frames_per_vehicle_s = len(sim) / TEMPLATE_S
@@ -153,6 +152,7 @@ class Feed:
     def poll(self, part: np.ndarray, lo: int, hi: int) -> float:
         """Seconds spent in the detector's code for this slice of vehicles lo..hi."""
         if self.detector is None:
+            part = to_lanes(part)  # as the service's intake hands them on (CAN FD: lanes)
             batches = [(vehicle_name(i, self.id_len), self.brand, part) for i in range(lo, hi)]
             t0 = time.perf_counter()
             self.scorer.push(batches)
