@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.features.baseline import (
+    COUPLED_REL_UNIT,
     PAIRS,
     Baseline,
     checksum_values,
@@ -97,8 +98,12 @@ def frame_checks(
         le = bl.couple_le[slot, c].astype(np.int64)
         a = np.maximum(bl.couple_a[slot, c], 0).astype(np.int64)
         b = np.maximum(bl.couple_b[slot, c], 0).astype(np.int64)
-        diff = words[rows, le, a].astype(np.int64) - words[rows, le, b]
-        coupling_out |= on & ((diff < bl.couple_lo[slot, c]) | (diff > bl.couple_hi[slot, c]))
+        wa, wb = words[rows, le, a].astype(np.int64), words[rows, le, b].astype(np.int64)
+        diff = wa - wb
+        lo, hi = bl.couple_lo[slot, c].astype(np.int64), bl.couple_hi[slot, c].astype(np.int64)
+        off = np.abs(diff - (lo + hi) // 2) * COUPLED_REL_UNIT
+        beyond = off > bl.couple_rel[slot, c].astype(np.int64) * np.maximum(wa, wb)
+        coupling_out |= on & ((diff < lo) | (diff > hi)) & beyond
     fixed_out = known & ((payload_u64(data) & bl.fixed_mask[slot]) != bl.fixed_value[slot])
     return {
         "slot": slot,

@@ -57,11 +57,7 @@ _XFAIL_QUALITY: dict[tuple[str, str], str] = {
     "to a constant, but it spans 0..255 in every training drive and PSA's 4-bit nibble "
     "checksum is not among the learnable checksums: window ROC-AUC 0.40",
 }
-_XFAIL_BENIGN: dict[tuple[str], str] = {
-    ("stla",): "0x30D's four wheel speeds (its classic bus, from the AEE2010 DBC) drive at "
-    "35-41 on the held-out drive, 0-22 in training; their learned coupling bounds absolute "
-    "differences, which grow with speed: 5 of 290 windows flagged (1.7 %), one incident",
-}
+_XFAIL_BENIGN: dict[tuple[str], str] = {}
 _XFAIL_KIND: dict[tuple[str, str], str] = {
     ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
     ("cusw", "masquerade"): "not detected (see test_attack_detected)",

@@ -121,8 +121,8 @@ def _canwatch(*args: str) -> subprocess.CompletedProcess:
 def test_simulate_train_evaluate_on_fd_candump_logs(tmp_path: Path, stla_models: Path):
     out = tmp_path / "fleet"
     sim = _canwatch(
-        "simulate", "--brands", "ds", "--vehicles", "3", "--duration", "40", "--seed", "5",
-        "--out", str(out), "--attack", f"masquerade:start=15,duration=8,id={ADAS:#x}",
+        "simulate", "--brands", "ds", "--vehicles", "3", "--duration", "30", "--seed", "5",
+        "--out", str(out), "--attack", f"masquerade:start=12,duration=8,id={ADAS:#x}",
     )  # fmt: skip
     assert sim.returncode == 0, sim.stderr
     logs = sorted(out.glob("*.log"))

@@ -15,7 +15,7 @@ from detector.core.config import DetectionConfig
 from detector.core.errors import ModelError
 from detector.features.columns import FEATURE_NAMES
 from detector.features.windowing import WindowState
-from detector.model.platform import PlatformModel
+from detector.model.platform import MODEL_FORMAT, PlatformModel
 from detector.model.store import list_manifests, load_latest, load_model, next_version, save_model
 from detector.model.training import train_platform
 from replay.simulator import simulate_vehicle
@@ -127,7 +127,12 @@ def test_manifest_problems_are_model_errors(saved: Path) -> None:
     data["feature_names"] = list(FEATURE_NAMES)
     del data["format"]
     saved.write_text(json.dumps(data))
-    with pytest.raises(ModelError, match=r"format 1, .*reads format 2"):
+    with pytest.raises(ModelError, match=rf"format 1, .*reads format {MODEL_FORMAT}"):
+        load_model(saved)
+    # a format-2 model has no relative bounds on its signal couplings
+    data["format"] = 2
+    saved.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=rf"format 2, .*reads format {MODEL_FORMAT}"):
         load_model(saved)
 
 

@@ -37,6 +37,14 @@ COUPLED_WORD_SHARE = 0.25
 COUPLED_WORD_MIN_RANGE = 64
 COUPLED_WORD_MIN_CHANGE = 0.05
 COUPLING_SAMPLE = 20_000
+#: Two signals that move together disagree in proportion to their size (four wheel
+#: speeds in a bend): besides its absolute bounds, a coupling keeps how far a - b
+#: strayed from the bounds' middle per unit of the larger signal, over the frames
+#: where that signal was in the top half of its training values, times
+#: COUPLED_REL_MARGIN; a drive faster than any in training keeps its couplings.
+#: In units of 1 / COUPLED_REL_UNIT.
+COUPLED_REL_MARGIN = 2.0
+COUPLED_REL_UNIT = 65536
 #: The robust range: the central share of values (rare spikes, a wheel slipping).
 ROBUST_QUANTILES = (0.005, 0.995)
 #: Ids with at most this many distinct payloads get a payload dictionary ...
@@ -95,6 +103,7 @@ class Baseline:
     couple_le: np.ndarray  # (k, MAX_COUPLINGS) bool: little-endian signals (else big-endian)
     couple_lo: np.ndarray  # (k, MAX_COUPLINGS) i4 least a - b
     couple_hi: np.ndarray  # (k, MAX_COUPLINGS) i4 largest a - b
+    couple_rel: np.ndarray  # (k, MAX_COUPLINGS) i4 |a - b - middle| per unit of max(a, b), / COUPLED_REL_UNIT
     bus_mean_frames: float
     bus_std_frames: float
     bus_mean_ids: float
@@ -214,9 +223,10 @@ def words16(d: np.ndarray) -> np.ndarray:
     return np.stack([d[:, :7] * 256 + d[:, 1:], d[:, 1:] * 256 + d[:, :7]], axis=1)
 
 
-def learn_couplings(d: np.ndarray) -> list[tuple[int, int, bool, int, int]]:
-    """Up to MAX_COUPLINGS (a, b, little_endian, lo, hi): 16-bit signals at byte
-    offsets a < b (not overlapping) whose difference a - b stays in [lo, hi]."""
+def learn_couplings(d: np.ndarray) -> list[tuple[int, int, bool, int, int, int]]:
+    """Up to MAX_COUPLINGS (a, b, little_endian, lo, hi, rel): 16-bit signals at byte
+    offsets a < b (not overlapping) whose difference a - b stays in [lo, hi], or
+    within ``rel`` (see COUPLED_REL_MARGIN) of their middle."""
     if len(d) < 4 * MIN_PAYLOAD_FRAMES:
         return []
     if len(d) > COUPLING_SAMPLE:  # evenly spaced: every part of every drive
@@ -239,9 +249,21 @@ def learn_couplings(d: np.ndarray) -> list[tuple[int, int, bool, int, int]]:
                 own = min(spread[le, a], spread[le, b])
                 if width <= COUPLED_WORD_SHARE * own:
                     margin = width + 1  # as far out again as the robust range is wide
-                    found.append((width / own, a, b, bool(le), int(dlo - margin), int(dhi + margin)))
+                    lo, hi = int(dlo - margin), int(dhi + margin)
+                    rel = relative_slack(diff, np.maximum(w[:, le, a], w[:, le, b]), (lo + hi) // 2)
+                    found.append((width / own, a, b, bool(le), lo, hi, rel))
     found.sort()
     return [f[1:] for f in found[:MAX_COUPLINGS]]
+
+
+def relative_slack(diff: np.ndarray, size: np.ndarray, middle: int) -> int:
+    """How far ``diff`` strays from ``middle`` per unit of ``size`` where size is in its
+    top half (robust, times COUPLED_REL_MARGIN), in 1 / COUPLED_REL_UNIT."""
+    top = size >= max(np.median(size), 1)
+    if not top.any():
+        return 0
+    ratio = np.abs(diff[top] - middle) / size[top]
+    return int(min(np.quantile(ratio, ROBUST_QUANTILES[1]) * COUPLED_REL_MARGIN, 1.0) * COUPLED_REL_UNIT)
 
 
 def signal_bytes(d: np.ndarray, change_rate: np.ndarray) -> np.ndarray:
@@ -335,6 +357,7 @@ def _unlearned(k: int) -> dict[str, np.ndarray]:
         "couple_le": np.zeros((k, MAX_COUPLINGS), bool),
         "couple_lo": np.zeros((k, MAX_COUPLINGS), np.int32),
         "couple_hi": np.zeros((k, MAX_COUPLINGS), np.int32),
+        "couple_rel": np.zeros((k, MAX_COUPLINGS), np.int32),
     }
 
 
@@ -395,9 +418,9 @@ def _learn_pairs(out: dict, j: int, d: np.ndarray, per_vehicle: np.ndarray) -> N
     )
     margin = (pmax - pmin) // RANGE_MARGIN_DIV + 2
     out["pair_min"][j], out["pair_max"][j] = pmin - margin, pmax + margin
-    for c, (a, b, le, clo, chi) in enumerate(learn_couplings(d)):
+    for c, (a, b, le, clo, chi, rel) in enumerate(learn_couplings(d)):
         out["couple_a"][j, c], out["couple_b"][j, c], out["couple_le"][j, c] = a, b, le
-        out["couple_lo"][j, c], out["couple_hi"][j, c] = clo, chi
+        out["couple_lo"][j, c], out["couple_hi"][j, c], out["couple_rel"][j, c] = clo, chi, rel
 
 
 def _learn_framing(out: dict, j: int, d: np.ndarray, dlc: np.ndarray, can_id: int) -> None:

@@ -71,7 +71,7 @@ from detector.features.fold_steps import (
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "be978fca802040b43faa2e24b48a4d993146895e2b6f56362391d50a49ffafaf"
+_STEPS_SHA256 = "314e08b9cad0cbdb889e779ab61cae600bf02b5d86c5b45c2786dcc00832b346"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -181,7 +181,7 @@ def _fold(  # pragma: no cover - compiled
     counter_byte, counter_mask, counter_shift, counter_step,
     counter2_byte, counter2_mask, counter2_shift, counter2_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
-    couple_a, couple_b, couple_le, couple_lo, couple_hi, fixed_mask, fixed_value,
+    couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel, fixed_mask, fixed_value,
     crc8_pow, dlc_masks, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
@@ -208,7 +208,7 @@ def _fold(  # pragma: no cover - compiled
         ck = checksum_kind[s]
         dict_on = has_dict[s] and payload_hashes.shape[0] > 0
         slot_hash = np.uint64(s + 1) * hash_mul
-        couplings = _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi)
+        couplings = _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel)
         fmask, fvalue = fixed_mask[s], fixed_value[s]
         # the stream's row is worked on in locals (registers, L1) and written back
         sum_dt, sum_dt2, min_dt, last_g, prev = _load_row(r, acc_i, acc_f, st_last_data, la)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from detector.features.baseline import COUPLED_REL_UNIT as REL_UNIT
 from detector.features.baseline import MAX_COUPLINGS, PAIRS, crc8_table
 
 # The constants and functions below are compiled into the fold, whose numba cache
@@ -223,9 +224,10 @@ def _bounds(  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi):  # pragma: no cover
+def _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel):  # pragma: no cover
     """Stream ``s``'s signal couplings as ``_signals`` takes them: how many, then
-    per coupling the bytes of signals a and b, their byte order, the bounds of a - b."""
+    per coupling the bytes of signals a and b, their byte order, the bounds of a - b
+    and its slack relative to the signals' size."""
     n = 0
     while n < MAX_COUPLINGS and couple_a[s, n] >= 0:
         n += 1
@@ -236,6 +238,7 @@ def _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi):  # pragm
         (couple_le[s, 0], couple_le[s, 1], couple_le[s, 2], couple_le[s, 3]),
         (couple_lo[s, 0], couple_lo[s, 1], couple_lo[s, 2], couple_lo[s, 3]),
         (couple_hi[s, 0], couple_hi[s, 1], couple_hi[s, 2], couple_hi[s, 3]),
+        (couple_rel[s, 0], couple_rel[s, 1], couple_rel[s, 2], couple_rel[s, 3]),
     )
 
 
@@ -388,11 +391,15 @@ def _signals(p64, couplings, fmask, fvalue):  # pragma: no cover - compiled
     """Whether two coupled 16-bit signals of ``p64`` (``couplings`` as ``_couplings``
     gives them) differ by more than learned, and whether a byte that held one
     value (``fmask``: ``fvalue``) moved."""
-    n_couple, couple_a, couple_b, couple_le, couple_lo, couple_hi = couplings
+    n_couple, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel = couplings
     broken = False
     for c in range(n_couple):
-        diff = _word(p64, couple_a[c], couple_le[c]) - _word(p64, couple_b[c], couple_le[c])
-        broken |= (diff < couple_lo[c]) | (diff > couple_hi[c])
+        wa = _word(p64, couple_a[c], couple_le[c])
+        wb = _word(p64, couple_b[c], couple_le[c])
+        diff = wa - wb
+        if (diff < couple_lo[c]) | (diff > couple_hi[c]):  # rare: the relative bound decides
+            off = abs(diff - (couple_lo[c] + couple_hi[c]) // 2) * np.int64(REL_UNIT)
+            broken |= off > np.int64(couple_rel[c]) * max(wa, wb)
     return broken, (p64 & fmask) != fvalue
 
 

@@ -220,7 +220,7 @@ def fold(
         bl.counter_shift, bl.counter_step, bl.counter2_byte, bl.counter2_mask,
         bl.counter2_shift, bl.counter2_step, bl.checksum_kind, bl.checksum_byte, bl.has_dict,
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask,
-        bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi,
+        bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi, bl.couple_rel,
         bl.fixed_mask.astype(np.uint64), bl.fixed_value.astype(np.uint64),
         _CRC8_POW, DLC_MASKS, _HASH_MUL,
         late, *emitted.buffers(),
