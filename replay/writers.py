@@ -240,28 +240,14 @@ def to_messages(frames: np.ndarray):
     ext = ((cid & EXTENDED_FLAG) != 0).tolist()
     rtr = ((frames["flags"] & FLAG_RTR) != 0).tolist()
     err = ((frames["flags"] & FLAG_ERROR) != 0).tolist()
-    dlc = frames["dlc"].tolist()
     raw = frames["data"].tobytes()
-    width = frames["data"].shape[1]
-    if width == 8:
-        for i in range(len(ts)):
-            yield can.Message(
-                timestamp=ts[i],
-                arbitration_id=arb[i],
-                is_extended_id=ext[i],
-                is_remote_frame=rtr[i],
-                is_error_frame=err[i],
-                dlc=dlc[i],
-                data=None if rtr[i] else raw[8 * i : 8 * i + dlc[i]],
-                channel=0,
-                check=False,
-            )
-        return
+    width = frames["data"].shape[1]  # 8, or 64 for an FD array
     flags = frames["flags"]
     fd = ((flags & FLAG_FD) != 0).tolist()
     brs = ((flags & FLAG_BRS) != 0).tolist()
     esi = ((flags & FLAG_ESI) != 0).tolist()
-    length = fd_lengths(frames).tolist()  # python-can's dlc is the length in bytes
+    # python-can's dlc is the length in bytes (an FD array's dlc is the length code)
+    length = (fd_lengths(frames) if width == 64 else frames["dlc"]).tolist()
     for i in range(len(ts)):
         yield can.Message(
             timestamp=ts[i],
@@ -273,7 +259,7 @@ def to_messages(frames: np.ndarray):
             bitrate_switch=brs[i],
             error_state_indicator=esi[i],
             dlc=length[i],
-            data=None if rtr[i] else raw[64 * i : 64 * i + length[i]],
+            data=None if rtr[i] else raw[width * i : width * i + length[i]],
             channel=0,
             check=False,
         )
