@@ -204,11 +204,6 @@ def _forge(payloads: np.ndarray, length: int) -> np.ndarray:
     return forged
 
 
-def _lengths(frames: np.ndarray) -> np.ndarray:
-    """Data bytes of each frame (a classic frame: its dlc as stored)."""
-    return fd_lengths(frames) if is_fd_array(frames) else frames["dlc"]
-
-
 def _uniform_times(t0: float, t1: float, rate: float) -> np.ndarray:
     n = max(int(round((t1 - t0) * rate)), 1)
     return t0 + np.arange(n) / rate
@@ -253,7 +248,7 @@ def _form(frames: np.ndarray, can_id: int) -> tuple[int, int, int]:
     if len(own) == 0:
         return FLAG_FD | FLAG_BRS, 15, 64
     last = frames[own[-1]]
-    return int(last["flags"]) & (FLAG_FD | FLAG_BRS), int(last["dlc"]), int(_lengths(last[None])[0])
+    return int(last["flags"]) & (FLAG_FD | FLAG_BRS), int(last["dlc"]), int(fd_lengths(last[None])[0])
 
 
 def _genuine(frames: np.ndarray, can_id: int) -> np.ndarray:
@@ -289,7 +284,7 @@ def _fabricate(frames, spec, target, t0, t1, rng) -> np.ndarray:
         template = before[-32:] if len(before) else own[:32]
         dlc = int(template["dlc"][-1])
         flags = int(template["flags"][-1]) & (FLAG_FD | FLAG_BRS) if fd else 0
-        forged = _forge(template["data"], int(_lengths(template)[-1]))[-1]
+        forged = _forge(template["data"], int(fd_lengths(template)[-1]))[-1]
         return _new_frames(frames, ts, target, np.tile(forged, (len(ts), 1)), dlc, kind, flags)
     # replay: the window's length of genuine frames just before t0, repeated if short
     shift = min(t1 - t0, t0 - float(frames["ts"][0]))
@@ -339,7 +334,7 @@ def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndar
             raise ConfigError(
                 f"masquerade: id {format_id(target)} has no frames in the attack window"
             )
-        out["data"][hit] = _forge(frames["data"][hit], int(_lengths(frames[hit[:1]])[0]))
+        out["data"][hit] = _forge(frames["data"][hit], int(fd_lengths(frames[hit[:1]])[0]))
         out["label"][hit] = LABEL_CODE["masquerade"]
         return out, span
     added = _fabricate(frames, spec, target, t0, t1, rng)

@@ -31,7 +31,6 @@ import numpy as np
 from detector.core.fd import fd_lengths
 from detector.core.schema import (
     EXTENDED_FLAG,
-    FD_LENGTHS,
     FLAG_BRS,
     FLAG_ERROR,
     FLAG_ESI,
@@ -40,6 +39,7 @@ from detector.core.schema import (
     FRAME_DTYPE,
     ID_MASK_EXTENDED,
     LABELS,
+    fd_dlc,
     is_fd_array,
 )
 from replay.readers import ALIASES, canonical_format
@@ -142,7 +142,7 @@ def _byte_cells(frames: np.ndarray, sep: bytes) -> np.ndarray:
     left empty (the dlc of a classic frame, the length of an FD frame's code)."""
     data = frames["data"]
     n = len(frames)
-    length = fd_lengths(frames) if is_fd_array(frames) else frames["dlc"]
+    length = fd_lengths(frames)
     pairs = np.stack([_HEXCHARS[data >> 4], _HEXCHARS[data & 15]], axis=2)
     pairs[np.arange(data.shape[1]) >= length[:, None]] = 0
     if not sep:
@@ -247,7 +247,7 @@ def to_messages(frames: np.ndarray):
     brs = ((flags & FLAG_BRS) != 0).tolist()
     esi = ((flags & FLAG_ESI) != 0).tolist()
     # python-can's dlc is the length in bytes (an FD array's dlc is the length code)
-    length = (fd_lengths(frames) if width == 64 else frames["dlc"]).tolist()
+    length = fd_lengths(frames).tolist()
     for i in range(len(ts)):
         yield can.Message(
             timestamp=ts[i],
@@ -299,7 +299,7 @@ class _TRCWriter(can.TRCWriter):
             self.first_timestamp = msg.timestamp
         kind = self._FD_TYPES[(msg.bitrate_switch, msg.error_state_indicator)]
         arb_id = f"{msg.arbitration_id:07X}" if msg.is_extended_id else f"{msg.arbitration_id:04X}"
-        code = int(np.searchsorted(FD_LENGTHS, len(msg.data)))
+        code = int(fd_dlc(len(msg.data)))
         line = (
             f"{self.msgnr:>7} {(msg.timestamp - self.first_timestamp) * 1000:13.3f} {kind} "
             f"{self.channel:>2} {arb_id:>8} {'Rx' if msg.is_rx else 'Tx':>2} -  {code:<4} "

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core.errors import DecodeError
+from detector.core.fd import fd_lengths
 from detector.core.schema import (
     FD_FRAME_DTYPE,
     FD_LENGTHS,
@@ -223,7 +224,7 @@ def fd_frames(n: int = 60, seed: int = 1) -> np.ndarray:
     out["flags"] = flags
     out["label"] = rng.integers(0, 3, n)
     out["data"] = rng.integers(0, 256, (n, 64))
-    out["data"][np.arange(64) >= wire.data_lengths(out)[:, None]] = 0
+    out["data"][np.arange(64) >= fd_lengths(out)[:, None]] = 0
     return out
 
 
@@ -258,7 +259,7 @@ def test_fd_decode_sorts_and_zeroes_bytes_past_each_length():
     frames["data"][:] = 0xEE  # junk past every length
     batch = decode(value=wire.encode_binary(frames), headers=BH)
     assert np.all(np.diff(batch.frames["ts"]) >= 0)
-    lengths = wire.data_lengths(batch.frames)
+    lengths = fd_lengths(batch.frames)
     cols = np.arange(64)
     assert (batch.frames["data"][cols >= lengths[:, None]] == 0).all()
     assert (batch.frames["data"][cols < lengths[:, None]] == 0xEE).all()
@@ -397,7 +398,7 @@ def test_the_fd_kernel_masks_every_length_and_agrees_per_record():
     frames["dlc"][25:] = np.arange(16)
     frames["flags"][25:] = FLAG_FD | FLAG_ESI
     frames["data"][:] = 0xA5
-    lengths = wire.data_lengths(frames)
+    lengths = fd_lengths(frames)
     other = frames.copy()
     limits = (1e9, NOW, np.uint32(wire.EXTENDED_FLAG), wire.ID_MASK_STANDARD)
     assert fd_frame_faults(frames, 0, len(frames), *limits) == (-1, 0, -1, -1, -1, True)

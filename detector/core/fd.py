@@ -122,7 +122,8 @@ def to_fd(frames: np.ndarray) -> np.ndarray:
 
 
 def fd_lengths(frames: np.ndarray) -> np.ndarray:
-    """Data bytes of each frame of an FD array (classic frames: their dlc, at most 8)."""
+    """Data bytes of each frame, of a classic or an FD array: ``FD_LENGTHS[dlc]`` for a
+    frame with FLAG_FD, else its dlc, at most 8."""
     fd = (frames["flags"] & FLAG_FD) != 0
     return np.where(fd, FD_LENGTHS[frames["dlc"] & 15], np.minimum(frames["dlc"], 8))
 

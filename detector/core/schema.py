@@ -159,8 +159,18 @@ DLC_MASKS = np.array([(1 << (8 * d)) - 1 for d in range(8)] + [2**64 - 1], np.ui
 def frame_words(frames: np.ndarray) -> np.ndarray:
     """``frames`` as (n, 3) uint64 words, a view: the layout above is the little-endian
     one FRAME_DTYPE spells out."""
+    return _words(frames, FRAME_DTYPE, "FRAME_DTYPE")
+
+
+def fd_frame_words(frames: np.ndarray) -> np.ndarray:
+    """An FD_FRAME_DTYPE array as (n, 10) uint64 words, a view: ts; the middle word as
+    in ``frame_words``; the 64 data bytes as eight little-endian words."""
+    return _words(frames, FD_FRAME_DTYPE, "FD_FRAME_DTYPE")
+
+
+def _words(frames: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     if sys.byteorder != "little":
         raise RuntimeError("the frame kernels assume a little-endian host")
-    if frames.dtype != FRAME_DTYPE or frames.ndim != 1 or not frames.flags.c_contiguous:
-        raise ValueError(f"need a contiguous 1-d FRAME_DTYPE array, got {frames.dtype} {frames.shape}")
-    return frames.view(np.uint64).reshape(-1, 3)
+    if frames.dtype != dtype or frames.ndim != 1 or not frames.flags.c_contiguous:
+        raise ValueError(f"need a contiguous 1-d {name} array, got {frames.dtype} {frames.shape}")
+    return frames.view(np.uint64).reshape(-1, dtype.itemsize // 8)

@@ -8,12 +8,10 @@ eight of them; ``fd_frame_faults`` checks them with FD's rules.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from numba import njit
 
-from detector.core.schema import DLC_MASKS, FD_FRAME_DTYPE, FD_LENGTHS, frame_words
+from detector.core.schema import DLC_MASKS, FD_LENGTHS, fd_frame_words, frame_words
 
 
 @njit(cache=True, nogil=True)
@@ -93,17 +91,24 @@ def _faults_each(ts, words, bounds, min_ts, max_ts, known_flags, extended, max_s
             out[k, 0] = out[k, 2] = out[k, 3] = out[k, 4] = -1
             out[k, 5] = ordered
             continue
-        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = _faults(
+        faults = _faults(
             ts, words, bounds[k], bounds[k + 1], min_ts, max_ts, known_flags, extended,
             max_standard, masks,
         )  # fmt: skip
-        out[k, 0] = bad_dlc
-        out[k, 1] = n_bad_dlc
-        out[k, 2] = bad_id
-        out[k, 3] = bad_flags
-        out[k, 4] = bad_ts
-        out[k, 5] = ordered
+        _store(out, k, faults)
     return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _store(out, k, faults):  # pragma: no cover - compiled
+    """One record's checks (as ``_faults`` returns them) into row ``k`` of ``out``."""
+    bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = faults
+    out[k, 0] = bad_dlc
+    out[k, 1] = n_bad_dlc
+    out[k, 2] = bad_id
+    out[k, 3] = bad_flags
+    out[k, 4] = bad_ts
+    out[k, 5] = ordered
 
 
 def frame_faults(
@@ -134,18 +139,6 @@ def frame_faults_each(
 
 
 # -- CAN FD frames (schema 2) ------------------------------------------------------
-
-
-def fd_frame_words(frames: np.ndarray) -> np.ndarray:
-    """An FD_FRAME_DTYPE array as (n, 10) uint64 words, a view: ts; the middle word as
-    in ``frame_words``; the 64 data bytes as eight little-endian words."""
-    if sys.byteorder != "little":
-        raise RuntimeError("the frame kernels assume a little-endian host")
-    if frames.dtype != FD_FRAME_DTYPE or frames.ndim != 1 or not frames.flags.c_contiguous:
-        raise ValueError(
-            f"need a contiguous 1-d FD_FRAME_DTYPE array, got {frames.dtype} {frames.shape}"
-        )
-    return frames.view(np.uint64).reshape(-1, 10)
 
 
 @njit(cache=True, nogil=True)
@@ -203,16 +196,11 @@ def _fd_faults(ts, words, lo, hi, min_ts, max_ts, extended, max_standard, masks,
 def _fd_faults_each(ts, words, bounds, min_ts, max_ts, extended, max_standard, masks, lengths):  # pragma: no cover
     out = np.zeros((bounds.shape[0] - 1, 6), np.int64)
     for k in range(bounds.shape[0] - 1):
-        bad_dlc, n_bad_dlc, bad_id, bad_flags, bad_ts, ordered = _fd_faults(
+        faults = _fd_faults(
             ts, words, bounds[k], bounds[k + 1], min_ts, max_ts, extended, max_standard,
             masks, lengths,
         )  # fmt: skip
-        out[k, 0] = bad_dlc
-        out[k, 1] = n_bad_dlc
-        out[k, 2] = bad_id
-        out[k, 3] = bad_flags
-        out[k, 4] = bad_ts
-        out[k, 5] = ordered
+        _store(out, k, faults)
     return out
 
 

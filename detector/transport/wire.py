@@ -38,6 +38,7 @@ import numpy as np
 
 from detector.core.brands import validate_slug
 from detector.core.errors import DecodeError
+from detector.core.fd import fd_lengths
 from detector.core.schema import (
     EXTENDED_FLAG,
     FD_FRAME_DTYPE,
@@ -170,11 +171,6 @@ class DecodedBatch(NamedTuple):  # a tuple: made for every record of every poll
 # -- encoding -------------------------------------------------------------------
 
 
-def schema_of(frames: np.ndarray) -> int:
-    """The schema a frame array is written in: 2 for FD_FRAME_DTYPE, else 1."""
-    return SCHEMA_FD if frames.dtype == FD_FRAME_DTYPE else SCHEMA_CLASSIC
-
-
 def _check_frames(frames: np.ndarray) -> tuple[np.ndarray, int]:
     """``frames`` as an array, and its schema; TypeError/ValueError if no record holds it."""
     frames = np.asarray(frames)
@@ -193,20 +189,6 @@ def _check_frames(frames: np.ndarray) -> tuple[np.ndarray, int]:
     if len(frames) > limit:
         raise ValueError(f"at most {limit} frames per record, got {len(frames)}; split it")
     return frames, schema
-
-
-def _lengths(frames: np.ndarray, fd_record: bool) -> np.ndarray:
-    dlc = frames["dlc"]
-    if not fd_record:
-        return np.minimum(dlc, 8)
-    fd = (frames["flags"] & FLAG_FD) != 0
-    return np.where(fd, FD_LENGTHS[dlc & 15], np.minimum(dlc, 8))
-
-
-def data_lengths(frames: np.ndarray) -> np.ndarray:
-    """Data bytes each frame carries on the wire: ``dlc`` up to 8 for a classic frame,
-    ``FD_LENGTHS[dlc]`` for one with FLAG_FD (in an FD_FRAME_DTYPE array)."""
-    return _lengths(frames, frames.dtype == FD_FRAME_DTYPE)
 
 
 def _binary(frames: np.ndarray, schema: int) -> bytes:
@@ -229,7 +211,7 @@ def _json(vehicle: str, brand: str, frames: np.ndarray, schema: int, bus: str) -
     ids = frames["can_id"].tolist()
     dlcs = frames["dlc"].tolist()
     flags = frames["flags"].tolist()
-    cuts = (2 * _lengths(frames, schema == SCHEMA_FD)).tolist()
+    cuts = (2 * fd_lengths(frames).astype(np.int64)).tolist()
     step = 2 * frames.dtype["data"].shape[0]
     raw = np.ascontiguousarray(frames["data"]).tobytes().hex()
     hexes = [raw[k : k + step] for k in range(0, len(raw), step)]
@@ -244,7 +226,7 @@ def _json(vehicle: str, brand: str, frames: np.ndarray, schema: int, bus: str) -
 
 
 def encode_json(vehicle: str, brand: str, frames: np.ndarray, bus: str = "can0") -> bytes:
-    """The JSON value; data is hex of the frame's bytes (``data_lengths``), flags added
+    """The JSON value; data is hex of the frame's bytes (``fd_lengths``), flags added
     when non-zero. For an FD_FRAME_DTYPE array (schema 2) dlc is the data length code."""
     frames, schema = _check_frames(frames)
     return _json(vehicle, brand, frames, schema, bus)
@@ -369,7 +351,7 @@ def _fd_flags_fault(frame: np.void) -> str:
 def _check_data_lengths(frames: np.ndarray, nbytes: np.ndarray) -> None:
     """Schema 2 JSON: each frame's data must be exactly the bytes its dlc stands for
     (a remote frame may give none)."""
-    length = data_lengths(frames)  # dlc is valid by now: 0-8 classic, 0-15 FD
+    length = fd_lengths(frames)  # dlc is valid by now: 0-8 classic, 0-15 FD
     ok = (nbytes == length) | ((nbytes == 0) & ((frames["flags"] & FLAG_RTR) != 0))
     if ok.all():
         return
