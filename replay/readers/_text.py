@@ -266,17 +266,11 @@ def parse_float(t: Text, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
     return ts, bad
 
 
-def hex_bytes_contig(t: Text, s: np.ndarray, nchar: np.ndarray):
-    """Contiguous hex pairs (``0a1b2c``), up to 16 chars -> ((n, 8) uint8, bad)."""
-    b = np.stack([t.words[s], t.words[s + 8]], axis=1).view(np.uint8).reshape(-1, 16)
-    nib, bad = nibbles(b, np.arange(16) < nchar[:, None])
-    return (nib[:, 0::2] << 4) | nib[:, 1::2], bad
-
-
-def hex_bytes_wide(t: Text, s: np.ndarray, nchar: np.ndarray, nbytes: int = 64):
-    """``hex_bytes_contig`` for CAN FD data: up to ``2 * nbytes`` chars ->
-    ((n, nbytes) uint8, bad). Words past the buffer's end are clamped to it: they
-    lie beyond ``nchar`` of the file's last line, so they are masked out anyway."""
+def hex_bytes_contig(t: Text, s: np.ndarray, nchar: np.ndarray, nbytes: int = 8):
+    """Contiguous hex pairs (``0a1b2c``), up to ``2 * nbytes`` chars -> ((n, nbytes)
+    uint8, bad); ``nbytes`` 64 for CAN FD data. Words past the buffer's end are
+    clamped to it: they lie beyond ``nchar`` of the file's last line, so they are
+    masked out anyway."""
     last = len(t.words) - 1
     cols = [t.words[np.minimum(s + 8 * k, last)] for k in range(nbytes // 4)]
     b = np.stack(cols, axis=1).view(np.uint8).reshape(-1, 2 * nbytes)

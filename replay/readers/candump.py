@@ -77,53 +77,41 @@ def _ids(t: tx.Text, f: tx.Fields):
 
 def _payload(t: tx.Text, s: np.ndarray, e: np.ndarray):
     """``DATA`` after the id's ``#``: hex bytes, ``R[dlc]`` (remote) or, for a CAN FD
-    frame, ``#F`` (a hex flags nibble) then up to 64 hex bytes.
+    frame, ``#F`` then up to 64 hex bytes, read as python-can reads them: F a hex
+    flags nibble, bit 1 = BRS, 2 = ESI (other bits, such as newer candumps' FDF 4,
+    carry nothing more), ``R`` after the flags a remote frame.
 
     Returns (dlc, (n, 8) or (n, 64) data, flags): 64 wide only when a line is FD.
     """
     n = e - s
     fd = (n > 0) & (t.buf[s] == 35)
-    if fd.any():
-        return _fd_payload(t, s, e, fd)
-    rtr = (n > 0) & ((t.buf[s] | 32) == ord("r"))
-    rdlc = np.where(n == 2, t.buf[s + 1].astype(np.int64) - 48, 0)
-    bad_r = rtr & ((n > 2) | (rdlc < 0) | (rdlc > 8))
-    tx.fail(t, bad_r, lambda i: f"bad remote frame {t.text(s[i], e[i])!r}")
-    tx.fail(t, ~rtr & (n % 2 == 1), lambda i: f"odd number of hex digits in data {_q(t, s, e, i)}")
-    tx.fail(t, ~rtr & (n > 16), lambda i: f"dlc {n[i] // 2} > 8")
-    payload, bad = tx.hex_bytes_contig(t, s, np.where(rtr, 0, n))
-    tx.fail(t, bad, lambda i: f"bad hex in data {_q(t, s, e, i)}")
-    dlc = np.where(rtr, rdlc, n // 2).astype(np.uint8)
-    return dlc, payload, np.where(rtr, FLAG_RTR, 0)
-
-
-def _fd_payload(t: tx.Text, s: np.ndarray, e: np.ndarray, fd: np.ndarray):
-    """``_payload`` of a log with FD lines (``ID##F`` + data), as python-can reads
-    them: flags bit 1 = BRS, 2 = ESI (other bits, such as newer candumps' FDF 4,
-    carry nothing more), ``R`` after the flags a remote frame."""
-    nib = np.where(fd & (e - s >= 2), tx.HEX[t.buf[s + 1]], 255)
-    tx.fail(
-        t, fd & (nib > 15), lambda i: f"bad CAN FD flags in {_q(t, s, e, i)} (want ##<hex digit>)"
-    )
-    s = s + 2 * fd
-    n = e - s
+    any_fd = fd.any()
+    if any_fd:
+        nib = np.where(fd & (e - s >= 2), tx.HEX[t.buf[s + 1]], 255)
+        tx.fail(
+            t, fd & (nib > 15),
+            lambda i: f"bad CAN FD flags in {_q(t, s, e, i)} (want ##<hex digit>)",
+        )  # fmt: skip
+        s = s + 2 * fd
+        n = e - s
     rtr = (n > 0) & ((t.buf[s] | 32) == ord("r"))
     rdlc = np.where(n == 2, t.buf[s + 1].astype(np.int64) - 48, 0)
     bad_r = rtr & ((n > 2) | (rdlc < 0) | (rdlc > 8))
     tx.fail(t, bad_r, lambda i: f"bad remote frame {t.text(s[i], e[i])!r}")
     tx.fail(t, ~rtr & (n % 2 == 1), lambda i: f"odd number of hex digits in data {_q(t, s, e, i)}")
     tx.fail(t, ~rtr & ~fd & (n > 16), lambda i: f"dlc {n[i] // 2} > 8")
-    tx.fail(t, ~rtr & (n > 128), lambda i: f"CAN FD data of {n[i] // 2} bytes > 64")
     nchar = np.where(rtr, 0, n)
+    if not any_fd:
+        payload, bad = tx.hex_bytes_contig(t, s, nchar)
+        tx.fail(t, bad, lambda i: f"bad hex in data {_q(t, s, e, i)}")
+        dlc = np.where(rtr, rdlc, n // 2).astype(np.uint8)
+        return dlc, payload, np.where(rtr, FLAG_RTR, 0)
+    tx.fail(t, ~rtr & (n > 128), lambda i: f"CAN FD data of {n[i] // 2} bytes > 64")
     payload = np.zeros((len(s), 64), np.uint8)
-    classic = np.flatnonzero(~fd)
-    part, bad = tx.hex_bytes_contig(t, s[classic], nchar[classic])
-    tx.fail(t, _scatter(bad, classic, len(s)), lambda i: f"bad hex in data {_q(t, s, e, i)}")
-    payload[classic, :8] = part
-    wide = np.flatnonzero(fd)
-    part, bad = tx.hex_bytes_wide(t, s[wide], nchar[wide])
-    tx.fail(t, _scatter(bad, wide, len(s)), lambda i: f"bad hex in data {_q(t, s, e, i)}")
-    payload[wide] = part
+    for rows, width in ((np.flatnonzero(~fd), 8), (np.flatnonzero(fd), 64)):
+        part, bad = tx.hex_bytes_contig(t, s[rows], nchar[rows], width)
+        tx.fail(t, _scatter(bad, rows, len(s)), lambda i: f"bad hex in data {_q(t, s, e, i)}")
+        payload[rows, :width] = part
     length = np.where(rtr, rdlc, n // 2)
     dlc = fd_dlc_column(length, fd, length)
     flags = np.where(rtr, FLAG_RTR, 0) | np.where(fd, FLAG_FD, 0)
