@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_wire import assert_same_results
+from test_wire import one_by_one as decode_each
 
 from detector.core.errors import DecodeError
 from detector.core.fd import fd_lengths
@@ -44,25 +46,7 @@ BH, JH = headers(), headers(wire.CONTENT_TYPE_JSON)
 
 
 def one_by_one(records):
-    out = []
-    for key, value, hs in records:
-        try:
-            out.append(decode(key, value, hs))
-        except DecodeError as exc:
-            out.append(exc)
-    return out
-
-
-def assert_same(batch, single):
-    assert len(batch) == len(single)
-    for b, s in zip(batch, single, strict=True):
-        assert type(b) is type(s)
-        if isinstance(s, DecodeError):
-            assert (b.reason, b.detail) == (s.reason, s.detail)
-        else:
-            assert (b.vehicle, b.brand, b.newest, b.oldest) == (s.vehicle, s.brand, s.newest, s.oldest)
-            assert b.frames.dtype == s.frames.dtype
-            assert b.frames.tobytes() == s.frames.tobytes()
+    return decode_each(records, decode)
 
 
 # -- schema 1 records as written by the encoder before schema 2 (commit 6983f82) ---------
@@ -243,7 +227,7 @@ def test_fd_round_trip(encoding):
     batch = decode(key, value, hs)
     assert batch.frames.dtype == FD_FRAME_DTYPE and batch.frames.flags.writeable
     assert batch.frames.tobytes() == expected(frames).tobytes()
-    assert_same(wire.decode_records([(key, value, hs)], **LIMITS), [batch])
+    assert_same_results(wire.decode_records([(key, value, hs)], **LIMITS), [batch])
 
 
 def test_fd_json_gives_each_frame_exactly_its_bytes():
@@ -354,7 +338,7 @@ def test_schema_2_dead_letters(reason, value, hs, words):
 
 def test_schema_2_dead_letters_are_the_same_in_a_poll():
     records = [(b"veh-1", value, hs) for _, value, hs, _ in CASES]
-    assert_same(wire.decode_records(records, **LIMITS), one_by_one(records))
+    assert_same_results(wire.decode_records(records, **LIMITS), one_by_one(records))
 
 
 def test_the_reasons_stay_the_bounded_set_they_were():
@@ -381,7 +365,7 @@ def test_a_poll_mixing_schemas_and_encodings_decodes_like_its_records():
         encoding = "json" if i % 5 == 0 else "binary"
         records.append(wire.encode_record(f"veh-{i % 4}", "jeep", frames, encoding))
     batch = wire.decode_records(records, **LIMITS)
-    assert_same(batch, one_by_one(records))
+    assert_same_results(batch, one_by_one(records))
     assert sum(isinstance(b, DecodeError) for b in batch) == 3
     kinds = {b.frames.dtype for b in batch if not isinstance(b, DecodeError)}
     assert kinds == {FRAME_DTYPE, FD_FRAME_DTYPE}
@@ -436,4 +420,4 @@ def test_arbitrary_schema_2_records_only_give_verdicts_a_poll_agrees_with(specs)
                 {"frames": [[1_700_000_000.5, 0x55, d, "ab" * n, f] for d, f, n in rows]}
             ).encode()
         records.append((b"veh-1", value, headers(ctype, schema)))
-    assert_same(wire.decode_records(records, **LIMITS), one_by_one(records))
+    assert_same_results(wire.decode_records(records, **LIMITS), one_by_one(records))
