@@ -30,7 +30,7 @@ import numpy as np
 from detector.core.brands import Fleet
 from detector.core.config import LimitsConfig
 from detector.core.schema import concat_frames, make_frames
-from detector.features.columns import FEATURE_NAMES, Rows
+from detector.features.columns import FEATURE_NAMES, N_FEATURES, Rows
 from detector.features.streams import grown
 from detector.features.windowing import (
     GUARANTEED_NOVEL_IDS,
@@ -71,6 +71,9 @@ class ScoredRows:
     names: list[str]
     brands: list[str]
     baseline_period: np.ndarray  # (r,) learned period of the row's id (nan if unknown)
+    # (r,) a feature beyond what the model learned for the row's id, held-out drives'
+    # tolerance included, before the vehicle's own reference (what drift counts)
+    outside: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 class _PlatformState:
@@ -326,12 +329,18 @@ class Scorer:
         model = self.models[platform]
         st = self.state[platform]
         t1 = time.perf_counter()
-        scores, excess = score_rows(model, rows, st.window.first_window, st.reference)
+        calibrated, excess, factor = referenced_evidence(
+            model, rows, st.window.first_window, st.reference
+        )
+        scores = row_scores(excess, model.threshold) / factor
+        outside = (calibrated[:, :N_FEATURES] > 0).any(axis=1)
         self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
         names, brands = (list(st.names), list(st.brands)) if copy_names else (st.names, st.brands)
-        return ScoredRows(platform, model.version, rows, scores, excess, names, brands, period)
+        return ScoredRows(
+            platform, model.version, rows, scores, excess, names, brands, period, outside
+        )
 
 
 def _by_platform(found: list[tuple[int, str, int]]) -> list[tuple[str, list[int]]]:
