@@ -23,6 +23,7 @@ _ORDER = [
     "inspect",
     "train",
     "evaluate",
+    "models",
     "broker",
     "replay",
     "detect",

@@ -60,6 +60,9 @@ class DetectionConfig:
 class ModelsConfig:
     dir: str = "models"
     reload_interval_s: float = 5.0
+    # `canwatch models promote` refuses a shadow that would have opened more than this
+    # many times the serving model's incidents over its shadow period (one added to each)
+    promote_max_ratio: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "detection.n_estimators": (lambda v: 1 <= v <= 5000, "in [1, 5000]"),
     "detection.max_samples": (lambda v: v >= 2, ">= 2"),
     "models.reload_interval_s": (lambda v: v > 0, "> 0"),
+    "models.promote_max_ratio": (lambda v: v >= 1, ">= 1"),
     "incidents.quiet_windows": (lambda v: v >= 1, ">= 1"),
     "metrics.address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
     "watchdog.stall_s": (lambda v: 1 <= v <= 3600, "in [1, 3600]"),

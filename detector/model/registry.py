@@ -1,9 +1,10 @@
 """The models in service, reloaded from the model directory without a restart.
 
-``refresh()`` looks for manifests newer than the loaded version of each
-platform. A new version is verified (sha256, path, feature list) before it
-replaces the old one; a broken one is refused, logged loudly and counted, and
-the old model keeps serving. A refused version is not retried until its
+``refresh()`` loads the version each platform's lifecycle says serves (without
+a lifecycle file: the newest), and its shadow, where they changed. A version
+is verified (sha256, path, feature list) before it replaces the old one; a
+broken one is refused, logged loudly and counted, and the old model keeps
+serving. A refused version is not retried until its
 manifest changes.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.core.errors import ModelError
+from detector.model.lifecycle import Lifecycle, lifecycle_path, read_lifecycle
 from detector.model.platform import PlatformModel
 from detector.model.store import list_manifests, load_model
 
@@ -23,6 +25,8 @@ log = logging.getLogger("canwatch.models")
 def failure_reason(exc: ModelError) -> str:
     """The bounded metric label for a refused model."""
     text = str(exc)
+    if "lifecycle file" in text:
+        return "lifecycle"
     if "sha256" in text:
         return "checksum"
     if "outside the model directory" in text or "manifest" in text and "lacks" in text:
@@ -35,52 +39,103 @@ def failure_reason(exc: ModelError) -> str:
 
 
 class ModelRegistry:
+    """The serving model, and the shadow if any, of every platform in ``model_dir``.
+
+    What serves and what is in shadow is the platform's lifecycle
+    (``detector.model.lifecycle``): the pinned versions, or without a lifecycle
+    file the newest usable version. A rollback is a version older than the one
+    loaded, and is loaded like any other."""
+
     def __init__(
         self,
         model_dir: Path | str,
         on_loaded: Callable[[PlatformModel], None] = lambda m: None,
         on_refused: Callable[[str, ModelError], None] = lambda p, e: None,
         prepare: Callable[[PlatformModel], None] = lambda m: None,
+        on_shadow: Callable[[str, PlatformModel | None], None] = lambda p, m: None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.models: dict[str, PlatformModel] = {}
+        self.shadows: dict[str, PlatformModel] = {}
         self._refused: dict[str, float] = {}  # manifest path -> its mtime when refused
         self.on_loaded = on_loaded
         self.on_refused = on_refused
         self.prepare = prepare  # run on a loaded model before it serves; ModelError refuses it
+        self.on_shadow = on_shadow  # a shadow installed (model) or removed (None)
 
     def refresh(self) -> list[PlatformModel]:
-        """Load every platform's newest version if it is newer; returns the models loaded."""
+        """Load what each platform's lifecycle says serves, and its shadow, where they
+        changed; returns the serving models loaded."""
         loaded = []
         for platform, versions in list_manifests(self.model_dir).items():
+            try:
+                state = read_lifecycle(self.model_dir, platform)
+            except ModelError as exc:
+                self._refuse_once(lifecycle_path(self.model_dir, platform), platform, exc)
+                continue
+            by_version = {m.version: m for m in versions}
             current = self.models.get(platform)
-            for m in reversed(versions):  # newest first; fall back past refused ones
-                if current is not None and m.version <= current.version:
-                    break
-                mtime = m.path.stat().st_mtime
-                if self._refused.get(str(m.path)) == mtime:
-                    continue
-                try:
-                    model = load_model(m.path)
-                    self.prepare(model)
-                except ModelError as exc:
-                    self._refused[str(m.path)] = mtime
-                    log.error(
-                        "refusing model %s: %s (keeping %s)",
-                        m.path.name,
-                        exc,
-                        f"v{current.version}" if current else "no model",
+            for m in self._serving_candidates(state, versions, by_version, current):
+                model = self._load(m, platform, f"v{current.version}" if current else "no model")
+                if model is not None:
+                    self.models[platform] = model
+                    log.info(
+                        "serving %s v%d (threshold %.4f)", platform, model.version, model.threshold
                     )
-                    self.on_refused(platform, exc)
-                    continue
-                self.models[platform] = model
-                log.info(
-                    "loaded model %s v%d (threshold %.4f)", platform, model.version, model.threshold
-                )
-                self.on_loaded(model)
-                loaded.append(model)
-                break
+                    self.on_loaded(model)
+                    loaded.append(model)
+                    break
+            self._follow_shadow(platform, state.shadow, by_version)
         return loaded
+
+    @staticmethod
+    def _serving_candidates(
+        state: Lifecycle, versions: list, by_version: dict, current: PlatformModel | None
+    ) -> list:
+        if state.pinned:
+            m = by_version.get(state.serving)
+            wanted = m is not None and (current is None or current.version != m.version)
+            return [m] if wanted else []
+        # no lifecycle file: the newest usable version, falling back past refused ones
+        return [m for m in reversed(versions) if current is None or m.version > current.version]
+
+    def _follow_shadow(self, platform: str, version: int | None, by_version: dict) -> None:
+        current = self.shadows.get(platform)
+        if version is None or version not in by_version:
+            if current is not None:
+                del self.shadows[platform]
+                log.info("shadow %s v%d removed", platform, current.version)
+                self.on_shadow(platform, None)
+            return
+        if current is not None and current.version == version:
+            return
+        model = self._load(by_version[version], platform, "no shadow")
+        if model is not None:
+            self.shadows[platform] = model
+            log.info("shadow %s v%d (threshold %.4f)", platform, model.version, model.threshold)
+            self.on_shadow(platform, model)
+
+    def _load(self, m, platform: str, keeping: str) -> PlatformModel | None:
+        """Load and prepare one version; a refused one is not retried until it changes."""
+        mtime = m.path.stat().st_mtime
+        if self._refused.get(str(m.path)) == mtime:
+            return None
+        try:
+            model = load_model(m.path)
+            self.prepare(model)
+        except ModelError as exc:
+            self._refused[str(m.path)] = mtime
+            log.error("refusing model %s: %s (keeping %s)", m.path.name, exc, keeping)
+            self.on_refused(platform, exc)
+            return None
+        return model
+
+    def _refuse_once(self, path: Path, platform: str, exc: ModelError) -> None:
+        mtime = path.stat().st_mtime if path.exists() else 0.0
+        if self._refused.get(str(path)) != mtime:
+            self._refused[str(path)] = mtime
+            log.error("%s (keeping what serves)", exc)
+            self.on_refused(platform, exc)
 
     def brands(self) -> set[str]:
         """Brand slugs the loaded models declare (external platforms name themselves)."""

@@ -188,3 +188,37 @@ def load_latest(model_dir: Path | str) -> dict[str, PlatformModel]:
         platform: load_model(versions[-1].path)
         for platform, versions in list_manifests(model_dir).items()
     }
+
+
+def install_copy(src_manifest: Path | str, model_dir: Path | str) -> Path:
+    """Copy a verified model version (from a training output directory) into ``model_dir``
+    as that platform's next version; returns the new manifest. The copy is verified
+    again where it lands and removed if it does not load."""
+    src_manifest = Path(src_manifest)
+    load_model(src_manifest)  # verified before it is copied anywhere
+    m = read_manifest(src_manifest)
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    version = next_version(d, str(m["platform"]))
+    stem = f"{m['platform']}-v{version}"
+    model_path = d / f"{stem}.skops"
+    tmp = d / f".{stem}.skops.tmp"
+    tmp.write_bytes((src_manifest.parent / str(m["model_file"])).read_bytes())
+    tmp.replace(model_path)
+    manifest = {
+        **m,
+        "version": version,
+        "model_file": model_path.name,
+        "deployed_from": {"manifest": str(src_manifest.resolve()), "version": m["version"]},
+    }
+    manifest_path = d / f"{stem}.json"
+    tmp = d / f".{stem}.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(manifest_path)
+    try:
+        load_model(manifest_path)
+    except ModelError:
+        manifest_path.unlink(missing_ok=True)
+        model_path.unlink(missing_ok=True)
+        raise
+    return manifest_path

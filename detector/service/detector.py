@@ -16,7 +16,8 @@ deterministic ids (at-least-once; see ``offset_ledger``).
 - ``audit_log``: the ``windows_out`` file, fsync'd before each commit;
 - ``offset_ledger``: how far a commit may go; ``commits``: when it goes;
 - ``rebalance``: partitions moving, whose state is kept or dropped;
-- ``model_reload``: new model versions, warmed up or refused;
+- ``model_reload``: new model versions, warmed up or refused, promoted or rolled back;
+- ``shadow``: a candidate version scoring beside the serving one, never published;
 - ``activity``: vehicles active, and those gone quiet to retire;
 - ``vehicle_state``: a vehicle's state across the parts, let go as one;
 - ``broker_contact``: the broker's signs of life and the group membership.
@@ -103,6 +104,7 @@ from detector.service.model_reload import ModelReload
 from detector.service.offset_ledger import OffsetLedger
 from detector.service.outbox import Outbox
 from detector.service.rebalance import Rebalance
+from detector.service.shadow import ShadowScoring
 from detector.service.vehicle_state import VehicleState
 from detector.service.watchdog import Health, LoopState, Watchdog
 from detector.transport import wire
@@ -153,8 +155,12 @@ class Detector:
         self.detector_id = detector_id or default_detector_id()
         self.window_s = cfg.detection.window_s
         self.scorer = Scorer({}, fleet, self.window_s, cfg.limits)
+        self.shadow = ShadowScoring(
+            fleet, self.window_s, cfg.limits, cfg.incidents, self.detector_id, metrics,
+            cfg.models.dir,
+        )  # fmt: skip
         self.models = ModelReload(
-            cfg.models, fleet, self.scorer, metrics, self.window_s, self._refreeze
+            cfg.models, fleet, self.scorer, metrics, self.window_s, self._refreeze, self.shadow
         )
         self.registry = self.models.registry
         metrics.set_state_limits(cfg.limits.max_vehicles, cfg.limits.max_streams)
@@ -172,7 +178,7 @@ class Detector:
         self.activity = Activity(metrics)
         self.vehicles = VehicleState(
             self.scorer, self.tracker, self.incident_feed, self.ledger, self.activity,
-            metrics, self.window_s,
+            metrics, self.window_s, self.shadow,
         )  # fmt: skip
         self.intake = Intake(
             cfg.detection, self.scorer, self.models.known_brands, self.privacy_key,
@@ -350,13 +356,25 @@ class Detector:
         scored, retired, shed = self._score(batches)
         t2 = time.perf_counter()
         events = self._incidents(scored)
+        shadow_s = self.shadow_step(batches, scored, events, retired)  # before they go
         events += self.vehicles.let_go(retired, shed)
         t3 = time.perf_counter()
-        self.metrics.observe_stage("incidents", t3 - t2)
+        self.metrics.observe_stage("incidents", t3 - t2 - shadow_s)
         futures += [self.outbox.send_incident(ev) for ev in events]
         windows = self.audit.windows(scored)
         summary = poll_summary(polled, n, batches, dead, len(events), len(windows))
         self.outbox.dispatched(futures, t3, summary, windows)
+
+    def shadow_step(self, batches: list, scored: list, events: list, retired: set) -> float:
+        """The shadows score the same batches (only brands with one pay for it); the
+        seconds that took."""
+        if not self.shadow.active:
+            return 0.0
+        t0 = time.perf_counter()
+        self.shadow.observe(batches, scored, events, retired)
+        spent = time.perf_counter() - t0
+        self.metrics.observe_stage("shadow", spent)
+        return spent
 
     def _decode(self, polled: dict) -> tuple[list, list]:
         return self.intake.decode(polled)

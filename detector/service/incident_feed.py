@@ -76,8 +76,11 @@ class IncidentFeed:
                 for brand in np.unique(brands):
                     sel = brands == brand
                     bm = self.metrics.brand(str(brand))
-                    bm.windows.inc(int(sel.sum()))
-                    bm.anomalous.inc(int((s[sel] >= 1.0).sum()))
+                    n, anomalous = int(sel.sum()), int((s[sel] >= 1.0).sum())
+                    bm.windows.inc(n)
+                    bm.anomalous.inc(anomalous)
+                    bm.model_windows.inc(n)  # the serving role, beside any shadow's
+                    bm.model_anomalous.inc(anomalous)
                     bm.observe_scores(s[sel])
             clock = vehicle_clock(sc, v, w, self.window_s)
             events += self.tracker.observe(observations(sc, self.window_s), clock)
@@ -97,6 +100,7 @@ class IncidentFeed:
             if ev["status"] == "open":
                 self.open_severity[ev["incident_id"]] = (ev["severity"], ev["suspected_attack"])
                 bm.incident_opened(ev["severity"], ev["suspected_attack"])
+                bm.model_incidents.inc()
             elif ev["status"] == "closed":
                 sev, att = self.open_severity.pop(
                     ev["incident_id"], (ev["severity"], ev["suspected_attack"])

@@ -1,9 +1,11 @@
 """Model reload: new versions picked up while running, unusable ones refused.
 
-Every ``models.reload_interval_s`` the registry looks for newer versions. Each
-one scores synthetic frames (``warm_up``) before it serves, so the compiled
-kernels load now, not in the first poll, and a model that cannot score is
-refused like a corrupt file, with the old one kept serving. A model that serves
+Every ``models.reload_interval_s`` the registry follows each platform's
+lifecycle (``detector.model.lifecycle``): a promoted or rolled-back version
+serves, a shadow is installed or removed. Each version scores synthetic frames
+(``warm_up``) before it serves or shadows, so the compiled kernels load now,
+not in the first poll, and a model that cannot score is refused like a corrupt
+file, with the old one kept serving. A model that serves
 is handed to the scorer and shown in ``canwatch_model_info``.
 
 Kept apart from the loop because loading, refusing and announcing a model is
@@ -22,6 +24,7 @@ from detector.model.pipeline import Scorer, warm_up
 from detector.model.platform import PlatformModel
 from detector.model.registry import ModelRegistry, failure_reason
 from detector.service.metrics import DetectorMetrics
+from detector.service.shadow import ShadowScoring
 
 
 class ModelReload:
@@ -33,6 +36,7 @@ class ModelReload:
         metrics: DetectorMetrics,
         window_s: float,
         after_load: Callable[[], None],
+        shadow: ShadowScoring | None = None,
     ) -> None:
         self.interval_s = models.reload_interval_s
         self.fleet = fleet
@@ -40,7 +44,10 @@ class ModelReload:
         self.metrics = metrics
         self.window_s = window_s
         self.after_load = after_load  # once a model serves (the old one may go now)
-        self.registry = ModelRegistry(models.dir, self._loaded, self._refused, self._prepare)
+        self.shadow = shadow  # scores the shadow versions, if any
+        self.registry = ModelRegistry(
+            models.dir, self._loaded, self._refused, self._prepare, self._shadow
+        )
         self.last = 0.0  # monotonic time of the last look for new versions
 
     def load(self) -> None:
@@ -52,6 +59,8 @@ class ModelReload:
         if now - self.last >= self.interval_s:
             self.last = now
             self.registry.refresh()
+            if self.shadow is not None:
+                self.shadow.flush()  # its record, for `canwatch models promote`
 
     def known_brands(self) -> set[str]:
         return set(self.fleet.brands) | self.registry.brands()
@@ -66,10 +75,17 @@ class ModelReload:
 
     def _loaded(self, model: PlatformModel) -> None:
         self.scorer.set_model(model)
+        if self.shadow is not None:
+            self.shadow.serving_loaded(model)
         self.after_load()
         brands = self.fleet.brands_of(model.platform) or [model.platform]
         for b in brands:
             self.metrics.set_model(b, model.platform, str(model.version), model.threshold)
+
+    def _shadow(self, platform: str, model: PlatformModel | None) -> None:
+        if self.shadow is not None:
+            self.shadow.install(platform, model)
+            self.after_load()
 
     def _refused(self, platform: str, exc: ModelError) -> None:
         self.metrics.model_reload_failed(failure_reason(exc))

@@ -2,7 +2,8 @@
 
 Each vehicle the detector watches has state in four places: the scorer (its
 open window), the incident tracker (its open incident), the incident counts
-(the active gauge) and the offset ledger (its records a restart needs). A
+(the active gauge) and the offset ledger (its records a restart needs); a fifth
+when its brand has a shadow model (the shadow's window and would-be incident). A
 vehicle is let go when its partition moves away or is re-read after a rewind,
 when it goes quiet (retired: its last window scored, its incident closed), or
 when the state limits evict or refuse it; each time all four must forget it,
@@ -21,6 +22,7 @@ from detector.service.activity import Activity
 from detector.service.incident_feed import IncidentFeed
 from detector.service.metrics import DetectorMetrics
 from detector.service.offset_ledger import OffsetLedger
+from detector.service.shadow import ShadowScoring
 
 
 class VehicleState:
@@ -33,6 +35,7 @@ class VehicleState:
         activity: Activity,
         metrics: DetectorMetrics,
         window_s: float,
+        shadow: ShadowScoring | None = None,
     ) -> None:
         self.scorer = scorer
         self.tracker = tracker
@@ -41,6 +44,7 @@ class VehicleState:
         self.activity = activity
         self.metrics = metrics
         self.window_s = window_s
+        self.shadow = shadow
 
     def horizon(self, vehicle: str, brand: str) -> float:
         """Event time from which a restart must re-read ``vehicle``: the window before
@@ -64,6 +68,8 @@ class VehicleState:
         self.scorer.forget(gone)
         self.tracker.forget(gone)
         self.ledger.forget_vehicles(gone)
+        if self.shadow is not None:
+            self.shadow.forget(gone)
 
     def let_go(self, retired: set[str], shed: Shed) -> list[dict]:
         """Vehicles retired, or let go by the state limits: their incidents closed (the

@@ -44,6 +44,7 @@ from detector.service.metrics.health import (
     UNREADABLE_REASONS,
     HealthMetrics,
 )
+from detector.service.metrics.shadow import ROLES, ShadowMetrics
 from detector.service.metrics.state import EVICTION_REASONS, SHED_REASONS, StateMetrics
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "INFO_LABELS",
     "METRIC_NAMES",
     "MODEL_RELOAD_FAILURE_REASONS",
+    "ROLES",
     "SCORE_BUCKETS",
     "SEVERITIES",
     "SHED_REASONS",
@@ -69,7 +71,9 @@ __all__ = [
 
 DEFAULT_ADDRESS = "127.0.0.1:9108"
 
-ALLOWED_LABELS = frozenset({"brand", "severity", "attack", "stage", "reason", "partition"})
+ALLOWED_LABELS = frozenset(
+    {"brand", "severity", "attack", "stage", "reason", "partition", "role"}
+)
 INFO_LABELS = frozenset({"platform", "version"})
 
 # Names as PromQL sees them (counters with their ``_total``; histograms by base name).
@@ -102,6 +106,11 @@ METRIC_NAMES = frozenset(
         "canwatch_model_threshold",
         "canwatch_model_reloads_total",
         "canwatch_model_reload_failures_total",
+        "canwatch_model_windows_total",
+        "canwatch_model_anomalous_windows_total",
+        "canwatch_model_incidents_total",
+        "canwatch_shadow_agreement_ratio",
+        "canwatch_model_version",
         "canwatch_rebalances_total",
         "canwatch_partitions_assigned",
         "canwatch_up",
@@ -135,6 +144,9 @@ class BrandMetrics:
     score: Any
     threshold: Any
     model_reloads: Any
+    model_windows: Any
+    model_anomalous: Any
+    model_incidents: Any
     shed: dict[str, Any] = field(default_factory=dict)
     evicted: dict[str, Any] = field(default_factory=dict)
     opened: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -194,6 +206,7 @@ class DetectorMetrics:
         self.detection = DetectionMetrics(registry)
         self.state = StateMetrics(registry)
         self.health = HealthMetrics(registry)
+        self.shadow = ShadowMetrics(registry)
         # The families callers outside this module use directly.
         self.bytes_consumed = self.consumption.bytes_consumed
         self.frames_consumed = self.consumption.frames_consumed
@@ -211,6 +224,7 @@ class DetectorMetrics:
                 **self.consumption.brand_children(brand),
                 **self.detection.brand_children(brand),
                 **self.state.brand_children(brand),
+                **self.shadow.brand_children(brand),
             )
         return found
 
@@ -220,6 +234,9 @@ class DetectorMetrics:
         """Record the model now serving ``brand``; the previous info series goes away."""
         self.brand(brand)  # a brand with a model shows all its series, at zero
         self.detection.set_model(brand, platform, version, threshold)
+        number = version.lower().removeprefix("v")
+        if number.isdigit():  # the version timeline plots numbers
+            self.shadow.set_version(brand, "serving", int(number))
 
     def model_reload_failed(self, reason: str) -> None:
         self.detection.model_reload_failed(reason)

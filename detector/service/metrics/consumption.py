@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from detector.service.metrics.families import Families, check_label
 
-STAGES = ("decode", "features", "score", "incidents", "produce", "commit")
+STAGES = ("decode", "features", "score", "incidents", "shadow", "produce", "commit")
 STAGE_BUCKETS = (
     0.0001,
     0.00025,

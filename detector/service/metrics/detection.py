@@ -11,7 +11,9 @@ from detector.service.metrics.families import Families, check_label
 
 SEVERITIES = ("low", "medium", "high", "critical")
 ATTACKS = ("dos", "fuzzing", "spoofing", "masquerade", "suspension", "replay", "unknown")
-MODEL_RELOAD_FAILURE_REASONS = ("not_found", "bad_manifest", "checksum", "incompatible", "load")
+MODEL_RELOAD_FAILURE_REASONS = (
+    "not_found", "bad_manifest", "checksum", "incompatible", "load", "lifecycle",
+)  # fmt: skip
 
 # Scores are normalised so the calibrated threshold is exactly 1.0: the buckets
 # are dense around 1 (where the alarm decision is made) and sparse in the tail.

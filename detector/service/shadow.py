@@ -1,0 +1,202 @@
+"""A shadow model scores every window of its brands beside the serving model; nothing
+it finds is published.
+
+A shadow is a candidate version installed by ``canwatch models deploy --shadow``
+(``detector.model.lifecycle``). Its scorer holds its own window state: the
+features are relative to what a model learned (rates to its learned rates,
+payloads to its ranges), so a model trained on other traffic needs its own.
+What is shared is everything before the features: the poll, the decoding, the
+checks, the batches per vehicle. Only brands whose platform has a shadow pay
+for it; with no shadow the part costs one ``if``.
+
+Per brand it counts the shadow's windows, anomalous windows and the incidents
+it would have opened (``canwatch_model_*{role="shadow"}``), and the share of
+windows on which it agreed with the serving model. Per (shadow, serving)
+version pair the tally is written into the model directory
+(``detector.model.shadow_record``) for ``canwatch models promote`` to judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+
+from detector.core.brands import Fleet
+from detector.core.config import IncidentConfig, LimitsConfig
+from detector.incidents.tracker import IncidentTracker, observations
+from detector.model.pipeline import ScoredRows, Scorer, vehicle_clock, window_scores
+from detector.model.platform import PlatformModel
+from detector.model.shadow_record import ShadowTally, write_tally
+from detector.service.metrics import DetectorMetrics
+
+log = logging.getLogger("canwatch.shadow")
+
+
+def window_keys(sc: ScoredRows, vehicle: np.ndarray, window: np.ndarray, index: dict) -> np.ndarray:
+    """One int64 per (vehicle name, window), comparable across scorers through ``index``
+    (vehicle name -> number, shared by the scorers compared)."""
+    uv, inv = np.unique(vehicle, return_inverse=True)
+    ids = np.array([index.setdefault(sc.names[i], len(index)) for i in uv.tolist()], np.int64)
+    return (ids[inv.reshape(-1)] << 32) | (np.asarray(window, np.int64) & 0xFFFF_FFFF)
+
+
+def agreement(
+    serving: list[tuple[np.ndarray, np.ndarray]], shadow: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[int, int, int, int]:
+    """(windows both scored, serving anomalous, shadow anomalous, agreeing) over the
+    windows found in both; each side a list of (keys, anomalous) arrays."""
+    if not serving or not shadow:
+        return 0, 0, 0, 0
+    ks, a_s = (np.concatenate(x) for x in zip(*serving, strict=True))
+    kh, a_h = (np.concatenate(x) for x in zip(*shadow, strict=True))
+    _, i_s, i_h = np.intersect1d(ks, kh, assume_unique=False, return_indices=True)
+    s, h = a_s[i_s], a_h[i_h]
+    return len(i_s), int(s.sum()), int(h.sum()), int((s == h).sum())
+
+
+class ShadowScoring:
+    def __init__(
+        self,
+        fleet: Fleet,
+        window_s: float,
+        limits: LimitsConfig,
+        incidents: IncidentConfig,
+        detector_id: str,
+        metrics: DetectorMetrics,
+        model_dir: str,
+    ) -> None:
+        self.fleet = fleet
+        self.window_s = window_s
+        self.scorer = Scorer({}, fleet, window_s, limits)
+        self.tracker = IncidentTracker(incidents, detector_id)  # would-be incidents only
+        self.metrics = metrics
+        self.model_dir = model_dir
+        self.detector_id = detector_id
+        self.serving: dict[str, int] = {}  # platform -> serving version
+        self.tallies: dict[str, ShadowTally] = {}  # platform -> tally of its version pair
+        self.seconds = 0.0  # CPU spent scoring shadows, cumulative
+
+    @property
+    def active(self) -> bool:
+        return bool(self.scorer.models)
+
+    # -- what serves and what shadows ---------------------------------------------
+
+    def serving_loaded(self, model: PlatformModel) -> None:
+        """The serving model of a platform changed: its shadow's record starts anew."""
+        self.serving[model.platform] = model.version
+        shadow = self.scorer.models.get(model.platform)
+        if shadow is not None:
+            self._new_tally(shadow)
+
+    def install(self, platform: str, model: PlatformModel | None) -> None:
+        """A shadow installed (or replaced) for ``platform``, or removed (None)."""
+        self.flush()
+        brands = self.fleet.brands_of(platform) or [platform]
+        if model is None:
+            self.scorer.models.pop(platform, None)
+            self.scorer.state.pop(platform, None)
+            self.tallies.pop(platform, None)
+            self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
+            for b in brands:
+                self.metrics.shadow.set_version(b, "shadow", None)
+            return
+        self.scorer.state.pop(platform, None)  # another model's windows start afresh
+        self.scorer.models[platform] = model
+        self._new_tally(model)
+        for b in brands:
+            self.metrics.shadow.set_version(b, "shadow", model.version)
+            self.metrics.shadow.shadow_children(b)  # the series exist at zero from now on
+
+    def _new_tally(self, shadow: PlatformModel) -> None:
+        serving = self.serving.get(shadow.platform, 0)
+        self.tallies[shadow.platform] = ShadowTally(
+            shadow.platform, shadow.version, serving, self.window_s, since=time.time()
+        )
+
+    # -- each poll --------------------------------------------------------------------
+
+    def observe(
+        self,
+        batches: list[tuple[str, str, np.ndarray]],
+        serving: list[ScoredRows],
+        serving_events: list[dict],
+        retired: set[str],
+    ) -> None:
+        """Score the poll's batches of shadowed brands, and compare with ``serving``."""
+        if not self.scorer.models:
+            return
+        t0 = time.process_time()
+        items = [b for b in batches if self.scorer.platform_for(b[1]) is not None]
+        scored = self.scorer.push(items) if items else []
+        self.scorer.take_shed()  # what the limits shed is the serving scorer's to report
+        self.scorer.late_by_brand.clear()
+        gone = {v for v in retired if any(v in st.index for st in self.scorer.state.values())}
+        if gone:
+            scored += self.scorer.retire(gone)
+        self._count(scored, serving, serving_events)
+        self.seconds += time.process_time() - t0
+
+    def _count(
+        self, scored: list[ScoredRows], serving: list[ScoredRows], events: list[dict]
+    ) -> None:
+        index: dict[str, int] = {}
+        sides: dict[str, tuple[list, list]] = {p: ([], []) for p in self.scorer.models}
+        for side, results in ((1, scored), (0, serving)):
+            for sc in results:
+                if sc.platform not in sides:
+                    continue
+                v, w, s = window_scores(sc)
+                sides[sc.platform][side].append((window_keys(sc, v, w, index), s >= 1.0))
+                if side == 1:
+                    self._count_shadow(sc, v, w, s)
+        opened = Counter(
+            self.fleet.platform_of(ev["brand"]) for ev in events if ev["status"] == "open"
+        )
+        for platform, (serv, shad) in sides.items():
+            t = self.tallies.get(platform)
+            if t is None:
+                continue
+            n, a_s, a_h, agree = agreement(serv, shad)
+            t.windows += n
+            t.serving_anomalous += a_s
+            t.shadow_anomalous += a_h
+            t.agreeing += agree
+            t.serving_incidents += opened.get(platform, 0)
+            if t.windows:
+                for b in self.fleet.brands_of(platform) or [platform]:
+                    self.metrics.shadow.set_agreement(b, t.agreeing / t.windows)
+
+    def _count_shadow(self, sc: ScoredRows, v: np.ndarray, w: np.ndarray, s: np.ndarray) -> None:
+        if len(w):
+            brands = np.asarray(sc.brands, dtype=object)[v]
+            for brand in np.unique(brands).tolist():
+                sel = brands == brand
+                windows, anomalous, _ = self.metrics.shadow.shadow_children(brand)
+                windows.inc(int(sel.sum()))
+                anomalous.inc(int((s[sel] >= 1.0).sum()))
+        clock = vehicle_clock(sc, v, w, self.window_s)
+        for ev in self.tracker.observe(observations(sc, self.window_s), clock):
+            if ev["status"] == "open":
+                self.metrics.shadow.shadow_children(ev["brand"])[2].inc()
+                t = self.tallies.get(sc.platform)
+                if t is not None:
+                    t.shadow_incidents += 1
+
+    def forget(self, vehicles: set[str]) -> None:
+        """Vehicles let go by the service: the shadow lets them go too."""
+        if self.scorer.state:
+            self.scorer.forget(vehicles)
+        self.tracker.forget(vehicles)
+
+    def flush(self) -> None:
+        """Write each platform's tally where ``canwatch models promote`` reads it."""
+        for t in self.tallies.values():
+            if t.windows:
+                try:
+                    write_tally(self.model_dir, t, self.detector_id)
+                except OSError as exc:  # a read-only model directory must not stop detection
+                    log.warning("cannot write the shadow record of %s: %s", t.platform, exc)
