@@ -31,6 +31,9 @@ repeat sees the same machine load:
   ``detect_frames_per_cpu_s`` is the **net** figure;
 * **json**: the same through ``canwatch detect`` from the JSON-encoded topic
   (net, like detect; all the frames unless ``--json-frames`` says fewer);
+* **shadow** (``--shadow``): detect again, with every platform's model
+  deployed a second time as its shadow (``canwatch models deploy --shadow``):
+  each window scored by both, the shadow's in its own window state;
 * **river**: a plain consumer (measured like bare) that decodes each record
   and scores frames one at a time with ``river.anomaly.HalfSpaceTrees``
   (``score_one`` then ``learn_one`` on {id, dlc, b0..b7, dt since the id's
@@ -59,6 +62,7 @@ import io
 import json
 import pstats
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,9 +78,11 @@ from bench.common.detect import ASSIGNED, DetectProc, total
 from bench.common.procs import cpu_seconds, run_json, thread_cpu
 from bench.common.report import fmt_range, machine_line, markdown_table, summary, write_results
 from bench.common.rig import bench_models, broker, fd_brands, first_n, produce, simulate
+from detector.cli import main as cli_main
 from detector.core.brands import load_fleet
 from detector.core.config import COMPRESSIONS, load_config
 from detector.core.schema import FD_FRAME_DTYPE, FRAME_DTYPE
+from detector.model.store import list_manifests
 from detector.transport.heap import keep_large_buffers
 from detector.transport.kafka_io import crc32c_accelerated, make_consumer
 from detector.transport.kafka_records import parse_batches_compiled
@@ -254,6 +260,19 @@ def net_detect_run(name: str, work: Path, bootstrap: str, topic: str, frames: in
     return d
 
 
+def shadowed_models(model_dir: Path, work: Path) -> Path:
+    """A copy of ``model_dir`` where every platform's serving model is deployed again as its
+    shadow. The shadow's cost does not depend on what it learned: its own window state
+    and scoring, on every window of its brands."""
+    out = work / "models-shadowed"
+    shutil.copytree(model_dir, out)
+    for versions in list_manifests(out).values():
+        argv = ["models", "deploy", str(versions[-1].path), "--shadow", "--models", str(out)]
+        if cli_main(argv) != 0:
+            raise RuntimeError(f"canwatch {shlex.join(argv)} failed")
+    return out
+
+
 def profile_summary(path: Path, top: int = 25) -> dict[str, str]:
     out = {}
     for key in ("tottime", "cumulative"):
@@ -299,7 +318,8 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
     }  # fmt: skip
     runs: dict[str, list] = {
         k: []
-        for k in ("bare", "bare_heap", "startup", "detect", "against", "json", "river", "fd_bare", "fd_detect")
+        for k in ("bare", "bare_heap", "startup", "detect", "against", "shadow", "json", "river", "fd_bare",
+                  "fd_detect")
     }
     if args.against:
         result["against"] = {"root": str(args.against), "commit": commit_of(args.against)}
@@ -320,6 +340,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
         # here, unmeasured, so no measured run pays for compilation.
         warm = detect_run(work, bs, "bench.warm", warm_n, model_dir, mpr, b.pid)
         result["warmup"] = {"frames": warm_n, "cpu_raw_s": warm["cpu_raw_s"]}
+        shadowed = shadowed_models(model_dir, work) if args.shadow else None
         say(f"  warm-up detect run: {warm_n:,} frames, {warm['cpu_raw_s']:.2f} s CPU")
         for r in range(args.repeat):
             say(f"repeat {r + 1}/{args.repeat}")
@@ -335,6 +356,10 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
                 d = net_detect_run(name, work, bs, "bench.bin", n, model_dir, mpr, b.pid, root)
                 runs[name].append(d)
             runs["startup"].append(runs["detect"][-1]["startup_cpu_s"])
+            if shadowed:
+                runs["shadow"].append(
+                    net_detect_run("shadow", work, bs, "bench.bin", n, shadowed, mpr, b.pid)
+                )
             if json_n:
                 runs["json"].append(
                     net_detect_run("json", work, bs, "bench.json", json_n, model_dir, mpr, b.pid)
@@ -360,7 +385,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
 
 def summarize(runs: dict, n: int, json_n: int) -> dict:
     """Medians (min–max) of each consumer's frames/CPU-s, and ratios taken per repeat."""
-    key = dict.fromkeys(("detect", "against", "json"), "frames_per_cpu_s_net")  # net of start-up
+    key = dict.fromkeys(("detect", "against", "shadow", "json"), "frames_per_cpu_s_net")  # net of start-up
 
     def fps(name: str, k: str | None = None) -> list[float]:
         return [x[k or key.get(name, "frames_per_cpu_s")] for x in runs[name]]
@@ -387,6 +412,10 @@ def summarize(runs: dict, n: int, json_n: int) -> dict:
         out["against_net"] = summary(fps("against"))
         pairs["detect_against"] = ("detect", "against")
         pairs["against_bare"] = ("against", "bare")
+    if runs["shadow"]:
+        out["shadow_net"] = summary(fps("shadow"))
+        pairs["shadow_detect"] = ("shadow", "detect")
+        pairs["shadow_bare"] = ("shadow", "bare")
     out["ratios"] = {k: summary(per_repeat(*p)) for k, p in pairs.items()}
     for name in ("bare", "river", "bare_heap"):
         out[f"{name}_frames_per_cpu_s"] = out[name]["median"]
@@ -437,6 +466,9 @@ def table(res: dict) -> str:
     if res.get("against"):
         rows.append([f"... the same, --against {res['against']['commit'] or res['against']['root']}",
                      n, fmt_range(res["against_net"]), fmt_range(res["ratios"]["against_bare"], 2)])  # fmt: skip
+    if res.get("shadow_net"):
+        rows.append(["canwatch detect, a shadow model on every brand (net)", n, fmt_range(res["shadow_net"]),
+                     fmt_range(res["ratios"]["shadow_bare"], 2)])  # fmt: skip
     for kind in ("net", "raw") if res.get("json") else ():
         s = res[f"json_{kind}"]
         rows.append([f"canwatch detect, JSON ({kind})", f"{res['json_frames']:,}", fmt_range(s),
@@ -450,6 +482,8 @@ def table(res: dict) -> str:
     text = markdown_table(["consumer", "frames", "frames / CPU-s: median (min–max)", "vs bare"], rows)
     if res.get("against"):
         text += f"\n\nthis checkout / --against, per repeat: {fmt_range(res['ratios']['detect_against'], 3)}"
+    if res.get("shadow_net"):
+        text += f"\n\nwith a shadow on every brand / serving only, per repeat: {fmt_range(res['ratios']['shadow_detect'], 3)}"
     text += f"\n\nrecord bytes per CPU-s, detect: classic {res['detect_bytes_per_cpu_s'] / 1e6:,.0f} MB/s"
     if res.get("fd_detect"):
         text += f", CAN FD {res['fd_detect_bytes_per_cpu_s'] / 1e6:,.0f} MB/s"
@@ -478,6 +512,9 @@ def headline(res: dict) -> list[tuple[str, str]]:
         ("detect / bare", fmt_range(res["ratios"]["detect_bare"], 2)),
         ("detect / river", fmt_range(res["ratios"]["detect_river"], 1)),
     ] + ([("detect / --against", fmt_range(res["ratios"]["detect_against"], 3))] if res.get("against") else []) + (
+        [("detect with shadows / serving only", fmt_range(res["ratios"]["shadow_detect"], 3))]
+        if res.get("shadow_net") else []
+    ) + (
         [("CAN FD detect frames/CPU-s (net)", fmt_range(res["fd_detect"]))] if res.get("fd_detect") else []
     )
 
@@ -506,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", type=Path, metavar="TREE",
                     help="A/B: also run detect from this checkout of another commit (e.g. a git "
                     "worktree) on the same backlog in every repeat, ABBA; reports the ratio")  # fmt: skip
+    ap.add_argument("--shadow", action="store_true",
+                    help="also run detect with every platform's model deployed again as its shadow "
+                    "(canwatch models deploy --shadow), in every repeat; reports the ratio")  # fmt: skip
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
     args = ap.parse_args(argv)
     if args.against and not (args.against / "detector" / "__init__.py").is_file():
