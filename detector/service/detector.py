@@ -17,6 +17,7 @@ deterministic ids (at-least-once; see ``offset_ledger``).
 - ``offset_ledger``: how far a commit may go; ``commits``: when it goes;
 - ``rebalance``: partitions moving, whose state is kept or dropped;
 - ``model_reload``: new model versions, warmed up or refused;
+- ``drift``: how far each brand's traffic moved from what its serving model learned;
 - ``activity``: vehicles active, and those gone quiet to retire;
 - ``vehicle_state``: a vehicle's state across the parts, let go as one;
 - ``broker_contact``: the broker's signs of life and the group membership.
@@ -96,6 +97,7 @@ from detector.service.audit_log import AuditLog, poll_summary
 from detector.service.broker_contact import BrokerContact, step_until
 from detector.service.commits import COMMIT_TIMEOUT_MS, Commits
 from detector.service.dead_letters import DeadLetters
+from detector.service.drift import DriftMeter
 from detector.service.incident_feed import IncidentFeed, kafka_locator
 from detector.service.intake import Intake
 from detector.service.metrics import DetectorMetrics
@@ -157,6 +159,7 @@ class Detector:
             cfg.models, fleet, self.scorer, metrics, self.window_s, self._refreeze
         )
         self.registry = self.models.registry
+        self.drift = DriftMeter(cfg.models, self.scorer.models, metrics.drift)  # serving rows
         metrics.set_state_limits(cfg.limits.max_vehicles, cfg.limits.max_streams)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
         self.ledger = OffsetLedger()  # also where incidents' frames are (provenance)
@@ -348,6 +351,7 @@ class Detector:
         dead = len(futures)
         self.metrics.observe_stage("decode", time.perf_counter() - t0)
         scored, retired, shed = self._score(batches)
+        self.drift.observe(scored, time.monotonic())  # the serving model's rows only
         t2 = time.perf_counter()
         events = self._incidents(scored)
         events += self.vehicles.let_go(retired, shed)
