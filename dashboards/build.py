@@ -1,7 +1,6 @@
 """Build the Grafana dashboards of canwatch as JSON (run: python dashboards/build.py).
 
-Each panel is built by a small pure function; the two boards are lists of
-them. The generated JSON sits next to this script and is committed; the test
+Each panel is built by a small pure function; the boards are lists of them. The generated JSON sits next to this script and is committed; the test
 suite fails when it is stale (``python dashboards/build.py --check``).
 
 The boards are provisionable as they are: fixed uids, the Prometheus data
@@ -22,11 +21,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from detector_health import detector_health  # noqa: E402
+from model_owner import model_owner  # noqa: E402
 from soc_overview import soc_overview  # noqa: E402
 
 DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "soc-overview.json": soc_overview,
     "detector-health.json": detector_health,
+    "model-owner.json": model_owner,
 }
 
 # What Grafana would put in place of each variable, for running panel queries

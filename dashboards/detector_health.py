@@ -1,4 +1,4 @@
-"""The detector-health board: throughput, latency, lag, errors, group, process."""
+"""The detector-health board: throughput, latency, lag, errors, group, drift, process."""
 
 from __future__ import annotations
 
@@ -275,6 +275,37 @@ def group_and_models() -> list[dict[str, Any]]:
     ]
 
 
+def drift() -> list[dict[str, Any]]:
+    """How far each brand's traffic moved from what its serving model learned."""
+    return [
+        row("Model drift"),
+        timeseries(
+            "Drift ratio per brand, against its alert limit",
+            [
+                target(f"avg by (brand) (canwatch_model_drift_ratio{{{I}}})", "{{brand}}"),
+                target(f"max(canwatch_model_drift_limit{{{I}}})", "limit", ref="B"),
+            ],
+            "percentunit",
+            description="Share of the brand's vehicle windows over the last "
+            "models.drift_period_s with a feature outside what the serving model learned "
+            "(before each vehicle's own reference), averaged over the instances as "
+            "CanwatchModelDrift does; it fires when a brand stays above the limit "
+            "(models.drift_alert_ratio) for 30 min. Starts afresh when a new version serves.",
+            w=12,
+        ),
+        timeseries(
+            "Rate drift per brand",
+            [target(f"max by (brand) (canwatch_model_rate_drift{{{I}}})", "{{brand}}")],
+            "short",
+            axis_label="|log2| observed / learned",
+            description="Median over the serving model's learned ids of |log2(observed / "
+            "learned frames per window)|: 0 = rates as learned, 1 = the typical id sent at "
+            "half or twice its learned rate, 6 = ids gone (or another platform's traffic).",
+            w=12,
+        ),
+    ]
+
+
 def process() -> list[dict[str, Any]]:
     return [
         row("Process"),
@@ -325,14 +356,15 @@ def detector_health() -> dict[str, Any]:
         errors,
         state_and_limits,
         group_and_models,
+        drift,
         campaign_correlator,
         process,
     )
     return dashboard(
         "canwatch-detector-health",
         "canwatch / detector health",
-        "Throughput, latency, lag, stalls, dead letters, rebalances, model reloads and "
-        "process resources of the detector instances.",
+        "Throughput, latency, lag, stalls, dead letters, rebalances, model reloads, model "
+        "drift and process resources of the detector instances.",
         [datasource_variable(), label_variable("instance", "Instance", "canwatch_up")],
         [panel for group in groups for panel in group()],
     )

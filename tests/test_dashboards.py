@@ -20,16 +20,17 @@ from prometheus_server import (
 )
 
 from detector.service.metrics import METRIC_NAMES as DETECTOR_METRIC_NAMES
-from detector.service.metrics import DetectorMetrics
+from detector.service.metrics import SHADOW_METRIC_NAMES, STAGES, DetectorMetrics
 from detector.service.metrics.campaigns import CAMPAIGN_METRIC_NAMES, CampaignMetrics
 
 build = load_dashboard_builder()
-#: Every canwatch_* family: the detector's and canwatch campaigns'.
+#: Every canwatch_* family: the detector's (shadow scoring's included) and canwatch campaigns'.
 METRIC_NAMES = DETECTOR_METRIC_NAMES | CAMPAIGN_METRIC_NAMES
 PROM_DIR = DASHBOARDS / "prometheus"
 UIDS = {
     "soc-overview.json": "canwatch-soc-overview",
     "detector-health.json": "canwatch-detector-health",
+    "model-owner.json": "canwatch-model-owner",
 }
 BOARDS = {name: json.loads((DASHBOARDS / name).read_text()) for name in UIDS}
 # Metrics Prometheus or client_python's default collectors provide, not DetectorMetrics.
@@ -153,6 +154,33 @@ def test_health_board_filters_by_instance():
         assert 'instance=~"@"' in expr, f"{title}: ignores the instance variable"
 
 
+def test_model_owner_board_filters_by_brand_and_compares_roles():
+    board = BOARDS["model-owner.json"]
+    assert {v["name"] for v in board["templating"]["list"]} >= {"datasource", "brand"}
+    values = {**build.DEFAULT_SUBSTITUTIONS, "brand": "@"}
+    queries = build.panel_queries(board, values)
+    # families without a brand label: reload failures (by reason), the drift alert level
+    unbranded = {"canwatch_model_reload_failures_total", "canwatch_model_drift_limit"}
+    for title, expr in queries:
+        if metric_names(expr) - unbranded:
+            assert 'brand=~"@"' in expr, f"{title}: ignores the brand variable"
+    by_role = {n for _, e in queries if "by (brand, role)" in e for n in metric_names(e)}
+    assert by_role >= {
+        "canwatch_model_windows_total",
+        "canwatch_model_anomalous_windows_total",
+        "canwatch_model_incidents_total",
+        "canwatch_model_version",
+    }
+    used = set().union(*(metric_names(e) for _, e in queries))
+    assert used >= SHADOW_METRIC_NAMES | {
+        "canwatch_model_drift_ratio",
+        "canwatch_model_rate_drift",
+        "canwatch_model_drift_limit",
+        "canwatch_model_reloads_total",
+        "canwatch_model_reload_failures_total",
+    }
+
+
 def test_substitute_rejects_unknown_variables():
     assert build.substitute('x{a=~"$brand"}[$__rate_interval]') == 'x{a=~".*"}[1m]'
     with pytest.raises(KeyError):
@@ -200,6 +228,8 @@ def test_every_rule_has_severity_runbook_text_and_both_test_cases():
 def test_provisioning_files():
     provider = (DASHBOARDS / "provisioning" / "dashboards" / "canwatch.yml").read_text()
     assert "type: file" in provider and "path: /var/lib/grafana/dashboards/canwatch" in provider
+    # the provider loads every *.json of dashboards/, as build.py writes them
+    assert {p.name for p in DASHBOARDS.glob("*.json")} == set(UIDS) == set(build.DASHBOARDS)
     datasource = (DASHBOARDS / "provisioning" / "datasources" / "prometheus.yml").read_text()
     assert "type: prometheus" in datasource
 
@@ -249,6 +279,13 @@ def populate(m: DetectorMetrics) -> None:
     m.model_reload_failed("checksum")
     for p in (0, 1):
         m.set_partition_lag(p, 0.8, 12)
+    for brand in ("jeep", "peugeot"):
+        m.shadow.set_version(brand, "serving", 2)
+    m.shadow.set_version("jeep", "shadow", 3)  # a shadow on one brand
+    m.shadow.set_agreement("jeep", 0.97)
+    m.drift.set_limit(0.5)
+    m.drift.set("jeep", 0.04, 0.1)
+    m.drift.set("peugeot", 0.8, 1.2)
 
 
 def keep_traffic_flowing(
@@ -266,11 +303,18 @@ def keep_traffic_flowing(
             b.frames.inc(200)
             b.windows.inc(10)
             b.anomalous.inc(1)
+            b.model_windows.inc(10)
+            b.model_anomalous.inc(1)
+            b.model_incidents.inc()
             b.late_frames.inc()
             b.observe_scores(rng.exponential(0.6, 10))
+        windows, anomalous, incidents = m.shadow.shadow_children("jeep")
+        windows.inc(10)
+        anomalous.inc(2)
+        incidents.inc()
         m.bytes_consumed.inc(4800)
         m.dead_letter("bad_json")
-        for stage in ("decode", "features", "score", "incidents", "produce", "commit"):
+        for stage in STAGES:
             m.observe_stage(stage, float(rng.exponential(0.002)))
 
 

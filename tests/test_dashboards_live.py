@@ -33,7 +33,7 @@ from prometheus_server import (
     load_dashboard_builder,
 )
 
-from detector.core.config import DetectionConfig, KafkaConfig
+from detector.core.config import DetectionConfig, KafkaConfig, ModelsConfig
 from detector.model.store import save_model
 from detector.model.training import train_platform
 from detector.transport.broker import create_topics
@@ -351,6 +351,15 @@ FLAT_PANELS = {
 def test_panel_is_not_flat_zero_under_traffic(live, panel):
     expr = FLAT_PANELS[panel]
     assert live.prom.query(expr), f"{panel}: {expr} has no non-zero sample"
+
+
+def test_drift_gauges_are_scraped(live):
+    """The detector's drift part, fed by its polls: jeep's figures and the alert level."""
+    ratio = scalar(live.prom, 'canwatch_model_drift_ratio{brand="jeep"}')
+    assert 0.0 <= ratio <= 1.0, ratio  # NaN (no series) fails too
+    assert scalar(live.prom, 'canwatch_model_rate_drift{brand="jeep"}') >= 0.0
+    limit = scalar(live.prom, "max(canwatch_model_drift_limit)")
+    assert limit == ModelsConfig().drift_alert_ratio
 
 
 def test_campaigns_exits_0_on_sigterm(live):

@@ -63,6 +63,11 @@ class ModelsConfig:
     # `canwatch models promote` refuses a shadow that would have opened more than this
     # many times the serving model's incidents over its shadow period (one added to each)
     promote_max_ratio: float = 2.0
+    # Drift (detector.service.drift): each brand's figures cover this rolling period of
+    # the detector's clock, and CanwatchModelDrift fires on a drift ratio that stays
+    # above drift_alert_ratio (its default measured: docs/service.md, "Drift").
+    drift_period_s: float = 600.0
+    drift_alert_ratio: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "detection.max_samples": (lambda v: v >= 2, ">= 2"),
     "models.reload_interval_s": (lambda v: v > 0, "> 0"),
     "models.promote_max_ratio": (lambda v: v >= 1, ">= 1"),
+    "models.drift_period_s": (lambda v: 10 <= v <= 86400, "in [10, 86400]"),
+    "models.drift_alert_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "incidents.quiet_windows": (lambda v: v >= 1, ">= 1"),
     "metrics.address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
     "watchdog.stall_s": (lambda v: 1 <= v <= 3600, "in [1, 3600]"),

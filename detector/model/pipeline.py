@@ -47,6 +47,14 @@ _NONE_CLOSED = np.iinfo(np.int64).min // 8  # closed_upto below this: no window 
 #: limits.max_novel_ids unseen ids.
 VEHICLE_LIMIT = "vehicle_limit"
 SHED_REASONS = (VEHICLE_LIMIT, STREAM_LIMIT, NOVEL_ID_LIMIT)
+#: Calibrated evidence from which a row's feature counts as outside what the model
+#: learned (``ScoredRows.outside``, what drift counts): 1.0 = as far again beyond the
+#: id's envelope as benign drives held out of training went. Any excess at all (> 0)
+#: flagged 62-100 % of the windows of benign simulated vehicles the model never saw,
+#: on every platform (a periodic id's phase against the window edge, its 'silence',
+#: lands a few hundredths past what the training vehicles showed); from 1.0 on,
+#: 0-2.4 % (16 new vehicles per platform; docs/service.md, "Drift").
+OUTSIDE_MARGIN = 1.0
 
 
 @dataclass
@@ -72,7 +80,8 @@ class ScoredRows:
     brands: list[str]
     baseline_period: np.ndarray  # (r,) learned period of the row's id (nan if unknown)
     # (r,) a feature beyond what the model learned for the row's id, held-out drives'
-    # tolerance included, before the vehicle's own reference (what drift counts)
+    # tolerance included and OUTSIDE_MARGIN past it, before the vehicle's own
+    # reference (what drift counts)
     outside: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
@@ -333,7 +342,7 @@ class Scorer:
             model, rows, st.window.first_window, st.reference
         )
         scores = row_scores(excess, model.threshold) / factor
-        outside = (calibrated[:, :N_FEATURES] > 0).any(axis=1)
+        outside = (calibrated[:, :N_FEATURES] >= OUTSIDE_MARGIN).any(axis=1)
         self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)

@@ -18,6 +18,7 @@ deterministic ids (at-least-once; see ``offset_ledger``).
 - ``rebalance``: partitions moving, whose state is kept or dropped;
 - ``model_reload``: new model versions, warmed up or refused, promoted or rolled back;
 - ``shadow``: a candidate version scoring beside the serving one, never published;
+- ``drift``: how far each brand's traffic moved from what its serving model learned;
 - ``activity``: vehicles active, and those gone quiet to retire;
 - ``vehicle_state``: a vehicle's state across the parts, let go as one;
 - ``broker_contact``: the broker's signs of life and the group membership.
@@ -97,6 +98,7 @@ from detector.service.audit_log import AuditLog, poll_summary
 from detector.service.broker_contact import BrokerContact, step_until
 from detector.service.commits import COMMIT_TIMEOUT_MS, Commits
 from detector.service.dead_letters import DeadLetters
+from detector.service.drift import DriftMeter
 from detector.service.incident_feed import IncidentFeed, kafka_locator
 from detector.service.intake import Intake
 from detector.service.metrics import DetectorMetrics
@@ -163,6 +165,7 @@ class Detector:
             cfg.models, fleet, self.scorer, metrics, self.window_s, self._refreeze, self.shadow
         )
         self.registry = self.models.registry
+        self.drift = DriftMeter(cfg.models, self.scorer.models, metrics.drift)  # serving rows
         metrics.set_state_limits(cfg.limits.max_vehicles, cfg.limits.max_streams)
         self.tracker = IncidentTracker(cfg.incidents, self.detector_id)
         self.ledger = OffsetLedger()  # also where incidents' frames are (provenance)
@@ -354,6 +357,7 @@ class Detector:
         dead = len(futures)
         self.metrics.observe_stage("decode", time.perf_counter() - t0)
         scored, retired, shed = self._score(batches)
+        self.drift.observe(scored, time.monotonic())  # the serving model's rows only
         t2 = time.perf_counter()
         events = self._incidents(scored)
         shadow_s = self.shadow_step(batches, scored, events, retired)  # before they go

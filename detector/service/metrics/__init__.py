@@ -6,8 +6,9 @@ and belong in incidents, never in labels.
 
 The families are split by what they measure, each part on the same registry:
 ``consumption`` (records in, stage durations, lag), ``detection``
-(scores, incidents, models), ``state`` (state held against limits.*, what
-they shed) and ``health`` (up, ready, stalls, dead letters).
+(scores, incidents, models), ``drift`` (how far traffic moved from what each
+serving model learned), ``state`` (state held against limits.*, what they
+shed) and ``health`` (up, ready, stalls, dead letters).
 ``DetectorMetrics`` composes them and is what the service is handed.
 
 Hot-path code asks once for ``metrics.brand(slug)`` and keeps the returned
@@ -38,6 +39,7 @@ from detector.service.metrics.detection import (
     SEVERITIES,
     DetectionMetrics,
 )
+from detector.service.metrics.drift import DriftMetrics
 from detector.service.metrics.families import check_label
 from detector.service.metrics.health import (
     DEAD_LETTER_REASONS,
@@ -59,6 +61,7 @@ __all__ = [
     "ROLES",
     "SCORE_BUCKETS",
     "SEVERITIES",
+    "SHADOW_METRIC_NAMES",
     "SHED_REASONS",
     "STAGES",
     "STAGE_BUCKETS",
@@ -111,11 +114,26 @@ METRIC_NAMES = frozenset(
         "canwatch_model_incidents_total",
         "canwatch_shadow_agreement_ratio",
         "canwatch_model_version",
+        "canwatch_model_drift_ratio",
+        "canwatch_model_rate_drift",
+        "canwatch_model_drift_limit",
         "canwatch_rebalances_total",
         "canwatch_partitions_assigned",
         "canwatch_up",
         "canwatch_ready",
         "canwatch_build_info",
+    }
+)
+
+#: Serving vs shadow model families (``role``: serving | shadow, or the shadow's
+#: agreement): what the model-owner board compares.
+SHADOW_METRIC_NAMES = frozenset(
+    {
+        "canwatch_model_windows_total",
+        "canwatch_model_anomalous_windows_total",
+        "canwatch_model_incidents_total",
+        "canwatch_shadow_agreement_ratio",
+        "canwatch_model_version",
     }
 )
 
@@ -190,7 +208,7 @@ class DetectorMetrics:
     ``instance`` is the detector's id (the one written into incidents); it is
     not a label: Prometheus adds ``instance`` from the scrape target.
 
-    The parts are ``consumption``, ``detection``, ``state`` and ``health``; the
+    The parts are ``consumption``, ``detection``, ``drift``, ``state`` and ``health``; the
     methods below hand on to them, so callers need not know which part counts what.
     """
 
@@ -204,6 +222,7 @@ class DetectorMetrics:
         self.instance = instance
         self.consumption = ConsumptionMetrics(registry)
         self.detection = DetectionMetrics(registry)
+        self.drift = DriftMetrics(registry)
         self.state = StateMetrics(registry)
         self.health = HealthMetrics(registry)
         self.shadow = ShadowMetrics(registry)
