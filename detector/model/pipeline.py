@@ -83,6 +83,7 @@ class ScoredRows:
     # tolerance included and OUTSIDE_MARGIN past it, before the vehicle's own
     # reference (what drift counts)
     outside: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # window_scores, once
 
 
 class _PlatformState:
@@ -407,8 +408,11 @@ def warm_up(model: PlatformModel, window_s: float) -> None:
 
 
 def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vehicle, window, max score) per window, for metrics and reports."""
-    return max_per_window(scored.rows.vehicle, scored.rows.window, scored.scores)
+    """(vehicle, window, max score) per window, for metrics and reports; worked out once
+    per scored rows (the incident feed, the audit log and a shadow all ask)."""
+    if scored.windows is None:
+        scored.windows = max_per_window(scored.rows.vehicle, scored.rows.window, scored.scores)
+    return scored.windows
 
 
 def vehicle_clock(

@@ -78,6 +78,7 @@ class ShadowScoring:
         self.serving: dict[str, int] = {}  # platform -> serving version
         self.tallies: dict[str, ShadowTally] = {}  # platform -> tally of its version pair
         self.seconds = 0.0  # CPU spent scoring shadows, cumulative
+        self._brands: set[str] = set()  # brands whose platform has a shadow
 
     @property
     def active(self) -> bool:
@@ -103,13 +104,18 @@ class ShadowScoring:
             self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
             for b in brands:
                 self.metrics.shadow.set_version(b, "shadow", None)
+            self._brands = self._shadowed_brands()
             return
         self.scorer.state.pop(platform, None)  # another model's windows start afresh
         self.scorer.models[platform] = model
+        self._brands = self._shadowed_brands()
         self._new_tally(model)
         for b in brands:
             self.metrics.shadow.set_version(b, "shadow", model.version)
             self.metrics.shadow.shadow_children(b)  # the series exist at zero from now on
+
+    def _shadowed_brands(self) -> set[str]:
+        return {b for p in self.scorer.models for b in (self.fleet.brands_of(p) or [p])}
 
     def _new_tally(self, shadow: PlatformModel) -> None:
         serving = self.serving.get(shadow.platform, 0)
@@ -130,7 +136,8 @@ class ShadowScoring:
         if not self.scorer.models:
             return
         t0 = time.process_time()
-        items = [b for b in batches if self.scorer.platform_for(b[1]) is not None]
+        brands = self._brands
+        items = [b for b in batches if b[1] in brands]
         scored = self.scorer.push(items) if items else []
         self.scorer.take_shed()  # what the limits shed is the serving scorer's to report
         self.scorer.late_by_brand.clear()
