@@ -190,6 +190,23 @@ def test_compiled_forest_scores_like_sklearn() -> None:
     np.testing.assert_array_equal(CompiledForest(sub).raw_scores(Q), -sub.score_samples(Q))
 
 
+def test_a_walk_that_stops_early_gives_every_score_above_its_floor_exactly() -> None:
+    """Rows whose score cannot exceed the floor stop being walked (forest evidence only
+    counts above it): those above it keep sklearn's exact score, the others stay <= it."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(3000, N_FEATURES))
+    forest = IsolationForest(n_estimators=60, max_samples=256, random_state=6).fit(X)
+    cf = CompiledForest(forest)
+    Q = np.r_[rng.normal(0, 1, size=(1500, N_FEATURES)), rng.normal(0, 4, size=(700, N_FEATURES))]
+    exact = -forest.score_samples(Q)
+    for floor in (np.quantile(exact, 0.5), np.quantile(exact, 0.999), 0.3, 0.99):
+        bounded = cf.raw_scores(Q, floor=floor)
+        above = exact > floor
+        np.testing.assert_array_equal(bounded[above], exact[above])
+        assert (bounded[~above] <= floor).all()
+    np.testing.assert_array_equal(cf.raw_scores(Q, floor=None), exact)
+
+
 
 
 _WARM_CHECK = """

@@ -64,6 +64,46 @@ def _forest_depths_finite(X, step, thr_step, value, roots, depth, out):  # pragm
                 out[r0 + r] += value[nodes[r]]
 
 
+@njit(cache=True, nogil=True)
+def _forest_depths_bounded(X, step, thr_step, value, roots, depth, tail_min, limit, out):  # pragma: no cover
+    # _forest_depths_finite for a caller that only asks which rows score above a
+    # level: a row whose depth sum, plus the least the trees still to come can add
+    # (``tail_min[t + 1]``), reaches ``limit`` can no longer score above it, and
+    # leaves the walk with that lower bound (>= limit) as its sum. A typical row
+    # of a trained platform leaves after ~40 % of the trees. Rows that stay are
+    # summed in the same order as the full walk: bit-identical depths.
+    n = X.shape[0]
+    nodes = np.empty(_WALK_BLOCK, np.int32)
+    act = np.empty(_WALK_BLOCK, np.int64)
+    for r0 in range(0, n, _WALK_BLOCK):
+        na = min(_WALK_BLOCK, n - r0)
+        for i in range(na):
+            act[i] = r0 + i
+        for t in range(roots.shape[0]):
+            root = np.int32(roots[t])
+            for i in range(na):
+                nodes[i] = root
+            for _ in range(depth[t]):
+                for i in range(na):
+                    nd = nodes[i]
+                    st = step[nd]
+                    nodes[i] = nd + np.int32(1) if X[act[i], st & 0xFF] <= thr_step[nd] else st >> np.int32(8)
+            rest = tail_min[t + 1]
+            k = 0
+            for i in range(na):
+                r = act[i]
+                out[r] += value[nodes[i]]
+                if out[r] + rest < limit:
+                    act[k] = r
+                    nodes[k] = nodes[i]
+                    k += 1
+                else:
+                    out[r] += rest
+            na = k
+            if na == 0:
+                break
+
+
 class CompiledForest:
     """A fitted IsolationForest's trees as flat arrays, for ``raw_scores``."""
 
@@ -115,15 +155,29 @@ class CompiledForest:
         self.step = np.where(leaf, np.arange(len(self.meta)) << 8, self.meta).astype(np.int32)
         self.thr_step = np.where(leaf, np.float32(-np.inf), thr32).astype(np.float32)
         self.depth = np.asarray(depths, np.int64)
+        # the least each tree adds (its shallowest leaf's value), summed over the trees
+        # from t on: what a row's depth sum will at least grow by after tree t - 1
+        least = np.array([v[tr.tree_.children_left < 0].min() for v, tr in
+                          zip(values, forest.estimators_, strict=True)], np.float64)  # fmt: skip
+        self.tail_min = np.r_[np.cumsum(least[::-1])[::-1], 0.0]
         self.denominator = len(forest.estimators_) * float(
             _average_path_length([forest._max_samples])[0]
         )
 
-    def raw_scores(self, X: np.ndarray) -> np.ndarray:
-        """``-forest.score_samples(X)``: sklearn compares float32 features, so do we."""
+    def raw_scores(self, X: np.ndarray, floor: float | None = None) -> np.ndarray:
+        """``-forest.score_samples(X)``: sklearn compares float32 features, so do we.
+
+        ``floor``: the caller only needs scores above it; a row whose score cannot
+        exceed it stops being walked and scores some value <= ``floor``."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         depths = np.zeros(len(X32))
-        if np.isfinite(X32).all():
+        limit = self._depth_limit(floor)
+        if np.isfinite(X32).all() and limit < np.inf:
+            _forest_depths_bounded(
+                X32, self.step, self.thr_step, self.value, self.roots, self.depth,
+                self.tail_min, limit, depths,
+            )  # fmt: skip
+        elif np.isfinite(X32).all():
             _forest_depths_finite(
                 X32, self.step, self.thr_step, self.value, self.roots, self.depth, depths
             )
@@ -132,3 +186,12 @@ class CompiledForest:
         if self.denominator == 0:
             return np.full(len(X32), 0.5)
         return 2.0 ** (-depths / self.denominator)
+
+    def _depth_limit(self, floor: float | None) -> float:
+        """The depth sum from which a row scores <= ``floor`` (inf: walk every tree)."""
+        if floor is None or not 0.0 < floor < 1.0 or self.denominator == 0:
+            return np.inf
+        limit = -np.log2(floor) * self.denominator
+        while 2.0 ** (-limit / self.denominator) > floor:  # rounding: never a row above it
+            limit = np.nextafter(limit, np.inf)
+        return float(limit)

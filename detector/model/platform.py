@@ -201,7 +201,7 @@ def compiled(forest: IsolationForest) -> CompiledForest:
 def forest_evidence(forest: IsolationForest, X: np.ndarray, forest_hi: float) -> np.ndarray:
     if len(X) == 0:
         return np.zeros(0)
-    raw = compiled(forest).raw_scores(X)
+    raw = compiled(forest).raw_scores(X, floor=forest_hi)  # only scores above it count
     return np.minimum(np.maximum(raw - forest_hi, 0.0) / FOREST_WIDTH, EXCESS_CAP)
 
 
