@@ -86,10 +86,21 @@ class ScoredRows:
     windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # window_scores, once
 
 
+@dataclass
+class _Shadow:
+    """A shadow model's own window state beside the serving one, on the same vehicles
+    (same indices): its features are relative to what it learned."""
+
+    model: PlatformModel
+    window: WindowState
+    reference: StreamReference
+
+
 class _PlatformState:
     def __init__(self, window_s: float, n_ids: int, max_novel_ids: int) -> None:
         self.window = WindowState(window_s, max_novel_ids)
         self.reference = StreamReference(n_ids)
+        self.shadow: _Shadow | None = None
         self.reserve = reserve_per_vehicle(n_ids)
         self.index: dict[str, int] = {}
         self.names: list[str] = []
@@ -115,8 +126,9 @@ class _PlatformState:
     def forget(self, vehicles: set[str]) -> None:
         idx = [self.index.pop(v) for v in vehicles if v in self.index]
         if idx:
-            self.window.forget_vehicles(np.array(idx))
-            self.reference.forget(np.array(idx))
+            for part in (self, self.shadow) if self.shadow is not None else (self,):
+                part.window.forget_vehicles(np.array(idx))
+                part.reference.forget(np.array(idx))
             self.free.extend(idx)
 
 
@@ -141,7 +153,9 @@ class Scorer:
         self.window_s = window_s
         self.limits = limits or LimitsConfig()
         self.state: dict[str, _PlatformState] = {}
-        self.seconds = {"features": 0.0, "score": 0.0}  # CPU spent per stage, cumulative
+        self.seconds = {"features": 0.0, "score": 0.0, "shadow": 0.0}  # per stage, cumulative
+        self.shadows: dict[str, PlatformModel] = {}  # platform -> its shadow model
+        self.shadow_out: list[ScoredRows] = []  # the shadows' rows, until taken
         self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
         self.shed = Shed()  # cumulative until ``take_shed``
         self._pushes = 0
@@ -159,6 +173,29 @@ class Scorer:
         if st is not None:
             st.reference = StreamReference(len(model.baseline.ids))
             st.reserve = reserve_per_vehicle(len(model.baseline.ids))
+
+    def set_shadow(self, platform: str, model: PlatformModel | None) -> None:
+        """Score ``platform``'s windows with ``model`` too (None: no more), in a window
+        state of its own on the same vehicles; its rows go to ``take_shadow``."""
+        if model is None:
+            self.shadows.pop(platform, None)
+        else:
+            self.shadows[platform] = model
+        st = self.state.get(platform)
+        if st is not None:
+            st.shadow = self._new_shadow(model)
+
+    def _new_shadow(self, model: PlatformModel | None) -> _Shadow | None:
+        if model is None:
+            return None
+        window = WindowState(self.window_s, self.limits.max_novel_ids)
+        return _Shadow(model, window, StreamReference(len(model.baseline.ids)))
+
+    def take_shadow(self) -> list[ScoredRows]:
+        """The shadows' scored rows since the last call (the same windows as the
+        serving rows, scored by each shadowed platform's shadow model)."""
+        out, self.shadow_out = self.shadow_out, []
+        return out
 
     def push(self, batches: list[tuple[str, str, np.ndarray]]) -> list[ScoredRows]:
         """Score ``(vehicle, brand, frames)`` batches; brands without a model raise KeyError.
@@ -249,6 +286,7 @@ class Scorer:
                 rows = st.window.close_vehicles(idx, model.baseline)
                 if len(rows):  # named as they are now: the indices are reused next
                     out.append(self._scored(platform, rows, copy_names=True))
+                self._close_shadow(platform, idx, copy_names=True)
             st.forget(set(names))
             for name, brand in names.items():
                 self.shed.evicted.add(name)
@@ -286,7 +324,15 @@ class Scorer:
                 rows = st.window.close_vehicles(np.array(idx), model.baseline)
                 if len(rows):
                     out.append(self._scored(platform, rows))
+                self._close_shadow(platform, np.array(idx))
         return out
+
+    def _close_shadow(self, platform: str, idx: np.ndarray, copy_names: bool = False) -> None:
+        sh = self.state[platform].shadow
+        if sh is not None:
+            rows = sh.window.close_vehicles(idx, sh.model.baseline)
+            if len(rows):
+                self.shadow_out.append(self._scored(platform, rows, copy_names, sh))
 
     def forget(self, vehicles: set[str]) -> None:
         """Drop the state of vehicles (partition revoked, or retired); if one comes
@@ -315,6 +361,7 @@ class Scorer:
             st = self.state[platform] = _PlatformState(
                 self.window_s, n_ids, self.limits.max_novel_ids
             )
+            st.shadow = self._new_shadow(self.shadows.get(platform))
         return st
 
     def _score(self, platform: str, items: list[tuple[int, np.ndarray]]) -> ScoredRows:
@@ -333,18 +380,29 @@ class Scorer:
             for v, n in zip(*np.unique(vehicle, return_counts=True), strict=True):
                 self.shed.frames[st.brands[int(v)], reason] += int(n)
         self.seconds["features"] += t1 - t0
-        return self._scored(platform, rows)
+        scored = self._scored(platform, rows)
+        if st.shadow is not None:  # the same frames, concatenated once, into its own state
+            t2 = time.perf_counter()
+            shadow_rows = st.shadow.window.push_batch(
+                frames, uv, local, st.shadow.model.baseline, extra_budget=budget
+            )
+            self.shadow_out.append(self._scored(platform, shadow_rows, shadow=st.shadow))
+            self.seconds["shadow"] += time.perf_counter() - t2
+        return scored
 
-    def _scored(self, platform: str, rows: Rows, copy_names: bool = False) -> ScoredRows:
-        model = self.models[platform]
+    def _scored(
+        self, platform: str, rows: Rows, copy_names: bool = False, shadow: _Shadow | None = None
+    ) -> ScoredRows:
         st = self.state[platform]
+        model, part = (self.models[platform], st) if shadow is None else (shadow.model, shadow)
         t1 = time.perf_counter()
         calibrated, excess, factor = referenced_evidence(
-            model, rows, st.window.first_window, st.reference
+            model, rows, part.window.first_window, part.reference
         )
         scores = row_scores(excess, model.threshold) / factor
         outside = (calibrated[:, :N_FEATURES] >= OUTSIDE_MARGIN).any(axis=1)
-        self.seconds["score"] += time.perf_counter() - t1
+        if shadow is None:  # the shadow's CPU is counted as a whole, in _score
+            self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
         names, brands = (list(st.names), list(st.brands)) if copy_names else (st.names, st.brands)

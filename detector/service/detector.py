@@ -158,7 +158,7 @@ class Detector:
         self.window_s = cfg.detection.window_s
         self.scorer = Scorer({}, fleet, self.window_s, cfg.limits)
         self.shadow = ShadowScoring(
-            fleet, self.window_s, cfg.limits, cfg.incidents, self.detector_id, metrics,
+            self.scorer, fleet, self.window_s, cfg.incidents, self.detector_id, metrics,
             cfg.models.dir,
         )  # fmt: skip
         self.models = ModelReload(
@@ -191,6 +191,7 @@ class Detector:
         self.rebalance = Rebalance(self.ledger, self._forget, self.contact, metrics)
         self.consumer = None
         self._failures = 0  # consecutive rewinds (back-off)
+        self._shadow_scoring = 0.0  # seconds the scorer spent on shadows in this poll
         self._stop = threading.Event()  # run()'s; interrupts back-off sleeps
         # Health judged outside the loop (detector.service.watchdog): the loop publishes its
         # last round (beat), its claim of readiness and the newest event time read.
@@ -360,7 +361,7 @@ class Detector:
         self.drift.observe(scored, time.monotonic())  # the serving model's rows only
         t2 = time.perf_counter()
         events = self._incidents(scored)
-        shadow_s = self.shadow_step(batches, scored, events, retired)  # before they go
+        shadow_s = self.shadow_step(scored, events)
         events += self.vehicles.let_go(retired, shed)
         t3 = time.perf_counter()
         self.metrics.observe_stage("incidents", t3 - t2 - shadow_s)
@@ -369,15 +370,16 @@ class Detector:
         summary = poll_summary(polled, n, batches, dead, len(events), len(windows))
         self.outbox.dispatched(futures, t3, summary, windows)
 
-    def shadow_step(self, batches: list, scored: list, events: list, retired: set) -> float:
-        """The shadows score the same batches (only brands with one pay for it); the
-        seconds that took."""
+    def shadow_step(self, scored: list, events: list) -> float:
+        """Count what the shadows scored beside ``scored`` (only platforms with one pay
+        for it); the seconds that took, their scoring in the scorer included."""
         if not self.shadow.active:
+            self.scorer.take_shadow()  # a shadow removed mid-poll leaves rows behind
             return 0.0
         t0 = time.perf_counter()
-        self.shadow.observe(batches, scored, events, retired)
+        self.shadow.observe(scored, events)
         spent = time.perf_counter() - t0
-        self.metrics.observe_stage("shadow", spent)
+        self.metrics.observe_stage("shadow", spent + self._shadow_scoring)
         return spent
 
     def _decode(self, polled: dict) -> tuple[list, list]:
@@ -393,6 +395,7 @@ class Detector:
             scored += self.scorer.retire(retired)
         for stage in ("features", "score"):
             self.metrics.observe_stage(stage, self.scorer.seconds[stage] - before[stage])
+        self._shadow_scoring = self.scorer.seconds["shadow"] - before["shadow"]
         for brand, late in self.scorer.late_by_brand.items():
             self.metrics.brand(brand).late_frames.inc(late)
         self.scorer.late_by_brand.clear()

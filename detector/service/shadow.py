@@ -2,12 +2,13 @@
 it finds is published.
 
 A shadow is a candidate version installed by ``canwatch models deploy --shadow``
-(``detector.model.lifecycle``). Its scorer holds its own window state: the
-features are relative to what a model learned (rates to its learned rates,
-payloads to its ranges), so a model trained on other traffic needs its own.
-What is shared is everything before the features: the poll, the decoding, the
-checks, the batches per vehicle. Only brands whose platform has a shadow pay
-for it; with no shadow the part costs one ``if``.
+(``detector.model.lifecycle``). The scorer gives it a window state of its own
+beside the serving one (``Scorer.set_shadow``): the features are relative to
+what a model learned (rates to its learned rates, payloads to its ranges), so
+a model trained on other traffic needs its own. What is shared is everything
+else: the poll, the decoding and checks, the batch of each platform and its
+vehicles (admitted, retired and let go once, for both). Only platforms with a
+shadow pay for it; with no shadow this part costs one ``if``.
 
 Per brand it counts the shadow's windows, anomalous windows and the incidents
 it would have opened (``canwatch_model_*{role="shadow"}``), and the share of
@@ -25,7 +26,7 @@ from collections import Counter
 import numpy as np
 
 from detector.core.brands import Fleet
-from detector.core.config import IncidentConfig, LimitsConfig
+from detector.core.config import IncidentConfig
 from detector.incidents.tracker import IncidentTracker, observations
 from detector.model.pipeline import ScoredRows, Scorer, vehicle_clock, window_scores
 from detector.model.platform import PlatformModel
@@ -60,36 +61,34 @@ def agreement(
 class ShadowScoring:
     def __init__(
         self,
+        scorer: Scorer,
         fleet: Fleet,
         window_s: float,
-        limits: LimitsConfig,
         incidents: IncidentConfig,
         detector_id: str,
         metrics: DetectorMetrics,
         model_dir: str,
     ) -> None:
+        self.scorer = scorer
         self.fleet = fleet
         self.window_s = window_s
-        self.scorer = Scorer({}, fleet, window_s, limits)
         self.tracker = IncidentTracker(incidents, detector_id)  # would-be incidents only
         self.metrics = metrics
         self.model_dir = model_dir
         self.detector_id = detector_id
         self.serving: dict[str, int] = {}  # platform -> serving version
         self.tallies: dict[str, ShadowTally] = {}  # platform -> tally of its version pair
-        self.seconds = 0.0  # CPU spent scoring shadows, cumulative
-        self._brands: set[str] = set()  # brands whose platform has a shadow
 
     @property
     def active(self) -> bool:
-        return bool(self.scorer.models)
+        return bool(self.scorer.shadows)
 
     # -- what serves and what shadows ---------------------------------------------
 
     def serving_loaded(self, model: PlatformModel) -> None:
         """The serving model of a platform changed: its shadow's record starts anew."""
         self.serving[model.platform] = model.version
-        shadow = self.scorer.models.get(model.platform)
+        shadow = self.scorer.shadows.get(model.platform)
         if shadow is not None:
             self._new_tally(shadow)
 
@@ -97,25 +96,17 @@ class ShadowScoring:
         """A shadow installed (or replaced) for ``platform``, or removed (None)."""
         self.flush()
         brands = self.fleet.brands_of(platform) or [platform]
+        self.scorer.set_shadow(platform, model)  # another model's windows start afresh
+        self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
         if model is None:
-            self.scorer.models.pop(platform, None)
-            self.scorer.state.pop(platform, None)
             self.tallies.pop(platform, None)
-            self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
             for b in brands:
                 self.metrics.shadow.set_version(b, "shadow", None)
-            self._brands = self._shadowed_brands()
             return
-        self.scorer.state.pop(platform, None)  # another model's windows start afresh
-        self.scorer.models[platform] = model
-        self._brands = self._shadowed_brands()
         self._new_tally(model)
         for b in brands:
             self.metrics.shadow.set_version(b, "shadow", model.version)
             self.metrics.shadow.shadow_children(b)  # the series exist at zero from now on
-
-    def _shadowed_brands(self) -> set[str]:
-        return {b for p in self.scorer.models for b in (self.fleet.brands_of(p) or [p])}
 
     def _new_tally(self, shadow: PlatformModel) -> None:
         serving = self.serving.get(shadow.platform, 0)
@@ -125,34 +116,15 @@ class ShadowScoring:
 
     # -- each poll --------------------------------------------------------------------
 
-    def observe(
-        self,
-        batches: list[tuple[str, str, np.ndarray]],
-        serving: list[ScoredRows],
-        serving_events: list[dict],
-        retired: set[str],
-    ) -> None:
-        """Score the poll's batches of shadowed brands, and compare with ``serving``."""
-        if not self.scorer.models:
+    def observe(self, serving: list[ScoredRows], serving_events: list[dict]) -> None:
+        """Count what the shadows scored in this poll, beside the serving model's
+        ``serving`` rows and the incidents it opened (``serving_events``)."""
+        shadow = self.scorer.take_shadow()
+        if not self.scorer.shadows:
             return
-        t0 = time.process_time()
-        brands = self._brands
-        items = [b for b in batches if b[1] in brands]
-        scored = self.scorer.push(items) if items else []
-        self.scorer.take_shed()  # what the limits shed is the serving scorer's to report
-        self.scorer.late_by_brand.clear()
-        gone = {v for v in retired if any(v in st.index for st in self.scorer.state.values())}
-        if gone:
-            scored += self.scorer.retire(gone)
-        self._count(scored, serving, serving_events)
-        self.seconds += time.process_time() - t0
-
-    def _count(
-        self, scored: list[ScoredRows], serving: list[ScoredRows], events: list[dict]
-    ) -> None:
         index: dict[str, int] = {}
-        sides: dict[str, tuple[list, list]] = {p: ([], []) for p in self.scorer.models}
-        for side, results in ((1, scored), (0, serving)):
+        sides: dict[str, tuple[list, list]] = {p: ([], []) for p in self.scorer.shadows}
+        for side, results in ((1, shadow), (0, serving)):
             for sc in results:
                 if sc.platform not in sides:
                     continue
@@ -161,7 +133,7 @@ class ShadowScoring:
                 if side == 1:
                     self._count_shadow(sc, v, w, s)
         opened = Counter(
-            self.fleet.platform_of(ev["brand"]) for ev in events if ev["status"] == "open"
+            self.fleet.platform_of(ev["brand"]) for ev in serving_events if ev["status"] == "open"
         )
         for platform, (serv, shad) in sides.items():
             t = self.tallies.get(platform)
@@ -173,7 +145,7 @@ class ShadowScoring:
             t.shadow_anomalous += a_h
             t.agreeing += agree
             t.serving_incidents += opened.get(platform, 0)
-            if t.windows:
+            if n:
                 for b in self.fleet.brands_of(platform) or [platform]:
                     self.metrics.shadow.set_agreement(b, t.agreeing / t.windows)
 
@@ -194,9 +166,8 @@ class ShadowScoring:
                     t.shadow_incidents += 1
 
     def forget(self, vehicles: set[str]) -> None:
-        """Vehicles let go by the service: the shadow lets them go too."""
-        if self.scorer.state:
-            self.scorer.forget(vehicles)
+        """Vehicles let go by the service: their would-be incidents go too (the scorer
+        lets their shadow windows go with the serving ones)."""
         self.tracker.forget(vehicles)
 
     def flush(self) -> None:

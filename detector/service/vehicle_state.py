@@ -1,9 +1,10 @@
 """A vehicle's state across the service's parts: where it begins, and letting it go.
 
 Each vehicle the detector watches has state in four places: the scorer (its
-open window), the incident tracker (its open incident), the incident counts
-(the active gauge) and the offset ledger (its records a restart needs); a fifth
-when its brand has a shadow model (the shadow's window and would-be incident). A
+open window, and its shadow window when its platform has a shadow model), the
+incident tracker (its open incident), the incident counts (the active gauge)
+and the offset ledger (its records a restart needs); a fifth when its platform
+has a shadow (its would-be incident). A
 vehicle is let go when its partition moves away or is re-read after a rewind,
 when it goes quiet (retired: its last window scored, its incident closed), or
 when the state limits evict or refuse it; each time all four must forget it,
