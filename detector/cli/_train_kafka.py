@@ -323,6 +323,7 @@ class Tally:
     frames_read: int = 0  # of the brand, in the span
     vehicles: set[str] = field(default_factory=set)
     excluded_frames: dict[str, int] = field(default_factory=dict)  # incident id -> frames
+    read_s: float = 0.0  # wall time of reading incidents and the span
 
 
 def read_incidents(
@@ -456,6 +457,7 @@ def read_span(
     check_span(since, until)
     parse_batches_compiled()  # a broken batch becomes an UnreadableRecord, never a loop
     topic = cfg.kafka.telemetry_topic
+    began = time.monotonic()
     with quiet_kafka():
         consumer = open_consumer(cfg, connect_timeout_s)
         try:
@@ -475,6 +477,7 @@ def read_span(
         finally:
             consumer.close(autocommit=False)
     tally = intake.tally
+    tally.read_s = time.monotonic() - began
     where = f"{topic} between {iso(since)} and {iso(until)}"
     if tally.records == 0:
         raise SpanError(f"no records on {where} (span empty)")
@@ -544,6 +547,7 @@ def source_summary(
         "vehicles": sorted({s.vehicle for s in stretches}),
         "frames_read": tally.frames_read,
         "frames_used": used,
+        "read_s": round(tally.read_s, 1),
         "sampled": sample.held < sample.seen,  # frames refused or evicted by the budget
         "max_frames": sample.max_frames,
         "block_s": sample.block_s,
