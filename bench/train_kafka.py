@@ -11,9 +11,10 @@ simulated ``CHUNK_S`` templates, shifted in time. Event times end in the past
 and records are stamped when produced, so ``--since`` (before the first
 frame) and ``--until`` (after the last record) take in the whole span.
 
-Then ``canwatch train --from-kafka`` of this checkout runs as a child process
-(default ``--max-frames``): wall time, CPU seconds and peak RSS (``wait4``'s
-``ru_maxrss`` of that child alone), and from its manifest the frames read and
+Then ``canwatch train --from-kafka`` of this checkout runs as a child process,
+with its default ``--max-frames`` and with 250,000 (the reading side alone,
+nearly): wall time, CPU seconds and peak RSS (``wait4``'s ``ru_maxrss`` of
+that child alone), and from its manifest the frames read and
 used and its own reading time. Throughput = frames read / wall time of the
 whole command (reading, sampling and fitting), and / its reading time.
 
@@ -21,7 +22,7 @@ RSS is meant to stay flat as the span grows: the frame budget bounds what is
 held, and the fit is over the budget's frames whatever the span.
 
     .venv/bin/python bench/train_kafka.py [--vehicle-hours 1,4,16] [--vehicles 8]
-        [--max-frames N] [--json out.json]
+        [--max-frames default,250000] [--json out.json]
 """
 
 # ruff: noqa: E402 - the checkout goes first on sys.path (run as `python bench/train_kafka.py`)
@@ -120,20 +121,29 @@ def train(bootstrap: str, work: Path, since: float, until: float, max_frames: in
     }
 
 
-def one_span(vh: float, vehicles: int, tpl: list, partitions: int, max_frames: int | None) -> dict:
+def one_span(
+    vh: float, vehicles: int, tpl: list, partitions: int, budgets: list[int | None]
+) -> list[dict]:
+    """Produce the span once, then train from it with each of ``budgets``."""
+    out = []
     with tempfile.TemporaryDirectory(prefix="bench-train-kafka-") as tmp:
         work = Path(tmp)
         with broker(work, {TOPIC: partitions, INCIDENT_TOPIC: 1}) as b:
             say(f"{vh:g} vehicle-hours: {vehicles} vehicles x {vh / vehicles * 60:.1f} min")
             made = produce_span(b.bootstrap, vehicles, vh / vehicles, tpl)
-            got = train(b.bootstrap, work, made["start"] - 1, time.time() + 1, max_frames)
-    got.update(made)
-    got["frames_per_s"] = round(got["frames_read"] / got["wall_s"])
-    got["read_frames_per_s"] = round(got["frames_read"] / max(got["read_s"], 1e-9))
-    got["frames_per_cpu_s"] = round(got["frames_read"] / got["cpu_s"])
-    say(f"  train: {got['wall_s']} s wall ({got['read_s']} s reading), {got['cpu_s']} CPU-s, "
-        f"peak RSS {got['peak_rss_mib']} MiB")  # fmt: skip
-    return got
+            for budget in budgets:
+                run = work / f"budget-{budget}"
+                run.mkdir()
+                got = train(b.bootstrap, run, made["start"] - 1, time.time() + 1, budget)
+                got.update(made)
+                got["frames_per_s"] = round(got["frames_read"] / got["wall_s"])
+                got["read_frames_per_s"] = round(got["frames_read"] / max(got["read_s"], 1e-9))
+                got["frames_per_cpu_s"] = round(got["frames_read"] / got["cpu_s"])
+                say(f"  train --max-frames {got['max_frames']:,}: {got['wall_s']} s wall "
+                    f"({got['read_s']} s reading), {got['cpu_s']} CPU-s, "
+                    f"peak RSS {got['peak_rss_mib']} MiB")  # fmt: skip
+                out.append(got)
+    return out
 
 
 def main() -> None:
@@ -141,26 +151,35 @@ def main() -> None:
     ap.add_argument("--vehicle-hours", default="1,4,16", help="spans, comma-separated")
     ap.add_argument("--vehicles", type=int, default=8)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--max-frames", type=int, help="train's --max-frames (default: its own)")
+    ap.add_argument(
+        "--max-frames",
+        default="default,250000",
+        help="train's --max-frames, comma-separated, each a run on the same span "
+        "('default': its own); the small one shows the reading side's memory alone",
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     tpl = templates(TEMPLATES)
+    budgets = [None if b == "default" else int(b) for b in args.max_frames.split(",")]
     runs = [
-        one_span(float(vh), args.vehicles, tpl, args.partitions, args.max_frames)
+        run
         for vh in args.vehicle_hours.split(",")
+        for run in one_span(float(vh), args.vehicles, tpl, args.partitions, budgets)
     ]
     rows = [
-        (f"{r['vehicle_hours']:g}", f"{r['frames_read']:,}", f"{r['frames_used']:,}",
+        (f"{r['vehicle_hours']:g}", f"{r['max_frames']:,}", f"{r['frames_read']:,}",
+         f"{r['frames_used']:,}",
          f"{r['produce_s']:g}", f"{r['wall_s']:g}", f"{r['read_s']:g}",
          f"{r['frames_per_s']:,}", f"{r['read_frames_per_s']:,}", f"{r['peak_rss_mib']:,.0f}")
         for r in runs
     ]  # fmt: skip
     print(machine_line())
     print(markdown_table(
-        ["vehicle-hours", "frames read", "frames used", "produce s", "train s", "of it reading s",
+        ["vehicle-hours", "--max-frames", "frames read", "frames used", "produce s", "train s", "of it reading s",
          "frames/s (whole)", "frames/s (reading)", "peak RSS MiB"], rows))  # fmt: skip
     headline = [
-        (f"train --from-kafka {r['vehicle_hours']:g} vh", f"{r['frames_per_s']:,} frames/s, "
+        (f"train --from-kafka {r['vehicle_hours']:g} vh, --max-frames {r['max_frames']:,}",
+         f"{r['frames_per_s']:,} frames/s, "
          f"{r['peak_rss_mib']:,.0f} MiB peak") for r in runs
     ]  # fmt: skip
     write_results(args.json, {"runs": runs, "vehicles": args.vehicles}, headline)

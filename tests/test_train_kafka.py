@@ -33,10 +33,10 @@ from replay.publisher import interleave
 from replay.simulator import simulate_vehicle
 from replay.writers import write_frames
 
-T0 = 1_700_000_060.0  # simulated traffic starts here; a 300 s block boundary at T0 + 40
+T0 = 1_700_000_030.0  # simulated traffic starts here; a 60 s block boundary at T0 + 30
 DURATION_S = 60.0
 SINCE, UNTIL = T0 + 5.0, T0 + 55.0  # the span: crosses the block boundary
-UNTIL_ISO = "2023-11-14T22:15:15Z"
+UNTIL_ISO = "2023-11-14T22:14:45Z"
 VEHICLES = ["veh-jeep-a", "veh-jeep-b", "veh-jeep-c"]
 DOS_START_S, DOS_S = 25.0, 6.0
 
@@ -206,3 +206,40 @@ def test_bad_input_one_line_no_model(clean_topic, broker, tmp_path, capsys) -> N
         assert err.startswith("canwatch train: error: ") and "\n" not in err, err
         assert message in err, err
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_block_sample_bounded_and_order_independent() -> None:
+    """Over the budget, the sample is whole blocks, the same whatever the arrival order,
+    within the budget; under it, everything."""
+    from detector.core.schema import FRAME_DTYPE
+    from detector.model.span_sample import BlockSample
+
+    rng = np.random.default_rng(5)
+    records = []
+    for v in range(6):
+        ts = np.sort(rng.uniform(0, 2000, 4000)) + T0
+        for part in np.array_split(np.arange(len(ts)), 80):  # upload batches
+            f = np.zeros(len(part), FRAME_DTYPE)
+            f["ts"], f["can_id"] = ts[part], v
+            records.append((f"veh-{v}", f))
+
+    def sampled(order, budget) -> dict:
+        s = BlockSample(budget, block_s=300.0)
+        for i in order:
+            s.add(*records[i])
+        assert s.held <= budget and s.seen == 24000
+        out = {}
+        for x in s.stretches():  # whole blocks: every frame of the vehicle in them
+            ts = np.concatenate([f["ts"] for v, f in records if v == x.vehicle])
+            block = np.floor(ts / 300.0)
+            assert np.array_equal(
+                np.sort(ts[(block >= x.first_block) & (block <= x.last_block)]), x.frames["ts"]
+            )
+            out[(x.vehicle, x.first_block)] = x.frames["ts"].tolist()
+        return out
+
+    forward = sampled(range(len(records)), 9000)
+    assert forward == sampled(rng.permutation(len(records)), 9000)
+    assert 0 < sum(map(len, forward.values())) <= 9000
+    everything = sampled(range(len(records)), 24000)
+    assert len(everything) == 6 and sum(map(len, everything.values())) == 24000

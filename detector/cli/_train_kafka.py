@@ -19,7 +19,7 @@ attack frames, so training leaves them and the stream windows they touch out
 (``detector.model.training.Recording``). Incidents name vehicles by pseudonym
 when the config pseudonymises; record keys are mapped with the same key.
 
-Memory. Frames are kept in whole (vehicle, 300 s) blocks under a frame budget
+Memory. Frames are kept in whole (vehicle, 60 s) blocks under a frame budget
 (``detector.model.span_sample``): below it everything is kept and the model is
 the one ``canwatch train`` fits from the same frames in files, one recording per
 vehicle stretch, drive = vehicle; above it a reproducible uniform sample of
@@ -117,27 +117,30 @@ class Exclusion:
     end: float  # last_seen + margin
 
 
+def fold_incident(spans: dict[str, list], inc: Any, brand: str) -> None:
+    """Fold one incident record of ``brand`` into ``spans`` (incident id -> [vehicle,
+    earliest first_seen, latest last_seen, suspected attack]): records of one incident
+    are its updates, each the incident as it stood then."""
+    if not isinstance(inc, dict) or inc.get("brand") not in (brand, None):
+        return
+    try:
+        iid, vehicle = str(inc["incident_id"]), str(inc["vehicle"])
+        first, last = float(inc["first_seen"]), float(inc["last_seen"])
+    except (KeyError, TypeError, ValueError):
+        return  # not an incident record: nothing it could exclude
+    attack = str(inc.get("suspected_attack", "unknown"))
+    known = spans.get(iid)
+    if known is None:
+        spans[iid] = [vehicle, first, last, attack]
+    else:
+        known[1], known[2], known[3] = min(known[1], first), max(known[2], last), attack
+
+
 def exclusions_from(
-    incidents: list[dict], brand: str, since: float, until: float, margin: float
+    spans: dict[str, list], since: float, until: float, margin: float
 ) -> dict[str, list[Exclusion]]:
-    """Per vehicle, the intervals to leave out: each incident of ``brand`` (all its
-    records folded: the earliest first_seen, the latest last_seen) whose interval
+    """Per vehicle, the intervals to leave out: each folded incident whose interval
     widened by ``margin`` meets ``[since, until)``."""
-    spans: dict[str, list] = {}
-    for inc in incidents:
-        try:
-            iid, vehicle = str(inc["incident_id"]), str(inc["vehicle"])
-            first, last = float(inc["first_seen"]), float(inc["last_seen"])
-        except (KeyError, TypeError, ValueError):
-            continue  # not an incident record: nothing it could exclude
-        if inc.get("brand") not in (brand, None):
-            continue
-        known = spans.get(iid)
-        if known is None:
-            spans[iid] = [vehicle, first, last, str(inc.get("suspected_attack", "unknown"))]
-        else:
-            known[1], known[2] = min(known[1], first), max(known[2], last)
-            known[3] = str(inc.get("suspected_attack", known[3]))
     out: dict[str, list[Exclusion]] = defaultdict(list)
     for iid, (vehicle, first, last, attack) in sorted(spans.items(), key=lambda kv: kv[1][1]):
         start, end = first - margin, last + margin
@@ -343,16 +346,14 @@ def read_incidents(
     for tp in tps:
         start, end = log_bounds(consumer, tp)
         ranges[tp] = (first_at(consumer, tp, to_ms(since - margin), start, end), end)
-    incidents = []
+    spans: dict[str, list] = {}  # folded as read: the topic's records are never all held
     for records in read_offsets(consumer, ranges):
         for r in records:
             try:
-                inc = json.loads(r.value)
+                fold_incident(spans, json.loads(r.value), brand)
             except (TypeError, ValueError):
                 continue  # `canwatch incidents` reports records that are not incidents
-            if isinstance(inc, dict):
-                incidents.append(inc)
-    return exclusions_from(incidents, brand, since, until, margin), None
+    return exclusions_from(spans, since, until, margin), None
 
 
 class SpanIntake:

@@ -31,7 +31,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "in turn): recordings sharing most benign payloads are one drive, unless --groups "
         "says otherwise. Writes <platform>-v<N>.skops and its manifest into --out. "
         "With --from-kafka, the recordings are the brand's traffic on the telemetry topic "
-        "between --since and --until instead (docs/training-from-kafka.md).",
+        "between --since and --until instead (docs/detection.md, Training from the topic).",
     )
     p.add_argument("files", nargs="*", metavar="FILE", help="recordings (any supported format)")
     p.add_argument("--brand", required=True, help="brand slug (see configs/brands.toml)")
@@ -84,7 +84,7 @@ def add_kafka_flags(p: argparse.ArgumentParser) -> None:
         default=tk.MAX_FRAMES,
         metavar="N",
         help="hold at most N frames (24 B each; FD frames count their 8-byte lanes): "
-        "a longer span is sampled in whole 300 s blocks per vehicle "
+        "a longer span is sampled in whole 60 s blocks per vehicle "
         f"(default {tk.MAX_FRAMES:,})",
     )
 

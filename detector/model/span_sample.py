@@ -30,10 +30,12 @@ import numpy as np
 from detector.core.schema import FRAME_DTYPE
 
 #: Default block length: long enough that a block's edges (where consecutive-frame
-#: statistics restart) are rare, short enough that the sample spreads over the fleet.
-BLOCK_S = 300.0
-#: Small arrays of a block are joined into one every this many: a block of 300 s
-#: arrives as ~3000 records, whose array headers would otherwise cost as much as their frames.
+#: statistics restart) are rare, short enough that a budget of a few million frames
+#: spreads over the fleet: 60 s of a ~2,300 frames/s bus is ~140 k frames, so the
+#: default budget holds ~30 blocks (300 s blocks held 5, i.e. 4-5 vehicles of 8).
+BLOCK_S = 60.0
+#: Small arrays of a block are joined into one every this many: a block of 60 s
+#: arrives as ~600 records, whose array headers would otherwise cost as much as their frames.
 JOIN_PARTS = 64
 
 
