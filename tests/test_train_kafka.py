@@ -23,6 +23,7 @@ import pytest
 
 from detector.cli import main
 from detector.core.config import IncidentConfig, KafkaConfig
+from detector.incidents.privacy import pseudonym
 from detector.incidents.tracker import IncidentTracker, Observation
 from detector.model.store import list_manifests, load_model
 from detector.transport.broker import create_topics, free_port
@@ -76,12 +77,17 @@ def publish(bootstrap: str, topic: str, streams: list) -> dict[str, np.ndarray]:
     return {v: np.concatenate(parts) for v, parts in sorted(span.items())}
 
 
-def config(tmp: Path, bootstrap: str, telemetry: str, incidents: str) -> Path:
-    path = tmp / f"{telemetry}.toml"
-    path.write_text(
+def config(
+    tmp: Path, bootstrap: str, telemetry: str, incidents: str, key: Path | None = None
+) -> Path:
+    path = tmp / f"{incidents}.toml"
+    text = (
         f'[kafka]\nbootstrap = "{bootstrap}"\ntelemetry_topic = "{telemetry}"\n'
         f'incident_topic = "{incidents}"\n'
     )
+    if key is not None:
+        text += f'[privacy]\npseudonymize_key_file = "{key}"\n'
+    path.write_text(text)
     return path
 
 
@@ -152,21 +158,28 @@ def dos_incidents(vehicle: str) -> list[dict]:
 
 
 def test_attacked_vehicle_left_out(broker, tmp_path, capsys) -> None:
+    """The detector pseudonymises here: its incident names the victim by pseudonym,
+    the telemetry by its id; the key maps one to the other."""
+    key = tmp_path / "key"
+    key.write_bytes(b"a pseudonymisation key of the fleet")
+    victim = pseudonym(key.read_bytes(), "veh-jeep-b")
     create_topics(broker.bootstrap, {"trk.dos": 2, "trk.dos.inc": 2})
     publish(broker.bootstrap, "trk.dos", fleet(attack_on="veh-jeep-b"))
     producer = make_producer(KafkaConfig(bootstrap=broker.bootstrap))
-    events = dos_incidents("veh-jeep-b")
+    events = dos_incidents(victim)
     for inc in events:  # published as the windows close: after last_seen
         stamp = int((inc["last_seen"] + 1) * 1000)
-        producer.send("trk.dos.inc", key=b"veh-jeep-b", value=json.dumps(inc).encode(),
+        producer.send("trk.dos.inc", key=victim.encode(), value=json.dumps(inc).encode(),
                       timestamp_ms=stamp)  # fmt: skip
     producer.flush()
     producer.close()
 
-    cfg = config(tmp_path, broker.bootstrap, "trk.dos", "trk.dos.inc")
+    cfg = config(tmp_path, broker.bootstrap, "trk.dos", "trk.dos.inc", key)
     info = train_topic(cfg, tmp_path / "left-out", "--exclude-margin", "5")
-    (ex,) = info["training"]["source"]["excluded"]
-    assert ex["vehicle"] == "veh-jeep-b" and ex["incident_id"] == events[0]["incident_id"]
+    src = info["training"]["source"]
+    assert victim in src["vehicles"] and "veh-jeep-b" not in json.dumps(src)
+    (ex,) = src["excluded"]
+    assert ex["vehicle"] == victim and ex["incident_id"] == events[0]["incident_id"]
     assert ex["from"] == pytest.approx(events[0]["first_seen"] - 5)
     assert ex["to"] == pytest.approx(events[-1]["last_seen"] + 5)
     assert ex["frames"] > DOS_S * 3000  # the flood and the vehicle's own traffic around it
@@ -178,6 +191,7 @@ def test_attacked_vehicle_left_out(broker, tmp_path, capsys) -> None:
     blind = config(tmp_path, broker.bootstrap, "trk.dos", "trk.dos.none")
     info = train_topic(blind, tmp_path / "blind")
     assert "does not exist" in info["training"]["source"]["note"]
+    assert "veh-jeep-b" in info["training"]["source"]["vehicles"]  # no key here: raw ids
     assert 0 in load_model(tmp_path / "blind" / "cusw-v1.json").baseline.ids
 
 
