@@ -245,9 +245,14 @@ def first_at(consumer: Any, tp: Any, t_ms: int, start: int, end: int) -> int:
     if none), taking timestamps as rising with offsets (producer time, one clock per
     vehicle gateway). The broker's ``offsets_for_times`` answer is used when the records
     around it confirm it; otherwise a binary search on record timestamps finds it."""
+    from kafka.errors import KafkaError
+
     if end <= start:
         return end
-    answer = consumer.offsets_for_times({tp: t_ms}).get(tp)
+    try:
+        answer = consumer.offsets_for_times({tp: t_ms}).get(tp)
+    except KafkaError:  # a broker too old for timestamp lookups: the search finds it
+        answer = None
     guess = end if answer is None else min(max(int(answer.offset), start), end)
     if _boundary_holds(consumer, tp, t_ms, guess, start, end):
         return guess
@@ -452,6 +457,8 @@ def read_span(
 ) -> tuple[list[Stretch], dict]:
     """The brand's stretches of traffic in ``[since, until)`` to train on, and the
     ``source`` part of the model's training summary."""
+    from kafka.errors import KafkaError
+
     from detector.cli.replay import quiet_kafka
     from detector.transport.kafka_records import parse_batches_compiled
 
@@ -475,6 +482,10 @@ def read_span(
                     shown.set_postfix_str(
                         f"{intake.tally.frames_read:,} frames, {sample.held:,} held", refresh=False
                     )
+        except KafkaError as exc:  # the broker went away or refused a request mid-way
+            raise SpanError(
+                f"Kafka at {cfg.kafka.bootstrap}: {type(exc).__name__}: {exc}"
+            ) from None
         finally:
             consumer.close(autocommit=False)
     tally = intake.tally
