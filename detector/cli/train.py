@@ -13,7 +13,7 @@ import numpy as np
 from detector.cli._common import add_config_flag, config_from, fleet_from
 from detector.cli._progress import bar
 from detector.core.brands import Fleet
-from detector.core.config import DetectionConfig
+from detector.core.config import Config, DetectionConfig
 from detector.core.errors import CanwatchError
 from detector.evaluation.cross_validation import drive_numbers, groups_from_map, read_group_map
 from detector.model.store import save_model
@@ -29,9 +29,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "Frames labelled as attacks, and the windows holding them, are left out. Each file "
         "is one vehicle. Files are grouped into drives for calibration (each drive held out "
         "in turn): recordings sharing most benign payloads are one drive, unless --groups "
-        "says otherwise. Writes <platform>-v<N>.skops and its manifest into --out.",
+        "says otherwise. Writes <platform>-v<N>.skops and its manifest into --out. "
+        "With --from-kafka, the recordings are the brand's traffic on the telemetry topic "
+        "between --since and --until instead (docs/detection.md, Training from the topic).",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="recordings (any supported format)")
+    p.add_argument("files", nargs="*", metavar="FILE", help="recordings (any supported format)")
     p.add_argument("--brand", required=True, help="brand slug (see configs/brands.toml)")
     p.add_argument("--out", required=True, metavar="DIR", help="model directory")
     p.add_argument("--format", help="force the log format of every FILE")
@@ -42,7 +44,49 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "(matched by base name); the same file `evaluate --cross-validate` takes",
     )
     add_config_flag(p)
+    add_kafka_flags(p)
     p.set_defaults(func=run)
+
+
+def add_kafka_flags(p: argparse.ArgumentParser) -> None:
+    from detector.cli import _train_kafka as tk
+
+    k = p.add_argument_group("training from the telemetry topic")
+    k.add_argument(
+        "--from-kafka",
+        action="store_true",
+        help="train on the brand's records of kafka.telemetry_topic in [--since, --until): "
+        "no consumer group, nothing committed",
+    )
+    k.add_argument("--since", metavar="T", help="span start: ISO 8601 (UTC if no zone) or epoch s")
+    k.add_argument("--until", metavar="T", help="span end (exclusive), same forms")
+    k.add_argument(
+        "--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers (overrides config)"
+    )
+    k.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=tk.CONNECT_TIMEOUT_S,
+        metavar="S",
+        help=f"give up when no broker answers within S s (default {tk.CONNECT_TIMEOUT_S:g})",
+    )
+    k.add_argument(
+        "--exclude-margin",
+        type=float,
+        default=tk.EXCLUDE_MARGIN_S,
+        metavar="S",
+        help="leave a vehicle out from S s before to S s after each of its incidents "
+        f"on kafka.incident_topic (default {tk.EXCLUDE_MARGIN_S:g})",
+    )
+    k.add_argument(
+        "--max-frames",
+        type=int,
+        default=tk.MAX_FRAMES,
+        metavar="N",
+        help="hold at most N frames (24 B each; FD frames count their 8-byte lanes): "
+        "a longer span is sampled in whole 60 s blocks per vehicle "
+        f"(default {tk.MAX_FRAMES:,})",
+    )
 
 
 def train_and_save(
@@ -54,11 +98,13 @@ def train_and_save(
     brands: list[str],
     groups: Sequence[str] | None = None,
     desc: str = "fitting",
+    source: dict | None = None,
 ) -> Path:
     """Train on ``recordings`` (``groups``: the drive of each; default: drive_groups) and
     save the model with its manifest into ``out``; returns the manifest path. What
     ``canwatch train`` does, and what each fold of ``evaluate --cross-validate`` does.
-    On a terminal, a bar ``desc`` counts the windows fitted."""
+    On a terminal, a bar ``desc`` counts the windows fitted. ``source``: where the
+    recordings came from when not from ``files`` (the telemetry topic), for the manifest."""
     drives = None if groups is None else drive_numbers(groups)
     with contextlib.ExitStack() as stack:
         fitted: list = []  # the bar, once the number of windows is known
@@ -72,9 +118,12 @@ def train_and_save(
             model, summary = train_platform(platform, list(recordings), cfg, drives, progress)
         except ValueError as exc:  # too little or no attack-free data
             raise CanwatchError(str(exc)) from None
-    summary["files"] = [Path(f).name for f in files]
-    if groups is not None:
-        summary["groups"] = dict(zip(summary["files"], groups, strict=True))
+    if source is not None:
+        summary["source"] = source
+    else:
+        summary["files"] = [Path(f).name for f in files]
+        if groups is not None:
+            summary["groups"] = dict(zip(summary["files"], groups, strict=True))
     return save_model(model, out, brands, summary)
 
 
@@ -93,18 +142,68 @@ def brands_served(fleet: Fleet, platform: str, brand: str) -> list[str]:
     return fleet.brands_of(platform) or [brand]
 
 
+def check_sources(args: argparse.Namespace) -> None:
+    """Files, or the topic with its span: never both, never neither."""
+    if args.from_kafka:
+        if args.files:
+            raise CanwatchError("give FILEs or --from-kafka, not both")
+        missing = [f for f in ("since", "until") if getattr(args, f) is None]
+        if missing:
+            raise CanwatchError(f"--from-kafka needs --{' and --'.join(missing)}")
+        if args.groups or args.format:
+            raise CanwatchError("--groups and --format are for FILEs, not --from-kafka")
+        if not args.max_frames >= 1:
+            raise CanwatchError(f"--max-frames must be >= 1, got {args.max_frames}")
+        if not (np.isfinite(args.exclude_margin) and args.exclude_margin >= 0):
+            raise CanwatchError(f"--exclude-margin must be >= 0 s, got {args.exclude_margin}")
+        if not args.connect_timeout > 0:
+            raise CanwatchError(f"--connect-timeout must be > 0 s, got {args.connect_timeout}")
+    elif not args.files:
+        raise CanwatchError("give the recordings to train on (FILE...), or --from-kafka")
+    elif any(getattr(args, f) is not None for f in ("since", "until", "bootstrap")):
+        raise CanwatchError("--since, --until and --bootstrap go with --from-kafka")
+
+
+def from_kafka(args: argparse.Namespace, cfg: Config) -> tuple[list[np.ndarray], list[str], dict]:
+    """The brand's stretches on the topic: (recordings, the vehicle of each, source)."""
+    from detector.cli import _train_kafka as tk
+
+    since = tk.parse_time(args.since, "--since")
+    until = tk.parse_time(args.until, "--until")
+    stretches, source = tk.read_span(
+        cfg,
+        args.brand,
+        since,
+        until,
+        margin=args.exclude_margin,
+        max_frames=args.max_frames,
+        connect_timeout_s=args.connect_timeout,
+    )
+    return [s.frames for s in stretches], [s.vehicle for s in stretches], source
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from(args)
+    check_sources(args)
+    overrides = {"kafka.bootstrap": args.bootstrap} if args.bootstrap else {}
+    cfg = config_from(args, **overrides)
     fleet = fleet_from(cfg)
     platform = fleet.platform_of(args.brand)
-    groups = None
-    if args.groups:
-        groups = groups_from_map(args.files, read_group_map(args.groups), args.groups)
-    recordings = read_all(args.files, args.format)
     brands = brands_served(fleet, platform, args.brand)
-    manifest = train_and_save(
-        platform, recordings, args.files, cfg.detection, args.out, brands, groups
-    )
+    if args.from_kafka:
+        # a recording per vehicle stretch, and the vehicle is the drive: calibration
+        # then holds whole vehicles out, as `--groups` with one group per vehicle does
+        recordings, groups, source = from_kafka(args, cfg)
+        manifest = train_and_save(
+            platform, recordings, groups, cfg.detection, args.out, brands, groups, source=source
+        )
+    else:
+        groups = None
+        if args.groups:
+            groups = groups_from_map(args.files, read_group_map(args.groups), args.groups)
+        recordings = read_all(args.files, args.format)
+        manifest = train_and_save(
+            platform, recordings, args.files, cfg.detection, args.out, brands, groups
+        )
     info = json.loads(manifest.read_text())
     summary = info["training"]
     print(
@@ -112,4 +211,17 @@ def run(args: argparse.Namespace) -> int:
         f"{summary['benign_frames']} benign frames, {summary['ids']} ids, "
         f"{summary['drives']} drives, threshold {info['threshold']:.4f} -> {manifest}"
     )
+    if "source" in summary:
+        print(source_line(summary["source"]))
     return 0
+
+
+def source_line(src: dict) -> str:
+    """What was read from the topic, what trained and what was left out, in one line."""
+    sampled = " (budget: a sample of whole blocks)" if src["sampled"] else ""
+    return (
+        f"read {src['records']:,} records of {src['topic']} {src['since']} .. {src['until']}: "
+        f"{src['frames_read']:,} {src['brand']} frames of {src['vehicles_seen']} vehicles, "
+        f"{src['frames_used']:,} used{sampled}; {len(src['excluded'])} incident interval(s) "
+        f"left out, {src['records_undecodable']} undecodable record(s)"
+    )

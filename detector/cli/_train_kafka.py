@@ -1,0 +1,577 @@
+"""``canwatch train --from-kafka``: a brand's platform model from a span of the telemetry topic.
+
+What it reads. Every partition of ``kafka.telemetry_topic``, the records whose
+Kafka timestamp lies in ``[since, until)``, by assign and seek: no consumer
+group, nothing committed, so the detectors reading the topic never notice. The
+first offset of the span on each partition comes from ``offsets_for_times``,
+checked against the records themselves (Tansu answers every timestamp with
+offset 0, and its ListOffsets latest under-reports); when the answer does not
+hold, the boundary is found by a binary search on record timestamps. The end
+of a partition is the fetch high watermark of a probe, never ListOffsets alone.
+Records are decoded by the service's decoder (``wire.decode_records``); records
+of other brands are skipped unread, records that do not decode are counted in
+the manifest, and frames outside ``[since, until)`` in event time are dropped.
+
+What it leaves out. Vehicles with an incident in the span (the incident topic,
+read the same way from ``since - margin``): the vehicle's frames from the
+incident's ``first_seen - margin`` to ``last_seen + margin`` are labelled as
+attack frames, so training leaves them and the stream windows they touch out
+(``detector.model.training.Recording``). Incidents name vehicles by pseudonym
+when the config pseudonymises; record keys are mapped with the same key.
+
+Memory. Frames are kept in whole (vehicle, 60 s) blocks under a frame budget
+(``detector.model.span_sample``): below it everything is kept and the model is
+the one ``canwatch train`` fits from the same frames in files, one recording per
+vehicle stretch, drive = vehicle; above it a reproducible uniform sample of
+blocks is kept and the manifest says how many frames were read and used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from detector.cli._progress import bar
+from detector.core.config import Config
+from detector.core.errors import CanwatchError, DecodeError
+from detector.core.fd import to_lanes
+from detector.model.span_sample import BLOCK_S, BlockSample, Stretch
+
+#: Default frame budget: ~100 MB of frames (24 B each), a few hundred MB while fitting.
+MAX_FRAMES = 4_000_000
+#: Default margin around an incident, seconds.
+EXCLUDE_MARGIN_S = 60.0
+#: Default wait for the broker to answer.
+CONNECT_TIMEOUT_S = 5.0
+POLL_MS = 200
+#: A probe (one fetch at an offset) gives up after this long without an answer.
+PROBE_S = 5.0
+#: How long to wait for the incident topic to show in metadata before taking it as absent.
+INCIDENT_TOPIC_WAIT_S = 2.0
+#: Reading stops with an error when no partition moves for this long.
+STALL_S = 30.0
+
+
+class SpanError(CanwatchError):
+    """The span cannot be read or holds nothing to train on."""
+
+
+# -- times (pure) ------------------------------------------------------------------------
+
+
+def parse_time(text: str, flag: str) -> float:
+    """Epoch seconds from ISO 8601 (no zone = UTC) or from a number of epoch seconds."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise SpanError(
+                f"{flag}: cannot read {text!r} as a time (ISO 8601 such as "
+                "2026-12-06T10:00:00Z, or epoch seconds)"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        value = when.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise SpanError(f"{flag}: {text!r} is not a time after 1970")
+    return value
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_span(since: float, until: float) -> None:
+    if until <= since:
+        raise SpanError(f"--until {iso(until)} is not after --since {iso(since)}")
+
+
+def to_ms(t: float) -> int:
+    """The first whole millisecond at or after ``t``: a record of timestamp ``ms`` is at
+    or after ``t`` exactly when ``ms >= to_ms(t)``."""
+    return math.ceil(t * 1000)
+
+
+# -- incidents (pure) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    vehicle: str  # as incidents name it (the pseudonym when the config pseudonymises)
+    incident_id: str
+    first_seen: float
+    last_seen: float
+    attack: str
+    start: float  # first_seen - margin
+    end: float  # last_seen + margin
+
+
+def fold_incident(spans: dict[str, list], inc: Any, brand: str) -> None:
+    """Fold one incident record of ``brand`` into ``spans`` (incident id -> [vehicle,
+    earliest first_seen, latest last_seen, suspected attack]): records of one incident
+    are its updates, each the incident as it stood then."""
+    if not isinstance(inc, dict) or inc.get("brand") not in (brand, None):
+        return
+    try:
+        iid, vehicle = str(inc["incident_id"]), str(inc["vehicle"])
+        first, last = float(inc["first_seen"]), float(inc["last_seen"])
+    except (KeyError, TypeError, ValueError):
+        return  # not an incident record: nothing it could exclude
+    attack = str(inc.get("suspected_attack", "unknown"))
+    known = spans.get(iid)
+    if known is None:
+        spans[iid] = [vehicle, first, last, attack]
+    else:
+        known[1], known[2], known[3] = min(known[1], first), max(known[2], last), attack
+
+
+def exclusions_from(
+    spans: dict[str, list], since: float, until: float, margin: float
+) -> dict[str, list[Exclusion]]:
+    """Per vehicle, the intervals to leave out: each folded incident whose interval
+    widened by ``margin`` meets ``[since, until)``."""
+    out: dict[str, list[Exclusion]] = defaultdict(list)
+    for iid, (vehicle, first, last, attack) in sorted(spans.items(), key=lambda kv: kv[1][1]):
+        start, end = first - margin, last + margin
+        if start < until and end >= since:
+            out[vehicle].append(Exclusion(vehicle, iid, first, last, attack, start, end))
+    return dict(out)
+
+
+def mark_excluded(frames: np.ndarray, intervals: list[Exclusion], counts: dict[str, int]) -> None:
+    """Label (in place) the frames inside any of ``intervals`` as attack frames, and
+    count them per incident."""
+    ts = frames["ts"]
+    for ex in intervals:
+        inside = (ts >= ex.start) & (ts <= ex.end)
+        n = int(np.count_nonzero(inside))
+        if n:
+            frames["label"][inside] = 1
+            counts[ex.incident_id] = counts.get(ex.incident_id, 0) + n
+
+
+def brand_header(headers: Any) -> bytes | None:
+    """The raw ``brand`` header of a record, or None when it has none readable."""
+    try:
+        for name, raw in headers or ():
+            if name == "brand" and isinstance(raw, bytes | bytearray):
+                return bytes(raw).strip()
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+# -- Kafka: finding the span ---------------------------------------------------------------
+
+
+def open_consumer(cfg: Config, connect_timeout_s: float) -> Any:
+    """A consumer with no group that commits nothing; a one-line error naming the
+    address when no broker answers within ``connect_timeout_s``."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    from detector.transport.kafka_io import connect_error, consumer_config
+
+    kwargs = consumer_config(cfg.kafka)
+    kwargs.update(
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+        request_timeout_ms=max(int(connect_timeout_s * 1000) + 1000, 5000),
+        max_poll_records=10_000,  # records are small batches: bigger polls, fewer passes
+        max_partition_fetch_bytes=8 << 20,
+        reconnect_backoff_max_ms=1000,
+    )
+    try:
+        return KafkaConsumer(**kwargs)
+    except KafkaError as exc:
+        raise connect_error(cfg.kafka, exc, min(connect_timeout_s, 5.0)) from None
+
+
+def partitions_of(consumer: Any, topic: str, bootstrap: str, wait_s: float) -> list:
+    """The topic's partitions (metadata of a topic just made may lag a moment)."""
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if time.monotonic() >= deadline:
+            raise SpanError(f"topic {topic!r} does not exist at {bootstrap}")
+        time.sleep(0.2)
+
+
+def probe(consumer: Any, tp: Any, offset: int) -> Any | None:
+    """The first record of ``tp`` at or after ``offset``, or None at the log end. The
+    fetch also tells the consumer the partition's true high watermark."""
+    if set(consumer.assignment()) != {tp}:
+        consumer.assign([tp])
+    consumer.seek(tp, offset)
+    deadline = time.monotonic() + PROBE_S
+    while time.monotonic() < deadline:
+        for r in consumer.poll(timeout_ms=POLL_MS, max_records=1).get(tp, []):
+            if r.offset >= offset:
+                return r
+        highwater = consumer.highwater(tp)
+        if highwater is not None and consumer.position(tp) >= highwater:
+            return None
+    raise SpanError(f"{tp.topic} partition {tp.partition}: no answer to a fetch in {PROBE_S:g} s")
+
+
+def log_bounds(consumer: Any, tp: Any) -> tuple[int, int]:
+    """(first offset, end offset) of ``tp``; the end from a fetch's high watermark,
+    which is right on Tansu where ListOffsets latest is not."""
+    start = int(consumer.beginning_offsets([tp]).get(tp) or 0)
+    listed = int(consumer.end_offsets([tp]).get(tp) or 0)
+    probe(consumer, tp, max(start, listed - 1))
+    return start, max(listed, int(consumer.highwater(tp) or 0), start)
+
+
+def first_at(consumer: Any, tp: Any, t_ms: int, start: int, end: int) -> int:
+    """The first offset in [start, end] whose record has a timestamp >= ``t_ms`` (``end``
+    if none), taking timestamps as rising with offsets (producer time, one clock per
+    vehicle gateway). The broker's ``offsets_for_times`` answer is used when the records
+    around it confirm it; otherwise a binary search on record timestamps finds it."""
+    from kafka.errors import KafkaError
+
+    if end <= start:
+        return end
+    try:
+        answer = consumer.offsets_for_times({tp: t_ms}).get(tp)
+    except KafkaError:  # a broker too old for timestamp lookups: the search finds it
+        answer = None
+    guess = end if answer is None else min(max(int(answer.offset), start), end)
+    if _boundary_holds(consumer, tp, t_ms, guess, start, end):
+        return guess
+    lo, hi = start, end  # the boundary lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        r = probe(consumer, tp, mid)
+        if r is None or r.timestamp >= t_ms:
+            hi = mid
+        else:
+            lo = min(r.offset + 1, hi)
+    return lo
+
+
+def _boundary_holds(consumer: Any, tp: Any, t_ms: int, at: int, start: int, end: int) -> bool:
+    """Is ``at`` the first offset with a timestamp >= ``t_ms``? (The record there is at
+    or after it, or the log ends there; the one before it is earlier.)"""
+    here = probe(consumer, tp, at) if at < end else None
+    if here is not None and here.timestamp < t_ms:
+        return False
+    if at == start:
+        return True
+    before = probe(consumer, tp, at - 1)
+    return before is None or before.offset >= at or before.timestamp < t_ms
+
+
+def span_offsets(
+    consumer: Any, tps: list, since_ms: int, until_ms: int
+) -> dict[Any, tuple[int, int]]:
+    """Per partition, the offsets [first, end) of the records of ``[since, until)``."""
+    out = {}
+    for tp in tps:
+        start, end = log_bounds(consumer, tp)
+        first = first_at(consumer, tp, since_ms, start, end)
+        last = first_at(consumer, tp, until_ms, first, end)
+        out[tp] = (first, last)
+    return out
+
+
+def read_offsets(consumer: Any, ranges: dict[Any, tuple[int, int]]) -> Iterator[list]:
+    """The records of each partition's [first, end), a poll at a time (partitions that
+    are done are paused so nothing past their end is fetched)."""
+    todo = {tp: r for tp, r in ranges.items() if r[1] > r[0]}
+    if not todo:
+        return
+    consumer.assign(list(todo))
+    for tp, (first, _) in todo.items():
+        consumer.seek(tp, first)
+    moved = time.monotonic()
+    while todo:
+        polled = consumer.poll(timeout_ms=POLL_MS)
+        records = [r for tp, rs in polled.items() for r in rs if r.offset < ranges[tp][1]]
+        if records:
+            moved = time.monotonic()
+            yield records
+        for tp in list(todo):
+            position = consumer.position(tp)
+            highwater = consumer.highwater(tp)
+            ended = highwater is not None and position >= highwater and not polled.get(tp)
+            if position >= todo[tp][1] or ended:  # the log may end early: re-created topic
+                consumer.pause(tp)
+                del todo[tp]
+        if todo and time.monotonic() - moved > STALL_S:
+            raise SpanError(f"reading {next(iter(todo)).topic} stalled for {STALL_S:g} s")
+
+
+# -- reading the span ------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    records: int = 0  # records in the span, all brands
+    other_brands: int = 0
+    undecodable: int = 0
+    brand_records: int = 0
+    frames_read: int = 0  # of the brand, in the span
+    vehicles: set[str] = field(default_factory=set)
+    excluded_frames: dict[str, int] = field(default_factory=dict)  # incident id -> frames
+    read_s: float = 0.0  # wall time of reading incidents and the span
+
+
+def read_incidents(
+    cfg: Config, consumer: Any, brand: str, since: float, until: float, margin: float
+) -> tuple[dict[str, list[Exclusion]], str | None]:
+    """Exclusions from the incident topic, and a note when there is no incident topic.
+
+    An incident is published after the windows it reports, so every incident that
+    reaches ``since - margin`` has a record stamped at or after that: reading from
+    there to the end of the topic finds each one's latest (whole) record."""
+    topic = cfg.kafka.incident_topic
+    try:
+        tps = partitions_of(consumer, topic, cfg.kafka.bootstrap, INCIDENT_TOPIC_WAIT_S)
+    except SpanError:
+        return {}, f"incident topic {topic!r} does not exist: no vehicle left out"
+    ranges = {}
+    for tp in tps:
+        start, end = log_bounds(consumer, tp)
+        ranges[tp] = (first_at(consumer, tp, to_ms(since - margin), start, end), end)
+    spans: dict[str, list] = {}  # folded as read: the topic's records are never all held
+    for records in read_offsets(consumer, ranges):
+        for r in records:
+            try:
+                fold_incident(spans, json.loads(r.value), brand)
+            except (TypeError, ValueError):
+                continue  # `canwatch incidents` reports records that are not incidents
+    return exclusions_from(spans, since, until, margin), None
+
+
+class SpanIntake:
+    """Records of the span into the sample: decoded as the service decodes them, the
+    brand's only, named as the service names vehicles, excluded intervals labelled."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        brand: str,
+        since: float,
+        until: float,
+        exclusions: dict[str, list[Exclusion]],
+        sample: BlockSample,
+    ) -> None:
+        from detector.incidents.privacy import load_key
+
+        self.cfg, self.brand, self.since, self.until = cfg, brand, since, until
+        self.brand_bytes = brand.encode()
+        self.since_ms, self.until_ms = to_ms(since), to_ms(until)
+        self.exclusions, self.sample = exclusions, sample
+        self.key = load_key(cfg.privacy)
+        self.names: dict[str, str] = {}
+        self.tally = Tally()
+
+    def name(self, vehicle: str) -> str:
+        from detector.incidents.privacy import pseudonym
+
+        known = self.names.get(vehicle)
+        if known is None:
+            known = self.names[vehicle] = (
+                vehicle if self.key is None else pseudonym(self.key, vehicle)
+            )
+        return known
+
+    def take(self, records: list) -> None:
+        from detector.transport.kafka_salvage import UnreadableRecord
+        from detector.transport.wire import decode_records
+
+        t = self.tally
+        mine = []
+        for r in records:
+            if not self.since_ms <= r.timestamp < self.until_ms:
+                continue  # timestamps out of order around the span's edges
+            t.records += 1
+            if type(r) is UnreadableRecord:
+                t.undecodable += 1
+                continue
+            b = brand_header(r.headers)
+            if b is not None and b != self.brand_bytes:
+                t.other_brands += 1  # skipped unread
+                continue
+            mine.append(r)
+        det = self.cfg.detection
+        decoded = decode_records(
+            [(r.key, r.value, r.headers) for r in mine],
+            known_brands=None,
+            now=time.time(),
+            max_future_s=det.max_future_s,
+            min_ts=det.min_ts,
+        )
+        for batch in decoded:
+            if isinstance(batch, DecodeError):
+                t.undecodable += 1
+                continue
+            if batch.brand != self.brand:
+                t.other_brands += 1
+                continue
+            t.brand_records += 1
+            frames = to_lanes(batch.frames)  # FD frames as lanes, as the service scores them
+            ts = frames["ts"]
+            if ts[0] < self.since or ts[-1] >= self.until:
+                frames = frames[(ts >= self.since) & (ts < self.until)]
+            if not len(frames):
+                continue
+            vehicle = self.name(batch.vehicle)
+            t.vehicles.add(vehicle)
+            t.frames_read += len(frames)
+            intervals = self.exclusions.get(vehicle)
+            if intervals:
+                frames = frames.copy()  # labels are written: never into the poll's buffer
+                mark_excluded(frames, intervals, t.excluded_frames)
+            self.sample.add(vehicle, frames)
+
+
+def read_span(
+    cfg: Config,
+    brand: str,
+    since: float,
+    until: float,
+    *,
+    margin: float = EXCLUDE_MARGIN_S,
+    max_frames: int = MAX_FRAMES,
+    block_s: float = BLOCK_S,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+) -> tuple[list[Stretch], dict]:
+    """The brand's stretches of traffic in ``[since, until)`` to train on, and the
+    ``source`` part of the model's training summary."""
+    from kafka.errors import KafkaError
+
+    from detector.cli.replay import quiet_kafka
+    from detector.transport.kafka_records import parse_batches_compiled
+
+    check_span(since, until)
+    parse_batches_compiled()  # a broken batch becomes an UnreadableRecord, never a loop
+    topic = cfg.kafka.telemetry_topic
+    began = time.monotonic()
+    with quiet_kafka():
+        consumer = open_consumer(cfg, connect_timeout_s)
+        try:
+            exclusions, note = read_incidents(cfg, consumer, brand, since, until, margin)
+            tps = partitions_of(consumer, topic, cfg.kafka.bootstrap, connect_timeout_s)
+            ranges = span_offsets(consumer, tps, to_ms(since), to_ms(until))
+            sample = BlockSample(max_frames, block_s)
+            intake = SpanIntake(cfg, brand, since, until, exclusions, sample)
+            total = sum(hi - lo for lo, hi in ranges.values())
+            with bar(f"reading {topic}", total, "record", unit_scale=True) as shown:
+                for records in read_offsets(consumer, ranges):
+                    intake.take(records)
+                    shown.update(len(records))
+                    shown.set_postfix_str(
+                        f"{intake.tally.frames_read:,} frames, {sample.held:,} held", refresh=False
+                    )
+        except KafkaError as exc:  # the broker went away or refused a request mid-way
+            raise SpanError(
+                f"Kafka at {cfg.kafka.bootstrap}: {type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            consumer.close(autocommit=False)
+    tally = intake.tally
+    tally.read_s = time.monotonic() - began
+    where = f"{topic} between {iso(since)} and {iso(until)}"
+    if tally.records == 0:
+        raise SpanError(f"no records on {where} (span empty)")
+    if tally.frames_read == 0:
+        raise SpanError(
+            f"no {brand} traffic on {where} ({tally.records} records: "
+            f"{tally.other_brands} of other brands, {tally.undecodable} undecodable)"
+        )
+    stretches = sample.stretches()
+    if not stretches:
+        raise SpanError(
+            f"--max-frames {max_frames} holds no whole {block_s:g} s block of a vehicle: raise it"
+        )
+    return stretches, source_summary(cfg, brand, since, until, ranges, tally, sample, stretches,
+                                     exclusions, margin, note)  # fmt: skip
+
+
+def source_summary(
+    cfg: Config,
+    brand: str,
+    since: float,
+    until: float,
+    ranges: dict,
+    tally: Tally,
+    sample: BlockSample,
+    stretches: list[Stretch],
+    exclusions: dict[str, list[Exclusion]],
+    margin: float,
+    note: str | None,
+) -> dict:
+    """What the manifest says about where the training frames came from."""
+    used = sum(len(s.frames) for s in stretches)
+    left_out = [
+        {
+            "vehicle": ex.vehicle,
+            "incident_id": ex.incident_id,
+            "suspected_attack": ex.attack,
+            "first_seen": ex.first_seen,
+            "last_seen": ex.last_seen,
+            "from": round(ex.start, 3),
+            "to": round(ex.end, 3),
+            "frames": tally.excluded_frames.get(ex.incident_id, 0),
+            "reason": f"incident in the span, +/- {margin:g} s",
+        }
+        for intervals in exclusions.values()
+        for ex in intervals
+        if ex.vehicle in tally.vehicles
+    ]
+    out = {
+        "kind": "kafka",
+        "topic": cfg.kafka.telemetry_topic,
+        "incident_topic": cfg.kafka.incident_topic,
+        "brand": brand,
+        "since": iso(since),
+        "until": iso(until),
+        "since_epoch": since,
+        "until_epoch": until,
+        "partitions": [
+            {"partition": tp.partition, "first_offset": lo, "end_offset": hi}
+            for tp, (lo, hi) in sorted(ranges.items(), key=lambda kv: kv[0].partition)
+        ],
+        "records": tally.records,
+        "records_of_brand": tally.brand_records,
+        "records_other_brands": tally.other_brands,
+        "records_undecodable": tally.undecodable,
+        "vehicles_seen": len(tally.vehicles),
+        "vehicles": sorted({s.vehicle for s in stretches}),
+        "frames_read": tally.frames_read,
+        "frames_used": used,
+        "read_s": round(tally.read_s, 1),
+        "sampled": sample.held < sample.seen,  # frames refused or evicted by the budget
+        "max_frames": sample.max_frames,
+        "block_s": sample.block_s,
+        "blocks_used": len(sample.blocks),
+        "blocks_evicted_by_budget": sample.evicted_blocks,
+        "stretches": [
+            {"vehicle": s.vehicle, "from": iso(s.start), "to": iso(s.end), "frames": len(s.frames)}
+            for s in stretches
+        ],
+        "exclude_margin_s": margin,
+        "excluded": left_out,
+    }
+    if note:
+        out["note"] = note
+    return out
