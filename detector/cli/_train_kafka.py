@@ -32,7 +32,6 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,8 +39,17 @@ from typing import Any
 import numpy as np
 
 from detector.cli._progress import bar
+from detector.cli._span_offsets import (
+    SpanError,
+    first_at,
+    log_bounds,
+    open_consumer,
+    partitions_of,
+    read_offsets,
+    span_offsets,
+)
 from detector.core.config import Config
-from detector.core.errors import CanwatchError, DecodeError
+from detector.core.errors import DecodeError
 from detector.core.fd import to_lanes
 from detector.model.span_sample import BLOCK_S, BlockSample, Stretch
 
@@ -51,17 +59,8 @@ MAX_FRAMES = 4_000_000
 EXCLUDE_MARGIN_S = 60.0
 #: Default wait for the broker to answer.
 CONNECT_TIMEOUT_S = 5.0
-POLL_MS = 200
-#: A probe (one fetch at an offset) gives up after this long without an answer.
-PROBE_S = 5.0
 #: How long to wait for the incident topic to show in metadata before taking it as absent.
 INCIDENT_TOPIC_WAIT_S = 2.0
-#: Reading stops with an error when no partition moves for this long.
-STALL_S = 30.0
-
-
-class SpanError(CanwatchError):
-    """The span cannot be read or holds nothing to train on."""
 
 
 # -- times (pure) ------------------------------------------------------------------------
@@ -170,153 +169,6 @@ def brand_header(headers: Any) -> bytes | None:
     except (TypeError, ValueError):
         pass
     return None
-
-
-# -- Kafka: finding the span ---------------------------------------------------------------
-
-
-def open_consumer(cfg: Config, connect_timeout_s: float) -> Any:
-    """A consumer with no group that commits nothing; a one-line error naming the
-    address when no broker answers within ``connect_timeout_s``."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
-    from detector.transport.kafka_io import connect_error, consumer_config
-
-    kwargs = consumer_config(cfg.kafka)
-    kwargs.update(
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        bootstrap_timeout_ms=int(connect_timeout_s * 1000),
-        request_timeout_ms=max(int(connect_timeout_s * 1000) + 1000, 5000),
-        max_poll_records=10_000,  # records are small batches: bigger polls, fewer passes
-        max_partition_fetch_bytes=8 << 20,
-        reconnect_backoff_max_ms=1000,
-    )
-    try:
-        return KafkaConsumer(**kwargs)
-    except KafkaError as exc:
-        raise connect_error(cfg.kafka, exc, min(connect_timeout_s, 5.0)) from None
-
-
-def partitions_of(consumer: Any, topic: str, bootstrap: str, wait_s: float) -> list:
-    """The topic's partitions (metadata of a topic just made may lag a moment)."""
-    from kafka import TopicPartition
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if time.monotonic() >= deadline:
-            raise SpanError(f"topic {topic!r} does not exist at {bootstrap}")
-        time.sleep(0.2)
-
-
-def probe(consumer: Any, tp: Any, offset: int) -> Any | None:
-    """The first record of ``tp`` at or after ``offset``, or None at the log end. The
-    fetch also tells the consumer the partition's true high watermark."""
-    if set(consumer.assignment()) != {tp}:
-        consumer.assign([tp])
-    consumer.seek(tp, offset)
-    deadline = time.monotonic() + PROBE_S
-    while time.monotonic() < deadline:
-        for r in consumer.poll(timeout_ms=POLL_MS, max_records=1).get(tp, []):
-            if r.offset >= offset:
-                return r
-        highwater = consumer.highwater(tp)
-        if highwater is not None and consumer.position(tp) >= highwater:
-            return None
-    raise SpanError(f"{tp.topic} partition {tp.partition}: no answer to a fetch in {PROBE_S:g} s")
-
-
-def log_bounds(consumer: Any, tp: Any) -> tuple[int, int]:
-    """(first offset, end offset) of ``tp``; the end from a fetch's high watermark,
-    which is right on Tansu where ListOffsets latest is not."""
-    start = int(consumer.beginning_offsets([tp]).get(tp) or 0)
-    listed = int(consumer.end_offsets([tp]).get(tp) or 0)
-    probe(consumer, tp, max(start, listed - 1))
-    return start, max(listed, int(consumer.highwater(tp) or 0), start)
-
-
-def first_at(consumer: Any, tp: Any, t_ms: int, start: int, end: int) -> int:
-    """The first offset in [start, end] whose record has a timestamp >= ``t_ms`` (``end``
-    if none), taking timestamps as rising with offsets (producer time, one clock per
-    vehicle gateway). The broker's ``offsets_for_times`` answer is used when the records
-    around it confirm it; otherwise a binary search on record timestamps finds it."""
-    from kafka.errors import KafkaError
-
-    if end <= start:
-        return end
-    try:
-        answer = consumer.offsets_for_times({tp: t_ms}).get(tp)
-    except KafkaError:  # a broker too old for timestamp lookups: the search finds it
-        answer = None
-    guess = end if answer is None else min(max(int(answer.offset), start), end)
-    if _boundary_holds(consumer, tp, t_ms, guess, start, end):
-        return guess
-    lo, hi = start, end  # the boundary lies in [lo, hi]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        r = probe(consumer, tp, mid)
-        if r is None or r.timestamp >= t_ms:
-            hi = mid
-        else:
-            lo = min(r.offset + 1, hi)
-    return lo
-
-
-def _boundary_holds(consumer: Any, tp: Any, t_ms: int, at: int, start: int, end: int) -> bool:
-    """Is ``at`` the first offset with a timestamp >= ``t_ms``? (The record there is at
-    or after it, or the log ends there; the one before it is earlier.)"""
-    here = probe(consumer, tp, at) if at < end else None
-    if here is not None and here.timestamp < t_ms:
-        return False
-    if at == start:
-        return True
-    before = probe(consumer, tp, at - 1)
-    return before is None or before.offset >= at or before.timestamp < t_ms
-
-
-def span_offsets(
-    consumer: Any, tps: list, since_ms: int, until_ms: int
-) -> dict[Any, tuple[int, int]]:
-    """Per partition, the offsets [first, end) of the records of ``[since, until)``."""
-    out = {}
-    for tp in tps:
-        start, end = log_bounds(consumer, tp)
-        first = first_at(consumer, tp, since_ms, start, end)
-        last = first_at(consumer, tp, until_ms, first, end)
-        out[tp] = (first, last)
-    return out
-
-
-def read_offsets(consumer: Any, ranges: dict[Any, tuple[int, int]]) -> Iterator[list]:
-    """The records of each partition's [first, end), a poll at a time (partitions that
-    are done are paused so nothing past their end is fetched)."""
-    todo = {tp: r for tp, r in ranges.items() if r[1] > r[0]}
-    if not todo:
-        return
-    consumer.assign(list(todo))
-    for tp, (first, _) in todo.items():
-        consumer.seek(tp, first)
-    moved = time.monotonic()
-    while todo:
-        polled = consumer.poll(timeout_ms=POLL_MS)
-        records = [r for tp, rs in polled.items() for r in rs if r.offset < ranges[tp][1]]
-        if records:
-            moved = time.monotonic()
-            yield records
-        for tp in list(todo):
-            position = consumer.position(tp)
-            highwater = consumer.highwater(tp)
-            ended = highwater is not None and position >= highwater and not polled.get(tp)
-            if position >= todo[tp][1] or ended:  # the log may end early: re-created topic
-                consumer.pause(tp)
-                del todo[tp]
-        if todo and time.monotonic() - moved > STALL_S:
-            raise SpanError(f"reading {next(iter(todo)).topic} stalled for {STALL_S:g} s")
 
 
 # -- reading the span ------------------------------------------------------------------
