@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from detector.cli._progress import bar
+from detector.cli._span_offsets import decode_polled, partitions_of
 from detector.core.config import Config
 from detector.core.errors import CanwatchError
 from detector.core.fd import to_fd
@@ -99,11 +99,13 @@ def incidents_in_file(path: str) -> Iterable[dict]:
 
 
 def incidents_on_topic(args: argparse.Namespace) -> list[dict]:
-    from detector.cli.incidents import READ_TIMEOUT_S, _consumer, _partitions, read_to_end
+    from detector.cli.incidents import READ_TIMEOUT_S, IncidentsError, _consumer, read_to_end
 
     consumer, topic = _consumer(args)
     try:
-        tps = _partitions(consumer, topic, wait_s=max(args.connect_timeout, 1.0))
+        tps = partitions_of(
+            consumer, topic, "", max(args.connect_timeout, 1.0), error=IncidentsError
+        )
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         out = []
@@ -198,17 +200,8 @@ class _Reader:
         return records, self.batches(records)
 
     def batches(self, records: list) -> list[_Batch]:
-        from detector.transport.wire import decode_records
-
         mine = [r for r in records if self.matches(_key(r.key))]
-        det = self.cfg.detection
-        decoded = decode_records(
-            [(r.key, r.value, r.headers) for r in mine],
-            known_brands=None,
-            now=time.time(),
-            max_future_s=det.max_future_s,
-            min_ts=det.min_ts,
-        )
+        decoded = decode_polled(mine, self.cfg)
         out = []
         for r, b in zip(mine, decoded, strict=True):
             if isinstance(b, Exception):
@@ -219,17 +212,8 @@ class _Reader:
 
     def first_oldest(self, records: list) -> float | None:
         """Oldest event time of the first decodable record of any vehicle in ``records``."""
-        from detector.transport.wire import decode_records
-
-        det = self.cfg.detection
         for r in records[:16]:
-            (b,) = decode_records(
-                [(r.key, r.value, r.headers)],
-                known_brands=None,
-                now=time.time(),
-                max_future_s=det.max_future_s,
-                min_ts=det.min_ts,
-            )
+            (b,) = decode_polled([r], self.cfg)
             if not isinstance(b, Exception):
                 return b.oldest
         return None

@@ -53,8 +53,15 @@ def open_consumer(cfg: Config, connect_timeout_s: float) -> Any:
         raise connect_error(cfg.kafka, exc, min(connect_timeout_s, 5.0)) from None
 
 
-def partitions_of(consumer: Any, topic: str, bootstrap: str, wait_s: float) -> list:
-    """The topic's partitions (metadata of a topic just made may lag a moment)."""
+def partitions_of(
+    consumer: Any,
+    topic: str,
+    bootstrap: str,
+    wait_s: float,
+    error: type[CanwatchError] = SpanError,
+) -> list:
+    """The topic's partitions (metadata of a topic just made may lag a moment); an
+    ``error`` naming the topic (and ``bootstrap``, if given) when it has none."""
     from kafka import TopicPartition
 
     deadline = time.monotonic() + wait_s
@@ -63,7 +70,8 @@ def partitions_of(consumer: Any, topic: str, bootstrap: str, wait_s: float) -> l
         if parts:
             return [TopicPartition(topic, p) for p in sorted(parts)]
         if time.monotonic() >= deadline:
-            raise SpanError(f"topic {topic!r} does not exist at {bootstrap}")
+            where = f" at {bootstrap}" if bootstrap else ""
+            raise error(f"topic {topic!r} does not exist{where}")
         time.sleep(0.2)
 
 
@@ -170,3 +178,18 @@ def read_offsets(consumer: Any, ranges: dict[Any, tuple[int, int]]) -> Iterator[
                 del todo[tp]
         if todo and time.monotonic() - moved > STALL_S:
             raise SpanError(f"reading {next(iter(todo)).topic} stalled for {STALL_S:g} s")
+
+
+def decode_polled(records: list, cfg: Config) -> list:
+    """Consumer records decoded as the service decodes them (any brand; frames too far
+    ahead of the clock or before ``detection.min_ts`` refused the same way)."""
+    from detector.transport.wire import decode_records
+
+    det = cfg.detection
+    return decode_records(
+        [(r.key, r.value, r.headers) for r in records],
+        known_brands=None,
+        now=time.time(),
+        max_future_s=det.max_future_s,
+        min_ts=det.min_ts,
+    )

@@ -41,6 +41,7 @@ import numpy as np
 from detector.cli._progress import bar
 from detector.cli._span_offsets import (
     SpanError,
+    decode_polled,
     first_at,
     log_bounds,
     open_consumer,
@@ -248,7 +249,6 @@ class SpanIntake:
 
     def take(self, records: list) -> None:
         from detector.transport.kafka_salvage import UnreadableRecord
-        from detector.transport.wire import decode_records
 
         t = self.tally
         mine = []
@@ -264,14 +264,7 @@ class SpanIntake:
                 t.other_brands += 1  # skipped unread
                 continue
             mine.append(r)
-        det = self.cfg.detection
-        decoded = decode_records(
-            [(r.key, r.value, r.headers) for r in mine],
-            known_brands=None,
-            now=time.time(),
-            max_future_s=det.max_future_s,
-            min_ts=det.min_ts,
-        )
+        decoded = decode_polled(mine, self.cfg)
         for batch in decoded:
             if isinstance(batch, DecodeError):
                 t.undecodable += 1

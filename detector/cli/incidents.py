@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from detector.cli._campaign_table import print_campaigns
+from detector.cli._span_offsets import partitions_of
 from detector.cli._table import cell as _cell
 from detector.cli._table import utc_time as _time
 from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
@@ -184,20 +185,6 @@ def _consumer(args: argparse.Namespace):
     return consumer, args.topic or default
 
 
-def _partitions(consumer: Any, topic: str, wait_s: float) -> list:
-    """The topic's partitions; the first metadata answer may not list a new topic yet."""
-    from kafka import TopicPartition
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if time.monotonic() >= deadline:
-            raise IncidentsError(f"topic {topic!r} does not exist")
-        time.sleep(0.2)
-
-
 def _poll(consumer: Any) -> list:
     batch = consumer.poll(timeout_ms=POLL_MS)
     records = [r for recs in batch.values() for r in recs]
@@ -241,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     consumer, topic = _consumer(args)
     try:
-        tps = _partitions(consumer, topic, wait_s=max(args.connect_timeout, 1.0))
+        tps = partitions_of(
+            consumer, topic, "", max(args.connect_timeout, 1.0), error=IncidentsError
+        )
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         if args.follow:
