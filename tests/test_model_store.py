@@ -146,3 +146,14 @@ def test_no_pickle_anywhere_in_the_store() -> None:
     source = inspect.getsource(model_store)
     assert "pickle" not in source
     assert "joblib" not in source
+
+
+def test_threads_loading_models_at_once_all_get_them(saved: Path) -> None:
+    """Two detectors in one process load their models from two threads; CPython 3.11's
+    ast (which skops parses with) is not safe for that (gh-106905), so loads take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: load_model(saved), range(12)))
+    assert {m.version for m in loaded} == {1}
+

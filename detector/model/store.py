@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ from detector.features.columns import FEATURE_NAMES
 from detector.model.platform import MODEL_FORMAT, PlatformModel
 
 TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+#: skops parses a model file with ``ast``, whose recursion bookkeeping CPython 3.11
+#: keeps per interpreter (gh-106905): two threads loading at once (two detectors in
+#: one process) can fail with "AST constructor recursion depth mismatch". One load
+#: at a time per process.
+_SKOPS_LOCK = threading.Lock()
 _MANIFEST = re.compile(r"^(?P<platform>[a-z0-9][a-z0-9-]*)-v(?P<version>\d+)\.json$")
 
 
@@ -158,10 +164,11 @@ def load_model(manifest_path: Path | str) -> PlatformModel:
             f"{len(FEATURE_NAMES)} features): retrain it with canwatch train"
         )
     try:
-        untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)
-        if untrusted:
-            raise ModelError(f"{model_path}: refusing untrusted types {sorted(untrusted)}")
-        payload = sio.load(model_path, trusted=TRUSTED_TYPES)
+        with _SKOPS_LOCK:
+            untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)
+            if untrusted:
+                raise ModelError(f"{model_path}: refusing untrusted types {sorted(untrusted)}")
+            payload = sio.load(model_path, trusted=TRUSTED_TYPES)
     except ModelError:
         raise
     except Exception as exc:  # skops raises many types on corrupt input
