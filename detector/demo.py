@@ -19,10 +19,11 @@ from pathlib import Path
 
 from detector.core.brands import Fleet
 from detector.core.config import Config, with_overrides
+from detector.core.errors import ModelError
 from detector.features.columns import FEATURE_NAMES
 from detector.incidents.campaigns import latest
 from detector.model.platform import MODEL_FORMAT
-from detector.model.store import list_manifests, save_model
+from detector.model.store import list_manifests, load_model, save_model
 from detector.model.training import train_platform
 from detector.service.campaign_service import CampaignService
 from detector.service.detector import Detector
@@ -78,8 +79,8 @@ def ensure_models(
     calibrated on vehicles it held out."""
     have = list_manifests(model_dir)
     for i, platform in enumerate(fleet.platforms):
-        if platform in have:
-            continue
+        if platform in have and _loads(have[platform][-1].path):
+            continue  # a cached model this canwatch can still serve
         t0 = time.perf_counter()
         recordings, owners = simulate_drives(
             platform, vehicles, TRAIN_DRIVES, seconds, 1.7e9, first_seed=1000 * i
@@ -90,6 +91,14 @@ def ensure_models(
             f"  trained {platform:9} for {', '.join(fleet.brands_of(platform))} "
             f"in {time.perf_counter() - t0:.1f} s"
         )
+
+
+def _loads(manifest: Path) -> bool:
+    try:
+        load_model(manifest)
+    except ModelError:
+        return False
+    return True
 
 
 def build_fleet(

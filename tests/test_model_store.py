@@ -157,3 +157,21 @@ def test_threads_loading_models_at_once_all_get_them(saved: Path) -> None:
         loaded = list(pool.map(lambda _: load_model(saved), range(12)))
     assert {m.version for m in loaded} == {1}
 
+
+
+def test_a_model_written_before_a_baseline_field_existed_is_a_model_error(saved: Path) -> None:
+    """Same format number, one baseline array short (a model cached by an older build):
+    refused with a hint to retrain, not a KeyError from deep inside the load."""
+    import skops.io as sio
+
+    from detector.model.store import TRUSTED_TYPES, sha256_of
+
+    skops = saved.with_suffix(".skops")
+    payload = sio.load(skops, trusted=TRUSTED_TYPES)
+    del payload["baseline"]["couple_rel"]
+    sio.dump(payload, skops)
+    manifest = json.loads(saved.read_text())
+    manifest["sha256"] = sha256_of(skops)
+    saved.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="not a model this canwatch can serve.*retrain"):
+        load_model(saved)

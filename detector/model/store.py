@@ -173,6 +173,16 @@ def load_model(manifest_path: Path | str) -> PlatformModel:
         raise
     except Exception as exc:  # skops raises many types on corrupt input
         raise ModelError(f"{model_path}: cannot load model: {exc}") from None
+    try:
+        return _model_of(m, payload)
+    except (KeyError, TypeError, ValueError) as exc:  # a field missing or malformed
+        raise ModelError(
+            f"{model_path}: not a model this canwatch can serve ({type(exc).__name__}: "
+            f"{exc}): retrain it with canwatch train"
+        ) from None
+
+
+def _model_of(m: dict, payload: dict) -> PlatformModel:
     return PlatformModel(
         platform=str(m["platform"]),
         baseline=Baseline.from_dict(payload["baseline"]),
