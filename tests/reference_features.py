@@ -162,7 +162,17 @@ def present_rows(
     dt0 = np.where(has_dt, dt, 0.0)
     sum_dt = _segment_sum(dt0, starts)
     sum_dt2 = _segment_sum(dt0 * dt0, starts)
-    min_dt = np.minimum.reduceat(np.where(has_dt, dt, np.inf), starts)
+    gaps = np.where(has_dt, dt, np.inf)
+    min_dt = np.minimum.reduceat(gaps, starts)
+    # the second-shortest gap: each segment's first shortest one set aside
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
+    first_min = np.full(len(starts), -1)
+    is_min = np.flatnonzero(gaps == min_dt[seg])
+    first_min[seg[is_min[::-1]]] = is_min[::-1]  # the last write of each segment wins
+    rest = gaps.copy()
+    rest[first_min[first_min >= 0]] = np.inf
+    min_dt2 = np.minimum.reduceat(rest, starts)
+    min_dt = np.where(np.isfinite(min_dt2), min_dt2, min_dt)
     period = np.where(known, bl.period[slot], np.nan)
     period = np.where(np.isfinite(period) & (period > 0), period, window_s)
     with np.errstate(invalid="ignore", divide="ignore"):

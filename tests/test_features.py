@@ -98,6 +98,22 @@ def test_doubled_frames_double_the_rate_and_halve_the_gaps(baseline: Baseline) -
     np.testing.assert_allclose(x[F["bus_load"]], 250 / 150, rtol=1e-6)
 
 
+def test_one_frame_out_of_phase_is_not_frames_squeezed_in(baseline: Baseline) -> None:
+    """dt_min is a window's second-shortest gap: one extra frame (a send-on-change frame
+    beside a periodic message's, as a car shifting into reverse sends) makes one short
+    gap and one long one; frames an attacker squeezes in make many short ones."""
+    t = T0 + 100
+    slow = slow_frames(t, t + 5)
+    one = slow[(slow["ts"] > 1102) & (slow["ts"] < 1103)][:1].copy()
+    one["ts"] += 0.2 * SLOW_PERIOD  # 4 ms after a periodic frame, 16 ms before the next
+    rows = rows_of(merge(fast_frames(t, t + 5), slow, one), baseline)
+    np.testing.assert_allclose(row(rows, 1102, SLOW)[F["dt_min"]], 0.8, rtol=1e-6)
+    squeezed = slow[(slow["ts"] > 1102) & (slow["ts"] < 1103)][:5].copy()
+    squeezed["ts"] += 0.2 * SLOW_PERIOD
+    rows = rows_of(merge(fast_frames(t, t + 5), slow, squeezed), baseline)
+    np.testing.assert_allclose(row(rows, 1102, SLOW)[F["dt_min"]], 0.2, rtol=1e-6)
+
+
 def test_expected_id_gone_silent_yields_absence_rows(baseline: Baseline) -> None:
     t = T0 + 100
     # 0x200 stops at 1102.0: windows 1102 and 1103 hold no frame of it

@@ -46,6 +46,7 @@ from detector.features.fold_steps import (
     A_PAIR,
     F_LAST,
     F_MIN,
+    F_MIN2,
     F_SUM,
     F_SUM2,
     N_ACC_I,
@@ -71,7 +72,7 @@ from detector.features.fold_steps import (
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "314e08b9cad0cbdb889e779ab61cae600bf02b5d86c5b45c2786dcc00832b346"
+_STEPS_SHA256 = "a383dfbd09b273608487f23d6a9b7b70f6e7a1b459aedd281cc88382dcb0070a"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -110,7 +111,10 @@ def _emit(
         pairs_n = max(n_dt, 1)
         mc = mean_count[s]
         X[0] = count / max(mc, 1e-9) if mc > 0 else count
-        min_dt = acc_f[r, F_MIN]
+        # the second-shortest gap (the shortest if the window had one): one frame out of
+        # phase (a send-on-change frame beside a periodic message's) leaves it near the
+        # period; frames squeezed in by an attacker shorten both
+        min_dt = acc_f[r, F_MIN2] if np.isfinite(acc_f[r, F_MIN2]) else acc_f[r, F_MIN]
         X[1] = min_dt / per if np.isfinite(min_dt) else 1.0
         mean_dt = acc_f[r, F_SUM] / n_dt if n_dt > 0 else 0.0
         X[2] = mean_dt / per if n_dt > 0 else 1.0
@@ -146,6 +150,7 @@ def _emit(
     acc_f[r, F_SUM] = 0.0
     acc_f[r, F_SUM2] = 0.0
     acc_f[r, F_MIN] = np.inf
+    acc_f[r, F_MIN2] = np.inf
     acc_f[r, F_LAST] = np.nan
     st_open[r] = NO_WINDOW
 
@@ -211,7 +216,7 @@ def _fold(  # pragma: no cover - compiled
         couplings = _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel)
         fmask, fvalue = fixed_mask[s], fixed_value[s]
         # the stream's row is worked on in locals (registers, L1) and written back
-        sum_dt, sum_dt2, min_dt, last_g, prev = _load_row(r, acc_i, acc_f, st_last_data, la)
+        sum_dt, sum_dt2, min_dt, min_dt2, last_g, prev = _load_row(r, acc_i, acc_f, st_last_data, la)
         last = st_last_ts[r]
         lanes = _NO_LANES  # byte change counts of the frames since the last _add_lanes
         n_lanes = 0
@@ -236,7 +241,7 @@ def _fold(  # pragma: no cover - compiled
                     continue
                 if st_open[r] != NO_WINDOW:  # a newer window: the open one is closed
                     _add_lanes(la, lanes)
-                    _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, last_g)
+                    _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
                     la[:] = 0
                     lanes = _NO_LANES
                     n_lanes = 0
@@ -246,7 +251,7 @@ def _fold(  # pragma: no cover - compiled
                         out_window, out_X, out_attack, out_last, out_count,
                     )  # fmt: skip
                     n_emit += 1
-                    sum_dt, sum_dt2, min_dt, last_g = 0.0, 0.0, np.inf, np.nan
+                    sum_dt, sum_dt2, min_dt, min_dt2, last_g = 0.0, 0.0, np.inf, np.inf, np.nan
                 st_open[r] = w
             p64 = data64[j]  # the payload, bytes little-endian, worked on as one word
             la[A_COUNT] += 1
@@ -257,7 +262,7 @@ def _fold(  # pragma: no cover - compiled
                 continue
             if hp:
                 la[A_NDT] += 1
-                sum_dt, sum_dt2, min_dt = _gap(dt, sum_dt, sum_dt2, min_dt)
+                sum_dt, sum_dt2, min_dt, min_dt2 = _gap(dt, sum_dt, sum_dt2, min_dt, min_dt2)
                 if p64 == before:  # no byte changed: a delta of 0, a counter step of 0
                     la[A_DELTA] += zero_jump
                     la[A_COUNTER] += zero_counter
@@ -287,7 +292,7 @@ def _fold(  # pragma: no cover - compiled
                 broken, moved = _signals(p64, couplings, fmask, fvalue)
             _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved)
         _add_lanes(la, lanes)
-        _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, last_g)
+        _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
         st_last_ts[r] = last
         for b in range(8):
             st_last_data[r, b] = np.uint8((prev >> np.uint64(8 * b)) & np.uint64(0xFF))

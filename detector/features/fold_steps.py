@@ -66,8 +66,8 @@ A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(2
 A_COUPLE, A_FIXED = 35, 36
 N_ACC_I = 37
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
-F_SUM, F_SUM2, F_MIN, F_LAST = 0, 1, 2, 3
-N_ACC_F = 4
+F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
+N_ACC_F = 5
 NO_WINDOW = np.iinfo(np.int64).min
 
 
@@ -251,17 +251,21 @@ def _load_row(r, acc_i, acc_f, st_last_data, la):  # pragma: no cover - compiled
     prev = np.uint64(0)
     for b in range(8):
         prev |= np.uint64(st_last_data[r, b]) << np.uint64(8 * b)
-    return acc_f[r, F_SUM], acc_f[r, F_SUM2], acc_f[r, F_MIN], acc_f[r, F_LAST], prev
+    return (
+        acc_f[r, F_SUM], acc_f[r, F_SUM2], acc_f[r, F_MIN], acc_f[r, F_MIN2], acc_f[r, F_LAST],
+        prev,
+    )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, last_g):  # pragma: no cover
+def _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g):  # pragma: no cover
     """``la`` (with the counts of the lanes added) and the timing sums into row ``r``."""
     for c in range(N_ACC_I):
         acc_i[r, c] = la[c]
     acc_f[r, F_SUM] = sum_dt
     acc_f[r, F_SUM2] = sum_dt2
     acc_f[r, F_MIN] = min_dt
+    acc_f[r, F_MIN2] = min_dt2
     acc_f[r, F_LAST] = last_g
 
 
@@ -285,13 +289,16 @@ def _arrive(t, p64, last, last_g, prev):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _gap(dt, sum_dt, sum_dt2, min_dt):  # pragma: no cover - compiled
-    """The timing sums with one more inter-arrival time ``dt``."""
+def _gap(dt, sum_dt, sum_dt2, min_dt, min_dt2):  # pragma: no cover - compiled
+    """The timing sums with one more inter-arrival time ``dt``; the two shortest gaps."""
     sum_dt += dt
     sum_dt2 += dt * dt
     if dt < min_dt:
+        min_dt2 = min_dt
         min_dt = dt
-    return sum_dt, sum_dt2, min_dt
+    elif dt < min_dt2:
+        min_dt2 = dt
+    return sum_dt, sum_dt2, min_dt, min_dt2
 
 
 # -- per frame: the payload against its predecessor's --

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from detector.features.fold_steps import F_LAST, F_MIN, N_ACC_F, N_ACC_I, NO_WINDOW
+from detector.features.fold_steps import F_LAST, F_MIN, F_MIN2, N_ACC_F, N_ACC_I, NO_WINDOW
 
 FREE_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # the key of a row not in use
 _EMPTY, _TOMB = -1, -2  # index slots: never used, freed
@@ -254,6 +254,7 @@ class StreamTable:
         self.acc_i[rows] = 0
         self.acc_f[rows] = 0.0
         self.acc_f[rows, F_MIN] = np.inf
+        self.acc_f[rows, F_MIN2] = np.inf
         self.acc_f[rows, F_LAST] = np.nan
 
     def _reset(self, rows: np.ndarray) -> None:
