@@ -21,13 +21,12 @@ every running instance follows it within ``models.reload_interval_s``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from detector.core.errors import ModelError
-from detector.model.store import list_manifests
+from detector.model.store import list_manifests, write_atomically
 
 SUFFIX = ".lifecycle.json"
 #: History entries kept in the file (the newest): a timeline, not an audit archive.
@@ -88,9 +87,7 @@ def write_lifecycle(model_dir: Path | str, state: Lifecycle) -> Path:
         "previous": list(state.previous),
         "history": list(state.history[-MAX_HISTORY:]),
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
     return path
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -396,11 +397,7 @@ class Scorer:
         st = self.state[platform]
         model, part = (self.models[platform], st) if shadow is None else (shadow.model, shadow)
         t1 = time.perf_counter()
-        calibrated, excess, factor = referenced_evidence(
-            model, rows, part.window.first_window, part.reference
-        )
-        scores = row_scores(excess, model.threshold) / factor
-        outside = (calibrated[:, :N_FEATURES] >= OUTSIDE_MARGIN).any(axis=1)
+        scores, excess, outside = score_rows(model, rows, part.window.first_window, part.reference)
         if shadow is None:  # the shadow's CPU is counted as a whole, in _score
             self.seconds["score"] += time.perf_counter() - t1
         slot, known = model.baseline.slots(rows.can_id)
@@ -433,11 +430,13 @@ def referenced_evidence(
 
 def score_rows(
     model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (1.0 = alert) and effective calibrated evidence of rows (see
-    ``referenced_evidence``)."""
-    _, effective, factor = referenced_evidence(model, rows, first_window, reference)
-    return row_scores(effective, model.threshold) / factor, effective
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores (1.0 = alert), effective calibrated evidence of rows (see
+    ``referenced_evidence``), and whether each row has a feature outside what the model
+    learned (``ScoredRows.outside``)."""
+    calibrated, effective, factor = referenced_evidence(model, rows, first_window, reference)
+    outside = (calibrated[:, :N_FEATURES] >= OUTSIDE_MARGIN).any(axis=1)
+    return row_scores(effective, model.threshold) / factor, effective, outside
 
 
 def warm_up(model: PlatformModel, window_s: float) -> None:
@@ -473,6 +472,14 @@ def window_scores(scored: ScoredRows) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return scored.windows
 
 
+def windows_by_brand(scored: ScoredRows, vehicle: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Each brand of windows whose vehicles are ``vehicle`` (indices into
+    ``scored.brands``, as ``window_scores`` gives them), with the mask of its windows."""
+    brands = np.asarray(scored.brands, dtype=object)[vehicle]
+    for brand in np.unique(brands).tolist():
+        yield str(brand), brands == brand
+
+
 def vehicle_clock(
     scored: ScoredRows, vehicle: np.ndarray, window: np.ndarray, window_s: float
 ) -> dict[str, float]:
@@ -494,4 +501,5 @@ __all__ = [
     "vehicle_clock",
     "warm_up",
     "window_scores",
+    "windows_by_brand",
 ]

@@ -18,11 +18,12 @@ period (0 against 0, 1 against 0) from deciding on noise.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from detector.model.store import write_atomically
 
 SHADOW_DIR = ".shadow"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -65,9 +66,7 @@ def write_tally(model_dir: Path | str, tally: ShadowTally, instance: str) -> Pat
     """Write (replace) this instance's tally for its version pair."""
     path = tally_path(model_dir, tally, instance)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**asdict(tally), "updated": time.time()}) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps({**asdict(tally), "updated": time.time()}) + "\n")
     return path
 
 

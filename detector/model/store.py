@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -52,6 +53,17 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
+    """``data`` into ``path`` through a temporary file renamed over it: a reader sees
+    the old content or the new, never half (a dotted name no listing takes)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def list_manifests(model_dir: Path | str) -> dict[str, list[Manifest]]:
@@ -113,9 +125,8 @@ def save_model(
         "training": training,
     }
     manifest_path = d / f"{stem}.json"
-    tmp = d / f".{stem}.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)  # the manifest appears last: a reader never sees half a model
+    # the manifest appears last: a reader never sees half a model
+    write_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return manifest_path
 
 
@@ -219,9 +230,7 @@ def install_copy(src_manifest: Path | str, model_dir: Path | str) -> Path:
     version = next_version(d, str(m["platform"]))
     stem = f"{m['platform']}-v{version}"
     model_path = d / f"{stem}.skops"
-    tmp = d / f".{stem}.skops.tmp"
-    tmp.write_bytes((src_manifest.parent / str(m["model_file"])).read_bytes())
-    tmp.replace(model_path)
+    write_atomically(model_path, (src_manifest.parent / str(m["model_file"])).read_bytes())
     manifest = {
         **m,
         "version": version,
@@ -229,9 +238,7 @@ def install_copy(src_manifest: Path | str, model_dir: Path | str) -> Path:
         "deployed_from": {"manifest": str(src_manifest.resolve()), "version": m["version"]},
     }
     manifest_path = d / f"{stem}.json"
-    tmp = d / f".{stem}.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)
+    write_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     try:
         load_model(manifest_path)
     except ModelError:

@@ -191,7 +191,6 @@ class Detector:
         self.rebalance = Rebalance(self.ledger, self._forget, self.contact, metrics)
         self.consumer = None
         self._failures = 0  # consecutive rewinds (back-off)
-        self._shadow_scoring = 0.0  # seconds the scorer spent on shadows in this poll
         self._stop = threading.Event()  # run()'s; interrupts back-off sleeps
         # Health judged outside the loop (detector.service.watchdog): the loop publishes its
         # last round (beat), its claim of readiness and the newest event time read.
@@ -372,14 +371,13 @@ class Detector:
 
     def shadow_step(self, scored: list, events: list) -> float:
         """Count what the shadows scored beside ``scored`` (only platforms with one pay
-        for it); the seconds that took, their scoring in the scorer included."""
-        if not self.shadow.active:
-            self.scorer.take_shadow()  # a shadow removed mid-poll leaves rows behind
-            return 0.0
+        for it; the stage's time includes their scoring in the scorer); the seconds the
+        counting took."""
         t0 = time.perf_counter()
-        self.shadow.observe(scored, events)
+        scoring = self.shadow.observe(scored, events)
         spent = time.perf_counter() - t0
-        self.metrics.observe_stage("shadow", spent + self._shadow_scoring)
+        if self.shadow.active:
+            self.metrics.observe_stage("shadow", spent + scoring)
         return spent
 
     def _decode(self, polled: dict) -> tuple[list, list]:
@@ -395,7 +393,6 @@ class Detector:
             scored += self.scorer.retire(retired)
         for stage in ("features", "score"):
             self.metrics.observe_stage(stage, self.scorer.seconds[stage] - before[stage])
-        self._shadow_scoring = self.scorer.seconds["shadow"] - before["shadow"]
         for brand, late in self.scorer.late_by_brand.items():
             self.metrics.brand(brand).late_frames.inc(late)
         self.scorer.late_by_brand.clear()

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import numpy as np
-
 from detector.incidents.tracker import IncidentTracker, observations
-from detector.model.pipeline import ScoredRows, vehicle_clock, window_scores
+from detector.model.pipeline import ScoredRows, vehicle_clock, window_scores, windows_by_brand
 from detector.service.metrics import DetectorMetrics
 from detector.service.offset_ledger import OffsetLedger
 
@@ -72,10 +70,8 @@ class IncidentFeed:
         for sc in scored:
             v, w, s = window_scores(sc)
             if len(w):
-                brands = np.asarray(sc.brands, dtype=object)[v]
-                for brand in np.unique(brands):
-                    sel = brands == brand
-                    bm = self.metrics.brand(str(brand))
+                for brand, sel in windows_by_brand(sc, v):
+                    bm = self.metrics.brand(brand)
                     n, anomalous = int(sel.sum()), int((s[sel] >= 1.0).sum())
                     bm.windows.inc(n)
                     bm.anomalous.inc(anomalous)

@@ -28,7 +28,13 @@ import numpy as np
 from detector.core.brands import Fleet
 from detector.core.config import IncidentConfig
 from detector.incidents.tracker import IncidentTracker, observations
-from detector.model.pipeline import ScoredRows, Scorer, vehicle_clock, window_scores
+from detector.model.pipeline import (
+    ScoredRows,
+    Scorer,
+    vehicle_clock,
+    window_scores,
+    windows_by_brand,
+)
 from detector.model.platform import PlatformModel
 from detector.model.shadow_record import ShadowTally, write_tally
 from detector.service.metrics import DetectorMetrics
@@ -78,6 +84,7 @@ class ShadowScoring:
         self.detector_id = detector_id
         self.serving: dict[str, int] = {}  # platform -> serving version
         self.tallies: dict[str, ShadowTally] = {}  # platform -> tally of its version pair
+        self._scoring_seen = 0.0  # the scorer's shadow seconds at the last observe
 
     @property
     def active(self) -> bool:
@@ -116,12 +123,15 @@ class ShadowScoring:
 
     # -- each poll --------------------------------------------------------------------
 
-    def observe(self, serving: list[ScoredRows], serving_events: list[dict]) -> None:
+    def observe(self, serving: list[ScoredRows], serving_events: list[dict]) -> float:
         """Count what the shadows scored in this poll, beside the serving model's
-        ``serving`` rows and the incidents it opened (``serving_events``)."""
-        shadow = self.scorer.take_shadow()
+        ``serving`` rows and the incidents it opened (``serving_events``); the seconds
+        the scorer spent on the shadows since the last call."""
+        shadow = self.scorer.take_shadow()  # a shadow removed mid-poll leaves rows too
+        scoring = self.scorer.seconds["shadow"] - self._scoring_seen
+        self._scoring_seen += scoring
         if not self.scorer.shadows:
-            return
+            return scoring
         index: dict[str, int] = {}
         sides: dict[str, tuple[list, list]] = {p: ([], []) for p in self.scorer.shadows}
         for side, results in ((1, shadow), (0, serving)):
@@ -148,12 +158,11 @@ class ShadowScoring:
             if n:
                 for b in self.fleet.brands_of(platform) or [platform]:
                     self.metrics.shadow.set_agreement(b, t.agreeing / t.windows)
+        return scoring
 
     def _count_shadow(self, sc: ScoredRows, v: np.ndarray, w: np.ndarray, s: np.ndarray) -> None:
         if len(w):
-            brands = np.asarray(sc.brands, dtype=object)[v]
-            for brand in np.unique(brands).tolist():
-                sel = brands == brand
+            for brand, sel in windows_by_brand(sc, v):
                 windows, anomalous, _ = self.metrics.shadow.shadow_children(brand)
                 windows.inc(int(sel.sum()))
                 anomalous.inc(int((s[sel] >= 1.0).sum()))
