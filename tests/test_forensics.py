@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from test_detect_service import FLEET, TopicReader, sample, wait_for
 
 from detector.cli import main
-from detector.cli._forensics import ForensicsError, find_incident
+from detector.cli._forensics import ForensicsError, find_incident, in_span
 from detector.cli._incident_show import render
 from detector.core.config import load_config
 from detector.service.detector import Detector
@@ -139,6 +139,22 @@ def test_export_holds_every_attack_frame_of_the_vehicle_and_no_other(scenario, t
         again = read_frames(other)
         assert len(again) and again["ts"].min() >= inc["first_seen"] - 1e-6
         assert again["ts"].max() < inc["last_seen"]
+
+
+def test_span_is_judged_at_the_microsecond_the_log_writes(tmp_path):
+    """A frame under half a microsecond before the end would be written as the end itself."""
+    from detector.core.schema import FRAME_DTYPE
+
+    start, end = 1796582364.0, 1796582374.0
+    frames = np.zeros(4, FRAME_DTYPE)
+    frames["ts"] = [end - 0.4e-6, start + 1.0, end - 2e-6, start - 0.4e-6]
+    frames["dlc"] = 8
+    kept = in_span(frames, start, end)
+    assert list(kept["ts"]) == [start - 0.4e-6, start + 1.0, end - 2e-6]
+    out = tmp_path / "span.log"
+    write_frames(out, kept)
+    back = read_frames(out)["ts"]
+    assert back.min() >= start and back.max() < end
 
 
 def test_export_shows_its_reading_on_a_terminal_only(scenario, tmp_path, capsys):

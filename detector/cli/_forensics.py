@@ -147,6 +147,17 @@ def provenance_of(inc: dict) -> dict:
     return prov
 
 
+def in_span(frames: np.ndarray, start: float, end: float) -> np.ndarray:
+    """The frames in [start, end), time-ordered, judged at the microsecond.
+
+    Log formats write microseconds: a frame 0.4 us before ``end`` would be written
+    as ``end`` itself, outside the span the export promises.
+    """
+    ts = np.round(frames["ts"], 6)
+    keep = frames[(ts >= start) & (ts < end)]
+    return keep[np.argsort(keep["ts"], kind="stable")]
+
+
 def incident_frames(args: argparse.Namespace, cfg: Config, inc: dict, margin: float) -> Frames:
     """The incident vehicle's frames from ``first_seen - margin`` to ``last_seen + margin``."""
     if not (math.isfinite(margin) and margin >= 0):
@@ -156,10 +167,7 @@ def incident_frames(args: argparse.Namespace, cfg: Config, inc: dict, margin: fl
     if "file" in prov:
         from replay.readers import read_frames
 
-        frames = read_frames(prov["file"])
-        keep = frames[(frames["ts"] >= start) & (frames["ts"] < end)]
-        keep = keep[np.argsort(keep["ts"], kind="stable")]
-        return Frames(keep, start, end, f"file {prov['file']}")
+        return Frames(in_span(read_frames(prov["file"]), start, end), start, end, f"file {prov['file']}")
     return kafka_frames(cfg, prov, inc, start, end, args.connect_timeout)
 
 
@@ -276,8 +284,7 @@ def kafka_frames(
     if any(is_fd_array(p) for p in parts):  # schema-1 and schema-2 records of one vehicle
         parts = [to_fd(p) for p in parts]
     frames = np.concatenate(parts) if parts else np.zeros(0, FRAME_DTYPE)
-    frames = frames[(frames["ts"] >= start) & (frames["ts"] < end)]
-    frames = frames[np.argsort(frames["ts"], kind="stable")]
+    frames = in_span(frames, start, end)
     first = batches[0].offset if batches else lo
     last = batches[-1].offset if batches else hi
     out = Frames(frames, start, end, f"{topic} partition {part} offsets {first}-{last}")
