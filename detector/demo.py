@@ -19,7 +19,7 @@ from pathlib import Path
 
 from detector.core.brands import Fleet
 from detector.core.config import Config, with_overrides
-from detector.core.errors import ModelError
+from detector.core.errors import CanwatchError, ModelError
 from detector.features.columns import FEATURE_NAMES
 from detector.incidents.campaigns import latest
 from detector.model.platform import MODEL_FORMAT
@@ -58,6 +58,36 @@ class DemoOptions:
     campaign_vehicles: int = 4
     campaign_start_s: float = 8.0
     campaign_stagger_s: float = 4.0
+
+
+class DemoError(CanwatchError):
+    """A part of the demo (detector, campaign correlator, publisher) stopped on an error."""
+
+
+class Parts:
+    """The demo's threads, each of which records the error it stopped on: the demo says
+    so at once instead of waiting out its deadline for incidents that cannot come."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.failed: dict[str, BaseException] = {}
+
+    def start(self, name: str, target, *args) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except Exception as exc:  # kept for check(); the thread itself ends quietly
+                self.failed[name] = exc
+
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        self.threads.append(t)
+        t.start()
+        return t
+
+    def check(self) -> None:
+        """Raise DemoError naming the first part that stopped on an error, if any."""
+        for name, exc in self.failed.items():
+            raise DemoError(f"the demo's {name} stopped: {type(exc).__name__}: {exc}")
 
 
 def cache_dir(root: Path) -> Path:
@@ -303,52 +333,66 @@ def run_demo(
         stop = threading.Event()
         detector = Detector(cfg, fleet, metrics, "demo")
         campaigns = CampaignService(cfg, campaign_metrics)
-        threads = [
-            threading.Thread(target=part.run, args=(stop,), name=name, daemon=True)
-            for name, part in (("detector", detector), ("campaigns", campaigns))
-        ]
-        for t in threads:
-            t.start()
-        # whole-second start: window phases (and so the run) depend only on the seed
-        start_ts = float(int(time.time() - opts.duration_s / 2))
-        size = max(opts.campaign_vehicles, cfg.campaigns.min_vehicles)
-        streams, spans, campaign = build_fleet(fleet, opts, start_ts, size)
-        total = sum(len(f) for _, _, f in streams)
-        say(
-            f"fleet: {len(streams)} vehicles, {len(fleet.brands)} brands, {total:,} frames over "
-            f"{opts.duration_s:g} s at ×{opts.speed:g}; attacks {', '.join(ATTACKS)} "
-            f"at +{opts.attack_start_s:g} s; a {opts.campaign_attack} campaign on {size} "
-            f"{streams[-1][1]} vehicles from +{opts.campaign_start_s:g} s, staggered"
-        )
-        producer = make_producer(k)
-        pub = threading.Thread(
-            target=publish,
-            args=(producer, k.telemetry_topic, streams, opts.speed),
-            daemon=True,
-        )
-        pub.start()
-        incidents = follow_incidents(cfg, metrics, total, pub, say, incident_widths(streams))
-        found = read_campaigns(cfg, campaigns, say)
-        card = scorecard(spans, incidents, cfg.detection.window_s, campaign, found)
-        if keep_running is not None:
-            say("--keep-running: broker, detector and metrics stay up; Ctrl-C to stop")
-            keep_running.wait()
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-        producer.close()
-        server.shutdown()
-        campaign_server.shutdown()
+        parts = Parts()
+        parts.start("detector", detector.run, stop)
+        parts.start("campaign correlator", campaigns.run, stop)
+        try:
+            card = _stream_and_score(cfg, fleet, opts, metrics, campaigns, parts, say)
+            if keep_running is not None:
+                say("--keep-running: broker, detector and metrics stay up; Ctrl-C to stop")
+                keep_running.wait()
+        finally:
+            stop.set()
+            for t in parts.threads:
+                t.join(timeout=30)
+            server.shutdown()
+            campaign_server.shutdown()
     return card
 
 
-def read_campaigns(cfg: Config, service: CampaignService, say, timeout_s: float = 60) -> dict:
+def _stream_and_score(
+    cfg: Config,
+    fleet: Fleet,
+    opts: DemoOptions,
+    metrics: DetectorMetrics,
+    campaigns: CampaignService,
+    parts: Parts,
+    say,
+) -> dict:
+    """Publish the demo fleet, follow its incidents and campaigns, and score them."""
+    k = cfg.kafka
+    # whole-second start: window phases (and so the run) depend only on the seed
+    start_ts = float(int(time.time() - opts.duration_s / 2))
+    size = max(opts.campaign_vehicles, cfg.campaigns.min_vehicles)
+    streams, spans, campaign = build_fleet(fleet, opts, start_ts, size)
+    total = sum(len(f) for _, _, f in streams)
+    say(
+        f"fleet: {len(streams)} vehicles, {len(fleet.brands)} brands, {total:,} frames over "
+        f"{opts.duration_s:g} s at ×{opts.speed:g}; attacks {', '.join(ATTACKS)} "
+        f"at +{opts.attack_start_s:g} s; a {opts.campaign_attack} campaign on {size} "
+        f"{streams[-1][1]} vehicles from +{opts.campaign_start_s:g} s, staggered"
+    )
+    producer = make_producer(k)
+    try:
+        pub = parts.start("publisher", publish, producer, k.telemetry_topic, streams, opts.speed)
+        widths = incident_widths(streams)
+        incidents = follow_incidents(cfg, metrics, total, pub, say, widths, parts.check)
+        found = read_campaigns(cfg, campaigns, say, check=parts.check)
+    finally:
+        producer.close()
+    return scorecard(spans, incidents, cfg.detection.window_s, campaign, found)
+
+
+def read_campaigns(
+    cfg: Config, service: CampaignService, say, timeout_s: float = 60, check=lambda: None
+) -> dict:
     """The campaigns on the campaign topic (the latest record of each), once the service
-    has folded every incident in."""
+    has folded every incident in (``check`` as in ``follow_incidents``)."""
     from kafka import TopicPartition
 
     deadline = time.monotonic() + timeout_s
     while not service.settled and time.monotonic() < deadline:
+        check()
         time.sleep(0.2)
     consumer = make_consumer(cfg.kafka, [], None)
     tp = TopicPartition(cfg.kafka.campaign_topic, 0)
@@ -376,8 +420,10 @@ def follow_incidents(
     pub: threading.Thread,
     say,
     widths: dict[str, int] | None = None,
+    check=lambda: None,
 ) -> dict:
-    """Print incidents as they arrive until every frame is scored and incidents closed."""
+    """Print incidents as they arrive until every frame is scored and incidents closed;
+    ``check`` (called every poll) raises if a part the incidents depend on stopped."""
     from kafka import TopicPartition
 
     consumer = make_consumer(cfg.kafka, [], None)
@@ -388,6 +434,7 @@ def follow_incidents(
     done_at = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        check()
         for records in consumer.poll(timeout_ms=300).values():
             for r in records:
                 ev = json.loads(r.value)

@@ -246,17 +246,26 @@ def test_when_every_vehicle_held_was_scored_new_ones_are_refused(model) -> None:
     assert "flood-100" in scorer.state["cusw"].index
 
 
-def test_max_streams_bounds_every_vehicle_and_stream_held(model) -> None:
-    reserve = reserve_per_vehicle(len(model.baseline.ids))
+@pytest.mark.parametrize("shadowed", [False, True], ids=["serving", "with-a-shadow"])
+def test_max_streams_bounds_every_vehicle_and_stream_held(model, shadowed) -> None:
+    """A shadow's window state holds streams of its own on the same vehicles: they
+    count against the same limit (each vehicle reserves the shadow's ids too)."""
+    reserve = reserve_per_vehicle(len(model.baseline.ids)) * (2 if shadowed else 1)
     scorer = Scorer({"cusw": model}, FLEET, W, LimitsConfig(max_streams=reserve * 8 + 200))
+    if shadowed:
+        scorer.set_shadow("cusw", model)
     fleet = established_fleet(scorer, 4)
+    st = scorer.state["cusw"]
+    assert st.reserve == reserve
     for k, lo in enumerate(np.arange(T0 + 4, T0 + 10, 0.5)):
         live = [(v, b, f[(f["ts"] >= lo) & (f["ts"] < lo + 0.5)]) for v, b, f in fleet]
         attack = ("veh-0", "jeep", fuzz(lo, 0.5, 4000, seed=k))
         scorer.push([*live, attack, *key_flood(10 * k, 10, lo + 0.25)])
-        assert scorer.n_streams <= reserve * 8 + 200
+        held = len(st.window.streams) + (len(st.shadow.window.streams) if shadowed else 0)
+        assert held == scorer.n_streams <= reserve * 8 + 200
         assert scorer.reserved_streams <= reserve * 8 + 200
         assert scorer.n_vehicles <= (reserve * 8 + 200) // reserve
+    assert not shadowed or scorer.take_shadow(), "the shadow scored beside the serving model"
     shed = scorer.take_shed()
     assert shed.frames["jeep", "stream_limit"] > 0 and shed.vehicles["jeep", "stream_limit"] > 0
 

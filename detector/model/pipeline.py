@@ -102,12 +102,25 @@ class _PlatformState:
         self.window = WindowState(window_s, max_novel_ids)
         self.reference = StreamReference(n_ids)
         self.shadow: _Shadow | None = None
-        self.reserve = reserve_per_vehicle(n_ids)
+        self.n_ids = n_ids  # the serving model's learned ids
         self.index: dict[str, int] = {}
         self.names: list[str] = []
         self.brands: list[str] = []
         self.free: list[int] = []  # indices of forgotten vehicles, reused first
         self.last_push = np.zeros(0, np.int64)  # per index: the scorer's push that last had it
+
+    @property
+    def reserve(self) -> int:
+        """Streams each vehicle reserves: the serving model's, and its shadow's (whose
+        window state holds streams of its own on the same vehicles)."""
+        out = reserve_per_vehicle(self.n_ids)
+        if self.shadow is not None:
+            out += reserve_per_vehicle(len(self.shadow.model.baseline.ids))
+        return out
+
+    def parts(self) -> tuple:
+        """The serving window state and vehicle reference, and the shadow's if any."""
+        return (self, self.shadow) if self.shadow is not None else (self,)
 
     def vehicle_index(self, vehicle: str, brand: str) -> int:
         i = self.index.get(vehicle)
@@ -127,7 +140,7 @@ class _PlatformState:
     def forget(self, vehicles: set[str]) -> None:
         idx = [self.index.pop(v) for v in vehicles if v in self.index]
         if idx:
-            for part in (self, self.shadow) if self.shadow is not None else (self,):
+            for part in self.parts():
                 part.window.forget_vehicles(np.array(idx))
                 part.reference.forget(np.array(idx))
             self.free.extend(idx)
@@ -173,7 +186,7 @@ class Scorer:
         st = self.state.get(model.platform)
         if st is not None:
             st.reference = StreamReference(len(model.baseline.ids))
-            st.reserve = reserve_per_vehicle(len(model.baseline.ids))
+            st.n_ids = len(model.baseline.ids)
 
     def set_shadow(self, platform: str, model: PlatformModel | None) -> None:
         """Score ``platform``'s windows with ``model`` too (None: no more), in a window
@@ -304,12 +317,17 @@ class Scorer:
 
     @property
     def n_streams(self) -> int:
-        return sum(len(st.window.streams) for st in self.state.values())
+        """Streams held, the shadows' included."""
+        return sum(len(p.window.streams) for st in self.state.values() for p in st.parts())
 
     @property
     def reserved_streams(self) -> int:
-        """Streams reserved by the vehicles held, plus unseen ids' streams beyond them."""
-        return sum(len(st.index) * st.reserve + st.window.novel_extra for st in self.state.values())
+        """Streams reserved by the vehicles held, plus unseen ids' streams beyond them
+        (the shadows' included)."""
+        return sum(
+            len(st.index) * st.reserve + sum(p.window.novel_extra for p in st.parts())
+            for st in self.state.values()
+        )
 
     def flush(self) -> int:
         """End of stream: drop open (partial) windows; returns frames dropped."""
@@ -384,6 +402,7 @@ class Scorer:
         scored = self._scored(platform, rows)
         if st.shadow is not None:  # the same frames, concatenated once, into its own state
             t2 = time.perf_counter()
+            budget = self.limits.max_streams - self.reserved_streams  # after the serving's
             shadow_rows = st.shadow.window.push_batch(
                 frames, uv, local, st.shadow.model.baseline, extra_budget=budget
             )

@@ -1,0 +1,68 @@
+"""The demo says at once when one of its parts stops on an error, instead of waiting
+out its deadline for incidents that can no longer come."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from detector.core.brands import load_fleet
+from detector.core.config import load_config
+from detector.core.errors import CanwatchError
+from detector.demo import DemoError, Parts, follow_incidents
+from detector.service.detector import Detector
+from detector.service.metrics import DetectorMetrics
+from detector.transport.broker import create_topics
+
+
+def test_a_detector_that_stops_on_an_error_ends_the_demo_at_once(
+    broker, unique_topic, cusw_models, tmp_path
+):
+    overrides = {
+        "kafka.bootstrap": broker.bootstrap,
+        "kafka.telemetry_topic": unique_topic("telemetry"),
+        "kafka.incident_topic": unique_topic("incidents"),
+        "kafka.dlq_topic": unique_topic("dlq"),
+        "kafka.group_id": unique_topic("group"),
+        "models.dir": str(cusw_models),
+    }
+    cfg = load_config(None, env={}, overrides=overrides)
+    k = cfg.kafka
+    create_topics(broker.bootstrap, {k.telemetry_topic: 1, k.incident_topic: 1, k.dlq_topic: 1})
+    metrics = DetectorMetrics(CollectorRegistry())
+    # its audit trail cannot be opened: the detector's thread ends on FileNotFoundError
+    audit = tmp_path / "no such directory" / "audit.jsonl"
+    detector = Detector(cfg, load_fleet(), metrics, "demo", windows_out=audit)
+    parts, stop = Parts(), threading.Event()
+    parts.start("detector", detector.run, stop)
+    published = threading.Thread(target=lambda: None)
+    published.start()
+    published.join()
+    said: list[str] = []
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DemoError) as err:  # 1,000 frames it will never score
+            follow_incidents(cfg, metrics, 1000, published, said.append, None, parts.check)
+    finally:
+        stop.set()
+    assert time.monotonic() - t0 < 60, "not the 300 s deadline"
+    assert "the demo's detector stopped: FileNotFoundError" in str(err.value)
+    assert "audit.jsonl" in str(err.value)
+    assert isinstance(err.value, CanwatchError), "the CLI prints it as one line, exit 2"
+
+
+def test_parts_name_the_first_that_failed_and_let_healthy_ones_be():
+    parts = Parts()
+    done = parts.start("publisher", lambda: None)
+    done.join()
+    parts.check()  # a part that ended cleanly is no error
+
+    def fail() -> None:
+        raise ValueError("bad frame")
+
+    parts.start("campaign correlator", fail).join()
+    with pytest.raises(DemoError, match="campaign correlator stopped: ValueError: bad frame"):
+        parts.check()
