@@ -39,26 +39,31 @@ DURATION_S = 60.0
 SINCE, UNTIL = T0 + 5.0, T0 + 55.0  # the span: crosses the block boundary
 UNTIL_ISO = "2023-11-14T22:14:45Z"
 VEHICLES = ["veh-jeep-a", "veh-jeep-b", "veh-jeep-c"]
+#: the model serves jeep, fiat and fiat-professional (cusw): a fiat trains too, a dodge
+#: (pacifica) does not
+BRAND = {"veh-fiat-x": ("fiat", "cusw"), "veh-dodge-x": ("dodge", "pacifica")}
+TRAINED = sorted([*VEHICLES, "veh-fiat-x"])
 DOS_START_S, DOS_S = 25.0, 6.0
 
 
 def fleet(attack_on: str | None = None) -> list[tuple[str, str, np.ndarray]]:
-    """Three jeeps and a fiat (another brand of the same platform: skipped), timestamps
-    on whole microseconds so candump files hold them exactly."""
+    """Three jeeps, a fiat (another brand of their platform) and a dodge (another
+    platform), timestamps on whole microseconds so candump files hold them exactly."""
     out = []
-    for i, vehicle in enumerate([*VEHICLES, "veh-fiat-x"]):
-        frames = simulate_vehicle("cusw", DURATION_S, T0, seed=40 + i)
+    for i, vehicle in enumerate([*VEHICLES, *BRAND]):
+        brand, platform = BRAND.get(vehicle, ("jeep", "cusw"))
+        frames = simulate_vehicle(platform, DURATION_S, T0, seed=40 + i)
         if vehicle == attack_on:
             frames, _ = inject(frames, AttackSpec("dos", DOS_START_S, DOS_S), seed=1)
             frames["label"] = 0  # the wire carries no labels: only the incident tells
         frames["ts"] = np.round(frames["ts"] * 1e6) / 1e6
-        out.append((vehicle, "fiat" if "fiat" in vehicle else "jeep", frames))
+        out.append((vehicle, brand, frames))
     return out
 
 
 def publish(bootstrap: str, topic: str, streams: list) -> dict[str, np.ndarray]:
-    """Publish as upload batches stamped at their last frame; returns each jeep's frames
-    of the span: records stamped in [SINCE, UNTIL), frames in it by event time."""
+    """Publish as upload batches stamped at their last frame; returns each cusw vehicle's
+    frames of the span: records stamped in [SINCE, UNTIL), frames in it by event time."""
     producer = make_producer(KafkaConfig(bootstrap=bootstrap))
     span: dict[str, list] = {}
     garbage = True
@@ -69,7 +74,7 @@ def publish(bootstrap: str, topic: str, streams: list) -> dict[str, np.ndarray]:
             garbage = False
         key, value, headers = encode_record(batch.vehicle, batch.brand, batch.frames)
         producer.send(topic, key=key, value=value, headers=headers, timestamp_ms=stamp)
-        if batch.brand == "jeep" and SINCE * 1000 <= stamp < UNTIL * 1000:
+        if batch.brand in ("jeep", "fiat") and SINCE * 1000 <= stamp < UNTIL * 1000:
             f = batch.frames
             span.setdefault(batch.vehicle, []).append(f[(f["ts"] >= SINCE) & (f["ts"] < UNTIL)])
     producer.flush()
@@ -116,11 +121,12 @@ def test_topic_model_equals_file_model(clean_topic, tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "trained cusw v1" in out and "1 undecodable record" in out
     src = info["training"]["source"]
-    assert src["vehicles"] == VEHICLES and src["records_undecodable"] == 1
+    assert src["vehicles"] == TRAINED and src["records_undecodable"] == 1
+    assert src["brands"] == ["fiat", "fiat-professional", "jeep"]
     assert src["records_other_brands"] > 0 and not src["sampled"] and not src["excluded"]
     assert src["frames_read"] == src["frames_used"] == sum(map(len, span.values()))
-    assert len(src["stretches"]) == 3  # one per vehicle: the two blocks of each joined
-    assert info["training"]["drives"] == 3
+    assert len(src["stretches"]) == 4  # one per vehicle: the two blocks of each joined
+    assert info["training"]["drives"] == 4
 
     files, rows = [], ["file,group"]
     for vehicle, frames in span.items():
@@ -200,7 +206,7 @@ def bad_inputs(bootstrap: str, cfg: Path) -> list[tuple[list[str], str]]:
     dead = f"127.0.0.1:{free_port()}"
     return [
         (["--since", "2020-01-01T00:00:00Z", "--until", "2020-01-02"], "span empty"),
-        (["--brand", "peugeot", "--since", str(SINCE), "--until", str(UNTIL)], "no peugeot traffic"),
+        (["--brand", "peugeot", "--since", str(SINCE), "--until", str(UNTIL)], "no citroen/lancia/peugeot traffic"),
         (["--since", str(UNTIL), "--until", str(SINCE)], "is not after --since"),
         (["--since", "yesterday", "--until", str(UNTIL)], "--since: cannot read 'yesterday'"),
         (["--since", str(SINCE), "--until", str(UNTIL), "--bootstrap", dead,

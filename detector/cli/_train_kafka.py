@@ -1,4 +1,4 @@
-"""``canwatch train --from-kafka``: a brand's platform model from a span of the telemetry topic.
+"""``canwatch train --from-kafka``: a platform model from a span of the telemetry topic.
 
 What it reads. Every partition of ``kafka.telemetry_topic``, the records whose
 Kafka timestamp lies in ``[since, until)``, by assign and seek: no consumer
@@ -8,8 +8,10 @@ checked against the records themselves (Tansu answers every timestamp with
 offset 0, and its ListOffsets latest under-reports); when the answer does not
 hold, the boundary is found by a binary search on record timestamps. The end
 of a partition is the fetch high watermark of a probe, never ListOffsets alone.
-Records are decoded by the service's decoder (``wire.decode_records``); records
-of other brands are skipped unread, records that do not decode are counted in
+Records are decoded by the service's decoder (``wire.decode_records``). The
+model serves every brand of its platform (jeep, fiat and fiat-professional share
+cusw), so it learns from all of them; records of other platforms' brands are
+skipped unread, records that do not decode are counted in
 the manifest, and frames outside ``[since, until)`` in event time are dropped.
 
 What it leaves out. Vehicles with an incident in the span (the incident topic,
@@ -117,11 +119,11 @@ class Exclusion:
     end: float  # last_seen + margin
 
 
-def fold_incident(spans: dict[str, list], inc: Any, brand: str) -> None:
-    """Fold one incident record of ``brand`` into ``spans`` (incident id -> [vehicle,
+def fold_incident(spans: dict[str, list], inc: Any, brands: frozenset[str]) -> None:
+    """Fold one incident record of one of ``brands`` into ``spans`` (incident id -> [vehicle,
     earliest first_seen, latest last_seen, suspected attack]): records of one incident
     are its updates, each the incident as it stood then."""
-    if not isinstance(inc, dict) or inc.get("brand") not in (brand, None):
+    if not isinstance(inc, dict) or (inc.get("brand") is not None and inc["brand"] not in brands):
         return
     try:
         iid, vehicle = str(inc["incident_id"]), str(inc["vehicle"])
@@ -178,17 +180,22 @@ def brand_header(headers: Any) -> bytes | None:
 @dataclass
 class Tally:
     records: int = 0  # records in the span, all brands
-    other_brands: int = 0
+    other_brands: int = 0  # of other platforms
     undecodable: int = 0
-    brand_records: int = 0
-    frames_read: int = 0  # of the brand, in the span
+    brand_records: int = 0  # of the platform's brands
+    frames_read: int = 0  # of the platform's brands, in the span
     vehicles: set[str] = field(default_factory=set)
     excluded_frames: dict[str, int] = field(default_factory=dict)  # incident id -> frames
     read_s: float = 0.0  # wall time of reading incidents and the span
 
 
 def read_incidents(
-    cfg: Config, consumer: Any, brand: str, since: float, until: float, margin: float
+    cfg: Config,
+    consumer: Any,
+    brands: frozenset[str],
+    since: float,
+    until: float,
+    margin: float,
 ) -> tuple[dict[str, list[Exclusion]], str | None]:
     """Exclusions from the incident topic, and a note when there is no incident topic.
 
@@ -208,7 +215,7 @@ def read_incidents(
     for records in read_offsets(consumer, ranges):
         for r in records:
             try:
-                fold_incident(spans, json.loads(r.value), brand)
+                fold_incident(spans, json.loads(r.value), brands)
             except (TypeError, ValueError):
                 continue  # `canwatch incidents` reports records that are not incidents
     return exclusions_from(spans, since, until, margin), None
@@ -216,12 +223,13 @@ def read_incidents(
 
 class SpanIntake:
     """Records of the span into the sample: decoded as the service decodes them, the
-    brand's only, named as the service names vehicles, excluded intervals labelled."""
+    platform's brands only, named as the service names vehicles, excluded intervals
+    labelled."""
 
     def __init__(
         self,
         cfg: Config,
-        brand: str,
+        brands: frozenset[str],
         since: float,
         until: float,
         exclusions: dict[str, list[Exclusion]],
@@ -229,8 +237,8 @@ class SpanIntake:
     ) -> None:
         from detector.incidents.privacy import load_key
 
-        self.cfg, self.brand, self.since, self.until = cfg, brand, since, until
-        self.brand_bytes = brand.encode()
+        self.cfg, self.brands, self.since, self.until = cfg, brands, since, until
+        self.brand_bytes = {b.encode() for b in brands}
         self.since_ms, self.until_ms = to_ms(since), to_ms(until)
         self.exclusions, self.sample = exclusions, sample
         self.key = load_key(cfg.privacy)
@@ -260,7 +268,7 @@ class SpanIntake:
                 t.undecodable += 1
                 continue
             b = brand_header(r.headers)
-            if b is not None and b != self.brand_bytes:
+            if b is not None and b not in self.brand_bytes:
                 t.other_brands += 1  # skipped unread
                 continue
             mine.append(r)
@@ -269,7 +277,7 @@ class SpanIntake:
             if isinstance(batch, DecodeError):
                 t.undecodable += 1
                 continue
-            if batch.brand != self.brand:
+            if batch.brand not in self.brands:
                 t.other_brands += 1
                 continue
             t.brand_records += 1
@@ -291,7 +299,7 @@ class SpanIntake:
 
 def read_span(
     cfg: Config,
-    brand: str,
+    brands: list[str],
     since: float,
     until: float,
     *,
@@ -300,25 +308,26 @@ def read_span(
     block_s: float = BLOCK_S,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> tuple[list[Stretch], dict]:
-    """The brand's stretches of traffic in ``[since, until)`` to train on, and the
-    ``source`` part of the model's training summary."""
+    """The stretches of traffic of ``brands`` (a platform's) in ``[since, until)`` to
+    train on, and the ``source`` part of the model's training summary."""
     from kafka.errors import KafkaError
 
     from detector.cli.replay import quiet_kafka
     from detector.transport.kafka_records import parse_batches_compiled
 
     check_span(since, until)
+    wanted = frozenset(brands)
     parse_batches_compiled()  # a broken batch becomes an UnreadableRecord, never a loop
     topic = cfg.kafka.telemetry_topic
     began = time.monotonic()
     with quiet_kafka():
         consumer = open_consumer(cfg, connect_timeout_s)
         try:
-            exclusions, note = read_incidents(cfg, consumer, brand, since, until, margin)
+            exclusions, note = read_incidents(cfg, consumer, wanted, since, until, margin)
             tps = partitions_of(consumer, topic, cfg.kafka.bootstrap, connect_timeout_s)
             ranges = span_offsets(consumer, tps, to_ms(since), to_ms(until))
             sample = BlockSample(max_frames, block_s)
-            intake = SpanIntake(cfg, brand, since, until, exclusions, sample)
+            intake = SpanIntake(cfg, wanted, since, until, exclusions, sample)
             total = sum(hi - lo for lo, hi in ranges.values())
             with bar(f"reading {topic}", total, "record", unit_scale=True) as shown:
                 for records in read_offsets(consumer, ranges):
@@ -340,21 +349,21 @@ def read_span(
         raise SpanError(f"no records on {where} (span empty)")
     if tally.frames_read == 0:
         raise SpanError(
-            f"no {brand} traffic on {where} ({tally.records} records: "
-            f"{tally.other_brands} of other brands, {tally.undecodable} undecodable)"
+            f"no {'/'.join(brands)} traffic on {where} ({tally.records} records: "
+            f"{tally.other_brands} of other platforms, {tally.undecodable} undecodable)"
         )
     stretches = sample.stretches()
     if not stretches:
         raise SpanError(
             f"--max-frames {max_frames} holds no whole {block_s:g} s block of a vehicle: raise it"
         )
-    return stretches, source_summary(cfg, brand, since, until, ranges, tally, sample, stretches,
+    return stretches, source_summary(cfg, brands, since, until, ranges, tally, sample, stretches,
                                      exclusions, margin, note)  # fmt: skip
 
 
 def source_summary(
     cfg: Config,
-    brand: str,
+    brands: list[str],
     since: float,
     until: float,
     ranges: dict,
@@ -387,7 +396,7 @@ def source_summary(
         "kind": "kafka",
         "topic": cfg.kafka.telemetry_topic,
         "incident_topic": cfg.kafka.incident_topic,
-        "brand": brand,
+        "brands": list(brands),
         "since": iso(since),
         "until": iso(until),
         "since_epoch": since,
@@ -397,7 +406,7 @@ def source_summary(
             for tp, (lo, hi) in sorted(ranges.items(), key=lambda kv: kv[0].partition)
         ],
         "records": tally.records,
-        "records_of_brand": tally.brand_records,
+        "records_of_brands": tally.brand_records,
         "records_other_brands": tally.other_brands,
         "records_undecodable": tally.undecodable,
         "vehicles_seen": len(tally.vehicles),

@@ -30,8 +30,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "is one vehicle. Files are grouped into drives for calibration (each drive held out "
         "in turn): recordings sharing most benign payloads are one drive, unless --groups "
         "says otherwise. Writes <platform>-v<N>.skops and its manifest into --out. "
-        "With --from-kafka, the recordings are the brand's traffic on the telemetry topic "
-        "between --since and --until instead (docs/detection.md, Training from the topic).",
+        "With --from-kafka, the recordings are the traffic of every brand of that platform "
+        "(the brands the model serves) on the telemetry topic between --since and --until instead (docs/detection.md, Training from the topic).",
     )
     p.add_argument("files", nargs="*", metavar="FILE", help="recordings (any supported format)")
     p.add_argument("--brand", required=True, help="brand slug (see configs/brands.toml)")
@@ -55,8 +55,8 @@ def add_kafka_flags(p: argparse.ArgumentParser) -> None:
     k.add_argument(
         "--from-kafka",
         action="store_true",
-        help="train on the brand's records of kafka.telemetry_topic in [--since, --until): "
-        "no consumer group, nothing committed",
+        help="train on the records of kafka.telemetry_topic in [--since, --until) of every "
+        "brand of --brand's platform: no consumer group, nothing committed",
     )
     k.add_argument("--since", metavar="T", help="span start: ISO 8601 (UTC if no zone) or epoch s")
     k.add_argument("--until", metavar="T", help="span end (exclusive), same forms")
@@ -164,15 +164,18 @@ def check_sources(args: argparse.Namespace) -> None:
         raise CanwatchError("--since, --until and --bootstrap go with --from-kafka")
 
 
-def from_kafka(args: argparse.Namespace, cfg: Config) -> tuple[list[np.ndarray], list[str], dict]:
-    """The brand's stretches on the topic: (recordings, the vehicle of each, source)."""
+def from_kafka(
+    args: argparse.Namespace, cfg: Config, brands: list[str]
+) -> tuple[list[np.ndarray], list[str], dict]:
+    """The stretches of ``brands`` (the platform's) on the topic: (recordings, the
+    vehicle of each, source)."""
     from detector.cli import _train_kafka as tk
 
     since = tk.parse_time(args.since, "--since")
     until = tk.parse_time(args.until, "--until")
     stretches, source = tk.read_span(
         cfg,
-        args.brand,
+        brands,
         since,
         until,
         margin=args.exclude_margin,
@@ -192,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_kafka:
         # a recording per vehicle stretch, and the vehicle is the drive: calibration
         # then holds whole vehicles out, as `--groups` with one group per vehicle does
-        recordings, groups, source = from_kafka(args, cfg)
+        recordings, groups, source = from_kafka(args, cfg, brands)
         manifest = train_and_save(
             platform, recordings, groups, cfg.detection, args.out, brands, groups, source=source
         )
@@ -221,7 +224,7 @@ def source_line(src: dict) -> str:
     sampled = " (budget: a sample of whole blocks)" if src["sampled"] else ""
     return (
         f"read {src['records']:,} records of {src['topic']} {src['since']} .. {src['until']}: "
-        f"{src['frames_read']:,} {src['brand']} frames of {src['vehicles_seen']} vehicles, "
+        f"{src['frames_read']:,} {'/'.join(src['brands'])} frames of {src['vehicles_seen']} vehicles, "
         f"{src['frames_used']:,} used{sampled}; {len(src['excluded'])} incident interval(s) "
         f"left out, {src['records_undecodable']} undecodable record(s)"
     )
