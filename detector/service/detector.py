@@ -311,6 +311,7 @@ class Detector:
         polled, n = self._poll(timeout_ms)
         if n == 0 and not self.activity.idle:
             self._commit_if_due()  # idle: what the last polls left uncommitted
+            self.drift.observe([], time.monotonic())  # an idle brand's figure ages out too
             return 0
         try:
             self._process(polled, n)
