@@ -8,30 +8,19 @@ import time
 
 import pytest
 from prometheus_client import CollectorRegistry
+from test_detect_service import service_config
 
 from detector.core.brands import load_fleet
-from detector.core.config import load_config
 from detector.core.errors import CanwatchError
 from detector.demo import DemoError, Parts, follow_incidents
 from detector.service.detector import Detector
 from detector.service.metrics import DetectorMetrics
-from detector.transport.broker import create_topics
 
 
 def test_a_detector_that_stops_on_an_error_ends_the_demo_at_once(
     broker, unique_topic, cusw_models, tmp_path
 ):
-    overrides = {
-        "kafka.bootstrap": broker.bootstrap,
-        "kafka.telemetry_topic": unique_topic("telemetry"),
-        "kafka.incident_topic": unique_topic("incidents"),
-        "kafka.dlq_topic": unique_topic("dlq"),
-        "kafka.group_id": unique_topic("group"),
-        "models.dir": str(cusw_models),
-    }
-    cfg = load_config(None, env={}, overrides=overrides)
-    k = cfg.kafka
-    create_topics(broker.bootstrap, {k.telemetry_topic: 1, k.incident_topic: 1, k.dlq_topic: 1})
+    cfg = service_config(broker, unique_topic, cusw_models, 1)
     metrics = DetectorMetrics(CollectorRegistry())
     # its audit trail cannot be opened: the detector's thread ends on FileNotFoundError
     audit = tmp_path / "no such directory" / "audit.jsonl"

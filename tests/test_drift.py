@@ -203,45 +203,24 @@ def test_benign_new_vehicles_stay_low_and_drifted_traffic_is_high(cusw_models: P
 def test_a_running_detector_drops_an_idle_brands_figure(broker, unique_topic, cusw_models) -> None:
     """Drift is aged out on idle polls too: a brand that stops sending loses its series
     within a period, though no poll brings rows again."""
-    import threading
     import time
 
-    from test_detect_service import wait_for
+    from test_detect_service import running, service_config, wait_for
 
     from detector.cli import main
-    from detector.core.config import load_config
     from detector.service.detector import Detector
-    from detector.transport.broker import create_topics
 
-    overrides = {
-        "kafka.bootstrap": broker.bootstrap,
-        "kafka.telemetry_topic": unique_topic("telemetry"),
-        "kafka.incident_topic": unique_topic("incidents"),
-        "kafka.dlq_topic": unique_topic("dlq"),
-        "kafka.group_id": unique_topic("group"),
-        "models.dir": str(cusw_models),
-        "models.drift_period_s": 10.0,
-    }
-    cfg = load_config(None, env={}, overrides=overrides)
-    k = cfg.kafka
-    create_topics(broker.bootstrap, {k.telemetry_topic: 1, k.incident_topic: 1, k.dlq_topic: 1})
+    cfg = service_config(broker, unique_topic, cusw_models, 1, **{"models.drift_period_s": 10.0})
     metrics = DetectorMetrics(CollectorRegistry())
-    stop = threading.Event()
-    detector = Detector(cfg, load_fleet(), metrics, "det-drift")
-    thread = threading.Thread(target=detector.run, args=(stop,), daemon=True)
     simulate = ["simulate", "--to-kafka", "--max-speed", "--brands", "jeep", "--vehicles", "2"]
     simulate += ["--duration", "8", "--seed", "5", "--bootstrap", broker.bootstrap]
-    try:
-        thread.start()
-        assert main([*simulate, "--topic", k.telemetry_topic]) == 0
 
-        def ratio() -> float | None:
-            return metrics.registry.get_sample_value("canwatch_model_drift_ratio", {"brand": "jeep"})
+    def ratio() -> float | None:
+        return metrics.registry.get_sample_value("canwatch_model_drift_ratio", {"brand": "jeep"})
 
+    with running(Detector(cfg, load_fleet(), metrics, "det-drift")):
+        assert main([*simulate, "--topic", cfg.kafka.telemetry_topic]) == 0
         wait_for("jeep's drift figure", lambda: ratio() is not None)
         t0 = time.monotonic()  # the fleet has stopped: only idle polls from here
         wait_for("jeep's drift figure gone after a quiet period", lambda: ratio() is None)
         assert time.monotonic() - t0 < 10.0 + 10.0
-    finally:
-        stop.set()
-        thread.join(timeout=30)
