@@ -26,7 +26,9 @@ from numba.extending import intrinsic
 
 from detector.features import fold_steps
 from detector.features.fold_steps import (
+    _BIAS16,
     _LANE_MAX,
+    _LANES,
     _NO_LANES,
     A_CHECKSUM,
     A_CHG,
@@ -49,6 +51,7 @@ from detector.features.fold_steps import (
     F_MIN2,
     F_SUM,
     F_SUM2,
+    N_ACC_F,
     N_ACC_I,
     NO_WINDOW,
     _add_lanes,
@@ -63,6 +66,7 @@ from detector.features.fold_steps import (
     _couplings,
     _gap,
     _load_row,
+    _outside,
     _signals,
     _store_row,
     _unseen,
@@ -316,3 +320,240 @@ def _close(  # pragma: no cover - compiled
             )  # fmt: skip
             n_emit += 1
     return n_emit
+
+
+# -- two models' streams in one pass (a shadow beside the serving model) -------------
+#
+# A shadow model scores the same frames as the serving one, each in a stream table of
+# its own (its features are relative to what it learned). Where a stream's row is in
+# the same state in both tables (same open window, predecessor, timing sums and
+# counts that do not depend on a model: from the shadow's second window on), the
+# frame loop, the window changes, the timing and the byte-change counts are worked
+# out once; only the checks against each baseline are done twice. Rows out of step
+# (a shadow's first window) are left to ``_fold``, once per model.
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _delta_out(p64, before, deltas):  # pragma: no cover - compiled
+    """Whether a byte's change from ``before`` to ``p64`` is outside the ``deltas``
+    lanes (``_changes``'s verdict alone)."""
+    de = ((p64 & _LANES) + _BIAS16) - (before & _LANES)
+    do = (((p64 >> np.uint64(8)) & _LANES) + _BIAS16) - ((before >> np.uint64(8)) & _LANES)
+    dlo_e, dlo_o, dhi_e, dhi_o = deltas
+    return _outside(de, do, dlo_e, dlo_o, dhi_e, dhi_o)
+
+
+@njit(cache=True, nogil=True)
+def _in_step(  # pragma: no cover - compiled
+    r, rb, st_last_ts, st_last_data, st_open, acc_i, acc_f,
+    st_last_ts_b, st_last_data_b, st_open_b, acc_i_b, acc_f_b,
+):
+    """Whether row ``r`` of one table and ``rb`` of the other hold the same state in
+    all that does not depend on a model (the counts before A_OUT, the label, timing)."""
+    if st_open[r] != st_open_b[rb]:
+        return False
+    a, b = st_last_ts[r], st_last_ts_b[rb]
+    if not (a == b or (np.isnan(a) and np.isnan(b))):
+        return False
+    for c in range(8):
+        if st_last_data[r, c] != st_last_data_b[rb, c]:
+            return False
+    for c in range(A_OUT):
+        if acc_i[r, c] != acc_i_b[rb, c]:
+            return False
+    if acc_i[r, A_LABEL] != acc_i_b[rb, A_LABEL]:
+        return False
+    for c in range(N_ACC_F):
+        a, b = acc_f[r, c], acc_f_b[rb, c]
+        if not (a == b or (np.isnan(a) and np.isnan(b))):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _share(la, lb):  # pragma: no cover - compiled
+    """The counts that do not depend on a model, from ``la`` into ``lb``."""
+    for c in range(A_OUT):
+        lb[c] = la[c]
+    lb[A_LABEL] = la[A_LABEL]
+
+
+@njit(cache=True, nogil=True)
+def _fold_pair(  # pragma: no cover - compiled
+    order, seg_start, seg_row, seg_slot, seg_row_b, seg_slot_b,
+    ts, can_id, dlc, data64, label, win,
+    st_last_ts, st_last_data, st_open, acc_i, acc_f,
+    window_s, period, mean_count, ham_mean, ham_std, change_rate, cond_change,
+    byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight,
+    counter_byte, counter_mask, counter_shift, counter_step,
+    counter2_byte, counter2_mask, counter2_shift, counter2_step,
+    checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
+    couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel, fixed_mask, fixed_value,
+    st_last_ts_b, st_last_data_b, st_open_b, acc_i_b, acc_f_b,
+    period_b, mean_count_b, ham_mean_b, ham_std_b, change_rate_b, cond_change_b,
+    byte_min_b, byte_max_b, delta_min_b, delta_max_b, pair_min_b, pair_max_b, pair_tight_b,
+    counter_byte_b, counter_mask_b, counter_shift_b, counter_step_b,
+    counter2_byte_b, counter2_mask_b, counter2_shift_b, counter2_step_b,
+    checksum_kind_b, checksum_byte_b, has_dict_b, payload_hashes_b, dlc_mask_b,
+    couple_a_b, couple_b_b, couple_le_b, couple_lo_b, couple_hi_b, couple_rel_b,
+    fixed_mask_b, fixed_value_b,
+    crc8_pow, dlc_masks, hash_mul,
+    late, out_row, out_window, out_X, out_attack, out_last, out_count,
+    out_row_b, out_window_b, out_X_b, out_attack_b, out_last_b, out_count_b, skipped,
+):
+    """``_fold`` of every stream (all known to both models) into two tables at once:
+    table A's (the first arrays) and table B's (``*_b``), each against its own
+    baseline, emitting into its own ``out*``. A stream whose rows are not in step
+    (``_in_step``) is not folded here: its group number goes into ``skipped``.
+    Returns (groups emitted into A, into B, streams skipped)."""
+    n_frames = order.shape[0]
+    la = np.zeros(N_ACC_I, np.int64)
+    lb = np.zeros(N_ACC_I, np.int64)
+    pair_lanes = np.zeros((7, 4), np.uint64)
+    pair_lanes_b = np.zeros((7, 4), np.uint64)
+    n_emit = 0
+    n_emit_b = 0
+    n_skipped = 0
+    for g in range(seg_start.shape[0] - 1):
+        r = seg_row[g]
+        rb = seg_row_b[g]
+        if not _in_step(
+            r, rb, st_last_ts, st_last_data, st_open, acc_i, acc_f,
+            st_last_ts_b, st_last_data_b, st_open_b, acc_i_b, acc_f_b,
+        ):  # fmt: skip
+            skipped[n_skipped] = g
+            n_skipped += 1
+            continue
+        s = seg_slot[g]
+        sb = seg_slot_b[g]
+        counter, zero_counter = _counters(
+            s, counter_byte, counter_mask, counter_shift, counter_step,
+            counter2_byte, counter2_mask, counter2_shift, counter2_step,
+        )  # fmt: skip
+        counter_b, zero_counter_b = _counters(
+            sb, counter_byte_b, counter_mask_b, counter_shift_b, counter_step_b,
+            counter2_byte_b, counter2_mask_b, counter2_shift_b, counter2_step_b,
+        )  # fmt: skip
+        byte_lanes, delta_lanes, n_tight, zero_jump = _bounds(
+            s, byte_min, byte_max, delta_min, delta_max, pair_min, pair_max, pair_tight, pair_lanes
+        )
+        byte_lanes_b, delta_lanes_b, n_tight_b, zero_jump_b = _bounds(
+            sb, byte_min_b, byte_max_b, delta_min_b, delta_max_b, pair_min_b, pair_max_b,
+            pair_tight_b, pair_lanes_b,
+        )  # fmt: skip
+        ck = checksum_kind[s]
+        ck_b = checksum_kind_b[sb]
+        dict_on = has_dict[s] and payload_hashes.shape[0] > 0
+        dict_on_b = has_dict_b[sb] and payload_hashes_b.shape[0] > 0
+        slot_hash = np.uint64(s + 1) * hash_mul
+        slot_hash_b = np.uint64(sb + 1) * hash_mul
+        couplings = _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel)
+        couplings_b = _couplings(
+            sb, couple_a_b, couple_b_b, couple_le_b, couple_lo_b, couple_hi_b, couple_rel_b
+        )
+        fmask, fvalue = fixed_mask[s], fixed_value[s]
+        fmask_b, fvalue_b = fixed_mask_b[sb], fixed_value_b[sb]
+        sum_dt, sum_dt2, min_dt, min_dt2, last_g, prev = _load_row(r, acc_i, acc_f, st_last_data, la)
+        for c in range(N_ACC_I):
+            lb[c] = acc_i_b[rb, c]
+        last = st_last_ts[r]
+        lanes = _NO_LANES
+        n_lanes = 0
+        p_dlc = np.int64(-1)
+        p_payload = np.uint64(0)
+        out = bad = ck_bad = novel = dlc_bad = broken = moved = False
+        out_b = bad_b = ck_bad_b = novel_b = dlc_bad_b = broken_b = moved_b = False
+        for i in range(seg_start[g], seg_start[g + 1]):
+            if i + _PREFETCH_AHEAD < n_frames:
+                ahead = order[i + _PREFETCH_AHEAD]
+                _prefetch(ts, ahead)
+                _prefetch(data64, ahead)
+                _prefetch(win, ahead)
+            j = order[i]
+            w = win[j]
+            if w != st_open[r]:
+                if st_open[r] != NO_WINDOW and w < st_open[r]:
+                    late[j] = True
+                    continue
+                if st_open[r] != NO_WINDOW:
+                    _add_lanes(la, lanes)
+                    _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
+                    _share(la, lb)
+                    _store_row(rb, acc_i_b, acc_f_b, lb, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
+                    la[:] = 0
+                    lb[:] = 0
+                    lanes = _NO_LANES
+                    n_lanes = 0
+                    _emit(
+                        r, s, True, window_s, st_open, acc_i, acc_f, period, mean_count,
+                        ham_mean, ham_std, change_rate, cond_change, n_emit, out_row,
+                        out_window, out_X, out_attack, out_last, out_count,
+                    )  # fmt: skip
+                    _emit(
+                        rb, sb, True, window_s, st_open_b, acc_i_b, acc_f_b, period_b,
+                        mean_count_b, ham_mean_b, ham_std_b, change_rate_b, cond_change_b,
+                        n_emit_b, out_row_b, out_window_b, out_X_b, out_attack_b, out_last_b,
+                        out_count_b,
+                    )  # fmt: skip
+                    n_emit += 1
+                    n_emit_b += 1
+                    sum_dt, sum_dt2, min_dt, min_dt2, last_g = 0.0, 0.0, np.inf, np.inf, np.nan
+                st_open[r] = w
+                st_open_b[rb] = w
+            p64 = data64[j]
+            la[A_COUNT] += 1
+            if la[A_COUNT] == 1 or label[j] > la[A_LABEL]:
+                la[A_LABEL] = label[j]
+            hp, dt, before, last, last_g, prev = _arrive(ts[j], p64, last, last_g, prev)
+            if hp:
+                la[A_NDT] += 1
+                sum_dt, sum_dt2, min_dt, min_dt2 = _gap(dt, sum_dt, sum_dt2, min_dt, min_dt2)
+                if p64 == before:
+                    la[A_DELTA] += zero_jump
+                    la[A_COUNTER] += zero_counter
+                    lb[A_DELTA] += zero_jump_b
+                    lb[A_COUNTER] += zero_counter_b
+                else:
+                    ham, delta_out, lanes = _changes(p64, before, lanes, delta_lanes)
+                    la[A_HAM] += ham
+                    la[A_DELTA] += delta_out
+                    lb[A_DELTA] += _delta_out(p64, before, delta_lanes_b)
+                    n_lanes += 1
+                    if n_lanes == _LANE_MAX:
+                        _add_lanes(la, lanes)
+                        lanes = _NO_LANES
+                        n_lanes = 0
+                    if counter[0] >= 0:
+                        la[A_COUNTER] += _counter_broken(p64, before, counter)
+                    if counter_b[0] >= 0:
+                        lb[A_COUNTER] += _counter_broken(p64, before, counter_b)
+            d = np.int64(dlc[j])
+            if not (p_dlc == d and p_payload == p64):
+                p_payload, p_dlc = p64, d
+                out, bad = _byte_bounds(p64, byte_lanes, n_tight, pair_lanes)
+                out_b, bad_b = _byte_bounds(p64, byte_lanes_b, n_tight_b, pair_lanes_b)
+                ck_bad = ck > 0 and _checksum_bad(
+                    ck, checksum_byte[s], p64, d, can_id[j], crc8_pow, dlc_masks
+                )
+                ck_bad_b = ck_b > 0 and _checksum_bad(
+                    ck_b, checksum_byte_b[sb], p64, d, can_id[j], crc8_pow, dlc_masks
+                )
+                novel = dict_on and _unseen(p64 ^ slot_hash, payload_hashes)
+                novel_b = dict_on_b and _unseen(p64 ^ slot_hash_b, payload_hashes_b)
+                dlc_bad = ((np.int64(dlc_mask[s]) >> d) & 1) == 0
+                dlc_bad_b = ((np.int64(dlc_mask_b[sb]) >> d) & 1) == 0
+                broken, moved = _signals(p64, couplings, fmask, fvalue)
+                broken_b, moved_b = _signals(p64, couplings_b, fmask_b, fvalue_b)
+            _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved)
+            _count(lb, out_b, bad_b, ck_bad_b, novel_b, dlc_bad_b, broken_b, moved_b)
+        _add_lanes(la, lanes)
+        _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
+        _share(la, lb)
+        _store_row(rb, acc_i_b, acc_f_b, lb, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
+        st_last_ts[r] = last
+        st_last_ts_b[rb] = last
+        for b in range(8):
+            byte = np.uint8((prev >> np.uint64(8 * b)) & np.uint64(0xFF))
+            st_last_data[r, b] = byte
+            st_last_data_b[rb, b] = byte
+    return n_emit, n_emit_b, n_skipped

@@ -42,6 +42,8 @@ and is never scored; neither is the still-open last window at ``flush``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from detector.core.config import LimitsConfig
@@ -53,6 +55,7 @@ from detector.features.kernels import (
     Emitted,
     close,
     fold,
+    fold_pair,
     id_slots,
     segments,
     stream_groups,
@@ -142,10 +145,32 @@ class WindowState:
         ``extra_budget``: own streams that unseen ids past each vehicle window's first
         ``GUARANTEED_NOVEL_IDS`` may take in this batch (None: no limit); the frames of
         those refused are pooled."""
+        plan = self._prepare(frames, uv, local, bl, extra_budget)
+        if plan is None:
+            return Rows.empty()
+        late_open = fold(
+            plan.frames, plan.win, plan.order, plan.seg_start, plan.rows, self.streams, bl,
+            self.window_s, plan.emitted,
+        )  # fmt: skip
+        return self._complete(plan, late_open, bl)
+
+    def _prepare(
+        self,
+        frames: np.ndarray,
+        uv: np.ndarray,
+        local: np.ndarray,
+        bl: Baseline,
+        extra_budget: int | None,
+        like: _Plan | None = None,
+    ) -> _Plan | None:
+        """Everything of a push before the fold: windows, late frames, pooling, the
+        frames grouped by stream, their rows, the streams to close. ``like``: another
+        state's plan for the same batch, whose grouping is taken when both hold the
+        same frames and know every id (the grouping then cannot differ)."""
         self.last_late = np.zeros(0, np.int64)
         self.last_pooled = {}
         if len(local) == 0:
-            return Rows.empty()
+            return None
         uv = np.asarray(uv, dtype=np.int64)
         self._grow(int(uv[-1]) + 1)
         first, newest = self.first_window[uv], self.newest[uv]
@@ -161,7 +186,7 @@ class WindowState:
             frames, local, win = take_frames(frames, ~late), local[~late], win[~late]
             can_id, id_rank = frames["can_id"], id_rank[~late]
         if len(local) == 0:
-            return Rows.empty()
+            return None
         cut = np.floor(newest / self.window_s)
         cut = np.where(np.isfinite(cut), cut, _NONE).astype(np.int64)
 
@@ -172,15 +197,10 @@ class WindowState:
             key_id = self._pool(ts, can_id, local, uv, win, ids, id_rank, bl, extra_budget)
             if key_id is not can_id:
                 ids, id_rank = batch_ids(key_id, bl)
-        vrank = np.cumsum(in_batch) - 1
-        n_keys = int(in_batch.sum()) * len(ids)
-        key = stream_keys(local, vrank, id_rank, len(ids))  # ordered by (vehicle, id)
-        in_order = False
-        if n_keys <= 4 * len(ts) + 100_000:  # else too sparse to count (a fuzzer's extended ids)
-            order, in_order, seg_start, groups = stream_groups(key, n_keys, ts, win)
-        if not in_order:
-            order = np.lexsort((ts, key))
-            seg_start, groups = segments(key, win, order)
+        if like is not None and like.plain and all_known and not n_late:
+            order, seg_start, groups = like.order, like.seg_start, like.groups
+        else:
+            order, seg_start, groups = self._group(local, in_batch, id_rank, len(ids), ts, win)
         first_frame = order[seg_start[:-1]]
         rows, new = self.streams.rows_for(stream_key(uv[local[first_frame]], key_id[first_frame]))
         if not all_known and new.any():
@@ -191,16 +211,44 @@ class WindowState:
         scan_v = np.flatnonzero(in_batch & ((cut > self.cut[uv]) | (earliest < cut)))
         scan, which = self.streams.vehicle_rows(uv[scan_v])
         emitted = Emitted(groups + len(scan), N_FEATURES)
-        late_open = fold(
-            frames, win, order, seg_start, rows, self.streams, bl, self.window_s, emitted
-        )
-        close(scan, cut[scan_v][which], self.streams, bl, self.window_s, emitted)
+        return _Plan(
+            frames, local, win, uv, cut, in_batch, order, seg_start, groups, rows,
+            scan_v, scan, which, emitted, plain=all_known and not n_late,
+        )  # fmt: skip
+
+    @staticmethod
+    def _group(
+        local: np.ndarray,
+        in_batch: np.ndarray,
+        id_rank: np.ndarray,
+        n_ids: int,
+        ts: np.ndarray,
+        win: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """The frames in stream order (vehicle, id, then time), each stream's bounds, and
+        the number of (stream, window) groups."""
+        vrank = np.cumsum(in_batch) - 1
+        n_keys = int(in_batch.sum()) * n_ids
+        key = stream_keys(local, vrank, id_rank, n_ids)  # ordered by (vehicle, id)
+        if n_keys <= 4 * len(ts) + 100_000:  # else too sparse to count (a fuzzer's extended ids)
+            order, in_order, seg_start, groups = stream_groups(key, n_keys, ts, win)
+            if in_order:
+                return order, seg_start, groups
+        order = np.lexsort((ts, key))
+        seg_start, groups = segments(key, win, order)
+        return order, seg_start, groups
+
+    def _complete(self, plan: _Plan, late_open: np.ndarray, bl: Baseline) -> Rows:
+        """Everything of a push after the fold: close what the batch's cut closes, and
+        the feature rows of every group emitted."""
+        uv, cut = plan.uv, plan.cut
+        close(plan.scan, cut[plan.scan_v][plan.which], self.streams, bl, self.window_s, plan.emitted)
         if late_open.any():
-            self.last_late = np.r_[self.last_late, uv[local[late_open]]]
+            self.last_late = np.r_[self.last_late, uv[plan.local[late_open]]]
             self.late_frames += int(late_open.sum())
-        out = self._rows(emitted, uv, cut, bl)
-        self._drop_closed_novel(uv[scan_v], scan, which)
-        self.cut[uv[in_batch]] = cut[in_batch]
+        out = self._rows(plan.emitted, uv, cut, bl)
+        self._drop_closed_novel(uv[plan.scan_v], plan.scan, plan.which)
+        self.cut[uv[plan.in_batch]] = cut[plan.in_batch]
         return out
 
     def _pool(
@@ -394,3 +442,66 @@ class WindowState:
     def nbytes(self) -> int:
         per_vehicle = (self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel)
         return sum(a.nbytes for a in per_vehicle) + self.streams.nbytes
+
+
+@dataclass
+class _Plan:
+    """A push between ``WindowState._prepare`` and ``_complete``: the batch as the fold
+    takes it (late frames left out), grouped by stream."""
+
+    frames: np.ndarray
+    local: np.ndarray
+    win: np.ndarray
+    uv: np.ndarray
+    cut: np.ndarray
+    in_batch: np.ndarray
+    order: np.ndarray
+    seg_start: np.ndarray
+    groups: int
+    rows: np.ndarray  # each stream's table row
+    scan_v: np.ndarray
+    scan: np.ndarray
+    which: np.ndarray
+    emitted: Emitted
+    plain: bool  # every id known to the baseline, no frame late: nothing pooled or dropped
+
+
+def push_pair(
+    states: tuple[WindowState, WindowState],
+    frames: np.ndarray,
+    uv: np.ndarray,
+    local: np.ndarray,
+    baselines: tuple[Baseline, Baseline],
+    budget,
+) -> tuple[Rows, Rows]:
+    """``push_batch`` of the same batch into two window states, each against its own
+    baseline (a serving model's and its shadow's). When both see the batch the same
+    way (every id known to both, no frame late in either), the frames are grouped once
+    and folded into both in one pass (``fold_pair``); else each on its own.
+    ``budget()`` gives the unseen-id stream budget at the time each state asks."""
+    a, b = states
+    bl_a, bl_b = baselines
+    plan_a = a._prepare(frames, uv, local, bl_a, budget())
+    if plan_a is None:
+        return Rows.empty(), b.push_batch(frames, uv, local, bl_b, budget())
+    plan_b = b._prepare(frames, uv, local, bl_b, budget(), like=plan_a)
+    if plan_b is None:
+        late_a = fold(
+            plan_a.frames, plan_a.win, plan_a.order, plan_a.seg_start, plan_a.rows,
+            a.streams, bl_a, a.window_s, plan_a.emitted,
+        )  # fmt: skip
+        return a._complete(plan_a, late_a, bl_a), Rows.empty()
+    shared = plan_b.order is plan_a.order
+    both = None
+    if shared:
+        sides = (
+            (plan_a.rows, a.streams, bl_a, plan_a.emitted),
+            (plan_b.rows, b.streams, bl_b, plan_b.emitted),
+        )
+        both = fold_pair(plan_a.frames, plan_a.win, plan_a.order, plan_a.seg_start, sides, a.window_s)
+    if both is None:
+        both = tuple(
+            fold(p.frames, p.win, p.order, p.seg_start, p.rows, s.streams, bl, s.window_s, p.emitted)
+            for s, p, bl in ((a, plan_a, bl_a), (b, plan_b, bl_b))
+        )
+    return a._complete(plan_a, both[0], bl_a), b._complete(plan_b, both[1], bl_b)
