@@ -47,7 +47,8 @@ synthetic frames as its models load, before it reports ready.)
 
 CPU-seconds, not wall time: the machine is shared and the broker competes for
 the same cores. Ratios are taken within each repeat, then the median.
-``--profile OUT.prof`` adds one extra (unmeasured) detect run under cProfile
+``--profile OUT.prof`` adds one extra (unmeasured) detect run under cProfile (with
+``--shadow``, one with the shadows too, into OUT.shadow.prof)
 (main thread only: kafka-python's IO thread is not in it; the per-thread CPU
 split of every detect run is in the JSON).
 
@@ -376,6 +377,11 @@ def bench(args: argparse.Namespace, work: Path) -> dict:
             say(f"profiling one detect run under cProfile -> {args.profile}")
             p = detect_run(work, bs, "bench.bin", n, model_dir, mpr, b.pid, args.profile)
             result["profile"] = {"path": str(args.profile), "run": p, "top": profile_summary(args.profile)}
+            if shadowed:  # and one with the shadows, beside it
+                path = args.profile.with_suffix(".shadow" + args.profile.suffix)
+                say(f"profiling one detect run with shadows under cProfile -> {path}")
+                p = detect_run(work, bs, "bench.bin", n, shadowed, mpr, b.pid, path)
+                result["profile_shadow"] = {"path": str(path), "run": p, "top": profile_summary(path)}
     result.update(summarize(runs, n, json_n))
     result.update(bytes_per_cpu_s(result, runs))
     result["runs"] = runs

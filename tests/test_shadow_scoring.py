@@ -1,6 +1,6 @@
 """A shadow scores exactly what its model alone would, and the serving model exactly
-what it would without a shadow: the paired pass (the batch grouped once, one frame
-loop for both models) changes no row of either, whatever the batch holds."""
+what it would without a shadow: grouping the batch once for both (when both see it
+the same way) changes no row of either, whatever the batch holds."""
 
 from __future__ import annotations
 
@@ -74,15 +74,14 @@ def assert_same(got: list[tuple], want: list[tuple]) -> None:
 
 def test_shadow_rows_are_those_of_its_model_alone(models, monkeypatch) -> None:
     serving, shadow = models
-    paired = []  # per pair of plain plans: whether both tables were folded in one pass
-    fold_pair = windowing.fold_pair
+    grouped = []  # each state's grouping of a batch, as it is worked out
+    group = windowing.WindowState._group
 
     def spy(*args, **kwargs):
-        out = fold_pair(*args, **kwargs)
-        paired.append(out is not None)
-        return out
+        grouped.append(1)
+        return group(*args, **kwargs)
 
-    monkeypatch.setattr(windowing, "fold_pair", spy)
+    monkeypatch.setattr(windowing.WindowState, "_group", staticmethod(spy))
     batches = polls()
     install = 4  # the shadow comes mid-stream: its first windows are out of step
     alone = Scorer({"cusw": serving}, FLEET, 1.0)
@@ -99,9 +98,12 @@ def test_shadow_rows_are_those_of_its_model_alone(models, monkeypatch) -> None:
         assert late == alone.state["cusw"].window.late_frames
     assert late > 0, "frames came late"
     assert both.take_shadow() == []
-    # one pass for most polls; each on its own where the fuzzer's ids or late frames are
+    # grouped once for both in most polls; each on its own where the fuzzer's ids or
+    # late frames are (the shadow's own grouping then)
     shadowed = len(batches) - install
-    assert all(paired) and shadowed // 2 < len(paired) < shadowed
+    # one a batch each: the serving model alone, beside its shadow, the shadow alone
+    shadow_groupings = len(grouped) - 2 * len(batches) - shadowed
+    assert 0 < shadow_groupings < shadowed // 2
 
 
 def test_a_shadow_of_the_same_model_agrees_row_for_row(models) -> None:

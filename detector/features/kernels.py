@@ -17,7 +17,7 @@ from numba import njit
 
 from detector.core.schema import DLC_MASKS, frame_words
 from detector.features.baseline import Baseline
-from detector.features.fold_kernel import _close, _fold, _fold_pair
+from detector.features.fold_kernel import _close, _fold
 from detector.features.fold_steps import _CRC8_POW
 
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)  # as the baseline salts its payload hashes
@@ -191,10 +191,6 @@ class Emitted:
     def take(self, idx: np.ndarray) -> tuple:
         return tuple(a[idx] for a in self.buffers())
 
-    def free(self) -> tuple:
-        """The buffers past the groups emitted so far (a kernel writes from its 0)."""
-        return tuple(a[self.n :] for a in self.buffers())
-
 
 def fold(
     frames: np.ndarray,
@@ -206,92 +202,19 @@ def fold(
     bl: Baseline,
     window_s: float,
     emitted: Emitted,
-    late: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fold ``frames[order]`` (grouped by stream: ``seg_start`` bounds, table row
     ``seg_row``) into the table's open groups, closing a stream's open group when
-    its next window begins. Returns the per-frame "late" mask (``late`` if given,
-    added to): frames older than their stream's open window, which are not folded."""
-    slot, known = id_slots(table_ids(table, seg_row), bl.ids)
-    late = np.zeros(len(frames), np.bool_) if late is None else late
-    emitted.n += _fold(
-        order, seg_start, seg_row, slot, known,
-        frames["ts"], frames["can_id"], frames["dlc"], payload_words(frames), frames["label"], win,
-        *table_arrays(table), float(window_s), *baseline_arrays(bl),
-        _CRC8_POW, DLC_MASKS, _HASH_MUL,
-        late, *emitted.free(),
-    )  # fmt: skip
-    return late
-
-
-def fold_pair(
-    frames: np.ndarray,
-    win: np.ndarray,
-    order: np.ndarray,
-    seg_start: np.ndarray,
-    sides: tuple[tuple, tuple],
-    window_s: float,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """``fold`` into two tables at once: ``sides`` = ((seg_row, table, baseline,
-    emitted) for A, the same for B), the same frames grouped the same way. Streams
-    whose rows are out of step are folded by ``fold``, once per table. Returns each
-    table's late mask, or None (nothing folded) when a stream is not known to both
-    baselines (its rows then differ in kind: fold each table alone)."""
-    (rows_a, table_a, bl_a, em_a), (rows_b, table_b, bl_b, em_b) = sides
-    ids = table_ids(table_a, rows_a)
-    slot_a, known_a = id_slots(ids, bl_a.ids)
-    slot_b, known_b = id_slots(ids, bl_b.ids)
-    if not (known_a.all() and known_b.all()):
-        return None
+    its next window begins. Returns the per-frame "late" mask: frames older than
+    their stream's open window, which are not folded."""
+    ids = (table.keys[seg_row] & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
+    slot, known = id_slots(ids, bl.ids)
     late = np.zeros(len(frames), np.bool_)
-    skipped = np.zeros(len(seg_start) - 1, np.int64)
-    n_a, n_b, n_skipped = _fold_pair(
-        order, seg_start, rows_a, slot_a, rows_b, slot_b,
-        frames["ts"], frames["can_id"], frames["dlc"], payload_words(frames), frames["label"], win,
-        *table_arrays(table_a), float(window_s), *baseline_arrays(bl_a),
-        *table_arrays(table_b), *baseline_arrays(bl_b),
-        _CRC8_POW, DLC_MASKS, _HASH_MUL,
-        late, *em_a.free(), *em_b.free(), skipped,
-    )  # fmt: skip
-    em_a.n += n_a
-    em_b.n += n_b
-    late_b = late.copy()
-    if n_skipped:  # out of step: each table on its own
-        sel = skipped[:n_skipped]
-        sub_order, sub_start = regroup(order, seg_start, sel)
-        fold(frames, win, sub_order, sub_start, rows_a[sel], table_a, bl_a, window_s, em_a, late)
-        fold(frames, win, sub_order, sub_start, rows_b[sel], table_b, bl_b, window_s, em_b, late_b)
-    return late, late_b
-
-
-def regroup(order: np.ndarray, seg_start: np.ndarray, groups: np.ndarray) -> tuple:
-    """(order, seg_start) of just the ``groups`` (indices into seg_start), in turn."""
-    lo, hi = seg_start[groups], seg_start[groups + 1]
-    sizes = hi - lo
-    start = np.zeros(len(groups) + 1, np.int64)
-    np.cumsum(sizes, out=start[1:])
-    pos = np.arange(start[-1]) - np.repeat(start[:-1] - lo, sizes)
-    return order[pos], start
-
-
-def table_ids(table, rows: np.ndarray) -> np.ndarray:
-    return (table.keys[rows] & np.uint64(0xFFFF_FFFF)).astype(np.uint32)
-
-
-def payload_words(frames: np.ndarray) -> np.ndarray:
-    """Each frame's 8 data bytes as one little-endian 64-bit word."""
-    return frame_words(np.ascontiguousarray(frames))[:, 2]
-
-
-def table_arrays(table) -> tuple:
-    """A stream table's arrays in the order the fold kernels take them."""
-    return table.last_ts, table.last_data, table.open_window, table.acc_i, table.acc_f
-
-
-def baseline_arrays(bl: Baseline) -> tuple:
-    """A baseline's arrays in the order the fold kernels take them (after window_s)."""
-    return (
-        bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate,
+    emitted.n = _fold(
+        order, seg_start, seg_row, slot, known,
+        frames["ts"], frames["can_id"], frames["dlc"], frame_words(np.ascontiguousarray(frames))[:, 2], frames["label"], win,
+        table.last_ts, table.last_data, table.open_window, table.acc_i, table.acc_f,
+        float(window_s), bl.period, bl.mean_count, bl.ham_mean, bl.ham_std, bl.change_rate,
         bl.cond_change, bl.byte_min, bl.byte_max, bl.delta_min, bl.delta_max,
         bl.pair_min, bl.pair_max, bl.pair_tight, bl.counter_byte, bl.counter_mask,
         bl.counter_shift, bl.counter_step, bl.counter2_byte, bl.counter2_mask,
@@ -299,7 +222,10 @@ def baseline_arrays(bl: Baseline) -> tuple:
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask,
         bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi, bl.couple_rel,
         bl.fixed_mask.astype(np.uint64), bl.fixed_value.astype(np.uint64),
+        _CRC8_POW, DLC_MASKS, _HASH_MUL,
+        late, *emitted.buffers(),
     )  # fmt: skip
+    return late
 
 
 def close(

@@ -42,6 +42,7 @@ and is never scored; neither is the still-open last window at ``flush``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +56,6 @@ from detector.features.kernels import (
     Emitted,
     close,
     fold,
-    fold_pair,
     id_slots,
     segments,
     stream_groups,
@@ -473,35 +473,22 @@ def push_pair(
     local: np.ndarray,
     baselines: tuple[Baseline, Baseline],
     budget,
-) -> tuple[Rows, Rows]:
+) -> tuple[Rows, Rows, float]:
     """``push_batch`` of the same batch into two window states, each against its own
-    baseline (a serving model's and its shadow's). When both see the batch the same
-    way (every id known to both, no frame late in either), the frames are grouped once
-    and folded into both in one pass (``fold_pair``); else each on its own.
-    ``budget()`` gives the unseen-id stream budget at the time each state asks."""
-    a, b = states
-    bl_a, bl_b = baselines
-    plan_a = a._prepare(frames, uv, local, bl_a, budget())
-    if plan_a is None:
-        return Rows.empty(), b.push_batch(frames, uv, local, bl_b, budget())
-    plan_b = b._prepare(frames, uv, local, bl_b, budget(), like=plan_a)
-    if plan_b is None:
-        late_a = fold(
-            plan_a.frames, plan_a.win, plan_a.order, plan_a.seg_start, plan_a.rows,
-            a.streams, bl_a, a.window_s, plan_a.emitted,
+    baseline (a serving model's and its shadow's), and the seconds the second took.
+    When both see the batch the same way (every id known to both, no frame late in
+    either) the frames are grouped by stream once, for both. ``budget()`` gives the
+    unseen-id stream budget at the time each state asks."""
+    out, plan, t0 = [], None, 0.0
+    for state, bl in zip(states, baselines, strict=True):
+        t0 = time.perf_counter()
+        plan = state._prepare(frames, uv, local, bl, budget(), like=plan)
+        if plan is None:
+            out.append(Rows.empty())
+            continue
+        late = fold(
+            plan.frames, plan.win, plan.order, plan.seg_start, plan.rows, state.streams, bl,
+            state.window_s, plan.emitted,
         )  # fmt: skip
-        return a._complete(plan_a, late_a, bl_a), Rows.empty()
-    shared = plan_b.order is plan_a.order
-    both = None
-    if shared:
-        sides = (
-            (plan_a.rows, a.streams, bl_a, plan_a.emitted),
-            (plan_b.rows, b.streams, bl_b, plan_b.emitted),
-        )
-        both = fold_pair(plan_a.frames, plan_a.win, plan_a.order, plan_a.seg_start, sides, a.window_s)
-    if both is None:
-        both = tuple(
-            fold(p.frames, p.win, p.order, p.seg_start, p.rows, s.streams, bl, s.window_s, p.emitted)
-            for s, p, bl in ((a, plan_a, bl_a), (b, plan_b, bl_b))
-        )
-    return a._complete(plan_a, both[0], bl_a), b._complete(plan_b, both[1], bl_b)
+        out.append(state._complete(plan, late, bl))
+    return out[0], out[1], time.perf_counter() - t0

@@ -394,8 +394,9 @@ class Scorer:
         if st.shadow is None:
             budget = self.limits.max_streams - self.reserved_streams
             rows = st.window.push_batch(frames, uv, local, model.baseline, extra_budget=budget)
-        else:  # the same frames into its own state, grouped and folded with the serving's
-            rows, shadow_rows = push_pair(
+            shadow_s = 0.0
+        else:  # the same frames into its own state, grouped once for both
+            rows, shadow_rows, shadow_s = push_pair(
                 (st.window, st.shadow.window), frames, uv, local,
                 (model.baseline, st.shadow.model.baseline),
                 lambda: self.limits.max_streams - self.reserved_streams,
@@ -406,17 +407,12 @@ class Scorer:
         for reason, vehicle in st.window.last_pooled.items():
             for v, n in zip(*np.unique(vehicle, return_counts=True), strict=True):
                 self.shed.frames[st.brands[int(v)], reason] += int(n)
+        self.seconds["features"] += t1 - t0 - shadow_s
         scored = self._scored(platform, rows)
-        if st.shadow is None:
-            self.seconds["features"] += t1 - t0
-            return scored
-        # the pair's features, one pass for both: counted to the shadow in proportion
-        # to the rows each made, so "features" stays what serving alone costs
-        t2 = time.perf_counter()
-        self.shadow_out.append(self._scored(platform, shadow_rows, shadow=st.shadow))
-        share = len(shadow_rows) / max(len(rows) + len(shadow_rows), 1)
-        self.seconds["features"] += (t1 - t0) * (1 - share)
-        self.seconds["shadow"] += (t1 - t0) * share + time.perf_counter() - t2
+        if st.shadow is not None:
+            t2 = time.perf_counter()
+            self.shadow_out.append(self._scored(platform, shadow_rows, shadow=st.shadow))
+            self.seconds["shadow"] += shadow_s + time.perf_counter() - t2
         return scored
 
     def _scored(
@@ -487,10 +483,6 @@ def warm_up(model: PlatformModel, window_s: float) -> None:
     score_rows(model, rows, state.first_window, StreamReference(len(ids)))
     swapped = make_frames(np.array([3.6, 3.2]) * window_s, can_id[:1].repeat(2), np.zeros((2, 8)))
     state.push(swapped, np.zeros(2, np.int64), model.baseline)  # out of time order: the sort path
-    pair = (WindowState(window_s), WindowState(window_s))  # a shadow's pass beside it
-    for batch in (frames, swapped):
-        push_pair(pair, batch, np.zeros(1, np.int64), np.zeros(len(batch), np.int64),
-                  (model.baseline, model.baseline), lambda: None)  # fmt: skip
     with_nan = np.zeros((1, len(model.feature_names)))
     with_nan[0, 0] = np.nan  # the NaN-aware walk is a kernel of its own
     compiled(model.forest).raw_scores(with_nan)

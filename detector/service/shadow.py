@@ -7,7 +7,9 @@ beside the serving one (``Scorer.set_shadow``): the features are relative to
 what a model learned (rates to its learned rates, payloads to its ranges), so
 a model trained on other traffic needs its own. What is shared is everything
 else: the poll, the decoding and checks, the batch of each platform and its
-vehicles (admitted, retired and let go once, for both). Only platforms with a
+vehicles (admitted, retired and let go once, for both), and the batch's grouping
+by stream when both models know all its ids (``detector.features.windowing.push_pair``).
+Only platforms with a
 shadow pay for it; with no shadow this part costs one ``if``.
 
 Per brand it counts the shadow's windows, anomalous windows and the incidents
