@@ -145,14 +145,26 @@ class WindowState:
         ``extra_budget``: own streams that unseen ids past each vehicle window's first
         ``GUARANTEED_NOVEL_IDS`` may take in this batch (None: no limit); the frames of
         those refused are pooled."""
-        plan = self._prepare(frames, uv, local, bl, extra_budget)
+        return self._push(frames, uv, local, bl, extra_budget)[0]
+
+    def _push(
+        self,
+        frames: np.ndarray,
+        uv: np.ndarray,
+        local: np.ndarray,
+        bl: Baseline,
+        extra_budget: int | None,
+        like: _Plan | None = None,
+    ) -> tuple[Rows, _Plan | None]:
+        """``push_batch``, and its plan (for another state's ``like``)."""
+        plan = self._prepare(frames, uv, local, bl, extra_budget, like)
         if plan is None:
-            return Rows.empty()
+            return Rows.empty(), None
         late_open = fold(
             plan.frames, plan.win, plan.order, plan.seg_start, plan.rows, self.streams, bl,
             self.window_s, plan.emitted,
         )  # fmt: skip
-        return self._complete(plan, late_open, bl)
+        return self._complete(plan, late_open, bl), plan
 
     def _prepare(
         self,
@@ -479,16 +491,8 @@ def push_pair(
     When both see the batch the same way (every id known to both, no frame late in
     either) the frames are grouped by stream once, for both. ``budget()`` gives the
     unseen-id stream budget at the time each state asks."""
-    out, plan, t0 = [], None, 0.0
-    for state, bl in zip(states, baselines, strict=True):
-        t0 = time.perf_counter()
-        plan = state._prepare(frames, uv, local, bl, budget(), like=plan)
-        if plan is None:
-            out.append(Rows.empty())
-            continue
-        late = fold(
-            plan.frames, plan.win, plan.order, plan.seg_start, plan.rows, state.streams, bl,
-            state.window_s, plan.emitted,
-        )  # fmt: skip
-        out.append(state._complete(plan, late, bl))
-    return out[0], out[1], time.perf_counter() - t0
+    (a, b), (bl_a, bl_b) = states, baselines
+    rows_a, plan = a._push(frames, uv, local, bl_a, budget())
+    t0 = time.perf_counter()
+    rows_b, _ = b._push(frames, uv, local, bl_b, budget(), like=plan)
+    return rows_a, rows_b, time.perf_counter() - t0
