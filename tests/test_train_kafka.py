@@ -127,6 +127,9 @@ def test_topic_model_equals_file_model(clean_topic, tmp_path, capsys) -> None:
     assert src["frames_read"] == src["frames_used"] == sum(map(len, span.values()))
     assert len(src["stretches"]) == 4  # one per vehicle: the two blocks of each joined
     assert info["training"]["drives"] == 4
+    assert main(["models", "list", "--models", str(tmp_path / "topic")]) == 0
+    listed = capsys.readouterr().out
+    assert f"kafka trk.clean {src['since']}..{src['until']}" in listed, listed
 
     files, rows = [], ["file,group"]
     for vehicle, frames in span.items():

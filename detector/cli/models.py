@@ -192,8 +192,8 @@ def platform_listing(d: Path, platform: str, versions: list) -> dict:
 
 
 def _source(training: dict) -> str:
-    span = training.get("span")
-    if isinstance(span, dict):
+    span = training.get("source")  # train --from-kafka: the span of the topic it read
+    if isinstance(span, dict) and span.get("kind") == "kafka":
         return f"kafka {span.get('topic', '')} {span.get('since', '')}..{span.get('until', '')}"
     files = training.get("files") or []
     return f"{len(files)} files" if files else "-"
