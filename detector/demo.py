@@ -65,14 +65,18 @@ class DemoError(CanwatchError):
 
 
 class Parts:
-    """The demo's threads, each of which records the error it stopped on: the demo says
-    so at once instead of waiting out its deadline for incidents that cannot come."""
+    """The demo's threads. Each records the error it stopped on, and the ones that
+    run until ``stop`` (detector, campaign correlator) must not end before it: the
+    demo says so at once instead of waiting out its deadline for incidents that
+    cannot come."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
         self.threads: list[threading.Thread] = []
+        self.lasting: dict[str, threading.Thread] = {}  # run until stop
         self.failed: dict[str, BaseException] = {}
 
-    def start(self, name: str, target, *args) -> threading.Thread:
+    def start(self, name: str, target, *args, lasting: bool = False) -> threading.Thread:
         def guarded() -> None:
             try:
                 target(*args)
@@ -81,13 +85,19 @@ class Parts:
 
         t = threading.Thread(target=guarded, name=name, daemon=True)
         self.threads.append(t)
+        if lasting:
+            self.lasting[name] = t
         t.start()
         return t
 
     def check(self) -> None:
-        """Raise DemoError naming the first part that stopped on an error, if any."""
+        """Raise DemoError naming the first part that stopped on an error, or that
+        should still run and does not (a detector its watchdog stopped, say)."""
         for name, exc in self.failed.items():
             raise DemoError(f"the demo's {name} stopped: {type(exc).__name__}: {exc}")
+        for name, t in self.lasting.items():
+            if not t.is_alive() and not self.stop.is_set():
+                raise DemoError(f"the demo's {name} stopped before the demo ended (see its log)")
 
 
 def cache_dir(root: Path) -> Path:
@@ -333,9 +343,9 @@ def run_demo(
         stop = threading.Event()
         detector = Detector(cfg, fleet, metrics, "demo")
         campaigns = CampaignService(cfg, campaign_metrics)
-        parts = Parts()
-        parts.start("detector", detector.run, stop)
-        parts.start("campaign correlator", campaigns.run, stop)
+        parts = Parts(stop)
+        parts.start("detector", detector.run, stop, lasting=True)
+        parts.start("campaign correlator", campaigns.run, stop, lasting=True)
         try:
             card = _stream_and_score(cfg, fleet, opts, metrics, campaigns, parts, say)
             if keep_running is not None:
@@ -433,25 +443,27 @@ def follow_incidents(
     incidents: dict[str, dict] = {}
     done_at = None
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        check()
-        for records in consumer.poll(timeout_ms=300).values():
-            for r in records:
-                ev = json.loads(r.value)
-                incidents[ev["incident_id"]] = ev
-                if ev["status"] in ("open", "closed"):
-                    say(format_incident(ev, widths))
-        consumed = sum(
-            s.value
-            for m in metrics.frames_consumed.collect()
-            for s in m.samples
-            if s.name.endswith("_total")
-        )
-        if not pub.is_alive() and consumed >= total and done_at is None:
-            done_at = time.monotonic()
-        if done_at is not None and time.monotonic() - done_at > 2.0:
-            break
-    consumer.close()
+    try:
+        while time.monotonic() < deadline:
+            check()
+            for records in consumer.poll(timeout_ms=300).values():
+                for r in records:
+                    ev = json.loads(r.value)
+                    incidents[ev["incident_id"]] = ev
+                    if ev["status"] in ("open", "closed"):
+                        say(format_incident(ev, widths))
+            consumed = sum(
+                s.value
+                for m in metrics.frames_consumed.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            )
+            if not pub.is_alive() and consumed >= total and done_at is None:
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() - done_at > 2.0:
+                break
+    finally:
+        consumer.close()
     return incidents
 
 

@@ -25,8 +25,9 @@ def test_a_detector_that_stops_on_an_error_ends_the_demo_at_once(
     # its audit trail cannot be opened: the detector's thread ends on FileNotFoundError
     audit = tmp_path / "no such directory" / "audit.jsonl"
     detector = Detector(cfg, load_fleet(), metrics, "demo", windows_out=audit)
-    parts, stop = Parts(), threading.Event()
-    parts.start("detector", detector.run, stop)
+    stop = threading.Event()
+    parts = Parts(stop)
+    parts.start("detector", detector.run, stop, lasting=True)
     published = threading.Thread(target=lambda: None)
     published.start()
     published.join()
@@ -44,14 +45,28 @@ def test_a_detector_that_stops_on_an_error_ends_the_demo_at_once(
 
 
 def test_parts_name_the_first_that_failed_and_let_healthy_ones_be():
-    parts = Parts()
+    stop = threading.Event()
+    parts = Parts(stop)
     done = parts.start("publisher", lambda: None)
     done.join()
-    parts.check()  # a part that ended cleanly is no error
+    parts.check()  # a part that ends when its work is done is no error
 
     def fail() -> None:
         raise ValueError("bad frame")
 
-    parts.start("campaign correlator", fail).join()
+    parts.start("campaign correlator", fail, lasting=True).join()
     with pytest.raises(DemoError, match="campaign correlator stopped: ValueError: bad frame"):
         parts.check()
+
+
+def test_a_part_that_ends_quietly_before_the_demo_does_is_named():
+    """A detector its watchdog stopped ends without an error, by the shared stop event
+    it was given: the demo must not wait for incidents either."""
+    stop, own_stop = threading.Event(), threading.Event()
+    parts = Parts(stop)
+    own_stop.set()
+    parts.start("detector", own_stop.wait, lasting=True).join()
+    with pytest.raises(DemoError, match="the demo's detector stopped before the demo ended"):
+        parts.check()
+    stop.set()
+    parts.check()  # once the demo is ending, parts that end are expected to

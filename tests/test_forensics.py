@@ -150,11 +150,12 @@ def test_span_is_judged_at_the_microsecond_the_log_writes(tmp_path):
     frames["ts"] = [end - 0.4e-6, start + 1.0, end - 2e-6, start - 0.4e-6]
     frames["dlc"] = 8
     kept = in_span(frames, start, end)
-    assert list(kept["ts"]) == [start - 0.4e-6, start + 1.0, end - 2e-6]
-    out = tmp_path / "span.log"
-    write_frames(out, kept)
-    back = read_frames(out)["ts"]
-    assert back.min() >= start and back.max() < end
+    assert list(kept["ts"]) == [start + 1.0, end - 2e-6]
+    for suffix in (".log", ".asc", ".blf"):  # microseconds, and BLF's nanoseconds
+        out = tmp_path / f"span{suffix}"
+        write_frames(out, kept)
+        back = read_frames(out)["ts"]
+        assert back.min() >= start and back.max() < end, suffix
 
 
 def test_export_shows_its_reading_on_a_terminal_only(scenario, tmp_path, capsys):

@@ -284,3 +284,32 @@ def test_pooled_row_is_no_id_in_the_evidence() -> None:
 
     assert id_text(POOLED_ID) == "further unseen ids"
     assert id_text(0x1E4) == format_id(0x1E4) == "0x1E4"
+
+
+def test_a_shadow_that_would_pass_max_streams_waits_for_room(model, tmp_path) -> None:
+    """Installing a shadow while vehicles are held adds its reservation to each of
+    them: when that would pass max_streams the shadow waits, and comes in once the
+    vehicles held leave room."""
+    from prometheus_client import CollectorRegistry
+
+    from detector.core.config import IncidentConfig
+    from detector.service.metrics import DetectorMetrics
+    from detector.service.shadow import ShadowScoring
+
+    limit = reserve_per_vehicle(len(model.baseline.ids)) * 7
+    scorer = Scorer({"cusw": model}, FLEET, W, LimitsConfig(max_streams=limit))
+    fleet = established_fleet(scorer, 4)  # 4 reservations; 8 with a shadow
+    metrics = DetectorMetrics(CollectorRegistry())
+    shadows = ShadowScoring(scorer, FLEET, W, IncidentConfig(), "d", metrics, str(tmp_path))
+    shadows.install("cusw", model)
+    assert "cusw" not in scorer.shadows and shadows.pending == {"cusw": model}
+    assert scorer.reserved_streams <= limit
+    shadows.observe([], [])
+    assert "cusw" not in scorer.shadows, "still no room"
+    scorer.forget({"veh-0", "veh-1"})  # two vehicles leave: 2 x 2 reservations fit
+    shadows.observe([], [])
+    assert scorer.shadows == {"cusw": model} and not shadows.pending
+    for lo in np.arange(T0 + 4, T0 + 8, 0.5):
+        scorer.push([(v, b, f[(f["ts"] >= lo) & (f["ts"] < lo + 0.5)]) for v, b, f in fleet[2:]])
+        assert scorer.n_streams <= limit and scorer.reserved_streams <= limit
+    assert scorer.take_shadow(), "the shadow scores beside the serving model"

@@ -148,13 +148,14 @@ def provenance_of(inc: dict) -> dict:
 
 
 def in_span(frames: np.ndarray, start: float, end: float) -> np.ndarray:
-    """The frames in [start, end), time-ordered, judged at the microsecond.
+    """The frames in [start, end), time-ordered: their timestamps, and the same to the
+    microsecond (what candump and ASC write; BLF keeps more), both inside.
 
-    Log formats write microseconds: a frame 0.4 us before ``end`` would be written
-    as ``end`` itself, outside the span the export promises.
+    A frame 0.4 us before ``end`` would be written as ``end`` itself, outside the
+    span the export promises.
     """
-    ts = np.round(frames["ts"], 6)
-    keep = frames[(ts >= start) & (ts < end)]
+    ts, us = frames["ts"], np.round(frames["ts"], 6)
+    keep = frames[(ts >= start) & (ts < end) & (us >= start) & (us < end)]
     return keep[np.argsort(keep["ts"], kind="stable")]
 
 

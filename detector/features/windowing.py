@@ -494,5 +494,6 @@ def push_pair(
     (a, b), (bl_a, bl_b) = states, baselines
     rows_a, plan = a._push(frames, uv, local, bl_a, budget())
     t0 = time.perf_counter()
-    rows_b, _ = b._push(frames, uv, local, bl_b, budget(), like=plan)
+    like = plan if a.window_s == b.window_s else None  # else other windows, other groups
+    rows_b, _ = b._push(frames, uv, local, bl_b, budget(), like=like)
     return rows_a, rows_b, time.perf_counter() - t0

@@ -200,6 +200,17 @@ class Scorer:
         if st is not None:
             st.shadow = self._new_shadow(model)
 
+    def shadow_fits(self, platform: str, model: PlatformModel) -> bool:
+        """Whether the vehicles held leave room under limits.max_streams for ``model``'s
+        reservation as ``platform``'s shadow (each of its vehicles would reserve the
+        shadow's learned ids too; see ``_PlatformState.reserve``)."""
+        st = self.state.get(platform)
+        if st is None or not st.index:
+            return True
+        old = reserve_per_vehicle(len(st.shadow.model.baseline.ids)) if st.shadow else 0
+        more = len(st.index) * (reserve_per_vehicle(len(model.baseline.ids)) - old)
+        return self.reserved_streams + more <= self.limits.max_streams
+
     def _new_shadow(self, model: PlatformModel | None) -> _Shadow | None:
         if model is None:
             return None

@@ -87,6 +87,7 @@ class ShadowScoring:
         self.serving: dict[str, int] = {}  # platform -> serving version
         self.tallies: dict[str, ShadowTally] = {}  # platform -> tally of its version pair
         self._scoring_seen = 0.0  # the scorer's shadow seconds at the last observe
+        self.pending: dict[str, PlatformModel] = {}  # shadows waiting for room
 
     @property
     def active(self) -> bool:
@@ -102,7 +103,21 @@ class ShadowScoring:
             self._new_tally(shadow)
 
     def install(self, platform: str, model: PlatformModel | None) -> None:
-        """A shadow installed (or replaced) for ``platform``, or removed (None)."""
+        """A shadow installed (or replaced) for ``platform``, or removed (None). A shadow
+        whose streams would not fit under limits.max_streams beside the vehicles held
+        waits (no shadow meanwhile) until they do: checked every poll."""
+        self.pending.pop(platform, None)
+        if model is not None and not self.scorer.shadow_fits(platform, model):
+            log.warning(
+                "shadow %s v%d waits: its streams beside the %d vehicles held would pass "
+                "limits.max_streams (%d)", platform, model.version,
+                self.scorer.n_vehicles, self.scorer.limits.max_streams,
+            )  # fmt: skip
+            self.pending[platform] = model
+            model = None  # the version shadowing before goes: the lifecycle names another
+        self._install(platform, model)
+
+    def _install(self, platform: str, model: PlatformModel | None) -> None:
         self.flush()
         brands = self.fleet.brands_of(platform) or [platform]
         self.scorer.set_shadow(platform, model)  # another model's windows start afresh
@@ -129,6 +144,11 @@ class ShadowScoring:
         """Count what the shadows scored in this poll, beside the serving model's
         ``serving`` rows and the incidents it opened (``serving_events``); the seconds
         the scorer spent on the shadows since the last call."""
+        for platform, model in list(self.pending.items()):
+            if self.scorer.shadow_fits(platform, model):
+                del self.pending[platform]
+                log.info("shadow %s v%d installed: it fits now", platform, model.version)
+                self._install(platform, model)
         shadow = self.scorer.take_shadow()  # a shadow removed mid-poll leaves rows too
         scoring = self.scorer.seconds["shadow"] - self._scoring_seen
         self._scoring_seen += scoring
