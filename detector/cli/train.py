@@ -31,7 +31,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "in turn): recordings sharing most benign payloads are one drive, unless --groups "
         "says otherwise. Writes <platform>-v<N>.skops and its manifest into --out. "
         "With --from-kafka, the recordings are the traffic of every brand of that platform "
-        "(the brands the model serves) on the telemetry topic between --since and --until instead (docs/detection.md, Training from the topic).",
+        "(the brands the model serves) on the telemetry topic between --since and --until "
+        "instead (docs/detection.md, Training from the topic).",
     )
     p.add_argument("files", nargs="*", metavar="FILE", help="recordings (any supported format)")
     p.add_argument("--brand", required=True, help="brand slug (see configs/brands.toml)")

@@ -114,10 +114,12 @@ class _PlatformState:
     def reserve(self) -> int:
         """Streams each vehicle reserves: the serving model's, and its shadow's (whose
         window state holds streams of its own on the same vehicles)."""
-        out = reserve_per_vehicle(self.n_ids)
-        if self.shadow is not None:
-            out += reserve_per_vehicle(len(self.shadow.model.baseline.ids))
-        return out
+        return reserve_per_vehicle(self.n_ids) + self.shadow_reserve
+
+    @property
+    def shadow_reserve(self) -> int:
+        """The shadow's part of ``reserve`` (0 without one)."""
+        return reserve_per_vehicle(len(self.shadow.model.baseline.ids)) if self.shadow else 0
 
     def parts(self) -> tuple:
         """The serving window state and vehicle reference, and the shadow's if any."""
@@ -207,9 +209,8 @@ class Scorer:
         st = self.state.get(platform)
         if st is None or not st.index:
             return True
-        old = reserve_per_vehicle(len(st.shadow.model.baseline.ids)) if st.shadow else 0
-        more = len(st.index) * (reserve_per_vehicle(len(model.baseline.ids)) - old)
-        return self.reserved_streams + more <= self.limits.max_streams
+        more = len(st.index) * (reserve_per_vehicle(len(model.baseline.ids)) - st.shadow_reserve)
+        return more <= self.free_streams
 
     def _new_shadow(self, model: PlatformModel | None) -> _Shadow | None:
         if model is None:
@@ -282,7 +283,7 @@ class Scorer:
     def _room(self, st: _PlatformState) -> tuple[int, str]:
         """New vehicles of ``st``'s platform that fit, and the limit that binds."""
         by_vehicles = self.limits.max_vehicles - self.n_vehicles
-        by_streams = (self.limits.max_streams - self.reserved_streams) // st.reserve
+        by_streams = self.free_streams // st.reserve
         if by_vehicles <= by_streams:
             return by_vehicles, VEHICLE_LIMIT
         return by_streams, STREAM_LIMIT
@@ -340,6 +341,11 @@ class Scorer:
             len(st.index) * st.reserve + sum(p.window.novel_extra for p in st.parts())
             for st in self.state.values()
         )
+
+    @property
+    def free_streams(self) -> int:
+        """Streams under limits.max_streams that nothing reserves (negative: over it)."""
+        return self.limits.max_streams - self.reserved_streams
 
     def flush(self) -> int:
         """End of stream: drop open (partial) windows; returns frames dropped."""
@@ -403,14 +409,14 @@ class Scorer:
         uv, inv = np.unique([i for i, _ in items], return_inverse=True)
         local = np.repeat(inv.reshape(-1), [len(f) for _, f in items])
         if st.shadow is None:
-            budget = self.limits.max_streams - self.reserved_streams
+            budget = self.free_streams
             rows = st.window.push_batch(frames, uv, local, model.baseline, extra_budget=budget)
             shadow_s = 0.0
         else:  # the same frames into its own state, grouped once for both
             rows, shadow_rows, shadow_s = push_pair(
                 (st.window, st.shadow.window), frames, uv, local,
                 (model.baseline, st.shadow.model.baseline),
-                lambda: self.limits.max_streams - self.reserved_streams,
+                lambda: self.free_streams,
             )  # fmt: skip
         t1 = time.perf_counter()
         for v, n in zip(*np.unique(st.window.last_late, return_counts=True), strict=True):
