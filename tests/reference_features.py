@@ -13,7 +13,7 @@ from detector.features.baseline import (
     COUPLED_REL_UNIT,
     PAIRS,
     Baseline,
-    checksum_values,
+    checksum_bad,
     payload_hash,
     payload_u64,
     words16,
@@ -77,11 +77,8 @@ def frame_checks(
     kinds = np.where(known, bl.checksum_kind[slot], 0)
     for kind in np.unique(kinds[kinds > 0]):
         idx = np.flatnonzero(kinds == kind)
-        pos_code = bl.checksum_byte[slot[idx]].astype(np.int64)
-        pos = np.where(pos_code == -2, dlc[idx].astype(np.int64) - 1, pos_code)
-        pos = np.clip(pos, 0, 7)
-        expect = checksum_values(int(kind), data[idx], dlc[idx], can_id[idx], pos)
-        checksum_err[idx] = expect != data[idx, pos]
+        at = bl.checksum_byte[slot[idx]]
+        checksum_err[idx] = checksum_bad(int(kind), at, data[idx], dlc[idx], can_id[idx])
     novel_payload = np.zeros(len(frames), bool)
     dict_ids = known & bl.has_dict[slot]
     if dict_ids.any() and len(bl.payload_hashes):

@@ -56,13 +56,9 @@ _XFAIL_QUALITY: dict[tuple[str, str], str] = {
     ("giorgio", "masquerade"): "the forged byte 0 of 0x259 never moved in training (fixed_out), "
     "but on vehicles held out of training such bytes move too (per-vehicle flags), so that "
     "column alone stays under the threshold: ranked first (window ROC-AUC 0.97), never alerted",
-    ("aee2010", "masquerade"): "the forged byte 6 of 0x3F2 (LANE_KEEP_ASSIST SET_ANGLE) is set "
-    "to a constant, but it spans 0..255 in every training drive and PSA's 4-bit nibble "
-    "checksum is not among the learnable checksums: window ROC-AUC 0.40",
 }
 _XFAIL_BENIGN: dict[tuple[str], str] = {}
 _XFAIL_KIND: dict[tuple[str, str], str] = {
-    ("aee2010", "masquerade"): "not detected at all (see test_attack_detected)",
     ("cusw", "masquerade"): "not detected (see test_attack_detected)",
     ("giorgio", "masquerade"): "never alerted (see test_attack_detected)",
     ("aee2010", "replay"): "classified spoofing: the replayed 0x348 frames raise its rate and "

@@ -58,7 +58,14 @@ MIN_PAYLOAD_FRAMES = 30
 #: side: a slowly drifting signal should not look like a forged one.
 RANGE_MARGIN_DIV = 2
 #: Checksum candidates (code -> name); the learned one must hold on >= 99.5 % of frames.
-CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850"}
+#: All but the last sit in a byte of their own (first or last, ``checksum_byte``).
+CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850", 6: "nibble-sum"}
+#: ``nibble-sum``: a 4-bit checksum c = (k - the sum of the frame's other nibbles) mod 16
+#: (PSA's and Honda's, k a per-message constant nobody publishes) makes the sum of all
+#: the frame's nibbles equal k, wherever c sits; ``checksum_byte`` holds k. Learned
+#: only over this many distinct payloads, where a sum that held by chance would not.
+NIBBLE_SUM = 6
+NIBBLE_SUM_MIN_PAYLOADS = 32
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
@@ -170,6 +177,8 @@ def checksum_values(
         return (~s & 0xFF) if kind == 4 else s
     if kind == 2:
         return np.bitwise_xor.reduce(d, axis=1) & 0xFF
+    if kind == NIBBLE_SUM:
+        return nibble_sums(data, dlc)
     if kind == 5:
         table = crc8_table()
         crc = np.full(n, 0xFF, np.uint32)
@@ -178,6 +187,24 @@ def checksum_values(
             crc = np.where(use[:, b], nxt, crc)
         return crc ^ 0xFF
     raise ValueError(f"unknown checksum kind {kind}")
+
+
+def nibble_sums(data: np.ndarray, dlc: np.ndarray) -> np.ndarray:
+    """The sum of every nibble of each frame's bytes below its dlc, mod 16."""
+    use = np.arange(8)[None, :] < dlc[:, None]
+    d = np.where(use, data, 0).astype(np.int64)
+    return ((d >> 4) + (d & 0xF)).sum(axis=1) & 0xF
+
+
+def checksum_bad(
+    kind: int, at: np.ndarray, data: np.ndarray, dlc: np.ndarray, can_id: np.ndarray
+) -> np.ndarray:
+    """Frames failing the ``kind`` checksum learned as ``at`` (``checksum_byte``)."""
+    at = at.astype(np.int64)
+    if kind == NIBBLE_SUM:
+        return nibble_sums(data, dlc) != at
+    pos = np.clip(np.where(at == -2, dlc.astype(np.int64) - 1, at), 0, 7)
+    return checksum_values(kind, data, dlc, can_id, pos) != data[np.arange(len(data)), pos]
 
 
 def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int, int]:
@@ -190,10 +217,22 @@ def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int
         if len(np.unique(actual)) < 8:
             continue
         for kind in CHECKSUMS:
+            if kind == NIBBLE_SUM:
+                continue
             ok = checksum_values(kind, data, dlc, ids, pos) == actual
             if ok.mean() >= 0.995:
                 return kind, (-2 if pos_kind == "last" else 0)  # -2 = byte dlc-1
     return 0, -1
+
+
+def _learn_nibble_sum(data: np.ndarray, dlc: np.ndarray) -> tuple[int, int]:
+    """(NIBBLE_SUM, k) if the nibbles of ``data`` (every training vehicle's frames of
+    one id: k must hold on all) sum to one k on >= 99.5 % of frames, else (0, -1)."""
+    if len(data) < 20 or dlc.min() < 2 or len(np.unique(payload_u64(data))) < NIBBLE_SUM_MIN_PAYLOADS:
+        return 0, -1
+    counts = np.bincount(nibble_sums(data, dlc), minlength=16)
+    k = int(counts.argmax())
+    return (NIBBLE_SUM, k) if counts[k] >= 0.995 * len(data) else (0, -1)
 
 
 def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
@@ -423,11 +462,17 @@ def _learn_pairs(out: dict, j: int, d: np.ndarray, per_vehicle: np.ndarray) -> N
         out["couple_lo"][j, c], out["couple_hi"][j, c], out["couple_rel"][j, c] = clo, chi, rel
 
 
-def _learn_framing(out: dict, j: int, d: np.ndarray, dlc: np.ndarray, can_id: int) -> None:
-    """Counters and checksum, from one vehicle's consecutive frames (``d``, ``dlc``)."""
+def _learn_framing(
+    out: dict, j: int, d: np.ndarray, dlc: np.ndarray, can_id: int, every: tuple
+) -> None:
+    """Counters and checksum, from one vehicle's consecutive frames (``d``, ``dlc``);
+    a nibble sum, whose constant is learned too, from ``every`` vehicle's (data, dlc)."""
     for c, field in enumerate(learn_counters(d)):
         out["counter"][j, c] = field
-    out["checksum_kind"][j], out["checksum_byte"][j] = _learn_checksum(d, dlc, can_id)
+    kind, at = _learn_checksum(d, dlc, can_id)
+    if kind == 0:
+        kind, at = _learn_nibble_sum(*every)
+    out["checksum_kind"][j], out["checksum_byte"][j] = kind, at
 
 
 def _payload_dictionary(j: int, d: np.ndarray, per_vehicle: np.ndarray) -> np.ndarray | None:
@@ -478,7 +523,7 @@ def learn_baseline(
         _learn_changes(out, j, st, rows)
         _learn_pairs(out, j, d, per_vehicle)
         first_stream = st.stream[rows] == st.stream[rows][0]
-        _learn_framing(out, j, d[first_stream], dl[first_stream], int(st.ids[j]))
+        _learn_framing(out, j, d[first_stream], dl[first_stream], int(st.ids[j]), (d, dl))
         found = _payload_dictionary(j, d, per_vehicle)
         if found is not None:
             out["has_dict"][j] = True

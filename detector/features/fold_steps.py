@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from detector.features.baseline import COUPLED_REL_UNIT as REL_UNIT
-from detector.features.baseline import MAX_COUPLINGS, PAIRS, crc8_table
+from detector.features.baseline import MAX_COUPLINGS, NIBBLE_SUM, PAIRS, crc8_table
 
 # The constants and functions below are compiled into the fold, whose numba cache
 # does not see this file change: fold_kernel.py records its digest (see there).
@@ -50,6 +50,8 @@ _M0F = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
 _M01 = np.uint64(0x0101_0101_0101_0101)
 _LANES = np.uint64(0x00FF_00FF_00FF_00FF)  # a byte's place in a 16-bit lane
 _ONE16 = np.uint64(0x0001_0001_0001_0001)
+_LOW_NIBBLES = np.uint64(0x0F0F_0F0F_0F0F_0F0F)
+_NIBBLE_SUM = NIBBLE_SUM
 _BIAS16 = np.uint64(0x0100_0100_0100_0100)  # +256: a byte difference stays positive
 _HIGH16 = np.uint64(0x8000_8000_8000_8000)
 _LANE_MAX = 65535  # frames a 16-bit lane counts before it is added to the sums
@@ -359,7 +361,11 @@ def _counter_broken(p64, before, counter):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True, inline="always")
 def _checksum_bad(kind, at, p64, d, can_id, crc8_pow, dlc_masks):  # pragma: no cover - compiled
     """Whether the payload ``p64`` (dlc ``d``) fails the ``kind`` checksum it
-    carries in byte ``at`` (-2: its last)."""
+    carries in byte ``at`` (-2: its last; for a nibble sum, the sum learned)."""
+    if kind == _NIBBLE_SUM:
+        msg = p64 & dlc_masks[min(d, 8)]
+        nib = (msg & _LOW_NIBBLES) + ((msg >> np.uint64(4)) & _LOW_NIBBLES)  # <= 30 a byte
+        return np.int64(((nib * _M01) >> np.uint64(56)) & np.uint64(0xF)) != np.int64(at)
     pos = np.int64(at)
     if pos == -2:
         pos = d - 1
