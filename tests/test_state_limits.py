@@ -7,6 +7,8 @@ the embedded broker.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -299,16 +301,28 @@ def test_a_shadow_that_would_pass_max_streams_waits_for_room(model, tmp_path) ->
     limit = reserve_per_vehicle(len(model.baseline.ids)) * 7
     scorer = Scorer({"cusw": model}, FLEET, W, LimitsConfig(max_streams=limit))
     fleet = established_fleet(scorer, 4)  # 4 reservations; 8 with a shadow
-    metrics = DetectorMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = DetectorMetrics(registry)
     shadows = ShadowScoring(scorer, FLEET, W, IncidentConfig(), "d", metrics, str(tmp_path))
-    shadows.install("cusw", model)
-    assert "cusw" not in scorer.shadows and shadows.pending == {"cusw": model}
+    shadow = dataclasses.replace(model, version=3)
+
+    def versions() -> dict[str, float]:  # role -> canwatch_model_version of jeep
+        return {
+            s.labels["role"]: s.value
+            for m in registry.collect() if m.name == "canwatch_model_version"
+            for s in m.samples if s.labels["brand"] == "jeep"
+        }  # fmt: skip
+
+    shadows.install("cusw", shadow)
+    assert "cusw" not in scorer.shadows and shadows.pending == {"cusw": shadow}
     assert scorer.reserved_streams <= limit
+    assert versions() == {"waiting": 3}, "the board shows the shadow waiting"
     shadows.observe([], [])
     assert "cusw" not in scorer.shadows, "still no room"
     scorer.forget({"veh-0", "veh-1"})  # two vehicles leave: 2 x 2 reservations fit
     shadows.observe([], [])
-    assert scorer.shadows == {"cusw": model} and not shadows.pending
+    assert scorer.shadows == {"cusw": shadow} and not shadows.pending
+    assert versions() == {"shadow": 3}
     for lo in np.arange(T0 + 4, T0 + 8, 0.5):
         scorer.push([(v, b, f[(f["ts"] >= lo) & (f["ts"] < lo + 0.5)]) for v, b, f in fleet[2:]])
         assert scorer.n_streams <= limit and scorer.reserved_streams <= limit

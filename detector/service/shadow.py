@@ -106,16 +106,26 @@ class ShadowScoring:
         """A shadow installed (or replaced) for ``platform``, or removed (None). A shadow
         whose streams would not fit under limits.max_streams beside the vehicles held
         waits (no shadow meanwhile) until they do: checked every poll."""
-        self.pending.pop(platform, None)
+        self._set_pending(platform, None)
         if model is not None and not self.scorer.shadow_fits(platform, model):
             log.warning(
                 "shadow %s v%d waits: its streams beside the %d vehicles held would pass "
                 "limits.max_streams (%d)", platform, model.version,
                 self.scorer.n_vehicles, self.scorer.limits.max_streams,
             )  # fmt: skip
-            self.pending[platform] = model
+            self._set_pending(platform, model)
             model = None  # the version shadowing before goes: the lifecycle names another
         self._install(platform, model)
+
+    def _set_pending(self, platform: str, model: PlatformModel | None) -> None:
+        """``model`` waits for room as ``platform``'s shadow (None: nothing waits), and
+        ``canwatch_model_version{role="waiting"}`` says so."""
+        if model is None:
+            self.pending.pop(platform, None)
+        else:
+            self.pending[platform] = model
+        for b in self.fleet.brands_of(platform) or [platform]:
+            self.metrics.shadow.set_waiting(b, None if model is None else model.version)
 
     def _install(self, platform: str, model: PlatformModel | None) -> None:
         self.flush()
@@ -146,7 +156,7 @@ class ShadowScoring:
         the scorer spent on the shadows since the last call."""
         for platform, model in list(self.pending.items()):
             if self.scorer.shadow_fits(platform, model):
-                del self.pending[platform]
+                self._set_pending(platform, None)
                 log.info("shadow %s v%d installed: it fits now", platform, model.version)
                 self._install(platform, model)
         shadow = self.scorer.take_shadow()  # a shadow removed mid-poll leaves rows too

@@ -16,6 +16,9 @@ from prometheus_client import CollectorRegistry
 from detector.service.metrics.families import Families, check_label
 
 ROLES = ("serving", "shadow")
+#: ``canwatch_model_version`` only: a shadow deployed but waiting for room under
+#: ``limits.max_streams`` (``detector.service.shadow``); it scores nothing yet.
+WAITING = "waiting"
 
 
 class ShadowMetrics:
@@ -43,7 +46,9 @@ class ShadowMetrics:
             ("brand",),
         )
         self.version = f.gauge(
-            "canwatch_model_version", "Version of the serving model and of the shadow.",
+            "canwatch_model_version",
+            "Version of the serving model, of the shadow, and of a shadow waiting for room "
+            "under limits.max_streams (role waiting).",
             ("brand", "role"),
         )  # fmt: skip
 
@@ -76,6 +81,16 @@ class ShadowMetrics:
                 pass
         try:
             self.agreement.remove(brand)
+        except KeyError:
+            pass
+
+    def set_waiting(self, brand: str, version: int | None) -> None:
+        """The version of a shadow of ``brand`` waiting for room; None: none waits."""
+        if version is not None:
+            self.version.labels(brand, WAITING).set(version)
+            return
+        try:
+            self.version.remove(brand, WAITING)
         except KeyError:
             pass
 
