@@ -20,6 +20,7 @@ from pathlib import Path
 from detector.core.brands import Fleet
 from detector.core.config import Config, with_overrides
 from detector.core.errors import CanwatchError, ModelError
+from detector.features.baseline import CHECKSUMS
 from detector.features.columns import FEATURE_NAMES
 from detector.incidents.campaigns import latest
 from detector.model.platform import MODEL_FORMAT
@@ -101,8 +102,10 @@ class Parts:
 
 
 def cache_dir(root: Path) -> Path:
-    """Model cache keyed by the model format and feature list: a change retrains."""
-    key = hashlib.sha256(f"{MODEL_FORMAT}:{','.join(FEATURE_NAMES)}".encode()).hexdigest()[:10]
+    """Model cache keyed by the model format, feature list and the checksums a baseline
+    learns: a change retrains (a cached model would still serve, learning less)."""
+    what = f"{MODEL_FORMAT}:{','.join(FEATURE_NAMES)}:{','.join(CHECKSUMS.values())}"
+    key = hashlib.sha256(what.encode()).hexdigest()[:10]
     return root / f"demo-models-{key}"
 
 
