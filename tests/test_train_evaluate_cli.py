@@ -91,7 +91,9 @@ def test_simulate_train_evaluate(fleet_dir: Path, tmp_path: Path, capsys) -> Non
     models = tmp_path / "models"
     rc = main(["train", "--brand", "jeep", "--out", str(models), *map(str, benign)])
     assert rc == 0
-    assert "trained cusw v1" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "trained cusw v1" in out.out and "2 drives" in out.out
+    assert "warning" not in out.err
     assert (models / "cusw-v1.json").is_file() and (models / "cusw-v1.skops").is_file()
 
     windows_csv, report_json = tmp_path / "W.csv", tmp_path / "R.json"
@@ -203,3 +205,16 @@ def test_train_on_malformed_file(fleet_dir: Path, tmp_path: Path) -> None:
     )
     assert f"{bad}:7:" in line, line
     assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
+
+
+def test_training_on_one_drive_warns(fleet_dir: Path, tmp_path: Path, capsys) -> None:
+    """One drive cannot show what changes between drives: the model trains, with a
+    warning that says so."""
+    fleet = json.loads((fleet_dir / "fleet.json").read_text())
+    attacked = {a["vehicle"] for a in fleet["attacks"]}
+    one = next(fleet_dir / v["file"] for v in fleet["vehicles"] if Path(v["file"]).stem not in attacked)
+    rc = main(["train", "--brand", "jeep", "--out", str(tmp_path / "m"), str(one)])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert "1 drives" in out.out
+    assert out.err.strip().startswith("canwatch train: warning: trained on one drive")

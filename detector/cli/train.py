@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -217,7 +218,19 @@ def run(args: argparse.Namespace) -> int:
     )
     if "source" in summary:
         print(source_line(summary["source"]))
+    if summary["drives"] == 1:
+        print(f"canwatch train: warning: {ONE_DRIVE}", file=sys.stderr)
     return 0
+
+
+#: A model calibrated on one drive has not seen what changes between drives: on the
+#: ROAD captures, one drive's model flagged 74 of 126 benign windows of the others,
+#: two drives' 0 of 63 (docs/detection.md, "Judging quality").
+ONE_DRIVE = (
+    "trained on one drive: calibration could only hold half of it out in time, which "
+    "does not show what changes from drive to drive (settings, modes, slow signals), so "
+    "expect false incidents on other drives; train on two drives or vehicles or more"
+)
 
 
 def source_line(src: dict) -> str:
