@@ -58,7 +58,8 @@ MIN_PAYLOAD_FRAMES = 30
 #: side: a slowly drifting signal should not look like a forged one.
 RANGE_MARGIN_DIV = 2
 #: Checksum candidates (code -> name); the learned one must hold on >= 99.5 % of frames.
-#: All but the last sit in a byte of their own (first or last, ``checksum_byte``).
+#: All but the last sit in a byte of their own (first or last, ``checksum_byte``) and
+#: are computed by ``checksum_values``; the last is checked whole (``checksum_bad``).
 CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850", 6: "nibble-sum"}
 #: ``nibble-sum``: a 4-bit checksum c = (k - the sum of the frame's other nibbles) mod 16
 #: (PSA's and Honda's, k a per-message constant nobody publishes) makes the sum of all
@@ -177,8 +178,6 @@ def checksum_values(
         return (~s & 0xFF) if kind == 4 else s
     if kind == 2:
         return np.bitwise_xor.reduce(d, axis=1) & 0xFF
-    if kind == NIBBLE_SUM:
-        return nibble_sums(data, dlc)
     if kind == 5:
         table = crc8_table()
         crc = np.full(n, 0xFF, np.uint32)

@@ -124,12 +124,15 @@ class ShadowScoring:
             self.pending.pop(platform, None)
         else:
             self.pending[platform] = model
-        for b in self.fleet.brands_of(platform) or [platform]:
+        for b in self._brands(platform):
             self.metrics.shadow.set_waiting(b, None if model is None else model.version)
+
+    def _brands(self, platform: str) -> list[str]:
+        return self.fleet.brands_of(platform) or [platform]
 
     def _install(self, platform: str, model: PlatformModel | None) -> None:
         self.flush()
-        brands = self.fleet.brands_of(platform) or [platform]
+        brands = self._brands(platform)
         self.scorer.set_shadow(platform, model)  # another model's windows start afresh
         self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
         if model is None:
@@ -188,7 +191,7 @@ class ShadowScoring:
             t.agreeing += agree
             t.serving_incidents += opened.get(platform, 0)
             if n:
-                for b in self.fleet.brands_of(platform) or [platform]:
+                for b in self._brands(platform):
                     self.metrics.shadow.set_agreement(b, t.agreeing / t.windows)
         return scoring
 
