@@ -17,6 +17,7 @@ import numpy as np
 
 from detector.core.schema import FRAME_DTYPE
 from detector.features.counters import learn_counters
+from detector.features.cross_signals import learn_cross_signals
 
 #: Byte pairs (i, j), i < j, for learned inter-byte relations.
 PAIRS = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)], dtype=np.int8)
@@ -112,6 +113,14 @@ class Baseline:
     couple_lo: np.ndarray  # (k, MAX_COUPLINGS) i4 least a - b
     couple_hi: np.ndarray  # (k, MAX_COUPLINGS) i4 largest a - b
     couple_rel: np.ndarray  # (k, MAX_COUPLINGS) i4 |a - b - middle| per unit of max(a, b), / COUPLED_REL_UNIT
+    # cross-id couplings (detector.features.cross_signals)
+    signal_at: np.ndarray  # (k,) i1 first byte of the id's word coupled with another id's, -1 = none
+    signal_be: np.ndarray  # (k,) bool: that word is big-endian
+    xc_a: np.ndarray  # (m,) i4 slot of a coupling's first id (x) ...
+    xc_b: np.ndarray  # (m,) i4 ... and of its second (y)
+    xc_slope: np.ndarray  # (m,) f8 y = slope * x + icpt, between window means
+    xc_icpt: np.ndarray  # (m,) f8
+    xc_bound: np.ndarray  # (m,) f8 the most |y - line(x)| a window may show
     bus_mean_frames: float
     bus_std_frames: float
     bus_mean_ids: float
@@ -530,6 +539,9 @@ def learn_baseline(
     counter = out.pop("counter")
     presence = (full > 0).mean(axis=0)
     mean_count = full.mean(axis=0)
+    cross = learn_cross_signals(
+        st.frames["ts"], st.frames["data"], st.slot, st.own, mean_count, window_s
+    )
     return Baseline(
         ids=st.ids.astype(np.uint32),
         mean_count=mean_count,
@@ -549,5 +561,6 @@ def learn_baseline(
         bus_std_frames=float(per_bus.std()),
         bus_mean_ids=float((full > 0).sum(axis=1).mean()),
         window_s=float(window_s),
+        **cross,
         **out,
     )

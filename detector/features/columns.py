@@ -44,6 +44,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "bus_novel",  # fraction of the vehicle's frames with unseen ids
     "bus_missing",  # fraction of expected ids absent
     "bus_ids",  # distinct ids / learned
+    # filled as rows are scored (detector.model.reference.StreamReference.cross): how
+    # far the id's window mean of a word it shares with other ids left their line
+    "cross_out",
 )
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(FEATURE_NAMES)
@@ -63,9 +66,16 @@ class Rows:
     count: np.ndarray  # (r,) i8
     attack: np.ndarray  # (r,) i1 most severe ground-truth label among the row's frames
     X: np.ndarray  # (r, N_FEATURES) f8
+    # (r,) f8 the window mean of the id's cross-coupled word (NaN: none, or too few
+    # frames; detector.features.cross_signals); None: no row has one
+    signal: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
+
+    def signals(self) -> np.ndarray:
+        """``signal``, NaN where there is none."""
+        return np.full(len(self), np.nan) if self.signal is None else self.signal
 
     @staticmethod
     def empty() -> Rows:
@@ -86,6 +96,7 @@ class Rows:
             self.count[idx],
             self.attack[idx],
             self.X[idx],
+            None if self.signal is None else self.signal[idx],
         )
 
     @staticmethod
@@ -99,6 +110,9 @@ class Rows:
                 for a in ("vehicle", "window", "can_id", "count", "attack")
             ),
             np.concatenate([p.X for p in parts]),
+            None
+            if all(p.signal is None for p in parts)
+            else np.concatenate([p.signals() for p in parts]),
         )
 
 

@@ -44,6 +44,7 @@ from detector.features.fold_steps import (
     A_OTHER,
     A_OUT,
     A_PAIR,
+    A_SIG,
     F_LAST,
     F_MIN,
     F_MIN2,
@@ -66,13 +67,14 @@ from detector.features.fold_steps import (
     _signals,
     _store_row,
     _unseen,
+    _word,
 )
 
 # numba's on-disk cache of a function is invalidated only when the file defining it
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "c419a94291baa742798eff32032dccd4e721945f6cd4bbc06843e3d3edcf9faf"
+_STEPS_SHA256 = "ac444b5d8d1513f881ce26fca92fa490dd830a7cf98d7a1c548a86efcebbb8b6"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -89,7 +91,8 @@ def _emit(
     change_rate, cond_change, n, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):  # pragma: no cover - compiled
     """Close row ``r``'s open group into output ``n``: its feature columns up to
-    the bus features, then reset the accumulators."""
+    the bus features, and in its last column (after the features: ``Emitted``) its
+    cross-coupled word's mean (0 for an id without one); then reset the accumulators."""
     a = acc_i[r]
     count = a[A_COUNT]
     out_row[n] = r
@@ -98,6 +101,7 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
+    X[X.shape[0] - 1] = a[A_SIG] / count if count > 0 else 0.0
     if not k:  # an id the baseline never saw: only its count, which is also its novelty
         X[0] = count
         X[1] = 1.0
@@ -187,7 +191,7 @@ def _fold(  # pragma: no cover - compiled
     counter2_byte, counter2_mask, counter2_shift, counter2_step,
     checksum_kind, checksum_byte, has_dict, payload_hashes, dlc_mask,
     couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel, fixed_mask, fixed_value,
-    crc8_pow, dlc_masks, hash_mul,
+    signal_at, signal_be, crc8_pow, dlc_masks, hash_mul,
     late, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):
     """Fold each stream g's frames ``order[seg_start[g]:seg_start[g + 1]]`` (table
@@ -215,6 +219,7 @@ def _fold(  # pragma: no cover - compiled
         slot_hash = np.uint64(s + 1) * hash_mul
         couplings = _couplings(s, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel)
         fmask, fvalue = fixed_mask[s], fixed_value[s]
+        sig_at, sig_le = np.int64(signal_at[s]), not signal_be[s]
         # the stream's row is worked on in locals (registers, L1) and written back
         sum_dt, sum_dt2, min_dt, min_dt2, last_g, prev = _load_row(r, acc_i, acc_f, st_last_data, la)
         last = st_last_ts[r]
@@ -260,6 +265,8 @@ def _fold(  # pragma: no cover - compiled
             hp, dt, before, last, last_g, prev = _arrive(ts[j], p64, last, last_g, prev)
             if not k:
                 continue
+            if sig_at >= 0:
+                la[A_SIG] += _word(p64, sig_at, sig_le)
             if hp:
                 la[A_NDT] += 1
                 sum_dt, sum_dt2, min_dt, min_dt2 = _gap(dt, sum_dt, sum_dt2, min_dt, min_dt2)

@@ -61,12 +61,13 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
 #: frames where another byte changed, changes together with another byte; then
 #: frames failing each check; the most severe label; frames breaking a signal coupling,
-#: frames moving a fixed byte.
+#: frames moving a fixed byte; the sum of the id's cross-coupled word (A_SIG: a CAN bus
+#: carries < 20,000 frames/s, so < 2^31 in a window).
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
 A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
-A_COUPLE, A_FIXED = 35, 36
-N_ACC_I = 37
+A_COUPLE, A_FIXED, A_SIG = 35, 36, 37
+N_ACC_I = 38
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
 N_ACC_F = 5

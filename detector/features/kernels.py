@@ -174,12 +174,13 @@ def segments(key, win, order):  # pragma: no cover - compiled
 
 
 class Emitted:
-    """Groups closed by one push: table row, window, features (bus columns 0)."""
+    """Groups closed by one push: table row, window, features (bus columns 0) and
+    after them the mean of the id's cross-coupled word (``n_features`` + 1 columns)."""
 
     def __init__(self, capacity: int, n_features: int) -> None:
         self.row = np.zeros(capacity, np.int64)
         self.window = np.zeros(capacity, np.int64)
-        self.X = np.zeros((capacity, n_features))
+        self.X = np.zeros((capacity, n_features + 1))
         self.attack = np.zeros(capacity, np.int8)
         self.last_ts = np.zeros(capacity)
         self.count = np.zeros(capacity, np.int64)
@@ -222,7 +223,7 @@ def fold(
         bl.payload_hashes.astype(np.uint64), bl.dlc_mask,
         bl.couple_a, bl.couple_b, bl.couple_le, bl.couple_lo, bl.couple_hi, bl.couple_rel,
         bl.fixed_mask.astype(np.uint64), bl.fixed_value.astype(np.uint64),
-        _CRC8_POW, DLC_MASKS, _HASH_MUL,
+        bl.signal_at, bl.signal_be, _CRC8_POW, DLC_MASKS, _HASH_MUL,
         late, *emitted.buffers(),
     )  # fmt: skip
     return late

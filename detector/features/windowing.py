@@ -51,6 +51,7 @@ from detector.core.config import LimitsConfig
 from detector.core.schema import take_frames
 from detector.features.baseline import Baseline
 from detector.features.columns import N_FEATURES, POOLED_ID, Rows, absent_rows, add_bus_features
+from detector.features.cross_signals import CROSS_MIN_FRAMES
 from detector.features.fold_steps import A_COUNT, NO_WINDOW
 from detector.features.kernels import (
     Emitted,
@@ -366,7 +367,9 @@ class WindowState:
         seen = np.zeros(len(uv), bool)
         seen[np.searchsorted(uv, veh)] = True
         self.closed_upto[uv[seen]] = np.maximum(self.closed_upto[uv[seen]], cut[seen])
-        present = Rows(veh, window, (keys & _LOW32).astype(np.uint32), count, attack, X)
+        ids = (keys & _LOW32).astype(np.uint32)
+        present = Rows(veh, window, ids, count, attack, np.ascontiguousarray(X[:, :N_FEATURES]),
+                       _signals(X[:, N_FEATURES], ids, count, bl))  # fmt: skip
         closed_ts = self.streams.closed_ts  # before this push's windows
         new_key = np.r_[True, keys[1:] != keys[:-1]]
         key_rank = np.cumsum(new_key) - 1
@@ -497,3 +500,13 @@ def push_pair(
     like = plan if a.window_s == b.window_s else None  # else other windows, other groups
     rows_b, _ = b._push(frames, uv, local, bl_b, budget(), like=like)
     return rows_a, rows_b, time.perf_counter() - t0
+
+
+def _signals(mean: np.ndarray, ids: np.ndarray, count: np.ndarray, bl: Baseline) -> np.ndarray | None:
+    """Rows' window means of their id's cross-coupled word (the fold's column after the
+    features): NaN for ids without one, or with fewer than CROSS_MIN_FRAMES frames."""
+    if len(bl.xc_a) == 0:
+        return None
+    slot, known = bl.slots(ids)
+    on = known & (bl.signal_at[slot] >= 0) & (count >= CROSS_MIN_FRAMES)
+    return np.where(on, mean, np.nan)

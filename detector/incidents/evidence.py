@@ -31,6 +31,7 @@ PAYLOAD = (
     "pair_out",
     "coupling_out",
     "fixed_out",
+    "cross_out",
     "checksum_err",
     "novel_payload",
     "novel_dlc",
@@ -69,10 +70,10 @@ def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
     ):
         return "suspension"
     payload = max(ex[top, F[n]] for n in PAYLOAD)
-    seq = ex[top, F["counter_err"]]
     # an FD frame's evidence is spread over its lanes: a forged byte in one, its
     # counter in another, its checksum in the checksum lane
     same = hot[frame_ids(rows.can_id[hot]) == frame_ids(rows.can_id[top])]
+    seq = ex[same, F["counter_err"]].max()
     fresh_values = (
         ex[same, F["out_of_range"]] + ex[same, F["novel_payload"]] + ex[same, F["pair_out"]]
     ).sum()
@@ -147,6 +148,10 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
+        "cross_out": (
+            f"{cid}: a signal it shares with other ids left their common line by "
+            f"{'2× or more' if x >= 1 else f'{1 + x:.1f}×'} the most any training drive showed"
+        ),
         "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames",
         "counter_err": f"{cid}: message counter out of sequence in {pct} of frames",
         "checksum_err": f"{cid}: checksum invalid in {pct} of frames",

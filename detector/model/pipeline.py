@@ -461,7 +461,9 @@ def referenced_evidence(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated evidence of rows of vehicles whose first windows are ``first_window``
     (by row vehicle), what remains of it against their ``reference`` (effective), and
-    each row's threshold factor."""
+    each row's threshold factor. The rows' ``cross_out`` is filled first
+    (``StreamReference.cross``)."""
+    reference.cross(rows, model.baseline)
     calibrated = model.calibrated(rows.X, rows.can_id)
     slot, known = model.baseline.slots(rows.can_id)
     age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)

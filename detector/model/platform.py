@@ -44,7 +44,7 @@ from detector.model.forest_kernel import CompiledForest
 F_RATE = F["rate"]
 #: Version of what a model file holds and how it scores: a model of another format
 #: is refused on load (retrain), and the demo's model cache is keyed by it.
-MODEL_FORMAT = 4
+MODEL_FORMAT = 5
 #: Evidence columns: one per feature, then the forest's.
 EVIDENCE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "forest")
 N_EVIDENCE = len(EVIDENCE_NAMES)
@@ -75,6 +75,7 @@ ENVELOPE_FLOOR = {
     "bus_novel": 0.01,
     "bus_missing": 0.1,
     "bus_ids": 0.2,
+    "cross_out": 0.1,
 }
 #: Features where only values above the learned range are anomalous ...
 ONE_SIDED = ("silence", "dt_cv", "hamming_z")
@@ -100,7 +101,7 @@ MIN_SCALE = 1.0
 #: make it: its scale becomes the bound, so alone it never alerts.
 FRACTIONS = (
     "change_drop", "change_rise", "out_of_range", "delta_out", "pair_out", "counter_err",
-    "checksum_err", "novel_payload", "novel_dlc", "coupling_out", "fixed_out", "bus_novel",
+    "checksum_err", "novel_payload", "novel_dlc", "coupling_out", "fixed_out", "cross_out", "bus_novel",
     "bus_missing",
 )  # fmt: skip
 SATURATION = 0.5

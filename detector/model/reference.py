@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from detector.features.baseline import Baseline
+from detector.features.columns import F, Rows, vw_groups
 from detector.model.platform import EVIDENCE_NAMES, N_EVIDENCE
 
 #: Scored windows per vehicle that teach its reference.
@@ -44,11 +46,13 @@ VOLUME_COLUMNS = np.isin(np.array(EVIDENCE_NAMES), VOLUME)
 
 
 class StreamReference:
-    """Per-stream reference evidence of one platform's vehicles (see module doc)."""
+    """Per-stream reference evidence of one platform's vehicles (see module doc), and
+    each vehicle's last window mean of every cross-coupled signal (``cross``)."""
 
     def __init__(self, n_ids: int) -> None:
         self.n_ids = int(n_ids)
         self.table = np.zeros((0, self.n_ids, N_EVIDENCE), np.uint8)
+        self.signals = SignalMemory()
 
     def _grow(self, n_vehicles: int) -> None:
         if n_vehicles > len(self.table):
@@ -56,6 +60,13 @@ class StreamReference:
             self.table = np.concatenate(
                 [self.table, np.zeros((extra, self.n_ids, N_EVIDENCE), np.uint8)]
             )
+
+    def cross(self, rows: Rows, bl: Baseline) -> None:
+        """Fill ``cross_out`` of ``rows`` (in place): how far their window breaks a
+        cross-id coupling (``SignalMemory.breaks``)."""
+        if len(bl.xc_a) == 0 or rows.signal is None or len(rows) == 0:
+            return
+        rows.X[:, F["cross_out"]] = self.signals.breaks(rows, bl)
 
     def apply(
         self,
@@ -100,7 +111,116 @@ class StreamReference:
         """Drop the reference of vehicles whose state was dropped (their index is reused)."""
         vehicles = np.asarray(vehicles, dtype=np.int64)
         self.table[vehicles[vehicles < len(self.table)]] = 0
+        self.signals.forget(vehicles)
 
     @property
     def nbytes(self) -> int:
-        return self.table.nbytes
+        return self.table.nbytes + self.signals.nbytes
+
+
+class SignalMemory:
+    """Each vehicle's last window mean of each cross-coupled signal (an id whose
+    ``Baseline.signal_at`` is set), so that a coupling whose two ids close a window in
+    different batches is still checked."""
+
+    def __init__(self) -> None:
+        self.mean = np.zeros((0, 0))
+        self.window = np.zeros((0, 0), np.int64)
+
+    def forget(self, vehicles: np.ndarray) -> None:
+        vehicles = vehicles[vehicles < len(self.window)]
+        self.window[vehicles] = _NO_WINDOW
+
+    @property
+    def nbytes(self) -> int:
+        return self.mean.nbytes + self.window.nbytes
+
+    def _fit(self, n_vehicles: int, n_signals: int) -> None:
+        if self.mean.shape[1] != n_signals:  # another baseline: nothing carries over
+            self.mean = np.zeros((0, n_signals))
+            self.window = np.zeros((0, n_signals), np.int64)
+        if n_vehicles > len(self.mean):
+            extra = max(n_vehicles - len(self.mean), len(self.mean) // 2)
+            self.mean = np.concatenate([self.mean, np.zeros((extra, n_signals))])
+            self.window = np.concatenate(
+                [self.window, np.full((extra, n_signals), _NO_WINDOW, np.int64)]
+            )
+
+    def breaks(self, rows: Rows, bl: Baseline) -> np.ndarray:
+        """(r,) how far each row's window breaks its id's cross couplings: 0 within the
+        bound, rising to 1 at twice it. Of the rows of one (vehicle, window), only those
+        in the most broken couplings count (a forged speed breaks each of its couplings,
+        each partner one). A partner's mean comes from the same batch, else from the
+        means remembered; this batch's are remembered for the next."""
+        out = np.zeros(len(rows))
+        sig_slot = np.flatnonzero(bl.signal_at >= 0)
+        index = np.full(len(bl.ids), -1, np.int64)
+        index[sig_slot] = np.arange(len(sig_slot))
+        slot, known = bl.slots(rows.can_id)
+        value = rows.signals()
+        si = np.where(known, index[slot], -1)
+        on = np.flatnonzero((si >= 0) & np.isfinite(value))
+        if len(on) == 0:
+            return out
+        veh, win, si, value = rows.vehicle[on], rows.window[on], si[on], value[on]
+        self._fit(int(veh.max()) + 1, len(sig_slot))
+        vw = veh * _WINDOW_SPAN + win % _WINDOW_SPAN
+        count, level = np.zeros(len(on)), np.zeros(len(on))
+        for a, b, slope, icpt, bound in zip(
+            index[bl.xc_a], index[bl.xc_b], bl.xc_slope, bl.xc_icpt, bl.xc_bound, strict=True
+        ):
+            rows_a, rows_b = np.flatnonzero(si == a), np.flatnonzero(si == b)
+            # each a row against b's mean of its window (this batch's, else remembered)
+            partner = _find(vw[rows_b], vw[rows_a])
+            y = np.where(
+                partner >= 0, value[rows_b[partner]], self._recall(veh[rows_a], b, win[rows_a])
+            )
+            miss = _miss(value[rows_a], y, slope, icpt, bound)
+            _count(count, level, rows_a, miss)
+            _count(count, level, rows_b[partner[partner >= 0]], miss[partner >= 0])
+            # b rows whose window has no a row here: against a's remembered mean
+            alone = rows_b[_find(vw[rows_a], vw[rows_b]) < 0]
+            miss = _miss(self._recall(veh[alone], a, win[alone]), value[alone], slope, icpt, bound)
+            _count(count, level, alone, miss)
+        newer = win >= self.window[veh, si]
+        self.mean[veh[newer], si[newer]] = value[newer]
+        self.window[veh[newer], si[newer]] = win[newer]
+        _, _, g = vw_groups(veh, win)
+        top = np.zeros(int(g.max()) + 1)
+        np.maximum.at(top, g, count)
+        most = (count > 0) & (count == top[g])
+        out[on[most]] = np.minimum(level[most] - 1.0, 1.0)
+        return out
+
+    def _recall(self, veh: np.ndarray, si: int, win: np.ndarray) -> np.ndarray:
+        """The remembered mean of signal ``si`` of each vehicle, where it is of ``win``."""
+        return np.where(self.window[veh, si] == win, self.mean[veh, si], np.nan)
+
+
+def _find(keys: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Position in ``keys`` (unique) of each of ``q``, or -1."""
+    if len(keys) == 0:
+        return np.full(len(q), -1, np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.minimum(np.searchsorted(keys[order], q), len(keys) - 1)
+    return np.where(keys[order][pos] == q, order[pos], -1)
+
+
+def _miss(x: np.ndarray, y: np.ndarray, slope: float, icpt: float, bound: float) -> np.ndarray:
+    """|y - line(x)| in bounds (0 where either mean is missing)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    out = np.zeros(len(x))
+    out[ok] = np.abs(y[ok] - (slope * x[ok] + icpt)) / bound
+    return out
+
+
+def _count(count: np.ndarray, level: np.ndarray, at: np.ndarray, miss: np.ndarray) -> None:
+    """Rows ``at`` broke a coupling where ``miss`` > 1 (a bound)."""
+    bad = miss > 1.0
+    np.add.at(count, at[bad], 1)
+    np.maximum.at(level, at[bad], miss[bad])
+
+
+_NO_WINDOW = np.iinfo(np.int64).min
+#: Windows are told apart modulo this in a batch's keys (a batch spans far fewer).
+_WINDOW_SPAN = 1 << 20

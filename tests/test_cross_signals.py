@@ -1,0 +1,139 @@
+"""Signals two ids carry of one quantity: learned across drives, checked per window.
+
+Hand-built drives of a car whose speed is sent by three ids in three units and
+byte orders, beside an engine speed that follows the vehicle speed through a
+gear ratio that differs from drive to drive (no coupling: it does not transfer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.core.schema import make_frames
+from detector.features.baseline import learn_baseline
+from detector.features.columns import F, Rows
+from detector.features.cross_signals import word_values
+from detector.features.windowing import WindowState
+from detector.model.reference import StreamReference
+
+W = 1.0
+#: id -> (period s, first byte of its speed word, big-endian, units per km/h, offset)
+SPEED_IDS = {0x0D0: (0.02, 5, True, 8.0, 0.0), 0x20E: (0.05, 3, True, 4.0, 40960.0),
+             0x6E0: (0.01, 0, False, 7.0, 0.0)}  # fmt: skip
+ENGINE_ID = 0x354
+
+
+def speed_kmh(t: np.ndarray, drive: int) -> np.ndarray:
+    """A drive's speed: its own level and swings."""
+    rng = np.random.default_rng(drive)
+    level, swing, period = rng.uniform(20, 90), rng.uniform(10, 30), rng.uniform(15, 40)
+    return np.clip(level + swing * np.sin(2 * np.pi * t / period), 0, None)
+
+
+def drive_frames(drive: int, seconds: float = 60.0, t0: float = 1.7e9) -> np.ndarray:
+    rng = np.random.default_rng(100 + drive)
+    ratio = rng.uniform(30, 33)  # engine rpm per km/h: this drive's gear, close to the others
+    parts = []
+    for can_id, (period, at, be, unit, offset) in SPEED_IDS.items():
+        t = np.arange(0, seconds, period)
+        data = rng.integers(0, 256, (len(t), 8)).astype(np.uint8)  # other signals: noise
+        value = np.round(speed_kmh(t, drive) * unit + offset).astype(np.int64)
+        hi, lo = (at, at + 1) if be else (at + 1, at)
+        data[:, hi], data[:, lo] = value >> 8, value & 0xFF
+        parts.append(make_frames(t0 + t, np.full(len(t), can_id), data))
+    t = np.arange(0, seconds, 0.02)
+    data = np.zeros((len(t), 8), np.uint8)
+    rpm = np.round(speed_kmh(t, drive) * ratio).astype(np.int64)
+    data[:, 0], data[:, 1] = rpm >> 8, rpm & 0xFF
+    parts.append(make_frames(t0 + t, np.full(len(t), ENGINE_ID), data))
+    frames = np.concatenate(parts)
+    return frames[np.argsort(frames["ts"], kind="stable")]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    drives = [drive_frames(d, t0=1.7e9 + 1000 * d) for d in range(4)]
+    owner = np.concatenate([np.full(len(f), d) for d, f in enumerate(drives)])
+    return learn_baseline(np.concatenate(drives), owner, W)
+
+
+def pairs(bl) -> set[tuple[int, int]]:
+    return {tuple(sorted((int(bl.ids[a]), int(bl.ids[b])))) for a, b in zip(bl.xc_a, bl.xc_b, strict=True)}
+
+
+def test_the_speed_ids_couple_and_an_engine_speed_through_a_drive_s_gear_does_not(trained) -> None:
+    bl = trained
+    assert pairs(bl) == {(0x0D0, 0x20E), (0x0D0, 0x6E0), (0x20E, 0x6E0)}
+    for can_id, (_, at, be, _, _) in SPEED_IDS.items():
+        s = int(np.searchsorted(bl.ids, can_id))
+        assert (bl.signal_at[s], bl.signal_be[s]) == (at, be)
+    s = int(np.searchsorted(bl.ids, ENGINE_ID))
+    assert bl.signal_at[s] == -1  # within each drive it is a line too: only a held-out drive shows it
+    i = next(c for c, (a, b) in enumerate(zip(bl.xc_a, bl.xc_b, strict=True))
+             if {int(bl.ids[a]), int(bl.ids[b])} == {0x0D0, 0x20E})  # fmt: skip
+    slope = bl.xc_slope[i] if bl.ids[bl.xc_a[i]] == 0x0D0 else 1 / bl.xc_slope[i]
+    assert slope == pytest.approx(4.0 / 8.0, rel=1e-3)
+
+
+def test_two_drives_teach_no_coupling() -> None:
+    """A line seen on two drives cannot be checked on a third held out of it."""
+    drives = [drive_frames(d, t0=1.7e9 + 1000 * d) for d in range(2)]
+    owner = np.concatenate([np.full(len(f), d) for d, f in enumerate(drives)])
+    bl = learn_baseline(np.concatenate(drives), owner, W)
+    assert len(bl.xc_a) == 0 and (bl.signal_at == -1).all()
+
+
+def test_the_fold_gives_each_row_its_word_s_window_mean(trained) -> None:
+    frames = drive_frames(9, seconds=20.0, t0=1.7e9 + 9000)
+    rows = WindowState(W).push(frames, np.zeros(len(frames), np.int64), trained)
+    signal = rows.signals()
+    for can_id, (_, at, be, _, _) in SPEED_IDS.items():
+        mine = frames[frames["can_id"] == can_id]
+        win = np.floor(mine["ts"] / W).astype(np.int64)
+        values = word_values(mine["data"], at, be)
+        for r in np.flatnonzero(rows.can_id == can_id):
+            want = values[win == rows.window[r]].mean()
+            assert signal[r] == pytest.approx(want, rel=1e-12)
+    assert np.isnan(signal[rows.can_id == ENGINE_ID]).all()
+
+
+def forged(frames: np.ndarray, can_id: int, start: float, end: float) -> np.ndarray:
+    """``can_id``'s speed word set to a constant in [start, end): a masquerade."""
+    out = frames.copy()
+    _, at, be, _, _ = SPEED_IDS[can_id]
+    hit = (out["can_id"] == can_id) & (out["ts"] >= start) & (out["ts"] < end)
+    hi, lo = (at, at + 1) if be else (at + 1, at)
+    out["data"][hit, hi], out["data"][hit, lo] = 0x30, 0x00
+    return out
+
+
+def scored(frames: np.ndarray, bl, batches: int = 1) -> Rows:
+    """Rows as the scorer sees them, after the cross check, pushed in ``batches``."""
+    state, ref = WindowState(W), StreamReference(len(bl.ids))
+    out = []
+    for part in np.array_split(frames, batches):
+        rows = state.push(part, np.zeros(len(part), np.int64), bl)
+        ref.cross(rows, bl)
+        out.append(rows)
+    return Rows.concat(out)
+
+
+@pytest.mark.parametrize("batches", [1, 97])
+def test_a_forged_speed_breaks_its_couplings_and_only_its_id_is_blamed(trained, batches) -> None:
+    """Whether both ids of a pair close a window in one batch or not (97 batches split
+    windows between them), the forged windows of 0x20E and no others count as broken."""
+    t0 = 1.7e9 + 9000
+    frames = forged(drive_frames(9, seconds=30.0, t0=t0), 0x20E, t0 + 10, t0 + 20)
+    rows = scored(frames, trained, batches)
+    broken = rows.X[:, F["cross_out"]] > 0
+    forged_windows = (rows.window * W >= t0 + 10) & (rows.window * W < t0 + 20)
+    assert set(rows.can_id[broken].tolist()) == {0x20E}
+    assert (broken == forged_windows & (rows.can_id == 0x20E)).all()
+    assert (rows.X[broken, F["cross_out"]] == 1.0).all()  # far off the line
+
+
+def test_benign_drives_never_seen_break_nothing(trained) -> None:
+    for d in (11, 12, 13):
+        rows = scored(drive_frames(d, t0=1.7e9 + 20000 * d), trained)
+        assert (rows.X[:, F["cross_out"]] == 0).all(), d
