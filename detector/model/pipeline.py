@@ -40,7 +40,13 @@ from detector.features.windowing import (
     WindowState,
     push_pair,
 )
-from detector.model.platform import PlatformModel, compiled, max_per_window, row_scores
+from detector.model.platform import (
+    FOREST_FEATURES,
+    PlatformModel,
+    compiled,
+    max_per_window,
+    row_scores,
+)
 from detector.model.reference import StreamReference
 
 _NONE_CLOSED = np.iinfo(np.int64).min // 8  # closed_upto below this: no window closed yet
@@ -502,7 +508,7 @@ def warm_up(model: PlatformModel, window_s: float) -> None:
     score_rows(model, rows, state.first_window, StreamReference(len(ids)))
     swapped = make_frames(np.array([3.6, 3.2]) * window_s, can_id[:1].repeat(2), np.zeros((2, 8)))
     state.push(swapped, np.zeros(2, np.int64), model.baseline)  # out of time order: the sort path
-    with_nan = np.zeros((1, len(model.feature_names)))
+    with_nan = np.zeros((1, FOREST_FEATURES))
     with_nan[0, 0] = np.nan  # the NaN-aware walk is a kernel of its own
     compiled(model.forest).raw_scores(with_nan)
 

@@ -49,6 +49,9 @@ MODEL_FORMAT = 5
 EVIDENCE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "forest")
 N_EVIDENCE = len(EVIDENCE_NAMES)
 E_FOREST = N_FEATURES
+#: The forest's columns: all but ``cross_out``, which scoring fills after the rows are
+#: formed (0 on every training row: nothing a forest could split on).
+FOREST_FEATURES = F["cross_out"]
 
 #: Minimum envelope width per feature, so a feature that was constant in
 #: training still has a scale: evidence 1.0 = one floor beyond the learned range.
@@ -202,6 +205,7 @@ def compiled(forest: IsolationForest) -> CompiledForest:
 def forest_evidence(forest: IsolationForest, X: np.ndarray, forest_hi: float) -> np.ndarray:
     if len(X) == 0:
         return np.zeros(0)
+    X = np.ascontiguousarray(X[:, :FOREST_FEATURES])
     raw = compiled(forest).raw_scores(X, floor=forest_hi)  # only scores above it count
     return np.minimum(np.maximum(raw - forest_hi, 0.0) / FOREST_WIDTH, EXCESS_CAP)
 
@@ -303,7 +307,7 @@ def fit_platform_model(
         n_estimators=n_estimators,
         max_samples=min(max_samples, len(X_train)),
         random_state=seed,
-    ).fit(X_train)
+    ).fit(X_train[:, :FOREST_FEATURES])
     k = len(baseline.ids)
     lo, hi, scale = fit_envelope(
         X_train, envelope_slot(baseline, id_train), k, envelope_floor(baseline.mean_count)
@@ -313,7 +317,9 @@ def fit_platform_model(
     one_frame = 1.0 / frames_per_unit(baseline.mean_count)
     lo[:k, F_RATE] -= one_frame
     hi[:k, F_RATE] += one_frame
-    forest_hi = float(np.quantile(compiled(forest).raw_scores(X_train), FOREST_QUANTILE))
+    forest_hi = float(
+        np.quantile(compiled(forest).raw_scores(X_train[:, :FOREST_FEATURES]), FOREST_QUANTILE)
+    )
     return PlatformModel(
         platform, baseline, forest, lo, hi, scale, forest_hi, np.ones(N_EVIDENCE),
         np.zeros((k + 1, N_EVIDENCE)),

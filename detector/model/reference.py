@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.features.baseline import Baseline
-from detector.features.columns import F, Rows, vw_groups
+from detector.features.columns import F, Rows
 from detector.model.platform import EVIDENCE_NAMES, N_EVIDENCE
 
 #: Scored windows per vehicle that teach its reference.
@@ -38,10 +38,13 @@ WARMUP_FACTOR = 4.0
 #: Reference resolution: 1/REF_STEPS of a calibrated unit; the table saturates at
 #: 255 steps, above any column's evidence (model.EXCESS_CAP, scales >= 1).
 REF_STEPS = 4
-#: The traffic's volume and timing: warm-up scores them (when gross) and absorbs them
-#: only up to that level, so a flood running from the start is not taken for state.
+#: The traffic's volume and timing, and broken cross-id couplings (one quantity sent
+#: twice that disagrees is no vehicle's state): warm-up scores them (when gross) and
+#: absorbs them only up to that level, so a flood, or a forged speed, running from
+#: the start is not taken for state; and a restart that re-forms an incident from
+#: its first window (detector.service.offset_ledger) scores those windows alike.
 VOLUME = ("rate", "dt_min", "dt_mean", "dt_cv", "silence", "novel_id", "bus_load",
-          "bus_novel", "bus_missing", "bus_ids")  # fmt: skip
+          "bus_novel", "bus_missing", "bus_ids", "cross_out")  # fmt: skip
 VOLUME_COLUMNS = np.isin(np.array(EVIDENCE_NAMES), VOLUME)
 
 
@@ -119,13 +122,14 @@ class StreamReference:
 
 
 class SignalMemory:
-    """Each vehicle's last window mean of each cross-coupled signal (an id whose
-    ``Baseline.signal_at`` is set), so that a coupling whose two ids close a window in
-    different batches is still checked."""
+    """Each vehicle's window means of each cross-coupled signal (an id whose
+    ``Baseline.signal_at`` is set) over its last MEMORY_WINDOWS windows, so that a
+    coupling whose two ids close a window in different batches is checked all the
+    same, however the traffic was batched (a restart batches it otherwise)."""
 
     def __init__(self) -> None:
-        self.mean = np.zeros((0, 0))
-        self.window = np.zeros((0, 0), np.int64)
+        self.mean = np.zeros((0, 0, MEMORY_WINDOWS))
+        self.window = np.zeros((0, 0, MEMORY_WINDOWS), np.int64)
 
     def forget(self, vehicles: np.ndarray) -> None:
         vehicles = vehicles[vehicles < len(self.window)]
@@ -137,21 +141,20 @@ class SignalMemory:
 
     def _fit(self, n_vehicles: int, n_signals: int) -> None:
         if self.mean.shape[1] != n_signals:  # another baseline: nothing carries over
-            self.mean = np.zeros((0, n_signals))
-            self.window = np.zeros((0, n_signals), np.int64)
+            self.mean = np.zeros((0, n_signals, MEMORY_WINDOWS))
+            self.window = np.zeros((0, n_signals, MEMORY_WINDOWS), np.int64)
         if n_vehicles > len(self.mean):
             extra = max(n_vehicles - len(self.mean), len(self.mean) // 2)
-            self.mean = np.concatenate([self.mean, np.zeros((extra, n_signals))])
-            self.window = np.concatenate(
-                [self.window, np.full((extra, n_signals), _NO_WINDOW, np.int64)]
-            )
+            shape = (extra, n_signals, MEMORY_WINDOWS)
+            self.mean = np.concatenate([self.mean, np.zeros(shape)])
+            self.window = np.concatenate([self.window, np.full(shape, _NO_WINDOW, np.int64)])
 
     def breaks(self, rows: Rows, bl: Baseline) -> np.ndarray:
         """(r,) how far each row's window breaks its id's cross couplings: 0 within the
-        bound, rising to 1 at twice it. Of the rows of one (vehicle, window), only those
-        in the most broken couplings count (a forged speed breaks each of its couplings,
-        each partner one). A partner's mean comes from the same batch, else from the
-        means remembered; this batch's are remembered for the next."""
+        bound, rising to 1 at twice it. A coupling is checked once, on the row of the
+        side whose window closes second (from this batch or remembered), so a window's
+        evidence does not depend on how its rows were batched: on which of its ids it
+        shows does."""
         out = np.zeros(len(rows))
         sig_slot = np.flatnonzero(bl.signal_at >= 0)
         index = np.full(len(bl.ids), -1, np.int64)
@@ -182,19 +185,19 @@ class SignalMemory:
             alone = rows_b[_find(vw[rows_a], vw[rows_b]) < 0]
             miss = _miss(self._recall(veh[alone], a, win[alone]), value[alone], slope, icpt, bound)
             _count(count, level, alone, miss)
-        newer = win >= self.window[veh, si]
-        self.mean[veh[newer], si[newer]] = value[newer]
-        self.window[veh[newer], si[newer]] = win[newer]
-        _, _, g = vw_groups(veh, win)
-        top = np.zeros(int(g.max()) + 1)
-        np.maximum.at(top, g, count)
-        most = (count > 0) & (count == top[g])
-        out[on[most]] = np.minimum(level[most] - 1.0, 1.0)
+        ring = win % MEMORY_WINDOWS
+        newer = win >= self.window[veh, si, ring]
+        self.mean[veh[newer], si[newer], ring[newer]] = value[newer]
+        self.window[veh[newer], si[newer], ring[newer]] = win[newer]
+        broke = count > 0
+        out[on[broke]] = np.minimum(level[broke] - 1.0, 1.0)
         return out
 
     def _recall(self, veh: np.ndarray, si: int, win: np.ndarray) -> np.ndarray:
-        """The remembered mean of signal ``si`` of each vehicle, where it is of ``win``."""
-        return np.where(self.window[veh, si] == win, self.mean[veh, si], np.nan)
+        """The remembered mean of signal ``si`` of each vehicle in window ``win`` (NaN:
+        none)."""
+        ring = win % MEMORY_WINDOWS
+        return np.where(self.window[veh, si, ring] == win, self.mean[veh, si, ring], np.nan)
 
 
 def _find(keys: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -222,5 +225,8 @@ def _count(count: np.ndarray, level: np.ndarray, at: np.ndarray, miss: np.ndarra
 
 
 _NO_WINDOW = np.iinfo(np.int64).min
+#: Windows a vehicle's signal means are kept for: one id's window closes when its next
+#: frame comes, so two ids close the same window at most a few windows apart.
+MEMORY_WINDOWS = 4
 #: Windows are told apart modulo this in a batch's keys (a batch spans far fewer).
 _WINDOW_SPAN = 1 << 20
