@@ -496,6 +496,22 @@ def _payload_dictionary(j: int, d: np.ndarray, per_vehicle: np.ndarray) -> np.nd
     return None
 
 
+def _bookkeeping_bytes(
+    counter: np.ndarray, checksum_kind: np.ndarray, checksum_byte: np.ndarray
+) -> np.ndarray:
+    """(k, 8) bool: the bytes that hold an id's learned counters or checksum. A counter
+    or checksum is no physical quantity: two counters at one rate keep a line on every
+    drive that happens to start them in step, and miss it on the next."""
+    out = np.zeros((len(checksum_kind), 8), bool)
+    for c in range(counter.shape[1]):
+        at = counter[:, c, 0].astype(np.int64)
+        out[np.flatnonzero(at >= 0), at[at >= 0]] = True
+    byte_sum = (checksum_kind > 0) & (checksum_kind != NIBBLE_SUM)
+    at = checksum_byte.astype(np.int64)
+    out[np.flatnonzero(byte_sum), at[byte_sum]] = True
+    return out
+
+
 def learn_baseline(
     frames: np.ndarray,
     vehicle: np.ndarray,
@@ -540,7 +556,8 @@ def learn_baseline(
     presence = (full > 0).mean(axis=0)
     mean_count = full.mean(axis=0)
     cross = learn_cross_signals(
-        st.frames["ts"], st.frames["data"], st.slot, st.own, mean_count, window_s
+        st.frames["ts"], st.frames["data"], st.slot, st.own, mean_count, window_s,
+        _bookkeeping_bytes(counter, out["checksum_kind"], out["checksum_byte"]),
     )
     return Baseline(
         ids=st.ids.astype(np.uint32),

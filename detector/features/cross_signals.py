@@ -164,10 +164,11 @@ def _line(x: np.ndarray, y: np.ndarray, cell_seg: np.ndarray) -> tuple[float, fl
 
 def learn_cross_signals(
     ts: np.ndarray, data: np.ndarray, slot: np.ndarray, drive: np.ndarray,
-    mean_count: np.ndarray, window_s: float,
+    mean_count: np.ndarray, window_s: float, skip_bytes: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Cross-id couplings of a platform's benign frames (``slot``: each frame's id slot,
-    ``drive``: its drive or vehicle) as ``Baseline`` fields (see the module's docstring)."""
+    ``drive``: its drive or vehicle) as ``Baseline`` fields (see the module's docstring).
+    ``skip_bytes`` ((k, 8) bool): bytes no coupled word may use (counters, checksums)."""
     k = len(mean_count)
     out = no_cross_signals(k)
     ids = np.flatnonzero(mean_count >= CROSS_MIN_FRAMES)
@@ -175,7 +176,11 @@ def learn_cross_signals(
         return out
     cell_seg, means, _ = _window_means(ts, data, slot, drive, ids, window_s)
     flat = means.reshape(len(ids) * len(WORDS), -1)
-    cand = np.flatnonzero(_moving(flat))
+    usable = np.ones((len(ids), len(WORDS)), bool)
+    if skip_bytes is not None:
+        for w, (at, _) in enumerate(WORDS):
+            usable[:, w] = ~(skip_bytes[ids, at] | skip_bytes[ids, at + 1])
+    cand = np.flatnonzero(_moving(flat) & usable.ravel())
     strength = _pair_strength(flat[cand], cell_seg)
     owner = cand // len(WORDS)
     a, b = np.nonzero(np.triu(strength >= CROSS_MIN_R, 1) & (owner[:, None] != owner[None, :]))
