@@ -76,6 +76,32 @@ def test_the_speed_ids_couple_and_an_engine_speed_through_a_drive_s_gear_does_no
     assert slope == pytest.approx(4.0 / 8.0, rel=1e-3)
 
 
+
+def counter_frames(drive: int, seconds: float = 60.0, t0: float = 1.7e9) -> np.ndarray:
+    """Two ids of one ECU, each with a 4-bit counter in its byte 3, both sent on one
+    tick and started in step (so their window means agree on every drive)."""
+    t = np.arange(0, seconds, 1 / 7)  # 7 frames a window: the means take 16 values
+    data = np.zeros((len(t), 8), np.uint8)
+    data[:, 3] = (np.arange(len(t)) % 16) << 4 | 0x5
+    data[:, 4] = 0x20 + drive  # a drive's setting
+    ids = [make_frames(t0 + t, np.full(len(t), i), data) for i in (0x120, 0x121)]
+    return np.concatenate(ids)
+
+
+def test_counters_in_step_are_no_coupling() -> None:
+    """A counter is no physical quantity: two counters started in step on every training
+    drive keep one line there, and miss it on the first vehicle that starts them apart."""
+    drives = [drive_frames(d, t0=1.7e9 + 1000 * d) for d in range(4)]
+    drives = [np.concatenate([f, counter_frames(d, t0=1.7e9 + 1000 * d)]) for d, f in enumerate(drives)]
+    drives = [f[np.argsort(f["ts"], kind="stable")] for f in drives]
+    owner = np.concatenate([np.full(len(f), d) for d, f in enumerate(drives)])
+    bl = learn_baseline(np.concatenate(drives), owner, W)
+    slots = np.searchsorted(bl.ids, [0x120, 0x121])
+    assert (bl.counter_byte[slots] == 3).all()  # learned as counters
+    assert pairs(bl) == {(0x0D0, 0x20E), (0x0D0, 0x6E0), (0x20E, 0x6E0)}
+    assert (bl.signal_at[slots] == -1).all()
+
+
 def test_two_drives_teach_no_coupling() -> None:
     """A line seen on two drives cannot be checked on a third held out of it."""
     drives = [drive_frames(d, t0=1.7e9 + 1000 * d) for d in range(2)]
