@@ -28,6 +28,8 @@ from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
 
 W = 1.0
+#: the per-id columns the fold computes (rate .. fixed_out), all compared with the reference
+PER_ID = FEATURE_NAMES.index("fixed_out") + 1
 ATTACKS = (
     "dos:start=5,duration=3",
     "fuzzing:start=10,duration=3",
@@ -93,13 +95,53 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     j = np.array([want[k] for k in got])
     np.testing.assert_array_equal(rows.count[i], ref.count[j])
     np.testing.assert_array_equal(rows.attack[i], ref.attack[j])
-    np.testing.assert_allclose(rows.X[i, :16], ref.X[j, :16], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rows.X[i, :PER_ID], ref.X[j, :PER_ID], rtol=1e-12, atol=1e-12)
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
-    fired = dict(zip(FEATURE_NAMES[:16], (ref.X[j, :16] != 0).any(axis=0), strict=True))
+    fired = dict(zip(FEATURE_NAMES[:PER_ID], (ref.X[j, :PER_ID] != 0).any(axis=0), strict=True))
     if platform == "aee2010":
         fired.pop("checksum_err")
+    else:  # cusw's wheel speeds are 13-bit fields: no byte-aligned coupling is learned
+        assert (bl.couple_a < 0).all()
+        fired.pop("coupling_out")  # test_couplings_in_either_byte_order_fold_like_the_reference
     assert all(fired.values()), fired
+
+
+def test_couplings_in_either_byte_order_fold_like_the_reference() -> None:
+    """Two ids, each with two 16-bit speeds that track each other, one id little-endian
+    (bytes 0-1 and 2-3), the other big-endian (4-5 and 6-7); then each speed of each
+    id forged in turn. The fold breaks exactly the reference's couplings, in both byte
+    orders (a swapped order reads other values and breaks others)."""
+    rng = np.random.default_rng(5)
+    t = np.arange(0, 60, 0.01)
+    speed = (3000 + 2500 * np.sin(t / 7) + rng.normal(0, 3, len(t))).astype(np.int64)
+    data = np.zeros((len(t), 8), np.uint8)
+    second = speed + rng.integers(-20, 21, len(t))
+    for at, value, big in ((0, speed, False), (2, second, False), (4, speed, True), (6, second, True)):
+        hi, lo = (at, at + 1) if big else (at + 1, at)
+        data[:, hi], data[:, lo] = value >> 8, value & 0xFF
+    frames = [make_frames(1.7e9 + t, np.full(len(t), i), data) for i in (0x100, 0x200)]
+    train = np.concatenate(frames)
+    bl = learn_baseline(train, np.repeat([0, 1], len(t)), W)
+    for can_id, pair in ((0x100, (0, 2, True)), (0x200, (4, 6, False))):
+        s = int(np.searchsorted(bl.ids, can_id))
+        learned = zip(bl.couple_a[s], bl.couple_b[s], bl.couple_le[s], strict=True)
+        assert pair in {(min(a, b), max(a, b), bool(le)) for a, b, le in learned if a >= 0}
+    test = np.concatenate(frames)
+    test["ts"] += 1000
+    for k, byte in enumerate((1, 3, 4, 6)):  # each speed's high byte, in its own 5 s
+        at = (test["ts"] >= 1.7e9 + 1005 + 10 * k) & (test["ts"] < 1.7e9 + 1010 + 10 * k)
+        test["data"][at, byte] ^= 0x40
+    test = test[np.argsort(test["ts"], kind="stable")]
+    vehicle = np.zeros(len(test), np.int64)
+    rows = WindowState(W).push(test, vehicle, bl)
+    ref = reference_rows(test, vehicle, bl)
+    got, want = keyed(rows), keyed(ref)
+    col = FEATURE_NAMES.index("coupling_out")
+    broken = {k for k, j in want.items() if ref.X[j, col] > 0}
+    assert {k[2] for k in broken} == {0x100, 0x200}
+    for k, i in got.items():
+        assert rows.X[i, col] == ref.X[want[k], col], k
 
 
 def test_a_stream_busier_than_a_16_bit_lane_folds_like_the_reference(traffic) -> None:
