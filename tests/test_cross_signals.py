@@ -15,6 +15,9 @@ from detector.features.baseline import learn_baseline
 from detector.features.columns import F, Rows
 from detector.features.cross_signals import word_values
 from detector.features.windowing import WindowState
+from detector.incidents.evidence import describe
+from detector.model.pipeline import ScoredRows
+from detector.model.platform import N_EVIDENCE
 from detector.model.reference import StreamReference
 
 W = 1.0
@@ -167,3 +170,27 @@ def test_benign_drives_never_seen_break_nothing(trained) -> None:
     for d in (11, 12, 13):
         rows = scored(drive_frames(d, t0=1.7e9 + 20000 * d), trained)
         assert (rows.X[:, F["cross_out"]] == 0).all(), d
+
+
+def test_the_evidence_says_where_the_partner_puts_the_forged_signal(trained) -> None:
+    """An analyst reads the word, its window mean, the partner that contradicts it and
+    the value that partner implies: the true mean of the forged word, within the bound."""
+    t0 = 1.7e9 + 9000
+    real = drive_frames(9, seconds=30.0, t0=t0)
+    rows = scored(forged(real, 0x20E, t0 + 10, t0 + 20), trained)
+    hit = np.flatnonzero((rows.can_id == 0x20E) & (rows.X[:, F["cross_out"]] > 0))
+    assert len(hit) >= 8
+    zeros = np.zeros(len(rows))
+    sc = ScoredRows("p", 1, rows, zeros, np.zeros((len(rows), N_EVIDENCE)), ["v"], ["b"], zeros)
+    _, at, be, _, _ = SPEED_IDS[0x20E]
+    mine = real[real["can_id"] == 0x20E]
+    true = word_values(mine["data"], at, be)
+    win = np.floor(mine["ts"] / W).astype(np.int64)
+    for i in hit:
+        partner, _, _, expected, bound = rows.cross[i]
+        assert int(partner) in (0x0D0, 0x6E0)
+        assert abs(expected - true[win == rows.window[i]].mean()) <= bound
+        text = describe(sc, int(i), "cross_out", W)
+        assert text.startswith("0x20E bytes 3-4 and 0x")
+        assert f"disagree: window mean {rows.signal[i]:.0f}, where 0x" in text
+        assert f"'s puts it at {expected:.0f} ± {bound:.0f}, " in text

@@ -49,6 +49,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cross_out",
 )
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+#: Columns of ``Rows.cross``: partner id, the row's word's first byte, the partner's,
+#: the mean the partner puts the row's word at, and the bound around it.
+CROSS_NOTE = 5
 N_FEATURES = len(FEATURE_NAMES)
 #: The id of the row that pools a vehicle window's frames of unseen ids past those
 #: given rows of their own (``detector.features.windowing``): an unseen id like any other to
@@ -69,6 +72,11 @@ class Rows:
     # (r,) f8 the window mean of the id's cross-coupled word (NaN: none, or too few
     # frames; detector.features.cross_signals); None: no row has one
     signal: np.ndarray | None = None
+    # (r, CROSS_NOTE) f8, set as rows are scored (StreamReference.cross): for a row that
+    # broke a cross-id coupling, the worst one's partner id, the first bytes of the
+    # row's word and of the partner's, the mean the partner's puts the row's at, and
+    # the bound around it (NaN: none); None: no row broke one
+    cross: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
@@ -97,6 +105,7 @@ class Rows:
             self.attack[idx],
             self.X[idx],
             None if self.signal is None else self.signal[idx],
+            None if self.cross is None else self.cross[idx],
         )
 
     @staticmethod
@@ -113,7 +122,14 @@ class Rows:
             None
             if all(p.signal is None for p in parts)
             else np.concatenate([p.signals() for p in parts]),
+            None
+            if all(p.cross is None for p in parts)
+            else np.concatenate([p.cross_notes() for p in parts]),
         )
+
+    def cross_notes(self) -> np.ndarray:
+        """``cross``, NaN where there is none."""
+        return np.full((len(self), CROSS_NOTE), np.nan) if self.cross is None else self.cross
 
 
 def absent_rows(

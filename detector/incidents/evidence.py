@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
-from detector.features.columns import POOLED_ID, F
+from detector.features.columns import POOLED_ID, F, Rows
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
 
@@ -119,6 +119,25 @@ def _pooled_text(sc: ScoredRows, i: int) -> str:
     )
 
 
+def _cross_text(rows: Rows, i: int, x: float) -> str:
+    """A broken cross-id coupling: the row's word, its window mean, and where the
+    partner's mean puts it (``Rows.cross``)."""
+    cid = id_text(rows.can_id[i])
+    note = rows.cross_notes()[i]
+    if not np.isfinite(note[0]):
+        how_far = "2× or more" if x >= 1 else f"{1 + x:.1f}×"
+        return f"{cid}: a signal it shares with other ids left their common line by {how_far} its bound"
+    partner, at, partner_at, expected, bound = note
+    mean = rows.signals()[i]
+    other = describe_id(int(partner))
+    return (
+        f"{cid} bytes {at:.0f}-{at + 1:.0f} and {other} bytes {partner_at:.0f}-"
+        f"{partner_at + 1:.0f} disagree: window mean {mean:.0f}, where {other}'s puts it at "
+        f"{expected:.0f} ± {bound:.0f}, {abs(mean - expected) / bound:.1f}× that bound off "
+        "(one quantity: they kept one line on every training drive)"
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -148,10 +167,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
-        "cross_out": (
-            f"{cid}: a signal it shares with other ids left their common line by "
-            f"{'2× or more' if x >= 1 else f'{1 + x:.1f}×'} the most any training drive showed"
-        ),
+        "cross_out": _cross_text(sc.rows, i, x),
         "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames",
         "counter_err": f"{cid}: message counter out of sequence in {pct} of frames",
         "checksum_err": f"{cid}: checksum invalid in {pct} of frames",

@@ -24,10 +24,12 @@ never saw have none.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from detector.features.baseline import Baseline
-from detector.features.columns import F, Rows
+from detector.features.columns import CROSS_NOTE, F, Rows
 from detector.model.platform import EVIDENCE_NAMES, N_EVIDENCE
 
 #: Scored windows per vehicle that teach its reference.
@@ -69,7 +71,8 @@ class StreamReference:
         cross-id coupling (``SignalMemory.breaks``)."""
         if len(bl.xc_a) == 0 or rows.signal is None or len(rows) == 0:
             return
-        rows.X[:, F["cross_out"]] = self.signals.breaks(rows, bl)
+        rows.X[:, F["cross_out"]], notes = self.signals.breaks(rows, bl)
+        rows.cross = notes if np.isfinite(notes[:, 0]).any() else None
 
     def apply(
         self,
@@ -149,13 +152,14 @@ class SignalMemory:
             self.mean = np.concatenate([self.mean, np.zeros(shape)])
             self.window = np.concatenate([self.window, np.full(shape, _NO_WINDOW, np.int64)])
 
-    def breaks(self, rows: Rows, bl: Baseline) -> np.ndarray:
+    def breaks(self, rows: Rows, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
         """(r,) how far each row's window breaks its id's cross couplings: 0 within the
-        bound, rising to 1 at twice it. A coupling is checked once, on the row of the
-        side whose window closes second (from this batch or remembered), so a window's
-        evidence does not depend on how its rows were batched: on which of its ids it
-        shows does."""
+        bound, rising to 1 at twice it; and (r, CROSS_NOTE) what the worst one says
+        (``Rows.cross``). A coupling is checked once, on the row of the side whose
+        window closes second (from this batch or remembered), so a window's evidence
+        does not depend on how its rows were batched: on which of its ids it shows does."""
         out = np.zeros(len(rows))
+        notes = np.full((len(rows), CROSS_NOTE), np.nan)
         sig_slot = np.flatnonzero(bl.signal_at >= 0)
         index = np.full(len(bl.ids), -1, np.int64)
         index[sig_slot] = np.arange(len(sig_slot))
@@ -164,34 +168,38 @@ class SignalMemory:
         si = np.where(known, index[slot], -1)
         on = np.flatnonzero((si >= 0) & np.isfinite(value))
         if len(on) == 0:
-            return out
+            return out, notes
         veh, win, si, value = rows.vehicle[on], rows.window[on], si[on], value[on]
         self._fit(int(veh.max()) + 1, len(sig_slot))
         vw = veh * _WINDOW_SPAN + win % _WINDOW_SPAN
         count, level = np.zeros(len(on)), np.zeros(len(on))
-        for a, b, slope, icpt, bound in zip(
-            index[bl.xc_a], index[bl.xc_b], bl.xc_slope, bl.xc_icpt, bl.xc_bound, strict=True
-        ):
+        worst = np.full((len(on), CROSS_NOTE), np.nan)
+        for sa, sb, slope, icpt, bound in zip(bl.xc_a, bl.xc_b, bl.xc_slope, bl.xc_icpt, bl.xc_bound, strict=True):  # fmt: skip
+            a, b = index[sa], index[sb]
+            line = _Line(slope, icpt, bound, bl.ids[sa], bl.ids[sb], bl.signal_at[sa], bl.signal_at[sb])
             rows_a, rows_b = np.flatnonzero(si == a), np.flatnonzero(si == b)
             # each a row against b's mean of its window (this batch's, else remembered)
             partner = _find(vw[rows_b], vw[rows_a])
             y = np.where(
                 partner >= 0, value[rows_b[partner]], self._recall(veh[rows_a], b, win[rows_a])
             )
-            miss = _miss(value[rows_a], y, slope, icpt, bound)
-            _count(count, level, rows_a, miss)
-            _count(count, level, rows_b[partner[partner >= 0]], miss[partner >= 0])
+            x = value[rows_a]
+            miss = _miss(x, y, line)
+            _count(count, level, worst, rows_a, miss, line.note_x(y))
+            paired = partner >= 0
+            _count(count, level, worst, rows_b[partner[paired]], miss[paired], line.note_y(x[paired]))
             # b rows whose window has no a row here: against a's remembered mean
             alone = rows_b[_find(vw[rows_a], vw[rows_b]) < 0]
-            miss = _miss(self._recall(veh[alone], a, win[alone]), value[alone], slope, icpt, bound)
-            _count(count, level, alone, miss)
+            x = self._recall(veh[alone], a, win[alone])
+            _count(count, level, worst, alone, _miss(x, value[alone], line), line.note_y(x))
         ring = win % MEMORY_WINDOWS
         newer = win >= self.window[veh, si, ring]
         self.mean[veh[newer], si[newer], ring[newer]] = value[newer]
         self.window[veh[newer], si[newer], ring[newer]] = win[newer]
         broke = count > 0
         out[on[broke]] = np.minimum(level[broke] - 1.0, 1.0)
-        return out
+        notes[on[broke]] = worst[broke]
+        return out, notes
 
     def _recall(self, veh: np.ndarray, si: int, win: np.ndarray) -> np.ndarray:
         """The remembered mean of signal ``si`` of each vehicle in window ``win`` (NaN:
@@ -209,19 +217,56 @@ def _find(keys: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.where(keys[order][pos] == q, order[pos], -1)
 
 
-def _miss(x: np.ndarray, y: np.ndarray, slope: float, icpt: float, bound: float) -> np.ndarray:
-    """|y - line(x)| in bounds (0 where either mean is missing)."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    out = np.zeros(len(x))
-    out[ok] = np.abs(y[ok] - (slope * x[ok] + icpt)) / bound
+@dataclass(frozen=True)
+class _Line:
+    """A learned coupling y = slope * x + icpt (within bound) of the words of ids x_id
+    (from byte x_at) and y_id (from y_at)."""
+
+    slope: float
+    icpt: float
+    bound: float
+    x_id: int
+    y_id: int
+    x_at: int
+    y_at: int
+
+    def note_x(self, y: np.ndarray) -> np.ndarray:
+        """``Rows.cross`` notes of x rows against the y means ``y``."""
+        return _notes(self.y_id, self.x_at, self.y_at, (y - self.icpt) / self.slope,
+                      self.bound / abs(self.slope))  # fmt: skip
+
+    def note_y(self, x: np.ndarray) -> np.ndarray:
+        """``Rows.cross`` notes of y rows against the x means ``x``."""
+        return _notes(self.x_id, self.y_at, self.x_at, self.slope * x + self.icpt, self.bound)
+
+
+def _notes(partner: int, at: int, partner_at: int, expected: np.ndarray, bound: float) -> np.ndarray:
+    out = np.empty((len(expected), CROSS_NOTE))
+    out[:] = (float(partner), float(at), float(partner_at), 0.0, bound)
+    out[:, 3] = expected
     return out
 
 
-def _count(count: np.ndarray, level: np.ndarray, at: np.ndarray, miss: np.ndarray) -> None:
-    """Rows ``at`` broke a coupling where ``miss`` > 1 (a bound)."""
+def _miss(x: np.ndarray, y: np.ndarray, line: _Line) -> np.ndarray:
+    """|y - line(x)| in bounds (0 where either mean is missing)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    out = np.zeros(len(x))
+    out[ok] = np.abs(y[ok] - (line.slope * x[ok] + line.icpt)) / line.bound
+    return out
+
+
+def _count(
+    count: np.ndarray, level: np.ndarray, worst: np.ndarray, at: np.ndarray, miss: np.ndarray,
+    notes: np.ndarray,
+) -> None:  # fmt: skip
+    """Rows ``at`` (distinct) broke a coupling where ``miss`` > 1 (a bound); ``worst``
+    keeps the notes of each row's farthest miss."""
     bad = miss > 1.0
-    np.add.at(count, at[bad], 1)
-    np.maximum.at(level, at[bad], miss[bad])
+    at, miss, notes = at[bad], miss[bad], notes[bad]
+    count[at] += 1
+    farther = miss > level[at]
+    level[at[farther]] = miss[farther]
+    worst[at[farther]] = notes[farther]
 
 
 _NO_WINDOW = np.iinfo(np.int64).min
