@@ -34,20 +34,24 @@ def speed_kmh(t: np.ndarray, drive: int) -> np.ndarray:
     return np.clip(level + swing * np.sin(2 * np.pi * t / period), 0, None)
 
 
-def drive_frames(drive: int, seconds: float = 60.0, t0: float = 1.7e9) -> np.ndarray:
+def drive_frames(
+    drive: int, seconds: float = 60.0, t0: float = 1.7e9, speed=speed_kmh, top: dict | None = None
+) -> np.ndarray:
+    """A drive of ``speed(t, drive)``; ``top``: id -> the largest value its field holds."""
     rng = np.random.default_rng(100 + drive)
     ratio = rng.uniform(30, 33)  # engine rpm per km/h: this drive's gear, close to the others
     parts = []
     for can_id, (period, at, be, unit, offset) in SPEED_IDS.items():
         t = np.arange(0, seconds, period)
         data = rng.integers(0, 256, (len(t), 8)).astype(np.uint8)  # other signals: noise
-        value = np.round(speed_kmh(t, drive) * unit + offset).astype(np.int64)
+        value = np.round(speed(t, drive) * unit + offset).astype(np.int64)
+        value = np.minimum(value, (top or {}).get(can_id, value.max()))
         hi, lo = (at, at + 1) if be else (at + 1, at)
         data[:, hi], data[:, lo] = value >> 8, value & 0xFF
         parts.append(make_frames(t0 + t, np.full(len(t), can_id), data))
     t = np.arange(0, seconds, 0.02)
     data = np.zeros((len(t), 8), np.uint8)
-    rpm = np.round(speed_kmh(t, drive) * ratio).astype(np.int64)
+    rpm = np.round(speed(t, drive) * ratio).astype(np.int64)
     data[:, 0], data[:, 1] = rpm >> 8, rpm & 0xFF
     parts.append(make_frames(t0 + t, np.full(len(t), ENGINE_ID), data))
     frames = np.concatenate(parts)
@@ -194,3 +198,22 @@ def test_the_evidence_says_where_the_partner_puts_the_forged_signal(trained) -> 
         assert text.startswith("0x20E bytes 3-4 and 0x")
         assert f"disagree: window mean {rows.signal[i]:.0f}, where 0x" in text
         assert f"'s puts it at {expected:.0f} ± {bound:.0f}, " in text
+
+
+def test_a_field_that_saturates_past_every_training_drive_breaks_nothing(trained) -> None:
+    """A drive faster than any training drive, where 0x20E's field stops at its top
+    while the other speeds go on: past the range training saw, a signal may sit anywhere
+    between that range's edge and the line. A value off that, or one inside the range
+    but off the line, still breaks it."""
+    def fast(t: np.ndarray, drive: int) -> np.ndarray:
+        return 150 + 20 * np.sin(2 * np.pi * t / 20)
+
+    i = int(np.searchsorted(trained.ids, 0x20E))
+    c = int(np.flatnonzero((trained.xc_a == i) | (trained.xc_b == i))[0])
+    top = trained.xc_seen[c, 3 if trained.xc_b[c] == i else 1] + 40  # past training's largest
+    t0 = 1.7e9 + 9000
+    frames = drive_frames(9, seconds=30.0, t0=t0, speed=fast, top={0x20E: int(top)})
+    assert (scored(frames, trained).X[:, F["cross_out"]] == 0).all()
+    rows = scored(forged(frames, 0x20E, t0 + 10, t0 + 20), trained)
+    hit = np.unique(rows.window[rows.X[:, F["cross_out"]] > 0]) * W
+    assert ((hit >= t0 + 10) & (hit < t0 + 21)).all() and len(hit) >= 9

@@ -121,6 +121,7 @@ class Baseline:
     xc_slope: np.ndarray  # (m,) f8 y = slope * x + icpt, between window means
     xc_icpt: np.ndarray  # (m,) f8
     xc_bound: np.ndarray  # (m,) f8 the most |y - line(x)| a window may show
+    xc_seen: np.ndarray  # (m, 4) f8 least and largest training window means of x, then of y
     bus_mean_frames: float
     bus_std_frames: float
     bus_mean_ids: float

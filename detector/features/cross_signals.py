@@ -21,7 +21,10 @@ held out of it, widened (CROSS_MARGIN, CROSS_FLOOR of the partner's range).
 
 Scoring (``detector.model.reference``): the fold gives each row of a coupled id
 its word's window mean (``Rows.signal``); a window whose pair of means lies
-farther off the line than the bound breaks the coupling, and the row's
+farther off the line than the bound breaks the coupling, unless both means lie
+beyond the range training saw them in (a vehicle faster than any training drive,
+where a narrow field saturates while its partner goes on: the simulator's
+giorgio 0x101 speed at 2047 beside 0x0EE's wheel speed), and the row's
 ``cross_out`` column says how far (a column of its own: a coupling that fails on
 vehicles held out in calibration weighs only itself down).
 """
@@ -69,6 +72,7 @@ def no_cross_signals(k: int) -> dict[str, np.ndarray]:
         "xc_slope": np.zeros(0),
         "xc_icpt": np.zeros(0),
         "xc_bound": np.zeros(0),
+        "xc_seen": np.zeros((0, 4)),
     }
 
 
@@ -189,7 +193,7 @@ def learn_cross_signals(
          for p, q in zip(a, b, strict=True)), reverse=True,
     )  # fmt: skip
     word_of: dict[int, int] = {}
-    xc = {n: [] for n in ("xc_a", "xc_b", "xc_slope", "xc_icpt", "xc_bound")}
+    xc = {n: [] for n in ("xc_a", "xc_b", "xc_slope", "xc_icpt", "xc_bound", "xc_seen")}
     for _, ia, wa, ib, wb in found:
         if len(xc["xc_a"]) == MAX_CROSS:
             break
@@ -199,13 +203,20 @@ def learn_cross_signals(
         if line is None:
             continue
         word_of[ia], word_of[ib] = wa, wb
-        for n, v in zip(xc, (ids[ia], ids[ib], *line), strict=True):
+        for n, v in zip(xc, (ids[ia], ids[ib], *line, _seen(means[ia, wa], means[ib, wb])), strict=True):
             xc[n].append(v)
     if not xc["xc_a"]:
         return out
     for i, w in word_of.items():
         out["signal_at"][ids[i]], out["signal_be"][ids[i]] = WORDS[w]
     out["xc_a"], out["xc_b"] = np.array(xc["xc_a"], np.int32), np.array(xc["xc_b"], np.int32)
-    for n in ("xc_slope", "xc_icpt", "xc_bound"):
+    for n in ("xc_slope", "xc_icpt", "xc_bound", "xc_seen"):
         out[n] = np.array(xc[n], np.float64)
     return out
+
+
+def _seen(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """The least and largest window means of x, then of y, where both have one: the
+    range the line was seen to hold in."""
+    both = np.isfinite(x) & np.isfinite(y)
+    return float(x[both].min()), float(x[both].max()), float(y[both].min()), float(y[both].max())

@@ -174,24 +174,24 @@ class SignalMemory:
         vw = veh * _WINDOW_SPAN + win % _WINDOW_SPAN
         count, level = np.zeros(len(on)), np.zeros(len(on))
         worst = np.full((len(on), CROSS_NOTE), np.nan)
-        for sa, sb, slope, icpt, bound in zip(bl.xc_a, bl.xc_b, bl.xc_slope, bl.xc_icpt, bl.xc_bound, strict=True):  # fmt: skip
+        for c, (sa, sb) in enumerate(zip(bl.xc_a, bl.xc_b, strict=True)):
             a, b = index[sa], index[sb]
-            line = _Line(slope, icpt, bound, bl.ids[sa], bl.ids[sb], bl.signal_at[sa], bl.signal_at[sb])
+            line = _Line(bl.xc_slope[c], bl.xc_icpt[c], bl.xc_bound[c], bl.ids[sa], bl.ids[sb],
+                         bl.signal_at[sa], bl.signal_at[sb], tuple(bl.xc_seen[c]))  # fmt: skip
             rows_a, rows_b = np.flatnonzero(si == a), np.flatnonzero(si == b)
             # each a row against b's mean of its window (this batch's, else remembered)
             partner = _find(vw[rows_b], vw[rows_a])
             y = np.where(
                 partner >= 0, value[rows_b[partner]], self._recall(veh[rows_a], b, win[rows_a])
             )
-            x = value[rows_a]
-            miss = _miss(x, y, line)
-            _count(count, level, worst, rows_a, miss, line.note_x(y))
+            miss, ex, ey = _miss(value[rows_a], y, line)
+            _count(count, level, worst, rows_a, miss, line.note_x(ex))
             paired = partner >= 0
-            _count(count, level, worst, rows_b[partner[paired]], miss[paired], line.note_y(x[paired]))
+            _count(count, level, worst, rows_b[partner[paired]], miss[paired], line.note_y(ey[paired]))
             # b rows whose window has no a row here: against a's remembered mean
             alone = rows_b[_find(vw[rows_a], vw[rows_b]) < 0]
-            x = self._recall(veh[alone], a, win[alone])
-            _count(count, level, worst, alone, _miss(x, value[alone], line), line.note_y(x))
+            miss, _, ey = _miss(self._recall(veh[alone], a, win[alone]), value[alone], line)
+            _count(count, level, worst, alone, miss, line.note_y(ey))
         ring = win % MEMORY_WINDOWS
         newer = win >= self.window[veh, si, ring]
         self.mean[veh[newer], si[newer], ring[newer]] = value[newer]
@@ -229,15 +229,15 @@ class _Line:
     y_id: int
     x_at: int
     y_at: int
+    seen: tuple[float, float, float, float]  # Baseline.xc_seen
 
-    def note_x(self, y: np.ndarray) -> np.ndarray:
-        """``Rows.cross`` notes of x rows against the y means ``y``."""
-        return _notes(self.y_id, self.x_at, self.y_at, (y - self.icpt) / self.slope,
-                      self.bound / abs(self.slope))  # fmt: skip
+    def note_x(self, expected: np.ndarray) -> np.ndarray:
+        """``Rows.cross`` notes of x rows, whose partner puts them at ``expected``."""
+        return _notes(self.y_id, self.x_at, self.y_at, expected, self.bound / abs(self.slope))
 
-    def note_y(self, x: np.ndarray) -> np.ndarray:
-        """``Rows.cross`` notes of y rows against the x means ``x``."""
-        return _notes(self.x_id, self.y_at, self.x_at, self.slope * x + self.icpt, self.bound)
+    def note_y(self, expected: np.ndarray) -> np.ndarray:
+        """``Rows.cross`` notes of y rows, whose partner puts them at ``expected``."""
+        return _notes(self.x_id, self.y_at, self.x_at, expected, self.bound)
 
 
 def _notes(partner: int, at: int, partner_at: int, expected: np.ndarray, bound: float) -> np.ndarray:
@@ -247,12 +247,29 @@ def _notes(partner: int, at: int, partner_at: int, expected: np.ndarray, bound: 
     return out
 
 
-def _miss(x: np.ndarray, y: np.ndarray, line: _Line) -> np.ndarray:
-    """|y - line(x)| in bounds (0 where either mean is missing)."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    out = np.zeros(len(x))
-    out[ok] = np.abs(y[ok] - (line.slope * x[ok] + line.icpt)) / line.bound
-    return out
+def _miss(x: np.ndarray, y: np.ndarray, line: _Line) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How far each pair of means (x, y) lies off the line, in bounds (0 where either is
+    missing), and the x and y the line puts them at given the other.
+
+    Past the range training saw a signal in, the line allows it anywhere from the edge
+    of that range to the line: a narrow field saturates there while its partner goes on
+    (the simulator's giorgio 0x101 speed stops at 2047 on a drive faster than any
+    training drive, beside 0x0EE's wheel speed). A pair breaks the line only if
+    neither side explains it.
+    """
+    x_lo, x_hi, y_lo, y_hi = line.seen
+    with np.errstate(invalid="ignore"):
+        y_at, x_at = line.slope * x + line.icpt, (y - line.icpt) / line.slope
+        off_y = np.abs(y - _nearest(y, y_at, y_lo, y_hi))
+        off_x = np.abs(x - _nearest(x, x_at, x_lo, x_hi)) * abs(line.slope)
+        miss = np.minimum(off_y, off_x) / line.bound
+    return np.where(np.isfinite(miss), miss, 0.0), x_at, y_at
+
+
+def _nearest(v: np.ndarray, at: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The point nearest ``v`` between ``at`` and ``at`` clipped to [lo, hi]."""
+    edge = np.clip(at, lo, hi)
+    return np.clip(v, np.minimum(edge, at), np.maximum(edge, at))
 
 
 def _count(
