@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from detector.transport.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARDS = REPO / "dashboards"
@@ -37,12 +38,6 @@ def find_binary(path: str) -> str | None:
     if os.access(path, os.X_OK):
         return path
     return shutil.which(Path(path).name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_dashboard_builder() -> ModuleType:

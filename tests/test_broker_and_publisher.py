@@ -20,7 +20,7 @@ from detector.core.config import KafkaConfig
 from detector.core.errors import ConfigError
 from detector.core.schema import make_frames
 from detector.transport import wire
-from detector.transport.broker import EmbeddedBroker, create_topics
+from detector.transport.broker import EmbeddedBroker, create_topics, free_port
 from detector.transport.kafka_io import (
     Secret,
     admin_config,
@@ -368,3 +368,16 @@ def test_producer_errors_surface(broker, unique_topic, tmp_path):
                 publish(producer, topic, stream, speed=None)
         finally:
             producer.close(timeout=1)
+
+
+def test_free_ports_lie_below_the_kernels_ephemeral_range():
+    """Outgoing connections take their local port from the ephemeral range: a port
+    drawn below it cannot be taken by one between free_port and its owner's bind."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    if low < 11024:
+        pytest.skip(f"ephemeral range starts at {low}: no room below it")
+    ports = [free_port() for _ in range(20)]
+    assert all(10000 <= p < low for p in ports), ports
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import stat
@@ -97,11 +98,38 @@ def stop_process(proc: subprocess.Popen, first: int, timeout_s: float) -> None:
             proc.wait(timeout=timeout_s)
 
 
+#: Ports free_port draws from lie at or above this, below the kernel's ephemeral range.
+_LOW_PORT = 10000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel's choice)."""
+    """A TCP port that was free a moment ago, drawn below the kernel's ephemeral range
+    when there is room: the kernel's own choice (bind to port 0) comes from that range,
+    which is also where it picks the local port of every outgoing connection, so one of
+    those (a Kafka client's, a Prometheus scrape's) could take it before its owner
+    binds it (a live test's detector, started seconds after, met "Address already in
+    use")."""
+    low = _ephemeral_low()
+    draw = random.SystemRandom()
+    for _ in range(64 if low - _LOW_PORT >= 1024 else 0):
+        port = draw.randrange(_LOW_PORT, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _death_signal_hook() -> Callable[[], None] | None:
