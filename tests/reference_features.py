@@ -16,9 +16,9 @@ from detector.features.baseline import (
     checksum_bad,
     payload_hash,
     payload_u64,
-    words16,
 )
 from detector.features.columns import N_FEATURES, F, Rows
+from detector.features.words import words16
 
 
 def popcount8(x: np.ndarray) -> np.ndarray:

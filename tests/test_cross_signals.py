@@ -13,8 +13,8 @@ import pytest
 from detector.core.schema import make_frames
 from detector.features.baseline import learn_baseline
 from detector.features.columns import F, Rows
-from detector.features.cross_signals import word_values
 from detector.features.windowing import WindowState
+from detector.features.words import word, words16
 from detector.incidents.evidence import describe
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import N_EVIDENCE
@@ -124,7 +124,7 @@ def test_the_fold_gives_each_row_its_word_s_window_mean(trained) -> None:
     for can_id, (_, at, be, _, _) in SPEED_IDS.items():
         mine = frames[frames["can_id"] == can_id]
         win = np.floor(mine["ts"] / W).astype(np.int64)
-        values = word_values(mine["data"], at, be)
+        values = word(words16(mine["data"]), at, be)
         for r in np.flatnonzero(rows.can_id == can_id):
             want = values[win == rows.window[r]].mean()
             assert signal[r] == pytest.approx(want, rel=1e-12)
@@ -188,7 +188,7 @@ def test_the_evidence_says_where_the_partner_puts_the_forged_signal(trained) -> 
     sc = ScoredRows("p", 1, rows, zeros, np.zeros((len(rows), N_EVIDENCE)), ["v"], ["b"], zeros)
     _, at, be, _, _ = SPEED_IDS[0x20E]
     mine = real[real["can_id"] == 0x20E]
-    true = word_values(mine["data"], at, be)
+    true = word(words16(mine["data"]), at, be)
     win = np.floor(mine["ts"] / W).astype(np.int64)
     for i in hit:
         partner, _, _, expected, bound = rows.cross[i]

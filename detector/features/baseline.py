@@ -18,6 +18,7 @@ import numpy as np
 from detector.core.schema import FRAME_DTYPE
 from detector.features.counters import learn_counters
 from detector.features.cross_signals import learn_cross_signals
+from detector.features.words import words16
 
 #: Byte pairs (i, j), i < j, for learned inter-byte relations.
 PAIRS = np.array([(i, j) for i in range(8) for j in range(i + 1, 8)], dtype=np.int8)
@@ -262,13 +263,6 @@ def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     within = (hi - lo).mean(axis=0)
     across = d.max(axis=0).astype(np.int16) - d.min(axis=0)
     return (across > 0) & (within < 0.25 * across)
-
-
-def words16(d: np.ndarray) -> np.ndarray:
-    """(n, 2, 7) int32: the 16-bit value at each byte offset 0..6, big-endian [:, 0]
-    and little-endian [:, 1]."""
-    d = d.astype(np.int32)
-    return np.stack([d[:, :7] * 256 + d[:, 1:], d[:, 1:] * 256 + d[:, :7]], axis=1)
 
 
 def learn_couplings(d: np.ndarray) -> list[tuple[int, int, bool, int, int, int]]:

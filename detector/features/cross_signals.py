@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from detector.features.words import word, words16
+
 #: Couplings a platform learns at most, and how strong they must be.
 MAX_CROSS = 8
 CROSS_MIN_R = 0.99
@@ -54,12 +56,6 @@ CROSS_MAX_BOUND = 0.06
 #: Candidate words: (first byte, big-endian); a little-endian word at ``at`` is
 #: bytes at (low) and at + 1 (high).
 WORDS = tuple((at, be) for at in range(7) for be in (True, False))
-
-
-def word_values(data: np.ndarray, at: int, big_endian: bool) -> np.ndarray:
-    """The 16-bit word at byte ``at`` of each payload (n, 8), as float."""
-    hi, lo = (at, at + 1) if big_endian else (at + 1, at)
-    return data[:, hi].astype(np.float64) * 256.0 + data[:, lo]
 
 
 def no_cross_signals(k: int) -> dict[str, np.ndarray]:
@@ -94,11 +90,11 @@ def _window_means(
     bounds = np.searchsorted(slot[order], np.r_[ids, ids + 1])
     for i in range(len(ids)):
         on = order[bounds[i] : bounds[len(ids) + i]]
-        c, d = cell[on], data[on]
+        c, words = cell[on], words16(data[on])
         n = np.bincount(c, minlength=len(cells))
         ok = n >= CROSS_MIN_FRAMES
         for w, (at, be) in enumerate(WORDS):
-            s = np.bincount(c, word_values(d, at, be), minlength=len(cells))
+            s = np.bincount(c, word(words, at, be), minlength=len(cells))
             means[i, w, ok] = s[ok] / n[ok]
     return cell_seg, means, cells
 

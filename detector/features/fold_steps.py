@@ -145,7 +145,7 @@ def _outside(even, odd, lo_e, lo_o, hi_e, hi_o):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True, inline="always")
 def _word(p64, at, little_endian):  # pragma: no cover - compiled
     """The 16-bit value of bytes ``at`` and ``at + 1`` of the payload ``p64`` (bytes
-    little-endian in the word), in either byte order, as baseline.words16."""
+    little-endian in the word), in either byte order, as words.words16."""
     lo = np.int64((p64 >> np.uint64(8 * at)) & np.uint64(0xFF))
     hi = np.int64((p64 >> np.uint64(8 * (at + 1))) & np.uint64(0xFF))
     return hi * 256 + lo if little_endian else lo * 256 + hi
