@@ -59,13 +59,6 @@ class StreamReference:
         self.table = np.zeros((0, self.n_ids, N_EVIDENCE), np.uint8)
         self.signals = SignalMemory()
 
-    def _grow(self, n_vehicles: int) -> None:
-        if n_vehicles > len(self.table):
-            extra = max(n_vehicles - len(self.table), len(self.table) // 2)  # amortised
-            self.table = np.concatenate(
-                [self.table, np.zeros((extra, self.n_ids, N_EVIDENCE), np.uint8)]
-            )
-
     def cross(self, rows: Rows, bl: Baseline) -> None:
         """Fill ``cross_out`` of ``rows`` (in place): how far their window breaks a
         cross-id coupling (``SignalMemory.breaks``)."""
@@ -95,7 +88,7 @@ class StreamReference:
         factor = np.where(warm, WARMUP_FACTOR, 1.0)
         if len(vehicle) == 0 or self.n_ids == 0:
             return calibrated, factor
-        self._grow(int(vehicle.max()) + 1)
+        self.table = _grown(self.table, int(vehicle.max()) + 1)
         teach = warm & known
         if teach.any():
             cap = np.where(VOLUME_COLUMNS, WARMUP_FACTOR * threshold, np.inf)
@@ -146,11 +139,8 @@ class SignalMemory:
         if self.mean.shape[1] != n_signals:  # another baseline: nothing carries over
             self.mean = np.zeros((0, n_signals, MEMORY_WINDOWS))
             self.window = np.zeros((0, n_signals, MEMORY_WINDOWS), np.int64)
-        if n_vehicles > len(self.mean):
-            extra = max(n_vehicles - len(self.mean), len(self.mean) // 2)
-            shape = (extra, n_signals, MEMORY_WINDOWS)
-            self.mean = np.concatenate([self.mean, np.zeros(shape)])
-            self.window = np.concatenate([self.window, np.full(shape, _NO_WINDOW, np.int64)])
+        self.mean = _grown(self.mean, n_vehicles)
+        self.window = _grown(self.window, n_vehicles, _NO_WINDOW)
 
     def breaks(self, rows: Rows, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
         """(r,) how far each row's window breaks its id's cross couplings: 0 within the
@@ -292,3 +282,13 @@ _NO_WINDOW = np.iinfo(np.int64).min
 MEMORY_WINDOWS = 4
 #: Windows are told apart modulo this in a batch's keys (a batch spans far fewer).
 _WINDOW_SPAN = 1 << 20
+
+
+def _grown(a: np.ndarray, n: int, fill=0) -> np.ndarray:
+    """``a`` with at least ``n`` rows (new ones ``fill``): a vehicle index past the end
+    grows it by half at least, so a fleet arriving one vehicle at a time costs
+    amortised O(1) copies per vehicle."""
+    if n <= len(a):
+        return a
+    extra = max(n - len(a), len(a) // 2)
+    return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, a.dtype)])
