@@ -245,11 +245,37 @@ def _learn_nibble_sum(data: np.ndarray, dlc: np.ndarray) -> tuple[int, int]:
     return (NIBBLE_SUM, k) if counts[k] >= 0.995 * len(data) else (0, -1)
 
 
+def drive_excess(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """(8,) int16: per byte, the furthest one drive's values went outside the range of
+    all the other drives' (0 with fewer than two drives).
+
+    How far past the training range the next drive may go, measured the way the next
+    drive will be met: a coolant byte at 103, 120 and 125 on three warm drives may
+    sit 15 from the others' on a fourth, and a forged 0xFF lies far beyond that."""
+    if len(owner) == 0:
+        return np.zeros(8, np.int16)
+    order = np.argsort(owner, kind="stable")
+    d, owner = d[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    if len(starts) < 2:
+        return np.zeros(8, np.int16)
+    lo = np.minimum.reduceat(d, starts, axis=0).astype(np.int16)  # (drives, 8)
+    hi = np.maximum.reduceat(d, starts, axis=0).astype(np.int16)
+    out = np.zeros(8, np.int16)
+    for g in range(len(starts)):
+        others = np.arange(len(starts)) != g
+        below = lo[others].min(axis=0) - lo[g]
+        above = hi[g] - hi[others].max(axis=0)
+        out = np.maximum(out, np.maximum(below, above))
+    return out
+
+
 def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """(8,) bool: bytes nearly constant within each vehicle but different between them.
 
-    An odometer's high byte or a VIN-derived value: a fleet-wide range learned
-    from a few vehicles never covers the next one, so no range applies to them.
+    An odometer's high byte or a VIN-derived value: no pair or payload dictionary
+    learned from a few vehicles covers the next one (their range reaches as far
+    past the training vehicles' as one went past the others: ``drive_excess``).
     """
     if len(owner) == 0:
         return np.zeros(8, bool)
@@ -413,12 +439,12 @@ def _learn_timing(out: dict, j: int, dt: np.ndarray) -> None:
 
 def _learn_ranges(out: dict, j: int, d: np.ndarray, dlc: np.ndarray, own: np.ndarray) -> np.ndarray:
     """Byte ranges, the dlcs seen and the bytes that never moved; returns the bytes
-    that are the vehicle's own (no range applies to them)."""
+    that are the vehicle's own (``vehicle_specific_bytes``)."""
     lo, hi = d.min(axis=0).astype(np.int16), d.max(axis=0).astype(np.int16)
-    margin = (hi - lo) // RANGE_MARGIN_DIV
+    margin = np.maximum((hi - lo) // RANGE_MARGIN_DIV, drive_excess(d, own))
     per_vehicle = vehicle_specific_bytes(d, own)
-    out["byte_min"][j] = np.where(per_vehicle, 0, np.clip(lo - margin, 0, 255))
-    out["byte_max"][j] = np.where(per_vehicle, 255, np.clip(hi + margin, 0, 255))
+    out["byte_min"][j] = np.clip(lo - margin, 0, 255)
+    out["byte_max"][j] = np.clip(hi + margin, 0, 255)
     out["dlc_mask"][j] = np.bitwise_or.reduce(np.left_shift(1, dlc.astype(np.uint16)))
     if len(d) >= MIN_PAYLOAD_FRAMES:  # bytes below every frame's dlc that never moved
         fixed = (lo == hi) & (np.arange(8) < dlc.min())

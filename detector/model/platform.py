@@ -44,7 +44,7 @@ from detector.model.forest_kernel import CompiledForest
 F_RATE = F["rate"]
 #: Version of what a model file holds and how it scores: a model of another format
 #: is refused on load (retrain), and the demo's model cache is keyed by it.
-MODEL_FORMAT = 6
+MODEL_FORMAT = 7
 #: Evidence columns: one per feature, then the forest's.
 EVIDENCE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "forest")
 N_EVIDENCE = len(EVIDENCE_NAMES)
