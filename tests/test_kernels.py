@@ -19,7 +19,7 @@ from sklearn.ensemble import IsolationForest
 from detector.core.schema import DLC_MASKS as _DLC_MASKS
 from detector.core.schema import make_frames
 from detector.features.baseline import checksum_values, learn_baseline
-from detector.features.columns import FEATURE_NAMES, N_FEATURES, Rows
+from detector.features.columns import FEATURE_NAMES, N_FEATURES, F, Rows, read_far_note
 from detector.features.fold_steps import _CRC8_POW, _checksum
 from detector.features.kernels import segments, stream_groups, stream_keys
 from detector.features.windowing import WindowState
@@ -96,6 +96,15 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     np.testing.assert_array_equal(rows.count[i], ref.count[j])
     np.testing.assert_array_equal(rows.attack[i], ref.attack[j])
     np.testing.assert_allclose(rows.X[i, :PER_ID], ref.X[j, :PER_ID], rtol=1e-12, atol=1e-12)
+    # a row names a byte outside its range exactly when it had one, with that byte's range
+    noted = rows.far_notes()[i] >= 0
+    np.testing.assert_array_equal(noted, rows.X[i, F["out_of_range"]] > 0)
+    slot, _ = bl.slots(rows.can_id[i])
+    for r in np.flatnonzero(noted):
+        byte, value, lo, hi = read_far_note(int(rows.far[i[r]]))
+        s = slot[r]
+        assert (lo, hi) == (bl.byte_min[s, byte], bl.byte_max[s, byte])
+        assert not lo <= value <= hi
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
     fired = dict(zip(FEATURE_NAMES[:PER_ID], (ref.X[j, :PER_ID] != 0).any(axis=0), strict=True))

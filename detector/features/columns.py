@@ -77,6 +77,10 @@ class Rows:
     # row's word and of the partner's, the mean the partner's puts the row's at, and
     # the bound around it (NaN: none); None: no row broke one
     cross: np.ndarray | None = None
+    # (r,) i8 the note of the row's byte that lay furthest outside its learned range
+    # (detector.features.fold_steps.far_note: byte, value, range; -1: none); None: no
+    # row has one
+    far: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
@@ -106,6 +110,7 @@ class Rows:
             self.X[idx],
             None if self.signal is None else self.signal[idx],
             None if self.cross is None else self.cross[idx],
+            None if self.far is None else self.far[idx],
         )
 
     @staticmethod
@@ -125,11 +130,23 @@ class Rows:
             None
             if all(p.cross is None for p in parts)
             else np.concatenate([p.cross_notes() for p in parts]),
+            None
+            if all(p.far is None for p in parts)
+            else np.concatenate([p.far_notes() for p in parts]),
         )
+
+    def far_notes(self) -> np.ndarray:
+        """``far``, -1 where there is none."""
+        return np.full(len(self), -1, np.int64) if self.far is None else self.far
 
     def cross_notes(self) -> np.ndarray:
         """``cross``, NaN where there is none."""
         return np.full((len(self), CROSS_NOTE), np.nan) if self.cross is None else self.cross
+
+
+def read_far_note(note: int) -> tuple[int, int, int, int]:
+    """(byte, value, lo, hi) of a ``Rows.far`` note (``fold_steps.far_note`` writes it)."""
+    return note & 7, (note >> 3) & 0xFF, (note >> 11) & 0xFF, (note >> 19) & 0xFF
 
 
 def absent_rows(

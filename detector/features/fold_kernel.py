@@ -36,6 +36,8 @@ from detector.features.fold_steps import (
     A_COUPLE,
     A_DELTA,
     A_DLC,
+    A_FAR_MAX,
+    A_FAR_NOTE,
     A_FIXED,
     A_HAM,
     A_LABEL,
@@ -62,6 +64,7 @@ from detector.features.fold_steps import (
     _counter_broken,
     _counters,
     _couplings,
+    _far,
     _gap,
     _load_row,
     _signals,
@@ -74,7 +77,7 @@ from detector.features.fold_steps import (
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "4aa24d52c94cb0efe54b5672ec4c01e3a0b0b3a609e7c30e49b2a119575cbc6b"
+_STEPS_SHA256 = "22d641033014c12508e31b937b5fbe0b9016e5389c815010383ebac5ca8511bb"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -91,8 +94,9 @@ def _emit(
     change_rate, cond_change, n, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):  # pragma: no cover - compiled
     """Close row ``r``'s open group into output ``n``: its feature columns up to
-    the bus features, and in its last column (after the features: ``Emitted``) its
-    cross-coupled word's mean (0 for an id without one); then reset the accumulators."""
+    the bus features, and in its last two columns (after the features: ``Emitted``)
+    its cross-coupled word's mean (0 for an id without one) and the note of its byte
+    furthest outside its range (-1: none); then reset the accumulators."""
     a = acc_i[r]
     count = a[A_COUNT]
     out_row[n] = r
@@ -101,7 +105,8 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
-    X[X.shape[0] - 1] = a[A_SIG] / count if count > 0 else 0.0
+    X[X.shape[0] - 2] = a[A_SIG] / count if count > 0 else 0.0
+    X[X.shape[0] - 1] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
     if not k:  # an id the baseline never saw: only its count, which is also its novelty
         X[0] = count
         X[1] = 1.0
@@ -228,6 +233,7 @@ def _fold(  # pragma: no cover - compiled
         p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
         p_payload = np.uint64(0)
         out = bad = ck_bad = novel = dlc_bad = broken = moved = False
+        far = (np.int64(0), np.int64(0))
         for i in range(seg_start[g], seg_start[g + 1]):
             # A stream's frames lie ~its vehicle's id count apart in the batch, each
             # in another cache line, and a frame's work is too long for the CPU to
@@ -290,6 +296,7 @@ def _fold(  # pragma: no cover - compiled
                 # frames) repeats the stream's last verdicts
                 p_payload, p_dlc = p64, d
                 out, bad = _byte_bounds(p64, byte_lanes, n_tight, pair_lanes)
+                far = _far(p64, byte_lanes) if out else (np.int64(0), np.int64(0))
                 ck_bad = ck > 0 and _checksum_bad(
                     ck, checksum_byte[s], p64, d, can_id[j], crc8_pow, dlc_masks
                 )
@@ -297,7 +304,7 @@ def _fold(  # pragma: no cover - compiled
                 novel = dict_on and _unseen(p64 ^ slot_hash, payload_hashes)
                 dlc_bad = ((np.int64(dlc_mask[s]) >> d) & 1) == 0  # a dlc never seen
                 broken, moved = _signals(p64, couplings, fmask, fvalue)
-            _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved)
+            _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved, far)
         _add_lanes(la, lanes)
         _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g)
         st_last_ts[r] = last

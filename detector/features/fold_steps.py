@@ -62,12 +62,14 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: frames where another byte changed, changes together with another byte; then
 #: frames failing each check; the most severe label; frames breaking a signal coupling,
 #: frames moving a fixed byte; the sum of the id's cross-coupled word (A_SIG: a CAN bus
-#: carries < 20,000 frames/s, so < 2^31 in a window).
+#: carries < 20,000 frames/s, so < 2^31 in a window); how far the byte furthest
+#: outside its range lay past it in any frame of the window, and that frame's note
+#: (``_far``: which byte, its value, its range), for the evidence to name.
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
 A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
-A_COUPLE, A_FIXED, A_SIG = 35, 36, 37
-N_ACC_I = 38
+A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE = 35, 36, 37, 38, 39
+N_ACC_I = 40
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
 N_ACC_F = 5
@@ -427,9 +429,41 @@ def _unseen(h, payload_hashes):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved):  # pragma: no cover - compiled
-    """A frame's verdicts on its payload alone into the sums ``la``."""
+def _far(p64, bytes_):  # pragma: no cover - compiled
+    """How far (raw units) the byte of ``p64`` furthest outside its range (``bytes_``
+    lanes, as ``_bounds`` gives them) lies past it (0 when every byte is inside), and
+    the note that names it (``far_note``)."""
+    blo_e, blo_o, bhi_e, bhi_o = bytes_
+    far = np.int64(0)
+    note = np.int64(0)
+    for b in range(8):  # a fixed count: unrolled
+        sh = np.uint64(16 * (b // 2))
+        lo = np.int64(((blo_o if b % 2 else blo_e) >> sh) & np.uint64(0xFFFF))
+        hi = np.int64(((bhi_o if b % 2 else bhi_e) >> sh) & np.uint64(0xFFFF))
+        v = np.int64((p64 >> np.uint64(8 * b)) & np.uint64(0xFF))
+        past = max(lo - v, v - hi)
+        if past > far:
+            far = past
+            note = far_note(b, v, lo, hi)
+    return far, note
+
+
+@njit(cache=True, nogil=True, inline="always")
+def far_note(byte, value, lo, hi):  # pragma: no cover - compiled
+    """One int (< 2^27) saying which byte left its range, its value and the range
+    (``detector.features.columns.read_far_note`` reads it)."""
+    return byte | (value << 3) | (lo << 11) | (hi << 19)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved, far):  # pragma: no cover - compiled
+    """A frame's verdicts on its payload alone into the sums ``la``; ``far``: how far
+    past its range, and the note that says where (``_far``)."""
     la[A_OUT] += out
+    past, note = far
+    if past > la[A_FAR_MAX]:
+        la[A_FAR_MAX] = past
+        la[A_FAR_NOTE] = note
     la[A_PAIR] += bad
     la[A_CHECKSUM] += ck_bad
     la[A_NOVEL] += novel

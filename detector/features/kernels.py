@@ -175,12 +175,13 @@ def segments(key, win, order):  # pragma: no cover - compiled
 
 class Emitted:
     """Groups closed by one push: table row, window, features (bus columns 0) and
-    after them the mean of the id's cross-coupled word (``n_features`` + 1 columns)."""
+    after them the mean of the id's cross-coupled word and the note of its byte
+    furthest outside its range (``n_features`` + 2 columns)."""
 
     def __init__(self, capacity: int, n_features: int) -> None:
         self.row = np.zeros(capacity, np.int64)
         self.window = np.zeros(capacity, np.int64)
-        self.X = np.zeros((capacity, n_features + 1))
+        self.X = np.zeros((capacity, n_features + 2))
         self.attack = np.zeros(capacity, np.int8)
         self.last_ts = np.zeros(capacity)
         self.count = np.zeros(capacity, np.int64)

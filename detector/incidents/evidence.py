@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
-from detector.features.columns import POOLED_ID, F, Rows
+from detector.features.columns import POOLED_ID, F, Rows, read_far_note
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
 
@@ -119,6 +119,16 @@ def _pooled_text(sc: ScoredRows, i: int) -> str:
     )
 
 
+def _far_text(rows: Rows, i: int) -> str:
+    """Which byte lay furthest outside its learned range, at what value, and the range
+    (``Rows.far``); "" when the row has no note."""
+    note = int(rows.far_notes()[i])
+    if note < 0:
+        return ""
+    byte, value, lo, hi = read_far_note(note)
+    return f"byte {byte} read {value} (0x{value:02X}), learned range {lo}-{hi}"
+
+
 def _cross_text(rows: Rows, i: int, x: float) -> str:
     """A broken cross-id coupling: the row's word, its window mean, and where the
     partner's mean puts it (``Rows.cross``)."""
@@ -163,7 +173,8 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
         "change_drop": f"{cid}: a payload byte that normally changes with the others is frozen",
         "change_rise": f"{cid}: a payload byte changes {x:.0%} more often than learned",
-        "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames",
+        "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
+        + (f"; {far}" if (far := _far_text(sc.rows, i)) else ""),
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
