@@ -633,7 +633,9 @@ def test_fuzzed_record_batches_through_a_running_detect(unique_topic, cusw_model
                     f"{sorted({e['vehicle'] for e in incidents.events()})}\n"
                     + err_path.read_text(errors="replace")[-3000:]
                 ) from None
-            time.sleep(2.0)  # the last poll's dead letters acknowledged and counted
+            # the last polls' dead letters produced and counted: lag 0 says every record
+            # was fetched, not that its dead letter is out (under load, 2 s once was not)
+            wait_for("the dead letters settled", dead_letters_settled(metrics), WAIT_S)
             s = metrics()
             events = incidents.events()
             n_dead = int(total(s, "canwatch_dead_letters_total"))
@@ -731,3 +733,16 @@ def test_fuzzed_record_batches_through_a_running_detect(unique_topic, cusw_model
         f"  generate {t1 - t0:.1f} s, produce {t2 - t1:.1f} s, detector done and DLQ read "
         f"{t3 - t2:.1f} s, verify {t4 - t3:.1f} s"
     )
+
+
+def dead_letters_settled(metrics, quiet_s: float = 3.0):
+    """A condition for ``wait_for``: the dead-letter count has not moved for ``quiet_s``."""
+    seen = {"n": -1.0, "since": time.monotonic()}
+
+    def settled() -> bool:
+        n = total(metrics(), "canwatch_dead_letters_total")
+        if n != seen["n"]:
+            seen["n"], seen["since"] = n, time.monotonic()
+        return time.monotonic() - seen["since"] >= quiet_s
+
+    return settled
