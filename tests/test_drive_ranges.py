@@ -40,6 +40,12 @@ def out_of_range(bl, frames: np.ndarray) -> np.ndarray:
     return rows_of(bl, frames).X[:, F["out_of_range"]]
 
 
+def scored(rows: Rows) -> ScoredRows:
+    """``rows`` as the evidence reads them (scores and evidence do not matter to it)."""
+    zeros = np.zeros(len(rows))
+    return ScoredRows("p", 1, rows, zeros, np.zeros((len(rows), N_EVIDENCE)), ["v"], ["b"], zeros)
+
+
 def trained():
     drives = [drive(v, d, 1.7e9 + 1000 * d) for d, v in enumerate(LEVELS)]
     for d, f in enumerate(drives):
@@ -90,11 +96,19 @@ def test_the_evidence_names_the_byte_furthest_out_its_value_and_its_range() -> N
     assert {read_far_note(int(n)) for n in rows.far[:14]} == {(6, 20, 0, int(bl.byte_max[s, 6]))}
     assert {read_far_note(int(n)) for n in rows.far[15:]} == {(BYTE, 0xFF, lo, hi)}
 
-    zeros = np.zeros(len(rows))
-    sc = ScoredRows("p", 1, rows, zeros, np.zeros((len(rows), N_EVIDENCE)), ["v"], ["b"], zeros)
+    sc = scored(rows)
     text = describe(sc, 20, "out_of_range", W)
     assert text == ("0x4E7: payload byte outside its learned range in 100% of frames; "
                     f"byte 5 read 255 (0xFF), learned range {lo}-{hi}"), text  # fmt: skip
     assert describe(sc, 3, "out_of_range", W).endswith(f"byte 6 read 20 (0x14), learned range 0-{bl.byte_max[s, 6]}")
+    # a byte that never moved in training (byte 7, 0 on every drive) moving: named too
+    moved = drive(110, 9, 1.8e9)
+    moved["data"][:, 7] = 0x60
+    text = describe(scored(rows_of(bl, moved)), 3, "fixed_out", W)
+    assert text == ("0x4E7: a byte that never changed in training changed in 100% of frames; "
+                    "byte 7 read 96 (0x60), learned range 0-0"), text  # fmt: skip
+    moved["data"][:, BYTE] = 0xFF  # a byte further out, that did move: not the one named
+    text = describe(scored(rows_of(bl, moved)), 3, "fixed_out", W)
+    assert text == "0x4E7: a byte that never changed in training changed in 100% of frames", text
     inside = rows_of(bl, drive(110, 9, 1.8e9))
     assert inside.far is None  # no byte out: no note, and the sentence says no more
