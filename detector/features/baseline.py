@@ -245,6 +245,19 @@ def _learn_nibble_sum(data: np.ndarray, dlc: np.ndarray) -> tuple[int, int]:
     return (NIBBLE_SUM, k) if counts[k] >= 0.995 * len(data) else (0, -1)
 
 
+def _owner_ranges(d: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owners, 8) int16 each: every byte's least and largest value per owner (drive
+    or vehicle) of the payloads ``d``."""
+    if len(owner) == 0:
+        return np.zeros((0, 8), np.int16), np.zeros((0, 8), np.int16)
+    order = np.argsort(owner, kind="stable")  # already sorted when learn_baseline calls
+    d, owner = d[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    lo = np.minimum.reduceat(d, starts, axis=0).astype(np.int16)
+    hi = np.maximum.reduceat(d, starts, axis=0).astype(np.int16)
+    return lo, hi
+
+
 def drive_excess(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """(8,) int16: per byte, the furthest one drive's values went outside the range of
     all the other drives' (0 with fewer than two drives).
@@ -252,18 +265,12 @@ def drive_excess(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     How far past the training range the next drive may go, measured the way the next
     drive will be met: a coolant byte at 103, 120 and 125 on three warm drives may
     sit 15 from the others' on a fourth, and a forged 0xFF lies far beyond that."""
-    if len(owner) == 0:
-        return np.zeros(8, np.int16)
-    order = np.argsort(owner, kind="stable")
-    d, owner = d[order], owner[order]
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    if len(starts) < 2:
-        return np.zeros(8, np.int16)
-    lo = np.minimum.reduceat(d, starts, axis=0).astype(np.int16)  # (drives, 8)
-    hi = np.maximum.reduceat(d, starts, axis=0).astype(np.int16)
+    lo, hi = _owner_ranges(d, owner)
     out = np.zeros(8, np.int16)
-    for g in range(len(starts)):
-        others = np.arange(len(starts)) != g
+    if len(lo) < 2:
+        return out
+    for g in range(len(lo)):
+        others = np.arange(len(lo)) != g
         below = lo[others].min(axis=0) - lo[g]
         above = hi[g] - hi[others].max(axis=0)
         out = np.maximum(out, np.maximum(below, above))
@@ -277,17 +284,11 @@ def vehicle_specific_bytes(d: np.ndarray, owner: np.ndarray) -> np.ndarray:
     learned from a few vehicles covers the next one (their range reaches as far
     past the training vehicles' as one went past the others: ``drive_excess``).
     """
-    if len(owner) == 0:
+    lo, hi = _owner_ranges(d, owner)
+    if len(lo) < 2:
         return np.zeros(8, bool)
-    order = np.argsort(owner, kind="stable")  # already sorted when learn_baseline calls
-    d, owner = d[order], owner[order]
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-    if len(starts) < 2:
-        return np.zeros(8, bool)
-    lo = np.minimum.reduceat(d, starts, axis=0).astype(np.int16)
-    hi = np.maximum.reduceat(d, starts, axis=0).astype(np.int16)
     within = (hi - lo).mean(axis=0)
-    across = d.max(axis=0).astype(np.int16) - d.min(axis=0)
+    across = hi.max(axis=0) - lo.min(axis=0)
     return (across > 0) & (within < 0.25 * across)
 
 

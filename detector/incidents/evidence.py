@@ -120,16 +120,16 @@ def _pooled_text(sc: ScoredRows, i: int) -> str:
 
 
 def _far_text(rows: Rows, i: int, one_value: bool = False) -> str:
-    """Which byte lay furthest outside its learned range, at what value, and the range
-    (``Rows.far``); "" when the row has no note, or with ``one_value`` when the byte's
-    range is not one value (it is not the byte that never moved)."""
+    """"; " and which byte lay furthest outside its learned range, at what value, and
+    the range (``Rows.far``); "" when the row has no note, or with ``one_value`` when
+    the byte's range is not one value (it is not the byte that never moved)."""
     note = int(rows.far_notes()[i])
     if note < 0:
         return ""
     byte, value, lo, hi = read_far_note(note)
     if one_value and lo != hi:
         return ""
-    return f"byte {byte} read {value} (0x{value:02X}), learned range {lo}-{hi}"
+    return f"; byte {byte} read {value} (0x{value:02X}), learned range {lo}-{hi}"
 
 
 def _cross_text(rows: Rows, i: int, x: float) -> str:
@@ -177,13 +177,13 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "change_drop": f"{cid}: a payload byte that normally changes with the others is frozen",
         "change_rise": f"{cid}: a payload byte changes {x:.0%} more often than learned",
         "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
-        + (f"; {far}" if (far := _far_text(sc.rows, i)) else ""),
+        + _far_text(sc.rows, i),
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
         "cross_out": _cross_text(sc.rows, i, x),
         "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames"
-        + (f"; {far}" if (far := _far_text(sc.rows, i, one_value=True)) else ""),
+        + _far_text(sc.rows, i, one_value=True),
         "counter_err": f"{cid}: message counter out of sequence in {pct} of frames",
         "checksum_err": f"{cid}: checksum invalid in {pct} of frames",
         "novel_payload": f"{cid}: {pct} of payloads never seen in training",
