@@ -104,6 +104,7 @@ def test_a_fuzzers_ids_hold_streams_for_one_window_only(baseline) -> None:
         capacity.append(state.streams.capacity)
     n_ids = len(baseline.ids)
     assert max(sizes) <= n_ids + 256 + 1
+    assert state.streams.high_water <= n_ids + 256 + 1  # mid-push too
     assert max(sizes) > n_ids + 200  # the fuzzer did get streams of its own
     assert sizes[-1] <= n_ids  # back to the learned ids once it stopped
     assert len(set(capacity[len(capacity) // 5 :])) == 1  # no growth after the first seconds
@@ -111,6 +112,32 @@ def test_a_fuzzers_ids_hold_streams_for_one_window_only(baseline) -> None:
     # those of the window it closes, and those the batch opened in the next
     assert len(walked) == 400 and sum(w > 0 for w in walked) <= 41
     assert max(walked) <= n_ids + 2 * (256 + 1)
+
+
+def test_a_backlog_of_fuzzing_in_one_push_holds_one_windows_unseen_ids_at_a_time(
+    baseline,
+) -> None:
+    """A consumer catching up takes 16 s of fuzzing (4,000 random ids a second) in one
+    push, or in pushes that each cross window boundaries. The table never holds, even
+    mid-push, more than the learned ids + max_novel_ids + the pooled row (one window's
+    unseen ids), and the rows and pooled frames are those of pushes of 0.1 s."""
+    frames = merged(simulate_vehicle("cusw", 30.0, T0, 7), fuzz(T0 + 8, 16, 4000, seed=4))
+    n_ids = len(baseline.ids)
+    results = []
+    for step in (100.0, 2.5, 0.1):
+        state = WindowState(W, max_novel_ids=256)
+        rows, pooled = [], 0
+        for b in batches(frames, step):
+            rows.append(state.push(b, np.zeros(len(b), np.int64), baseline))
+            pooled += len(state.last_pooled.get("novel_id_limit", ()))
+        assert n_ids + 200 < state.streams.high_water <= n_ids + 256 + 1, step
+        got = Rows.concat(rows)
+        o = np.lexsort((got.can_id, got.window))
+        results.append((got.window[o], got.can_id[o], got.count[o], got.X[o], pooled))
+    assert results[0][4] >= 15 * (4000 - 256 - 500)  # most of the fuzzer's frames pooled
+    for got in results[1:]:
+        for a, b in zip(results[0], got, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_pooling_past_max_novel_ids_is_the_same_however_the_stream_is_cut(baseline) -> None:

@@ -161,6 +161,7 @@ def test_a_fuzzer_past_max_novel_ids_is_one_fuzzing_incident_within_bounded_stat
         reader.close()
     n_ids = len(load_latest(cusw_models)["cusw"].baseline.ids)
     assert peak.streams <= n_ids + max_novel + 1 <= reserve_per_vehicle(n_ids) + max_novel
+    assert detector.scorer.peak_streams <= n_ids + max_novel + 1  # mid-push too
     assert len({e["incident_id"] for e in events}) == 1  # one attack, one incident, kept open
     last = events[-1]
     assert last["status"] == "closed" and last["suspected_attack"] == "fuzzing"

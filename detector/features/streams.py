@@ -142,6 +142,7 @@ class StreamTable:
         self.n_alloc = 0  # rows ever handed out (the rest of the columns is spare)
         self.free = np.zeros(0, np.int64)  # freed rows below n_alloc, reused first
         self.n_free = 0
+        self.high_water = 0  # the most rows held at once, mid-push included
         self.slots = np.full(1024, _EMPTY, np.int32)  # the hash index: row, or _EMPTY/_TOMB
         self.n_tomb = 0
         self.head = np.zeros(0, np.int32)  # per vehicle: its newest row, -1 if none
@@ -227,6 +228,7 @@ class StreamTable:
                 self._grow_rows(self.n_alloc + more)
             rows = np.r_[rows, np.arange(self.n_alloc, self.n_alloc + more)]
             self.n_alloc += more
+        self.high_water = max(self.high_water, len(self))
         return rows
 
     def _grow_rows(self, need: int) -> None:

@@ -26,7 +26,11 @@ a window always get their own stream; the rest only while the caller's
 ``extra_budget`` (the instance's free streams, ``detector.model.pipeline``) lasts.
 So a vehicle holds at most its platform's learned ids + ``max_novel_ids`` + 1
 streams, and a pooled row always stands for more than
-``GUARANTEED_NOVEL_IDS`` distinct unseen ids.
+``GUARANTEED_NOVEL_IDS`` distinct unseen ids. That holds mid-push too: a batch
+whose unseen ids would exceed it (a backlog spanning several windows of a
+fuzzer, or one crossing into the next window while the open one holds its
+allowance) is pushed one window at a time, each vehicle's older window closed
+before the next one takes streams (same rows).
 
 The result is identical however a vehicle's stream is cut into batches as
 long as each vehicle's frames arrive in time order (and, once the instance
@@ -156,9 +160,13 @@ class WindowState:
         bl: Baseline,
         extra_budget: int | None,
         like: _Plan | None = None,
+        split: bool = True,
     ) -> tuple[Rows, _Plan | None]:
-        """``push_batch``, and its plan (for another state's ``like``)."""
-        plan = self._prepare(frames, uv, local, bl, extra_budget, like)
+        """``push_batch``, and its plan (for another state's ``like``). ``split``: whether
+        the batch may be cut into windows (see ``_push_by_window``)."""
+        plan = self._prepare(frames, uv, local, bl, extra_budget, like, split)
+        if isinstance(plan, np.ndarray):
+            return self._push_by_window(frames, uv, local, bl, extra_budget, plan), None
         if plan is None:
             return Rows.empty(), None
         late_open = fold(
@@ -175,11 +183,14 @@ class WindowState:
         bl: Baseline,
         extra_budget: int | None,
         like: _Plan | None = None,
-    ) -> _Plan | None:
+        split: bool = True,
+    ) -> _Plan | np.ndarray | None:
         """Everything of a push before the fold: windows, late frames, pooling, the
         frames grouped by stream, their rows, the streams to close. ``like``: another
         state's plan for the same batch, whose grouping is taken when both hold the
-        same frames and know every id (the grouping then cannot differ)."""
+        same frames and know every id (the grouping then cannot differ). When the
+        batch must be pushed a window at a time (``split`` allowing), nothing is
+        changed and each frame's window is returned instead."""
         self.last_late = np.zeros(0, np.int64)
         self.last_pooled = {}
         if len(local) == 0:
@@ -192,24 +203,26 @@ class WindowState:
             frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
             _NONE, bl.ids,
         )  # fmt: skip
-        self.first_window[uv], self.newest[uv] = first, newest
-        self.last_late = uv[local[late]]
-        self.late_frames += n_late
+        late_vehicles, all_win = uv[local[late]], win
         if n_late:
             frames, local, win = take_frames(frames, ~late), local[~late], win[~late]
             can_id, id_rank = frames["can_id"], id_rank[~late]
+        ts = frames["ts"]
+        ids, key_id = bl.ids, can_id
+        if not all_known and len(local):  # unseen ids get ranks (and maybe streams) of their own
+            ids, id_rank = batch_ids(can_id, bl)
+            key_id = self._pool(ts, can_id, local, uv, win, ids, id_rank, bl, extra_budget, split)
+            if key_id is None:  # nothing changed yet: the caller pushes it a window at a time
+                return all_win
+            if key_id is not can_id:
+                ids, id_rank = batch_ids(key_id, bl)
+        self.first_window[uv], self.newest[uv] = first, newest
+        self.last_late = late_vehicles
+        self.late_frames += n_late
         if len(local) == 0:
             return None
         cut = np.floor(newest / self.window_s)
         cut = np.where(np.isfinite(cut), cut, _NONE).astype(np.int64)
-
-        ts = frames["ts"]
-        ids, key_id = bl.ids, can_id
-        if not all_known:  # ids the baseline never saw get ranks (and maybe streams) of their own
-            ids, id_rank = batch_ids(can_id, bl)
-            key_id = self._pool(ts, can_id, local, uv, win, ids, id_rank, bl, extra_budget)
-            if key_id is not can_id:
-                ids, id_rank = batch_ids(key_id, bl)
         if like is not None and like.plain and all_known and not n_late:
             order, seg_start, groups = like.order, like.seg_start, like.groups
         else:
@@ -228,6 +241,39 @@ class WindowState:
             frames, local, win, uv, cut, in_batch, order, seg_start, groups, rows,
             scan_v, scan, which, emitted, plain=all_known and not n_late,
         )  # fmt: skip
+
+    def _push_by_window(
+        self,
+        frames: np.ndarray,
+        uv: np.ndarray,
+        local: np.ndarray,
+        bl: Baseline,
+        extra_budget: int | None,
+        win: np.ndarray,
+    ) -> Rows:
+        """A batch whose unseen ids would have a vehicle hold more than ``max_novel_ids``
+        of their streams at once, pushed one window at a time, each vehicle's older
+        window closed (its unseen ids' streams freed) before the next one's are taken.
+        The rows are those of one push; the state stays within its bound mid-push too."""
+        out, late, pooled = [], [], {}
+        extra0 = self.novel_extra
+        for w in np.unique(win):
+            sel = np.flatnonzero(win == w)
+            present, part_local = np.unique(local[sel], return_inverse=True)
+            vehicles = uv[present]
+            out.append(self.close_vehicles(vehicles[self.cut[vehicles] < w], bl, upto=int(w)))
+            budget = None
+            if extra_budget is not None:
+                budget = extra_budget - max(self.novel_extra - extra0, 0)
+            part = take_frames(frames, sel)
+            rows, _ = self._push(part, vehicles, part_local.reshape(-1), bl, budget, split=False)
+            out.append(rows)
+            late.append(self.last_late)
+            for reason, v in self.last_pooled.items():
+                pooled.setdefault(reason, []).append(v)
+        self.last_late = np.concatenate(late)
+        self.last_pooled = {reason: np.concatenate(v) for reason, v in pooled.items()}
+        return Rows.concat(out)
 
     @staticmethod
     def _group(
@@ -275,9 +321,13 @@ class WindowState:
         id_rank: np.ndarray,
         bl: Baseline,
         extra_budget: int | None,
-    ) -> np.ndarray:
+        split: bool,
+    ) -> np.ndarray | None:
         """The id of the stream each frame folds into: its own, or POOLED_ID for a frame
-        of an unseen id past its vehicle window's allowance (see the module doc)."""
+        of an unseen id past its vehicle window's allowance (see the module doc). None
+        (``split`` allowing) when some vehicle would hold more than ``max_novel_ids``
+        unseen ids' streams at once: those of several windows of the batch, or of its
+        open window beside the next one's."""
         _, learned = id_slots(ids, bl.ids)
         f = np.flatnonzero(~learned[id_rank])
         v, w, cid = local[f], win[f], can_id[f]
@@ -311,6 +361,9 @@ class WindowState:
             cand = np.flatnonzero(needs)
             cand = cand[np.lexsort((gc[cand], gt[cand]))]  # by first frame, across vehicles
             reason[cand[max(extra_budget, 0) :]] = 2
+        if split and _over_allowance(veh[reason == 0], gc[reason == 0], self.n_novel,
+                                     self.max_novel_ids):  # fmt: skip
+            return None
         if not reason.any():
             return can_id
         frame_reason = np.zeros(len(f), np.int64)
@@ -398,9 +451,10 @@ class WindowState:
         scored = rows.window > self.first_window[rows.vehicle]
         return rows.take(np.flatnonzero(scored))
 
-    def close_vehicles(self, vehicles: np.ndarray, bl: Baseline) -> Rows:
+    def close_vehicles(self, vehicles: np.ndarray, bl: Baseline, upto: int | None = None) -> Rows:
         """Close the open window of each of ``vehicles`` now, as a later frame would:
-        for vehicles that went quiet, whose last window would otherwise never close."""
+        for vehicles that went quiet, whose last window would otherwise never close
+        (``upto``: as a frame of that window would, the closed windows then reaching it)."""
         vehicles = np.unique(np.asarray(vehicles, dtype=np.int64))
         vehicles = vehicles[vehicles < len(self.closed_upto)]
         rows, which = self.streams.vehicle_rows(vehicles)
@@ -410,6 +464,8 @@ class WindowState:
             return Rows.empty()
         cut = self.closed_upto[vehicles].copy()
         np.maximum.at(cut, which[has], open_w[has] + 1)
+        if upto is not None:
+            cut = np.maximum(cut, upto)
         emitted = Emitted(len(rows), N_FEATURES)
         close(rows, cut[which], self.streams, bl, self.window_s, emitted)
         out = self._rows(emitted, vehicles, cut, bl)
@@ -481,6 +537,18 @@ class _Plan:
     which: np.ndarray
     emitted: Emitted
     plain: bool  # every id known to the baseline, no frame late: nothing pooled or dropped
+
+
+def _over_allowance(
+    vehicle: np.ndarray, can_id: np.ndarray, n_novel: np.ndarray, allowance: int
+) -> bool:
+    """Whether any vehicle would hold more than ``allowance`` unseen ids' streams: those
+    it holds (``n_novel``, by vehicle) and one per distinct (``vehicle``, ``can_id``)."""
+    if len(vehicle) == 0:
+        return False
+    pairs = np.unique(stream_key(vehicle, can_id))
+    veh, n = np.unique((pairs >> np.uint64(32)).astype(np.int64), return_counts=True)
+    return bool((n_novel[veh] + n > allowance).any())
 
 
 def push_pair(

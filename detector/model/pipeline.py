@@ -340,6 +340,11 @@ class Scorer:
         return sum(len(p.window.streams) for st in self.state.values() for p in st.parts())
 
     @property
+    def peak_streams(self) -> int:
+        """The most streams each table has held at once (mid-push included), summed."""
+        return sum(p.window.streams.high_water for st in self.state.values() for p in st.parts())
+
+    @property
     def reserved_streams(self) -> int:
         """Streams reserved by the vehicles held, plus unseen ids' streams beyond them
         (the shadows' included)."""
