@@ -36,6 +36,7 @@ FILES = {
     "road": (".csv", False),
     "hcrl": (".csv", False),
     "crysys": (".txt", False),
+    "cantt": (".csv", False),
     "asc": (".asc", True),
     "trc": (".trc", True),
     "blf": (".blf", True),

@@ -14,8 +14,8 @@ frame of <= 8 bytes); ROAD, HCRL and CrySyS hold classic frames only. A format
 that cannot store a frame refuses the array with a ValueError, never drops it.
 
 Labels survive where the format has a place for them: candump (CrySyS-style
-columns ``1``/``False`` plus the kind), ROAD (label names), HCRL (``T``/``R``,
-so only attacked-or-not).
+columns ``1``/``False`` plus the kind), ROAD (label names), HCRL (``T``/``R``)
+and can-train-and-test (``1``/``0``), the last two only attacked-or-not.
 """
 
 from __future__ import annotations
@@ -223,6 +223,14 @@ def _write_hcrl(path: str, frames: np.ndarray) -> None:
     _squeeze_to_file(path, header, rows)
 
 
+def _write_cantt(path: str, frames: np.ndarray) -> None:
+    n = len(frames)
+    attack = np.where(frames["label"] != 0, ord("1"), ord("0")).astype(np.uint8)[:, None]
+    rows = [_fixed_time(frames["ts"]), _const(n, b","), _id_cells(frames, 3), _const(n, b",")]
+    rows += [_byte_cells(frames, b""), _const(n, b","), attack, _const(n, b"\n")]
+    _squeeze_to_file(path, b"timestamp,arbitration_id,data_field,attack\n", rows)
+
+
 def _write_crysys(path: str, frames: np.ndarray) -> None:
     """CrySyS columns ``ts id flags dlc b0 .. b{dlc-1}`` (no labels)."""
     n = len(frames)
@@ -348,9 +356,10 @@ _WRITERS = {
     "road": _write_road,
     "hcrl": _write_hcrl,
     "crysys": _write_crysys,
+    "cantt": _write_cantt,
     "asc": _python_can("asc", _ASCWriter),
     "blf": _python_can("blf", can.BLFWriter),
     "trc": _python_can("trc", _TRCWriter),
     "csv": _python_can("csv", can.CSVWriter),
 }
-_CLASSIC_ONLY = ("road", "hcrl", "crysys")
+_CLASSIC_ONLY = ("road", "hcrl", "crysys", "cantt")

@@ -26,6 +26,7 @@ WRITABLE = {
     "blf": (".blf", 1e-6, "none", True),
     "trc": (".trc", 1e-6, "none", False),
     "crysys": (".txt", 1e-6, "none", False),
+    "cantt": (".csv", 1e-6, "attacked", False),
 }
 
 
@@ -154,8 +155,38 @@ def test_crysys_columns_and_overrides(tmp_path):
     assert read_frames(tmp_path / "x.csv", fmt="pcan-csv")["dlc"].tolist() == [8, 6, 0]
 
 
+def test_can_train_and_test_csv_and_its_dlc_column(tmp_path):
+    """can-train-and-test's own lines (payloads of any length, 0x ids) and the
+    CANini/CAN-MIRGU variant with a dlc_value column."""
+    path = tmp_path / "DoS-1.csv"
+    path.write_text(
+        "timestamp,arbitration_id,data_field,attack\n"
+        "1672531200.0,0C1,3000000430000004,0\n"
+        "1672531200.0002701,0x0C5,000200000000,0\n"
+        "1672531200.000502,000,,1\n"
+    )
+    assert detect_format(path) == "cantt"
+    f = read_frames(path)
+    assert f["can_id"].tolist() == [0x0C1, 0x0C5, 0x000]
+    assert f["dlc"].tolist() == [8, 6, 0]
+    assert f["data"][1].tolist() == [0, 2, 0, 0, 0, 0, 0, 0]
+    assert f["label"].tolist() == [0, 0, UNKNOWN]
+    np.testing.assert_allclose(f["ts"] - 1672531200.0, [0, 0.0002701, 0.000502], atol=5e-7)
+    canini = tmp_path / "canini.csv"
+    canini.write_text(
+        "timestamp,arbitration_id,data_field,dlc_value,attack\n"
+        "1698233010.284626,372,2F002500EE1E0000,8,0\n"
+        "1698233010.285637,436,00000000,4,1\n"
+    )
+    f = read_frames(canini)
+    assert f["dlc"].tolist() == [8, 4] and f["label"].tolist() == [0, UNKNOWN]
+    assert read_frames(canini, fmt="can-train-and-test")["can_id"].tolist() == [0x372, 0x436]
+
+
 def test_formats_listed():
-    assert set(FORMATS) >= {"candump", "asc", "blf", "trc", "csv", "hcrl", "road", "crysys"}
+    assert set(FORMATS) >= {
+        "candump", "asc", "blf", "trc", "csv", "hcrl", "road", "crysys", "cantt",
+    }  # fmt: skip
 
 
 ROAD_HEAD = "Time,Id,Byte1,Byte2,Byte3,Byte4,Byte5,Byte6,Byte7,Byte8,Label\n"
@@ -164,6 +195,8 @@ HCRL_HEAD = (
     "Timestamp,CAN ID,DLC,DATA[0],DATA[1],DATA[2],DATA[3],DATA[4],DATA[5],DATA[6],DATA[7],Flag\n"
 )
 PCSV_HEAD = "timestamp,arbitration_id,extended,remote,error,dlc,data\n"
+CANTT_HEAD = "timestamp,arbitration_id,data_field,attack\n"
+CANTT_OK = "1.0,0C1,3000000430000004,0\n"
 
 
 @pytest.mark.parametrize(
@@ -198,6 +231,12 @@ PCSV_HEAD = "timestamp,arbitration_id,extended,remote,error,dlc,data\n"
         ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1,A!==\n", "f.csv:2: bad base64 data 'A!=='"),
         ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1\n", "f.csv:2: expected 7 columns, got 6"),
         ("f.txt", "1.5 0380 000 8 30 bb 82\n", "f.txt:1: expected 12 columns (dlc 8), got 7"),
+        ("f.csv", CANTT_HEAD + CANTT_OK + "1.1,na,na,1\n", "f.csv:3: bad CAN id 'na'"),
+        ("f.csv", CANTT_HEAD + CANTT_OK + "1.1,0C1,30000,0\n", "f.csv:3: odd number of hex"),
+        ("f.csv", CANTT_HEAD + "1.1,0C1,300000043000000411,0\n", "f.csv:2: data_field of 9"),
+        ("f.csv", CANTT_HEAD + "1.1,0C1,3G,0\n", "f.csv:2: bad hex in data_field '3G'"),
+        ("f.csv", CANTT_HEAD + CANTT_OK + "1.1,0C1,30,2\n", "f.csv:3: bad attack label '2'"),
+        ("f.csv", CANTT_HEAD + "1.1,0C1,3000,0,0\n", "f.csv:2: dlc_value '0' is not the 2 bytes"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, name, text, message):

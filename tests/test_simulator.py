@@ -234,7 +234,7 @@ def test_fleet_round_robin_and_names():
 # ----------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("fmt", ["log", "asc"])
+@pytest.mark.parametrize("fmt", ["log", "asc", "cantt"])
 def test_cli_simulate_writes_files_and_manifest(tmp_path, fmt):
     pytest.importorskip("replay.writers", reason="replay/writers.py not written yet")
     from detector.cli import main
@@ -253,7 +253,8 @@ def test_cli_simulate_writes_files_and_manifest(tmp_path, fmt):
     ]
     for v in manifest["vehicles"]:
         path = out / v["file"]
-        assert path.name == f"{v['vehicle']}.{fmt}" and path.stat().st_size > 0
+        suffix = "csv" if fmt == "cantt" else fmt
+        assert path.name == f"{v['vehicle']}.{suffix}" and path.stat().st_size > 0
         assert v["frames"] > 3000
     from replay.readers import read_frames
 
@@ -262,6 +263,8 @@ def test_cli_simulate_writes_files_and_manifest(tmp_path, fmt):
     assert np.all(np.diff(first["ts"]) >= 0)
     if fmt == "log":  # candump keeps the labels: the 2,000 dos frames of vehicle 0
         assert np.count_nonzero(first["label"] == LABEL_CODE["dos"]) == 2000
+    if fmt == "cantt":  # attacked or not: the same 2,000 frames, read back by content
+        assert np.count_nonzero(read_frames(out / manifest["vehicles"][0]["file"])["label"]) == 2000
     attacks = manifest["attacks"]
     assert [(a["kind"], a["vehicle"]) for a in attacks] == [
         ("dos", "veh-jeep-0000"),

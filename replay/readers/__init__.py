@@ -16,6 +16,7 @@ returns the frames in file order with per-frame ``label`` from the file's labels
     hcrl      tabular    HCRL Car-Hacking CSV
     road      tabular    ROAD ``Time,Id,Byte1..Byte8,Label``
     crysys    tabular    CrySyS whitespace columns
+    cantt     tabular    can-train-and-test ``timestamp,arbitration_id,data_field,attack``
 """
 
 from __future__ import annotations
@@ -39,15 +40,21 @@ _ALL: tuple[LogFormat, ...] = (
     tabular.HCRL,
     tabular.ROAD,
     tabular.CRYSYS,
+    tabular.CANTT,
 )
 REGISTRY: dict[str, LogFormat] = {f.name: f for f in _ALL}
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
-ALIASES: dict[str, str] = {"pcan-csv": "csv", "python-can-csv": "csv", "log": "candump"}
+ALIASES: dict[str, str] = {
+    "pcan-csv": "csv",
+    "python-can-csv": "csv",
+    "log": "candump",
+    "can-train-and-test": "cantt",
+}
 
 #: Suffixes that name exactly one format; all others are sniffed.
 _BY_SUFFIX = {".asc": "asc", ".blf": "blf", ".trc": "trc"}
 #: Sniffing order: most specific signatures first.
-_SNIFF_ORDER = ("blf", "trc", "asc", "csv", "candump", "road", "hcrl", "crysys")
+_SNIFF_ORDER = ("blf", "trc", "asc", "csv", "candump", "road", "hcrl", "cantt", "crysys")
 _HEAD = 4096
 
 

@@ -1,4 +1,5 @@
-"""Dataset CSV/column formats: ROAD, HCRL Car-Hacking and CrySyS columns.
+"""Dataset CSV/column formats: ROAD, HCRL Car-Hacking, CrySyS columns and
+can-train-and-test.
 
 - ``road``: ``Time,Id,Byte1..Byte8,Label`` (hex id and bytes, empty byte cells
   for short frames); labels Benign, Fuzzing, Fabrication (spoofing), Masquerade,
@@ -7,6 +8,11 @@
   ``T`` injected (label ``unknown``). Headerless original files put the flag
   right after the last data byte, so the flag is always the last column.
 - ``crysys``: whitespace columns ``ts id flags dlc b0 .. b{dlc-1}`` (hex).
+- ``cantt``: ``timestamp,arbitration_id,data_field,attack`` as can-train-and-test
+  (Lampe & Meng: four vehicles, one csv per drive) writes it: hex id (``0x``
+  optional), the payload as one hex string of its length (0-8 bytes), attack
+  ``0``/``1`` (label ``unknown``). CANini and CAN-MIRGU's csv add a
+  ``dlc_value`` column before ``attack``; it must match the payload.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 
 from detector.core.schema import LABELS
 from replay.readers import _text as tx
-from replay.readers._base import LogFormat, build_frames, head_lines, mostly
+from replay.readers._base import LABEL_WORDS, LogFormat, build_frames, head_lines, mostly
 
 _UNKNOWN = LABELS.index("unknown")
 ROAD_LABELS = {name: i for i, name in enumerate(LABELS)}
@@ -26,6 +32,7 @@ HCRL_FLAGS = {"r": 0, "t": _UNKNOWN}
 
 _ROAD_ROW = re.compile(r"^[0-9.]+,[0-9A-Fa-f]+,([0-9A-Fa-f]{0,2},){8}[A-Za-z]\w*$")
 _HCRL_ROW = re.compile(r"^[0-9.]+,[0-9A-Fa-f]+,\d,([0-9A-Fa-f]{0,2},){0,8}[RT]$")
+_CANTT_ROW = re.compile(r"^[0-9.]+,(0x)?[0-9A-Fa-f]+,([0-9A-Fa-f]{2}){0,8},(\d,)?[01]$")
 _CRYSYS_ROW = re.compile(r"^[0-9.]+\s+[0-9A-Fa-f]+\s+[0-9A-Fa-f]+\s+\d((\s+[0-9A-Fa-f]{2})*)$")
 
 
@@ -42,6 +49,10 @@ def sniff_road(head: bytes) -> bool:
 
 def sniff_hcrl(head: bytes) -> bool:
     return _sniff_rows(head, "timestamp,canid,dlc", _HCRL_ROW)
+
+
+def sniff_cantt(head: bytes) -> bool:
+    return _sniff_rows(head, "timestamp,arbitration_id,data_field", _CANTT_ROW)
 
 
 def sniff_crysys(head: bytes) -> bool:
@@ -124,6 +135,35 @@ def read_hcrl(path: str, data: bytes | None) -> np.ndarray:
     return build_frames(ts, arb, ext, dlc, payload, 0, flag)
 
 
+def read_cantt(path: str, data: bytes | None) -> np.ndarray:
+    t = _drop_header(tx.load_text(path, data or b""))
+    f = tx.CommaFields(t)
+    tx.check_count(t, f, (f.count == 4) | (f.count == 5), "4 or 5")
+    ts = _ts(t, f)
+    arb, ext = _id(t, f, 1)
+    s, e = f.get(2)
+    n = e - s
+    tx.fail(
+        t, n % 2 == 1, lambda i: f"odd number of hex digits in data_field {t.text(s[i], e[i])!r}"
+    )
+    tx.fail(t, n > 16, lambda i: f"data_field of {n[i] // 2} bytes > 8")
+    payload, bad = tx.hex_bytes_contig(t, s, n)
+    tx.fail(t, bad, lambda i: f"bad hex in data_field {t.text(s[i], e[i])!r}")
+    dlc = n // 2
+    five = f.count == 5
+    if five.any():
+        ds, de = f.get(np.where(five, 3, 0))
+        given, bad_d = tx.parse_digits(t, ds, de)
+        tx.fail(
+            t, five & (bad_d | (de == ds) | (given != dlc)),
+            lambda i: f"dlc_value {t.text(ds[i], de[i])!r} is not the {dlc[i]} bytes of data_field",
+        )  # fmt: skip
+    ls, le = f.get(f.count - 1)
+    label = tx.match_words(t, ls, le, {"0": 0, "1": LABEL_WORDS["1"]})
+    tx.fail(t, label < 0, lambda i: f"bad attack label {t.text(ls[i], le[i])!r} (expected 0 or 1)")
+    return build_frames(ts, arb, ext, dlc, payload, 0, label)
+
+
 def read_crysys(path: str, data: bytes | None) -> np.ndarray:
     t = tx.load_text(path, data or b"")
     f = tx.WsFields(t)
@@ -142,4 +182,5 @@ def read_crysys(path: str, data: bytes | None) -> np.ndarray:
 
 ROAD = LogFormat("road", (".csv",), sniff_road, read_road)
 HCRL = LogFormat("hcrl", (".csv",), sniff_hcrl, read_hcrl)
+CANTT = LogFormat("cantt", (".csv",), sniff_cantt, read_cantt)
 CRYSYS = LogFormat("crysys", (".csv", ".txt", ".log"), sniff_crysys, read_crysys)
