@@ -140,6 +140,28 @@ def test_a_backlog_of_fuzzing_in_one_push_holds_one_windows_unseen_ids_at_a_time
             np.testing.assert_array_equal(a, b)
 
 
+def test_a_window_by_window_push_takes_a_new_vehicle_numbered_past_the_table(baseline) -> None:
+    """A push cut into windows (vehicle 0's unseen ids pass max_novel_ids across two
+    windows) beside a vehicle never seen, whose number lies past the stream table's
+    vehicles: it gets its streams, and vehicle 0's rows are those of a push alone."""
+
+    def unseen(t0: float, n: int, first_id: int) -> np.ndarray:
+        ids = (first_id + np.arange(n)).astype(np.uint32) | np.uint32(EXTENDED_FLAG)
+        return make_frames(t0 + np.arange(n) * 0.001, ids, np.zeros((n, 8), np.uint8))
+
+    first, later = unseen(T0 + 0.1, 5, 1000), unseen(T0 + 1.1, 5, 2000)
+    newcomer = unseen(T0 + 1.2, 1, 3000)
+    state = WindowState(W, max_novel_ids=8)
+    state.push(first, np.zeros(5, np.int64), baseline)
+    rows = state.push(np.concatenate([later, newcomer]), np.r_[np.zeros(5), 100], baseline)
+    alone = WindowState(W, max_novel_ids=8)
+    alone.push(first, np.zeros(5, np.int64), baseline)
+    want = alone.push(later, np.zeros(5, np.int64), baseline)
+    assert sorted(rows.can_id[rows.vehicle == 0].tolist()) == sorted(want.can_id.tolist())
+    assert state.n_novel[0] == 5 and state.n_novel[100] == 1
+    assert len(state.streams) == 5 + 1
+
+
 def test_pooling_past_max_novel_ids_is_the_same_however_the_stream_is_cut(baseline) -> None:
     """Unseen ids get their own row in the order of their first frame: the rows (own
     and pooled) do not depend on where batches begin and end."""

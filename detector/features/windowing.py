@@ -254,14 +254,19 @@ class WindowState:
         """A batch whose unseen ids would have a vehicle hold more than ``max_novel_ids``
         of their streams at once, pushed one window at a time, each vehicle's older
         window closed (its unseen ids' streams freed) before the next one's are taken.
-        The rows are those of one push; the state stays within its bound mid-push too."""
+        The rows are those of one push; the state stays within its bound mid-push too.
+        Each window may take ``extra_budget`` less what the earlier ones still hold, so
+        streams an older window freed count as free again (one push would have pooled
+        those frames: a binding budget is not batch-invariant either way)."""
         out, late, pooled = [], [], {}
         extra0 = self.novel_extra
         for w in np.unique(win):
             sel = np.flatnonzero(win == w)
             present, part_local = np.unique(local[sel], return_inverse=True)
             vehicles = uv[present]
-            out.append(self.close_vehicles(vehicles[self.cut[vehicles] < w], bl, upto=int(w)))
+            cut = self.cut[vehicles]
+            moved_on = vehicles[(cut != _NONE) & (cut < w)]  # a new vehicle has nothing open
+            out.append(self.close_vehicles(moved_on, bl, upto=int(w)))
             budget = None
             if extra_budget is not None:
                 budget = extra_budget - max(self.novel_extra - extra0, 0)
@@ -456,7 +461,8 @@ class WindowState:
         for vehicles that went quiet, whose last window would otherwise never close
         (``upto``: as a frame of that window would, the closed windows then reaching it)."""
         vehicles = np.unique(np.asarray(vehicles, dtype=np.int64))
-        vehicles = vehicles[vehicles < len(self.closed_upto)]
+        # ones with no stream yet (never pushed, or numbered past the table's) hold nothing
+        vehicles = vehicles[vehicles < min(len(self.closed_upto), len(self.streams.head))]
         rows, which = self.streams.vehicle_rows(vehicles)
         open_w = self.streams.open_window[rows]
         has = open_w != NO_WINDOW
