@@ -18,6 +18,11 @@ missed the third's by 20 times its bound), and only drives held out show it. Eac
 of highest correlation first, at most MAX_CROSS a platform. Their bound is the
 largest residual of any training window, in the fit of all drives or on a drive
 held out of it, widened (CROSS_MARGIN, CROSS_FLOOR of the partner's range).
+A word whose window mean never fell within any training drive is an accumulator
+(a distance, a time) and couples with nothing: it wraps, and two ids' copies of it
+wrap a frame apart, so the window that holds the wrap mixes values 65,000 apart
+in other shares (the simulator's stla 0x388 and 0x38D distance: 11 times the
+bound off on a 10-minute drive, which the 40 s training drives never wrapped).
 
 Scoring (``detector.model.reference``): the fold gives each row of a coupled id
 its word's window mean (``Rows.signal``); a window whose pair of means lies
@@ -78,15 +83,16 @@ def _window_means(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """For the (drive, window) cells of the frames (``seg``: each frame's drive): each
     cell's drive, and per id in ``ids`` and word, the cell's mean (NaN where the id
-    sent < CROSS_MIN_FRAMES). Recordings of one drive share its cells: the means of
-    a line's points lie on it."""
+    sent < CROSS_MIN_FRAMES) and whether the word is an accumulator (``_accumulating``).
+    Recordings of one drive share its cells: the means of a line's points lie on it."""
     win = np.floor(ts / window_s).astype(np.int64)
     cell_key = seg.astype(np.int64) * (int(win.max()) - int(win.min()) + 1) + (win - win.min())
     cells, cell = np.unique(cell_key, return_inverse=True)
     cell_seg = np.zeros(len(cells), np.int64)
     cell_seg[cell] = seg
     means = np.full((len(ids), len(WORDS), len(cells)), np.nan)
-    order = np.argsort(slot, kind="stable")  # each id's frames one slice
+    accumulating = np.zeros((len(ids), len(WORDS)), bool)
+    order = np.lexsort((ts, seg, slot))  # each id's frames one slice, by drive and time
     bounds = np.searchsorted(slot[order], np.r_[ids, ids + 1])
     for i in range(len(ids)):
         on = order[bounds[i] : bounds[len(ids) + i]]
@@ -94,9 +100,11 @@ def _window_means(
         n = np.bincount(c, minlength=len(cells))
         ok = n >= CROSS_MIN_FRAMES
         for w, (at, be) in enumerate(WORDS):
-            s = np.bincount(c, word(words, at, be), minlength=len(cells))
+            values = word(words, at, be)
+            s = np.bincount(c, values, minlength=len(cells))
             means[i, w, ok] = s[ok] / n[ok]
-    return cell_seg, means, cells
+            accumulating[i, w] = _accumulating(values, seg[on])
+    return cell_seg, means, accumulating
 
 
 def _corr(m: np.ndarray) -> np.ndarray:
@@ -112,6 +120,15 @@ def _corr(m: np.ndarray) -> np.ndarray:
         var = sxx - sx * sx / n
         r = cov / np.sqrt(var * var.T)
     return np.where(n >= CROSS_MIN_VALUES, np.abs(r), np.nan)
+
+
+def _accumulating(values: np.ndarray, seg: np.ndarray) -> bool:
+    """Whether a word's values (one id's frames in time order, ``seg``: each one's drive)
+    rose and never fell from one frame to the next, save by a wrap (by more than half
+    the range they span: a distance's low byte falls 255 at each of its wraps)."""
+    step = np.diff(values)[seg[1:] == seg[:-1]]
+    span = float(values.max() - values.min()) if len(values) else 0.0
+    return bool((step > 0).any() and not ((step < 0) & (step > -span / 2)).any())
 
 
 def _moving(m: np.ndarray) -> np.ndarray:
@@ -174,13 +191,13 @@ def learn_cross_signals(
     ids = np.flatnonzero(mean_count >= CROSS_MIN_FRAMES)
     if len(ids) < 2 or len(ts) == 0:
         return out
-    cell_seg, means, _ = _window_means(ts, data, slot, drive, ids, window_s)
+    cell_seg, means, accumulating = _window_means(ts, data, slot, drive, ids, window_s)
     flat = means.reshape(len(ids) * len(WORDS), -1)
     usable = np.ones((len(ids), len(WORDS)), bool)
     if skip_bytes is not None:
         for w, (at, _) in enumerate(WORDS):
             usable[:, w] = ~(skip_bytes[ids, at] | skip_bytes[ids, at + 1])
-    cand = np.flatnonzero(_moving(flat) & usable.ravel())
+    cand = np.flatnonzero(_moving(flat) & usable.ravel() & ~accumulating.ravel())
     strength = _pair_strength(flat[cand], cell_seg)
     owner = cand // len(WORDS)
     a, b = np.nonzero(np.triu(strength >= CROSS_MIN_R, 1) & (owner[:, None] != owner[None, :]))
