@@ -168,3 +168,45 @@ def test_a_single_drive_is_halved_in_time_and_a_short_one_refused() -> None:
     assert len(summary["calibration_folds"]) == 2
     with pytest.raises(ValueError, match="too short to hold half of it out"):
         train_platform("pad", [drive(T0, 8.0, 0x20, seed=1)], CFG)
+
+
+SLOW = 0x300
+
+
+def slow_drive(t0: float, seconds: float, seed: int, hold: tuple[float, float] = (0, 0)):
+    """``drive`` plus 0x300 every 0.45 s (2 frames a window, 3 in every fourth or fifth):
+    a counter in byte 0 and a smooth signal in byte 2 that moves every frame, held
+    still in [hold)."""
+    j = np.arange(int(seconds / 0.45))
+    t = t0 + 0.2 + j * 0.45
+    data = np.zeros((len(j), 8), np.uint8)
+    data[:, 0] = j % 16
+    signal = (40 + 3 * j + seed * 7) % 256
+    held = (t >= t0 + hold[0]) & (t < t0 + hold[1])
+    if held.any():
+        signal[held] = signal[np.flatnonzero(held)[0]]
+    data[:, 2] = signal
+    frames = np.concatenate(
+        [drive(t0, seconds, 0x10, seed), make_frames(t, np.full(len(j), SLOW), data)]
+    )
+    return frames[np.argsort(frames["ts"], kind="stable")]
+
+
+def test_a_slow_id_s_signal_holding_still_a_window_is_no_alert_a_busy_one_s_is() -> None:
+    """A byte's change rate over a slow id's two or three frames is a share of a few
+    pairs: a smooth signal holding still for them (a plateau) is a transition, no
+    attack, as a frame share of one frame is (MIN_BAD_FRAMES). The busy id's noisy
+    byte frozen for whole windows still alerts on the same model."""
+    m, _ = train_platform("pad", [slow_drive(T0 + 100 * i, 30.0, seed=i) for i in range(4)], CFG)
+    # held from the frame before a 3-frame window (11.0, 11.45, 11.9 s) to its end: 3
+    # pairs, none changed, where the byte changed in every training pair (was 2.7)
+    plateau = slow_drive(T0 + 5000, 20.0, seed=7, hold=(10.5, 12.0))
+    ages, best = window_scores(m, plateau)
+    assert (best[ages > WARMUP_WINDOWS] < 1.0).all(), best
+    frozen = slow_drive(T0 + 6000, 20.0, seed=7)
+    fast = np.flatnonzero((frozen["can_id"] == FAST) & (frozen["ts"] >= T0 + 6012))
+    frozen["data"][fast, 1] = 0x55
+    ages, best = window_scores(m, frozen)
+    assert (best[ages >= 13] >= 1.0).all() and (
+        best[(ages > WARMUP_WINDOWS) & (ages < 12)] < 1.0
+    ).all(), best

@@ -210,12 +210,13 @@ def forest_evidence(forest: IsolationForest, X: np.ndarray, forest_hi: float) ->
     return np.minimum(np.maximum(raw - forest_hi, 0.0) / FOREST_WIDTH, EXCESS_CAP)
 
 
-#: Shares of a window's frames: one frame of a slow id is a large share, and a
-#: single frame's glitch or transition (a setting switched) is no attack. Their
-#: floor per id is at least MIN_BAD_FRAMES frames of a window's worth.
+#: Shares of a window's frames (or of its consecutive pairs: a byte's change rates):
+#: one frame of a slow id is a large share, and a single frame's glitch or transition
+#: (a setting switched, a smooth signal holding still for two frames) is no attack.
+#: Their floor per id is at least MIN_BAD_FRAMES frames of a window's worth.
 FRAME_SHARES = (
-    "out_of_range", "delta_out", "pair_out", "counter_err", "checksum_err", "novel_payload",
-    "novel_dlc", "coupling_out", "fixed_out",
+    "change_drop", "change_rise", "out_of_range", "delta_out", "pair_out", "counter_err",
+    "checksum_err", "novel_payload", "novel_dlc", "coupling_out", "fixed_out",
 )  # fmt: skip
 MIN_BAD_FRAMES = 2.0
 
