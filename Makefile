@@ -23,9 +23,11 @@ bench:           ## run every benchmark (tens of minutes; JSON in out/bench), th
 	.venv/bin/python bench/memory.py --json out/bench/memory.json
 	.venv/bin/python bench/adversarial.py --json out/bench/adversarial.json
 	.venv/bin/python bench/quality.py --json out/bench/quality.json
+	.venv/bin/python bench/long_drives.py --json out/bench/long_drives.json
 	.venv/bin/python bench/report.py out/bench/readers.json out/bench/throughput.json \
 		out/bench/throughput-lz4.json out/bench/profile.json out/bench/latency.json \
-		out/bench/memory.json out/bench/adversarial.json out/bench/quality.json
+		out/bench/memory.json out/bench/adversarial.json out/bench/quality.json \
+		out/bench/long_drives.json
 
 ROAD ?= ../shared/data/road
 PICTURE := docs/img/road-held-out-drive.png

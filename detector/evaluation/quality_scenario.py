@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.evaluation.evaluate import ALERT, Evaluation, Span, score_frames
+from detector.model.training import train_platform
 from replay.attacks import INJECTABLE, AttackSpan, AttackSpec, inject
 from replay.simulator import simulate_drives, simulate_vehicle
 
@@ -76,6 +77,53 @@ def score_benign(platform: str, model, fleet, window_s: float, incidents) -> Ben
         sum(int((ev.score >= ALERT).sum()) for ev in evs),
         sum(len(ev.incidents) for ev in evs),
     )
+
+
+#: Long benign drives: a model trained as the dev ROAD captures allow (one vehicle,
+#: LONG_TRAIN_DRIVES drives of LONG_TRAIN_S s), judged on drives of LONG_MINUTES.
+LONG_TRAIN_DRIVES, LONG_TRAIN_S, LONG_MINUTES = 3, 40.0, 10.0
+LONG_VEHICLE, LONG_OTHER_VEHICLE, LONG_START_TS = 100, 555, 1.8e9
+
+
+@dataclass
+class LongDriveFigures:
+    platform: str
+    windows: int
+    flagged: int  # windows at or over the alert threshold
+    incidents: int
+    causes: dict[str, int]  # "feature id" of each incident's first evidence -> incidents
+
+
+def score_long_drives(
+    platform: str, cfg, fleet, incidents, minutes: float = LONG_MINUTES
+) -> LongDriveFigures:
+    """Train ``platform`` on LONG_TRAIN_DRIVES x LONG_TRAIN_S s of one vehicle and score
+    drives of ``minutes`` it never saw: two new drives of that vehicle, one of another.
+    States short drives never reach (a plateau, a mode switched off, a counter that
+    wraps) show only on long ones. ``cfg``: a DetectionConfig, ``incidents`` an
+    IncidentConfig."""
+    training = [
+        simulate_vehicle(platform, LONG_TRAIN_S, START_TS, seed=LONG_VEHICLE, drive=d)
+        for d in range(LONG_TRAIN_DRIVES)
+    ]
+    model, _ = train_platform(platform, training, cfg, drives=list(range(LONG_TRAIN_DRIVES)))
+    judged = ((LONG_VEHICLE, 7), (LONG_VEHICLE, 8), (LONG_OTHER_VEHICLE, 0))
+    windows = flagged = n_incidents = 0
+    causes: dict[str, int] = {}
+    for seed, drive in judged:
+        frames = simulate_vehicle(platform, 60.0 * minutes, LONG_START_TS, seed=seed, drive=drive)
+        name = f"veh-{seed}-drive-{drive}"
+        ev = score_frames(
+            frames, PLATFORM_BRANDS[platform], name, model, fleet, cfg.window_s, incidents
+        )
+        windows += len(ev.score)
+        flagged += int((ev.score >= ALERT).sum())
+        n_incidents += len(ev.incidents)
+        for inc in ev.incidents:
+            top = inc["evidence"][0] if inc["evidence"] else {}
+            key = f"{top.get('feature')} {top.get('can_id')}"
+            causes[key] = causes.get(key, 0) + 1
+    return LongDriveFigures(platform, windows, flagged, n_incidents, causes)
 
 
 @dataclass
