@@ -210,3 +210,13 @@ def test_a_slow_id_s_signal_holding_still_a_window_is_no_alert_a_busy_one_s_is()
     assert (best[ages >= 13] >= 1.0).all() and (
         best[(ages > WARMUP_WINDOWS) & (ages < 12)] < 1.0
     ).all(), best
+    # the evidence names the byte, how often it changed with the others, and training's rate
+    from detector.incidents.evidence import describe
+
+    sc = Scorer({"pad": m}, load_fleet(), CFG.window_s).push([("v", "pad", frozen)])[0]
+    late = np.flatnonzero((sc.rows.can_id == FAST) & (sc.rows.window >= T0 + 6013))
+    text = describe(sc, int(late[0]), "change_drop", CFG.window_s)
+    assert (
+        text
+        == "0x100: byte 1 changed in 0 of the 100 frame pairs where the others did (learned 98%)"
+    )

@@ -19,7 +19,14 @@ from sklearn.ensemble import IsolationForest
 from detector.core.schema import DLC_MASKS as _DLC_MASKS
 from detector.core.schema import make_frames
 from detector.features.baseline import checksum_values, learn_baseline
-from detector.features.columns import FEATURE_NAMES, N_FEATURES, F, Rows, read_far_note
+from detector.features.columns import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    F,
+    Rows,
+    read_far_note,
+    read_frozen_note,
+)
 from detector.features.fold_steps import _CRC8_POW, _checksum
 from detector.features.kernels import segments, stream_groups, stream_keys
 from detector.features.windowing import WindowState
@@ -105,6 +112,16 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
         s = slot[r]
         assert (lo, hi) == (bl.byte_min[s, byte], bl.byte_max[s, byte])
         assert not lo <= value <= hi
+    # a row names the byte that fell furthest below its learned change rate exactly
+    # when one fell, with the counts and the learned rate its drop comes from
+    frozen = rows.frozen_notes()[i] >= 0
+    np.testing.assert_array_equal(frozen, rows.X[i, F["change_drop"]] > 0)
+    for r in np.flatnonzero(frozen):
+        byte, changed, pairs, learned = read_frozen_note(int(rows.frozen[i[r]]))
+        assert pairs >= 3 and 0 <= changed <= pairs
+        assert learned == pytest.approx(bl.cond_change[slot[r], byte], abs=5e-4)
+        drop = learned - changed / pairs
+        assert drop == pytest.approx(rows.X[i[r], F["change_drop"]], abs=5e-4)
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
     fired = dict(zip(FEATURE_NAMES[:PER_ID], (ref.X[j, :PER_ID] != 0).any(axis=0), strict=True))

@@ -81,6 +81,10 @@ class Rows:
     # (detector.features.fold_steps.far_note: byte, value, range; -1: none); None: no
     # row has one
     far: np.ndarray | None = None
+    # (r,) i8 the note of the row's byte that fell furthest below its learned change
+    # rate (detector.features.fold_kernel.frozen_note: byte, changes, pairs, learned
+    # rate; -1: none); None: no row has one
+    frozen: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
@@ -111,6 +115,7 @@ class Rows:
             None if self.signal is None else self.signal[idx],
             None if self.cross is None else self.cross[idx],
             None if self.far is None else self.far[idx],
+            None if self.frozen is None else self.frozen[idx],
         )
 
     @staticmethod
@@ -133,11 +138,18 @@ class Rows:
             None
             if all(p.far is None for p in parts)
             else np.concatenate([p.far_notes() for p in parts]),
+            None
+            if all(p.frozen is None for p in parts)
+            else np.concatenate([p.frozen_notes() for p in parts]),
         )
 
     def far_notes(self) -> np.ndarray:
         """``far``, -1 where there is none."""
         return np.full(len(self), -1, np.int64) if self.far is None else self.far
+
+    def frozen_notes(self) -> np.ndarray:
+        """``frozen``, -1 where there is none."""
+        return np.full(len(self), -1, np.int64) if self.frozen is None else self.frozen
 
     def cross_notes(self) -> np.ndarray:
         """``cross``, NaN where there is none."""
@@ -147,6 +159,16 @@ class Rows:
 def read_far_note(note: int) -> tuple[int, int, int, int]:
     """(byte, value, lo, hi) of a ``Rows.far`` note (``fold_steps.far_note`` writes it)."""
     return note & 7, (note >> 3) & 0xFF, (note >> 11) & 0xFF, (note >> 19) & 0xFF
+
+
+def read_frozen_note(note: int) -> tuple[int, int, int, float]:
+    """(byte, changes, pairs, learned rate) of a ``Rows.frozen`` note
+    (``fold_kernel.frozen_note`` writes it): of the pairs of frames where the other
+    bytes changed, the byte changed in ``changes``; in training, in that share."""
+    rest, byte = divmod(int(note), 8)
+    rest, changed = divmod(rest, 65536)
+    permille, pairs = divmod(rest, 65536)
+    return byte, changed, pairs, permille / 1000.0
 
 
 def absent_rows(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
-from detector.features.columns import POOLED_ID, F, Rows, read_far_note
+from detector.features.columns import POOLED_ID, F, Rows, read_far_note, read_frozen_note
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
 
@@ -120,7 +120,7 @@ def _pooled_text(sc: ScoredRows, i: int) -> str:
 
 
 def _far_text(rows: Rows, i: int, one_value: bool = False) -> str:
-    """"; " and which byte lay furthest outside its learned range, at what value, and
+    """ "; " and which byte lay furthest outside its learned range, at what value, and
     the range (``Rows.far``); "" when the row has no note, or with ``one_value`` when
     the byte's range is not one value (it is not the byte that never moved)."""
     note = int(rows.far_notes()[i])
@@ -151,6 +151,19 @@ def _cross_text(rows: Rows, i: int, x: float) -> str:
     )
 
 
+def _frozen_text(rows: Rows, i: int, cid: str) -> str:
+    """change_drop's sentence: the byte, how often it changed with the others in the
+    window, and how often it did in training (``Rows.frozen``)."""
+    note = int(rows.frozen_notes()[i])
+    if note < 0:
+        return f"{cid}: a payload byte that normally changes with the others is frozen"
+    byte, changed, pairs, learned = read_frozen_note(note)
+    return (
+        f"{cid}: byte {byte} changed in {changed} of the {pairs} frame pairs where the "
+        f"others did (learned {100 * learned:.0f}%)"
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -174,7 +187,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
         "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",
         "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
-        "change_drop": f"{cid}: a payload byte that normally changes with the others is frozen",
+        "change_drop": _frozen_text(sc.rows, i, cid),
         "change_rise": f"{cid}: a payload byte changes {x:.0%} more often than learned",
         "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
         + _far_text(sc.rows, i),
