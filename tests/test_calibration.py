@@ -14,9 +14,15 @@ from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig
 from detector.core.schema import LABEL_CODE, make_frames
 from detector.model.pipeline import Scorer
-from detector.model.platform import EVIDENCE_NAMES, N_EVIDENCE, cross_drive_scale
+from detector.model.platform import ENVELOPE_FLOOR, EVIDENCE_NAMES, N_EVIDENCE, cross_drive_scale
 from detector.model.reference import REF_STEPS, WARMUP_FACTOR, WARMUP_WINDOWS, StreamReference
-from detector.model.training import Recording, drive_groups, stream_window_keys, train_platform
+from detector.model.training import (
+    DRIVE_VARYING,
+    Recording,
+    drive_groups,
+    stream_window_keys,
+    train_platform,
+)
 
 CFG = DetectionConfig()
 FAST, STATE = 0x100, 0x200
@@ -166,6 +172,13 @@ def test_a_single_drive_is_halved_in_time_and_a_short_one_refused() -> None:
     m, summary = train_platform("pad", [drive(T0, 40.0, 0x20, seed=1)], CFG)
     assert summary["calibration"] == "single drive, halves in time"
     assert len(summary["calibration_folds"]) == 2
+    # halves of one drive cannot show how payloads differ between drives: those
+    # columns are held at their bound (alone they never alert)
+    for name in DRIVE_VARYING:
+        col = EVIDENCE_NAMES.index(name)
+        assert m.evidence_scale[col] == 1.0 / ENVELOPE_FLOOR[name], name
+    two, _ = train_platform("pad", [drive(T0 + 100 * i, 20.0, 0x20, seed=i) for i in (1, 2)], CFG)
+    assert two.evidence_scale[EVIDENCE_NAMES.index("pair_out")] == 1.0
     with pytest.raises(ValueError, match="too short to hold half of it out"):
         train_platform("pad", [drive(T0, 8.0, 0x20, seed=1)], CFG)
 

@@ -224,12 +224,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: A model calibrated on one drive has not seen what changes between drives: on the
-#: ROAD captures, one drive's model flagged 74 of 126 benign windows of the others,
-#: two drives' 0 of 63 (docs/detection.md, "Judging quality").
+#: ROAD captures, one drive's model flagged 66 of 126 benign windows of the others
+#: (the timing of ids that vary by drive), two drives' 0 of 63 (docs/detection.md,
+#: "Judging quality").
 ONE_DRIVE = (
     "trained on one drive: calibration could only hold half of it out in time, which "
-    "does not show what changes from drive to drive (settings, modes, slow signals), so "
-    "expect false incidents on other drives; train on two drives or vehicles or more"
+    "does not show what changes from drive to drive (settings, modes, slow signals, the "
+    "timing of some ids), so payload evidence alone will not alert (a masquerade goes "
+    "unseen) and expect false incidents on other drives; train on two drives or "
+    "vehicles or more"
 )
 
 

@@ -80,8 +80,10 @@ def score_benign(platform: str, model, fleet, window_s: float, incidents) -> Ben
 
 
 #: Long benign drives: a model trained as the dev ROAD captures allow (one vehicle,
-#: LONG_TRAIN_DRIVES drives of LONG_TRAIN_S s), judged on drives of LONG_MINUTES.
+#: LONG_TRAIN_DRIVES drives of LONG_TRAIN_S s), or as a single capture does (one drive
+#: of ONE_DRIVE_S s, CrySyS's benign-48), judged on drives of LONG_MINUTES.
 LONG_TRAIN_DRIVES, LONG_TRAIN_S, LONG_MINUTES = 3, 40.0, 10.0
+ONE_DRIVE_S = 60.0
 LONG_VEHICLE, LONG_OTHER_VEHICLE, LONG_START_TS = 100, 555, 1.8e9
 
 
@@ -95,18 +97,24 @@ class LongDriveFigures:
 
 
 def score_long_drives(
-    platform: str, cfg, fleet, incidents, minutes: float = LONG_MINUTES
+    platform: str,
+    cfg,
+    fleet,
+    incidents,
+    minutes: float = LONG_MINUTES,
+    train_drives: int = LONG_TRAIN_DRIVES,
+    train_s: float = LONG_TRAIN_S,
 ) -> LongDriveFigures:
-    """Train ``platform`` on LONG_TRAIN_DRIVES x LONG_TRAIN_S s of one vehicle and score
+    """Train ``platform`` on ``train_drives`` x ``train_s`` s of one vehicle and score
     drives of ``minutes`` it never saw: two new drives of that vehicle, one of another.
     States short drives never reach (a plateau, a mode switched off, a counter that
     wraps) show only on long ones. ``cfg``: a DetectionConfig, ``incidents`` an
     IncidentConfig."""
     training = [
-        simulate_vehicle(platform, LONG_TRAIN_S, START_TS, seed=LONG_VEHICLE, drive=d)
-        for d in range(LONG_TRAIN_DRIVES)
+        simulate_vehicle(platform, train_s, START_TS, seed=LONG_VEHICLE, drive=d)
+        for d in range(train_drives)
     ]
-    model, _ = train_platform(platform, training, cfg, drives=list(range(LONG_TRAIN_DRIVES)))
+    model, _ = train_platform(platform, training, cfg, drives=list(range(train_drives)))
     judged = ((LONG_VEHICLE, 7), (LONG_VEHICLE, 8), (LONG_OTHER_VEHICLE, 0))
     windows = flagged = n_incidents = 0
     causes: dict[str, int] = {}

@@ -274,11 +274,14 @@ def group_maxima(group: np.ndarray, evidence: np.ndarray, n_groups: int) -> np.n
     return out
 
 
-def cross_drive_scale(held_out_maxima: np.ndarray, target_fpr: float) -> np.ndarray:
+def cross_drive_scale(
+    held_out_maxima: np.ndarray, target_fpr: float, unmeasured: tuple[str, ...] = ()
+) -> np.ndarray:
     """Each column's scale: the value at most ``target_fpr`` / N_EVIDENCE of held-out
     benign windows exceeded (their per-window maxima), at least MIN_SCALE, or the
-    column's bound once it came near (FRACTIONS). A window alerts on its strongest
-    column, so the columns share the false-positive budget."""
+    column's bound once it came near (FRACTIONS), or at once for the ``unmeasured``
+    columns (FRACTIONS the held-out windows cannot speak for). A window alerts on its
+    strongest column, so the columns share the false-positive budget."""
     if len(held_out_maxima) == 0:
         raise ValueError("no held-out benign windows to calibrate the evidence on")
     level = 1.0 - target_fpr / held_out_maxima.shape[1]
@@ -286,7 +289,8 @@ def cross_drive_scale(held_out_maxima: np.ndarray, target_fpr: float) -> np.ndar
     bound = np.full(N_EVIDENCE, np.inf)
     for name in FRACTIONS:
         bound[EVIDENCE_NAMES.index(name)] = min(1.0 / ENVELOPE_FLOOR[name], EXCESS_CAP)
-    return np.maximum(np.where(q >= SATURATION * bound, bound, q), MIN_SCALE)
+    near = (q >= SATURATION * bound) | np.isin(np.array(EVIDENCE_NAMES), unmeasured)
+    return np.maximum(np.where(near & np.isfinite(bound), bound, q), MIN_SCALE)
 
 
 def fit_platform_model(
