@@ -37,6 +37,7 @@ FILES = {
     "hcrl": (".csv", False),
     "crysys": (".txt", False),
     "cantt": (".csv", False),
+    "hcrl-txt": (".txt", False),
     "asc": (".asc", True),
     "trc": (".trc", True),
     "blf": (".blf", True),

@@ -14,8 +14,9 @@ frame of <= 8 bytes); ROAD, HCRL and CrySyS hold classic frames only. A format
 that cannot store a frame refuses the array with a ValueError, never drops it.
 
 Labels survive where the format has a place for them: candump (CrySyS-style
-columns ``1``/``False`` plus the kind), ROAD (label names), HCRL (``T``/``R``)
-and can-train-and-test (``1``/``0``), the last two only attacked-or-not.
+columns ``1``/``False`` plus the kind), ROAD (label names), HCRL's csv (``T``/``R``)
+and can-train-and-test (``1``/``0``), the last two only attacked-or-not; HCRL's
+text format has none.
 """
 
 from __future__ import annotations
@@ -231,6 +232,20 @@ def _write_cantt(path: str, frames: np.ndarray) -> None:
     _squeeze_to_file(path, b"timestamp,arbitration_id,data_field,attack\n", rows)
 
 
+def _write_hcrl_txt(path: str, frames: np.ndarray) -> None:
+    """HCRL's text lines (no labels; ``100`` and no data bytes for a remote frame)."""
+    n = len(frames)
+    rtr = (frames["flags"] & FLAG_RTR) != 0
+    data = _byte_cells(frames, b" ")
+    data[rtr] = 0
+    flag = np.where(rtr[:, None], _const(n, b"100"), _const(n, b"000"))
+    rows = [_const(n, b"Timestamp: "), _fixed_time(frames["ts"]), _const(n, b"        ID: ")]
+    rows += [_id_cells(frames, 4), _const(n, b"    "), flag, _const(n, b"    DLC: ")]
+    rows += [(frames["dlc"] + 48).astype(np.uint8)[:, None], _const(n, b"    "), data]
+    rows.append(_const(n, b"\n"))
+    _squeeze_to_file(path, b"", rows)
+
+
 def _write_crysys(path: str, frames: np.ndarray) -> None:
     """CrySyS columns ``ts id flags dlc b0 .. b{dlc-1}`` (no labels)."""
     n = len(frames)
@@ -357,9 +372,10 @@ _WRITERS = {
     "hcrl": _write_hcrl,
     "crysys": _write_crysys,
     "cantt": _write_cantt,
+    "hcrl-txt": _write_hcrl_txt,
     "asc": _python_can("asc", _ASCWriter),
     "blf": _python_can("blf", can.BLFWriter),
     "trc": _python_can("trc", _TRCWriter),
     "csv": _python_can("csv", can.CSVWriter),
 }
-_CLASSIC_ONLY = ("road", "hcrl", "crysys", "cantt")
+_CLASSIC_ONLY = ("road", "hcrl", "crysys", "cantt", "hcrl-txt")

@@ -27,6 +27,7 @@ WRITABLE = {
     "trc": (".trc", 1e-6, "none", False),
     "crysys": (".txt", 1e-6, "none", False),
     "cantt": (".csv", 1e-6, "attacked", False),
+    "hcrl-txt": (".txt", 1e-6, "none", True),
 }
 
 
@@ -183,9 +184,26 @@ def test_can_train_and_test_csv_and_its_dlc_column(tmp_path):
     assert read_frames(canini, fmt="can-train-and-test")["can_id"].tolist() == [0x372, 0x436]
 
 
+def test_hcrl_text_lines_as_car_hacking_and_otids_write_them(tmp_path):
+    """HCRL's benign captures (Car-Hacking's normal_run_data.txt, OTIDS): short frames,
+    and a remote frame flagged 100 with no data bytes."""
+    path = tmp_path / "normal_run_data.txt"
+    path.write_text(
+        "Timestamp: 1479121434.850202        ID: 0350    000    DLC: 8    05 28 84 66 6d 00 00 a2\n"
+        "Timestamp: 1479121434.850977        ID: 0430    000    DLC: 2    00 0a\n"
+        "Timestamp: 1479121434.851000        ID: 0430    100    DLC: 8\n"
+    )
+    assert detect_format(path) == "hcrl-txt"
+    f = read_frames(path)
+    assert f["can_id"].tolist() == [0x350, 0x430, 0x430]
+    assert f["dlc"].tolist() == [8, 2, 8] and f["flags"].tolist() == [0, 0, FLAG_RTR]
+    assert f["data"][0].tolist() == [0x05, 0x28, 0x84, 0x66, 0x6D, 0, 0, 0xA2]
+    assert f["data"][1].tolist() == [0, 0x0A, 0, 0, 0, 0, 0, 0] and not f["label"].any()
+
+
 def test_formats_listed():
     assert set(FORMATS) >= {
-        "candump", "asc", "blf", "trc", "csv", "hcrl", "road", "crysys", "cantt",
+        "candump", "asc", "blf", "trc", "csv", "hcrl", "road", "crysys", "cantt", "hcrl-txt",
     }  # fmt: skip
 
 
@@ -196,6 +214,7 @@ HCRL_HEAD = (
 )
 PCSV_HEAD = "timestamp,arbitration_id,extended,remote,error,dlc,data\n"
 CANTT_HEAD = "timestamp,arbitration_id,data_field,attack\n"
+HTXT_OK = "Timestamp: 1479121434.850977        ID: 0430    000    DLC: 2    00 0a\n"
 CANTT_OK = "1.0,0C1,3000000430000004,0\n"
 
 
@@ -237,12 +256,17 @@ CANTT_OK = "1.0,0C1,3000000430000004,0\n"
         ("f.csv", CANTT_HEAD + "1.1,0C1,3G,0\n", "f.csv:2: bad hex in data_field '3G'"),
         ("f.csv", CANTT_HEAD + CANTT_OK + "1.1,0C1,30,2\n", "f.csv:3: bad attack label '2'"),
         ("f.csv", CANTT_HEAD + "1.1,0C1,3000,0,0\n", "f.csv:2: dlc_value '0' is not the 2 bytes"),
+        ("h.txt", HTXT_OK + HTXT_OK.replace("DLC: 2    00 0a", "DLC: 3    00 0a"),
+         "h.txt:2: expected 10 columns (dlc 3), got 9"),
+        ("h.txt", HTXT_OK + HTXT_OK.replace("000", "010"), "h.txt:2: bad flags '010'"),
+        ("h.txt", HTXT_OK + HTXT_OK.replace("0430", "04G0"), "h.txt:2: bad CAN id '04G0'"),
+        ("h.txt", HTXT_OK + HTXT_OK.replace("ID:", "Id?"), "h.txt:2: expected 'id:', got 'Id?'"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
-    fmt = "crysys" if name.endswith(".txt") else None
+    fmt = "crysys" if name == "f.txt" else None
     with pytest.raises(InputError) as exc:
         read_frames(path, fmt)
     assert str(exc.value).startswith(f"{path.parent}/{message}")

@@ -31,7 +31,7 @@ from detector.cli.replay import (
 )
 from detector.core.errors import ConfigError
 
-FORMATS = ("log", "asc", "blf", "trc", "csv", "road", "hcrl", "cantt")
+FORMATS = ("log", "asc", "blf", "trc", "csv", "road", "hcrl", "hcrl-txt", "cantt")
 EXTENSIONS = {
     "log": "log",
     "asc": "asc",
@@ -40,6 +40,7 @@ EXTENSIONS = {
     "csv": "csv",
     "road": "csv",
     "hcrl": "csv",
+    "hcrl-txt": "txt",
     "cantt": "csv",
 }
 

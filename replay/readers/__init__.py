@@ -17,6 +17,7 @@ returns the frames in file order with per-frame ``label`` from the file's labels
     road      tabular    ROAD ``Time,Id,Byte1..Byte8,Label``
     crysys    tabular    CrySyS whitespace columns
     cantt     tabular    can-train-and-test ``timestamp,arbitration_id,data_field,attack``
+    hcrl-txt  tabular    HCRL text ``Timestamp: ts ID: id 000 DLC: n bytes`` (OTIDS too)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _ALL: tuple[LogFormat, ...] = (
     tabular.ROAD,
     tabular.CRYSYS,
     tabular.CANTT,
+    tabular.HCRL_TXT,
 )
 REGISTRY: dict[str, LogFormat] = {f.name: f for f in _ALL}
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
@@ -54,7 +56,9 @@ ALIASES: dict[str, str] = {
 #: Suffixes that name exactly one format; all others are sniffed.
 _BY_SUFFIX = {".asc": "asc", ".blf": "blf", ".trc": "trc"}
 #: Sniffing order: most specific signatures first.
-_SNIFF_ORDER = ("blf", "trc", "asc", "csv", "candump", "road", "hcrl", "cantt", "crysys")
+_SNIFF_ORDER = (
+    "blf", "trc", "asc", "csv", "candump", "road", "hcrl", "cantt", "hcrl-txt", "crysys",
+)  # fmt: skip
 _HEAD = 4096
 
 

@@ -1,5 +1,5 @@
-"""Dataset CSV/column formats: ROAD, HCRL Car-Hacking, CrySyS columns and
-can-train-and-test.
+"""Dataset CSV/column formats: ROAD, HCRL Car-Hacking (csv and text), CrySyS
+columns and can-train-and-test.
 
 - ``road``: ``Time,Id,Byte1..Byte8,Label`` (hex id and bytes, empty byte cells
   for short frames); labels Benign, Fuzzing, Fabrication (spoofing), Masquerade,
@@ -7,6 +7,9 @@ can-train-and-test.
 - ``hcrl``: ``Timestamp,CAN ID,DLC,DATA[0]..DATA[7],Flag`` with ``R`` normal and
   ``T`` injected (label ``unknown``). Headerless original files put the flag
   right after the last data byte, so the flag is always the last column.
+- ``hcrl-txt``: ``Timestamp: ts  ID: id  000  DLC: n  b0 .. b{n-1}`` (hex), as HCRL
+  writes its benign captures (Car-Hacking's ``normal_run_data.txt``, OTIDS, CAN-VTC):
+  no labels; ``100`` instead of ``000`` marks a remote frame (no data bytes).
 - ``crysys``: whitespace columns ``ts id flags dlc b0 .. b{dlc-1}`` (hex).
 - ``cantt``: ``timestamp,arbitration_id,data_field,attack`` as can-train-and-test
   (Lampe & Meng: four vehicles, one csv per drive) writes it: hex id (``0x``
@@ -21,7 +24,7 @@ import re
 
 import numpy as np
 
-from detector.core.schema import LABELS
+from detector.core.schema import FLAG_RTR, LABELS
 from replay.readers import _text as tx
 from replay.readers._base import LABEL_WORDS, LogFormat, build_frames, head_lines, mostly
 
@@ -32,6 +35,9 @@ HCRL_FLAGS = {"r": 0, "t": _UNKNOWN}
 
 _ROAD_ROW = re.compile(r"^[0-9.]+,[0-9A-Fa-f]+,([0-9A-Fa-f]{0,2},){8}[A-Za-z]\w*$")
 _HCRL_ROW = re.compile(r"^[0-9.]+,[0-9A-Fa-f]+,\d,([0-9A-Fa-f]{0,2},){0,8}[RT]$")
+_HCRL_TXT_ROW = re.compile(
+    r"^Timestamp:\s+[0-9.]+\s+ID:\s+[0-9A-Fa-f]+\s+[01]{3}\s+DLC:\s+\d((\s+[0-9A-Fa-f]{2})*)$"
+)
 _CANTT_ROW = re.compile(r"^[0-9.]+,(0x)?[0-9A-Fa-f]+,([0-9A-Fa-f]{2}){0,8},(\d,)?[01]$")
 _CRYSYS_ROW = re.compile(r"^[0-9.]+\s+[0-9A-Fa-f]+\s+[0-9A-Fa-f]+\s+\d((\s+[0-9A-Fa-f]{2})*)$")
 
@@ -49,6 +55,10 @@ def sniff_road(head: bytes) -> bool:
 
 def sniff_hcrl(head: bytes) -> bool:
     return _sniff_rows(head, "timestamp,canid,dlc", _HCRL_ROW)
+
+
+def sniff_hcrl_txt(head: bytes) -> bool:
+    return _sniff_rows(head, "\0", _HCRL_TXT_ROW)
 
 
 def sniff_cantt(head: bytes) -> bool:
@@ -164,6 +174,34 @@ def read_cantt(path: str, data: bytes | None) -> np.ndarray:
     return build_frames(ts, arb, ext, dlc, payload, 0, label)
 
 
+_HCRL_TXT_KEYS = {0: "timestamp:", 2: "id:", 5: "dlc:"}
+_HCRL_TXT_FLAGS = {"000": 0, "100": FLAG_RTR}
+
+
+def read_hcrl_txt(path: str, data: bytes | None) -> np.ndarray:
+    t = tx.load_text(path, data or b"")
+    f = tx.WsFields(t)
+    tx.check_count(t, f, f.count >= 7, "at least 7")
+    for k, key in _HCRL_TXT_KEYS.items():
+        s, e = f.get(k)
+        bad = tx.match_words(t, s, e, {key: 1}) != 1
+        tx.fail(t, bad, lambda i, s=s, e=e, key=key: f"expected {key!r}, got {t.text(s[i], e[i])!r}")
+    ts = _ts(t, f, 1)
+    arb, ext = _id(t, f, 3)
+    fs, fe = f.get(4)
+    flags = tx.match_words(t, fs, fe, _HCRL_TXT_FLAGS)
+    tx.fail(t, flags < 0, lambda i: f"bad flags {t.text(fs[i], fe[i])!r} (expected 000, or 100: remote)")
+    dlc = _dlc(t, f, 6)
+    remote = flags == FLAG_RTR
+    n_data = np.where(remote, 0, dlc)
+    tx.fail(
+        t, f.count != n_data + 7,
+        lambda i: f"expected {n_data[i] + 7} columns (dlc {dlc[i]}), got {f.count[i]}",
+    )  # fmt: skip
+    payload = _data(t, f, 7, n_data)
+    return build_frames(ts, arb, ext, dlc, payload, flags.astype(np.uint8))
+
+
 def read_crysys(path: str, data: bytes | None) -> np.ndarray:
     t = tx.load_text(path, data or b"")
     f = tx.WsFields(t)
@@ -183,4 +221,5 @@ def read_crysys(path: str, data: bytes | None) -> np.ndarray:
 ROAD = LogFormat("road", (".csv",), sniff_road, read_road)
 HCRL = LogFormat("hcrl", (".csv",), sniff_hcrl, read_hcrl)
 CANTT = LogFormat("cantt", (".csv",), sniff_cantt, read_cantt)
+HCRL_TXT = LogFormat("hcrl-txt", (".txt",), sniff_hcrl_txt, read_hcrl_txt)
 CRYSYS = LogFormat("crysys", (".csv", ".txt", ".log"), sniff_crysys, read_crysys)
