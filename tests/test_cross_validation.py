@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from detector.cli import main
 from detector.core.errors import CanwatchError
-from detector.core.schema import LABEL_CODE
+from detector.core.schema import LABEL_CODE, make_frames
 from detector.evaluation.cross_validation import (
     drive_numbers,
     groups_by_drive,
@@ -25,6 +25,7 @@ from detector.evaluation.cross_validation import (
 from detector.evaluation.evaluate import (
     WINDOW_COLUMNS,
     Evaluation,
+    attack_episodes,
     attack_report,
     false_incidents,
     file_report,
@@ -92,6 +93,32 @@ def test_the_early_limit_is_one_window_of_time_before_the_first_frame() -> None:
     assert not is_true_incident(_incident(9.0, 15.0), 10.3, ATTACK_END, W)
     assert is_true_incident(_incident(10.0, 15.0), 10.3, ATTACK_END, W)
     assert is_true_incident(_incident(12.0, 13.0), 10.3, ATTACK_END, W)
+
+
+def test_each_intrusion_of_a_capture_is_an_episode_to_detect() -> None:
+    """Two fuzzing intrusions (10-14.5 s and 30-33 s, as HCRL's captures hold 300) are two
+    episodes. An incident opened in the benign stretch between them is false however it
+    runs into the second, which it does not detect; on the first-to-last span it was
+    'true' and the second 'detected'."""
+    ts = np.r_[np.arange(0, 40, 0.01), np.arange(10, 14.5, 0.002), np.arange(30, 33, 0.002)]
+    frames = make_frames(ts, np.zeros(len(ts), np.uint32), np.zeros((len(ts), 8), np.uint8))
+    frames["label"][4000:] = LABEL_CODE["fuzzing"]
+    episodes = attack_episodes(frames, W)
+    assert episodes == {"fuzzing": [(10.0, pytest.approx(14.498)), (30.0, pytest.approx(32.998))]}
+    t = np.arange(40, dtype=float)
+    attack = np.where(((t >= 10) & (t < 15)) | ((t >= 30) & (t < 33)), LABEL_CODE["fuzzing"], 0)
+    score = np.where(attack > 0, 2.0, 0.5)
+    first, gap = _incident(10.0, 15.0), _incident(25.0, 33.0)
+    ev = Evaluation("v", t, score, attack.astype(np.int8), [first, gap],
+                    {"fuzzing": (10.0, 32.998)}, W, episodes)  # fmt: skip
+    assert false_incidents(ev) == [gap]
+    a = file_report(ev)["attacks"]["fuzzing"]
+    assert (a["episodes"], a["episodes_detected"], a["detected"]) == (2, 1, False)
+    assert a["true_incidents"] == 1 and a["time_to_detect_s"] is None
+    ev.incidents = [first, _incident(30.0, 33.0)]
+    a = file_report(ev)["attacks"]["fuzzing"]
+    assert (a["episodes_detected"], a["time_to_detect_s"]) == (2, 1.0)
+    assert not false_incidents(ev)
 
 
 def test_incidents_away_from_the_attack_are_false_and_counted_per_benign_hour() -> None:

@@ -69,6 +69,15 @@ class Evaluation:
     incidents: list[dict]  # final (closed) incident events
     attack_spans: dict[str, tuple[float, float]]  # kind -> (first, last) attack time
     window_s: float
+    # kind -> its episodes' (first, last) attack times (``attack_episodes``); None: each
+    # kind's span is one episode
+    episodes: dict[str, list[tuple[float, float]]] | None = None
+
+    def episodes_of(self, kind: str) -> list[tuple[float, float]]:
+        return self.episodes[kind] if self.episodes else [self.attack_spans[kind]]
+
+    def all_episodes(self) -> list[tuple[float, float]]:
+        return [ep for kind in self.attack_spans for ep in self.episodes_of(kind)]
 
 
 def score_frames(
@@ -111,11 +120,12 @@ def score_frames(
     w = np.concatenate(windows) if windows else np.zeros(0, np.int64)
     s = np.concatenate(scores) if scores else np.zeros(0)
     attack, attack_spans = window_labels(frames, w, window_s, spans)
+    episodes = attack_episodes(frames, window_s, spans)
     closed = [e for e in events if e["status"] == "closed"]
     if source is not None:
         for e in closed:
             e["provenance"] = file_provenance(source, frames["ts"], order, e)
-    return Evaluation(vehicle, w * window_s, s, attack, closed, attack_spans, window_s)
+    return Evaluation(vehicle, w * window_s, s, attack, closed, attack_spans, window_s, episodes)
 
 
 def file_provenance(source: str, ts: np.ndarray, order: np.ndarray, incident: dict) -> dict | None:
@@ -161,6 +171,36 @@ def window_labels(
     return out, kinds
 
 
+#: An attack whose frames pause for longer than this many windows is two episodes (a
+#: capture of 300 intrusions of a few seconds each, as HCRL's, is 300): each must be
+#: detected, and an incident opened in the benign stretch between two is false.
+EPISODE_GAP_WINDOWS = 2
+
+
+def attack_episodes(
+    frames: np.ndarray, window_s: float, spans: list[Span] = ()
+) -> dict[str, list[tuple[float, float]]]:
+    """Each attack kind's episodes, (first, last) attack time: its labelled frames (and
+    ``spans``) in runs that pause no longer than EPISODE_GAP_WINDOWS windows."""
+    lab = frames["label"].astype(np.int64)
+    times: dict[str, list[np.ndarray]] = {}
+    for code in np.unique(lab[lab > 0]):
+        t = np.sort(frames["ts"][lab == code])
+        times.setdefault(LABELS[code], []).append(np.c_[t, t])
+    for sp in spans:
+        times.setdefault(sp.kind, []).append(np.array([[sp.start_ts, sp.end_ts]]))
+    out = {}
+    for kind, parts in times.items():
+        iv = np.concatenate(parts)
+        iv = iv[np.argsort(iv[:, 0], kind="stable")]
+        reach = np.maximum.accumulate(iv[:, 1])
+        new = np.r_[True, iv[1:, 0] - reach[:-1] > EPISODE_GAP_WINDOWS * window_s]
+        first = np.flatnonzero(new)
+        last = np.r_[first[1:], len(iv)] - 1
+        out[kind] = [(float(iv[a, 0]), float(reach[b])) for a, b in zip(first, last, strict=True)]
+    return out
+
+
 #: Normalised score at which a window is anomalous (the calibrated threshold).
 ALERT = 1.0
 #: An incident may open this many windows before an attack's first frame and still be that
@@ -183,26 +223,36 @@ def is_true_incident(incident: dict, start: float, end: float, window_s: float) 
 
 
 def true_incidents(ev: Evaluation, kind: str) -> list[dict]:
-    start, end = ev.attack_spans[kind]
-    return [i for i in ev.incidents if is_true_incident(i, start, end, ev.window_s)]
+    """Incidents true for an episode of attack ``kind``."""
+    eps = ev.episodes_of(kind)
+    return [i for i in ev.incidents if any(is_true_incident(i, s, e, ev.window_s) for s, e in eps)]
 
 
 def false_incidents(ev: Evaluation) -> list[dict]:
-    """Incidents that are true for none of the recording's attacks."""
+    """Incidents that are true for none of the recording's attack episodes: one opened in
+    the benign stretch between two intrusions is false, whatever it runs into."""
+    eps = ev.all_episodes()
     return [
-        i
-        for i in ev.incidents
-        if not any(is_true_incident(i, s, e, ev.window_s) for s, e in ev.attack_spans.values())
+        i for i in ev.incidents if not any(is_true_incident(i, s, e, ev.window_s) for s, e in eps)
     ]
 
 
+def episode_ttds(ev: Evaluation, kind: str) -> list[float | None]:
+    """Per episode of ``kind``: seconds from its first frame to the end of the first
+    window of the earliest true incident overlapping it (0 when one was already open),
+    or None when none did."""
+    true = true_incidents(ev, kind)
+    out = []
+    for start, end in ev.episodes_of(kind):
+        opened = [i["first_seen"] for i in true if overlaps(i, start, end)]
+        out.append(round(max(min(opened) + ev.window_s - start, 0.0), 3) if opened else None)
+    return out
+
+
 def time_to_detect(ev: Evaluation, kind: str) -> float | None:
-    """Seconds from the attack's first frame to the end of the first window of its first
-    true incident (when the detector raised it), or None when no true incident came."""
-    opened = [i["first_seen"] for i in true_incidents(ev, kind)]
-    if not opened:
-        return None
-    return round(max(min(opened) + ev.window_s - ev.attack_spans[kind][0], 0.0), 3)
+    """The slowest episode's time to detect (``episode_ttds``); None when an episode of
+    the attack had no true incident."""
+    return worst_ttd(episode_ttds(ev, kind))
 
 
 def window_figures(score: np.ndarray, attacked: np.ndarray) -> dict:
@@ -246,18 +296,22 @@ def attack_report(ev: Evaluation, kind: str) -> dict:
     benign figures (windows flagged, false incidents) are those of that recording."""
     code = LABEL_CODE[kind]
     sel = (ev.attack == code) | (ev.attack == 0)
-    start, end = ev.attack_spans[kind]
+    start, _ = ev.attack_spans[kind]
     hits = ev.window_start[(ev.attack == code) & (ev.score >= ALERT)]
     first_window = (
         round(max(float(hits.min()) + ev.window_s - start, 0.0), 3) if len(hits) else None
     )
-    overlapping = [i for i in ev.incidents if overlaps(i, start, end)]
+    eps = ev.episodes_of(kind)
+    overlapping = [i for i in ev.incidents if any(overlaps(i, s, e) for s, e in eps)]
     true = true_incidents(ev, kind)
-    ttd = time_to_detect(ev, kind)
+    ttds = episode_ttds(ev, kind)
+    ttd = worst_ttd(ttds)
     return {
         **window_figures(ev.score[sel], ev.attack[sel] == code),
         **incident_figures(len(false_incidents(ev)), benign_hours(ev)),
         "detected": ttd is not None,
+        "episodes": len(eps),
+        "episodes_detected": sum(t is not None for t in ttds),
         "time_to_detect_s": ttd,
         "first_flagged_window_s": first_window,
         "incidents_overlapping": len(overlapping),
@@ -286,7 +340,7 @@ def file_report(ev: Evaluation) -> dict:
         **incident_figures(len(false), benign_hours(ev)),
         "incidents": len(ev.incidents),
         "incidents_overlapping_attacks": sum(
-            any(overlaps(i, s, e) for s, e in ev.attack_spans.values()) for i in ev.incidents
+            any(overlaps(i, s, e) for s, e in ev.all_episodes()) for i in ev.incidents
         ),
         "true_incidents": len(ev.incidents) - len(false),
         "time_to_detect_s": worst_ttd(ttds),

@@ -121,7 +121,7 @@ def _summary(ev: Evaluation) -> str:
 
 def is_true(incident: dict, ev: Evaluation) -> bool:
     """True for one of ``ev``'s attacks, as ``evaluate`` counts incidents."""
-    return any(is_true_incident(incident, s, e, ev.window_s) for s, e in ev.attack_spans.values())
+    return any(is_true_incident(incident, s, e, ev.window_s) for s, e in ev.all_episodes())
 
 
 def roc_panel(ax: Axes, files: list[tuple[str, Evaluation]]) -> None:
