@@ -17,7 +17,7 @@ import pytest
 
 from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig, IncidentConfig
-from detector.evaluation.evaluate import Evaluation, attack_report, score_frames
+from detector.evaluation.evaluate import Evaluation, attack_report, file_report, score_frames
 from detector.evaluation.quality_scenario import (
     ATTACK_S,
     ATTACK_SEED,
@@ -175,6 +175,23 @@ def test_training_rates_do_not_depend_on_vehicles_overlapping_in_time() -> None:
     b, _ = train_platform(platform, staggered, CFG)
     np.testing.assert_allclose(a.baseline.bus_mean_frames, b.baseline.bus_mean_frames, rtol=0.05)
     np.testing.assert_allclose(a.baseline.mean_count, b.baseline.mean_count, rtol=0.05, atol=0.5)
+
+
+@pytest.mark.parametrize("family", ["dos", "spoofing"])
+def test_each_of_repeated_intrusions_is_detected_without_false_incidents(models, family) -> None:
+    """Five intrusions of 4 s, 20 s apart, in a new vehicle's 2-minute drive (HCRL's
+    captures are 300 of them): five episodes, each raised within two windows, and no
+    incident in the benign stretches between them."""
+    frames = simulate_vehicle("cusw", 120.0, START_TS, seed=ATTACK_SEED + 60)
+    for k, start in enumerate((15, 35, 55, 75, 95)):
+        frames, _ = inject(frames, AttackSpec.parse(f"{family}:start={start},duration=4"), seed=k)
+    model = model_for(models, "cusw")
+    ev = score_frames(frames, "jeep", "veh-repeat", model, load_fleet(), W, IncidentConfig())
+    r = file_report(ev)
+    a = r["attacks"][family]
+    assert (a["episodes"], a["episodes_detected"]) == (5, 5), a
+    assert a["time_to_detect_s"] <= MAX_TTD_WINDOWS * W, a
+    assert r["false_incidents"] == 0 and r["benign_flagged_fraction"] <= MAX_BENIGN_FLAGGED, r
 
 
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:
