@@ -17,7 +17,7 @@ import pytest
 
 from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig, IncidentConfig
-from detector.evaluation.evaluate import Evaluation, attack_report, file_report, score_frames
+from detector.evaluation.evaluate import Evaluation, Span, attack_report, file_report, score_frames
 from detector.evaluation.quality_scenario import (
     ATTACK_S,
     ATTACK_SEED,
@@ -192,6 +192,25 @@ def test_each_of_repeated_intrusions_is_detected_without_false_incidents(models,
     assert (a["episodes"], a["episodes_detected"]) == (5, 5), a
     assert a["time_to_detect_s"] <= MAX_TTD_WINDOWS * W, a
     assert r["false_incidents"] == 0 and r["benign_flagged_fraction"] <= MAX_BENIGN_FLAGGED, r
+
+
+def test_a_telemetry_gap_is_no_incident_and_a_silenced_ecu_still_is(models) -> None:
+    """A new vehicle's uplink stops for 10 s: every id silent together is the telemetry,
+    not its bus (no window scored there, no incident). An ECU silenced in the same
+    drive (one id's frames gone, the others sending) is still a suspension."""
+    frames = simulate_vehicle("cusw", 60.0, START_TS, seed=ATTACK_SEED + 70)
+    t = frames["ts"] - START_TS
+    gapped = frames[(t < 20.0) | (t >= 30.0)]
+    model = model_for(models, "cusw")
+    ev = score_frames(gapped, "jeep", "veh-gap", model, load_fleet(), W, IncidentConfig())
+    assert not ev.incidents and (ev.score < 1.0).all()
+    assert not ((ev.window_start >= START_TS + 20) & (ev.window_start <= START_TS + 30)).any()
+    spec = AttackSpec.parse("suspension:start=40,duration=8")
+    silenced, span = inject(gapped, spec, seed=3)
+    truth = [Span("suspension", span.start_ts, span.end_ts)]
+    ev = score_frames(silenced, "jeep", "veh-gap", model, load_fleet(), W, IncidentConfig(), truth)
+    r = attack_report(ev, "suspension")
+    assert r["detected"] and r["false_incidents"] == 0, r
 
 
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:

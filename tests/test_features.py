@@ -345,3 +345,24 @@ def test_comparison_sort_path_gives_the_rows_of_the_counting_sort(fleet_stream, 
     monkeypatch.setattr(windowing, "stream_groups", not_in_order)
     sorted_, _ = push_in_batches(frames, vehicle, bl, cuts)
     assert_same_rows(sorted_, counted)
+
+
+def test_a_telemetry_gap_leaves_its_windows_unscored_however_batched(fleet_stream) -> None:
+    """Vehicle 0 sends nothing from 5.5 to 8.2 s (its uplink stopped): the windows the gap
+    touches (5 to 9) have no rows, the other vehicle's are untouched, and the rows are
+    the same pushed whole or in batches of a few frames across the gap."""
+    frames, vehicle, bl = fleet_stream
+    t = frames["ts"] - 1.7e9
+    keep = ~((vehicle == 0) & (t >= 5.5) & (t < 8.2))
+    frames, vehicle = frames[keep], vehicle[keep]
+    whole, state = push_in_batches(frames, vehicle, bl, [])
+    assert state.telemetry_gaps == 1
+    w0 = whole.window[whole.vehicle == 0] - int(1.7e9)
+    assert not ((w0 >= 5) & (w0 <= 9)).any() and (w0 == 10).any() and (w0 == 4).any()
+    w1 = whole.window[whole.vehicle == 1] - int(1.7e9)
+    assert ((w1 >= 5) & (w1 <= 9)).sum() >= 5
+    start = int(np.searchsorted(frames["ts"], 1.7e9 + 5.0))
+    rng = np.random.default_rng(9)
+    tiny = np.cumsum(rng.integers(1, 4, 3000)) + start
+    got, _ = push_in_batches(frames, vehicle, bl, tiny[tiny < len(frames)])
+    assert_same_rows(got, whole)

@@ -56,12 +56,15 @@ def id_slots(can_id, ids):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest, none, ids):  # pragma: no cover
+def window_pass(  # pragma: no cover - compiled
+    ts, can_id, vehicle, window_s, closed_upto, first_window, newest, none, ids, gap_s, gap
+):
     """Each frame's window, whether it is late (in a window its vehicle has
     closed), and its id's slot in the sorted baseline ``ids`` (0 for an id not
     there, and then ``all_known`` is False). Over the frames that are not
     late: per vehicle, set ``first_window`` if still ``none``, raise ``newest``
-    to the newest ts, and mark it in the batch."""
+    to the newest ts, mark it in the batch, and in ``gap`` (vehicles x 2) the
+    last time it sent nothing at all for more than ``gap_s`` (from, to)."""
     n = ts.shape[0]
     n_ids = ids.shape[0]
     lut = _id_table(ids)
@@ -84,6 +87,9 @@ def window_pass(ts, can_id, vehicle, window_s, closed_upto, first_window, newest
         if w < earliest[v]:
             earliest[v] = w
         if ts[i] > newest[v]:
+            if ts[i] - newest[v] > gap_s and newest[v] > -np.inf:
+                gap[v, 0] = newest[v]
+                gap[v, 1] = ts[i]
             newest[v] = ts[i]
         c = can_id[i]
         k = lut[c] if c < 2048 else -1

@@ -41,7 +41,14 @@ predecessor; one older than its stream's open window, or than a window the
 vehicle already closed, is counted as late and dropped.
 
 A vehicle's first window is partial (the recording or upload began inside it)
-and is never scored; neither is the still-open last window at ``flush``.
+and is never scored; neither is the still-open last window at ``flush``, nor the
+windows a telemetry gap touches: when a vehicle sends nothing at all for longer
+than ``GAP_PERIODS`` periods of its platform's fastest expected message and
+``GAP_WINDOWS`` windows (a logger or uplink that stopped; a silenced ECU leaves
+the others sending, and a bus-off flood is error frames; a vehicle whose uplink
+forwards only slow messages is not gapped by their own periods), the windows
+from the gap's start to the one after its end are partial too, their silences
+and inter-arrival times the gap's, not the bus's.
 """
 
 from __future__ import annotations
@@ -76,6 +83,9 @@ _LOW32 = np.uint64(0xFFFF_FFFF)
 GUARANTEED_NOVEL_IDS = 8
 #: StreamTable.kind of a stream: a learned id, an unseen id's own, the pooled one.
 LEARNED, NOVEL, POOLED = 0, 1, 2
+#: A vehicle silent for this many periods of its fastest expected message, and this
+#: many windows, is a telemetry gap, not its bus (see the module doc).
+GAP_PERIODS, GAP_WINDOWS = 10, 2
 #: Why frames were pooled (shedding reasons, as counted in metrics).
 NOVEL_ID_LIMIT = "novel_id_limit"
 STREAM_LIMIT = "stream_limit"
@@ -84,6 +94,15 @@ POOL_REASONS = (NOVEL_ID_LIMIT, STREAM_LIMIT)
 
 def stream_key(vehicle: np.ndarray, can_id: np.ndarray) -> np.ndarray:
     return (vehicle.astype(np.uint64) << np.uint64(32)) | can_id.astype(np.uint64)
+
+
+def telemetry_gap_s(bl: Baseline, window_s: float) -> float:
+    """Silence of a whole vehicle that is a gap in its telemetry (inf: the platform
+    has no expected periodic message to tell)."""
+    period = bl.period[bl.expected & np.isfinite(bl.period) & (bl.period > 0)]
+    if not len(period):
+        return np.inf
+    return float(max(GAP_PERIODS * period.min(), GAP_WINDOWS * window_s))
 
 
 def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +132,9 @@ class WindowState:
         self.newest = np.zeros(0)  # newest event time since the last flush
         self.cut = np.zeros(0, np.int64)  # window of its newest frame at its last push
         self.n_novel = np.zeros(0, np.int64)  # unseen ids with an own stream (its open window)
+        self.gap_from = np.zeros(0, np.int64)  # windows its last telemetry gap touched
+        self.gap_to = np.zeros(0, np.int64)
+        self.telemetry_gaps = 0
         self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
         self.streams = StreamTable()
         self.late_frames = 0
@@ -127,6 +149,8 @@ class WindowState:
             self.newest = grown(self.newest, n, -np.inf)
             self.cut = grown(self.cut, n, _NONE)
             self.n_novel = grown(self.n_novel, n, 0)
+            self.gap_from = grown(self.gap_from, n, _NONE)
+            self.gap_to = grown(self.gap_to, n, _NONE)
 
     def push(
         self, frames: np.ndarray, vehicle: np.ndarray, bl: Baseline, extra_budget: int | None = None
@@ -199,9 +223,10 @@ class WindowState:
         self._grow(int(uv[-1]) + 1)
         first, newest = self.first_window[uv], self.newest[uv]
         can_id = frames["can_id"]
+        gap = np.full((len(uv), 2), np.nan)
         win, late, n_late, in_batch, id_rank, all_known, earliest = window_pass(
             frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
-            _NONE, bl.ids,
+            _NONE, bl.ids, telemetry_gap_s(bl, self.window_s), gap,
         )  # fmt: skip
         late_vehicles, all_win = uv[local[late]], win
         if n_late:
@@ -217,6 +242,7 @@ class WindowState:
             if key_id is not can_id:
                 ids, id_rank = batch_ids(key_id, bl)
         self.first_window[uv], self.newest[uv] = first, newest
+        self._note_gaps(uv, gap)
         self.last_late = late_vehicles
         self.late_frames += n_late
         if len(local) == 0:
@@ -381,6 +407,16 @@ class WindowState:
                 self.last_pooled[name] = gv[sel]
         return key_id
 
+    def _note_gaps(self, uv: np.ndarray, gap: np.ndarray) -> None:
+        """Keep the windows each vehicle's telemetry gap of this batch touched: from its
+        start's to the one after its end's (whose slow ids' first gaps span it too)."""
+        has = np.isfinite(gap[:, 0])
+        if has.any():
+            v = uv[has]
+            self.gap_from[v] = np.floor(gap[has, 0] / self.window_s).astype(np.int64)
+            self.gap_to[v] = np.floor(gap[has, 1] / self.window_s).astype(np.int64) + 1
+            self.telemetry_gaps += int(has.sum())
+
     def _classify(self, rows: np.ndarray, can_id: np.ndarray, bl: Baseline) -> None:
         """Mark new streams of unseen ids (own or pooled) and count the own ones."""
         _, learned = id_slots(can_id, bl.ids)
@@ -455,7 +491,9 @@ class WindowState:
         self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
         rows = Rows.concat([present, absent])
         add_bus_features(rows, bl)
-        scored = rows.window > self.first_window[rows.vehicle]
+        v = rows.vehicle
+        in_gap = (rows.window >= self.gap_from[v]) & (rows.window <= self.gap_to[v])
+        scored = (rows.window > self.first_window[v]) & ~in_gap
         return rows.take(np.flatnonzero(scored))
 
     def close_vehicles(self, vehicles: np.ndarray, bl: Baseline, upto: int | None = None) -> Rows:
@@ -513,6 +551,8 @@ class WindowState:
         self.first_window[valid] = _NONE
         self.newest[valid] = -np.inf
         self.cut[valid] = _NONE
+        self.gap_from[valid] = _NONE
+        self.gap_to[valid] = _NONE
 
     def established(self, vehicles: np.ndarray) -> np.ndarray:
         """Whether each vehicle has had a window scored (its first, partial one is not)."""
@@ -521,7 +561,10 @@ class WindowState:
 
     @property
     def nbytes(self) -> int:
-        per_vehicle = (self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel)
+        per_vehicle = (
+            self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel,
+            self.gap_from, self.gap_to,
+        )  # fmt: skip
         return sum(a.nbytes for a in per_vehicle) + self.streams.nbytes
 
 
