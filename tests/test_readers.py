@@ -122,83 +122,77 @@ def test_python_can_csv_odd_timestamps(tmp_path):
     np.testing.assert_array_equal(read_frames(path)["ts"], [m.timestamp for m in msgs])
 
 
-def test_hcrl_headerless_shifted_flag(tmp_path):
-    path = tmp_path / "hcrl.csv"
-    path.write_text(
+#: Dataset samples as their authors write them: (file, text, format, ids, dlcs, labels,
+#: flags, (row, its 8 data bytes)).
+SAMPLES = [
+    pytest.param(  # the flag right after the last data byte, headerless
+        "hcrl.csv",
         "1478198376.389427,0316,8,05,21,68,09,21,21,00,6f,R\n"
         "1478198376.389636,018f,2,fe,5b,T\n"
-        "1478198376.389800,0260,0,R\n"
-    )
-    assert detect_format(path) == "hcrl"
-    f = read_frames(path)
-    assert f["dlc"].tolist() == [8, 2, 0]
-    assert f["label"].tolist() == [0, UNKNOWN, 0]
-    assert f["data"][1, :3].tolist() == [0xFE, 0x5B, 0]
-    assert f["can_id"].tolist() == [0x316, 0x18F, 0x260]
-
-
-def test_crysys_columns_and_overrides(tmp_path):
-    path = tmp_path / "c.txt"
-    path.write_text(
+        "1478198376.389800,0260,0,R\n",
+        "hcrl", [0x316, 0x18F, 0x260], [8, 2, 0], [0, UNKNOWN, 0], [0, 0, 0],
+        (1, [0xFE, 0x5B, 0, 0, 0, 0, 0, 0]), id="hcrl-shifted-flag",
+    ),
+    pytest.param(
+        "c.txt",
         "1483093132.049669        0380    000    8    30 bb 82 00 9d 53 00 81\n"
         "1483093132.050104        0180    000    6    64 10 7f ff f4 00\n"
-        "1483093132.050105        18fef100    000    0\n"
-    )
-    assert detect_format(path) == "crysys"
-    f = read_frames(path)
-    assert f["dlc"].tolist() == [8, 6, 0]
-    assert f["data"][1].tolist() == [0x64, 0x10, 0x7F, 0xFF, 0xF4, 0, 0, 0]
-    assert f["can_id"][2] == 0x18FEF100 | EXTENDED_FLAG
-    cd = tmp_path / "c.txt2"
-    cd.write_text("(1.5) can0 123#11\n")
-    assert read_frames(cd, fmt="candump")["can_id"].tolist() == [0x123]
-    write_frames(tmp_path / "x.csv", f, "pcan-csv")
-    assert read_frames(tmp_path / "x.csv", fmt="pcan-csv")["dlc"].tolist() == [8, 6, 0]
-
-
-def test_can_train_and_test_csv_and_its_dlc_column(tmp_path):
-    """can-train-and-test's own lines (payloads of any length, 0x ids) and the
-    CANini/CAN-MIRGU variant with a dlc_value column."""
-    path = tmp_path / "DoS-1.csv"
-    path.write_text(
+        "1483093132.050105        18fef100    000    0\n",
+        "crysys", [0x380, 0x180, 0x18FEF100 | EXTENDED_FLAG], [8, 6, 0], [0, 0, 0], [0, 0, 0],
+        (1, [0x64, 0x10, 0x7F, 0xFF, 0xF4, 0, 0, 0]), id="crysys",
+    ),
+    pytest.param(  # can-train-and-test: payloads of any length, 0x ids
+        "DoS-1.csv",
         "timestamp,arbitration_id,data_field,attack\n"
         "1672531200.0,0C1,3000000430000004,0\n"
         "1672531200.0002701,0x0C5,000200000000,0\n"
-        "1672531200.000502,000,,1\n"
-    )
-    assert detect_format(path) == "cantt"
-    f = read_frames(path)
-    assert f["can_id"].tolist() == [0x0C1, 0x0C5, 0x000]
-    assert f["dlc"].tolist() == [8, 6, 0]
-    assert f["data"][1].tolist() == [0, 2, 0, 0, 0, 0, 0, 0]
-    assert f["label"].tolist() == [0, 0, UNKNOWN]
-    np.testing.assert_allclose(f["ts"] - 1672531200.0, [0, 0.0002701, 0.000502], atol=5e-7)
-    canini = tmp_path / "canini.csv"
-    canini.write_text(
+        "1672531200.000502,000,,1\n",
+        "cantt", [0x0C1, 0x0C5, 0x000], [8, 6, 0], [0, 0, UNKNOWN], [0, 0, 0],
+        (1, [0, 2, 0, 0, 0, 0, 0, 0]), id="can-train-and-test",
+    ),
+    pytest.param(  # CANini / CAN-MIRGU: a dlc_value column
+        "canini.csv",
         "timestamp,arbitration_id,data_field,dlc_value,attack\n"
         "1698233010.284626,372,2F002500EE1E0000,8,0\n"
-        "1698233010.285637,436,00000000,4,1\n"
-    )
-    f = read_frames(canini)
-    assert f["dlc"].tolist() == [8, 4] and f["label"].tolist() == [0, UNKNOWN]
-    assert read_frames(canini, fmt="can-train-and-test")["can_id"].tolist() == [0x372, 0x436]
-
-
-def test_hcrl_text_lines_as_car_hacking_and_otids_write_them(tmp_path):
-    """HCRL's benign captures (Car-Hacking's normal_run_data.txt, OTIDS): short frames,
-    and a remote frame flagged 100 with no data bytes."""
-    path = tmp_path / "normal_run_data.txt"
-    path.write_text(
+        "1698233010.285637,436,00000000,4,1\n",
+        "cantt", [0x372, 0x436], [8, 4], [0, UNKNOWN], [0, 0],
+        (0, [0x2F, 0, 0x25, 0, 0xEE, 0x1E, 0, 0]), id="canini",
+    ),
+    pytest.param(  # Car-Hacking's normal_run_data.txt, OTIDS: 100 marks a remote frame
+        "normal_run_data.txt",
         "Timestamp: 1479121434.850202        ID: 0350    000    DLC: 8    05 28 84 66 6d 00 00 a2\n"
         "Timestamp: 1479121434.850977        ID: 0430    000    DLC: 2    00 0a\n"
-        "Timestamp: 1479121434.851000        ID: 0430    100    DLC: 8\n"
-    )
-    assert detect_format(path) == "hcrl-txt"
+        "Timestamp: 1479121434.851000        ID: 0430    100    DLC: 8\n",
+        "hcrl-txt", [0x350, 0x430, 0x430], [8, 2, 8], [0, 0, 0], [0, 0, FLAG_RTR],
+        (0, [0x05, 0x28, 0x84, 0x66, 0x6D, 0, 0, 0xA2]), id="hcrl-text",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "text", "fmt", "ids", "dlcs", "labels", "flags", "row"), SAMPLES)
+def test_dataset_samples_read_as_written(tmp_path, name, text, fmt, ids, dlcs, labels, flags, row):
+    path = tmp_path / name
+    path.write_text(text)
+    assert detect_format(path) == fmt
     f = read_frames(path)
-    assert f["can_id"].tolist() == [0x350, 0x430, 0x430]
-    assert f["dlc"].tolist() == [8, 2, 8] and f["flags"].tolist() == [0, 0, FLAG_RTR]
-    assert f["data"][0].tolist() == [0x05, 0x28, 0x84, 0x66, 0x6D, 0, 0, 0xA2]
-    assert f["data"][1].tolist() == [0, 0x0A, 0, 0, 0, 0, 0, 0] and not f["label"].any()
+    assert f["can_id"].tolist() == ids and f["dlc"].tolist() == dlcs
+    assert f["label"].tolist() == labels and f["flags"].tolist() == flags
+    assert f["data"][row[0]].tolist() == row[1]
+
+
+def test_format_overrides_and_timestamps_kept(tmp_path):
+    cd = tmp_path / "c.txt2"
+    cd.write_text("(1.5) can0 123#11\n")
+    assert read_frames(cd, fmt="candump")["can_id"].tolist() == [0x123]
+    f = read_frames(cd)
+    write_frames(tmp_path / "x.csv", f, "pcan-csv")
+    assert read_frames(tmp_path / "x.csv", fmt="pcan-csv")["dlc"].tolist() == [1]
+    ctt = tmp_path / "DoS-1.csv"
+    ctt.write_text(SAMPLES[2].values[1])
+    assert read_frames(ctt, fmt="can-train-and-test")["can_id"].tolist() == [0x0C1, 0x0C5, 0]
+    np.testing.assert_allclose(
+        read_frames(ctt)["ts"] - 1672531200.0, [0, 0.0002701, 0.000502], atol=5e-7
+    )
 
 
 def test_formats_listed():
