@@ -170,6 +170,17 @@ def errors() -> list[dict[str, Any]]:
             description="Frames older than an already closed window; dropped.",
             w=8,
         ),
+        rate_timeseries(
+            "Telemetry gaps by brand",
+            "canwatch_telemetry_gaps_total",
+            I,
+            "brand",
+            axis_label="gaps/s",
+            description="Vehicles that sent nothing at all for more than 2 windows (an uplink "
+            "or logger that stopped, not their bus): the windows each gap touched were not "
+            "scored. A brand-wide rise is a data-quality problem, not an attack.",
+            w=8,
+        ),
     ]
 
 

@@ -89,6 +89,7 @@ def test_brand_children_are_cached_and_count(m):
     b.windows.inc(10)
     b.anomalous.inc(2)
     b.late_frames.inc(3)
+    b.telemetry_gaps.inc(2)
     b.vehicles_active.set(7)
     m.bytes_consumed.inc(12_000)
     assert value(m, "canwatch_records_consumed_total", brand="jeep") == 1
@@ -96,6 +97,7 @@ def test_brand_children_are_cached_and_count(m):
     assert value(m, "canwatch_windows_scored_total", brand="jeep") == 10
     assert value(m, "canwatch_anomalous_windows_total", brand="jeep") == 2
     assert value(m, "canwatch_late_frames_total", brand="jeep") == 3
+    assert value(m, "canwatch_telemetry_gaps_total", brand="jeep") == 2
     assert value(m, "canwatch_vehicles_active", brand="jeep") == 7
     assert value(m, "canwatch_bytes_consumed_total") == 12_000
     assert value(m, "canwatch_frames_consumed_total", brand="ram") is None

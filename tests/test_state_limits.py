@@ -376,3 +376,15 @@ def test_a_shadow_that_would_pass_max_streams_waits_for_room(model, tmp_path) ->
         scorer.push([(v, b, f[(f["ts"] >= lo) & (f["ts"] < lo + 0.5)]) for v, b, f in fleet[2:]])
         assert scorer.n_streams <= limit and scorer.reserved_streams <= limit
     assert scorer.take_shadow(), "the shadow scores beside the serving model"
+
+
+def test_a_telemetry_gap_is_counted_per_brand(model) -> None:
+    """The scorer counts each vehicle's telemetry gap under its brand (the service's
+    canwatch_telemetry_gaps_total): windows left unscored are never silent."""
+    frames = simulate_vehicle("cusw", 30.0, T0, 11)
+    t = frames["ts"] - T0
+    frames = frames[(t < 10.0) | (t >= 14.0)]
+    scorer = Scorer({"cusw": model}, FLEET, W, LimitsConfig())
+    scorer.push([("veh-1", "jeep", frames[:5000]), ("veh-2", "fiat", frames[:5000])])
+    scorer.push([("veh-1", "jeep", frames[5000:])])
+    assert dict(scorer.gaps_by_brand) == {"jeep": 1}

@@ -135,6 +135,7 @@ class WindowState:
         self.gap_from = np.zeros(0, np.int64)  # windows its last telemetry gap touched
         self.gap_to = np.zeros(0, np.int64)
         self.telemetry_gaps = 0
+        self.last_gaps = np.zeros(0, np.int64)  # vehicles with a telemetry gap in the last push
         self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
         self.streams = StreamTable()
         self.late_frames = 0
@@ -217,6 +218,7 @@ class WindowState:
         changed and each frame's window is returned instead."""
         self.last_late = np.zeros(0, np.int64)
         self.last_pooled = {}
+        self.last_gaps = np.zeros(0, np.int64)
         if len(local) == 0:
             return None
         uv = np.asarray(uv, dtype=np.int64)
@@ -284,7 +286,7 @@ class WindowState:
         Each window may take ``extra_budget`` less what the earlier ones still hold, so
         streams an older window freed count as free again (one push would have pooled
         those frames: a binding budget is not batch-invariant either way)."""
-        out, late, pooled = [], [], {}
+        out, late, gaps, pooled = [], [], [], {}
         extra0 = self.novel_extra
         for w in np.unique(win):
             sel = np.flatnonzero(win == w)
@@ -300,9 +302,11 @@ class WindowState:
             rows, _ = self._push(part, vehicles, part_local.reshape(-1), bl, budget, split=False)
             out.append(rows)
             late.append(self.last_late)
+            gaps.append(self.last_gaps)
             for reason, v in self.last_pooled.items():
                 pooled.setdefault(reason, []).append(v)
         self.last_late = np.concatenate(late)
+        self.last_gaps = np.concatenate(gaps)
         self.last_pooled = {reason: np.concatenate(v) for reason, v in pooled.items()}
         return Rows.concat(out)
 
@@ -416,6 +420,7 @@ class WindowState:
             self.gap_from[v] = np.floor(gap[has, 0] / self.window_s).astype(np.int64)
             self.gap_to[v] = np.floor(gap[has, 1] / self.window_s).astype(np.int64) + 1
             self.telemetry_gaps += int(has.sum())
+            self.last_gaps = v
 
     def _classify(self, rows: np.ndarray, can_id: np.ndarray, bl: Baseline) -> None:
         """Mark new streams of unseen ids (own or pooled) and count the own ones."""

@@ -180,6 +180,7 @@ class Scorer:
         self.shadows: dict[str, PlatformModel] = {}  # platform -> its shadow model
         self.shadow_out: list[ScoredRows] = []  # the shadows' rows, until taken
         self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
+        self.gaps_by_brand: Counter[str] = Counter()  # telemetry gaps (windows not scored)
         self.shed = Shed()  # cumulative until ``take_shed``
         self._pushes = 0
         self._futile = False  # the last search for vehicles to retire found none to find
@@ -432,6 +433,8 @@ class Scorer:
         t1 = time.perf_counter()
         for v, n in zip(*np.unique(st.window.last_late, return_counts=True), strict=True):
             self.late_by_brand[st.brands[int(v)]] += int(n)
+        for v in st.window.last_gaps.tolist():
+            self.gaps_by_brand[st.brands[int(v)]] += 1
         for reason, vehicle in st.window.last_pooled.items():
             for v, n in zip(*np.unique(vehicle, return_counts=True), strict=True):
                 self.shed.frames[st.brands[int(v)], reason] += int(n)

@@ -397,6 +397,9 @@ class Detector:
         for brand, late in self.scorer.late_by_brand.items():
             self.metrics.brand(brand).late_frames.inc(late)
         self.scorer.late_by_brand.clear()
+        for brand, gaps in self.scorer.gaps_by_brand.items():
+            self.metrics.brand(brand).telemetry_gaps.inc(gaps)
+        self.scorer.gaps_by_brand.clear()
         return scored, retired, shed
 
     def _incidents(self, scored: list) -> list[dict]:

@@ -99,6 +99,7 @@ METRIC_NAMES = frozenset(
         "canwatch_unreadable_records_total",
         "canwatch_poll_stalled_seconds",
         "canwatch_late_frames_total",
+        "canwatch_telemetry_gaps_total",
         "canwatch_frames_shed_total",
         "canwatch_vehicles_evicted_total",
         "canwatch_state_vehicles",
@@ -158,6 +159,7 @@ class BrandMetrics:
     windows: Any
     anomalous: Any
     late_frames: Any
+    telemetry_gaps: Any
     vehicles_active: Any
     score: Any
     threshold: Any

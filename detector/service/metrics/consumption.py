@@ -53,6 +53,12 @@ class ConsumptionMetrics:
             "Frames older than an already closed window (dropped).",
             ("brand",),
         )
+        self.telemetry_gaps = f.counter(
+            "canwatch_telemetry_gaps_total",
+            "Times a vehicle sent nothing at all for more than 2 windows (an uplink or logger "
+            "that stopped): the windows the gap touched were not scored.",
+            ("brand",),
+        )
         self.stage_duration = f.histogram(
             "canwatch_stage_duration_seconds",
             "Wall-clock time per pipeline stage and batch.",
@@ -86,6 +92,7 @@ class ConsumptionMetrics:
             "records": self.records_consumed.labels(brand),
             "frames": self.frames_consumed.labels(brand),
             "late_frames": self.late_frames.labels(brand),
+            "telemetry_gaps": self.telemetry_gaps.labels(brand),
         }
 
     def observe_stage(self, stage: str, seconds: float) -> None:
