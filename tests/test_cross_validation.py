@@ -121,6 +121,15 @@ def test_each_intrusion_of_a_capture_is_an_episode_to_detect() -> None:
     assert not false_incidents(ev)
 
 
+def test_a_slow_attack_is_one_episode_however_far_apart_its_frames() -> None:
+    """A spoof of one frame every 2.5 s (10-30 s) pauses longer than two windows between
+    frames, but not longer than four of its own spacings: one attack, not nine."""
+    ts = np.r_[np.arange(0, 40, 0.1), np.arange(10, 30.1, 2.5)]
+    frames = make_frames(ts, np.zeros(len(ts), np.uint32), np.zeros((len(ts), 8), np.uint8))
+    frames["label"][400:] = LABEL_CODE["spoofing"]
+    assert attack_episodes(frames, W) == {"spoofing": [(10.0, 30.0)]}
+
+
 def test_incidents_away_from_the_attack_are_false_and_counted_per_benign_hour() -> None:
     ev = _evaluation([_incident(2.0, 4.0), _incident(10.0, 15.0), _incident(16.0, 17.0)])
     assert [i["first_seen"] for i in false_incidents(ev)] == [2.0, 16.0]

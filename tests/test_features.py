@@ -366,3 +366,39 @@ def test_a_telemetry_gap_leaves_its_windows_unscored_however_batched(fleet_strea
     tiny = np.cumsum(rng.integers(1, 4, 3000)) + start
     got, _ = push_in_batches(frames, vehicle, bl, tiny[tiny < len(frames)])
     assert_same_rows(got, whole)
+
+
+def test_two_telemetry_gaps_in_one_push_and_records_out_of_order(fleet_stream) -> None:
+    """Two gaps of vehicle 0 in one push both leave their windows unscored; its records
+    swapped in a batch (a backfilled upload) invent none; and a batch cut into windows
+    (another vehicle's unseen ids past max_novel_ids) notes a gap before it closes
+    any of its windows."""
+    from detector.core.schema import make_frames
+
+    frames, vehicle, bl = fleet_stream
+    t = frames["ts"] - 1.7e9
+    gapped = ~((vehicle == 0) & (((t >= 2.5) & (t < 5.2)) | ((t >= 8.3) & (t < 10.9))))
+    two, state = push_in_batches(frames[gapped], vehicle[gapped], bl, [])
+    assert state.telemetry_gaps == 2
+    w0 = set((two.window[two.vehicle == 0] - int(1.7e9)).tolist())
+    assert w0.isdisjoint({2, 3, 4, 5, 6, 8, 9, 10, 11}) and {1, 7} <= w0
+
+    mine = np.flatnonzero(vehicle == 0)
+    half = mine[len(mine) // 2]
+    swapped = np.r_[mine[mine >= half], mine[mine < half]]  # later record first
+    rows, state = push_in_batches(frames[swapped], vehicle[swapped], bl, [])
+    assert state.telemetry_gaps == 0
+    assert_same_rows(rows, push_in_batches(frames[mine], vehicle[mine], bl, [])[0])
+
+    one = ~((vehicle == 0) & (t >= 3.5) & (t < 6.5))
+    ids = np.r_[0x600 + np.arange(12), 0x650 + np.arange(12)]  # unseen: 12 in window 4, 12 in 7
+    fuzz = make_frames(1.7e9 + np.r_[4.1 + 0.01 * np.arange(12), 7.1 + 0.01 * np.arange(12)],
+                       ids, np.zeros((24, 8), np.uint8))  # fmt: skip
+    f = np.concatenate([frames[one], fuzz])
+    v = np.r_[vehicle[one], np.ones(24, np.int64)]
+    o = np.argsort(f["ts"], kind="stable")
+    for limit in (1024, 8):  # 8: the batch is pushed a window at a time
+        state = WindowState(W, max_novel_ids=limit)
+        rows = state.push(f[o], v[o], bl)
+        w0 = set((rows.window[rows.vehicle == 0] - int(1.7e9)).tolist())
+        assert state.telemetry_gaps == 1 and w0.isdisjoint({3, 4, 5, 6, 7}), (limit, w0)

@@ -331,9 +331,10 @@ def test_window_pass_finds_standard_and_extended_ids_like_id_slots() -> None:
     ts = np.array([0.5, 1.5, 2.5, 3.5])
     vehicle = np.zeros(4, np.int64)
     none = np.iinfo(np.int64).min // 4
-    gap = np.full((1, 2), np.nan)
-    args = (vehicle, 1.0, np.full(1, none), np.full(1, none), np.full(1, -np.inf), none, ids, 5.0, gap)
-    win, late, n_late, in_batch, slot, all_known, earliest = window_pass(ts, can_id, *args)
+    gaps = np.empty(4, np.int64), np.empty(4)
+    args = (vehicle, 1.0, np.full(1, none), np.full(1, none), np.full(1, -np.inf), none, ids, 5.0, *gaps)
+    win, late, n_late, in_batch, slot, all_known, earliest, n_gaps = window_pass(ts, can_id, *args)
+    assert n_gaps == 0
     assert all_known and n_late == 0 and in_batch.all()
     np.testing.assert_array_equal(win, [0, 1, 2, 3])
     np.testing.assert_array_equal(earliest, [0])

@@ -171,22 +171,27 @@ def window_labels(
     return out, kinds
 
 
-#: An attack whose frames pause for longer than this many windows is two episodes (a
-#: capture of 300 intrusions of a few seconds each, as HCRL's, is 300): each must be
-#: detected, and an incident opened in the benign stretch between two is false.
-EPISODE_GAP_WINDOWS = 2
+#: An attack whose frames pause for longer than this many windows, and this many of
+#: its frames' usual spacing (a slow spoof sending a frame every 2.5 s is one
+#: attack), is two episodes (a capture of 300 intrusions of a few seconds each, as
+#: HCRL's, is 300): each must be detected, and an incident opened in the benign
+#: stretch between two is false.
+EPISODE_GAP_WINDOWS, EPISODE_GAP_SPACINGS = 2, 4
 
 
 def attack_episodes(
     frames: np.ndarray, window_s: float, spans: list[Span] = ()
 ) -> dict[str, list[tuple[float, float]]]:
     """Each attack kind's episodes, (first, last) attack time: its labelled frames (and
-    ``spans``) in runs that pause no longer than EPISODE_GAP_WINDOWS windows."""
+    ``spans``) in runs that pause no longer than EPISODE_GAP_WINDOWS windows and
+    EPISODE_GAP_SPACINGS times the median spacing of its frames."""
     lab = frames["label"].astype(np.int64)
     times: dict[str, list[np.ndarray]] = {}
+    spacing: dict[str, float] = {}
     for code in np.unique(lab[lab > 0]):
         t = np.sort(frames["ts"][lab == code])
         times.setdefault(LABELS[code], []).append(np.c_[t, t])
+        spacing[LABELS[code]] = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
     for sp in spans:
         times.setdefault(sp.kind, []).append(np.array([[sp.start_ts, sp.end_ts]]))
     out = {}
@@ -194,7 +199,8 @@ def attack_episodes(
         iv = np.concatenate(parts)
         iv = iv[np.argsort(iv[:, 0], kind="stable")]
         reach = np.maximum.accumulate(iv[:, 1])
-        new = np.r_[True, iv[1:, 0] - reach[:-1] > EPISODE_GAP_WINDOWS * window_s]
+        pause = max(EPISODE_GAP_WINDOWS * window_s, EPISODE_GAP_SPACINGS * spacing.get(kind, 0.0))
+        new = np.r_[True, iv[1:, 0] - reach[:-1] > pause]
         first = np.flatnonzero(new)
         last = np.r_[first[1:], len(iv)] - 1
         out[kind] = [(float(iv[a, 0]), float(reach[b])) for a, b in zip(first, last, strict=True)]

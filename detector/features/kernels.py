@@ -57,14 +57,17 @@ def id_slots(can_id, ids):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def window_pass(  # pragma: no cover - compiled
-    ts, can_id, vehicle, window_s, closed_upto, first_window, newest, none, ids, gap_s, gap
-):
+    ts, can_id, vehicle, window_s, closed_upto, first_window, newest, none, ids, gap_s,
+    gap_at, gap_from,
+):  # fmt: skip
     """Each frame's window, whether it is late (in a window its vehicle has
     closed), and its id's slot in the sorted baseline ``ids`` (0 for an id not
     there, and then ``all_known`` is False). Over the frames that are not
     late: per vehicle, set ``first_window`` if still ``none``, raise ``newest``
-    to the newest ts, mark it in the batch, and in ``gap`` (vehicles x 2) the
-    last time it sent nothing at all for more than ``gap_s`` (from, to)."""
+    to the newest ts, and mark it in the batch. Each frame newer than its
+    vehicle's newest by more than ``gap_s`` is a candidate telemetry gap: its
+    index in ``gap_at`` and that newest ts in ``gap_from`` (as many as the
+    returned ``n_gaps``; frames of the batch out of order may fill it)."""
     n = ts.shape[0]
     n_ids = ids.shape[0]
     lut = _id_table(ids)
@@ -74,6 +77,7 @@ def window_pass(  # pragma: no cover - compiled
     in_batch = np.zeros(closed_upto.shape[0], np.bool_)
     earliest = np.full(closed_upto.shape[0], np.iinfo(np.int64).max)
     n_late = 0
+    n_gaps = 0
     all_known = True
     for i in range(n):
         w = np.int64(np.floor(ts[i] / window_s))
@@ -88,8 +92,9 @@ def window_pass(  # pragma: no cover - compiled
             earliest[v] = w
         if ts[i] > newest[v]:
             if ts[i] - newest[v] > gap_s and newest[v] > -np.inf:
-                gap[v, 0] = newest[v]
-                gap[v, 1] = ts[i]
+                gap_at[n_gaps] = i
+                gap_from[n_gaps] = newest[v]
+                n_gaps += 1
             newest[v] = ts[i]
         c = can_id[i]
         k = lut[c] if c < 2048 else -1
@@ -104,7 +109,7 @@ def window_pass(  # pragma: no cover - compiled
     for v in range(closed_upto.shape[0]):
         if in_batch[v] and first_window[v] == none:
             first_window[v] = earliest[v]
-    return win, late, n_late, in_batch, slot, all_known, earliest
+    return win, late, n_late, in_batch, slot, all_known, earliest, n_gaps
 
 
 @njit(cache=True, nogil=True)

@@ -132,8 +132,8 @@ class WindowState:
         self.newest = np.zeros(0)  # newest event time since the last flush
         self.cut = np.zeros(0, np.int64)  # window of its newest frame at its last push
         self.n_novel = np.zeros(0, np.int64)  # unseen ids with an own stream (its open window)
-        self.gap_from = np.zeros(0, np.int64)  # windows its last telemetry gap touched
-        self.gap_to = np.zeros(0, np.int64)
+        # telemetry gaps whose windows may still close: (vehicle, first window, last window)
+        self.gaps = np.zeros((0, 3), np.int64)
         self.telemetry_gaps = 0
         self.last_gaps = np.zeros(0, np.int64)  # vehicles with a telemetry gap in the last push
         self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
@@ -150,8 +150,6 @@ class WindowState:
             self.newest = grown(self.newest, n, -np.inf)
             self.cut = grown(self.cut, n, _NONE)
             self.n_novel = grown(self.n_novel, n, 0)
-            self.gap_from = grown(self.gap_from, n, _NONE)
-            self.gap_to = grown(self.gap_to, n, _NONE)
 
     def push(
         self, frames: np.ndarray, vehicle: np.ndarray, bl: Baseline, extra_budget: int | None = None
@@ -190,7 +188,7 @@ class WindowState:
         """``push_batch``, and its plan (for another state's ``like``). ``split``: whether
         the batch may be cut into windows (see ``_push_by_window``)."""
         plan = self._prepare(frames, uv, local, bl, extra_budget, like, split)
-        if isinstance(plan, np.ndarray):
+        if isinstance(plan, _Split):
             return self._push_by_window(frames, uv, local, bl, extra_budget, plan), None
         if plan is None:
             return Rows.empty(), None
@@ -215,7 +213,8 @@ class WindowState:
         state's plan for the same batch, whose grouping is taken when both hold the
         same frames and know every id (the grouping then cannot differ). When the
         batch must be pushed a window at a time (``split`` allowing), nothing is
-        changed and each frame's window is returned instead."""
+        changed and a ``_Split`` is returned instead. A part of such a batch
+        (``split`` False) leaves its telemetry gaps to the whole batch's."""
         self.last_late = np.zeros(0, np.int64)
         self.last_pooled = {}
         self.last_gaps = np.zeros(0, np.int64)
@@ -225,11 +224,12 @@ class WindowState:
         self._grow(int(uv[-1]) + 1)
         first, newest = self.first_window[uv], self.newest[uv]
         can_id = frames["can_id"]
-        gap = np.full((len(uv), 2), np.nan)
-        win, late, n_late, in_batch, id_rank, all_known, earliest = window_pass(
+        gap_at, gap_from = np.empty(len(local), np.int64), np.empty(len(local))
+        win, late, n_late, in_batch, id_rank, all_known, earliest, n_gaps = window_pass(
             frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
-            _NONE, bl.ids, telemetry_gap_s(bl, self.window_s), gap,
+            _NONE, bl.ids, telemetry_gap_s(bl, self.window_s), gap_at, gap_from,
         )  # fmt: skip
+        gaps = _true_gaps(frames["ts"], local, uv, gap_at[:n_gaps], gap_from[:n_gaps])
         late_vehicles, all_win = uv[local[late]], win
         if n_late:
             frames, local, win = take_frames(frames, ~late), local[~late], win[~late]
@@ -240,11 +240,12 @@ class WindowState:
             ids, id_rank = batch_ids(can_id, bl)
             key_id = self._pool(ts, can_id, local, uv, win, ids, id_rank, bl, extra_budget, split)
             if key_id is None:  # nothing changed yet: the caller pushes it a window at a time
-                return all_win
+                return _Split(all_win, gaps)
             if key_id is not can_id:
                 ids, id_rank = batch_ids(key_id, bl)
         self.first_window[uv], self.newest[uv] = first, newest
-        self._note_gaps(uv, gap)
+        if split:
+            self._note_gaps(*gaps)
         self.last_late = late_vehicles
         self.late_frames += n_late
         if len(local) == 0:
@@ -277,7 +278,7 @@ class WindowState:
         local: np.ndarray,
         bl: Baseline,
         extra_budget: int | None,
-        win: np.ndarray,
+        split: _Split,
     ) -> Rows:
         """A batch whose unseen ids would have a vehicle hold more than ``max_novel_ids``
         of their streams at once, pushed one window at a time, each vehicle's older
@@ -286,8 +287,10 @@ class WindowState:
         Each window may take ``extra_budget`` less what the earlier ones still hold, so
         streams an older window freed count as free again (one push would have pooled
         those frames: a binding budget is not batch-invariant either way)."""
-        out, late, gaps, pooled = [], [], [], {}
+        out, late, pooled = [], [], {}
         extra0 = self.novel_extra
+        noted = self._note_gaps(*split.gaps)  # before any window of them closes
+        win = split.win
         for w in np.unique(win):
             sel = np.flatnonzero(win == w)
             present, part_local = np.unique(local[sel], return_inverse=True)
@@ -302,11 +305,10 @@ class WindowState:
             rows, _ = self._push(part, vehicles, part_local.reshape(-1), bl, budget, split=False)
             out.append(rows)
             late.append(self.last_late)
-            gaps.append(self.last_gaps)
             for reason, v in self.last_pooled.items():
                 pooled.setdefault(reason, []).append(v)
         self.last_late = np.concatenate(late)
-        self.last_gaps = np.concatenate(gaps)
+        self.last_gaps = noted
         self.last_pooled = {reason: np.concatenate(v) for reason, v in pooled.items()}
         return Rows.concat(out)
 
@@ -411,16 +413,27 @@ class WindowState:
                 self.last_pooled[name] = gv[sel]
         return key_id
 
-    def _note_gaps(self, uv: np.ndarray, gap: np.ndarray) -> None:
-        """Keep the windows each vehicle's telemetry gap of this batch touched: from its
-        start's to the one after its end's (whose slow ids' first gaps span it too)."""
-        has = np.isfinite(gap[:, 0])
-        if has.any():
-            v = uv[has]
-            self.gap_from[v] = np.floor(gap[has, 0] / self.window_s).astype(np.int64)
-            self.gap_to[v] = np.floor(gap[has, 1] / self.window_s).astype(np.int64) + 1
-            self.telemetry_gaps += int(has.sum())
-            self.last_gaps = v
+    def _note_gaps(self, vehicle: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Keep the windows each telemetry gap touched, from its start's to the one after
+        its end's (whose slow ids' first inter-arrival spans it too); its vehicles."""
+        if len(vehicle):
+            lo = np.floor(start / self.window_s).astype(np.int64)
+            hi = np.floor(end / self.window_s).astype(np.int64) + 1
+            self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi]])
+            self.telemetry_gaps += len(vehicle)
+        self.last_gaps = vehicle
+        return vehicle
+
+    def _unscored(self, rows: Rows) -> np.ndarray:
+        """Rows in a window a vehicle's telemetry gap touched; the gaps whose windows
+        have all closed are let go."""
+        out = np.zeros(len(rows), bool)
+        if not len(self.gaps):
+            return out
+        for v, lo, hi in self.gaps.tolist():
+            out |= (rows.vehicle == v) & (rows.window >= lo) & (rows.window <= hi)
+        self.gaps = self.gaps[self.closed_upto[self.gaps[:, 0]] <= self.gaps[:, 2]]
+        return out
 
     def _classify(self, rows: np.ndarray, can_id: np.ndarray, bl: Baseline) -> None:
         """Mark new streams of unseen ids (own or pooled) and count the own ones."""
@@ -496,9 +509,7 @@ class WindowState:
         self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
         rows = Rows.concat([present, absent])
         add_bus_features(rows, bl)
-        v = rows.vehicle
-        in_gap = (rows.window >= self.gap_from[v]) & (rows.window <= self.gap_to[v])
-        scored = (rows.window > self.first_window[v]) & ~in_gap
+        scored = (rows.window > self.first_window[rows.vehicle]) & ~self._unscored(rows)
         return rows.take(np.flatnonzero(scored))
 
     def close_vehicles(self, vehicles: np.ndarray, bl: Baseline, upto: int | None = None) -> Rows:
@@ -556,8 +567,7 @@ class WindowState:
         self.first_window[valid] = _NONE
         self.newest[valid] = -np.inf
         self.cut[valid] = _NONE
-        self.gap_from[valid] = _NONE
-        self.gap_to[valid] = _NONE
+        self.gaps = self.gaps[~np.isin(self.gaps[:, 0], valid)]
 
     def established(self, vehicles: np.ndarray) -> np.ndarray:
         """Whether each vehicle has had a window scored (its first, partial one is not)."""
@@ -567,8 +577,7 @@ class WindowState:
     @property
     def nbytes(self) -> int:
         per_vehicle = (
-            self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel,
-            self.gap_from, self.gap_to,
+            self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel, self.gaps,
         )  # fmt: skip
         return sum(a.nbytes for a in per_vehicle) + self.streams.nbytes
 
@@ -593,6 +602,31 @@ class _Plan:
     which: np.ndarray
     emitted: Emitted
     plain: bool  # every id known to the baseline, no frame late: nothing pooled or dropped
+
+
+@dataclass
+class _Split:
+    """A batch to push a window at a time: each frame's window, and the telemetry gaps
+    found in it (vehicles, starts, ends), noted before any of their windows closes."""
+
+    win: np.ndarray
+    gaps: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _true_gaps(
+    ts: np.ndarray, local: np.ndarray, uv: np.ndarray, at: np.ndarray, start: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate gaps ``window_pass`` found (frame ``at`` newer than its vehicle's
+    newest ``start`` by more than the gap) that no frame of the batch fills: a batch
+    out of order makes candidates its later frames fill. (vehicles, starts, ends)."""
+    if not len(at):
+        empty = np.zeros(0, np.int64)
+        return empty, np.zeros(0), np.zeros(0)
+    v, end = local[at], ts[at]
+    keep = np.array(
+        [not ((local == v[k]) & (ts > start[k]) & (ts < end[k])).any() for k in range(len(at))]
+    )
+    return uv[v[keep]], start[keep], end[keep]
 
 
 def _over_allowance(
