@@ -233,3 +233,25 @@ def test_a_slow_id_s_signal_holding_still_a_window_is_no_alert_a_busy_one_s_is()
         text
         == "0x100: byte 1 changed in 0 of the 100 frame pairs where the others did (learned 98%)"
     )
+
+
+def test_a_byte_changing_more_often_than_learned_is_named_with_its_counts() -> None:
+    """0x200's byte 1 held 7 on every training drive; a drive where it changes in every
+    frame names it, with the window's counts and training's rate."""
+    from detector.features.baseline import learn_baseline
+    from detector.features.windowing import WindowState
+    from detector.incidents.evidence import describe
+    from detector.model.pipeline import ScoredRows
+
+    train = np.concatenate([drive(T0 + 100 * i, 20.0, 0x10, seed=i) for i in range(2)])
+    bl = learn_baseline(train, np.repeat([0, 1], len(train) // 2 + 1)[: len(train)], 1.0)
+    frames = drive(T0 + 1000, 5.0, 0x10, seed=5)
+    state = np.flatnonzero(frames["can_id"] == STATE)
+    frames["data"][state, 1] = np.arange(len(state)) % 200  # now it moves every frame
+    rows = WindowState(1.0).push(frames, np.zeros(len(frames), np.int64), bl)
+    zeros = np.zeros(len(rows))
+    sc = ScoredRows("pad", 1, rows, zeros, np.zeros((len(rows), N_EVIDENCE)), ["v"], ["b"], zeros)
+    i = int(np.flatnonzero(rows.can_id == STATE)[0])
+    assert describe(sc, i, "change_rise", 1.0) == (
+        "0x200: byte 1 changed in 50 of the 50 frame pairs (learned 0%)"
+    )

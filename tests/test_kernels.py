@@ -122,6 +122,15 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
         assert learned == pytest.approx(bl.cond_change[slot[r], byte], abs=5e-4)
         drop = learned - changed / pairs
         assert drop == pytest.approx(rows.X[i[r], F["change_drop"]], abs=5e-4)
+    # ... and the byte that rose furthest above its learned change rate, with its counts
+    rising = rows.rising_notes()[i] >= 0
+    np.testing.assert_array_equal(rising, rows.X[i, F["change_rise"]] > 0)
+    for r in np.flatnonzero(rising):
+        byte, changed, pairs, learned = read_frozen_note(int(rows.rising[i[r]]))
+        assert pairs >= 1 and 0 <= changed <= pairs
+        assert learned == pytest.approx(bl.change_rate[slot[r], byte], abs=5e-4)
+        rise = changed / pairs - learned
+        assert rise == pytest.approx(rows.X[i[r], F["change_rise"]], abs=5e-4)
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
     fired = dict(zip(FEATURE_NAMES[:PER_ID], (ref.X[j, :PER_ID] != 0).any(axis=0), strict=True))

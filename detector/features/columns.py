@@ -85,6 +85,9 @@ class Rows:
     # rate (detector.features.fold_kernel.frozen_note: byte, changes, pairs, learned
     # rate; -1: none); None: no row has one
     frozen: np.ndarray | None = None
+    # (r,) i8 the same note of the row's byte that rose furthest above its learned
+    # change rate (byte, changes, frame pairs, learned rate); None: no row has one
+    rising: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
@@ -116,6 +119,7 @@ class Rows:
             None if self.cross is None else self.cross[idx],
             None if self.far is None else self.far[idx],
             None if self.frozen is None else self.frozen[idx],
+            None if self.rising is None else self.rising[idx],
         )
 
     @staticmethod
@@ -141,6 +145,9 @@ class Rows:
             None
             if all(p.frozen is None for p in parts)
             else np.concatenate([p.frozen_notes() for p in parts]),
+            None
+            if all(p.rising is None for p in parts)
+            else np.concatenate([p.rising_notes() for p in parts]),
         )
 
     def far_notes(self) -> np.ndarray:
@@ -150,6 +157,10 @@ class Rows:
     def frozen_notes(self) -> np.ndarray:
         """``frozen``, -1 where there is none."""
         return np.full(len(self), -1, np.int64) if self.frozen is None else self.frozen
+
+    def rising_notes(self) -> np.ndarray:
+        """``rising``, -1 where there is none."""
+        return np.full(len(self), -1, np.int64) if self.rising is None else self.rising
 
     def cross_notes(self) -> np.ndarray:
         """``cross``, NaN where there is none."""
@@ -162,9 +173,10 @@ def read_far_note(note: int) -> tuple[int, int, int, int]:
 
 
 def read_frozen_note(note: int) -> tuple[int, int, int, float]:
-    """(byte, changes, pairs, learned rate) of a ``Rows.frozen`` note
-    (``fold_kernel.frozen_note`` writes it): of the pairs of frames where the other
-    bytes changed, the byte changed in ``changes``; in training, in that share."""
+    """(byte, changes, pairs, learned rate) of a ``Rows.frozen`` or ``Rows.rising`` note
+    (``fold_kernel.frozen_note`` writes it): of the pairs of frames (for ``frozen``,
+    those where the other bytes changed), the byte changed in ``changes``; in
+    training, in that share."""
     rest, byte = divmod(int(note), 8)
     rest, changed = divmod(rest, 65536)
     permille, pairs = divmod(rest, 65536)

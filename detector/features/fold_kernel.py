@@ -90,10 +90,10 @@ _PREFETCH_AHEAD = 16
 
 @njit(cache=True, nogil=True, inline="always")
 def frozen_note(byte, changed, pairs, learned):  # pragma: no cover - compiled
-    """One float (an int < 2^46) saying which byte fell most below its learned change
-    rate: of the ``pairs`` where the other bytes changed it changed in ``changed``,
-    against ``learned`` (a rate) in training (``columns.read_frozen_note`` reads it;
-    the counts stop at 65,535)."""
+    """One float (an int < 2^46) naming the byte whose change rate left its learned one
+    furthest: it changed in ``changed`` of ``pairs`` frame pairs (for a freeze, those
+    where the other bytes changed), against ``learned`` (a rate) in training
+    (``columns.read_frozen_note`` reads it; the counts stop at 65,535)."""
     c = min(changed, 65535)
     p = min(pairs, 65535)
     permille = min(max(np.int64(np.round(learned * 1000.0)), 0), 1000)
@@ -106,10 +106,11 @@ def _emit(
     change_rate, cond_change, n, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):  # pragma: no cover - compiled
     """Close row ``r``'s open group into output ``n``: its feature columns up to
-    the bus features, and in its last three columns (after the features: ``Emitted``)
+    the bus features, and in its last four columns (after the features: ``Emitted``)
     its cross-coupled word's mean (0 for an id without one), the note of its byte
-    furthest outside its range and that of its byte that fell most below its learned
-    change rate (``frozen_note``; -1: none); then reset the accumulators."""
+    furthest outside its range, that of its byte that fell most below its learned
+    change rate with the others, and that of its byte that rose most above its
+    learned change rate (``frozen_note``; -1: none); then reset the accumulators."""
     a = acc_i[r]
     count = a[A_COUNT]
     out_row[n] = r
@@ -118,8 +119,9 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
-    X[X.shape[0] - 3] = a[A_SIG] / count if count > 0 else 0.0
-    X[X.shape[0] - 2] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
+    X[X.shape[0] - 4] = a[A_SIG] / count if count > 0 else 0.0
+    X[X.shape[0] - 3] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
+    X[X.shape[0] - 2] = -1.0
     X[X.shape[0] - 1] = -1.0
     if not k:  # an id the baseline never saw: only its count, which is also its novelty
         X[0] = count
@@ -154,10 +156,12 @@ def _emit(
                 d = cond_change[s, b] - a[A_COND + b] / max(n_other, 1.0)
                 if d > drop:
                     drop = d
-                    X[X.shape[0] - 1] = frozen_note(b, a[A_COND + b], n_other, cond_change[s, b])
+                    X[X.shape[0] - 2] = frozen_note(b, a[A_COND + b], n_other, cond_change[s, b])
             q = a[A_CHG + b] / pairs_n - change_rate[s, b]
             if q > rise:
                 rise = q
+                if n_dt > 0:
+                    X[X.shape[0] - 1] = frozen_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
         X[6] = drop
         X[7] = rise if n_dt > 0 else 0.0
         X[8] = a[A_OUT] / count

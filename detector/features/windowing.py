@@ -482,10 +482,12 @@ class WindowState:
         ids = (keys & _LOW32).astype(np.uint32)
         far = X[:, N_FEATURES + 1].astype(np.int64)
         frozen = X[:, N_FEATURES + 2].astype(np.int64)
+        rising = X[:, N_FEATURES + 3].astype(np.int64)
         present = Rows(veh, window, ids, count, attack, np.ascontiguousarray(X[:, :N_FEATURES]),
                        _signals(X[:, N_FEATURES], ids, count, bl),
                        far=far if (far >= 0).any() else None,
-                       frozen=frozen if (frozen >= 0).any() else None)  # fmt: skip
+                       frozen=frozen if (frozen >= 0).any() else None,
+                       rising=rising if (rising >= 0).any() else None)  # fmt: skip
         closed_ts = self.streams.closed_ts  # before this push's windows
         new_key = np.r_[True, keys[1:] != keys[:-1]]
         key_rank = np.cumsum(new_key) - 1

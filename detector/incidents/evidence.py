@@ -164,6 +164,19 @@ def _frozen_text(rows: Rows, i: int, cid: str) -> str:
     )
 
 
+def _rising_text(rows: Rows, i: int, cid: str, x: float) -> str:
+    """change_rise's sentence: the byte, how often it changed in the window's frame
+    pairs, and how often it did in training (``Rows.rising``)."""
+    note = int(rows.rising_notes()[i])
+    if note < 0:
+        return f"{cid}: a payload byte changes {x:.0%} more often than learned"
+    byte, changed, pairs, learned = read_frozen_note(note)
+    return (
+        f"{cid}: byte {byte} changed in {changed} of the {pairs} frame pairs "
+        f"(learned {100 * learned:.0f}%)"
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -188,7 +201,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",
         "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
         "change_drop": _frozen_text(sc.rows, i, cid),
-        "change_rise": f"{cid}: a payload byte changes {x:.0%} more often than learned",
+        "change_rise": _rising_text(sc.rows, i, cid, x),
         "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
         + _far_text(sc.rows, i),
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
