@@ -24,8 +24,8 @@ from detector.features.columns import (
     N_FEATURES,
     F,
     Rows,
+    read_change_note,
     read_far_note,
-    read_frozen_note,
 )
 from detector.features.fold_steps import _CRC8_POW, _checksum
 from detector.features.kernels import segments, stream_groups, stream_keys
@@ -104,7 +104,7 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     np.testing.assert_array_equal(rows.attack[i], ref.attack[j])
     np.testing.assert_allclose(rows.X[i, :PER_ID], ref.X[j, :PER_ID], rtol=1e-12, atol=1e-12)
     # a row names a byte outside its range exactly when it had one, with that byte's range
-    noted = rows.far_notes()[i] >= 0
+    noted = rows.notes("far")[i] >= 0
     np.testing.assert_array_equal(noted, rows.X[i, F["out_of_range"]] > 0)
     slot, _ = bl.slots(rows.can_id[i])
     for r in np.flatnonzero(noted):
@@ -114,19 +114,19 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
         assert not lo <= value <= hi
     # a row names the byte that fell furthest below its learned change rate exactly
     # when one fell, with the counts and the learned rate its drop comes from
-    frozen = rows.frozen_notes()[i] >= 0
+    frozen = rows.notes("frozen")[i] >= 0
     np.testing.assert_array_equal(frozen, rows.X[i, F["change_drop"]] > 0)
     for r in np.flatnonzero(frozen):
-        byte, changed, pairs, learned = read_frozen_note(int(rows.frozen[i[r]]))
+        byte, changed, pairs, learned = read_change_note(int(rows.frozen[i[r]]))
         assert pairs >= 3 and 0 <= changed <= pairs
         assert learned == pytest.approx(bl.cond_change[slot[r], byte], abs=5e-4)
         drop = learned - changed / pairs
         assert drop == pytest.approx(rows.X[i[r], F["change_drop"]], abs=5e-4)
     # ... and the byte that rose furthest above its learned change rate, with its counts
-    rising = rows.rising_notes()[i] >= 0
+    rising = rows.notes("rising")[i] >= 0
     np.testing.assert_array_equal(rising, rows.X[i, F["change_rise"]] > 0)
     for r in np.flatnonzero(rising):
-        byte, changed, pairs, learned = read_frozen_note(int(rows.rising[i[r]]))
+        byte, changed, pairs, learned = read_change_note(int(rows.rising[i[r]]))
         assert pairs >= 1 and 0 <= changed <= pairs
         assert learned == pytest.approx(bl.change_rate[slot[r], byte], abs=5e-4)
         rise = changed / pairs - learned

@@ -59,6 +59,10 @@ N_FEATURES = len(FEATURE_NAMES)
 POOLED_ID = 0xFFFF_FFFF
 
 
+#: ``Rows``' per-row notes of the fold (i8, -1: none), in field order after ``cross``.
+NOTES = ("far", "frozen", "rising")
+
+
 @dataclass
 class Rows:
     """Feature rows; ``vehicle`` indexes the caller's vehicle table."""
@@ -82,7 +86,7 @@ class Rows:
     # row has one
     far: np.ndarray | None = None
     # (r,) i8 the note of the row's byte that fell furthest below its learned change
-    # rate (detector.features.fold_kernel.frozen_note: byte, changes, pairs, learned
+    # rate (detector.features.fold_kernel.change_note: byte, changes, pairs, learned
     # rate; -1: none); None: no row has one
     frozen: np.ndarray | None = None
     # (r,) i8 the same note of the row's byte that rose furthest above its learned
@@ -117,9 +121,7 @@ class Rows:
             self.X[idx],
             None if self.signal is None else self.signal[idx],
             None if self.cross is None else self.cross[idx],
-            None if self.far is None else self.far[idx],
-            None if self.frozen is None else self.frozen[idx],
-            None if self.rising is None else self.rising[idx],
+            *(None if getattr(self, n) is None else getattr(self, n)[idx] for n in NOTES),
         )
 
     @staticmethod
@@ -139,28 +141,18 @@ class Rows:
             None
             if all(p.cross is None for p in parts)
             else np.concatenate([p.cross_notes() for p in parts]),
-            None
-            if all(p.far is None for p in parts)
-            else np.concatenate([p.far_notes() for p in parts]),
-            None
-            if all(p.frozen is None for p in parts)
-            else np.concatenate([p.frozen_notes() for p in parts]),
-            None
-            if all(p.rising is None for p in parts)
-            else np.concatenate([p.rising_notes() for p in parts]),
+            *(
+                None
+                if all(getattr(p, n) is None for p in parts)
+                else np.concatenate([p.notes(n) for p in parts])
+                for n in NOTES
+            ),
         )
 
-    def far_notes(self) -> np.ndarray:
-        """``far``, -1 where there is none."""
-        return np.full(len(self), -1, np.int64) if self.far is None else self.far
-
-    def frozen_notes(self) -> np.ndarray:
-        """``frozen``, -1 where there is none."""
-        return np.full(len(self), -1, np.int64) if self.frozen is None else self.frozen
-
-    def rising_notes(self) -> np.ndarray:
-        """``rising``, -1 where there is none."""
-        return np.full(len(self), -1, np.int64) if self.rising is None else self.rising
+    def notes(self, name: str) -> np.ndarray:
+        """Note column ``name`` (one of NOTES), -1 where there is none."""
+        col = getattr(self, name)
+        return np.full(len(self), -1, np.int64) if col is None else col
 
     def cross_notes(self) -> np.ndarray:
         """``cross``, NaN where there is none."""
@@ -172,9 +164,9 @@ def read_far_note(note: int) -> tuple[int, int, int, int]:
     return note & 7, (note >> 3) & 0xFF, (note >> 11) & 0xFF, (note >> 19) & 0xFF
 
 
-def read_frozen_note(note: int) -> tuple[int, int, int, float]:
+def read_change_note(note: int) -> tuple[int, int, int, float]:
     """(byte, changes, pairs, learned rate) of a ``Rows.frozen`` or ``Rows.rising`` note
-    (``fold_kernel.frozen_note`` writes it): of the pairs of frames (for ``frozen``,
+    (``fold_kernel.change_note`` writes it): of the pairs of frames (for ``frozen``,
     those where the other bytes changed), the byte changed in ``changes``; in
     training, in that share."""
     rest, byte = divmod(int(note), 8)

@@ -89,11 +89,11 @@ _PREFETCH_AHEAD = 16
 
 
 @njit(cache=True, nogil=True, inline="always")
-def frozen_note(byte, changed, pairs, learned):  # pragma: no cover - compiled
+def change_note(byte, changed, pairs, learned):  # pragma: no cover - compiled
     """One float (an int < 2^46) naming the byte whose change rate left its learned one
     furthest: it changed in ``changed`` of ``pairs`` frame pairs (for a freeze, those
     where the other bytes changed), against ``learned`` (a rate) in training
-    (``columns.read_frozen_note`` reads it; the counts stop at 65,535)."""
+    (``columns.read_change_note`` reads it; the counts stop at 65,535)."""
     c = min(changed, 65535)
     p = min(pairs, 65535)
     permille = min(max(np.int64(np.round(learned * 1000.0)), 0), 1000)
@@ -110,7 +110,7 @@ def _emit(
     its cross-coupled word's mean (0 for an id without one), the note of its byte
     furthest outside its range, that of its byte that fell most below its learned
     change rate with the others, and that of its byte that rose most above its
-    learned change rate (``frozen_note``; -1: none); then reset the accumulators."""
+    learned change rate (``change_note``; -1: none); then reset the accumulators."""
     a = acc_i[r]
     count = a[A_COUNT]
     out_row[n] = r
@@ -156,12 +156,12 @@ def _emit(
                 d = cond_change[s, b] - a[A_COND + b] / max(n_other, 1.0)
                 if d > drop:
                     drop = d
-                    X[X.shape[0] - 2] = frozen_note(b, a[A_COND + b], n_other, cond_change[s, b])
+                    X[X.shape[0] - 2] = change_note(b, a[A_COND + b], n_other, cond_change[s, b])
             q = a[A_CHG + b] / pairs_n - change_rate[s, b]
             if q > rise:
                 rise = q
                 if n_dt > 0:
-                    X[X.shape[0] - 1] = frozen_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
+                    X[X.shape[0] - 1] = change_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
         X[6] = drop
         X[7] = rise if n_dt > 0 else 0.0
         X[8] = a[A_OUT] / count

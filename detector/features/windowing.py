@@ -61,7 +61,14 @@ import numpy as np
 from detector.core.config import LimitsConfig
 from detector.core.schema import take_frames
 from detector.features.baseline import Baseline
-from detector.features.columns import N_FEATURES, POOLED_ID, Rows, absent_rows, add_bus_features
+from detector.features.columns import (
+    N_FEATURES,
+    NOTES,
+    POOLED_ID,
+    Rows,
+    absent_rows,
+    add_bus_features,
+)
 from detector.features.cross_signals import CROSS_MIN_FRAMES
 from detector.features.fold_steps import A_COUNT, NO_WINDOW
 from detector.features.kernels import (
@@ -207,7 +214,7 @@ class WindowState:
         extra_budget: int | None,
         like: _Plan | None = None,
         split: bool = True,
-    ) -> _Plan | np.ndarray | None:
+    ) -> _Plan | _Split | None:
         """Everything of a push before the fold: windows, late frames, pooling, the
         frames grouped by stream, their rows, the streams to close. ``like``: another
         state's plan for the same batch, whose grouping is taken when both hold the
@@ -480,14 +487,10 @@ class WindowState:
         seen[np.searchsorted(uv, veh)] = True
         self.closed_upto[uv[seen]] = np.maximum(self.closed_upto[uv[seen]], cut[seen])
         ids = (keys & _LOW32).astype(np.uint32)
-        far = X[:, N_FEATURES + 1].astype(np.int64)
-        frozen = X[:, N_FEATURES + 2].astype(np.int64)
-        rising = X[:, N_FEATURES + 3].astype(np.int64)
+        notes = X[:, N_FEATURES + 1 : N_FEATURES + 1 + len(NOTES)].astype(np.int64).T
+        noted = {n: c if (c >= 0).any() else None for n, c in zip(NOTES, notes, strict=True)}
         present = Rows(veh, window, ids, count, attack, np.ascontiguousarray(X[:, :N_FEATURES]),
-                       _signals(X[:, N_FEATURES], ids, count, bl),
-                       far=far if (far >= 0).any() else None,
-                       frozen=frozen if (frozen >= 0).any() else None,
-                       rising=rising if (rising >= 0).any() else None)  # fmt: skip
+                       _signals(X[:, N_FEATURES], ids, count, bl), **noted)  # fmt: skip
         closed_ts = self.streams.closed_ts  # before this push's windows
         new_key = np.r_[True, keys[1:] != keys[:-1]]
         key_rank = np.cumsum(new_key) - 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
-from detector.features.columns import POOLED_ID, F, Rows, read_far_note, read_frozen_note
+from detector.features.columns import POOLED_ID, F, Rows, read_change_note, read_far_note
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
 
@@ -123,7 +123,7 @@ def _far_text(rows: Rows, i: int, one_value: bool = False) -> str:
     """ "; " and which byte lay furthest outside its learned range, at what value, and
     the range (``Rows.far``); "" when the row has no note, or with ``one_value`` when
     the byte's range is not one value (it is not the byte that never moved)."""
-    note = int(rows.far_notes()[i])
+    note = int(rows.notes("far")[i])
     if note < 0:
         return ""
     byte, value, lo, hi = read_far_note(note)
@@ -151,28 +151,16 @@ def _cross_text(rows: Rows, i: int, x: float) -> str:
     )
 
 
-def _frozen_text(rows: Rows, i: int, cid: str) -> str:
-    """change_drop's sentence: the byte, how often it changed with the others in the
-    window, and how often it did in training (``Rows.frozen``)."""
-    note = int(rows.frozen_notes()[i])
+def _change_text(rows: Rows, i: int, cid: str, note_name: str, pairs_of: str = "") -> str:
+    """A change rate's sentence: the byte whose rate moved furthest (``Rows`` note
+    ``note_name``), how often it changed in the window's frame pairs (``pairs_of``:
+    which pairs count) and how often it did in training; "" without a note."""
+    note = int(rows.notes(note_name)[i])
     if note < 0:
-        return f"{cid}: a payload byte that normally changes with the others is frozen"
-    byte, changed, pairs, learned = read_frozen_note(note)
+        return ""
+    byte, changed, pairs, learned = read_change_note(note)
     return (
-        f"{cid}: byte {byte} changed in {changed} of the {pairs} frame pairs where the "
-        f"others did (learned {100 * learned:.0f}%)"
-    )
-
-
-def _rising_text(rows: Rows, i: int, cid: str, x: float) -> str:
-    """change_rise's sentence: the byte, how often it changed in the window's frame
-    pairs, and how often it did in training (``Rows.rising``)."""
-    note = int(rows.rising_notes()[i])
-    if note < 0:
-        return f"{cid}: a payload byte changes {x:.0%} more often than learned"
-    byte, changed, pairs, learned = read_frozen_note(note)
-    return (
-        f"{cid}: byte {byte} changed in {changed} of the {pairs} frame pairs "
+        f"{cid}: byte {byte} changed in {changed} of the {pairs} frame pairs{pairs_of} "
         f"(learned {100 * learned:.0f}%)"
     )
 
@@ -200,8 +188,10 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
         "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",
         "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
-        "change_drop": _frozen_text(sc.rows, i, cid),
-        "change_rise": _rising_text(sc.rows, i, cid, x),
+        "change_drop": _change_text(sc.rows, i, cid, "frozen", " where the others did")
+        or f"{cid}: a payload byte that normally changes with the others is frozen",
+        "change_rise": _change_text(sc.rows, i, cid, "rising")
+        or f"{cid}: a payload byte changes {x:.0%} more often than learned",
         "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
         + _far_text(sc.rows, i),
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
