@@ -105,6 +105,30 @@ def test_an_attack_leaves_out_only_the_streams_it_touched() -> None:
     assert not runs[~slow].any()
 
 
+def test_an_attack_in_a_training_capture_leaves_its_ids_expected() -> None:
+    """Captures with an attack in them (the ROAD ones) train too. The attacked stream's
+    frames after the attack are a segment of their own, but the vehicle's windows are
+    the recording's: every id is still expected there (with them counted alone, no id
+    was, so a ROAD model saw no suspension and no telemetry gap), and a silenced ECU of a
+    new drive is an alert."""
+    recordings = []
+    for i in range(4):
+        t0 = T0 + 100 * i
+        frames = drive(t0, 30.0, 0x10, seed=i)
+        if i < 2:
+            spoof = make_frames(t0 + 5.2 + np.arange(10) * 0.003, np.full(10, STATE), np.zeros((10, 8)))
+            spoof["label"] = LABEL_CODE["spoofing"]
+            frames = np.concatenate([frames, spoof])
+        recordings.append(frames[np.argsort(frames["ts"], kind="stable")])
+    m, _ = train_platform("pad", recordings, CFG)
+    assert m.baseline.expected.tolist() == [True, True]
+    frames = drive(T0 + 1000, 20.0, 0x10, seed=9)
+    t = frames["ts"] - (T0 + 1000)
+    silenced = frames[~((frames["can_id"] == FAST) & (t >= 8.0) & (t < 11.0))]
+    ages, best = window_scores(m, silenced)
+    assert (best[(ages >= 8) & (ages <= 10)] >= 1.0).all() and (best[ages <= 6] < 1.0).all()
+
+
 def test_a_setting_of_the_drive_is_not_an_attack(model) -> None:
     """A value no training drive had, there from the vehicle's first window: its state."""
     ages, best = window_scores(model, drive(T0 + 1000, 20.0, 0x50, seed=9, state_from=0.0))

@@ -213,6 +213,28 @@ def test_a_telemetry_gap_is_no_incident_and_a_silenced_ecu_still_is(models) -> N
     assert r["detected"] and r["false_incidents"] == 0, r
 
 
+def test_short_telemetry_gaps_are_no_incident_and_fuzzing_beside_one_still_is(models) -> None:
+    """A new vehicle's uplink hiccups (nothing at all for 30 ms to 1.5 s, five times): its
+    windows are scored on what each frame shows, not on the gap's timing, so no incident
+    (each hiccup opened one before). Fuzzing that starts right after a hiccup, in the
+    windows it touched, is still detected in the first of them."""
+    frames = simulate_vehicle("cusw", 60.0, START_TS, seed=ATTACK_SEED + 80)
+    t = frames["ts"] - START_TS
+    hiccups = ((8.3, 0.03), (17.6, 0.1), (26.2, 0.4), (35.5, 0.8), (44.1, 1.5))
+    quiet = np.zeros(len(frames), bool)
+    for at, length in hiccups:
+        quiet |= (t >= at) & (t < at + length)
+    gapped = frames[~quiet]
+    model = model_for(models, "cusw")
+    ev = score_frames(gapped, "jeep", "veh-hiccups", model, load_fleet(), W, IncidentConfig())
+    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
+    assert len(ev.score) >= 55  # the hiccups' windows were scored
+    fuzzed, span = inject(gapped, AttackSpec.parse("fuzzing:start=26.7,duration=3"), seed=4)
+    ev = score_frames(fuzzed, "jeep", "veh-hiccups", model, load_fleet(), W, IncidentConfig())
+    r = attack_report(ev, "fuzzing")
+    assert r["detected"] and r["time_to_detect_s"] <= W and r["false_incidents"] == 0, r
+
+
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:
     check_error_flood(models, "cusw")
 

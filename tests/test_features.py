@@ -267,6 +267,7 @@ def assert_same_rows(got: Rows, want: Rows) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     for j, name in enumerate(FEATURE_NAMES):
         np.testing.assert_array_equal(got.X[:, j], want.X[:, j], err_msg=name)
+    np.testing.assert_array_equal(got.gapped_mask(), want.gapped_mask(), err_msg="gapped")
 
 
 def per_record_order(frames, vehicle, size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -366,6 +367,32 @@ def test_a_telemetry_gap_leaves_its_windows_unscored_however_batched(fleet_strea
     tiny = np.cumsum(rng.integers(1, 4, 3000)) + start
     got, _ = push_in_batches(frames, vehicle, bl, tiny[tiny < len(frames)])
     assert_same_rows(got, whole)
+
+
+def test_a_short_telemetry_gap_leaves_its_windows_scored_and_marked(fleet_stream) -> None:
+    """Vehicle 0 sends nothing from 5.5 to 5.8 s, far longer than its bus ever went quiet
+    in training but under 2 windows: the windows it touches (5 and 6) keep their rows,
+    marked gapped (the model does not read their timing), nothing else is marked, and
+    the marks are the same however the stream was batched."""
+    frames, vehicle, bl = fleet_stream
+    assert 0 < bl.bus_silence < 0.05
+    t = frames["ts"] - 1.7e9
+    keep = ~((vehicle == 0) & (t >= 5.5) & (t < 5.8))
+    frames, vehicle = frames[keep], vehicle[keep]
+    whole, state = push_in_batches(frames, vehicle, bl, [])
+    assert state.telemetry_gaps == 1
+    w = whole.window - int(1.7e9)
+    g = whole.gapped_mask()
+    marked = set(zip(whole.vehicle[g].tolist(), w[g].tolist(), strict=True))
+    assert marked == {(0, 5), (0, 6)}
+    assert ((whole.vehicle == 0) & (w == 5)).sum() >= 5
+    start = int(np.searchsorted(frames["ts"], 1.7e9 + 5.0))
+    rng = np.random.default_rng(10)
+    tiny = np.cumsum(rng.integers(1, 4, 3000)) + start
+    got, _ = push_in_batches(frames, vehicle, bl, tiny[tiny < len(frames)])
+    assert_same_rows(got, whole)
+    _, state = push_in_batches(*fleet_stream[:2], bl, [])
+    assert state.telemetry_gaps == 0  # the bus's own quiet moments are no gap
 
 
 def test_two_telemetry_gaps_in_one_push_and_records_out_of_order(fleet_stream) -> None:

@@ -127,6 +127,9 @@ class Baseline:
     bus_std_frames: float
     bus_mean_ids: float
     window_s: float
+    # the longest time the whole bus went without a frame in a training recording
+    # (median over recordings), s: how long a healthy bus of this platform stays quiet
+    bus_silence: float
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -377,19 +380,26 @@ def _streams(frames: np.ndarray, vehicle: np.ndarray, owner: np.ndarray) -> _Str
     return _Streams(ids, f, seg, owner[order], slot, s, same, dt, delta, data != prev, ham)
 
 
-def _full_window_counts(st: _Streams, window_s: float) -> np.ndarray:
-    """(windows, k) frames per (segment, window) and id, without each segment's first
-    and last window (partial) unless that would leave fewer than three."""
-    k = len(st.ids)
-    win = np.floor(st.frames["ts"] / window_s).astype(np.int64)
+def _by_group(ts: np.ndarray, group: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(group, kind="stable")
+    cuts = np.flatnonzero(np.diff(group[order])) + 1
+    return np.split(ts[order], cuts)
+
+
+def _full_window_counts(
+    ts: np.ndarray, slot: np.ndarray, recording: np.ndarray, k: int, window_s: float
+) -> np.ndarray:
+    """(windows, k) frames per (recording, window) and id (``slot``), without each
+    recording's first and last window (partial) unless that would leave fewer than three."""
+    win = np.floor(ts / window_s).astype(np.int64)
     w0 = int(win.min())
     span = int(win.max()) - w0 + 1
-    vw_unique, vw_inv = np.unique(st.seg * span + (win - w0), return_inverse=True)
+    vw_unique, vw_inv = np.unique(recording * span + (win - w0), return_inverse=True)
     n_vw = len(vw_unique)
-    counts = np.bincount(vw_inv.reshape(-1) * k + st.slot, minlength=n_vw * k).reshape(n_vw, k)
-    veh_of_vw = vw_unique // span
+    counts = np.bincount(vw_inv.reshape(-1) * k + slot, minlength=n_vw * k).reshape(n_vw, k)
+    rec_of_vw = vw_unique // span
     edge = (
-        np.r_[True, veh_of_vw[1:] != veh_of_vw[:-1]] | np.r_[veh_of_vw[1:] != veh_of_vw[:-1], True]
+        np.r_[True, rec_of_vw[1:] != rec_of_vw[:-1]] | np.r_[rec_of_vw[1:] != rec_of_vw[:-1], True]
     )
     return counts[~edge] if (~edge).sum() >= 3 else counts
 
@@ -534,17 +544,29 @@ def _bookkeeping_bytes(
     return out
 
 
+def longest_silence(recordings: list[np.ndarray]) -> float:
+    """The longest time the bus went without any frame, per recording (each one
+    vehicle's timestamps), median over the recordings: one recording with a logger
+    hiccup does not set it. 0 when no recording has two frames."""
+    longest = [float(np.diff(np.sort(ts)).max()) for ts in recordings if len(ts) > 1]
+    return float(np.median(longest)) if longest else 0.0
+
+
 def learn_baseline(
     frames: np.ndarray,
     vehicle: np.ndarray,
     window_s: float,
     owner: np.ndarray | None = None,
+    recording: np.ndarray | None = None,
 ) -> Baseline:
     """Learn a platform's baseline from benign ``frames`` of one or more vehicles.
 
     ``vehicle`` is an int array (same length) of stream segments: consecutive-
     frame statistics never cross them. ``owner`` tells physical vehicles apart
     (default: the segments) for values that legitimately differ per vehicle.
+    ``recording`` tells recordings apart (default: the segments): a recording's
+    windows are where its vehicle was active, whatever segments an attack cut its
+    streams into, and its bus's quiet moments are its own.
     """
     if frames.dtype != FRAME_DTYPE:
         raise TypeError("frames must be a FRAME_DTYPE array")
@@ -552,9 +574,11 @@ def learn_baseline(
         raise ValueError(f"need at least 2 benign frames to learn a baseline, got {len(frames)}")
     vehicle = np.asarray(vehicle, dtype=np.int64)
     owner = vehicle if owner is None else np.asarray(owner, dtype=np.int64)
+    recording = vehicle if recording is None else np.asarray(recording, dtype=np.int64)
     st = _streams(frames, vehicle, owner)
     k = len(st.ids)
-    full = _full_window_counts(st, window_s)
+    slot = np.searchsorted(st.ids, frames["can_id"])
+    full = _full_window_counts(frames["ts"], slot, recording, k, window_s)
     per_bus = full.sum(axis=1)
     out = _unlearned(k)
     hashes: list[np.ndarray] = []
@@ -600,6 +624,7 @@ def learn_baseline(
         bus_std_frames=float(per_bus.std()),
         bus_mean_ids=float((full > 0).sum(axis=1).mean()),
         window_s=float(window_s),
+        bus_silence=longest_silence(_by_group(frames["ts"], recording)),
         **cross,
         **out,
     )

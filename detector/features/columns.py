@@ -92,6 +92,11 @@ class Rows:
     # (r,) i8 the same note of the row's byte that rose furthest above its learned
     # change rate (byte, changes, frame pairs, learned rate); None: no row has one
     rising: np.ndarray | None = None
+    # (r,) bool: the row's window was touched by a short telemetry gap (the vehicle
+    # sent nothing for longer than its bus ever went quiet in training, but not long
+    # enough to leave the window unscored): its timing is the gap's, not the bus's;
+    # None: no row's was
+    gapped: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
@@ -122,6 +127,7 @@ class Rows:
             None if self.signal is None else self.signal[idx],
             None if self.cross is None else self.cross[idx],
             *(None if getattr(self, n) is None else getattr(self, n)[idx] for n in NOTES),
+            None if self.gapped is None else self.gapped[idx],
         )
 
     @staticmethod
@@ -147,12 +153,19 @@ class Rows:
                 else np.concatenate([p.notes(n) for p in parts])
                 for n in NOTES
             ),
+            None
+            if all(p.gapped is None for p in parts)
+            else np.concatenate([p.gapped_mask() for p in parts]),
         )
 
     def notes(self, name: str) -> np.ndarray:
         """Note column ``name`` (one of NOTES), -1 where there is none."""
         col = getattr(self, name)
         return np.full(len(self), -1, np.int64) if col is None else col
+
+    def gapped_mask(self) -> np.ndarray:
+        """``gapped``, False where there is none."""
+        return np.zeros(len(self), bool) if self.gapped is None else self.gapped
 
     def cross_notes(self) -> np.ndarray:
         """``cross``, NaN where there is none."""

@@ -49,6 +49,12 @@ the others sending, and a bus-off flood is error frames; a vehicle whose uplink
 forwards only slow messages is not gapped by their own periods), the windows
 from the gap's start to the one after its end are partial too, their silences
 and inter-arrival times the gap's, not the bus's.
+
+A shorter gap (a hiccup of the uplink: the vehicle silent for longer than
+``SILENCE_MARGIN`` times the longest its bus went quiet in training, and than
+``SHORT_GAP_PERIODS`` periods of its fastest expected message) leaves its windows
+scored, their rows marked ``Rows.gapped``: what they say about each frame holds,
+what they say about time and the frame before does not (the model weighs them so).
 """
 
 from __future__ import annotations
@@ -93,6 +99,9 @@ LEARNED, NOVEL, POOLED = 0, 1, 2
 #: A vehicle silent for this many periods of its fastest expected message, and this
 #: many windows, is a telemetry gap, not its bus (see the module doc).
 GAP_PERIODS, GAP_WINDOWS = 10, 2
+#: A vehicle silent for longer than this many times the longest its bus went quiet in
+#: training, and this many periods of its fastest expected message, had a short gap.
+SILENCE_MARGIN, SHORT_GAP_PERIODS = 3.0, 2
 #: Why frames were pooled (shedding reasons, as counted in metrics).
 NOVEL_ID_LIMIT = "novel_id_limit"
 STREAM_LIMIT = "stream_limit"
@@ -110,6 +119,15 @@ def telemetry_gap_s(bl: Baseline, window_s: float) -> float:
     if not len(period):
         return np.inf
     return float(max(GAP_PERIODS * period.min(), GAP_WINDOWS * window_s))
+
+
+def short_gap_s(bl: Baseline) -> float:
+    """Silence of a whole vehicle that is a short telemetry gap (see the module doc;
+    inf: the platform has no expected periodic message to tell)."""
+    period = bl.period[bl.expected & np.isfinite(bl.period) & (bl.period > 0)]
+    if not len(period):
+        return np.inf
+    return float(max(SILENCE_MARGIN * bl.bus_silence, SHORT_GAP_PERIODS * period.min()))
 
 
 def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +157,9 @@ class WindowState:
         self.newest = np.zeros(0)  # newest event time since the last flush
         self.cut = np.zeros(0, np.int64)  # window of its newest frame at its last push
         self.n_novel = np.zeros(0, np.int64)  # unseen ids with an own stream (its open window)
-        # telemetry gaps whose windows may still close: (vehicle, first window, last window)
-        self.gaps = np.zeros((0, 3), np.int64)
+        # telemetry gaps whose windows may still close: (vehicle, first window, last
+        # window, 1 if short: its windows are scored, their rows marked gapped)
+        self.gaps = np.zeros((0, 4), np.int64)
         self.telemetry_gaps = 0
         self.last_gaps = np.zeros(0, np.int64)  # vehicles with a telemetry gap in the last push
         self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
@@ -234,7 +253,8 @@ class WindowState:
         gap_at, gap_from = np.empty(len(local), np.int64), np.empty(len(local))
         win, late, n_late, in_batch, id_rank, all_known, earliest, n_gaps = window_pass(
             frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
-            _NONE, bl.ids, telemetry_gap_s(bl, self.window_s), gap_at, gap_from,
+            _NONE, bl.ids, min(short_gap_s(bl), telemetry_gap_s(bl, self.window_s)), gap_at,
+            gap_from,
         )  # fmt: skip
         gaps = _true_gaps(frames["ts"], local, uv, gap_at[:n_gaps], gap_from[:n_gaps])
         late_vehicles, all_win = uv[local[late]], win
@@ -252,7 +272,7 @@ class WindowState:
                 ids, id_rank = batch_ids(key_id, bl)
         self.first_window[uv], self.newest[uv] = first, newest
         if split:
-            self._note_gaps(*gaps)
+            self._note_gaps(bl, *gaps)
         self.last_late = late_vehicles
         self.late_frames += n_late
         if len(local) == 0:
@@ -296,7 +316,7 @@ class WindowState:
         those frames: a binding budget is not batch-invariant either way)."""
         out, late, pooled = [], [], {}
         extra0 = self.novel_extra
-        noted = self._note_gaps(*split.gaps)  # before any window of them closes
+        noted = self._note_gaps(bl, *split.gaps)  # before any window of them closes
         win = split.win
         for w in np.unique(win):
             sel = np.flatnonzero(win == w)
@@ -420,27 +440,32 @@ class WindowState:
                 self.last_pooled[name] = gv[sel]
         return key_id
 
-    def _note_gaps(self, vehicle: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    def _note_gaps(
+        self, bl: Baseline, vehicle: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> np.ndarray:
         """Keep the windows each telemetry gap touched, from its start's to the one after
-        its end's (whose slow ids' first inter-arrival spans it too); its vehicles."""
+        its end's (whose slow ids' first inter-arrival spans it too), and whether it was
+        short; its vehicles."""
         if len(vehicle):
             lo = np.floor(start / self.window_s).astype(np.int64)
             hi = np.floor(end / self.window_s).astype(np.int64) + 1
-            self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi]])
+            short = (end - start <= telemetry_gap_s(bl, self.window_s)).astype(np.int64)
+            self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi, short]])
             self.telemetry_gaps += len(vehicle)
         self.last_gaps = vehicle
         return vehicle
 
-    def _unscored(self, rows: Rows) -> np.ndarray:
-        """Rows in a window a vehicle's telemetry gap touched; the gaps whose windows
-        have all closed are let go."""
-        out = np.zeros(len(rows), bool)
+    def _gapped(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+        """Rows in a window a vehicle's telemetry gap touched: a long one's (unscored),
+        a short one's (gapped); the gaps whose windows have all closed are let go."""
+        unscored, gapped = np.zeros(len(rows), bool), np.zeros(len(rows), bool)
         if not len(self.gaps):
-            return out
-        for v, lo, hi in self.gaps.tolist():
-            out |= (rows.vehicle == v) & (rows.window >= lo) & (rows.window <= hi)
+            return unscored, gapped
+        for v, lo, hi, short in self.gaps.tolist():
+            touched = (rows.vehicle == v) & (rows.window >= lo) & (rows.window <= hi)
+            (gapped if short else unscored)[touched] = True
         self.gaps = self.gaps[self.closed_upto[self.gaps[:, 0]] <= self.gaps[:, 2]]
-        return out
+        return unscored, gapped & ~unscored
 
     def _classify(self, rows: np.ndarray, can_id: np.ndarray, bl: Baseline) -> None:
         """Mark new streams of unseen ids (own or pooled) and count the own ones."""
@@ -514,7 +539,10 @@ class WindowState:
         self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
         rows = Rows.concat([present, absent])
         add_bus_features(rows, bl)
-        scored = (rows.window > self.first_window[rows.vehicle]) & ~self._unscored(rows)
+        unscored, gapped = self._gapped(rows)
+        if gapped.any():
+            rows.gapped = gapped
+        scored = (rows.window > self.first_window[rows.vehicle]) & ~unscored
         return rows.take(np.flatnonzero(scored))
 
     def close_vehicles(self, vehicles: np.ndarray, bl: Baseline, upto: int | None = None) -> Rows:

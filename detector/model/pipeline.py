@@ -42,6 +42,7 @@ from detector.features.windowing import (
 )
 from detector.model.platform import (
     FOREST_FEATURES,
+    GAP_KEPT,
     PlatformModel,
     compiled,
     max_per_window,
@@ -479,6 +480,8 @@ def referenced_evidence(
     (``StreamReference.cross``)."""
     reference.cross(rows, model.baseline)
     calibrated = model.calibrated(rows.X, rows.can_id)
+    if rows.gapped is not None:
+        calibrated[rows.gapped] *= GAP_KEPT
     slot, known = model.baseline.slots(rows.can_id)
     age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)
     effective, factor = reference.apply(rows.vehicle, slot, known, age, calibrated, model.threshold)

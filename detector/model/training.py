@@ -172,7 +172,8 @@ def feature_rows(recordings: list[Recording], baseline) -> Rows:
     for i, r in enumerate(recordings):
         rows = WindowState(r.window_s).push(r.frames, np.zeros(len(r.frames), np.int64), baseline)
         rows.vehicle[:] = i
-        parts.append(rows.take(np.flatnonzero(r.clean(rows))))
+        # a short telemetry gap's timing is not the bus's
+        parts.append(rows.take(np.flatnonzero(r.clean(rows) & ~rows.gapped_mask())))
     return Rows.concat(parts)
 
 
@@ -185,7 +186,10 @@ def fit_core(platform: str, recordings: list[Recording], cfg: DetectionConfig) -
         [(i << 24) + r.segment_runs() for i, r in enumerate(recordings)]
     ).astype(np.int64)
     drive = np.concatenate([np.full(len(r.frames), r.drive, np.int64) for r in recordings])
-    baseline = learn_baseline(frames, seg, W, drive)
+    recording = np.concatenate(
+        [np.full(len(r.frames), i, np.int64) for i, r in enumerate(recordings)]
+    )
+    baseline = learn_baseline(frames, seg, W, drive, recording)
     rows = feature_rows(recordings, baseline)
     if len(rows) < 10:
         raise ValueError(
