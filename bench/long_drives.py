@@ -9,7 +9,8 @@ vehicle (its calibration holds each drive out), and another on one drive of
 drives of that vehicle and one of another vehicle
 (``detector.evaluation.quality_scenario.score_long_drives``, shared with
 tests/test_long_drives.py). Reported per platform: benign windows flagged, false
-incidents (per hour), and the evidence that opened them.
+incidents (per hour), their severity (from the peak score: a SOC's queue may
+start at medium) and the evidence that opened them.
 
     .venv/bin/python bench/long_drives.py [--platforms all|cusw,...] [--minutes 10]
         [--json out.json]
@@ -31,8 +32,13 @@ from bench.common.report import machine_line, markdown_table, write_results
 from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig, IncidentConfig
 from detector.evaluation import quality_scenario as qs
+from detector.incidents.tracker import SEVERITIES
 
 TRAININGS = ((qs.LONG_TRAIN_DRIVES, qs.LONG_TRAIN_S), (1, qs.ONE_DRIVE_S))
+
+
+def _rank(item: tuple[str, int]) -> int:
+    return SEVERITIES.index(item[0])
 
 
 def table(results: list, window_s: float) -> str:
@@ -40,6 +46,7 @@ def table(results: list, window_s: float) -> str:
     rows = [
         (r.platform, f"{r.flagged}/{r.windows}", r.incidents,
          f"{r.incidents / (r.windows * window_s / 3600):.1f}",
+         ", ".join(f"{v} {k}" for k, v in sorted(r.severities.items(), key=_rank)) or "-",
          ", ".join(f"{k} ({v})" for k, v in r.causes.items()) or "-")
         for r in results
     ]  # fmt: skip
@@ -48,6 +55,7 @@ def table(results: list, window_s: float) -> str:
         "benign flagged",
         "false incidents",
         "per hour",
+        "their severity",
         "evidence that opened them",
     ]
     return markdown_table(headers, rows)
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         windows = sum(r.windows for r in results)
         flagged = sum(r.flagged for r in results)
         incidents = sum(r.incidents for r in results)
+        above_low = sum(n for r in results for s, n in r.severities.items() if s != "low")
         print(
             f"\n## Trained on {label} of one vehicle; 3 drives x {args.minutes:g} min judged "
             f"per platform ({time.perf_counter() - t0:.0f} s)\n"
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results, cfg.window_s))
         share = 100 * flagged / max(windows, 1)
         print(
-            f"\nall: {flagged}/{windows} windows flagged ({share:.2f} %), {incidents} false incidents"
+            f"\nall: {flagged}/{windows} windows flagged ({share:.2f} %), {incidents} false incidents "
+            f"({above_low} of medium severity or above)"
         )
         doc[label] = [dataclasses.asdict(r) for r in results]
         headline.append((f"benign windows flagged, trained on {label}", f"{flagged}/{windows}"))

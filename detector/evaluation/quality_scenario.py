@@ -94,6 +94,7 @@ class LongDriveFigures:
     flagged: int  # windows at or over the alert threshold
     incidents: int
     causes: dict[str, int]  # "feature id" of each incident's first evidence -> incidents
+    severities: dict[str, int]  # severity -> incidents
 
 
 def score_long_drives(
@@ -118,6 +119,7 @@ def score_long_drives(
     judged = ((LONG_VEHICLE, 7), (LONG_VEHICLE, 8), (LONG_OTHER_VEHICLE, 0))
     windows = flagged = n_incidents = 0
     causes: dict[str, int] = {}
+    severities: dict[str, int] = {}
     for seed, drive in judged:
         frames = simulate_vehicle(platform, 60.0 * minutes, LONG_START_TS, seed=seed, drive=drive)
         name = f"veh-{seed}-drive-{drive}"
@@ -131,7 +133,8 @@ def score_long_drives(
             top = inc["evidence"][0] if inc["evidence"] else {}
             key = f"{top.get('feature')} {top.get('can_id')}"
             causes[key] = causes.get(key, 0) + 1
-    return LongDriveFigures(platform, windows, flagged, n_incidents, causes)
+            severities[inc["severity"]] = severities.get(inc["severity"], 0) + 1
+    return LongDriveFigures(platform, windows, flagged, n_incidents, causes, severities)
 
 
 @dataclass
