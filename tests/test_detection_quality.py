@@ -235,6 +235,28 @@ def test_short_telemetry_gaps_are_no_incident_and_fuzzing_beside_one_still_is(mo
     assert r["detected"] and r["time_to_detect_s"] <= W and r["false_incidents"] == 0, r
 
 
+def test_a_vehicle_waking_ecu_by_ecu_is_no_incident_and_a_suspension_after_still_is(models):
+    """A new vehicle's telemetry starts at ignition: its ECUs come up one by one over
+    10 s. An id it has not sent yet is not missing, the window an id begins in covers
+    only part of it, and a bus with fewer ids than learned is waking, not attacked: no
+    incident (each start opened one before, on an absent id's silence or a partial
+    rate). An ECU silenced later in the same drive is still a suspension."""
+    frames = simulate_vehicle("cusw", 40.0, START_TS + 0.3, seed=ATTACK_SEED + 90)
+    rng = np.random.default_rng(5)
+    ids, slot = np.unique(frames["can_id"], return_inverse=True)
+    wakes = rng.uniform(0.0, 10.0, len(ids))[slot]
+    waking = frames[frames["ts"] - frames["ts"][0] >= wakes]
+    model = model_for(models, "cusw")
+    ev = score_frames(waking, "jeep", "veh-wakes", model, load_fleet(), W, IncidentConfig())
+    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
+    spec = AttackSpec.parse("suspension:start=25,duration=8")
+    silenced, span = inject(waking, spec, seed=3)
+    truth = [Span("suspension", span.start_ts, span.end_ts)]
+    ev = score_frames(silenced, "jeep", "veh-wakes", model, load_fleet(), W, IncidentConfig(), truth)
+    r = attack_report(ev, "suspension")
+    assert r["detected"] and r["false_incidents"] == 0, r
+
+
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:
     check_error_flood(models, "cusw")
 

@@ -114,6 +114,24 @@ def test_one_frame_out_of_phase_is_not_frames_squeezed_in(baseline: Baseline) ->
     np.testing.assert_allclose(row(rows, 1102, SLOW)[F["dt_min"]], 0.2, rtol=1e-6)
 
 
+def test_an_id_not_sent_yet_is_not_absent_and_its_first_window_is_partial(baseline) -> None:
+    """0x200's ECU comes up at 1102.5 (a vehicle waking ECU by ECU): before that its
+    row is partial (no evidence about the bus; drift still sees it) and it is not
+    missing, the window it begins in is partial too (its rate counts half a window),
+    the next one is whole, and 0x100's rows are never partial."""
+    t = T0 + 100
+    rows = rows_of(merge(fast_frames(t, t + 5), slow_frames(t + 2.5, t + 5)), baseline)
+    partial = rows.partial_mask()
+    unsent = np.flatnonzero((rows.can_id == SLOW) & (rows.window == 1101))
+    assert rows.count[unsent].tolist() == [0] and partial[unsent].all()
+    np.testing.assert_allclose(row(rows, 1101, FAST)[F["bus_missing"]], 0.0)
+    first = np.flatnonzero((rows.can_id == SLOW) & (rows.window == 1102))
+    nxt = np.flatnonzero((rows.can_id == SLOW) & (rows.window == 1103))
+    assert rows.count[first].tolist() == [25] and rows.count[nxt].tolist() == [50]
+    assert partial[first].all() and not partial[nxt].any()
+    assert not partial[rows.can_id == FAST].any()
+
+
 def test_expected_id_gone_silent_yields_absence_rows(baseline: Baseline) -> None:
     t = T0 + 100
     # 0x200 stops at 1102.0: windows 1102 and 1103 hold no frame of it
@@ -267,7 +285,7 @@ def assert_same_rows(got: Rows, want: Rows) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     for j, name in enumerate(FEATURE_NAMES):
         np.testing.assert_array_equal(got.X[:, j], want.X[:, j], err_msg=name)
-    np.testing.assert_array_equal(got.gapped_mask(), want.gapped_mask(), err_msg="gapped")
+    np.testing.assert_array_equal(got.partial_mask(), want.partial_mask(), err_msg="partial")
 
 
 def per_record_order(frames, vehicle, size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -372,7 +390,7 @@ def test_a_telemetry_gap_leaves_its_windows_unscored_however_batched(fleet_strea
 def test_a_short_telemetry_gap_leaves_its_windows_scored_and_marked(fleet_stream) -> None:
     """Vehicle 0 sends nothing from 5.5 to 5.8 s, far longer than its bus ever went quiet
     in training but under 2 windows: the windows it touches (5 and 6) keep their rows,
-    marked gapped (the model does not read their timing), nothing else is marked, and
+    marked partial (the model does not read their timing), nothing else is marked, and
     the marks are the same however the stream was batched."""
     frames, vehicle, bl = fleet_stream
     assert 0 < bl.bus_silence < 0.05
@@ -382,7 +400,7 @@ def test_a_short_telemetry_gap_leaves_its_windows_scored_and_marked(fleet_stream
     whole, state = push_in_batches(frames, vehicle, bl, [])
     assert state.telemetry_gaps == 1
     w = whole.window - int(1.7e9)
-    g = whole.gapped_mask()
+    g = whole.partial_mask()
     marked = set(zip(whole.vehicle[g].tolist(), w[g].tolist(), strict=True))
     assert marked == {(0, 5), (0, 6)}
     assert ((whole.vehicle == 0) & (w == 5)).sum() >= 5

@@ -40,10 +40,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "novel_id",  # frames of an id never seen on this platform (0 for a known id)
     "coupling_out",  # frames whose coupled 16-bit signals disagree (four wheel speeds)
     "fixed_out",  # frames where a byte that held one value in every training drive did not
-    "bus_load",  # vehicle's frames in the window / learned
+    "bus_load",  # vehicle's frames in the window / learned, at least 1
     "bus_novel",  # fraction of the vehicle's frames with unseen ids
     "bus_missing",  # fraction of expected ids absent
-    "bus_ids",  # distinct ids / learned
+    "bus_ids",  # distinct ids / learned, at least 1
     # filled as rows are scored (detector.model.reference.StreamReference.cross): how
     # far the id's window mean of a word it shares with other ids left their line
     "cross_out",
@@ -92,11 +92,12 @@ class Rows:
     # (r,) i8 the same note of the row's byte that rose furthest above its learned
     # change rate (byte, changes, frame pairs, learned rate); None: no row has one
     rising: np.ndarray | None = None
-    # (r,) bool: the row's window was touched by a short telemetry gap (the vehicle
-    # sent nothing for longer than its bus ever went quiet in training, but not long
-    # enough to leave the window unscored): its timing is the gap's, not the bus's;
-    # None: no row's was
-    gapped: np.ndarray | None = None
+    # (r,) bool: the row's timing covers only part of its window, so it says nothing
+    # about the bus: a short telemetry gap touched the window (the vehicle sent nothing
+    # for longer than its bus ever went quiet in training, but not long enough to leave
+    # the window unscored), or the row's id began sending in it (a vehicle waking ECU
+    # by ECU); None: no row's does
+    partial: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.vehicle)
@@ -127,7 +128,7 @@ class Rows:
             None if self.signal is None else self.signal[idx],
             None if self.cross is None else self.cross[idx],
             *(None if getattr(self, n) is None else getattr(self, n)[idx] for n in NOTES),
-            None if self.gapped is None else self.gapped[idx],
+            None if self.partial is None else self.partial[idx],
         )
 
     @staticmethod
@@ -154,8 +155,8 @@ class Rows:
                 for n in NOTES
             ),
             None
-            if all(p.gapped is None for p in parts)
-            else np.concatenate([p.gapped_mask() for p in parts]),
+            if all(p.partial is None for p in parts)
+            else np.concatenate([p.partial_mask() for p in parts]),
         )
 
     def notes(self, name: str) -> np.ndarray:
@@ -163,9 +164,9 @@ class Rows:
         col = getattr(self, name)
         return np.full(len(self), -1, np.int64) if col is None else col
 
-    def gapped_mask(self) -> np.ndarray:
-        """``gapped``, False where there is none."""
-        return np.zeros(len(self), bool) if self.gapped is None else self.gapped
+    def partial_mask(self) -> np.ndarray:
+        """``partial``, False where there is none."""
+        return np.zeros(len(self), bool) if self.partial is None else self.partial
 
     def cross_notes(self) -> np.ndarray:
         """``cross``, NaN where there is none."""
@@ -197,7 +198,11 @@ def absent_rows(
     """Rows (count 0) for expected ids missing from a (vehicle, window) that has frames.
 
     ``last_seen(vehicle, can_id, window)`` returns, vectorized, the ts of each
-    stream's last frame before that window (nan if never).
+    stream's last frame before that window (nan if never). An id the vehicle has not
+    sent yet is not missing: a vehicle's ECUs come up one by one as it wakes, and its
+    telemetry (a capture) often begins there; a suspension silences an id that was
+    sending. Its row is marked partial (it says nothing about the bus, but what the
+    model owner sees as drift: a vehicle that never sends it).
     """
     exp_ids = bl.ids[bl.expected]
     if len(present) == 0 or len(exp_ids) == 0:
@@ -216,12 +221,15 @@ def absent_rows(
         np.isfinite(bl.period[slot]) & (bl.period[slot] > 0), bl.period[slot], window_s
     )
     last = last_seen(veh, ids, win)
-    silence = np.where(np.isnan(last), window_s / period, ((win + 1) * window_s - last) / period)
+    unsent = np.isnan(last)
+    silence = np.where(unsent, window_s / period, ((win + 1) * window_s - last) / period)
     X = np.zeros((len(veh), N_FEATURES))
     X[:, F["dt_min"]] = 1.0
     X[:, F["dt_mean"]] = 1.0
     X[:, F["silence"]] = silence
-    return Rows(veh, win, ids, np.zeros(len(veh), np.int64), np.zeros(len(veh), np.int8), X)
+    n = len(veh)
+    return Rows(veh, win, ids, np.zeros(n, np.int64), np.zeros(n, np.int8), X,
+                partial=unsent if unsent.any() else None)  # fmt: skip
 
 
 def vw_groups(vehicle: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,9 +252,12 @@ def add_bus_features(rows: Rows, bl: Baseline) -> None:
     frames_per = np.bincount(inv, weights=rows.count, minlength=len(vw))
     ids_per = np.bincount(inv, weights=present, minlength=len(vw))
     novel_per = np.bincount(inv, weights=rows.X[:, F["novel_id"]], minlength=len(vw))
-    missing = np.bincount(inv, weights=~present, minlength=len(vw))
+    # an id not sent yet (a partial row of count 0) is not missing
+    missing = np.bincount(inv, weights=~present & ~rows.partial_mask(), minlength=len(vw))
     n_expected = max(int(bl.expected.sum()), 1)
-    rows.X[:, F["bus_load"]] = frames_per[inv] / max(bl.bus_mean_frames, 1.0)
+    # fewer frames or ids than learned is seen id by id (silence, rate); on the whole
+    # bus it is a vehicle still waking ECU by ECU, or a gateway forwarding less
+    rows.X[:, F["bus_load"]] = np.maximum(frames_per[inv] / max(bl.bus_mean_frames, 1.0), 1.0)
     rows.X[:, F["bus_novel"]] = novel_per[inv] / np.maximum(frames_per[inv], 1)
     rows.X[:, F["bus_missing"]] = missing[inv] / n_expected
-    rows.X[:, F["bus_ids"]] = ids_per[inv] / max(bl.bus_mean_ids, 1.0)
+    rows.X[:, F["bus_ids"]] = np.maximum(ids_per[inv] / max(bl.bus_mean_ids, 1.0), 1.0)

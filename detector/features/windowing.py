@@ -53,7 +53,7 @@ and inter-arrival times the gap's, not the bus's.
 A shorter gap (a hiccup of the uplink: the vehicle silent for longer than
 ``SILENCE_MARGIN`` times the longest its bus went quiet in training, and than
 ``SHORT_GAP_PERIODS`` periods of its fastest expected message) leaves its windows
-scored, their rows marked ``Rows.gapped``: what they say about each frame holds,
+scored, their rows marked ``Rows.partial``: what they say about each frame holds,
 what they say about time and the frame before does not (the model weighs them so).
 """
 
@@ -158,7 +158,7 @@ class WindowState:
         self.cut = np.zeros(0, np.int64)  # window of its newest frame at its last push
         self.n_novel = np.zeros(0, np.int64)  # unseen ids with an own stream (its open window)
         # telemetry gaps whose windows may still close: (vehicle, first window, last
-        # window, 1 if short: its windows are scored, their rows marked gapped)
+        # window, 1 if short: its windows are scored, their rows marked partial)
         self.gaps = np.zeros((0, 4), np.int64)
         self.telemetry_gaps = 0
         self.last_gaps = np.zeros(0, np.int64)  # vehicles with a telemetry gap in the last push
@@ -535,13 +535,20 @@ class WindowState:
             return np.where(hit, last_ts[jc], before)
 
         absent = absent_rows(present, bl, last_seen, self.window_s)
+        closed_before = closed_ts[row] if len(closed_ts) else np.full(len(row), np.nan)
         newest_per_row = np.r_[row[1:] != row[:-1], True]
         self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
         rows = Rows.concat([present, absent])
         add_bus_features(rows, bl)
         unscored, gapped = self._gapped(rows)
-        if gapped.any():
-            rows.gapped = gapped
+        # the window a learned id began sending in (none of its windows closed before):
+        # its count and gaps cover only the part after its first frame
+        began = np.r_[True, row[1:] != row[:-1]] & np.isnan(closed_before) & bl.slots(ids)[1]
+        partial = gapped | np.r_[began, absent.partial_mask()]
+        if partial.any():
+            rows.partial = partial
+            if rows.signal is not None:  # a mean over part of a window is not the window's
+                rows.signal[partial] = np.nan
         scored = (rows.window > self.first_window[rows.vehicle]) & ~unscored
         return rows.take(np.flatnonzero(scored))
 

@@ -42,7 +42,7 @@ from detector.features.windowing import (
 )
 from detector.model.platform import (
     FOREST_FEATURES,
-    GAP_KEPT,
+    PARTIAL_KEPT,
     PlatformModel,
     compiled,
     max_per_window,
@@ -473,19 +473,24 @@ def _by_platform(found: list[tuple[int, str, int]]) -> list[tuple[str, list[int]
 
 def referenced_evidence(
     model: PlatformModel, rows: Rows, first_window: np.ndarray, reference: StreamReference
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated evidence of rows of vehicles whose first windows are ``first_window``
-    (by row vehicle), what remains of it against their ``reference`` (effective), and
-    each row's threshold factor. The rows' ``cross_out`` is filled first
-    (``StreamReference.cross``)."""
+    (by row vehicle), what remains of it against their ``reference`` (effective), each
+    row's threshold factor, and whether it lay outside what the model learned
+    (``ScoredRows.outside``). The rows' ``cross_out`` is filled first
+    (``StreamReference.cross``); a partial row's evidence is judged without what its
+    part of a window cannot say (``PARTIAL_BLIND``), but it still counts as outside:
+    a fleet whose vehicles lack an expected id, or whose uplinks hiccup, is not the
+    traffic the model learned."""
     reference.cross(rows, model.baseline)
     calibrated = model.calibrated(rows.X, rows.can_id)
-    if rows.gapped is not None:
-        calibrated[rows.gapped] *= GAP_KEPT
+    outside = (calibrated[:, :N_FEATURES] >= OUTSIDE_MARGIN).any(axis=1)
+    if rows.partial is not None:
+        calibrated[rows.partial] *= PARTIAL_KEPT
     slot, known = model.baseline.slots(rows.can_id)
     age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)
     effective, factor = reference.apply(rows.vehicle, slot, known, age, calibrated, model.threshold)
-    return calibrated, effective, factor
+    return calibrated, effective, factor, outside
 
 
 def score_rows(
@@ -494,8 +499,7 @@ def score_rows(
     """Scores (1.0 = alert), effective calibrated evidence of rows (see
     ``referenced_evidence``), and whether each row has a feature outside what the model
     learned (``ScoredRows.outside``)."""
-    calibrated, effective, factor = referenced_evidence(model, rows, first_window, reference)
-    outside = (calibrated[:, :N_FEATURES] >= OUTSIDE_MARGIN).any(axis=1)
+    _, effective, factor, outside = referenced_evidence(model, rows, first_window, reference)
     return row_scores(effective, model.threshold) / factor, effective, outside
 
 

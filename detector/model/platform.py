@@ -44,7 +44,7 @@ from detector.model.forest_kernel import CompiledForest
 F_RATE = F["rate"]
 #: Version of what a model file holds and how it scores: a model of another format
 #: is refused on load (retrain), and the demo's model cache is keyed by it.
-MODEL_FORMAT = 8
+MODEL_FORMAT = 9
 #: Evidence columns: one per feature, then the forest's.
 EVIDENCE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, "forest")
 N_EVIDENCE = len(EVIDENCE_NAMES)
@@ -108,15 +108,16 @@ FRACTIONS = (
     "bus_missing",
 )  # fmt: skip
 SATURATION = 0.5
-#: Evidence a window touched by a short telemetry gap (``Rows.gapped``) cannot give:
-#: its timing and its bus counts are the gap's, a frame's change from the one before
-#: may span the gap, and the forest sees all of them. What each frame shows on its own
+#: Evidence a row whose timing covers only part of its window (``Rows.partial``: a
+#: short telemetry gap touched the window, or the id began sending in it) cannot give:
+#: its timing and its bus counts are the gap's or the start's, a frame's change from
+#: the one before may span the gap, and the forest sees all of them. What each frame shows on its own
 #: (a byte out of range, a broken checksum or coupling, an unseen id) still counts.
-GAP_BLIND = (
+PARTIAL_BLIND = (
     "rate", "dt_min", "dt_mean", "dt_cv", "silence", "hamming_z", "change_drop", "change_rise",
     "delta_out", "counter_err", "bus_load", "bus_missing", "bus_ids", "forest",
 )  # fmt: skip
-GAP_KEPT = ~np.isin(np.array(EVIDENCE_NAMES), GAP_BLIND)
+PARTIAL_KEPT = ~np.isin(np.array(EVIDENCE_NAMES), PARTIAL_BLIND)
 
 
 def frames_per_unit(mean_count: np.ndarray) -> np.ndarray:

@@ -172,8 +172,8 @@ def feature_rows(recordings: list[Recording], baseline) -> Rows:
     for i, r in enumerate(recordings):
         rows = WindowState(r.window_s).push(r.frames, np.zeros(len(r.frames), np.int64), baseline)
         rows.vehicle[:] = i
-        # a short telemetry gap's timing is not the bus's
-        parts.append(rows.take(np.flatnonzero(r.clean(rows) & ~rows.gapped_mask())))
+        # a row's partial timing is not the bus's (see Rows.partial)
+        parts.append(rows.take(np.flatnonzero(r.clean(rows) & ~rows.partial_mask())))
     return Rows.concat(parts)
 
 
@@ -236,7 +236,7 @@ def held_out_evidence(model: PlatformModel, recordings: list[Recording]) -> Held
         state = WindowState(r.window_s)
         rows = state.push(r.frames, np.zeros(len(r.frames), np.int64), model.baseline)
         reference = StreamReference(len(model.baseline.ids))
-        calibrated, effective, _ = referenced_evidence(
+        calibrated, effective, _, _ = referenced_evidence(
             model, rows, state.first_window, reference
         )
         warm = rows.window - state.first_window[rows.vehicle] <= WARMUP_WINDOWS

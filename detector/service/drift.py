@@ -85,7 +85,6 @@ def poll_counts(scored: ScoredRows, model: PlatformModel) -> dict[str, BrandCoun
     windows = np.bincount(brand_of_group, minlength=nb)
     outside_windows = np.bincount(brand_of_group[outside], minlength=nb)
     slot, known = model.baseline.slots(rows.can_id)
-    known &= ~rows.gapped_mask()  # a telemetry gap's rates are not the bus's
     k = len(model.baseline.ids)
     key = brand_of_group[group[known]] * k + slot[known]
     rate_sum = np.bincount(key, weights=rows.X[known, _RATE], minlength=nb * k).reshape(nb, k)
