@@ -257,6 +257,26 @@ def test_a_vehicle_waking_ecu_by_ecu_is_no_incident_and_a_suspension_after_still
     assert r["detected"] and r["false_incidents"] == 0, r
 
 
+def test_a_vehicle_resuming_after_an_hour_parked_is_no_incident(models) -> None:
+    """The same vehicle's next drive, an hour later on the same stream: its telemetry
+    stopped (the windows around the gap unscored) and its ECUs wake one by one again.
+    An id not sent since it resumed is not missing (it had opened an incident on every
+    drive's start, on the silence counted from the last drive's frame)."""
+    rng = np.random.default_rng(6)
+
+    def waking(frames: np.ndarray) -> np.ndarray:
+        ids, slot = np.unique(frames["can_id"], return_inverse=True)
+        return frames[frames["ts"] - frames["ts"][0] >= rng.uniform(0.0, 10.0, len(ids))[slot]]
+
+    drives = [simulate_vehicle("cusw", 40.0, START_TS + 3600.0 * d, seed=ATTACK_SEED + 95, drive=d)
+              for d in range(2)]  # fmt: skip
+    frames = np.concatenate([waking(d) for d in drives])
+    model = model_for(models, "cusw")
+    ev = score_frames(frames, "jeep", "veh-parked", model, load_fleet(), W, IncidentConfig())
+    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
+    assert (ev.window_start > START_TS + 3600.0).sum() >= 35  # the second drive was scored
+
+
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:
     check_error_flood(models, "cusw")
 

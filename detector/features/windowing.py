@@ -160,6 +160,9 @@ class WindowState:
         # telemetry gaps whose windows may still close: (vehicle, first window, last
         # window, 1 if short: its windows are scored, their rows marked partial)
         self.gaps = np.zeros((0, 4), np.int64)
+        # where vehicles resumed after a long gap (a new drive: its ECUs wake again),
+        # kept while a window they are the latest resume before may still close
+        self.resumes = np.zeros(0, np.int64), np.zeros(0)  # (vehicle, end of the gap)
         self.telemetry_gaps = 0
         self.last_gaps = np.zeros(0, np.int64)  # vehicles with a telemetry gap in the last push
         self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
@@ -451,9 +454,32 @@ class WindowState:
             hi = np.floor(end / self.window_s).astype(np.int64) + 1
             short = (end - start <= telemetry_gap_s(bl, self.window_s)).astype(np.int64)
             self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi, short]])
+            long_ = short == 0
+            rv, rt = self.resumes
+            self.resumes = np.r_[rv, vehicle[long_]], np.r_[rt, end[long_]]
             self.telemetry_gaps += len(vehicle)
         self.last_gaps = vehicle
         return vehicle
+
+    def _resumed(self, vehicle: np.ndarray, window: np.ndarray) -> np.ndarray:
+        """Per (vehicle, window): when the vehicle last resumed after a long gap before
+        that window began (-inf: never)."""
+        out = np.full(len(vehicle), -np.inf)
+        for v, end in zip(*(a.tolist() for a in self.resumes), strict=True):
+            hit = (vehicle == v) & (window * self.window_s >= end)
+            out[hit] = np.maximum(out[hit], end)
+        return out
+
+    def _let_go_resumes(self) -> None:
+        """Drop resumes no window can need: a newer one of the vehicle lies before
+        every window still to close."""
+        rv, rt = self.resumes
+        if len(rv) < 2:
+            return
+        newest = np.full(len(self.closed_upto), -np.inf)
+        np.maximum.at(newest, rv, rt)
+        keep = (rt == newest[rv]) | (self.closed_upto[rv] * self.window_s < newest[rv])
+        self.resumes = rv[keep], rt[keep]
 
     def _gapped(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
         """Rows in a window a vehicle's telemetry gap touched: a long one's (unscored),
@@ -534,16 +560,23 @@ class WindowState:
             before = np.where(found, closed_ts[qrow] if len(closed_ts) else np.nan, np.nan)
             return np.where(hit, last_ts[jc], before)
 
-        absent = absent_rows(present, bl, last_seen, self.window_s)
-        closed_before = closed_ts[row] if len(closed_ts) else np.full(len(row), np.nan)
+        def since_resumed(qveh: np.ndarray, qid: np.ndarray, qwin: np.ndarray) -> np.ndarray:
+            last = last_seen(qveh, qid, qwin)  # a frame before the vehicle resumed: none
+            return np.where(last < self._resumed(qveh, qwin), np.nan, last)
+
+        absent = absent_rows(present, bl, since_resumed, self.window_s)
+        first_in_push = np.r_[True, row[1:] != row[:-1]]
+        before = closed_ts[row] if len(closed_ts) else np.full(len(row), np.nan)
+        before = np.where(first_in_push, before, np.r_[np.nan, last_ts[:-1]])
         newest_per_row = np.r_[row[1:] != row[:-1], True]
         self.streams.closed_ts[row[newest_per_row]] = last_ts[newest_per_row]
         rows = Rows.concat([present, absent])
         add_bus_features(rows, bl)
         unscored, gapped = self._gapped(rows)
-        # the window a learned id began sending in (none of its windows closed before):
-        # its count and gaps cover only the part after its first frame
-        began = np.r_[True, row[1:] != row[:-1]] & np.isnan(closed_before) & bl.slots(ids)[1]
+        # the window a learned id began sending in (no frame before it, since the vehicle
+        # began or resumed after a long gap): its count covers only the part after it
+        began = ~(before >= self._resumed(veh, window)) & bl.slots(ids)[1]
+        self._let_go_resumes()
         partial = gapped | np.r_[began, absent.partial_mask()]
         if partial.any():
             rows.partial = partial
@@ -608,6 +641,9 @@ class WindowState:
         self.newest[valid] = -np.inf
         self.cut[valid] = _NONE
         self.gaps = self.gaps[~np.isin(self.gaps[:, 0], valid)]
+        rv, rt = self.resumes
+        kept = ~np.isin(rv, valid)
+        self.resumes = rv[kept], rt[kept]
 
     def established(self, vehicles: np.ndarray) -> np.ndarray:
         """Whether each vehicle has had a window scored (its first, partial one is not)."""
@@ -618,6 +654,7 @@ class WindowState:
     def nbytes(self) -> int:
         per_vehicle = (
             self.closed_upto, self.first_window, self.newest, self.cut, self.n_novel, self.gaps,
+            *self.resumes,
         )  # fmt: skip
         return sum(a.nbytes for a in per_vehicle) + self.streams.nbytes
 
