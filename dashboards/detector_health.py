@@ -176,11 +176,9 @@ def errors() -> list[dict[str, Any]]:
             I,
             "brand",
             axis_label="gaps/s",
-            description="Vehicles that sent nothing at all for longer than their bus ever "
-            "goes quiet (an uplink or logger that hiccuped or stopped, not their bus): the "
-            "windows each gap touched were scored on their frames' payloads only, or (gaps "
-            "over 2 windows) not at all. A brand-wide rise is a data-quality problem, not an "
-            "attack.",
+            description="Vehicles that sent nothing at all for more than 2 windows (an uplink "
+            "or logger that stopped, not their bus): the windows each gap touched were not "
+            "scored. A brand-wide rise is a data-quality problem, not an attack.",
             w=8,
         ),
     ]

@@ -448,18 +448,20 @@ class WindowState:
     ) -> np.ndarray:
         """Keep the windows each telemetry gap touched, from its start's to the one after
         its end's (whose slow ids' first inter-arrival spans it too), and whether it was
-        short; its vehicles."""
+        short; the vehicles of the long ones (counted: their windows go unscored; a short
+        one leaves its windows scored and may be a sparse bus's pause, a waking
+        vehicle's, not the uplink's)."""
+        long_ = np.zeros(0, bool)
         if len(vehicle):
             lo = np.floor(start / self.window_s).astype(np.int64)
             hi = np.floor(end / self.window_s).astype(np.int64) + 1
-            short = (end - start <= telemetry_gap_s(bl, self.window_s)).astype(np.int64)
-            self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi, short]])
-            long_ = short == 0
+            long_ = end - start > telemetry_gap_s(bl, self.window_s)
+            self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi, ~long_]])
             rv, rt = self.resumes
             self.resumes = np.r_[rv, vehicle[long_]], np.r_[rt, end[long_]]
-            self.telemetry_gaps += len(vehicle)
-        self.last_gaps = vehicle
-        return vehicle
+            self.telemetry_gaps += int(long_.sum())
+        self.last_gaps = vehicle[long_]
+        return self.last_gaps
 
     def _resumed(self, vehicle: np.ndarray, window: np.ndarray) -> np.ndarray:
         """Per (vehicle, window): when the vehicle last resumed after a long gap before
@@ -484,13 +486,17 @@ class WindowState:
     def _gapped(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
         """Rows in a window a vehicle's telemetry gap touched: a long one's (unscored),
         a short one's (gapped); the gaps whose windows have all closed are let go."""
-        unscored, gapped = np.zeros(len(rows), bool), np.zeros(len(rows), bool)
-        if not len(self.gaps):
-            return unscored, gapped
-        for v, lo, hi, short in self.gaps.tolist():
-            touched = (rows.vehicle == v) & (rows.window >= lo) & (rows.window <= hi)
-            (gapped if short else unscored)[touched] = True
-        self.gaps = self.gaps[self.closed_upto[self.gaps[:, 0]] <= self.gaps[:, 2]]
+        if not len(self.gaps) or not len(rows):
+            return np.zeros(len(rows), bool), np.zeros(len(rows), bool)
+        v, lo, hi, short = self.gaps.T
+        w0 = min(int(rows.window.min()), int(lo.min()))
+        span = max(int(rows.window.max()), int(hi.max())) - w0 + 1
+        key = rows.vehicle * span + (rows.window - w0)
+        unscored = _covered(key, v[short == 0] * span + (lo[short == 0] - w0),
+                            v[short == 0] * span + (hi[short == 0] - w0))  # fmt: skip
+        gapped = _covered(key, v[short == 1] * span + (lo[short == 1] - w0),
+                          v[short == 1] * span + (hi[short == 1] - w0))  # fmt: skip
+        self.gaps = self.gaps[self.closed_upto[v] <= hi]
         return unscored, gapped & ~unscored
 
     def _classify(self, rows: np.ndarray, can_id: np.ndarray, bl: Baseline) -> None:
@@ -690,6 +696,17 @@ class _Split:
     gaps: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def _covered(key: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Whether each ``key`` lies in one of the intervals [first, last] (overlapping
+    ones too: the running largest ``last`` of the intervals sorted by ``first``)."""
+    if not len(first):
+        return np.zeros(len(key), bool)
+    o = np.argsort(first, kind="stable")
+    first, reach = first[o], np.maximum.accumulate(last[o])
+    i = np.searchsorted(first, key, side="right") - 1
+    return (i >= 0) & (reach[np.maximum(i, 0)] >= key)
+
+
 def _true_gaps(
     ts: np.ndarray, local: np.ndarray, uv: np.ndarray, at: np.ndarray, start: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -700,9 +717,14 @@ def _true_gaps(
         empty = np.zeros(0, np.int64)
         return empty, np.zeros(0), np.zeros(0)
     v, end = local[at], ts[at]
-    keep = np.array(
-        [not ((local == v[k]) & (ts > start[k]) & (ts < end[k])).any() for k in range(len(at))]
-    )
+    o = np.lexsort((ts, local))
+    by_vehicle, by_ts = local[o], ts[o]
+    first = np.searchsorted(by_vehicle, v, side="left")
+    last = np.searchsorted(by_vehicle, v, side="right")
+    # each candidate's vehicle's first frame of the batch after its start
+    after = np.array([f + np.searchsorted(by_ts[f:e], s, side="right")
+                      for f, e, s in zip(first.tolist(), last.tolist(), start.tolist(), strict=True)])  # fmt: skip
+    keep = (after >= last) | (by_ts[np.minimum(after, len(by_ts) - 1)] >= end)
     return uv[v[keep]], start[keep], end[keep]
 
 

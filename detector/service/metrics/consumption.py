@@ -55,9 +55,8 @@ class ConsumptionMetrics:
         )
         self.telemetry_gaps = f.counter(
             "canwatch_telemetry_gaps_total",
-            "Times a vehicle sent nothing at all for longer than its bus ever went quiet in "
-            "training (an uplink or logger that hiccuped or stopped): the windows the gap "
-            "touched were scored on their frames' payloads only, or (over 2 windows) not at all.",
+            "Times a vehicle sent nothing at all for more than 2 windows (an uplink or logger "
+            "that stopped): the windows the gap touched were not scored.",
             ("brand",),
         )
         self.stage_duration = f.histogram(
