@@ -194,6 +194,29 @@ def test_each_of_repeated_intrusions_is_detected_without_false_incidents(models,
     assert r["false_incidents"] == 0 and r["benign_flagged_fraction"] <= MAX_BENIGN_FLAGGED, r
 
 
+def no_incident(model: PlatformModel, frames: np.ndarray, name: str) -> Evaluation:
+    """A new cusw (jeep) vehicle's benign ``frames`` scored: no incident, no window flagged."""
+    ev = score_frames(frames, "jeep", name, model, load_fleet(), W, IncidentConfig())
+    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
+    return ev
+
+
+def suspension_detected(model: PlatformModel, frames: np.ndarray, name: str, start: float) -> None:
+    """An ECU silenced ``start`` s into ``frames`` for 8 s: detected, no false incident."""
+    silenced, span = inject(frames, AttackSpec.parse(f"suspension:start={start},duration=8"), seed=3)
+    truth = [Span("suspension", span.start_ts, span.end_ts)]
+    ev = score_frames(silenced, "jeep", name, model, load_fleet(), W, IncidentConfig(), truth)
+    r = attack_report(ev, "suspension")
+    assert r["detected"] and r["false_incidents"] == 0, r
+
+
+def waking(frames: np.ndarray, rng: np.random.Generator, over_s: float = 10.0) -> np.ndarray:
+    """``frames`` as telemetry that starts at ignition: each id from its own moment in
+    the first ``over_s`` s (a vehicle's ECUs come up one by one)."""
+    ids, slot = np.unique(frames["can_id"], return_inverse=True)
+    return frames[frames["ts"] - frames["ts"][0] >= rng.uniform(0.0, over_s, len(ids))[slot]]
+
+
 def test_a_telemetry_gap_is_no_incident_and_a_silenced_ecu_still_is(models) -> None:
     """A new vehicle's uplink stops for 10 s: every id silent together is the telemetry,
     not its bus (no window scored there, no incident). An ECU silenced in the same
@@ -202,15 +225,9 @@ def test_a_telemetry_gap_is_no_incident_and_a_silenced_ecu_still_is(models) -> N
     t = frames["ts"] - START_TS
     gapped = frames[(t < 20.0) | (t >= 30.0)]
     model = model_for(models, "cusw")
-    ev = score_frames(gapped, "jeep", "veh-gap", model, load_fleet(), W, IncidentConfig())
-    assert not ev.incidents and (ev.score < 1.0).all()
+    ev = no_incident(model, gapped, "veh-gap")
     assert not ((ev.window_start >= START_TS + 20) & (ev.window_start <= START_TS + 30)).any()
-    spec = AttackSpec.parse("suspension:start=40,duration=8")
-    silenced, span = inject(gapped, spec, seed=3)
-    truth = [Span("suspension", span.start_ts, span.end_ts)]
-    ev = score_frames(silenced, "jeep", "veh-gap", model, load_fleet(), W, IncidentConfig(), truth)
-    r = attack_report(ev, "suspension")
-    assert r["detected"] and r["false_incidents"] == 0, r
+    suspension_detected(model, gapped, "veh-gap", start=40)
 
 
 def test_short_telemetry_gaps_are_no_incident_and_fuzzing_beside_one_still_is(models) -> None:
@@ -226,8 +243,7 @@ def test_short_telemetry_gaps_are_no_incident_and_fuzzing_beside_one_still_is(mo
         quiet |= (t >= at) & (t < at + length)
     gapped = frames[~quiet]
     model = model_for(models, "cusw")
-    ev = score_frames(gapped, "jeep", "veh-hiccups", model, load_fleet(), W, IncidentConfig())
-    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
+    ev = no_incident(model, gapped, "veh-hiccups")
     assert len(ev.score) >= 55  # the hiccups' windows were scored
     fuzzed, span = inject(gapped, AttackSpec.parse("fuzzing:start=26.7,duration=3"), seed=4)
     ev = score_frames(fuzzed, "jeep", "veh-hiccups", model, load_fleet(), W, IncidentConfig())
@@ -242,19 +258,10 @@ def test_a_vehicle_waking_ecu_by_ecu_is_no_incident_and_a_suspension_after_still
     incident (each start opened one before, on an absent id's silence or a partial
     rate). An ECU silenced later in the same drive is still a suspension."""
     frames = simulate_vehicle("cusw", 40.0, START_TS + 0.3, seed=ATTACK_SEED + 90)
-    rng = np.random.default_rng(5)
-    ids, slot = np.unique(frames["can_id"], return_inverse=True)
-    wakes = rng.uniform(0.0, 10.0, len(ids))[slot]
-    waking = frames[frames["ts"] - frames["ts"][0] >= wakes]
+    woken = waking(frames, np.random.default_rng(5))
     model = model_for(models, "cusw")
-    ev = score_frames(waking, "jeep", "veh-wakes", model, load_fleet(), W, IncidentConfig())
-    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
-    spec = AttackSpec.parse("suspension:start=25,duration=8")
-    silenced, span = inject(waking, spec, seed=3)
-    truth = [Span("suspension", span.start_ts, span.end_ts)]
-    ev = score_frames(silenced, "jeep", "veh-wakes", model, load_fleet(), W, IncidentConfig(), truth)
-    r = attack_report(ev, "suspension")
-    assert r["detected"] and r["false_incidents"] == 0, r
+    no_incident(model, woken, "veh-wakes")
+    suspension_detected(model, woken, "veh-wakes", start=25)
 
 
 def test_a_vehicle_resuming_after_an_hour_parked_is_no_incident(models) -> None:
@@ -263,17 +270,10 @@ def test_a_vehicle_resuming_after_an_hour_parked_is_no_incident(models) -> None:
     An id not sent since it resumed is not missing (it had opened an incident on every
     drive's start, on the silence counted from the last drive's frame)."""
     rng = np.random.default_rng(6)
-
-    def waking(frames: np.ndarray) -> np.ndarray:
-        ids, slot = np.unique(frames["can_id"], return_inverse=True)
-        return frames[frames["ts"] - frames["ts"][0] >= rng.uniform(0.0, 10.0, len(ids))[slot]]
-
     drives = [simulate_vehicle("cusw", 40.0, START_TS + 3600.0 * d, seed=ATTACK_SEED + 95, drive=d)
               for d in range(2)]  # fmt: skip
-    frames = np.concatenate([waking(d) for d in drives])
-    model = model_for(models, "cusw")
-    ev = score_frames(frames, "jeep", "veh-parked", model, load_fleet(), W, IncidentConfig())
-    assert not ev.incidents and (ev.score < 1.0).all(), ev.incidents[:1]
+    frames = np.concatenate([waking(d, rng) for d in drives])
+    ev = no_incident(model_for(models, "cusw"), frames, "veh-parked")
     assert (ev.window_start > START_TS + 3600.0).sum() >= 35  # the second drive was scored
 
 
