@@ -80,6 +80,27 @@ def keyed(rows: Rows) -> dict[tuple[int, int, int], int]:
     }
 
 
+#: the change-rate column each change note explains
+CHANGE_FEATURE = {"frozen": "change_drop", "rising": "change_rise"}
+
+
+def check_change_notes(
+    rows: Rows, i: np.ndarray, slot: np.ndarray, note: str, learned_rate: np.ndarray,
+    min_pairs: int, sign: int,
+) -> None:  # fmt: skip
+    """Rows ``i`` carry a change ``note`` exactly when their change-rate column is above
+    0, and the note's counts and learned rate (``learned_rate``, by id slot and byte)
+    give that column: ``sign`` * (changed / pairs - learned)."""
+    column = rows.X[i, F[CHANGE_FEATURE[note]]]
+    noted = rows.notes(note)[i] >= 0
+    np.testing.assert_array_equal(noted, column > 0)
+    for r in np.flatnonzero(noted):
+        byte, changed, pairs, learned = read_change_note(int(rows.notes(note)[i[r]]))
+        assert pairs >= min_pairs and 0 <= changed <= pairs
+        assert learned == pytest.approx(learned_rate[slot[r], byte], abs=5e-4)
+        assert sign * (changed / pairs - learned) == pytest.approx(column[r], abs=5e-4)
+
+
 def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     platform, bl, frames = traffic
     rng = np.random.default_rng(0)
@@ -113,24 +134,10 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
         assert (lo, hi) == (bl.byte_min[s, byte], bl.byte_max[s, byte])
         assert not lo <= value <= hi
     # a row names the byte that fell furthest below its learned change rate exactly
-    # when one fell, with the counts and the learned rate its drop comes from
-    frozen = rows.notes("frozen")[i] >= 0
-    np.testing.assert_array_equal(frozen, rows.X[i, F["change_drop"]] > 0)
-    for r in np.flatnonzero(frozen):
-        byte, changed, pairs, learned = read_change_note(int(rows.frozen[i[r]]))
-        assert pairs >= 3 and 0 <= changed <= pairs
-        assert learned == pytest.approx(bl.cond_change[slot[r], byte], abs=5e-4)
-        drop = learned - changed / pairs
-        assert drop == pytest.approx(rows.X[i[r], F["change_drop"]], abs=5e-4)
-    # ... and the byte that rose furthest above its learned change rate, with its counts
-    rising = rows.notes("rising")[i] >= 0
-    np.testing.assert_array_equal(rising, rows.X[i, F["change_rise"]] > 0)
-    for r in np.flatnonzero(rising):
-        byte, changed, pairs, learned = read_change_note(int(rows.rising[i[r]]))
-        assert pairs >= 1 and 0 <= changed <= pairs
-        assert learned == pytest.approx(bl.change_rate[slot[r], byte], abs=5e-4)
-        rise = changed / pairs - learned
-        assert rise == pytest.approx(rows.X[i[r], F["change_rise"]], abs=5e-4)
+    # when one fell, with the counts and the learned rate its drop comes from; and the
+    # byte that rose furthest above it
+    check_change_notes(rows, i, slot, "frozen", bl.cond_change, min_pairs=3, sign=-1)
+    check_change_notes(rows, i, slot, "rising", bl.change_rate, min_pairs=1, sign=1)
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
     fired = dict(zip(FEATURE_NAMES[:PER_ID], (ref.X[j, :PER_ID] != 0).any(axis=0), strict=True))

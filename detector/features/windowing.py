@@ -112,22 +112,24 @@ def stream_key(vehicle: np.ndarray, can_id: np.ndarray) -> np.ndarray:
     return (vehicle.astype(np.uint64) << np.uint64(32)) | can_id.astype(np.uint64)
 
 
+def _fastest_period(bl: Baseline) -> float:
+    """The period of the platform's fastest expected message (inf: none to tell)."""
+    period = bl.period[bl.expected & np.isfinite(bl.period) & (bl.period > 0)]
+    return float(period.min()) if len(period) else np.inf
+
+
 def telemetry_gap_s(bl: Baseline, window_s: float) -> float:
     """Silence of a whole vehicle that is a gap in its telemetry (inf: the platform
     has no expected periodic message to tell)."""
-    period = bl.period[bl.expected & np.isfinite(bl.period) & (bl.period > 0)]
-    if not len(period):
-        return np.inf
-    return float(max(GAP_PERIODS * period.min(), GAP_WINDOWS * window_s))
+    period = _fastest_period(bl)
+    return float(max(GAP_PERIODS * period, GAP_WINDOWS * window_s)) if np.isfinite(period) else np.inf
 
 
 def short_gap_s(bl: Baseline) -> float:
     """Silence of a whole vehicle that is a short telemetry gap (see the module doc;
     inf: the platform has no expected periodic message to tell)."""
-    period = bl.period[bl.expected & np.isfinite(bl.period) & (bl.period > 0)]
-    if not len(period):
-        return np.inf
-    return float(max(SILENCE_MARGIN * bl.bus_silence, SHORT_GAP_PERIODS * period.min()))
+    period = _fastest_period(bl)
+    return float(max(SILENCE_MARGIN * bl.bus_silence, SHORT_GAP_PERIODS * period))
 
 
 def batch_ids(can_id: np.ndarray, bl: Baseline) -> tuple[np.ndarray, np.ndarray]:
@@ -492,10 +494,11 @@ class WindowState:
         w0 = min(int(rows.window.min()), int(lo.min()))
         span = max(int(rows.window.max()), int(hi.max())) - w0 + 1
         key = rows.vehicle * span + (rows.window - w0)
-        unscored = _covered(key, v[short == 0] * span + (lo[short == 0] - w0),
-                            v[short == 0] * span + (hi[short == 0] - w0))  # fmt: skip
-        gapped = _covered(key, v[short == 1] * span + (lo[short == 1] - w0),
-                          v[short == 1] * span + (hi[short == 1] - w0))  # fmt: skip
+
+        def touched(kind: np.ndarray) -> np.ndarray:
+            return _covered(key, v[kind] * span + (lo[kind] - w0), v[kind] * span + (hi[kind] - w0))
+
+        unscored, gapped = touched(short == 0), touched(short == 1)
         self.gaps = self.gaps[self.closed_upto[v] <= hi]
         return unscored, gapped & ~unscored
 

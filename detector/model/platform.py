@@ -111,8 +111,9 @@ SATURATION = 0.5
 #: Evidence a row whose timing covers only part of its window (``Rows.partial``: a
 #: short telemetry gap touched the window, or the id began sending in it) cannot give:
 #: its timing and its bus counts are the gap's or the start's, a frame's change from
-#: the one before may span the gap, and the forest sees all of them. What each frame shows on its own
-#: (a byte out of range, a broken checksum or coupling, an unseen id) still counts.
+#: the one before may span the gap, and the forest sees all of them. What each frame
+#: shows on its own (a byte out of range, a broken checksum or coupling, an unseen id)
+#: still counts.
 PARTIAL_BLIND = (
     "rate", "dt_min", "dt_mean", "dt_cv", "silence", "hamming_z", "change_drop", "change_rise",
     "delta_out", "counter_err", "bus_load", "bus_missing", "bus_ids", "forest",
