@@ -34,6 +34,7 @@ from detector.evaluation.quality_scenario import (
 from detector.model.platform import PlatformModel
 from detector.model.training import train_platform
 from replay.attacks import AttackSpec, inject
+from replay.profiles import load_profile, signal_mask
 from replay.simulator import simulate_vehicle
 
 #: the CAN FD platform's cases are tests/test_detection_quality_fd.py's (a file of their
@@ -63,8 +64,6 @@ _XFAIL_KIND: dict[tuple[str, str], str] = {
     ("giorgio", "masquerade"): "never alerted (see test_attack_detected)",
     ("aee2010", "replay"): "classified spoofing: the replayed 0x348 frames raise its rate and "
     "their counter breaks are not the dominant evidence",
-    ("pacifica", "spoofing"): "classified replay: the spoofed id carries a counter, and "
-    "forged frames break it while their payload stays in range",
     ("pacifica", "replay"): "classified spoofing: counter breaks of the replayed frames are "
     "not the dominant evidence",
 }
@@ -275,6 +274,34 @@ def test_a_vehicle_resuming_after_an_hour_parked_is_no_incident(models) -> None:
     frames = np.concatenate([waking(d, rng) for d in drives])
     ev = no_incident(model_for(models, "cusw"), frames, "veh-parked")
     assert (ev.window_start > START_TS + 3600.0).sum() >= 35  # the second drive was scored
+
+
+def test_evidence_says_where_the_counter_and_checksum_sit(models) -> None:
+    """A replay and a masquerade of cusw's 0x1E4 (a speed, a counter, a checksum) on a
+    vehicle never seen: the evidence says where the id's counter sits and how it steps,
+    as the DBC lays it out, and which checksum fails where (both learned from traffic
+    alone). 0x1E4 breaks its line with each id that shares its speed: one note names
+    them all, so they do not crowd the counter out."""
+    counter = next(s for s in load_profile("cusw").message(0x1E4).signals if s.role == "counter")
+    mask = signal_mask(counter)
+    byte = int(np.flatnonzero(mask)[0])
+    bits = np.flatnonzero(np.unpackbits(mask[byte : byte + 1], bitorder="little"))
+    model = model_for(models, "cusw")
+    notes = {}
+    for kind in ("replay", "masquerade"):
+        frames = simulate_vehicle("cusw", TEST_S, START_TS, seed=ATTACK_SEED + 61)
+        spec = AttackSpec.parse(f"{kind}:start={ATTACK_START},duration={ATTACK_S},id=0x1E4")
+        frames, _ = inject(frames, spec, seed=5)
+        ev = score_frames(frames, "jeep", "veh-notes", model, load_fleet(), W, IncidentConfig())
+        assert [i["suspected_attack"] for i in ev.incidents] == [kind], ev.incidents
+        notes[kind] = ev.incidents[0]["evidence"]
+    texts = {k: {e["feature"]: e["text"] for e in n} for k, n in notes.items()}
+    where = f"message counter (byte {byte} bits {bits[0]}-{bits[-1]}, +1 a frame) out of sequence"
+    assert where in texts["replay"]["counter_err"], texts["replay"]
+    assert "checksum (crc8-j1850 in the last byte) invalid" in texts["masquerade"]["checksum_err"]
+    for n in notes.values():
+        crossing = [e["text"] for e in n if e["feature"] == "cross_out"]
+        assert len(crossing) == 1 and "0x1E4 also left its line with 0x" in crossing[0], crossing
 
 
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:

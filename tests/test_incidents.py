@@ -9,7 +9,7 @@ import pytest
 
 from detector.core.config import IncidentConfig
 from detector.features.columns import FEATURE_NAMES, N_FEATURES, F, Rows
-from detector.incidents.evidence import classify_window
+from detector.incidents.evidence import classify_window, evidence
 from detector.incidents.tracker import (
     IncidentTracker,
     Observation,
@@ -18,6 +18,7 @@ from detector.incidents.tracker import (
     severity_of,
 )
 from detector.model.pipeline import ScoredRows
+from detector.model.platform import N_EVIDENCE
 
 QUIET = 3
 DESIGN_FIELDS = {
@@ -252,6 +253,10 @@ def one_row(features: dict[str, tuple[float, float]], count: int = 100) -> Score
         ({"rate": (30.0, 50.0)}, 3000, "dos"),
         ({"out_of_range": (1.0, 10.0)}, 100, "masquerade"),
         ({"counter_err": (0.3, 3.0)}, 100, "replay"),
+        # a genuine frame re-sent keeps its checksum and its own signals' agreement
+        ({"rate": (2.0, 2.0), "counter_err": (0.5, 5.0), "checksum_err": (0.5, 5.0)}, 200,
+         "spoofing"),
+        ({"counter_err": (0.3, 3.0), "coupling_out": (0.3, 3.0)}, 100, "masquerade"),
         ({"silence": (50.0, 10.0), "rate": (0.0, 2.0)}, 0, "suspension"),
         ({"novel_id": (1.0, 10.0)}, 5, "fuzzing"),
     ],
@@ -275,3 +280,30 @@ def test_observations_pick_anomalous_windows_with_their_ids() -> None:
     assert FEATURE_NAMES[F["rate"]] == "rate"
     sc.scores[:] = 0.5
     assert observations(sc, 1.0) == []
+
+
+def test_one_note_names_every_coupling_a_forged_id_broke() -> None:
+    """0x1E4's forged speed breaks its line with 0x1F0 (seen from both rows), 0x2E4 and
+    0x2E6; 0x300 and 0x310 break one of their own. The first is one note naming the
+    others; the second stays a note of its own; other evidence is not crowded out."""
+    ids = [0x1E4, 0x1F0, 0x2E4, 0x2E6, 0x300, 0x310]
+    partner = [0x1F0, 0x1E4, 0x1E4, 0x1E4, 0x310, 0x300]
+    n = len(ids)
+    X = np.zeros((n, N_FEATURES))
+    X[:, [F["rate"], F["dt_min"], F["dt_mean"]]] = 1.0
+    X[:, F["cross_out"]] = 1.0
+    ex = np.zeros((n, N_EVIDENCE))
+    ex[:, F["cross_out"]] = [9.0, 8.0, 7.0, 6.0, 5.0, 4.5]
+    ex[0, F["counter_err"]] = 3.0
+    sc = scored(X, ex, [9.0, 8.0, 7.0, 6.0, 5.0, 4.5], [100] * n, ids)
+    sc.rows.signal = np.full(n, 900.0)
+    sc.rows.cross = np.array([[p, 2.0, 4.0, 800.0, 20.0] for p in partner])
+    notes = evidence(sc, np.arange(n), 1.0)
+    crossing = [e["text"] for e in notes if e["feature"] == "cross_out"]
+    assert len(crossing) == 2, crossing
+    assert crossing[0].startswith("0x1E4 bytes 2-3 and 0x1F0 bytes 4-5 disagree")
+    assert crossing[0].endswith("; 0x1E4 also left its line with 0x2E4, 0x2E6")
+    assert crossing[1].startswith("0x300 bytes 2-3 and 0x310") and "also" not in crossing[1]
+    assert [e["feature"] for e in notes] == ["cross_out", "cross_out", "counter_err"]
+    # no model to say where the counter sits: the note says what it can
+    assert notes[2]["text"] == "0x1E4: message counter out of sequence in 0% of frames"

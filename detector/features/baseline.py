@@ -68,6 +68,8 @@ CHECKSUMS = {1: "sum8", 2: "xor8", 3: "sum8+id", 4: "~sum8", 5: "crc8-j1850", 6:
 #: the frame's nibbles equal k, wherever c sits; ``checksum_byte`` holds k. Learned
 #: only over this many distinct payloads, where a sum that held by chance would not.
 NIBBLE_SUM = 6
+#: ``checksum_byte`` of a checksum in a frame's last byte (byte dlc - 1), whatever its dlc
+LAST_BYTE = -2
 NIBBLE_SUM_MIN_PAYLOADS = 32
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -216,7 +218,7 @@ def checksum_bad(
     at = at.astype(np.int64)
     if kind == NIBBLE_SUM:
         return nibble_sums(data, dlc) != at
-    pos = np.clip(np.where(at == -2, dlc.astype(np.int64) - 1, at), 0, 7)
+    pos = np.clip(np.where(at == LAST_BYTE, dlc.astype(np.int64) - 1, at), 0, 7)
     return checksum_values(kind, data, dlc, can_id, pos) != data[np.arange(len(data)), pos]
 
 
@@ -234,7 +236,7 @@ def _learn_checksum(data: np.ndarray, dlc: np.ndarray, can_id: int) -> tuple[int
                 continue
             ok = checksum_values(kind, data, dlc, ids, pos) == actual
             if ok.mean() >= 0.995:
-                return kind, (-2 if pos_kind == "last" else 0)  # -2 = byte dlc-1
+                return kind, (LAST_BYTE if pos_kind == "last" else 0)
     return 0, -1
 
 

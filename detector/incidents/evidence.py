@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
+from detector.features.baseline import CHECKSUMS, LAST_BYTE, NIBBLE_SUM
 from detector.features.columns import POOLED_ID, F, Rows, read_change_note, read_far_note
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
@@ -74,9 +75,12 @@ def classify_window(sc: ScoredRows, idx: np.ndarray) -> str:
     # counter in another, its checksum in the checksum lane
     same = hot[frame_ids(rows.can_id[hot]) == frame_ids(rows.can_id[top])]
     seq = ex[same, F["counter_err"]].max()
-    fresh_values = (
-        ex[same, F["out_of_range"]] + ex[same, F["novel_payload"]] + ex[same, F["pair_out"]]
-    ).sum()
+    # values no genuine frame held: new ones, or a frame that fails its own checks (a
+    # checksum, two signals of one frame that always agree)
+    fresh_values = sum(
+        ex[same, F[n]].sum()
+        for n in ("out_of_range", "novel_payload", "pair_out", "checksum_err", "coupling_out")
+    )
     # re-sent genuine frames: counters out of step, yet every value one seen before
     resent = seq > 0 and fresh_values == 0
     timing_up = X[top, F["rate"]] > 1.0 and (ex[top, F["rate"]] > 0 or ex[top, F["dt_min"]] > 0)
@@ -165,6 +169,55 @@ def _change_text(rows: Rows, i: int, cid: str, note_name: str, pairs_of: str = "
     )
 
 
+def _learned_slot(sc: ScoredRows, i: int) -> int | None:
+    """Row ``i``'s id's slot in the scoring model's baseline, if it knows both."""
+    if sc.baseline is None:
+        return None
+    slot, known = sc.baseline.slots(sc.rows.can_id[i : i + 1])
+    return int(slot[0]) if known[0] else None
+
+
+def _field_text(byte: int, mask: int, shift: int) -> str:
+    """A field of one byte: "byte 6", or "byte 6 bits 0-3"."""
+    if mask == 0xFF:
+        return f"byte {byte}"
+    return f"byte {byte} bits {shift}-{shift + bin(mask).count('1') - 1}"
+
+
+def _counter_text(sc: ScoredRows, i: int) -> str:
+    """The row's id's learned counters, where they sit and how they step (a frame is out
+    of sequence when it breaks every one): "message counter (byte 6 bits 0-3, +1 a
+    frame)"; without a model to say, "message counter"."""
+    slot = _learned_slot(sc, i)
+    if slot is None:
+        return "message counter"
+    bl = sc.baseline
+    fields = [
+        f"{_field_text(int(b[slot]), int(m[slot]), int(sh[slot]))}, +{int(st[slot])} a frame"
+        for b, m, sh, st in (
+            (bl.counter_byte, bl.counter_mask, bl.counter_shift, bl.counter_step),
+            (bl.counter2_byte, bl.counter2_mask, bl.counter2_shift, bl.counter2_step),
+        )
+        if b[slot] >= 0
+    ]
+    if not fields:
+        return "message counter"
+    return f"message counter{'s' if len(fields) > 1 else ''} ({'; '.join(fields)})"
+
+
+def _checksum_text(sc: ScoredRows, i: int) -> str:
+    """" (crc8-j1850 in the last byte)": the kind and place of the row's id's learned
+    checksum ("" when no model says); a nibble sum spans the whole frame."""
+    slot = _learned_slot(sc, i)
+    kind = 0 if slot is None else int(sc.baseline.checksum_kind[slot])
+    if kind not in CHECKSUMS:
+        return ""
+    at = int(sc.baseline.checksum_byte[slot])
+    if kind == NIBBLE_SUM:  # ``checksum_byte`` holds the sum
+        return f" ({CHECKSUMS[kind]}: the frame's nibbles add up to {at} mod 16)"
+    return f" ({CHECKSUMS[kind]} in {'the last byte' if at == LAST_BYTE else f'byte {at}'})"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -200,8 +253,8 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "cross_out": _cross_text(sc.rows, i, x),
         "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames"
         + _far_text(sc.rows, i, one_value=True),
-        "counter_err": f"{cid}: message counter out of sequence in {pct} of frames",
-        "checksum_err": f"{cid}: checksum invalid in {pct} of frames",
+        "counter_err": f"{cid}: {_counter_text(sc, i)} out of sequence in {pct} of frames",
+        "checksum_err": f"{cid}: checksum{_checksum_text(sc, i)} invalid in {pct} of frames",
         "novel_payload": f"{cid}: {pct} of payloads never seen in training",
         "novel_dlc": f"{cid}: DLC never seen for this id in {pct} of frames",
         "novel_id": (
@@ -219,13 +272,19 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
 
 
 def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -> list[dict]:
-    """Top features (by envelope excess) over the window's rows, as analyst notes."""
+    """Top features (by envelope excess) over the window's rows, as analyst notes.
+
+    A broken cross-id coupling shows on the rows of both its ids, and a forged id breaks
+    its line with each id it shares a quantity with: the couplings that share an id with
+    an earlier one are folded into its note (``_fold_crossings``), so they do not crowd
+    out the rest."""
     idx = np.asarray(idx)
     if len(idx) == 0:
         return []
     ex = sc.excess[idx]
-    flat = np.argsort(-ex, axis=None)[: limit * 3]
+    flat = np.argsort(-ex, axis=None)[: limit * 8]
     out, seen = [], set()
+    crossings: dict[int, list[tuple[int, int]]] = {}  # cross_out note -> its pair, folded ones
     for f in flat:
         r, j = divmod(int(f), ex.shape[1])
         if ex[r, j] <= 0:
@@ -238,6 +297,12 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
         if key in seen:
             continue
         seen.add(key)
+        if name == "cross_out" and (pair := _cross_pair(sc, i)) is not None:
+            host = next((k for k, p in crossings.items() if set(pair) & set(p[0])), None)
+            if host is not None:
+                crossings[host].append(pair)
+                continue
+            crossings[len(out)] = [pair]
         no_id = name.startswith("bus_") or int(sc.rows.can_id[i]) == POOLED_ID
         out.append(
             {
@@ -250,4 +315,30 @@ def evidence(sc: ScoredRows, idx: np.ndarray, window_s: float, limit: int = 5) -
         )
         if len(out) >= limit:
             break
+    for k, pairs in crossings.items():
+        out[k]["text"] += _fold_crossings(pairs)
     return out
+
+
+def _cross_pair(sc: ScoredRows, i: int) -> tuple[int, int] | None:
+    """(row's id, partner's id) of row ``i``'s broken coupling, if its note names one."""
+    partner = sc.rows.cross_notes()[i, 0]
+    return (int(sc.rows.can_id[i]), int(partner)) if np.isfinite(partner) else None
+
+
+def _fold_crossings(pairs: list[tuple[int, int]]) -> str:
+    """What a broken coupling's note (``pairs[0]``) adds for the others folded into it,
+    each sharing an id with it (the same coupling seen from its other side adds
+    nothing): "; 0x1E4 also left its line with 0x2E4, 0x2E6"."""
+    first = set(pairs[0])
+    partners: dict[int, set[int]] = {}
+    for pair in pairs[1:]:
+        if set(pair) == first:
+            continue
+        shared = next(c for c in pair if c in first)
+        partners.setdefault(shared, set()).update(c for c in pair if c != shared)
+    return "".join(
+        f"; {describe_id(shared)} also left its line with "
+        + ", ".join(describe_id(c) for c in sorted(others))
+        for shared, others in sorted(partners.items())
+    )

@@ -31,6 +31,7 @@ import numpy as np
 from detector.core.brands import Fleet
 from detector.core.config import LimitsConfig
 from detector.core.schema import concat_frames, make_frames
+from detector.features.baseline import Baseline
 from detector.features.columns import FEATURE_NAMES, N_FEATURES, Rows
 from detector.features.streams import grown
 from detector.features.windowing import (
@@ -92,6 +93,9 @@ class ScoredRows:
     # tolerance included and OUTSIDE_MARGIN past it, before the vehicle's own
     # reference (what drift counts)
     outside: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # what the scoring model learned (the evidence names a counter's or checksum's
+    # place from it); None: not known to the maker of these rows
+    baseline: Baseline | None = None
     windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # window_scores, once
 
 
@@ -460,7 +464,8 @@ class Scorer:
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
         names, brands = (list(st.names), list(st.brands)) if copy_names else (st.names, st.brands)
         return ScoredRows(
-            platform, model.version, rows, scores, excess, names, brands, period, outside
+            platform, model.version, rows, scores, excess, names, brands, period, outside,
+            model.baseline,
         )
 
 
