@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.core.dbc import load_dbc, opendbc_dir
 from detector.core.schema import EXTENDED_FLAG, FD_LENGTHS
 
 log = logging.getLogger(__name__)
@@ -245,37 +246,6 @@ def _is_periodic(can_id: int, name: str, dlc: int) -> bool:
     if dlc == 0 or _NOT_PERIODIC.search(name.upper()) or name.upper().startswith(("REQ_", "REP_")):
         return False
     return not (can_id == 0x7DF or 0x7E0 <= can_id <= 0x7EF)
-
-
-def _dbc_dir() -> Path | None:
-    try:
-        import opendbc
-    except ImportError:
-        return None
-    return Path(opendbc.__file__).resolve().parent / "dbc"
-
-
-def _sanitize_dbc(text: str) -> str:
-    """Fix two opendbc quirks cantools rejects even with strict=False: 29-bit ids
-    written without the extended marker (bit 31) and signal names starting with a digit."""
-    for raw in {int(m) for m in re.findall(r"^BO_ (\d+) ", text, re.M)}:
-        if 0x7FF < raw < 0x8000_0000:
-            text = re.sub(rf"\b{raw}\b", str(raw | 0x8000_0000), text)
-    for name in set(re.findall(r"^\s*SG_ (\d\w*)", text, re.M)):
-        text = re.sub(rf"\b{name}\b", "S" + name, text)
-    return text
-
-
-def load_dbc(path: Path):  # -> cantools Database
-    import cantools
-
-    try:
-        return cantools.database.load_file(str(path), strict=False)
-    except (cantools.database.UnsupportedDatabaseFormatError, cantools.database.Error):
-        text = path.read_text(encoding="latin-1")
-        return cantools.database.load_string(
-            _sanitize_dbc(text), database_format="dbc", strict=False
-        )
 
 
 def _signal_specs(msg, checksum: str) -> tuple[SignalSpec, ...]:
@@ -591,7 +561,7 @@ def load_profile(platform: str) -> Profile:
     from detector.core.brands import load_fleet
 
     dbc_name = load_fleet().platform_dbc.get(platform, "")
-    dbc_dir = _dbc_dir()
+    dbc_dir = opendbc_dir()
     if not dbc_name or dbc_dir is None or not (dbc_dir / dbc_name).is_file():
         log.warning("platform %s: no opendbc DBC available, using the synthetic profile", platform)
         return synthetic_profile(platform)

@@ -279,11 +279,13 @@ def test_a_vehicle_resuming_after_an_hour_parked_is_no_incident(models) -> None:
 def test_evidence_says_where_the_counter_and_checksum_sit(models) -> None:
     """A replay and a masquerade of cusw's 0x1E4 (a speed, a counter, a checksum) on a
     vehicle never seen: the evidence says where the id's counter sits and how it steps,
-    as the DBC lays it out, and which checksum fails where (both learned from traffic
-    alone). 0x1E4 breaks its line with each id that shares its speed: one note names
-    them all, so they do not crowd the counter out."""
-    counter = next(s for s in load_profile("cusw").message(0x1E4).signals if s.role == "counter")
-    mask = signal_mask(counter)
+    which checksum fails where (both learned from traffic alone), and what the
+    platform's DBC calls the message and those signals. 0x1E4 breaks its line with each
+    id that shares its speed: one note names them all, so they do not crowd the counter
+    out."""
+    msg = load_profile("cusw").message(0x1E4)
+    role = {s.role: s for s in msg.signals}
+    mask = signal_mask(role["counter"])
     byte = int(np.flatnonzero(mask)[0])
     bits = np.flatnonzero(np.unpackbits(mask[byte : byte + 1], bitorder="little"))
     model = model_for(models, "cusw")
@@ -296,12 +298,17 @@ def test_evidence_says_where_the_counter_and_checksum_sit(models) -> None:
         assert [i["suspected_attack"] for i in ev.incidents] == [kind], ev.incidents
         notes[kind] = ev.incidents[0]["evidence"]
     texts = {k: {e["feature"]: e["text"] for e in n} for k, n in notes.items()}
-    where = f"message counter (byte {byte} bits {bits[0]}-{bits[-1]}, +1 a frame) out of sequence"
-    assert where in texts["replay"]["counter_err"], texts["replay"]
-    assert "checksum (crc8-j1850 in the last byte) invalid" in texts["masquerade"]["checksum_err"]
+    where = (
+        f"0x1E4 ({msg.name}): message counter (byte {byte} bits {bits[0]}-{bits[-1]} "
+        f"[{role['counter'].name}], +1 a frame) out of sequence"
+    )
+    assert texts["replay"]["counter_err"].startswith(where), texts["replay"]
+    checksum = f"checksum (crc8-j1850 in the last byte [{role['checksum'].name}]) invalid"
+    assert checksum in texts["masquerade"]["checksum_err"]
     for n in notes.values():
         crossing = [e["text"] for e in n if e["feature"] == "cross_out"]
         assert len(crossing) == 1 and "0x1E4 also left its line with 0x" in crossing[0], crossing
+        assert crossing[0].startswith(f"0x1E4 bytes 4-5 [{role['speed'].name}] and ")
 
 
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:

@@ -74,6 +74,16 @@ def frame_ids(can_id: np.ndarray) -> np.ndarray:
     return np.where(lane, can_id & ~np.uint32(CHECK_FLAG | _LANE_BITS), can_id)
 
 
+def lane_place(can_id: int) -> tuple[int, int]:
+    """(the id as its frames carry it, the first of its frames' bytes a lane holds): 0
+    for any id that is no lane, -1 for an FD id's checksum lane (no bytes of its own)."""
+    can_id = int(can_id)
+    if not can_id & LANE_FLAG:
+        return can_id, 0
+    bare = can_id & ~(LANE_FLAG | CHECK_FLAG | _LANE_BITS)
+    return bare, -1 if can_id & CHECK_FLAG else 8 * ((can_id & _LANE_BITS) >> LANE_SHIFT)
+
+
 def is_lane(can_id: np.ndarray | int) -> np.ndarray:
     return (np.asarray(can_id, np.uint32) & np.uint32(LANE_FLAG)) != 0
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from detector.core.dbc import SignalBook, signal_book
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
 from detector.features.baseline import CHECKSUMS, LAST_BYTE, NIBBLE_SUM
-from detector.features.columns import POOLED_ID, F, Rows, read_change_note, read_far_note
+from detector.features.columns import POOLED_ID, F, read_change_note, read_far_note
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
 
@@ -123,22 +124,24 @@ def _pooled_text(sc: ScoredRows, i: int) -> str:
     )
 
 
-def _far_text(rows: Rows, i: int, one_value: bool = False) -> str:
+def _far_text(sc: ScoredRows, i: int, one_value: bool = False) -> str:
     """ "; " and which byte lay furthest outside its learned range, at what value, and
     the range (``Rows.far``); "" when the row has no note, or with ``one_value`` when
     the byte's range is not one value (it is not the byte that never moved)."""
-    note = int(rows.notes("far")[i])
+    note = int(sc.rows.notes("far")[i])
     if note < 0:
         return ""
     byte, value, lo, hi = read_far_note(note)
     if one_value and lo != hi:
         return ""
-    return f"; byte {byte} read {value} (0x{value:02X}), learned range {lo}-{hi}"
+    where = f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
+    return f"; {where} read {value} (0x{value:02X}), learned range {lo}-{hi}"
 
 
-def _cross_text(rows: Rows, i: int, x: float) -> str:
+def _cross_text(sc: ScoredRows, i: int, x: float) -> str:
     """A broken cross-id coupling: the row's word, its window mean, and where the
     partner's mean puts it (``Rows.cross``)."""
+    rows = sc.rows
     cid = id_text(rows.can_id[i])
     note = rows.cross_notes()[i]
     if not np.isfinite(note[0]):
@@ -147,26 +150,53 @@ def _cross_text(rows: Rows, i: int, x: float) -> str:
     partner, at, partner_at, expected, bound = note
     mean = rows.signals()[i]
     other = describe_id(int(partner))
+    named = _signals_text(sc, rows.can_id[i], int(at), 2)
+    partner_named = _signals_text(sc, int(partner), int(partner_at), 2)
     return (
-        f"{cid} bytes {at:.0f}-{at + 1:.0f} and {other} bytes {partner_at:.0f}-"
-        f"{partner_at + 1:.0f} disagree: window mean {mean:.0f}, where {other}'s puts it at "
+        f"{cid} bytes {at:.0f}-{at + 1:.0f}{named} and {other} bytes {partner_at:.0f}-"
+        f"{partner_at + 1:.0f}{partner_named} disagree: window mean {mean:.0f}, "
+        f"where {other}'s puts it at "
         f"{expected:.0f} ± {bound:.0f}, {abs(mean - expected) / bound:.1f}× that bound off "
         "(one quantity: they kept one line on every training drive)"
     )
 
 
-def _change_text(rows: Rows, i: int, cid: str, note_name: str, pairs_of: str = "") -> str:
+def _change_text(sc: ScoredRows, i: int, cid: str, note_name: str, pairs_of: str = "") -> str:
     """A change rate's sentence: the byte whose rate moved furthest (``Rows`` note
     ``note_name``), how often it changed in the window's frame pairs (``pairs_of``:
     which pairs count) and how often it did in training; "" without a note."""
-    note = int(rows.notes(note_name)[i])
+    note = int(sc.rows.notes(note_name)[i])
     if note < 0:
         return ""
     byte, changed, pairs, learned = read_change_note(note)
+    named = _signals_text(sc, sc.rows.can_id[i], byte)
     return (
-        f"{cid}: byte {byte} changed in {changed} of the {pairs} frame pairs{pairs_of} "
+        f"{cid}: byte {byte}{named} changed in {changed} of the {pairs} frame pairs{pairs_of} "
         f"(learned {100 * learned:.0f}%)"
     )
+
+
+def _book(sc: ScoredRows) -> SignalBook | None:
+    """The names the platform's DBC gives, if it has one that can be read."""
+    return signal_book(sc.dbc) if sc.dbc else None
+
+
+def _id_named(sc: ScoredRows, i: int) -> str:
+    """Row ``i``'s id, and the DBC's name of its message: "0x1E4 (BRAKE_1)"."""
+    cid = id_text(sc.rows.can_id[i])
+    book = _book(sc)
+    name = None if book is None else book.message(int(sc.rows.can_id[i]))
+    return f"{cid} ({name})" if name else cid
+
+
+def _signals_text(
+    sc: ScoredRows, can_id: int, byte: int, n_bytes: int = 1, mask: int = 0xFF
+) -> str:
+    """" [VEHICLE_SPEED]": the DBC's signals in those bytes of an id
+    (``SignalBook.signals``), "" when it names none."""
+    book = _book(sc)
+    names = [] if book is None else book.signals(int(can_id), int(byte), n_bytes, mask)
+    return f" [{', '.join(names)}]" if names else ""
 
 
 def _learned_slot(sc: ScoredRows, i: int) -> int | None:
@@ -192,8 +222,10 @@ def _counter_text(sc: ScoredRows, i: int) -> str:
     if slot is None:
         return "message counter"
     bl = sc.baseline
+    cid = sc.rows.can_id[i]
     fields = [
-        f"{_field_text(int(b[slot]), int(m[slot]), int(sh[slot]))}, +{int(st[slot])} a frame"
+        f"{_field_text(int(b[slot]), int(m[slot]), int(sh[slot]))}"
+        f"{_signals_text(sc, cid, int(b[slot]), mask=int(m[slot]))}, +{int(st[slot])} a frame"
         for b, m, sh, st in (
             (bl.counter_byte, bl.counter_mask, bl.counter_shift, bl.counter_step),
             (bl.counter2_byte, bl.counter2_mask, bl.counter2_shift, bl.counter2_step),
@@ -215,7 +247,13 @@ def _checksum_text(sc: ScoredRows, i: int) -> str:
     at = int(sc.baseline.checksum_byte[slot])
     if kind == NIBBLE_SUM:  # ``checksum_byte`` holds the sum
         return f" ({CHECKSUMS[kind]}: the frame's nibbles add up to {at} mod 16)"
-    return f" ({CHECKSUMS[kind]} in {'the last byte' if at == LAST_BYTE else f'byte {at}'})"
+    cid = sc.rows.can_id[i]
+    if at == LAST_BYTE:  # the frame's, whatever its dlc: the DBC says which byte that is
+        book = _book(sc)
+        last = None if book is None else book.last_byte(cid)
+        named = "" if last is None else _signals_text(sc, cid, last)
+        return f" ({CHECKSUMS[kind]} in the last byte{named})"
+    return f" ({CHECKSUMS[kind]} in byte {at}{_signals_text(sc, cid, at)})"
 
 
 def _ms(seconds: float) -> str:
@@ -230,7 +268,7 @@ def observed(sc: ScoredRows, i: int, column: int) -> float:
 def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
     """One evidence sentence for evidence column ``feature`` of row ``i``."""
     x = observed(sc, i, EVIDENCE_NAMES.index(feature))
-    cid = id_text(sc.rows.can_id[i])
+    cid = _id_named(sc, i)
     n = int(sc.rows.count[i])
     period = float(sc.baseline_period[i]) if np.isfinite(sc.baseline_period[i]) else float("nan")
     pct = f"{100 * x:.0f}%"
@@ -241,18 +279,18 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
         "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",
         "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
-        "change_drop": _change_text(sc.rows, i, cid, "frozen", " where the others did")
+        "change_drop": _change_text(sc, i, cid, "frozen", " where the others did")
         or f"{cid}: a payload byte that normally changes with the others is frozen",
-        "change_rise": _change_text(sc.rows, i, cid, "rising")
+        "change_rise": _change_text(sc, i, cid, "rising")
         or f"{cid}: a payload byte changes {x:.0%} more often than learned",
         "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
-        + _far_text(sc.rows, i),
+        + _far_text(sc, i),
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
-        "cross_out": _cross_text(sc.rows, i, x),
+        "cross_out": _cross_text(sc, i, x),
         "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames"
-        + _far_text(sc.rows, i, one_value=True),
+        + _far_text(sc, i, one_value=True),
         "counter_err": f"{cid}: {_counter_text(sc, i)} out of sequence in {pct} of frames",
         "checksum_err": f"{cid}: checksum{_checksum_text(sc, i)} invalid in {pct} of frames",
         "novel_payload": f"{cid}: {pct} of payloads never seen in training",

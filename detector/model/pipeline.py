@@ -30,6 +30,7 @@ import numpy as np
 
 from detector.core.brands import Fleet
 from detector.core.config import LimitsConfig
+from detector.core.dbc import resolve_dbc
 from detector.core.schema import concat_frames, make_frames
 from detector.features.baseline import Baseline
 from detector.features.columns import FEATURE_NAMES, N_FEATURES, Rows
@@ -96,6 +97,9 @@ class ScoredRows:
     # what the scoring model learned (the evidence names a counter's or checksum's
     # place from it); None: not known to the maker of these rows
     baseline: Baseline | None = None
+    # the platform's DBC file, whose names the evidence gives ids and bytes
+    # (detector.core.dbc); None: the platform has none
+    dbc: str | None = None
     windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # window_scores, once
 
 
@@ -189,6 +193,7 @@ class Scorer:
         self.shed = Shed()  # cumulative until ``take_shed``
         self._pushes = 0
         self._futile = False  # the last search for vehicles to retire found none to find
+        self._dbc: dict[str, str | None] = {}  # platform -> its DBC file, once looked up
 
     def platform_for(self, brand: str) -> str | None:
         platform = self.fleet.platform_of(brand)
@@ -463,9 +468,12 @@ class Scorer:
         slot, known = model.baseline.slots(rows.can_id)
         period = np.where(known, model.baseline.period[slot], np.nan) if len(rows) else np.zeros(0)
         names, brands = (list(st.names), list(st.brands)) if copy_names else (st.names, st.brands)
+        if platform not in self._dbc:
+            path = resolve_dbc(self.fleet.platform_dbc.get(platform, ""))
+            self._dbc[platform] = None if path is None else str(path)
         return ScoredRows(
             platform, model.version, rows, scores, excess, names, brands, period, outside,
-            model.baseline,
+            model.baseline, self._dbc[platform],
         )
 
 
