@@ -12,6 +12,8 @@ vehicles and a new drive of a trained one, all scored through
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -309,6 +311,20 @@ def test_evidence_says_where_the_counter_and_checksum_sit(models) -> None:
         crossing = [e["text"] for e in n if e["feature"] == "cross_out"]
         assert len(crossing) == 1 and "0x1E4 also left its line with 0x" in crossing[0], crossing
         assert crossing[0].startswith(f"0x1E4 bytes 4-5 [{role['speed'].name}] and ")
+
+
+def test_a_jump_is_named_with_its_byte_signal_and_learned_steps(models) -> None:
+    """aee2010's replay re-sends 0x348's frames of a few seconds before among the live
+    ones: its signals jump back and forth, and the evidence says which byte (and the
+    DBC's signal in it) stepped how far past the steps it took in training."""
+    ev, _ = attacked(models, "aee2010", "replay")
+    texts = [e["text"] for i in ev.incidents for e in i["evidence"] if e["feature"] == "delta_out"]
+    assert texts, ev.incidents
+    named = re.search(r"; byte \d \[\w+\] stepped by ([+-]\d+) \(learned ([+-]\d+) to ([+-]\d+)\)",
+                      texts[0])  # fmt: skip
+    assert named, texts[0]
+    step, lo, hi = (int(g) for g in named.groups())
+    assert not lo <= step <= hi
 
 
 def test_an_error_frame_flood_is_detected_and_named(models) -> None:

@@ -26,6 +26,7 @@ from detector.features.columns import (
     Rows,
     read_change_note,
     read_far_note,
+    read_jump_note,
 )
 from detector.features.fold_steps import _CRC8_POW, _checksum
 from detector.features.kernels import segments, stream_groups, stream_keys
@@ -138,6 +139,17 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     # byte that rose furthest above it
     check_change_notes(rows, i, slot, "frozen", bl.cond_change, min_pairs=3, sign=-1)
     check_change_notes(rows, i, slot, "rising", bl.change_rate, min_pairs=1, sign=1)
+    # a row names a byte that stepped outside its learned steps only when it had one
+    # (a frame repeating its predecessor where a byte always changed has no byte to
+    # name), with that byte's learned steps
+    jumped = rows.notes("jump")[i] >= 0
+    assert not (jumped & (rows.X[i, F["delta_out"]] == 0)).any()
+    assert jumped.any() == (rows.X[i, F["delta_out"]] > 0).any()
+    for r in np.flatnonzero(jumped):
+        byte, step, lo, hi = read_jump_note(int(rows.jump[i[r]]))
+        learned = bl.delta_min[slot[r], byte], bl.delta_max[slot[r], byte]
+        assert (lo, hi) == tuple(np.clip(learned, -255, 255)), learned
+        assert not lo <= step <= hi
     # every check fired somewhere, so none of them is compared only on zeros
     # (aee2010's nibble checksums are not learned: no checksum check there)
     fired = dict(zip(FEATURE_NAMES[:PER_ID], (ref.X[j, :PER_ID] != 0).any(axis=0), strict=True))

@@ -60,7 +60,7 @@ POOLED_ID = 0xFFFF_FFFF
 
 
 #: ``Rows``' per-row notes of the fold (i8, -1: none), in field order after ``cross``.
-NOTES = ("far", "frozen", "rising")
+NOTES = ("far", "frozen", "rising", "jump")
 
 
 @dataclass
@@ -92,6 +92,10 @@ class Rows:
     # (r,) i8 the same note of the row's byte that rose furthest above its learned
     # change rate (byte, changes, frame pairs, learned rate); None: no row has one
     rising: np.ndarray | None = None
+    # (r,) i8 the note of the byte that stepped outside its learned steps in the row's
+    # first frame to have one, the byte furthest out (detector.features.fold_steps.
+    # jump_note: byte, step, learned steps); None: no row has one
+    jump: np.ndarray | None = None
     # (r,) bool: the row's timing covers only part of its window, so it says nothing
     # about the bus: a short telemetry gap touched the window (the vehicle sent nothing
     # for longer than its bus ever went quiet in training, but not long enough to leave
@@ -176,6 +180,13 @@ class Rows:
 def read_far_note(note: int) -> tuple[int, int, int, int]:
     """(byte, value, lo, hi) of a ``Rows.far`` note (``fold_steps.far_note`` writes it)."""
     return note & 7, (note >> 3) & 0xFF, (note >> 11) & 0xFF, (note >> 19) & 0xFF
+
+
+def read_jump_note(note: int) -> tuple[int, int, int, int]:
+    """(byte, step, lowest and highest learned step: -255..255, a byte's widest) of a
+    ``Rows.jump`` note (``fold_steps.jump_note`` writes it)."""
+    step, lo, hi = ((note >> shift) & 0x1FF for shift in (3, 12, 21))
+    return note & 7, step - 256, max(lo - 256, -255), min(hi - 256, 255)
 
 
 def read_change_note(note: int) -> tuple[int, int, int, float]:

@@ -40,6 +40,7 @@ from detector.features.fold_steps import (
     A_FAR_NOTE,
     A_FIXED,
     A_HAM,
+    A_JUMP_NOTE,
     A_LABEL,
     A_NDT,
     A_NOVEL,
@@ -66,6 +67,7 @@ from detector.features.fold_steps import (
     _couplings,
     _far,
     _gap,
+    _jump,
     _load_row,
     _signals,
     _store_row,
@@ -77,7 +79,7 @@ from detector.features.fold_steps import (
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "22d641033014c12508e31b937b5fbe0b9016e5389c815010383ebac5ca8511bb"
+_STEPS_SHA256 = "2e2a15fba5d01dd804dab00b6fe7cf35c0c8822b9eba3e85e0bd983ff450b5d5"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -106,11 +108,12 @@ def _emit(
     change_rate, cond_change, n, out_row, out_window, out_X, out_attack, out_last, out_count,
 ):  # pragma: no cover - compiled
     """Close row ``r``'s open group into output ``n``: its feature columns up to
-    the bus features, and in its last four columns (after the features: ``Emitted``)
+    the bus features, and in its last five columns (after the features: ``Emitted``)
     its cross-coupled word's mean (0 for an id without one), the note of its byte
     furthest outside its range, that of its byte that fell most below its learned
-    change rate with the others, and that of its byte that rose most above its
-    learned change rate (``change_note``; -1: none); then reset the accumulators."""
+    change rate with the others, that of its byte that rose most above its learned
+    change rate (``change_note``), and that of the first frame whose byte stepped
+    outside its learned steps (``jump_note``; -1: none); then reset the accumulators."""
     a = acc_i[r]
     count = a[A_COUNT]
     out_row[n] = r
@@ -119,10 +122,11 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
-    X[X.shape[0] - 4] = a[A_SIG] / count if count > 0 else 0.0
-    X[X.shape[0] - 3] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
+    X[X.shape[0] - 5] = a[A_SIG] / count if count > 0 else 0.0
+    X[X.shape[0] - 4] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
+    X[X.shape[0] - 3] = -1.0
     X[X.shape[0] - 2] = -1.0
-    X[X.shape[0] - 1] = -1.0
+    X[X.shape[0] - 1] = a[A_JUMP_NOTE] if a[A_JUMP_NOTE] > 0 else -1.0
     if not k:  # an id the baseline never saw: only its count, which is also its novelty
         X[0] = count
         X[1] = 1.0
@@ -156,12 +160,12 @@ def _emit(
                 d = cond_change[s, b] - a[A_COND + b] / max(n_other, 1.0)
                 if d > drop:
                     drop = d
-                    X[X.shape[0] - 2] = change_note(b, a[A_COND + b], n_other, cond_change[s, b])
+                    X[X.shape[0] - 3] = change_note(b, a[A_COND + b], n_other, cond_change[s, b])
             q = a[A_CHG + b] / pairs_n - change_rate[s, b]
             if q > rise:
                 rise = q
                 if n_dt > 0:
-                    X[X.shape[0] - 1] = change_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
+                    X[X.shape[0] - 2] = change_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
         X[6] = drop
         X[7] = rise if n_dt > 0 else 0.0
         X[8] = a[A_OUT] / count
@@ -302,6 +306,8 @@ def _fold(  # pragma: no cover - compiled
                     ham, delta_out, lanes = _changes(p64, before, lanes, delta_lanes)
                     la[A_HAM] += ham
                     la[A_DELTA] += delta_out
+                    if delta_out and la[A_JUMP_NOTE] == 0:  # the byte, once a window
+                        la[A_JUMP_NOTE] = _jump(p64, before, delta_lanes)
                     n_lanes += 1
                     if n_lanes == _LANE_MAX:  # before a 16-bit lane overflows
                         _add_lanes(la, lanes)

@@ -8,7 +8,7 @@ stored (``_load_row``, ``_store_row``). Per frame:
 
 - timing: ``_arrive`` (predecessor, time since), ``_gap`` (inter-arrival sums);
 - the payload against its predecessor's: ``_changes`` (Hamming distance, bytes
-  changed alone or together, byte deltas);
+  changed alone or together, byte deltas), ``_jump`` (which byte stepped out);
 - counters and checksums: ``_counter_broken``, ``_checksum_bad``;
 - the payload alone: ``_byte_bounds`` (byte ranges, byte pairs), ``_signals``
   (coupled signals, fixed bytes);
@@ -64,12 +64,14 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: frames moving a fixed byte; the sum of the id's cross-coupled word (A_SIG: a CAN bus
 #: carries < 20,000 frames/s, so < 2^31 in a window); how far the byte furthest
 #: outside its range lay past it in any frame of the window, and that frame's note
-#: (``_far``: which byte, its value, its range), for the evidence to name.
+#: (``_far``: which byte, its value, its range), for the evidence to name; and the
+#: note of the first frame of the window whose byte stepped outside its learned steps
+#: (``_jump``; 0: none. Its first only: the fold looks for the byte once a window).
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
 A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
-A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE = 35, 36, 37, 38, 39
-N_ACC_I = 40
+A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE, A_JUMP_NOTE = range(35, 41)
+N_ACC_I = 41
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
 N_ACC_F = 5
@@ -446,6 +448,36 @@ def _far(p64, bytes_):  # pragma: no cover - compiled
             far = past
             note = far_note(b, v, lo, hi)
     return far, note
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _jump(p64, before, deltas):  # pragma: no cover - compiled
+    """The note (``jump_note``) of the byte whose change from ``before`` to ``p64`` lies
+    furthest outside its learned steps (``deltas`` lanes, +256, as ``_bounds`` gives
+    them); 0 when none does."""
+    dlo_e, dlo_o, dhi_e, dhi_o = deltas
+    far = np.int64(0)
+    note = np.int64(0)
+    for b in range(8):  # a fixed count: unrolled
+        sh = np.uint64(16 * (b // 2))
+        lo = np.int64(((dlo_o if b % 2 else dlo_e) >> sh) & np.uint64(0xFFFF))
+        hi = np.int64(((dhi_o if b % 2 else dhi_e) >> sh) & np.uint64(0xFFFF))
+        at = np.uint64(8 * b)
+        step = np.int64((p64 >> at) & np.uint64(0xFF)) - np.int64((before >> at) & np.uint64(0xFF))
+        step += 256
+        past = max(lo - step, step - hi)
+        if past > far:
+            far = past
+            note = jump_note(b, step, lo, hi)
+    return note
+
+
+@njit(cache=True, nogil=True, inline="always")
+def jump_note(byte, step, lo, hi):  # pragma: no cover - compiled
+    """One int (8 .. 2^30) saying which byte changed by more than it ever did, its step
+    and the learned steps, each +256 (a bound past 511 is past any step: 511)
+    (``detector.features.columns.read_jump_note`` reads it)."""
+    return byte | (step << 3) | (min(lo, 511) << 12) | (min(hi, 511) << 21)
 
 
 @njit(cache=True, nogil=True, inline="always")

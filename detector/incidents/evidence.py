@@ -19,7 +19,13 @@ import numpy as np
 from detector.core.dbc import SignalBook, signal_book
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
 from detector.features.baseline import CHECKSUMS, LAST_BYTE, NIBBLE_SUM
-from detector.features.columns import POOLED_ID, F, read_change_note, read_far_note
+from detector.features.columns import (
+    POOLED_ID,
+    F,
+    read_change_note,
+    read_far_note,
+    read_jump_note,
+)
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
 
@@ -136,6 +142,17 @@ def _far_text(sc: ScoredRows, i: int, one_value: bool = False) -> str:
         return ""
     where = f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
     return f"; {where} read {value} (0x{value:02X}), learned range {lo}-{hi}"
+
+
+def _jump_text(sc: ScoredRows, i: int) -> str:
+    """ "; " and which byte changed from one frame to the next by more than it ever did,
+    by how much, and the steps it took in training (``Rows.jump``); "" without a note."""
+    note = int(sc.rows.notes("jump")[i])
+    if note < 0:
+        return ""
+    byte, step, lo, hi = read_jump_note(note)
+    where = f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
+    return f"; {where} stepped by {step:+d} (learned {lo:+d} to {hi:+d})"
 
 
 def _cross_text(sc: ScoredRows, i: int, x: float) -> str:
@@ -285,7 +302,8 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         or f"{cid}: a payload byte changes {x:.0%} more often than learned",
         "out_of_range": f"{cid}: payload byte outside its learned range in {pct} of frames"
         + _far_text(sc, i),
-        "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames",
+        "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames"
+        + _jump_text(sc, i),
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
         "cross_out": _cross_text(sc, i, x),
