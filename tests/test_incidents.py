@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from detector.core.config import IncidentConfig
+from detector.core.brands import load_fleet
+from detector.core.config import DetectionConfig, IncidentConfig
+from detector.core.schema import make_frames
+from detector.evaluation.evaluate import score_frames
 from detector.features.columns import FEATURE_NAMES, N_FEATURES, F, Rows
 from detector.incidents.evidence import classify_window, evidence
 from detector.incidents.tracker import (
@@ -19,6 +23,7 @@ from detector.incidents.tracker import (
 )
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import N_EVIDENCE
+from detector.model.training import train_platform
 
 QUIET = 3
 DESIGN_FIELDS = {
@@ -307,3 +312,42 @@ def test_one_note_names_every_coupling_a_forged_id_broke() -> None:
     assert [e["feature"] for e in notes] == ["cross_out", "cross_out", "counter_err"]
     # no model to say where the counter sits: the note says what it can
     assert notes[2]["text"] == "0x1E4: message counter out of sequence in 0% of frames"
+
+
+def speeds(seed: int, t0: float, forged: tuple[float, float] | None = None) -> np.ndarray:
+    """60 s of an id 0x100 whose bytes 0-1 and 2-3 carry two readings of one speed
+    (little-endian), beside a slow 0x200; ``forged``: from when to when the second
+    reads 9000 whatever the first says."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, 60, 0.01)
+    speed = (3000 + 2500 * np.sin(t / 7 + seed) + rng.normal(0, 3, len(t))).astype(np.int64)
+    second = speed + rng.integers(-20, 21, len(t))
+    if forged is not None:
+        second[(t >= forged[0]) & (t < forged[1])] = 9000
+    data = np.zeros((len(t), 8), np.uint8)
+    for at, value in ((0, speed), (2, second)):
+        data[:, at + 1], data[:, at] = value >> 8, value & 0xFF
+    data[:, 7] = np.arange(len(t)) % 256
+    slow_t = np.arange(0, 60, 0.1)
+    slow = make_frames(t0 + slow_t + 0.003, np.full(len(slow_t), 0x200),
+                       np.tile(np.arange(8, dtype=np.uint8), (len(slow_t), 1)))  # fmt: skip
+    frames = np.concatenate([make_frames(t0 + t, np.full(len(t), 0x100), data), slow])
+    return frames[np.argsort(frames["ts"], kind="stable")]
+
+
+def test_a_broken_coupling_is_named_with_its_signals_and_bounds() -> None:
+    """Trained on three drives where 0x100's two speeds agree, a drive whose second
+    speed is forged for 5 s: the incident says which two words disagreed, by how
+    much, and how far apart they stayed in training."""
+    cfg = DetectionConfig()
+    drives = [speeds(seed, 1.7e9 + 1000 * seed) for seed in (1, 2, 3)]
+    model, _ = train_platform("coupled", drives, cfg)
+    forged = speeds(4, 1.7e9 + 5000, forged=(30, 35))
+    ev = score_frames(forged, "coupled", "v", model, load_fleet(), cfg.window_s, IncidentConfig())
+    (incident,) = ev.incidents
+    (note,) = [e["text"] for e in incident["evidence"] if e["feature"] == "coupling_out"]
+    named = re.search(r"; bytes 0-1 minus bytes 2-3 was ([+-]\d+) \(learned ([+-]\d+) to "
+                      r"([+-]\d+), or within [\d.]+% of the larger\)$", note)  # fmt: skip
+    assert named, note
+    diff, lo, hi = (int(g) for g in named.groups())
+    assert diff < lo - 1000 and -100 < lo < 0 < hi < 100

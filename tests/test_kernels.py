@@ -25,6 +25,7 @@ from detector.features.columns import (
     F,
     Rows,
     read_change_note,
+    read_coupling_note,
     read_far_note,
     read_jump_note,
 )
@@ -196,6 +197,14 @@ def test_couplings_in_either_byte_order_fold_like_the_reference() -> None:
     assert {k[2] for k in broken} == {0x100, 0x200}
     for k, i in got.items():
         assert rows.X[i, col] == ref.X[want[k], col], k
+    # a row that broke a coupling names it, the first frame's difference outside its bounds
+    noted = rows.notes("coupling") >= 0
+    np.testing.assert_array_equal(noted, rows.X[:, col] > 0)
+    slot, _ = bl.slots(rows.can_id)
+    for i in np.flatnonzero(noted):
+        c, diff = read_coupling_note(int(rows.coupling[i]))
+        s = slot[i]
+        assert bl.couple_a[s, c] >= 0 and not bl.couple_lo[s, c] <= diff <= bl.couple_hi[s, c]
 
 
 def test_a_stream_busier_than_a_16_bit_lane_folds_like_the_reference(traffic) -> None:

@@ -60,7 +60,7 @@ POOLED_ID = 0xFFFF_FFFF
 
 
 #: ``Rows``' per-row notes of the fold (i8, -1: none), in field order after ``cross``.
-NOTES = ("far", "frozen", "rising", "jump")
+NOTES = ("far", "frozen", "rising", "jump", "coupling")
 
 
 @dataclass
@@ -96,6 +96,9 @@ class Rows:
     # first frame to have one, the byte furthest out (detector.features.fold_steps.
     # jump_note: byte, step, learned steps); None: no row has one
     jump: np.ndarray | None = None
+    # (r,) i8 the note of the coupling the row's first frame to break one broke
+    # (detector.features.fold_steps.coupling_note: which, and a - b); None: no row has one
+    coupling: np.ndarray | None = None
     # (r,) bool: the row's timing covers only part of its window, so it says nothing
     # about the bus: a short telemetry gap touched the window (the vehicle sent nothing
     # for longer than its bus ever went quiet in training, but not long enough to leave
@@ -187,6 +190,12 @@ def read_jump_note(note: int) -> tuple[int, int, int, int]:
     ``Rows.jump`` note (``fold_steps.jump_note`` writes it)."""
     step, lo, hi = ((note >> shift) & 0x1FF for shift in (3, 12, 21))
     return note & 7, step - 256, max(lo - 256, -255), min(hi - 256, 255)
+
+
+def read_coupling_note(note: int) -> tuple[int, int]:
+    """(which of its id's learned couplings, the difference a - b of its signals) of a
+    ``Rows.coupling`` note (``fold_steps.coupling_note`` writes it)."""
+    return (note & 7) - 1, (note >> 3) - 65536
 
 
 def read_change_note(note: int) -> tuple[int, int, int, float]:

@@ -66,12 +66,13 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: outside its range lay past it in any frame of the window, and that frame's note
 #: (``_far``: which byte, its value, its range), for the evidence to name; and the
 #: note of the first frame of the window whose byte stepped outside its learned steps
-#: (``_jump``; 0: none. Its first only: the fold looks for the byte once a window).
+#: (``_jump``; 0: none. Its first only: the fold looks for the byte once a window);
+#: and the note of the window's first frame to break a coupling (``coupling_note``).
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
 A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
-A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE, A_JUMP_NOTE = range(35, 41)
-N_ACC_I = 41
+A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE, A_JUMP_NOTE, A_COUPLE_NOTE = range(35, 42)
+N_ACC_I = 42
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
 N_ACC_F = 5
@@ -407,18 +408,27 @@ def _byte_bounds(p64, bytes_, n_tight, pair_lanes):  # pragma: no cover - compil
 @njit(cache=True, nogil=True, inline="always")
 def _signals(p64, couplings, fmask, fvalue):  # pragma: no cover - compiled
     """Whether two coupled 16-bit signals of ``p64`` (``couplings`` as ``_couplings``
-    gives them) differ by more than learned, and whether a byte that held one
-    value (``fmask``: ``fvalue``) moved."""
+    gives them) differ by more than learned, as the note of the first pair that does
+    (``coupling_note``; 0: none), and whether a byte that held one value (``fmask``:
+    ``fvalue``) moved."""
     n_couple, couple_a, couple_b, couple_le, couple_lo, couple_hi, couple_rel = couplings
-    broken = False
+    broken = np.int64(0)
     for c in range(n_couple):
         wa = _word(p64, couple_a[c], couple_le[c])
         wb = _word(p64, couple_b[c], couple_le[c])
         diff = wa - wb
         if (diff < couple_lo[c]) | (diff > couple_hi[c]):  # rare: the relative bound decides
             off = abs(diff - (couple_lo[c] + couple_hi[c]) // 2) * np.int64(REL_UNIT)
-            broken |= off > np.int64(couple_rel[c]) * max(wa, wb)
+            if broken == 0 and off > np.int64(couple_rel[c]) * max(wa, wb):
+                broken = coupling_note(c, diff)
     return broken, (p64 & fmask) != fvalue
+
+
+@njit(cache=True, nogil=True, inline="always")
+def coupling_note(c, diff):  # pragma: no cover - compiled
+    """One int (8 .. 2^20) saying which of a stream's couplings broke, and its signals'
+    difference (a - b, +65536) (``detector.features.columns.read_coupling_note``)."""
+    return c + 1 + ((diff + 65536) << 3)
 
 
 # -- per frame: novelty --
@@ -500,5 +510,7 @@ def _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved, far):  # pragma:
     la[A_CHECKSUM] += ck_bad
     la[A_NOVEL] += novel
     la[A_DLC] += dlc_bad
-    la[A_COUPLE] += broken
+    la[A_COUPLE] += broken != 0
+    if broken != 0 and la[A_COUPLE_NOTE] == 0:
+        la[A_COUPLE_NOTE] = broken
     la[A_FIXED] += moved

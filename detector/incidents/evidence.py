@@ -18,11 +18,12 @@ import numpy as np
 
 from detector.core.dbc import SignalBook, signal_book
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
-from detector.features.baseline import CHECKSUMS, LAST_BYTE, NIBBLE_SUM
+from detector.features.baseline import CHECKSUMS, COUPLED_REL_UNIT, LAST_BYTE, NIBBLE_SUM
 from detector.features.columns import (
     POOLED_ID,
     F,
     read_change_note,
+    read_coupling_note,
     read_far_note,
     read_jump_note,
 )
@@ -153,6 +154,25 @@ def _jump_text(sc: ScoredRows, i: int) -> str:
     byte, step, lo, hi = read_jump_note(note)
     where = f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
     return f"; {where} stepped by {step:+d} (learned {lo:+d} to {hi:+d})"
+
+
+def _coupling_text(sc: ScoredRows, i: int) -> str:
+    """ "; " and which two 16-bit signals of the frame disagreed first in the window,
+    by how much, and how far apart they stayed in training (``Rows.coupling`` and the
+    model's coupling); "" without a note or a model."""
+    note = int(sc.rows.notes("coupling")[i])
+    slot = _learned_slot(sc, i)
+    if note < 0 or slot is None:
+        return ""
+    c, diff = read_coupling_note(note)
+    bl, cid = sc.baseline, sc.rows.can_id[i]
+    a, b = int(bl.couple_a[slot, c]), int(bl.couple_b[slot, c])
+    share = 100 * float(bl.couple_rel[slot, c]) / COUPLED_REL_UNIT
+    return (
+        f"; bytes {a}-{a + 1}{_signals_text(sc, cid, a, 2)} minus bytes {b}-{b + 1}"
+        f"{_signals_text(sc, cid, b, 2)} was {diff:+d} (learned {int(bl.couple_lo[slot, c]):+d} "
+        f"to {int(bl.couple_hi[slot, c]):+d}, or within {share:.1f}% of the larger)"
+    )
 
 
 def _cross_text(sc: ScoredRows, i: int, x: float) -> str:
@@ -305,7 +325,8 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames"
         + _jump_text(sc, i),
         "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
-        "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames",
+        "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames"
+        + _coupling_text(sc, i),
         "cross_out": _cross_text(sc, i, x),
         "fixed_out": f"{cid}: a byte that never changed in training changed in {pct} of frames"
         + _far_text(sc, i, one_value=True),
