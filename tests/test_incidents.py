@@ -13,7 +13,7 @@ from detector.core.config import DetectionConfig, IncidentConfig
 from detector.core.schema import make_frames
 from detector.evaluation.evaluate import score_frames
 from detector.features.columns import FEATURE_NAMES, N_FEATURES, F, Rows
-from detector.incidents.evidence import classify_window, evidence
+from detector.incidents.evidence import classify_window, describe, evidence
 from detector.incidents.tracker import (
     IncidentTracker,
     Observation,
@@ -351,3 +351,13 @@ def test_a_broken_coupling_is_named_with_its_signals_and_bounds() -> None:
     assert named, note
     diff, lo, hi = (int(g) for g in named.groups())
     assert diff < lo - 1000 and -100 < lo < 0 < hi < 100
+
+
+def test_fewer_bit_flips_than_learned_read_below() -> None:
+    """A payload that flips fewer bits than learned (a frozen, forged one) is "below"."""
+    assert describe(one_row({"hamming_z": (-1.5, 2.0)}), 0, "hamming_z", 1.0) == (
+        "0x1E4: payload bit flips 1.5 σ below learned"
+    )
+    assert describe(one_row({"hamming_z": (3.0, 2.0)}), 0, "hamming_z", 1.0).endswith(
+        "3.0 σ above learned"
+    )

@@ -315,7 +315,8 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         "dt_mean": f"{cid} arrived every {_ms(x * period)} (learned {_ms(period)})",
         "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
         "silence": f"{cid} silent for {_ms(x * period)} (learned period {_ms(period)})",
-        "hamming_z": f"{cid}: payload bit flips {x:.1f} σ above learned",
+        "hamming_z": f"{cid}: payload bit flips {abs(x):.1f} σ {'above' if x >= 0 else 'below'} "
+        "learned",
         "change_drop": _change_text(sc, i, cid, "frozen", " where the others did")
         or f"{cid}: a payload byte that normally changes with the others is frozen",
         "change_rise": _change_text(sc, i, cid, "rising")
