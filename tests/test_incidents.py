@@ -337,8 +337,9 @@ def speeds(seed: int, t0: float, forged: tuple[float, float] | None = None) -> n
 
 def test_a_broken_coupling_is_named_with_its_signals_and_bounds() -> None:
     """Trained on three drives where 0x100's two speeds agree, a drive whose second
-    speed is forged for 5 s: the incident says which two words disagreed, by how
-    much, and how far apart they stayed in training."""
+    speed is forged for 5 s: the incident says which two words disagreed, and which
+    two bytes (the speeds' high bytes), by how much, and how far apart they stayed in
+    training."""
     cfg = DetectionConfig()
     drives = [speeds(seed, 1.7e9 + 1000 * seed) for seed in (1, 2, 3)]
     model, _ = train_platform("coupled", drives, cfg)
@@ -351,6 +352,12 @@ def test_a_broken_coupling_is_named_with_its_signals_and_bounds() -> None:
     assert named, note
     diff, lo, hi = (int(g) for g in named.groups())
     assert diff < lo - 1000 and -100 < lo < 0 < hi < 100
+    (pair,) = [e["text"] for e in incident["evidence"] if e["feature"] == "pair_out"]
+    named = re.search(r"; byte 1 minus byte 3 was ([+-]\d+) \(learned ([+-]\d+) to ([+-]\d+)\)$",
+                      pair)  # fmt: skip
+    assert named, pair
+    diff, lo, hi = (int(g) for g in named.groups())
+    assert not lo <= diff <= hi
 
 
 def test_fewer_bit_flips_than_learned_read_below() -> None:

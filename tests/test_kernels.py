@@ -28,6 +28,7 @@ from detector.features.columns import (
     read_coupling_note,
     read_far_note,
     read_jump_note,
+    read_pair_note,
 )
 from detector.features.fold_steps import _CRC8_POW, _checksum
 from detector.features.kernels import segments, stream_groups, stream_keys
@@ -146,6 +147,14 @@ def test_folded_windows_match_the_numpy_reference(traffic) -> None:
     jumped = rows.notes("jump")[i] >= 0
     assert not (jumped & (rows.X[i, F["delta_out"]] == 0)).any()
     assert jumped.any() == (rows.X[i, F["delta_out"]] > 0).any()
+    # a row names a tight byte pair whose difference left its bounds exactly when one
+    # did, with a difference outside that pair's learned ones
+    paired = rows.notes("pair")[i] >= 0
+    np.testing.assert_array_equal(paired, rows.X[i, F["pair_out"]] > 0)
+    for r in np.flatnonzero(paired):
+        p, diff = read_pair_note(int(rows.pair[i[r]]))
+        assert bl.pair_tight[slot[r], p]
+        assert not bl.pair_min[slot[r], p] <= diff <= bl.pair_max[slot[r], p]
     for r in np.flatnonzero(jumped):
         byte, step, lo, hi = read_jump_note(int(rows.jump[i[r]]))
         learned = bl.delta_min[slot[r], byte], bl.delta_max[slot[r], byte]

@@ -60,7 +60,7 @@ POOLED_ID = 0xFFFF_FFFF
 
 
 #: ``Rows``' per-row notes of the fold (i8, -1: none), in field order after ``cross``.
-NOTES = ("far", "frozen", "rising", "jump", "coupling")
+NOTES = ("far", "frozen", "rising", "jump", "coupling", "pair")
 
 
 @dataclass
@@ -99,6 +99,9 @@ class Rows:
     # (r,) i8 the note of the coupling the row's first frame to break one broke
     # (detector.features.fold_steps.coupling_note: which, and a - b); None: no row has one
     coupling: np.ndarray | None = None
+    # (r,) i8 the note of the tight byte pair the row's first frame to break one broke
+    # (detector.features.fold_steps._pair_note: which, and its difference); None: none
+    pair: np.ndarray | None = None
     # (r,) bool: the row's timing covers only part of its window, so it says nothing
     # about the bus: a short telemetry gap touched the window (the vehicle sent nothing
     # for longer than its bus ever went quiet in training, but not long enough to leave
@@ -196,6 +199,12 @@ def read_coupling_note(note: int) -> tuple[int, int]:
     """(which of its id's learned couplings, the difference a - b of its signals) of a
     ``Rows.coupling`` note (``fold_steps.coupling_note`` writes it)."""
     return (note & 7) - 1, (note >> 3) - 65536
+
+
+def read_pair_note(note: int) -> tuple[int, int]:
+    """(the pair's index in ``baseline.PAIRS``, its bytes' difference) of a ``Rows.pair``
+    note (``fold_steps._pair_note`` writes it)."""
+    return (note & 31) - 1, (note >> 5) - 256
 
 
 def read_change_note(note: int) -> tuple[int, int, int, float]:

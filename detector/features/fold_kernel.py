@@ -48,6 +48,7 @@ from detector.features.fold_steps import (
     A_OTHER,
     A_OUT,
     A_PAIR,
+    A_PAIR_NOTE,
     A_SIG,
     F_LAST,
     F_MIN,
@@ -80,7 +81,7 @@ from detector.features.fold_steps import (
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "26f559c2755191001ab905b97347f497ab9672689f507a0860ab87f8ebda5508"
+_STEPS_SHA256 = "efd48e1820f72fe652533ba61f8fd8ef92023d5ed39361d7eb27f8edbfbddee8"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -114,8 +115,9 @@ def _emit(
     furthest outside its range, that of its byte that fell most below its learned
     change rate with the others, that of its byte that rose most above its learned
     change rate (``change_note``), that of the first frame whose byte stepped outside
-    its learned steps (``jump_note``) and that of the first to break a coupling
-    (``coupling_note``; -1: none); then reset the accumulators."""
+    its learned steps (``jump_note``), that of the first to break a coupling
+    (``coupling_note``) and that of the first to break a tight byte pair (``pair_note``;
+    -1: none); then reset the accumulators."""
     a = acc_i[r]
     count = a[A_COUNT]
     out_row[n] = r
@@ -124,12 +126,13 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
-    X[X.shape[0] - 6] = a[A_SIG] / count if count > 0 else 0.0
-    X[X.shape[0] - 5] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
+    X[X.shape[0] - 7] = a[A_SIG] / count if count > 0 else 0.0
+    X[X.shape[0] - 6] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
+    X[X.shape[0] - 5] = -1.0
     X[X.shape[0] - 4] = -1.0
-    X[X.shape[0] - 3] = -1.0
-    X[X.shape[0] - 2] = a[A_JUMP_NOTE] if a[A_JUMP_NOTE] > 0 else -1.0
-    X[X.shape[0] - 1] = a[A_COUPLE_NOTE] if a[A_COUPLE_NOTE] > 0 else -1.0
+    X[X.shape[0] - 3] = a[A_JUMP_NOTE] if a[A_JUMP_NOTE] > 0 else -1.0
+    X[X.shape[0] - 2] = a[A_COUPLE_NOTE] if a[A_COUPLE_NOTE] > 0 else -1.0
+    X[X.shape[0] - 1] = a[A_PAIR_NOTE] if a[A_PAIR_NOTE] > 0 else -1.0
     if not k:  # an id the baseline never saw: only its count, which is also its novelty
         X[0] = count
         X[1] = 1.0
@@ -163,12 +166,12 @@ def _emit(
                 d = cond_change[s, b] - a[A_COND + b] / max(n_other, 1.0)
                 if d > drop:
                     drop = d
-                    X[X.shape[0] - 4] = change_note(b, a[A_COND + b], n_other, cond_change[s, b])
+                    X[X.shape[0] - 5] = change_note(b, a[A_COND + b], n_other, cond_change[s, b])
             q = a[A_CHG + b] / pairs_n - change_rate[s, b]
             if q > rise:
                 rise = q
                 if n_dt > 0:
-                    X[X.shape[0] - 3] = change_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
+                    X[X.shape[0] - 4] = change_note(b, a[A_CHG + b], n_dt, change_rate[s, b])
         X[6] = drop
         X[7] = rise if n_dt > 0 else 0.0
         X[8] = a[A_OUT] / count
@@ -258,8 +261,8 @@ def _fold(  # pragma: no cover - compiled
         n_lanes = 0
         p_dlc = np.int64(-1)  # the payload the verdicts below were last worked out for
         p_payload = np.uint64(0)
-        out = bad = ck_bad = novel = dlc_bad = moved = False
-        broken = np.int64(0)
+        out = ck_bad = novel = dlc_bad = moved = False
+        bad = broken = np.int64(0)
         far = (np.int64(0), np.int64(0))
         for i in range(seg_start[g], seg_start[g + 1]):
             # A stream's frames lie ~its vehicle's id count apart in the batch, each

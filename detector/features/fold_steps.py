@@ -67,12 +67,14 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: (``_far``: which byte, its value, its range), for the evidence to name; and the
 #: note of the first frame of the window whose byte stepped outside its learned steps
 #: (``_jump``; 0: none. Its first only: the fold looks for the byte once a window);
-#: and the note of the window's first frame to break a coupling (``coupling_note``).
+#: and the notes of the window's first frame to break a coupling (``coupling_note``)
+#: and a tight byte pair (``pair_note``).
 A_COUNT, A_NDT, A_HAM = 0, 1, 2
 A_CHG, A_OTHER, A_COND = 3, 11, 19
 A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(27, 35)
 A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE, A_JUMP_NOTE, A_COUPLE_NOTE = range(35, 42)
-N_ACC_I = 42
+A_PAIR_NOTE = 42
+N_ACC_I = 43
 #: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
 F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
 N_ACC_F = 5
@@ -387,7 +389,8 @@ def _checksum_bad(kind, at, p64, d, can_id, crc8_pow, dlc_masks):  # pragma: no 
 @njit(cache=True, nogil=True, inline="always")
 def _byte_bounds(p64, bytes_, n_tight, pair_lanes):  # pragma: no cover - compiled
     """Whether a byte of ``p64`` is outside its range (``bytes_`` lanes), and whether
-    a tight byte pair's difference is outside its ``pair_lanes`` bounds."""
+    a tight byte pair's difference is outside its ``pair_lanes`` bounds, as the note
+    of the first such pair (``pair_note``; 0: none)."""
     ve = p64 & _LANES
     vo = (p64 >> np.uint64(8)) & _LANES
     blo_e, blo_o, bhi_e, bhi_o = bytes_
@@ -402,7 +405,30 @@ def _byte_bounds(p64, bytes_, n_tight, pair_lanes):  # pragma: no cover - compil
             do = vo - ((sh >> np.uint64(8)) & _LANES)
             pb = pair_lanes[kk]
             bad |= _outside(de, do, pb[0], pb[1], pb[2], pb[3])
-    return out, bad
+        if bad:  # rare: which pair, for the evidence
+            return out, _pair_note(ve, vo, p64, pair_lanes)
+    return out, np.int64(0)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair_note(ve, vo, p64, pair_lanes):  # pragma: no cover - compiled
+    """The note of the first tight pair (a, a + kk + 1), by distance then by a, whose
+    difference (lanes ``ve``/``vo``: the even and odd bytes +256) is outside its
+    ``pair_lanes`` bounds: its index in ``PAIRS`` + 1 and the difference +256."""
+    for kk in range(7):
+        sh = p64 >> np.uint64(8 * (kk + 1))
+        de = ve - (sh & _LANES)
+        do = vo - ((sh >> np.uint64(8)) & _LANES)
+        pb = pair_lanes[kk]
+        me = _lanes_below(de, pb[0]) | _lanes_below(pb[2], de)
+        mo = _lanes_below(do, pb[1]) | _lanes_below(pb[3], do)
+        for a in range(8):
+            at = np.uint64(16 * (a // 2))
+            m, d = (mo, do) if a % 2 else (me, de)
+            if (m >> at) & np.uint64(0x8000):
+                diff = np.int64((d >> at) & np.uint64(0xFFFF))
+                return np.int64(a * (15 - a) // 2 + kk + 1) + (diff << 5)
+    return np.int64(0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -506,7 +532,9 @@ def _count(la, out, bad, ck_bad, novel, dlc_bad, broken, moved, far):  # pragma:
     if past > la[A_FAR_MAX]:
         la[A_FAR_MAX] = past
         la[A_FAR_NOTE] = note
-    la[A_PAIR] += bad
+    la[A_PAIR] += bad != 0
+    if bad != 0 and la[A_PAIR_NOTE] == 0:
+        la[A_PAIR_NOTE] = bad
     la[A_CHECKSUM] += ck_bad
     la[A_NOVEL] += novel
     la[A_DLC] += dlc_bad

@@ -188,13 +188,13 @@ class Emitted:
     """Groups closed by one push: table row, window, features (bus columns 0) and
     after them the mean of the id's cross-coupled word, the note of its byte furthest
     outside its range, those of its bytes furthest below and above their learned
-    change rates, that of the window's first byte step outside the learned ones and
-    that of its first broken coupling (``n_features`` + 6 columns)."""
+    change rates, those of the window's first byte step outside the learned ones, its
+    first broken coupling and its first broken byte pair (``n_features`` + 7 columns)."""
 
     def __init__(self, capacity: int, n_features: int) -> None:
         self.row = np.zeros(capacity, np.int64)
         self.window = np.zeros(capacity, np.int64)
-        self.X = np.zeros((capacity, n_features + 6))
+        self.X = np.zeros((capacity, n_features + 7))
         self.attack = np.zeros(capacity, np.int8)
         self.last_ts = np.zeros(capacity)
         self.count = np.zeros(capacity, np.int64)

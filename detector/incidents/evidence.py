@@ -18,7 +18,7 @@ import numpy as np
 
 from detector.core.dbc import SignalBook, signal_book
 from detector.core.fd import ERROR_FRAMES_ID, describe_id, frame_ids
-from detector.features.baseline import CHECKSUMS, COUPLED_REL_UNIT, LAST_BYTE, NIBBLE_SUM
+from detector.features.baseline import CHECKSUMS, COUPLED_REL_UNIT, LAST_BYTE, NIBBLE_SUM, PAIRS
 from detector.features.columns import (
     POOLED_ID,
     F,
@@ -26,6 +26,7 @@ from detector.features.columns import (
     read_coupling_note,
     read_far_note,
     read_jump_note,
+    read_pair_note,
 )
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import E_FOREST, EVIDENCE_NAMES
@@ -172,6 +173,23 @@ def _coupling_text(sc: ScoredRows, i: int) -> str:
         f"; bytes {a}-{a + 1}{_signals_text(sc, cid, a, 2)} minus bytes {b}-{b + 1}"
         f"{_signals_text(sc, cid, b, 2)} was {diff:+d} (learned {int(bl.couple_lo[slot, c]):+d} "
         f"to {int(bl.couple_hi[slot, c]):+d}, or within {share:.1f}% of the larger)"
+    )
+
+
+def _pair_text(sc: ScoredRows, i: int) -> str:
+    """ "; " and which two bytes that kept a tight difference in training left it first
+    in the window, by how much, and their learned difference (``Rows.pair`` and the
+    model's pair bounds); "" without a note or a model."""
+    note = int(sc.rows.notes("pair")[i])
+    slot = _learned_slot(sc, i)
+    if note < 0 or slot is None:
+        return ""
+    p, diff = read_pair_note(note)
+    a, b = (int(v) for v in PAIRS[p])
+    cid, bl = sc.rows.can_id[i], sc.baseline
+    return (
+        f"; byte {a}{_signals_text(sc, cid, a)} minus byte {b}{_signals_text(sc, cid, b)} "
+        f"was {diff:+d} (learned {int(bl.pair_min[slot, p]):+d} to {int(bl.pair_max[slot, p]):+d})"
     )
 
 
@@ -325,7 +343,8 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
         + _far_text(sc, i),
         "delta_out": f"{cid}: payload jumps larger than ever learned in {pct} of frames"
         + _jump_text(sc, i),
-        "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames",
+        "pair_out": f"{cid}: bytes that normally move together disagree in {pct} of frames"
+        + _pair_text(sc, i),
         "coupling_out": f"{cid}: signals that normally move together disagree in {pct} of frames"
         + _coupling_text(sc, i),
         "cross_out": _cross_text(sc, i, x),
