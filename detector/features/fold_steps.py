@@ -140,6 +140,12 @@ def _lanes_below(a, b):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _lane(even, odd, b):  # pragma: no cover - compiled
+    """Byte ``b``'s 16-bit lane of a pair of (even bytes, odd bytes) lane words."""
+    return np.int64(((odd if b % 2 else even) >> np.uint64(16 * (b // 2))) & np.uint64(0xFFFF))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _outside(even, odd, lo_e, lo_o, hi_e, hi_o):  # pragma: no cover - compiled
     """Whether a value in the 16-bit lanes of (even, odd) lies below its lo or above
     its hi (bounds as ``_to_lanes`` makes them)."""
@@ -423,11 +429,8 @@ def _pair_note(ve, vo, p64, pair_lanes):  # pragma: no cover - compiled
         me = _lanes_below(de, pb[0]) | _lanes_below(pb[2], de)
         mo = _lanes_below(do, pb[1]) | _lanes_below(pb[3], do)
         for a in range(8):
-            at = np.uint64(16 * (a // 2))
-            m, d = (mo, do) if a % 2 else (me, de)
-            if (m >> at) & np.uint64(0x8000):
-                diff = np.int64((d >> at) & np.uint64(0xFFFF))
-                return np.int64(a * (15 - a) // 2 + kk + 1) + (diff << 5)
+            if _lane(me, mo, a) & 0x8000:
+                return np.int64(a * (15 - a) // 2 + kk + 1) + (_lane(de, do, a) << 5)
     return np.int64(0)
 
 
@@ -475,9 +478,7 @@ def _far(p64, bytes_):  # pragma: no cover - compiled
     far = np.int64(0)
     note = np.int64(0)
     for b in range(8):  # a fixed count: unrolled
-        sh = np.uint64(16 * (b // 2))
-        lo = np.int64(((blo_o if b % 2 else blo_e) >> sh) & np.uint64(0xFFFF))
-        hi = np.int64(((bhi_o if b % 2 else bhi_e) >> sh) & np.uint64(0xFFFF))
+        lo, hi = _lane(blo_e, blo_o, b), _lane(bhi_e, bhi_o, b)
         v = np.int64((p64 >> np.uint64(8 * b)) & np.uint64(0xFF))
         past = max(lo - v, v - hi)
         if past > far:
@@ -495,9 +496,7 @@ def _jump(p64, before, deltas):  # pragma: no cover - compiled
     far = np.int64(0)
     note = np.int64(0)
     for b in range(8):  # a fixed count: unrolled
-        sh = np.uint64(16 * (b // 2))
-        lo = np.int64(((dlo_o if b % 2 else dlo_e) >> sh) & np.uint64(0xFFFF))
-        hi = np.int64(((dhi_o if b % 2 else dhi_e) >> sh) & np.uint64(0xFFFF))
+        lo, hi = _lane(dlo_e, dlo_o, b), _lane(dhi_e, dhi_o, b)
         at = np.uint64(8 * b)
         step = np.int64((p64 >> at) & np.uint64(0xFF)) - np.int64((before >> at) & np.uint64(0xFF))
         step += 256
