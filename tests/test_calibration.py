@@ -13,8 +13,17 @@ import pytest
 from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig
 from detector.core.schema import LABEL_CODE, make_frames
+from detector.features.columns import N_FEATURES, F
 from detector.model.pipeline import Scorer
-from detector.model.platform import ENVELOPE_FLOOR, EVIDENCE_NAMES, N_EVIDENCE, cross_drive_scale
+from detector.model.platform import (
+    ENVELOPE_FLOOR,
+    EVIDENCE_NAMES,
+    N_EVIDENCE,
+    cross_drive_scale,
+    envelope_excess,
+    envelope_floor,
+    fit_envelope,
+)
 from detector.model.reference import REF_STEPS, WARMUP_FACTOR, WARMUP_WINDOWS, StreamReference
 from detector.model.training import (
     DRIVE_VARYING,
@@ -279,3 +288,21 @@ def test_a_byte_changing_more_often_than_learned_is_named_with_its_counts() -> N
     assert describe(sc, i, "change_rise", 1.0) == (
         "0x200: byte 1 changed in 50 of the 50 frame pairs (learned 0%)"
     )
+
+
+def test_one_sided_features_count_only_above_what_was_learned() -> None:
+    """Bit flips above the learned z-scores are evidence, fewer are not (a payload that
+    stands still is change_drop's); silence and jitter likewise only above."""
+    X = np.zeros((20, N_FEATURES))
+    X[:, F["hamming_z"]] = np.linspace(-0.5, 2.0, 20)
+    X[:, F["silence"]] = np.linspace(0.2, 1.0, 20)
+    slot = np.zeros(20, np.int64)
+    lo, hi, scale = fit_envelope(X, slot, 1, envelope_floor(np.array([50.0])))
+    probe = np.zeros((2, N_FEATURES))
+    probe[:, F["silence"]] = 0.5
+    probe[:, F["hamming_z"]] = [-3.0, 5.0]
+    excess = envelope_excess(probe, lo[[0, 0]], hi[[0, 0]], scale[[0, 0]])
+    assert excess[0, F["hamming_z"]] == 0.0 and excess[1, F["hamming_z"]] > 1.0
+    probe[:, F["silence"]] = [0.0, 3.0]
+    excess = envelope_excess(probe, lo[[0, 0]], hi[[0, 0]], scale[[0, 0]])
+    assert excess[0, F["silence"]] == 0.0 and excess[1, F["silence"]] > 1.0

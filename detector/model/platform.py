@@ -259,8 +259,10 @@ def fit_envelope(
     unseen = ~np.isfinite(lo[:, 0])  # ids without training rows fall back to the global range
     lo[unseen], hi[unseen] = lo[k], hi[k]
     scale = np.maximum(hi - lo, floor)
-    for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window end is not
-        lo[:, F[name]] = np.minimum(lo[:, F[name]], 0.0)
+    for name in ONE_SIDED:  # only the high side is evidence: a frame just before the window
+        # end is not, nor a payload flipping fewer bits than learned (what stands still is
+        # change_drop's, per byte)
+        lo[:, F[name]] = -np.inf
     for name in LOW_SIDED:
         hi[:, F[name]] = np.inf
     return lo, hi, scale
