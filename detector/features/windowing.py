@@ -468,10 +468,21 @@ class WindowState:
     def _resumed(self, vehicle: np.ndarray, window: np.ndarray) -> np.ndarray:
         """Per (vehicle, window): when the vehicle last resumed after a long gap before
         that window began (-inf: never)."""
+        rv, rt = self.resumes
         out = np.full(len(vehicle), -np.inf)
-        for v, end in zip(*(a.tolist() for a in self.resumes), strict=True):
-            hit = (vehicle == v) & (window * self.window_s >= end)
-            out[hit] = np.maximum(out[hit], end)
+        if not len(rv) or not len(vehicle):
+            return out
+        # times as exact ranks, so that each (vehicle, time) orders as one integer: the
+        # latest resume at or before a window's start is a search, not a loop over resumes
+        # (one kept per vehicle that ever resumed)
+        times, rank = np.unique(np.r_[rt, window * self.window_s], return_inverse=True)
+        key = rv * len(times) + rank[: len(rt)]
+        o = np.argsort(key, kind="stable")
+        query = np.asarray(vehicle, np.int64) * len(times) + rank[len(rt) :]
+        i = np.maximum(np.searchsorted(key[o], query, side="right") - 1, 0)
+        hit = rv[o][i] == vehicle
+        hit &= key[o][i] <= query
+        out[hit] = rt[o][i[hit]]
         return out
 
     def _let_go_resumes(self) -> None:
