@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.core.dbc import load_dbc, opendbc_dir
+from detector.core.dbc import load_dbc, resolve_dbc
 from detector.core.schema import EXTENDED_FLAG, FD_LENGTHS
 
 log = logging.getLogger(__name__)
@@ -557,12 +557,12 @@ def _with_fd(platform: str, messages: list[MessageSpec]) -> list[MessageSpec]:
 
 @functools.cache
 def load_profile(platform: str) -> Profile:
-    """The traffic profile of ``platform`` (cached); synthetic when opendbc/DBC is missing."""
+    """The traffic profile of ``platform`` (cached) from its DBC (``resolve_dbc``: a path,
+    or an opendbc name); synthetic when there is none."""
     from detector.core.brands import load_fleet
 
-    dbc_name = load_fleet().platform_dbc.get(platform, "")
-    dbc_dir = opendbc_dir()
-    if not dbc_name or dbc_dir is None or not (dbc_dir / dbc_name).is_file():
-        log.warning("platform %s: no opendbc DBC available, using the synthetic profile", platform)
+    path = resolve_dbc(load_fleet().platform_dbc.get(platform, ""))
+    if path is None:
+        log.warning("platform %s: no DBC available, using the synthetic profile", platform)
         return synthetic_profile(platform)
-    return _profile_from_dbc(platform, dbc_name, dbc_dir / dbc_name)
+    return _profile_from_dbc(platform, path.name, path)

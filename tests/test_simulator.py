@@ -51,7 +51,7 @@ def test_synthetic_fallback_profile_simulates():
 def test_load_profile_falls_back_without_opendbc(monkeypatch):
     import replay.profiles as profiles
 
-    monkeypatch.setattr(profiles, "opendbc_dir", lambda: None)
+    monkeypatch.setattr("detector.core.dbc.opendbc_dir", lambda: None)
     profiles.load_profile.cache_clear()
     try:
         prof = profiles.load_profile("cusw")
