@@ -95,11 +95,10 @@ def describe_id(can_id: int) -> str:
         return "error frames"
     if not can_id & LANE_FLAG:
         return format_id(can_id)
-    lane = (can_id & _LANE_BITS) >> LANE_SHIFT
-    bare = can_id & ~(LANE_FLAG | CHECK_FLAG | _LANE_BITS)
-    if can_id & CHECK_FLAG:
+    bare, first = lane_place(can_id)
+    if first < 0:
         return f"{format_id(bare)} FD checksums"
-    return f"{format_id(bare)} FD bytes {8 * lane}-{8 * lane + 7}"
+    return f"{format_id(bare)} FD bytes {first}-{first + 7}"
 
 
 def parse_described_id(text: str) -> int:
