@@ -142,8 +142,7 @@ def _far_text(sc: ScoredRows, i: int, one_value: bool = False) -> str:
     byte, value, lo, hi = read_far_note(note)
     if one_value and lo != hi:
         return ""
-    where = f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
-    return f"; {where} read {value} (0x{value:02X}), learned range {lo}-{hi}"
+    return f"; {_byte_text(sc, i, byte)} read {value} (0x{value:02X}), learned range {lo}-{hi}"
 
 
 def _jump_text(sc: ScoredRows, i: int) -> str:
@@ -153,8 +152,7 @@ def _jump_text(sc: ScoredRows, i: int) -> str:
     if note < 0:
         return ""
     byte, step, lo, hi = read_jump_note(note)
-    where = f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
-    return f"; {where} stepped by {step:+d} (learned {lo:+d} to {hi:+d})"
+    return f"; {_byte_text(sc, i, byte)} stepped by {step:+d} (learned {lo:+d} to {hi:+d})"
 
 
 def _coupling_text(sc: ScoredRows, i: int) -> str:
@@ -224,10 +222,9 @@ def _change_text(sc: ScoredRows, i: int, cid: str, note_name: str, pairs_of: str
     if note < 0:
         return ""
     byte, changed, pairs, learned = read_change_note(note)
-    named = _signals_text(sc, sc.rows.can_id[i], byte)
     return (
-        f"{cid}: byte {byte}{named} changed in {changed} of the {pairs} frame pairs{pairs_of} "
-        f"(learned {100 * learned:.0f}%)"
+        f"{cid}: {_byte_text(sc, i, byte)} changed in {changed} of the {pairs} frame "
+        f"pairs{pairs_of} (learned {100 * learned:.0f}%)"
     )
 
 
@@ -252,6 +249,11 @@ def _signals_text(
     book = _book(sc)
     names = [] if book is None else book.signals(int(can_id), int(byte), n_bytes, mask)
     return f" [{', '.join(names)}]" if names else ""
+
+
+def _byte_text(sc: ScoredRows, i: int, byte: int) -> str:
+    """A byte of row ``i``'s id, and the DBC's signals in it: "byte 5 [COOLANT_TEMP]"."""
+    return f"byte {byte}{_signals_text(sc, sc.rows.can_id[i], byte)}"
 
 
 def _learned_slot(sc: ScoredRows, i: int) -> int | None:
@@ -308,7 +310,7 @@ def _checksum_text(sc: ScoredRows, i: int) -> str:
         last = None if book is None else book.last_byte(cid)
         named = "" if last is None else _signals_text(sc, cid, last)
         return f" ({CHECKSUMS[kind]} in the last byte{named})"
-    return f" ({CHECKSUMS[kind]} in byte {at}{_signals_text(sc, cid, at)})"
+    return f" ({CHECKSUMS[kind]} in {_byte_text(sc, i, at)})"
 
 
 def _ms(seconds: float) -> str:
