@@ -19,6 +19,7 @@ import pytest
 
 from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig, IncidentConfig
+from detector.core.fd import describe_id
 from detector.evaluation.evaluate import Evaluation, Span, attack_report, file_report, score_frames
 from detector.evaluation.quality_scenario import (
     ATTACK_S,
@@ -193,6 +194,23 @@ def test_each_of_repeated_intrusions_is_detected_without_false_incidents(models,
     assert (a["episodes"], a["episodes_detected"]) == (5, 5), a
     assert a["time_to_detect_s"] <= MAX_TTD_WINDOWS * W, a
     assert r["false_incidents"] == 0 and r["benign_flagged_fraction"] <= MAX_BENIGN_FLAGGED, r
+
+
+def test_an_attack_that_starts_while_an_incident_is_open_is_in_its_evidence(models) -> None:
+    """A new vehicle is flooded for 4 s, and 2 s later one of its ids is spoofed: one
+    incident (the gap is shorter than incidents.quiet_windows), whose evidence, led by the
+    flood's, names the spoofed id too, and whose ``attacks`` counts both."""
+    frames = simulate_vehicle("cusw", 40.0, START_TS, seed=ATTACK_SEED + 90)
+    frames, _ = inject(frames, AttackSpec.parse("dos:start=10,duration=4"), seed=1)
+    frames, spoof = inject(frames, AttackSpec.parse("spoofing:start=16,duration=6"), seed=2)
+    model = model_for(models, "cusw")
+    ev = score_frames(frames, "jeep", "veh-two-attacks", model, load_fleet(), W, IncidentConfig())
+    (incident,) = ev.incidents
+    assert incident["suspected_attack"] == "dos", incident
+    assert set(incident["attacks"]) == {"dos", "spoofing"}, incident["attacks"]
+    assert incident["evidence"][0]["feature"] == "rate" and incident["evidence"][0]["can_id"] == "0x000"
+    spoofed = [e for e in incident["evidence"] if e["can_id"] == describe_id(spoof.can_id)]
+    assert spoofed and spoofed[0]["feature"] == "rate", incident["evidence"]
 
 
 def no_incident(model: PlatformModel, frames: np.ndarray, name: str) -> Evaluation:

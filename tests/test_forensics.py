@@ -269,6 +269,12 @@ def test_find_incident_by_prefix_and_its_errors():
     text = render({**recs[2], "provenance": None, "window_scores": [[1.0, 2.5]], "windows": 3})
     assert "provenance not recorded" in text.replace("  ", " ")
     assert "(first 1 of 3)" in text
+    one, two = (
+        render({**recs[2], "suspected_attack": "dos", "attacks": attacks})
+        for attacks in ({"dos": 3}, {"dos": 3, "spoofing": 2})
+    )
+    assert "attack     dos," in one
+    assert "attack     dos (windows: dos 3, spoofing 2)," in two
 
 
 def test_export_refuses_an_unknown_suffix_before_reading(tmp_path, capsys):

@@ -51,6 +51,7 @@ def obs(
     kind: str = "spoofing",
     vehicle: str = "veh-jeep-0001",
     can_ids: dict[str, float] | None = None,
+    evidence: list[dict] | None = None,
 ) -> Observation:
     return Observation(
         vehicle=vehicle,
@@ -60,7 +61,9 @@ def obs(
         score=score,
         kind=kind,
         can_ids=can_ids if can_ids is not None else {"0x1E4": score},
-        evidence=[
+        evidence=evidence
+        if evidence is not None
+        else [
             {
                 "can_id": "0x1E4",
                 "feature": "rate",
@@ -71,6 +74,11 @@ def obs(
         ],
         model_version=3,
     )
+
+
+def line(can_id: str, feature: str, excess: float) -> dict:
+    return {"can_id": can_id, "feature": feature, "observed": 1.0, "excess": excess,
+            "text": f"{can_id}: {feature}"}  # fmt: skip
 
 
 def tracker() -> IncidentTracker:
@@ -176,6 +184,39 @@ def test_suspected_attack_is_the_score_weighted_majority() -> None:
         [obs(10, 1.1, "masquerade"), obs(11, 1.1, "masquerade"), obs(12, 9.0, "spoofing")], {}
     )
     assert events[-1]["suspected_attack"] == "spoofing"
+
+
+def test_a_second_attack_joining_an_open_incident_shows_in_its_evidence() -> None:
+    """A flood of 0x1E4 is under way when 0x2C6 starts being replayed: one incident (the
+    windows are contiguous), whose evidence keeps the flood's peak lines and adds the
+    replay's strongest line right after the first, announced by an update even though
+    the ids and the majority attack did not change; ``attacks`` counts each one's windows."""
+    flood = [line("0x1E4", "rate", 40.0), line("0x1E4", "dt_min", 9.0),
+             line("0x1E4", "dt_mean", 8.0), line("0x1E4", "dt_cv", 7.0),
+             line("0x1E4", "forest", 6.0)]  # fmt: skip
+    ids = {"0x1E4": 9.0, "0x2C6": 3.0}
+    observed = {w: obs(w, 9.0, "dos", can_ids=ids, evidence=flood) for w in range(10, 14)}
+    observed[14] = obs(14, 2.0, "replay", can_ids=ids, evidence=[line("0x2C6", "counter_err", 2.5)])
+    observed[15] = obs(15, 3.0, "replay", can_ids=ids, evidence=[line("0x2C6", "counter_err", 3.5),
+                                                                line("0x2C6", "rate", 3.0)])  # fmt: skip
+    events = run_windows(tracker(), observed, 25)
+    assert len({e["incident_id"] for e in events}) == 1
+    joined = next(e for e in events if e["attacks"].get("replay"))
+    assert joined["status"] == "update" and joined["windows"] == 5
+    assert joined["suspected_attack"] == "dos" and joined["attacks"] == {"dos": 4, "replay": 1}
+    assert [e["text"] for e in joined["evidence"]] == [
+        "0x1E4: rate", "0x2C6: counter_err", "0x1E4: dt_min", "0x1E4: dt_mean", "0x1E4: dt_cv"
+    ]  # max_evidence (5): the flood's last line gives way
+    closed = events[-1]
+    assert closed["status"] == "closed" and closed["attacks"] == {"dos": 4, "replay": 2}
+    assert closed["evidence"][1] == line("0x2C6", "counter_err", 3.5)  # its strongest window's
+
+
+def test_an_incident_of_one_attack_keeps_its_peak_windows_evidence() -> None:
+    peak = [line("0x1E4", "rate", 6.0), line("0x1E4", "dt_min", 3.0)]
+    observed = {10: obs(10, 2.0), 11: obs(11, 6.0, evidence=peak), 12: obs(12, 3.0)}
+    closed = run_windows(tracker(), observed, 20)[-1]
+    assert closed["evidence"] == peak and closed["attacks"] == {"spoofing": 3}
 
 
 def test_events_carry_every_design_field() -> None:

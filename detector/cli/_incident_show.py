@@ -82,9 +82,15 @@ def render(inc: dict) -> str:
         span = f"{float(last) - float(first):.1f} s"
     except (TypeError, ValueError):
         span = "?"
+    attacks = inc.get("attacks")
+    others = (
+        " (windows: " + ", ".join(f"{k} {v}" for k, v in attacks.items()) + ")"
+        if isinstance(attacks, dict) and len(attacks) > 1
+        else ""
+    )
     lines = [
         f"incident   {inc.get('incident_id')}  ({inc.get('status')})",
-        f"attack     {inc.get('suspected_attack')}, severity {inc.get('severity')}, "
+        f"attack     {inc.get('suspected_attack')}{others}, severity {inc.get('severity')}, "
         f"peak score {_num(inc.get('peak_score'))}",
         f"vehicle    {inc.get('vehicle')}  brand {inc.get('brand')}",
         f"seen       {_utc(first)} to {_utc(last)} UTC ({span}, "

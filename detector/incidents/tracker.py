@@ -6,6 +6,14 @@ event time without an anomalous one. ``incident_id`` is a hash of the vehicle
 and the start of its first anomalous window, so reprocessing the same records
 after a crash re-emits the same ids.
 
+An incident's evidence is its peak window's. A second attack that starts while
+an incident is open (another id forged after a flood, a vehicle already in an
+incident from a mode the model never saw) joins it rather than opening one of its
+own; so each other suspected attack of its windows adds its strongest window's
+first line, right after the peak's, and announces itself with an update. The
+analyst sees every attack in the incident, not only the loudest, and ``attacks``
+says how many windows each one was the suspicion of.
+
 An event also lists the start and score of each anomalous window
 (``window_scores``) and carries ``provenance`` (where its frames are), filled
 in by whoever knows: the service (topic, partition, offsets) or ``evaluate``
@@ -116,9 +124,13 @@ class _Incident:
     last_seen: float  # end of the last anomalous window
     windows: int = 0
     peak: float = 0.0
-    kinds: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)  # suspected attack -> summed score
+    windows_of: Counter = field(default_factory=Counter)  # suspected attack -> windows
     can_ids: dict[str, float] = field(default_factory=dict)
-    evidence: list[dict] = field(default_factory=list)
+    peak_kind: str = "unknown"
+    peak_evidence: list[dict] = field(default_factory=list)
+    # each suspected attack's strongest window: (its score, its first evidence line)
+    strongest: dict[str, tuple[float, dict]] = field(default_factory=dict)
     model_version: int = 0
     window_s: float = 1.0
     emitted: tuple = ()
@@ -154,7 +166,10 @@ class IncidentTracker:
                 )
             self._fold(inc, o)
             status = "open" if not inc.emitted else "update"
-            state = (severity_of(inc.peak), self._kind(inc), tuple(sorted(inc.can_ids)))
+            state = (
+                severity_of(inc.peak), self._kind(inc), tuple(sorted(inc.can_ids)),
+                tuple(sorted(inc.windows_of)),
+            )  # fmt: skip
             if status == "open" or state != inc.emitted or _power_of_two(inc.windows):
                 inc.emitted = state
                 events.append(self._event(inc, status))
@@ -180,6 +195,9 @@ class IncidentTracker:
         inc.last_seen = max(inc.last_seen, o.window_start + o.window_s)
         inc.window_s = o.window_s
         inc.kinds[o.kind] += o.score
+        inc.windows_of[o.kind] += 1
+        if o.evidence and o.score >= inc.strongest.get(o.kind, (0.0,))[0]:
+            inc.strongest[o.kind] = (o.score, o.evidence[0])
         inc.model_version = o.model_version
         if len(inc.window_scores) < MAX_WINDOW_SCORES:
             inc.window_scores.append([round(o.window_start, 3), round(o.score, 3)])
@@ -190,7 +208,22 @@ class IncidentTracker:
             inc.can_ids = dict(top)
         if o.score >= inc.peak:
             inc.peak = o.score
-            inc.evidence = o.evidence[: self.cfg.max_evidence]
+            inc.peak_kind = o.kind
+            inc.peak_evidence = o.evidence[: self.cfg.max_evidence]
+
+    def _evidence(self, inc: _Incident) -> list[dict]:
+        """The peak window's lines, with the first line of each other suspected attack's
+        strongest window after its first (strongest attack first), up to max_evidence."""
+        others = sorted(
+            (s for kind, s in inc.strongest.items() if kind != inc.peak_kind),
+            key=lambda s: -s[0],
+        )
+        lines = [*inc.peak_evidence[:1], *(line for _, line in others), *inc.peak_evidence[1:]]
+        out: list[dict] = []
+        for line in lines:
+            if line not in out:
+                out.append(line)
+        return out[: self.cfg.max_evidence]
 
     @staticmethod
     def _kind(inc: _Incident) -> str:
@@ -208,11 +241,12 @@ class IncidentTracker:
             "peak_score": round(inc.peak, 3),
             "severity": severity_of(inc.peak),
             "suspected_attack": self._kind(inc),
+            "attacks": dict(inc.windows_of.most_common()),
             "can_ids": [
                 {"can_id": cid, "score": s}
                 for cid, s in sorted(inc.can_ids.items(), key=lambda kv: -kv[1])
             ],
-            "evidence": inc.evidence,
+            "evidence": self._evidence(inc),
             "model_version": inc.model_version,
             "detector": self.detector,
             "window_scores": list(inc.window_scores),
