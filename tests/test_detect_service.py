@@ -366,8 +366,21 @@ class _Crash(Exception):
     """Stands in for the process dying between produce and commit."""
 
 
+@pytest.mark.parametrize(
+    ("vehicles", "attacks", "poll_records", "commits_in_incident"),
+    [
+        (4, {0: "dos:start=8,duration=6", 1: "dos:start=12,duration=6",
+             2: "fuzzing:start=6,duration=6"}, 50, 0),
+        # payload evidence (counters out of step), crashed after two commits while its
+        # incident was open: a restart that re-read the vehicle from the window before the
+        # incident warmed up on the replay, took it for the vehicle's own state, and
+        # neither re-emitted the incident nor saw the rest of the attack
+        (1, {0: "replay:start=8,duration=14"}, 5, 2),
+    ],  # fmt: skip
+    ids=["floods-and-fuzzing-before-commit", "replay-mid-incident"],
+)
 def test_crash_between_produce_and_commit_re_emits_the_same_incident(
-    broker, unique_topic, cusw_models
+    broker, unique_topic, cusw_models, vehicles, attacks, poll_records, commits_in_incident
 ):
     # Small polls, each committed: many commits happen before the first incident.
     cfg = service_config(
@@ -375,18 +388,9 @@ def test_crash_between_produce_and_commit_re_emits_the_same_incident(
         unique_topic,
         cusw_models,
         partitions=2,
-        **{"kafka.max_poll_records": 50, "kafka.commit_interval_s": 0.0},
+        **{"kafka.max_poll_records": poll_records, "kafka.commit_interval_s": 0.0},
     )
-    streams, attacked = fleet_streams(
-        4,
-        30,
-        {
-            0: "dos:start=8,duration=6",
-            1: "dos:start=12,duration=6",
-            2: "fuzzing:start=6,duration=6",
-        },
-        seed=900,
-    )
+    streams, attacked = fleet_streams(vehicles, 30, attacks, seed=900)
     frames = send_all(cfg, streams)
     reader = TopicReader(broker.bootstrap, cfg.kafka.incident_topic)
     first = Detector(cfg, FLEET, DetectorMetrics(CollectorRegistry()), "det-crashing")
@@ -398,9 +402,13 @@ def test_crash_between_produce_and_commit_re_emits_the_same_incident(
         emitted.extend(events)
         return events
 
+    commits = []
+
     def commit():
         if any(e["status"] == "open" for e in emitted):
-            raise _Crash("killed after producing an incident, before committing")
+            if len(commits) >= commits_in_incident:
+                raise _Crash("killed after producing an incident, before committing")
+            commits.append(1)
         real_commit()
 
     first._incidents, first._commit = incidents, commit

@@ -7,9 +7,11 @@ each record read, and ``safe_offsets`` names the oldest one a vehicle's
 *horizon* (given by the caller: its open window, or its open incident) still
 needs. After a crash every window is then re-formed from re-read records and
 scored, and the incidents it re-emits carry the same deterministic ids
-(at-least-once). While a vehicle has an incident open, its horizon is the
-window before the incident's first anomalous one: a restart re-forms the whole
-incident under its id instead of opening a new one half-way through the attack.
+(at-least-once). A vehicle's horizon lies a warm-up before its open window
+(``VehicleState.horizon``), or while it has an incident open, before the
+incident's first anomalous window: a restart re-forms the whole incident under
+its id instead of opening a new one half-way through the attack, and a re-read
+vehicle learns its own state from windows before the attack, not from the attack.
 
 The same records say where an incident's frames are (``span``): the offsets of
 its vehicle's records whose frames fall in its windows, for its ``provenance``.

@@ -10,7 +10,8 @@ when it goes quiet (retired: its last window scored, its incident closed), or
 when the state limits evict or refuse it; each time all four must forget it,
 or one part would keep counting, or holding offsets back for, a vehicle the
 others no longer know. ``horizon`` is the other side: the event time from which
-a restart must re-read a vehicle to rebuild what the scorer and tracker hold.
+a restart must re-read a vehicle to rebuild what the scorer and tracker hold,
+its reference included.
 
 Kept apart from the loop so that there is one way to let a vehicle go.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from detector.incidents.tracker import IncidentTracker
 from detector.model.pipeline import Scorer, Shed
+from detector.model.reference import WARMUP_WINDOWS
 from detector.service.activity import Activity
 from detector.service.incident_feed import IncidentFeed
 from detector.service.metrics import DetectorMetrics
@@ -48,14 +50,21 @@ class VehicleState:
         self.shadow = shadow
 
     def horizon(self, vehicle: str, brand: str) -> float:
-        """Event time from which a restart must re-read ``vehicle``: the window before
-        its open one, or before the first anomalous window of its open incident (so
-        the incident is re-formed whole and keeps its id)."""
+        """Event time from which a restart must re-read ``vehicle``: WARMUP_WINDOWS + 1
+        windows before its open one, or before the first anomalous window of its open
+        incident (so the incident is re-formed whole and keeps its id).
+
+        A re-read vehicle starts afresh: its first window is partial and its next
+        WARMUP_WINDOWS teach its reference, taking in its payload evidence as the
+        vehicle's own state. Re-read from the window before, a masquerade or replay under
+        way would be that state, and go unseen for the rest of the attack; these windows
+        were scored already, so warming up on them costs the restart a few seconds of
+        records and no sight."""
         start = self.scorer.closed_until(vehicle, brand)
         inc = self.tracker.open.get(vehicle)
         if inc is not None:
             start = min(start, inc.first_seen)
-        return start - self.window_s
+        return start - (WARMUP_WINDOWS + 1) * self.window_s
 
     def drop_partitions(self, partitions: set) -> None:
         """Forget the vehicles of ``partitions`` (revoked, or re-read after a rewind)."""
