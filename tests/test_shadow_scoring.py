@@ -4,6 +4,8 @@ the same way) changes no row of either, whatever the batch holds."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,26 @@ def test_a_shadow_of_the_same_model_agrees_row_for_row(models) -> None:
     scorer.set_shadow("cusw", serving)
     for batch in polls():
         assert_same(rows_of(scorer.push(batch)), rows_of(scorer.take_shadow()))
+
+
+def test_a_promoted_shadow_serves_on_with_the_state_it_built(models) -> None:
+    """Promoted mid-stream, the shadow's window state and vehicle references serve from
+    then on: each row is the one its model alone would give, had it watched the fleet
+    since the shadow came, with nothing of the model it replaced left."""
+    serving, shadow = models
+    batches = polls()
+    install, promote = 4, 12
+    both = Scorer({"cusw": serving}, FLEET, 1.0)
+    alone_shadow = Scorer({"cusw": shadow}, FLEET, 1.0)
+    for k, batch in enumerate(batches):
+        if k == install:
+            both.set_shadow("cusw", shadow)
+        if k == promote:
+            both.set_model(dataclasses.replace(shadow))  # the registry loads it anew
+            both.set_shadow("cusw", None)
+            assert both.state["cusw"].shadow is None and both.shadows == {}
+        got = both.push(batch)
+        if k >= install:
+            want = rows_of(alone_shadow.push(batch))
+            assert_same(rows_of(got if k >= promote else both.take_shadow()), want)
+    assert both.take_shadow() == []

@@ -200,13 +200,31 @@ class Scorer:
         return platform if platform in self.models else None
 
     def set_model(self, model: PlatformModel) -> None:
-        """Swap a platform's model; windows keep their state, vehicle references start
-        afresh (they are in the old model's units)."""
+        """Swap a platform's model.
+
+        The references of the vehicles held are in the old model's units. A promoted
+        shadow (the same version) has its own, learned beside them on the same vehicles:
+        its window state and references serve from now on. Any other model restarts each
+        vehicle's warm-up, so that its next windows teach the new reference; with an
+        empty one and no warm-up, every vehicle's own state (a setting, a byte out of the
+        new model's range from its first window on) would be evidence again: a burst of
+        false incidents across the fleet after each swap."""
         self.models[model.platform] = model
         st = self.state.get(model.platform)
-        if st is not None:
+        if st is None:
+            return
+        shadow = st.shadow
+        if shadow is not None and shadow.model.version == model.version:
+            st.window, st.reference, st.shadow = shadow.window, shadow.reference, None
+            self.shadows.pop(model.platform, None)
+        else:
             st.reference = StreamReference(len(model.baseline.ids))
-            st.n_ids = len(model.baseline.ids)
+            held = np.fromiter(st.index.values(), np.int64, len(st.index))
+            closed = st.window.closed_upto[held]
+            # a vehicle with no window closed yet warms up from its first anyway
+            begun = closed > st.window.first_window[held]
+            st.reference.rewarm(held[begun], closed[begun] - 1)
+        st.n_ids = len(model.baseline.ids)
 
     def set_shadow(self, platform: str, model: PlatformModel | None) -> None:
         """Score ``platform``'s windows with ``model`` too (None: no more), in a window
@@ -501,7 +519,7 @@ def referenced_evidence(
     if rows.partial is not None:
         calibrated[rows.partial] *= PARTIAL_KEPT
     slot, known = model.baseline.slots(rows.can_id)
-    age = rows.window - first_window[rows.vehicle] if len(rows) else np.zeros(0, np.int64)
+    age = reference.ages(rows.vehicle, rows.window, first_window)
     effective, factor = reference.apply(rows.vehicle, slot, known, age, calibrated, model.threshold)
     return calibrated, effective, factor, outside
 

@@ -58,6 +58,30 @@ class StreamReference:
         self.n_ids = int(n_ids)
         self.table = np.zeros((0, self.n_ids, N_EVIDENCE), np.uint8)
         self.signals = SignalMemory()
+        # per vehicle: the window its warm-up counts from when a model swap restarted it
+        # (``rewarm``), else _NO_WINDOW (its first window's)
+        self.since = np.zeros(0, np.int64)
+
+    def rewarm(self, vehicles: np.ndarray, last_closed: np.ndarray) -> None:
+        """Restart the warm-up of ``vehicles`` after their ``last_closed`` windows: the
+        reference of a model that did not watch them from their first windows is taught
+        by their next WARMUP_WINDOWS, as a new vehicle's is."""
+        vehicles = np.asarray(vehicles, dtype=np.int64)
+        if len(vehicles):
+            self.since = _grown(self.since, int(vehicles.max()) + 1, _NO_WINDOW)
+            self.since[vehicles] = last_closed
+
+    def ages(self, vehicle: np.ndarray, window: np.ndarray, first_window: np.ndarray) -> np.ndarray:
+        """Each row's window counted from its vehicle's first (partial, unscored) one, or
+        from where ``rewarm`` restarted its warm-up (what ``apply`` takes as ``age``)."""
+        if len(vehicle) == 0:
+            return np.zeros(0, np.int64)
+        start = first_window[vehicle]
+        held = vehicle < len(self.since)
+        if held.any():
+            start = start.copy()
+            start[held] = np.maximum(start[held], self.since[vehicle[held]])
+        return window - start
 
     def cross(self, rows: Rows, bl: Baseline) -> None:
         """Fill ``cross_out`` of ``rows`` (in place): how far their window breaks a
@@ -110,6 +134,7 @@ class StreamReference:
         """Drop the reference of vehicles whose state was dropped (their index is reused)."""
         vehicles = np.asarray(vehicles, dtype=np.int64)
         self.table[vehicles[vehicles < len(self.table)]] = 0
+        self.since[vehicles[vehicles < len(self.since)]] = _NO_WINDOW
         self.signals.forget(vehicles)
 
     @property
