@@ -44,6 +44,13 @@ def variant(seed: int) -> np.ndarray:
     return both[np.argsort(both["ts"], kind="stable")]
 
 
+def silent(frames: np.ndarray, start: float, end: float) -> np.ndarray:
+    """``frames`` without those from ``start`` to ``end`` s into the drive: its uplink
+    stopped (a telemetry gap: the windows it touches go unscored)."""
+    t = frames["ts"] - T0
+    return frames[(t < start) | (t >= end)]
+
+
 def scored(model: PlatformModel, frames: np.ndarray, swap: str | None) -> list[ScoredRows]:
     """The drive through one Scorer, its model swapped at SWAP_AT: for another version
     (as a rollback or a version without a shadow), or for the shadow it had from the
@@ -79,6 +86,56 @@ def test_a_swap_mid_drive_leaves_a_vehicles_own_state_its_own(model, swap: str) 
     out = scored(model, frames, swap)
     assert set(range(31, 58)) <= windows(out)  # every window after the swap was scored
     assert flagged(out) == []
+
+
+@pytest.mark.parametrize("back_at", [32.9, 38.0])
+def test_a_vehicle_silent_at_the_swap_warms_up_when_it_sends_again(model, back_at) -> None:
+    """Its uplink is down from 30.3 s (just before the swap) to ``back_at``: the windows
+    of the gap go unscored, and its warm-up waits for the first window scored after it
+    (counted from the swap, it was over before any: 25 windows flagged)."""
+    frames = silent(variant(963), 30.3, back_at)
+    assert flagged(scored(model, frames, None)) == []
+    out = scored(model, frames, "another-version")
+    assert set(range(int(back_at) + 3, 58)) <= windows(out)
+    assert flagged(out) == []
+
+
+def test_a_vehicle_a_young_shadow_never_saw_keeps_its_open_window(model) -> None:
+    """A shadow installed while a vehicle was quiet holds no window of it: promoted, it
+    cannot serve that vehicle on, so every vehicle warms up again instead: the quiet
+    vehicle's open window is still there to score when it is retired (handed over, it
+    was lost, and the vehicle's records were held back for ever: ``closed_until`` -inf)."""
+    frames = variant(964)
+    scorer = Scorer({"cusw": model}, FLEET, 1.0)
+    scorer.push([(v, "jeep", frames[frames["ts"] < SWAP_AT]) for v in ("veh-a", "veh-b")])
+    shadow = dataclasses.replace(model, version=model.version + 1)
+    scorer.set_shadow("cusw", shadow)
+    later = frames[(frames["ts"] >= SWAP_AT) & (frames["ts"] < SWAP_AT + 5)]
+    scorer.push([("veh-b", "jeep", later)])  # veh-a has gone quiet
+    scorer.take_shadow()
+    scorer.set_model(dataclasses.replace(shadow))
+    scorer.set_shadow("cusw", None)
+    assert scorer.closed_until("veh-a", "jeep") == np.floor(SWAP_AT)
+    (rows,) = scorer.retire({"veh-a"})
+    assert set(rows.rows.window.tolist()) == {np.floor(SWAP_AT)}
+
+
+def test_a_rollback_to_the_shadowed_version_keeps_its_shadow_scoring(model) -> None:
+    """Serving v2 with v1 in shadow, a rollback serves v1 and leaves the lifecycle's shadow
+    as it was (the registry installs no shadow anew): v1 serves on with the shadow's state,
+    and also shadows on, from a window state of its own."""
+    v1 = model
+    v2 = dataclasses.replace(model, version=model.version + 1)
+    frames = variant(965)
+    scorer = Scorer({"cusw": v2}, FLEET, 1.0)
+    scorer.set_shadow("cusw", v1)
+    scorer.push([("veh-a", "jeep", frames[frames["ts"] < SWAP_AT])])
+    scorer.take_shadow()
+    scorer.set_model(dataclasses.replace(v1))
+    assert scorer.shadows == {"cusw": v1} and scorer.state["cusw"].shadow is not None
+    served = scorer.push([("veh-a", "jeep", frames[frames["ts"] >= SWAP_AT])])
+    shadowed = scorer.take_shadow()
+    assert flagged(served) == [] and windows(served) and windows(shadowed)
 
 
 @pytest.mark.parametrize("swap", SWAPS)

@@ -665,6 +665,14 @@ class WindowState:
         kept = ~np.isin(rv, valid)
         self.resumes = rv[kept], rt[kept]
 
+    def holds(self, vehicles: np.ndarray) -> np.ndarray:
+        """Whether each vehicle has a window here (it sent since this state began)."""
+        vehicles = np.asarray(vehicles, dtype=np.int64)
+        inside = vehicles < len(self.first_window)
+        out = np.zeros(len(vehicles), bool)
+        out[inside] = self.first_window[vehicles[inside]] > _NONE
+        return out
+
     def established(self, vehicles: np.ndarray) -> np.ndarray:
         """Whether each vehicle has had a window scored (its first, partial one is not)."""
         fw = self.first_window[vehicles]

@@ -214,16 +214,18 @@ class Scorer:
         if st is None:
             return
         shadow = st.shadow
-        if shadow is not None and shadow.model.version == model.version:
-            st.window, st.reference, st.shadow = shadow.window, shadow.reference, None
-            self.shadows.pop(model.platform, None)
+        held = np.fromiter(st.index.values(), np.int64, len(st.index))
+        if (
+            shadow is not None
+            and shadow.model.version == model.version
+            and shadow.window.holds(held).all()  # a shadow installed under a minute ago
+        ):  # may not have seen a vehicle that is quiet now, whose open window it lacks
+            st.window, st.reference = shadow.window, shadow.reference
+            # it shadows on afresh if the lifecycle keeps it (a rollback to its version)
+            st.shadow = self._new_shadow(shadow.model)
         else:
             st.reference = StreamReference(len(model.baseline.ids))
-            held = np.fromiter(st.index.values(), np.int64, len(st.index))
-            closed = st.window.closed_upto[held]
-            # a vehicle with no window closed yet warms up from its first anyway
-            begun = closed > st.window.first_window[held]
-            st.reference.rewarm(held[begun], closed[begun] - 1)
+            st.reference.rewarm(held)
         st.n_ids = len(model.baseline.ids)
 
     def set_shadow(self, platform: str, model: PlatformModel | None) -> None:

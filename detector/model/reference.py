@@ -58,27 +58,38 @@ class StreamReference:
         self.n_ids = int(n_ids)
         self.table = np.zeros((0, self.n_ids, N_EVIDENCE), np.uint8)
         self.signals = SignalMemory()
-        # per vehicle: the window its warm-up counts from when a model swap restarted it
-        # (``rewarm``), else _NO_WINDOW (its first window's)
+        # per vehicle: the window before the one its warm-up restarted at after a model
+        # swap (``rewarm``; _REWARM: at its next scored window), else _NO_WINDOW
         self.since = np.zeros(0, np.int64)
 
-    def rewarm(self, vehicles: np.ndarray, last_closed: np.ndarray) -> None:
-        """Restart the warm-up of ``vehicles`` after their ``last_closed`` windows: the
-        reference of a model that did not watch them from their first windows is taught
-        by their next WARMUP_WINDOWS, as a new vehicle's is."""
+    def rewarm(self, vehicles: np.ndarray) -> None:
+        """Restart the warm-up of ``vehicles`` at their next scored window: the reference
+        of a model that did not watch them from their first windows is taught by their
+        next WARMUP_WINDOWS scored windows, as a new vehicle's is (a vehicle silent at the
+        swap, whose windows go unscored in its telemetry gap, keeps its warm-up for when
+        it sends again)."""
         vehicles = np.asarray(vehicles, dtype=np.int64)
         if len(vehicles):
             self.since = _grown(self.since, int(vehicles.max()) + 1, _NO_WINDOW)
-            self.since[vehicles] = last_closed
+            self.since[vehicles] = _REWARM
 
     def ages(self, vehicle: np.ndarray, window: np.ndarray, first_window: np.ndarray) -> np.ndarray:
-        """Each row's window counted from its vehicle's first (partial, unscored) one, or
-        from where ``rewarm`` restarted its warm-up (what ``apply`` takes as ``age``)."""
+        """Each scored row's window counted from its vehicle's first (partial, unscored)
+        one, or from where ``rewarm`` restarted its warm-up (what ``apply`` takes as
+        ``age``). Called once per batch of scored rows: a warm-up waiting for its
+        vehicle's next scored window starts at the earliest of them here."""
         if len(vehicle) == 0:
             return np.zeros(0, np.int64)
         start = first_window[vehicle]
         held = vehicle < len(self.since)
         if held.any():
+            waiting = held.copy()
+            waiting[held] = self.since[vehicle[held]] == _REWARM
+            if waiting.any():
+                first = np.full(len(self.since), _REWARM)
+                np.minimum.at(first, vehicle[waiting], window[waiting])
+                began = np.flatnonzero(first < _REWARM)
+                self.since[began] = first[began] - 1
             start = start.copy()
             start[held] = np.maximum(start[held], self.since[vehicle[held]])
         return window - start
@@ -302,6 +313,7 @@ def _count(
 
 
 _NO_WINDOW = np.iinfo(np.int64).min
+_REWARM = np.iinfo(np.int64).max  # ``StreamReference.since``: at the next scored window
 #: Windows a vehicle's signal means are kept for: one id's window closes when its next
 #: frame comes, so two ids close the same window at most a few windows apart.
 MEMORY_WINDOWS = 4
