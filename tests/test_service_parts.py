@@ -1,6 +1,6 @@
 """Parts of the detector service driven alone, without a broker: the offset ledger
-(how far a commit may go) with hand-built offsets, and the audit file written and
-read back. The service tests (tests/test_detect_service.py) drive them together
+(how far a commit may go) with hand-built offsets, the horizon it holds each vehicle's
+records back to, and the audit file written and read back. The service tests (tests/test_detect_service.py) drive them together
 through a real Kafka broker."""
 
 from __future__ import annotations
@@ -119,3 +119,42 @@ def test_without_a_path_the_audit_writes_nothing(tmp_path):
     audit.write({"records": 0}, [], [TP0])  # no file: nothing to do
     audit.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restart_re_reads_a_warm_up_before_the_open_window_and_every_incident_in_it(
+    cusw_models,
+):
+    """The horizon: 4 windows (the partial one and a warm-up of 3) before a vehicle's
+    open window, or before its open incident, or before an incident that closed within
+    those windows (quiet_windows 2: a restart re-forms it under its id instead of opening
+    one anew from its last windows)."""
+    from detector.core.brands import load_fleet
+    from detector.core.config import IncidentConfig
+    from detector.incidents.tracker import IncidentTracker, Observation
+    from detector.model.pipeline import Scorer
+    from detector.model.store import load_latest
+    from detector.service.vehicle_state import VehicleState
+    from replay.simulator import simulate_vehicle
+
+    t0 = 1.7e9
+    scorer = Scorer({"cusw": load_latest(cusw_models)["cusw"]}, load_fleet(), 1.0)
+    frames = simulate_vehicle("cusw", 20.5, t0, seed=5)
+    scorer.push([("veh", "jeep", frames)])
+    assert scorer.closed_until("veh", "jeep") == t0 + 20
+    tracker = IncidentTracker(IncidentConfig(quiet_windows=2), detector="d")
+    # only the scorer and the tracker say where a vehicle's state begins
+    state = VehicleState(scorer, tracker, None, None, None, None, window_s=1.0)
+    assert state.horizon("veh", "jeep") == t0 + 16
+
+    def seen(window: float) -> Observation:
+        return Observation("veh", "jeep", t0 + window, 1.0, 3.0, "dos", {"0x000": 3.0}, [], 1)
+
+    tracker.observe([seen(10), seen(11)], {"veh": t0 + 12})
+    assert state.horizon("veh", "jeep") == t0 + 6  # open since window 10
+    tracker.observe([], {"veh": t0 + 14})  # quiet for 2 windows: closed
+    assert not tracker.open and state.horizon("veh", "jeep") == t0 + 16  # ended at 12 < 16
+    tracker.observe([seen(16), seen(17)], {"veh": t0 + 18})
+    tracker.observe([], {"veh": t0 + 20})  # closed, within what a restart re-reads
+    assert not tracker.open and state.horizon("veh", "jeep") == t0 + 12
+    tracker.forget({"veh"})
+    assert state.horizon("veh", "jeep") == t0 + 16

@@ -144,6 +144,9 @@ class IncidentTracker:
         self.cfg = cfg
         self.detector = detector
         self.open: dict[str, _Incident] = {}
+        # vehicle -> (first_seen, last_seen) of its last incident closed by quiet windows:
+        # a restart that re-reads its windows re-forms it (``VehicleState.horizon``)
+        self.closed: dict[str, tuple[float, float]] = {}
 
     def observe(self, obs: list[Observation], clock: dict[str, float]) -> list[dict]:
         """Fold in anomalous windows, then close incidents that went quiet.
@@ -154,7 +157,7 @@ class IncidentTracker:
         for o in sorted(obs, key=lambda o: o.window_start):
             inc = self.open.get(o.vehicle)
             if inc and o.window_start - inc.last_seen >= self.cfg.quiet_windows * o.window_s:
-                events.append(self._event(self.open.pop(o.vehicle), "closed"))
+                events.append(self._quiet(o.vehicle))
                 inc = None
             if inc is None:
                 inc = self.open[o.vehicle] = _Incident(
@@ -176,8 +179,14 @@ class IncidentTracker:
         for vehicle, now in clock.items():
             inc = self.open.get(vehicle)
             if inc and now - inc.last_seen >= self.cfg.quiet_windows * inc.window_s:
-                events.append(self._event(self.open.pop(vehicle), "closed"))
+                events.append(self._quiet(vehicle))
         return events
+
+    def _quiet(self, vehicle: str) -> dict:
+        """Close ``vehicle``'s incident after its quiet windows (the closed event)."""
+        inc = self.open.pop(vehicle)
+        self.closed[vehicle] = (inc.first_seen, inc.last_seen)
+        return self._event(inc, "closed")
 
     def close_all(self) -> list[dict]:
         return self.close(set(self.open))
@@ -189,6 +198,7 @@ class IncidentTracker:
     def forget(self, vehicles: set[str]) -> None:
         for v in vehicles:
             self.open.pop(v, None)
+            self.closed.pop(v, None)
 
     def _fold(self, inc: _Incident, o: Observation) -> None:
         inc.windows += 1

@@ -59,12 +59,18 @@ class VehicleState:
         vehicle's own state. Re-read from the window before, a masquerade or replay under
         way would be that state, and go unseen for the rest of the attack; these windows
         were scored already, so warming up on them costs the restart a few seconds of
-        records and no sight."""
+        records and no sight. An incident that closed within what the restart re-reads
+        (``incidents.quiet_windows`` under 5) is re-read whole too, so that it is re-formed
+        under its id rather than opened anew from the windows left of it."""
+        lead = (WARMUP_WINDOWS + 1) * self.window_s
         start = self.scorer.closed_until(vehicle, brand)
         inc = self.tracker.open.get(vehicle)
         if inc is not None:
             start = min(start, inc.first_seen)
-        return start - (WARMUP_WINDOWS + 1) * self.window_s
+        closed = self.tracker.closed.get(vehicle)
+        if closed is not None and closed[1] > start - lead:
+            start = min(start, closed[0])
+        return start - lead
 
     def drop_partitions(self, partitions: set) -> None:
         """Forget the vehicles of ``partitions`` (revoked, or re-read after a rewind)."""
