@@ -146,3 +146,35 @@ def test_an_attack_after_a_swap_is_still_detected(model, swap: str) -> None:
     assert 30 + WARMUP_WINDOWS < 40
     got = flagged(scored(model, frames, swap))
     assert got and got[0] == 40 and set(got) <= set(range(40, 46)), (hex(span.can_id), got)
+
+
+def test_a_promoted_shadows_record_is_written_whole(model, tmp_path) -> None:
+    """Promoted (the registry's order: the new serving model, then no shadow), the
+    shadow's record against the model it replaced keeps every window it counted, and
+    no would-be incident of the old shadow state carries over."""
+    from prometheus_client import CollectorRegistry
+
+    from detector.core.config import IncidentConfig
+    from detector.model.shadow_record import read_tallies
+    from detector.service.metrics import DetectorMetrics
+    from detector.service.shadow import ShadowScoring
+
+    scorer = Scorer({"cusw": model}, FLEET, 1.0)
+    metrics = DetectorMetrics(CollectorRegistry())
+    shadows = ShadowScoring(scorer, FLEET, 1.0, IncidentConfig(), "d", metrics, str(tmp_path))
+    shadows.serving_loaded(model)
+    shadow = dataclasses.replace(model, version=model.version + 1)
+    shadows.install("cusw", shadow)
+    frames, _ = inject(variant(966), AttackSpec.parse("dos:start=26,duration=8"), seed=1)
+    for lo in np.arange(T0, SWAP_AT, 2.0):
+        part = frames[(frames["ts"] >= lo) & (frames["ts"] < min(lo + 2.0, SWAP_AT))]
+        shadows.observe(scorer.push([("veh-a", "jeep", part)]), [])
+    counted = shadows.tallies["cusw"].windows
+    assert counted >= 25 and shadows.tracker.open  # the shadow's would-be flood incident
+    promoted = dataclasses.replace(shadow)
+    scorer.set_model(promoted)
+    shadows.serving_loaded(promoted)
+    assert not shadows.tracker.open
+    shadows.install("cusw", None)
+    record = read_tallies(tmp_path, "cusw", shadow.version, model.version)
+    assert record is not None and record.windows == counted

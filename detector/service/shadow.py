@@ -96,11 +96,18 @@ class ShadowScoring:
     # -- what serves and what shadows ---------------------------------------------
 
     def serving_loaded(self, model: PlatformModel) -> None:
-        """The serving model of a platform changed: its shadow's record starts anew."""
+        """The serving model of a platform changed: its shadow's record, once what it
+        counted against the old one is written, starts anew. A shadow promoted (the
+        scorer serves on with its state, and gives it a fresh one) starts its would-be
+        incidents anew too."""
+        self.flush()
         self.serving[model.platform] = model.version
         shadow = self.scorer.shadows.get(model.platform)
         if shadow is not None:
             self._new_tally(shadow)
+            if shadow.version == model.version:
+                brands = self._brands(model.platform)
+                self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
 
     def install(self, platform: str, model: PlatformModel | None) -> None:
         """A shadow installed (or replaced) for ``platform``, or removed (None). A shadow

@@ -60,7 +60,7 @@ class VehicleState:
         way would be that state, and go unseen for the rest of the attack; these windows
         were scored already, so warming up on them costs the restart a few seconds of
         records and no sight. An incident that closed within what the restart re-reads
-        (``incidents.quiet_windows`` under 5) is re-read whole too, so that it is re-formed
+        (``incidents.quiet_windows`` of 3 or fewer) is re-read whole too, so that it is re-formed
         under its id rather than opened anew from the windows left of it."""
         lead = (WARMUP_WINDOWS + 1) * self.window_s
         start = self.scorer.closed_until(vehicle, brand)
