@@ -158,3 +158,52 @@ def test_a_restart_re_reads_a_warm_up_before_the_open_window_and_every_incident_
     assert not tracker.open and state.horizon("veh", "jeep") == t0 + 12
     tracker.forget({"veh"})
     assert state.horizon("veh", "jeep") == t0 + 16
+
+
+def test_a_restart_reaches_back_past_a_telemetry_gap_for_a_warm_up(cusw_models):
+    """A vehicle's uplink stops for 10 s, and a replay starts 0.5 s after it sends again.
+    A restart while its incident is open must re-read windows with frames before the
+    incident: 4 windows before it lie in the gap, so the horizon reaches back past the
+    gap, and the re-read flags the same windows as the detector that never stopped (from
+    the gap's end it warmed up on the replay and flagged nothing)."""
+    import numpy as np
+
+    from detector.core.brands import load_fleet
+    from detector.core.config import IncidentConfig
+    from detector.core.schema import concat_frames
+    from detector.incidents.tracker import IncidentTracker, observations
+    from detector.model.pipeline import Scorer, window_scores
+    from detector.model.store import load_latest
+    from detector.service.vehicle_state import VehicleState
+    from replay.attacks import AttackSpec, inject
+    from replay.simulator import simulate_vehicle
+
+    t0, model, fleet = 1.7e9 + 10_000, load_latest(cusw_models)["cusw"], load_fleet()
+    before = simulate_vehicle("cusw", 30.0, t0, seed=5, drive=0)
+    after, _ = inject(simulate_vehicle("cusw", 30.0, t0 + 40, seed=5, drive=1),
+                      AttackSpec("replay", 0.5, 25.0), seed=1)  # fmt: skip
+    frames = concat_frames([before, after])
+
+    def run(frames: np.ndarray, restart_at: float | None = None) -> tuple[list[int], float]:
+        """Flagged windows (s from t0) of the frames pushed 0.5 s at a time, and the
+        horizon a restart at ``restart_at`` would re-read from."""
+        scorer = Scorer({"cusw": model}, fleet, 1.0)
+        tracker = IncidentTracker(IncidentConfig(), "d")
+        state = VehicleState(scorer, tracker, None, None, None, None, window_s=1.0)
+        flagged, horizon = [], math.inf
+        for lo in np.arange(np.floor(frames["ts"][0]), frames["ts"][-1] + 1.0, 0.5):
+            batch = frames[(frames["ts"] >= lo) & (frames["ts"] < lo + 0.5)]
+            for sc in scorer.push([("veh", "jeep", batch)]) if len(batch) else []:
+                _, w, x = window_scores(sc)
+                flagged += [int(wi - t0) for wi in w[x >= 1.0]]
+                if len(w):
+                    tracker.observe(observations(sc, 1.0), {"veh": float(w.max() + 1)})
+            if restart_at is not None and lo >= restart_at and horizon == math.inf:
+                horizon = state.horizon("veh", "jeep")
+        return flagged, horizon
+
+    flagged, horizon = run(frames, restart_at=t0 + 48)
+    assert flagged and flagged[0] in (41, 42), flagged
+    assert horizon <= before["ts"][-1] - 3.0  # warm-up windows with frames, before the gap
+    again, _ = run(frames[frames["ts"] >= horizon])
+    assert again == flagged

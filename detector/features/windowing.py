@@ -164,7 +164,8 @@ class WindowState:
         self.gaps = np.zeros((0, 4), np.int64)
         # where vehicles resumed after a long gap (a new drive: its ECUs wake again),
         # kept while a window they are the latest resume before may still close
-        self.resumes = np.zeros(0, np.int64), np.zeros(0)  # (vehicle, end of the gap)
+        # (vehicle, end of the gap, its start) of each long gap a window may still need
+        self.resumes = np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
         self.telemetry_gaps = 0
         self.last_gaps = np.zeros(0, np.int64)  # vehicles with a telemetry gap in the last push
         self.novel_extra = 0  # sum over vehicles of n_novel beyond GUARANTEED_NOVEL_IDS
@@ -459,8 +460,8 @@ class WindowState:
             hi = np.floor(end / self.window_s).astype(np.int64) + 1
             long_ = end - start > telemetry_gap_s(bl, self.window_s)
             self.gaps = np.concatenate([self.gaps, np.c_[vehicle, lo, hi, ~long_]])
-            rv, rt = self.resumes
-            self.resumes = np.r_[rv, vehicle[long_]], np.r_[rt, end[long_]]
+            rv, rt, rs = self.resumes
+            self.resumes = np.r_[rv, vehicle[long_]], np.r_[rt, end[long_]], np.r_[rs, start[long_]]
             self.telemetry_gaps += int(long_.sum())
         self.last_gaps = vehicle[long_]
         return self.last_gaps
@@ -468,7 +469,7 @@ class WindowState:
     def _resumed(self, vehicle: np.ndarray, window: np.ndarray) -> np.ndarray:
         """Per (vehicle, window): when the vehicle last resumed after a long gap before
         that window began (-inf: never)."""
-        rv, rt = self.resumes
+        rv, rt, _ = self.resumes
         out = np.full(len(vehicle), -np.inf)
         if not len(rv) or not len(vehicle):
             return out
@@ -488,13 +489,13 @@ class WindowState:
     def _let_go_resumes(self) -> None:
         """Drop resumes no window can need: a newer one of the vehicle lies before
         every window still to close."""
-        rv, rt = self.resumes
+        rv, rt, rs = self.resumes
         if len(rv) < 2:
             return
         newest = np.full(len(self.closed_upto), -np.inf)
         np.maximum.at(newest, rv, rt)
         keep = (rt == newest[rv]) | (self.closed_upto[rv] * self.window_s < newest[rv])
-        self.resumes = rv[keep], rt[keep]
+        self.resumes = rv[keep], rt[keep], rs[keep]
 
     def _gapped(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
         """Rows in a window a vehicle's telemetry gap touched: a long one's (unscored),
@@ -661,9 +662,16 @@ class WindowState:
         self.newest[valid] = -np.inf
         self.cut[valid] = _NONE
         self.gaps = self.gaps[~np.isin(self.gaps[:, 0], valid)]
-        rv, rt = self.resumes
+        rv, rt, rs = self.resumes
         kept = ~np.isin(rv, valid)
-        self.resumes = rv[kept], rt[kept]
+        self.resumes = rv[kept], rt[kept], rs[kept]
+
+    def gap_before(self, vehicle: int, after: float, upto: float) -> float | None:
+        """When the latest long telemetry gap of ``vehicle`` that ended after ``after``
+        and at or before ``upto`` began (None: none is kept)."""
+        rv, rt, rs = self.resumes
+        hit = (rv == vehicle) & (rt > after) & (rt <= upto)
+        return float(rs[hit][np.argmax(rt[hit])]) if hit.any() else None
 
     def holds(self, vehicles: np.ndarray) -> np.ndarray:
         """Whether each vehicle has a window here (it sent since this state began)."""

@@ -429,6 +429,14 @@ class Scorer:
         upto = int(st.window.closed_upto[i])
         return upto * self.window_s if upto > _NONE_CLOSED else float("-inf")
 
+    def gap_before(self, vehicle: str, brand: str, after: float, upto: float) -> float | None:
+        """When the vehicle's latest long telemetry gap that ended after ``after`` and at
+        or before ``upto`` began (None: none, or no state kept for it)."""
+        platform = self.platform_for(brand)
+        st = self.state.get(platform) if platform else None
+        i = st.index.get(vehicle) if st else None
+        return None if i is None else st.window.gap_before(i, after, upto)
+
     @property
     def late_frames(self) -> int:
         return sum(st.window.late_frames for st in self.state.values())

@@ -1,11 +1,17 @@
 """Which vehicles are sending: the active-vehicle gauge, and the ones gone quiet.
 
-A vehicle counts as active for ``ACTIVE_S`` after its last record (wall clock,
-``canwatch_vehicles_active`` per brand, counted every ``LAG_INTERVAL_S``). One
+A vehicle counts as active for ``ACTIVE_S`` after its last record
+(``canwatch_vehicles_active`` per brand, counted every ``LAG_INTERVAL_S``). One
 silent for ``IDLE_S`` is *retired* by the loop: its open window is closed and
 scored, its open incident closed, its state freed. Until then its last window
 stays open, and so do the offsets of its records; a parked vehicle would
 otherwise hold its partition's committed offset back forever.
+
+Silence is timed on a clock that stops while the detector cannot read (``pause``:
+its output awaits the broker's acks, the group has not confirmed it, or the broker
+is unreachable): a vehicle whose records wait in the topic is not quiet. On the wall
+clock, an outage or a hold of a minute retired every vehicle; their backlog then made
+each a new vehicle, whose warm-up took an attack under way for its own state.
 
 Kept apart from the loop because it is a clock over a table, not Kafka work.
 """
@@ -28,6 +34,25 @@ class Activity:
         self.idle: set[str] = set()  # gone quiet: retired with the next poll
         self._brands: set[str] = set()
         self._last_count = 0.0
+        self._paused_s = 0.0  # monotonic seconds the detector could not read, in all
+        self._paused_at: float | None = None  # since when it cannot, if it cannot now
+
+    def pause(self, now: float) -> None:
+        """The detector cannot read from ``now`` (monotonic) on: silence stops counting."""
+        if self._paused_at is None:
+            self._paused_at = now
+
+    def resume(self, now: float) -> None:
+        """The detector reads again."""
+        if self._paused_at is not None:
+            self._paused_s += max(now - self._paused_at, 0.0)
+            self._paused_at = None
+
+    def clock(self, now: float) -> float:
+        """Monotonic ``now`` less the time the detector could not read: what
+        ``last_seen`` holds, and what silence is timed on."""
+        held = self._paused_s + (now - self._paused_at if self._paused_at is not None else 0.0)
+        return now - held
 
     def count_if_due(self, now: float) -> None:
         if now - self._last_count >= LAG_INTERVAL_S:
@@ -47,6 +72,7 @@ class Activity:
     def _count(self, now: float) -> None:
         """Vehicles per brand that sent telemetry within ACTIVE_S; forget older ones."""
         counts: dict[str, int] = dict.fromkeys(self._brands, 0)
+        now = self.clock(now)
         for vehicle, (brand, seen) in list(self.last_seen.items()):
             if now - seen > IDLE_S:
                 del self.last_seen[vehicle]

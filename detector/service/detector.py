@@ -305,9 +305,14 @@ class Detector:
         """
         self.beat = time.monotonic()
         self._housekeeping()
-        self._update_ready()
+        healthy = self._update_ready()
         if self._holding(timeout_ms):
+            self.activity.pause(self.beat)  # records wait in the topic: no vehicle is quiet
             return 0
+        if healthy:
+            self.activity.resume(self.beat)
+        else:
+            self.activity.pause(self.beat)
         polled, n = self._poll(timeout_ms)
         if n == 0 and not self.activity.idle:
             self._commit_if_due()  # idle: what the last polls left uncommitted
@@ -492,7 +497,9 @@ class Detector:
         self.activity.count_if_due(now)
         self.contact.probe_if_due(self.consumer, now)
 
-    def _update_ready(self) -> None:
+    def _update_ready(self) -> bool:
+        """Whether Kafka is healthy (heard from, nothing unacknowledged for long); the
+        readiness it reports also needs the group, a model and partitions."""
         healthy, back = self.contact.check(self.consumer, self.outbox.in_flight)
         if back and self.outbox.in_flight is None:
             # A broker that lost its state (memory storage, rebuilt cluster) no
@@ -504,6 +511,7 @@ class Detector:
             and bool(self.scorer.models)
             and bool(self.consumer.assignment())
         )
+        return healthy
 
     # -- what tests and benches look at (the state lives in the parts) --------------
 

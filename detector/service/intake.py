@@ -76,7 +76,7 @@ class Intake:
         # tp -> offsets, vehicle numbers, newest and oldest ts (the ledger's, per record)
         held: dict = defaultdict(lambda: ([], [], [], []))
         per_brand: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        seen_at = time.monotonic()
+        seen_at = self.activity.clock(time.monotonic())
         last_seen = self.activity.last_seen
         modelled: dict[str, bool] = {}  # per brand, per vehicle: a poll repeats a few
         alias: dict[str, str] = {}

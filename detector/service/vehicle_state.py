@@ -1,13 +1,13 @@
 """A vehicle's state across the service's parts: where it begins, and letting it go.
 
-Each vehicle the detector watches has state in four places: the scorer (its
+Each vehicle the detector watches has state in five places: the scorer (its
 open window, and its shadow window when its platform has a shadow model), the
-incident tracker (its open incident), the incident counts (the active gauge)
-and the offset ledger (its records a restart needs); a fifth when its platform
-has a shadow (its would-be incident). A
+incident tracker (its open incident), the incident counts (the active gauge),
+the offset ledger (its records a restart needs) and the activity table (when it
+last sent); a sixth when its platform has a shadow (its would-be incident). A
 vehicle is let go when its partition moves away or is re-read after a rewind,
 when it goes quiet (retired: its last window scored, its incident closed), or
-when the state limits evict or refuse it; each time all four must forget it,
+when the state limits evict or refuse it; each time all of them must forget it,
 or one part would keep counting, or holding offsets back for, a vehicle the
 others no longer know. ``horizon`` is the other side: the event time from which
 a restart must re-read a vehicle to rebuild what the scorer and tracker hold,
@@ -61,7 +61,8 @@ class VehicleState:
         were scored already, so warming up on them costs the restart a few seconds of
         records and no sight. An incident that closed within what the restart re-reads
         (``incidents.quiet_windows`` of 3 or fewer) is re-read whole too, so that it is re-formed
-        under its id rather than opened anew from the windows left of it."""
+        under its id rather than opened anew from the windows left of it; and one
+        whose last windows before it fall in a telemetry gap reaches back past the gap."""
         lead = (WARMUP_WINDOWS + 1) * self.window_s
         start = self.scorer.closed_until(vehicle, brand)
         inc = self.tracker.open.get(vehicle)
@@ -70,6 +71,11 @@ class VehicleState:
         closed = self.tracker.closed.get(vehicle)
         if closed is not None and closed[1] > start - lead:
             start = min(start, closed[0])
+        # the warm-up needs windows with frames: a telemetry gap inside the lead leaves
+        # the re-read vehicle none before ``start``, so it reaches back past the gap
+        gap = self.scorer.gap_before(vehicle, brand, start - lead, start)
+        if gap is not None:
+            start = min(start, gap)
         return start - lead
 
     def drop_partitions(self, partitions: set) -> None:
@@ -84,6 +90,7 @@ class VehicleState:
         self.scorer.forget(gone)
         self.tracker.forget(gone)
         self.ledger.forget_vehicles(gone)
+        self.activity.forget(gone)
         if self.shadow is not None:
             self.shadow.forget(gone)
 
@@ -97,7 +104,6 @@ class VehicleState:
         if shed.evicted or shed.refused:  # the limits let them go: so does everything else
             events += self.incident_feed.close(shed.evicted)
             self.drop(shed.evicted | shed.refused)
-            self.activity.forget(shed.evicted | shed.refused)
         self.metrics.shed(shed.frames, shed.vehicles)
         self.metrics.set_state(self.scorer.n_vehicles, self.scorer.n_streams)
         return events
