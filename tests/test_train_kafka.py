@@ -212,6 +212,8 @@ def bad_inputs(bootstrap: str, cfg: Path) -> list[tuple[list[str], str]]:
         (["--brand", "peugeot", "--since", str(SINCE), "--until", str(UNTIL)], "no citroen/lancia/peugeot traffic"),
         (["--since", str(UNTIL), "--until", str(SINCE)], "is not after --since"),
         (["--since", "yesterday", "--until", str(UNTIL)], "--since: cannot read 'yesterday'"),
+        # epoch milliseconds, as Kafka stamps records: was a traceback (no such year)
+        (["--since", "1764547200000", "--until", str(UNTIL)], "epoch seconds are wanted"),
         (["--since", str(SINCE), "--until", str(UNTIL), "--bootstrap", dead,
           "--connect-timeout", "1"], f"cannot reach Kafka at {dead}"),
     ]  # fmt: skip
@@ -229,6 +231,29 @@ def test_bad_input_one_line_no_model(clean_topic, broker, tmp_path, capsys) -> N
         assert err.startswith("canwatch train: error: ") and "\n" not in err, err
         assert message in err, err
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_incident_still_open_is_left_out_to_the_end_of_the_span() -> None:
+    """A flood's incident updated at 1024 and 2048 windows and not closed yet: its
+    latest record says it had got to T0 + 2048, but it runs on, so a span after that
+    leaves the vehicle out to its end (it trained as benign traffic before); a closed
+    one ends at its last window, plus the margin."""
+    from detector.cli._train_kafka import exclusions_from, fold_incident
+
+    def record(status: str, last: float, iid: str = "i1") -> dict:
+        return {"incident_id": iid, "status": status, "vehicle": "v", "brand": "jeep",
+                "first_seen": T0, "last_seen": last, "suspected_attack": "dos"}  # fmt: skip
+
+    spans: dict = {}
+    for status, last in (("open", T0 + 1), ("update", T0 + 1024), ("update", T0 + 2048)):
+        fold_incident(spans, record(status, last), frozenset({"jeep"}))
+    (ex,) = exclusions_from(spans, T0 + 2500, T0 + 3000, 60.0)["v"]
+    assert (ex.start, ex.end) == (T0 - 60.0, T0 + 3000)
+    fold_incident(spans, record("closed", T0 + 2600), frozenset({"jeep"}))
+    (ex,) = exclusions_from(spans, T0 + 2500, T0 + 3000, 60.0)["v"]
+    assert ex.end == T0 + 2660
+    fold_incident(spans, record("closed", T0 + 100, iid="i2"), frozenset({"jeep"}))
+    assert [e.incident_id for e in exclusions_from(spans, T0 + 2500, T0 + 3000, 60.0)["v"]] == ["i1"]
 
 
 def test_block_sample_bounded_and_order_independent() -> None:

@@ -14,9 +14,9 @@ cusw), so it learns from all of them; records of other platforms' brands are
 skipped unread, records that do not decode are counted in
 the manifest, and frames outside ``[since, until)`` in event time are dropped.
 
-What it leaves out. Vehicles with an incident in the span (the incident topic,
-read the same way from ``since - margin``): the vehicle's frames from the
-incident's ``first_seen - margin`` to ``last_seen + margin`` are labelled as
+What it leaves out. Vehicles with an incident in the span (the whole incident
+topic is read): the vehicle's frames from the incident's ``first_seen - margin``
+to ``last_seen + margin`` (to the end of the span while it is open) are labelled as
 attack frames, so training leaves them and the stream windows they touch out
 (``detector.model.training.Recording``). Incidents name vehicles by pseudonym
 when the config pseudonymises; record keys are mapped with the same key.
@@ -44,7 +44,6 @@ from detector.cli._progress import bar
 from detector.cli._span_offsets import (
     SpanError,
     decode_polled,
-    first_at,
     log_bounds,
     open_consumer,
     partitions_of,
@@ -64,6 +63,8 @@ EXCLUDE_MARGIN_S = 60.0
 CONNECT_TIMEOUT_S = 5.0
 #: How long to wait for the incident topic to show in metadata before taking it as absent.
 INCIDENT_TOPIC_WAIT_S = 2.0
+#: The latest time a span may name: 9999-12-31T23:59:59Z (Python's dates end there).
+LATEST_TIME = 253402300799.0
 
 
 # -- times (pure) ------------------------------------------------------------------------
@@ -87,6 +88,11 @@ def parse_time(text: str, flag: str) -> float:
         value = when.timestamp()
     if not math.isfinite(value) or value < 0:
         raise SpanError(f"{flag}: {text!r} is not a time after 1970")
+    if value > LATEST_TIME:
+        raise SpanError(
+            f"{flag}: {text!r} lies after the year 9999 (epoch seconds are wanted, not "
+            "milliseconds)"
+        )
     return value
 
 
@@ -121,8 +127,9 @@ class Exclusion:
 
 def fold_incident(spans: dict[str, list], inc: Any, brands: frozenset[str]) -> None:
     """Fold one incident record of one of ``brands`` into ``spans`` (incident id -> [vehicle,
-    earliest first_seen, latest last_seen, suspected attack]): records of one incident
-    are its updates, each the incident as it stood then."""
+    earliest first_seen, latest last_seen, suspected attack, whether its latest record
+    closed it]): records of one incident are its updates, each the incident as it stood
+    then, in order (one vehicle's are on one partition)."""
     if not isinstance(inc, dict) or (inc.get("brand") is not None and inc["brand"] not in brands):
         return
     try:
@@ -131,21 +138,26 @@ def fold_incident(spans: dict[str, list], inc: Any, brands: frozenset[str]) -> N
     except (KeyError, TypeError, ValueError):
         return  # not an incident record: nothing it could exclude
     attack = str(inc.get("suspected_attack", "unknown"))
+    closed = inc.get("status") == "closed"
     known = spans.get(iid)
     if known is None:
-        spans[iid] = [vehicle, first, last, attack]
+        spans[iid] = [vehicle, first, last, attack, closed]
     else:
-        known[1], known[2], known[3] = min(known[1], first), max(known[2], last), attack
+        known[1:] = min(known[1], first), max(known[2], last), attack, closed
 
 
 def exclusions_from(
     spans: dict[str, list], since: float, until: float, margin: float
 ) -> dict[str, list[Exclusion]]:
     """Per vehicle, the intervals to leave out: each folded incident whose interval
-    widened by ``margin`` meets ``[since, until)``."""
+    widened by ``margin`` meets ``[since, until)``. One not closed yet runs on: its
+    last record says only how far it had got (an update goes out at a power of two of
+    its windows, so a long attack's last one may be far behind)."""
     out: dict[str, list[Exclusion]] = defaultdict(list)
-    for iid, (vehicle, first, last, attack) in sorted(spans.items(), key=lambda kv: kv[1][1]):
-        start, end = first - margin, last + margin
+    for iid, (vehicle, first, last, attack, closed) in sorted(
+        spans.items(), key=lambda kv: kv[1][1]
+    ):
+        start, end = first - margin, (last + margin if closed else max(until, last + margin))
         if start < until and end >= since:
             out[vehicle].append(Exclusion(vehicle, iid, first, last, attack, start, end))
     return dict(out)
@@ -199,9 +211,9 @@ def read_incidents(
 ) -> tuple[dict[str, list[Exclusion]], str | None]:
     """Exclusions from the incident topic, and a note when there is no incident topic.
 
-    An incident is published after the windows it reports, so every incident that
-    reaches ``since - margin`` has a record stamped at or after that: reading from
-    there to the end of the topic finds each one's latest (whole) record."""
+    The whole topic is read (incidents are few beside telemetry): an incident still
+    open is updated only when it changes or its windows reach a power of two, so its
+    latest record may be stamped long before the span, however long it has run."""
     topic = cfg.kafka.incident_topic
     try:
         tps = partitions_of(consumer, topic, cfg.kafka.bootstrap, INCIDENT_TOPIC_WAIT_S)
@@ -210,7 +222,7 @@ def read_incidents(
     ranges = {}
     for tp in tps:
         start, end = log_bounds(consumer, tp)
-        ranges[tp] = (first_at(consumer, tp, to_ms(since - margin), start, end), end)
+        ranges[tp] = (start, end)
     spans: dict[str, list] = {}  # folded as read: the topic's records are never all held
     for records in read_offsets(consumer, ranges):
         for r in records:
