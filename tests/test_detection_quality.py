@@ -208,7 +208,8 @@ def test_an_attack_that_starts_while_an_incident_is_open_is_in_its_evidence(mode
     (incident,) = ev.incidents
     assert incident["suspected_attack"] == "dos", incident
     assert set(incident["attacks"]) == {"dos", "spoofing"}, incident["attacks"]
-    assert incident["evidence"][0]["feature"] == "rate" and incident["evidence"][0]["can_id"] == "0x000"
+    first = incident["evidence"][0]
+    assert (first["feature"], first["can_id"]) == ("rate", "0x000")
     spoofed = [e for e in incident["evidence"] if e["can_id"] == describe_id(spoof.can_id)]
     assert spoofed and spoofed[0]["feature"] == "rate", incident["evidence"]
 

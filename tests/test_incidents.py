@@ -197,8 +197,8 @@ def test_a_second_attack_joining_an_open_incident_shows_in_its_evidence() -> Non
     ids = {"0x1E4": 9.0, "0x2C6": 3.0}
     observed = {w: obs(w, 9.0, "dos", can_ids=ids, evidence=flood) for w in range(10, 14)}
     observed[14] = obs(14, 2.0, "replay", can_ids=ids, evidence=[line("0x2C6", "counter_err", 2.5)])
-    observed[15] = obs(15, 3.0, "replay", can_ids=ids, evidence=[line("0x2C6", "counter_err", 3.5),
-                                                                line("0x2C6", "rate", 3.0)])  # fmt: skip
+    replayed = [line("0x2C6", "counter_err", 3.5), line("0x2C6", "rate", 3.0)]
+    observed[15] = obs(15, 3.0, "replay", can_ids=ids, evidence=replayed)
     events = run_windows(tracker(), observed, 25)
     assert len({e["incident_id"] for e in events}) == 1
     joined = next(e for e in events if e["attacks"].get("replay"))

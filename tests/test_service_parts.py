@@ -1,7 +1,7 @@
 """Parts of the detector service driven alone, without a broker: the offset ledger
 (how far a commit may go) with hand-built offsets, the horizon it holds each vehicle's
-records back to, and the audit file written and read back. The service tests (tests/test_detect_service.py) drive them together
-through a real Kafka broker."""
+records back to, and the audit file written and read back. The service tests
+(tests/test_detect_service.py) drive them together through a real Kafka broker."""
 
 from __future__ import annotations
 
