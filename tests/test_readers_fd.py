@@ -30,6 +30,7 @@ from detector.core.schema import (
     FRAME_DTYPE,
 )
 from replay.readers import mark_wide_ids_extended, read_frames
+from replay.simulator import simulate_vehicle
 from replay.writers import write_frames
 
 SUFFIX = {"candump": ".log", "asc": ".asc", "blf": ".blf", "trc": ".trc", "csv": ".csv"}
@@ -400,6 +401,19 @@ def test_malformed_fd_line_of_python_can_formats(tmp_path, fmt, spoil):
     assert "\n" not in str(exc.value)
 
 
+def test_a_blf_file_cut_short_is_an_error_not_a_shorter_log(tmp_path):
+    """Cut after its first containers (a copy that stopped), a BLF file read as a
+    clean log of the frames before the cut (2,162 of 300,000 in the case found): its
+    header's file size says it was cut."""
+    path = tmp_path / "drive.blf"
+    write_frames(path, simulate_vehicle("cusw", 30.0, 1.7e9, seed=1), "blf")
+    whole = path.read_bytes()
+    assert len(read_frames(path)) > 10_000
+    path.write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(InputError, match=rf"drive.blf: truncated blf file: .* {len(whole)} bytes"):
+        read_frames(path)
+
+
 def test_fd_lengths_table_is_the_one_python_can_uses():
     assert FD_LENGTHS.tolist() == list(can.util.CAN_FD_DLC)
 
@@ -409,7 +423,11 @@ def test_unreadable_blf_and_oversized_messages(tmp_path):
 
     path = tmp_path / "cut.blf"
     write_frames(path, fd_frames(50), "blf")
-    path.write_bytes(path.read_bytes()[:150])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:150])
+    with pytest.raises(InputError, match=r"cut.blf: truncated blf file: its header says"):
+        read_frames(path)
+    path.write_bytes(whole[:40])  # not even its header
     with pytest.raises(InputError, match=r"cut.blf: not a readable blf file"):
         read_frames(path)
     msgs = [can.Message(data=b"1"), can.Message(is_fd=True, data=bytes(70), check=False)]

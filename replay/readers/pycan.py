@@ -16,6 +16,7 @@ spec: FE = ESI, BI = both); canwatch follows python-can, here and in its writer.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -94,7 +95,18 @@ _UNREADABLE = (ValueError, IndexError, KeyError, TypeError, struct.error, zlib.e
 _UNREADABLE += (can.CanError,)
 
 
-def _reader(name: str, factory, text: bool = True):
+def _whole_blf(path: str, reader) -> None:
+    """A BLF file shorter than its header says was cut (a copy or transfer that stopped):
+    python-can reads the containers that are there and stops without a word, so the
+    frames after the cut would be lost unnoticed."""
+    claimed, size = int(getattr(reader, "file_size", 0) or 0), os.path.getsize(path)
+    if claimed > size:
+        raise InputError(
+            path, None, f"truncated blf file: its header says {claimed} bytes, the file has {size}"
+        )
+
+
+def _reader(name: str, factory, text: bool = True, check=None):
     def read(path: str, data: bytes | None) -> np.ndarray:
         lines = None
         count = [0]
@@ -111,6 +123,8 @@ def _reader(name: str, factory, text: bool = True):
                     with factory(lines) as reader:
                         return messages_to_frames(path, reader, lambda i: lines.lineno)
             with factory(path) as reader:
+                if check is not None:
+                    check(path, reader)
                 return messages_to_frames(path, counted(reader))
         except InputError:
             raise
@@ -142,5 +156,8 @@ ASC = LogFormat(
     sniff_asc,
     _reader("asc", lambda p: can.ASCReader(p, relative_timestamp=False)),
 )
-BLF = LogFormat("blf", (".blf",), sniff_blf, _reader("blf", can.BLFReader, text=False), text=False)
+BLF = LogFormat(
+    "blf", (".blf",), sniff_blf, _reader("blf", can.BLFReader, text=False, check=_whole_blf),
+    text=False,
+)  # fmt: skip
 TRC = LogFormat("trc", (".trc",), sniff_trc, _reader("trc", can.TRCReader))
