@@ -243,6 +243,10 @@ CANTT_OK = "1.0,0C1,3000000430000004,0\n"
         ),
         ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1,A!==\n", "f.csv:2: bad base64 data 'A!=='"),
         ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1\n", "f.csv:2: expected 7 columns, got 6"),
+        # the data short of its dlc read as zeros nobody sent, or long as bytes past it
+        ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,1,AQ==\n1.0,0x10,0,0,0,8,AQI=\n",
+         "f.csv:3: dlc 8 but 2 data bytes"),
+        ("f.csv", PCSV_HEAD + "1.0,0x10,0,0,0,2,AAECAwQFBgc=\n", "f.csv:2: dlc 2 but 8 data bytes"),
         ("f.txt", "1.5 0380 000 8 30 bb 82\n", "f.txt:1: expected 12 columns (dlc 8), got 7"),
         ("f.csv", CANTT_HEAD + CANTT_OK + "1.1,na,na,1\n", "f.csv:3: bad CAN id 'na'"),
         ("f.csv", CANTT_HEAD + CANTT_OK + "1.1,0C1,30000,0\n", "f.csv:3: odd number of hex"),

@@ -205,7 +205,7 @@ def _pycsv(buf, start, ts, can_id, dlc, flags, data, b64, pow10, pow10f, two53, 
                 m = 0
                 if out < 3 and i < n and buf[i] != 10 and buf[i] != 13:  # data after padding
                     return -1
-        if m != 0:
+        if m != 0 or nb != d:  # a dlc the data does not fill: the general path says so
             return -1
         ts[k] = t
         can_id[k] = (arb | extended) if ext else arb

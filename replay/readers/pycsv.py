@@ -62,15 +62,28 @@ def read(path: str, data: bytes | None) -> np.ndarray:
         payload, nbytes = _base64_bytes(t, s, e)
         wide = bool((nbytes > 8).any())  # 12 chars hold 9 bytes
         if not wide:
+            _check_length(t, dlc, nbytes, rtr | err)
             return build_frames(ts, arb, ext, dlc, payload, flags)
     payload, nbytes = _base64_bytes(t, s, e, 64)
     tx.fail(t, nbytes > 64, lambda i: f"{int(nbytes[i])} data bytes > 64")
+    _check_length(t, dlc, nbytes, rtr | err)
     # python-can's CSV has no FD column: a frame of more than 8 bytes can only be FD
     # (BRS/ESI are not stored, and an FD frame of <= 8 bytes reads as classic)
     fd = (dlc > 8) | (nbytes > 8)
     length = np.where(rtr, dlc, nbytes)
     flags = flags | np.where(fd, FLAG_FD, 0)
     return build_frames(ts, arb, ext, fd_dlc_column(length, fd, dlc), payload, flags)
+
+
+def _check_length(t: tx.Text, dlc: np.ndarray, nbytes: np.ndarray, exempt: np.ndarray) -> None:
+    """A data frame carries as many bytes as its dlc says (python-can writes
+    ``msg.data``, whose length is the dlc): fewer were read as zeros nobody sent, more
+    as bytes beyond the frame. Remote and error frames carry no such promise."""
+    tx.fail(
+        t,
+        ~exempt & (nbytes != dlc),
+        lambda i: f"dlc {int(dlc[i])} but {int(nbytes[i])} data bytes",
+    )
 
 
 def _flag(t: tx.Text, f: tx.Fields, k: int, name: str) -> np.ndarray:
