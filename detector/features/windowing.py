@@ -489,13 +489,13 @@ class WindowState:
     def _let_go_resumes(self) -> None:
         """Drop resumes no window can need: a newer one of the vehicle lies before
         every window still to close."""
-        rv, rt, rs = self.resumes
+        rv, rt, _ = self.resumes
         if len(rv) < 2:
             return
         newest = np.full(len(self.closed_upto), -np.inf)
         np.maximum.at(newest, rv, rt)
         keep = (rt == newest[rv]) | (self.closed_upto[rv] * self.window_s < newest[rv])
-        self.resumes = rv[keep], rt[keep], rs[keep]
+        self.resumes = tuple(a[keep] for a in self.resumes)
 
     def _gapped(self, rows: Rows) -> tuple[np.ndarray, np.ndarray]:
         """Rows in a window a vehicle's telemetry gap touched: a long one's (unscored),
@@ -662,9 +662,8 @@ class WindowState:
         self.newest[valid] = -np.inf
         self.cut[valid] = _NONE
         self.gaps = self.gaps[~np.isin(self.gaps[:, 0], valid)]
-        rv, rt, rs = self.resumes
-        kept = ~np.isin(rv, valid)
-        self.resumes = rv[kept], rt[kept], rs[kept]
+        kept = ~np.isin(self.resumes[0], valid)
+        self.resumes = tuple(a[kept] for a in self.resumes)
 
     def gap_before(self, vehicle: int, after: float, upto: float) -> float | None:
         """When the latest long telemetry gap of ``vehicle`` that ended after ``after``

@@ -419,23 +419,26 @@ class Scorer:
         for st in self.state.values():
             st.forget(vehicles)
 
-    def closed_until(self, vehicle: str, brand: str) -> float:
-        """Event time before which the vehicle's windows are closed (-inf: none yet)."""
+    def _held(self, vehicle: str, brand: str) -> tuple[_PlatformState, int] | None:
+        """The platform state holding ``vehicle`` and its index there (None: none does)."""
         platform = self.platform_for(brand)
         st = self.state.get(platform) if platform else None
         i = st.index.get(vehicle) if st else None
-        if i is None or i >= len(st.window.closed_upto):
+        return None if i is None else (st, i)
+
+    def closed_until(self, vehicle: str, brand: str) -> float:
+        """Event time before which the vehicle's windows are closed (-inf: none yet)."""
+        held = self._held(vehicle, brand)
+        if held is None or held[1] >= len(held[0].window.closed_upto):
             return float("inf")  # no state kept for it: nothing to re-form
-        upto = int(st.window.closed_upto[i])
+        upto = int(held[0].window.closed_upto[held[1]])
         return upto * self.window_s if upto > _NONE_CLOSED else float("-inf")
 
     def gap_before(self, vehicle: str, brand: str, after: float, upto: float) -> float | None:
         """When the vehicle's latest long telemetry gap that ended after ``after`` and at
         or before ``upto`` began (None: none, or no state kept for it)."""
-        platform = self.platform_for(brand)
-        st = self.state.get(platform) if platform else None
-        i = st.index.get(vehicle) if st else None
-        return None if i is None else st.window.gap_before(i, after, upto)
+        held = self._held(vehicle, brand)
+        return None if held is None else held[0].window.gap_before(held[1], after, upto)
 
     @property
     def late_frames(self) -> int:

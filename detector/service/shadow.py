@@ -106,8 +106,7 @@ class ShadowScoring:
         if shadow is not None:
             self._new_tally(shadow)
             if shadow.version == model.version:
-                brands = self._brands(model.platform)
-                self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
+                self._forget_would_be(model.platform)
 
     def install(self, platform: str, model: PlatformModel | None) -> None:
         """A shadow installed (or replaced) for ``platform``, or removed (None). A shadow
@@ -137,11 +136,17 @@ class ShadowScoring:
     def _brands(self, platform: str) -> list[str]:
         return self.fleet.brands_of(platform) or [platform]
 
+    def _forget_would_be(self, platform: str) -> None:
+        """Drop the shadow's would-be incidents of ``platform``'s vehicles (its window
+        state starts afresh)."""
+        brands = self._brands(platform)
+        self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
+
     def _install(self, platform: str, model: PlatformModel | None) -> None:
         self.flush()
         brands = self._brands(platform)
         self.scorer.set_shadow(platform, model)  # another model's windows start afresh
-        self.tracker.forget({v for v, i in self.tracker.open.items() if i.brand in brands})
+        self._forget_would_be(platform)
         if model is None:
             self.tallies.pop(platform, None)
             for b in brands:
