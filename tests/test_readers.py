@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from detector.core.errors import InputError
-from detector.core.schema import EXTENDED_FLAG, FLAG_RTR, FRAME_DTYPE, LABEL_CODE
+from detector.core.schema import EXTENDED_FLAG, FLAG_ERROR, FLAG_RTR, FRAME_DTYPE, LABEL_CODE
 from replay.readers import FORMATS, detect_format, read_frames
 from replay.writers import write_frames
 
@@ -210,6 +210,13 @@ PCSV_HEAD = "timestamp,arbitration_id,extended,remote,error,dlc,data\n"
 CANTT_HEAD = "timestamp,arbitration_id,data_field,attack\n"
 HTXT_OK = "Timestamp: 1479121434.850977        ID: 0430    000    DLC: 2    00 0a\n"
 CANTT_OK = "1.0,0C1,3000000430000004,0\n"
+ASC_HEAD = "date Mon Dec 7 10:00:00.000 am 2026\nbase hex  timestamps absolute\n"
+ASC_OK = "   0.010000 1  1A0             Rx   d 2 00 11\n"
+FD_OK = "   0.020000 CANFD   1 Rx        1b1  1 0 9 12 " + "00 " * 12 + "\n"
+TRC2_HEAD = ";$FILEVERSION=2.1\n;$STARTTIME=45000.5\n;$COLUMNS=N,O,T,B,I,d,R,L,D\n"
+TRC2_OK = "      1         0.100 DT  1     0100 Rx -  2    01 02\n"
+TRC1_HEAD = ";$FILEVERSION=1.1\n;$STARTTIME=45000.5\n"
+TRC1_OK = "     1)      1841.0  Rx         0001  2  00 01\n"
 
 
 @pytest.mark.parametrize(
@@ -257,6 +264,21 @@ CANTT_OK = "1.0,0C1,3000000430000004,0\n"
         ("h.txt", HTXT_OK + HTXT_OK.replace("DLC: 2    00 0a", "DLC: 3    00 0a"),
          "h.txt:2: expected 10 columns (dlc 3), got 9"),
         ("h.txt", HTXT_OK + HTXT_OK.replace("000", "010"), "h.txt:2: bad flags '010'"),
+        # python-can reads these with the bytes that are there, or drops the line
+        ("f.asc", ASC_HEAD + ASC_OK + ASC_OK.replace("d 2", "d 8"),
+         "f.asc:4: not a readable asc file: dlc 8 but 2 data bytes"),
+        ("f.asc", ASC_HEAD + FD_OK + FD_OK.replace("9 12 ", "9 16 "),
+         "f.asc:4: not a readable asc file: CANFD dlc 9 (12 bytes) but data length 16"),
+        ("f.asc", ASC_HEAD + FD_OK.replace("9 12 ", "a 16 "),
+         "f.asc:3: not a readable asc file: dlc 16 but 12 data bytes"),
+        ("f.trc", TRC2_HEAD + TRC2_OK + TRC2_OK.replace("-  2 ", "-  8 "),
+         "f.trc:5: not a readable trc file: dlc 8 but 2 data bytes"),
+        ("f.trc", TRC2_HEAD + TRC2_OK.replace("01 02", "01 02 03"),
+         "f.trc:4: not a readable trc file: dlc 2 but 3 data bytes"),
+        ("f.trc", TRC1_HEAD + TRC1_OK + TRC1_OK.replace("2  00", "3  00"),
+         "f.trc:4: not a readable trc file: too few columns for its dlc"),
+        ("f.trc", TRC1_HEAD + TRC1_OK.replace("00 01", "00 01 02"),
+         "f.trc:3: not a readable trc file: dlc 2 but 3 data bytes"),
         ("h.txt", HTXT_OK + HTXT_OK.replace("0430", "04G0"), "h.txt:2: bad CAN id '04G0'"),
         ("h.txt", HTXT_OK + HTXT_OK.replace("ID:", "Id?"), "h.txt:2: expected 'id:', got 'Id?'"),
     ],
@@ -268,6 +290,29 @@ def test_malformed_lines_name_file_and_line(tmp_path, name, text, message):
     with pytest.raises(InputError) as exc:
         read_frames(path, fmt)
     assert str(exc.value).startswith(f"{path.parent}/{message}")
+
+
+def test_asc_without_events_line_keeps_its_first_frame(tmp_path):
+    """The ``internal events logged`` line is optional; without it python-can's header
+    scan took the first frame as the header's end and dropped it."""
+    path = tmp_path / "f.asc"
+    path.write_text(ASC_HEAD + ASC_OK + ASC_OK.replace("0.010000", "0.020000"))
+    frames = read_frames(path)
+    assert len(frames) == 2
+    assert frames["data"][:, :2].tolist() == [[0x00, 0x11]] * 2
+    assert np.diff(frames["ts"]).tolist() == pytest.approx([0.01])
+
+
+def test_trc_error_frames_are_read_not_dropped(tmp_path):
+    """PCAN-View logs a bus error as type ER (its id column blank); python-can drops
+    it as an unsupported type, so a bus-off attack read as a quiet bus."""
+    path = tmp_path / "f.trc"
+    error = "      2         0.150 ER  1 -          Rx -  5    04 00 08 00 00\n"
+    path.write_text(TRC2_HEAD + TRC2_OK + error + TRC2_OK.replace("0.100", "0.200"))
+    frames = read_frames(path)
+    assert frames["flags"].tolist() == [0, FLAG_ERROR, 0]
+    assert frames["can_id"].tolist() == [0x100, 0, 0x100]
+    assert frames["dlc"].tolist() == [2, 0, 2]
 
 
 def test_empty_and_unknown_files(tmp_path):

@@ -15,7 +15,6 @@ spec: FE = ESI, BI = both); canwatch follows python-can, here and in its writer.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zlib
@@ -27,25 +26,7 @@ from can.io.blf import BLFParseError
 from detector.core.errors import InputError
 from detector.core.schema import FLAG_BRS, FLAG_ERROR, FLAG_ESI, FLAG_FD, FLAG_RTR
 from replay.readers._base import LogFormat, build_frames, fd_dlc_column, head_lines
-
-
-class _Lines:
-    """A text file whose line number python-can's line loop leaves behind, so an
-    error names the line python-can was reading."""
-
-    def __init__(self, fh: io.TextIOBase) -> None:
-        self.fh, self.lineno = fh, 0
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self.fh)
-        self.lineno += 1
-        return line
-
-    def __getattr__(self, name: str):
-        return getattr(self.fh, name)
+from replay.readers._strict import ASCReader, Lines, TRCReader
 
 
 def messages_to_frames(path: str, messages, where=lambda i: None) -> np.ndarray:
@@ -119,7 +100,7 @@ def _reader(name: str, factory, text: bool = True, check=None):
         try:
             if text:
                 with open(path) as fh:  # python-can's own default encoding
-                    lines = _Lines(fh)
+                    lines = Lines(fh)
                     with factory(lines) as reader:
                         return messages_to_frames(path, reader, lambda i: lines.lineno)
             with factory(path) as reader:
@@ -154,10 +135,10 @@ ASC = LogFormat(
     "asc",
     (".asc",),
     sniff_asc,
-    _reader("asc", lambda p: can.ASCReader(p, relative_timestamp=False)),
+    _reader("asc", lambda p: ASCReader(p, relative_timestamp=False)),
 )
 BLF = LogFormat(
     "blf", (".blf",), sniff_blf, _reader("blf", can.BLFReader, text=False, check=_whole_blf),
     text=False,
 )  # fmt: skip
-TRC = LogFormat("trc", (".trc",), sniff_trc, _reader("trc", can.TRCReader))
+TRC = LogFormat("trc", (".trc",), sniff_trc, _reader("trc", TRCReader))
