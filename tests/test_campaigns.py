@@ -19,6 +19,7 @@ from detector.incidents.campaigns import (
     correlate,
     latest,
     sighting,
+    sightings,
     watermark,
 )
 from detector.service.metrics.campaigns import CAMPAIGN_METRIC_NAMES, CampaignMetrics
@@ -88,6 +89,35 @@ def test_unusable_records_name_what_is_wrong(change, message):
         sighting(incident("v1", 100.0) | change)
     assert err.value.reason == "bad_shape"
     assert message in str(err.value)
+
+
+def test_each_other_attack_of_an_incident_is_a_sighting_of_its_own_id():
+    """``attack_ids``: a flood of 0x000 that is also spoofing of 0x1E4 is seen under
+    both keys; the same id suspected of two attacks stays one sighting."""
+    both = incident("v1", 100.0) | {"attack_ids": {"dos": "0x000", "spoofing": "0x1e4"}}
+    assert [s.key for s in sightings(both)] == [
+        ("jeep", "dos", "0x000"), ("jeep", "spoofing", "0x1E4")
+    ]
+    one_id = incident("v1", 100.0) | {"attack_ids": {"dos": "0x000", "spoofing": "0x000"}}
+    assert [s.key for s in sightings(one_id)] == [("jeep", "dos", "0x000")]
+    assert [s.key for s in sightings(incident("v1", 100.0))] == [("jeep", "dos", "0x000")]
+    with pytest.raises(BadIncident, match="'ddos' is not a known attack"):
+        sightings(incident("v1", 100.0) | {"attack_ids": {"ddos": "0x000"}})
+    with pytest.raises(BadIncident, match="is not a CAN id"):
+        sightings(incident("v1", 100.0) | {"attack_ids": {"spoofing": "zz"}})
+
+
+def test_a_second_attack_inside_another_incident_counts_toward_its_campaign():
+    """Spoofing of 0x1E4 on three vehicles, one of them in a flood at the time (its
+    incident's suspected attack is the flood): still a campaign of three."""
+    flooded = incident("v0", 100.0) | {"attack_ids": {"dos": "0x000", "spoofing": "0x1E4"}}
+    spoofed = [incident(f"v{i}", 100.0 + 60 * i, attack="spoofing", can_id="0x1E4")
+               for i in (1, 2)]  # fmt: skip
+    out = correlate([flooded, *spoofed], CFG)
+    assert [(r["status"], r["suspected_attack"], r["can_id"]) for r in out] == [
+        ("open", "spoofing", "0x1E4")
+    ]
+    assert members(out[0]) == {"v0", "v1", "v2"}
 
 
 def test_a_record_that_is_not_an_object_is_bad_shape():

@@ -212,6 +212,16 @@ def test_a_second_attack_joining_an_open_incident_shows_in_its_evidence() -> Non
     assert closed["evidence"][1] == line("0x2C6", "counter_err", 3.5)  # its strongest window's
 
 
+def test_each_attack_of_an_incident_names_the_top_id_of_its_strongest_window() -> None:
+    """``attack_ids``: what campaigns key a second attack on (its id, not the flood's)."""
+    flood = {w: obs(w, 9.0, "dos", can_ids={"0x1E4": 9.0}) for w in range(10, 13)}
+    replay = {13: obs(13, 2.0, "replay", can_ids={"0x2C6": 2.0, "0x1E4": 1.5}),
+              14: obs(14, 3.0, "replay", can_ids={"0x3A0": 3.0, "0x2C6": 2.5})}  # fmt: skip
+    closed = run_windows(tracker(), flood | replay, 25)[-1]
+    assert closed["attacks"] == {"dos": 3, "replay": 2}
+    assert closed["attack_ids"] == {"dos": "0x1E4", "replay": "0x3A0"}
+
+
 def test_an_incident_of_one_attack_keeps_its_peak_windows_evidence() -> None:
     peak = [line("0x1E4", "rate", 6.0), line("0x1E4", "dt_min", 3.0)]
     observed = {10: obs(10, 2.0), 11: obs(11, 6.0, evidence=peak), 12: obs(12, 3.0)}

@@ -33,6 +33,7 @@ have forced.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import math
@@ -84,7 +85,8 @@ class Sighting:
     def order(self) -> tuple:
         """The total order sightings are folded in: the same on every replay."""
         rank = _STATUS_RANK.get(self.status, 3)
-        return (self.last_seen, self.incident_id, rank, self.partition, self.offset)
+        where = (self.partition, self.offset, self.attack, self.can_id)
+        return (self.last_seen, self.incident_id, rank, *where)
 
 
 def _number(record: Mapping, name: str) -> float:
@@ -157,6 +159,26 @@ def sighting(record: Any, partition: int = -1, offset: int = -1) -> Sighting:
         partition=partition,
         offset=offset,
     )
+
+
+def sightings(record: Any, partition: int = -1, offset: int = -1) -> list[Sighting]:
+    """Every key an incident record is a sighting of: its suspected attack on its top id,
+    then each other attack of its windows (``attack_ids``) on an id not keyed yet. A
+    flood that is also spoofing of another id is seen in both campaigns; the same id
+    suspected of two attacks is one attack seen two ways, and stays one sighting."""
+    first = sighting(record, partition, offset)
+    out, ids = [first], {first.can_id}
+    others = record.get("attack_ids", {})
+    if not isinstance(others, dict):
+        raise BadIncident("bad_shape", f"attack_ids must be an object, got {others!r:.80}")
+    for attack, can_id in others.items():
+        if attack not in ATTACK_KINDS:
+            raise BadIncident("bad_shape", f"attack_ids: {attack!r} is not a known attack")
+        top = _top_id([can_id])
+        if top not in ids:
+            ids.add(top)
+            out.append(dataclasses.replace(first, attack=attack, can_id=top))
+    return out
 
 
 def campaign_id(brand: str, attack: str, can_id: str, first_incident_id: str) -> str:
@@ -369,15 +391,15 @@ def correlate(
     """Every campaign record that ``incidents`` (in any order) give, folded in event-time
     order; then the clock is advanced to ``until`` (closing what it ends), if given.
     Records the correlator cannot use are skipped."""
-    sightings = []
+    seen = []
     for n, record in enumerate(incidents):
         try:
-            sightings.append(sighting(record, 0, n))
+            seen += sightings(record, 0, n)
         except BadIncident:
             continue
     corr = Correlator(cfg)
     events: list[dict] = []
-    for s in sorted(sightings, key=lambda s: s.order[:3]):
+    for s in sorted(seen, key=lambda s: s.order[:3]):
         events += corr.observe(s)[0]
     if until is not None:
         events += corr.advance(until)

@@ -12,7 +12,8 @@ incident from a mode the model never saw) joins it rather than opening one of it
 own; so each other suspected attack of its windows adds its strongest window's
 first line, right after the peak's, and announces itself with an update. The
 analyst sees every attack in the incident, not only the loudest, and ``attacks``
-says how many windows each one was the suspicion of.
+says how many windows each one was the suspicion of, ``attack_ids`` the top CAN
+id of its strongest window (a campaign is keyed by attack and id).
 
 An event also lists the start and score of each anomalous window
 (``window_scores``) and carries ``provenance`` (where its frames are), filled
@@ -131,6 +132,8 @@ class _Incident:
     peak_evidence: list[dict] = field(default_factory=list)
     # each suspected attack's strongest window: (its score, its first evidence line)
     strongest: dict[str, tuple[float, dict]] = field(default_factory=dict)
+    # each suspected attack's strongest window: (its score, its top CAN id)
+    top_of: dict[str, tuple[float, str]] = field(default_factory=dict)
     model_version: int = 0
     window_s: float = 1.0
     emitted: tuple = ()
@@ -208,6 +211,8 @@ class IncidentTracker:
         inc.windows_of[o.kind] += 1
         if o.evidence and o.score >= inc.strongest.get(o.kind, (0.0,))[0]:
             inc.strongest[o.kind] = (o.score, o.evidence[0])
+        if o.can_ids and o.score >= inc.top_of.get(o.kind, (0.0,))[0]:
+            inc.top_of[o.kind] = (o.score, next(iter(o.can_ids)))
         inc.model_version = o.model_version
         if len(inc.window_scores) < MAX_WINDOW_SCORES:
             inc.window_scores.append([round(o.window_start, 3), round(o.score, 3)])
@@ -240,6 +245,7 @@ class IncidentTracker:
         return inc.kinds.most_common(1)[0][0] if inc.kinds else "unknown"
 
     def _event(self, inc: _Incident, status: str) -> dict:
+        ranked = inc.windows_of.most_common()
         return {
             "incident_id": inc.id,
             "status": status,
@@ -251,7 +257,8 @@ class IncidentTracker:
             "peak_score": round(inc.peak, 3),
             "severity": severity_of(inc.peak),
             "suspected_attack": self._kind(inc),
-            "attacks": dict(inc.windows_of.most_common()),
+            "attacks": dict(ranked),
+            "attack_ids": {k: inc.top_of[k][1] for k, _ in ranked if k in inc.top_of},
             "can_ids": [
                 {"can_id": cid, "score": s}
                 for cid, s in sorted(inc.can_ids.items(), key=lambda kv: -kv[1])

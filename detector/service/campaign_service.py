@@ -47,7 +47,7 @@ from detector.incidents.campaigns import (
     BadIncident,
     Correlator,
     EventTimeOrder,
-    sighting,
+    sightings,
     watermark,
 )
 from detector.service.broker_contact import step_until
@@ -186,9 +186,10 @@ class CampaignService:
             for r in records:
                 n += 1
                 try:
-                    s = sighting(json.loads(r.value), tp.partition, r.offset)
-                    if s.last_seen > future:
-                        raise BadIncident("bad_shape", f"last_seen {s.last_seen} is in the future")
+                    seen = sightings(json.loads(r.value), tp.partition, r.offset)
+                    if seen[0].last_seen > future:
+                        last = seen[0].last_seen
+                        raise BadIncident("bad_shape", f"last_seen {last} is in the future")
                 except (ValueError, TypeError) as exc:  # JSON, UTF-8, BadIncident
                     reason = exc.reason if isinstance(exc, BadIncident) else "bad_json"
                     self.metrics.skip(reason)
@@ -197,7 +198,8 @@ class CampaignService:
                         self.topic, tp.partition, r.offset, exc,
                     )  # fmt: skip
                     continue
-                self.order.add(s)
+                for s in seen:
+                    self.order.add(s)
         if n:
             self.metrics.consumed.inc(n)
             self.last_record_at = time.monotonic()
