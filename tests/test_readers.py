@@ -304,8 +304,9 @@ def test_asc_without_events_line_keeps_its_first_frame(tmp_path):
 
 
 def test_trc_error_frames_are_read_not_dropped(tmp_path):
-    """PCAN-View logs a bus error as type ER (its id column blank); python-can drops
-    it as an unsupported type, so a bus-off attack read as a quiet bus."""
+    """PCAN-View logs a bus error as type ER (its id column blank), TRC 1.0 as ERROR
+    after the DLC; python-can drops the first as an unsupported type and cannot read
+    a file with the second, so a bus-off attack read as a quiet bus or not at all."""
     path = tmp_path / "f.trc"
     error = "      2         0.150 ER  1 -          Rx -  5    04 00 08 00 00\n"
     path.write_text(TRC2_HEAD + TRC2_OK + error + TRC2_OK.replace("0.100", "0.200"))
@@ -313,6 +314,12 @@ def test_trc_error_frames_are_read_not_dropped(tmp_path):
     assert frames["flags"].tolist() == [0, FLAG_ERROR, 0]
     assert frames["can_id"].tolist() == [0x100, 0, 0x100]
     assert frames["dlc"].tolist() == [2, 0, 2]
+    v1_0 = tmp_path / "v10.trc"  # PEAK's own example; python-can could not read it
+    v1_0.write_text(";####\n     1)  1841  0001  8  00 00 00 00 00 00 00 00\n"
+                    "     2)  1842  0008  4  ERROR 00 19 08 08\n     4)  1844  0100  3  RTR\n")
+    frames = read_frames(v1_0)
+    assert frames["flags"].tolist() == [0, FLAG_ERROR, FLAG_RTR]
+    assert frames["can_id"].tolist() == [0x001, 0, 0x100]
 
 
 def test_empty_and_unknown_files(tmp_path):

@@ -13,8 +13,9 @@ forensics a wrong picture of the bus:
   give its data length is only logged as a warning.
 - TRC: a line too short for its DLC is dropped with a log warning. In TRC 2.x,
   the data bytes are taken as they are, whatever the DLC says.
-- TRC 2.x: error frames (type ``ER``) are dropped as an "unsupported type". So a
-  bus-off attack logged by PCAN-View would read as a quiet bus. They are read as
+- TRC 2.x: error frames (type ``ER``) are dropped as an "unsupported type", and
+  TRC 1.0's (``ERROR`` after the DLC) stop the file as unreadable. So a bus-off
+  attack logged by PCAN-View would read as a quiet bus. They are read as
   error frames (id 0, no data): canwatch counts a vehicle's error frames as one
   stream, whatever id or error class they carry.
 """
@@ -113,15 +114,23 @@ class TRCReader(can.TRCReader):
             return int(cols[self.columns["l"]])
         return dlc2len(msg.dlc) if msg.is_fd else min(msg.dlc, 8)
 
+    def _parse_msg_v1_0(self, cols: tuple[str, ...]) -> can.Message | None:
+        if len(cols) > 4 and cols[4] == "ERROR":  # "2) 1842 0008 4 ERROR 00 19 08 08"
+            return _error_frame(float(cols[1]) / 1000, 1)
+        return super()._parse_msg_v1_0(cols)
+
     def _parse_cols_v2_x(self, cols: tuple[str, ...]) -> can.Message | None:
         if cols[self.columns["T"]] != "ER":
             return super()._parse_cols_v2_x(cols)
         # only the columns before the id are read: PEAK leaves an error frame's id blank
         bus = self.columns.get("B")
-        return can.Message(
-            timestamp=float(cols[self.columns["O"]]) / 1000 + self._start_time,
-            is_error_frame=True,
-            is_extended_id=False,
-            channel=int(cols[bus]) if bus is not None else 1,
-            dlc=0,
-        )
+        at = float(cols[self.columns["O"]]) / 1000 + self._start_time
+        return _error_frame(at, int(cols[bus]) if bus is not None else 1)
+
+
+def _error_frame(timestamp: float, channel: int) -> can.Message:
+    """An error frame as canwatch keeps one: when, and that it was one (its error code
+    and counters are PEAK's own, not a frame's data)."""
+    return can.Message(
+        timestamp=timestamp, is_error_frame=True, is_extended_id=False, channel=channel, dlc=0
+    )
