@@ -26,7 +26,7 @@ from can.io.blf import BLFParseError
 from detector.core.errors import InputError
 from detector.core.schema import FLAG_BRS, FLAG_ERROR, FLAG_ESI, FLAG_FD, FLAG_RTR
 from replay.readers._base import LogFormat, build_frames, fd_dlc_column, head_lines
-from replay.readers._strict import ASCReader, Lines, TRCReader
+from replay.readers._strict import ASCReader, BLFReader, Lines, TRCReader
 
 
 def messages_to_frames(path: str, messages, where=lambda i: None) -> np.ndarray:
@@ -138,7 +138,7 @@ ASC = LogFormat(
     _reader("asc", lambda p: ASCReader(p, relative_timestamp=False)),
 )
 BLF = LogFormat(
-    "blf", (".blf",), sniff_blf, _reader("blf", can.BLFReader, text=False, check=_whole_blf),
+    "blf", (".blf",), sniff_blf, _reader("blf", BLFReader, text=False, check=_whole_blf),
     text=False,
 )  # fmt: skip
 TRC = LogFormat("trc", (".trc",), sniff_trc, _reader("trc", TRCReader))
