@@ -37,7 +37,7 @@ from detector.incidents.tracker import OWN_EVIDENCE
 from detector.model.pipeline import ScoredRows
 from detector.model.platform import EVIDENCE_NAMES, PlatformModel
 from detector.model.store import latest_model
-from replay.readers import canonical_format, detect_format, read_frames
+from replay.readers import canonical_format, detect_format, one_channel, read_frames, read_log
 
 #: Columns of ``read_capture``; ``label`` only where the capture has labels.
 FRAME_COLUMNS = ("timestamp", "can_id", "extended", "dlc", "data", "label")
@@ -62,7 +62,9 @@ MAX_ROWS = 10
 _ROUNDING_S = 0.0005  # incident first_seen/last_seen are rounded to the millisecond
 
 
-def read_capture(path: str | os.PathLike[str], format: str | None = None) -> pd.DataFrame:
+def read_capture(
+    path: str | os.PathLike[str], format: str | None = None, channel: str | None = None
+) -> pd.DataFrame:
     """One row per frame of the CAN log at ``path``, in file order.
 
     The format is chosen as every canwatch command chooses it (by suffix, else by
@@ -71,7 +73,9 @@ def read_capture(path: str | os.PathLike[str], format: str | None = None) -> pd.
     29-bit id), ``extended`` (bool), ``dlc``, ``data`` (``bytes`` of the frame's ``dlc``
     bytes, at most 8; empty for a remote frame) and, where the capture has labels,
     ``label`` (a categorical of ``benign``, ``dos``, ``fuzzing``, ... ``unknown``).
-    Malformed input raises ``InputError`` naming the file and line.
+    A log of several channels (buses) has a ``channel`` column naming each frame's,
+    as the log names it; ``channel`` keeps one of them (``score_capture`` scores one
+    bus at a time). Malformed input raises ``InputError`` naming the file and line.
 
     Example::
 
@@ -85,7 +89,13 @@ def read_capture(path: str | os.PathLike[str], format: str | None = None) -> pd.
         name = canonical_format(format) if format else detect_format(path)
     except ValueError as exc:  # as read_frames reports it
         raise InputError(str(path), None, str(exc)) from None
-    return frames_to_dataframe(read_frames(path, name), labelled=name in LABELLED_FORMATS)
+    frames, channels = read_log(path, name)
+    if channel is not None or channels is None or len(channels.names) <= 1:
+        frames = one_channel(str(path), frames, channels, channel)
+        return frames_to_dataframe(frames, labelled=name in LABELLED_FORMATS)
+    out = frames_to_dataframe(frames, labelled=name in LABELLED_FORMATS)
+    out["channel"] = pd.Categorical.from_codes(channels.codes, channels.names)
+    return out
 
 
 def frames_to_dataframe(frames: np.ndarray, labelled: bool = False) -> pd.DataFrame:
@@ -147,6 +157,7 @@ def score_capture(
     brand: str,
     *,
     format: str | None = None,
+    channel: str | None = None,
     config: str | os.PathLike[str] | None = None,
     vehicle: str = "capture",
 ) -> pd.DataFrame:
@@ -154,8 +165,9 @@ def score_capture(
 
     ``path_or_frame`` is a log file (any format; the vehicle is its name without the
     suffix, and a ``fleet.json`` beside it from ``canwatch simulate`` adds attack spans,
-    as for ``evaluate``) or a DataFrame from ``read_capture``; one with a ``vehicle``
-    column is scored per vehicle, one without is the vehicle ``vehicle``. ``models``
+    as for ``evaluate``; ``channel`` picks the bus of a log of several) or a DataFrame
+    from ``read_capture`` (of one channel); one with a ``vehicle`` column is scored per
+    vehicle, one without is the vehicle ``vehicle``. ``models``
     is a model directory (its newest version of ``brand``'s platform) or a loaded
     model; ``config`` a canwatch.toml (incident settings, brand map).
 
@@ -184,7 +196,7 @@ def score_capture(
     else:
         path = Path(path_or_frame)
         spans = spans_for(path.parent / "fleet.json", path.stem)
-        captures = [(path.stem, read_frames(path, format), spans)]
+        captures = [(path.stem, read_frames(path, format, channel), spans)]
     parts, incidents = [], []
     for name, frames, spans in captures:
         part, ev = score_vehicle(frames, brand, name, model, fleet, cfg, spans)
@@ -201,6 +213,9 @@ def _model(models: str | os.PathLike[str] | PlatformModel, platform: str) -> Pla
 
 
 def _vehicles(df: pd.DataFrame, default: str) -> list[tuple[str, np.ndarray, list[Span]]]:
+    if "channel" in df.columns and df["channel"].nunique() > 1:
+        names = ", ".join(map(str, df["channel"].unique()))
+        raise ValueError(f"frames of several channels ({names}): score one bus at a time")
     if "vehicle" not in df.columns:
         return [(default, dataframe_to_frames(df), [])]
     return [

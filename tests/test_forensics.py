@@ -255,6 +255,35 @@ def test_evaluate_incidents_name_their_file_and_frames(scenario, tmp_path, capsy
     assert len(read_frames(out)) == prov["frames"]
 
 
+def test_an_incident_of_one_bus_of_a_two_bus_log_keeps_its_channel(scenario, tmp_path, capsys):
+    """``evaluate --channel``: frame indices count the frames of that channel, and the
+    provenance names it, so ``incidents export`` reads the same bus back."""
+    fleet, d = scenario["fleet"], scenario["dir"]
+    attacked = scenario["incident"]["vehicle"]
+    files = {v["vehicle"]: d / v["file"] for v in fleet["vehicles"]}
+    other = next(v for v in files if v != attacked)
+    lines = files[attacked].read_text().splitlines()
+    lines += [ln.replace(" can0 ", " body ") for ln in files[other].read_text().splitlines()]
+    two = tmp_path / "two-buses.log"
+    two.write_text("\n".join(sorted(lines, key=lambda ln: float(ln[1 : ln.index(")")]))) + "\n")
+    saved = tmp_path / "incidents.jsonl"
+    argv = ["evaluate", "--models", str(scenario["models"]), "--brand", "jeep", str(two)]
+    assert main([*argv, "--channel", "can0", "--incidents-out", str(saved)]) == 0
+    capsys.readouterr()
+    attack = fleet["attacks"][0]
+    incs = [json.loads(line) for line in saved.read_text().splitlines()]
+    during = [i for i in incs if i["first_seen"] <= attack["end_ts"]]
+    (inc,) = [i for i in during if i["last_seen"] >= attack["start_ts"]]
+    prov = inc["provenance"]
+    assert prov["channel"] == "can0"
+    inside = read_frames(two, channel="can0")[prov["first_frame"] : prov["last_frame"] + 1]
+    assert inside["ts"].min() >= inc["first_seen"] - 1e-6 and inside["ts"].max() < inc["last_seen"]
+    out = tmp_path / "from-file.log"
+    argv = ["incidents", "export", inc["incident_id"], "--from", str(saved), "--out", str(out)]
+    assert main([*argv, "--margin", "0"]) == 0
+    assert len(read_frames(out)) == prov["frames"]
+
+
 def test_find_incident_by_prefix_and_its_errors():
     recs = [
         {"incident_id": "abc123", "status": "open"},

@@ -41,9 +41,12 @@ def test_table(logs, capsys):
     road, cand = logs
     assert main(["inspect", str(road), str(cand)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["FILE", "FORMAT", "FRAMES", "DURATION", "IDS", "LABELS"]
-    assert out[1].split() == [str(road), "road", "101", "1.000", "s", "5", "benign=94", "fuzzing=7"]
-    assert out[2].split() == [str(cand), "candump", "50", "0.490", "s", "5", "benign=50"]
+    head = ["FILE", "FORMAT", "FRAMES", "DURATION", "IDS", "CHANNELS", "LABELS"]
+    assert out[0].split() == head
+    assert out[1].split() == [
+        str(road), "road", "101", "1.000", "s", "5", "-", "benign=94", "fuzzing=7"
+    ]
+    assert out[2].split() == [str(cand), "candump", "50", "0.490", "s", "5", "can0", "benign=50"]
 
 
 def test_json_lines(logs, capsys):

@@ -391,7 +391,8 @@ def general(fmt: str, path: Path) -> np.ndarray:
     fast = getattr(_fast, name)
     try:
         setattr(_fast, name, lambda *a: None)
-        return mod.read(str(path), path.read_bytes())
+        out = mod.read(str(path), path.read_bytes())
+        return out[0] if isinstance(out, tuple) else out  # (frames, channels)
     finally:
         setattr(_fast, name, fast)
 

@@ -64,7 +64,7 @@ def frames_of(n: int, first_ms: int = 0) -> bytes:
 def test_error_frames_python_can_skips_are_read_in_place(tmp_path):
     """CANoe logs an error frame on a CAN FD channel as CAN_FD_ERROR_64 (older tools:
     CAN_ERROR); python-can skips both, so a bus-off attack read as a quiet bus."""
-    fd_error = obj(104, bytes(60), 2 * MS)
+    fd_error = obj(104, bytes([1]) + bytes(59), 2 * MS)  # on channel 1, as the frames
     classic_error = obj(2, struct.pack("<HHL", 1, 0, 0), 3 * MS)
     path = write(tmp_path, container(frames_of(2) + fd_error + classic_error + frames_of(2, 4)))
     assert len(list(can.BLFReader(str(path)))) == 4  # what python-can reads

@@ -168,7 +168,8 @@ def incident_frames(args: argparse.Namespace, cfg: Config, inc: dict, margin: fl
     if "file" in prov:
         from replay.readers import read_frames
 
-        return Frames(in_span(read_frames(prov["file"]), start, end), start, end, f"file {prov['file']}")
+        frames = read_frames(prov["file"], channel=prov.get("channel"))
+        return Frames(in_span(frames, start, end), start, end, f"file {prov['file']}")
     return kafka_frames(cfg, prov, inc, start, end, args.connect_timeout)
 
 

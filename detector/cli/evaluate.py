@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.cli._channel_flag import add_channel_flag
 from detector.cli._common import add_config_flag, config_from, fleet_from, latest_model, spans_for
 from detector.cli._progress import track
 from detector.cli.train import brands_served, train_and_save
@@ -101,6 +102,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "`canwatch incidents show|export ID --from I.jsonl` reads them",
     )
     p.add_argument("--format", help="force the log format of every FILE")
+    add_channel_flag(p)
     add_config_flag(p)
     p.set_defaults(func=run)
 
@@ -134,8 +136,10 @@ def check_mode(args: argparse.Namespace) -> None:
             raise CanwatchError(f"{flag} applies only with --cross-validate")
 
 
-def load_recording(path: Path, fmt: str | None) -> tuple[np.ndarray, list[Span]]:
-    return read_frames(path, fmt), spans_for(path.parent / "fleet.json", path.stem)
+def load_recording(
+    path: Path, fmt: str | None, channel: str | None = None
+) -> tuple[np.ndarray, list[Span]]:
+    return read_frames(path, fmt, channel), spans_for(path.parent / "fleet.json", path.stem)
 
 
 def evaluate_file(
@@ -146,12 +150,14 @@ def evaluate_file(
     model: PlatformModel,
     cfg: Config,
     fleet: Fleet,
+    channel: str | None = None,
 ) -> Evaluation:
-    """One recording as one vehicle through the service's path."""
+    """One recording (its ``channel``) as one vehicle through the service's path."""
     W = model.baseline.window_s
     return score_frames(
-        frames, brand, path.stem, model, fleet, W, cfg.incidents, spans, source=str(path)
-    )
+        frames, brand, path.stem, model, fleet, W, cfg.incidents, spans,
+        source=str(path), channel=channel,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,7 +217,8 @@ def evaluate_with_model(
     evs: dict[str, Evaluation] = {}
     for f in track(args.files, "scoring", unit="file"):
         path = Path(f)
-        ev = evaluate_file(path, *load_recording(path, args.format), args.brand, model, cfg, fleet)
+        loaded = load_recording(path, args.format, args.channel)
+        ev = evaluate_file(path, *loaded, args.brand, model, cfg, fleet, args.channel)
         r = file_report(ev)
         if path.name in trained_on:
             r["in_training"] = True
@@ -235,7 +242,10 @@ def cross_validate(
     labels = None
     if args.groups:  # before reading recordings: a file missing from the map fails fast
         labels = groups_from_map(files, read_group_map(args.groups), args.groups)
-    loaded = [load_recording(Path(f), args.format) for f in track(files, "reading", unit="file")]
+    loaded = [
+        load_recording(Path(f), args.format, args.channel)
+        for f in track(files, "reading", unit="file")
+    ]
     recordings = [frames for frames, _ in loaded]
     if labels is None:
         by = args.group_by or "auto"
@@ -275,7 +285,9 @@ def cross_validate(
             kept = manifest if args.models_out else None
             report["folds"].append(fold_record(fold, files, labels, model.info, kept))
             for i in fold.held_out:
-                ev = evaluate_file(Path(files[i]), *loaded[i], args.brand, model, cfg, fleet)
+                ev = evaluate_file(
+                    Path(files[i]), *loaded[i], args.brand, model, cfg, fleet, args.channel
+                )
                 report["files"][files[i]] = {"group": fold.group, **file_report(ev)}
                 rows += window_rows(files[i], ev)
                 evs[files[i]] = ev

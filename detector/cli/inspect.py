@@ -1,7 +1,9 @@
 """``canwatch inspect FILE...``: what is in a CAN log, before replaying it.
 
-Per file: detected format, frame count, duration, distinct CAN ids and label
-counts, as a table or (``--json``) one JSON object per line. A file that cannot
+Per file: detected format, frame count, duration, distinct CAN ids, the channels
+(buses) it holds and label counts, as a table or (``--json``) one JSON object per
+line. A log of several channels is summarised whole (the other commands then need
+``--channel``); with ``--channel``, only that one. A file that cannot
 be read is reported as one ``file:line: what`` line on stderr; the others are
 still inspected and the exit code is 2.
 """
@@ -15,9 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from detector.cli._channel_flag import add_channel_flag
 from detector.core.errors import CanwatchError
 from detector.core.schema import LABELS, is_extended
-from replay.readers import ALIASES, FORMATS, canonical_format, detect_format, read_frames
+from replay.readers import (
+    ALIASES,
+    FORMATS,
+    canonical_format,
+    detect_format,
+    one_channel,
+    read_log,
+)
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,13 +45,20 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         metavar="F",
         help=f"read every file as this format ({', '.join(FORMATS)}); default: detect",
     )
+    add_channel_flag(p)
     p.set_defaults(func=run)
 
 
-def summarise(path: str, fmt: str | None = None) -> dict[str, Any]:
+def summarise(
+    path: str, fmt: str | None = None, channel: str | None = None
+) -> dict[str, Any]:
     """The inspect record for one file (raises InputError when unreadable)."""
     name = canonical_format(fmt) if fmt else detect_format(path)
-    frames = read_frames(path, name)
+    frames, channels = read_log(path, name)
+    per_channel = channels.counts() if channels is not None else {}
+    if channel is not None:
+        frames = one_channel(str(path), frames, channels, channel)
+        per_channel = {channel: len(frames)}
     ts = frames["ts"]
     counts = np.bincount(frames["label"].astype(np.int64).clip(0, len(LABELS) - 1))
     return {
@@ -52,12 +69,13 @@ def summarise(path: str, fmt: str | None = None) -> dict[str, Any]:
         "ids": int(len(np.unique(frames["can_id"]))),
         "extended_ids": int(len(np.unique(frames["can_id"][is_extended(frames["can_id"])]))),
         "first_ts": float(ts[0]) if len(ts) else None,
+        "channels": per_channel,
         "labels": {LABELS[i]: int(c) for i, c in enumerate(counts) if c},
     }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ("FILE", "FORMAT", "FRAMES", "DURATION", "IDS", "LABELS")
+    head = ("FILE", "FORMAT", "FRAMES", "DURATION", "IDS", "CHANNELS", "LABELS")
     body = [
         (
             r["file"],
@@ -65,6 +83,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{r['frames']:,}",
             f"{r['duration_s']:.3f} s",
             str(r["ids"]),
+            ",".join(r["channels"]) or "-",
             " ".join(f"{k}={v:,}" for k, v in r["labels"].items()) or "-",
         )
         for r in rows
@@ -86,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     rows, failed = [], 0
     for path in args.files:
         try:
-            rows.append(summarise(path, args.fmt))
+            rows.append(summarise(path, args.fmt, args.channel))
         except (CanwatchError, OSError) as exc:
             if len(args.files) == 1:
                 raise  # the CLI turns it into one line, exit 2

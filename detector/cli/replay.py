@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.cli._channel_flag import add_channel_flag
 from detector.cli._progress import bar
 from detector.core.config import Config, load_config
 from detector.core.errors import ConfigError, InputError
@@ -246,6 +247,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="log format (default: by suffix, else sniffed)",
     )
+    add_channel_flag(p)
     p.add_argument("--seed", type=int, default=0, help="attack injection seed (default 0)")
     p.add_argument(
         "--rebase-time",
@@ -279,12 +281,14 @@ def check_brand(brand: str, cfg: Config) -> str:
     return brand
 
 
-def load_recording(path: Path, fmt: str | None, specs: list, seed: int) -> np.ndarray:
-    """One recording's frames, ts-sorted, with every attack injected."""
+def load_recording(
+    path: Path, fmt: str | None, specs: list, seed: int, channel: str | None = None
+) -> np.ndarray:
+    """One recording's frames (of ``channel``), ts-sorted, with every attack injected."""
     from replay.attacks import inject
     from replay.readers import read_frames
 
-    frames = read_frames(path, fmt)
+    frames = read_frames(path, fmt, channel)
     if len(frames) == 0:
         raise InputError(str(path), None, "no frames")
     frames = frames[np.argsort(frames["ts"], kind="stable")]
@@ -313,7 +317,7 @@ def build_streams(args: argparse.Namespace, brand: str) -> list:
     streams = []
     for path, base in zip(args.files, bases, strict=True):
         check_vehicle_id(base)
-        frames = load_recording(path, args.format, specs, args.seed)
+        frames = load_recording(path, args.format, specs, args.seed, args.channel)
         if args.rebase_time:
             frames["ts"] -= frames["ts"][0]
         span = float(frames["ts"][-1] - frames["ts"][0])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.cli._channel_flag import add_channel_flag
 from detector.cli._common import add_config_flag, config_from, fleet_from
 from detector.cli._progress import bar
 from detector.core.brands import Fleet
@@ -39,6 +40,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--brand", required=True, help="brand slug (see configs/brands.toml)")
     p.add_argument("--out", required=True, metavar="DIR", help="model directory")
     p.add_argument("--format", help="force the log format of every FILE")
+    add_channel_flag(p)
     p.add_argument(
         "--groups",
         metavar="MAP.csv",
@@ -129,12 +131,14 @@ def train_and_save(
     return save_model(model, out, brands, summary)
 
 
-def read_all(files: Sequence[str], fmt: str | None) -> list[np.ndarray]:
-    """Every file's frames; on a terminal, a bar of files and frames read."""
+def read_all(
+    files: Sequence[str], fmt: str | None, channel: str | None = None
+) -> list[np.ndarray]:
+    """Every file's frames (of ``channel``); on a terminal, a bar of files and frames read."""
     out = []
     with bar("reading", total=len(files), unit="file") as read:
         for f in files:
-            out.append(read_frames(f, fmt))
+            out.append(read_frames(f, fmt, channel))
             read.set_postfix_str(f"{sum(len(r) for r in out):,} frames", refresh=False)
             read.update(1)
     return out
@@ -152,8 +156,8 @@ def check_sources(args: argparse.Namespace) -> None:
         missing = [f for f in ("since", "until") if getattr(args, f) is None]
         if missing:
             raise CanwatchError(f"--from-kafka needs --{' and --'.join(missing)}")
-        if args.groups or args.format:
-            raise CanwatchError("--groups and --format are for FILEs, not --from-kafka")
+        if args.groups or args.format or args.channel:
+            raise CanwatchError("--groups, --format and --channel are for FILEs, not --from-kafka")
         if not args.max_frames >= 1:
             raise CanwatchError(f"--max-frames must be >= 1, got {args.max_frames}")
         if not (np.isfinite(args.exclude_margin) and args.exclude_margin >= 0):
@@ -205,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         groups = None
         if args.groups:
             groups = groups_from_map(args.files, read_group_map(args.groups), args.groups)
-        recordings = read_all(args.files, args.format)
+        recordings = read_all(args.files, args.format, args.channel)
         manifest = train_and_save(
             platform, recordings, args.files, cfg.detection, args.out, brands, groups
         )

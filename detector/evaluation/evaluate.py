@@ -91,6 +91,7 @@ def score_frames(
     spans: list[Span] = (),
     on_scored: Callable[[ScoredRows], None] | None = None,
     source: str | None = None,
+    channel: str | None = None,
 ) -> Evaluation:
     """One vehicle's frames through the service's Scorer and incident tracker, labelled.
 
@@ -124,14 +125,16 @@ def score_frames(
     closed = [e for e in events if e["status"] == "closed"]
     if source is not None:
         for e in closed:
-            e["provenance"] = file_provenance(source, frames["ts"], order, e)
+            e["provenance"] = file_provenance(source, frames["ts"], order, e, channel)
     return Evaluation(vehicle, w * window_s, s, attack, closed, attack_spans, window_s, episodes)
 
 
-def file_provenance(source: str, ts: np.ndarray, order: np.ndarray, incident: dict) -> dict | None:
+def file_provenance(
+    source: str, ts: np.ndarray, order: np.ndarray, incident: dict, channel: str | None = None
+) -> dict | None:
     """Where ``incident``'s frames are in ``source``: the first and last index (in the
-    file's own order) of the frames in [first_seen, last_seen); ``ts`` is sorted and
-    ``order`` maps it back to file order."""
+    file's own order, among the frames of ``channel`` if one was read) of the frames in
+    [first_seen, last_seen); ``ts`` is sorted and ``order`` maps it back to file order."""
     lo, hi = np.searchsorted(ts, [incident["first_seen"], incident["last_seen"]])
     if hi <= lo:
         return None
@@ -141,6 +144,7 @@ def file_provenance(source: str, ts: np.ndarray, order: np.ndarray, incident: di
         "first_frame": int(idx.min()),
         "last_frame": int(idx.max()),
         "frames": int(len(np.unique(idx))),  # an FD frame's lanes are one frame
+        **({"channel": channel} if channel is not None else {}),
     }
 
 

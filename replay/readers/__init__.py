@@ -30,7 +30,7 @@ import numpy as np
 from detector.core.errors import InputError
 from detector.core.schema import EXTENDED_FLAG, ID_MASK_STANDARD
 from replay.readers import candump, pycan, pycsv, tabular
-from replay.readers._base import LogFormat
+from replay.readers._base import Channels, LogFormat
 
 _ALL: tuple[LogFormat, ...] = (
     candump.FORMAT,
@@ -88,8 +88,11 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise InputError(str(path), None, f"unrecognised CAN log format (tried: {tried})")
 
 
-def read_frames(path: str | os.PathLike[str], fmt: str | None = None) -> np.ndarray:
-    """All frames of ``path`` as a FRAME_DTYPE array, in file order."""
+def read_log(
+    path: str | os.PathLike[str], fmt: str | None = None
+) -> tuple[np.ndarray, Channels | None]:
+    """All frames of ``path`` in file order, with the channel (bus) of each where the
+    format says (None where it does not: ROAD, HCRL, CrySyS, python-can CSV...)."""
     spath = str(path)
     try:
         name = canonical_format(fmt) if fmt else detect_format(path)
@@ -99,11 +102,50 @@ def read_frames(path: str | os.PathLike[str], fmt: str | None = None) -> np.ndar
     if not spec.text:
         if os.path.getsize(spath) == 0:
             raise InputError(spath, None, "empty file")
-        return mark_wide_ids_extended(spec.read(spath, None))
-    data = Path(path).read_bytes()
-    if not data or data.isspace():  # isspace stops at the first other byte; strip copies
-        raise InputError(spath, None, "empty file")
-    return mark_wide_ids_extended(spec.read(spath, data))
+        out = spec.read(spath, None)
+    else:
+        data = Path(path).read_bytes()
+        if not data or data.isspace():  # isspace stops at the first other byte; strip copies
+            raise InputError(spath, None, "empty file")
+        out = spec.read(spath, data)
+    frames, channels = out if isinstance(out, tuple) else (out, None)
+    return mark_wide_ids_extended(frames), channels
+
+
+def read_frames(
+    path: str | os.PathLike[str], fmt: str | None = None, channel: str | None = None
+) -> np.ndarray:
+    """The frames of one bus of ``path`` as a FRAME_DTYPE array, in file order.
+
+    canwatch models one bus at a time (as one vehicle's records carry one bus), so a
+    log of several channels needs ``channel``: merged, the buses' timings and ids
+    would mix into a bus that never was."""
+    frames, channels = read_log(path, fmt)
+    return one_channel(str(path), frames, channels, channel)
+
+
+def one_channel(
+    path: str, frames: np.ndarray, channels: Channels | None, channel: str | None
+) -> np.ndarray:
+    """The frames of ``channel`` (None: of the only one); InputError otherwise."""
+    if channels is None:
+        if channel is not None:
+            raise InputError(path, None, f"no channel {channel!r}: this format names none")
+        return frames
+    if channel is None and len(channels.names) <= 1:
+        return frames
+    listed = ", ".join(f"{n} ({c:,} frames)" for n, c in channels.counts().items())
+    if channel is None:
+        raise InputError(
+            path, None,
+            f"frames of {len(channels.names)} CAN channels: {listed}; canwatch models one bus "
+            "at a time: pick one with --channel",
+        )  # fmt: skip
+    if channel not in channels.names:
+        raise InputError(path, None, f"no channel {channel!r}; its channels: {listed}")
+    if len(channels.names) == 1:
+        return frames
+    return frames[channels.codes == channels.names.index(channel)]
 
 
 def mark_wide_ids_extended(frames: np.ndarray) -> np.ndarray:
@@ -119,4 +161,7 @@ def mark_wide_ids_extended(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-__all__ = ["ALIASES", "FORMATS", "REGISTRY", "canonical_format", "detect_format", "read_frames"]
+__all__ = [
+    "ALIASES", "FORMATS", "REGISTRY", "Channels", "canonical_format", "detect_format",
+    "one_channel", "read_frames", "read_log",
+]  # fmt: skip

@@ -17,18 +17,38 @@ LABEL_WORDS.update({"0": 0, "false": 0})
 
 
 @dataclass(frozen=True)
+class Channels:
+    """The channel (bus) each frame of a log came from, named as the log names it
+    (candump's interface, ASC's and BLF's channel number, TRC's bus)."""
+
+    codes: np.ndarray  # per frame, an index into names
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, per_frame: np.ndarray, name=str) -> Channels:
+        """From each frame's channel (any sortable values), each named by ``name``."""
+        values, codes = np.unique(per_frame, return_inverse=True)
+        return cls(codes.reshape(-1), tuple(name(v) for v in values.tolist()))
+
+    def counts(self) -> dict[str, int]:
+        counts = np.bincount(self.codes, minlength=len(self.names)).tolist()
+        return dict(zip(self.names, counts, strict=True))
+
+
+@dataclass(frozen=True)
 class LogFormat:
     """One readable format: how to recognise it and how to read it.
 
     ``sniff(head)`` gets the first bytes of the file; ``read(path, data)`` gets
     the path and the whole content (``None`` for readers that open the file
-    themselves, e.g. binary BLF).
+    themselves, e.g. binary BLF), and gives the frames, with their ``Channels``
+    when the format says which bus each frame was on.
     """
 
     name: str
     suffixes: tuple[str, ...]
     sniff: Callable[[bytes], bool]
-    read: Callable[[str, bytes | None], np.ndarray]
+    read: Callable[[str, bytes | None], np.ndarray | tuple[np.ndarray, Channels]]
     text: bool = True
 
 

@@ -69,10 +69,12 @@ def _float(buf, i, n, pow10, pow10f, two53):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _candump(buf, ts, can_id, dlc, data, pow10, pow10f, two53, extended):  # pragma: no cover
-    """Lines ``(ts) iface ID#HEX``; returns the frame count, or -1 to fall back."""
+    """Lines ``(ts) iface ID#HEX`` of one interface; returns the frame count, or -1 to
+    fall back (a second interface too: the general reader names each line's)."""
     n = buf.shape[0]
     k = 0
     i = 0
+    s0 = w0 = 0
     while i < n:
         c = buf[i]
         if c == 10 or c == 13:  # empty line
@@ -93,6 +95,14 @@ def _candump(buf, ts, can_id, dlc, data, pow10, pow10f, two53, extended):  # pra
             i += 1
         if i == s or i >= n or buf[i] != 32:
             return -1
+        if k == 0:
+            s0, w0 = s, i - s
+        elif i - s != w0:
+            return -1
+        else:
+            for j in range(w0):
+                if buf[s + j] != buf[s0 + j]:
+                    return -1
         while i < n and buf[i] == 32:
             i += 1
         arb = 0

@@ -268,4 +268,6 @@ class BLFReader(can.BLFReader):
         when = float(Decimal(ticks) * factor) + self.start_timestamp
         if kind in _LOST:
             raise ValueError(f"the logger recorded {_LOST[kind]} at {when:.6f}: frames are missing")
-        return _error_frame(when, 1)
+        # the channel opens both bodies (CAN_ERROR's as 2 bytes); python-can counts from 0
+        channel = data[at + int.from_bytes(data[at + 4 : at + 6], "little")]
+        return _error_frame(when, channel - 1)

@@ -20,6 +20,7 @@ from replay.readers import _fast
 from replay.readers import _text as tx
 from replay.readers._base import (
     LABEL_WORDS,
+    Channels,
     LogFormat,
     build_frames,
     fd_dlc_column,
@@ -37,10 +38,11 @@ def sniff(head: bytes) -> bool:
     return mostly(lines, _LINE)
 
 
-def read(path: str, data: bytes | None) -> np.ndarray:
-    fast = _fast.candump(data or b"")
+def read(path: str, data: bytes | None) -> tuple[np.ndarray, Channels]:
+    fast = _fast.candump(data or b"")  # one interface only
     if fast is not None:
-        return fast
+        first = (data or b"")[:4096].split(None, 2)[1].decode("utf-8", "replace")
+        return fast, Channels(np.zeros(len(fast), np.int64), (first,))
     t = tx.load_text(path, data or b"")
     f = tx.WsFields(t)
     tx.check_count(t, f, f.count >= 3, "at least 3")
@@ -48,7 +50,20 @@ def read(path: str, data: bytes | None) -> np.ndarray:
     arb, ext, err, (ds, de) = _ids(t, f)
     dlc, payload, flags = _payload(t, ds, de)
     flags = flags | np.where(err, FLAG_ERROR, 0)
-    return build_frames(ts, arb, ext, dlc, payload, flags, _labels(t, f))
+    frames = build_frames(ts, arb, ext, dlc, payload, flags, _labels(t, f))
+    return frames, _interfaces(t, f)
+
+
+def _interfaces(t: tx.Text, f: tx.Fields) -> Channels:
+    """Each line's interface (``can0``), as the bytes of the second column."""
+    s, e = f.get(1)
+    width = int((e - s).max()) if len(s) else 0
+    cols = np.arange(width)
+    inside = cols < (e - s)[:, None]
+    names = np.zeros((len(s), width), np.uint8)
+    names[inside] = t.buf[(s[:, None] + cols)[inside]]
+    rows = np.ascontiguousarray(names).view(np.dtype((np.void, max(width, 1))))
+    return Channels.of(rows.reshape(-1), lambda v: v.rstrip(b"\0").decode("utf-8", "replace"))
 
 
 def _timestamps(t: tx.Text, f: tx.Fields) -> np.ndarray:

@@ -25,16 +25,22 @@ from can.io.blf import BLFParseError
 
 from detector.core.errors import InputError
 from detector.core.schema import FLAG_BRS, FLAG_ERROR, FLAG_ESI, FLAG_FD, FLAG_RTR
-from replay.readers._base import LogFormat, build_frames, fd_dlc_column, head_lines
+from replay.readers._base import Channels, LogFormat, build_frames, fd_dlc_column, head_lines
 from replay.readers._strict import ASCReader, BLFReader, Lines, TRCReader
 
 
-def messages_to_frames(path: str, messages, where=lambda i: None) -> np.ndarray:
+def messages_to_frames(
+    path: str, messages, where=lambda i: None, channels: list | None = None
+) -> np.ndarray:
     """Convert python-can messages to a frame array: FRAME_DTYPE when none is CAN
     FD, else FD_FRAME_DTYPE holding all of them. ``where(i)`` is the file line
-    of message ``i`` (None when unknown: the message number is named instead)."""
+    of message ``i`` (None when unknown: the message number is named instead).
+    Each message's channel is appended to ``channels``, if given."""
     ts, ids, ext, dlc, flags, raw, lines = [], [], [], [], [], [], []
+    keep = channels.append if channels is not None else None
     for m in messages:
+        if keep is not None:
+            keep(m.channel)
         ts.append(m.timestamp)
         ids.append(m.arbitration_id)
         ext.append(m.is_extended_id)
@@ -87,10 +93,14 @@ def _whole_blf(path: str, reader) -> None:
         )
 
 
-def _reader(name: str, factory, text: bool = True, check=None):
-    def read(path: str, data: bytes | None) -> np.ndarray:
+def _reader(name: str, factory, text: bool = True, check=None, first_channel: int = 0):
+    """A reader through python-can's ``factory``; its channels are named as the file
+    names them (python-can counts ASC's and BLF's from 0, so ``first_channel`` 1)."""
+
+    def read(path: str, data: bytes | None) -> tuple[np.ndarray, Channels]:
         lines = None
         count = [0]
+        chans: list = []
 
         def counted(reader):
             for m in reader:
@@ -102,17 +112,20 @@ def _reader(name: str, factory, text: bool = True, check=None):
                 with open(path) as fh:  # python-can's own default encoding
                     lines = Lines(fh)
                     with factory(lines) as reader:
-                        return messages_to_frames(path, reader, lambda i: lines.lineno)
-            with factory(path) as reader:
-                if check is not None:
-                    check(path, reader)
-                return messages_to_frames(path, counted(reader))
+                        frames = messages_to_frames(path, reader, lambda i: lines.lineno, chans)
+            else:
+                with factory(path) as reader:
+                    if check is not None:
+                        check(path, reader)
+                    frames = messages_to_frames(path, counted(reader), channels=chans)
         except InputError:
             raise
         except _UNREADABLE as exc:
             line = lines.lineno if lines is not None and lines.lineno else None
             after = f" after message {count[0]}" if count[0] else ""
             raise InputError(path, line, f"not a readable {name} file{after}: {exc}") from exc
+        per_frame = np.array([c if isinstance(c, int) else -1 for c in chans], np.int64)
+        return frames, Channels.of(per_frame, lambda c: str(c + first_channel) if c >= 0 else "-")
 
     return read
 
@@ -135,10 +148,10 @@ ASC = LogFormat(
     "asc",
     (".asc",),
     sniff_asc,
-    _reader("asc", lambda p: ASCReader(p, relative_timestamp=False)),
+    _reader("asc", lambda p: ASCReader(p, relative_timestamp=False), first_channel=1),
 )
 BLF = LogFormat(
-    "blf", (".blf",), sniff_blf, _reader("blf", BLFReader, text=False, check=_whole_blf),
-    text=False,
+    "blf", (".blf",), sniff_blf,
+    _reader("blf", BLFReader, text=False, check=_whole_blf, first_channel=1), text=False,
 )  # fmt: skip
 TRC = LogFormat("trc", (".trc",), sniff_trc, _reader("trc", TRCReader))
