@@ -104,7 +104,8 @@ def frames_to_dataframe(frames: np.ndarray, labelled: bool = False) -> pd.DataFr
     remote = (frames["flags"] & FLAG_RTR) != 0  # a remote frame carries no data
     dlc = np.where(remote, 0, np.minimum(frames["dlc"], 8))
     raw = np.ascontiguousarray(frames["data"]).tobytes()
-    starts = range(0, 8 * len(frames), 8)
+    width = frames["data"].shape[1]  # 64 in an FD array
+    starts = range(0, width * len(frames), width)
     data = [raw[s : s + d] for s, d in zip(starts, dlc.tolist(), strict=True)]
     ids = frames["can_id"]
     out = pd.DataFrame(

@@ -37,9 +37,9 @@ from detector.core.schema import (
     FLAG_ESI,
     FLAG_FD,
     FLAG_RTR,
-    FRAME_DTYPE,
     ID_MASK_EXTENDED,
     LABELS,
+    as_classic,
     fd_dlc,
     is_fd_array,
 )
@@ -69,19 +69,10 @@ def write_frames(path: str | os.PathLike[str], frames: np.ndarray, fmt: str | No
             f"format {name!r} is read-only (writable: {', '.join(writable_formats())})"
         )
     if is_fd_array(frames) and name in _CLASSIC_ONLY:
-        frames = _as_classic(frames, name)
+        if (frames["flags"] & FLAG_FD).any():
+            raise ValueError(f"format {name!r} holds classic CAN frames only, not CAN FD")
+        frames = as_classic(frames)
     _WRITERS[name](str(path), frames)
-
-
-def _as_classic(frames: np.ndarray, fmt: str) -> np.ndarray:
-    """An FD array without FD frames as classic frames; ValueError if it has any."""
-    if (frames["flags"] & FLAG_FD).any():
-        raise ValueError(f"format {fmt!r} holds classic CAN frames only, not CAN FD")
-    out = np.zeros(len(frames), FRAME_DTYPE)
-    for name in ("ts", "can_id", "dlc", "flags", "label"):
-        out[name] = frames[name]
-    out["data"] = frames["data"][:, :8]
-    return out
 
 
 # ----------------------------------------------------------- text building

@@ -98,6 +98,14 @@ def test_each_other_attack_of_an_incident_is_a_sighting_of_its_own_id():
     assert [s.key for s in sightings(both)] == [
         ("jeep", "dos", "0x000"), ("jeep", "spoofing", "0x1E4")
     ]
+    # the incident's top id (one strong spoofing window) is not the flood's: each attack
+    # is keyed on its own
+    crossed = incident("v1", 100.0, can_id="0x1E4") | {
+        "attack_ids": {"dos": "0x000", "spoofing": "0x1E4"}
+    }
+    assert [s.key for s in sightings(crossed)] == [
+        ("jeep", "dos", "0x000"), ("jeep", "spoofing", "0x1E4")
+    ]
     one_id = incident("v1", 100.0) | {"attack_ids": {"dos": "0x000", "spoofing": "0x000"}}
     assert [s.key for s in sightings(one_id)] == [("jeep", "dos", "0x000")]
     assert [s.key for s in sightings(incident("v1", 100.0))] == [("jeep", "dos", "0x000")]
@@ -299,3 +307,38 @@ def test_campaign_metrics_families_and_labels():
     assert labels == {"brand", "attack", "reason"}
     with pytest.raises(ValueError, match="attack must be one of"):
         m.campaign_opened("jeep", "ddos")
+
+
+def test_the_service_counts_records_not_sightings():
+    """A record with two attacks is two sightings, but one record late or stale."""
+    import json
+    import time
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from detector.core.config import load_config
+    from detector.service.campaign_service import CampaignService
+
+    cfg = load_config(None, overrides={"campaigns.window_s": 600.0, "campaigns.lateness_s": 0.0})
+    registry = CollectorRegistry()
+    service = CampaignService(cfg, CampaignMetrics(registry, brands=("jeep",)))
+    tp = TopicPartition(cfg.kafka.incident_topic, 0)
+    now = time.time()
+    two = {"attack_ids": {"dos": "0x000", "spoofing": "0x1E4"}}
+
+    def feed(record: dict, offset: int) -> None:
+        service._take({tp: [SimpleNamespace(value=json.dumps(record).encode(), offset=offset)]})
+        service.last_record_at = time.monotonic() - 100  # quiet: fold everything
+        service._fold(set())
+
+    feed(incident("v9", now - 100), 0)
+    feed(incident("v1", now - 5000) | two, 1)  # older than the window: stale
+    feed(incident("v2", now - 300) | two, 2)  # behind the clock: late
+
+    def value(name: str, **labels) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert value("canwatch_campaign_records_consumed_total") == 3
+    assert value("canwatch_campaign_records_skipped_total", reason="stale") == 1
+    assert value("canwatch_campaign_records_late_total") == 1

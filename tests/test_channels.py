@@ -86,6 +86,17 @@ def test_one_bus_and_formats_without_channels(tmp_path):
         read_frames(road, channel="can0")
 
 
+def test_a_classic_bus_beside_an_fd_one_reads_as_it_would_alone(tmp_path):
+    classic = [f"({100 + i / 100:.6f}) can0 1A0#0011223344556677" for i in range(8)]
+    fd = [f"({100.001 + i / 100:.6f}) can1 2B0##1" + "AB" * 12 for i in range(0, 8, 2)]
+    path = tmp_path / "mixed.log"
+    path.write_text("\n".join(sorted(classic + fd)) + "\n")
+    alone = tmp_path / "alone.log"
+    alone.write_text("\n".join(classic) + "\n")
+    np.testing.assert_array_equal(read_frames(path, channel="can0"), read_frames(alone))
+    assert len(read_frames(path, channel="can1")) == 4
+
+
 def test_candump_fast_path_leaves_a_second_interface_to_the_general_reader(tmp_path):
     path, _ = two_buses(tmp_path, "candump")
     assert _fast.candump(path.read_bytes()) is None

@@ -292,6 +292,13 @@ def test_malformed_lines_name_file_and_line(tmp_path, name, text, message):
     assert str(exc.value).startswith(f"{path.parent}/{message}")
 
 
+def test_asc_classic_frame_on_a_canfd_line_keeps_its_dlc_above_8(tmp_path):
+    """A classic frame on an FD channel may carry DLC 9-15 for its 8 bytes."""
+    path = tmp_path / "f.asc"
+    path.write_text(ASC_HEAD + FD_OK.replace("9 12 " + "00 " * 12, "f 8 " + "00 " * 8))
+    assert len(read_frames(path)) == 1
+
+
 def test_asc_without_events_line_keeps_its_first_frame(tmp_path):
     """The ``internal events logged`` line is optional; without it python-can's header
     scan took the first frame as the header's end and dropped it."""
@@ -320,6 +327,15 @@ def test_trc_error_frames_are_read_not_dropped(tmp_path):
     frames = read_frames(v1_0)
     assert frames["flags"].tolist() == [0, FLAG_ERROR, FLAG_RTR]
     assert frames["can_id"].tolist() == [0x001, 0, 0x100]
+    # PEAK's 1.1 and 1.3 examples: the line type Error (python-can: unsupported, dropped)
+    v1_1 = tmp_path / "v11.trc"
+    v1_1.write_text(TRC1_HEAD + TRC1_OK + "     2)      1349.2  Error      0008  4  00 19 08 08\n")
+    assert read_frames(v1_1)["flags"].tolist() == [0, FLAG_ERROR]
+    v1_3 = tmp_path / "v13.trc"
+    v1_3.write_text(";$FILEVERSION=1.3\n;$STARTTIME=45000.5\n"
+                    "     1)      1059.900 1  Rx        0300 -  2    00 00\n"
+                    "     2)      1349.222 2  Error     0008 -  4    00 19 08 08\n")
+    assert read_frames(v1_3, channel="2")["flags"].tolist() == [FLAG_ERROR]
 
 
 def test_empty_and_unknown_files(tmp_path):

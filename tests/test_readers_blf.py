@@ -73,6 +73,15 @@ def test_error_frames_python_can_skips_are_read_in_place(tmp_path):
     assert (got["ts"][2:4] - got["ts"][0]).round(6).tolist() == [0.002, 0.003]
 
 
+def test_a_classic_frame_with_dlc_above_8_in_an_fd_object_reads(tmp_path):
+    """CANoe logs every frame of an FD channel as an FD object; a classic one (EDL
+    clear) may code its 8 bytes as DLC 9-15, which python-can gives as 12-64."""
+    fields = (1, 10, 8, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # fd_flags 0: classic
+    classic = obj(blf.CAN_FD_MESSAGE_64, blf.CAN_FD_MSG_64_STRUCT.pack(*fields) + bytes(8), 0)
+    path = write(tmp_path, container(frames_of(2) + classic))
+    assert read_frames(path)["can_id"].tolist() == [0x100, 0x101, 0x64]
+
+
 def test_markers_and_texts_are_no_frames(tmp_path):
     marker = obj(blf.GLOBAL_MARKER, bytes(40), 2 * MS)
     path = write(tmp_path, container(frames_of(2) + marker + frames_of(2, 4)))

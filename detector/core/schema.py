@@ -71,6 +71,18 @@ def is_fd_array(frames: np.ndarray) -> bool:
     return frames.dtype == FD_FRAME_DTYPE
 
 
+def as_classic(frames: np.ndarray) -> np.ndarray:
+    """An FD array that holds no FD frame as the classic frames it is (FRAME_DTYPE);
+    ValueError if it holds any."""
+    if (frames["flags"] & FLAG_FD).any():
+        raise ValueError("CAN FD frames are no classic frames")
+    out = np.zeros(len(frames), FRAME_DTYPE)
+    for name in ("ts", "can_id", "dlc", "flags", "label"):
+        out[name] = frames[name]
+    out["data"] = frames["data"][:, :8]
+    return out
+
+
 #: Label codes. Index = value stored in ``label``. ``unknown`` is an attack of
 #: unstated kind (CrySyS "1", HCRL "T").
 LABELS: tuple[str, ...] = (

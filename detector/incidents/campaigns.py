@@ -162,19 +162,24 @@ def sighting(record: Any, partition: int = -1, offset: int = -1) -> Sighting:
 
 
 def sightings(record: Any, partition: int = -1, offset: int = -1) -> list[Sighting]:
-    """Every key an incident record is a sighting of: its suspected attack on its top id,
-    then each other attack of its windows (``attack_ids``) on an id not keyed yet. A
-    flood that is also spoofing of another id is seen in both campaigns; the same id
-    suspected of two attacks is one attack seen two ways, and stays one sighting."""
+    """Every key an incident record is a sighting of: its suspected attack on that
+    attack's top id (``attack_ids``; else the incident's top id), then each other attack
+    of its windows on an id not keyed yet. A flood that is also spoofing of another id
+    is seen in both campaigns; the same id suspected of two attacks is one attack seen
+    two ways, and stays one sighting."""
     first = sighting(record, partition, offset)
-    out, ids = [first], {first.can_id}
     others = record.get("attack_ids", {})
     if not isinstance(others, dict):
         raise BadIncident("bad_shape", f"attack_ids must be an object, got {others!r:.80}")
+    tops = {}
     for attack, can_id in others.items():
         if attack not in ATTACK_KINDS:
             raise BadIncident("bad_shape", f"attack_ids: {attack!r} is not a known attack")
-        top = _top_id([can_id])
+        tops[attack] = _top_id([can_id])
+    # the incident's top id may be another attack's (one strong window of it)
+    first = dataclasses.replace(first, can_id=tops.get(first.attack, first.can_id))
+    out, ids = [first], {first.can_id}
+    for attack, top in tops.items():
         if top not in ids:
             ids.add(top)
             out.append(dataclasses.replace(first, attack=attack, can_id=top))

@@ -217,9 +217,15 @@ class CampaignService:
         quiet = not behind and quiet_s >= max(lateness, MIN_QUIET_S)
         upto = math.inf if quiet else watermark(self.order.high, behind, lateness)
         events: list[dict] = []
+        record = None
         for s in self.order.release(upto):
             folded, fate = self.correlator.observe(s)
             events += folded
+            # a record's sightings (one per attack it shows) come out together: its fate
+            # is its first one's, counted once
+            if (s.partition, s.offset) == record:
+                continue
+            record = (s.partition, s.offset)
             if fate == "stale":
                 self.metrics.skip("stale")
             elif fate == "late":

@@ -28,7 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.errors import InputError
-from detector.core.schema import EXTENDED_FLAG, ID_MASK_STANDARD
+from detector.core.schema import (
+    EXTENDED_FLAG,
+    FLAG_FD,
+    ID_MASK_STANDARD,
+    as_classic,
+    is_fd_array,
+)
 from replay.readers import candump, pycan, pycsv, tabular
 from replay.readers._base import Channels, LogFormat
 
@@ -145,7 +151,11 @@ def one_channel(
         raise InputError(path, None, f"no channel {channel!r}; its channels: {listed}")
     if len(channels.names) == 1:
         return frames
-    return frames[channels.codes == channels.names.index(channel)]
+    picked = frames[channels.codes == channels.names.index(channel)]
+    # a classic bus beside an FD one is read as it would be alone: classic frames
+    if is_fd_array(picked) and not (picked["flags"] & FLAG_FD).any():
+        return as_classic(picked)
+    return picked
 
 
 def mark_wide_ids_extended(frames: np.ndarray) -> np.ndarray:

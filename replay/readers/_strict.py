@@ -13,8 +13,9 @@ forensics a wrong picture of the bus:
   give its data length is only logged as a warning.
 - TRC: a line too short for its DLC is dropped with a log warning. In TRC 2.x,
   the data bytes are taken as they are, whatever the DLC says.
-- TRC 2.x: error frames (type ``ER``) are dropped as an "unsupported type", and
-  TRC 1.0's (``ERROR`` after the DLC) stop the file as unreadable. So a bus-off
+- TRC: error frames (2.x's type ``ER``, 1.1's and 1.3's ``Error``) are dropped as
+  an "unsupported type", and TRC 1.0's (``ERROR`` after the DLC) stop the file as
+  unreadable. So a bus-off
   attack logged by PCAN-View would read as a quiet bus. They are read as
   error frames (id 0, no data): canwatch counts a vehicle's error frames as one
   stream, whatever id or error class they carry.
@@ -93,7 +94,8 @@ class ASCReader(can.ASCReader):
         at = 5 if len(parts) > 3 and parts[3].isdigit() else 6
         if len(parts) > at + 1 and parts[2].lower() != "errorframe":
             dlc, length = int(parts[at], self._converted_base), int(parts[at + 1])
-            if length and dlc2len(dlc) != length:
+            classic = dlc > 8 and length == 8  # a classic frame on an FD channel: DLC 9-15
+            if length and dlc2len(dlc) != length and not classic:
                 raise ValueError(f"CANFD dlc {dlc} ({dlc2len(dlc)} bytes) but data length {length}")
         return super()._process_fd_can_frame(line, msg_kwargs)
 
@@ -130,6 +132,16 @@ class TRCReader(can.TRCReader):
         if "l" in self.columns:
             return int(cols[self.columns["l"]])
         return dlc2len(msg.dlc) if msg.is_fd else min(msg.dlc, 8)
+
+    def _parse_cols_v1_1(self, cols: tuple[str, ...]) -> can.Message | None:
+        if cols[2] == "Error":  # "6) 1349.2 Error 0008 4 00 19 08 08"
+            return _error_frame(float(cols[1]) / 1000 + self._start_time, 1)
+        return super()._parse_cols_v1_1(cols)
+
+    def _parse_cols_v1_3(self, cols: tuple[str, ...]) -> can.Message | None:
+        if cols[3] == "Error":  # as 1.1's, after the bus
+            return _error_frame(float(cols[1]) / 1000 + self._start_time, int(cols[2]))
+        return super()._parse_cols_v1_3(cols)
 
     def _parse_msg_v1_0(self, cols: tuple[str, ...]) -> can.Message | None:
         if len(cols) > 4 and cols[4] == "ERROR":  # "2) 1842 0008 4 ERROR 00 19 08 08"
@@ -252,9 +264,8 @@ class BLFReader(can.BLFReader):
         frames = list(can.BLFReader._parse_data(self, objects))
         for m in frames:
             if not (m.is_error_frame or m.is_remote_frame) and (
-                len(m.data) != (m.dlc if m.is_fd else min(m.dlc, 8))
-                or m.dlc > (64 if m.is_fd else 15)
-            ):
+                len(m.data) != (m.dlc if m.is_fd else min(m.dlc, 8)) or m.dlc > 64
+            ):  # a classic frame's DLC 9-15 comes as 12-64 from an FD object, 9-15 from others
                 # python-can gives an FD frame's dlc as the length it codes
                 what = f"dlc {len2dlc(m.dlc)} ({m.dlc} bytes)" if m.is_fd else f"dlc {m.dlc}"
                 raise ValueError(f"id {m.arbitration_id:#x}: {what} but {len(m.data)} data bytes")

@@ -41,7 +41,7 @@ def sniff(head: bytes) -> bool:
 def read(path: str, data: bytes | None) -> tuple[np.ndarray, Channels]:
     fast = _fast.candump(data or b"")  # one interface only
     if fast is not None:
-        first = (data or b"")[:4096].split(None, 2)[1].decode("utf-8", "replace")
+        first = (data or b"").lstrip()[:4096].split(None, 2)[1].decode("utf-8", "replace")
         return fast, Channels(np.zeros(len(fast), np.int64), (first,))
     t = tx.load_text(path, data or b"")
     f = tx.WsFields(t)
