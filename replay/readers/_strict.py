@@ -194,6 +194,7 @@ class BLFReader(can.BLFReader):
         if self._tail.strip(b"\0"):
             raise ValueError(f"the file ends inside an object ({len(self._tail)} bytes of it)")
         self.stop()
+
     def _containers(self) -> Iterator[bytes]:
         """Each log container's objects, decompressed and checked whole."""
         while head := self.file.read(_BASE.size):
