@@ -366,6 +366,43 @@ class _Crash(Exception):
     """Stands in for the process dying between produce and commit."""
 
 
+def test_an_error_after_decode_commits_and_counts_nothing_of_its_poll(
+    broker, unique_topic, cusw_models
+):
+    """A bug anywhere after decoding (scoring, incidents) ends ``run``; its final commit
+    must not cover the poll whose dead letters were sent but never acknowledged (it
+    committed them from the ledger, which decoding had moved on), nor count them."""
+    cfg = service_config(
+        broker, unique_topic, cusw_models, partitions=1, **{"kafka.commit_interval_s": 0.0}
+    )
+    producer = make_producer(cfg.kafka)
+    for i in range(5):  # a brand nobody serves: five dead letters
+        producer.send(
+            cfg.kafka.telemetry_topic, key=f"veh-{i}".encode(), value=b"{}",
+            headers=headers_for("nosuch", CONTENT_TYPE_JSON),
+        )  # fmt: skip
+    producer.flush()
+    producer.close()
+    metrics = DetectorMetrics(CollectorRegistry())
+    detector = Detector(cfg, FLEET, metrics, "det-bug")
+
+    def bug(scored):
+        raise RuntimeError("a bug after intake")
+
+    detector._incidents = bug
+    with pytest.raises(RuntimeError, match="a bug after intake"):
+        detector.run(threading.Event())
+    check = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id=cfg.kafka.group_id, enable_auto_commit=False
+    )
+    try:
+        committed = check.committed(TopicPartition(cfg.kafka.telemetry_topic, 0))
+    finally:
+        check.close()
+    assert committed in (None, 0), f"committed {committed} past unacknowledged dead letters"
+    assert (sample(metrics, "canwatch_dead_letters_total", reason="unknown_brand") or 0) == 0
+
+
 @pytest.mark.parametrize(
     ("vehicles", "attacks", "poll_records", "commits_in_incident"),
     [
@@ -835,12 +872,15 @@ def test_pseudonymized_ids_never_leave_the_decoder(
             frames = send_all(cfg, streams)
             producer = make_producer(cfg.kafka)
             bad = json.dumps({"vehicle": raw, "brand": "jeep", "bus": "can0", "frames": "x"})
-            producer.send(
-                cfg.kafka.telemetry_topic,
-                key=raw.encode(),
-                value=bad.encode(),
-                headers=headers_for("jeep", CONTENT_TYPE_JSON),
-            )
+            # the raw id in the body of a record without a key (nothing says which id to
+            # scrub) and of one keyed by another vehicle (mismatch): their bytes withheld
+            for key in (raw.encode(), None, b"veh-jeep-other"):
+                producer.send(
+                    cfg.kafka.telemetry_topic,
+                    key=key,
+                    value=bad.encode(),
+                    headers=headers_for("jeep", CONTENT_TYPE_JSON),
+                )
             producer.flush()
             producer.close()
 
@@ -849,7 +889,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
                 return consumed == frames and any(e["status"] == "open" for e in reader.events())
 
             wait_for("frames consumed and an incident opened", done)
-            wait_for("the dead letter on the DLQ topic", lambda: len(dlq.poll()) >= 1)
+            wait_for("the dead letters on the DLQ topic", lambda: len(dlq.poll()) >= 3)
         incidents = reader.events()
         dead = dlq.poll()
     finally:

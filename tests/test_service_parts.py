@@ -207,3 +207,21 @@ def test_a_restart_reaches_back_past_a_telemetry_gap_for_a_warm_up(cusw_models):
     assert horizon <= before["ts"][-1] - 3.0  # warm-up windows with frames, before the gap
     again, _ = run(frames[frames["ts"] >= horizon])
     assert again == flagged
+
+
+def test_a_send_the_producer_gave_up_on_is_no_acknowledgement():
+    """Done is not acknowledged: kafka-python's IO thread may fail a send between the
+    loop's look for failures and its look for acknowledgements (then the poll was
+    committed over a lost dead letter or incident)."""
+    from kafka.errors import KafkaTimeoutError
+    from kafka.future import Future
+
+    from detector.service.outbox import Delivery
+
+    taken, given_up = Future(), Future()
+    taken.success(None)
+    delivery = Delivery([taken, given_up], 0.0, 0.0, {})
+    assert not delivery.acknowledged()
+    given_up.failure(KafkaTimeoutError("delivery timed out"))
+    assert given_up.is_done and not delivery.acknowledged()
+    assert Delivery([taken], 0.0, 0.0, {}).acknowledged()

@@ -3,10 +3,13 @@
 Two kinds: a record canwatch's own decoding refused (``DecodeError``: its
 reason and detail), and a record, or span of records, the Kafka record format
 itself could not describe (``detector.transport.kafka_salvage``: its raw bytes
-and offsets). Each is counted in the metrics and sent with headers ``error``,
+and offsets). Each is counted in the metrics once the broker has it (a poll
+re-read after a rewind would count it again otherwise, with nothing in the DLQ),
+and sent with headers ``error``,
 ``error-detail``, ``source`` (topic/partition/offset), and ``error-altered``
 when the copy had to be changed to be producible. With pseudonymisation on, the
-raw vehicle id is scrubbed from key, body and detail, or the bytes withheld.
+raw vehicle id is scrubbed from key, body and detail, or the bytes withheld where
+no key says which id to scrub (or the body names another vehicle).
 
 Kept apart so that what a dead letter carries is decided in one place for both
 kinds; nothing bad is ever dropped silently, and it never stops the consumer.
@@ -23,7 +26,7 @@ from detector.core.errors import DecodeError
 from detector.incidents.privacy import scrub
 from detector.service.metrics import DetectorMetrics
 from detector.transport.kafka_salvage import UnreadableRecord
-from detector.transport.wire import dead_letter_copy
+from detector.transport.wire import MISMATCH, dead_letter_copy
 
 log = logging.getLogger("canwatch.detect")
 UNREADABLE_LOG_S = 10.0  # at most one summary line of unreadable records this often
@@ -42,29 +45,47 @@ class DeadLetters:
         self.send = send
         self._unreadable_seen: dict[str, int] = defaultdict(int)  # since the last summary line
         self._unreadable_logged = 0.0
+        # (reason, unreadable offsets or 0) of the poll in flight, counted on its acks
+        self._unacknowledged: list[tuple[str, int]] = []
+
+    def count_acknowledged(self) -> None:
+        """The poll in flight is acknowledged: its dead letters count."""
+        for reason, offsets in self._unacknowledged:
+            self.metrics.dead_letter(reason)
+            if offsets:
+                self.metrics.unreadable(reason, offsets)
+        self._unacknowledged.clear()
+
+    def forget_unacknowledged(self) -> None:
+        """The poll in flight is dropped (a rewind re-reads it)."""
+        self._unacknowledged.clear()
 
     def refused(self, record, exc: DecodeError):
         """A record canwatch's decoding refused: to the DLQ with ``exc``'s reason."""
-        self.metrics.dead_letter(exc.reason)
         key, value = record.key, record.value
         detail = exc.detail[:500].encode("utf-8", "replace")
+        withheld = ""
         if self.privacy_key is not None:  # the raw id may sit in the key, the body or the detail
             key, value = scrub(self.privacy_key, record.key, record.value)
             detail = scrub(self.privacy_key, record.key, detail)[1]
+            if not record.key or exc.reason == MISMATCH:  # no id to scrub, or another's
+                why = "no key to scrub" if not record.key else "the body names another vehicle"
+                value, withheld = b"", f"raw bytes withheld (pseudonymisation on, {why})"
         # Null key and value, null header values or > 4.5 MB would make send() raise
         # and the consumer crash-loop on this record; the copy is always producible.
         key, value, headers, altered = dead_letter_copy(key, value, record.headers)
-        return self._send(
-            record, record.offset, exc.reason, detail, (key, value, headers), notes=(altered,)
-        )
+        future = self._send(
+            record, record.offset, exc.reason, detail, (key, value, headers),
+            notes=(withheld, altered),
+        )  # fmt: skip
+        self._unacknowledged.append((exc.reason, 0))
+        return future
 
     def unreadable(self, record: UnreadableRecord):
         """A record, or span of records, the Kafka record format could not describe:
         its raw bytes to the DLQ, with where it was and why."""
         p = record.problem
         first, last = record.offset, p.last_offset
-        self.metrics.dead_letter(p.reason)
-        self.metrics.unreadable(p.reason, p.records(first))
         self._log_unreadable(record)
         key, value, detail = record.key, record.value, p.detail.encode("utf-8", "replace")
         withheld = ""
@@ -75,10 +96,12 @@ class DeadLetters:
             else:  # no vehicle id to find in the bytes: none of them leave
                 value, withheld = b"", "raw bytes withheld (pseudonymisation on, no key to scrub)"
         key, value, headers, altered = dead_letter_copy(key, value, [])
-        return self._send(
+        future = self._send(
             record, first, p.reason, detail[:500], (key, value, headers),
             extra=[("source-offsets", f"{first}-{last}".encode())], notes=(withheld, altered),
         )  # fmt: skip
+        self._unacknowledged.append((p.reason, p.records(first)))
+        return future
 
     def _send(
         self, record, offset: int, reason: str, detail: bytes, copy: tuple, extra=(), notes=()

@@ -436,6 +436,7 @@ class Detector:
         self.outbox.in_flight = None
         self._failures = 0
         polling.resume_paused(self.consumer)
+        self.dead_letters.count_acknowledged()
         self.commits.acknowledged(self._safe_offsets())
         self._commit_if_due(final)
         self.metrics.observe_stage("commit", time.perf_counter() - t4)
@@ -454,6 +455,7 @@ class Detector:
         )
         self.health.loop_ready(False)
         self.outbox.in_flight = None
+        self.dead_letters.forget_unacknowledged()  # re-read, they are counted then
         self.outbox.drop_producer()
         assigned = set(self.consumer.assignment())
         self.vehicles.drop_partitions(
@@ -480,7 +482,9 @@ class Detector:
             self._commit()
 
     def _commit(self, timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
-        if self.commits.commit(self.consumer, self._safe_offsets(), timeout_ms):
+        # where the last acknowledged poll left each partition, never the ledger as it
+        # stands: a poll that failed part-way (an error after its decode) has moved it on
+        if self.commits.commit(self.consumer, dict(self.commits.resume_at), timeout_ms):
             self.contact.heard()
 
     def _forget(self, partitions: set) -> None:

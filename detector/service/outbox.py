@@ -47,7 +47,9 @@ class Delivery:
     windows: list[str] = field(default_factory=list)  # window lines of the audit file
 
     def acknowledged(self) -> bool:
-        return all(f.is_done for f in self.futures)
+        # succeeded, not done: a send the producer gives up on between two checks (its
+        # IO thread) is done too, and must not pass for an acknowledgement
+        return all(f.succeeded() for f in self.futures)
 
 
 class Outbox:
