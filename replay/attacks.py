@@ -204,8 +204,19 @@ def _forge(payloads: np.ndarray, length: int) -> np.ndarray:
     return forged
 
 
+#: The most frames one attack may add (10 minutes of a 10 kHz flood is 6 M):
+#: past it, an attack is a typo, not a scenario, and would exhaust memory.
+MAX_INJECTED = 10_000_000
+
+
 def _uniform_times(t0: float, t1: float, rate: float) -> np.ndarray:
-    n = max(int(round((t1 - t0) * rate)), 1)
+    count = (t1 - t0) * rate
+    if not count <= MAX_INJECTED:  # inf and nan too
+        raise ConfigError(
+            f"{count:,.0f} frames to inject, more than {MAX_INJECTED:,}: shorten the "
+            "duration or lower the rate"
+        )
+    n = max(int(round(count)), 1)
     return t0 + np.arange(n) / rate
 
 
@@ -311,6 +322,12 @@ def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndar
     frames = frames[np.argsort(frames["ts"], kind="stable")]
     t0 = float(frames["ts"][0]) + spec.start_s
     t1 = t0 + spec.duration_s
+    recorded = float(frames["ts"][-1] - frames["ts"][0])
+    if spec.start_s > recorded:
+        raise ConfigError(
+            f"{spec.kind}: starts {spec.start_s:g} s in, after the recording's last frame "
+            f"({recorded:.3f} s in)"
+        )
     if spec.kind == "fuzzing" or (spec.kind == "errorflood" and spec.can_id is None):
         target = None
     elif spec.can_id is not None:
@@ -324,7 +341,12 @@ def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndar
     if target is not None and spec.kind in needs_target and not np.any(_genuine(frames, target)):
         raise ConfigError(f"{spec.kind}: id {format_id(target)} does not occur in the frames")
     if spec.kind == "suspension":
-        return frames[~(in_window & (frames["can_id"] == target))], span
+        silenced = in_window & (frames["can_id"] == target)
+        if not silenced.any():  # ground truth of an attack that did nothing
+            raise ConfigError(
+                f"suspension: id {format_id(target)} sends no frame in the attack window"
+            )
+        return frames[~silenced], span
     if spec.kind == "errorflood" and target is not None:  # the victim is bus-off
         frames = frames[~(in_window & (frames["can_id"] == target))]
     if spec.kind == "masquerade":
@@ -334,7 +356,8 @@ def inject(frames: np.ndarray, spec: AttackSpec, seed: int = 0) -> tuple[np.ndar
             raise ConfigError(
                 f"masquerade: id {format_id(target)} has no frames in the attack window"
             )
-        out["data"][hit] = _forge(frames["data"][hit], int(fd_lengths(frames[hit[:1]])[0]))
+        # within the shortest of its frames: a byte past a frame's end would change nothing
+        out["data"][hit] = _forge(frames["data"][hit], int(fd_lengths(frames[hit]).min()))
         out["label"][hit] = LABEL_CODE["masquerade"]
         return out, span
     added = _fabricate(frames, spec, target, t0, t1, rng)

@@ -68,11 +68,25 @@ def write_frames(path: str | os.PathLike[str], frames: np.ndarray, fmt: str | No
         raise ValueError(
             f"format {name!r} is read-only (writable: {', '.join(writable_formats())})"
         )
+    why = refusal(frames, name)
+    if why:
+        raise ValueError(f"{path}: {why}")
     if is_fd_array(frames) and name in _CLASSIC_ONLY:
-        if (frames["flags"] & FLAG_FD).any():
-            raise ValueError(f"format {name!r} holds classic CAN frames only, not CAN FD")
         frames = as_classic(frames)
     _WRITERS[name](str(path), frames)
+
+
+def refusal(frames: np.ndarray, fmt: str) -> str | None:
+    """Why format ``fmt`` (a writable one) cannot store ``frames`` as they are, or None.
+    A writer never changes what it writes: ask before writing a set of files."""
+    name = canonical_format(ALIASES.get(fmt, fmt))
+    if name in _CLASSIC_ONLY:
+        if (frames["flags"] & FLAG_FD).any():
+            return f"format {name!r} holds classic CAN frames only, not CAN FD"
+        if (frames["flags"] & FLAG_ERROR).any():  # an error frame would read as a bad id
+            return f"format {name!r} has no error frames"
+        return None
+    return _refusal(name, frames) if name in _PYTHON_CAN else None
 
 
 # ----------------------------------------------------------- text building
@@ -347,9 +361,6 @@ def _refusal(fmt: str, frames: np.ndarray) -> str | None:
 
 def _python_can(fmt: str, writer_cls):
     def write(path: str, frames: np.ndarray) -> None:
-        why = _refusal(fmt, frames)
-        if why:
-            raise ValueError(f"{path}: {why}")
         with writer_cls(path) as writer:
             for msg in to_messages(frames):
                 writer.on_message_received(msg)
@@ -370,3 +381,4 @@ _WRITERS = {
     "csv": _python_can("csv", can.CSVWriter),
 }
 _CLASSIC_ONLY = ("road", "hcrl", "crysys", "cantt", "hcrl-txt")
+_PYTHON_CAN = ("asc", "blf", "trc", "csv")

@@ -195,3 +195,37 @@ def test_inject_errors():
         inject(frames, AttackSpec("replay", 0.0, 1.0, can_id=0x0C4))
     with pytest.raises(ConfigError, match="empty"):
         inject(frames[:0], AttackSpec("dos", 0.0, 1.0))
+
+
+def test_attacks_that_would_do_nothing_or_too_much_are_refused(sim):
+    """Ground truth of an attack that changed nothing, or one that would exhaust memory
+    (a typo'd duration), is an error, not a scenario."""
+    recorded = float(sim["ts"][-1] - sim["ts"][0])
+    with pytest.raises(ConfigError, match="after the recording's last frame"):
+        inject(sim, AttackSpec("dos", recorded + 5, 1.0))
+    with pytest.raises(ConfigError, match="sends no frame in the attack window"):
+        inject(sim, AttackSpec("suspension", 1.0, 0.0005, can_id=int(sim["can_id"][0])))
+    with pytest.raises(ConfigError, match="frames to inject, more than 10,000,000"):
+        inject(sim, AttackSpec("dos", 1.0, 1e6))
+
+
+def test_masquerade_forges_a_byte_every_frame_of_its_id_has():
+    """An FD id whose frames alternate between 64 and 8 bytes: the forged byte lies
+    within every one of them, so every frame labelled masquerade was changed."""
+    from detector.core.fd import fd_lengths
+    from detector.core.schema import FD_FRAME_DTYPE, FLAG_FD, fd_dlc
+
+    n = 400
+    f = np.zeros(n, FD_FRAME_DTYPE)
+    f["ts"] = 100 + np.arange(n) * 0.01
+    f["can_id"] = 0x100
+    f["flags"] = FLAG_FD
+    f["dlc"] = np.where(np.arange(n) % 2, fd_dlc(8), fd_dlc(64))
+    f["data"][:, :8] = 7
+    f["data"][:, 8:] = np.where(np.arange(n) % 2 == 0, 9, 0)[:, None]
+    out, _ = inject(f, AttackSpec("masquerade", 1.0, 1.0, can_id=0x100))
+    hit = np.flatnonzero(out["label"] != 0)
+    assert len(hit) == 100
+    for i in hit:
+        length = int(fd_lengths(f[i : i + 1])[0])
+        assert (out["data"][i, :length] != f["data"][i, :length]).any(), i

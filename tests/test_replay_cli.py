@@ -124,6 +124,9 @@ def test_replay_errors_are_one_line_exit_2(tmp_path, capsys):
         (["--brand", "Jeep!"], "brand must be a lower-case slug"),
         (["--brand", "jeep", "--attack", "dos:start=1,durration=2"], "durration"),
         (["--brand", "jeep", "--vehicles", "0"], "--vehicles"),
+        (["--brand", "jeep", "--vehicles", "2", "--shift", "inf"], "--shift must be in [0,"),
+        (["--brand", "jeep", "--speed", "1e-300"], "--speed must be >= 0.001"),
+        (["--brand", "jeep", "--attack", "dos:start=0.1,duration=1e308"], "frames to inject"),
     ]
     for extra, needle in cases:
         assert main(["replay", str(path), *extra, "--bootstrap", "127.0.0.1:1"]) == 2
@@ -169,6 +172,24 @@ def test_simulate_to_kafka_streams_the_fleet(broker, unique_topic, tmp_path, cap
     span = fleet["attacks"][0]
     ts = np.concatenate(frames[span["vehicle"]])["ts"]
     assert ts.min() < span["start_ts"] < span["end_ts"] < ts.max() <= time.time()
+
+
+@pytest.mark.kafka
+def test_simulate_to_kafka_keeps_an_attack_past_the_duration_in_the_past(
+    broker, unique_topic, tmp_path, capsys
+):
+    """A flood running 10 s past --duration: the fleet is placed earlier, so no frame
+    is ahead of the clock (a detector refuses those past detection.max_future_s)."""
+    topic = unique_topic("telemetry")
+    create_topics(broker.bootstrap, {topic: 1})
+    argv = ["simulate", "--brands", "jeep", "--duration", "2", "--out", str(tmp_path)]
+    argv += ["--attack", "dos:start=1,duration=11", "--to-kafka", "--max-speed"]
+    assert main([*argv, "--bootstrap", broker.bootstrap, "--topic", topic]) == 0
+    records = consume(broker.bootstrap, topic, published(capsys.readouterr().out))
+    ts = np.concatenate([decode(r).frames["ts"] for r in records])
+    span = json.loads((tmp_path / "fleet.json").read_text())["attacks"][0]
+    assert ts.max() <= time.time() and span["end_ts"] <= time.time()
+    assert span["end_ts"] - span["start_ts"] == pytest.approx(11)
 
 
 def test_simulate_needs_a_sink(tmp_path, capsys):

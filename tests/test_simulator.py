@@ -283,6 +283,30 @@ def test_cli_simulate_rejects_bad_attack(tmp_path, capsys):
     assert not (tmp_path / "fleet.json").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--brands", "ds", "--format", "road"], "cannot hold veh-ds-0000's frames: format 'road' "
+         "holds classic CAN frames only, not CAN FD"),
+        (["--brands", "jeep", "--format", "road", "--attack", "errorflood:start=0.5,duration=0.2"],
+         "format 'road' has no error frames"),
+        (["--brands", "jeep", "--format", "trc", "--attack", "errorflood:start=0.5,duration=0.2"],
+         "TRCWriter cannot store error frames"),
+        (["--brands", "jeep", "--duration", "inf"], "--duration must be in (0, 86400] s"),
+        (["--brands", "jeep", "--start-ts", "nan"], "--start-ts must be a time >= 0 s"),
+    ],
+    ids=["fd-in-road", "error-frames-in-road", "error-frames-in-trc", "duration", "start-ts"],
+)
+def test_cli_simulate_refuses_before_writing_a_file(tmp_path, capsys, argv, needle):
+    from detector.cli import main
+
+    out = tmp_path / "fleet"
+    assert main(["simulate", "--out", str(out), "--duration", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_cli_simulate_rejects_unknown_brand(tmp_path, capsys):
     from detector.cli import main
 

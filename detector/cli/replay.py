@@ -87,12 +87,18 @@ def add_pacing_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: The slowest replay (a frame a thousand times later than recorded) and the longest
+#: span of traffic or shift: past them, sleeps and timestamps overflow.
+MIN_SPEED = 1e-3
+MAX_SPAN_S = 86_400.0 * 366
+
+
 def speed_of(args: argparse.Namespace) -> float | None:
     """The publisher's speed: None = as fast as possible."""
     if args.max_speed:
         return None
-    if not (np.isfinite(args.speed) and args.speed > 0):
-        raise ConfigError(f"--speed must be > 0, got {args.speed}")
+    if not (np.isfinite(args.speed) and MIN_SPEED <= args.speed):
+        raise ConfigError(f"--speed must be >= {MIN_SPEED:g}, got {args.speed}")
     return float(args.speed)
 
 
@@ -149,10 +155,17 @@ def stream_to_kafka(
         total = sum(len(frames) for _, _, frames in streams)
         with bar("publishing", total, "frame", unit_scale=True, enabled=progress) as shown:
             sink = producer if shown.disable else _Counted(producer, encoding, shown.update)
+            published = None
             try:
-                return publish(sink, topic, streams, speed, encoding)
+                published = publish(sink, topic, streams, speed, encoding)
+                return published
             finally:
-                producer.close(timeout=10)
+                try:  # after a failure, closing must not hide it behind a traceback
+                    producer.close(timeout=10 if published is not None else 0)
+                except KafkaError as exc:
+                    if published is not None:
+                        where = cfg.kafka.bootstrap
+                        raise BrokerError(f"closing the producer to {where}: {exc}") from None
 
 
 class _Counted:
@@ -308,8 +321,8 @@ def build_streams(args: argparse.Namespace, brand: str) -> list:
         raise ConfigError(f"--vehicles must be >= 1, got {args.vehicles}")
     if args.vehicle is not None and len(args.files) > 1:
         raise ConfigError("--vehicle names one vehicle: give exactly one FILE")
-    if args.shift is not None and not args.shift >= 0:
-        raise ConfigError(f"--shift must be >= 0 s, got {args.shift}")
+    if args.shift is not None and not (np.isfinite(args.shift) and 0 <= args.shift <= MAX_SPAN_S):
+        raise ConfigError(f"--shift must be in [0, {MAX_SPAN_S:g}] s, got {args.shift}")
     bases = [args.vehicle] if args.vehicle is not None else [f.stem for f in args.files]
     dupes = sorted({b for b in bases if bases.count(b) > 1})
     if dupes:

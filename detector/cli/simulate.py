@@ -16,7 +16,9 @@ published), and fleet.json's attack spans carry the same timestamps.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 from detector.cli._progress import bar, track
@@ -32,6 +34,8 @@ from detector.cli.replay import (
 from detector.core.errors import ConfigError
 
 FORMATS = ("log", "asc", "blf", "trc", "csv", "road", "hcrl", "hcrl-txt", "cantt")
+#: A day of traffic per vehicle is ~130 M frames already.
+MAX_DURATION_S = 86_400.0
 EXTENSIONS = {
     "log": "log",
     "asc": "asc",
@@ -121,8 +125,10 @@ def build_fleet(args: argparse.Namespace) -> tuple[list, list]:
     n = args.vehicles if args.vehicles is not None else len(brands)
     if n < 1:
         raise ConfigError(f"--vehicles must be >= 1, got {n}")
-    if not args.duration > 0:
-        raise ConfigError(f"--duration must be > 0 s, got {args.duration}")
+    if not 0 < args.duration <= MAX_DURATION_S:
+        raise ConfigError(f"--duration must be in (0, {MAX_DURATION_S:g}] s, got {args.duration}")
+    if args.start_ts is not None and not (math.isfinite(args.start_ts) and args.start_ts >= 0):
+        raise ConfigError(f"--start-ts must be a time >= 0 s, got {args.start_ts}")
     with bar("simulating", total=n, unit="vehicle") as done:
         vehicles = simulate_fleet(
             brands, n, args.duration, args.seed, args.start_ts, lambda v: done.update(1)
@@ -136,9 +142,31 @@ def build_fleet(args: argparse.Namespace) -> tuple[list, list]:
     return vehicles, spans
 
 
-def _emit(args: argparse.Namespace, vehicles: list, spans: list) -> dict:
-    from replay.writers import write_frames
+def _end_by(vehicles: list, spans: list, end: float) -> tuple[list, list]:
+    """The fleet moved earlier so that no frame is later than ``end``."""
+    last = max(float(v.frames["ts"].max()) for v in vehicles if len(v.frames))
+    if last <= end:
+        return vehicles, spans
+    shift = last - end
+    moved = []
+    for v in vehicles:
+        frames = v.frames.copy()
+        frames["ts"] -= shift
+        moved.append(dataclasses.replace(v, frames=frames))
+    spans = [
+        dataclasses.replace(s, start_ts=s.start_ts - shift, end_ts=s.end_ts - shift)
+        for s in spans
+    ]
+    return moved, spans
 
+
+def _emit(args: argparse.Namespace, vehicles: list, spans: list) -> dict:
+    from replay.writers import refusal, write_frames
+
+    for v in vehicles:  # before any file is written: all of them, or none
+        why = refusal(v.frames, args.format)
+        if why:
+            raise ConfigError(f"--format {args.format} cannot hold {v.vehicle}'s frames: {why}")
     args.out.mkdir(parents=True, exist_ok=True)
     entries = []
     for v in track(vehicles, "writing", unit="file"):
@@ -171,9 +199,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --out DIR, --to-kafka, or both")
     cfg = kafka_config(args) if args.to_kafka else None
     speed = speed_of(args) if args.to_kafka else None
+    placed = args.start_ts is None and args.to_kafka
     if args.start_ts is None:
         args.start_ts = time.time() - rebase_lag(args.duration, speed) if args.to_kafka else 1.7e9
     vehicles, spans = build_fleet(args)
+    if placed:  # an attack running past --duration: the whole fleet earlier, none ahead
+        vehicles, spans = _end_by(vehicles, spans, args.start_ts + args.duration)
     if args.out is not None:
         manifest = _emit(args, vehicles, spans)
         total = sum(v["frames"] for v in manifest["vehicles"])
