@@ -31,6 +31,7 @@ from detector.evaluation.evaluate import (
     file_report,
     is_true_incident,
     pooled_report,
+    window_labels,
 )
 from replay.attacks import AttackSpec, inject
 from replay.simulator import simulate_vehicle
@@ -78,13 +79,16 @@ def test_incident_opening_three_windows_before_the_attack_is_false() -> None:
 def test_incident_opening_exactly_one_window_before_the_attack_is_true() -> None:
     on_time = _incident(9.0, 15.0)
     assert is_true_incident(on_time, ATTACK_START, ATTACK_END, W)
-    # first_seen is rounded to the millisecond in incident events
-    assert is_true_incident(_incident(9.0004, 15.0), ATTACK_START + 0.0008, ATTACK_END, W)
+    # window starts are compared: an attack 0.8 ms into window 10 makes window 9 open more
+    # than a window before its first frame (its traffic is all benign), with no slack
+    assert not is_true_incident(_incident(9.0, 15.0), ATTACK_START + 0.0008, ATTACK_END, W)
     r = file_report(_evaluation([on_time]))
     assert r["false_incidents"] == 0 and r["true_incidents"] == 1
     a = r["attacks"]["fuzzing"]
     assert a["detected"] is True and a["early_incidents"] == 0
-    assert a["time_to_detect_s"] == 0.0  # raised when window 9 closed, at the attack's start
+    # detected by the attack's own first window, flagged inside the incident: window 9
+    # was benign traffic
+    assert a["time_to_detect_s"] == 1.0
     assert a["benign_flagged_windows"] == 1  # window 9 is benign and flagged
 
 
@@ -123,11 +127,47 @@ def test_each_intrusion_of_a_capture_is_an_episode_to_detect() -> None:
 
 def test_a_slow_attack_is_one_episode_however_far_apart_its_frames() -> None:
     """A spoof of one frame every 2.5 s (10-30 s) pauses longer than two windows between
-    frames, but not longer than four of its own spacings: one attack, not nine."""
+    frames, but not longer than four of its own spacings: one attack, not nine. Its
+    windows between two of its frames are not benign traffic (12 of 31 were)."""
     ts = np.r_[np.arange(0, 40, 0.1), np.arange(10, 30.1, 2.5)]
     frames = make_frames(ts, np.zeros(len(ts), np.uint32), np.zeros((len(ts), 8), np.uint8))
     frames["label"][400:] = LABEL_CODE["spoofing"]
-    assert attack_episodes(frames, W) == {"spoofing": [(10.0, 30.0)]}
+    episodes = attack_episodes(frames, W)
+    assert episodes == {"spoofing": [(10.0, 30.0)]}
+    t = np.arange(40, dtype=float)
+    attack = window_labels(frames, t.astype(np.int64), W)[0]
+    ev = Evaluation("v", t, np.full(40, 0.5), attack, [], {"spoofing": (10.0, 30.0)}, W, episodes)
+    assert int((attack > 0).sum()) == 9
+    r = file_report(ev)
+    assert r["benign_windows"] == 40 - 21  # windows 10 to 30 are the attack's
+    assert r["benign_hours"] == pytest.approx(19 / 3600, abs=1e-6)
+
+
+def test_a_window_that_ends_as_the_attack_begins_does_not_overlap_it() -> None:
+    """An incident of window 9 alone, [9, 10), closes as the attack's first frame (10.0)
+    comes: it is false, and detects nothing."""
+    before = _incident(9.0, 10.0)
+    assert not is_true_incident(before, ATTACK_START, ATTACK_END, W)
+    ev = _evaluation([before])
+    ev.score[10:15] = 0.5  # the attack's own windows unflagged
+    r = file_report(ev)
+    assert r["false_incidents"] == 1 and r["attacks"]["fuzzing"]["detected"] is False
+
+
+def test_an_incident_that_merely_spans_an_episode_does_not_detect_it() -> None:
+    """Episodes at 10-14.5 s and 17-18.5 s; one incident from 10 to 20 (still open: it
+    closes after quiet windows) with no window of the second episode flagged."""
+    t = np.arange(25, dtype=float)
+    attack = np.where(((t >= 10) & (t < 15)) | ((t >= 17) & (t < 19)), LABEL_CODE["fuzzing"], 0)
+    score = np.where((t >= 10) & (t < 15), 2.0, 0.5)
+    episodes = {"fuzzing": [(10.0, 14.5), (17.0, 18.5)]}
+    ev = Evaluation("v", t, score, attack.astype(np.int8), [_incident(10.0, 20.0)],
+                    {"fuzzing": (10.0, 18.5)}, W, episodes)  # fmt: skip
+    a = file_report(ev)["attacks"]["fuzzing"]
+    assert (a["episodes"], a["episodes_detected"], a["detected"]) == (2, 1, False)
+    ev.score[17] = 1.5
+    a = file_report(ev)["attacks"]["fuzzing"]
+    assert (a["episodes_detected"], a["time_to_detect_s"]) == (2, 1.0)
 
 
 def test_incidents_away_from_the_attack_are_false_and_counted_per_benign_hour() -> None:
@@ -232,7 +272,24 @@ def _windows(path: Path) -> list[dict]:
 
 
 def _auc(rows: list[dict]) -> float:
+    rows = [r for r in rows if r["counted"] == "1"]  # not in an attack episode's gaps
     return roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+
+
+def _once(rows: list[dict], twins: set[str]) -> list[dict]:
+    """The rows as pooling counts them: a benign window of two twin files (the same
+    frames) once, at its higher score."""
+    kept, shared = [], {}
+    for r in rows:
+        if r["counted"] == "0":
+            continue
+        if r["label"] == "0" and r["file"] in twins:
+            key = r["window_start"]
+            if key not in shared or float(r["score"]) > float(shared[key]["score"]):
+                shared[key] = r
+        else:
+            kept.append(r)
+    return kept + list(shared.values())
 
 
 def test_cross_validate_with_a_group_map(drives: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -301,7 +358,7 @@ def test_cross_validate_with_a_group_map(drives: dict[str, Path], tmp_path: Path
         r = report["files"][str(path)]
         mine = [w for w in rows if w["file"] == str(path)]
         assert r["group"] == groups[name]
-        assert r["windows"] == len(mine) >= DURATION_S - 5
+        assert r["windows"] == sum(w["counted"] == "1" for w in mine) >= DURATION_S - 5
         assert r["attacked_windows"] == sum(w["label"] == "1" for w in mine)
         flagged = sum(w["label"] == "0" and float(w["score"]) >= 1.0 for w in mine)
         assert r["benign_flagged_windows"] == flagged
@@ -318,19 +375,18 @@ def test_cross_validate_with_a_group_map(drives: dict[str, Path], tmp_path: Path
 
     pooled, per_file = report["pooled"], list(report["files"].values())
     assert pooled["recordings"] == 4
-    for key in (
-        "windows",
-        "attacked_windows",
-        "benign_windows",
-        "benign_flagged_windows",
-        "false_incidents",
-        "incidents",
-    ):
+    for key in ("attacked_windows", "incidents"):
         assert pooled[key] == sum(r[key] for r in per_file), key
-    assert pooled["roc_auc"] == pytest.approx(_auc(rows))  # over the concatenated windows
-    assert pooled["benign_hours"] == pytest.approx(
-        sum(r["benign_hours"] for r in per_file), abs=1e-5
+    # a_dos and a_masquerade are one drive: a benign window both hold counts once
+    once = _once(rows, {str(drives["a_dos"]), str(drives["a_masquerade"])})
+    benign = sum(r["label"] == "0" for r in once)
+    assert pooled["benign_windows"] == benign < sum(r["benign_windows"] for r in per_file)
+    assert pooled["benign_flagged_windows"] == sum(
+        r["label"] == "0" and float(r["score"]) >= 1.0 for r in once
     )
+    assert pooled["false_incidents"] <= sum(r["false_incidents"] for r in per_file)
+    assert pooled["roc_auc"] == pytest.approx(_auc(once))  # over the windows counted once
+    assert pooled["benign_hours"] == pytest.approx(benign / 3600.0, abs=1e-5)
     assert pooled["benign_flagged_fraction"] == pytest.approx(
         pooled["benign_flagged_windows"] / pooled["benign_windows"], abs=1e-4
     )
@@ -481,3 +537,27 @@ def test_a_file_given_twice(drives: dict[str, Path], capsys) -> None:
     f = str(drives["b_fuzzing"])
     line = _one_line_error(capsys, ["evaluate", "--cross-validate", "--brand", "jeep", f, f])
     assert line == f"canwatch evaluate: error: {f} is given twice", line
+
+
+def test_no_fold_trains_on_a_twin_of_what_it_holds_out() -> None:
+    """Each file its own group (or a map that splits a drive): the fold holding out a
+    capture would train on its edited twin, so its figures would be measured on traffic
+    that was in training. Refused, naming both."""
+    from detector.core.errors import CanwatchError
+    from detector.evaluation.cross_validation import check_no_twin_in_training
+
+    files = ["a.log", "a_masq.log", "b.log"]
+    drives = ["drive-1", "drive-1", "drive-2"]
+    check_no_twin_in_training(leave_one_group_out(drives), files, drives)
+    with pytest.raises(CanwatchError, match="fold 1 would train on a_masq.log, which shares"):
+        check_no_twin_in_training(leave_one_group_out(groups_by_file(files)), files, drives)
+
+
+def test_can_fd_logs_group_into_drives() -> None:
+    """The default grouping compares 8-byte payloads: CAN FD frames as their lanes (it
+    raised on 64-byte payloads)."""
+    a = simulate_vehicle("stla", 20.0, 1.7e9, seed=1)
+    b = simulate_vehicle("stla", 20.0, 1.8e9, seed=2)
+    twin = a.copy()
+    twin["data"][:100] ^= 1
+    assert groups_by_drive([a, twin, b]) == ["drive-1", "drive-1", "drive-2"]

@@ -127,9 +127,11 @@ def test_simulate_train_evaluate(fleet_dir: Path, tmp_path: Path, capsys) -> Non
             "score",
             "label",
             "attack",
+            "counted",
         )
     )
     body = rows[1:]
+    assert all(r[6] in ("0", "1") and (r[6] == "1" or r[4] == "0") for r in body)
     assert {r[0] for r in body} == {str(f) for f in victims}
     assert {r[1] for r in body} == set(kind_of)
     assert all((r[4] == "1") == (r[5] != "") for r in body)

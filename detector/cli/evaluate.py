@@ -26,6 +26,7 @@ from detector.core.errors import CanwatchError
 from detector.evaluation.cross_validation import (
     GROUP_BY,
     Fold,
+    check_no_twin_in_training,
     groups_by_drive,
     groups_by_file,
     groups_from_map,
@@ -235,7 +236,8 @@ def cross_validate(
     """Leave-one-group-out over ``args.files``: per fold, train as `canwatch train` does on
     the other groups, save and reload the model, score each held-out file."""
     files = [str(f) for f in args.files]
-    twice = next((f for f in files if files.count(f) > 1), None)
+    where = [Path(f).resolve() for f in files]  # data/a.csv and ./data/a.csv are one file
+    twice = next((f for f, w in zip(files, where, strict=True) if where.count(w) > 1), None)
     if twice:
         raise CanwatchError(f"{twice} is given twice")
     platform = fleet.platform_of(args.brand)
@@ -247,10 +249,12 @@ def cross_validate(
         for f in track(files, "reading", unit="file")
     ]
     recordings = [frames for frames, _ in loaded]
+    drives = groups_by_drive(recordings)
     if labels is None:
         by = args.group_by or "auto"
-        labels = groups_by_drive(recordings) if by == "auto" else groups_by_file(files)
+        labels = drives if by == "auto" else groups_by_file(files)
     folds = leave_one_group_out(labels)
+    check_no_twin_in_training(folds, files, drives)
     brands = brands_served(fleet, platform, args.brand)
     report: dict = {
         "protocol": "leave-one-group-out",
@@ -343,9 +347,12 @@ COLUMNS = ("win", "att", "auc", "flagged", "fi/h", "recall", "ttd_s", "inc", "fa
 WIDTHS = (5, 4, 6, 7, 7, 6, 6, 4, 5)
 LEGEND = (
     "flagged: benign windows scoring >= threshold; fi/h: false incidents per hour of benign "
-    "traffic;\nttd_s: attack start to its first true incident (never: none opened, or only one "
-    "that opened earlier than a window before it);\ninc/false: incidents and false ones "
-    "(per attack: incidents overlapping it, and those of them that opened too early)"
+    "traffic;\nttd_s: attack start to the end of its first window flagged inside a true "
+    "incident, the slowest of its episodes (never: none, or only an incident that opened "
+    "earlier than a window before it);\ninc/false: incidents and false ones (per attack: "
+    "incidents overlapping it, and those of them that opened too early); win: windows "
+    "counted (attacked, or benign outside every attack's episode); pooled: a benign "
+    "window two files hold (a capture and its edited twin) once"
 )
 
 #: A table row: (name, attack, cells, trailing text); a plain str is a line of its own.

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.core.errors import CanwatchError, InputError
+from detector.core.fd import to_lanes
 from detector.model.training import drive_groups
 
 GROUP_BY = ("auto", "file")
@@ -91,7 +92,25 @@ def groups_by_file(files: Sequence[str]) -> list[str]:
 
 def groups_by_drive(recordings: Sequence[np.ndarray]) -> list[str]:
     """Recordings sharing most benign payloads are one drive (``training.drive_groups``)."""
-    return [f"drive-{d + 1}" for d in drive_groups(list(recordings))]
+    lanes = [to_lanes(r) for r in recordings]  # CAN FD frames as the 8-byte lanes it compares
+    return [f"drive-{d + 1}" for d in drive_groups(lanes)]
+
+
+def check_no_twin_in_training(
+    folds: Sequence[Fold], files: Sequence[str], drives: Sequence[str]
+) -> None:
+    """However the files were grouped (a map, or each file alone), no fold may train on a
+    recording of a held-out file's drive (an edited copy of it, a twin): its figures would
+    be measured on traffic that was in training."""
+    for n, fold in enumerate(folds, start=1):
+        held = {drives[i]: i for i in fold.held_out}
+        twin = next((j for j in fold.train if drives[j] in held), None)
+        if twin is not None:
+            raise CanwatchError(
+                f"fold {n} would train on {files[twin]}, which shares most benign payloads "
+                f"with held-out {files[held[drives[twin]]]} (the same drive): put them in one "
+                "group (--groups, or --group-by auto)"
+            )
 
 
 def drive_numbers(labels: Sequence[str]) -> list[int]:

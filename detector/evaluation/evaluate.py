@@ -8,17 +8,22 @@ attack spans such as those ``canwatch simulate`` writes to fleet.json.
 
 Incidents are accounted so that they cannot flatter: an incident is true for an
 attack only when it overlaps the attack and opens no earlier than one window
-before the attack's first frame. One that opens earlier spans benign traffic
-before the attack (a false alarm the attack then hides behind) and is false,
-like every incident that overlaps no attack. Time to detect is measured from a
-true incident, so an attack folded into an earlier false incident is never
-detected. Benign figures sit next to every ROC-AUC: the share of benign windows
-flagged and false incidents per hour of benign traffic.
+before the attack's first frame (window starts compared, not seconds with a
+slack). One that opens earlier spans benign traffic before the attack (a false
+alarm the attack then hides behind) and is false, like every incident that
+overlaps no attack. An episode of an attack is detected by an anomalous window of
+its own inside a true incident, and its time to detect runs to that window's end:
+an incident that merely spans it detects nothing. Benign figures sit next to every
+ROC-AUC: the share of benign windows flagged and false incidents per hour of
+benign traffic, where benign windows are those of no attack episode (a slow
+attack's windows between its frames are not benign), and pooled over recordings,
+a window held by two of them (a capture and its edited twin) counts once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +40,7 @@ from detector.incidents.tracker import IncidentTracker, observations
 from detector.model.pipeline import ScoredRows, Scorer, vehicle_clock, window_scores
 from detector.model.platform import PlatformModel
 
-WINDOW_COLUMNS = ("file", "vehicle", "window_start", "score", "label", "attack")
+WINDOW_COLUMNS = ("file", "vehicle", "window_start", "score", "label", "attack", "counted")
 
 
 @dataclass
@@ -72,6 +77,8 @@ class Evaluation:
     # kind -> its episodes' (first, last) attack times (``attack_episodes``); None: each
     # kind's span is one episode
     episodes: dict[str, list[tuple[float, float]]] | None = None
+    # (w,) u8 digest of each window's frames (``window_digests``); None: not known
+    digest: np.ndarray | None = None
 
     def episodes_of(self, kind: str) -> list[tuple[float, float]]:
         return self.episodes[kind] if self.episodes else [self.attack_spans[kind]]
@@ -126,7 +133,34 @@ def score_frames(
     if source is not None:
         for e in closed:
             e["provenance"] = file_provenance(source, frames["ts"], order, e, channel)
-    return Evaluation(vehicle, w * window_s, s, attack, closed, attack_spans, window_s, episodes)
+    digest = window_digests(frames, w, window_s)
+    return Evaluation(
+        vehicle, w * window_s, s, attack, closed, attack_spans, window_s, episodes, digest
+    )
+
+
+def window_digests(frames: np.ndarray, windows: np.ndarray, window_s: float) -> np.ndarray:
+    """A 64-bit digest of the frames of each window (ids, lengths, payloads, and times
+    within the window): two recordings give a window the same digest only when it
+    holds the same frames, the same way into the window (a capture and its edited twin,
+    outside the edit, even when a reader placed the two at different epochs, as ROAD's
+    are). 0 for a window without frames."""
+    out = np.zeros(len(windows), np.uint64)
+    if not len(frames) or not len(windows):
+        return out
+    fw = np.floor(frames["ts"] / window_s).astype(np.int64)
+    pos = np.searchsorted(windows, fw)
+    ok = (pos < len(windows)) & (windows[np.minimum(pos, len(windows) - 1)] == fw)
+    payload = np.ascontiguousarray(frames["data"][:, :8]).view("<u8").reshape(-1)
+    into = np.round((frames["ts"] - fw * window_s) * 1e6).astype(np.int64).view(np.uint64)
+    parts = (into, payload)
+    h = frames["can_id"].astype(np.uint64) << np.uint64(8) | frames["dlc"].astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for part in parts:  # splitmix64's finaliser over each column in turn
+            h = (h ^ part) * np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+        np.add.at(out, pos[ok], h[ok] | np.uint64(1))
+    return out
 
 
 def file_provenance(
@@ -196,8 +230,9 @@ def attack_episodes(
         t = np.sort(frames["ts"][lab == code])
         times.setdefault(LABELS[code], []).append(np.c_[t, t])
         spacing[LABELS[code]] = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
-    for sp in spans:
-        times.setdefault(sp.kind, []).append(np.array([[sp.start_ts, sp.end_ts]]))
+    for sp in spans:  # a span's end is past its last moment, as an incident's last_seen
+        last = np.nextafter(sp.end_ts, -np.inf)
+        times.setdefault(sp.kind, []).append(np.array([[sp.start_ts, last]]))
     out = {}
     for kind, parts in times.items():
         iv = np.concatenate(parts)
@@ -217,19 +252,21 @@ ALERT = 1.0
 #: attack's: one that opens earlier spans benign traffic before it, so it is a false alarm
 #: that happened to run into the attack, and the attack is hidden behind it.
 EARLY_WINDOWS = 1
-#: first_seen is rounded to the millisecond in incident events.
-_ROUNDING_S = 0.0005
-
-
 def overlaps(incident: dict, start: float, end: float) -> bool:
-    return incident["first_seen"] <= end and incident["last_seen"] >= start
+    """Does ``incident`` ([first_seen, last_seen): last_seen ends its last window) hold
+    a moment of the attack from ``start`` to ``end`` (its last frame)?"""
+    return incident["first_seen"] <= end and incident["last_seen"] > start
 
 
 def is_true_incident(incident: dict, start: float, end: float, window_s: float) -> bool:
     """The attack spanning [start, end] explains ``incident``: it overlaps the attack and
-    opens no earlier than EARLY_WINDOWS windows before the attack's first frame."""
-    opens_in_time = incident["first_seen"] >= start - EARLY_WINDOWS * window_s - _ROUNDING_S
-    return opens_in_time and overlaps(incident, start, end)
+    opens no earlier than EARLY_WINDOWS windows before the attack's first frame. Window
+    starts are compared (``first_seen`` is one, rounded to the millisecond): a window
+    that begins a fraction of a millisecond more than a window before the first frame
+    holds benign traffic only, and is early."""
+    opened = round(incident["first_seen"] / window_s)
+    earliest = math.ceil(start / window_s - 1e-9) - EARLY_WINDOWS
+    return opened >= earliest and overlaps(incident, start, end)
 
 
 def true_incidents(ev: Evaluation, kind: str) -> list[dict]:
@@ -248,14 +285,20 @@ def false_incidents(ev: Evaluation) -> list[dict]:
 
 
 def episode_ttds(ev: Evaluation, kind: str) -> list[float | None]:
-    """Per episode of ``kind``: seconds from its first frame to the end of the first
-    window of the earliest true incident overlapping it (0 when one was already open),
-    or None when none did."""
+    """Per episode of ``kind``: seconds from its first frame to the end of its first
+    window that is anomalous inside a true incident, or None when it has none (an
+    incident that merely spans the episode, open from an earlier one, detects nothing)."""
     true = true_incidents(ev, kind)
+    first = np.array([i["first_seen"] for i in true])
+    last = np.array([i["last_seen"] for i in true])
+    half = ev.window_s / 2  # window starts against first_seen, rounded to the millisecond
     out = []
     for start, end in ev.episodes_of(kind):
-        opened = [i["first_seen"] for i in true if overlaps(i, start, end)]
-        out.append(round(max(min(opened) + ev.window_s - start, 0.0), 3) if opened else None)
+        mine = (ev.window_start <= end) & (ev.window_start + ev.window_s > start)
+        w = ev.window_start[mine & (ev.score >= ALERT)]
+        inside = ((w[:, None] > first - half) & (w[:, None] < last - half)).any(axis=1)
+        hit = w[inside]
+        out.append(round(max(float(hit.min()) + ev.window_s - start, 0.0), 3) if len(hit) else None)
     return out
 
 
@@ -288,9 +331,18 @@ def window_figures(score: np.ndarray, attacked: np.ndarray) -> dict:
     }
 
 
+def benign_windows(ev: Evaluation) -> np.ndarray:
+    """Which windows are benign: no attack frame, and in no episode of an attack (a slow
+    attack's windows between two of its frames are the attack's, not benign traffic)."""
+    benign = ev.attack == 0
+    for start, end in ev.all_episodes():
+        benign &= ~((ev.window_start <= end) & (ev.window_start + ev.window_s > start))
+    return benign
+
+
 def benign_hours(ev: Evaluation) -> float:
     """Hours of benign traffic: benign windows x window length."""
-    return int((ev.attack == 0).sum()) * ev.window_s / 3600.0
+    return int(benign_windows(ev).sum()) * ev.window_s / 3600.0
 
 
 def incident_figures(n_false: int, hours: float) -> dict:
@@ -305,7 +357,7 @@ def attack_report(ev: Evaluation, kind: str) -> dict:
     """Quality figures for one attack kind against the recording's benign windows; the
     benign figures (windows flagged, false incidents) are those of that recording."""
     code = LABEL_CODE[kind]
-    sel = (ev.attack == code) | (ev.attack == 0)
+    sel = (ev.attack == code) | benign_windows(ev)
     start, _ = ev.attack_spans[kind]
     hits = ev.window_start[(ev.attack == code) & (ev.score >= ALERT)]
     first_window = (
@@ -345,8 +397,9 @@ def file_report(ev: Evaluation) -> dict:
     attacks = {kind: attack_report(ev, kind) for kind in sorted(ev.attack_spans)}
     false = false_incidents(ev)
     ttds = [a["time_to_detect_s"] for a in attacks.values()]
+    sel = (ev.attack > 0) | benign_windows(ev)
     return {
-        **window_figures(ev.score, ev.attack > 0),
+        **window_figures(ev.score[sel], ev.attack[sel] > 0),
         **incident_figures(len(false), benign_hours(ev)),
         "incidents": len(ev.incidents),
         "incidents_overlapping_attacks": sum(
@@ -361,17 +414,22 @@ def file_report(ev: Evaluation) -> dict:
 def pooled_report(evs: list[Evaluation]) -> dict:
     """Figures over every window of ``evs`` together: ROC-AUC over the concatenated windows,
     counts summed, time to detect as the worst and median over all attacks. An attack kind's
-    figures are its windows against every benign window of ``evs``."""
+    figures are its windows against every benign window of ``evs``. A benign window that
+    two recordings hold (the same frames at the same time: a capture and its edited twin,
+    held out together) counts once, at its higher score, and so does a false incident
+    opened on it: the twin repeats traffic, it does not add any."""
     if not evs:
         return {}
     score = np.concatenate([ev.score for ev in evs])
     attack = np.concatenate([ev.attack for ev in evs])
-    hours = sum(benign_hours(ev) for ev in evs)
-    n_false = sum(len(false_incidents(ev)) for ev in evs)
+    benign = _once(evs, np.concatenate([benign_windows(ev) for ev in evs]), score)
+    sizes = np.concatenate([np.full(len(ev.score), ev.window_s) for ev in evs])
+    hours = float(sizes[benign].sum()) / 3600.0
+    n_false = _false_once(evs)
     attacks = {}
     for kind in sorted({k for ev in evs for k in ev.attack_spans}):
         code = LABEL_CODE[kind]
-        sel = (attack == code) | (attack == 0)
+        sel = (attack == code) | benign
         ttds = [time_to_detect(ev, kind) for ev in evs if kind in ev.attack_spans]
         attacks[kind] = {
             **window_figures(score[sel], attack[sel] == code),
@@ -382,9 +440,10 @@ def pooled_report(evs: list[Evaluation]) -> dict:
             "time_to_detect_median_s": median_ttd(ttds),
         }
     ttds = [time_to_detect(ev, k) for ev in evs for k in ev.attack_spans]
+    sel = (attack > 0) | benign
     return {
         "recordings": len(evs),
-        **window_figures(score, attack > 0),
+        **window_figures(score[sel], attack[sel] > 0),
         **incident_figures(n_false, hours),
         "incidents": sum(len(ev.incidents) for ev in evs),
         "attacks_total": len(ttds),
@@ -395,12 +454,55 @@ def pooled_report(evs: list[Evaluation]) -> dict:
     }
 
 
+def _digests(evs: list[Evaluation]) -> np.ndarray:
+    """Every window's frame digest (0: none known), concatenated."""
+    digests = [
+        ev.digest if ev.digest is not None else np.zeros(len(ev.score), np.uint64) for ev in evs
+    ]
+    return np.concatenate(digests)
+
+
+def _once(evs: list[Evaluation], benign: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """``benign`` with each window that several recordings hold kept once: the row with
+    the highest of its scores."""
+    digests = _digests(evs)
+    known = np.flatnonzero(benign & (digests != 0))
+    if not len(known):
+        return benign
+    # group by digest; within a group, the highest score first
+    order = known[np.lexsort((-score[known], digests[known]))]
+    same = digests[order][1:] == digests[order][:-1]
+    out = benign.copy()
+    out[order[1:][same]] = False
+    return out
+
+
+def _false_once(evs: list[Evaluation]) -> int:
+    """False incidents over ``evs``, one opened on a window two recordings hold (the same
+    frames) counted once."""
+    seen: set[int] = set()
+    n = 0
+    for ev in evs:
+        for inc in false_incidents(ev):
+            i = int(np.searchsorted(ev.window_start, inc["first_seen"] - ev.window_s / 2))
+            digest = int(ev.digest[i]) if ev.digest is not None and i < len(ev.digest) else 0
+            if digest and digest in seen:
+                continue
+            seen.add(digest)
+            n += 1
+    return n
+
+
 def window_rows(file: str, ev: Evaluation) -> list[tuple]:
+    """One row per window: label 1 attacked (it holds attack frames), else 0; counted 0
+    for a window in an attack's episode without a frame of it, which the figures count
+    on neither side (the label column keeps its two values for the tools that read it)."""
     # scores at full precision: rounding makes ties, and an AUC taken from the
     # CSV would then differ from the report's
+    counted = ((ev.attack > 0) | benign_windows(ev)).tolist()
     return [
-        (file, ev.vehicle, f"{t:.3f}", repr(s), int(a > 0), LABELS[a] if a > 0 else "")
-        for t, s, a in zip(
-            ev.window_start.tolist(), ev.score.tolist(), ev.attack.tolist(), strict=True
+        (file, ev.vehicle, f"{t:.3f}", repr(s), int(a > 0), LABELS[a] if a > 0 else "", int(c))
+        for t, s, a, c in zip(
+            ev.window_start.tolist(), ev.score.tolist(), ev.attack.tolist(), counted, strict=True
         )
     ]
