@@ -100,7 +100,10 @@ def test_road_capture_on_a_drive_never_seen(road: dict, name: str) -> None:
 
 def test_road_benign_windows_flagged_pooled(road: dict) -> None:
     pooled = road["pooled"]
-    assert pooled["benign_windows"] > 50
+    # 39 distinct windows: each masquerade twin holds its capture's benign windows (63
+    # summed over the files), and pooling counts a window once
+    per_file = sum(r["benign_windows"] for r in road["files"].values())
+    assert 35 <= pooled["benign_windows"] < per_file
     assert pooled["benign_flagged_fraction"] <= ROAD_MAX_BENIGN_FLAGGED, pooled
 
 

@@ -61,22 +61,27 @@ def fleet(attack_on: str | None = None) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
-def publish(bootstrap: str, topic: str, streams: list) -> dict[str, np.ndarray]:
-    """Publish as upload batches stamped at their last frame; returns each cusw vehicle's
-    frames of the span: records stamped in [SINCE, UNTIL), frames in it by event time."""
+def publish(
+    bootstrap: str, topic: str, streams: list, skew: dict[str, float] | None = None
+) -> dict[str, np.ndarray]:
+    """Publish as upload batches stamped at their last frame (plus a vehicle's gateway
+    clock ``skew``); returns each cusw vehicle's frames of the span by event time. Every
+    record is stamped within the default lateness (900 s) of the span, so all are read."""
     producer = make_producer(KafkaConfig(bootstrap=bootstrap))
     span: dict[str, list] = {}
     garbage = True
     for batch in interleave(streams):
-        stamp = int(batch.due * 1000)
+        stamp = int((batch.due + (skew or {}).get(batch.vehicle, 0.0)) * 1000)
         if garbage and stamp >= SINCE * 1000:  # a record of the span that does not decode
             producer.send(topic, key=b"veh-jeep-a", value=b"garbage", timestamp_ms=stamp)
             garbage = False
         key, value, headers = encode_record(batch.vehicle, batch.brand, batch.frames)
         producer.send(topic, key=key, value=value, headers=headers, timestamp_ms=stamp)
-        if batch.brand in ("jeep", "fiat") and SINCE * 1000 <= stamp < UNTIL * 1000:
+        if batch.brand in ("jeep", "fiat"):
             f = batch.frames
-            span.setdefault(batch.vehicle, []).append(f[(f["ts"] >= SINCE) & (f["ts"] < UNTIL)])
+            inside = f[(f["ts"] >= SINCE) & (f["ts"] < UNTIL)]
+            if len(inside):
+                span.setdefault(batch.vehicle, []).append(inside)
     producer.flush()
     producer.close()
     return {v: np.concatenate(parts) for v, parts in sorted(span.items())}
@@ -164,6 +169,49 @@ def dos_incidents(vehicle: str) -> list[dict]:
     ]
     events = tracker.observe(obs, {})
     return events + tracker.close_all()
+
+
+def test_records_stamped_out_of_order_are_read(broker, tmp_path, capsys) -> None:
+    """One gateway's clock runs 5 minutes ahead: its records are stamped past the span
+    while their frames lie in it, among the others' (a partition's timestamps do not rise
+    with offsets). Read by --lateness, counted by event time; before, its frames of the
+    span were missed (and the search for the span's edges could skip others')."""
+    create_topics(broker.bootstrap, {"trk.skew": 1, "trk.skew.inc": 1})
+    span = publish(broker.bootstrap, "trk.skew", fleet(), skew={"veh-jeep-b": 300.0})
+    info = train_topic(config(tmp_path, broker.bootstrap, "trk.skew", "trk.skew.inc"),
+                       tmp_path / "m")  # fmt: skip
+    src = info["training"]["source"]
+    assert src["frames_read"] == sum(map(len, span.values()))
+    assert "veh-jeep-b" in src["vehicles"] and src["lateness_s"] == 900.0
+
+
+def test_incident_records_in_any_order_and_names_that_cannot_match() -> None:
+    from detector.cli._train_kafka import SpanError, check_incident_names, fold_incident
+
+    spans: dict = {}
+    record = {"incident_id": "i1", "vehicle": "veh-jeep-a", "brand": "jeep",
+              "first_seen": 10.0, "last_seen": 20.0, "suspected_attack": "dos"}  # fmt: skip
+    fold_incident(spans, record | {"status": "closed"}, frozenset({"jeep"}))
+    fold_incident(spans, record | {"status": "update", "last_seen": 15.0}, frozenset({"jeep"}))
+    assert spans["i1"][2:] == [20.0, "dos", True]  # the closed record read first still closes it
+    exclusions = {"p-0123": ["an incident"]}
+    check_incident_names(exclusions, {"p-0123", "p-9"}, keyed=True)
+    with pytest.raises(SpanError, match="pseudonymous vehicle ids .* without a pseudonymisation"):
+        check_incident_names(exclusions, {"veh-jeep-a"}, keyed=False)
+    with pytest.raises(SpanError, match="raw vehicle ids .* with a pseudonymisation key"):
+        check_incident_names({"veh-jeep-a": ["x"]}, {"p-0123"}, keyed=True)
+
+
+def test_an_unreadable_batch_in_the_span_is_counted() -> None:
+    from detector.cli._train_kafka import SpanIntake
+    from detector.core.config import load_config
+    from detector.model.span_sample import BlockSample
+    from detector.transport.kafka_salvage import Problem, UnreadableRecord
+
+    intake = SpanIntake(load_config(None), frozenset({"jeep"}), SINCE, UNTIL, {},
+                        BlockSample(1000, 60.0))  # fmt: skip
+    intake.take([UnreadableRecord("t", 0, -1, 42, Problem("bad_crc", "CRC mismatch", 141), b"")])
+    assert (intake.tally.records, intake.tally.undecodable) == (1, 100)
 
 
 def test_attacked_vehicle_left_out(broker, tmp_path, capsys) -> None:

@@ -59,6 +59,10 @@ from detector.model.span_sample import BLOCK_S, BlockSample, Stretch
 MAX_FRAMES = 4_000_000
 #: Default margin around an incident, seconds.
 EXCLUDE_MARGIN_S = 60.0
+#: Default lateness: records are read whose Kafka timestamps lie this far outside the span
+#: (gateways with skewed clocks, a backlog uploaded after a connectivity gap, producers
+#: stamping send time); their frames still count only inside it, by event time.
+LATENESS_S = 900.0
 #: Default wait for the broker to answer.
 CONNECT_TIMEOUT_S = 5.0
 #: How long to wait for the incident topic to show in metadata before taking it as absent.
@@ -142,8 +146,8 @@ def fold_incident(spans: dict[str, list], inc: Any, brands: frozenset[str]) -> N
     known = spans.get(iid)
     if known is None:
         spans[iid] = [vehicle, first, last, attack, closed]
-    else:
-        known[1:] = min(known[1], first), max(known[2], last), attack, closed
+    else:  # in any order: its records may sit on two partitions (the topic grew)
+        known[1:] = min(known[1], first), max(known[2], last), attack, known[4] or closed
 
 
 def exclusions_from(
@@ -246,12 +250,13 @@ class SpanIntake:
         until: float,
         exclusions: dict[str, list[Exclusion]],
         sample: BlockSample,
+        lateness: float = 0.0,
     ) -> None:
         from detector.incidents.privacy import load_key
 
         self.cfg, self.brands, self.since, self.until = cfg, brands, since, until
         self.brand_bytes = {b.encode() for b in brands}
-        self.since_ms, self.until_ms = to_ms(since), to_ms(until)
+        self.since_ms, self.until_ms = to_ms(since - lateness), to_ms(until + lateness)
         self.exclusions, self.sample = exclusions, sample
         self.key = load_key(cfg.privacy)
         self.names: dict[str, str] = {}
@@ -273,12 +278,13 @@ class SpanIntake:
         t = self.tally
         mine = []
         for r in records:
+            if type(r) is UnreadableRecord:  # no timestamp (-1): its offsets are in the span
+                t.records += 1
+                t.undecodable += r.problem.records(r.offset)
+                continue
             if not self.since_ms <= r.timestamp < self.until_ms:
                 continue  # timestamps out of order around the span's edges
             t.records += 1
-            if type(r) is UnreadableRecord:
-                t.undecodable += 1
-                continue
             b = brand_header(r.headers)
             if b is not None and b not in self.brand_bytes:
                 t.other_brands += 1  # skipped unread
@@ -316,6 +322,7 @@ def read_span(
     until: float,
     *,
     margin: float = EXCLUDE_MARGIN_S,
+    lateness: float = LATENESS_S,
     max_frames: int = MAX_FRAMES,
     block_s: float = BLOCK_S,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
@@ -337,9 +344,9 @@ def read_span(
         try:
             exclusions, note = read_incidents(cfg, consumer, wanted, since, until, margin)
             tps = partitions_of(consumer, topic, cfg.kafka.bootstrap, connect_timeout_s)
-            ranges = span_offsets(consumer, tps, to_ms(since), to_ms(until))
+            ranges = span_offsets(consumer, tps, to_ms(since - lateness), to_ms(until + lateness))
             sample = BlockSample(max_frames, block_s)
-            intake = SpanIntake(cfg, wanted, since, until, exclusions, sample)
+            intake = SpanIntake(cfg, wanted, since, until, exclusions, sample, lateness)
             total = sum(hi - lo for lo, hi in ranges.values())
             with bar(f"reading {topic}", total, "record", unit_scale=True) as shown:
                 for records in read_offsets(consumer, ranges):
@@ -364,13 +371,37 @@ def read_span(
             f"no {'/'.join(brands)} traffic on {where} ({tally.records} records: "
             f"{tally.other_brands} of other platforms, {tally.undecodable} undecodable)"
         )
+    check_incident_names(exclusions, tally.vehicles, intake.key is not None)
     stretches = sample.stretches()
     if not stretches:
         raise SpanError(
             f"--max-frames {max_frames} holds no whole {block_s:g} s block of a vehicle: raise it"
         )
-    return stretches, source_summary(cfg, brands, since, until, ranges, tally, sample, stretches,
-                                     exclusions, margin, note)  # fmt: skip
+    summary = source_summary(cfg, brands, since, until, ranges, tally, sample, stretches,
+                             exclusions, margin, note)  # fmt: skip
+    summary["lateness_s"] = lateness
+    return stretches, summary
+
+
+def check_incident_names(
+    exclusions: dict[str, list[Exclusion]], vehicles: set[str], keyed: bool
+) -> None:
+    """The incidents' vehicles and the telemetry's are named alike. The detectors may
+    pseudonymise (``p-`` ids) where this config does not, or the other way round: then no
+    incident matches a vehicle, and the attacks would train as benign traffic."""
+    from detector.incidents.privacy import PREFIX
+
+    unmatched = [v for v in exclusions if v not in vehicles]
+    if not unmatched or any(v in vehicles for v in exclusions):
+        return
+    pseudonymous = all(v.startswith(PREFIX) for v in unmatched)
+    if pseudonymous != keyed:
+        how = "pseudonymous" if pseudonymous else "raw"
+        raise SpanError(
+            f"the incidents in the span name {how} vehicle ids ({unmatched[0]!r}) and the "
+            f"telemetry is read {'with' if keyed else 'without'} a pseudonymisation key: "
+            "configure privacy.* as the detectors were, or no incident's frames are left out"
+        )
 
 
 def source_summary(

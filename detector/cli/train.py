@@ -83,6 +83,15 @@ def add_kafka_flags(p: argparse.ArgumentParser) -> None:
         f"on kafka.incident_topic (default {tk.EXCLUDE_MARGIN_S:g})",
     )
     k.add_argument(
+        "--lateness",
+        type=float,
+        default=tk.LATENESS_S,
+        metavar="S",
+        help="also read records whose Kafka timestamps lie up to S s outside the span "
+        "(skewed gateway clocks, backlogs uploaded late); their frames count by event time "
+        f"(default {tk.LATENESS_S:g})",
+    )
+    k.add_argument(
         "--max-frames",
         type=int,
         default=tk.MAX_FRAMES,
@@ -162,6 +171,8 @@ def check_sources(args: argparse.Namespace) -> None:
             raise CanwatchError(f"--max-frames must be >= 1, got {args.max_frames}")
         if not (np.isfinite(args.exclude_margin) and args.exclude_margin >= 0):
             raise CanwatchError(f"--exclude-margin must be >= 0 s, got {args.exclude_margin}")
+        if not (np.isfinite(args.lateness) and args.lateness >= 0):
+            raise CanwatchError(f"--lateness must be >= 0 s, got {args.lateness}")
         if not args.connect_timeout > 0:
             raise CanwatchError(f"--connect-timeout must be > 0 s, got {args.connect_timeout}")
     elif not args.files:
@@ -185,6 +196,7 @@ def from_kafka(
         since,
         until,
         margin=args.exclude_margin,
+        lateness=args.lateness,
         max_frames=args.max_frames,
         connect_timeout_s=args.connect_timeout,
     )
