@@ -77,7 +77,7 @@ class Evaluation:
     # kind -> its episodes' (first, last) attack times (``attack_episodes``); None: each
     # kind's span is one episode
     episodes: dict[str, list[tuple[float, float]]] | None = None
-    # (w,) u8 digest of each window's frames (``window_digests``); None: not known
+    # (w,) u64 digest of each window's frames (``window_digests``); None: not known
     digest: np.ndarray | None = None
 
     def episodes_of(self, kind: str) -> list[tuple[float, float]]:
@@ -252,6 +252,8 @@ ALERT = 1.0
 #: attack's: one that opens earlier spans benign traffic before it, so it is a false alarm
 #: that happened to run into the attack, and the attack is hidden behind it.
 EARLY_WINDOWS = 1
+
+
 def overlaps(incident: dict, start: float, end: float) -> bool:
     """Does ``incident`` ([first_seen, last_seen): last_seen ends its last window) hold
     a moment of the attack from ``start`` to ``end`` (its last frame)?"""
@@ -298,7 +300,8 @@ def episode_ttds(ev: Evaluation, kind: str) -> list[float | None]:
         w = ev.window_start[mine & (ev.score >= ALERT)]
         inside = ((w[:, None] > first - half) & (w[:, None] < last - half)).any(axis=1)
         hit = w[inside]
-        out.append(round(max(float(hit.min()) + ev.window_s - start, 0.0), 3) if len(hit) else None)
+        ttd = round(max(float(hit.min()) + ev.window_s - start, 0.0), 3) if len(hit) else None
+        out.append(ttd)
     return out
 
 
@@ -415,9 +418,9 @@ def pooled_report(evs: list[Evaluation]) -> dict:
     """Figures over every window of ``evs`` together: ROC-AUC over the concatenated windows,
     counts summed, time to detect as the worst and median over all attacks. An attack kind's
     figures are its windows against every benign window of ``evs``. A benign window that
-    two recordings hold (the same frames at the same time: a capture and its edited twin,
-    held out together) counts once, at its higher score, and so does a false incident
-    opened on it: the twin repeats traffic, it does not add any."""
+    two recordings hold (the same frames the same way into the window: a capture and its
+    edited twin, held out together) counts once, at its higher score, and so does a false
+    incident opened on it: the twin repeats traffic, it does not add any."""
     if not evs:
         return {}
     score = np.concatenate([ev.score for ev in evs])
