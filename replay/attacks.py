@@ -148,8 +148,10 @@ class AttackSpan:
             "kind": self.kind,
             "attack": self.attack or self.kind,
             "vehicle": self.vehicle,
-            "start_ts": self.start_ts,
-            "end_ts": self.end_ts,
+            # to the microsecond, as the logs write frame times: the attack's first frame,
+            # read back, is not a fraction of a microsecond before its span
+            "start_ts": round(self.start_ts, 6),
+            "end_ts": round(self.end_ts, 6),
             "can_id": self.can_id,
             "can_id_hex": None if self.can_id is None else format_id(self.can_id),
         }

@@ -126,6 +126,7 @@ def test_replay_errors_are_one_line_exit_2(tmp_path, capsys):
         (["--brand", "jeep", "--vehicles", "0"], "--vehicles"),
         (["--brand", "jeep", "--vehicles", "2", "--shift", "inf"], "--shift must be in [0,"),
         (["--brand", "jeep", "--speed", "1e-300"], "--speed must be >= 0.001"),
+        (["--brand", "jeep", "--shift", "2"], "--shift spaces the copies of --vehicles N"),
         (["--brand", "jeep", "--attack", "dos:start=0.1,duration=1e308"], "frames to inject"),
     ]
     for extra, needle in cases:

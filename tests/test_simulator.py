@@ -262,7 +262,11 @@ def test_cli_simulate_writes_files_and_manifest(tmp_path, fmt):
     assert len(first) == manifest["vehicles"][0]["frames"]
     assert np.all(np.diff(first["ts"]) >= 0)
     if fmt == "log":  # candump keeps the labels: the 2,000 dos frames of vehicle 0
-        assert np.count_nonzero(first["label"] == LABEL_CODE["dos"]) == 2000
+        dos = first["ts"][first["label"] == LABEL_CODE["dos"]]
+        assert len(dos) == 2000
+        # the span as the log writes times (to the microsecond): its frames all inside
+        span = json.loads((out / "fleet.json").read_text())["attacks"][0]
+        assert span["start_ts"] == dos.min() and dos.max() < span["end_ts"]
     if fmt == "cantt":  # attacked or not: the same 2,000 frames, read back by content
         assert np.count_nonzero(read_frames(out / manifest["vehicles"][0]["file"])["label"]) == 2000
     attacks = manifest["attacks"]

@@ -323,6 +323,8 @@ def build_streams(args: argparse.Namespace, brand: str) -> list:
         raise ConfigError("--vehicle names one vehicle: give exactly one FILE")
     if args.shift is not None and not (np.isfinite(args.shift) and 0 <= args.shift <= MAX_SPAN_S):
         raise ConfigError(f"--shift must be in [0, {MAX_SPAN_S:g}] s, got {args.shift}")
+    if args.shift is not None and args.vehicles < 2:
+        raise ConfigError("--shift spaces the copies of --vehicles N (N >= 2): give both")
     bases = [args.vehicle] if args.vehicle is not None else [f.stem for f in args.files]
     dupes = sorted({b for b in bases if bases.count(b) > 1})
     if dupes:
