@@ -90,11 +90,12 @@ def read_capture(
     except ValueError as exc:  # as read_frames reports it
         raise InputError(str(path), None, str(exc)) from None
     frames, channels = read_log(path, name)
-    if channel is not None or channels is None or len(channels.names) <= 1:
+    several = channel is None and channels is not None and len(channels.names) > 1
+    if not several:
         frames = one_channel(str(path), frames, channels, channel)
-        return frames_to_dataframe(frames, labelled=name in LABELLED_FORMATS)
     out = frames_to_dataframe(frames, labelled=name in LABELLED_FORMATS)
-    out["channel"] = pd.Categorical.from_codes(channels.codes, channels.names)
+    if several:
+        out["channel"] = pd.Categorical.from_codes(channels.codes, channels.names)
     return out
 
 

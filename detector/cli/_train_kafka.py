@@ -377,10 +377,8 @@ def read_span(
         raise SpanError(
             f"--max-frames {max_frames} holds no whole {block_s:g} s block of a vehicle: raise it"
         )
-    summary = source_summary(cfg, brands, since, until, ranges, tally, sample, stretches,
-                             exclusions, margin, note)  # fmt: skip
-    summary["lateness_s"] = lateness
-    return stretches, summary
+    return stretches, source_summary(cfg, brands, since, until, ranges, tally, sample, stretches,
+                                     exclusions, margin, lateness, note)  # fmt: skip
 
 
 def check_incident_names(
@@ -415,6 +413,7 @@ def source_summary(
     stretches: list[Stretch],
     exclusions: dict[str, list[Exclusion]],
     margin: float,
+    lateness: float,
     note: str | None,
 ) -> dict:
     """What the manifest says about where the training frames came from."""
@@ -467,6 +466,7 @@ def source_summary(
             for s in stretches
         ],
         "exclude_margin_s": margin,
+        "lateness_s": lateness,
         "excluded": left_out,
     }
     if note:
