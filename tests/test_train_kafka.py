@@ -130,6 +130,8 @@ def test_topic_model_equals_file_model(clean_topic, tmp_path, capsys) -> None:
     assert src["brands"] == ["fiat", "fiat-professional", "jeep"]
     assert src["records_other_brands"] > 0 and not src["sampled"] and not src["excluded"]
     assert src["frames_read"] == src["frames_used"] == sum(map(len, span.values()))
+    published = sum(len(f) for _, brand, f in fleet() if brand in ("jeep", "fiat"))
+    assert src["frames_outside_span"] == published - src["frames_read"] > 0
     assert len(src["stretches"]) == 4  # one per vehicle: the two blocks of each joined
     assert info["training"]["drives"] == 4
     assert main(["models", "list", "--models", str(tmp_path / "topic")]) == 0
@@ -183,6 +185,7 @@ def test_records_stamped_out_of_order_are_read(broker, tmp_path, capsys) -> None
     src = info["training"]["source"]
     assert src["frames_read"] == sum(map(len, span.values()))
     assert "veh-jeep-b" in src["vehicles"] and src["lateness_s"] == 900.0
+    assert src["frames_in_incidents"] == 0
 
 
 def test_incident_records_in_any_order_and_names_that_cannot_match() -> None:
@@ -240,6 +243,7 @@ def test_attacked_vehicle_left_out(broker, tmp_path, capsys) -> None:
     assert ex["from"] == pytest.approx(events[0]["first_seen"] - 5)
     assert ex["to"] == pytest.approx(events[-1]["last_seen"] + 5)
     assert ex["frames"] > DOS_S * 3000  # the flood and the vehicle's own traffic around it
+    assert src["frames_in_incidents"] == ex["frames"]  # the budget sampled nothing away
     assert "1 incident interval(s) left out" in capsys.readouterr().out
     model = load_model(tmp_path / "left-out" / "cusw-v1.json")
     assert 0 not in model.baseline.ids  # the flooded id was not learned

@@ -200,6 +200,7 @@ class Tally:
     undecodable: int = 0
     brand_records: int = 0  # of the platform's brands
     frames_read: int = 0  # of the platform's brands, in the span
+    frames_outside: int = 0  # of the platform's brands, in records read, outside the span
     vehicles: set[str] = field(default_factory=set)
     excluded_frames: dict[str, int] = field(default_factory=dict)  # incident id -> frames
     read_s: float = 0.0  # wall time of reading incidents and the span
@@ -303,6 +304,7 @@ class SpanIntake:
             ts = frames["ts"]
             if ts[0] < self.since or ts[-1] >= self.until:
                 frames = frames[(ts >= self.since) & (ts < self.until)]
+                t.frames_outside += len(ts) - len(frames)
             if not len(frames):
                 continue
             vehicle = self.name(batch.vehicle)
@@ -418,6 +420,8 @@ def source_summary(
 ) -> dict:
     """What the manifest says about where the training frames came from."""
     used = sum(len(s.frames) for s in stretches)
+    # what training leaves out of them: the incidents' intervals (see mark_excluded)
+    labelled = sum(int(np.count_nonzero(s.frames["label"])) for s in stretches)
     left_out = [
         {
             "vehicle": ex.vehicle,
@@ -454,7 +458,9 @@ def source_summary(
         "vehicles_seen": len(tally.vehicles),
         "vehicles": sorted({s.vehicle for s in stretches}),
         "frames_read": tally.frames_read,
+        "frames_outside_span": tally.frames_outside,
         "frames_used": used,
+        "frames_in_incidents": labelled,
         "read_s": round(tally.read_s, 1),
         "sampled": sample.held < sample.seen,  # frames refused or evicted by the budget
         "max_frames": sample.max_frames,

@@ -259,5 +259,7 @@ def source_line(src: dict) -> str:
         f"read {src['records']:,} records of {src['topic']} {src['since']} .. {src['until']}: "
         f"{src['frames_read']:,} {'/'.join(src['brands'])} frames of {src['vehicles_seen']} vehicles, "
         f"{src['frames_used']:,} used{sampled}; {len(src['excluded'])} incident interval(s) "
-        f"left out, {src['records_undecodable']} undecodable record(s)"
+        f"left out ({src['frames_in_incidents']:,} frames), {src['frames_outside_span']:,} "
+        f"frames outside the span by event time, {src['records_undecodable']} undecodable "
+        "record(s)"
     )
