@@ -25,6 +25,7 @@ from grafana_panels import (
 )
 
 OPENED = "canwatch_incidents_opened_total"
+ESCALATED = "canwatch_incidents_escalated_total"
 ANOMALOUS, SCORED = "canwatch_anomalous_windows_total", "canwatch_windows_scored_total"
 
 
@@ -86,6 +87,7 @@ def incidents() -> list[dict[str, Any]]:
             "Incidents opened and closed",
             [
                 target(sum_increase(OPENED, B, ""), "opened"),
+                target(sum_increase(ESCALATED, B, ""), "escalated", ref="C"),
                 target(
                     "-" + sum_increase("canwatch_incidents_closed_total", B, ""), "closed", ref="B"
                 ),
@@ -93,7 +95,8 @@ def incidents() -> list[dict[str, Any]]:
             "short",
             bars=True,
             w=8,
-            description="Opened above the axis, closed below it.",
+            description="Opened and escalated (an open incident whose severity rose) above "
+            "the axis, closed below it.",
         ),
     ]
 

@@ -128,6 +128,38 @@ def test_incident_series_exist_for_a_seen_brand_and_track_active(m):
         b.incident_opened("low", "ddos")
 
 
+def test_an_incident_that_escalates_moves_the_active_gauge_and_counts_as_escalated(m):
+    """An attack that begins mid-window opens low; the next windows take it to critical.
+    Before, the metrics kept it low until it closed: no critical alert, no active critical."""
+    from detector.core.config import IncidentConfig
+    from detector.incidents.tracker import IncidentTracker, Observation
+    from detector.service.incident_feed import IncidentFeed
+
+    tracker = IncidentTracker(IncidentConfig(), "det-1")
+    feed = IncidentFeed(tracker, m, 1.0)
+    statuses = []
+    for i, score in enumerate([1.2, 3.0, 12.0, 40.0]):
+        o = Observation("VIN1", "jeep", 100.0 + i, 1.0, score, "dos", {"0x100": score}, [], 1)
+        statuses += [(e["status"], e["severity"]) for e in feed.account(tracker.observe([o], {}))]
+    assert statuses[0] == ("open", "low") and statuses[-1] == ("update", "critical")
+
+    def active(severity: str) -> float:
+        return value(m, "canwatch_incidents_active", brand="jeep", severity=severity)
+
+    assert [active(s) for s in SEVERITIES] == [0, 0, 0, 1]
+    escalated = {
+        s: value(m, "canwatch_incidents_escalated_total", brand="jeep", severity=s, attack="dos")
+        for s in SEVERITIES[1:]
+    }
+    assert escalated == {"medium": 1, "high": 0, "critical": 1}  # 3.0 is medium, 12 critical
+    assert value(m, "canwatch_incidents_opened_total", brand="jeep", severity="low", attack="dos")
+    assert len(feed.account(tracker.close_all())) == 1
+    assert [active(s) for s in SEVERITIES] == [0, 0, 0, 0]
+    assert value(
+        m, "canwatch_incidents_closed_total", brand="jeep", severity="critical", attack="dos"
+    ) == 1
+
+
 def test_bucket_counts_use_le_semantics():
     counts = bucket_counts(np.array([0.25, 0.26, 1.0, 100.0, 101.0]), SCORE_BUCKETS)
     expected = np.zeros(len(SCORE_BUCKETS) + 1, dtype=int)

@@ -2,9 +2,11 @@
 
 Per brand: windows scored, anomalous ones, the score histogram; incidents
 opened and closed by severity and suspected attack, and the active gauge.
-The severity an incident opened with is remembered until it closes (or its
-vehicle is let go), so the active gauge goes down under the same labels it
-went up under.
+An open incident's severity is followed as it rises (``escalated``: an attack
+that began mid-window opens low and turns critical a window later), and is
+remembered until it closes (or its vehicle is let go), so the active gauge
+goes down under the label it was last counted under. An incident counts as
+closed with the severity and suspected attack its closed event carries.
 
 Every event leaves with its ``provenance``: the telemetry topic, partition and
 offset range of the records whose frames fell in its windows, from the offset
@@ -62,7 +64,8 @@ class IncidentFeed:
         self.metrics = metrics
         self.window_s = window_s
         self.locate = locate
-        self.open_severity: dict[str, tuple[str, str]] = {}  # incident id -> (severity, attack)
+        # incident id -> (severity, attack) as last counted
+        self.open_severity: dict[str, tuple[str, str]] = {}
 
     def observe(self, scored: list[ScoredRows]) -> list[dict]:
         """Fold a poll's scored windows into the open incidents: the events that makes."""
@@ -97,11 +100,17 @@ class IncidentFeed:
                 self.open_severity[ev["incident_id"]] = (ev["severity"], ev["suspected_attack"])
                 bm.incident_opened(ev["severity"], ev["suspected_attack"])
                 bm.model_incidents.inc()
+            elif ev["status"] == "update":
+                counted = self.open_severity.get(ev["incident_id"])
+                if counted is not None:
+                    if ev["severity"] != counted[0]:  # severity follows the peak: only up
+                        bm.incident_escalated(counted[0], ev["severity"], ev["suspected_attack"])
+                    self.open_severity[ev["incident_id"]] = (ev["severity"], ev["suspected_attack"])
             elif ev["status"] == "closed":
-                sev, att = self.open_severity.pop(
-                    ev["incident_id"], (ev["severity"], ev["suspected_attack"])
+                counted = self.open_severity.pop(ev["incident_id"], None)
+                bm.incident_closed(
+                    ev["severity"], ev["suspected_attack"], counted[0] if counted else None
                 )
-                bm.incident_closed(sev, att)
         return events
 
     def uncount(self, gone: Iterable[str]) -> None:

@@ -91,6 +91,7 @@ METRIC_NAMES = frozenset(
         "canwatch_anomaly_score",
         "canwatch_incidents_opened_total",
         "canwatch_incidents_closed_total",
+        "canwatch_incidents_escalated_total",
         "canwatch_incidents_active",
         "canwatch_stage_duration_seconds",
         "canwatch_event_time_lag_seconds",
@@ -171,6 +172,7 @@ class BrandMetrics:
     evicted: dict[str, Any] = field(default_factory=dict)
     opened: dict[tuple[str, str], Any] = field(default_factory=dict)
     closed: dict[tuple[str, str], Any] = field(default_factory=dict)
+    escalated: dict[tuple[str, str], Any] = field(default_factory=dict)
     active: dict[str, Any] = field(default_factory=dict)
 
     def observe_scores(self, scores: np.ndarray) -> None:
@@ -195,10 +197,18 @@ class BrandMetrics:
         self.opened[key].inc()
         self.active[severity].inc()
 
-    def incident_closed(self, severity: str, attack: str) -> None:
+    def incident_escalated(self, was: str, severity: str, attack: str) -> None:
+        """An open incident went from severity ``was`` to ``severity``."""
+        self.escalated[_incident_key(severity, attack)].inc()
+        self.active[was].dec()
+        self.active[severity].inc()
+
+    def incident_closed(self, severity: str, attack: str, active: str | None = None) -> None:
+        """An incident closed with ``severity`` and ``attack``; ``active``: the severity
+        it was counted under among the active ones, if another."""
         key = _incident_key(severity, attack)
         self.closed[key].inc()
-        self.active[severity].dec()
+        self.active[active or severity].dec()
 
 
 class DetectorMetrics:

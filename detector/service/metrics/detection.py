@@ -50,6 +50,11 @@ class DetectionMetrics:
         self.incidents_closed = f.counter(
             "canwatch_incidents_closed_total", "Incidents closed.", ("brand", "severity", "attack")
         )
+        self.incidents_escalated = f.counter(
+            "canwatch_incidents_escalated_total",
+            "Open incidents that reached a higher severity (labelled with the one reached).",
+            ("brand", "severity", "attack"),
+        )
         self.incidents_active = f.gauge(
             "canwatch_incidents_active", "Incidents currently open.", ("brand", "severity")
         )
@@ -90,6 +95,11 @@ class DetectionMetrics:
             },
             "closed": {
                 (s, a): self.incidents_closed.labels(b, s, a) for s in SEVERITIES for a in ATTACKS
+            },
+            "escalated": {
+                (s, a): self.incidents_escalated.labels(b, s, a)
+                for s in SEVERITIES[1:]  # nothing escalates to the lowest
+                for a in ATTACKS
             },
             "active": {s: self.incidents_active.labels(b, s) for s in SEVERITIES},
         }
