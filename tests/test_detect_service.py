@@ -356,7 +356,10 @@ def test_malformed_records_go_to_the_dlq_and_valid_traffic_is_processed(
     for reason, n in expected.items():
         assert sample(metrics, "canwatch_dead_letters_total", reason=reason) == n, reason
     assert sample(metrics, "canwatch_frames_consumed_total", brand="jeep") == valid_frames
-    assert sample(metrics, "canwatch_frames_consumed_total", brand="peugeot") == 0
+    # consumed, dead-lettered and counted: CanwatchBrandWithoutModel names the brand
+    unserved = expected["no_model"]
+    assert sample(metrics, "canwatch_records_consumed_total", brand="peugeot") == unserved
+    assert sample(metrics, "canwatch_frames_consumed_total", brand="peugeot") == 20 * unserved
 
 
 # -- 3. offsets are committed only after incidents are acknowledged ------------------------

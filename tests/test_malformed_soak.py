@@ -963,8 +963,22 @@ def test_malformed_soak(broker, unique_topic, soak_models):
     assert sample(metrics, "canwatch_records_consumed_total", brand="jeep") == len(valid)
     assert sample(metrics, "canwatch_frames_consumed_total", brand="fiat") == edge_frames
     assert sample(metrics, "canwatch_records_consumed_total", brand="fiat") == len(edge)
+    # a brand without a model: its records are consumed (and dead-lettered), and counted,
+    # so that CanwatchBrandWithoutModel can name it
+    unserved: dict[str, list[int]] = {}
+    for b in bad:
+        if b.reason == NO_MODEL:
+            batch = wire.decode_record(b.key, b.value, b.headers, **limits(cfg, now))
+            tally = unserved.setdefault(batch.brand, [0, 0])
+            tally[0] += 1
+            tally[1] += len(batch.frames)
+    assert unserved
     for brand in sorted(KNOWN_BRANDS - {"jeep", "fiat"}):
-        assert sample(metrics, "canwatch_records_consumed_total", brand=brand) == 0, brand
+        records_frames = [
+            sample(metrics, f"canwatch_{n}_consumed_total", brand=brand) or 0
+            for n in ("records", "frames")
+        ]
+        assert records_frames == unserved.get(brand, [0, 0]), brand
     assert sample(metrics, "canwatch_bytes_consumed_total") == value_bytes
 
     # What only non-Python clients send was dead-lettered as close to the original as

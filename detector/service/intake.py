@@ -87,7 +87,10 @@ class Intake:
                 ok = modelled.get(b.brand)
                 if ok is None:
                     ok = modelled[b.brand] = self.scorer.platform_for(b.brand) is not None
-                if not ok:
+                if not ok:  # consumed all the same: CanwatchBrandWithoutModel names the brand
+                    counts = per_brand[b.brand]
+                    counts[0] += 1
+                    counts[1] += len(b.frames)
                     b = DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
             if isinstance(b, DecodeError):
                 futures.append(self.dead_letters.refused(r, b))
