@@ -291,17 +291,18 @@ def drift() -> list[dict[str, Any]]:
     return [
         row("Model drift"),
         timeseries(
-            "Drift ratio per brand, against its alert limit",
+            "Drift ratio per instance and brand, against its alert limit",
             [
-                target(f"avg by (brand) (canwatch_model_drift_ratio{{{I}}})", "{{brand}}"),
+                target(f"canwatch_model_drift_ratio{{{I}}}", "{{instance}} {{brand}}"),
                 target(f"max(canwatch_model_drift_limit{{{I}}})", "limit", ref="B"),
             ],
             "percentunit",
             description="Share of the brand's vehicle windows over the last "
             "models.drift_period_s with a feature outside what the serving model learned "
-            "(before each vehicle's own reference), averaged over the instances as "
-            "CanwatchModelDrift does; it fires when a brand stays above the limit "
-            "(models.drift_alert_ratio) for 30 min. Starts afresh when a new version serves.",
+            "(before each vehicle's own reference), per instance. CanwatchModelDrift takes "
+            "the fleet's (windows summed over the instances, on the model-owner board) and "
+            "fires when a brand stays above the limit (models.drift_alert_ratio) for 30 min. "
+            "Starts afresh when a new version serves.",
             w=12,
         ),
         timeseries(

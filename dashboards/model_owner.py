@@ -116,12 +116,17 @@ def drift() -> list[dict[str, Any]]:
         timeseries(
             "Drift ratio per brand, against its alert limit",
             [
-                target(f"avg by (brand) (canwatch_model_drift_ratio{{{B}}})", "{{brand}}"),
+                target(
+                    f"sum by (brand) (canwatch_model_drift_outside_windows{{{B}}})\n/\n"
+                    f"sum by (brand) (canwatch_model_drift_windows{{{B}}})",
+                    "{{brand}}",
+                ),
                 target("max(canwatch_model_drift_limit)", "limit", ref="B"),
             ],
             "percentunit",
             description="Share of the brand's windows over the last models.drift_period_s "
-            "with a feature outside what the serving model learned. CanwatchModelDrift fires "
+            "with a feature outside what the serving model learned, over every instance's "
+            "windows. CanwatchModelDrift fires "
             "when a brand stays above the limit for 30 min: retrain from the topic, shadow, "
             "promote.",
         ),

@@ -173,7 +173,8 @@ def test_model_owner_board_filters_by_brand_and_compares_roles():
     }
     used = set().union(*(metric_names(e) for _, e in queries))
     assert used >= SHADOW_METRIC_NAMES | {
-        "canwatch_model_drift_ratio",
+        "canwatch_model_drift_windows",
+        "canwatch_model_drift_outside_windows",
         "canwatch_model_rate_drift",
         "canwatch_model_drift_limit",
         "canwatch_model_reloads_total",
@@ -284,8 +285,8 @@ def populate(m: DetectorMetrics) -> None:
     m.shadow.set_version("jeep", "shadow", 3)  # a shadow on one brand
     m.shadow.set_agreement("jeep", 0.97)
     m.drift.set_limit(0.5)
-    m.drift.set("jeep", 0.04, 0.1)
-    m.drift.set("peugeot", 0.8, 1.2)
+    m.drift.set("jeep", 1000, 40, 0.1)
+    m.drift.set("peugeot", 1000, 800, 1.2)
 
 
 def keep_traffic_flowing(

@@ -357,6 +357,12 @@ def test_drift_gauges_are_scraped(live):
     """The detector's drift part, fed by its polls: jeep's figures and the alert level."""
     ratio = scalar(live.prom, 'canwatch_model_drift_ratio{brand="jeep"}')
     assert 0.0 <= ratio <= 1.0, ratio  # NaN (no series) fails too
+    fleet = scalar(
+        live.prom,
+        'sum(canwatch_model_drift_outside_windows{brand="jeep"}) '
+        '/ sum(canwatch_model_drift_windows{brand="jeep"})',
+    )
+    assert fleet == ratio  # one instance: the alert's fleet ratio is its own
     assert scalar(live.prom, 'canwatch_model_rate_drift{brand="jeep"}') >= 0.0
     limit = scalar(live.prom, "max(canwatch_model_drift_limit)")
     assert limit == ModelsConfig().drift_alert_ratio

@@ -99,6 +99,9 @@ def test_ratio_and_rate_drift_as_defined_per_brand(tiny: PlatformModel) -> None:
     # fiat: FAST at 0 counts as 2^-6 (capped), SLOW at 0.5x (1): median (6 + 1) / 2
     assert m.figures("fiat") == (1, 0.0, (MAX_LOG2_RATE + 1) / 2)
     assert gauge(metrics, "canwatch_model_drift_ratio", brand="jeep") == 0.5
+    # the ratio's terms, which the alert sums over the instances
+    assert gauge(metrics, "canwatch_model_drift_windows", brand="jeep") == 2
+    assert gauge(metrics, "canwatch_model_drift_outside_windows", brand="jeep") == 1
     assert gauge(metrics, "canwatch_model_rate_drift", brand="jeep") == 0.5
     assert gauge(metrics, "canwatch_model_drift_ratio", brand="fiat") == 0.0
     assert gauge(metrics, "canwatch_model_rate_drift", brand="fiat") == 3.5
@@ -126,7 +129,8 @@ def test_period_rolls_and_an_idle_brand_loses_its_series(tiny: PlatformModel) ->
     assert gauge(metrics, "canwatch_model_drift_ratio", brand="jeep") == 0.0
     m.observe([], now=150.0)  # nothing scored for a period: no figure, no series
     assert m.figures("jeep") is None
-    assert gauge(metrics, "canwatch_model_drift_ratio", brand="jeep") is None
+    for name in ("ratio", "windows", "outside_windows"):
+        assert gauge(metrics, f"canwatch_model_drift_{name}", brand="jeep") is None
     assert gauge(metrics, "canwatch_model_rate_drift", brand="jeep") is None
 
 

@@ -170,11 +170,16 @@ class DriftMeter:
 
     def figures(self, brand: str) -> tuple[int, float, float] | None:
         """(windows, drift ratio, rate drift) of ``brand`` over the period, or None."""
-        held = self._brands.get(brand)
-        total = held.total() if held is not None else None
-        if total is None or total.windows == 0:
+        total = self._total(brand)
+        if total is None:
             return None
         return total.windows, total.outside / total.windows, rate_drift(total)
+
+    def _total(self, brand: str) -> BrandCounts | None:
+        """``brand``'s counts over the period, None when it has no window there."""
+        held = self._brands.get(brand)
+        total = held.total() if held is not None else None
+        return total if total is not None and total.windows > 0 else None
 
     def _add(
         self, brand: str, platform: str, version: int, counts: BrandCounts, now: float
@@ -202,7 +207,6 @@ class DriftMeter:
                     self.metrics.clear(brand)
 
     def _publish(self, brand: str) -> None:
-        found = self.figures(brand)
-        if found is not None and self.metrics is not None:
-            _, ratio, rate = found
-            self.metrics.set(brand, ratio, rate)
+        total = self._total(brand)
+        if total is not None and self.metrics is not None:
+            self.metrics.set(brand, total.windows, total.outside, rate_drift(total))

@@ -117,6 +117,8 @@ METRIC_NAMES = frozenset(
         "canwatch_shadow_agreement_ratio",
         "canwatch_model_version",
         "canwatch_model_drift_ratio",
+        "canwatch_model_drift_windows",
+        "canwatch_model_drift_outside_windows",
         "canwatch_model_rate_drift",
         "canwatch_model_drift_limit",
         "canwatch_rebalances_total",

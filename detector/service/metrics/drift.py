@@ -22,6 +22,20 @@ class DriftMetrics:
             "reference).",
             ("brand",),
         )
+        # The ratio's terms, so the fleet's ratio over instances is sum / sum: an average
+        # of instances' ratios weighs one with a few vehicles as one with thousands.
+        self.windows = f.gauge(
+            "canwatch_model_drift_windows",
+            "The brand's vehicle windows scored over the last models.drift_period_s "
+            "(canwatch_model_drift_ratio's denominator).",
+            ("brand",),
+        )
+        self.outside = f.gauge(
+            "canwatch_model_drift_outside_windows",
+            "Of canwatch_model_drift_windows, those with a feature outside what the serving "
+            "model learned (the ratio's numerator).",
+            ("brand",),
+        )
         self.rate = f.gauge(
             "canwatch_model_rate_drift",
             "Median over the serving model's learned ids seen in the last "
@@ -38,8 +52,10 @@ class DriftMetrics:
     def set_limit(self, ratio: float) -> None:
         self.limit.set(ratio)
 
-    def set(self, brand: str, ratio: float, rate: float) -> None:
-        self.ratio.labels(brand).set(ratio)
+    def set(self, brand: str, windows: int, outside: int, rate: float) -> None:
+        self.ratio.labels(brand).set(outside / windows)
+        self.windows.labels(brand).set(windows)
+        self.outside.labels(brand).set(outside)
         # No learned id seen (a brand sending only unseen ids): its rate drift is
         # unknown, and NaN would show as a value; leave the series out instead.
         if math.isnan(rate):
@@ -49,8 +65,8 @@ class DriftMetrics:
 
     def clear(self, brand: str) -> None:
         """The brand had nothing scored for a whole period: no figure rather than a stale one."""
-        self._remove(self.ratio, brand)
-        self._remove(self.rate, brand)
+        for gauge in (self.ratio, self.windows, self.outside, self.rate):
+            self._remove(gauge, brand)
 
     @staticmethod
     def _remove(gauge: Gauge, brand: str) -> None:
