@@ -49,3 +49,5 @@ def test_fleet_has_fourteen_brands_on_known_platforms():
     assert fleet.platform_of("road") == "road"  # external data: its own platform
     with pytest.raises(ConfigError, match="lower-case slug"):
         fleet.platform_of("Jeep!")
+    with pytest.raises(ConfigError, match="lower-case slug"):  # `$` matches before a newline
+        fleet.platform_of("jeep\n")

@@ -40,7 +40,7 @@ class Fleet:
 
 
 def validate_slug(brand: str) -> str:
-    if not isinstance(brand, str) or not _SLUG.match(brand):
+    if not isinstance(brand, str) or not _SLUG.fullmatch(brand):
         raise ConfigError(f"brand must be a lower-case slug (a-z, 0-9, '-'), got {brand!r}")
     return brand
 

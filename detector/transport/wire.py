@@ -445,6 +445,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON literal {name}")
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose member names are unique: with a repeated one, json.loads keeps
+    the last value and other readers the first, so the detector and an audit of the
+    topic would see different vehicles or frames."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"member {repeated!r} repeated")
+    return doc
+
+
 def _json_frames(rows: Any, schema: int = SCHEMA_CLASSIC) -> np.ndarray:
     if not isinstance(rows, list):
         raise DecodeError(BAD_SHAPE, '"frames" must be an array')
@@ -492,7 +504,11 @@ def _decode_json(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The frames of a JSON value, and (schema 2) the data bytes each one gave."""
     try:
-        doc = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+        doc = json.loads(
+            value.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_members,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DecodeError(BAD_JSON, f"{type(exc).__name__}: {str(exc)[:80]}") from None
     if not isinstance(doc, dict) or "frames" not in doc:
