@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import can
@@ -302,7 +302,8 @@ class _ASCWriter(can.ASCWriter):
         if not self.header_written:
             start_ms = math.floor((timestamp or 0.0) * 1000)
             secs, msec = divmod(start_ms, 1000)
-            when = datetime.fromtimestamp(secs).strftime(f"%a %b %d %H:%M:%S.{msec:03d} %Y")
+            # in UTC, as canwatch reads it: the header has no zone (see replay.readers._strict)
+            when = datetime.fromtimestamp(secs, UTC).strftime(f"%a %b %d %H:%M:%S.{msec:03d} %Y")
             self.file.write(f"Begin Triggerblock {when}\n")
             self.started = self.last_timestamp = start_ms / 1000
             self.header_written = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import can
@@ -72,6 +73,33 @@ def test_round_trip(tmp_path, fmt):
         "none": np.zeros(len(frames)),
     }[labels]
     np.testing.assert_array_equal(back["label"], expected)
+
+
+@pytest.fixture
+def zone(monkeypatch):
+    """Set the process's local time zone (TZ), restored after the test."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize("fmt", ["asc", "blf", "trc"])
+def test_a_log_reads_the_same_times_in_any_time_zone(tmp_path, zone, fmt):
+    """An ASC file written in New York read 5 h off in UTC (python-can reads its header
+    in the machine's zone): a simulated capture's attack spans then missed its frames."""
+    suffix = WRITABLE[fmt][0]
+    frames = random_frames(50, rtr=False)
+    zone("America/New_York")
+    write_frames(tmp_path / f"f{suffix}", frames, fmt)
+    for name in ("UTC", "Asia/Tokyo", "America/New_York"):
+        zone(name)
+        back = read_frames(tmp_path / f"f{suffix}")
+        np.testing.assert_allclose(back["ts"], frames["ts"], rtol=0, atol=1e-6, err_msg=name)
 
 
 def test_candump_without_labels_has_no_label_column(tmp_path):

@@ -36,6 +36,7 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import can
@@ -73,7 +74,32 @@ class Lines:
         return getattr(self.fh, name)
 
 
+#: ASC's month names as python-can reads them (English, and German where they differ)
+_ASC_MONTHS = {
+    m: i + 1
+    for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
+} | {"Mär": 3, "Mai": 5, "Okt": 10, "Dez": 12}
+_ASC_DATE_FORMATS = (
+    "%m %d %I:%M:%S.%f %p %Y", "%m %d %I:%M:%S %p %Y", "%m %d %H:%M:%S.%f %Y", "%m %d %H:%M:%S %Y",
+)  # fmt: skip
+
+
 class ASCReader(can.ASCReader):
+    @staticmethod
+    def _datetime_to_timestamp(datetime_string: str) -> float:
+        """The triggerblock's start time, as UTC. python-can reads it in the reading
+        machine's zone, so one file's frame times moved with where it was read (5 h
+        between New York and UTC: a simulated file's attack spans in fleet.json then
+        missed its frames). The header names no zone; canwatch writes UTC."""
+        for name, number in _ASC_MONTHS.items():
+            datetime_string = datetime_string.replace(name, f"{number:02d}")
+        for fmt in _ASC_DATE_FORMATS:
+            try:
+                return datetime.strptime(datetime_string, fmt).replace(tzinfo=UTC).timestamp()
+            except ValueError:
+                continue
+        raise ValueError(f"Incompatible datetime string {datetime_string}")
+
     def _extract_header(self) -> None:
         super()._extract_header()
         # The line that ended the header may be the first frame. Every header line
