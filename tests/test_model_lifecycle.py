@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from detector.cli import main
 from detector.core.config import DetectionConfig
 from detector.core.errors import ModelError
 from detector.model import lifecycle
-from detector.model.registry import ModelRegistry
+from detector.model.registry import ModelRegistry, failure_reason
 from detector.model.shadow_record import ShadowTally, promotion_verdict, read_tallies, write_tally
 from detector.model.store import list_manifests, load_model, save_model
 from detector.model.training import train_platform
@@ -133,6 +134,122 @@ def test_the_registry_follows_promote_rollback_and_shadow(tmp_path, cusw_models)
     reg.refresh()
     reg.refresh()
     assert reg.models["cusw"].version == 3 and len(refused) == 1
+
+
+def test_whatever_a_file_holds_it_is_refused_and_what_serves_keeps_serving(tmp_path, cusw_models):
+    """Each of these raised out of refresh() (UnicodeDecodeError, TypeError, AttributeError)
+    and so out of every detector's loop sharing the directory, at its next reload."""
+    d = versions(tmp_path, 1, cusw_models)
+    good = json.loads((d / "cusw-v1.json").read_text())
+    bad = [
+        (d / "cusw-v1.skops").read_bytes(),  # a model file copied under a manifest's name
+        b"null",
+        b"[1, 2]",
+        json.dumps(good | {"sha256": None, "version": 5}).encode(),
+        json.dumps(good | {"feature_names": None, "version": 6}).encode(),
+        json.dumps(good | {"version": True}).encode(),
+    ]
+    for k, blob in enumerate(bad, start=2):
+        (d / f"cusw-v{k}.json").write_bytes(blob)
+    refused: list = []
+    reg = ModelRegistry(d, on_refused=lambda p, e: refused.append(failure_reason(e)))
+    reg.refresh()
+    assert reg.models["cusw"].version == 1
+    assert refused == ["bad_manifest"] * len(bad)
+    for blob in (b"[]", b"\xff\xfe{", b'{"serving": 1, "previous": "12"}'):
+        lifecycle.lifecycle_path(d, "cusw").write_bytes(blob)
+        ModelRegistry(d).refresh()  # no exception
+        with pytest.raises(ModelError, match="lifecycle file"):
+            lifecycle.read_lifecycle(d, "cusw")
+
+
+def test_a_manifest_renamed_by_hand_is_refused_and_a_symlinked_model_file_loads(
+    tmp_path, cusw_models
+):
+    d = versions(tmp_path, 1, cusw_models)
+    shutil.copy(d / "cusw-v1.json", d / "cusw-v3.json")  # says v1
+    shutil.copy(d / "cusw-v1.json", d / "aee2010-v1.json")  # says cusw
+    for name in ("cusw-v3.json", "aee2010-v1.json"):
+        with pytest.raises(ModelError, match="under another file name"):
+            load_model(d / name)
+    store = tmp_path / "artifacts"
+    store.mkdir()
+    shutil.move(d / "cusw-v1.skops", store / "cusw-v1.skops")
+    (d / "cusw-v1.skops").symlink_to(store / "cusw-v1.skops")
+    assert load_model(d / "cusw-v1.json").version == 1  # was "points outside the directory"
+
+
+def test_a_version_number_is_never_given_twice(tmp_path, cusw_models):
+    """Deleting the newest version and training again gave a new model the old number:
+    detectors kept the old one in memory and a promote judged it on the old one's record."""
+    d = versions(tmp_path, 2, cusw_models)
+    model = load_model(d / "cusw-v1.json")
+    for p in d.glob("cusw-v2.*"):
+        p.unlink()
+    assert save_model(model, d, ["jeep"], {}).name == "cusw-v3.json"
+    lifecycle.promote(d, "cusw", 1)  # v3 served: it is the lifecycle's previous
+    for p in [*d.glob("cusw-v3.*"), d / ".canwatch-versions.json"]:
+        p.unlink()  # its number stays in the lifecycle file
+    assert save_model(model, d, ["jeep"], {}).name == "cusw-v4.json"
+
+
+def test_models_saved_at_once_into_one_directory_take_distinct_versions(tmp_path, cusw_models):
+    d = versions(tmp_path, 1, cusw_models)
+    model = load_model(d / "cusw-v1.json")
+    with ThreadPoolExecutor(4) as pool:
+        names = list(pool.map(lambda _: save_model(model, d, ["jeep"], {}).name, range(4)))
+    assert sorted(names) == [f"cusw-v{k}.json" for k in range(2, 6)]
+    assert [m.version for m in list_manifests(d)["cusw"]] == [1, 2, 3, 4, 5]
+    assert not list(d.glob("*.tmp"))
+
+
+def corrupt(d: Path, version: int) -> None:
+    skops = d / f"cusw-v{version}.skops"
+    blob = bytearray(skops.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    skops.write_bytes(bytes(blob))
+
+
+def test_a_version_that_cannot_serve_is_not_promoted_and_a_starting_detector_falls_back(
+    tmp_path, cusw_models, capsys
+):
+    d = versions(tmp_path, 3, cusw_models)
+    lifecycle.promote(d, "cusw", 2)  # serving 2, previous (3,)
+    corrupt(d, 3)
+    code, out, err = cli(capsys, "models", "rollback", "cusw", "--models", str(d))
+    assert code == 2 and "cusw v3 cannot serve" in err and "sha256" in err, (out, err)
+    with pytest.raises(ModelError, match="v3 cannot serve"):
+        lifecycle.set_shadow(d, "cusw", 3)
+    assert lifecycle.read_lifecycle(d, "cusw").serving == 2  # nothing was written
+
+    # a lifecycle pinning a version that no longer loads (or whose files are gone): a
+    # detector starting then served nothing for the platform, and said nothing
+    lifecycle.promote(d, "cusw", 1)  # serving 1, previous (3, 2)
+    corrupt(d, 1)
+    refused: list = []
+    reg = ModelRegistry(d, on_refused=lambda p, e: refused.append(failure_reason(e)))
+    reg.refresh()
+    assert reg.models["cusw"].version == 2 and refused == ["checksum"]
+    for p in d.glob("cusw-v1.*"):
+        p.unlink()
+    refused.clear()
+    reg = ModelRegistry(d, on_refused=lambda p, e: refused.append(failure_reason(e)))
+    reg.refresh()
+    assert reg.models["cusw"].version == 2 and refused == ["not_found"]
+
+
+def test_deploying_a_model_file_instead_of_its_manifest_is_one_line(tmp_path, cusw_models, capsys):
+    d = versions(tmp_path, 1, cusw_models)
+    code, _, err = cli(capsys, "models", "deploy", str(d / "cusw-v1.skops"), "--shadow",
+                       "--models", str(tmp_path / "live"))  # fmt: skip
+    assert code == 2 and "give the .json manifest beside it" in err and "Traceback" not in err
+    # v1 pinned: the next version does not serve by being written
+    lifecycle.write_lifecycle(d, lifecycle.read_lifecycle(d, "cusw"))
+    save_model(load_model(d / "cusw-v1.json"), d, ["jeep"], {})
+    lifecycle.set_shadow(d, "cusw", 2)
+    code, out, _ = cli(capsys, "models", "unshadow", "cusw", "--models", str(d))
+    assert code == 0 and "v2 out of shadow" in out
+    assert lifecycle.read_lifecycle(d, "cusw").shadow is None
 
 
 def test_promotion_verdict_compares_would_be_incidents_over_the_same_windows(tmp_path):

@@ -52,6 +52,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     a = action("rollback", "serve again the version that served before")
     a.add_argument("platform")
     a.set_defaults(func=run_rollback)
+    a = action("unshadow", "stop scoring the platform's shadow (its files stay)")
+    a.add_argument("platform")
+    a.set_defaults(func=run_unshadow)
 
 
 def _dir(args: argparse.Namespace) -> Path:
@@ -99,6 +102,16 @@ def run_rollback(args: argparse.Namespace) -> int:
     except ModelError as exc:
         raise CanwatchError(str(exc)) from None
     return _changed(new, f"rolled back from v{old.serving}")
+
+
+def run_unshadow(args: argparse.Namespace) -> int:
+    d = _dir(args)
+    old = _state(d, args.platform)
+    try:
+        new = lifecycle.drop_shadow(d, args.platform)
+    except ModelError as exc:
+        raise CanwatchError(str(exc)) from None
+    return _changed(new, f"v{old.shadow} out of shadow")
 
 
 def _state(d: Path, platform: str) -> lifecycle.Lifecycle:

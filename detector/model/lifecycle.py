@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from detector.core.errors import ModelError
-from detector.model.store import list_manifests, write_atomically
+from detector.model.store import LIFECYCLE_SUFFIX as SUFFIX
+from detector.model.store import list_manifests, load_model, write_atomically
 
-SUFFIX = ".lifecycle.json"
 #: History entries kept in the file (the newest): a timeline, not an audit archive.
 MAX_HISTORY = 200
 
@@ -59,9 +59,11 @@ def read_lifecycle(model_dir: Path | str, platform: str) -> Lifecycle:
     except FileNotFoundError:
         versions = versions_of(model_dir, platform)
         return Lifecycle(platform, versions[-1] if versions else None)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable lifecycle file: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 at all
+        raise ModelError(f"{path}: unreadable lifecycle file: {type(exc).__name__}") from None
     try:
+        if not isinstance(data, dict) or not isinstance(data.get("previous", []), list):
+            raise TypeError("not an object with a list of previous versions")
         return Lifecycle(
             platform=platform,
             serving=_version(data.get("serving")),
@@ -108,10 +110,17 @@ def _event(action: str, version: int | None, **extra: object) -> dict:
 
 
 def _require(model_dir: Path | str, platform: str, version: int) -> None:
-    known = versions_of(model_dir, platform)
-    if version not in known:
-        have = ", ".join(f"v{v}" for v in known) or "none"
+    """``version`` exists and loads: a lifecycle pinning one no detector can load (corrupt,
+    or of a format an upgrade no longer reads) leaves every detector started after it
+    without a model for the platform, and its brands' traffic dead-lettered."""
+    found = {m.version: m.path for m in list_manifests(model_dir).get(platform, [])}
+    if version not in found:
+        have = ", ".join(f"v{v}" for v in sorted(found)) or "none"
         raise ModelError(f"{platform} has no version v{version} in {model_dir} (it has {have})")
+    try:
+        load_model(found[version])
+    except ModelError as exc:
+        raise ModelError(f"{platform} v{version} cannot serve: {exc}") from None
 
 
 def set_shadow(model_dir: Path | str, platform: str, version: int) -> Lifecycle:

@@ -5,7 +5,10 @@ a lifecycle file: the newest), and its shadow, where they changed. A version
 is verified (sha256, path, feature list) before it replaces the old one; a
 broken one is refused, logged loudly and counted, and the old model keeps
 serving. A refused version is not retried until its
-manifest changes.
+manifest changes. Whatever a file in the directory holds, it is refused, never
+raised into the detector's loop. A detector that starts while the pinned
+version cannot be loaded serves the newest version that served before it that
+can, and says so, rather than no model at all.
 """
 
 from __future__ import annotations
@@ -27,15 +30,24 @@ def failure_reason(exc: ModelError) -> str:
     text = str(exc)
     if "lifecycle file" in text:
         return "lifecycle"
+    bad_manifest = ("outside the model directory", "manifest lacks", "unreadable manifest",
+                    "under another file name")  # fmt: skip
+    if any(b in text for b in bad_manifest):
+        return "bad_manifest"
     if "sha256" in text:
         return "checksum"
-    if "outside the model directory" in text or "manifest" in text and "lacks" in text:
-        return "bad_manifest"
     if "missing" in text:
         return "not_found"
     if "features" in text:
         return "incompatible"
     return "load"
+
+
+def _refusal(exc: Exception) -> ModelError:
+    """``exc`` as a refusal: what a check did not foresee still refuses, never crashes."""
+    if isinstance(exc, ModelError):
+        return exc
+    return ModelError(f"cannot load: {type(exc).__name__}: {exc}")
 
 
 class ModelRegistry:
@@ -70,11 +82,18 @@ class ModelRegistry:
         for platform, versions in list_manifests(self.model_dir).items():
             try:
                 state = read_lifecycle(self.model_dir, platform)
-            except ModelError as exc:
-                self._refuse_once(lifecycle_path(self.model_dir, platform), platform, exc)
+            except Exception as exc:  # noqa: BLE001 - whatever the file holds, keep serving
+                self._refuse_once(lifecycle_path(self.model_dir, platform), platform,
+                                  _refusal(exc))  # fmt: skip
                 continue
             by_version = {m.version: m for m in versions}
             current = self.models.get(platform)
+            if state.pinned and state.serving not in by_version:
+                missing = ModelError(
+                    f"{platform} v{state.serving} is missing from {self.model_dir} (its "
+                    "lifecycle pins it)"
+                )
+                self._refuse_once(lifecycle_path(self.model_dir, platform), platform, missing)
             for m in self._serving_candidates(state, versions, by_version, current):
                 model = self._load(m, platform, f"v{current.version}" if current else "no model")
                 if model is not None:
@@ -94,8 +113,12 @@ class ModelRegistry:
     ) -> list:
         if state.pinned:
             m = by_version.get(state.serving)
-            wanted = m is not None and (current is None or current.version != m.version)
-            return [m] if wanted else []
+            if current is not None:
+                return [m] if m is not None and current.version != m.version else []
+            # nothing serves yet (a detector starting): the pinned version, else the
+            # versions that served before it, newest first, rather than no model at all
+            fallback = [by_version[v] for v in reversed(state.previous) if v in by_version]
+            return [m] + fallback if m is not None else fallback
         # no lifecycle file: the newest usable version, falling back past refused ones
         return [m for m in reversed(versions) if current is None or m.version > current.version]
 
@@ -117,13 +140,17 @@ class ModelRegistry:
 
     def _load(self, m, platform: str, keeping: str) -> PlatformModel | None:
         """Load and prepare one version; a refused one is not retried until it changes."""
-        mtime = m.path.stat().st_mtime
+        try:
+            mtime = m.path.stat().st_mtime
+        except OSError:  # removed since the listing
+            return None
         if self._refused.get(str(m.path)) == mtime:
             return None
         try:
             model = load_model(m.path)
             self.prepare(model)
-        except ModelError as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the detector
+            exc = _refusal(exc)
             self._refused[str(m.path)] = mtime
             log.error("refusing model %s: %s (keeping %s)", m.path.name, exc, keeping)
             self.on_refused(platform, exc)

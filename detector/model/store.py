@@ -6,19 +6,26 @@ Layout of a model directory::
     <platform>-v<N>.json    manifest: brand(s), platform, version, feature names,
                             threshold, training summary, sha256 of the .skops file
 
-The newest version per platform is the one in use. Loading checks that the
-manifest names a file inside the directory and that its sha256 matches; only
-the scikit-learn tree type is trusted beyond skops' defaults.
+    .canwatch-models.lock   writers take it: one version written at a time
+    .canwatch-versions.json the highest version given per platform (never reused)
+
+The newest version per platform is the one in use (unless its lifecycle file
+pins another). Loading checks that the manifest names a file beside it, under
+its own platform and version, and that its sha256 matches; only the
+scikit-learn tree type is trusted beyond skops' defaults.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +90,57 @@ def list_manifests(model_dir: Path | str) -> dict[str, list[Manifest]]:
     return out
 
 
+#: A platform's lifecycle file is <platform> + this (``detector.model.lifecycle``)
+LIFECYCLE_SUFFIX = ".lifecycle.json"
+
+
+def _versions_in_lifecycle(d: Path, platform: str) -> list[int]:
+    """Every version the platform's lifecycle file names (serving, shadow, previous,
+    history), read leniently: the registry judges the file, this only avoids its numbers."""
+    try:
+        data = json.loads((d / f"{platform}{LIFECYCLE_SUFFIX}").read_text(encoding="utf-8"))
+        named = [data.get("serving"), data.get("shadow"), *data.get("previous", [])]
+        named += [e.get("version") for e in data.get("history", []) if isinstance(e, dict)]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    return [v for v in named if type(v) is int]
+
+
+#: The highest version given per platform, kept by the writers (``_reserved``)
+_GIVEN = ".canwatch-versions.json"
+
+
+def _given(d: Path) -> dict[str, int]:
+    try:
+        data = json.loads((d / _GIVEN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if type(v) is int} if isinstance(data, dict) else {}
+
+
 def next_version(model_dir: Path | str, platform: str) -> int:
-    existing = list_manifests(model_dir).get(platform, [])
-    return existing[-1].version + 1 if existing else 1
+    """One past every version the platform had: a number is never given twice, even after
+    its files were deleted (detectors, shadow records and the lifecycle know models by it)."""
+    d = Path(model_dir)
+    used = [m.version for m in list_manifests(d).get(platform, [])]
+    given = _given(d).get(platform, 0)
+    return max([given, *used, *_versions_in_lifecycle(d, platform)]) + 1
+
+
+def _record_given(d: Path, platform: str, version: int) -> None:
+    write_atomically(d / _GIVEN, json.dumps(_given(d) | {platform: version}) + "\n")
+
+
+@contextmanager
+def _reserved(d: Path) -> Iterator[None]:
+    """The model directory to one writer at a time: two trainings of one platform (jeep
+    and fiat are both cusw) would take the same version, and one would replace the other."""
+    with open(d / ".canwatch-models.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def save_model(
@@ -94,7 +149,13 @@ def save_model(
     """Write ``model`` as the next version for its platform; returns the manifest path."""
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
+    with _reserved(d):
+        return _save_next(model, d, brands, training)
+
+
+def _save_next(model: PlatformModel, d: Path, brands: list[str], training: dict) -> Path:
     version = next_version(d, model.platform)
+    _record_given(d, model.platform, version)
     stem = f"{model.platform}-v{version}"
     payload = {
         "forest": model.forest,
@@ -107,7 +168,7 @@ def save_model(
         "baseline": model.baseline.to_dict(),
     }
     model_path = d / f"{stem}.skops"
-    tmp = d / f".{stem}.skops.tmp"
+    tmp = d / f".{stem}.skops.{os.getpid()}.tmp"
     sio.dump(payload, tmp)
     tmp.replace(model_path)
     manifest = {
@@ -130,15 +191,28 @@ def save_model(
     return manifest_path
 
 
+#: What a manifest must hold, and as what (bool is not taken for a number)
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "platform": (str,), "version": (int,), "model_file": (str,), "sha256": (str,),
+    "threshold": (int, float), "feature_names": (list,),
+}  # fmt: skip
+
+
 def read_manifest(path: Path | str) -> dict:
+    """A manifest's fields, checked for presence and type: anything else is a ModelError
+    (a detector refuses the version and keeps serving; the CLI says so in one line)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable manifest: {exc}") from None
-    for key in ("platform", "version", "model_file", "sha256", "threshold", "feature_names"):
-        if key not in data:
-            raise ModelError(f"{path}: manifest lacks {key!r}")
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 at all
+        hint = " (give the .json manifest beside it)" if path.suffix != ".json" else ""
+        raise ModelError(f"{path}: unreadable manifest{hint}: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: manifest lacks its fields (not a JSON object)")
+    for key, types in _FIELDS.items():
+        value = data.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ModelError(f"{path}: manifest lacks {key!r} as a {types[0].__name__}")
     return data
 
 
@@ -154,12 +228,20 @@ def load_model(manifest_path: Path | str) -> PlatformModel:
     """Load and verify one model version; raises ModelError on any doubt."""
     manifest_path = Path(manifest_path)
     m = read_manifest(manifest_path)
-    base = manifest_path.parent.resolve()
-    model_path = (base / str(m["model_file"])).resolve()
-    if model_path.parent != base:
+    name = m["model_file"]
+    # a bare file name beside the manifest; it may be a symlink (an artifact store):
+    # the sha256 below vouches for what it holds
+    if Path(name).name != name or name in ("", ".", "..") or "\\" in name:
         raise ModelError(
-            f"{manifest_path}: model_file {m['model_file']!r} points outside the model directory"
+            f"{manifest_path}: model_file {name!r} points outside the model directory"
         )
+    named = _MANIFEST.match(manifest_path.name)
+    if named and (named["platform"], int(named["version"])) != (m["platform"], m["version"]):
+        raise ModelError(
+            f"{manifest_path}: manifest of {m['platform']} v{m['version']} under another "
+            "file name (a copy renamed by hand: install it with canwatch models deploy)"
+        )
+    model_path = manifest_path.parent / name
     if not model_path.is_file():
         raise ModelError(f"{manifest_path}: model file {model_path.name} is missing")
     digest = sha256_of(model_path)
@@ -227,7 +309,13 @@ def install_copy(src_manifest: Path | str, model_dir: Path | str) -> Path:
     m = read_manifest(src_manifest)
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
+    with _reserved(d):
+        return _install_next(src_manifest, m, d)
+
+
+def _install_next(src_manifest: Path, m: dict, d: Path) -> Path:
     version = next_version(d, str(m["platform"]))
+    _record_given(d, str(m["platform"]), version)
     stem = f"{m['platform']}-v{version}"
     model_path = d / f"{stem}.skops"
     write_atomically(model_path, (src_manifest.parent / str(m["model_file"])).read_bytes())
