@@ -300,7 +300,9 @@ def test_when_every_vehicle_held_was_scored_new_ones_are_refused(model) -> None:
 @pytest.mark.parametrize("shadowed", [False, True], ids=["serving", "with-a-shadow"])
 def test_max_streams_bounds_every_vehicle_and_stream_held(model, shadowed) -> None:
     """A shadow's window state holds streams of its own on the same vehicles: they
-    count against the same limit (each vehicle reserves the shadow's ids too)."""
+    count against the same limit (each vehicle reserves the shadow's ids too). New keys
+    that need its room take it: the shadow steps aside (live vehicles come first), and
+    the limit holds either way."""
     reserve = reserve_per_vehicle(len(model.baseline.ids)) * (2 if shadowed else 1)
     scorer = Scorer({"cusw": model}, FLEET, W, LimitsConfig(max_streams=reserve * 8 + 200))
     if shadowed:
@@ -312,11 +314,12 @@ def test_max_streams_bounds_every_vehicle_and_stream_held(model, shadowed) -> No
         live = [(v, b, f[(f["ts"] >= lo) & (f["ts"] < lo + 0.5)]) for v, b, f in fleet]
         attack = ("veh-0", "jeep", fuzz(lo, 0.5, 4000, seed=k))
         scorer.push([*live, attack, *key_flood(10 * k, 10, lo + 0.25)])
-        held = len(st.window.streams) + (len(st.shadow.window.streams) if shadowed else 0)
+        held = len(st.window.streams) + (len(st.shadow.window.streams) if st.shadow else 0)
         assert held == scorer.n_streams <= reserve * 8 + 200
         assert scorer.reserved_streams <= reserve * 8 + 200
-        assert scorer.n_vehicles <= (reserve * 8 + 200) // reserve
+        assert scorer.n_vehicles <= (reserve * 8 + 200) // st.reserve
     assert not shadowed or scorer.take_shadow(), "the shadow scored beside the serving model"
+    assert list(scorer.take_suspended()) == (["cusw"] if shadowed else [])
     shed = scorer.take_shed()
     assert shed.frames["jeep", "stream_limit"] > 0 and shed.vehicles["jeep", "stream_limit"] > 0
 
@@ -376,6 +379,38 @@ def test_a_shadow_that_would_pass_max_streams_waits_for_room(model, tmp_path) ->
         scorer.push([(v, b, f[(f["ts"] >= lo) & (f["ts"] < lo + 0.5)]) for v, b, f in fleet[2:]])
         assert scorer.n_streams <= limit and scorer.reserved_streams <= limit
     assert scorer.take_shadow(), "the shadow scores beside the serving model"
+
+
+def test_live_vehicles_arriving_beside_a_shadow_are_admitted_and_the_shadow_steps_aside(
+    model, tmp_path
+) -> None:
+    """A shadow installed while the room allowed it made every vehicle admitted after it
+    reserve its streams too: near max_streams live vehicles were refused (no scoring, no
+    incident) to keep room for a model whose output is never published."""
+    from prometheus_client import CollectorRegistry
+
+    from detector.core.config import IncidentConfig
+    from detector.service.metrics import DetectorMetrics
+    from detector.service.shadow import ShadowScoring
+
+    limit = reserve_per_vehicle(len(model.baseline.ids)) * 7
+    scorer = Scorer({"cusw": model}, FLEET, W, LimitsConfig(max_streams=limit))
+    fleet = established_fleet(scorer, 2)  # 2 reservations; 4 with a shadow
+    shadows = ShadowScoring(
+        scorer, FLEET, W, IncidentConfig(), "d", DetectorMetrics(CollectorRegistry()),
+        str(tmp_path),
+    )  # fmt: skip
+    shadow = dataclasses.replace(model, version=3)
+    shadows.install("cusw", shadow)
+    assert scorer.shadows == {"cusw": shadow}
+    more = established_fleet(scorer, 6)[2:]  # 4 more vehicles: 6 held, 12 with the shadow
+    assert scorer.n_vehicles == 6 and not scorer.take_shed().refused
+    assert scorer.reserved_streams <= limit
+    shadows.observe([], [])
+    assert "cusw" not in scorer.shadows and shadows.pending == {"cusw": shadow}
+    scorer.forget({v for v, _, _ in fleet + more[:1]})  # 3 vehicles left: room again
+    shadows.observe([], [])
+    assert scorer.shadows == {"cusw": shadow} and not shadows.pending
 
 
 def test_a_telemetry_gap_is_counted_per_brand(model) -> None:

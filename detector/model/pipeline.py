@@ -188,6 +188,7 @@ class Scorer:
         self.seconds = {"features": 0.0, "score": 0.0, "shadow": 0.0}  # per stage, cumulative
         self.shadows: dict[str, PlatformModel] = {}  # platform -> its shadow model
         self.shadow_out: list[ScoredRows] = []  # the shadows' rows, until taken
+        self.suspended: dict[str, PlatformModel] = {}  # shadows set aside for room, until taken
         self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
         self.gaps_by_brand: Counter[str] = Counter()  # telemetry gaps (windows not scored)
         self.shed = Shed()  # cumulative until ``take_shed``
@@ -238,6 +239,16 @@ class Scorer:
         st = self.state.get(platform)
         if st is not None:
             st.shadow = self._new_shadow(model)
+
+    def _suspend_shadow(self, platform: str, st: _PlatformState) -> None:
+        model = self.shadows.pop(platform)
+        st.shadow = None
+        self.suspended[platform] = model
+
+    def take_suspended(self) -> dict[str, PlatformModel]:
+        """Shadows set aside since the last call to make room for live vehicles."""
+        out, self.suspended = self.suspended, {}
+        return out
 
     def shadow_fits(self, platform: str, model: PlatformModel) -> bool:
         """Whether the vehicles held leave room under limits.max_streams for ``model``'s
@@ -300,6 +311,11 @@ class Scorer:
         refused: set[str] = set()
         if new:
             room, reason = self._room(st)
+            if room < len(new) and st.shadow is not None:
+                # live vehicles before a shadow, whose output is never published: it
+                # steps aside (ShadowService puts it back once it fits again)
+                self._suspend_shadow(platform, st)
+                room, reason = self._room(st)
             if room < len(new):
                 self._make_room(len(new) - room, reason, out)
                 room, reason = self._room(st)

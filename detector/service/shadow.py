@@ -111,7 +111,9 @@ class ShadowScoring:
     def install(self, platform: str, model: PlatformModel | None) -> None:
         """A shadow installed (or replaced) for ``platform``, or removed (None). A shadow
         whose streams would not fit under limits.max_streams beside the vehicles held
-        waits (no shadow meanwhile) until they do: checked every poll."""
+        waits (no shadow meanwhile) until they do: checked every poll. A shadow that
+        new vehicles need the room of steps aside and waits the same way (the scorer
+        admits live vehicles first: see ``Scorer.take_suspended``)."""
         self._set_pending(platform, None)
         if model is not None and not self.scorer.shadow_fits(platform, model):
             log.warning(
@@ -169,6 +171,13 @@ class ShadowScoring:
         """Count what the shadows scored in this poll, beside the serving model's
         ``serving`` rows and the incidents it opened (``serving_events``); the seconds
         the scorer spent on the shadows since the last call."""
+        for platform, model in self.scorer.take_suspended().items():
+            log.warning(
+                "shadow %s v%d waits: new vehicles needed its streams under "
+                "limits.max_streams (%d)", platform, model.version, self.scorer.limits.max_streams,
+            )  # fmt: skip
+            self._install(platform, None)
+            self._set_pending(platform, model)
         for platform, model in list(self.pending.items()):
             if self.scorer.shadow_fits(platform, model):
                 self._set_pending(platform, None)
