@@ -11,6 +11,7 @@ CLI, export its frames from Kafka and compare them with the simulated files.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import threading
 import uuid
@@ -185,6 +186,20 @@ def test_show_prints_the_whole_incident(scenario, capsys):
     assert out.count(" s  ") >= inc["windows"], "a line per window with its score"
     assert main(["incidents", "show", inc["incident_id"], "--json", *scenario["argv"]]) == 0
     assert json.loads(capsys.readouterr().out) == inc
+
+
+def test_the_export_line_show_prints_reads_the_same_broker(
+    scenario, tmp_path, monkeypatch, capsys
+):
+    """The command show prints under its provenance, run as printed, exports the frames."""
+    inc = scenario["incident"]
+    assert main(["incidents", "show", inc["incident_id"], *scenario["argv"]]) == 0
+    (hint,) = [ln for ln in capsys.readouterr().out.splitlines() if "export:" in ln]
+    command = shlex.split(hint.split("export:", 1)[1])
+    assert command[:4] == ["canwatch", "incidents", "export", inc["incident_id"]]
+    monkeypatch.chdir(tmp_path)
+    assert main(command[1:]) == 0, capsys.readouterr().err
+    assert len(read_frames(tmp_path / "incident.log")) > 100
 
 
 def test_show_plot_writes_a_png(scenario, tmp_path, capsys):

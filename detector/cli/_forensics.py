@@ -18,7 +18,8 @@ Its frames come from where its ``provenance`` says:
   the key's pseudonym when the config pseudonymises (the incident names the
   pseudonym).
 - ``{"file", "first_frame", "last_frame"}`` (``evaluate``): the file, one
-  vehicle, is read again.
+  vehicle, is read again. Its path is as evaluate was given it: a relative one
+  is tried as is, then relative to the ``--from`` file's directory.
 
 Records the broker no longer has are an error (``SpanGone``), never a
 shorter result: the range itself, and a margin running into a log start that
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +68,21 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     add_kafka_flags(p, topic_what="incident")
 
 
+def source_flags(args: argparse.Namespace) -> list[str]:
+    """The flags, as given, that said where the incident and its frames are: a command
+    printed for the analyst to run next must read the same incident the same way."""
+    out = []
+    for flag, value in (
+        ("--from", args.from_file),
+        ("--config", args.config),
+        ("--bootstrap", args.bootstrap),
+        ("--topic", args.topic),
+    ):
+        if value:
+            out += [flag, value]
+    return out
+
+
 # -- finding the incident (pure) ------------------------------------------------------
 
 
@@ -89,13 +106,24 @@ def find_incident(records: Iterable[Any], wanted: str) -> dict:
 
 
 def incidents_in_file(path: str) -> Iterable[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ForensicsError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
+    # utf-8-sig: a file saved by an editor that writes a BOM reads as the same lines
+    with open(path, encoding="utf-8-sig") as fh:
+        try:
+            yield from _json_lines(path, fh)
+        except UnicodeDecodeError:  # UTF-16 from a Windows tool, or not text at all
+            raise ForensicsError(
+                f"{path}: not UTF-8 text; give the JSON lines `canwatch evaluate "
+                "--incidents-out` writes"
+            ) from None
+
+
+def _json_lines(path: str, lines: Iterable[str]) -> Iterable[Any]:
+    for n, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ForensicsError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
 
 
 def incidents_on_topic(args: argparse.Namespace) -> list[dict]:
@@ -120,9 +148,29 @@ def incidents_on_topic(args: argparse.Namespace) -> list[dict]:
 
 
 def load_incident(args: argparse.Namespace) -> dict:
+    """The incident ``args`` name, its times checked (``incident_span``) before any use."""
     if args.from_file:
-        return find_incident(incidents_in_file(args.from_file), args.incident_id)
-    return find_incident(incidents_on_topic(args), args.incident_id)
+        inc = find_incident(incidents_in_file(args.from_file), args.incident_id)
+    else:
+        inc = find_incident(incidents_on_topic(args), args.incident_id)
+    incident_span(inc)
+    return inc
+
+
+def incident_span(inc: dict) -> tuple[float, float]:
+    """(first_seen, last_seen) as epoch seconds; a record that holds anything else (null,
+    an ISO date a hand-edited or foreign record put there) is refused in one line."""
+    out = []
+    for name in ("first_seen", "last_seen"):
+        value = inc.get(name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value)):
+            raise ForensicsError(
+                f"incident {inc.get('incident_id')}: {name} is {json.dumps(value)}, "
+                "not epoch seconds"
+            )
+        out.append(float(value))
+    return out[0], out[1]
 
 
 # -- its frames -------------------------------------------------------------------------
@@ -164,13 +212,34 @@ def incident_frames(args: argparse.Namespace, cfg: Config, inc: dict, margin: fl
     if not (math.isfinite(margin) and margin >= 0):
         raise ForensicsError(f"--margin must be >= 0 s, got {margin}")
     prov = provenance_of(inc)
-    start, end = float(inc["first_seen"]) - margin, float(inc["last_seen"]) + margin
+    first, last = incident_span(inc)
+    start, end = first - margin, last + margin
     if "file" in prov:
         from replay.readers import read_frames
 
-        frames = read_frames(prov["file"], channel=prov.get("channel"))
-        return Frames(in_span(frames, start, end), start, end, f"file {prov['file']}")
+        path = capture_path(inc, str(prov["file"]), args.from_file)
+        frames = read_frames(path, channel=prov.get("channel"))
+        return Frames(in_span(frames, start, end), start, end, f"file {path}")
     return kafka_frames(cfg, prov, inc, start, end, args.connect_timeout)
+
+
+def capture_path(inc: dict, named: str, from_file: str | None) -> str:
+    """The capture a file provenance names. ``evaluate`` writes the path as it was given,
+    so a relative one is relative to where evaluate ran, and the incidents file was
+    written there too (typically): tried as given, then beside ``--from``."""
+    if os.path.exists(named):
+        return named
+    beside = None
+    home = os.path.dirname(from_file) if from_file else ""
+    if home and not os.path.isabs(named):
+        beside = os.path.join(home, named)
+        if os.path.exists(beside):
+            return beside
+    also = f" (nor as {beside}, beside --from {from_file})" if beside else ""
+    raise ForensicsError(
+        f"incident {inc.get('incident_id')}: the capture its provenance names, {named}, "
+        f"is not there{also}"
+    )
 
 
 def vehicle_matcher(cfg: Config, vehicle: str) -> Callable[[str], bool]:
@@ -273,7 +342,8 @@ def kafka_frames(
                 f"{topic} partition {part} offset {lo} no longer holds a record of "
                 f"{inc['vehicle']} (the topic was re-created)"
             )
-        span_s = max(float(inc["last_seen"]) - float(inc["first_seen"]), 1.0)
+        first, last = incident_span(inc)
+        span_s = max(last - first, 1.0)
         per_s = (hi - lo + 1) / span_s  # the partition's records a second, all vehicles
         oldest, newest = core[0].oldest, max(b.newest for b in core)
         before = _back(reader, lo, start, _step(per_s, oldest - start)) if start < oldest else []

@@ -1,4 +1,5 @@
-"""The picture of one incident (``canwatch incidents show ID --plot F.png``).
+"""The picture of one incident (``canwatch incidents show ID --plot F.png``; ``.svg`` and
+``.pdf`` too, by suffix).
 
 Top panel: the score of each of its anomalous windows (log axis) against the
 threshold at 1.0, the incident's span shaded. One panel per top id (at most
@@ -13,10 +14,11 @@ pyplot state).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from detector.cli._forensics import ForensicsError
+from detector.cli._forensics import ForensicsError, incident_span
 from detector.core.config import Config
 from detector.core.fd import parse_described_id, to_lanes
 from detector.features.baseline import Baseline
@@ -24,8 +26,19 @@ from detector.incidents.evidence import PAYLOAD
 from detector.model.platform import PlatformModel
 
 MAX_IDS = 3
+#: what ``--plot`` writes, by the file's suffix
+PLOT_FORMATS = ("png", "svg", "pdf")
 BYTE_EVIDENCE = frozenset(PAYLOAD) | {"counter_err"}
 BAND_SIGMAS = 3.0
+
+
+def plot_format(path: str) -> str:
+    """The format ``path``'s suffix names; matplotlib would write any it knows, or PNG
+    bytes under any name when told png, so the choice is made here."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise ForensicsError(f"--plot {path}: give a .png, .svg or .pdf file (chosen by suffix)")
+    return fmt
 
 
 def parse_id(text: str) -> int:
@@ -111,7 +124,7 @@ def plot_incident(inc: dict, frames: np.ndarray, baseline: Baseline, out: str) -
 
     ids = top_ids(inc)
     W = float(baseline.window_s)
-    t0, t1 = float(inc["first_seen"]), float(inc["last_seen"])
+    t0, t1 = incident_span(inc)
     fig = Figure(figsize=(9, 2.4 * (1 + len(ids))), layout="constrained")
     axes = fig.subplots(1 + len(ids), 1, sharex=True, squeeze=False)[:, 0]
     fig.suptitle(
@@ -132,7 +145,7 @@ def plot_incident(inc: dict, frames: np.ndarray, baseline: Baseline, out: str) -
         ax.set_title(_said(inc, text), fontsize=8, loc="left")
         ax.axvspan(0.0, t1 - t0, color="tab:red", alpha=0.08)
     axes[-1].set_xlabel(f"seconds after first_seen (UTC epoch {t0:.3f})")
-    fig.savefig(out, dpi=100, format="png")
+    fig.savefig(out, dpi=100, format=plot_format(out))
 
 
 def _said(inc: dict, text: str) -> str:

@@ -7,21 +7,30 @@ score of each of its anomalous windows, and its provenance: where its frames
 are (topic, partition and offsets; or file and frame indices), with the
 command that exports them. ``--json`` prints its last record as is.
 
-``--plot F.png`` also draws it (matplotlib, no display needed): its windows'
-scores against the threshold, and for its top ids their frames per window, or
-for payload evidence the byte that left its range, against what the model
-learned. That needs the incident's frames (read as ``export`` reads them) and
-its model (``--models``, default the config's ``models.dir``).
+``--plot F.png`` (or ``.svg``, ``.pdf``: by suffix) also draws it (matplotlib, no
+display needed): its windows' scores against the threshold, and for its top ids
+their frames per window, or for payload evidence the byte that left its range,
+against what the model learned. That needs the incident's frames (read as
+``export`` reads them; none in its span is an error) and its model
+(``--models``, default the config's ``models.dir``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from detector.cli._forensics import add_source_flags, incident_frames, load_incident
+from detector.cli._forensics import (
+    ForensicsError,
+    add_source_flags,
+    incident_frames,
+    load_incident,
+    source_flags,
+)
 
 PLOT_MARGIN_S = 5.0
 
@@ -35,7 +44,9 @@ def add_subparser(actions: argparse._SubParsersAction) -> None:
     )
     add_source_flags(p)
     p.add_argument("--json", action="store_true", help="the incident's last record, as JSON")
-    p.add_argument("--plot", metavar="F.png", help="also draw it to this PNG")
+    p.add_argument(
+        "--plot", metavar="F.png", help="also draw it to this file: .png, .svg or .pdf (by suffix)"
+    )
     p.add_argument("--models", metavar="DIR", help="with --plot: model directory (default: config)")
     p.set_defaults(func=run)
 
@@ -57,6 +68,27 @@ def _num(x: Any, digits: int = 2) -> str:
         return "-" if x is None else str(x)
 
 
+def _rel(start: Any, first: Any) -> str:
+    """Seconds from ``first`` to ``start``; "-" when either is not a number."""
+    try:
+        return _num(float(start) - float(first), 1)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def can_id_text(item: Any) -> str:
+    """One of ``can_ids``: "0x1E4 (8.00)"; an item that is no ``{can_id, score}`` object
+    (a foreign record's bare id) as its id alone, as the incidents table shows it."""
+    if isinstance(item, dict):
+        return f"{item.get('can_id')} ({_num(item.get('score'))})"
+    from detector.core.schema import format_id
+
+    try:
+        return format_id(int(item))
+    except (TypeError, ValueError):
+        return str(item)
+
+
 def provenance_text(prov: Any) -> str:
     if not isinstance(prov, dict):
         return "not recorded"
@@ -75,8 +107,9 @@ def provenance_text(prov: Any) -> str:
     return json.dumps(prov)
 
 
-def render(inc: dict) -> str:
-    """The whole incident as an analyst reads it."""
+def render(inc: dict, source: Sequence[str] = ()) -> str:
+    """The whole incident as an analyst reads it; ``source``: the flags it was read with
+    (``_forensics.source_flags``), which the export command it prints needs too."""
     first, last = inc.get("first_seen"), inc.get("last_seen")
     try:
         span = f"{float(last) - float(first):.1f} s"
@@ -98,7 +131,7 @@ def render(inc: dict) -> str:
         f"model      v{inc.get('model_version')}  detector {inc.get('detector')}",
         "can ids    "
         + (
-            ", ".join(f"{c.get('can_id')} ({_num(c.get('score'))})" for c in inc["can_ids"])
+            ", ".join(can_id_text(c) for c in inc["can_ids"])
             if isinstance(inc.get("can_ids"), list) and inc["can_ids"]
             else "-"
         ),
@@ -121,15 +154,13 @@ def render(inc: dict) -> str:
     )
     lines.append(f"windows    start (UTC), seconds after first_seen, score{shown}")
     for start, score in scores:
-        rel = _num(float(start) - float(first), 1) if first is not None else "-"
-        lines.append(f"  {_utc(start)}  +{rel:>6} s  {_num(score):>8}")
+        lines.append(f"  {_utc(start)}  +{_rel(start, first):>6} s  {_num(score):>8}")
     if not scores:
         lines.append("  (not recorded)")
     lines.append(f"provenance {provenance_text(inc.get('provenance'))}")
     if isinstance(inc.get("provenance"), dict):
-        lines.append(
-            f"           export: canwatch incidents export {inc.get('incident_id')} --out incident.log"
-        )
+        export = ["canwatch", "incidents", "export", str(inc.get("incident_id")), *source]
+        lines.append(f"           export: {shlex.join([*export, '--out', 'incident.log'])}")
     return "\n".join(lines)
 
 
@@ -139,6 +170,10 @@ def render(inc: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from detector.cli.replay import kafka_config, quiet_kafka
 
+    if args.plot:
+        from detector.cli._incident_plot import plot_format
+
+        plot_format(args.plot)  # before any reading
     cfg = kafka_config(args)
     with quiet_kafka():
         inc = load_incident(args)
@@ -146,9 +181,14 @@ def run(args: argparse.Namespace) -> int:
     if got is not None:
         from detector.cli._incident_plot import incident_model, plot_incident
 
+        if not len(got.frames):  # empty panels would pass for a quiet bus
+            raise ForensicsError(
+                f"no frames of {inc.get('vehicle')} in {got.where} from {_utc(got.start)} to "
+                f"{_utc(got.end)} UTC (its span ± {PLOT_MARGIN_S:g} s): nothing plotted"
+            )
         model = incident_model(args.models or cfg.models.dir, inc, cfg)
         plot_incident(inc, got.frames, model.baseline, args.plot)
-    print(json.dumps(inc) if args.json else render(inc))
+    print(json.dumps(inc) if args.json else render(inc, source_flags(args)))
     if got is not None:
         print(f"plotted to {args.plot} ({len(got.frames)} frames from {got.where})")
     return 0

@@ -11,8 +11,10 @@ partition has reached ``kafka_io.end_offsets`` (which also uses the fetch high
 watermark) *and* no record has arrived for ``IDLE_S``.
 
 Output: one table row per record (cut to the terminal width when stdout is a
-terminal), or with ``--json`` each record's JSON on one line exactly as on the
-topic. Records that are not JSON objects are reported on stderr and skipped.
+terminal), its ID the first 12 characters of the incident id (a prefix ``show``
+and ``export`` take), or with ``--json`` each record's JSON on one line exactly
+as on the topic. Records that are not JSON objects are reported on stderr and
+skipped.
 
 ``canwatch incidents show ID`` prints one incident whole (``--plot F.png`` draws
 it); ``canwatch incidents export ID --out F`` writes its frames as a CAN log.
@@ -41,9 +43,14 @@ IDLE_S = 1.0
 READ_TIMEOUT_S = 30.0
 POLL_MS = 200
 
+#: Characters of the incident id the table shows: a prefix ``show ID`` and ``export ID``
+#: take (they accept any unambiguous one), cut without an ellipsis so it can be pasted.
+ID_CHARS = 12
+
 #: (title, width, right-aligned); the last column takes the rest of the line.
 COLUMNS = (
     ("TIME (UTC)", 19, False),
+    ("ID", ID_CHARS, False),
     ("STATUS", 6, False),
     ("SEVERITY", 8, False),
     ("ATTACK", 10, False),
@@ -136,6 +143,7 @@ def table_row(inc: dict, width: int | None = None) -> str:
     """One readable line for an incident record, cut to ``width`` if given."""
     cells = (
         _time(inc.get("last_seen")),
+        str(inc.get("incident_id", "-"))[:ID_CHARS],
         str(inc.get("status", "-")),
         str(inc.get("severity", "-")),
         str(inc.get("suspected_attack", "-")),

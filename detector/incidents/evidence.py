@@ -313,6 +313,15 @@ def _checksum_text(sc: ScoredRows, i: int) -> str:
     return f" ({CHECKSUMS[kind]} in {_byte_text(sc, i, at)})"
 
 
+def _rate_text(sc: ScoredRows, i: int, x: float) -> str:
+    """How row ``i``'s frame count compares with what was learned: "3.0× its learned
+    rate"; an id never seen in training learned none (its rate feature is then its bare
+    count, which read as a ratio claims a rate that was never learned)."""
+    if sc.rows.X[i, F["novel_id"]] > 0:
+        return "never seen in training"
+    return f"{x:.1f}× its learned rate"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -330,7 +339,7 @@ def describe(sc: ScoredRows, i: int, feature: str, window_s: float) -> str:
     period = float(sc.baseline_period[i]) if np.isfinite(sc.baseline_period[i]) else float("nan")
     pct = f"{100 * x:.0f}%"
     texts = {
-        "rate": f"{cid}: {n} frames in the {window_s:g} s window ({x:.1f}× its learned rate)",
+        "rate": f"{cid}: {n} frames in the {window_s:g} s window ({_rate_text(sc, i, x)})",
         "dt_min": f"{cid}: frames as close as {_ms(x * period)} apart (learned period {_ms(period)})",
         "dt_mean": f"{cid} arrived every {_ms(x * period)} (learned {_ms(period)})",
         "dt_cv": f"{cid}: irregular timing, jitter {_ms(x * period)} (learned period {_ms(period)})",
