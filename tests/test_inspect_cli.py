@@ -60,6 +60,18 @@ def test_json_lines(logs, capsys):
     assert first["labels"] == {"benign": 94, "fuzzing": 7}
 
 
+def test_a_format_without_labels_is_not_called_benign(tmp_path, capsys):
+    """An ASC capture of a DoS read "benign=57,399": ASC has no place for labels."""
+    frames = np.zeros(3, FRAME_DTYPE)
+    frames["ts"] = [1.7e9, 1.7e9 + 0.1, 1.7e9 + 0.2]
+    frames["can_id"], frames["dlc"] = 0x100, 8
+    write_frames(tmp_path / "dos.asc", frames, "asc")
+    assert main(["inspect", str(tmp_path / "dos.asc")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-1] == "unlabelled"
+    assert main(["inspect", "--json", str(tmp_path / "dos.asc")]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] is None
+
+
 def test_format_override(tmp_path, capsys):
     odd = tmp_path / "capture.dat"
     odd.write_text("(1.000000) can0 123#11\n(2.500000) can0 456#R\n")

@@ -23,6 +23,7 @@ from detector.core.schema import LABELS, is_extended
 from replay.readers import (
     ALIASES,
     FORMATS,
+    UNLABELLED,
     canonical_format,
     detect_format,
     one_channel,
@@ -70,7 +71,10 @@ def summarise(
         "extended_ids": int(len(np.unique(frames["can_id"][is_extended(frames["can_id"])]))),
         "first_ts": float(ts[0]) if len(ts) else None,
         "channels": per_channel,
-        "labels": {LABELS[i]: int(c) for i, c in enumerate(counts) if c},
+        # null for a format that cannot say (its frames read 0: not "benign")
+        "labels": None
+        if name in UNLABELLED
+        else {LABELS[i]: int(c) for i, c in enumerate(counts) if c},
     }
 
 
@@ -84,7 +88,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{r['duration_s']:.3f} s",
             str(r["ids"]),
             ",".join(r["channels"]) or "-",
-            " ".join(f"{k}={v:,}" for k, v in r["labels"].items()) or "-",
+            "unlabelled"
+            if r["labels"] is None
+            else " ".join(f"{k}={v:,}" for k, v in r["labels"].items()) or "-",
         )
         for r in rows
     ]

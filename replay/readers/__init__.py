@@ -52,6 +52,9 @@ _ALL: tuple[LogFormat, ...] = (
 )
 REGISTRY: dict[str, LogFormat] = {f.name: f for f in _ALL}
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
+#: Formats with no place for labels: their frames all read 0, which says nothing of
+#: whether they are benign (a DoS logged by CANoe is still a DoS).
+UNLABELLED: frozenset[str] = frozenset({"asc", "blf", "trc", "csv", "hcrl-txt", "crysys"})
 ALIASES: dict[str, str] = {
     "pcan-csv": "csv",
     "python-can-csv": "csv",
@@ -172,6 +175,6 @@ def mark_wide_ids_extended(frames: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "ALIASES", "FORMATS", "REGISTRY", "Channels", "canonical_format", "detect_format",
+    "ALIASES", "FORMATS", "REGISTRY", "UNLABELLED", "Channels", "canonical_format", "detect_format",
     "one_channel", "read_frames", "read_log",
 ]  # fmt: skip
