@@ -72,6 +72,19 @@ def test_table_row_reads_like_a_table():
     assert json_line(b'{"a": 1}', {"a": 1}) == '{"a": 1}', "kept exactly as on the topic"
 
 
+def test_table_columns_line_up_whatever_script_a_vehicle_is_named_in():
+    """Cells were padded by characters: a CJK name (two columns each) pushed the columns
+    after it right, combining accents pulled them left, and a cut line wrapped."""
+    from detector.cli._table import display_width
+
+    names = ["veh-jeep-0001", "車両-東京-0001", "ve\u0301h\u0301-je\u0301ep", "veh-🚗-0001"]
+    rows = [table_row(incident(1) | {"vehicle": name}) for name in names]
+    offsets = {display_width(r[: r.index(" 5 ")]) for r in rows}  # the WINDOWS cell, 5
+    assert len(offsets) == 1, rows
+    for r in rows:
+        assert display_width(table_row(incident(1) | {"vehicle": r}, width=80)) == 80
+
+
 @pytest.mark.kafka
 def test_incidents_reads_everything_once(broker, unique_topic, capsys):
     topic = unique_topic("incidents")

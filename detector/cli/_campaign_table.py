@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from detector.cli._table import cell as _cell
+from detector.cli._table import fit
 from detector.cli._table import utc_time as _time
 
 #: (title, width, right-aligned); the last column takes the rest of the line.
@@ -36,12 +37,8 @@ def _seconds(camp: dict) -> float:
         return float("inf")
 
 
-def _fit(line: str, width: int | None) -> str:
-    return line[: width - 1] + "…" if width and len(line) > width else line
-
-
 def header(width: int | None = None) -> str:
-    return _fit(" ".join(_cell(t, w, r) for t, w, r in COLUMNS).rstrip(), width)
+    return fit(" ".join(_cell(t, w, r) for t, w, r in COLUMNS).rstrip(), width)
 
 
 def row(camp: dict, width: int | None = None) -> str:
@@ -59,7 +56,7 @@ def row(camp: dict, width: int | None = None) -> str:
         str(camp.get("campaign_id", "-")),
         members or "-",
     )
-    return _fit(
+    return fit(
         " ".join(_cell(c, w, r) for c, (_, w, r) in zip(cells, COLUMNS, strict=True)), width
     )
 

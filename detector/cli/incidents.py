@@ -35,6 +35,7 @@ from typing import Any
 from detector.cli._campaign_table import print_campaigns
 from detector.cli._span_offsets import partitions_of
 from detector.cli._table import cell as _cell
+from detector.cli._table import fit
 from detector.cli._table import utc_time as _time
 from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
 from detector.core.errors import CanwatchError
@@ -154,10 +155,7 @@ def table_row(inc: dict, width: int | None = None) -> str:
         _ids(inc.get("can_ids")),
         _evidence(inc.get("evidence")),
     )
-    line = " ".join(_cell(c, w, r) for c, (_, w, r) in zip(cells, COLUMNS, strict=True))
-    if width and len(line) > width:
-        line = line[: width - 1] + "…"
-    return line
+    return fit(" ".join(_cell(c, w, r) for c, (_, w, r) in zip(cells, COLUMNS, strict=True)), width)
 
 
 def json_line(value: bytes, inc: dict) -> str:
