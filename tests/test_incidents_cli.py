@@ -266,6 +266,12 @@ def test_odd_field_types_are_one_line_or_shown(evaluated, tmp_path, capsys):
             err = _one_line_error(capsys)
             assert f"incident {ident}: {field} is " in err and "not epoch seconds" in err
     assert not (tmp_path / "e.log").exists()
+    backwards = {**base, "incident_id": "e06", "last_seen": base["first_seen"] - 10}
+    (tmp_path / "b").mkdir()
+    backwards_file = str(_saved(tmp_path / "b", backwards))
+    assert main(["incidents", "export", "e06", "--from", backwards_file,
+                 "--out", str(tmp_path / "e.log")]) == 2  # fmt: skip
+    assert "last_seen" in _one_line_error(capsys) and not (tmp_path / "e.log").exists()
     assert main(["incidents", "show", "e05", "--from", saved]) == 0
     assert "can ids    0x1E4, x" in capsys.readouterr().out
 

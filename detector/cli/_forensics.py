@@ -170,6 +170,10 @@ def incident_span(inc: dict) -> tuple[float, float]:
                 "not epoch seconds"
             )
         out.append(float(value))
+    if out[1] < out[0]:
+        raise ForensicsError(
+            f"incident {inc.get('incident_id')}: last_seen {out[1]} is before first_seen {out[0]}"
+        )
     return out[0], out[1]
 
 
