@@ -876,13 +876,17 @@ def test_pseudonymized_ids_never_leave_the_decoder(
             producer = make_producer(cfg.kafka)
             bad = json.dumps({"vehicle": raw, "brand": "jeep", "bus": "can0", "frames": "x"})
             # the raw id in the body of a record without a key (nothing says which id to
-            # scrub) and of one keyed by another vehicle (mismatch): their bytes withheld
-            for key in (raw.encode(), None, b"veh-jeep-other"):
+            # scrub), of one keyed by another vehicle (mismatch), and of one whose key is
+            # the id with a newline or a BOM (bad_key: the body's id is not the key's
+            # bytes): their bytes withheld; a producer's own "vin" header too
+            keys = (raw.encode(), None, b"veh-jeep-other", raw.encode() + b"\n",
+                    "\ufeff".encode() + raw.encode())  # fmt: skip
+            for key in keys:
                 producer.send(
                     cfg.kafka.telemetry_topic,
                     key=key,
                     value=bad.encode(),
-                    headers=headers_for("jeep", CONTENT_TYPE_JSON),
+                    headers=[*headers_for("jeep", CONTENT_TYPE_JSON), ("vin", raw.encode())],
                 )
             producer.flush()
             producer.close()
@@ -892,7 +896,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
                 return consumed == frames and any(e["status"] == "open" for e in reader.events())
 
             wait_for("frames consumed and an incident opened", done)
-            wait_for("the dead letters on the DLQ topic", lambda: len(dlq.poll()) >= 3)
+            wait_for("the dead letters on the DLQ topic", lambda: len(dlq.poll()) >= 5)
         incidents = reader.events()
         dead = dlq.poll()
     finally:

@@ -1,6 +1,6 @@
 import pytest
 
-from detector.core.config import PrivacyConfig
+from detector.core.config import PrivacyConfig, load_config
 from detector.core.errors import ConfigError
 from detector.incidents.privacy import load_key, pseudonym, scrub
 
@@ -22,6 +22,13 @@ def test_key_from_env_or_file(tmp_path):
     f = tmp_path / "key"
     f.write_bytes(KEY + b"\n")
     assert load_key(PrivacyConfig(pseudonymize_key_file=str(f)), env={}) == KEY
+    # the same secret from a file-mounted env var (its newline kept) gives the same key:
+    # two instances configured each way pseudonymised one vehicle two ways
+    env = {"CW_KEY": KEY.decode() + "\n"}
+    assert load_key(PrivacyConfig(pseudonymize_key_env="CW_KEY"), env=env) == KEY
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(None, env={}, overrides={"privacy.pseudonymize_key_env": "CW_KEY",
+                                             "privacy.pseudonymize_key_file": str(f)})  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,24 @@ def test_the_audit_file_gets_windows_then_the_poll_line_appended(tmp_path):
     }
 
 
+def test_the_audit_file_survives_a_torn_last_line_and_follows_logrotate(tmp_path):
+    """A write cut by kill -9 left half a line, and the restarted detector's first line
+    was fused to it; a file renamed by logrotate (``create``) was written on for ever."""
+    path = tmp_path / "windows.jsonl"
+    summary = {"records": 1}
+    path.write_text('{"type":"poll","records":1}\n{"type":"window","brand":"je')
+    audit = AuditLog(path, "det-1", 1.0)
+    audit.open()
+    audit.write(summary, [], [TP0])
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # all parse
+    assert [x["type"] for x in lines] == ["poll", "poll"]
+    path.rename(tmp_path / "windows.jsonl.1")
+    audit.write(summary, [], [TP0])
+    audit.close()
+    assert len(path.read_text().splitlines()) == 1
+    assert len((tmp_path / "windows.jsonl.1").read_text().splitlines()) == 2
+
+
 def test_without_a_path_the_audit_writes_nothing(tmp_path):
     audit = AuditLog(None, "det", 1.0)
     audit.open()

@@ -8,7 +8,9 @@ the key and the bad value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -153,7 +155,9 @@ _RULES: dict[str, tuple[Any, str]] = {
         lambda v: v in {"", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"},
         "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (or empty)",
     ),
-    "kafka.bootstrap": (lambda v: all(":" in h for h in v.split(",")), "host:port[,host:port]"),
+    "kafka.bootstrap": (lambda v: all(_host_port(h) for h in v.split(",")),
+                        "host:port[,host:port] with ports 1..65535"),  # fmt: skip
+    "kafka.group_id": (lambda v: bool(v.strip()), "a non-empty group id"),
     "kafka.session_timeout_ms": (lambda v: v >= 1000, ">= 1000"),
     "kafka.heartbeat_interval_ms": (lambda v: v >= 100, ">= 100"),
     "kafka.connect_timeout_s": (lambda v: 0 < v <= 3600, "in (0, 3600]"),
@@ -164,11 +168,21 @@ _RULES: dict[str, tuple[Any, str]] = {
     "detection.target_fpr": (lambda v: 0 < v < 0.5, "in (0, 0.5)"),
     "detection.n_estimators": (lambda v: 1 <= v <= 5000, "in [1, 5000]"),
     "detection.max_samples": (lambda v: v >= 2, ">= 2"),
-    "models.reload_interval_s": (lambda v: v > 0, "> 0"),
+    # every frame outside [min_ts, now + max_future_s] is a dead letter: a NaN or
+    # negative horizon refused all live traffic while the detector stayed ready
+    "detection.max_future_s": (lambda v: 0 < v <= 86400, "in (0, 86400]"),
+    "detection.min_ts": (lambda v: 0 <= v < 4e9, "in [0, 4e9) epoch seconds"),
+    "models.reload_interval_s": (lambda v: 0 < v <= 86400, "in (0, 86400]"),
     "models.promote_max_ratio": (lambda v: v >= 1, ">= 1"),
     "models.drift_period_s": (lambda v: 10 <= v <= 86400, "in [10, 86400]"),
     "models.drift_alert_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "incidents.quiet_windows": (lambda v: v >= 1, ">= 1"),
+    "incidents.max_can_ids": (lambda v: v >= 1, ">= 1"),
+    "incidents.max_evidence": (lambda v: v >= 1, ">= 1"),
+    "privacy.pseudonymize_key_env": (lambda v: v == "" or _env_name(v), "an environment "
+                                     "variable's name (the key is read from it)"),  # fmt: skip
+    "kafka.sasl_password_env": (lambda v: v == "" or _env_name(v), "an environment variable's "
+                                "name (the password is read from it)"),  # fmt: skip
     "metrics.address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
     "watchdog.stall_s": (lambda v: 1 <= v <= 3600, "in [1, 3600]"),
     "watchdog.exit_s": (lambda v: 1 <= v <= 86400, "in [1, 86400]"),
@@ -185,6 +199,20 @@ _RULES: dict[str, tuple[Any, str]] = {
 }
 
 
+def _host_port(text: str) -> bool:
+    host, _, port = text.strip().rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
+def _env_name(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) is not None
+
+
+#: Settings whose value must not be echoed in an error: a secret put where the name of
+#: the variable holding it belongs
+_SECRET_PRONE = frozenset({"privacy.pseudonymize_key_env", "kafka.sasl_password_env"})
+
+
 def _coerce(key: str, value: Any, typ: type) -> Any:
     if typ is bool or isinstance(value, bool) and typ is not str:
         raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}")
@@ -195,7 +223,10 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
             return value
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise TypeError
-        return typ(value)
+        out = typ(value)
+        if typ is float and not math.isfinite(out):  # no setting means nan or inf
+            raise ValueError
+        return out
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}") from None
 
@@ -231,17 +262,37 @@ def validate(config: Config) -> Config:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         if not ok(value):
-            raise ConfigError(f"{dotted} must be {rule}, got {value!r}")
+            shown = "a value that is not one" if dotted in _SECRET_PRONE else repr(value)
+            raise ConfigError(f"{dotted} must be {rule}, got {shown}")
     w = config.watchdog
     if w.exit_s < w.stall_s:
         raise ConfigError(
             f"watchdog.exit_s must be >= watchdog.stall_s ({w.stall_s:g}), got {w.exit_s:g}"
         )
     k = config.kafka
-    if k.campaign_topic in (k.incident_topic, k.telemetry_topic):
+    topics = {
+        "telemetry_topic": k.telemetry_topic, "incident_topic": k.incident_topic,
+        "dlq_topic": k.dlq_topic, "campaign_topic": k.campaign_topic,
+    }  # fmt: skip
+    for name, topic in topics.items():
+        if not topic.strip():
+            raise ConfigError(f"kafka.{name} must be a topic name, got {topic!r}")
+        # a dead letter written into the telemetry topic is read, refused and written
+        # again for ever; incidents read as telemetry are dead letters, and so on
+        same = [other for other, t in topics.items() if t == topic and other != name]
+        if same:
+            raise ConfigError(
+                f"kafka.{name} must differ from kafka.{same[0]}, both {topic!r}"
+            )
+    if config.privacy.pseudonymize_key_env and config.privacy.pseudonymize_key_file:
+        raise ConfigError(  # the file won unsaid: two instances could pseudonymise apart
+            "privacy.pseudonymize_key_env and privacy.pseudonymize_key_file are both set: "
+            "set one"
+        )
+    if k.heartbeat_interval_ms >= k.session_timeout_ms:
         raise ConfigError(
-            "kafka.campaign_topic must differ from the telemetry and incident topics, "
-            f"got {k.campaign_topic!r}"
+            f"kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms "
+            f"({k.session_timeout_ms}), got {k.heartbeat_interval_ms}"
         )
     if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
         raise ConfigError(
@@ -282,7 +333,25 @@ def load_config(
         if not isinstance(values, dict):
             raise ConfigError(f"config section [{name}] must be a table, got {values!r}")
         parts[name] = _section_from(name, cls, values)
-    return validate(Config(**parts))
+    config = validate(Config(**parts))
+    _check_env_names(env, config)
+    return config
+
+
+def _check_env_names(env: Mapping[str, str], config: Config) -> None:
+    """A ``CANWATCH_<SECTION>_...`` variable that names no setting is a typo: ignored, the
+    service would run on the default (a broker it was not meant to reach). The variables
+    that hold the secrets are named by settings, and are not settings themselves."""
+    secrets = {config.privacy.pseudonymize_key_env, config.kafka.sasl_password_env}
+    for section, cls in _SECTIONS.items():
+        prefix = f"CANWATCH_{section}_".upper()
+        known = {f"{prefix}{f.name.upper()}" for f in fields(cls)}
+        for var in sorted(env):
+            if var.startswith(prefix) and var not in known and var not in secrets:
+                raise ConfigError(
+                    f"environment variable {var} names no setting of [{section}] "
+                    f"(settings: {', '.join(f.name for f in fields(cls))})"
+                )
 
 
 def as_dict(config: Config) -> dict[str, Any]:

@@ -37,7 +37,9 @@ def load_key(cfg: PrivacyConfig, env: Mapping[str, str] | None = None) -> bytes 
             raise ConfigError(
                 f"privacy.pseudonymize_key_env names {cfg.pseudonymize_key_env}, which is not set"
             )
-        key = value.encode()
+        # stripped as the file's is: a secret mounted from a file ends in a newline, and
+        # one instance reading it from the env, another from the file, must agree
+        key = value.encode().strip()
     else:
         return None
     if len(key) < 16:

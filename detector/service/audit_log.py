@@ -54,12 +54,39 @@ def poll_summary(
     }
 
 
+def _cut_torn_line(path: Path) -> None:
+    """Truncate ``path`` after its last newline: a write cut by kill -9 or a full disk left
+    part of a line, which no reader can parse (the poll it ended was not committed, and
+    is read and written again)."""
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            at = size
+            while at > 0:
+                step = min(at, 1 << 16)
+                fh.seek(at - step)
+                end = fh.read(step).rfind(b"\n")
+                if end >= 0:
+                    fh.truncate(at - step + end + 1)
+                    return
+                at -= step
+            fh.truncate(0)
+    except FileNotFoundError:
+        return
+
+
 class AuditLog:
     def __init__(self, path: Path | str | None, detector_id: str, window_s: float) -> None:
         self.path = Path(path) if path else None
         self.detector_id = detector_id
         self.window_s = window_s
         self._file = None
+        self._inode = 0
 
     @property
     def is_open(self) -> bool:
@@ -67,9 +94,23 @@ class AuditLog:
 
     def open(self) -> None:
         """Open for appending (if a path was given): before connecting, so that a bad
-        path fails at once."""
+        path fails at once. A last line a crash cut short is cut off, so the next line
+        is not fused to it."""
         if self.path is not None:
+            _cut_torn_line(self.path)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._inode = os.fstat(self._file.fileno()).st_ino
+
+    def _follow_rotation(self) -> None:
+        """logrotate renamed the file (``create``): write a new one at the path, not on
+        into the renamed one for ever."""
+        try:
+            moved = os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self._file.close()
+            self.open()
 
     def windows(self, scored: list[ScoredRows]) -> list[str]:
         """The window lines of a poll, or none when there is no audit file."""
@@ -88,6 +129,7 @@ class AuditLog:
             "assigned": sorted(tp.partition for tp in assigned),
         }
         lines = [*windows, json.dumps(poll, separators=(",", ":"))]
+        self._follow_rotation()
         self._file.write("\n".join(lines) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -9,7 +9,9 @@ and sent with headers ``error``,
 ``error-detail``, ``source`` (topic/partition/offset), and ``error-altered``
 when the copy had to be changed to be producible. With pseudonymisation on, the
 raw vehicle id is scrubbed from key, body and detail, or the bytes withheld where
-no key says which id to scrub (or the body names another vehicle).
+no key says which id to scrub (none, a malformed one, or the body names another
+vehicle); headers other than the wire format's own (a producer's ``vin``) are
+withheld too.
 
 Kept apart so that what a dead letter carries is decided in one place for both
 kinds; nothing bad is ever dropped silently, and it never stops the consumer.
@@ -26,13 +28,36 @@ from detector.core.errors import DecodeError
 from detector.incidents.privacy import scrub
 from detector.service.metrics import DetectorMetrics
 from detector.transport.kafka_salvage import UnreadableRecord
-from detector.transport.wire import MISMATCH, dead_letter_copy
+from detector.transport.wire import BAD_KEY, MISMATCH, dead_letter_copy
 
 log = logging.getLogger("canwatch.detect")
+#: The headers the wire format defines (docs/wire-format.md): kept in a scrubbed copy
+PROTOCOL_HEADERS = frozenset({"brand", "content-type", "schema"})
 UNREADABLE_LOG_S = 10.0  # at most one summary line of unreadable records this often
 
 #: (topic, key, value, headers) -> the producer's future
 Send = Callable[[str, bytes | None, bytes | None, list], object]
+
+
+def _unscrubbable(key: bytes | None, reason: str) -> str:
+    """Why a refused record's body cannot be scrubbed of its vehicle id ('' when it can):
+    scrubbing replaces the key's bytes, so a body naming the vehicle otherwise keeps it."""
+    if not key:
+        return "no key to scrub"
+    if reason == MISMATCH:
+        return "the body names another vehicle"
+    if reason == BAD_KEY:  # "VIN\n", a BOM before it: the body holds the id without them
+        return "the key is malformed"
+    return ""
+
+
+def _protocol_headers(headers) -> tuple[list, int]:
+    """The wire format's own headers of a record, and how many others it had."""
+    try:
+        kept = [(n, v) for n, v in headers or () if n in PROTOCOL_HEADERS]
+        return kept, len(list(headers or ())) - len(kept)
+    except (TypeError, ValueError):  # not (name, value) pairs: keep none of them
+        return [], 1
 
 
 class DeadLetters:
@@ -65,15 +90,20 @@ class DeadLetters:
         key, value = record.key, record.value
         detail = exc.detail[:500].encode("utf-8", "replace")
         withheld = ""
+        headers_in = record.headers
         if self.privacy_key is not None:  # the raw id may sit in the key, the body or the detail
             key, value = scrub(self.privacy_key, record.key, record.value)
             detail = scrub(self.privacy_key, record.key, detail)[1]
-            if not record.key or exc.reason == MISMATCH:  # no id to scrub, or another's
-                why = "no key to scrub" if not record.key else "the body names another vehicle"
+            why = _unscrubbable(record.key, exc.reason)
+            if why:
                 value, withheld = b"", f"raw bytes withheld (pseudonymisation on, {why})"
+            headers_in, dropped = _protocol_headers(record.headers)
+            if dropped:  # a producer's own header (a "vin") is not ours to scrub
+                note = f"{dropped} other header(s) withheld"
+                withheld = f"{withheld}; {note}" if withheld else note
         # Null key and value, null header values or > 4.5 MB would make send() raise
         # and the consumer crash-loop on this record; the copy is always producible.
-        key, value, headers, altered = dead_letter_copy(key, value, record.headers)
+        key, value, headers, altered = dead_letter_copy(key, value, headers_in)
         future = self._send(
             record, record.offset, exc.reason, detail, (key, value, headers),
             notes=(withheld, altered),
