@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from detector.core.config import CampaignsConfig
 from detector.incidents.campaigns import (
+    OPEN_GRACE_S,
     BadIncident,
     Correlator,
     EventTimeOrder,
@@ -192,16 +193,55 @@ def test_a_campaign_closes_after_a_quiet_window_and_a_later_wave_is_a_new_campai
     corr = Correlator(CFG)
     for r in wave1:
         corr.observe(sighting(r))
-    assert corr.advance(103.0 + 600.0) == []  # 600 s after the last activity: still open
+    # 600 s after the last record of incidents not closed: still open, for the grace
+    # their detectors' heartbeat leaves; a closed record ends an incident at once
+    assert corr.advance(103.0 + 600.0 + OPEN_GRACE_S) == []
+    assert [r["status"] for r in corr.advance(703.5 + OPEN_GRACE_S)] == ["closed"]
+    corr = Correlator(CFG)
+    for r in wave1:
+        corr.observe(sighting(r))
+        corr.observe(sighting(r | {"status": "closed"}))
     assert [r["status"] for r in corr.advance(703.5)] == ["closed"]
 
 
 def test_updates_of_member_incidents_keep_a_campaign_open_without_new_records():
     records = [incident(f"v{i}", 100.0 + i) for i in range(3)]
     records.append(incident("v0", 100.0, "update", end=600.0))
-    out = correlate(records, CFG, until=1150.0)
-    assert [r["status"] for r in out] == ["open"]  # active until 600 + 600
-    assert correlate(records, CFG, until=1201.0)[-1]["status"] == "closed"
+    out = correlate(records, CFG, until=1150.0 + OPEN_GRACE_S)
+    assert [r["status"] for r in out] == ["open"]  # active until 600 + 600 (+ the grace)
+    assert correlate(records, CFG, until=1201.0 + OPEN_GRACE_S)[-1]["status"] == "closed"
+
+
+def test_a_campaign_stays_open_through_a_long_attack_on_its_vehicles():
+    """Open incidents were sent only at windows 1, 2, 4, ... 2048: past window_s between
+    two records, the campaign of a 2-hour flood closed at 2048 s and opened again at 4096
+    (its alert cleared mid-attack). The tracker now sends an open incident at least every
+    HEARTBEAT_S, and the correlator holds an incident not closed that much longer."""
+    from detector.core.config import IncidentConfig
+    from detector.incidents.tracker import HEARTBEAT_S, IncidentTracker, Observation
+
+    assert OPEN_GRACE_S >= 2 * HEARTBEAT_S
+    tracker = IncidentTracker(IncidentConfig(), "det-a")
+    records = []
+    for t in range(0, 7200):  # three vehicles flooded for two hours, 1 s windows
+        obs = [Observation(f"v{i}", "jeep", 1000.0 + t, 1.0, 20.0, "dos", {"0x000": 20.0}, [], 1)
+               for i in range(3)]  # fmt: skip
+        records += tracker.observe(obs, {})
+    records += tracker.close_all()
+    out = correlate(records, CampaignsConfig(min_vehicles=3, window_s=300.0), until=9000.0)
+    assert [r["status"] for r in out if r["status"] != "update"] == ["open", "closed"]
+    assert out[-1]["last_seen"] == 1000.0 + 7200
+
+
+def test_a_vehicle_in_two_campaigns_of_one_attack_counts_once_in_the_gauge():
+    from detector.service.campaign_service import open_by_attack
+
+    records = [incident(f"v{i}", 100.0 + i, attack="spoofing", can_id=c)
+               for c in ("0x1E4", "0x2C2") for i in range(3)]  # fmt: skip
+    corr = Correlator(CFG)
+    for r in records:
+        corr.observe(sighting(r))
+    assert open_by_attack(corr.open) == {("jeep", "spoofing"): (2, 3)}  # was 6 vehicles
 
 
 def test_stale_and_late_sightings():

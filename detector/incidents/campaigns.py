@@ -5,7 +5,9 @@ An incident record becomes a ``Sighting``: its key is (brand, suspected attack,
 top CAN id), its event time the record's ``last_seen``. Sightings are folded in
 event-time order (``order``) by a ``Correlator``:
 
-- an incident is *active* until ``window_s`` after the last record that showed it;
+- an incident is *active* until ``window_s`` after the last record that showed it
+  (while it is not closed, ``OPEN_GRACE_S`` more: an open incident is sent again
+  at least every minute of event time);
 - when the active incidents of one key come from ``min_vehicles`` distinct
   vehicles, they open a campaign (status ``open``); every later incident of that
   key joins it (``update``) until none of its incidents has been active for
@@ -235,6 +237,13 @@ class EventTimeOrder:
         return out
 
 
+#: How long past its last record an incident not yet closed counts as going on: its
+#: detector sends it again at least every ``tracker.HEARTBEAT_S`` (60 s) of event time
+#: while it is open. Without it, a campaign of a long attack closed and opened again
+#: between two of its incidents' records (sent at windows 1024, 2048, ...).
+OPEN_GRACE_S = 150.0
+
+
 @dataclass
 class _Member:
     incident_id: str
@@ -245,18 +254,25 @@ class _Member:
     peak_score: float
     partition: int  # where its first record was read
     offset: int
+    closed: bool = False  # its closed record was read
 
     @classmethod
     def of(cls, s: Sighting) -> _Member:
         return cls(
             s.incident_id, s.vehicle, s.first_seen, s.last_seen, s.severity, s.peak_score,
-            s.partition, s.offset,
+            s.partition, s.offset, s.status == "closed",
         )  # fmt: skip
 
     def fold(self, s: Sighting) -> None:
         self.last_seen = max(self.last_seen, s.last_seen)
+        self.closed = self.closed or s.status == "closed"
         if s.peak_score >= self.peak_score:
             self.peak_score, self.severity = s.peak_score, s.severity or self.severity
+
+    @property
+    def going_on_until(self) -> float:
+        """The event time up to which the incident is known to go on."""
+        return self.last_seen if self.closed else self.last_seen + OPEN_GRACE_S
 
     def as_dict(self) -> dict:
         return {
@@ -277,7 +293,7 @@ class Campaign:
 
     @property
     def active_until(self) -> float:
-        return max(m.last_seen for m in self.members.values())
+        return max(m.going_on_until for m in self.members.values())
 
     @property
     def vehicles(self) -> set[str]:
@@ -316,7 +332,7 @@ class Correlator:
         else:
             member.fold(s)
         horizon = self.clock - self.cfg.window_s
-        active = {i: m for i, m in group.items() if m.last_seen >= horizon}
+        active = {i: m for i, m in group.items() if m.going_on_until >= horizon}
         if len({m.vehicle for m in active.values()}) >= self.cfg.min_vehicles:
             del self.pending[s.key]
             events.append(self.record(self._open(s.key, active), "open"))
@@ -345,7 +361,7 @@ class Correlator:
 
     def _prune(self, horizon: float) -> None:
         for key in list(self.pending):
-            group = {i: m for i, m in self.pending[key].items() if m.last_seen >= horizon}
+            group = {i: m for i, m in self.pending[key].items() if m.going_on_until >= horizon}
             if group:
                 self.pending[key] = group
             else:

@@ -40,6 +40,10 @@ SEVERITIES = ("low", "medium", "high", "critical")
 #: An incident lists the score of each of its first this many anomalous windows
 #: (``window_scores``; ``windows`` counts them all): an hour-long flood stays a small record.
 MAX_WINDOW_SCORES = 300
+#: An open incident is sent again at least this often (event time), even unchanged:
+#: campaigns, and SIEMs that expire what they have not heard of for a while, know it
+#: goes on (between powers of two of its windows, a long attack was silent for an hour).
+HEARTBEAT_S = 60.0
 #: Evidence columns of a row's own id (not the vehicle's bus, repeated on each row).
 OWN_EVIDENCE = np.array([i for i, n in enumerate(EVIDENCE_NAMES) if not n.startswith("bus_")])
 
@@ -137,6 +141,7 @@ class _Incident:
     model_version: int = 0
     window_s: float = 1.0
     emitted: tuple = ()
+    emitted_at: float = -np.inf  # last_seen when it was last sent
     window_scores: list[list[float]] = field(default_factory=list)  # [start, score]
 
 
@@ -176,8 +181,9 @@ class IncidentTracker:
                 severity_of(inc.peak), self._kind(inc), tuple(sorted(inc.can_ids)),
                 tuple(sorted(inc.windows_of)),
             )  # fmt: skip
-            if status == "open" or state != inc.emitted or _power_of_two(inc.windows):
-                inc.emitted = state
+            due = inc.last_seen - inc.emitted_at >= HEARTBEAT_S
+            if status == "open" or state != inc.emitted or _power_of_two(inc.windows) or due:
+                inc.emitted, inc.emitted_at = state, inc.last_seen
                 events.append(self._event(inc, status))
         for vehicle, now in clock.items():
             inc = self.open.get(vehicle)

@@ -67,6 +67,17 @@ PRODUCER_OVERRIDES = {**CLIENT_OVERRIDES, "max_block_ms": 5000}
 HEADERS = [("content-type", b"application/json"), ("schema", b"1")]
 
 
+def open_by_attack(open_campaigns: dict) -> dict[tuple[str, str], tuple[int, int]]:
+    """(brand, attack) -> (open campaigns, distinct vehicles in them): a vehicle in two
+    campaigns of one attack (two CAN ids) is one vehicle."""
+    now: Counter = Counter()
+    vehicles: dict[tuple[str, str], set[str]] = {}
+    for (brand, attack, _), camp in open_campaigns.items():
+        now[brand, attack] += 1
+        vehicles.setdefault((brand, attack), set()).update(camp.vehicles)
+    return {k: (now[k], len(vehicles[k])) for k in now}
+
+
 class CampaignService:
     def __init__(self, cfg: Config, metrics: CampaignMetrics) -> None:
         self.cfg = cfg
@@ -266,12 +277,7 @@ class CampaignService:
                 )  # fmt: skip
             if ev["status"] == "open":
                 self.metrics.campaign_opened(ev["brand"], ev["suspected_attack"])
-        now: Counter = Counter()
-        vehicles: Counter = Counter()
-        for (brand, attack, _), camp in self.correlator.open.items():
-            now[brand, attack] += 1
-            vehicles[brand, attack] += len(camp.vehicles)
-        self.metrics.set_open({k: (now[k], vehicles[k]) for k in now})
+        self.metrics.set_open(open_by_attack(self.correlator.open))
 
     # -- offsets -----------------------------------------------------------------------
 
