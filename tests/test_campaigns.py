@@ -244,6 +244,31 @@ def test_a_vehicle_in_two_campaigns_of_one_attack_counts_once_in_the_gauge():
     assert open_by_attack(corr.open) == {("jeep", "spoofing"): (2, 3)}  # was 6 vehicles
 
 
+def test_a_backlog_after_a_detector_outage_is_judged_by_its_own_event_time():
+    """While the topic was quiet the clock ran on at wall-clock speed: a detector down for
+    40 minutes then sent incidents the clock had passed, and they were skipped as stale
+    (a replay of the same topic opened the campaign)."""
+    corr = Correlator(CFG)
+    for r in (incident("v0", 100.0), incident("v1", 120.0)):
+        corr.observe(sighting(r))
+    assert corr.close_quiet(121.0 + 2400.0) == []  # quiet for 40 minutes
+    events, fate = corr.observe(sighting(incident("v2", 140.0)))
+    assert fate == "in_order" and [e["status"] for e in events] == ["open"]
+    assert events == correlate([incident(v, t) for v, t in (("v0", 100.0), ("v1", 120.0),
+                                                           ("v2", 140.0))], CFG)  # fmt: skip
+    # an open campaign closed while quiet opens again under its id when the backlog
+    # shows it was still going on; a later wave is a campaign of its own
+    closed = corr.close_quiet(141.0 + 600.0 + OPEN_GRACE_S + 1.0)
+    first = events[0]["campaign_id"]
+    assert [(e["status"], e["campaign_id"]) for e in closed] == [("closed", first)]
+    again, _ = corr.observe(sighting(incident("v3", 150.0)))
+    assert [(e["status"], e["campaign_id"], e["vehicle_count"]) for e in again] == [
+        ("open", first, 3), ("update", first, 4)]
+    corr.close_quiet(10_000.0)
+    later, _ = corr.observe(sighting(incident("w0", 5000.0)))
+    assert later == [] and not corr.quiet_closed  # long past: nothing to reopen
+
+
 def test_stale_and_late_sightings():
     corr = Correlator(CFG)
     corr.observe(sighting(incident("v0", 1000.0)))

@@ -27,10 +27,11 @@ the correlator's clock by more than ``window_s`` cannot touch any active
 incident and is ``stale``.
 
 Time moves forward only: ``advance(t)`` closes campaigns and forgets sightings
-that ``t`` has made inactive; the service also calls it with the watermark, so
-campaigns close while the topic is quiet. Nothing here depends on when that
-happens: a decision taken at a watermark is the one the next record would
-have forced.
+that ``t`` has made inactive; the service calls it with the watermark. While
+the topic is quiet, ``close_quiet(t)`` closes the campaigns that event time run
+on at wall-clock speed ends, without moving the clock that judges records
+stale: quiet may be detectors down, whose backlog is judged by its own event
+time, and reopens a campaign it shows was still going on.
 """
 
 from __future__ import annotations
@@ -308,6 +309,8 @@ class Correlator:
         self.clock = -math.inf  # newest event time folded in (or advanced to)
         self.pending: dict[tuple, dict[str, _Member]] = {}  # key -> incidents, no campaign yet
         self.open: dict[tuple, Campaign] = {}
+        # key -> campaign closed by close_quiet, until event time passes it for good
+        self.quiet_closed: dict[tuple, Campaign] = {}
         self._pruned_at = -math.inf
 
     def observe(self, s: Sighting) -> tuple[list[dict], str]:
@@ -316,7 +319,7 @@ class Correlator:
             return [], "stale"
         fate = "late" if s.last_seen < self.clock else "in_order"
         events = self.advance(s.last_seen)
-        camp = self.open.get(s.key)
+        camp = self.open.get(s.key) or self._reopened(s, events)
         if camp is not None:
             member = camp.members.get(s.incident_id)
             if member is not None:
@@ -337,6 +340,31 @@ class Correlator:
             del self.pending[s.key]
             events.append(self.record(self._open(s.key, active), "open"))
         return events, fate
+
+    def _reopened(self, s: Sighting, events: list[dict]) -> Campaign | None:
+        """The campaign of ``s``'s key that ``close_quiet`` closed, open again (same id,
+        an ``open`` record) when ``s`` shows it was still going on."""
+        camp = self.quiet_closed.get(s.key)
+        if camp is None or s.last_seen - self.cfg.window_s > camp.active_until:
+            return None
+        del self.quiet_closed[s.key]
+        self.open[s.key] = camp
+        events.append(self.record(camp, "open"))
+        return camp
+
+    def close_quiet(self, t: float) -> list[dict]:
+        """While the incident topic is quiet: the records of the campaigns that ``t`` (event
+        time run on at wall-clock speed) ends. The clock that judges records stale does not
+        move: the quiet may be detectors down or behind, whose backlog still belongs
+        where its event time puts it (it was skipped as stale, and a replay of the topic
+        gave another answer). A campaign closed here opens again under its id when its
+        backlog shows it was still going on."""
+        horizon = t - self.cfg.window_s
+        ended = sorted((c for c in self.open.values() if c.active_until < horizon), key=_by_id)
+        for camp in ended:
+            del self.open[camp.key]
+            self.quiet_closed[camp.key] = camp
+        return [self.record(c, "closed") for c in ended]
 
     def _open(self, key: tuple, active: dict[str, _Member]) -> Campaign:
         ordered = sorted(active.values(), key=lambda m: (m.first_seen, m.incident_id))
@@ -360,6 +388,9 @@ class Correlator:
         return [self.record(c, "closed") for c in ended]
 
     def _prune(self, horizon: float) -> None:
+        for key, camp in list(self.quiet_closed.items()):
+            if camp.active_until < horizon:  # no record in order can reopen it now
+                del self.quiet_closed[key]
         for key in list(self.pending):
             group = {i: m for i, m in self.pending[key].items() if m.going_on_until >= horizon}
             if group:
@@ -372,7 +403,8 @@ class Correlator:
         open campaign: where a restart must read again to rebuild this state."""
         self._prune(self.clock - self.cfg.window_s)
         out: dict[int, int] = {}
-        groups = [*self.pending.values(), *(c.members for c in self.open.values())]
+        camps = [*self.open.values(), *self.quiet_closed.values()]
+        groups = [*self.pending.values(), *(c.members for c in camps)]
         for group in groups:
             for m in group.values():
                 if m.partition >= 0:

@@ -241,9 +241,10 @@ class CampaignService:
                 self.metrics.skip("stale")
             elif fate == "late":
                 self.metrics.late.inc()
-        # quiet: event time runs on from the newest record at wall-clock speed
-        tick = self.order.newest + quiet_s - lateness if quiet else upto
-        events += self.correlator.advance(tick)
+        if quiet:  # event time runs on from the newest record at wall-clock speed
+            events += self.correlator.close_quiet(self.order.newest + quiet_s - lateness)
+        else:
+            events += self.correlator.advance(upto)
         self.settled = quiet and not len(self.order)
         return events
 
