@@ -181,6 +181,18 @@ def errors() -> list[dict[str, Any]]:
             "scored. A brand-wide rise is a data-quality problem, not an attack.",
             w=8,
         ),
+        rate_timeseries(
+            "Vehicle clocks set back by brand",
+            "canwatch_clock_resets_total",
+            I,
+            "brand",
+            axis_label="resets/s",
+            description="Vehicles whose frames were all older than windows they had closed, "
+            "for 30 s of their own time (an RTC reset, a GNSS time fix): their windows "
+            "started afresh at the new time, their open incident closed. Without it they "
+            "were blind until their clock caught up.",
+            w=8,
+        ),
     ]
 
 

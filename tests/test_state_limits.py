@@ -423,3 +423,31 @@ def test_a_telemetry_gap_is_counted_per_brand(model) -> None:
     scorer.push([("veh-1", "jeep", frames[:5000]), ("veh-2", "fiat", frames[:5000])])
     scorer.push([("veh-1", "jeep", frames[5000:])])
     assert dict(scorer.gaps_by_brand) == {"jeep": 1}
+
+
+def test_a_vehicle_whose_clock_is_set_back_is_scored_again_and_its_incident_closes(model):
+    """A vehicle's clock set back 2 h mid-attack (an RTC reset, a GNSS time fix): every
+    frame was older than its closed windows and dropped, so it was blind, and its
+    incident open, until its clock caught up 2 h later."""
+    from detector.core.config import IncidentConfig
+    from detector.incidents.tracker import IncidentTracker
+    from detector.model.pipeline import CLOCK_RESET_S, vehicle_clock, window_scores
+    from replay.attacks import AttackSpec, inject
+
+    frames = simulate_vehicle("cusw", 120.0, T0, 7)
+    frames, _ = inject(frames, AttackSpec.parse("dos:start=20,duration=10"), seed=7)
+    frames["ts"][frames["ts"] >= T0 + 25] -= 7200.0  # arrival order unchanged
+    scorer = Scorer({"cusw": model}, FLEET, W)
+    tracker = IncidentTracker(IncidentConfig(), "d")
+    events, starts = [], []
+    for b in np.array_split(frames, 120):  # 1 s records, each sorted as decode sorts it
+        for sc in scorer.push([("veh-0", "jeep", np.sort(b, order="ts"))]):
+            v, w, _ = window_scores(sc)
+            starts += (w * W).tolist()
+            events += tracker.observe(observations(sc, W), vehicle_clock(sc, v, w, W))
+    assert scorer.clock_resets_by_brand == {"jeep": 1}
+    assert [e["status"] for e in events][0] == "open" and events[-1]["status"] == "closed"
+    assert not tracker.open
+    scored_after = [s for s in starts if s < T0]  # windows of the clock set back
+    assert len(scored_after) >= 120 - 25 - CLOCK_RESET_S - 5
+    assert scorer.late_frames < len(frames) * (CLOCK_RESET_S + 5) / 120

@@ -164,7 +164,7 @@ class IncidentTracker:
         events: list[dict] = []
         for o in sorted(obs, key=lambda o: o.window_start):
             inc = self.open.get(o.vehicle)
-            if inc and o.window_start - inc.last_seen >= self.cfg.quiet_windows * o.window_s:
+            if inc and self._over(inc, o.window_start, o.window_start):
                 events.append(self._quiet(o.vehicle))
                 inc = None
             if inc is None:
@@ -187,9 +187,16 @@ class IncidentTracker:
                 events.append(self._event(inc, status))
         for vehicle, now in clock.items():
             inc = self.open.get(vehicle)
-            if inc and now - inc.last_seen >= self.cfg.quiet_windows * inc.window_s:
+            if inc and self._over(inc, now, now - inc.window_s):
                 events.append(self._quiet(vehicle))
         return events
+
+    def _over(self, inc: _Incident, later: float, start: float) -> bool:
+        """Whether ``inc`` is over at a window of its vehicle starting at ``start`` (ending
+        by ``later``): quiet windows after it, or the vehicle's clock set back before it
+        began (its windows start afresh at the new time: see pipeline.CLOCK_RESET_S)."""
+        quiet = self.cfg.quiet_windows * inc.window_s
+        return later - inc.last_seen >= quiet or inc.first_seen - start >= quiet
 
     def _quiet(self, vehicle: str) -> dict:
         """Close ``vehicle``'s incident after its quiet windows (the closed event)."""

@@ -164,6 +164,13 @@ class _PlatformState:
             self.free.extend(idx)
 
 
+#: A vehicle whose frames have all been late (older than windows it already closed) for
+#: this long of their own event time had its clock set back (an RTC reset, a GNSS time
+#: fix), not a late upload: its windows start afresh at the new time. Before, it was
+#: blind (every frame dropped) until its clock caught up, hours later, its incident open.
+CLOCK_RESET_S = 30.0
+
+
 def reserve_per_vehicle(n_ids: int) -> int:
     """Streams a vehicle of a platform with ``n_ids`` learned ids may always hold: one
     per learned id, the pooled row, and the first unseen ids of a window."""
@@ -191,6 +198,8 @@ class Scorer:
         self.suspended: dict[str, PlatformModel] = {}  # shadows set aside for room, until taken
         self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
         self.gaps_by_brand: Counter[str] = Counter()  # telemetry gaps (windows not scored)
+        self.clock_resets_by_brand: Counter[str] = Counter()  # vehicles restarted (see below)
+        self._late_runs: dict[str, float] = {}  # vehicle -> first ts of its all-late batches
         self.shed = Shed()  # cumulative until ``take_shed``
         self._pushes = 0
         self._futile = False  # the last search for vehicles to retire found none to find
@@ -290,6 +299,7 @@ class Scorer:
         admitted = {}
         for platform, items in by_platform.items():
             st = self._state(platform)
+            self._restart_set_back_clocks(st, items)
             for vehicle, _, _ in items:  # the vehicles of this push are not retired for room
                 i = st.index.get(vehicle)
                 if i is not None:
@@ -434,6 +444,35 @@ class Scorer:
         back it starts afresh, under a new index."""
         for st in self.state.values():
             st.forget(vehicles)
+        for v in vehicles:
+            self._late_runs.pop(v, None)
+
+    def _restart_set_back_clocks(
+        self, st: _PlatformState, items: list[tuple[str, str, np.ndarray]]
+    ) -> None:
+        """Forget the vehicles whose frames have all been late for ``CLOCK_RESET_S`` of their
+        own time (their clock went back): this push's frames start their windows afresh.
+        One record per item: its frames are in time order (sorted on decode)."""
+        n = len(items)
+        idx = np.fromiter((st.index.get(v, -1) for v, _, _ in items), np.int64, n)
+        ts = [f["ts"] for _, _, f in items]
+        newest = np.fromiter((t[-1] if len(t) else np.nan for t in ts), np.float64, n)
+        late = idx >= 0
+        late[late] = np.floor(newest[late] / self.window_s) < st.window.closed_upto[idx[late]]
+        if self._late_runs:  # a frame in time again ends a vehicle's late run
+            for k in np.flatnonzero(~late).tolist():
+                self._late_runs.pop(items[k][0], None)
+        restart = set()
+        for k in np.flatnonzero(late).tolist():
+            vehicle, brand, _ = items[k]
+            since = self._late_runs.setdefault(vehicle, float(ts[k][0]))
+            if newest[k] - since >= CLOCK_RESET_S:
+                restart.add(vehicle)
+                self.clock_resets_by_brand[brand] += 1
+        if restart:
+            st.forget(restart)
+            for v in restart:
+                self._late_runs.pop(v)
 
     def _held(self, vehicle: str, brand: str) -> tuple[_PlatformState, int] | None:
         """The platform state holding ``vehicle`` and its index there (None: none does)."""

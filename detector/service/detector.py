@@ -91,7 +91,7 @@ from detector.core.brands import Fleet
 from detector.core.config import Config
 from detector.incidents.privacy import load_key
 from detector.incidents.tracker import IncidentTracker
-from detector.model.pipeline import ScoredRows, Scorer, Shed
+from detector.model.pipeline import CLOCK_RESET_S, ScoredRows, Scorer, Shed
 from detector.service import polling
 from detector.service.activity import Activity
 from detector.service.audit_log import AuditLog, poll_summary
@@ -405,6 +405,13 @@ class Detector:
         for brand, gaps in self.scorer.gaps_by_brand.items():
             self.metrics.brand(brand).telemetry_gaps.inc(gaps)
         self.scorer.gaps_by_brand.clear()
+        for brand, n in self.scorer.clock_resets_by_brand.items():
+            log.warning(
+                "%d %s vehicle(s) sent only frames older than their closed windows for %g s "
+                "(a clock set back): their windows start afresh", n, brand, CLOCK_RESET_S,
+            )  # fmt: skip
+            self.metrics.brand(brand).clock_resets.inc(n)
+        self.scorer.clock_resets_by_brand.clear()
         return scored, retired, shed
 
     def _incidents(self, scored: list) -> list[dict]:

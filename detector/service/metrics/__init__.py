@@ -101,6 +101,7 @@ METRIC_NAMES = frozenset(
         "canwatch_poll_stalled_seconds",
         "canwatch_late_frames_total",
         "canwatch_telemetry_gaps_total",
+        "canwatch_clock_resets_total",
         "canwatch_frames_shed_total",
         "canwatch_vehicles_evicted_total",
         "canwatch_state_vehicles",
@@ -163,6 +164,7 @@ class BrandMetrics:
     anomalous: Any
     late_frames: Any
     telemetry_gaps: Any
+    clock_resets: Any
     vehicles_active: Any
     score: Any
     threshold: Any

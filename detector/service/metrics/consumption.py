@@ -59,6 +59,12 @@ class ConsumptionMetrics:
             "that stopped): the windows the gap touched were not scored.",
             ("brand",),
         )
+        self.clock_resets = f.counter(
+            "canwatch_clock_resets_total",
+            "Vehicles whose frames were all older than their closed windows for 30 s (their "
+            "clock set back): their windows started afresh at the new time.",
+            ("brand",),
+        )
         self.stage_duration = f.histogram(
             "canwatch_stage_duration_seconds",
             "Wall-clock time per pipeline stage and batch.",
@@ -93,6 +99,7 @@ class ConsumptionMetrics:
             "frames": self.frames_consumed.labels(brand),
             "late_frames": self.late_frames.labels(brand),
             "telemetry_gaps": self.telemetry_gaps.labels(brand),
+            "clock_resets": self.clock_resets.labels(brand),
         }
 
     def observe_stage(self, stage: str, seconds: float) -> None:
