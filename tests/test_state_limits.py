@@ -451,3 +451,29 @@ def test_a_vehicle_whose_clock_is_set_back_is_scored_again_and_its_incident_clos
     scored_after = [s for s in starts if s < T0]  # windows of the clock set back
     assert len(scored_after) >= 120 - 25 - CLOCK_RESET_S - 5
     assert scorer.late_frames < len(frames) * (CLOCK_RESET_S + 5) / 120
+
+
+def test_a_backlog_sent_after_live_data_is_no_clock_reset(model):
+    """A gateway back online sends live records, then its 40 s backlog in one burst: late
+    frames, dropped as before, not a clock set back (which closed the incident under way
+    and opened another for the same attack)."""
+    from detector.core.config import IncidentConfig
+    from detector.incidents.tracker import IncidentTracker
+    from detector.model.pipeline import vehicle_clock, window_scores
+    from replay.attacks import AttackSpec, inject
+
+    frames = simulate_vehicle("cusw", 200.0, T0, 7)
+    frames, _ = inject(frames, AttackSpec.parse("dos:start=100,duration=80"), seed=7)
+    t = frames["ts"] - T0
+    second = [frames[(t >= k) & (t < k + 1)] for k in range(200)]
+    scorer = Scorer({"cusw": model}, FLEET, W)
+    tracker = IncidentTracker(IncidentConfig(), "d")
+    events = []
+    pushes = [[k] for k in range(80, 160)] + [[160, *range(40, 80)]]
+    pushes += [[k] for k in range(161, 180)]
+    for ks in pushes:
+        for sc in scorer.push([("veh-0", "jeep", second[k]) for k in ks]):
+            v, w, _ = window_scores(sc)
+            events += tracker.observe(observations(sc, W), vehicle_clock(sc, v, w, W))
+    assert not scorer.clock_resets_by_brand
+    assert [e["status"] for e in events if e["status"] != "update"] == ["open"]

@@ -169,6 +169,10 @@ class _PlatformState:
 #: fix), not a late upload: its windows start afresh at the new time. Before, it was
 #: blind (every frame dropped) until its clock caught up, hours later, its incident open.
 CLOCK_RESET_S = 30.0
+#: ... and over this many pushes (polls): a clock set back makes late records poll after
+#: poll, where a store-and-forward backlog sent after live data comes in a burst of one
+#: or two (it is dropped as late, and the vehicle's windows and incident go on).
+CLOCK_RESET_PUSHES = 10
 
 
 def reserve_per_vehicle(n_ids: int) -> int:
@@ -199,7 +203,8 @@ class Scorer:
         self.late_by_brand: Counter[str] = Counter()  # frames dropped as late, cumulative
         self.gaps_by_brand: Counter[str] = Counter()  # telemetry gaps (windows not scored)
         self.clock_resets_by_brand: Counter[str] = Counter()  # vehicles restarted (see below)
-        self._late_runs: dict[str, float] = {}  # vehicle -> first ts of its all-late batches
+        # vehicle -> (first ts of its run of late records, pushes the run spans)
+        self._late_runs: dict[str, tuple[float, int]] = {}
         self.shed = Shed()  # cumulative until ``take_shed``
         self._pushes = 0
         self._futile = False  # the last search for vehicles to retire found none to find
@@ -450,29 +455,39 @@ class Scorer:
     def _restart_set_back_clocks(
         self, st: _PlatformState, items: list[tuple[str, str, np.ndarray]]
     ) -> None:
-        """Forget the vehicles whose frames have all been late for ``CLOCK_RESET_S`` of their
-        own time (their clock went back): this push's frames start their windows afresh.
-        One record per item: its frames are in time order (sorted on decode)."""
+        """Forget the vehicles whose records have all been late for ``CLOCK_RESET_S`` of
+        their own time and ``CLOCK_RESET_PUSHES`` pushes, no record in time among them
+        (their clock went back): this push's frames start their windows afresh. One
+        record per item: its frames are in time order (sorted on decode)."""
         n = len(items)
         idx = np.fromiter((st.index.get(v, -1) for v, _, _ in items), np.int64, n)
         ts = [f["ts"] for _, _, f in items]
         newest = np.fromiter((t[-1] if len(t) else np.nan for t in ts), np.float64, n)
         late = idx >= 0
         late[late] = np.floor(newest[late] / self.window_s) < st.window.closed_upto[idx[late]]
-        if self._late_runs:  # a frame in time again ends a vehicle's late run
-            for k in np.flatnonzero(~late).tolist():
-                self._late_runs.pop(items[k][0], None)
-        restart = set()
-        for k in np.flatnonzero(late).tolist():
+        if not late.any() and not self._late_runs:
+            return
+        restart: dict[str, str] = {}  # vehicle -> brand
+        counted: set[str] = set()  # vehicles whose run this push already lengthened
+        for k in range(n):  # in record order: a record in time after late ones ends the run
             vehicle, brand, _ = items[k]
-            since = self._late_runs.setdefault(vehicle, float(ts[k][0]))
-            if newest[k] - since >= CLOCK_RESET_S:
-                restart.add(vehicle)
-                self.clock_resets_by_brand[brand] += 1
+            if not late[k]:
+                self._late_runs.pop(vehicle, None)
+                restart.pop(vehicle, None)
+                counted.discard(vehicle)
+                continue
+            since, pushes = self._late_runs.get(vehicle, (float(ts[k][0]), 0))
+            if vehicle not in counted:
+                pushes += 1
+                counted.add(vehicle)
+            self._late_runs[vehicle] = (since, pushes)
+            if newest[k] - since >= CLOCK_RESET_S and pushes >= CLOCK_RESET_PUSHES:
+                restart[vehicle] = brand
         if restart:
-            st.forget(restart)
-            for v in restart:
-                self._late_runs.pop(v)
+            st.forget(set(restart))
+            for vehicle, brand in restart.items():
+                self._late_runs.pop(vehicle)
+                self.clock_resets_by_brand[brand] += 1
 
     def _held(self, vehicle: str, brand: str) -> tuple[_PlatformState, int] | None:
         """The platform state holding ``vehicle`` and its index there (None: none does)."""

@@ -61,8 +61,8 @@ class ConsumptionMetrics:
         )
         self.clock_resets = f.counter(
             "canwatch_clock_resets_total",
-            "Vehicles whose frames were all older than their closed windows for 30 s (their "
-            "clock set back): their windows started afresh at the new time.",
+            "Vehicles whose frames were all older than their closed windows for 30 s and 10 "
+            "polls (their clock set back): their windows started afresh at the new time.",
             ("brand",),
         )
         self.stage_duration = f.histogram(
