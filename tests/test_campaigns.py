@@ -264,7 +264,16 @@ def test_a_backlog_after_a_detector_outage_is_judged_by_its_own_event_time():
     again, _ = corr.observe(sighting(incident("v3", 150.0)))
     assert [(e["status"], e["campaign_id"], e["vehicle_count"]) for e in again] == [
         ("open", first, 3), ("update", first, 4)]
-    corr.close_quiet(10_000.0)
+    assert again[0]["reopened"] and "reopened" not in events[0]
+    # closed while quiet, it holds no offset back: a restart would publish it again
+    held = Correlator(CFG)
+    for n, r in enumerate(incident(f"v{i}", 100.0 + i) for i in range(3)):
+        held.observe(sighting(r, 0, 10 + n))
+    assert held.held_offsets() == {0: 10}
+    assert held.close_quiet(10_000.0) and held.quiet_closed and held.held_offsets() == {}
+    # a late record the event clock has passed reopens nothing (a replay had closed it)
+    corr.observe(sighting(incident("v9", 2000.0)))
+    assert corr.observe(sighting(incident("v4", 1300.0)))[0] == []
     later, _ = corr.observe(sighting(incident("w0", 5000.0)))
     assert later == [] and not corr.quiet_closed  # long past: nothing to reopen
 

@@ -344,12 +344,15 @@ class Correlator:
     def _reopened(self, s: Sighting, events: list[dict]) -> Campaign | None:
         """The campaign of ``s``'s key that ``close_quiet`` closed, open again (same id,
         an ``open`` record) when ``s`` shows it was still going on."""
-        camp = self.quiet_closed.get(s.key)
-        if camp is None or s.last_seen - self.cfg.window_s > camp.active_until:
+        camp = self.quiet_closed.pop(s.key, None)
+        if camp is None:
             return None
-        del self.quiet_closed[s.key]
+        # still open by event time: as advance would have left it (a replay, with no quiet
+        # between, folds this record into it); else it stays closed, for good
+        if camp.active_until < max(self.clock, s.last_seen) - self.cfg.window_s:
+            return None
         self.open[s.key] = camp
-        events.append(self.record(camp, "open"))
+        events.append(self.record(camp, "open") | {"reopened": True})
         return camp
 
     def close_quiet(self, t: float) -> list[dict]:
@@ -403,8 +406,9 @@ class Correlator:
         open campaign: where a restart must read again to rebuild this state."""
         self._prune(self.clock - self.cfg.window_s)
         out: dict[int, int] = {}
-        camps = [*self.open.values(), *self.quiet_closed.values()]
-        groups = [*self.pending.values(), *(c.members for c in camps)]
+        # not the campaigns close_quiet closed: a restart re-reading them would publish
+        # them open again (their backlog, if any, then opens a campaign of its own)
+        groups = [*self.pending.values(), *(c.members for c in self.open.values())]
         for group in groups:
             for m in group.values():
                 if m.partition >= 0:

@@ -19,8 +19,9 @@ watermark has passed (every partition still behind its end has been read
 ``campaigns.lateness_s`` past it; or, once every partition is read to its end
 and nothing new came for ``lateness_s``, everything); fold the released
 records in event-time order; advance the correlator's clock (while the topic
-is quiet the clock runs on from the newest event time at wall-clock speed, so
-campaigns close); send the campaign records, wait for the broker to acknowledge
+is quiet, event time runs on from the newest record at wall-clock speed and
+closes campaigns, without moving the clock that judges records stale:
+``Correlator.close_quiet``); send the campaign records, wait for the broker to acknowledge
 them, and only then commit offsets, each partition's no further than the
 oldest record the held records, the incidents still active and the open
 campaigns were built from. A restart, or a rewind after a Kafka error, reads
@@ -276,7 +277,7 @@ class CampaignService:
                     ev["campaign_id"], ev["status"], ev["suspected_attack"], ev["can_id"],
                     ev["vehicle_count"], ev["brand"],
                 )  # fmt: skip
-            if ev["status"] == "open":
+            if ev["status"] == "open" and not ev.get("reopened"):  # one campaign, counted once
                 self.metrics.campaign_opened(ev["brand"], ev["suspected_attack"])
         self.metrics.set_open(open_by_attack(self.correlator.open))
 
