@@ -856,7 +856,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
 
     from detector.incidents.privacy import pseudonym
 
-    raw = "VIN-ZFA31200000123456"
+    raw, other = "VIN-ZFA31200000123456", "VIN-ZFA31200000999999"
     secret = "canwatch-test-hmac-key-0123456789"
     monkeypatch.setenv("CW_TEST_PSEUDO_KEY", secret)
     cfg = service_config(
@@ -888,6 +888,15 @@ def test_pseudonymized_ids_never_leave_the_decoder(
                     value=bad.encode(),
                     headers=[*headers_for("jeep", CONTENT_TYPE_JSON), ("vin", raw.encode())],
                 )
+            # a record the Kafka format cannot describe (a header name not UTF-8): its raw
+            # bytes, which run to its batch's end, named another vehicle the key cannot scrub
+            from tests.test_poison_records import RawName
+
+            producer.send(
+                cfg.kafka.telemetry_topic, key=raw.encode(), value=bad.encode(),
+                headers=[(RawName(b"\xfftrace"), other.encode()),
+                         *headers_for("jeep", CONTENT_TYPE_JSON)],
+            )  # fmt: skip
             producer.flush()
             producer.close()
 
@@ -896,7 +905,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
                 return consumed == frames and any(e["status"] == "open" for e in reader.events())
 
             wait_for("frames consumed and an incident opened", done)
-            wait_for("the dead letters on the DLQ topic", lambda: len(dlq.poll()) >= 5)
+            wait_for("the dead letters on the DLQ topic", lambda: len(dlq.poll()) >= 6)
         incidents = reader.events()
         dead = dlq.poll()
     finally:
@@ -916,6 +925,7 @@ def test_pseudonymized_ids_never_leave_the_decoder(
     for r in dead:
         blob = (r.key or b"") + (r.value or b"") + b"".join(v for _, v in r.headers or [])
         assert raw.encode() not in blob, "raw vehicle id found in the DLQ"
+        assert other.encode() not in blob, "another vehicle's raw id found in the DLQ"
 
 
 # -- 9. a vehicle that goes quiet is retired: its last window scored, offsets move on ---

@@ -130,6 +130,22 @@ def test_the_audit_file_survives_a_torn_last_line_and_follows_logrotate(tmp_path
     assert len((tmp_path / "windows.jsonl.1").read_text().splitlines()) == 2
 
 
+def test_the_audit_file_may_be_a_pipe_to_a_log_shipper(tmp_path):
+    import os
+
+    fifo = tmp_path / "audit.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the shipper, reading
+    try:
+        audit = AuditLog(fifo, "det-1", 1.0)
+        audit.open()  # was UnsupportedOperation (seeking a pipe): the detector did not start
+        audit.write({"records": 1}, [], [TP0])
+        audit.close()
+        assert json.loads(os.read(reader, 65536).decode())["records"] == 1
+    finally:
+        os.close(reader)
+
+
 def test_without_a_path_the_audit_writes_nothing(tmp_path):
     audit = AuditLog(None, "det", 1.0)
     audit.open()

@@ -135,12 +135,14 @@ def _record_given(d: Path, platform: str, version: int) -> None:
 def _reserved(d: Path) -> Iterator[None]:
     """The model directory to one writer at a time: two trainings of one platform (jeep
     and fiat are both cusw) would take the same version, and one would replace the other."""
-    with open(d / ".canwatch-models.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # read-only: flock needs no write access, and the file another writer created (0644)
+    # must not stop one of the group from writing a model beside it
+    fd = os.open(d / ".canwatch-models.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_model(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,6 +60,8 @@ def _cut_torn_line(path: Path) -> None:
     part of a line, which no reader can parse (the poll it ended was not committed, and
     is read and written again)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe to a log shipper: nothing to cut
+            return
         with open(path, "rb+") as fh:
             size = fh.seek(0, os.SEEK_END)
             if size == 0:
@@ -86,7 +89,7 @@ class AuditLog:
         self.detector_id = detector_id
         self.window_s = window_s
         self._file = None
-        self._inode = 0
+        self._inode, self._regular = 0, True
 
     @property
     def is_open(self) -> bool:
@@ -99,11 +102,14 @@ class AuditLog:
         if self.path is not None:
             _cut_torn_line(self.path)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            self._inode = os.fstat(self._file.fileno()).st_ino
+            st = os.fstat(self._file.fileno())
+            self._inode, self._regular = st.st_ino, stat.S_ISREG(st.st_mode)
 
     def _follow_rotation(self) -> None:
         """logrotate renamed the file (``create``): write a new one at the path, not on
         into the renamed one for ever."""
+        if not self._regular:
+            return
         try:
             moved = os.stat(self.path).st_ino != self._inode
         except FileNotFoundError:
@@ -132,7 +138,8 @@ class AuditLog:
         self._follow_rotation()
         self._file.write("\n".join(lines) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._regular:  # a pipe has nothing to sync (fsync refuses it)
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if self._file is not None:

@@ -120,11 +120,13 @@ class DeadLetters:
         key, value, detail = record.key, record.value, p.detail.encode("utf-8", "replace")
         withheld = ""
         if self.privacy_key is not None:
+            # the raw bytes of a span the record format could not describe run to the end
+            # of its batch: other vehicles' keys and headers too, which no key says how to
+            # scrub. None leave; the source offsets say where they are.
             if key:
-                key, value = scrub(self.privacy_key, record.key, value)
+                key = scrub(self.privacy_key, record.key, None)[0]
                 detail = scrub(self.privacy_key, record.key, detail)[1]
-            else:  # no vehicle id to find in the bytes: none of them leave
-                value, withheld = b"", "raw bytes withheld (pseudonymisation on, no key to scrub)"
+            value, withheld = b"", "raw bytes withheld (pseudonymisation on, unreadable bytes)"
         key, value, headers, altered = dead_letter_copy(key, value, [])
         future = self._send(
             record, first, p.reason, detail[:500], (key, value, headers),
