@@ -29,6 +29,7 @@ from replay.readers import (
     one_channel,
     read_log,
 )
+from replay.readers.candump import has_label_columns
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -71,11 +72,22 @@ def summarise(
         "extended_ids": int(len(np.unique(frames["can_id"][is_extended(frames["can_id"])]))),
         "first_ts": float(ts[0]) if len(ts) else None,
         "channels": per_channel,
-        # null for a format that cannot say (its frames read 0: not "benign")
-        "labels": None
-        if name in UNLABELLED
-        else {LABELS[i]: int(c) for i, c in enumerate(counts) if c},
+        # null for a file that cannot say (its frames read 0: not "benign")
+        "labels": {LABELS[i]: int(c) for i, c in enumerate(counts) if c}
+        if labelled(path, name)
+        else None,
     }
+
+
+def labelled(path: str, fmt: str) -> bool:
+    """Whether ``path`` can say which frames are benign: its format has labels, or (candump,
+    where they are optional columns) the file has them."""
+    if fmt in UNLABELLED:
+        return False
+    if fmt == "candump":
+        with open(path, "rb") as fh:
+            return has_label_columns(fh.read(4096))
+    return True
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -157,6 +157,21 @@ def _labels(t: tx.Text, f: tx.Fields) -> np.ndarray | int:
     return code.astype(np.int8)
 
 
+def has_label_columns(head: bytes) -> bool:
+    """Whether the first lines of a candump log carry label columns (after the frame and
+    an optional direction): without them, every frame reads 0, which is not "benign"."""
+    for line in head.splitlines()[:50]:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        rest = fields[3:]
+        if rest and rest[0].lower() in (b"r", b"t"):
+            rest = rest[1:]
+        if rest:
+            return True
+    return False
+
+
 def _q(t: tx.Text, s: np.ndarray, e: np.ndarray, i: int) -> str:
     return repr(t.text(s[i], e[i]))
 
