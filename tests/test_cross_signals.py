@@ -215,6 +215,19 @@ def test_a_forged_speed_breaks_its_couplings_in_its_windows_however_batched(
     assert 0x20E in set(rows.can_id[cross > 0].tolist())
 
 
+@pytest.mark.parametrize("batches", [1, 7])
+def test_a_silenced_partner_is_no_crash(trained, batches) -> None:
+    """Rows of one id of a coupling and none of its partner in a push (a suspension of the
+    partner, a vehicle whose uplink forwards one of them): the partner's row was indexed
+    at -1 of nothing, an IndexError that stopped the detector (the demo's 6 vehicles)."""
+    a, b = (int(trained.ids[i]) for i in (trained.xc_a[0], trained.xc_b[0]))
+    frames = drive_frames(9, seconds=20.0, t0=1.7e9 + 9000)
+    for silenced in (a, b):
+        alone = frames[frames["can_id"] != silenced]
+        rows = scored(alone, trained, batches)
+        assert (rows.X[:, F["cross_out"]] == 0).all()  # nothing to compare with: no break
+
+
 def test_benign_drives_never_seen_break_nothing(trained) -> None:
     for d in (11, 12, 13):
         rows = scored(drive_frames(d, t0=1.7e9 + 20000 * d), trained)

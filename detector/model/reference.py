@@ -207,12 +207,12 @@ class SignalMemory:
             rows_a, rows_b = np.flatnonzero(si == a), np.flatnonzero(si == b)
             # each a row against b's mean of its window (this batch's, else remembered)
             partner = _find(vw[rows_b], vw[rows_a])
-            y = np.where(
-                partner >= 0, value[rows_b[partner]], self._recall(veh[rows_a], b, win[rows_a])
-            )
+            paired = partner >= 0
+            # indexed where paired only: with no b row at all, rows_b[-1] does not exist
+            y = np.array(self._recall(veh[rows_a], b, win[rows_a]), dtype=np.float64)
+            y[paired] = value[rows_b[partner[paired]]]
             miss, ex, ey = _miss(value[rows_a], y, line)
             _count(count, level, worst, rows_a, miss, line.note_x(ex))
-            paired = partner >= 0
             _count(count, level, worst, rows_b[partner[paired]], miss[paired], line.note_y(ey[paired]))
             # b rows whose window has no a row here: against a's remembered mean
             alone = rows_b[_find(vw[rows_a], vw[rows_b]) < 0]
