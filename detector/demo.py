@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,17 @@ class DemoOptions:
     campaign_vehicles: int = 4
     campaign_start_s: float = 8.0
     campaign_stagger_s: float = 4.0
+
+    def min_duration_s(self) -> float:
+        """The shortest stream that holds every attack whole, and the windows that close
+        their incidents: a shorter one cuts them (or starts them past its end)."""
+        family_end = self.attack_start_s + self.attack_duration_s
+        campaign_end = (
+            self.campaign_start_s
+            + (self.campaign_vehicles - 1) * self.campaign_stagger_s
+            + self.attack_duration_s
+        )
+        return max(family_end, campaign_end) + 6.0
 
 
 class DemoError(CanwatchError):
@@ -318,7 +331,10 @@ def run_demo(
     model_root: Path,
     say,
     keep_running: threading.Event | None = None,
+    show: Callable[[dict], None] = lambda card: None,
 ) -> dict:
+    """The whole loop; ``show`` gets the scorecard as soon as it is made (before
+    ``keep_running`` is waited for: set by the caller's SIGINT/SIGTERM)."""
     model_dir = cache_dir(model_root)
     say(f"models: {model_dir}")
     ensure_models(fleet, cfg, model_dir, say)
@@ -351,9 +367,10 @@ def run_demo(
         parts.start("campaign correlator", campaigns.run, stop, lasting=True)
         try:
             card = _stream_and_score(cfg, fleet, opts, metrics, campaigns, parts, say)
+            show(card)
             if keep_running is not None:
                 say("--keep-running: broker, detector and metrics stay up; Ctrl-C to stop")
-                keep_running.wait()
+                _wait_for_a_signal(keep_running)
         finally:
             stop.set()
             for t in parts.threads:
@@ -361,6 +378,17 @@ def run_demo(
             server.shutdown()
             campaign_server.shutdown()
     return card
+
+
+def _wait_for_a_signal(done: threading.Event) -> None:
+    """Until SIGINT or SIGTERM (only now: before, Ctrl-C stops the demo at once)."""
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda *_: done.set()) for sig in sigs}
+    try:
+        done.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _stream_and_score(
@@ -389,7 +417,10 @@ def _stream_and_score(
     try:
         pub = parts.start("publisher", publish, producer, k.telemetry_topic, streams, opts.speed)
         widths = incident_widths(streams)
-        incidents = follow_incidents(cfg, metrics, total, pub, say, widths, parts.check)
+        # the stream's own time and a margin: a long run is never cut (a shorter one said
+        # 0 false incidents of frames never scored)
+        wait_s = opts.duration_s / opts.speed + 120.0
+        incidents = follow_incidents(cfg, metrics, total, pub, say, widths, parts.check, wait_s)
         found = read_campaigns(cfg, campaigns, say, check=parts.check)
     finally:
         producer.close()
@@ -434,9 +465,12 @@ def follow_incidents(
     say,
     widths: dict[str, int] | None = None,
     check=lambda: None,
+    wait_s: float = 300.0,
 ) -> dict:
     """Print incidents as they arrive until every frame is scored and incidents closed;
-    ``check`` (called every poll) raises if a part the incidents depend on stopped."""
+    ``check`` (called every poll) raises if a part the incidents depend on stopped.
+    Past ``wait_s`` with frames not yet scored, a DemoError (the scorecard would judge
+    what was never scored)."""
     from kafka import TopicPartition
 
     consumer = make_consumer(cfg.kafka, [], None)
@@ -445,9 +479,15 @@ def follow_incidents(
     consumer.seek_to_beginning(tp)
     incidents: dict[str, dict] = {}
     done_at = None
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + wait_s
+    consumed = 0.0
     try:
-        while time.monotonic() < deadline:
+        while True:
+            if time.monotonic() > deadline and done_at is None:
+                raise DemoError(
+                    f"{consumed:,.0f} of {total:,} frames scored after {wait_s:.0f} s: the "
+                    "machine is too slow for this --speed (lower it)"
+                )
             check()
             for records in consumer.poll(timeout_ms=300).values():
                 for r in records:

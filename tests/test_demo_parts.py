@@ -70,3 +70,32 @@ def test_a_part_that_ends_quietly_before_the_demo_does_is_named():
         parts.check()
     stop.set()
     parts.check()  # once the demo is ending, parts that end are expected to
+
+
+def test_options_the_demo_cannot_run_with_are_one_line_before_anything_starts(
+    capsys, tmp_path
+):
+    """They were tracebacks, attacks cut short ("detected 4/6"), or errors after minutes of
+    training (a metrics port in use)."""
+    import socket
+
+    from detector.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        cases = [
+            (["--duration", "0"], "--duration must be in [32, 3600] s"),
+            (["--duration", "nan"], "--duration must be in"),
+            (["--duration", "13"], "--duration must be in"),
+            (["--speed", "0"], "--speed must be in [0.1, 1000]"),
+            (["--metrics", "127.0.0.1:99999"], "port in 0..65535"),
+            (["--metrics", taken], f"--metrics {taken}: Address already in use"),
+        ]
+        models = tmp_path / "models"
+        for argv, message in cases:
+            assert main(["demo", *argv, "--models", str(models)]) == 2, argv
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+            assert not models.exists(), "refused before any model was trained"

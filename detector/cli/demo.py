@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -26,7 +29,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "campaign of all its vehicles and no other campaign was raised; 1 otherwise.",
     )
     p.add_argument("--vehicles", type=int, default=56, help="fleet size (default 56)")
-    p.add_argument("--duration", type=float, default=40.0, help="simulated seconds (default 40)")
+    p.add_argument(
+        "--duration", type=float, default=40.0, help="simulated seconds (default 40, at least 32)"
+    )
     p.add_argument("--speed", type=float, default=4.0, help="replay speed-up (default 4)")
     p.add_argument("--report", metavar="FILE", help="write the scorecard as JSON")
     p.add_argument(
@@ -52,27 +57,73 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.vehicles < 6:
-        raise ConfigError(f"--vehicles must be >= 6 (one per attack family), got {args.vehicles}")
-    cfg = config_from(args, **{"metrics.address": args.metrics})
     opts = DemoOptions(
         vehicles=args.vehicles, duration_s=args.duration, speed=args.speed, seed=args.seed
     )
+    check_options(opts)
+    cfg = config_from(args, **{"metrics.address": args.metrics})
+    # what would fail after minutes of training fails now
+    check_free(cfg.metrics.address)
+    if args.report:
+        check_writable(Path(args.report))
+    try:
+        Path(args.models).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--models {args.models}: {exc.strerror or exc}") from None
 
     def say(msg: str) -> None:
         print(msg, flush=True)
 
+    def show(card: dict) -> None:
+        print()
+        print(render_scorecard(card), flush=True)
+        if args.report:
+            write_report(Path(args.report), card)
+
+    # SIGTERM stops the demo as Ctrl-C does: the broker and its directory are cleaned up
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     keep = threading.Event() if args.keep_running else None
-    if keep is not None:
-        signal.signal(signal.SIGINT, lambda *_: keep.set())
-        signal.signal(signal.SIGTERM, lambda *_: keep.set())
-    card = run_demo(cfg, fleet_from(cfg), opts, Path(args.models), say, keep)
-    print()
-    print(render_scorecard(card))
-    if args.report:
-        write_report(Path(args.report), card)
+    card = run_demo(cfg, fleet_from(cfg), opts, Path(args.models), say, keep, show)
     camp = card["campaign"]
     ok = all(a["detected"] for a in card["attacks"]) and card["false_incidents"] == 0
     ok = ok and camp["found"] and camp["unrelated"] == 0
     sys.stdout.flush()
     return 0 if ok else 1
+
+
+def check_options(opts: DemoOptions) -> None:
+    """One line for what the demo cannot run with, before anything starts."""
+    if opts.vehicles < 6:
+        raise ConfigError(f"--vehicles must be >= 6 (one per attack family), got {opts.vehicles}")
+    least = opts.min_duration_s()
+    if not (math.isfinite(opts.duration_s) and least <= opts.duration_s <= 3600):
+        raise ConfigError(
+            f"--duration must be in [{least:g}, 3600] s (every attack whole, and the windows "
+            f"that close its incident), got {opts.duration_s:g}"
+        )
+    if not (math.isfinite(opts.speed) and 0.1 <= opts.speed <= 1000):
+        raise ConfigError(f"--speed must be in [0.1, 1000], got {opts.speed:g}")
+
+
+def check_free(address: str) -> None:
+    """The metrics address can be bound (port 0 always can)."""
+    from detector.service.metrics import parse_address
+
+    host, port = parse_address(address)
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics {address}: {exc.strerror or exc} (another port, or "
+                "--metrics 127.0.0.1:0 for any free one)"
+            ) from None
+
+
+def check_writable(path: Path) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"--report {path}: cannot write in {folder}")

@@ -183,7 +183,7 @@ _RULES: dict[str, tuple[Any, str]] = {
                                      "variable's name (the key is read from it)"),  # fmt: skip
     "kafka.sasl_password_env": (lambda v: v == "" or _env_name(v), "an environment variable's "
                                 "name (the password is read from it)"),  # fmt: skip
-    "metrics.address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
+    "metrics.address": (lambda v: _host_port(v, 0), "host:port with a port in 0..65535"),
     "watchdog.stall_s": (lambda v: 1 <= v <= 3600, "in [1, 3600]"),
     "watchdog.exit_s": (lambda v: 1 <= v <= 86400, "in [1, 86400]"),
     "watchdog.shutdown_timeout_s": (lambda v: 1 <= v <= 600, "in [1, 600]"),
@@ -195,13 +195,14 @@ _RULES: dict[str, tuple[Any, str]] = {
     "campaigns.lateness_s": (lambda v: 0 <= v <= 3600, "in [0, 3600]"),
     "campaigns.max_members": (lambda v: v >= 1, ">= 1"),
     "campaigns.group_id": (lambda v: bool(v.strip()), "a non-empty group id"),
-    "campaigns.metrics_address": (lambda v: v.rpartition(":")[2].isdigit(), "host:port"),
+    "campaigns.metrics_address": (lambda v: _host_port(v, 0), "host:port with a port in "
+                                  "0..65535"),  # fmt: skip
 }
 
 
-def _host_port(text: str) -> bool:
+def _host_port(text: str, lowest: int = 1) -> bool:
     host, _, port = text.strip().rpartition(":")
-    return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+    return bool(host) and port.isdigit() and lowest <= int(port) <= 65535
 
 
 def _env_name(text: str) -> bool:

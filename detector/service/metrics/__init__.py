@@ -337,7 +337,13 @@ class DetectorMetrics:
         ``server.shutdown()`` stops it.
         """
         host, port = parse_address(address)
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:  # in use, or not this machine's: say which address
+            raise ConfigError(
+                f"metrics address {address}: {exc.strerror or exc} (another port, or port 0 "
+                "for any free one)"
+            ) from None
         return server
 
 
