@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -12,6 +13,7 @@ import threading
 from pathlib import Path
 
 from detector.cli._common import add_config_flag, config_from, fleet_from
+from detector.cli._table import fit
 from detector.core.errors import ConfigError
 from detector.demo import DemoOptions, render_scorecard, run_demo, write_report
 
@@ -71,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"--models {args.models}: {exc.strerror or exc}") from None
 
-    def say(msg: str) -> None:
-        print(msg, flush=True)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+    def say(msg: str) -> None:  # on a terminal, each line cut to its width (not wrapped)
+        print("\n".join(fit(line, width) for line in msg.split("\n")), flush=True)
 
     def show(card: dict) -> None:
-        print()
-        print(render_scorecard(card), flush=True)
+        say("")
+        say(render_scorecard(card))
         if args.report:
             write_report(Path(args.report), card)
 
