@@ -477,3 +477,21 @@ def test_a_backlog_sent_after_live_data_is_no_clock_reset(model):
             events += tracker.observe(observations(sc, W), vehicle_clock(sc, v, w, W))
     assert not scorer.clock_resets_by_brand
     assert [e["status"] for e in events if e["status"] != "update"] == ["open"]
+
+
+def test_new_vehicles_of_two_platforms_past_max_vehicles_in_one_push_are_shed_not_a_crash(
+    cusw_models,
+) -> None:
+    """The first platform's new vehicle was admitted, not yet pushed; the second's search
+    for vehicles to retire looked it up in window arrays not grown yet (IndexError: a first
+    poll holding more new vehicles than max_vehicles over two platforms stopped the
+    detector). Found by fuzzing the scorer."""
+    import dataclasses as dc
+
+    cusw = load_latest(cusw_models)["cusw"]
+    other = dc.replace(cusw, platform="pacifica")  # a second platform's model
+    scorer = Scorer({"cusw": cusw, "pacifica": other}, FLEET, W, LimitsConfig(max_vehicles=1))
+    a = simulate_vehicle("cusw", 1.0, T0, 1)[:1]
+    b = simulate_vehicle("cusw", 1.0, T0, 2)[:1]
+    scorer.push([("a", "jeep", a), ("b", "chrysler", b)])
+    assert scorer.n_vehicles == 1 and scorer.take_shed().refused == {"b"}

@@ -681,9 +681,13 @@ class WindowState:
         return out
 
     def established(self, vehicles: np.ndarray) -> np.ndarray:
-        """Whether each vehicle has had a window scored (its first, partial one is not)."""
-        fw = self.first_window[vehicles]
-        return (fw > _NONE) & (self.closed_upto[vehicles] >= fw + 2)
+        """Whether each vehicle has had a window scored (its first, partial one is not);
+        a vehicle indexed but not pushed yet (admitted earlier in the same push) has not."""
+        out = np.zeros(len(vehicles), bool)
+        inside = vehicles < len(self.first_window)
+        fw = self.first_window[vehicles[inside]]
+        out[inside] = (fw > _NONE) & (self.closed_upto[vehicles[inside]] >= fw + 2)
+        return out
 
     @property
     def nbytes(self) -> int:
