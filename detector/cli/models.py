@@ -95,23 +95,23 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    d = _dir(args)
-    old = _state(d, args.platform)
-    try:
-        new = lifecycle.rollback(d, args.platform)
-    except ModelError as exc:
-        raise CanwatchError(str(exc)) from None
-    return _changed(new, f"rolled back from v{old.serving}")
+    return _step(args, lifecycle.rollback, lambda old: f"rolled back from v{old.serving}")
 
 
 def run_unshadow(args: argparse.Namespace) -> int:
+    return _step(args, lifecycle.drop_shadow, lambda old: f"v{old.shadow} out of shadow")
+
+
+def _step(args: argparse.Namespace, change, what) -> int:
+    """One lifecycle change of ``args.platform`` (a ModelError is the CLI's one line), and
+    what it did, from the state before it (``what(old)``)."""
     d = _dir(args)
     old = _state(d, args.platform)
     try:
-        new = lifecycle.drop_shadow(d, args.platform)
+        new = change(d, args.platform)
     except ModelError as exc:
         raise CanwatchError(str(exc)) from None
-    return _changed(new, f"v{old.shadow} out of shadow")
+    return _changed(new, what(old))
 
 
 def _state(d: Path, platform: str) -> lifecycle.Lifecycle:
