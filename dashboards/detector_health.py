@@ -188,9 +188,9 @@ def errors() -> list[dict[str, Any]]:
             "brand",
             axis_label="resets/s",
             description="Vehicles whose frames were all older than windows they had closed, "
-            "for 30 s of their own time and 10 polls (an RTC reset, a GNSS time fix): their windows "
-            "started afresh at the new time, their open incident closed. Without it they "
-            "were blind until their clock caught up.",
+            "for 30 s of their own time and 10 polls (an RTC reset, a GNSS time fix): their "
+            "windows started afresh at the new time, their open incident closed. Without it "
+            "they were blind until their clock caught up.",
             w=8,
         ),
     ]
