@@ -31,6 +31,7 @@ from detector.cli._forensics import (
     load_incident,
     source_flags,
 )
+from detector.cli._table import id_text
 
 PLOT_MARGIN_S = 5.0
 
@@ -81,12 +82,7 @@ def can_id_text(item: Any) -> str:
     (a foreign record's bare id) as its id alone, as the incidents table shows it."""
     if isinstance(item, dict):
         return f"{item.get('can_id')} ({_num(item.get('score'))})"
-    from detector.core.schema import format_id
-
-    try:
-        return format_id(int(item))
-    except (TypeError, ValueError):
-        return str(item)
+    return id_text(item)
 
 
 def provenance_text(prov: Any) -> str:

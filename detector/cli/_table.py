@@ -43,6 +43,16 @@ def cell(text: str, width: int, right: bool) -> str:
     return pad + text if right else text + pad
 
 
+def id_text(value: Any) -> str:
+    """A CAN id as canwatch writes it (``0x1E4``), or as it stands when it is none."""
+    from detector.core.schema import format_id
+
+    try:
+        return format_id(int(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def utc_time(value: Any) -> str:
     """Epoch seconds as UTC ``YYYY-MM-DD HH:MM:SS``; ``-`` when not a time."""
     try:

@@ -35,7 +35,7 @@ from typing import Any
 from detector.cli._campaign_table import print_campaigns
 from detector.cli._span_offsets import partitions_of
 from detector.cli._table import cell as _cell
-from detector.cli._table import fit
+from detector.cli._table import fit, id_text
 from detector.cli._table import utc_time as _time
 from detector.cli.replay import add_kafka_flags, kafka_config, quiet_kafka
 from detector.core.errors import CanwatchError
@@ -105,17 +105,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ids(can_ids: Any, limit: int = 3) -> str:
-    from detector.core.schema import format_id
-
     if not isinstance(can_ids, list):
         return "-"
-    out = []
-    for item in can_ids:
-        cid = item.get("can_id") if isinstance(item, dict) else item
-        try:
-            out.append(format_id(int(cid)))
-        except (TypeError, ValueError):
-            out.append(str(cid))
+    out = [id_text(item.get("can_id") if isinstance(item, dict) else item) for item in can_ids]
     more = f"+{len(out) - limit}" if len(out) > limit else ""
     return ",".join(out[:limit]) + more or "-"
 

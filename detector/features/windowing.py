@@ -683,10 +683,9 @@ class WindowState:
     def established(self, vehicles: np.ndarray) -> np.ndarray:
         """Whether each vehicle has had a window scored (its first, partial one is not);
         a vehicle indexed but not pushed yet (admitted earlier in the same push) has not."""
-        out = np.zeros(len(vehicles), bool)
-        inside = vehicles < len(self.first_window)
-        fw = self.first_window[vehicles[inside]]
-        out[inside] = (fw > _NONE) & (self.closed_upto[vehicles[inside]] >= fw + 2)
+        out = self.holds(vehicles)
+        held = np.asarray(vehicles, dtype=np.int64)[out]
+        out[out] = self.closed_upto[held] >= self.first_window[held] + 2
         return out
 
     @property

@@ -347,9 +347,9 @@ class Correlator:
         camp = self.quiet_closed.pop(s.key, None)
         if camp is None:
             return None
-        # still open by event time: as advance would have left it (a replay, with no quiet
-        # between, folds this record into it); else it stays closed, for good
-        if camp.active_until < max(self.clock, s.last_seen) - self.cfg.window_s:
+        # still open by event time (the clock is past s, advanced to it): as advance would
+        # have left it (a replay, with no quiet between, folds s into it); else closed for good
+        if camp.active_until < self.clock - self.cfg.window_s:
             return None
         self.open[s.key] = camp
         events.append(self.record(camp, "open") | {"reopened": True})
@@ -362,12 +362,17 @@ class Correlator:
         where its event time puts it (it was skipped as stale, and a replay of the topic
         gave another answer). A campaign closed here opens again under its id when its
         backlog shows it was still going on."""
-        horizon = t - self.cfg.window_s
+        ended = self._end(t - self.cfg.window_s)
+        self.quiet_closed.update((camp.key, camp) for camp in ended)
+        return [self.record(c, "closed") for c in ended]
+
+    def _end(self, horizon: float) -> list[Campaign]:
+        """The open campaigns none of whose incidents goes on past ``horizon``, taken out
+        of ``open`` (in id order)."""
         ended = sorted((c for c in self.open.values() if c.active_until < horizon), key=_by_id)
         for camp in ended:
             del self.open[camp.key]
-            self.quiet_closed[camp.key] = camp
-        return [self.record(c, "closed") for c in ended]
+        return ended
 
     def _open(self, key: tuple, active: dict[str, _Member]) -> Campaign:
         ordered = sorted(active.values(), key=lambda m: (m.first_seen, m.incident_id))
@@ -382,9 +387,7 @@ class Correlator:
             return []
         self.clock = t
         horizon = t - self.cfg.window_s
-        ended = sorted((c for c in self.open.values() if c.active_until < horizon), key=_by_id)
-        for camp in ended:
-            del self.open[camp.key]
+        ended = self._end(horizon)
         if t - self._pruned_at >= self.cfg.window_s / 8:  # memory only: observe filters
             self._pruned_at = t
             self._prune(horizon)

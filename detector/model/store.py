@@ -127,8 +127,11 @@ def next_version(model_dir: Path | str, platform: str) -> int:
     return max([given, *used, *_versions_in_lifecycle(d, platform)]) + 1
 
 
-def _record_given(d: Path, platform: str, version: int) -> None:
+def _take_version(d: Path, platform: str) -> int:
+    """The next version of ``platform``, recorded as given (under ``_reserved``)."""
+    version = next_version(d, platform)
     write_atomically(d / _GIVEN, json.dumps(_given(d) | {platform: version}) + "\n")
+    return version
 
 
 @contextmanager
@@ -156,8 +159,7 @@ def save_model(
 
 
 def _save_next(model: PlatformModel, d: Path, brands: list[str], training: dict) -> Path:
-    version = next_version(d, model.platform)
-    _record_given(d, model.platform, version)
+    version = _take_version(d, model.platform)
     stem = f"{model.platform}-v{version}"
     payload = {
         "forest": model.forest,
@@ -316,8 +318,7 @@ def install_copy(src_manifest: Path | str, model_dir: Path | str) -> Path:
 
 
 def _install_next(src_manifest: Path, m: dict, d: Path) -> Path:
-    version = next_version(d, str(m["platform"]))
-    _record_given(d, str(m["platform"]), version)
+    version = _take_version(d, str(m["platform"]))
     stem = f"{m['platform']}-v{version}"
     model_path = d / f"{stem}.skops"
     write_atomically(model_path, (src_manifest.parent / str(m["model_file"])).read_bytes())

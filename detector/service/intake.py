@@ -84,13 +84,14 @@ class Intake:
         self.ledger.read_to(polled)
         for (tp, r), b in zip(records, results, strict=True):
             if not isinstance(b, DecodeError):
+                # consumed, modelled or not: CanwatchBrandWithoutModel names the brand
+                counts = per_brand[b.brand]
+                counts[0] += 1
+                counts[1] += len(b.frames)
                 ok = modelled.get(b.brand)
                 if ok is None:
                     ok = modelled[b.brand] = self.scorer.platform_for(b.brand) is not None
-                if not ok:  # consumed all the same: CanwatchBrandWithoutModel names the brand
-                    counts = per_brand[b.brand]
-                    counts[0] += 1
-                    counts[1] += len(b.frames)
+                if not ok:
                     b = DecodeError(NO_MODEL, f"no model loaded for brand {b.brand!r}")
             if isinstance(b, DecodeError):
                 futures.append(self.dead_letters.refused(r, b))
@@ -100,9 +101,6 @@ class Intake:
                 vehicle = alias.get(b.vehicle) or alias.setdefault(
                     b.vehicle, pseudonym(self.privacy_key, b.vehicle)
                 )
-            counts = per_brand[b.brand]
-            counts[0] += 1
-            counts[1] += len(b.frames)
             batches.append((vehicle, b.brand, to_lanes(b.frames)))  # FD frames as lanes
             last = latest.get(vehicle)
             if last is None or last[1] is not tp or last[2] != b.brand:  # else all as before
