@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import threading
 import time
@@ -112,6 +113,14 @@ class Parts:
         for name, t in self.lasting.items():
             if not t.is_alive() and not self.stop.is_set():
                 raise DemoError(f"the demo's {name} stopped before the demo ended (see its log)")
+
+
+def default_model_cache() -> Path:
+    """The user's cache (XDG), so a demo run from any directory finds the models an
+    earlier run trained, and none is left in the working directory."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
+    return root / "canwatch"
 
 
 def cache_dir(root: Path) -> Path:

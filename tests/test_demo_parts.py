@@ -99,3 +99,22 @@ def test_options_the_demo_cannot_run_with_are_one_line_before_anything_starts(
             err = capsys.readouterr().err
             assert message in err and "Traceback" not in err and err.count("\n") == 1, err
             assert not models.exists(), "refused before any model was trained"
+
+
+def test_demo_models_are_cached_in_the_users_cache_not_the_working_directory(
+    monkeypatch, tmp_path
+):
+    from detector.cli import build_parser
+    from detector.demo import default_model_cache
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert default_model_cache() == tmp_path / "home" / ".cache" / "canwatch"
+    # a relative XDG_CACHE_HOME is invalid by the XDG spec: ignored, not joined to the cwd
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    assert default_model_cache() == tmp_path / "home" / ".cache" / "canwatch"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_model_cache() == tmp_path / "xdg" / "canwatch"
+    args = build_parser().parse_args(["demo"])
+    assert args.models == str(tmp_path / "xdg" / "canwatch")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, say
+from bench.common import say
 from detector.core.brands import Fleet, load_fleet
 from detector.core.config import load_config
 from detector.transport.broker import EmbeddedBroker, create_topics
@@ -52,9 +52,9 @@ def incident_consumer(bootstrap: str, **kafka_args: object):
 
 def demo_models(fleet: Fleet | None = None) -> Path:
     """The ``canwatch demo`` models of this checkout (its cache; trained there on first use)."""
-    from detector.demo import cache_dir, ensure_models
+    from detector.demo import cache_dir, default_model_cache, ensure_models
 
-    model_dir = cache_dir(ROOT / ".canwatch-cache")
+    model_dir = cache_dir(default_model_cache())
     ensure_models(fleet or load_fleet(), load_config(None, env={}), model_dir, say)
     return model_dir
 

@@ -15,7 +15,13 @@ from pathlib import Path
 from detector.cli._common import add_config_flag, config_from, fleet_from
 from detector.cli._table import fit
 from detector.core.errors import ConfigError
-from detector.demo import DemoOptions, render_scorecard, run_demo, write_report
+from detector.demo import (
+    DemoOptions,
+    default_model_cache,
+    render_scorecard,
+    run_demo,
+    write_report,
+)
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,8 +45,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models",
         metavar="DIR",
-        default=".canwatch-cache",
-        help="where demo models are cached (default .canwatch-cache)",
+        default=str(default_model_cache()),
+        help="where demo models are cached (default $XDG_CACHE_HOME/canwatch, else "
+        "~/.cache/canwatch)",
     )
     p.add_argument(
         "--metrics",
