@@ -384,6 +384,20 @@ def test_dead_letter_copy_cuts_what_the_producer_would_refuse():
     assert max(worst, wire.DLQ_MAX_BYTES) + 64 * 1024 < MAX_REQUEST_BYTES
 
 
+def test_many_empty_headers_cannot_make_a_dead_letter_too_large_to_produce():
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    from detector.transport.kafka_io import MAX_REQUEST_BYTES
+
+    # 400,000 one-byte header names: 0.4 MB of names, 1.2 MB on the wire with their
+    # length varints, beside a record of the largest value decoding accepts
+    hs = [("a", b"")] * 400_000
+    key, value, out_hs, note = wire.dead_letter_copy(b"k", b"x" * wire.MAX_RECORD_BYTES, hs)
+    assert note.startswith("cut from") and len(out_hs) == wire.DLQ_MAX_HEADERS
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, out_hs)
+    assert size + 64 * 1024 < MAX_REQUEST_BYTES
+
+
 # -- a whole poll at once ------------------------------------------------------------
 
 
