@@ -259,3 +259,32 @@ def test_a_send_the_producer_gave_up_on_is_no_acknowledgement():
     given_up.failure(KafkaTimeoutError("delivery timed out"))
     assert given_up.is_done and not delivery.acknowledged()
     assert Delivery([taken], 0.0, 0.0, {}).acknowledged()
+
+
+def test_a_parked_vehicle_raises_nothing_and_an_attack_up_to_its_stop_still_shows(cusw_models):
+    """A vehicle that stops inside a window (parked, ignition off) is retired after its
+    idle time, its open window closed then: that window's silences and low rates are the
+    stop's, not the bus's (it scored 40x the threshold, a critical suspension, for every
+    parked vehicle), while what its frames show still counts."""
+    from detector.core.brands import load_fleet
+    from detector.model.pipeline import Scorer, window_scores
+    from detector.model.store import load_latest
+    from replay.attacks import AttackSpec, inject
+    from replay.simulator import simulate_vehicle
+
+    t0 = 1.7e9
+    model = load_latest(cusw_models)["cusw"]
+    for seed, stop in ((41, 10.3), (42, 10.5), (43, 10.9)):
+        frames = simulate_vehicle("cusw", 20.0, t0, seed=seed)
+        scorer = Scorer({"cusw": model}, load_fleet(), 1.0)
+        scorer.push([("parked", "jeep", frames[frames["ts"] < t0 + stop])])
+        retired = scorer.retire({"parked"})
+        _, window, score = window_scores(retired[0])
+        assert window.tolist() == [t0 + 10] and score.max() < 1.0, (stop, score)
+    # a flood of an id never seen, up to the stop: the last window still alerts
+    frames = simulate_vehicle("cusw", 20.0, t0, seed=44)
+    frames, _ = inject(frames, AttackSpec.parse("dos:start=8,duration=12"), seed=1)
+    scorer = Scorer({"cusw": model}, load_fleet(), 1.0)
+    scorer.push([("parked", "jeep", frames[frames["ts"] < t0 + 10.3])])
+    _, window, score = window_scores(scorer.retire({"parked"})[0])
+    assert window.tolist() == [t0 + 10] and score.max() >= 1.0

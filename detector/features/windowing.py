@@ -48,7 +48,9 @@ than ``GAP_PERIODS`` periods of its platform's fastest expected message and
 the others sending, and a bus-off flood is error frames; a vehicle whose uplink
 forwards only slow messages is not gapped by their own periods), the windows
 from the gap's start to the one after its end are partial too, their silences
-and inter-arrival times the gap's, not the bus's.
+and inter-arrival times the gap's, not the bus's. The last window of a vehicle that
+went quiet (``close_vehicles`` without ``upto``: parked, retired) is scored with its
+rows marked partial (below): it ended where the vehicle stopped.
 
 A shorter gap (a hiccup of the uplink: the vehicle silent for longer than
 ``SILENCE_MARGIN`` times the longest its bus went quiet in training, and than
@@ -598,11 +600,7 @@ class WindowState:
         # began or resumed after a long gap): its count covers only the part after it
         began = ~(before >= self._resumed(veh, window)) & bl.slots(ids)[1]
         self._let_go_resumes()
-        partial = gapped | np.r_[began, absent.partial_mask()]
-        if partial.any():
-            rows.partial = partial
-            if rows.signal is not None:  # a mean over part of a window is not the window's
-                rows.signal[partial] = np.nan
+        _mark_partial(rows, gapped | np.r_[began, absent.partial_mask()])
         scored = (rows.window > self.first_window[rows.vehicle]) & ~unscored
         return rows.take(np.flatnonzero(scored))
 
@@ -626,6 +624,11 @@ class WindowState:
         close(rows, cut[which], self.streams, bl, self.window_s, emitted)
         out = self._rows(emitted, vehicles, cut, bl)
         self._drop_closed_novel(vehicles, rows, which)
+        if upto is None:
+            # the vehicle stopped inside its last window (parked, its uplink gone): its
+            # timing and silences are the stop's, as a gap's start would be, while what
+            # each frame showed still counts (an attack up to the end is still seen)
+            _mark_partial(out, np.ones(len(out), bool))
         return out
 
     def flush(self) -> int:
@@ -792,6 +795,15 @@ def push_pair(
     rows_b, _ = b._push(frames, uv, local, bl_b, budget(), like=like)
     return rows_a, rows_b, time.perf_counter() - t0
 
+
+
+def _mark_partial(rows: Rows, partial: np.ndarray) -> None:
+    """Mark ``partial`` rows (see ``Rows.partial``), keeping those already marked."""
+    if not partial.any():
+        return
+    rows.partial = partial | rows.partial_mask()
+    if rows.signal is not None:  # a mean over part of a window is not the window's
+        rows.signal[partial] = np.nan
 
 def _signals(mean: np.ndarray, ids: np.ndarray, count: np.ndarray, bl: Baseline) -> np.ndarray | None:
     """Rows' window means of their id's cross-coupled word (the fold's column after the
