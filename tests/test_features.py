@@ -434,6 +434,14 @@ def test_two_telemetry_gaps_in_one_push_and_records_out_of_order(fleet_stream) -
     rows, state = push_in_batches(frames[swapped], vehicle[swapped], bl, [])
     assert state.telemetry_gaps == 0
     assert_same_rows(rows, push_in_batches(frames[mine], vehicle[mine], bl, [])[0])
+    # ... and hide none: the later record read first used to leave the gap before it
+    # unseen, its windows scored as a bus gone silent (40x the threshold)
+    mine = np.flatnonzero(gapped & (vehicle == 0))
+    half = mine[np.searchsorted(t[mine], 7.0)]
+    swapped = np.r_[mine[mine >= half], mine[mine < half]]
+    rows, state = push_in_batches(frames[swapped], vehicle[swapped], bl, [])
+    assert state.telemetry_gaps == 2
+    assert_same_rows(rows, push_in_batches(frames[mine], vehicle[mine], bl, [])[0])
 
     one = ~((vehicle == 0) & (t >= 3.5) & (t < 6.5))
     ids = np.r_[0x600 + np.arange(12), 0x650 + np.arange(12)]  # unseen: 12 in window 4, 12 in 7

@@ -379,8 +379,10 @@ def test_window_pass_finds_standard_and_extended_ids_like_id_slots() -> None:
     none = np.iinfo(np.int64).min // 4
     gaps = np.empty(4, np.int64), np.empty(4)
     args = (vehicle, 1.0, np.full(1, none), np.full(1, none), np.full(1, -np.inf), none, ids, 5.0, *gaps)
-    win, late, n_late, in_batch, slot, all_known, earliest, n_gaps = window_pass(ts, can_id, *args)
-    assert n_gaps == 0
+    win, late, n_late, in_batch, slot, all_known, earliest, n_gaps, disorder = window_pass(
+        ts, can_id, *args
+    )
+    assert n_gaps == 0 and not disorder.any()
     assert all_known and n_late == 0 and in_batch.all()
     np.testing.assert_array_equal(win, [0, 1, 2, 3])
     np.testing.assert_array_equal(earliest, [0])

@@ -67,7 +67,9 @@ def window_pass(  # pragma: no cover - compiled
     to the newest ts, and mark it in the batch. Each frame newer than its
     vehicle's newest by more than ``gap_s`` is a candidate telemetry gap: its
     index in ``gap_at`` and that newest ts in ``gap_from`` (as many as the
-    returned ``n_gaps``; frames of the batch out of order may fill it)."""
+    returned ``n_gaps``; frames of the batch out of order may fill it). ``disorder``:
+    per vehicle, whether its frames that are not late came out of time order (then its
+    candidates are not all its gaps: see ``windowing._true_gaps``)."""
     n = ts.shape[0]
     n_ids = ids.shape[0]
     lut = _id_table(ids)
@@ -76,6 +78,8 @@ def window_pass(  # pragma: no cover - compiled
     slot = np.zeros(n, np.int64)
     in_batch = np.zeros(closed_upto.shape[0], np.bool_)
     earliest = np.full(closed_upto.shape[0], np.iinfo(np.int64).max)
+    previous = np.full(closed_upto.shape[0], -np.inf)
+    disorder = np.zeros(closed_upto.shape[0], np.bool_)
     n_late = 0
     n_gaps = 0
     all_known = True
@@ -90,6 +94,9 @@ def window_pass(  # pragma: no cover - compiled
         in_batch[v] = True
         if w < earliest[v]:
             earliest[v] = w
+        if ts[i] < previous[v]:
+            disorder[v] = True
+        previous[v] = ts[i]
         if ts[i] > newest[v]:
             if ts[i] - newest[v] > gap_s and newest[v] > -np.inf:
                 gap_at[n_gaps] = i
@@ -109,7 +116,7 @@ def window_pass(  # pragma: no cover - compiled
     for v in range(closed_upto.shape[0]):
         if in_batch[v] and first_window[v] == none:
             first_window[v] = earliest[v]
-    return win, late, n_late, in_batch, slot, all_known, earliest, n_gaps
+    return win, late, n_late, in_batch, slot, all_known, earliest, n_gaps, disorder
 
 
 @njit(cache=True, nogil=True)

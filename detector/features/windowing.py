@@ -259,12 +259,14 @@ class WindowState:
         first, newest = self.first_window[uv], self.newest[uv]
         can_id = frames["can_id"]
         gap_at, gap_from = np.empty(len(local), np.int64), np.empty(len(local))
-        win, late, n_late, in_batch, id_rank, all_known, earliest, n_gaps = window_pass(
+        gap_s, before = min(short_gap_s(bl), telemetry_gap_s(bl, self.window_s)), newest.copy()
+        win, late, n_late, in_batch, id_rank, all_known, earliest, n_gaps, disorder = window_pass(
             frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
-            _NONE, bl.ids, min(short_gap_s(bl), telemetry_gap_s(bl, self.window_s)), gap_at,
-            gap_from,
+            _NONE, bl.ids, gap_s, gap_at, gap_from,
         )  # fmt: skip
         gaps = _true_gaps(frames["ts"], local, uv, gap_at[:n_gaps], gap_from[:n_gaps])
+        if disorder.any():  # a vehicle's records out of order (a backfill sent newest first)
+            gaps = _gaps_out_of_order(frames["ts"], local, uv, late, before, disorder, gap_s, gaps)
         late_vehicles, all_win = uv[local[late]], win
         if n_late:
             frames, local, win = take_frames(frames, ~late), local[~late], win[~late]
@@ -761,6 +763,37 @@ def _true_gaps(
                       for f, e, s in zip(first.tolist(), last.tolist(), start.tolist(), strict=True)])  # fmt: skip
     keep = (after >= last) | (by_ts[np.minimum(after, len(by_ts) - 1)] >= end)
     return uv[v[keep]], start[keep], end[keep]
+
+
+def _gaps_out_of_order(
+    ts: np.ndarray,
+    local: np.ndarray,
+    uv: np.ndarray,
+    late: np.ndarray,
+    before: np.ndarray,
+    disorder: np.ndarray,
+    gap_s: float,
+    gaps: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``gaps`` with those of the ``disorder`` vehicles (by local index) found again in
+    time order: ``window_pass`` sees a gap only where a frame is newer than every one
+    before it in the batch, so a later record read first hides the gap before it. Each
+    such vehicle's frames after its newest ``before`` the batch, in time order after
+    that newest: the steps longer than ``gap_s``."""
+    mine = np.flatnonzero(disorder)
+    keep = ~np.isin(gaps[0], uv[mine])
+    sel = disorder[local] & ~late & (ts > before[local])
+    prior = mine[np.isfinite(before[mine])]
+    v = np.r_[local[sel], prior]
+    t = np.r_[ts[sel], before[prior]]
+    o = np.lexsort((t, v))
+    v, t = v[o], t[o]
+    step = np.flatnonzero((v[1:] == v[:-1]) & (np.diff(t) > gap_s))
+    return (
+        np.r_[gaps[0][keep], uv[v[step + 1]]],
+        np.r_[gaps[1][keep], t[step]],
+        np.r_[gaps[2][keep], t[step + 1]],
+    )
 
 
 def _over_allowance(
