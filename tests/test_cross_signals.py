@@ -174,6 +174,29 @@ def test_the_fold_gives_each_row_its_word_s_window_mean(trained) -> None:
     assert np.isnan(signal[rows.can_id == ENGINE_ID]).all()
 
 
+def test_a_window_s_word_sum_past_2_31_keeps_its_mean(trained) -> None:
+    """A flood of a coupled id (45,000 frames of a word of 60,000 in a 5 s window) sums
+    its word past 2^31: the window's mean is still the word, however batched (its int32
+    sum wrapped to -35,444 and broke the coupling's evidence)."""
+    can_id, (_, at, be, _, _) = next(iter(SPEED_IDS.items()))
+    n, window_s = 45_000, 5.0
+    data = np.zeros((n, 8), np.uint8)
+    hi, lo = (at, at + 1) if be else (at + 1, at)
+    data[:, hi], data[:, lo] = 0xEA, 0x60  # 60,000
+    # three windows: the first (partial) is not scored, the third closes the second
+    frames = make_frames(1.7e9 + np.arange(3 * n) / 9000.0, np.full(3 * n, can_id),
+                         np.r_[data, data, data])  # fmt: skip
+    for cut in (3 * n, 977):
+        state, rows = WindowState(window_s), []
+        for start in range(0, 3 * n, cut):
+            part = frames[start : start + cut]
+            rows.append(state.push(part, np.zeros(len(part), np.int64), trained))
+        rows = Rows.concat(rows)
+        mine = rows.can_id == can_id
+        assert rows.count[mine].tolist() == [n], cut
+        assert rows.signals()[mine].tolist() == [60_000.0], cut
+
+
 def forged(frames: np.ndarray, can_id: int, start: float, end: float) -> np.ndarray:
     """``can_id``'s speed word set to a constant in [start, end): a masquerade."""
     out = frames.copy()

@@ -50,9 +50,11 @@ from detector.features.fold_steps import (
     A_PAIR,
     A_PAIR_NOTE,
     A_SIG,
+    F_HAM,
     F_LAST,
     F_MIN,
     F_MIN2,
+    F_SIG,
     F_SUM,
     F_SUM2,
     N_ACC_I,
@@ -81,7 +83,7 @@ from detector.features.fold_steps import (
 # changes, not when a file it imports from does; yet _fold and _close compile in the
 # constants and steps of fold_steps.py too. Its digest is kept here, so that changing
 # it means changing this file as well, and its cached code is compiled again.
-_STEPS_SHA256 = "40c43d5cf7dec22316d06712dbcba0bbbc3941a7028b24776367e814aff5e81f"
+_STEPS_SHA256 = "3eb8db6bb1482a9454aaa0a4adbbcbd9aa4da2f700d842ab2ebd2828a59480b8"
 _steps = hashlib.sha256(Path(fold_steps.__file__).read_bytes()).hexdigest()
 if _steps != _STEPS_SHA256:
     raise ImportError(
@@ -126,7 +128,7 @@ def _emit(
     out_last[n] = acc_f[r, F_LAST]
     out_count[n] = count
     X = out_X[n]
-    X[X.shape[0] - 7] = a[A_SIG] / count if count > 0 else 0.0
+    X[X.shape[0] - 7] = acc_f[r, F_SIG] / count if count > 0 else 0.0
     X[X.shape[0] - 6] = a[A_FAR_NOTE] if a[A_FAR_MAX] > 0 else -1.0
     X[X.shape[0] - 5] = -1.0
     X[X.shape[0] - 4] = -1.0
@@ -157,7 +159,7 @@ def _emit(
             X[3] = np.sqrt(max(acc_f[r, F_SUM2] / n_dt - mean_dt**2, 0.0)) / per
         X[4] = ((st_open[r] + 1) * window_s - acc_f[r, F_LAST]) / per
         if n_dt > 0:
-            X[5] = (a[A_HAM] / pairs_n - ham_mean[s]) / (ham_std[s] + 0.5)
+            X[5] = (acc_f[r, F_HAM] / pairs_n - ham_mean[s]) / (ham_std[s] + 0.5)
         drop = 0.0
         rise = 0.0
         for b in range(8):
@@ -190,6 +192,8 @@ def _emit(
     acc_f[r, F_MIN] = np.inf
     acc_f[r, F_MIN2] = np.inf
     acc_f[r, F_LAST] = np.nan
+    acc_f[r, F_SIG] = 0.0
+    acc_f[r, F_HAM] = 0.0
     st_open[r] = NO_WINDOW
 
 

@@ -61,8 +61,9 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: int32: frames, frames with a predecessor, Hamming sum, then per byte: changes,
 #: frames where another byte changed, changes together with another byte; then
 #: frames failing each check; the most severe label; frames breaking a signal coupling,
-#: frames moving a fixed byte; the sum of the id's cross-coupled word (A_SIG: a CAN bus
-#: carries < 20,000 frames/s, so < 2^31 in a window); how far the byte furthest
+#: frames moving a fixed byte; the sum of the id's cross-coupled word (A_SIG: kept in
+#: ``acc_f`` between pushes, as the Hamming sum A_HAM is: a 16-bit word summed over a
+#: window passes 2^31 at 33,000 frames, a flood of 9,000 frames/s in 5 s windows); how far the byte furthest
 #: outside its range lay past it in any frame of the window, and that frame's note
 #: (``_far``: which byte, its value, its range), for the evidence to name; and the
 #: note of the first frame of the window whose byte stepped outside its learned steps
@@ -75,9 +76,10 @@ A_OUT, A_DELTA, A_PAIR, A_COUNTER, A_CHECKSUM, A_NOVEL, A_DLC, A_LABEL = range(2
 A_COUPLE, A_FIXED, A_SIG, A_FAR_MAX, A_FAR_NOTE, A_JUMP_NOTE, A_COUPLE_NOTE = range(35, 42)
 A_PAIR_NOTE = 42
 N_ACC_I = 43
-#: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts.
-F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2 = 0, 1, 2, 3, 4
-N_ACC_F = 5
+#: float64: sum and sum of squares of inter-arrival times, the shortest, the last frame's ts;
+#: the sums that may pass an int32 (exact in a float64 up to 2^53): A_SIG's and A_HAM's.
+F_SUM, F_SUM2, F_MIN, F_LAST, F_MIN2, F_SIG, F_HAM = 0, 1, 2, 3, 4, 5, 6
+N_ACC_F = 7
 NO_WINDOW = np.iinfo(np.int64).min
 
 
@@ -264,6 +266,8 @@ def _load_row(r, acc_i, acc_f, st_last_data, la):  # pragma: no cover - compiled
     group's last ts) and the stream's last payload, bytes little-endian in a word."""
     for c in range(N_ACC_I):
         la[c] = acc_i[r, c]
+    la[A_SIG] = np.int64(acc_f[r, F_SIG])
+    la[A_HAM] = np.int64(acc_f[r, F_HAM])
     prev = np.uint64(0)
     for b in range(8):
         prev |= np.uint64(st_last_data[r, b]) << np.uint64(8 * b)
@@ -278,6 +282,8 @@ def _store_row(r, acc_i, acc_f, la, sum_dt, sum_dt2, min_dt, min_dt2, last_g):  
     """``la`` (with the counts of the lanes added) and the timing sums into row ``r``."""
     for c in range(N_ACC_I):
         acc_i[r, c] = la[c]
+    acc_f[r, F_SIG] = la[A_SIG]  # (their acc_i columns wrap: never read)
+    acc_f[r, F_HAM] = la[A_HAM]
     acc_f[r, F_SUM] = sum_dt
     acc_f[r, F_SUM2] = sum_dt2
     acc_f[r, F_MIN] = min_dt
