@@ -70,6 +70,8 @@ def test_a_sighting_keys_on_brand_attack_and_the_top_id():
     assert (s.first_seen, s.last_seen, s.partition, s.offset) == (100.0, 101.0, 2, 7)
     assert sighting(incident("v1", 1.0, can_id=0x18FEF100 | 0x8000_0000)).can_id == "0x18FEF100x"
     assert sighting(incident("v1", 1.0, can_id="0x18FEF100x")).can_id == "0x18FEF100x"
+    for kind in ("error frames", "remote frames"):  # floods of a kind of frame, not an id
+        assert sighting(incident("v1", 1.0, can_id=kind)).can_id == kind
 
 
 @pytest.mark.parametrize(

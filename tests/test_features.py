@@ -455,3 +455,32 @@ def test_two_telemetry_gaps_in_one_push_and_records_out_of_order(fleet_stream) -
         rows = state.push(f[o], v[o], bl)
         w0 = set((rows.window[rows.vehicle == 0] - int(1.7e9)).tolist())
         assert state.telemetry_gaps == 1 and w0.isdisjoint({3, 4, 5, 6, 7}), (limit, w0)
+
+
+def test_remote_frames_are_a_stream_of_their_own_not_zero_frames_of_their_id(fleet_stream):
+    """Three remote (RTR) frames of a learned id in window 10: its row is the row without
+    them (they were folded in as frames of zeros: out of range, counter and checksum
+    broken), and they are counted as "remote frames", an id of its own that training
+    with remote frames learns like any other."""
+    from detector.core.fd import REMOTE_FRAMES_ID, describe_id, parse_described_id, to_lanes
+    from detector.core.schema import FLAG_RTR, concat_frames
+
+    frames, vehicle, bl = fleet_stream
+    mine = frames[vehicle == 1]
+    learned = int(bl.ids[0])
+    rtr = make_frames(1.7e9 + np.array([10.203, 10.503, 10.803]), [learned] * 3,
+                      np.zeros((3, 0), np.uint8), dlc=[8] * 3)  # fmt: skip
+    rtr["flags"] = FLAG_RTR
+    with_rtr = concat_frames([mine, rtr])
+    with_rtr = to_lanes(with_rtr[np.argsort(with_rtr["ts"], kind="stable")])
+    clean, got = rows_of(mine, bl), rows_of(with_rtr, bl)
+    window = int(1.7e9) + 10
+    bus = [F[n] for n in ("bus_load", "bus_novel", "bus_ids")]  # the bus did carry them
+    own = np.setdiff1d(np.arange(len(FEATURE_NAMES)), bus)
+    np.testing.assert_array_equal(row(got, window, learned)[own], row(clean, window, learned)[own])
+    remote = (got.can_id == REMOTE_FRAMES_ID) & (got.window == window)
+    assert got.count[remote].tolist() == [3]
+    assert describe_id(REMOTE_FRAMES_ID) == "remote frames"
+    assert parse_described_id("remote frames") == REMOTE_FRAMES_ID
+    train = to_lanes(with_rtr)
+    assert REMOTE_FRAMES_ID in learn_baseline(train, np.zeros(len(train), np.int64), W).ids

@@ -30,6 +30,9 @@ Error frames, whatever id or error class they carry, become one stream of their 
 ``ERROR_FRAMES_ID`` (bit 29, Linux's CAN_ERR_FLAG): a vehicle's error-frame rate is
 then a feature like any id's rate, an error-frame flood (the signature of a bus-off
 attack) is evidence named "error frames", and error frames never pose as an id.
+Remote (RTR) frames likewise become ``REMOTE_FRAMES_ID``, "remote frames": a remote
+frame carries no data, and folded into its id's stream it read as a frame of zeros
+(out of range, counter and checksum broken, for the frame after it too).
 
 A 29-bit id keeps its low 26 bits in its lane ids: its top three (J1939's
 priority) give way to k, so two FD ids that differ only there share lanes.
@@ -46,6 +49,7 @@ from detector.core.schema import (
     FD_LENGTHS,
     FLAG_ERROR,
     FLAG_FD,
+    FLAG_RTR,
     FRAME_DTYPE,
     ID_MASK_EXTENDED,
     format_id,
@@ -53,6 +57,9 @@ from detector.core.schema import (
 
 LANE_FLAG = 0x4000_0000
 ERROR_FRAMES_ID = 0x2000_0000
+REMOTE_FRAMES_ID = 0x2000_0001  # bit 29 as error frames; no CAN id or lane id is either
+#: the streams that stand for a kind of frame, not an id, and the name evidence gives them
+FRAME_KIND_STREAMS = {ERROR_FRAMES_ID: "error frames", REMOTE_FRAMES_ID: "remote frames"}
 CHECK_FLAG = 0x2000_0000  # with LANE_FLAG: an FD id's checksum lane
 LANE_SHIFT = 26
 _LANE_BITS = 0x7 << LANE_SHIFT
@@ -91,8 +98,8 @@ def is_lane(can_id: np.ndarray | int) -> np.ndarray:
 def describe_id(can_id: int) -> str:
     """``format_id`` that also names an FD lane: ``0x1A0 FD bytes 8-15``."""
     can_id = int(can_id)
-    if can_id == ERROR_FRAMES_ID:
-        return "error frames"
+    if can_id in FRAME_KIND_STREAMS:
+        return FRAME_KIND_STREAMS[can_id]
     if not can_id & LANE_FLAG:
         return format_id(can_id)
     bare, first = lane_place(can_id)
@@ -103,10 +110,12 @@ def describe_id(can_id: int) -> str:
 
 def parse_described_id(text: str) -> int:
     """The id ``describe_id`` wrote as ``text`` (``0x1E4``, ``0x18FEF100x``, ``0x1A0 FD
-    bytes 8-15``, ``0x1A0 FD checksums``, ``error frames``); ValueError otherwise."""
+    bytes 8-15``, ``0x1A0 FD checksums``, ``error frames``, ``remote frames``);
+    ValueError otherwise."""
     text = str(text).strip()
-    if text == "error frames":
-        return ERROR_FRAMES_ID
+    for kind, name in FRAME_KIND_STREAMS.items():
+        if text == name:
+            return kind
     head, _, tail = text.partition(" ")
     cid = int(head[:-1], 16) | int(EXTENDED_FLAG) if head.endswith("x") and len(head) > 2 else int(head, 16)
     if not tail:
@@ -236,11 +245,14 @@ def _checksum_lane(data, n, out):  # pragma: no cover - compiled
 
 
 def _errors_as_one_stream(frames: np.ndarray) -> np.ndarray:
-    """``frames`` with every error frame's id set to ERROR_FRAMES_ID (a copy only when
-    there is one: classic traffic pays a scan of its flags)."""
-    err = (frames["flags"] & FLAG_ERROR) != 0
-    if not err.any():
+    """``frames`` with every error frame's id set to ERROR_FRAMES_ID and every other
+    remote frame's to REMOTE_FRAMES_ID (a copy only when there is one: classic traffic
+    pays a scan of its flags)."""
+    flags = frames["flags"]
+    if not (flags & (FLAG_ERROR | FLAG_RTR)).any():
         return frames
+    err = (flags & FLAG_ERROR) != 0
     frames = frames.copy()
     frames["can_id"][err] = ERROR_FRAMES_ID
+    frames["can_id"][~err & ((flags & FLAG_RTR) != 0)] = REMOTE_FRAMES_ID
     return frames

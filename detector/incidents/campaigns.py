@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.core.config import CampaignsConfig
-from detector.core.fd import ERROR_FRAMES_ID, describe_id
+from detector.core.fd import FRAME_KIND_STREAMS
 from detector.core.schema import ATTACK_KINDS, EXTENDED_FLAG, ID_MASK_EXTENDED, format_id
 
 CAMPAIGN_STATUSES = ("open", "update", "closed")
@@ -106,7 +106,7 @@ def _text(record: Mapping, name: str) -> str:
     return value
 
 
-ERROR_FRAMES = describe_id(ERROR_FRAMES_ID)
+FRAME_KINDS = set(FRAME_KIND_STREAMS.values())  # "error frames", "remote frames"
 
 
 def _top_id(can_ids: Any) -> str:
@@ -115,8 +115,8 @@ def _top_id(can_ids: Any) -> str:
         raise BadIncident("bad_shape", f"can_ids must be a non-empty list, got {can_ids!r:.80}")
     first = can_ids[0].get("can_id") if isinstance(can_ids[0], dict) else can_ids[0]
     try:
-        if isinstance(first, str) and first.strip() == ERROR_FRAMES:
-            return ERROR_FRAMES  # a campaign of error-frame floods
+        if isinstance(first, str) and first.strip() in FRAME_KINDS:
+            return first.strip()  # a campaign of error-frame (or remote-frame) floods
         if isinstance(first, str):
             text = first.strip().split(" ", 1)[0]  # an FD lane: "0x1A0 FD bytes 8-15"
             extended = len(text) > 2 and text[-1] in "xX"
