@@ -370,6 +370,23 @@ def test_producer_errors_surface(broker, unique_topic, tmp_path):
             producer.close(timeout=1)
 
 
+def test_a_producer_holding_records_it_cannot_deliver_is_discarded_at_once(tmp_path):
+    """kafka-python's close() flushes first: with records pending and no broker it raised
+    and left the producer open, whose __del__ then flushed for 1 s again and printed a
+    traceback (canwatch replay, after the broker died mid-replay)."""
+    from detector.transport.kafka_io import discard_producer
+
+    with EmbeddedBroker(log_path=tmp_path / "gone.log") as own:
+        create_topics(own.bootstrap, {"t": 1})
+        producer = make_producer(KafkaConfig(bootstrap=own.bootstrap), linger_ms=60_000)
+        own.stop()
+        producer.send("t", value=b"x")  # held: no broker will take it
+        discard_producer(producer)
+        producer._sender.join(5)
+        assert not producer._sender.is_alive()
+        producer.__del__()  # nothing left to flush, nothing raised
+
+
 def test_free_ports_lie_below_the_kernels_ephemeral_range():
     """Outgoing connections take their local port from the ephemeral range: a port
     drawn below it cannot be taken by one between free_port and its owner's bind."""

@@ -144,7 +144,7 @@ def stream_to_kafka(
     from kafka.errors import KafkaError
 
     from detector.transport.broker import BrokerError
-    from detector.transport.kafka_io import make_producer
+    from detector.transport.kafka_io import discard_producer, make_producer
     from replay.publisher import publish
 
     with quiet_kafka():
@@ -160,10 +160,13 @@ def stream_to_kafka(
                 published = publish(sink, topic, streams, speed, encoding)
                 return published
             finally:
-                try:  # after a failure, closing must not hide it behind a traceback
-                    producer.close(timeout=10 if published is not None else 0)
-                except KafkaError as exc:
-                    if published is not None:
+                if published is None:  # after a failure, closing must not hide it
+                    discard_producer(producer)
+                else:
+                    try:
+                        producer.close(timeout=10)
+                    except KafkaError as exc:
+                        discard_producer(producer)
                         where = cfg.kafka.bootstrap
                         raise BrokerError(f"closing the producer to {where}: {exc}") from None
 

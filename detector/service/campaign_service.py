@@ -53,7 +53,12 @@ from detector.incidents.campaigns import (
 )
 from detector.service.broker_contact import step_until
 from detector.service.metrics.campaigns import CampaignMetrics
-from detector.transport.kafka_io import end_offsets, make_consumer, make_producer
+from detector.transport.kafka_io import (
+    discard_producer,
+    end_offsets,
+    make_consumer,
+    make_producer,
+)
 
 log = logging.getLogger("canwatch.campaigns")
 ACK_WAIT_S = 10.0  # for the broker to acknowledge a step's campaign records
@@ -334,10 +339,7 @@ class CampaignService:
         self._reset()
         producer, self.producer = self.producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=0)
-            except Exception as exc:  # closing a broken client must not stop the service
-                log.debug("closing the producer: %r", exc)
+            discard_producer(producer)
         for tp in self.partitions:
             self.consumer.seek(tp, self.resume_at[tp])
         self._stop.wait(delay)

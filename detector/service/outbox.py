@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 
 from detector.core.config import KafkaConfig
 from detector.core.errors import CanwatchError
-from detector.transport.kafka_io import KafkaConnectError, make_producer
+from detector.transport.kafka_io import KafkaConnectError, discard_producer, make_producer
 
 log = logging.getLogger("canwatch.detect")
 #: Reconnect within a second of the broker coming back (kafka-python backs off
@@ -103,10 +103,7 @@ class Outbox:
         a rewind."""
         producer, self.producer = self.producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=0)
-            except Exception as exc:  # closing a broken client must not break the detector
-                log.debug("closing the producer: %r", exc)
+            discard_producer(producer)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list):
         return self.producer.send(topic, key=key, value=value, headers=headers)

@@ -307,6 +307,22 @@ def make_producer(cfg: KafkaConfig, env: Mapping[str, str] | None = None, **over
         raise connect_error(cfg, exc, _diagnosis_timeout(kwargs)) from None
 
 
+def discard_producer(producer: Any) -> None:
+    """Close a producer at once, dropping what it still holds (the caller sends it again,
+    or has failed). kafka-python's ``close`` flushes first: with records pending it
+    raises and leaves the producer open, so that its ``__del__`` flushed again for 1 s
+    wherever the collector ran, and printed a traceback at exit."""
+    try:
+        producer.close(timeout=0)
+        return
+    except Exception as exc:  # a broken client's close must not break its caller
+        logging.getLogger("canwatch.kafka").debug("closing the producer: %r", exc)
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()  # its thread ends without sending what is pending
+    producer._closed = True  # what close() sets when done: __del__ then does nothing
+
+
 def make_consumer(
     cfg: KafkaConfig,
     topics: Iterable[str],
