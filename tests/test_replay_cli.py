@@ -193,6 +193,24 @@ def test_simulate_to_kafka_keeps_an_attack_past_the_duration_in_the_past(
     assert span["end_ts"] - span["start_ts"] == pytest.approx(11)
 
 
+@pytest.mark.kafka
+def test_simulate_to_kafka_warns_of_frames_a_detector_will_refuse(broker, unique_topic, capsys):
+    """--start-ts put ahead of the clock, sent at once: said before publishing (they were
+    published without a word, and dead-lettered as bad_timestamp); paced at real time
+    from now, they are not ahead when sent, and nothing is said."""
+    topic = unique_topic("telemetry")
+    create_topics(broker.bootstrap, {topic: 1})
+    now = time.time()
+    argv = ["simulate", "--brands", "jeep", "--duration", "1", "--to-kafka"]
+    argv += ["--bootstrap", broker.bootstrap, "--topic", topic]
+    assert main([*argv, "--max-speed", "--start-ts", str(now + 3600)]) == 0
+    err = capsys.readouterr().err
+    assert "frames have timestamps the detector will reject" in err, err
+    assert "leave out --start-ts" in err and err.count("\n") == 1, err
+    assert main([*argv, "--speed", "1", "--start-ts", str(now + 1)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_simulate_needs_a_sink(tmp_path, capsys):
     assert main(["simulate", "--brands", "jeep", "--duration", "1"]) == 2
     assert "--to-kafka" in capsys.readouterr().err

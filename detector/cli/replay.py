@@ -202,19 +202,31 @@ def summary_line(summary: Any, topic: str) -> str:
     )
 
 
-def check_timestamps(streams: list, cfg: Config, now: float) -> str | None:
-    """A warning when the detector would reject some frames' timestamps."""
-    limit = now + cfg.detection.max_future_s
+def check_timestamps(
+    streams: list,
+    cfg: Config,
+    now: float,
+    speed: float | None = None,
+    fix: str = "use --rebase-time",
+) -> str | None:
+    """A warning when the detector would reject some frames' timestamps: below
+    ``detection.min_ts``, or beyond ``max_future_s`` past the time they are sent (paced
+    at ``speed`` from ``now``; None: all at once)."""
+    first = min((float(f["ts"].min()) for _, _, f in streams if len(f)), default=now)
+    pace = 0.0 if speed is None else 1.0 / speed
     bad = sum(
-        int(np.count_nonzero((f["ts"] > limit) | (f["ts"] < cfg.detection.min_ts)))
+        int(np.count_nonzero(
+            (f["ts"] > now + (f["ts"] - first) * pace + cfg.detection.max_future_s)
+            | (f["ts"] < cfg.detection.min_ts)
+        ))
         for _, _, f in streams
-    )
+    )  # fmt: skip
     if not bad:
         return None
     return (
         f"warning: {bad} frames have timestamps the detector will reject "
-        f"(beyond now + detection.max_future_s={cfg.detection.max_future_s:g} s or below "
-        f"detection.min_ts); use --rebase-time"
+        f"(beyond the time they are sent + detection.max_future_s="
+        f"{cfg.detection.max_future_s:g} s, or below detection.min_ts); {fix}"
     )
 
 
@@ -362,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rebase_time:
         rebase(streams, speed, time.time())
     else:
-        warning = check_timestamps(streams, cfg, time.time())
+        warning = check_timestamps(streams, cfg, time.time(), speed)
         if warning:
             print(f"canwatch replay: {warning}", file=sys.stderr)
     summary = stream_to_kafka(cfg, topic, streams, speed, args.encoding, args.connect_timeout)

@@ -19,12 +19,14 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 from detector.cli._progress import bar, track
 from detector.cli.replay import (
     add_kafka_flags,
     add_pacing_flags,
+    check_timestamps,
     kafka_config,
     rebase_lag,
     speed_of,
@@ -216,6 +218,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg is not None:
         topic = args.topic or cfg.kafka.telemetry_topic
         streams = [(v.vehicle, v.brand, v.frames) for v in vehicles]
+        fix = "leave out --start-ts (the fleet then ends now)"
+        warning = check_timestamps(streams, cfg, time.time(), speed, fix)
+        if warning:
+            print(f"canwatch simulate: {warning}", file=sys.stderr, flush=True)
         summary = stream_to_kafka(cfg, topic, streams, speed, args.encoding, args.connect_timeout)
         print(summary_line(summary, topic), flush=True)
     return 0
