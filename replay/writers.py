@@ -85,6 +85,8 @@ def refusal(frames: np.ndarray, fmt: str) -> str | None:
             return f"format {name!r} holds classic CAN frames only, not CAN FD"
         if (frames["flags"] & FLAG_ERROR).any():  # an error frame would read as a bad id
             return f"format {name!r} has no error frames"
+        if name != "hcrl-txt" and (frames["flags"] & FLAG_RTR).any():  # read back as data
+            return f"format {name!r} has no remote frames"
         return None
     return _refusal(name, frames) if name in _PYTHON_CAN else None
 
@@ -338,6 +340,9 @@ class _TRCWriter(can.TRCWriter):
         self.log_event(line, msg.timestamp)
 
 
+_BLF_EPOCH_MIN = 631152000  # 1990-01-01: below it python-can's BLFWriter writes no start
+
+
 def _refusal(fmt: str, frames: np.ndarray) -> str | None:
     """Why python-can's ``fmt`` writer cannot store ``frames`` as they are (None: it can)."""
     flags = frames["flags"]
@@ -346,6 +351,9 @@ def _refusal(fmt: str, frames: np.ndarray) -> str | None:
         return "python-can's TRCWriter cannot store remote frames"
     if fmt == "trc" and err.any():  # its writer drops them with a log warning
         return "python-can's TRCWriter cannot store error frames"
+    if fmt == "blf" and len(frames) and frames["ts"].min() < _BLF_EPOCH_MIN:
+        # a zero start time in its header, times from the first frame: read back shifted
+        return "python-can's BLF writer stores times before 1990 relative to the first frame"
     if not is_fd_array(frames):
         return None
     fd = (flags & FLAG_FD) != 0

@@ -150,6 +150,25 @@ def test_replay_broker_unreachable_exit_2(tmp_path, capsys):
     assert "cannot reach Kafka" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("command", ["replay", "simulate", "incidents", "train"])
+def test_a_connect_timeout_out_of_range_is_an_option_error(tmp_path, capsys, command):
+    """inf and nan reached kafka-python as tracebacks; 0 as "cannot reach Kafka"."""
+    path, _ = recording(tmp_path, seconds=0.5)
+    head = {
+        "replay": ["replay", str(path), "--brand", "jeep"],
+        "simulate": ["simulate", "--to-kafka"],
+        "incidents": ["incidents"],
+        "train": ["train", "--from-kafka", "--platform", "cusw", "--out", str(tmp_path)],
+    }[command]
+    for value in ("inf", "nan", "0", "-1"):
+        with pytest.raises(SystemExit) as done:
+            main([*head, "--connect-timeout", value, "--bootstrap", "127.0.0.1:1"])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--connect-timeout: must be in (0, 3600] s, got {value}" in err, err
+        assert "Traceback" not in err
+
+
 @pytest.mark.kafka
 def test_simulate_to_kafka_streams_the_fleet(broker, unique_topic, tmp_path, capsys):
     topic = unique_topic("telemetry")

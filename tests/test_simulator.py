@@ -298,8 +298,12 @@ def test_cli_simulate_rejects_bad_attack(tmp_path, capsys):
          "TRCWriter cannot store error frames"),
         (["--brands", "jeep", "--duration", "inf"], "--duration must be in (0, 86400] s"),
         (["--brands", "jeep", "--start-ts", "nan"], "--start-ts must be a time >= 0 s"),
+        # read back shifted by 1000 s: fleet.json's attack spans would no longer match
+        (["--brands", "jeep", "--format", "blf", "--start-ts", "1000"],
+         "BLF writer stores times before 1990 relative to the first frame"),
     ],
-    ids=["fd-in-road", "error-frames-in-road", "error-frames-in-trc", "duration", "start-ts"],
+    ids=["fd-in-road", "error-frames-in-road", "error-frames-in-trc", "duration", "start-ts",
+         "blf-before-1990"],
 )
 def test_cli_simulate_refuses_before_writing_a_file(tmp_path, capsys, argv, needle):
     from detector.cli import main
@@ -309,6 +313,18 @@ def test_cli_simulate_refuses_before_writing_a_file(tmp_path, capsys, argv, need
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_formats_without_remote_frames_refuse_them_instead_of_writing_data_frames():
+    from detector.core.schema import FLAG_RTR, make_frames
+    from replay.writers import refusal
+
+    frames = make_frames([1.7e9, 1.7e9 + 0.1], [0x100, 0x200], np.zeros((2, 0), np.uint8),
+                         dlc=[4, 0])  # fmt: skip
+    frames["flags"] = FLAG_RTR
+    for fmt in ("road", "hcrl", "crysys", "cantt"):
+        assert refusal(frames, fmt) == f"format {fmt!r} has no remote frames"
+    assert refusal(frames, "hcrl-txt") is None and refusal(frames, "candump") is None
 
 
 def test_cli_simulate_rejects_unknown_brand(tmp_path, capsys):

@@ -22,3 +22,16 @@ def config_from(args: argparse.Namespace, **overrides) -> Config:
 
 def fleet_from(cfg: Config) -> Fleet:
     return load_fleet(cfg.fleet.brands_file) if cfg.fleet.brands_file else load_fleet()
+
+
+MAX_CONNECT_TIMEOUT_S = 3600.0  # as kafka.connect_timeout_s
+
+
+def connect_timeout(text: str) -> float:
+    """``--connect-timeout``: seconds in (0, 3600] (inf, nan or 0 reached kafka-python as
+    a traceback, or as a broker that could not be reached)."""
+    value = float(text)
+    if not 0 < value <= MAX_CONNECT_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_CONNECT_TIMEOUT_S:g}] s, got {text}")
+    return value
+

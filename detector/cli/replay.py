@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from detector.cli._channel_flag import add_channel_flag
+from detector.cli._common import connect_timeout
 from detector.cli._progress import bar
 from detector.core.config import Config, load_config
 from detector.core.errors import ConfigError, InputError
@@ -62,7 +63,7 @@ def add_kafka_flags(p: argparse.ArgumentParser, topic_what: str = "telemetry") -
     )
     p.add_argument(
         "--connect-timeout",
-        type=float,
+        type=connect_timeout,
         default=CONNECT_TIMEOUT_S,
         metavar="S",
         help=f"give up when the broker does not answer within S s (default {CONNECT_TIMEOUT_S:g})",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.cli._channel_flag import add_channel_flag
-from detector.cli._common import add_config_flag, config_from, fleet_from
+from detector.cli._common import add_config_flag, config_from, connect_timeout, fleet_from
 from detector.cli._progress import bar
 from detector.core.brands import Fleet
 from detector.core.config import Config, DetectionConfig
@@ -69,7 +69,7 @@ def add_kafka_flags(p: argparse.ArgumentParser) -> None:
     )
     k.add_argument(
         "--connect-timeout",
-        type=float,
+        type=connect_timeout,
         default=tk.CONNECT_TIMEOUT_S,
         metavar="S",
         help=f"give up when no broker answers within S s (default {tk.CONNECT_TIMEOUT_S:g})",
@@ -173,8 +173,6 @@ def check_sources(args: argparse.Namespace) -> None:
             raise CanwatchError(f"--exclude-margin must be >= 0 s, got {args.exclude_margin}")
         if not (np.isfinite(args.lateness) and args.lateness >= 0):
             raise CanwatchError(f"--lateness must be >= 0 s, got {args.lateness}")
-        if not args.connect_timeout > 0:
-            raise CanwatchError(f"--connect-timeout must be > 0 s, got {args.connect_timeout}")
     elif not args.files:
         raise CanwatchError("give the recordings to train on (FILE...), or --from-kafka")
     elif any(getattr(args, f) is not None for f in ("since", "until", "bootstrap")):
