@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import say
+from bench.common import key_value, listed, say
 from bench.common.detect import DetectProc, total
 from bench.common.procs import cpu_seconds, rss
 from bench.common.report import machine_line, markdown_table, write_results
@@ -324,25 +324,27 @@ def headline(results: dict) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", default="a,b", help="a (fuzz), b (key flood), or both")
+    ap.add_argument("--scenario", type=listed(str, ("a", "b")), default="a,b",
+                    help="a (fuzz), b (key flood), or both")  # fmt: skip
     ap.add_argument("--vehicles", type=int, default=4, help="normal fleet vehicles")
     ap.add_argument("--fuzz-rate", type=float, default=4000.0)
     ap.add_argument("--fuzz-minutes", type=int, default=10)
     ap.add_argument("--flood-rate", type=float, default=5000.0)
     ap.add_argument("--flood-minutes", type=int, default=3)
-    ap.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE", help="limits.KEY for detect")
+    ap.add_argument("--limit", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                    help="limits.KEY for detect")  # fmt: skip
     ap.add_argument("--models", type=Path, help="directory for the cached bench models")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, help="keep detect's logs here (default: a temp dir)")
     args = ap.parse_args(argv)
-    args.limits = dict(kv.split("=", 1) for kv in args.limit)
+    args.limits = dict(args.limit)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="canwatch-adv-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model_dir = bench_models(load_fleet(), args.models or work)
-        for scenario in args.scenario.split(","):
-            res = results[scenario] = run(args, scenario.strip(), model_dir, work)
+        for scenario in args.scenario:
+            res = results[scenario] = run(args, scenario, model_dir, work)
             print(f"\n### scenario {scenario}\n\n{table(res)}\n", flush=True)
     print(machine_line())
     write_results(args.json, {"scenarios": results}, headline(results))

@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import say
+from bench.common import positive_int, say
 from bench.common.detect import DetectProc, Samples, total
 from bench.common.procs import cpu_seconds
 from bench.common.report import fmt_range, machine_line, markdown_table, summary, write_results
@@ -452,10 +452,10 @@ def report(args, runs: list[dict], total_s: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vehicles", type=int, default=20)
+    ap.add_argument("--vehicles", type=positive_int, default=20)
     ap.add_argument("--attacks", type=int, default=2, help="attacks per vehicle (14 s apart)")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--repeat", type=positive_int, default=3)
+    ap.add_argument("--partitions", type=positive_int, default=4)
     ap.add_argument("--commit-sample", type=float, default=0.1, help="OffsetFetch interval, s")
     ap.add_argument("--drain", type=float, default=8.0, help="seconds to wait after the replay")
     ap.add_argument("--seed", type=int, default=11)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import say
+from bench.common import positive_float, say
 from bench.common.report import machine_line, markdown_table, write_results
 from detector.core.brands import load_fleet
 from detector.core.config import DetectionConfig, IncidentConfig
@@ -64,7 +64,7 @@ def table(results: list, window_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--platforms", default="all", help="all, or a comma-separated list")
-    p.add_argument("--minutes", type=float, default=qs.LONG_MINUTES, help="each judged drive")
+    p.add_argument("--minutes", type=positive_float, default=qs.LONG_MINUTES, help="each judged drive")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     names = list(qs.PLATFORM_BRANDS) if args.platforms == "all" else args.platforms.split(",")

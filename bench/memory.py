@@ -577,7 +577,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    for name in ("vehicles", "rate_vehicles", "detector_vehicles"):  # "" runs none
+        if not all(n.strip().isdigit() and int(n) > 0 for n in getattr(args, name).split(",") if n):
+            ap.error(f"--{name.replace('_', '-')}: positive counts, comma-separated")
     if args.child:
         print(json.dumps(child_state(args) if args.child == "state" else child_burst(args)))
         return 0

@@ -125,6 +125,9 @@ def run_once(cfg, fleet, frames: int, timers: dict[str, float]) -> dict:
         n = consumed() - done0
     finally:
         det.close()
+    if n < frames / 2:  # the unmeasured first poll took most of the backlog
+        raise SystemExit(f"profile_detect: measured {n:,.0f} of {frames:,} frames (the first "
+                         f"poll, not measured, took the rest): give --frames more")  # fmt: skip
     return {"frames": n, "cpu_s": cpu, "frames_per_cpu_s": n / cpu, "parts": parts(cpu, other, timers)}
 
 
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--json", type=Path, metavar="OUT")
     args = ap.parse_args(argv)
+    if args.frames < 1 or args.repeat < 1 or args.vehicles < 1:
+        ap.error("--frames, --repeat and --vehicles must be >= 1")
     if not keep_large_buffers():
         say("note: no glibc mallopt here; measuring with the C library's defaults")
     if not (read_large_chunks() and parse_batches_compiled()):

@@ -345,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
     print("\n\n".join(parts) + "\n")
     bad = regressions(real, args.tolerance)
+    if args.check:  # a gate that read no capture (a mistyped --data) must not pass
+        seen = {r["capture"] for r in real}
+        bad += [f"{c}: not evaluated (no such capture under {args.data})"
+                for c in EXPECTED if c not in seen]  # fmt: skip
     for msg in bad:
         print(f"REGRESSION {msg}")
     results = {

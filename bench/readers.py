@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import say
+from bench.common import listed, positive_int, say
 from bench.common.report import machine_line, markdown_table, write_results
 from detector.core.schema import EXTENDED_FLAG, FRAME_DTYPE
 from replay.readers import read_frames
@@ -111,13 +111,14 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per canwatch reader (median)")
+    ap.add_argument("--frames", type=positive_int, default=1_000_000)
+    ap.add_argument("--repeat", type=positive_int, default=3, help="runs per canwatch reader (median)")
     ap.add_argument("--pc-repeat", type=int, default=3, help="runs per python-can reader")
-    ap.add_argument("--formats", default=",".join(FILES), help="comma-separated subset")
+    ap.add_argument("--formats", type=listed(str, FILES), default=",".join(FILES),
+                    help="comma-separated subset")  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
-    rows = bench(args.frames, args.repeat, args.pc_repeat, args.formats.split(","))
+    rows = bench(args.frames, args.repeat, args.pc_repeat, args.formats)
     print(markdown(rows))
     write_results(args.json, {"frames": args.frames, "results": rows}, [
         (f"{r['format']} frames/s, canwatch (python-can)",

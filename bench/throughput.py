@@ -91,6 +91,7 @@ from detector.transport.kafka_recv import read_large_chunks
 
 PARTITIONS = 4
 WARMUP_FRAMES = 50_000
+MIN_NET_CPU_S = 0.2  # CPU a measured detect run must take past its start-up
 HEADER = 16  # binary value header (docs/wire-format.md)
 DTYPES = {1: FRAME_DTYPE, 2: FD_FRAME_DTYPE}  # by the header's version (schema 2: CAN FD)
 
@@ -251,6 +252,11 @@ def net_detect_run(name: str, work: Path, bootstrap: str, topic: str, frames: in
     if d["startup_cpu_s"] is None:
         raise RuntimeError(f"canwatch detect never logged {ASSIGNED!r}")
     d["cpu_net_s"] = d["cpu_raw_s"] - d["startup_cpu_s"]
+    if d["cpu_net_s"] < MIN_NET_CPU_S:  # clock ticks are 10 ms: no figure from a few of them
+        raise RuntimeError(
+            f"canwatch detect worked {d['cpu_net_s']:.2f} CPU-s past start-up on {frames:,} "
+            f"frames: too little to measure (give --frames more)"
+        )
     d["frames_per_cpu_s_raw"] = frames / d["cpu_raw_s"]
     d["frames_per_cpu_s_net"] = frames / d["cpu_net_s"]
     say(

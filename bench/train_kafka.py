@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, say
+from bench.common import ROOT, listed, positive_float, positive_int, say
 from bench.common.report import machine_line, markdown_table, write_results
 from bench.common.rig import RECORD_FRAMES, RECORD_SPAN_S, broker, producer
 from replay.publisher import publish
@@ -106,7 +106,7 @@ def train(bootstrap: str, work: Path, since: float, until: float, max_frames: in
     if proc.returncode:
         raise RuntimeError(f"canwatch train --from-kafka failed: {stderr.strip()[-2000:]}")
     say("  " + stdout.strip().replace("\n", "\n  "))
-    (manifest,) = out.glob("*.json")
+    (manifest,) = [p for p in out.glob("*.json") if not p.name.startswith(".")]  # a version
     src = json.loads(manifest.read_text())["training"]["source"]
     return {
         "wall_s": round(wall, 1),
@@ -148,8 +148,9 @@ def one_span(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vehicle-hours", default="1,4,16", help="spans, comma-separated")
-    ap.add_argument("--vehicles", type=int, default=8)
+    ap.add_argument("--vehicle-hours", type=listed(positive_float), default="1,4,16",
+                    help="spans, comma-separated")  # fmt: skip
+    ap.add_argument("--vehicles", type=positive_int, default=8)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument(
         "--max-frames",
@@ -163,8 +164,8 @@ def main() -> None:
     budgets = [None if b == "default" else int(b) for b in args.max_frames.split(",")]
     runs = [
         run
-        for vh in args.vehicle_hours.split(",")
-        for run in one_span(float(vh), args.vehicles, tpl, args.partitions, budgets)
+        for vh in args.vehicle_hours
+        for run in one_span(vh, args.vehicles, tpl, args.partitions, budgets)
     ]
     rows = [
         (f"{r['vehicle_hours']:g}", f"{r['max_frames']:,}", f"{r['frames_read']:,}",

@@ -102,6 +102,7 @@ class DetectProc:
         self.samples: Samples = {}
         self.trace: list[tuple[float, float]] = []  # (monotonic s, process CPU s)
         self.assigned_cpu: float | None = None  # CPU when the log said "assigned partitions"
+        self.assigned_at: int | None = None  # ... and that sample's index in ``trace``
         self._log_seen = 0
 
     def poll_metrics(self) -> Samples:
@@ -126,6 +127,7 @@ class DetectProc:
                 self.trace.append((now, cpu_seconds(self.proc.pid)))
             if self.assigned_cpu is None and self._assigned():
                 self.assigned_cpu = before  # the last sample before the line was written
+                self.assigned_at = max(len(self.trace) - 2, 0)
             if now >= next_scrape:
                 next_scrape = now + every
                 s = self.poll_metrics()
@@ -144,10 +146,12 @@ class DetectProc:
 
     def busy_cpu(self) -> float:
         """Process CPU when it last worked at BUSY_CORES or more (over ~0.1 s): the end
-        of the backlog, without the idle polling until a scrape noticed it."""
+        of the backlog, without the idle polling until a scrape noticed it. Looked for
+        after start-up only (its busy moments are not the backlog's)."""
         t = [x for x, _ in self.trace]
         cpu = [c for _, c in self.trace]
-        for i in range(len(t) - 1, 0, -1):
+        first = self.assigned_at or 0
+        for i in range(len(t) - 1, first, -1):
             j = max(bisect.bisect_right(t, t[i] - 0.1) - 1, 0)
             if t[i] > t[j] and (cpu[i] - cpu[j]) / (t[i] - t[j]) >= BUSY_CORES:
                 return cpu[i]
