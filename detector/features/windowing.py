@@ -8,7 +8,7 @@ Frames are not kept: each (vehicle, id) stream has one row in a
 ``StreamTable`` (``detector.features.streams``) holding its last frame (for
 inter-arrival times, payload changes and counters) and the running sums of
 its open window (the features are all counts, sums and extremes), so the
-state is a fixed ~240 bytes per stream however busy the bus is. A batch is
+state is a fixed ~320 bytes per stream however busy the bus is. A batch is
 grouped by stream (in time order inside the batch), folded into those sums by
 one compiled loop (``detector.features.kernels``), and the groups whose window the
 batch closed become feature rows. A vehicle's streams are looked at again
