@@ -64,7 +64,8 @@ def table(results: list, window_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--platforms", default="all", help="all, or a comma-separated list")
-    p.add_argument("--minutes", type=positive_float, default=qs.LONG_MINUTES, help="each judged drive")
+    p.add_argument("--minutes", type=positive_float, default=qs.LONG_MINUTES,
+                   help="each judged drive")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     names = list(qs.PLATFORM_BRANDS) if args.platforms == "all" else args.platforms.split(",")

@@ -112,7 +112,8 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=positive_int, default=1_000_000)
-    ap.add_argument("--repeat", type=positive_int, default=3, help="runs per canwatch reader (median)")
+    ap.add_argument("--repeat", type=positive_int, default=3,
+                    help="runs per canwatch reader (median)")
     ap.add_argument("--pc-repeat", type=int, default=3, help="runs per python-can reader")
     ap.add_argument("--formats", type=listed(str, FILES), default=",".join(FILES),
                     help="comma-separated subset")  # fmt: skip

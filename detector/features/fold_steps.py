@@ -63,8 +63,9 @@ _NO_LANES = (np.uint64(0),) * 6  # byte change counts of no frame (see _changes)
 #: frames failing each check; the most severe label; frames breaking a signal coupling,
 #: frames moving a fixed byte; the sum of the id's cross-coupled word (A_SIG: kept in
 #: ``acc_f`` between pushes, as the Hamming sum A_HAM is: a 16-bit word summed over a
-#: window passes 2^31 at 33,000 frames, a flood of 9,000 frames/s in 5 s windows); how far the byte furthest
-#: outside its range lay past it in any frame of the window, and that frame's note
+#: window passes 2^31 at 33,000 frames, a flood of 9,000 frames/s in 5 s windows); how
+#: far the byte furthest outside its range lay past it in any frame of the window, and
+#: that frame's note
 #: (``_far``: which byte, its value, its range), for the evidence to name; and the
 #: note of the first frame of the window whose byte stepped outside its learned steps
 #: (``_jump``; 0: none. Its first only: the fold looks for the byte once a window);
