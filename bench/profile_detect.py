@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import say
+from bench.common import positive_int, say
 from bench.common.procs import thread_cpu
 from bench.common.report import machine_line, markdown_table, write_results
 from bench.common.rig import DLQ, INCIDENTS, bench_models, broker, produce, simulate
@@ -133,16 +133,14 @@ def run_once(cfg, fleet, frames: int, timers: dict[str, float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=5_000_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--vehicles", type=int, default=56)
+    ap.add_argument("--frames", type=positive_int, default=5_000_000)
+    ap.add_argument("--repeat", type=positive_int, default=3)
+    ap.add_argument("--vehicles", type=positive_int, default=56)
     ap.add_argument("--compression", choices=COMPRESSIONS, default="none")
     ap.add_argument("--models", type=Path, metavar="DIR", help="cache models here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--json", type=Path, metavar="OUT")
     args = ap.parse_args(argv)
-    if args.frames < 1 or args.repeat < 1 or args.vehicles < 1:
-        ap.error("--frames, --repeat and --vehicles must be >= 1")
     if not keep_large_buffers():
         say("note: no glibc mallopt here; measuring with the C library's defaults")
     if not (read_large_chunks() and parse_batches_compiled()):

@@ -157,8 +157,8 @@ def lanes_and_source(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
     """``to_lanes(frames)`` and, for an FD array, the index in ``frames`` each lane
     came from (None for a classic array: each frame is its own)."""
     if frames.dtype == FRAME_DTYPE:
-        return _errors_as_one_stream(frames), None
-    frames = _errors_as_one_stream(frames)
+        return _frame_kinds_as_streams(frames), None
+    frames = _frame_kinds_as_streams(frames)
     fd = (frames["flags"] & FLAG_FD) != 0
     length = fd_lengths(frames).astype(np.int64)
     # a lane per 8 bytes, and the checksum lane of a frame of 2 bytes or more
@@ -244,7 +244,7 @@ def _checksum_lane(data, n, out):  # pragma: no cover - compiled
         out[k + 3] = claimed ^ x
 
 
-def _errors_as_one_stream(frames: np.ndarray) -> np.ndarray:
+def _frame_kinds_as_streams(frames: np.ndarray) -> np.ndarray:
     """``frames`` with every error frame's id set to ERROR_FRAMES_ID and every other
     remote frame's to REMOTE_FRAMES_ID (a copy only when there is one: classic traffic
     pays a scan of its flags)."""

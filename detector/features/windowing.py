@@ -259,13 +259,14 @@ class WindowState:
         first, newest = self.first_window[uv], self.newest[uv]
         can_id = frames["can_id"]
         gap_at, gap_from = np.empty(len(local), np.int64), np.empty(len(local))
-        gap_s, before = min(short_gap_s(bl), telemetry_gap_s(bl, self.window_s)), newest.copy()
+        gap_s = min(short_gap_s(bl), telemetry_gap_s(bl, self.window_s))
         win, late, n_late, in_batch, id_rank, all_known, earliest, n_gaps, disorder = window_pass(
             frames["ts"], can_id, local, self.window_s, self.closed_upto[uv], first, newest,
             _NONE, bl.ids, gap_s, gap_at, gap_from,
         )  # fmt: skip
         gaps = _true_gaps(frames["ts"], local, uv, gap_at[:n_gaps], gap_from[:n_gaps])
         if disorder.any():  # a vehicle's records out of order (a backfill sent newest first)
+            before = self.newest[uv]  # (window_pass raised its copy, ``newest``, not these)
             gaps = _gaps_out_of_order(frames["ts"], local, uv, late, before, disorder, gap_s, gaps)
         late_vehicles, all_win = uv[local[late]], win
         if n_late:
@@ -829,7 +830,6 @@ def push_pair(
     return rows_a, rows_b, time.perf_counter() - t0
 
 
-
 def _mark_partial(rows: Rows, partial: np.ndarray) -> None:
     """Mark ``partial`` rows (see ``Rows.partial``), keeping those already marked."""
     if not partial.any():
@@ -837,6 +837,7 @@ def _mark_partial(rows: Rows, partial: np.ndarray) -> None:
     rows.partial = partial | rows.partial_mask()
     if rows.signal is not None:  # a mean over part of a window is not the window's
         rows.signal[partial] = np.nan
+
 
 def _signals(mean: np.ndarray, ids: np.ndarray, count: np.ndarray, bl: Baseline) -> np.ndarray | None:
     """Rows' window means of their id's cross-coupled word (the fold's column after the
